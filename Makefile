@@ -1,0 +1,27 @@
+# Two commands set up and use everything: `make demo` and `make test`.
+# Both create the virtual environment (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check runner tests bench migrations
+	$(BIN)/mypy runner
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,214 @@
+"""The application API: what the CLI calls, and what scripts and notebooks can call too.
+
+Each function opens the store (and the HTTP client where needed) for its own duration, so callers hold
+no resources between calls:
+
+    import anyio, runner.app as app
+    job = anyio.run(app.submit, "jobs/example.jsonl")           # -> SubmitResult
+    outcome = anyio.run(app.run, [job.job_id])                   # -> RunOutcome
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import httpx
+
+from runner.client import ApiClient
+from runner.config import DEFAULT_BASE_URL, Settings
+from runner.errors import ConfigError, LineProblem, RunnerError
+from runner.export import ExportCounts, export_job
+from runner.ingest import SubmitOptions, SubmitResult, submit_file
+from runner.results import from_response, is_running
+from runner.store import JobStats, Store
+from runner.store.models import Claimed
+from runner.worker import Run, RunOptions, RunResult, Snapshot, StopReason
+
+__all__ = [
+    "CancelResult",
+    "RunOutcome",
+    "Settings",
+    "cancel",
+    "export",
+    "jobs",
+    "retry",
+    "run",
+    "status",
+    "submit",
+]
+
+
+@dataclass
+class RunOutcome:
+    """How `run` ended, with each job's figures afterwards."""
+
+    result: RunResult
+    stats: list[JobStats] = field(default_factory=list)
+    signal: int | None = None  # the signal that interrupted the run, if one did
+
+    @property
+    def failed(self) -> int:
+        return sum(s.counts.get("failed", 0) for s in self.stats)
+
+
+@dataclass
+class CancelResult:
+    """What `cancel` did."""
+
+    cancelled_queued: int
+    cancelled_in_flight: int
+    cancel_failures: list[str]
+
+
+def _settings(settings: Settings | None, db: str | None) -> Settings:
+    s = settings or Settings()
+    if db is not None:
+        s = s.model_copy(update={"db": db})
+    return s
+
+
+def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:
+    if s.api_key is None and s.base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
+    return ApiClient(
+        s.base_url,
+        s.api_key,
+        auth_style=s.auth_style,
+        timeout=s.timeout,
+        max_connections=connections,
+        transport=transport,
+    )
+
+
+async def submit(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    background: bool = False,
+    model: str | None = None,
+    lenient: bool = False,
+    new: bool = False,
+    db: str | None = None,
+    on_warning: Callable[[LineProblem], None] | None = None,
+) -> SubmitResult:
+    """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        return await submit_file(
+            store,
+            Path(path),
+            name=name,
+            options=SubmitOptions(background=background, model=model, lenient=lenient),
+            new=new,
+            on_warning=on_warning,
+        )
+
+
+async def run(
+    job_ids: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    *,
+    db: str | None = None,
+    on_progress: Callable[[Snapshot], None] | None = None,
+    handle_signals: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunOutcome:
+    """Run jobs (default: every unfinished one) until each request is final, or a stop."""
+    s = _settings(settings, db)
+    async with await Store.open(s.db) as store:
+        ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
+        for jid in ids:
+            await store.get_job(jid)  # JobNotFound before any work starts
+        if not ids:
+            return RunOutcome(RunResult(StopReason.DONE))
+        options = RunOptions(
+            concurrency=s.concurrency, max_attempts=s.max_attempts, lease_seconds=s.lease_seconds, grace=s.grace
+        )
+        poll_slots = max(4, min(s.concurrency, 256))
+        async with _client(s, transport, s.concurrency + poll_slots) as client:
+            worker = Run(store, client, ids, options, on_progress=on_progress)
+            caught: list[int] = []
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(_watch_signals, worker, caught)
+                result = await worker.execute()
+                tg.cancel_scope.cancel()
+        stats = [await store.job_stats(j) for j in ids]
+        return RunOutcome(result, stats, caught[0] if caught else None)
+
+
+async def _watch_signals(worker: Run, caught: list[int]) -> None:
+    """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for sig in signals:
+            caught.append(int(sig))
+            if len(caught) == 1:
+                worker.stop()
+            else:
+                worker.abort()
+
+
+async def status(job_id: str, *, db: str | None = None) -> JobStats:
+    """Counts, attempts, usage and leases of one job."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        return await store.job_stats(job_id)
+
+
+async def jobs(*, db: str | None = None) -> list[JobStats]:
+    """Every job with its figures, oldest first."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        return [await store.job_stats(j.id) for j in await store.list_jobs()]
+
+
+async def export(
+    job_id: str, out: str | None = None, *, errors: str | None = None, db: str | None = None
+) -> ExportCounts:
+    """Write a job's results in the OpenAI Batch output format (stdout when `out` is None)."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        return await export_job(store, job_id, out, errors)
+
+
+async def retry(job_id: str, *, db: str | None = None) -> int:
+    """Put a job's failed requests back in the queue with fresh attempts; returns how many."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        return await store.retry_job(job_id)
+
+
+async def cancel(
+    job_id: str,
+    settings: Settings | None = None,
+    *,
+    db: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> CancelResult:
+    """Cancel a job: queued requests at once, in-flight background responses through the API."""
+    s = _settings(settings, db)
+    async with await Store.open(s.db) as store:
+        queued, in_flight = await store.cancel_job(job_id)
+        failures: list[str] = []
+        done = 0
+        if in_flight:
+            async with _client(s, transport, 16) as client:
+                for request_id, response_id in in_flight:
+                    try:
+                        reply = await client.cancel(response_id)
+                    except RunnerError as e:
+                        failures.append(f"{response_id}: {e}")
+                        continue
+                    if is_running(reply.body):
+                        continue  # the running poller records the final state
+                    o = from_response(
+                        Claimed(request_id, job_id, 0, "", "", 0), reply.body,
+                        http_status=reply.status, request_id=reply.request_id, max_attempts=0,
+                    )
+                    if await store.finish_unleased(o):
+                        done += 1
+        return CancelResult(queued, done, failures)

@@ -1,0 +1,231 @@
+"""The Responses API client: one httpx.AsyncClient over aiohttp, and the one place HTTP outcomes are classified.
+
+`classify()` turns every reply into an `ApiReply` or raises a typed error (`TransientApiError`,
+`PermanentApiError`, `BillingError`); `classify_exception()` does the same for replies that never came.
+Nothing else in the runner looks at status codes or error codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from httpx_aiohttp import AiohttpTransport
+from pydantic import SecretStr
+
+from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
+from runner.errors import ApiError, BillingError, ConfigError, PermanentApiError, TransientApiError
+
+BILLING_CODES = frozenset(
+    {"insufficient_quota", "credit_balance_exhausted", "organization_usage_limit_exceeded"}
+)
+CONVERSATION_LOCKED_WAIT = 2.0  # the API says "retry in a few seconds" and sends no Retry-After
+RATE_LIMIT_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiReply:
+    """A successful reply: the parsed Response object and what the headers said."""
+
+    status: int
+    body: dict[str, Any]
+    raw: bytes
+    request_id: str | None
+    rate_limits: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date); None if absent.
+
+    Values are capped at MAX_RETRY_AFTER so a broken header cannot park a run for a day.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            v = float(ms) / 1000.0
+        except ValueError:
+            v = -1.0
+        if v >= 0:
+            return min(v, MAX_RETRY_AFTER)
+    ra = headers.get("retry-after")
+    if ra is None:
+        return None
+    try:
+        v = float(ra)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(ra)
+        except (TypeError, ValueError, IndexError):
+            return None
+        v = when.timestamp() - (time.time() if now is None else now)
+    return min(max(v, 0.0), MAX_RETRY_AFTER)
+
+
+def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
+    """(code, type, message) from an OpenAI error body `{"error": {...}}`, tolerating other shapes."""
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            code = err.get("code")
+            typ = err.get("type")
+            msg = err.get("message")
+            return (
+                str(code) if code is not None else None,
+                str(typ) if typ is not None else None,
+                str(msg) if msg is not None else None,
+            )
+        if isinstance(err, str):
+            return None, None, err
+        msg = body.get("message")
+        if isinstance(msg, str):
+            return None, None, msg
+    return None, None, None
+
+
+def is_billing_code(code: str | None) -> bool:
+    """Quota and spend-limit codes: retrying never helps."""
+    return code is not None and (code in BILLING_CODES or code.endswith("_spend_limit_exceeded"))
+
+
+def classify(response: httpx.Response) -> ApiReply:
+    """An `ApiReply` for a 2xx with a JSON object body; otherwise raise the typed error it stands for."""
+    headers = response.headers
+    request_id = headers.get("x-request-id")
+    raw = response.content
+    status = response.status_code
+    try:
+        body: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+
+    if 200 <= status < 300:
+        if isinstance(body, dict):
+            limits = {h: v for h in RATE_LIMIT_HEADERS if (v := headers.get(h)) is not None}
+            return ApiReply(status, body, raw, request_id, limits)
+        raise TransientApiError(
+            "the API answered 2xx with a body that is not a JSON object",
+            status=status, code="invalid_response_body", request_id=request_id, body=None,
+        )
+
+    code, typ, message = _error_fields(body)
+    message = message or f"HTTP {status}"
+    kw: dict[str, Any] = {"status": status, "code": code or typ, "request_id": request_id, "body": body}
+
+    if status in (402, 429) and (is_billing_code(code) or is_billing_code(typ) or status == 402):
+        raise BillingError(message, **kw)
+    should_retry = headers.get("x-should-retry")
+    if should_retry == "false":
+        raise PermanentApiError(message, **kw)
+    if status == 400 and code == "conversation_locked":
+        wait = parse_retry_after(headers)
+        raise TransientApiError(message, retry_after=CONVERSATION_LOCKED_WAIT if wait is None else wait, **kw)
+    if should_retry == "true" or status in (408, 409, 429) or status >= 500:
+        raise TransientApiError(message, retry_after=parse_retry_after(headers), **kw)
+    raise PermanentApiError(message, **kw)
+
+
+def classify_exception(exc: BaseException) -> TransientApiError:
+    """A transport failure (no reply at all) as a transient error; the message never holds headers."""
+    cause = exc.__cause__ or exc
+    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout) or isinstance(
+        cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
+    ):
+        return TransientApiError(f"timed out: {type(cause).__name__}", code="timeout")
+    return TransientApiError(f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "),
+                             code="connection_error")
+
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, aiohttp.ClientError, OSError)
+
+
+class ApiClient:
+    """Create, retrieve and cancel responses over one pooled connection set."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | str | None,
+        *,
+        auth_style: AuthStyle = AuthStyle.BEARER,
+        timeout: float = 600.0,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if key:
+            if auth_style is AuthStyle.BEARER:
+                headers["authorization"] = f"Bearer {key}"
+            elif auth_style is AuthStyle.RAW:
+                headers["authorization"] = key
+            else:
+                headers["api-key"] = key
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout)),
+            transport=transport or AiohttpTransport(limits=limits),
+            limits=limits,
+        )
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, content: bytes | None = None,
+                    headers: Mapping[str, str] | None = None) -> ApiReply:
+        try:
+            response = await self._http.request(method, path, content=content, headers=headers)
+        except TRANSPORT_ERRORS as exc:
+            raise classify_exception(exc) from None
+        return classify(response)
+
+    async def create(self, body: bytes, *, client_request_id: str | None = None) -> ApiReply:
+        """POST /responses with a body that is already JSON."""
+        headers = {"x-client-request-id": client_request_id} if client_request_id else None
+        return await self._send("POST", "responses", body, headers)
+
+    async def retrieve(self, response_id: str) -> ApiReply:
+        """GET /responses/{id}."""
+        return await self._send("GET", f"responses/{response_id}")
+
+    async def cancel(self, response_id: str) -> ApiReply:
+        """POST /responses/{id}/cancel (idempotent on the API side)."""
+        return await self._send("POST", f"responses/{response_id}/cancel")
+
+
+__all__ = [
+    "ApiClient",
+    "ApiError",
+    "ApiReply",
+    "classify",
+    "classify_exception",
+    "is_billing_code",
+    "parse_retry_after",
+]

@@ -1,0 +1,56 @@
+"""Settings from flags and the environment, and the named defaults they fall back to."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DB = "runner.db"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CONCURRENCY = 64
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_TIMEOUT = 600.0  # seconds per HTTP request; long generations take minutes
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_LEASE_SECONDS = 60.0  # a claimed request is reclaimable this long after its owner went silent
+DEFAULT_GRACE_SECONDS = 30.0
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 30.0
+MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is capped, not obeyed blindly
+POLL_INITIAL_DELAY = 1.0
+POLL_MAX_DELAY = 30.0
+POLL_BACKOFF = 1.5
+WRITE_BATCH_WINDOW = 0.02  # seconds a finished result may wait to share a commit with others
+
+
+class AuthStyle(StrEnum):
+    """How the API key travels."""
+
+    BEARER = "bearer"  # Authorization: Bearer <key> (OpenAI)
+    RAW = "raw"  # Authorization: <key> (some proxies)
+    API_KEY = "api-key"  # api-key: <key> (Azure)
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything `runner run` needs; flags override the environment."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    db: str = Field(DEFAULT_DB, validation_alias=_env("db", "RUNNER_DB"))
+    base_url: str = Field(DEFAULT_BASE_URL, validation_alias=_env("base_url", "OPENAI_BASE_URL"))
+    api_key: SecretStr | None = Field(None, validation_alias=_env("api_key", "OPENAI_API_KEY"))
+    auth_style: AuthStyle = Field(AuthStyle.BEARER, validation_alias=_env("auth_style", "RUNNER_AUTH_STYLE"))
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, validation_alias=_env("concurrency", "RUNNER_CONCURRENCY"))
+    max_attempts: int = Field(
+        DEFAULT_MAX_ATTEMPTS, ge=1, validation_alias=_env("max_attempts", "RUNNER_MAX_ATTEMPTS")
+    )
+    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, validation_alias=_env("timeout", "RUNNER_TIMEOUT"))
+    lease_seconds: float = Field(
+        DEFAULT_LEASE_SECONDS, gt=0, validation_alias=_env("lease_seconds", "RUNNER_LEASE_SECONDS")
+    )
+    grace: float = Field(DEFAULT_GRACE_SECONDS, ge=0, validation_alias=_env("grace", "RUNNER_GRACE"))

@@ -1,0 +1,214 @@
+"""Reading a JSONL file into a job: streamed, validated line by line, all or nothing.
+
+Rows go into a job in the invisible "staging" phase in chunks, and the job is published only when the
+whole file was valid. A bad line, or a submit killed half way, leaves no visible job behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+
+from runner.errors import InputError, LineProblem
+from runner.schema import validate_line
+from runner.store import NewRequest, Store
+
+CHUNK = 5000
+MAX_PROBLEMS_KEPT = 200  # enough to show 20 lines in detail; the rest are only counted
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class SubmitResult:
+    """What `submit` did."""
+
+    job_id: str
+    total: int
+    existing: bool = False
+    warnings: list[LineProblem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """Options that change what is queued (and so take part in the fingerprint)."""
+
+    background: bool = False
+    model: str | None = None
+    lenient: bool = False
+
+    def fingerprint(self, file_sha256: str) -> str:
+        opts = f"background={self.background};model={self.model or ''};lenient={self.lenient}"
+        return hashlib.sha256(f"{file_sha256}|{opts}".encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_job_id() -> str:
+    """A short, unique, URL-safe job id."""
+    return f"job_{uuid.uuid4().hex[:16]}"
+
+
+def staging_owner() -> str:
+    """host:pid of this process, recorded on a staging job so a later submit can tell it was abandoned."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def staging_abandoned(staged_by: str | None) -> bool:
+    """Whether the process that staged a job is gone (only judged for this host; others are left alone)."""
+    if not staged_by:
+        return True
+    host, _, pid = staged_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _conversation(body: dict[str, Any]) -> str | None:
+    conv = body.get("conversation")
+    if isinstance(conv, str):
+        return conv
+    if isinstance(conv, dict) and isinstance(conv.get("id"), str):
+        return str(conv["id"])
+    return None
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the line ending) for every non-blank line; a BOM is dropped."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            line = raw.rstrip(b"\r\n")
+            if line.strip():
+                yield n, line
+
+
+class _Problems:
+    """Collects problems for the error message without growing with the file."""
+
+    def __init__(self) -> None:
+        self.kept: list[LineProblem] = []
+        self.bad_lines = 0
+        self._last_line = 0
+
+    def add(self, line: int, field_: str, reason: str) -> None:
+        if line != self._last_line:
+            self.bad_lines += 1
+            self._last_line = line
+        if len(self.kept) < MAX_PROBLEMS_KEPT:
+            self.kept.append(LineProblem(line, field_, reason))
+
+
+async def submit_file(
+    store: Store,
+    path: Path,
+    *,
+    name: str | None = None,
+    options: SubmitOptions = SubmitOptions(),
+    new: bool = False,
+    on_warning: Callable[[LineProblem], None] | None = None,
+) -> SubmitResult:
+    """Queue every line of `path` as one job, or nothing at all (InputError names the bad lines)."""
+    if not path.is_file():
+        raise InputError(str(path), [LineProblem(0, "", "no such file")], bad_lines=0)
+    await store.drop_abandoned_staging(staging_abandoned)
+    fingerprint = options.fingerprint(file_sha256(path))
+    if not new and (existing := await store.find_job_by_fingerprint(fingerprint)) is not None:
+        return SubmitResult(existing, (await store.get_job(existing)).total, existing=True)
+
+    job_id = new_job_id()
+    await store.begin_job(
+        job_id=job_id,
+        name=name or path.stem,
+        source=str(path),
+        fingerprint=fingerprint,
+        background=options.background,
+        staged_by=staging_owner(),
+    )
+    problems = _Problems()
+    warnings: list[LineProblem] = []
+    total = 0
+    chunk: list[NewRequest] = []
+    try:
+        for line_no, raw in read_lines(path):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.add(line_no, "", f"is not valid UTF-8 (byte {e.start + 1} of the line)")
+                continue
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
+                continue
+            v = validate_line(
+                obj, line_no, model=options.model, background=options.background, lenient=options.lenient
+            )
+            for issue in v.errors:
+                problems.add(line_no, issue.field, issue.reason)
+            for issue in v.warnings:
+                w = LineProblem(line_no, issue.field, issue.reason)
+                if len(warnings) < MAX_PROBLEMS_KEPT:
+                    warnings.append(w)
+                if on_warning is not None:
+                    on_warning(w)
+            if v.errors:
+                continue
+            total += 1
+            chunk.append(NewRequest(line_no, v.custom_id, orjson.dumps(v.body).decode(), _conversation(v.body)))
+            if len(chunk) >= CHUNK:
+                await _insert(store, job_id, chunk, problems)
+                chunk = []
+        await _insert(store, job_id, chunk, problems)
+        if problems.bad_lines:
+            raise InputError(str(path), problems.kept, problems.bad_lines)
+        if total == 0:
+            raise InputError(str(path), [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
+        await store.publish_job(job_id, total)
+    except BaseException:
+        await store.drop_job(job_id)
+        raise
+    return SubmitResult(job_id, total, warnings=warnings)
+
+
+async def _insert(store: Store, job_id: str, chunk: list[NewRequest], problems: _Problems) -> None:
+    """Insert a chunk; a repeated custom_id is found by the unique index, then named line by line."""
+    if not chunk:
+        return
+    try:
+        await store.add_requests(job_id, chunk)
+        return
+    except IntegrityError:
+        pass
+    seen = await store.lines_of_custom_ids(job_id, [r.custom_id for r in chunk])
+    fresh: list[NewRequest] = []
+    for r in chunk:
+        first = seen.get(r.custom_id)
+        if first is not None:
+            problems.add(r.line_no, "custom_id", f"{r.custom_id!r} is already used on line {first}")
+            continue
+        seen[r.custom_id] = r.line_no
+        fresh.append(r)
+    await store.add_requests(job_id, fresh)

@@ -1,0 +1,120 @@
+"""Background responses: GET /responses/{id} with backoff until the response is final.
+
+Polling never holds a submission slot: it has its own small pool of in-flight GETs, and requests wait
+in a heap keyed by when they are next due.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
+
+from runner.client import ApiClient
+from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
+from runner.errors import ApiError, BillingError, TransientApiError
+from runner.results import from_error, from_response, is_running
+from runner.store.models import Claimed, Outcome
+from runner.writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    claimed: Claimed
+    delay: float
+
+
+class Poller:
+    """Polls every background response this runner holds until it is final, then hands over the outcome."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        writer: WriteBack,
+        *,
+        max_attempts: int,
+        max_in_flight: int,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._writer = writer
+        self._max_attempts = max_attempts
+        self._limit = anyio.Semaphore(max_in_flight)
+        self._heap: list[tuple[float, int, _Item]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+        self._active = 0
+        self._on_outcome = on_outcome
+        self.polls = 0
+
+    @property
+    def size(self) -> int:
+        """Responses waiting for or in a poll."""
+        return len(self._heap) + self._active
+
+    def add(self, claimed: Claimed, delay: float = POLL_INITIAL_DELAY) -> None:
+        """Start polling a response (its id is already committed)."""
+        self._push(_Item(claimed, delay), delay)
+
+    def _push(self, item: _Item, wait: float) -> None:
+        heapq.heappush(self._heap, (time.monotonic() + wait, next(self._seq), item))
+        self._wake.set()
+
+    async def run(self, tg: TaskGroup) -> None:
+        """Dispatch due polls into `tg` forever (the caller cancels it)."""
+        while True:
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, item = heapq.heappop(self._heap)
+                self._active += 1
+                tg.start_soon(self._poll, item)
+            timeout = (self._heap[0][0] - now) if self._heap else 1.0
+            with anyio.move_on_after(max(timeout, 0.0)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._writer.put(outcome)
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+    async def _poll(self, item: _Item) -> None:
+        c = item.claimed
+        assert c.response_id is not None
+        try:
+            async with self._limit:
+                self.polls += 1
+                try:
+                    reply = await self._client.retrieve(c.response_id)
+                except (TransientApiError, BillingError) as e:
+                    wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after else item.delay
+                    item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
+                    self._push(item, max(wait, item.delay))
+                    return
+                except ApiError as e:
+                    # 404 and friends: the response is gone (expired, or never stored); it cannot be re-sent
+                    # without paying twice, so it fails here and `runner retry` is the user's call.
+                    log.warning("polling %s failed: %s", c.response_id, e.describe())
+                    self._finish(from_error(c, e, max_attempts=0))
+                    return
+            if is_running(reply.body):
+                item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
+                self._push(item, item.delay)
+                return
+            self._finish(
+                from_response(
+                    c, reply.body, http_status=reply.status, request_id=reply.request_id,
+                    max_attempts=self._max_attempts,
+                )
+            )
+        finally:
+            self._active -= 1
+            self._wake.set()

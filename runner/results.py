@@ -1,0 +1,111 @@
+"""Turning what the API said about one attempt into the store's `Outcome` for that request."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from runner.errors import ApiError, TransientApiError
+from runner.retry import backoff_delay, should_retry
+from runner.schema import usage_from_response, with_output_text
+from runner.states import RequestState
+from runner.store.models import Claimed, Outcome, UsageCounts
+
+# Response.status -> request state, for the statuses that end a response.
+_FINAL = {
+    "completed": RequestState.COMPLETED,
+    "incomplete": RequestState.INCOMPLETE,
+    "failed": RequestState.FAILED,
+    "cancelled": RequestState.CANCELLED,
+}
+RUNNING_STATUSES = frozenset({"queued", "in_progress"})
+# A background response that ends failed with these codes is worth a new attempt; other codes are final.
+RETRYABLE_RESPONSE_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
+
+
+def is_running(body: dict[str, Any]) -> bool:
+    """Whether a Response object is still being worked on (background mode)."""
+    return body.get("status") in RUNNING_STATUSES
+
+
+def _usage(body: dict[str, Any]) -> UsageCounts:
+    u = usage_from_response(body)
+    return UsageCounts(u.input_tokens, u.cached_tokens, u.output_tokens, u.reasoning_tokens, u.total_tokens)
+
+
+def from_response(
+    c: Claimed, body: dict[str, Any], *, http_status: int, request_id: str | None, max_attempts: int
+) -> Outcome:
+    """The outcome of a Response object in a final state (a foreground reply, or a finished poll)."""
+    status = body.get("status")
+    to = _FINAL.get(status) if isinstance(status, str) else None
+    if to is None:
+        # A reply without a recognisable status: keep it, but do not call it a success.
+        to = RequestState.FAILED
+        code: str | None = "unknown_status"
+        message: str | None = f"the API returned a response with status {status!r}"
+    else:
+        code = message = None
+    if to is RequestState.FAILED and code is None:
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        code = str(err.get("code") or "failed")
+        message = str(err.get("message") or "the response failed")
+        if code in RETRYABLE_RESPONSE_ERRORS and should_retry(c.attempts, max_attempts):
+            return Outcome(
+                c.id,
+                RequestState.QUEUED,
+                http_status=http_status,
+                api_request_id=request_id,
+                error_code=code,
+                error_message=message,
+                next_attempt_at=time.time() + backoff_delay(c.attempts),
+                clear_response_id=True,
+                rate_limited=code == "rate_limit_exceeded",
+            )
+    elif to is RequestState.INCOMPLETE:
+        details = body.get("incomplete_details") if isinstance(body.get("incomplete_details"), dict) else {}
+        code = "incomplete"
+        message = str(details.get("reason") or "incomplete")
+    elif to is RequestState.CANCELLED:
+        code, message = "cancelled", "the response was cancelled"
+    return Outcome(
+        c.id,
+        to,
+        http_status=http_status,
+        api_request_id=request_id,
+        response_body=orjson.dumps(with_output_text(body)).decode(),
+        error_code=code,
+        error_message=message,
+        usage=_usage(body),
+    )
+
+
+def from_error(c: Claimed, error: ApiError, *, max_attempts: int) -> Outcome:
+    """The outcome of an attempt that got no result: a retry later, or a failure."""
+    rate_limited = error.status == 429
+    if isinstance(error, TransientApiError) and should_retry(c.attempts, max_attempts):
+        return Outcome(
+            c.id,
+            RequestState.QUEUED,
+            http_status=error.status,
+            api_request_id=error.request_id,
+            error_code=error.code,
+            error_message=error.message,
+            next_attempt_at=time.time() + backoff_delay(c.attempts, error),
+            rate_limited=rate_limited,
+        )
+    message = error.message
+    if isinstance(error, TransientApiError):
+        message = f"gave up after {c.attempts} attempt(s): {message}"
+    return Outcome(
+        c.id,
+        RequestState.FAILED,
+        http_status=error.status,
+        api_request_id=error.request_id,
+        response_body=orjson.dumps(error.body).decode() if error.body is not None else None,
+        error_code=error.code or ("http_error" if error.status else "error"),
+        error_message=message,
+        rate_limited=rate_limited,
+    )

@@ -1,0 +1,47 @@
+"""Request states, the named sets of them, and which changes are allowed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RequestState(StrEnum):
+    """Where one line of a job is."""
+
+    QUEUED = "queued"  # waiting to be claimed (maybe not before next_attempt_at)
+    IN_PROGRESS = "in_progress"  # leased by a runner; with a response_id it is polled, never re-sent
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"  # the API stopped early (max_output_tokens, content_filter): a result
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[RequestState] = frozenset(
+    {RequestState.COMPLETED, RequestState.INCOMPLETE, RequestState.FAILED, RequestState.CANCELLED}
+)
+ACTIVE: frozenset[RequestState] = frozenset({RequestState.QUEUED, RequestState.IN_PROGRESS})
+RESULTS: frozenset[RequestState] = frozenset({RequestState.COMPLETED, RequestState.INCOMPLETE})
+
+# to-state -> the states it may come from. The store puts these in the WHERE clause of each UPDATE.
+ALLOWED_FROM: dict[RequestState, frozenset[RequestState]] = {
+    RequestState.QUEUED: frozenset({RequestState.IN_PROGRESS, RequestState.FAILED}),
+    RequestState.IN_PROGRESS: frozenset({RequestState.QUEUED, RequestState.IN_PROGRESS}),
+    RequestState.COMPLETED: frozenset({RequestState.IN_PROGRESS}),
+    RequestState.INCOMPLETE: frozenset({RequestState.IN_PROGRESS}),
+    RequestState.FAILED: frozenset({RequestState.IN_PROGRESS}),
+    RequestState.CANCELLED: frozenset({RequestState.QUEUED, RequestState.IN_PROGRESS}),
+}
+
+
+def can_move(from_: RequestState, to: RequestState) -> bool:
+    """Whether a request in `from_` may move to `to`."""
+    return from_ in ALLOWED_FROM[to]
+
+
+class JobStatus(StrEnum):
+    """A job's status, derived from its requests."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"  # every request terminal (some may have failed: see counts)
+    CANCELLED = "cancelled"

@@ -1,0 +1,783 @@
+"""The job store: every query the runner makes, as typed async methods over SQLite.
+
+State changes are guarded in the UPDATE itself (`WHERE state IN (allowed) AND lease_owner = me`), so a
+change from a state it may not come from touches no row and raises, instead of silently overwriting.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from runner.errors import IllegalTransition, JobNotFound, StoreError
+from runner.states import ALLOWED_FROM, TERMINAL, RequestState
+from runner.store.engine import create_engine, migrate
+from runner.store.models import (
+    Claimed,
+    ExportRow,
+    JobRow,
+    JobStats,
+    NewRequest,
+    Outcome,
+    UsageCounts,
+)
+from runner.store.tables import jobs, requests
+
+__all__ = [
+    "Claimed",
+    "ExportRow",
+    "JobRow",
+    "JobStats",
+    "NewRequest",
+    "Outcome",
+    "Store",
+    "UsageCounts",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Q = RequestState.QUEUED.value
+IP = RequestState.IN_PROGRESS.value
+_TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    # busy_timeout already waited; a few more tries ride out a long writer in another process.
+    orig = getattr(exc, "orig", exc)
+    return isinstance(exc, OperationalError | sqlite3.OperationalError) and "locked" in str(orig).lower()
+
+
+def _job_row(r: Any) -> JobRow:
+    return JobRow(
+        id=r.id,
+        name=r.name,
+        source=r.source,
+        background=bool(r.background),
+        total=r.total,
+        created_at=r.created_at,
+        started_at=r.started_at,
+        cancelled_at=r.cancelled_at,
+    )
+
+
+_USAGE_COLS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
+
+class Store:
+    """Typed access to one SQLite job store. Open with `await Store.open(db)`, close with `aclose()`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, db: str) -> Store:
+        """Open (creating and migrating as needed) the store at `db`, a path or an SQLAlchemy URL."""
+        engine = create_engine(db)
+        store = cls(engine)
+        try:
+            await store._retry(lambda: migrate(engine))
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _retry(self, fn: Callable[[], Awaitable[T]]) -> T:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_busy),
+            stop=stop_after_attempt(10),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            sleep=anyio.sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `fn` in one short IMMEDIATE transaction, shielded so a cancel never loses a commit."""
+
+        async def once() -> T:
+            async with self.engine.begin() as conn:
+                return await fn(conn)
+
+        with anyio.CancelScope(shield=True):
+            return await self._retry(once)
+
+    async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async def once() -> T:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(readonly=True)
+                return await fn(conn)
+
+        return await self._retry(once)
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def begin_job(
+        self, *, job_id: str, name: str, source: str, fingerprint: str, background: bool, staged_by: str
+    ) -> None:
+        """Create a job in the invisible "staging" phase."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    name=name,
+                    source=source,
+                    fingerprint=fingerprint,
+                    background=background,
+                    total=0,
+                    phase="staging",
+                    staged_by=staged_by,
+                    created_at=time.time(),
+                )
+            )
+
+        await self._write(go)
+
+    async def add_requests(self, job_id: str, rows: Sequence[NewRequest]) -> None:
+        """Insert one chunk of a staging job's lines."""
+        now = time.time()
+        params = [
+            {
+                "job_id": job_id,
+                "line_no": r.line_no,
+                "custom_id": r.custom_id,
+                "body": r.body,
+                "conversation": r.conversation,
+                "state": Q,
+                "attempts": 0,
+                "next_attempt_at": 0.0,
+                "created_at": now,
+                "input_tokens": 0,
+                "cached_tokens": 0,
+                "output_tokens": 0,
+                "reasoning_tokens": 0,
+                "total_tokens": 0,
+                "rate_limited": 0,
+            }
+            for r in rows
+        ]
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(insert(requests), params)
+
+        if params:
+            await self._write(go)
+
+    async def lines_of_custom_ids(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
+        """custom_id -> line number, for those of `custom_ids` the job already holds."""
+
+        async def go(conn: AsyncConnection) -> dict[str, int]:
+            rows = await conn.execute(
+                select(requests.c.custom_id, requests.c.line_no).where(
+                    requests.c.job_id == job_id, requests.c.custom_id.in_(list(custom_ids))
+                )
+            )
+            return {r.custom_id: r.line_no for r in rows}
+
+        return await self._read(go)
+
+    async def publish_job(self, job_id: str, total: int) -> None:
+        """Make a fully staged job visible: from here on it can be run, listed and exported."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.phase == "staging")
+                .values(phase="ready", total=total, staged_by=None)
+            )
+
+        await self._write(go)
+
+    async def drop_job(self, job_id: str) -> None:
+        """Delete a job and its requests."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(delete(requests).where(requests.c.job_id == job_id))
+            await conn.execute(delete(jobs).where(jobs.c.id == job_id))
+
+        await self._write(go)
+
+    async def drop_abandoned_staging(self, is_abandoned: Callable[[str | None], bool]) -> list[str]:
+        """Delete staging jobs whose submitting process is gone (a submit killed half way)."""
+
+        async def find(conn: AsyncConnection) -> list[tuple[str, str | None]]:
+            rows = await conn.execute(select(jobs.c.id, jobs.c.staged_by).where(jobs.c.phase == "staging"))
+            return [(r.id, r.staged_by) for r in rows]
+
+        dropped = [jid for jid, by in await self._read(find) if is_abandoned(by)]
+        for jid in dropped:
+            await self.drop_job(jid)
+        return dropped
+
+    async def find_job_by_fingerprint(self, fingerprint: str) -> str | None:
+        """The id of a published job with this fingerprint, if any."""
+
+        async def go(conn: AsyncConnection) -> str | None:
+            r = await conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.fingerprint == fingerprint, jobs.c.phase == "ready")
+                .order_by(jobs.c.created_at.desc())
+                .limit(1)
+            )
+            return r.scalar_one_or_none()
+
+        return await self._read(go)
+
+    async def get_job(self, job_id: str) -> JobRow:
+        """A published job, or JobNotFound."""
+
+        async def go(conn: AsyncConnection) -> JobRow:
+            r = (
+                await conn.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.phase == "ready"))
+            ).one_or_none()
+            if r is None:
+                raise JobNotFound(job_id)
+            return _job_row(r)
+
+        return await self._read(go)
+
+    async def list_jobs(self) -> list[JobRow]:
+        """Every published job, oldest first."""
+
+        async def go(conn: AsyncConnection) -> list[JobRow]:
+            rows = await conn.execute(select(jobs).where(jobs.c.phase == "ready").order_by(jobs.c.created_at))
+            return [_job_row(r) for r in rows]
+
+        return await self._read(go)
+
+    async def unfinished_job_ids(self) -> list[str]:
+        """Published, uncancelled jobs that still have queued or in-progress requests."""
+
+        async def go(conn: AsyncConnection) -> list[str]:
+            active = (
+                select(literal(1))
+                .where(requests.c.job_id == jobs.c.id, requests.c.state.in_([Q, IP]))
+                .exists()
+            )
+            rows = await conn.execute(
+                select(jobs.c.id).where(jobs.c.phase == "ready", active).order_by(jobs.c.created_at)
+            )
+            return [r.id for r in rows]
+
+        return await self._read(go)
+
+    async def mark_started(self, job_ids: Sequence[str]) -> None:
+        """Remember when a job was first run (for elapsed time and throughput)."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None))
+                .values(started_at=time.time())
+            )
+
+        await self._write(go)
+
+    # -- claiming and leases ----------------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float
+    ) -> list[Claimed]:
+        """Lease up to `n` due, queued requests of `job_ids` in file order, counting the attempt now.
+
+        A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
+        """
+        now = time.time()
+        earlier = requests.alias("earlier")
+        blocked = (
+            select(literal(1))
+            .where(
+                earlier.c.conversation == requests.c.conversation,
+                earlier.c.id < requests.c.id,
+                earlier.c.state.in_([Q, IP]),
+            )
+            .exists()
+        )
+        due = (
+            select(requests.c.id)
+            .join(jobs, jobs.c.id == requests.c.job_id)
+            .where(
+                requests.c.state == Q,
+                requests.c.next_attempt_at <= now,
+                requests.c.job_id.in_(job_ids),
+                jobs.c.cancelled_at.is_(None),
+                or_(requests.c.conversation.is_(None), ~blocked),
+            )
+            .order_by(requests.c.id)
+            .limit(n)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(requests)
+            .where(requests.c.id.in_(due), requests.c.state == Q)
+            .values(
+                state=IP,
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                attempts=requests.c.attempts + 1,
+                started_at=func.coalesce(requests.c.started_at, now),
+                submitted_at=now,
+                updated_at=now,
+            )
+            .returning(
+                requests.c.id,
+                requests.c.job_id,
+                requests.c.line_no,
+                requests.c.custom_id,
+                requests.c.body,
+                requests.c.attempts,
+            )
+        )
+
+        async def go(conn: AsyncConnection) -> list[Claimed]:
+            rows = (await conn.execute(stmt)).all()
+            return sorted(
+                (Claimed(r.id, r.job_id, r.line_no, r.custom_id, r.body, r.attempts) for r in rows),
+                key=lambda c: c.id,
+            )
+
+        return await self._write(go)
+
+    async def claim_polls(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> list[Claimed]:
+        """Lease background requests that have a response id and no live owner: they are polled, never re-sent."""
+        now = time.time()
+        stmt = (
+            update(requests)
+            .where(
+                requests.c.job_id.in_(job_ids),
+                requests.c.state == IP,
+                requests.c.response_id.is_not(None),
+                or_(requests.c.lease_owner.is_(None), requests.c.lease_expires_at < now),
+            )
+            .values(lease_owner=owner, lease_expires_at=now + lease_seconds, updated_at=now)
+            .returning(
+                requests.c.id,
+                requests.c.job_id,
+                requests.c.line_no,
+                requests.c.custom_id,
+                requests.c.body,
+                requests.c.attempts,
+                requests.c.response_id,
+            )
+        )
+
+        async def go(conn: AsyncConnection) -> list[Claimed]:
+            rows = (await conn.execute(stmt)).all()
+            return [
+                Claimed(r.id, r.job_id, r.line_no, r.custom_id, r.body, r.attempts, r.response_id, True)
+                for r in rows
+            ]
+
+        return await self._write(go)
+
+    async def reclaim_expired(self, job_ids: Sequence[str]) -> int:
+        """Requeue requests whose owner died before it got a response id; their attempt still counts."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> int:
+            r = await conn.execute(
+                update(requests)
+                .where(
+                    requests.c.job_id.in_(job_ids),
+                    requests.c.state == IP,
+                    requests.c.response_id.is_(None),
+                    requests.c.lease_expires_at < now,
+                )
+                .values(state=Q, lease_owner=None, lease_expires_at=None, next_attempt_at=now, updated_at=now)
+            )
+            return int(r.rowcount)
+
+        return await self._write(go)
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        """Push out the lease of everything this owner holds."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> int:
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.lease_owner == owner, requests.c.state == IP)
+                .values(lease_expires_at=now + lease_seconds)
+            )
+            return int(r.rowcount)
+
+        return await self._write(go)
+
+    async def release(self, owner: str, *, refund: bool) -> int:
+        """Give back everything this owner holds: unsent work to `queued`, background work to any poller."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> int:
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.lease_owner == owner, requests.c.state == IP, requests.c.response_id.is_(None))
+                .values(
+                    state=Q,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    next_attempt_at=now,
+                    attempts=requests.c.attempts - (1 if refund else 0),
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                update(requests)
+                .where(requests.c.lease_owner == owner, requests.c.state == IP)
+                .values(lease_owner=None, lease_expires_at=None, updated_at=now)
+            )
+            return int(r.rowcount)
+
+        return await self._write(go)
+
+    # -- outcomes ---------------------------------------------------------------------------------
+
+    async def record_response_id(
+        self, request_id: int, owner: str, response_id: str, api_request_id: str | None
+    ) -> None:
+        """Commit a background response's id before anything else happens to it."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> None:
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.state == IP, requests.c.lease_owner == owner)
+                .values(response_id=response_id, request_id=api_request_id, updated_at=now)
+            )
+            if r.rowcount != 1:
+                raise IllegalTransition(request_id, "in_progress (response id)", {IP})
+
+        await self._write(go)
+
+    async def apply(self, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write a batch of outcomes in one transaction, each guarded; returns the ids that were refused."""
+        if not outcomes:
+            return []
+        now = time.time()
+        finishes = [o for o in outcomes if o.to in TERMINAL]
+        requeues = [o for o in outcomes if o.to == RequestState.QUEUED]
+        others = [o for o in outcomes if o.to not in TERMINAL and o.to != RequestState.QUEUED]
+        if others:
+            raise StoreError(f"apply() takes terminal states or queued, not {others[0].to}")
+
+        def params(o: Outcome) -> dict[str, Any]:
+            return {
+                "b_id": o.request_id,
+                "b_to": o.to.value,
+                "b_http_status": o.http_status,
+                "b_request_id": o.api_request_id,
+                "b_response_body": o.response_body,
+                "b_error_code": o.error_code,
+                "b_error_message": o.error_message,
+                "b_input_tokens": o.usage.input_tokens,
+                "b_cached_tokens": o.usage.cached_tokens,
+                "b_output_tokens": o.usage.output_tokens,
+                "b_reasoning_tokens": o.usage.reasoning_tokens,
+                "b_total_tokens": o.usage.total_tokens,
+                "b_next": o.next_attempt_at,
+                "b_refund": 1 if o.refund_attempt else 0,
+                "b_clear": 1 if o.clear_response_id else 0,
+                "b_rl": 1 if o.rate_limited else 0,
+            }
+
+        guard = and_(
+            requests.c.id == bindparam("b_id"),
+            requests.c.state == IP,
+            requests.c.lease_owner == owner,
+        )
+        common = {
+            "http_status": func.coalesce(bindparam("b_http_status"), requests.c.http_status),
+            "request_id": func.coalesce(bindparam("b_request_id"), requests.c.request_id),
+            "error_code": bindparam("b_error_code"),
+            "error_message": bindparam("b_error_message"),
+            "rate_limited": requests.c.rate_limited + bindparam("b_rl"),
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        finish_stmt = (
+            update(requests)
+            .where(guard)
+            .values(
+                state=bindparam("b_to"),
+                response_body=bindparam("b_response_body"),
+                input_tokens=bindparam("b_input_tokens"),
+                cached_tokens=bindparam("b_cached_tokens"),
+                output_tokens=bindparam("b_output_tokens"),
+                reasoning_tokens=bindparam("b_reasoning_tokens"),
+                total_tokens=bindparam("b_total_tokens"),
+                finished_at=now,
+                **common,
+            )
+        )
+        requeue_stmt = (
+            update(requests)
+            .where(guard)
+            .values(
+                state=Q,
+                next_attempt_at=bindparam("b_next"),
+                attempts=requests.c.attempts - bindparam("b_refund"),
+                response_id=case((bindparam("b_clear") == 1, None), else_=requests.c.response_id),
+                **common,
+            )
+        )
+
+        async def go(conn: AsyncConnection) -> list[int]:
+            refused: list[int] = []
+            for stmt, group in ((finish_stmt, finishes), (requeue_stmt, requeues)):
+                if not group:
+                    continue
+                r = await conn.execute(stmt, [params(o) for o in group])
+                if r.rowcount != len(group):
+                    ids = [o.request_id for o in group]
+                    # The rows this statement wrote carry exactly this `now`; the others were refused.
+                    held = await conn.execute(
+                        select(requests.c.id).where(
+                            requests.c.id.in_(ids),
+                            or_(requests.c.updated_at.is_(None), requests.c.updated_at != now,
+                                requests.c.lease_owner.is_not(None)),
+                        )
+                    )
+                    refused.extend(int(x) for x in held.scalars())
+            return refused
+
+        refused = await self._write(go)
+        for rid in refused:
+            log.warning("request %s was no longer leased by this runner; its outcome was not written", rid)
+        return refused
+
+    async def set_state(self, request_id: int, to: RequestState) -> None:
+        """Move one request to `to` outside any lease (admin paths); raises IllegalTransition if not allowed."""
+        allowed = sorted(s.value for s in ALLOWED_FROM[to])
+
+        async def go(conn: AsyncConnection) -> None:
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.state.in_(allowed))
+                .values(state=to.value, updated_at=time.time())
+            )
+            if r.rowcount != 1:
+                raise IllegalTransition(request_id, to.value, set(allowed))
+
+        await self._write(go)
+
+    # -- cancel and retry -------------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: str) -> tuple[int, list[tuple[int, str]]]:
+        """Cancel queued requests and mark the job cancelled; returns (cancelled, in-flight background ids)."""
+        await self.get_job(job_id)
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> tuple[int, list[tuple[int, str]]]:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=now))
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.job_id == job_id, requests.c.state == Q)
+                .values(state=RequestState.CANCELLED.value, finished_at=now, updated_at=now,
+                        error_code="cancelled", error_message="cancelled before it was sent")
+            )
+            bg = await conn.execute(
+                select(requests.c.id, requests.c.response_id).where(
+                    requests.c.job_id == job_id, requests.c.state == IP, requests.c.response_id.is_not(None)
+                )
+            )
+            return int(r.rowcount), [(x.id, x.response_id) for x in bg]
+
+        return await self._write(go)
+
+    async def finish_unleased(self, o: Outcome) -> bool:
+        """Record the final state of an in-progress request that no lease covers (`runner cancel`)."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> bool:
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.id == o.request_id, requests.c.state == IP)
+                .values(
+                    state=o.to.value,
+                    http_status=o.http_status,
+                    request_id=o.api_request_id,
+                    response_body=o.response_body,
+                    error_code=o.error_code,
+                    error_message=o.error_message,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    **{c: getattr(o.usage, c) for c in _USAGE_COLS},
+                )
+            )
+            return bool(r.rowcount)
+
+        return await self._write(go)
+
+    async def retry_job(self, job_id: str) -> int:
+        """Failed requests back to queued with fresh attempts; the job is un-cancelled."""
+        await self.get_job(job_id)
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> int:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=None))
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.job_id == job_id, requests.c.state == RequestState.FAILED.value)
+                .values(
+                    state=Q, attempts=0, next_attempt_at=0.0, response_id=None, finished_at=None,
+                    error_code=None, error_message=None, updated_at=now,
+                )
+            )
+            return int(r.rowcount)
+
+        return await self._write(go)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def progress(self, job_ids: Sequence[str]) -> tuple[dict[str, int], float | None]:
+        """Counts per state over `job_ids`, and when the earliest waiting retry is due."""
+
+        async def go(conn: AsyncConnection) -> tuple[dict[str, int], float | None]:
+            rows = await conn.execute(
+                select(requests.c.state, func.count())
+                .where(requests.c.job_id.in_(job_ids))
+                .group_by(requests.c.state)
+            )
+            counts = {r[0]: int(r[1]) for r in rows}
+            due = await conn.execute(
+                select(func.min(requests.c.next_attempt_at)).where(
+                    requests.c.job_id.in_(job_ids), requests.c.state == Q
+                )
+            )
+            return counts, due.scalar_one_or_none()
+
+        return await self._read(go)
+
+    async def job_stats(self, job_id: str) -> JobStats:
+        """Counts per state, attempts, usage totals, timing and leases of one job."""
+        job = await self.get_job(job_id)
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> JobStats:
+            rows = await conn.execute(
+                select(
+                    requests.c.state,
+                    func.count(),
+                    func.sum(requests.c.attempts),
+                    func.sum(requests.c.rate_limited),
+                    *(func.sum(getattr(requests.c, c)) for c in _USAGE_COLS),
+                    func.min(requests.c.started_at),
+                    func.max(requests.c.finished_at),
+                )
+                .where(requests.c.job_id == job_id)
+                .group_by(requests.c.state)
+            )
+            counts = {s.value: 0 for s in RequestState}
+            attempts = rl = 0
+            usage = [0, 0, 0, 0, 0]
+            first: float | None = None
+            last: float | None = None
+            for r in rows:
+                counts[r[0]] = int(r[1])
+                attempts += int(r[2] or 0)
+                rl += int(r[3] or 0)
+                for i in range(5):
+                    usage[i] += int(r[4 + i] or 0)
+                if r[9] is not None:
+                    first = r[9] if first is None else min(first, r[9])
+                if r[10] is not None:
+                    last = r[10] if last is None else max(last, r[10])
+            owners = await conn.execute(
+                select(requests.c.lease_owner, func.count())
+                .where(
+                    requests.c.job_id == job_id,
+                    requests.c.state == IP,
+                    requests.c.lease_owner.is_not(None),
+                    requests.c.lease_expires_at >= now,
+                )
+                .group_by(requests.c.lease_owner)
+            )
+            stale = await conn.execute(
+                select(func.count()).where(
+                    requests.c.job_id == job_id,
+                    requests.c.state == IP,
+                    or_(requests.c.lease_expires_at < now, requests.c.lease_owner.is_(None)),
+                )
+            )
+            return JobStats(
+                job=job,
+                counts=counts,
+                attempts=attempts,
+                rate_limited=rl,
+                usage=UsageCounts(*usage),
+                first_started=first,
+                last_finished=last,
+                in_flight_by_owner={r[0]: int(r[1]) for r in owners},
+                stale_leases=int(stale.scalar_one()),
+            )
+
+        return await self._read(go)
+
+    @asynccontextmanager
+    async def stream_export(self, job_id: str, states: Iterable[str] | None = None) -> AsyncIterator[
+        AsyncIterator[ExportRow]
+    ]:
+        """Rows of a job in input order, streamed from one read snapshot."""
+        await self.get_job(job_id)
+        cols = (
+            requests.c.line_no,
+            requests.c.custom_id,
+            requests.c.state,
+            requests.c.http_status,
+            requests.c.request_id,
+            requests.c.response_body,
+            requests.c.error_code,
+            requests.c.error_message,
+        )
+        stmt = select(*cols).where(requests.c.job_id == job_id).order_by(requests.c.line_no)
+        if states is not None:
+            stmt = stmt.where(requests.c.state.in_(list(states)))
+        async with self.engine.connect() as conn:
+            await conn.execution_options(readonly=True, yield_per=2000)
+            result = await conn.stream(stmt)
+
+            async def rows() -> AsyncIterator[ExportRow]:
+                async for r in result:
+                    yield ExportRow(*r)
+
+            yield rows()
+
+    async def integrity_check(self) -> str:
+        """SQLite's own verdict on the file ("ok" when sound)."""
+
+        async def go(conn: AsyncConnection) -> str:
+            r = await conn.execute(text("PRAGMA integrity_check"))
+            return "\n".join(str(x[0]) for x in r)
+
+        return await self._read(go)

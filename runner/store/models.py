@@ -1,0 +1,105 @@
+"""Plain values passed in and out of the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.states import RequestState
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """One validated line, ready to insert."""
+
+    line_no: int
+    custom_id: str
+    body: str  # JSON text
+    conversation: str | None = None
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A request this process holds a lease on."""
+
+    id: int
+    job_id: str
+    line_no: int
+    custom_id: str
+    body: str
+    attempts: int  # including the one now starting
+    response_id: str | None = None
+    background: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounts:
+    """The five token counts."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one claimed request ends this attempt; the writer turns it into one guarded UPDATE."""
+
+    request_id: int
+    to: RequestState
+    http_status: int | None = None
+    api_request_id: str | None = None
+    response_body: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: UsageCounts = field(default_factory=UsageCounts)
+    next_attempt_at: float = 0.0  # for a requeue
+    refund_attempt: bool = False  # the attempt did not reach the API's judgement (billing stop)
+    clear_response_id: bool = False  # a failed background response retried as a new attempt
+    rate_limited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A job as the store knows it."""
+
+    id: str
+    name: str
+    source: str
+    background: bool
+    total: int
+    created_at: float
+    started_at: float | None
+    cancelled_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStats:
+    """Counts, attempts and usage of one job."""
+
+    job: JobRow
+    counts: dict[str, int]
+    attempts: int
+    rate_limited: int
+    usage: UsageCounts
+    first_started: float | None
+    last_finished: float | None
+    in_flight_by_owner: dict[str, int]
+    stale_leases: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    """What export needs of one request."""
+
+    line_no: int
+    custom_id: str
+    state: str
+    http_status: int | None
+    request_id: str | None
+    response_body: str | None
+    error_code: str | None
+    error_message: str | None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,85 @@
+"""The one schema of the job store. migrations/env.py imports this metadata."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("source", Text, nullable=False),  # the submitted path, as given
+    # sha256 of the file's bytes and the submit options: the same submission twice is one job
+    Column("fingerprint", String, nullable=False),
+    Column("background", Boolean, nullable=False, default=False),
+    Column("total", Integer, nullable=False, default=0),
+    # "staging" while submit inserts rows (invisible to every other command), then "ready"
+    Column("phase", String, nullable=False, default="staging"),
+    Column("staged_by", String, nullable=True),  # host:pid of the submitting process
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("cancelled_at", Float, nullable=True),
+    Index(None, "fingerprint"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("custom_id", Text, nullable=False),
+    Column("body", Text, nullable=False),  # the Create Response body as sent, JSON
+    Column("conversation", Text, nullable=True),  # requests sharing one run one at a time
+    Column("state", String, nullable=False, default="queued"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False, default=0.0),
+    Column("lease_owner", String, nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("response_id", String, nullable=True),
+    Column("http_status", Integer, nullable=True),
+    Column("request_id", String, nullable=True),  # x-request-id of the last reply
+    Column("response_body", Text, nullable=True),  # the final Response object, or the error body
+    Column("error_code", String, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("total_tokens", Integer, nullable=False, default=0),
+    Column("rate_limited", Integer, nullable=False, default=0),  # 429s this request met
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),  # first claim
+    Column("submitted_at", Float, nullable=True),  # last POST sent
+    Column("updated_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    UniqueConstraint("job_id", "line_no"),
+    UniqueConstraint("job_id", "custom_id"),
+    # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
+    Index(None, "state"),
+    Index(None, "job_id", "state"),
+    Index(None, "lease_owner"),
+    Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
+)

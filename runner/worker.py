@@ -1,0 +1,312 @@
+"""The worker pool: claim leased requests from the store, send them, hand outcomes to the write-back.
+
+One task group owns everything: a claim loop that starts one task per claimed request (never more
+than the concurrency), a poller for background responses, and a lease renewer. A separate write-back
+task commits outcomes in small batches and is drained, shielded, on every way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import anyio
+from anyio.abc import TaskGroup
+
+from runner.client import ApiClient
+from runner.errors import ApiError, BillingError, IllegalTransition, TransientApiError
+from runner.poller import Poller
+from runner.results import from_error, from_response, is_running
+from runner.states import RequestState
+from runner.store import Store
+from runner.store.models import Claimed, Outcome
+from runner.writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 256
+IDLE_CHECK = 0.5  # seconds between looks at the store when nothing is claimable
+POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose runner died
+
+
+class StopReason(StrEnum):
+    """Why a run ended."""
+
+    DONE = "done"
+    BILLING = "billing"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class RunOptions:
+    """Knobs of one run."""
+
+    concurrency: int
+    max_attempts: int
+    lease_seconds: float
+    grace: float
+    poll_concurrency: int | None = None
+
+
+@dataclass
+class Snapshot:
+    """Live figures of a run, for the progress display."""
+
+    total: int = 0
+    done: int = 0
+    completed: int = 0
+    incomplete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: int = 0
+    polling: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    reason: StopReason
+    billing_error: BillingError | None = None
+    snapshot: Snapshot = field(default_factory=Snapshot)
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Run:
+    """Runs the selected jobs until every request is final, a billing error stops it, or `stop()` is called."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ApiClient,
+        job_ids: Sequence[str],
+        options: RunOptions,
+        *,
+        on_progress: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.job_ids = list(job_ids)
+        self.opts = options
+        self.owner = new_owner()
+        self.writer = WriteBack(store, self.owner)
+        self.poller = Poller(
+            client,
+            self.writer,
+            max_attempts=options.max_attempts,
+            max_in_flight=options.poll_concurrency or max(4, min(options.concurrency, 256)),
+            on_outcome=self._count,
+        )
+        self.snap = Snapshot()
+        self._on_progress = on_progress
+        self._in_flight = 0
+        self._slot_freed = anyio.Event()
+        self._stop_claiming = anyio.Event()
+        self._billing: BillingError | None = None
+        self._interrupted = False
+        self._work_scope: anyio.CancelScope | None = None
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def stop(self, *, grace: float | None = None) -> None:
+        """Stop claiming; in-flight requests get `grace` seconds (default from options) to finish."""
+        self._interrupted = True
+        self._stop_claiming.set()
+        self._slot_freed.set()
+        self._grace_deadline = time.monotonic() + (self.opts.grace if grace is None else grace)
+
+    def abort(self) -> None:
+        """Stop now: cancel in-flight work (everything already received is still committed)."""
+        self._interrupted = True
+        self._stop_claiming.set()
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def execute(self) -> RunResult:
+        """Run to the end; always drains the write-back and releases this process's leases."""
+        counts, _ = await self.store.progress(self.job_ids)
+        self.snap.total = sum(counts.values())
+        self.snap.done = sum(v for k, v in counts.items() if k not in ("queued", "in_progress"))
+        await self.store.reclaim_expired(self.job_ids)
+        await self.store.mark_started(self.job_ids)
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self.writer.run)
+                try:
+                    with anyio.CancelScope() as self._work_scope:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(self._renew_leases)
+                            tg.start_soon(self.poller.run, tg)
+                            if self._on_progress is not None:
+                                tg.start_soon(self._report)
+                            await self._claim_loop(tg)
+                            await self._drain_in_flight()
+                            tg.cancel_scope.cancel()
+                finally:
+                    await self.writer.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.writer.aclose()
+                await self.store.release(self.owner, refund=self._billing is not None)
+                if self._on_progress is not None:
+                    self._on_progress(self.snap)
+        if self._billing is not None:
+            return RunResult(StopReason.BILLING, self._billing, self.snap)
+        if self._interrupted:
+            return RunResult(StopReason.INTERRUPTED, None, self.snap)
+        return RunResult(StopReason.DONE, None, self.snap)
+
+    async def _claim_loop(self, tg: TaskGroup) -> None:
+        last_adopt = 0.0
+        while not self._stop_claiming.is_set():
+            free = self.opts.concurrency - self._in_flight
+            if free <= 0:
+                await self._wait_slot(IDLE_CHECK)
+                continue
+            claimed = await self.store.claim(
+                self.owner, self.job_ids, min(free, CLAIM_BATCH), self.opts.lease_seconds
+            )
+            for c in claimed:
+                self._in_flight += 1
+                tg.start_soon(self._handle, c)
+            if claimed:
+                continue
+            now = time.monotonic()
+            if now - last_adopt >= POLL_ADOPT_INTERVAL:
+                last_adopt = now
+                await self.store.reclaim_expired(self.job_ids)
+                for c in await self.store.claim_polls(self.owner, self.job_ids, self.opts.lease_seconds):
+                    self.poller.add(c, delay=0.0)
+            if self._in_flight == 0 and self.poller.size == 0:
+                await self.writer.flush()
+                counts, due = await self.store.progress(self.job_ids)
+                if counts.get("queued", 0) + counts.get("in_progress", 0) == 0:
+                    return
+                wait = IDLE_CHECK
+                if due is not None and counts.get("queued", 0):
+                    wait = min(max(due - time.time(), 0.01), IDLE_CHECK)
+                await self._wait_slot(wait)
+            else:
+                await self._wait_slot(IDLE_CHECK / 5)
+
+    async def _wait_slot(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._slot_freed.wait()
+        self._slot_freed = anyio.Event()
+
+    async def _drain_in_flight(self) -> None:
+        """After a stop: give in-flight requests the grace period, then cancel what is left."""
+        if not self._interrupted:
+            return
+        deadline = getattr(self, "_grace_deadline", time.monotonic())
+        while self._in_flight > 0 and time.monotonic() < deadline:
+            await self._wait_slot(min(0.1, max(deadline - time.monotonic(), 0.0)))
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await anyio.sleep(self.opts.lease_seconds / 3)
+            await self.store.renew_leases(self.owner, self.opts.lease_seconds)
+
+    async def _report(self) -> None:
+        assert self._on_progress is not None
+        while True:
+            self.snap.in_flight = self._in_flight
+            self.snap.polling = self.poller.size
+            self._on_progress(self.snap)
+            await anyio.sleep(0.25)
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def _count(self, o: Outcome) -> None:
+        s = self.snap
+        if o.rate_limited:
+            s.rate_limited += 1
+        if o.to is RequestState.QUEUED:
+            s.retries += 1
+            return
+        s.done += 1
+        s.tokens += o.usage.total_tokens
+        if o.to is RequestState.COMPLETED:
+            s.completed += 1
+        elif o.to is RequestState.INCOMPLETE:
+            s.incomplete += 1
+        elif o.to is RequestState.FAILED:
+            s.failed += 1
+        elif o.to is RequestState.CANCELLED:
+            s.cancelled += 1
+
+    def _put(self, o: Outcome) -> None:
+        self.writer.put(o)
+        self._count(o)
+
+    async def _handle(self, c: Claimed) -> None:
+        try:
+            await self._submit(c)
+        finally:
+            self._in_flight -= 1
+            self._slot_freed.set()
+
+    async def _submit(self, c: Claimed) -> None:
+        max_attempts = self.opts.max_attempts
+        try:
+            reply = await self.client.create(
+                c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}"
+            )
+        except BillingError as e:
+            self._on_billing(e)
+            return
+        except ApiError as e:
+            if isinstance(e, TransientApiError):
+                log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
+            self._put(from_error(c, e, max_attempts=max_attempts))
+            return
+        if is_running(reply.body):
+            response_id = reply.body.get("id")
+            if not isinstance(response_id, str):
+                self._put(from_error(c, TransientApiError("background response without an id",
+                                                          code="invalid_response_body"),
+                                     max_attempts=max_attempts))
+                return
+            try:
+                await self.store.record_response_id(c.id, self.owner, response_id, reply.request_id)
+            except IllegalTransition:
+                log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
+                return
+            c.response_id = response_id
+            c.background = True
+            self.poller.add(c)
+            return
+        self._put(
+            from_response(
+                c, reply.body, http_status=reply.status, request_id=reply.request_id, max_attempts=max_attempts
+            )
+        )
+
+    def _on_billing(self, e: BillingError) -> None:
+        """Stop everything: the request stays queued (released with its attempt refunded at the end)."""
+        if self._billing is None:
+            self._billing = e
+            log.error("billing error, stopping the run: %s", e.describe())
+        self._stop_claiming.set()
+        if self._work_scope is not None:
+            self._work_scope.cancel()
