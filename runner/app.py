@@ -126,7 +126,10 @@ async def run(
         if not ids:
             return RunOutcome(RunResult(StopReason.DONE))
         options = RunOptions(
-            concurrency=s.concurrency, max_attempts=s.max_attempts, lease_seconds=s.lease_seconds, grace=s.grace
+            concurrency=s.concurrency,
+            max_attempts=s.max_attempts,
+            lease_seconds=s.lease_seconds,
+            grace=s.grace,
         )
         poll_slots = max(4, min(s.concurrency, 256))
         async with _client(s, transport, s.concurrency + poll_slots) as client:
@@ -206,8 +209,11 @@ async def cancel(
                     if is_running(reply.body):
                         continue  # the running poller records the final state
                     o = from_response(
-                        Claimed(request_id, job_id, 0, "", "", 0), reply.body,
-                        http_status=reply.status, request_id=reply.request_id, max_attempts=0,
+                        Claimed(request_id, job_id, 0, "", "", 0),
+                        reply.body,
+                        http_status=reply.status,
+                        request_id=reply.request_id,
+                        max_attempts=0,
                     )
                     if await store.finish_unleased(o):
                         done += 1

@@ -54,22 +54,37 @@ def _env_arg(p: argparse.ArgumentParser, *flags: str, env: str, help: str, **kw:
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
-    _env_arg(p, "--db", env="RUNNER_DB", help=f"SQLite file or SQLAlchemy URL of the job store (default {DEFAULT_DB})")
+    _env_arg(
+        p,
+        "--db",
+        env="RUNNER_DB",
+        help=f"SQLite file or SQLAlchemy URL of the job store (default {DEFAULT_DB})",
+    )
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
     _env_arg(p, "--base-url", env="OPENAI_BASE_URL", help=f"API base URL (default {DEFAULT_BASE_URL})")
     _env_arg(
-        p, "--api-key", env="OPENAI_API_KEY",
+        p,
+        "--api-key",
+        env="OPENAI_API_KEY",
         help="API key; prefer the environment variable, a flag is visible to other users in `ps`",
     )
     _env_arg(
-        p, "--auth-style", env="RUNNER_AUTH_STYLE", choices=[a.value for a in AuthStyle],
+        p,
+        "--auth-style",
+        env="RUNNER_AUTH_STYLE",
+        choices=[a.value for a in AuthStyle],
         help="how the key is sent: 'bearer' (Authorization: Bearer KEY), 'raw' (Authorization: KEY), "
         "'api-key' (api-key: KEY, Azure)",
     )
-    _env_arg(p, "--timeout", env="RUNNER_TIMEOUT", type=float,
-             help=f"seconds to wait for one HTTP reply (default {DEFAULT_TIMEOUT:g})")
+    _env_arg(
+        p,
+        "--timeout",
+        env="RUNNER_TIMEOUT",
+        type=float,
+        help=f"seconds to wait for one HTTP reply (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,12 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run jobs until every request is final")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="jobs to run (default: every unfinished job)")
-    _env_arg(p, "--concurrency", env="RUNNER_CONCURRENCY", type=int,
-             help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})")
-    _env_arg(p, "--max-attempts", env="RUNNER_MAX_ATTEMPTS", type=int,
-             help=f"attempts per request before it fails (default {DEFAULT_MAX_ATTEMPTS})")
-    _env_arg(p, "--grace", env="RUNNER_GRACE", type=float,
-             help=f"seconds in-flight requests get to finish after SIGINT/SIGTERM (default {DEFAULT_GRACE_SECONDS:g})")
+    _env_arg(
+        p,
+        "--concurrency",
+        env="RUNNER_CONCURRENCY",
+        type=int,
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    _env_arg(
+        p,
+        "--max-attempts",
+        env="RUNNER_MAX_ATTEMPTS",
+        type=int,
+        help=f"attempts per request before it fails (default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    _env_arg(
+        p,
+        "--grace",
+        env="RUNNER_GRACE",
+        type=float,
+        help=f"seconds in-flight requests get to finish after SIGINT/SIGTERM (default {DEFAULT_GRACE_SECONDS:g})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
     _client_args(p)
     _db_arg(p)
@@ -129,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB_ID")
     _db_arg(p)
 
-    sub.add_parser("mock-server", help="the built-in fake Responses API (see `runner mock-server --help`)",
-                   add_help=False)
+    sub.add_parser(
+        "mock-server",
+        help="the built-in fake Responses API (see `runner mock-server --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -138,7 +171,16 @@ def _settings(ns: argparse.Namespace) -> Settings:
     """Flags over environment over defaults."""
     flags = {
         k: getattr(ns, k)
-        for k in ("db", "base_url", "api_key", "auth_style", "concurrency", "max_attempts", "timeout", "grace")
+        for k in (
+            "db",
+            "base_url",
+            "api_key",
+            "auth_style",
+            "concurrency",
+            "max_attempts",
+            "timeout",
+            "grace",
+        )
         if getattr(ns, k, None) is not None
     }
     try:
@@ -205,12 +247,19 @@ def print_stats(st: JobStats, out: Callable[[str], None]) -> None:
     d = stats_json(st)
     c, u = d["counts"], d["usage"]
     out(f"job {d['job_id']} ({d['name']}) · {d['total']} requests · {d['status']}")
-    out("  " + " · ".join(f"{k.replace('_', ' ')} {c.get(k, 0)}" for k in
-                          ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled")))
+    out(
+        "  "
+        + " · ".join(
+            f"{k.replace('_', ' ')} {c.get(k, 0)}"
+            for k in ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled")
+        )
+    )
     retries = max(d["attempts"] - sum(v for k, v in c.items() if k != "queued"), 0)
     out(f"  attempts {d['attempts']} ({retries} retries) · rate limited {d['rate_limited']}")
-    out(f"  usage: input {u['input_tokens']:,} · cached {u['cached_tokens']:,} · output {u['output_tokens']:,}"
-        f" · reasoning {u['reasoning_tokens']:,} · total {u['total_tokens']:,}")
+    out(
+        f"  usage: input {u['input_tokens']:,} · cached {u['cached_tokens']:,} · output {u['output_tokens']:,}"
+        f" · reasoning {u['reasoning_tokens']:,} · total {u['total_tokens']:,}"
+    )
     if d["elapsed_seconds"] is not None:
         rate = f" · {d['throughput_rps']:.1f} requests/s" if d["throughput_rps"] else ""
         out(f"  elapsed {d['elapsed_seconds']:.1f} s{rate}")
@@ -258,9 +307,11 @@ class ProgressView:
         rate = s.done and (s.completed + s.incomplete + s.failed) / max(s.elapsed, 1e-6)
         tps = s.tokens / max(s.elapsed, 1e-6)
         if self._progress is not None:
-            detail = (f"ok {s.completed + s.incomplete} · failed {s.failed} · in flight {s.in_flight}"
-                      f" · polling {s.polling} · {rate:.1f} req/s · {tps:,.0f} tok/s"
-                      f" · retries {s.retries} · 429s {s.rate_limited}")
+            detail = (
+                f"ok {s.completed + s.incomplete} · failed {s.failed} · in flight {s.in_flight}"
+                f" · polling {s.polling} · {rate:.1f} req/s · {tps:,.0f} tok/s"
+                f" · retries {s.retries} · 429s {s.rate_limited}"
+            )
             self._progress.update(self._task, total=s.total, completed=s.done, detail=detail)
             return
         now = time.monotonic()
@@ -283,13 +334,21 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 
     res = anyio.run(
         lambda: app.submit(
-            ns.file, name=ns.name, background=ns.background, model=ns.model, lenient=ns.lenient,
-            new=ns.new, db=ns.db, on_warning=warn,
+            ns.file,
+            name=ns.name,
+            background=ns.background,
+            model=ns.model,
+            lenient=ns.lenient,
+            new=ns.new,
+            db=ns.db,
+            on_warning=warn,
         )
     )
     if res.existing:
-        err.print(f"{ns.file} was submitted before with the same options: job {res.job_id} "
-                  "(use --new for a separate job)", markup=False)
+        err.print(
+            f"{ns.file} was submitted before with the same options: job {res.job_id} (use --new for a separate job)",
+            markup=False,
+        )
     else:
         err.print(f"queued {res.total} requests from {ns.file}", markup=False)
     _print(res.job_id)
@@ -299,9 +358,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 def cmd_run(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     with ProgressView(ns.quiet) as view:
-        outcome = anyio.run(
-            lambda: app.run(ns.job_ids or None, settings, on_progress=view, handle_signals=True)
-        )
+        outcome = anyio.run(lambda: app.run(ns.job_ids or None, settings, on_progress=view, handle_signals=True))
     for st in outcome.stats:
         print_stats(st, _print)
     r = outcome.result
@@ -311,7 +368,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         err.print(
             f"stopped: the API refused for billing reasons ({e.status} {e.code}: {e.message}). "
             "Unfinished requests stay queued; top up the account and run `runner run` again.",
-            markup=False, soft_wrap=True,
+            markup=False,
+            soft_wrap=True,
         )
         return EXIT_BILLING
     if r.reason is StopReason.INTERRUPTED:
@@ -350,8 +408,10 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
         d = stats_json(st)
         c = d["counts"]
         done = sum(v for k, v in c.items() if k not in ("queued", "in_progress"))
-        _print(f"{d['job_id']}  {d['status']:<11}  {done}/{d['total']} done  failed {c.get('failed', 0)}"
-               f"  tokens {d['usage']['total_tokens']:,}  {d['name']}")
+        _print(
+            f"{d['job_id']}  {d['status']:<11}  {done}/{d['total']} done  failed {c.get('failed', 0)}"
+            f"  tokens {d['usage']['total_tokens']:,}  {d['name']}"
+        )
     return EXIT_OK
 
 
@@ -370,8 +430,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_cancel(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     res = anyio.run(lambda: app.cancel(ns.job_id, settings))
-    err.print(f"cancelled {res.cancelled_queued} queued and {res.cancelled_in_flight} in-flight requests",
-              markup=False)
+    err.print(
+        f"cancelled {res.cancelled_queued} queued and {res.cancelled_in_flight} in-flight requests",
+        markup=False,
+    )
     for f in res.cancel_failures:
         err.print(f"could not cancel {f}", markup=False)
     return EXIT_FAILED if res.cancel_failures else EXIT_OK

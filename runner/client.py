@@ -24,9 +24,7 @@ from pydantic import SecretStr
 from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
 from runner.errors import ApiError, BillingError, ConfigError, PermanentApiError, TransientApiError
 
-BILLING_CODES = frozenset(
-    {"insufficient_quota", "credit_balance_exhausted", "organization_usage_limit_exceeded"}
-)
+BILLING_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "organization_usage_limit_exceeded"})
 CONVERSATION_LOCKED_WAIT = 2.0  # the API says "retry in a few seconds" and sends no Retry-After
 RATE_LIMIT_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -119,7 +117,10 @@ def classify(response: httpx.Response) -> ApiReply:
             return ApiReply(status, body, raw, request_id, limits)
         raise TransientApiError(
             "the API answered 2xx with a body that is not a JSON object",
-            status=status, code="invalid_response_body", request_id=request_id, body=None,
+            status=status,
+            code="invalid_response_body",
+            request_id=request_id,
+            body=None,
         )
 
     code, typ, message = _error_fields(body)
@@ -146,8 +147,9 @@ def classify_exception(exc: BaseException) -> TransientApiError:
         cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
     ):
         return TransientApiError(f"timed out: {type(cause).__name__}", code="timeout")
-    return TransientApiError(f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "),
-                             code="connection_error")
+    return TransientApiError(
+        f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "), code="connection_error"
+    )
 
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, aiohttp.ClientError, OSError)
@@ -198,8 +200,9 @@ class ApiClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, content: bytes | None = None,
-                    headers: Mapping[str, str] | None = None) -> ApiReply:
+    async def _send(
+        self, method: str, path: str, content: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> ApiReply:
         try:
             response = await self._http.request(method, path, content=content, headers=headers)
         except TRANSPORT_ERRORS as exc:

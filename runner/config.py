@@ -46,9 +46,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, validation_alias=_env("api_key", "OPENAI_API_KEY"))
     auth_style: AuthStyle = Field(AuthStyle.BEARER, validation_alias=_env("auth_style", "RUNNER_AUTH_STYLE"))
     concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, validation_alias=_env("concurrency", "RUNNER_CONCURRENCY"))
-    max_attempts: int = Field(
-        DEFAULT_MAX_ATTEMPTS, ge=1, validation_alias=_env("max_attempts", "RUNNER_MAX_ATTEMPTS")
-    )
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, validation_alias=_env("max_attempts", "RUNNER_MAX_ATTEMPTS"))
     timeout: float = Field(DEFAULT_TIMEOUT, gt=0, validation_alias=_env("timeout", "RUNNER_TIMEOUT"))
     lease_seconds: float = Field(
         DEFAULT_LEASE_SECONDS, gt=0, validation_alias=_env("lease_seconds", "RUNNER_LEASE_SECONDS")

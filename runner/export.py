@@ -44,7 +44,7 @@ def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
     state = row.state
     if state == RequestState.CANCELLED.value:
         error = {"code": "batch_cancelled", "message": row.error_message or "cancelled"}
-    elif state == RequestState.FAILED.value and not (response is not None and row.http_status >= 400):
+    elif state == RequestState.FAILED.value and not (response is not None and (row.http_status or 0) >= 400):
         # An HTTP error keeps its details in response.body.error, as the Batch API does; failures with
         # no HTTP error (retries exhausted on timeouts, a background response that ended failed) use `error`.
         error = {"code": row.error_code or "failed", "message": row.error_message or ""}
@@ -79,7 +79,7 @@ def _atomic_writer(path: str | None) -> Iterator[IO[bytes]]:
 async def export_job(store: Store, job_id: str, out: str | None, errors: str | None = None) -> ExportCounts:
     """Write a job's finished requests to `out` (stdout when None or "-"); failed ones to `errors` if given."""
     counts = ExportCounts()
-    with _atomic_writer(out) as f_out, (_atomic_writer(errors) if errors else _null()) as f_err:
+    with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
         async with store.stream_export(job_id) as rows:
             async for row in rows:
                 if row.state in _UNFINISHED:

@@ -99,7 +99,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as f:
         for n, raw in enumerate(f, start=1):
             if n == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
+                raw = raw[len(BOM) :]
             line = raw.rstrip(b"\r\n")
             if line.strip():
                 yield n, line
@@ -163,9 +163,7 @@ async def submit_file(
             except orjson.JSONDecodeError as e:
                 problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
                 continue
-            v = validate_line(
-                obj, line_no, model=options.model, background=options.background, lenient=options.lenient
-            )
+            v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
             for issue in v.errors:
                 problems.add(line_no, issue.field, issue.reason)
             for issue in v.warnings:

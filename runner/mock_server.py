@@ -416,14 +416,10 @@ def _authorized(state: MockState, request: web.Request) -> bool:
 def _unauthorized(state: MockState, started: float) -> web.Response:
     state.faults["401"] += 1
     # Never echo the key back: the real API only shows a redacted hint, and logs would leak it.
-    return _reply(
-        state, started, 401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key")
-    )
+    return _reply(state, started, 401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
 
 
-def _rate_limited(
-    state: MockState, started: float, retry_after: float, kind: str, whole: bool = False
-) -> web.Response:
+def _rate_limited(state: MockState, started: float, retry_after: float, kind: str, whole: bool = False) -> web.Response:
     state.faults["429"] += 1
     message = f"Rate limit reached for {kind}. Please try again in {format_duration(retry_after)}."
     headers = _retry_headers(retry_after, whole)
@@ -453,9 +449,7 @@ def _validate(raw: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]
             "We could not parse the JSON body of your request.", "invalid_request_error", "invalid_json"
         )
     if not isinstance(body, dict):
-        return None, _error(
-            "The request body must be a JSON object.", "invalid_request_error", "invalid_body"
-        )
+        return None, _error("The request body must be a JSON object.", "invalid_request_error", "invalid_body")
     for field in ("model", "input"):
         if field not in body:
             message = f"Missing required parameter: '{field}'."

@@ -111,7 +111,10 @@ class Poller:
                 return
             self._finish(
                 from_response(
-                    c, reply.body, http_status=reply.status, request_id=reply.request_id,
+                    c,
+                    reply.body,
+                    http_status=reply.status,
+                    request_id=reply.request_id,
                     max_attempts=self._max_attempts,
                 )
             )

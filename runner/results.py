@@ -49,7 +49,8 @@ def from_response(
     else:
         code = message = None
     if to is RequestState.FAILED and code is None:
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        err_obj = body.get("error")
+        err: dict[str, Any] = err_obj if isinstance(err_obj, dict) else {}
         code = str(err.get("code") or "failed")
         message = str(err.get("message") or "the response failed")
         if code in RETRYABLE_RESPONSE_ERRORS and should_retry(c.attempts, max_attempts):
@@ -65,7 +66,8 @@ def from_response(
                 rate_limited=code == "rate_limit_exceeded",
             )
     elif to is RequestState.INCOMPLETE:
-        details = body.get("incomplete_details") if isinstance(body.get("incomplete_details"), dict) else {}
+        details_obj = body.get("incomplete_details")
+        details: dict[str, Any] = details_obj if isinstance(details_obj, dict) else {}
         code = "incomplete"
         message = str(details.get("reason") or "incomplete")
     elif to is RequestState.CANCELLED:

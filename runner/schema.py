@@ -202,9 +202,7 @@ def _fields(
             check(item, _join(path, key), out)
 
 
-def _record(
-    checks: Mapping[str, _Check], required: tuple[str, ...] = (), *, nullable: bool = False
-) -> _Check:
+def _record(checks: Mapping[str, _Check], required: tuple[str, ...] = (), *, nullable: bool = False) -> _Check:
     """An object with the given field checks (extra fields allowed)."""
 
     def check(value: Any, path: str, out: list[FieldIssue]) -> None:
@@ -324,9 +322,7 @@ def _check_metadata(value: Any, path: str, out: list[FieldIssue]) -> None:
         return
     if len(value) > METADATA_MAX_PAIRS:
         out.append(
-            FieldIssue(
-                path, f"must have at most {METADATA_MAX_PAIRS} key-value pairs (got {len(value)})", False
-            )
+            FieldIssue(path, f"must have at most {METADATA_MAX_PAIRS} key-value pairs (got {len(value)})", False)
         )
     for key, item in value.items():
         if len(key) > METADATA_KEY_MAX:
@@ -403,11 +399,7 @@ _BODY_REQUIRED: Final = ("model", "input")
 def _check_body(body: dict[str, Any], path: str, out: list[FieldIssue]) -> None:
     _fields(body, path, out, _BODY_FIELDS, _BODY_REQUIRED)
     if body.get("conversation") is not None and body.get("previous_response_id") is not None:
-        out.append(
-            FieldIssue(
-                _join(path, "conversation"), "cannot be used together with previous_response_id", False
-            )
-        )
+        out.append(FieldIssue(_join(path, "conversation"), "cannot be used together with previous_response_id", False))
     if body.get("background") is True and body.get("store") is False:
         out.append(FieldIssue(_join(path, "store"), BACKGROUND_STORE_REASON, False))
 
@@ -475,9 +467,7 @@ def validate_line(
     _check_body(body, path, errors)
 
     if lenient and errors:
-        return ValidatedLine(
-            custom_id, body, [i for i in errors if not i.is_enum], [i for i in errors if i.is_enum]
-        )
+        return ValidatedLine(custom_id, body, [i for i in errors if not i.is_enum], [i for i in errors if i.is_enum])
     return ValidatedLine(custom_id, body, errors, [])
 
 

@@ -123,6 +123,7 @@ class Run:
         self._billing: BillingError | None = None
         self._interrupted = False
         self._work_scope: anyio.CancelScope | None = None
+        self._grace_deadline = 0.0
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -183,9 +184,7 @@ class Run:
             if free <= 0:
                 await self._wait_slot(IDLE_CHECK)
                 continue
-            claimed = await self.store.claim(
-                self.owner, self.job_ids, min(free, CLAIM_BATCH), self.opts.lease_seconds
-            )
+            claimed = await self.store.claim(self.owner, self.job_ids, min(free, CLAIM_BATCH), self.opts.lease_seconds)
             for c in claimed:
                 self._in_flight += 1
                 tg.start_soon(self._handle, c)
@@ -209,16 +208,16 @@ class Run:
             else:
                 await self._wait_slot(IDLE_CHECK / 5)
 
-    async def _wait_slot(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
+    async def _wait_slot(self, within: float) -> None:
+        with anyio.move_on_after(within):
             await self._slot_freed.wait()
         self._slot_freed = anyio.Event()
 
     async def _drain_in_flight(self) -> None:
         """After a stop: give in-flight requests the grace period, then cancel what is left."""
-        if not self._interrupted:
+        if not self._interrupted and self._billing is None:
             return
-        deadline = getattr(self, "_grace_deadline", time.monotonic())
+        deadline = self._grace_deadline
         while self._in_flight > 0 and time.monotonic() < deadline:
             await self._wait_slot(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
@@ -269,9 +268,7 @@ class Run:
     async def _submit(self, c: Claimed) -> None:
         max_attempts = self.opts.max_attempts
         try:
-            reply = await self.client.create(
-                c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}"
-            )
+            reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
         except BillingError as e:
             self._on_billing(e)
             return
@@ -283,9 +280,13 @@ class Run:
         if is_running(reply.body):
             response_id = reply.body.get("id")
             if not isinstance(response_id, str):
-                self._put(from_error(c, TransientApiError("background response without an id",
-                                                          code="invalid_response_body"),
-                                     max_attempts=max_attempts))
+                self._put(
+                    from_error(
+                        c,
+                        TransientApiError("background response without an id", code="invalid_response_body"),
+                        max_attempts=max_attempts,
+                    )
+                )
                 return
             try:
                 await self.store.record_response_id(c.id, self.owner, response_id, reply.request_id)
@@ -298,15 +299,24 @@ class Run:
             return
         self._put(
             from_response(
-                c, reply.body, http_status=reply.status, request_id=reply.request_id, max_attempts=max_attempts
+                c,
+                reply.body,
+                http_status=reply.status,
+                request_id=reply.request_id,
+                max_attempts=max_attempts,
             )
         )
 
     def _on_billing(self, e: BillingError) -> None:
-        """Stop everything: the request stays queued (released with its attempt refunded at the end)."""
+        """Stop claiming at once; the request stays queued (released with its attempt refunded at the end).
+
+        Requests already on the wire are not cancelled: each comes back either with a result, which is
+        kept (it was paid for), or with the same billing error. Cancelling them would throw away answers
+        the API may already have billed, and the next run would pay for them again.
+        """
         if self._billing is None:
             self._billing = e
             log.error("billing error, stopping the run: %s", e.describe())
+            self._grace_deadline = time.monotonic() + self.opts.grace
         self._stop_claiming.set()
-        if self._work_scope is not None:
-            self._work_scope.cancel()
+        self._slot_freed.set()

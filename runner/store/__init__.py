@@ -128,7 +128,8 @@ class Store:
                 return await fn(conn)
 
         with anyio.CancelScope(shield=True):
-            return await self._retry(once)
+            result = await self._retry(once)
+        return result
 
     async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async def once() -> T:
@@ -256,9 +257,7 @@ class Store:
         """A published job, or JobNotFound."""
 
         async def go(conn: AsyncConnection) -> JobRow:
-            r = (
-                await conn.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.phase == "ready"))
-            ).one_or_none()
+            r = (await conn.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.phase == "ready"))).one_or_none()
             if r is None:
                 raise JobNotFound(job_id)
             return _job_row(r)
@@ -278,11 +277,7 @@ class Store:
         """Published, uncancelled jobs that still have queued or in-progress requests."""
 
         async def go(conn: AsyncConnection) -> list[str]:
-            active = (
-                select(literal(1))
-                .where(requests.c.job_id == jobs.c.id, requests.c.state.in_([Q, IP]))
-                .exists()
-            )
+            active = select(literal(1)).where(requests.c.job_id == jobs.c.id, requests.c.state.in_([Q, IP])).exists()
             rows = await conn.execute(
                 select(jobs.c.id).where(jobs.c.phase == "ready", active).order_by(jobs.c.created_at)
             )
@@ -295,18 +290,14 @@ class Store:
 
         async def go(conn: AsyncConnection) -> None:
             await conn.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None))
-                .values(started_at=time.time())
+                update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None)).values(started_at=time.time())
             )
 
         await self._write(go)
 
     # -- claiming and leases ----------------------------------------------------------------------
 
-    async def claim(
-        self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float
-    ) -> list[Claimed]:
+    async def claim(self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float) -> list[Claimed]:
         """Lease up to `n` due, queued requests of `job_ids` in file order, counting the attempt now.
 
         A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
@@ -393,8 +384,7 @@ class Store:
         async def go(conn: AsyncConnection) -> list[Claimed]:
             rows = (await conn.execute(stmt)).all()
             return [
-                Claimed(r.id, r.job_id, r.line_no, r.custom_id, r.body, r.attempts, r.response_id, True)
-                for r in rows
+                Claimed(r.id, r.job_id, r.line_no, r.custom_id, r.body, r.attempts, r.response_id, True) for r in rows
             ]
 
         return await self._write(go)
@@ -562,8 +552,11 @@ class Store:
                     held = await conn.execute(
                         select(requests.c.id).where(
                             requests.c.id.in_(ids),
-                            or_(requests.c.updated_at.is_(None), requests.c.updated_at != now,
-                                requests.c.lease_owner.is_not(None)),
+                            or_(
+                                requests.c.updated_at.is_(None),
+                                requests.c.updated_at != now,
+                                requests.c.lease_owner.is_not(None),
+                            ),
                         )
                     )
                     refused.extend(int(x) for x in held.scalars())
@@ -601,8 +594,13 @@ class Store:
             r = await conn.execute(
                 update(requests)
                 .where(requests.c.job_id == job_id, requests.c.state == Q)
-                .values(state=RequestState.CANCELLED.value, finished_at=now, updated_at=now,
-                        error_code="cancelled", error_message="cancelled before it was sent")
+                .values(
+                    state=RequestState.CANCELLED.value,
+                    finished_at=now,
+                    updated_at=now,
+                    error_code="cancelled",
+                    error_message="cancelled before it was sent",
+                )
             )
             bg = await conn.execute(
                 select(requests.c.id, requests.c.response_id).where(
@@ -650,8 +648,14 @@ class Store:
                 update(requests)
                 .where(requests.c.job_id == job_id, requests.c.state == RequestState.FAILED.value)
                 .values(
-                    state=Q, attempts=0, next_attempt_at=0.0, response_id=None, finished_at=None,
-                    error_code=None, error_message=None, updated_at=now,
+                    state=Q,
+                    attempts=0,
+                    next_attempt_at=0.0,
+                    response_id=None,
+                    finished_at=None,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=now,
                 )
             )
             return int(r.rowcount)
@@ -665,9 +669,7 @@ class Store:
 
         async def go(conn: AsyncConnection) -> tuple[dict[str, int], float | None]:
             rows = await conn.execute(
-                select(requests.c.state, func.count())
-                .where(requests.c.job_id.in_(job_ids))
-                .group_by(requests.c.state)
+                select(requests.c.state, func.count()).where(requests.c.job_id.in_(job_ids)).group_by(requests.c.state)
             )
             counts = {r[0]: int(r[1]) for r in rows}
             due = await conn.execute(
@@ -745,9 +747,9 @@ class Store:
         return await self._read(go)
 
     @asynccontextmanager
-    async def stream_export(self, job_id: str, states: Iterable[str] | None = None) -> AsyncIterator[
-        AsyncIterator[ExportRow]
-    ]:
+    async def stream_export(
+        self, job_id: str, states: Iterable[str] | None = None
+    ) -> AsyncIterator[AsyncIterator[ExportRow]]:
         """Rows of a job in input order, streamed from one read snapshot."""
         await self.get_job(job_id)
         cols = (

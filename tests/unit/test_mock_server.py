@@ -298,9 +298,7 @@ def test_background_moves_from_queued_to_completed() -> None:
 
 def test_cancel_background_is_idempotent_and_foreground_cannot_be_cancelled() -> None:
     async def scenario(base: str, s: Session) -> None:
-        _, data, _ = await call(
-            s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True}
-        )
+        _, data, _ = await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True})
         rid = data["id"]
         status, first, _ = await call(s, "POST", f"{base}/responses/{rid}/cancel")
         assert status == 200
@@ -326,9 +324,7 @@ def test_cancel_background_is_idempotent_and_foreground_cannot_be_cancelled() ->
 
 def test_cancel_after_completion_returns_it_unchanged() -> None:
     async def scenario(base: str, s: Session) -> None:
-        _, data, _ = await call(
-            s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True}
-        )
+        _, data, _ = await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True})
         await asyncio.sleep(0.06)
         status, cancelled, _ = await call(s, "POST", f"{base}/responses/{data['id']}/cancel")
         assert status == 200
@@ -340,9 +336,7 @@ def test_cancel_after_completion_returns_it_unchanged() -> None:
 
 def test_bg_fail_ends_failed_with_server_error() -> None:
     async def scenario(base: str, s: Session) -> None:
-        _, data, _ = await call(
-            s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True}
-        )
+        _, data, _ = await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True})
         assert data["status"] == "queued"
         await asyncio.sleep(0.08)
         _, done, _ = await call(s, "GET", f"{base}/responses/{data['id']}")
@@ -441,10 +435,7 @@ def test_pdrop_closes_the_connection_quietly(caplog: pytest.LogCaptureFixture) -
 def test_faults_repeat_for_the_same_seed() -> None:
     async def statuses(config: Config) -> list[int]:
         async with _client(config) as (base, s):
-            return [
-                (await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x"}))[0]
-                for _ in range(20)
-            ]
+            return [(await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x"}))[0] for _ in range(20)]
 
     async def main() -> None:
         a = await statuses(Config(p429=0.3, p5xx=0.2, seed=7))

@@ -403,9 +403,7 @@ def test_rule_on_bare_body(obj: dict[str, Any], field: str, reason: str, is_enum
 
 
 @pytest.mark.parametrize(("obj", "field", "reason", "is_enum"), RULES)
-def test_rule_on_batch_line_is_prefixed_with_body(
-    obj: dict[str, Any], field: str, reason: str, is_enum: bool
-) -> None:
+def test_rule_on_batch_line_is_prefixed_with_body(obj: dict[str, Any], field: str, reason: str, is_enum: bool) -> None:
     assert one_issue(batch(obj)) == FieldIssue(f"body.{field}", reason, is_enum)
 
 
@@ -529,9 +527,7 @@ def test_lenient_moves_enum_issues_to_warnings_but_keeps_type_errors() -> None:
 def test_lenient_with_only_enum_issues_is_valid() -> None:
     result = validate_line(batch(body(truncation="smart")), 1, lenient=True)
     assert result.errors == []
-    assert result.warnings == [
-        FieldIssue("body.truncation", "must be one of 'auto', 'disabled' (got 'smart')", True)
-    ]
+    assert result.warnings == [FieldIssue("body.truncation", "must be one of 'auto', 'disabled' (got 'smart')", True)]
 
 
 def test_lenient_keeps_numeric_enum_value_an_error() -> None:

@@ -1,0 +1,174 @@
+"""Shared fixtures: a clean environment, the mock server as a real process on 127.0.0.1, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RUNNER_* or OPENAI_* setting of the developer's leaks into a test."""
+    for k in list(os.environ):
+        if k.startswith(("RUNNER_", "OPENAI_")):
+            monkeypatch.delenv(k, raising=False)
+
+
+@dataclass
+class MockServer:
+    """A running `runner mock-server` process."""
+
+    proc: subprocess.Popen[str]
+    base_url: str
+
+    @property
+    def root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.root}/_mock/stats", timeout=10) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+    def configure(self, **knobs: Any) -> dict[str, Any]:
+        req = urllib.request.Request(
+            f"{self.root}/_mock/config",
+            data=json.dumps(knobs).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_mock(*args: str) -> MockServer:
+    """Start the mock server on a free loopback port and wait for its listening line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.mock_server", "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on " not in line:
+        proc.kill()
+        raise RuntimeError(f"mock server did not start: {line!r}")
+    return MockServer(proc, line.strip().split("listening on ", 1)[1])
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[Any]:
+    """Start mock servers with given flags; all are stopped at the end of the test."""
+    started: list[MockServer] = []
+
+    def make(*args: str) -> MockServer:
+        m = start_mock(*args)
+        started.append(m)
+        return m
+
+    yield make
+    for m in started:
+        m.stop()
+
+
+@dataclass
+class Cli:
+    """Runs `python -m runner` against one store and one API."""
+
+    db: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
+        env.update({"RUNNER_DB": str(self.db), "PYTHONUNBUFFERED": "1"})
+        env.update(self.env)
+        env.update(extra or {})
+        return env
+
+    def __call__(
+        self, *args: str, timeout: float = 120, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runner", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.environ(extra_env),
+            cwd=self.db.parent,
+        )
+
+    def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runner", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.environ(extra_env),
+            cwd=self.db.parent,
+        )
+
+    def submit(self, path: Path, *flags: str) -> str:
+        r = self("submit", str(path), *flags)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip().splitlines()[-1]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        r = self("status", job_id, "--json")
+        assert r.returncode == 0, r.stderr
+        data: dict[str, Any] = json.loads(r.stdout)
+        return data
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "runner.db")
+
+
+def write_jobfile(path: Path, n: int, *, bare: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """A JSONL file of `n` distinct requests (custom ids c-00001 ...)."""
+    with path.open("w") as f:
+        for i in range(1, n + 1):
+            body: dict[str, Any] = {"model": "gpt-test", "input": f"Say something about item number {i}."}
+            if i % 3 == 0:
+                body["instructions"] = "Be brief."
+            if i % 5 == 0:
+                body["reasoning"] = {"effort": "low"}
+            body.update(extra or {})
+            line: dict[str, Any] = (
+                body if bare else {"custom_id": f"c-{i:05d}", "method": "POST", "url": "/v1/responses", "body": body}
+            )
+            f.write(json.dumps(line) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def run_args(mock: MockServer, *extra: Sequence[str] | str) -> list[str]:
+    return ["--base-url", mock.base_url, *[str(x) for x in extra]]

@@ -1,0 +1,199 @@
+"""The whole pipeline through the CLI, as users run it: submit, run, status, export against the mock server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli, read_jsonl, run_args, write_jobfile
+
+pytestmark = pytest.mark.e2e
+
+KEY = "sk-test-SECRET-0f9e8d7c6b5a"
+USAGE_KEYS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
+
+def _mock_usage(stats: dict[str, Any]) -> dict[str, int]:
+    return {k: int(stats["usage"][k]) for k in USAGE_KEYS}
+
+
+def test_happy_path_500_lines(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--api-key", KEY)
+    cli.env["OPENAI_API_KEY"] = KEY
+    src = write_jobfile(tmp_path / "in.jsonl", 500)
+    job = cli.submit(src)
+    assert job.startswith("job_")
+
+    r = cli("run", job, *run_args(mock, "--concurrency", "50"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["job_id"] == job and st["status"] == "completed"
+    assert st["counts"]["completed"] + st["counts"]["incomplete"] == 500
+    assert st["counts"]["failed"] == st["counts"]["queued"] == st["counts"]["in_progress"] == 0
+    # The totals the runner keeps are exactly what the server reported, request by request.
+    assert st["usage"] == _mock_usage(mock.stats())
+    assert st["usage"]["total_tokens"] == st["usage"]["input_tokens"] + st["usage"]["output_tokens"]
+    assert mock.stats()["creates"] == 500
+
+    out = tmp_path / "out.jsonl"
+    r = cli("export", job, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = read_jsonl(out)
+    assert [x["custom_id"] for x in lines] == [f"c-{i:05d}" for i in range(1, 501)]
+    for x in lines:
+        assert set(x) == {"id", "custom_id", "response", "error"}
+        assert x["error"] is None
+        assert x["response"]["status_code"] == 200
+        assert x["response"]["request_id"].startswith("req_")
+        body = x["response"]["body"]
+        assert body["object"] == "response" and body["status"] == "completed"
+        assert body["output_text"].startswith("echo: Say something about item number")
+    assert len({x["id"] for x in lines}) == 500
+
+
+def test_transient_faults_all_complete(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--p429", "0.15", "--retry-after", "0.05", "--p5xx", "0.05", "--pdrop", "0.02", "--seed", "3")
+    src = write_jobfile(tmp_path / "in.jsonl", 300)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "40"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["completed"] == 300, st
+    faults = mock.stats()["faults"]
+    assert faults["429"] > 0 and faults["5xx"] > 0 and faults["drop"] > 0
+    assert st["attempts"] >= 300 + faults["429"] + faults["5xx"] + faults["drop"]
+    assert st["rate_limited"] == faults["429"]
+    assert st["usage"] == _mock_usage(mock.stats())
+
+
+def test_billing_error_stops_run_and_resumes(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--quota-after", "60", "--latency", "0.02")
+    src = write_jobfile(tmp_path / "in.jsonl", 200)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "8"))
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    assert "billing" in r.stderr and "insufficient_quota" in r.stderr
+    st = cli.status(job)
+    assert st["counts"]["failed"] == 0
+    assert st["counts"]["in_progress"] == 0
+    assert st["counts"]["completed"] >= 60 - 8
+    assert st["counts"]["completed"] + st["counts"]["queued"] == 200
+    # Never retried: at most the requests in flight when the first quota error came back met one.
+    assert mock.stats()["faults"]["quota"] <= 8
+
+    mock.configure(quota_after=None)
+    r = cli("run", *run_args(mock, "--concurrency", "8"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["completed"] == 200
+    assert mock.stats()["creates"] == 200
+
+
+def test_background_mode_polls_until_done(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--bg-delay", "0.6")
+    src = write_jobfile(tmp_path / "in.jsonl", 120)
+    job = cli.submit(src, "--background")
+    r = cli("run", job, *run_args(mock, "--concurrency", "40"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["completed"] == 120
+    stats = mock.stats()
+    assert stats["creates"] == 120
+    assert sorted(set(stats["creates_by_key"].values())) == [1]
+    assert stats["gets"] >= 120  # every response was polled at least once
+    assert st["usage"] == _mock_usage(stats)
+
+    out = tmp_path / "out.jsonl"
+    assert cli("export", job, "-o", str(out)).returncode == 0
+    lines = read_jsonl(out)
+    assert all(x["response"]["body"]["background"] is True for x in lines)
+    assert all(x["response"]["body"]["status"] == "completed" for x in lines)
+    db = sqlite3.connect(cli.db)
+    assert db.execute("select count(*) from requests where response_id is null").fetchone()[0] == 0
+
+
+def test_background_failures_are_retried_as_new_attempts(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--bg-delay", "0.2", "--bg-fail", "0.3", "--seed", "5")
+    src = write_jobfile(tmp_path / "in.jsonl", 40)
+    job = cli.submit(src, "--background")
+    r = cli("run", job, *run_args(mock, "--concurrency", "40", "--max-attempts", "10"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["completed"] == 40
+    assert st["attempts"] > 40
+    assert mock.stats()["creates"] == st["attempts"]
+
+
+def test_bad_lines_exit_2_and_queue_nothing(cli: Cli, tmp_path: Path) -> None:
+    src = write_jobfile(tmp_path / "in.jsonl", 10)
+    lines = src.read_text().splitlines()
+    lines[2] = '{"custom_id": "x", "method": "POST", "url": "/v1/responses", "body": {"model": "m", "input": "hi",'
+    bad = json.loads(lines[5])
+    bad["body"]["temperature"] = 3
+    lines[5] = json.dumps(bad)
+    bad = json.loads(lines[7])
+    del bad["body"]["input"]
+    lines[7] = json.dumps(bad)
+    src.write_text("\n".join(lines) + "\n")
+
+    r = cli("submit", str(src))
+    assert r.returncode == 2
+    assert str(src) in r.stderr
+    assert "line 3" in r.stderr and "JSON" in r.stderr
+    assert "line 6" in r.stderr and "body.temperature" in r.stderr and "between 0 and 2" in r.stderr
+    assert "line 8" in r.stderr and "body.input" in r.stderr and "required" in r.stderr
+    assert r.stdout.strip() == ""
+    jobs = cli("jobs", "--json")
+    assert json.loads(jobs.stdout) == []
+    assert sqlite3.connect(cli.db).execute("select count(*) from requests").fetchone()[0] == 0
+
+
+def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--api-key", KEY)
+    src = write_jobfile(tmp_path / "in.jsonl", 30)
+    job = cli.submit(src)
+    outputs: list[str] = []
+
+    # A wrong key: every request fails permanently with 401, at once, not retried.
+    wrong = "sk-test-WRONG-a1b2c3d4e5"
+    r = cli("run", job, *run_args(mock), extra_env={"OPENAI_API_KEY": wrong})
+    outputs += [r.stdout, r.stderr]
+    assert r.returncode == 1, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["failed"] == 30 and st["attempts"] == 30
+
+    ok, errs = tmp_path / "ok.jsonl", tmp_path / "errors.jsonl"
+    r = cli("export", job, "-o", str(ok), "--errors", str(errs))
+    outputs += [r.stdout, r.stderr]
+    assert read_jsonl(ok) == []
+    failed = read_jsonl(errs)
+    assert len(failed) == 30
+    assert failed[0]["response"]["status_code"] == 401
+    assert failed[0]["response"]["body"]["error"]["code"] == "invalid_api_key"
+    assert failed[0]["response"]["request_id"]
+
+    r = cli("retry", job)
+    outputs += [r.stdout, r.stderr]
+    assert r.returncode == 0
+    r = cli("run", job, *run_args(mock), extra_env={"OPENAI_API_KEY": KEY})
+    outputs += [r.stdout, r.stderr]
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 30
+    r = cli("export", job, "-o", str(ok), "--errors", str(errs))
+    assert len(read_jsonl(ok)) == 30 and read_jsonl(errs) == []
+
+    for key in (KEY, wrong):
+        for p in [cli.db, *cli.db.parent.glob("runner.db*"), ok, errs]:
+            assert key.encode() not in p.read_bytes(), p
+        assert all(key not in o for o in outputs)
+
+
+def test_job_not_found_and_bad_flags(cli: Cli) -> None:
+    r = cli("status", "job_nope")
+    assert r.returncode == 2 and "job_nope" in r.stderr
+    r = cli("run", "--concurrency", "0", "--base-url", "http://127.0.0.1:9/v1")
+    assert r.returncode == 2 and "concurrency" in r.stderr

@@ -1,0 +1,442 @@
+from __future__ import annotations
+
+import email.utils
+import math
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from runner.client import CONVERSATION_LOCKED_WAIT, ApiClient, ApiReply, classify, parse_retry_after
+from runner.config import MAX_RETRY_AFTER, AuthStyle
+from runner.errors import ApiError, BillingError, ConfigError, PermanentApiError, TransientApiError
+
+BASE = "https://api.example.test/v1"
+KEY = "sk-SECRET-123"
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+# --- parse_retry_after ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param({}, None, id="absent"),
+        pytest.param({"retry-after-ms": "1500"}, 1.5, id="ms"),
+        pytest.param({"retry-after-ms": "250", "retry-after": "10"}, 0.25, id="ms-wins-over-seconds"),
+        pytest.param({"retry-after-ms": "abc", "retry-after": "3"}, 3.0, id="garbage-ms-falls-back"),
+        pytest.param({"retry-after-ms": "-5", "retry-after": "3"}, 3.0, id="negative-ms-falls-back"),
+        pytest.param({"retry-after-ms": "nan"}, None, id="nan-ms-ignored"),
+        pytest.param({"retry-after": "7"}, 7.0, id="integer-seconds"),
+        pytest.param({"retry-after": "2.5"}, 2.5, id="float-seconds"),
+        pytest.param({"retry-after": "0"}, 0.0, id="zero"),
+        pytest.param({"retry-after": "-3"}, 0.0, id="negative-is-zero"),
+        pytest.param({"retry-after": http_date(NOW + 30)}, 30.0, id="http-date-future"),
+        pytest.param({"retry-after": http_date(NOW - 30)}, 0.0, id="http-date-past"),
+        pytest.param({"retry-after": "soon"}, None, id="garbage-word"),
+        pytest.param({"retry-after": ""}, None, id="empty"),
+        pytest.param({"retry-after": "Someday, 99 Foo 20xx"}, None, id="garbage-date"),
+        pytest.param({"retry-after": "86400"}, MAX_RETRY_AFTER, id="capped-seconds"),
+        pytest.param({"retry-after-ms": "999999999"}, MAX_RETRY_AFTER, id="capped-ms"),
+        pytest.param({"retry-after": http_date(NOW + 86400)}, MAX_RETRY_AFTER, id="capped-date"),
+        pytest.param({"retry-after": "inf"}, MAX_RETRY_AFTER, id="infinity-capped"),
+    ],
+)
+def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    got = parse_retry_after(httpx.Headers(headers), now=NOW)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+def test_parse_retry_after_not_a_number_is_garbage() -> None:
+    # float("nan") parses; a NaN wait must not escape (it would become a NaN next_attempt_at).
+    got = parse_retry_after(httpx.Headers({"retry-after": "nan"}), now=NOW)
+    assert got is None or (math.isfinite(got) and 0.0 <= got <= MAX_RETRY_AFTER)
+
+
+# --- classify -------------------------------------------------------------------------------------------
+
+
+def reply(status: int, body: Any = None, *, content: bytes | None = None, **headers: str) -> httpx.Response:
+    h = {k.replace("_", "-"): v for k, v in headers.items()}
+    req = httpx.Request("POST", f"{BASE}/responses")
+    if content is not None:
+        return httpx.Response(status, content=content, headers=h, request=req)
+    if body is None:
+        return httpx.Response(status, headers=h, request=req)
+    return httpx.Response(status, json=body, headers=h, request=req)
+
+
+def err_body(code: str | None, message: str = "something went wrong", typ: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": typ or "invalid_request_error", "param": None, "code": code}}
+
+
+def raised(response: httpx.Response) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        classify(response)
+    return info.value
+
+
+def test_classify_200_json_is_a_reply_with_request_id_and_rate_limits() -> None:
+    body = {"id": "resp_1", "object": "response", "status": "completed", "output": []}
+    r = reply(
+        200,
+        body,
+        x_request_id="req_abc",
+        x_ratelimit_limit_requests="500",
+        x_ratelimit_remaining_requests="499",
+        x_ratelimit_reset_tokens="6ms",
+        x_unrelated="nope",
+    )
+    out = classify(r)
+    assert isinstance(out, ApiReply)
+    assert out.status == 200
+    assert out.body == body
+    assert orjson.loads(out.raw) == body
+    assert out.request_id == "req_abc"
+    assert dict(out.rate_limits) == {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-reset-tokens": "6ms",
+    }
+
+
+def test_classify_200_without_request_id() -> None:
+    out = classify(reply(200, {"id": "resp_1", "status": "completed"}))
+    assert out.request_id is None
+    assert dict(out.rate_limits) == {}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"<html>gateway</html>", id="html"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"[1, 2]", id="json-array"),
+        pytest.param(b'"just a string"', id="json-string"),
+    ],
+)
+def test_classify_200_not_a_json_object_is_transient(content: bytes) -> None:
+    e = raised(reply(200, content=content, x_request_id="req_x"))
+    assert type(e) is TransientApiError
+    assert e.status == 200
+    assert e.request_id == "req_x"
+
+
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503, 504])
+def test_classify_retryable_statuses_are_transient(status: int) -> None:
+    e = raised(reply(status, err_body("server_error", "try again"), x_request_id="req_t", retry_after="4"))
+    assert type(e) is TransientApiError
+    assert e.status == status
+    assert e.code == "server_error"
+    assert e.message == "try again"
+    assert e.request_id == "req_t"
+    assert e.retry_after == 4.0
+
+
+def test_classify_500_with_html_body_is_transient_with_http_message() -> None:
+    e = raised(reply(502, content=b"<html>Bad Gateway</html>"))
+    assert type(e) is TransientApiError
+    assert e.status == 502
+    assert e.message == "HTTP 502"
+    assert e.retry_after is None
+
+
+@pytest.mark.parametrize("code", ["rate_limit_exceeded", "slow_down"])
+def test_classify_429_rate_limit_is_transient_with_retry_after(code: str) -> None:
+    e = raised(reply(429, err_body(code, "slow down", "requests"), retry_after_ms="1200", retry_after="9"))
+    assert type(e) is TransientApiError
+    assert e.status == 429
+    assert e.code == code
+    assert e.retry_after == pytest.approx(1.2)
+
+
+def test_classify_429_without_headers_has_no_retry_after() -> None:
+    e = raised(reply(429, err_body("rate_limit_exceeded")))
+    assert type(e) is TransientApiError
+    assert e.retry_after is None
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    ],
+)
+def test_classify_429_billing_codes_are_billing_errors(code: str) -> None:
+    e = raised(reply(429, err_body(code, "You exceeded your current quota"), x_request_id="req_b", retry_after="1"))
+    assert type(e) is BillingError
+    assert e.status == 429
+    assert e.code == code
+    assert e.request_id == "req_b"
+
+
+def test_classify_429_billing_type_with_other_code_is_billing() -> None:
+    e = raised(reply(429, err_body("some_new_code", "quota", typ="insufficient_quota")))
+    assert type(e) is BillingError
+
+
+def test_classify_402_is_billing() -> None:
+    e = raised(reply(402, err_body(None, "Payment required")))
+    assert type(e) is BillingError
+    assert e.status == 402
+
+
+def test_classify_billing_wins_over_should_retry_true() -> None:
+    e = raised(reply(429, err_body("insufficient_quota"), x_should_retry="true"))
+    assert type(e) is BillingError
+
+
+def test_classify_400_conversation_locked_is_transient_with_a_wait() -> None:
+    e = raised(reply(400, err_body("conversation_locked", "Another request is in progress")))
+    assert type(e) is TransientApiError
+    assert e.code == "conversation_locked"
+    assert e.retry_after == CONVERSATION_LOCKED_WAIT
+    assert e.retry_after is not None and e.retry_after > 0
+
+
+def test_classify_400_conversation_locked_obeys_retry_after() -> None:
+    e = raised(reply(400, err_body("conversation_locked"), retry_after="5"))
+    assert type(e) is TransientApiError
+    assert e.retry_after == 5.0
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "invalid_value"),
+        (400, None),
+        (401, "invalid_api_key"),
+        (403, "unsupported_country_region_territory"),
+        (404, "model_not_found"),
+        (422, "unprocessable"),
+    ],
+)
+def test_classify_client_errors_are_permanent(status: int, code: str | None) -> None:
+    body = err_body(code, f"bad thing {status}", typ="invalid_request_error")
+    e = raised(reply(status, body, x_request_id=f"req_{status}"))
+    assert type(e) is PermanentApiError
+    assert e.status == status
+    # Without a code the error type stands in.
+    assert e.code == (code or "invalid_request_error")
+    assert e.message == f"bad thing {status}"
+    assert e.request_id == f"req_{status}"
+    assert e.body == body
+    assert str(status) in e.describe()
+    assert f"req_{status}" in e.describe()
+
+
+def test_classify_error_without_body_gets_a_message() -> None:
+    e = raised(reply(404))
+    assert type(e) is PermanentApiError
+    assert e.message == "HTTP 404"
+    assert e.code is None
+
+
+def test_classify_should_retry_false_makes_500_permanent() -> None:
+    e = raised(reply(500, err_body("server_error"), x_should_retry="false"))
+    assert type(e) is PermanentApiError
+    assert e.status == 500
+
+
+def test_classify_should_retry_true_makes_400_transient() -> None:
+    e = raised(reply(400, err_body("whatever"), x_should_retry="true"))
+    assert type(e) is TransientApiError
+
+
+# --- ApiClient over a mock transport --------------------------------------------------------------------
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, json={"id": "resp_1", "status": "completed", "output": []}, headers={"x-request-id": "req_ok"}
+    )
+
+
+class Recorder:
+    def __init__(self, handler: Handler = ok) -> None:
+        self.handler = handler
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.handler(request)
+
+
+def client(rec: Recorder, *, base: str = BASE, key: Any = KEY, style: AuthStyle = AuthStyle.BEARER) -> ApiClient:
+    return ApiClient(base, key, auth_style=style, transport=httpx.MockTransport(rec))
+
+
+@pytest.mark.anyio
+async def test_create_posts_body_unchanged() -> None:
+    rec = Recorder()
+    body = b'{"model":"gpt-test",  "input":"h\\u00e9llo", "z":1, "a":[2,1]}'
+    async with client(rec) as c:
+        out = await c.create(body, client_request_id="job_1/3/1")
+    assert out.body["id"] == "resp_1"
+    assert out.request_id == "req_ok"
+    [r] = rec.requests
+    assert r.method == "POST"
+    assert str(r.url) == f"{BASE}/responses"
+    assert r.content == body
+    assert r.headers["x-client-request-id"] == "job_1/3/1"
+    assert r.headers["content-type"] == "application/json"
+
+
+@pytest.mark.anyio
+async def test_create_without_client_request_id() -> None:
+    rec = Recorder()
+    async with client(rec) as c:
+        await c.create(b"{}")
+    assert "x-client-request-id" not in rec.requests[0].headers
+
+
+@pytest.mark.anyio
+async def test_base_url_with_trailing_slash() -> None:
+    rec = Recorder()
+    async with client(rec, base=BASE + "/") as c:
+        await c.create(b"{}")
+    assert str(rec.requests[0].url) == f"{BASE}/responses"
+
+
+@pytest.mark.parametrize(
+    ("style", "key", "header", "value"),
+    [
+        (AuthStyle.BEARER, "k", "authorization", "Bearer k"),
+        (AuthStyle.RAW, "k", "authorization", "k"),
+        (AuthStyle.API_KEY, "k", "api-key", "k"),
+        (AuthStyle.BEARER, SecretStr("k"), "authorization", "Bearer k"),
+    ],
+)
+@pytest.mark.anyio
+async def test_auth_styles(style: AuthStyle, key: Any, header: str, value: str) -> None:
+    rec = Recorder()
+    async with client(rec, key=key, style=style) as c:
+        await c.create(b"{}")
+    headers = rec.requests[0].headers
+    assert headers[header] == value
+    other = "api-key" if header == "authorization" else "authorization"
+    assert other not in headers
+
+
+@pytest.mark.anyio
+async def test_no_key_sends_no_auth_header() -> None:
+    rec = Recorder()
+    async with client(rec, key=None) as c:
+        await c.create(b"{}")
+    assert "authorization" not in rec.requests[0].headers
+    assert "api-key" not in rec.requests[0].headers
+
+
+def test_base_url_must_be_http() -> None:
+    with pytest.raises(ConfigError):
+        ApiClient("api.example.test/v1", KEY, transport=httpx.MockTransport(ok))
+
+
+@pytest.mark.anyio
+async def test_retrieve_and_cancel_paths() -> None:
+    rec = Recorder()
+    async with client(rec) as c:
+        await c.retrieve("resp_abc")
+        await c.cancel("resp_abc")
+    get, cancel = rec.requests
+    assert (get.method, str(get.url)) == ("GET", f"{BASE}/responses/resp_abc")
+    assert (cancel.method, str(cancel.url)) == ("POST", f"{BASE}/responses/resp_abc/cancel")
+    assert get.headers["authorization"] == f"Bearer {KEY}"
+
+
+def raise_connect(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+
+def raise_read_timeout(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def raise_oserror(request: httpx.Request) -> httpx.Response:
+    raise ConnectionResetError(104, "Connection reset by peer")
+
+
+@pytest.mark.parametrize(
+    ("handler", "code"),
+    [(raise_connect, "connection_error"), (raise_read_timeout, "timeout"), (raise_oserror, "connection_error")],
+)
+@pytest.mark.anyio
+async def test_transport_failures_are_transient(handler: Handler, code: str) -> None:
+    async with client(Recorder(handler)) as c:
+        with pytest.raises(TransientApiError) as info:
+            await c.create(b"{}")
+    assert info.value.code == code
+    assert info.value.status is None
+    assert info.value.describe().startswith("no response")
+
+
+@pytest.mark.anyio
+async def test_error_reply_through_client_is_classified() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json=err_body("not_found", "No response found"), headers={"x-request-id": "r9"})
+
+    async with client(Recorder(handler)) as c:
+        with pytest.raises(PermanentApiError) as info:
+            await c.retrieve("resp_missing")
+    assert (info.value.status, info.value.code, info.value.request_id) == (404, "not_found", "r9")
+
+
+def _status(status: int, body: Any, **headers: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers={"x-request-id": "req_1", **headers})
+
+    return handler
+
+
+def _html(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b"<html>oops</html>")
+
+
+LEAK_CASES: list[Handler] = [
+    _status(401, err_body("invalid_api_key", "Incorrect API key provided: sk-SEC*****123")),
+    _status(403, err_body(None, "forbidden")),
+    _status(429, err_body("insufficient_quota", "quota")),
+    _status(429, err_body("rate_limit_exceeded", "slow"), retry_after="1"),
+    _status(500, err_body("server_error", "boom")),
+    _status(400, err_body("conversation_locked", "locked")),
+    _html,
+    raise_connect,
+    raise_read_timeout,
+    raise_oserror,
+]
+
+
+@pytest.mark.parametrize("style", list(AuthStyle))
+@pytest.mark.parametrize("handler", LEAK_CASES)
+@pytest.mark.anyio
+async def test_errors_never_contain_the_api_key(handler: Handler, style: AuthStyle) -> None:
+    async with client(Recorder(handler), style=style) as c:
+        for call in (lambda: c.create(b'{"model":"m"}'), lambda: c.retrieve("resp_1"), lambda: c.cancel("resp_1")):
+            with pytest.raises(ApiError) as info:
+                await call()
+            e = info.value
+            for text in (str(e), e.describe(), repr(e), repr(e.body)):
+                assert KEY not in text
+                assert "SECRET" not in text
