@@ -16,7 +16,8 @@ demo: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check runner tests bench migrations
+	$(BIN)/ruff check runner tests migrations
+	$(BIN)/ruff format --check runner tests migrations
 	$(BIN)/mypy runner
 	$(BIN)/python -m pytest -q
 

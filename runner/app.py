@@ -14,25 +14,31 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
-from runner.client import ApiClient
 from runner.config import DEFAULT_BASE_URL, Settings
 from runner.errors import ConfigError, LineProblem, RunnerError
 from runner.export import ExportCounts, export_job
 from runner.ingest import SubmitOptions, SubmitResult, submit_file
-from runner.results import from_response, is_running
+from runner.owners import owner_is_dead
+from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.store import JobStats, Store
-from runner.store.models import Claimed
-from runner.worker import Run, RunOptions, RunResult, Snapshot, StopReason
+
+if TYPE_CHECKING:
+    import httpx
+
+    from runner.client import ApiClient
+    from runner.worker import Run
 
 __all__ = [
     "CancelResult",
+    "DoctorReport",
     "RunOutcome",
     "Settings",
     "cancel",
+    "doctor",
     "export",
     "jobs",
     "retry",
@@ -72,6 +78,8 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 
 
 def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:
+    from runner.client import ApiClient  # the HTTP stack loads only for commands that talk to the API
+
     if s.api_key is None and s.base_url.rstrip("/") == DEFAULT_BASE_URL:
         raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
     return ApiClient(
@@ -133,6 +141,8 @@ async def run(
         )
         poll_slots = max(4, min(s.concurrency, 256))
         async with _client(s, transport, s.concurrency + poll_slots) as client:
+            from runner.worker import Run
+
             worker = Run(store, client, ids, options, on_progress=on_progress)
             caught: list[int] = []
             async with anyio.create_task_group() as tg:
@@ -178,6 +188,34 @@ async def export(
         return await export_job(store, job_id, out, errors)
 
 
+@dataclass
+class DoctorReport:
+    """What `doctor` found, and what it fixed."""
+
+    integrity: str
+    health: dict[str, int]
+    fixed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        h = self.health
+        problems = ("stale_leases_unsent", "stale_leases_background", "unowned_unsent", "staging_jobs")
+        return self.integrity == "ok" and not any(h.get(k, 0) for k in problems)
+
+
+async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
+    """Check the store: SQLite integrity, leases of dead runners, stuck rows, abandoned submits."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        report = DoctorReport(await store.integrity_check(), await store.health(owner_is_dead))
+        if fix:
+            ids = await store.all_job_ids()
+            report.fixed["requeued"] = await store.reclaim_expired(ids, owner_is_dead) if ids else 0
+            report.fixed["requeued"] += await store.repair_unowned()
+            report.fixed["dropped_staging_jobs"] = len(await store.drop_abandoned_staging(owner_is_dead))
+        return report
+
+
 async def retry(job_id: str, *, db: str | None = None) -> int:
     """Put a job's failed requests back in the queue with fresh attempts; returns how many."""
     s = _settings(None, db)
@@ -199,6 +237,9 @@ async def cancel(
         failures: list[str] = []
         done = 0
         if in_flight:
+            from runner.results import from_response, is_running
+            from runner.store.models import Claimed
+
             async with _client(s, transport, 16) as client:
                 for request_id, response_id in in_flight:
                     try:

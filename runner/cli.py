@@ -32,9 +32,9 @@ from runner.config import (
     Settings,
 )
 from runner.errors import ConfigError, InputError, JobNotFound, LineProblem, RunnerError
+from runner.runstate import Snapshot, StopReason
 from runner.states import JobStatus
 from runner.store import JobStats
-from runner.worker import Snapshot, StopReason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retry", help="put a job's failed requests back in the queue with fresh attempts")
     p.add_argument("job_id", metavar="JOB_ID")
+    _db_arg(p)
+
+    p = sub.add_parser("doctor", help="check the store: integrity, stale leases, stuck requests")
+    p.add_argument("--fix", action="store_true", help="requeue abandoned work and drop half-submitted jobs")
     _db_arg(p)
 
     sub.add_parser(
@@ -362,6 +366,15 @@ def cmd_run(ns: argparse.Namespace) -> int:
     for st in outcome.stats:
         print_stats(st, _print)
     r = outcome.result
+    s = r.snapshot
+    here = s.completed + s.incomplete + s.failed + s.cancelled
+    err.print(
+        f"this run: {here} requests finished (completed {s.completed}, incomplete {s.incomplete},"
+        f" failed {s.failed}, cancelled {s.cancelled}) in {s.elapsed:.1f} s; retries {s.retries},"
+        f" rate limited {s.rate_limited}",
+        markup=False,
+        soft_wrap=True,
+    )
     if r.reason is StopReason.BILLING:
         assert r.billing_error is not None
         e = r.billing_error
@@ -445,6 +458,28 @@ def cmd_retry(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    rep = anyio.run(lambda: app.doctor(fix=ns.fix, db=ns.db))
+    h = rep.health
+    _print(f"integrity_check: {rep.integrity}")
+    _print(f"leases held by live runners: {h['live_leases']}")
+    _print(
+        f"stale leases (runner gone): {h['stale_leases_unsent']} unsent -> would requeue,"
+        f" {h['stale_leases_background']} background -> next run polls them"
+    )
+    _print(
+        f"in progress with no owner: {h['unowned_unsent']} unsent -> would requeue,"
+        f" {h['unowned_background']} background -> next run polls them"
+    )
+    _print(f"half-submitted jobs: {h['staging_jobs']} -> would drop those whose submit process is gone")
+    if rep.fixed:
+        _print("fixed: " + ", ".join(f"{k} {v}" for k, v in rep.fixed.items()))
+        return EXIT_OK if rep.integrity == "ok" else EXIT_FAILED
+    if not rep.healthy:
+        _print("run `runner doctor --fix` to repair (a plain `runner run` also reclaims stale work)")
+    return EXIT_OK if rep.healthy else EXIT_FAILED
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "run": cmd_run,
@@ -453,6 +488,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "cancel": cmd_cancel,
     "retry": cmd_retry,
+    "doctor": cmd_doctor,
 }
 
 

@@ -7,8 +7,6 @@ whole file was valid. A bad line, or a submit killed half way, leaves no visible
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 
 from runner.errors import InputError, LineProblem
+from runner.owners import owner_is_dead, process_name
 from runner.schema import validate_line
 from runner.store import NewRequest, Store
 
@@ -62,27 +61,6 @@ def file_sha256(path: Path) -> str:
 def new_job_id() -> str:
     """A short, unique, URL-safe job id."""
     return f"job_{uuid.uuid4().hex[:16]}"
-
-
-def staging_owner() -> str:
-    """host:pid of this process, recorded on a staging job so a later submit can tell it was abandoned."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def staging_abandoned(staged_by: str | None) -> bool:
-    """Whether the process that staged a job is gone (only judged for this host; others are left alone)."""
-    if not staged_by:
-        return True
-    host, _, pid = staged_by.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _conversation(body: dict[str, Any]) -> str | None:
@@ -133,7 +111,7 @@ async def submit_file(
     """Queue every line of `path` as one job, or nothing at all (InputError names the bad lines)."""
     if not path.is_file():
         raise InputError(str(path), [LineProblem(0, "", "no such file")], bad_lines=0)
-    await store.drop_abandoned_staging(staging_abandoned)
+    await store.drop_abandoned_staging(owner_is_dead)
     fingerprint = options.fingerprint(file_sha256(path))
     if not new and (existing := await store.find_job_by_fingerprint(fingerprint)) is not None:
         return SubmitResult(existing, (await store.get_job(existing)).total, existing=True)
@@ -145,7 +123,7 @@ async def submit_file(
         source=str(path),
         fingerprint=fingerprint,
         background=options.background,
-        staged_by=staging_owner(),
+        staged_by=process_name(),
     )
     problems = _Problems()
     warnings: list[LineProblem] = []

@@ -8,21 +8,18 @@ task commits outcomes in small batches and is drained, shielded, on every way ou
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 import anyio
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
 from runner.errors import ApiError, BillingError, IllegalTransition, TransientApiError
+from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
 from runner.results import from_error, from_response, is_running
+from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.states import RequestState
 from runner.store import Store
 from runner.store.models import Claimed, Outcome
@@ -33,61 +30,6 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 256
 IDLE_CHECK = 0.5  # seconds between looks at the store when nothing is claimable
 POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose runner died
-
-
-class StopReason(StrEnum):
-    """Why a run ended."""
-
-    DONE = "done"
-    BILLING = "billing"
-    INTERRUPTED = "interrupted"
-
-
-@dataclass
-class RunOptions:
-    """Knobs of one run."""
-
-    concurrency: int
-    max_attempts: int
-    lease_seconds: float
-    grace: float
-    poll_concurrency: int | None = None
-
-
-@dataclass
-class Snapshot:
-    """Live figures of a run, for the progress display."""
-
-    total: int = 0
-    done: int = 0
-    completed: int = 0
-    incomplete: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    in_flight: int = 0
-    polling: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    tokens: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-@dataclass
-class RunResult:
-    """How a run ended."""
-
-    reason: StopReason
-    billing_error: BillingError | None = None
-    snapshot: Snapshot = field(default_factory=Snapshot)
-
-
-def new_owner() -> str:
-    """A lease owner name unique to this process: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Run:
@@ -148,7 +90,7 @@ class Run:
         counts, _ = await self.store.progress(self.job_ids)
         self.snap.total = sum(counts.values())
         self.snap.done = sum(v for k, v in counts.items() if k not in ("queued", "in_progress"))
-        await self.store.reclaim_expired(self.job_ids)
+        await self.store.reclaim_expired(self.job_ids, owner_is_dead)
         await self.store.mark_started(self.job_ids)
         try:
             async with anyio.create_task_group() as outer:
@@ -193,7 +135,7 @@ class Run:
             now = time.monotonic()
             if now - last_adopt >= POLL_ADOPT_INTERVAL:
                 last_adopt = now
-                await self.store.reclaim_expired(self.job_ids)
+                await self.store.reclaim_expired(self.job_ids, owner_is_dead)
                 for c in await self.store.claim_polls(self.owner, self.job_ids, self.opts.lease_seconds):
                     self.poller.add(c, delay=0.0)
             if self._in_flight == 0 and self.poller.size == 0:

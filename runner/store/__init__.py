@@ -389,20 +389,32 @@ class Store:
 
         return await self._write(go)
 
-    async def reclaim_expired(self, job_ids: Sequence[str]) -> int:
-        """Requeue requests whose owner died before it got a response id; their attempt still counts."""
+    async def reclaim_expired(
+        self, job_ids: Sequence[str], owner_is_dead: Callable[[str | None], bool] | None = None
+    ) -> int:
+        """Free the work of runners that are gone: lease expired, or (same host) their process is dead.
+
+        Requests without a response id go back to `queued` (their attempt still counts); those with one
+        stay `in_progress` with no owner, for the next poller: they are never sent again.
+        """
         now = time.time()
 
         async def go(conn: AsyncConnection) -> int:
+            held = and_(requests.c.job_id.in_(job_ids), requests.c.state == IP)
+            owners = await conn.execute(
+                select(requests.c.lease_owner).where(held, requests.c.lease_owner.is_not(None)).distinct()
+            )
+            dead = [o for (o,) in owners if owner_is_dead is not None and owner_is_dead(o)]
+            gone = or_(requests.c.lease_expires_at < now, requests.c.lease_owner.in_(dead))
             r = await conn.execute(
                 update(requests)
-                .where(
-                    requests.c.job_id.in_(job_ids),
-                    requests.c.state == IP,
-                    requests.c.response_id.is_(None),
-                    requests.c.lease_expires_at < now,
-                )
+                .where(held, gone, requests.c.response_id.is_(None))
                 .values(state=Q, lease_owner=None, lease_expires_at=None, next_attempt_at=now, updated_at=now)
+            )
+            await conn.execute(
+                update(requests)
+                .where(held, gone, requests.c.response_id.is_not(None))
+                .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
             return int(r.rowcount)
 
@@ -774,6 +786,52 @@ class Store:
                     yield ExportRow(*r)
 
             yield rows()
+
+    async def health(self, owner_is_dead: Callable[[str | None], bool]) -> dict[str, int]:
+        """What `runner doctor` reports: leases nobody will renew, rows stuck in a state, abandoned submits."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> dict[str, int]:
+            owners = await conn.execute(
+                select(requests.c.lease_owner)
+                .where(requests.c.state == IP, requests.c.lease_owner.is_not(None))
+                .distinct()
+            )
+            dead = [o for (o,) in owners if owner_is_dead(o)]
+            stale = or_(requests.c.lease_expires_at < now, requests.c.lease_owner.in_(dead))
+            counts: dict[str, int] = {}
+            for key, cond in (
+                ("stale_leases_unsent", and_(stale, requests.c.response_id.is_(None))),
+                ("stale_leases_background", and_(stale, requests.c.response_id.is_not(None))),
+                ("unowned_unsent", and_(requests.c.lease_owner.is_(None), requests.c.response_id.is_(None))),
+                ("unowned_background", and_(requests.c.lease_owner.is_(None), requests.c.response_id.is_not(None))),
+                ("live_leases", and_(requests.c.lease_expires_at >= now, requests.c.lease_owner.not_in(dead))),
+            ):
+                r = await conn.execute(select(func.count()).where(requests.c.state == IP, cond))
+                counts[key] = int(r.scalar_one())
+            r = await conn.execute(select(func.count()).select_from(jobs).where(jobs.c.phase == "staging"))
+            counts["staging_jobs"] = int(r.scalar_one())
+            return counts
+
+        return await self._read(go)
+
+    async def repair_unowned(self) -> int:
+        """In-progress rows with neither an owner nor a response id cannot make progress: queue them again."""
+        now = time.time()
+
+        async def go(conn: AsyncConnection) -> int:
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.state == IP, requests.c.lease_owner.is_(None), requests.c.response_id.is_(None))
+                .values(state=Q, next_attempt_at=now, updated_at=now)
+            )
+            return int(r.rowcount)
+
+        return await self._write(go)
+
+    async def all_job_ids(self) -> list[str]:
+        """Ids of every published job."""
+        return [j.id for j in await self.list_jobs()]
 
     async def integrity_check(self) -> str:
         """SQLite's own verdict on the file ("ok" when sound)."""

@@ -1,0 +1,59 @@
+"""The figures and verdict of a run, kept apart from the worker so readers need not load the HTTP stack."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from runner.errors import BillingError
+
+
+class StopReason(StrEnum):
+    """Why a run ended."""
+
+    DONE = "done"
+    BILLING = "billing"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class RunOptions:
+    """Knobs of one run."""
+
+    concurrency: int
+    max_attempts: int
+    lease_seconds: float
+    grace: float
+    poll_concurrency: int | None = None
+
+
+@dataclass
+class Snapshot:
+    """Live figures of a run, for the progress display."""
+
+    total: int = 0
+    done: int = 0
+    completed: int = 0
+    incomplete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: int = 0
+    polling: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    reason: StopReason
+    billing_error: BillingError | None = None
+    snapshot: Snapshot = field(default_factory=Snapshot)
