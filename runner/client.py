@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             v = float(ms) / 1000.0
         except ValueError:
             v = -1.0
-        if v >= 0:
+        if not math.isnan(v) and v >= 0:
             return min(v, MAX_RETRY_AFTER)
     ra = headers.get("retry-after")
     if ra is None:
@@ -71,6 +72,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         except (TypeError, ValueError, IndexError):
             return None
         v = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(v):
+        return None  # "nan" parses as a float but says nothing; "inf" is capped below
     return min(max(v, 0.0), MAX_RETRY_AFTER)
 
 
@@ -100,6 +103,10 @@ def is_billing_code(code: str | None) -> bool:
     return code is not None and (code in BILLING_CODES or code.endswith("_spend_limit_exceeded"))
 
 
+def _rate_limits(headers: Mapping[str, str]) -> dict[str, str]:
+    return {h: v for h in RATE_LIMIT_HEADERS if (v := headers.get(h)) is not None}
+
+
 def classify(response: httpx.Response) -> ApiReply:
     """An `ApiReply` for a 2xx with a JSON object body; otherwise raise the typed error it stands for."""
     headers = response.headers
@@ -113,8 +120,7 @@ def classify(response: httpx.Response) -> ApiReply:
 
     if 200 <= status < 300:
         if isinstance(body, dict):
-            limits = {h: v for h in RATE_LIMIT_HEADERS if (v := headers.get(h)) is not None}
-            return ApiReply(status, body, raw, request_id, limits)
+            return ApiReply(status, body, raw, request_id, _rate_limits(headers))
         raise TransientApiError(
             "the API answered 2xx with a body that is not a JSON object",
             status=status,
@@ -125,7 +131,13 @@ def classify(response: httpx.Response) -> ApiReply:
 
     code, typ, message = _error_fields(body)
     message = message or f"HTTP {status}"
-    kw: dict[str, Any] = {"status": status, "code": code or typ, "request_id": request_id, "body": body}
+    kw: dict[str, Any] = {
+        "status": status,
+        "code": code or typ,
+        "request_id": request_id,
+        "body": body,
+        "rate_limits": _rate_limits(headers),
+    }
 
     if status in (402, 429) and (is_billing_code(code) or is_billing_code(typ) or status == 402):
         raise BillingError(message, **kw)

@@ -17,6 +17,7 @@ Only `client.classify` creates ApiErrors; everything else branches on these type
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -59,7 +60,8 @@ class InputError(RunnerError):
         """The message for stderr: the file, then one problem per line, up to MAX_SHOWN lines."""
         out = [f"{self.path}: {self.bad_lines} invalid line(s); nothing was queued"]
         shown_lines: set[int] = set()
-        for p in self.problems:
+        # Problems are found in more than one pass (a repeated custom_id only at insert time): show by line.
+        for p in sorted(self.problems, key=lambda p: p.line):
             if p.line not in shown_lines and len(shown_lines) >= self.MAX_SHOWN:
                 continue
             shown_lines.add(p.line)
@@ -109,7 +111,9 @@ class ApiError(RunnerError):
         code: str | None = None,
         request_id: str | None = None,
         body: object = None,
+        rate_limits: Mapping[str, str] | None = None,
     ) -> None:
+        self.rate_limits: Mapping[str, str] = rate_limits or {}
         self.status = status
         self.code = code
         self.message = message

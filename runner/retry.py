@@ -6,13 +6,16 @@ queue: a failed attempt goes back to `queued` with a not-before time computed he
 
 from __future__ import annotations
 
+import math
+import random
+
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from runner.config import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
 from runner.errors import TransientApiError
 
 # Capped exponential with additive jitter: 0.5, 1, 2, 4 ... 30 s, each plus up to 0.5 s.
-_BACKOFF = wait_exponential_jitter(initial=INITIAL_RETRY_DELAY, max=MAX_RETRY_DELAY, jitter=INITIAL_RETRY_DELAY)
+_BACKOFF = wait_exponential_jitter(multiplier=INITIAL_RETRY_DELAY, max=MAX_RETRY_DELAY, jitter=INITIAL_RETRY_DELAY)
 _RETRY_AFTER_JITTER = 0.1  # fraction added on top of Retry-After so a pool does not wake in lockstep
 
 
@@ -24,17 +27,11 @@ def _state(attempt: int) -> RetryCallState:
 
 def backoff_delay(attempt: int, error: TransientApiError | None = None, *, jitter: float | None = None) -> float:
     """Seconds before attempt `attempt + 1`: Retry-After (plus a little jitter) as the minimum, else backoff."""
-    backoff = _BACKOFF(_state(attempt))
-    if error is not None and error.retry_after is not None:
-        extra = (jitter if jitter is not None else _jitter()) * _RETRY_AFTER_JITTER * max(error.retry_after, 0.1)
-        return error.retry_after + extra
-    return float(backoff)
-
-
-def _jitter() -> float:
-    import random
-
-    return random.random()
+    retry_after = error.retry_after if error is not None else None
+    if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+        extra = (random.random() if jitter is None else jitter) * _RETRY_AFTER_JITTER * max(retry_after, 0.1)
+        return retry_after + extra
+    return float(_BACKOFF(_state(attempt)))
 
 
 def should_retry(attempts_made: int, max_attempts: int) -> bool:

@@ -75,6 +75,25 @@ def _job_row(r: Any) -> JobRow:
 _USAGE_COLS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 
 
+async def _cancel_requeued_of_cancelled_jobs(conn: AsyncConnection, ids: Sequence[int] | None, now: float) -> None:
+    """Work that comes back to `queued` in a job cancelled meanwhile is cancelled, never left waiting for a claim."""
+    cancelled_jobs = select(jobs.c.id).where(jobs.c.cancelled_at.is_not(None))
+    cond = [requests.c.state == Q, requests.c.job_id.in_(cancelled_jobs)]
+    if ids is not None:
+        cond.append(requests.c.id.in_(list(ids)))
+    await conn.execute(
+        update(requests)
+        .where(*cond)
+        .values(
+            state=RequestState.CANCELLED.value,
+            finished_at=now,
+            updated_at=now,
+            error_code="cancelled",
+            error_message="the job was cancelled",
+        )
+    )
+
+
 class Store:
     """Typed access to one SQLite job store. Open with `await Store.open(db)`, close with `aclose()`."""
 
@@ -112,7 +131,7 @@ class Store:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_busy),
             stop=stop_after_attempt(10),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
             sleep=anyio.sleep,
             reraise=True,
         ):
@@ -279,7 +298,9 @@ class Store:
         async def go(conn: AsyncConnection) -> list[str]:
             active = select(literal(1)).where(requests.c.job_id == jobs.c.id, requests.c.state.in_([Q, IP])).exists()
             rows = await conn.execute(
-                select(jobs.c.id).where(jobs.c.phase == "ready", active).order_by(jobs.c.created_at)
+                select(jobs.c.id)
+                .where(jobs.c.phase == "ready", jobs.c.cancelled_at.is_(None), active)
+                .order_by(jobs.c.created_at)
             )
             return [r.id for r in rows]
 
@@ -456,6 +477,7 @@ class Store:
                 .where(requests.c.lease_owner == owner, requests.c.state == IP)
                 .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
+            await _cancel_requeued_of_cancelled_jobs(conn, None, now)
             return int(r.rowcount)
 
         return await self._write(go)
@@ -572,6 +594,8 @@ class Store:
                         )
                     )
                     refused.extend(int(x) for x in held.scalars())
+            if requeues:
+                await _cancel_requeued_of_cancelled_jobs(conn, [o.request_id for o in requeues], now)
             return refused
 
         refused = await self._write(go)

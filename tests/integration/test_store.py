@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Sequence
@@ -10,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
+from runner import app
+from runner.config import Settings
 from runner.errors import IllegalTransition, JobNotFound, StoreError
+from runner.owners import new_owner, owner_is_dead
 from runner.states import RequestState
 from runner.store import NewRequest, Outcome, Store, UsageCounts
-
-# runner/store/__init__.py builds tenacity's wait_exponential_jitter with the deprecated `initial=` on every
-# query; that bug has its own failing test (test_store_queries_raise_no_deprecation_warnings). Ignore it
-# elsewhere so the behaviour of the store can be checked.
-pytestmark = pytest.mark.filterwarnings("ignore:The 'initial' parameter is deprecated:DeprecationWarning")
 
 S = RequestState
 LEASE = 60.0
@@ -312,6 +313,25 @@ async def test_reclaim_expired_requeues_unsent_and_leaves_background_for_polls(s
 
 
 @pytest.mark.anyio
+async def test_reclaim_frees_work_of_a_dead_process_at_once(store: Store, db: Path) -> None:
+    finished = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
+    dead = f"{socket.gethostname()}:{int(finished.stdout)}:abc123"
+    alive = new_owner()
+    await make_job(store, "job_a", 3)
+    unsent, background = await store.claim(dead, ["job_a"], 2, LEASE)
+    await store.record_response_id(background.id, dead, "resp_bg", None)
+    [mine] = await store.claim(alive, ["job_a"], 1, LEASE)
+
+    assert await store.reclaim_expired(["job_a"]) == 0  # leases still live: only expiry counts without a check
+    assert await store.reclaim_expired(["job_a"], owner_is_dead) == 1
+    assert (db_row(db, unsent.id)["state"], db_row(db, unsent.id)["lease_owner"]) == ("queued", None)
+    bg = db_row(db, background.id)
+    assert (bg["state"], bg["response_id"], bg["lease_owner"]) == ("in_progress", "resp_bg", None)
+    assert db_row(db, mine.id)["lease_owner"] == alive  # this process is alive
+    assert [p.id for p in await store.claim_polls(alive, ["job_a"], LEASE)] == [background.id]
+
+
+@pytest.mark.anyio
 async def test_reclaim_expired_leaves_live_leases(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 2)
     await store.claim("alive", ["job_a"], 2, LEASE)
@@ -473,6 +493,28 @@ async def test_cancelled_job_is_not_unfinished(store: Store) -> None:
     await store.claim("me", ["job_a"], 1, LEASE)
     await store.cancel_job("job_a")
     assert await store.unfinished_job_ids() == []
+
+
+@pytest.mark.anyio
+async def test_run_of_a_job_cancelled_while_a_request_is_in_flight_ends(store: Store, db: Path) -> None:
+    # `runner cancel` while `runner run` has a request in flight, and that request then meets a 500: the
+    # retry must not leave the run waiting forever for a queued row that no claim may take.
+    await make_job(store, "job_a", 3)
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await store.cancel_job("job_a")
+        return httpx.Response(500, json={"error": {"code": "server_error", "message": "try again"}})
+
+    settings = Settings(db=str(db), base_url="http://api.test/v1", api_key="k", concurrency=1)
+    with anyio.fail_after(3):
+        await app.run(["job_a"], settings, transport=httpx.MockTransport(handler))
+    counts, _ = await store.progress(["job_a"])
+    assert counts.get("queued", 0) == 0
+    assert counts.get("in_progress", 0) == 0
 
 
 @pytest.mark.anyio

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Any
 
 import httpx
@@ -12,13 +11,9 @@ import pytest
 from runner.client import classify
 from runner.config import MAX_RETRY_DELAY
 from runner.errors import ApiError, BillingError, PermanentApiError, TransientApiError
+from runner.results import from_error, from_response, is_running
 from runner.states import RequestState
 from runner.store.models import Claimed, UsageCounts
-
-# runner/retry.py passes tenacity's deprecated `initial=` (warns at import; see test_retry.py for that bug).
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "The 'initial' parameter is deprecated", DeprecationWarning)
-    from runner.results import from_error, from_response, is_running
 
 MAX = 3
 

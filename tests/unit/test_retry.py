@@ -2,18 +2,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import pytest
 
 from runner.config import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
 from runner.errors import TransientApiError
-
-# runner/retry.py passes tenacity's deprecated `initial=`, which warns at import time. That bug has its own
-# failing test below (test_retry_policy_builds_without_deprecation_warnings); ignore it here so the rest runs.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "The 'initial' parameter is deprecated", DeprecationWarning)
-    from runner.retry import backoff_delay, should_retry
+from runner.retry import backoff_delay, should_retry
 
 
 def test_retry_policy_builds_without_deprecation_warnings() -> None:
@@ -25,6 +19,7 @@ def test_retry_policy_builds_without_deprecation_warnings() -> None:
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
+
 
 SAMPLES = 200
 JITTER = INITIAL_RETRY_DELAY  # the backoff's additive jitter bound

@@ -1,0 +1,367 @@
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import runner.ingest
+from runner.errors import InputError
+from runner.ingest import SubmitOptions, submit_file
+from runner.store import Store
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "s.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[Store]:
+    s = await Store.open(str(db))
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+def body(i: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-test", "input": f"item {i}", **extra}
+
+
+def line(custom_id: str, b: dict[str, Any] | None = None) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": b or body()})
+
+
+def write(path: Path, lines: list[str | bytes], *, eol: bytes = b"\n") -> Path:
+    path.write_bytes(b"".join((x.encode() if isinstance(x, str) else x) + eol for x in lines))
+    return path
+
+
+def good_file(path: Path, n: int) -> Path:
+    return write(path, [line(f"c-{i}", body(i)) for i in range(1, n + 1)])
+
+
+def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return list(conn.execute(sql))
+
+
+def stored(db: Path) -> list[tuple[int, str, dict[str, Any]]]:
+    rows = query(db, "SELECT line_no, custom_id, body FROM requests ORDER BY id")
+    return [(n, cid, json.loads(b)) for n, cid, b in rows]
+
+
+def assert_nothing_queued(db: Path) -> None:
+    assert query(db, "SELECT count(*) FROM jobs") == [(0,)]
+    assert query(db, "SELECT count(*) FROM requests") == [(0,)]
+
+
+async def rejected(store: Store, path: Path, **kw: Any) -> InputError:
+    with pytest.raises(InputError) as info:
+        await submit_file(store, path, **kw)
+    assert await store.list_jobs() == []
+    return info.value
+
+
+# --- accepted files -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_batch_lines_are_queued_in_order(store: Store, db: Path, tmp_path: Path) -> None:
+    path = good_file(tmp_path / "in.jsonl", 4)
+    res = await submit_file(store, path)
+    assert res.total == 4
+    assert res.existing is False
+    job = await store.get_job(res.job_id)
+    assert (job.total, job.name, job.source, job.background) == (4, "in", str(path), False)
+    assert stored(db) == [(i, f"c-{i}", body(i)) for i in range(1, 5)]
+    assert await store.unfinished_job_ids() == [res.job_id]
+
+
+@pytest.mark.anyio
+async def test_bare_bodies_get_line_numbers_as_custom_ids(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "bare.jsonl", [json.dumps(body(1)), "", json.dumps(body(3)), json.dumps(body(4))])
+    res = await submit_file(store, path, name="named")
+    assert res.total == 3
+    assert [(n, cid) for n, cid, _ in stored(db)] == [(1, "line-1"), (3, "line-3"), (4, "line-4")]
+    assert stored(db)[1][2] == body(3)
+    assert (await store.get_job(res.job_id)).name == "named"
+
+
+@pytest.mark.anyio
+async def test_bom_on_first_line_is_accepted(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "bom.jsonl", [b"\xef\xbb\xbf" + line("a").encode(), line("b")])
+    res = await submit_file(store, path)
+    assert res.total == 2
+    assert [cid for _, cid, _ in stored(db)] == ["a", "b"]
+
+
+@pytest.mark.anyio
+async def test_crlf_line_endings_are_accepted(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "crlf.jsonl", [line("a", body(1)), line("b", body(2))], eol=b"\r\n")
+    res = await submit_file(store, path)
+    assert res.total == 2
+    assert stored(db) == [(1, "a", body(1)), (2, "b", body(2))]
+    assert all("\r" not in b for (b,) in query(db, "SELECT body FROM requests"))
+
+
+@pytest.mark.anyio
+async def test_blank_lines_are_skipped_but_counted(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "blank.jsonl", ["", line("a"), "   ", "\t", line("b"), "", ""])
+    res = await submit_file(store, path)
+    assert res.total == 2
+    assert [(n, cid) for n, cid, _ in stored(db)] == [(2, "a"), (5, "b")]
+
+
+@pytest.mark.anyio
+async def test_last_line_without_newline(store: Store, db: Path, tmp_path: Path) -> None:
+    path = tmp_path / "nonl.jsonl"
+    path.write_text(line("a") + "\n" + line("b"))
+    assert (await submit_file(store, path)).total == 2
+
+
+# --- rejected files -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_one_bad_line_queues_nothing_and_is_named(store: Store, db: Path, tmp_path: Path) -> None:
+    lines = [line(f"c-{i}", body(i)) for i in range(1, 6)]
+    lines[2] = line("c-3", body(3, temperature=5))
+    path = write(tmp_path / "bad.jsonl", lines)
+    e = await rejected(store, path)
+    assert e.path == str(path)
+    assert e.bad_lines == 1
+    [p] = e.problems
+    assert (p.line, p.field) == (3, "body.temperature")
+    msg = str(e)
+    assert msg.splitlines()[0] == f"{path}: 1 invalid line(s); nothing was queued"
+    assert f"{path}:line 3: field body.temperature:" in msg
+    assert "(got 5)" in msg
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_invalid_json_names_the_line(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "json.jsonl", [line("a"), '{"custom_id": "b", "body": ', line("c")])
+    e = await rejected(store, path)
+    [p] = e.problems
+    assert p.line == 2
+    assert "is not valid JSON" in p.reason
+    assert f"{path}:line 2: is not valid JSON" in str(e)
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_bad_utf8_names_the_line(store: Store, db: Path, tmp_path: Path) -> None:
+    bad = b'{"model": "m", "input": "caf\xe9 \xff"}'
+    path = write(tmp_path / "latin1.jsonl", [json.dumps(body(1)), json.dumps(body(2)), bad])
+    e = await rejected(store, path)
+    [p] = e.problems
+    assert p.line == 3
+    assert "UTF-8" in p.reason
+    assert f"{path}:line 3: is not valid UTF-8" in str(e)
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_a_line_that_is_not_an_object(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "arr.jsonl", [line("a"), "[1, 2, 3]"])
+    e = await rejected(store, path)
+    assert [p.line for p in e.problems] == [2]
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_duplicate_custom_id_names_both_lines(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "dup.jsonl", [line("a"), line("b"), line("a"), line("c")])
+    e = await rejected(store, path)
+    [p] = e.problems
+    assert (p.line, p.field) == (3, "custom_id")
+    assert "line 1" in p.reason
+    assert f"{path}:line 3: field custom_id: 'a' is already used on line 1" in str(e)
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_duplicate_custom_id_across_a_chunk_boundary(
+    store: Store, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    ids = ["a", "b", "c", "d", "a", "e", "f", "b"]
+    path = write(tmp_path / "dup.jsonl", [line(x) for x in ids])
+    e = await rejected(store, path)
+    assert [(p.line, p.field) for p in e.problems] == [(5, "custom_id"), (8, "custom_id")]
+    msg = str(e)
+    assert f"{path}:line 5: field custom_id: 'a' is already used on line 1" in msg
+    assert f"{path}:line 8: field custom_id: 'b' is already used on line 2" in msg
+    assert e.bad_lines == 2
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_many_chunks_without_duplicates_are_accepted(
+    store: Store, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    path = good_file(tmp_path / "ok.jsonl", 10)
+    res = await submit_file(store, path)
+    assert res.total == 10
+    assert [n for n, _, _ in stored(db)] == list(range(1, 11))
+
+
+@pytest.mark.anyio
+async def test_problems_are_listed_in_line_order(store: Store, tmp_path: Path) -> None:
+    # A repeated custom_id on line 2, then 25 lines of broken JSON: the message reads top to bottom, so the
+    # first bad line of the file is among the 20 shown.
+    path = write(tmp_path / "mixed.jsonl", [line("a"), line("a"), *(["{nope"] * 25)])
+    e = await rejected(store, path)
+    assert e.bad_lines == 26
+    shown = [x.removeprefix(f"{path}:") for x in str(e).splitlines()[1:21]]
+    assert [int(x.split(":")[0].removeprefix("line ")) for x in shown] == list(range(2, 22))
+    assert shown[0] == "line 2: field custom_id: 'a' is already used on line 1"
+
+
+@pytest.mark.anyio
+async def test_more_than_twenty_bad_lines_are_summarised(store: Store, db: Path, tmp_path: Path) -> None:
+    lines = [line(f"c-{i}", body(i)) for i in range(1, 31)]
+    for i in range(25):
+        lines[i] = line(f"c-{i + 1}", body(i + 1, temperature=9))
+    path = write(tmp_path / "many.jsonl", lines)
+    e = await rejected(store, path)
+    assert e.bad_lines == 25
+    msg = e.render()
+    assert msg.splitlines()[0] == f"{path}: 25 invalid line(s); nothing was queued"
+    shown = [x for x in msg.splitlines() if x.startswith(f"{path}:line ")]
+    assert len(shown) == 20
+    assert shown[0].startswith(f"{path}:line 1:")
+    assert shown[-1].startswith(f"{path}:line 20:")
+    assert msg.splitlines()[-1] == "... and 5 more invalid line(s)"
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_hundreds_of_bad_lines_are_counted(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "junk.jsonl", ["not json"] * 450)
+    e = await rejected(store, path)
+    assert e.bad_lines == 450
+    assert str(e).splitlines()[-1] == "... and 430 more invalid line(s)"
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_empty_file_is_an_error(store: Store, db: Path, tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    e = await rejected(store, path)
+    assert "empty" in str(e)
+    assert str(path) in str(e)
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_file_of_blank_lines_is_an_error(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "blank.jsonl", ["", "  ", ""], eol=b"\r\n")
+    await rejected(store, path)
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_missing_file_is_an_error(store: Store, tmp_path: Path) -> None:
+    e = await rejected(store, tmp_path / "nope.jsonl")
+    assert "no such file" in str(e)
+
+
+# --- resubmitting ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_same_file_twice_is_the_same_job(store: Store, db: Path, tmp_path: Path) -> None:
+    path = good_file(tmp_path / "in.jsonl", 3)
+    first = await submit_file(store, path)
+    second = await submit_file(store, path)
+    assert second.job_id == first.job_id
+    assert second.existing is True
+    assert second.total == 3
+    assert [j.id for j in await store.list_jobs()] == [first.job_id]
+    assert query(db, "SELECT count(*) FROM requests") == [(3,)]
+
+
+@pytest.mark.anyio
+async def test_same_content_under_another_name_is_the_same_job(store: Store, tmp_path: Path) -> None:
+    a = good_file(tmp_path / "a.jsonl", 2)
+    b = tmp_path / "b.jsonl"
+    b.write_bytes(a.read_bytes())
+    assert (await submit_file(store, b)).job_id == (await submit_file(store, a)).job_id
+
+
+@pytest.mark.anyio
+async def test_new_makes_a_second_job(store: Store, db: Path, tmp_path: Path) -> None:
+    path = good_file(tmp_path / "in.jsonl", 3)
+    first = await submit_file(store, path)
+    second = await submit_file(store, path, new=True)
+    assert second.job_id != first.job_id
+    assert second.existing is False
+    assert {j.id for j in await store.list_jobs()} == {first.job_id, second.job_id}
+    assert query(db, "SELECT count(*) FROM requests") == [(6,)]
+
+
+@pytest.mark.anyio
+async def test_different_options_make_a_different_job(store: Store, db: Path, tmp_path: Path) -> None:
+    path = good_file(tmp_path / "in.jsonl", 2)
+    plain = await submit_file(store, path)
+    bg = await submit_file(store, path, options=SubmitOptions(background=True))
+    assert bg.job_id != plain.job_id
+    assert bg.existing is False
+    assert (await store.get_job(bg.job_id)).background is True
+    bodies = [json.loads(b) for (b,) in query(db, f"SELECT body FROM requests WHERE job_id = '{bg.job_id}'")]
+    assert all(b["background"] is True and b["store"] is True for b in bodies)
+    again = await submit_file(store, path, options=SubmitOptions(background=True))
+    assert (again.job_id, again.existing) == (bg.job_id, True)
+
+
+@pytest.mark.anyio
+async def test_changed_file_is_a_new_job(store: Store, tmp_path: Path) -> None:
+    path = good_file(tmp_path / "in.jsonl", 2)
+    first = await submit_file(store, path)
+    good_file(path, 3)
+    second = await submit_file(store, path)
+    assert second.job_id != first.job_id
+    assert second.total == 3
+
+
+@pytest.mark.anyio
+async def test_a_rejected_file_can_be_fixed_and_resubmitted(store: Store, db: Path, tmp_path: Path) -> None:
+    path = write(tmp_path / "in.jsonl", [line("a"), "{oops"])
+    await rejected(store, path)
+    write(path, [line("a"), line("b")])
+    res = await submit_file(store, path)
+    assert (res.total, res.existing) == (2, False)
+
+
+@pytest.mark.anyio
+async def test_leftover_staging_job_of_a_dead_submit_is_dropped(store: Store, db: Path, tmp_path: Path) -> None:
+    dead = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
+    pid = int(dead.stdout)
+    await store.begin_job(
+        job_id="job_dead",
+        name="x",
+        source="x.jsonl",
+        fingerprint="fp",
+        background=False,
+        staged_by=f"{socket.gethostname()}:{pid}",
+    )
+    await submit_file(store, good_file(tmp_path / "in.jsonl", 1))
+    assert query(db, "SELECT count(*) FROM jobs WHERE id = 'job_dead'") == [(0,)]

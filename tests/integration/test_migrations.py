@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
+
+from runner.store import Store
+from runner.store.engine import HEAD_REVISION
+from runner.store.tables import metadata
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def head_revision() -> str | None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("runner._migrations")))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    # The store skips Alembic when a file is at HEAD_REVISION; a new migration must move the constant too.
+    assert head_revision() == HEAD_REVISION
+
+
+def schema_diff(db: Path) -> list[Any]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            diff: list[Any] = compare_metadata(ctx, metadata)
+            return diff
+    finally:
+        engine.dispose()
+
+
+def current_revision(db: Path) -> str | None:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rev: str | None = MigrationContext.configure(conn).get_current_revision()
+            return rev
+    finally:
+        engine.dispose()
+
+
+def sqlite_one(db: Path, sql: str) -> Any:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+@pytest.mark.anyio
+async def test_upgrade_on_an_empty_file_matches_the_tables(tmp_path: Path) -> None:
+    db = tmp_path / "fresh.db"
+    store = await Store.open(str(db))
+    await store.aclose()
+
+    assert current_revision(db) == head_revision()
+    assert schema_diff(db) == []
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        insp = inspect(engine)
+        assert {"jobs", "requests", "alembic_version"} <= set(insp.get_table_names())
+        assert {c["name"] for c in insp.get_columns("requests")} == {c.name for c in metadata.tables["requests"].c}
+        assert {i["name"] for i in insp.get_indexes("requests")} >= {"ix_requests_state", "ix_requests_job_id_state"}
+    finally:
+        engine.dispose()
+    assert sqlite_one(db, "PRAGMA journal_mode") == "wal"
+
+
+@pytest.mark.anyio
+async def test_store_opens_in_a_directory_that_does_not_exist_yet(tmp_path: Path) -> None:
+    db = tmp_path / "a" / "b" / "s.db"
+    store = await Store.open(str(db))
+    try:
+        assert await store.list_jobs() == []
+    finally:
+        await store.aclose()
+    assert current_revision(db) == head_revision()
+
+
+@pytest.mark.anyio
+async def test_reopening_a_migrated_store_keeps_its_data(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = await Store.open(str(db))
+    try:
+        await store.begin_job(
+            job_id="job_a", name="a", source="a.jsonl", fingerprint="fp", background=False, staged_by="h:1"
+        )
+        await store.publish_job("job_a", 0)
+    finally:
+        await store.aclose()
+
+    for _ in range(2):
+        again = await Store.open(str(db))
+        try:
+            assert [j.id for j in await again.list_jobs()] == ["job_a"]
+            assert await again.integrity_check() == "ok"
+        finally:
+            await again.aclose()
+    assert current_revision(db) == head_revision()
+    assert sqlite_one(db, "SELECT count(*) FROM alembic_version") == 1
+    assert schema_diff(db) == []
+
+
+@pytest.mark.anyio
+async def test_store_opens_from_a_sqlalchemy_url(tmp_path: Path) -> None:
+    db = tmp_path / "url.db"
+    store = await Store.open(f"sqlite:///{db}")
+    await store.aclose()
+    assert current_revision(db) == head_revision()
+
+
+@pytest.mark.anyio
+async def test_two_stores_opening_a_fresh_file_at_once_both_succeed(tmp_path: Path) -> None:
+    db = tmp_path / "race.db"
+    opened: list[Store] = []
+
+    async def open_one() -> None:
+        opened.append(await Store.open(str(db)))
+
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(open_one)
+        assert len(opened) == 4
+        for s in opened:
+            assert await s.list_jobs() == []
+    finally:
+        for s in opened:
+            await s.aclose()
+    assert current_revision(db) == head_revision()
+    assert sqlite_one(db, "SELECT count(*) FROM alembic_version") == 1
+    assert schema_diff(db) == []
+
+
+def test_two_processes_opening_a_fresh_file_at_once_both_succeed(tmp_path: Path) -> None:
+    # Separate interpreters, like two `runner` commands started together on a new store.
+    db = tmp_path / "procs.db"
+    code = (
+        "import sys, warnings, anyio\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "from runner.store import Store\n"
+        "async def main():\n"
+        "    s = await Store.open(sys.argv[1])\n"
+        "    await s.list_jobs()\n"
+        "    await s.aclose()\n"
+        "anyio.run(main)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+    assert current_revision(db) == head_revision()
+    assert schema_diff(db) == []
