@@ -138,6 +138,8 @@ async def run(
             max_attempts=s.max_attempts,
             lease_seconds=s.lease_seconds,
             grace=s.grace,
+            rpm=s.rpm,
+            tpm=s.tpm,
         )
         poll_slots = max(4, min(s.concurrency, 256))
         async with _client(s, transport, s.concurrency + poll_slots) as client:

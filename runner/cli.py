@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"seconds in-flight requests get to finish after SIGINT/SIGTERM (default {DEFAULT_GRACE_SECONDS:g})",
     )
+    _env_arg(p, "--rpm", env="RUNNER_RPM", type=float, help="requests per minute budget, paced evenly (default: none)")
+    _env_arg(p, "--tpm", env="RUNNER_TPM", type=float, help="tokens per minute budget, paced evenly (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
     _client_args(p)
     _db_arg(p)
@@ -184,6 +186,8 @@ def _settings(ns: argparse.Namespace) -> Settings:
             "max_attempts",
             "timeout",
             "grace",
+            "rpm",
+            "tpm",
         )
         if getattr(ns, k, None) is not None
     }
@@ -314,7 +318,7 @@ class ProgressView:
             detail = (
                 f"ok {s.completed + s.incomplete} · failed {s.failed} · in flight {s.in_flight}"
                 f" · polling {s.polling} · {rate:.1f} req/s · {tps:,.0f} tok/s"
-                f" · retries {s.retries} · 429s {s.rate_limited}"
+                f" · retries {s.retries} · 429s {s.rate_limited} · concurrency {s.concurrency}"
             )
             self._progress.update(self._task, total=s.total, completed=s.done, detail=detail)
             return
@@ -324,7 +328,8 @@ class ProgressView:
             err.print(
                 f"progress done={s.done}/{s.total} completed={s.completed} incomplete={s.incomplete}"
                 f" failed={s.failed} in_flight={s.in_flight} polling={s.polling} rps={rate:.1f}"
-                f" tokens_per_s={tps:.0f} retries={s.retries} rate_limited={s.rate_limited}",
+                f" tokens_per_s={tps:.0f} retries={s.retries} rate_limited={s.rate_limited}"
+                f" concurrency={s.concurrency} pauses={s.pauses}",
                 soft_wrap=True,
             )
 

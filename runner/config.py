@@ -52,3 +52,5 @@ class Settings(BaseSettings):
         DEFAULT_LEASE_SECONDS, gt=0, validation_alias=_env("lease_seconds", "RUNNER_LEASE_SECONDS")
     )
     grace: float = Field(DEFAULT_GRACE_SECONDS, ge=0, validation_alias=_env("grace", "RUNNER_GRACE"))
+    rpm: float | None = Field(None, gt=0, validation_alias=_env("rpm", "RUNNER_RPM"))
+    tpm: float | None = Field(None, gt=0, validation_alias=_env("tpm", "RUNNER_TPM"))

@@ -1,12 +1,19 @@
-"""Export: results streamed from the store, in input order, in the OpenAI Batch output format.
+"""Export: results streamed from the store, in input order, in one of three formats.
 
-A line is `{"id", "custom_id", "response": {"status_code", "request_id", "body"} | null,
-"error": {"code", "message"} | null}`. Files are written to a temporary name and renamed at the end,
-so a killed export never leaves half a file where the user expects a whole one.
+- `batch` (default), the OpenAI Batch output format: a line is `{"id", "custom_id",
+  "response": {"status_code", "request_id", "body"} | null, "error": {"code", "message"} | null}`.
+- `jsonl-flat`: one flat JSON object per line with FLAT_COLUMNS (the text and the usage, no bodies).
+- `csv`: the same columns with a header row (RFC 4180 quoting, so text with commas, quotes and newlines
+  reads back intact with `csv.DictReader`).
+
+Files are written to a temporary name and renamed at the end, so a killed export never leaves half a file
+where the user expects a whole one.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 import tempfile
@@ -14,15 +21,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import orjson
 
+from runner.errors import ConfigError
+from runner.schema import output_text
 from runner.states import RequestState
 from runner.store import ExportRow, Store
+from runner.store.reports import FlatRow, stream_rows
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
 _UNFINISHED = frozenset({RequestState.QUEUED.value, RequestState.IN_PROGRESS.value})
+_RESULT_STATES = frozenset({RequestState.COMPLETED.value, RequestState.INCOMPLETE.value})
+
+FORMATS: Final = ("batch", "jsonl-flat", "csv")
+FLAT_COLUMNS: Final = (
+    "custom_id",
+    "status",
+    "output_text",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "error",
+)
 
 
 @dataclass
@@ -76,22 +100,100 @@ def _atomic_writer(path: str | None) -> Iterator[IO[bytes]]:
         raise
 
 
-async def export_job(store: Store, job_id: str, out: str | None, errors: str | None = None) -> ExportCounts:
-    """Write a job's finished requests to `out` (stdout when None or "-"); failed ones to `errors` if given."""
+def flat_record(row: FlatRow) -> dict[str, Any]:
+    """One request as a flat record (FLAT_COLUMNS).
+
+    `output_text` is the stored response's text for results (completed, incomplete) and null otherwise;
+    `error` is "code: message" for failed and cancelled requests and null for results, as in the Batch format.
+    """
+    text: str | None = None
+    if row.state in _RESULT_STATES and row.response_body is not None:
+        try:
+            body = orjson.loads(row.response_body)
+        except orjson.JSONDecodeError:
+            body = None
+        text = output_text(body) if isinstance(body, dict) else ""
+    error: str | None = None
+    if row.state in _ERROR_STATES:
+        default = "batch_cancelled" if row.state == RequestState.CANCELLED.value else "failed"
+        code = row.error_code or default
+        error = f"{code}: {row.error_message}" if row.error_message else code
+    return {
+        "custom_id": row.custom_id,
+        "status": row.state,
+        "output_text": text,
+        "input_tokens": row.input_tokens,
+        "cached_tokens": row.cached_tokens,
+        "output_tokens": row.output_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "total_tokens": row.total_tokens,
+        "error": error,
+    }
+
+
+class _CsvEncoder:
+    """CSV rows as bytes, one at a time, so the output stays a plain binary stream."""
+
+    def __init__(self) -> None:
+        self._buf = io.StringIO()
+        self._writer = csv.DictWriter(self._buf, fieldnames=FLAT_COLUMNS)
+
+    def _take(self) -> bytes:
+        data = self._buf.getvalue().encode("utf-8")
+        self._buf.seek(0)
+        self._buf.truncate()
+        return data
+
+    def header(self) -> bytes:
+        self._writer.writeheader()
+        return self._take()
+
+    def row(self, record: dict[str, Any]) -> bytes:
+        self._writer.writerow(record)  # None becomes an empty field
+        return self._take()
+
+
+async def export_job(
+    store: Store, job_id: str, out: str | None, errors: str | None = None, fmt: str = "batch"
+) -> ExportCounts:
+    """Write a job's finished requests to `out` (stdout when None or "-") in `fmt` (one of FORMATS);
+    failed and cancelled ones go to `errors` instead when it is given."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     counts = ExportCounts()
     with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
-        async with store.stream_export(job_id) as rows:
-            async for row in rows:
-                if row.state in _UNFINISHED:
+
+        def put(state: str, data: bytes) -> None:
+            if f_err is not None and state in _ERROR_STATES:
+                f_err.write(data)
+                counts.errors += 1
+            else:
+                f_out.write(data)
+                counts.results += 1
+
+        if fmt == "batch":
+            async with store.stream_export(job_id) as rows:
+                async for row in rows:
+                    if row.state in _UNFINISHED:
+                        counts.unfinished += 1
+                        continue
+                    put(row.state, orjson.dumps(batch_line(job_id, row), option=orjson.OPT_APPEND_NEWLINE))
+            return counts
+
+        encoder = _CsvEncoder() if fmt == "csv" else None
+        async with stream_rows(store, job_id) as flat_rows:
+            if encoder is not None:
+                # Both files get the header, even when no row lands in one of them.
+                f_out.write(encoder.header())
+                if f_err is not None:
+                    f_err.write(encoder.header())
+            async for flat in flat_rows:
+                if flat.state in _UNFINISHED:
                     counts.unfinished += 1
                     continue
-                data = orjson.dumps(batch_line(job_id, row), option=orjson.OPT_APPEND_NEWLINE)
-                if f_err is not None and row.state in _ERROR_STATES:
-                    f_err.write(data)
-                    counts.errors += 1
-                else:
-                    f_out.write(data)
-                    counts.results += 1
+                record = flat_record(flat)
+                data = encoder.row(record) if encoder else orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+                put(flat.state, data)
     return counts
 
 

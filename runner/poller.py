@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 from runner.client import ApiClient
 from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
 from runner.errors import ApiError, BillingError, TransientApiError
+from runner.limits import RateLimiter
 from runner.results import from_error, from_response, is_running
 from runner.store.models import Claimed, Outcome
 from runner.writeback import WriteBack
@@ -43,7 +44,9 @@ class Poller:
         max_attempts: int,
         max_in_flight: int,
         on_outcome: Callable[[Outcome], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter or RateLimiter()
         self._client = client
         self._writer = writer
         self._max_attempts = max_attempts
@@ -91,10 +94,16 @@ class Poller:
         assert c.response_id is not None
         try:
             async with self._limit:
+                wait = self._limiter.poll_delay()
+                if wait > 0:
+                    await anyio.sleep(wait)
                 self.polls += 1
                 try:
                     reply = await self._client.retrieve(c.response_id)
                 except (TransientApiError, BillingError) as e:
+                    self._limiter.observe(e.rate_limits, poll=True)
+                    if e.status == 429 and isinstance(e, TransientApiError):
+                        self._limiter.pause(e.retry_after if e.retry_after is not None else 1.0)
                     wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after else item.delay
                     item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
                     self._push(item, max(wait, item.delay))
@@ -105,6 +114,7 @@ class Poller:
                     log.warning("polling %s failed: %s", c.response_id, e.describe())
                     self._finish(from_error(c, e, max_attempts=0))
                     return
+            self._limiter.observe(reply.rate_limits, poll=True)
             if is_running(reply.body):
                 item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
                 self._push(item, item.delay)

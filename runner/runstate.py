@@ -25,6 +25,8 @@ class RunOptions:
     max_attempts: int
     lease_seconds: float
     grace: float
+    rpm: float | None = None
+    tpm: float | None = None
     poll_concurrency: int | None = None
 
 
@@ -43,6 +45,8 @@ class Snapshot:
     retries: int = 0
     rate_limited: int = 0
     tokens: int = 0
+    concurrency: int = 0
+    pauses: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property

@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
 from runner.errors import ApiError, BillingError, IllegalTransition, TransientApiError
+from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
 from runner.results import from_error, from_response, is_running
@@ -50,12 +52,15 @@ class Run:
         self.opts = options
         self.owner = new_owner()
         self.writer = WriteBack(store, self.owner)
+        self.limiter = RateLimiter(options.rpm, options.tpm)
+        self.concurrency = AdaptiveConcurrency(options.concurrency)
         self.poller = Poller(
             client,
             self.writer,
             max_attempts=options.max_attempts,
             max_in_flight=options.poll_concurrency or max(4, min(options.concurrency, 256)),
             on_outcome=self._count,
+            limiter=self.limiter,
         )
         self.snap = Snapshot()
         self._on_progress = on_progress
@@ -122,7 +127,7 @@ class Run:
     async def _claim_loop(self, tg: TaskGroup) -> None:
         last_adopt = 0.0
         while not self._stop_claiming.is_set():
-            free = self.opts.concurrency - self._in_flight
+            free = self.concurrency.limit - self._in_flight
             if free <= 0:
                 await self._wait_slot(IDLE_CHECK)
                 continue
@@ -173,6 +178,8 @@ class Run:
         while True:
             self.snap.in_flight = self._in_flight
             self.snap.polling = self.poller.size
+            self.snap.concurrency = self.concurrency.limit
+            self.snap.pauses = self.limiter.pauses
             self._on_progress(self.snap)
             await anyio.sleep(0.25)
 
@@ -207,18 +214,40 @@ class Run:
             self._in_flight -= 1
             self._slot_freed.set()
 
+    async def _pace(self, c: Claimed) -> float:
+        """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
+        limiter = self.limiter
+        raw = 0.0
+        if limiter.needs_tokens:
+            body = orjson.loads(c.body)
+            raw = Estimator.raw(body) if isinstance(body, dict) else 1.0
+        while True:
+            wait = limiter.delay_for(raw * limiter.estimator.ratio)
+            if wait <= 0:
+                return raw
+            await anyio.sleep(wait)
+            if limiter.remaining_pause() <= 0:
+                return raw  # slept through our booking and no 429 paused the pool meanwhile
+
     async def _submit(self, c: Claimed) -> None:
         max_attempts = self.opts.max_attempts
+        raw_tokens = await self._pace(c)
+        if self._stop_claiming.is_set() and self._billing is not None:
+            self._on_billing(self._billing)  # paced past a billing stop: do not send, stay queued
+            return
         try:
             reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
         except BillingError as e:
             self._on_billing(e)
             return
         except ApiError as e:
+            self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             self._put(from_error(c, e, max_attempts=max_attempts))
             return
+        self.limiter.observe(reply.rate_limits, in_flight=self._in_flight)
+        self.concurrency.on_success()
         if is_running(reply.body):
             response_id = reply.body.get("id")
             if not isinstance(response_id, str):
@@ -239,15 +268,26 @@ class Run:
             c.background = True
             self.poller.add(c)
             return
-        self._put(
-            from_response(
-                c,
-                reply.body,
-                http_status=reply.status,
-                request_id=reply.request_id,
-                max_attempts=max_attempts,
-            )
+        outcome = from_response(
+            c,
+            reply.body,
+            http_status=reply.status,
+            request_id=reply.request_id,
+            max_attempts=max_attempts,
         )
+        if raw_tokens:
+            self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
+        self._put(outcome)
+
+    def _on_api_error(self, e: ApiError) -> None:
+        """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""
+        self.limiter.observe(e.rate_limits, in_flight=self._in_flight)
+        if e.status == 429:
+            wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after is not None else 1.0
+            self.limiter.pause(wait)
+            self.concurrency.on_overload()
+        elif e.code == "timeout":
+            self.concurrency.on_overload()
 
     def _on_billing(self, e: BillingError) -> None:
         """Stop claiming at once; the request stays queued (released with its attempt refunded at the end).

@@ -1,0 +1,233 @@
+"""Benchmarks of runner against the project's mock server on 127.0.0.1, with a baseline measured in the same run.
+
+    python bench/run.py            # all scenarios (a few minutes)
+    python bench/run.py --quick    # smaller counts, for a smoke test
+
+The baseline is a bare aiohttp loop (no store, no retries, no pacing) against the same mock server at
+the same concurrency: the most this machine's client side can do. Figures are printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner import app  # noqa: E402
+from runner.config import Settings  # noqa: E402
+
+
+@contextmanager
+def mock_server(*args: str) -> Iterator[str]:
+    """A mock server process on a free loopback port; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.mock_server", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        yield line.strip().split("listening on ", 1)[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def stats(base_url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_mock/stats", timeout=10) as r:
+        data: dict[str, Any] = orjson.loads(r.read())
+        return data
+
+
+def write_requests(path: Path, n: int, *, max_output_tokens: int | None = None) -> None:
+    with path.open("wb") as f:
+        for i in range(n):
+            body: dict[str, Any] = {"model": "gpt-4.1-mini", "input": f"Summarise item {i} in one line."}
+            if max_output_tokens:
+                body["max_output_tokens"] = max_output_tokens
+            f.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses", "body": body}))
+            f.write(b"\n")
+
+
+async def bare_loop(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """n POSTs at the given concurrency with nothing but aiohttp; (seconds, cpu seconds)."""
+    body = orjson.dumps({"model": "gpt-4.1-mini", "input": "Summarise item 1 in one line."})
+    todo = iter(range(n))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for _ in todo:
+                async with session.post(
+                    base_url + "/responses", data=body, headers={"content-type": "application/json"}
+                ) as r:
+                    await r.read()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - t0, time.process_time() - cpu0
+
+
+@dataclass
+class RunnerFigures:
+    seconds: float
+    cpu: float
+    completed: int
+    attempts: int
+    rate_limited: int
+
+
+async def runner_run(base_url: str, src: Path, db: Path, *, background: bool = False, **settings: Any) -> RunnerFigures:
+    job = await app.submit(src, db=str(db), background=background)
+    s = Settings(db=str(db), base_url=base_url, api_key="bench", **settings)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    outcome = await app.run([job.job_id], s)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    st = outcome.stats[0]
+    return RunnerFigures(seconds, cpu, st.counts["completed"], st.attempts, st.rate_limited)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+ROWS: list[tuple[str, str, str]] = []
+
+
+def row(name: str, figure: str, target: str = "") -> None:
+    ROWS.append((name, figure, target))
+    print(f"  {name:<58} {figure:<34} {target}", flush=True)
+
+
+async def realistic(tmp: Path, n: int) -> None:
+    conc, latency = 1000, 1.0
+    print(f"\n1. realistic: {n} requests, {latency:g} s server latency, concurrency {conc}", flush=True)
+    with mock_server("--latency", str(latency)) as url:
+        bare_s, _ = await bare_loop(url, n, conc)
+    src = tmp / "r.jsonl"
+    write_requests(src, n)
+    with mock_server("--latency", str(latency)) as url:
+        r = await runner_run(url, src, tmp / "r.db", concurrency=conc)
+    ideal = conc / latency
+    achieved = r.completed / r.seconds
+    row("runner throughput (requests/s)", f"{achieved:.0f} (ideal {ideal:.0f})")
+    row("runner / ideal", f"{achieved / ideal:.2f}", "target >= 0.85")
+    row("runner / bare aiohttp loop", f"{achieved / (n / bare_s):.2f} (bare {n / bare_s:.0f}/s)", "target >= 0.90")
+
+
+async def cpu_cost(tmp: Path, n: int) -> None:
+    conc = 64
+    print(f"\n2. CPU cost: {n} requests, zero latency, concurrency {conc}, every result committed", flush=True)
+    with mock_server() as url:
+        bare_s, bare_cpu = await bare_loop(url, n, conc)
+    src = tmp / "c.jsonl"
+    write_requests(src, n)
+    with mock_server() as url:
+        r = await runner_run(url, src, tmp / "c.db", concurrency=conc)
+    row("runner throughput / bare aiohttp loop", f"{(n / r.seconds) / (n / bare_s):.2f}",
+        "reference: httpx+aiohttp, no store ~0.25")
+    row("runner requests/s | bare loop requests/s", f"{n / r.seconds:.0f} | {n / bare_s:.0f}")
+    row("CPU ms per request: runner | bare loop", f"{1000 * r.cpu / n:.2f} | {1000 * bare_cpu / n:.2f}")
+
+
+async def rate_limited(tmp: Path, n: int) -> None:
+    rpm, tpm = 3000, 300_000
+    print(f"\n3. server-enforced limit: {rpm} RPM, {tpm} TPM, {n} requests", flush=True)
+    src = tmp / "l.jsonl"
+    write_requests(src, n, max_output_tokens=60)
+    with mock_server("--rpm", str(rpm), "--tpm", str(tpm), "--latency", "0.2") as url:
+        r = await runner_run(url, src, tmp / "l.db", concurrency=200, rpm=rpm, tpm=tpm)
+        faults = stats(url)["faults"]
+    achieved_rpm = r.completed / r.seconds * 60
+    row("achieved / limit", f"{achieved_rpm / rpm:.2f} ({achieved_rpm:.0f} RPM)", "target >= 0.90")
+    row("share of requests answered 429", f"{100 * faults['429'] / max(r.attempts, 1):.2f} %", "target < 1 %")
+
+
+async def background(tmp: Path, n: int) -> None:
+    delay = 2.0
+    print(f"\n4. background mode: {n} requests, {delay:g} s completion delay", flush=True)
+    src = tmp / "b.jsonl"
+    write_requests(src, n)
+    with mock_server("--bg-delay", str(delay)) as url:
+        r = await runner_run(url, src, tmp / "b.db", background=True, concurrency=500)
+        s = stats(url)
+    row("wall time / ideal", f"{r.seconds:.1f} s / {delay:.1f} s = {r.seconds / delay:.2f}")
+    row("GET polls per request", f"{s['gets'] / n:.2f}")
+    row("creates per request (no double submits)", f"{s['creates'] / n:.2f}")
+
+
+def big_file(tmp: Path, n: int) -> None:
+    """Submit and export of an n-line file, each in a fresh process so peak RSS is its own."""
+    print(f"\n5. big file: {n:,} lines", flush=True)
+    src = tmp / "big.jsonl"
+    write_requests(src, n)
+    size_mb = src.stat().st_size / 1e6
+    db = tmp / "big.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
+    env["RUNNER_DB"] = str(db)
+
+    def timed(*args: str) -> tuple[float, float, str]:
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, str(Path(__file__).parent / "_rss.py"), *args],
+            capture_output=True, text=True, env=env, check=True,
+        )
+        out = p.stdout.strip().splitlines()
+        return time.perf_counter() - t0, float(out[-1]), "\n".join(out[:-1])
+
+    secs, rss, out = timed("submit", str(src))
+    job = out.strip().splitlines()[-1]
+    row(f"submit {size_mb:.0f} MB", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", "target >= 50,000/s")
+    secs, rss, _ = timed("export", job, "-o", str(tmp / "big.out.jsonl"))
+    row("export (all queued: empty output)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB")
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller counts")
+    p.add_argument("--only", type=int, action="append", help="run only scenario N (repeatable)")
+    p.add_argument("--big", type=int, default=None, help="lines for the big-file scenario (default 1,000,000)")
+    ns = p.parse_args()
+    q = ns.quick
+    wanted = set(ns.only or [1, 2, 3, 4, 5])
+    print(f"runner benchmark on {os.cpu_count()} cores, 127.0.0.1 only")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if 1 in wanted:
+            await realistic(tmp, 2000 if q else 10_000)
+        if 2 in wanted:
+            await cpu_cost(tmp, 2000 if q else 5000)
+        if 3 in wanted:
+            await rate_limited(tmp, 300 if q else 1000)
+        if 4 in wanted:
+            await background(tmp, 500 if q else 2000)
+        if 5 in wanted:
+            big_file(tmp, ns.big or (100_000 if q else 1_000_000))
+    print("\nsummary")
+    for name, figure, target in ROWS:
+        print(f"| {name} | {figure} | {target} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

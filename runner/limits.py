@@ -1,0 +1,266 @@
+"""Rate limits: RPM/TPM pacing, `x-ratelimit-*` headers, one pool-wide pause on 429, adaptive concurrency.
+
+Providers enforce per-minute limits over short windows (60,000 RPM may mean 1,000 per second), so the
+budgets are paced evenly rather than spent in bursts: a GCRA pacer lets no one-second window hold more
+than a second's share of the budget plus BURST (10 %). Everything takes an injectable clock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BURST = 0.10  # a second's share may be exceeded by this fraction inside any one-second window
+HEADER_SAFETY = 0.97  # pace at this share of a limit learnt from headers, to stay under it
+MAX_HEADER_PAUSE = 60.0
+POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so they never starve submissions
+CHARS_PER_TOKEN = 4.0
+
+Clock = Callable[[], float]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1m30.5s`, `14.981s`); a bare number is seconds.
+
+    Missing, negative (`-1`) or unparsable values mean "unknown" and give None.
+    """
+    if value is None:
+        return None
+    v = value.strip()
+    if not v or v.startswith("-"):
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    pos = 0
+    total = 0.0
+    for m in _DURATION.finditer(v):
+        if m.start() != pos:
+            return None
+        n = float(m.group(1))
+        total += {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[m.group(2)] * n
+        pos = m.end()
+    return total if pos == len(v) and pos > 0 else None
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        n = int(float(raw))
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+class Pacer:
+    """Generic cell rate algorithm: spaces out units at `rate` per second with a small burst tolerance.
+
+    `reserve(n)` books n units and returns how long the caller must wait before using them; bookings are
+    first come, first served, so concurrent callers queue instead of racing.
+    """
+
+    def __init__(self, rate: float, clock: Clock = time.monotonic, burst: float = BURST) -> None:
+        self.clock = clock
+        self._tat = 0.0  # theoretical arrival time of the next unit
+        self.burst = burst
+        self.rate = rate
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, rate: float) -> None:
+        self._rate = max(rate, 1e-9)
+        self._tolerance = self.burst  # seconds of budget that may be used early (a second's share x BURST)
+
+    def hold_until(self, t: float) -> None:
+        """Book nothing before `t` (after a pause, bookings restart evenly from its end, not in a burst)."""
+        self._tat = max(self._tat, t)
+
+    def reserve(self, units: float = 1.0) -> float:
+        now = self.clock()
+        tat = max(self._tat, now)
+        start = max(now, tat - self._tolerance)
+        self._tat = tat + units / self._rate
+        return start - now
+
+
+@dataclass
+class Estimator:
+    """Estimates the tokens a request will be charged, calibrated by the usage that comes back."""
+
+    ratio: float = 1.0  # actual / raw estimate, learnt
+    _raw_sum: float = 0.0
+    _actual_sum: float = 0.0
+
+    @staticmethod
+    def raw(body: Mapping[str, Any]) -> float:
+        """Input text and instructions at ~4 characters a token, plus max_output_tokens when given."""
+        chars = 0
+        instr = body.get("instructions")
+        if isinstance(instr, str):
+            chars += len(instr)
+        chars += _text_len(body.get("input"))
+        out = body.get("max_output_tokens")
+        return max(chars / CHARS_PER_TOKEN, 1.0) + (out if isinstance(out, int) else 0)
+
+    def estimate(self, body: Mapping[str, Any]) -> float:
+        return self.raw(body) * self.ratio
+
+    def observe(self, raw: float, actual: int) -> None:
+        """Feed back one request's real total tokens; the ratio is the running total, so it converges."""
+        if actual <= 0 or raw <= 0:
+            return
+        self._raw_sum += raw
+        self._actual_sum += actual
+        self.ratio = self._actual_sum / self._raw_sum
+
+
+def _text_len(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_len(v) for v in value)
+    if isinstance(value, dict):
+        n = 0
+        for k in ("content", "text", "output"):
+            n += _text_len(value.get(k))
+        return n
+    return 0
+
+
+class AdaptiveConcurrency:
+    """AIMD: +1 slot after a window of healthy replies, x0.7 on a 429 or timeout (at most once per cooldown)."""
+
+    DECREASE = 0.7
+
+    def __init__(self, maximum: int, clock: Clock = time.monotonic, cooldown: float = 1.0) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = self.maximum
+        self._clock = clock
+        self._cooldown = cooldown
+        self._healthy = 0
+        self._last_decrease = -math.inf
+
+    def on_success(self) -> None:
+        if self.limit >= self.maximum:
+            return
+        self._healthy += 1
+        if self._healthy >= self.limit:
+            self._healthy = 0
+            self.limit += 1
+
+    def on_overload(self) -> None:
+        now = self._clock()
+        if now - self._last_decrease < self._cooldown:
+            return  # one decrease per burst of 429s, not one per failing request
+        self._last_decrease = now
+        self._healthy = 0
+        self.limit = max(1, int(self.limit * self.DECREASE))
+
+
+class RateLimiter:
+    """The pool's gate: request and token pacing, header-driven slow-down, and one shared 429 pause."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.user_rpm = rpm
+        self.user_tpm = tpm
+        self.requests = Pacer(rpm / 60.0, clock) if rpm else None
+        self.tokens = Pacer(tpm / 60.0, clock) if tpm else None
+        self.polls: Pacer | None = Pacer(rpm / 60.0 * POLL_SHARE, clock) if rpm else None
+        self.polls_count = False  # learnt: the server's request budget moves on GET polls too
+        self.paused_until = 0.0
+        self.pauses = 0
+        self.estimator = Estimator()
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether request bodies must be read to estimate tokens."""
+        return self.tokens is not None
+
+    def delay_for(self, est_tokens: float) -> float:
+        """Book one request of `est_tokens`; seconds to wait before sending it."""
+        now = self.clock()
+        wait = max(self.paused_until - now, 0.0)
+        if self.requests is not None:
+            wait = max(wait, self.requests.reserve(1))
+        if self.tokens is not None and est_tokens > 0:
+            wait = max(wait, self.tokens.reserve(est_tokens))
+        return wait
+
+    def poll_delay(self) -> float:
+        """Book one poll; polls have their own, smaller share and only touch the request budget if it counts them."""
+        now = self.clock()
+        wait = max(self.paused_until - now, 0.0)
+        if self.polls is not None:
+            wait = max(wait, self.polls.reserve(1))
+        if self.polls_count and self.requests is not None:
+            wait = max(wait, self.requests.reserve(1))
+        return wait
+
+    def remaining_pause(self) -> float:
+        return max(self.paused_until - self.clock(), 0.0)
+
+    def pause(self, seconds: float) -> None:
+        """Hold the whole pool for `seconds` (a 429): later pauses extend, earlier ones do not shorten."""
+        until = self.clock() + max(seconds, 0.0)
+        if until > self.paused_until:
+            self.paused_until = until
+            self.pauses += 1
+            for p in (self.requests, self.tokens, self.polls):
+                if p is not None:
+                    p.hold_until(until)
+
+    def observe(self, headers: Mapping[str, str], *, in_flight: int = 0, poll: bool = False) -> None:
+        """Read `x-ratelimit-*` on a reply: adopt the server's limits, and pause before a window runs dry."""
+        if not headers:
+            return
+        if poll and "x-ratelimit-remaining-requests" in headers:
+            self.polls_count = True
+        limit_req = _int_header(headers, "x-ratelimit-limit-requests")
+        limit_tok = _int_header(headers, "x-ratelimit-limit-tokens")
+        if limit_req:
+            rate = limit_req / 60.0 * HEADER_SAFETY
+            if self.user_rpm is not None:
+                rate = min(rate, self.user_rpm / 60.0)
+            if self.requests is None:
+                self.requests = Pacer(rate, self.clock)
+                self.polls = Pacer(rate * POLL_SHARE, self.clock)
+            elif rate < self.requests.rate:
+                self.requests.rate = rate
+                if self.polls is not None:
+                    self.polls.rate = rate * POLL_SHARE
+        if limit_tok:
+            rate = limit_tok / 60.0 * HEADER_SAFETY
+            if self.user_tpm is not None:
+                rate = min(rate, self.user_tpm / 60.0)
+            if self.tokens is None:
+                self.tokens = Pacer(rate, self.clock)
+            elif rate < self.tokens.rate:
+                self.tokens.rate = rate
+        rem_req = _int_header(headers, "x-ratelimit-remaining-requests")
+        reset_req = parse_duration(headers.get("x-ratelimit-reset-requests"))
+        # Pacing keeps us under the limit; this catches a budget shared with other clients running dry.
+        if rem_req is not None and reset_req is not None and rem_req <= 0:
+            self.pause(min(reset_req, MAX_HEADER_PAUSE))
+        rem_tok = _int_header(headers, "x-ratelimit-remaining-tokens")
+        reset_tok = parse_duration(headers.get("x-ratelimit-reset-tokens"))
+        if rem_tok is not None and reset_tok is not None and rem_tok <= 0:
+            self.pause(min(reset_tok, MAX_HEADER_PAUSE))

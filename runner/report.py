@@ -1,0 +1,297 @@
+"""A job's report: counts, usage, estimated cost, latency, retries, errors and the slowest requests.
+
+`build_report` reads everything from the store; `Report.to_json()` is the machine form and
+`Report.render_text()` fits one screen. A model the price table does not know is listed with its tokens and
+never counted as $0: the total is then a lower bound, and both forms say so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from runner.prices import PriceTable
+from runner.states import JobStatus, RequestState
+from runner.store import JobStats, Store, UsageCounts
+from runner.store.reports import (
+    ErrorGroup,
+    Latency,
+    SlowRequest,
+    errors_by_code,
+    latency,
+    slowest,
+    usage_by_model,
+)
+
+__all__ = ["ModelCost", "Report", "build_report"]
+
+UNKNOWN_MODEL: Final = "(unknown model)"
+_STATE_ORDER: Final = tuple(s.value for s in RequestState)
+_ACTIVE: Final = frozenset({RequestState.QUEUED.value, RequestState.IN_PROGRESS.value})
+_MAX_MODELS_SHOWN = 5
+_MAX_ERRORS_SHOWN = 5
+_MESSAGE_WIDTH = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCost:
+    """Usage and cost of the requests billed to one model."""
+
+    model: str
+    price_key: str | None  # the price table entry used; None when the model is unpriced
+    requests: int
+    usage: UsageCounts
+    usd: float | None  # None when unpriced
+
+    @property
+    def priced(self) -> bool:
+        return self.usd is not None
+
+
+def _usage_json(u: UsageCounts) -> dict[str, int]:
+    return {
+        "input_tokens": u.input_tokens,
+        "cached_tokens": u.cached_tokens,
+        "output_tokens": u.output_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "total_tokens": u.total_tokens,
+    }
+
+
+def _pname(q: float) -> str:
+    return f"p{q * 100:g}"  # 0.5 -> p50, 0.999 -> p99.9
+
+
+def _status(st: JobStats) -> JobStatus:
+    active = sum(st.counts.get(s, 0) for s in _ACTIVE)
+    if active == 0:
+        return JobStatus.CANCELLED if st.job.cancelled_at is not None else JobStatus.COMPLETED
+    return JobStatus.QUEUED if st.attempts == 0 else JobStatus.IN_PROGRESS
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 10 else f"${x:.4f}"
+
+
+def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
+    one_line = " ".join((text or "").split())
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything `runner report` shows about one job."""
+
+    job_id: str
+    name: str
+    source: str
+    status: str
+    generated_at: float
+    total: int
+    counts: dict[str, int]
+    usage: UsageCounts
+    models: list[ModelCost]  # every model that used tokens, most tokens first
+    prices_taken: str | None
+    prices_source: str | None
+    prices_user_file: str | None
+    latency: Latency
+    attempts: int
+    rate_limited: int
+    errors: list[ErrorGroup]
+    slowest: list[SlowRequest]
+    elapsed_seconds: float | None
+    throughput_rps: float | None
+
+    @property
+    def priced(self) -> list[ModelCost]:
+        return [m for m in self.models if m.usd is not None]
+
+    @property
+    def unpriced(self) -> list[ModelCost]:
+        return [m for m in self.models if m.usd is None]
+
+    @property
+    def cost_usd(self) -> float:
+        """The sum over priced models; a lower bound when `cost_complete` is False."""
+        return sum(m.usd for m in self.models if m.usd is not None)
+
+    @property
+    def cost_complete(self) -> bool:
+        return not self.unpriced
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(RequestState.FAILED.value, 0)
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first of each request that was tried."""
+        tried = sum(v for k, v in self.counts.items() if k != RequestState.QUEUED.value)
+        return max(self.attempts - tried, 0)
+
+    def cost_note(self) -> str | None:
+        """Why the total is not the whole cost, if it is not."""
+        if self.cost_complete:
+            return None
+        names = ", ".join(m.model for m in self.unpriced)
+        return f"lower bound: no price for {names}; their tokens are not counted in the total"
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON types."""
+        lat = self.latency
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "source": self.source,
+            "status": self.status,
+            "generated_at": self.generated_at,
+            "total": self.total,
+            "counts": dict(self.counts),
+            "usage": _usage_json(self.usage),
+            "cost": {
+                "usd": round(self.cost_usd, 6),
+                "complete": self.cost_complete,
+                "note": self.cost_note(),
+                "prices_taken": self.prices_taken,
+                "prices_source": self.prices_source,
+                "prices_user_file": self.prices_user_file,
+                "by_model": [
+                    {
+                        "model": m.model,
+                        "price_key": m.price_key,
+                        "requests": m.requests,
+                        "usage": _usage_json(m.usage),
+                        "usd": round(m.usd, 6),
+                    }
+                    for m in self.priced
+                    if m.usd is not None
+                ],
+                "unpriced": [
+                    {"model": m.model, "requests": m.requests, "usage": _usage_json(m.usage)} for m in self.unpriced
+                ],
+            },
+            "latency_seconds": {
+                "count": lat.count,
+                **{_pname(q): v for q, v in lat.percentiles.items()},
+                "mean": lat.mean,
+                "max": lat.max,
+            },
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "errors": [
+                {
+                    "code": g.code,
+                    "count": g.count,
+                    "examples": [
+                        {
+                            "custom_id": x.custom_id,
+                            "line_no": x.line_no,
+                            "http_status": x.http_status,
+                            "message": x.message,
+                        }
+                        for x in g.examples
+                    ],
+                }
+                for g in self.errors
+            ],
+            "slowest": [
+                {"custom_id": s.custom_id, "line_no": s.line_no, "seconds": s.seconds, "attempts": s.attempts}
+                for s in self.slowest
+            ],
+            "elapsed_seconds": self.elapsed_seconds,
+            "throughput_rps": self.throughput_rps,
+        }
+
+    def render_text(self) -> str:
+        """The report for a terminal: about 25 lines at most."""
+        out: list[str] = [f"job {self.job_id} ({self.name}) · {self.total} requests · {self.status}"]
+        out.append("  " + " · ".join(f"{s.replace('_', ' ')} {self.counts.get(s, 0)}" for s in _STATE_ORDER))
+        u = self.usage
+        out.append(
+            f"  usage: input {u.input_tokens:,} · cached {u.cached_tokens:,} · output {u.output_tokens:,}"
+            f" · reasoning {u.reasoning_tokens:,} · total {u.total_tokens:,}"
+        )
+        taken = f"prices of {self.prices_taken}" if self.prices_taken else "prices of unknown date"
+        if self.prices_user_file:
+            taken += f" + {self.prices_user_file}"
+        bound = "at least " if not self.cost_complete else ""
+        out.append(f"  cost: {bound}{_usd(self.cost_usd)} (estimate; {taken})")
+        for m in self.models[:_MAX_MODELS_SHOWN]:
+            what = _usd(m.usd) if m.usd is not None else "no price"
+            out.append(
+                f"    {m.model}: {m.requests} req · in {m.usage.input_tokens:,} (cached {m.usage.cached_tokens:,})"
+                f" · out {m.usage.output_tokens:,} · {what}"
+            )
+        if len(self.models) > _MAX_MODELS_SHOWN:
+            out.append(f"    … and {len(self.models) - _MAX_MODELS_SHOWN} more model(s)")
+        if note := self.cost_note():
+            out.append(f"    {note}")
+        lat = self.latency
+        if lat.count:
+            parts = [f"{_pname(q)} {v:.2f} s" for q, v in lat.percentiles.items()]
+            out.append(f"  latency: {' · '.join(parts)} · max {lat.max or 0:.2f} s ({lat.count} requests)")
+        out.append(f"  attempts {self.attempts} ({self.retries} retries) · rate limited (429) {self.rate_limited}")
+        if self.errors:
+            out.append(f"  errors ({self.failed} failed):")
+            for g in self.errors[:_MAX_ERRORS_SHOWN]:
+                ids = ", ".join(
+                    x.custom_id + (f" [{x.http_status}]" if x.http_status is not None else "") for x in g.examples
+                )
+                first = _short(g.examples[0].message) if g.examples else ""
+                out.append(f"    {g.code} ×{g.count}: {first} (e.g. {ids})")
+            if len(self.errors) > _MAX_ERRORS_SHOWN:
+                out.append(f"    … and {len(self.errors) - _MAX_ERRORS_SHOWN} more error code(s)")
+        if self.slowest:
+            out.append(
+                "  slowest: " + " · ".join(f"{s.custom_id} {s.seconds:.2f} s ({s.attempts} att.)" for s in self.slowest)
+            )
+        if self.elapsed_seconds is not None:
+            rate = f" · {self.throughput_rps:.2f} requests/s" if self.throughput_rps else ""
+            out.append(f"  elapsed {self.elapsed_seconds:.1f} s{rate}")
+        return "\n".join(out)
+
+
+def _elapsed(st: JobStats, status: JobStatus, now: float) -> float | None:
+    # A finished job runs from its first claim to its last result; a running one up to now.
+    if st.first_started is None:
+        return None
+    done = status in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+    end = st.last_finished if done and st.last_finished is not None else now
+    return max(end - st.first_started, 0.0)
+
+
+async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
+    """Read a job's figures from the store and price its usage (JobNotFound for an unknown job)."""
+    st = await store.job_stats(job_id)
+    now = time.time()
+    models: list[ModelCost] = []
+    for m in await usage_by_model(store, job_id):
+        key = prices.key_for(m.model)
+        usd = prices.models[key].cost(m.usage) if key is not None else None
+        models.append(ModelCost(m.model or UNKNOWN_MODEL, key, m.requests, m.usage, usd))
+    status = _status(st)
+    elapsed = _elapsed(st, status, now)
+    finished = sum(v for k, v in st.counts.items() if k not in _ACTIVE)
+    return Report(
+        job_id=st.job.id,
+        name=st.job.name,
+        source=st.job.source,
+        status=status.value,
+        generated_at=now,
+        total=st.job.total,
+        counts={s: st.counts.get(s, 0) for s in _STATE_ORDER},
+        usage=st.usage,
+        models=models,
+        prices_taken=prices.taken,
+        prices_source=prices.source,
+        prices_user_file=prices.user_file,
+        latency=await latency(store, job_id),
+        attempts=st.attempts,
+        rate_limited=st.rate_limited,
+        errors=await errors_by_code(store, job_id),
+        slowest=await slowest(store, job_id),
+        elapsed_seconds=elapsed,
+        throughput_rps=finished / elapsed if elapsed else None,
+    )

@@ -1,0 +1,436 @@
+"""TOML job specs: one file names the input, the body defaults and overrides, limits, outputs and a failure policy.
+
+    [job]       name, input (a path or a glob), background, lenient
+    [defaults]  merged into each request body where the line lacks the key (the line wins)
+    [overrides] forced onto each request body (the override wins)
+    [limits]    concurrency, rpm, tpm, max_attempts, timeout
+    [output]    results, errors, report (with {date}, {job}, {job_id}, {input}), format
+    [policy]    max_failure_rate
+
+Every relative path in a spec (input and outputs) is relative to the spec file's directory, so a cron entry
+works from any working directory. A glob that matches several files makes one job per file: each file keeps
+its own idempotent fingerprint, and a new file in the folder does not change the jobs of the old ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import glob
+import hashlib
+import os
+import re
+import string
+import tempfile
+import tomllib
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from runner.errors import ConfigError
+
+__all__ = [
+    "PLACEHOLDERS",
+    "JobSection",
+    "JobSpec",
+    "LimitsSection",
+    "OutputKind",
+    "OutputSection",
+    "PolicySection",
+    "SpecError",
+    "apply_defaults_and_overrides",
+    "describe_validation_error",
+    "load_spec",
+    "materialize",
+    "read_toml",
+]
+
+PLACEHOLDERS: Final = ("date", "job", "job_id", "input")
+OutputKind = Literal["results", "errors", "report"]
+ExportFormat = Literal["batch", "jsonl-flat", "csv"]
+_BATCH_KEYS: Final = ("custom_id", "method", "url", "body")  # any of these makes a line a batch line
+_BOM: Final = b"\xef\xbb\xbf"
+_GLOB_CHARS: Final = frozenset("*?[")
+# Bump when materialize's output for the same input changes, so old transformed files are not reused.
+_MATERIALIZE_VERSION: Final = b"runner-spec-materialize-1"
+
+
+class SpecError(ConfigError):
+    """A job spec is invalid."""
+
+
+# -- sections ------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    # strict: TOML already has real types, so "32" for an integer is a mistake worth naming, not coercing.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class JobSection(_Section):
+    """[job]: what to queue."""
+
+    name: str | None = None
+    input: str
+    background: bool = False
+    lenient: bool = False
+
+    @field_validator("name", "input")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class LimitsSection(_Section):
+    """[limits]: how hard to push the API. Unset values fall back to flags, environment and built-in defaults."""
+
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    max_attempts: Annotated[int, Field(ge=1)] | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+
+    def settings_update(self) -> dict[str, Any]:
+        """The limits that are set, keyed like `runner.config.Settings` fields (for `model_copy(update=...)`)."""
+        return self.model_dump(exclude_none=True)
+
+
+def _check_template(template: str) -> str:
+    for name in _placeholders(template):
+        if name not in PLACEHOLDERS:
+            raise ValueError(f"unknown placeholder {{{name}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    return template
+
+
+class OutputSection(_Section):
+    """[output]: where results go. Unset files are not written."""
+
+    results: str | None = None
+    errors: str | None = None
+    report: str | None = None
+    format: ExportFormat = "batch"
+
+    @field_validator("results", "errors", "report")
+    @classmethod
+    def _templates(cls, v: str | None) -> str | None:
+        return None if v is None else _check_template(v)
+
+
+class PolicySection(_Section):
+    """[policy]: when a run counts as failed."""
+
+    max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    def exceeded(self, failed: int, total: int) -> bool:
+        """Whether `failed` of `total` requests is more than the policy allows (exit 1)."""
+        if failed <= 0:
+            return False
+        return total <= 0 or failed / total > self.max_failure_rate
+
+
+class JobSpec(_Section):
+    """A whole spec file. Build with `load_spec(path)`, which also records where the file lives."""
+
+    job: JobSection
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+
+    _path: Path = PrivateAttr(default=Path("spec.toml"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path) -> JobSpec:
+        """Validate parsed TOML; `path` is the spec file (used for messages and relative paths)."""
+        try:
+            spec = cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise SpecError(describe_validation_error(path, e, cls.model_fields)) from None
+        spec._path = path
+        return spec
+
+    @property
+    def path(self) -> Path:
+        """The spec file."""
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative paths in the spec start from."""
+        return self._path.parent
+
+    @property
+    def name(self) -> str:
+        """The job name: [job] name, or the spec file's stem."""
+        return self.job.name or self._path.stem
+
+    def resolve(self, p: str) -> Path:
+        """A path from the spec, relative to the spec's directory unless absolute (`~` expands)."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.base_dir / q
+
+    def input_files(self) -> list[Path]:
+        """The input files, sorted; a glob may match several (one job each). SpecError when nothing matches."""
+        pattern = self.job.input
+        target = self.resolve(pattern)
+        if not _GLOB_CHARS.intersection(pattern):
+            if not target.is_file():
+                raise SpecError(f"{self._path}: [job] input: no such file: {target}")
+            return [target]
+        # root_dir, not a joined pattern: glob characters in the spec's own directory name stay literal.
+        matches = glob.glob(str(Path(pattern).expanduser()), root_dir=self.base_dir, recursive=True)
+        files = sorted(f for f in (self.resolve(m) for m in matches) if f.is_file())
+        if not files:
+            raise SpecError(f"{self._path}: [job] input: {pattern!r} matches no file (looked for {target})")
+        if len(files) > 1:
+            for kind in ("results", "errors", "report"):
+                template = getattr(self.output, kind)
+                if template is not None and not {"input", "job_id"} & set(_placeholders(template)):
+                    raise SpecError(
+                        f"{self._path}: [output] {kind}: [job] input matches {len(files)} files, so the name needs"
+                        " {input} or {job_id}, or each job's output would overwrite the previous one"
+                    )
+        return files
+
+    def output_path(
+        self, kind: OutputKind, *, job_id: str, date: dt.date | None = None, source: Path | None = None
+    ) -> Path | None:
+        """Where output `kind` goes for this job, placeholders filled in; None when the spec sets none.
+
+        {date} is `date` (default: today, local time) as YYYY-MM-DD, {job} the spec name, {job_id} the job's
+        id and {input} the stem of `source` (the input file; required when the template uses it).
+        """
+        template: str | None = getattr(self.output, kind)
+        if template is None:
+            return None
+        values = {
+            "date": (date or dt.date.today()).isoformat(),
+            "job": self.name,
+            "job_id": job_id,
+            "input": source.stem if source is not None else None,
+        }
+        for field in _placeholders(template):
+            if field not in values:
+                raise SpecError(f"{self._path}: [output] {kind}: unknown placeholder {{{field}}}")
+            if values[field] is None:
+                raise SpecError(f"{self._path}: [output] {kind}: {{{field}}} needs the input file")
+        return self.resolve(template.format_map(values))
+
+    def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`apply_defaults_and_overrides` with this spec's tables."""
+        return apply_defaults_and_overrides(body, self.defaults, self.overrides)
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+
+def _placeholders(template: str) -> Iterator[str]:
+    """The field names of a str.format template (`{{`/`}}` are literal braces)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"bad braces in {template!r}: {e}") from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{field}}} takes no format spec or conversion")
+        yield field
+
+
+_TYPE_NAMES: Final = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+_BOUNDS: Final = {
+    "greater_than": "greater than",
+    "greater_than_equal": "at least",
+    "less_than": "less than",
+    "less_than_equal": "at most",
+}
+_TOML_POS = re.compile(r"^(?P<msg>.*?) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if value is True or value is False:
+        return str(value).lower()
+    return repr(value)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(part: str) -> str:
+    return part if _BARE_KEY.match(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _where(loc: tuple[int | str, ...], tables: Collection[str]) -> tuple[str, str]:
+    """("[table] ", "key") for an error location, written as TOML would name it."""
+    parts = [str(p) for p in loc]
+    if len(parts) == 1 and parts[0] in tables:
+        return "", f"[{_toml_key(parts[0])}]"
+    if len(parts) >= 2:
+        return f"[{'.'.join(_toml_key(p) for p in parts[:-1])}] ", parts[-1]
+    return "", parts[0] if parts else ""
+
+
+def describe_validation_error(path: Path, e: ValidationError, tables: Collection[str] = ()) -> str:
+    """One line per problem, each naming the file, the table and the key; `tables` are the top-level tables."""
+    lines: list[str] = []
+    for err in e.errors(include_url=False):
+        section, key = _where(tuple(err["loc"]), tables)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            what = f"unknown key {key!r}" if section else f"unknown section or key {key!r}"
+            lines.append(f"{path}: {section}{what}")
+            continue
+        if kind == "missing":
+            reason = "is required"
+        elif kind in _TYPE_NAMES:
+            reason = f"must be {_TYPE_NAMES[kind]} (got {_show(err['input'])})"
+        elif kind in _BOUNDS:
+            bound = next(iter((err.get("ctx") or {}).values()), "?")
+            reason = f"must be {_BOUNDS[kind]} {bound} (got {_show(err['input'])})"
+        elif kind == "literal_error":
+            expected = (err.get("ctx") or {}).get("expected", "")
+            reason = f"must be one of {expected} (got {_show(err['input'])})"
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            msg = msg[:1].lower() + msg[1:]
+            reason = f"{msg} (got {_show(err['input'])})"
+        lines.append(f"{path}: {section}{key}: {reason}")
+    return "\n".join(lines)
+
+
+def read_toml(path: Path, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """Parse a TOML file; an unreadable file or a syntax error raises `error` naming the file and the line."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: is not valid UTF-8 (byte {e.start + 1})") from None
+    except tomllib.TOMLDecodeError as e:
+        m = _TOML_POS.match(str(e))
+        if m is None:
+            raise error(f"{path}: invalid TOML: {e}") from None
+        raise error(f"{path}:line {m['line']}: invalid TOML: {m['msg']} (column {m['col']})") from None
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read and check a spec file; SpecError names the file and each bad key (or the line of a syntax error)."""
+    return JobSpec.from_dict(read_toml(path, SpecError), path)
+
+
+# -- merging -------------------------------------------------------------------------------------------
+
+
+def _fill(body: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    for key, value in defaults.items():
+        if key not in body:
+            body[key] = copy.deepcopy(value)
+        elif isinstance(value, Mapping) and isinstance(body[key], dict):
+            body[key] = dict(body[key])  # never write into the caller's nested dicts
+            _fill(body[key], value)
+
+
+def _force(body: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        current = body.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            body[key] = dict(current)
+            _force(body[key], value)
+        else:
+            body[key] = copy.deepcopy(value)
+
+
+def apply_defaults_and_overrides(
+    body: Mapping[str, Any], defaults: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A new body: `defaults` fill keys the body lacks, then `overrides` replace the body's values.
+
+    Tables merge key by key at every depth; anything else (lists included) is replaced whole. A key whose
+    value is JSON null is present: a default does not replace it. The input is not modified.
+    """
+    out = dict(body)
+    _fill(out, defaults)
+    _force(out, overrides)
+    return out
+
+
+# -- materializing ---------------------------------------------------------------------------------------
+
+
+def _digest(spec: JobSpec, src: Path) -> str:
+    h = hashlib.sha256(_MATERIALIZE_VERSION)
+    h.update(orjson.dumps({"defaults": spec.defaults, "overrides": spec.overrides}, option=orjson.OPT_SORT_KEYS))
+    h.update(b"\0")
+    with src.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _transform(spec: JobSpec, line: bytes) -> bytes:
+    """One line with the spec applied; a line that is not a JSON object (or a batch line without a body
+    object) is returned unchanged, so the validator reports it with its own line number."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    if not isinstance(obj, dict):
+        return line
+    if any(k in obj for k in _BATCH_KEYS):
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            return line
+        obj["body"] = spec.apply(body)
+    else:
+        obj = spec.apply(obj)
+    return orjson.dumps(obj)
+
+
+def materialize(spec: JobSpec, src: Path, dst_dir: Path) -> Path:
+    """Write `src` with the spec's defaults and overrides applied to every body into `dst_dir`, and return it.
+
+    Streamed line by line. Line numbers stay the same (blank lines stay blank; lines that are not JSON stay
+    as they were). The name is `<stem>.<sha256 of src bytes and the spec's tables>.jsonl`, so the same input
+    and spec always give the same file, byte for byte, and an existing one is reused.
+    """
+    dst = dst_dir / f"{src.stem}.{_digest(spec, src)[:24]}.jsonl"
+    if dst.is_file():
+        return dst  # the name is a hash of everything that determines its content
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out, src.open("rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if n == 1 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]
+                line = raw.rstrip(b"\r\n")
+                out.write(_transform(spec, line) if line.strip() else b"")
+                out.write(b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
