@@ -18,6 +18,7 @@ from runner.store.reports import (
     ErrorGroup,
     Latency,
     SlowRequest,
+    attempt_totals,
     errors_by_code,
     latency,
     slowest,
@@ -97,7 +98,8 @@ class Report:
     prices_user_file: str | None
     latency: Latency
     attempts: int
-    rate_limited: int
+    retries: int  # attempts after each request's first
+    rate_limited: int  # 429s met
     errors: list[ErrorGroup]
     slowest: list[SlowRequest]
     elapsed_seconds: float | None
@@ -123,12 +125,6 @@ class Report:
     @property
     def failed(self) -> int:
         return self.counts.get(RequestState.FAILED.value, 0)
-
-    @property
-    def retries(self) -> int:
-        """Attempts beyond the first of each request that was tried."""
-        tried = sum(v for k, v in self.counts.items() if k != RequestState.QUEUED.value)
-        return max(self.attempts - tried, 0)
 
     def cost_note(self) -> str | None:
         """Why the total is not the whole cost, if it is not."""
@@ -245,7 +241,11 @@ class Report:
                 out.append(f"    … and {len(self.errors) - _MAX_ERRORS_SHOWN} more error code(s)")
         if self.slowest:
             out.append(
-                "  slowest: " + " · ".join(f"{s.custom_id} {s.seconds:.2f} s ({s.attempts} att.)" for s in self.slowest)
+                "  slowest: "
+                + " · ".join(
+                    f"{s.custom_id} {s.seconds:.2f} s" + (f" ({s.attempts} attempts)" if s.attempts > 1 else "")
+                    for s in self.slowest
+                )
             )
         if self.elapsed_seconds is not None:
             rate = f" · {self.throughput_rps:.2f} requests/s" if self.throughput_rps else ""
@@ -274,6 +274,7 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
     status = _status(st)
     elapsed = _elapsed(st, status, now)
     finished = sum(v for k, v in st.counts.items() if k not in _ACTIVE)
+    tries = await attempt_totals(store, job_id)
     return Report(
         job_id=st.job.id,
         name=st.job.name,
@@ -288,8 +289,9 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         prices_source=prices.source,
         prices_user_file=prices.user_file,
         latency=await latency(store, job_id),
-        attempts=st.attempts,
-        rate_limited=st.rate_limited,
+        attempts=tries.attempts,
+        retries=tries.retries,
+        rate_limited=tries.rate_limited,
         errors=await errors_by_code(store, job_id),
         slowest=await slowest(store, job_id),
         elapsed_seconds=elapsed,

@@ -304,6 +304,7 @@ def describe_validation_error(path: Path, e: ValidationError, tables: Collection
             reason = f"must be {_TYPE_NAMES[kind]} (got {_show(err['input'])})"
         elif kind in _BOUNDS:
             bound = next(iter((err.get("ctx") or {}).values()), "?")
+            bound = f"{bound:g}" if isinstance(bound, float) else bound  # 1.0 -> 1
             reason = f"must be {_BOUNDS[kind]} {bound} (got {_show(err['input'])})"
         elif kind == "literal_error":
             expected = (err.get("ctx") or {}).get("expected", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -71,6 +72,7 @@ class Run:
         self._interrupted = False
         self._work_scope: anyio.CancelScope | None = None
         self._grace_deadline = 0.0
+        self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -114,6 +116,9 @@ class Run:
                     await self.writer.aclose()
         finally:
             with anyio.CancelScope(shield=True):
+                # Claimed ahead but never sent: back to the queue without using up an attempt.
+                while self._ready:
+                    self.writer.put(Outcome(self._ready.popleft().id, RequestState.QUEUED, refund_attempt=True))
                 await self.writer.aclose()
                 await self.store.release(self.owner, refund=self._billing is not None)
                 if self._on_progress is not None:
@@ -131,11 +136,17 @@ class Run:
             if free <= 0:
                 await self._wait_slot(IDLE_CHECK)
                 continue
-            claimed = await self.store.claim(self.owner, self.job_ids, min(free, CLAIM_BATCH), self.opts.lease_seconds)
-            for c in claimed:
+            if not self._ready:
+                # Claim a batch ahead (leased, so invisible to other runners): one claim transaction per
+                # request would cost more CPU than the request itself at high throughput.
+                batch = max(free, min(CLAIM_BATCH, max(16, self.concurrency.limit // 2)))
+                self._ready.extend(await self.store.claim(self.owner, self.job_ids, batch, self.opts.lease_seconds))
+            started = 0
+            while self._ready and started < free:
                 self._in_flight += 1
-                tg.start_soon(self._handle, c)
-            if claimed:
+                started += 1
+                tg.start_soon(self._handle, self._ready.popleft())
+            if started:
                 continue
             now = time.monotonic()
             if now - last_adopt >= POLL_ADOPT_INTERVAL:

@@ -1,7 +1,7 @@
 """Read-only queries for reports and the flat export formats, over one job's requests.
 
 Each function takes an open `Store` and reads through its read-only connections; nothing here writes.
-Counts per state, attempts, 429s and usage totals come from `Store.job_stats`.
+Counts per state and usage totals come from `Store.job_stats`.
 Latencies are `finished_at - submitted_at`: from the last POST of a request to its final state (for a
 background request that includes the polling, i.e. the generation time).
 """
@@ -23,12 +23,14 @@ from runner.store import Store, UsageCounts
 from runner.store.tables import requests
 
 __all__ = [
+    "AttemptTotals",
     "ErrorExample",
     "ErrorGroup",
     "FlatRow",
     "Latency",
     "ModelUsage",
     "SlowRequest",
+    "attempt_totals",
     "errors_by_code",
     "latency",
     "slowest",
@@ -66,6 +68,15 @@ class Latency:
     percentiles: dict[float, float]  # quantile (0.5, 0.95, ...) -> seconds
     mean: float | None
     max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptTotals:
+    """Attempts made, attempts beyond each request's first, and 429s met, over a job's requests."""
+
+    attempts: int
+    retries: int
+    rate_limited: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +195,20 @@ async def latency(store: Store, job_id: str, quantiles: Sequence[float] = DEFAUL
                 found[q] = float(value)
             i += 1
         return Latency(n, {q: found[q] for q in quantiles}, float(head[1]), float(head[2]))
+
+    return await store._read(go)
+
+
+async def attempt_totals(store: Store, job_id: str) -> AttemptTotals:
+    """Sums of attempts, retries (attempts after a request's first) and 429s over a job's requests."""
+    retries = case((requests.c.attempts > 1, requests.c.attempts - 1), else_=0)
+    stmt = select(func.sum(requests.c.attempts), func.sum(retries), func.sum(requests.c.rate_limited)).where(
+        requests.c.job_id == job_id
+    )
+
+    async def go(conn: AsyncConnection) -> AttemptTotals:
+        r = (await conn.execute(stmt)).one()
+        return AttemptTotals(int(r[0] or 0), int(r[1] or 0), int(r[2] or 0))
 
     return await store._read(go)
 
