@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from runner.store import JobStats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal (RUNNER_PROGRESS_EVERY)
 
 log = logging.getLogger("runner")
 err = Console(stderr=True, highlight=False)
@@ -286,6 +287,7 @@ class ProgressView:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.live = not quiet and sys.stderr.isatty()
+        self.every = float(os.environ.get("RUNNER_PROGRESS_EVERY", LOG_EVERY))
         self._last_line = 0.0
         self._progress: Progress | None = None
         self._task: Any = None
@@ -323,7 +325,7 @@ class ProgressView:
             self._progress.update(self._task, total=s.total, completed=s.done, detail=detail)
             return
         now = time.monotonic()
-        if now - self._last_line >= LOG_EVERY:
+        if now - self._last_line >= self.every:
             self._last_line = now
             err.print(
                 f"progress done={s.done}/{s.total} completed={s.completed} incomplete={s.incomplete}"

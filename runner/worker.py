@@ -11,6 +11,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import anyio
 import orjson
@@ -246,6 +247,7 @@ class Run:
         if self._stop_claiming.is_set() and self._billing is not None:
             self._on_billing(self._billing)  # paced past a billing stop: do not send, stay queued
             return
+        sent_at = time.time()
         try:
             reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
         except BillingError as e:
@@ -255,7 +257,7 @@ class Run:
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
-            self._put(from_error(c, e, max_attempts=max_attempts))
+            self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
             return
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight)
         self.concurrency.on_success()
@@ -271,7 +273,7 @@ class Run:
                 )
                 return
             try:
-                await self.store.record_response_id(c.id, self.owner, response_id, reply.request_id)
+                await self.store.record_response_id(c.id, self.owner, response_id, reply.request_id, sent_at)
             except IllegalTransition:
                 log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
                 return
@@ -288,7 +290,7 @@ class Run:
         )
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
-        self._put(outcome)
+        self._put(replace(outcome, sent_at=sent_at))
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""

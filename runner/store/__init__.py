@@ -485,7 +485,7 @@ class Store:
     # -- outcomes ---------------------------------------------------------------------------------
 
     async def record_response_id(
-        self, request_id: int, owner: str, response_id: str, api_request_id: str | None
+        self, request_id: int, owner: str, response_id: str, api_request_id: str | None, sent_at: float | None = None
     ) -> None:
         """Commit a background response's id before anything else happens to it."""
         now = time.time()
@@ -494,7 +494,12 @@ class Store:
             r = await conn.execute(
                 update(requests)
                 .where(requests.c.id == request_id, requests.c.state == IP, requests.c.lease_owner == owner)
-                .values(response_id=response_id, request_id=api_request_id, updated_at=now)
+                .values(
+                    response_id=response_id,
+                    request_id=api_request_id,
+                    updated_at=now,
+                    submitted_at=func.coalesce(sent_at, requests.c.submitted_at),
+                )
             )
             if r.rowcount != 1:
                 raise IllegalTransition(request_id, "in_progress (response id)", {IP})
@@ -530,6 +535,7 @@ class Store:
                 "b_refund": 1 if o.refund_attempt else 0,
                 "b_clear": 1 if o.clear_response_id else 0,
                 "b_rl": 1 if o.rate_limited else 0,
+                "b_sent": o.sent_at,
             }
 
         guard = and_(
@@ -543,6 +549,7 @@ class Store:
             "error_code": bindparam("b_error_code"),
             "error_message": bindparam("b_error_message"),
             "rate_limited": requests.c.rate_limited + bindparam("b_rl"),
+            "submitted_at": func.coalesce(bindparam("b_sent"), requests.c.submitted_at),
             "lease_owner": None,
             "lease_expires_at": None,
             "updated_at": now,

@@ -59,6 +59,7 @@ class Outcome:
     refund_attempt: bool = False  # the attempt did not reach the API's judgement (billing stop)
     clear_response_id: bool = False  # a failed background response retried as a new attempt
     rate_limited: bool = False
+    sent_at: float | None = None  # when the POST of this attempt went out (claims happen earlier)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,136 @@
+"""Speed under limits, through the CLI: server-enforced RPM, conversation ordering, progress output."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pty
+import select
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli, run_args, write_jobfile
+
+pytestmark = pytest.mark.e2e
+
+
+def test_rpm_budget_paces_under_a_server_enforced_limit(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    # 1,200 RPM = 20 requests a second, enforced by the server in one-second windows.
+    mock = mock_factory("--rpm", "1200", "--latency", "0.05")
+    src = write_jobfile(tmp_path / "in.jsonl", 100)
+    job = cli.submit(src)
+    t0 = time.monotonic()
+    r = cli("run", job, *run_args(mock, "--concurrency", "50", "--rpm", "1200", "--quiet"))
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 100
+    stats = mock.stats()
+    assert stats["faults"]["429"] <= 1, stats["faults"]  # paced, not bounced
+    # 100 requests at 20/s take about 5 s; evenly paced means not much faster (no bursts) ...
+    db = sqlite3.connect(cli.db)
+    sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
+    busiest = max(sum(1 for t in sent if s <= t < s + 1.0) for s in sent)
+    assert busiest <= 20 * 1.1 + 1, busiest
+    # ... and not much slower (the budget is used): start-up costs about a second.
+    assert wall < 5.0 + 4.0, wall
+
+
+def test_without_a_budget_the_headers_and_429s_slow_the_pool(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--rpm", "1200", "--latency", "0.05")
+    src = write_jobfile(tmp_path / "in.jsonl", 120)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "60", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["completed"] == 120
+    # The first burst meets 429s before the limit is known; after that, the pace holds.
+    faults = mock.stats()["faults"]["429"]
+    assert faults < 120 * 0.5, faults
+    assert st["rate_limited"] == faults
+
+
+def test_requests_sharing_a_conversation_run_one_at_a_time_in_file_order(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    mock = mock_factory("--latency", "0.1")
+    src = tmp_path / "in.jsonl"
+    lines = []
+    for i in range(1, 31):
+        body: dict[str, Any] = {"model": "m", "input": f"turn {i}"}
+        if i % 3 == 0:
+            body["conversation"] = "conv_a"
+        elif i % 3 == 1:
+            body["conversation"] = {"id": "conv_b"}
+        lines.append(body)
+
+    src.write_text("".join(json.dumps(b) + "\n" for b in lines))
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "20", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    db = sqlite3.connect(cli.db)
+    for conv in ("conv_a", "conv_b"):
+        rows = db.execute(
+            "select line_no, submitted_at, finished_at from requests where conversation = ? order by line_no", (conv,)
+        ).fetchall()
+        assert len(rows) == 10
+        for (_, _, fin), (_, sub, _) in itertools.pairwise(rows):
+            assert sub >= fin, f"{conv}: a turn started before the previous one finished"
+    # The other requests did not wait for the conversations: all ten finished before the last turns.
+    free_done = max(t for (t,) in db.execute("select finished_at from requests where conversation is null"))
+    last_turn = max(t for (t,) in db.execute("select finished_at from requests where conversation is not null"))
+    assert free_done < last_turn
+
+
+def test_progress_lines_when_not_a_terminal_and_a_live_bar_on_one(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--latency", "0.5")
+    src = write_jobfile(tmp_path / "in.jsonl", 40)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "10"), extra_env={"RUNNER_PROGRESS_EVERY": "0.3"})
+    assert r.returncode == 0, r.stderr
+    progress = [x for x in r.stderr.splitlines() if x.startswith("progress ")]
+    assert len(progress) >= 3
+    assert "done=" in progress[-1] and "rps=" in progress[-1] and "concurrency=" in progress[-1]
+
+    quiet = cli("run", job, *run_args(mock, "--quiet"))
+    assert "progress " not in quiet.stderr
+
+    # On a terminal: a live bar (rich) instead of log lines.
+    job2 = cli.submit(src, "--new")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", job2, *run_args(mock, "--concurrency", "10")],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env={**cli.environ(), "COLUMNS": "160", "TERM": "xterm"},
+        cwd=cli.db.parent,
+    )
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    os.close(master)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0
+    assert "req/s" in text and "in flight" in text and "40/40" in text
+    assert "progress done=" not in text

@@ -1,0 +1,191 @@
+"""Rate limiting with a fake clock: pacing windows, headers, the shared pause, AIMD, token estimates."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from runner.limits import (
+    BURST,
+    AdaptiveConcurrency,
+    Estimator,
+    Pacer,
+    RateLimiter,
+    parse_duration,
+)
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1m30.5s", 90.5),
+        ("14.981s", 14.981),
+        ("119ms", 0.119),
+        ("1h2m3s", 3723.0),
+        ("3", 3.0),  # Azure sends bare integer seconds
+        ("0", 0.0),
+        ("-1", None),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("5x", None),
+        ("1s2", None),
+    ],
+)
+def test_parse_duration(value: str | None, seconds: float | None) -> None:
+    got = parse_duration(value)
+    if seconds is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(seconds)
+
+
+def _send_times(pacer: Pacer, clock: FakeClock, n: int, units: float = 1.0) -> list[float]:
+    """Times at which n callers that each book then sleep would actually send."""
+    return [clock.t + pacer.reserve(units) for _ in range(n)]
+
+
+@pytest.mark.parametrize("rpm", [60, 3000, 60_000])
+def test_no_one_second_window_holds_more_than_its_share_plus_burst(rpm: int) -> None:
+    clock = FakeClock()
+    per_second = rpm / 60
+    pacer = Pacer(per_second, clock)
+    times = _send_times(pacer, clock, int(per_second * 5) + 5)
+    start = times[0]
+    # Slide a one-second window over every send time: the busiest window is bounded.
+    busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert busiest <= per_second * (1 + BURST) + 1
+    # And the budget is used: five seconds of sends take about five seconds.
+    assert times[-1] - start == pytest.approx((len(times) - 1) / per_second - BURST, abs=1.5 / per_second + 0.11)
+
+
+def test_token_pacing_spaces_large_requests() -> None:
+    clock = FakeClock()
+    pacer = Pacer(300_000 / 60, clock)  # 5,000 tokens a second
+    waits = [pacer.reserve(2500) for _ in range(4)]
+    assert waits[0] == 0
+    assert waits[-1] == pytest.approx(1.5 - BURST, abs=0.01)
+
+
+def test_a_429_pauses_the_pool_once_and_bookings_restart_evenly_after_it() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(rpm=600, clock=clock)  # 10 a second
+    assert lim.delay_for(0) == 0
+    lim.pause(2.0)
+    lim.pause(1.0)  # an earlier end does not shorten the pause
+    assert lim.pauses == 1
+    waits = [lim.delay_for(0) for _ in range(6)]
+    assert min(waits) == pytest.approx(2.0)  # nobody goes before the pause ends
+    # No burst when the pause ends: at most the pacer's burst allowance (one request at 10/s) shares
+    # the first instant, then sends are 0.1 s apart.
+    assert sum(1 for w in waits if w == pytest.approx(2.0)) <= 1 + 10 * BURST
+    gaps = [b - a for a, b in itertools.pairwise(waits[1:])]
+    assert all(g == pytest.approx(0.1, abs=1e-6) for g in gaps)
+
+
+def test_headers_set_the_pace_when_no_budget_was_given() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(clock=clock)
+    assert lim.delay_for(0) == 0 and lim.requests is None
+    lim.observe(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "599",
+            "x-ratelimit-reset-requests": "100ms",
+            "x-ratelimit-limit-tokens": "60000",
+            "x-ratelimit-remaining-tokens": "59000",
+            "x-ratelimit-reset-tokens": "1s",
+        }
+    )
+    assert lim.requests is not None and lim.tokens is not None
+    assert lim.requests.rate == pytest.approx(10 * 0.97)
+    assert lim.tokens.rate == pytest.approx(1000 * 0.97)
+    assert lim.paused_until <= clock.t  # plenty left: no pause
+
+
+def test_user_budget_below_the_servers_limit_wins() -> None:
+    lim = RateLimiter(rpm=120, clock=FakeClock())
+    lim.observe({"x-ratelimit-limit-requests": "6000"})
+    assert lim.requests is not None and lim.requests.rate == pytest.approx(2.0)
+
+
+def test_an_exhausted_window_pauses_until_its_reset() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(clock=clock)
+    lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m30.5s"})
+    assert lim.remaining_pause() == pytest.approx(60.0)  # capped
+    lim2 = RateLimiter(clock=clock)
+    lim2.observe({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "750ms"})
+    assert lim2.remaining_pause() == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("value", ["-1", "", "abc"])
+def test_unknown_header_values_are_ignored(value: str) -> None:
+    clock = FakeClock()
+    lim = RateLimiter(clock=clock)
+    lim.observe(
+        {
+            "x-ratelimit-limit-requests": value,
+            "x-ratelimit-remaining-requests": value,
+            "x-ratelimit-reset-requests": value,
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": value,
+        }
+    )
+    assert lim.requests is None and lim.remaining_pause() == 0
+
+
+def test_polls_use_their_own_share_and_the_request_budget_only_when_the_server_counts_them() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(rpm=600, clock=clock)
+    poll_waits = [lim.poll_delay() for _ in range(3)]
+    assert poll_waits[1] > 0  # polls are paced at a quarter of the request rate
+    assert lim.delay_for(0) == 0  # and did not eat the submissions' budget
+    lim.observe({"x-ratelimit-remaining-requests": "500"}, poll=True)
+    assert lim.polls_count
+
+
+def test_aimd_shrinks_once_per_burst_and_grows_back_by_one() -> None:
+    clock = FakeClock()
+    c = AdaptiveConcurrency(100, clock=clock)
+    c.on_overload()
+    c.on_overload()  # same burst: no second cut
+    assert c.limit == 70
+    clock.t += 2
+    c.on_overload()
+    assert c.limit == 49
+    for _ in range(49):
+        c.on_success()
+    assert c.limit == 50
+    for _ in range(10_000):
+        c.on_success()
+    assert c.limit == 100  # never above --concurrency
+    one = AdaptiveConcurrency(1, clock=clock)
+    one.on_overload()
+    assert one.limit == 1  # never below 1
+
+
+def test_estimate_counts_text_and_max_output_and_converges_to_the_real_ratio() -> None:
+    body = {
+        "instructions": "x" * 40,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "y" * 360}]}],
+        "max_output_tokens": 50,
+    }
+    assert Estimator.raw(body) == pytest.approx(100 + 50)
+    assert Estimator.raw({"input": "abcd" * 10}) == pytest.approx(10)
+    est = Estimator()
+    for _ in range(50):
+        est.observe(150.0, 300)  # the model really uses twice the estimate
+    assert est.estimate(body) == pytest.approx(300.0)
