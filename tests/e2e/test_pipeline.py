@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, read_jsonl, run_args, write_jobfile
+from tests.conftest import ROOT, Cli, read_jsonl, run_args, write_jobfile
 
 pytestmark = pytest.mark.e2e
 
@@ -197,3 +201,67 @@ def test_job_not_found_and_bad_flags(cli: Cli) -> None:
     assert r.returncode == 2 and "job_nope" in r.stderr
     r = cli("run", "--concurrency", "0", "--base-url", "http://127.0.0.1:9/v1")
     assert r.returncode == 2 and "concurrency" in r.stderr
+
+
+def test_cancel_stops_queued_and_in_flight_background_requests(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--bg-delay", "60")
+    src = write_jobfile(tmp_path / "in.jsonl", 30)
+    job = cli.submit(src, "--background")
+    run = cli.popen("run", job, *run_args(mock, "--concurrency", "10", "--quiet"))
+    try:
+        deadline = time.monotonic() + 30
+        db = sqlite3.connect(cli.db)
+        while time.monotonic() < deadline:
+            n = db.execute("select count(*) from requests where response_id is not null").fetchone()[0]
+            if n >= 10:
+                break
+            time.sleep(0.1)
+        r = cli("cancel", job, *run_args(mock))
+        assert r.returncode == 0, r.stderr
+        _out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    st = cli.status(job)
+    assert st["status"] == "cancelled"
+    assert st["counts"]["cancelled"] == 30 and st["counts"]["completed"] == 0
+    stats = mock.stats()
+    assert stats["cancels"] >= 10  # every in-flight background response got POST /responses/{id}/cancel
+    assert stats["creates"] == stats["cancels"]  # and nothing else was created
+
+
+def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    (wheel,) = wheels.glob("runner-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "runner/_migrations/versions/0001_jobs_and_requests.py" in names
+    assert "runner/_migrations/env.py" in names
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    src = write_jobfile(tmp_path / "in.jsonl", 3)
+    env = {**cli.environ(), "PYTHONPATH": str(unpacked)}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runner, sys; print(runner.__file__); from runner.cli import main; main()",
+            "submit",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith(str(unpacked))  # the wheel's code, not the checkout's
+    assert r.stdout.strip().splitlines()[-1].startswith("job_")
