@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
-from sqlalchemy.exc import IntegrityError
+from anyio.streams.memory import MemoryObjectSendStream
 
 from runner.errors import InputError, LineProblem
 from runner.owners import owner_is_dead, process_name
 from runner.schema import validate_line
-from runner.store import NewRequest, Store
+from runner.store import DuplicateCustomId, NewRequest, Store
 
 CHUNK = 5000
 MAX_PROBLEMS_KEPT = 200  # enough to show 20 lines in detail; the rest are only counted
@@ -89,6 +90,7 @@ class _Problems:
     def __init__(self) -> None:
         self.kept: list[LineProblem] = []
         self.bad_lines = 0
+        self.valid = 0
         self._last_line = 0
 
     def add(self, line: int, field_: str, reason: str) -> None:
@@ -127,46 +129,71 @@ async def submit_file(
     )
     problems = _Problems()
     warnings: list[LineProblem] = []
-    total = 0
-    chunk: list[NewRequest] = []
+    # Chunks are inserted by a second task while the next one is validated: SQLite works in its own
+    # thread (without the GIL) while this one parses, so a big file costs max(parse, insert), not the sum.
+    send, receive = anyio.create_memory_object_stream[list[NewRequest]](1)
+
+    async def inserter() -> None:
+        async with receive:
+            async for rows in receive:
+                await _insert(store, job_id, rows, problems)
+
     try:
-        for line_no, raw in read_lines(path):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problems.add(line_no, "", f"is not valid UTF-8 (byte {e.start + 1} of the line)")
-                continue
-            try:
-                obj = orjson.loads(text)
-            except orjson.JSONDecodeError as e:
-                problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
-                continue
-            v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
-            for issue in v.errors:
-                problems.add(line_no, issue.field, issue.reason)
-            for issue in v.warnings:
-                w = LineProblem(line_no, issue.field, issue.reason)
-                if len(warnings) < MAX_PROBLEMS_KEPT:
-                    warnings.append(w)
-                if on_warning is not None:
-                    on_warning(w)
-            if v.errors:
-                continue
-            total += 1
-            chunk.append(NewRequest(line_no, v.custom_id, orjson.dumps(v.body).decode(), _conversation(v.body)))
-            if len(chunk) >= CHUNK:
-                await _insert(store, job_id, chunk, problems)
-                chunk = []
-        await _insert(store, job_id, chunk, problems)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inserter)
+            async with send:
+                await _read_and_validate(path, options, problems, warnings, on_warning, send)
         if problems.bad_lines:
             raise InputError(str(path), problems.kept, problems.bad_lines)
-        if total == 0:
+        if problems.valid == 0:
             raise InputError(str(path), [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
-        await store.publish_job(job_id, total)
+        await store.publish_job(job_id, problems.valid)
     except BaseException:
-        await store.drop_job(job_id)
+        with anyio.CancelScope(shield=True):
+            await store.drop_job(job_id)
         raise
-    return SubmitResult(job_id, total, warnings=warnings)
+    return SubmitResult(job_id, problems.valid, warnings=warnings)
+
+
+async def _read_and_validate(
+    path: Path,
+    options: SubmitOptions,
+    problems: _Problems,
+    warnings: list[LineProblem],
+    on_warning: Callable[[LineProblem], None] | None,
+    send: MemoryObjectSendStream[list[NewRequest]],
+) -> None:
+    """Parse and validate every line, sending valid rows on in chunks; problems are collected, not raised."""
+    chunk: list[NewRequest] = []
+    for line_no, raw in read_lines(path):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.add(line_no, "", f"is not valid UTF-8 (byte {e.start + 1} of the line)")
+            continue
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as e:
+            problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
+            continue
+        v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
+        for issue in v.errors:
+            problems.add(line_no, issue.field, issue.reason)
+        for issue in v.warnings:
+            w = LineProblem(line_no, issue.field, issue.reason)
+            if len(warnings) < MAX_PROBLEMS_KEPT:
+                warnings.append(w)
+            if on_warning is not None:
+                on_warning(w)
+        if v.errors:
+            continue
+        problems.valid += 1
+        chunk.append(NewRequest(line_no, v.custom_id, orjson.dumps(v.body).decode(), _conversation(v.body)))
+        if len(chunk) >= CHUNK:
+            await send.send(chunk)
+            chunk = []
+    if chunk:
+        await send.send(chunk)
 
 
 async def _insert(store: Store, job_id: str, chunk: list[NewRequest], problems: _Problems) -> None:
@@ -176,7 +203,7 @@ async def _insert(store: Store, job_id: str, chunk: list[NewRequest], problems: 
     try:
         await store.add_requests(job_id, chunk)
         return
-    except IntegrityError:
+    except DuplicateCustomId:
         pass
     seen = await store.lines_of_custom_ids(job_id, [r.custom_id for r in chunk])
     fresh: list[NewRequest] = []
