@@ -10,21 +10,29 @@ no resources between calls:
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
+from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, Settings
 from runner.errors import ConfigError, LineProblem, RunnerError
 from runner.export import ExportCounts, export_job
 from runner.ingest import SubmitOptions, SubmitResult, submit_file
 from runner.owners import owner_is_dead
+from runner.prices import load_prices
+from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
+from runner.spec import JobSpec, load_spec, materialize
 from runner.store import JobStats, Store
+from runner.store.engine import database_path
 
 if TYPE_CHECKING:
     import httpx
@@ -41,8 +49,10 @@ __all__ = [
     "doctor",
     "export",
     "jobs",
+    "report",
     "retry",
     "run",
+    "run_spec",
     "status",
     "submit",
 ]
@@ -182,12 +192,17 @@ async def jobs(*, db: str | None = None) -> list[JobStats]:
 
 
 async def export(
-    job_id: str, out: str | None = None, *, errors: str | None = None, db: str | None = None
+    job_id: str,
+    out: str | None = None,
+    *,
+    errors: str | None = None,
+    fmt: str = "batch",
+    db: str | None = None,
 ) -> ExportCounts:
-    """Write a job's results in the OpenAI Batch output format (stdout when `out` is None)."""
+    """Write a job's finished requests (stdout when `out` is None) as `fmt`: batch, jsonl-flat or csv."""
     s = _settings(None, db)
     async with await Store.open(s.db) as store:
-        return await export_job(store, job_id, out, errors)
+        return await export_job(store, job_id, out, errors, fmt)
 
 
 @dataclass
@@ -216,6 +231,111 @@ async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
             report.fixed["requeued"] += await store.repair_unowned()
             report.fixed["dropped_staging_jobs"] = len(await store.drop_abandoned_staging(owner_is_dead))
         return report
+
+
+async def report(job_id: str, *, db: str | None = None, prices: str | Path | None = None) -> Report:
+    """Counts, usage, cost, latency percentiles, errors by code and the slowest requests of a job.
+
+    Prices come from the table shipped with runner, overridden by `prices` (or RUNNER_PRICES), a TOML file.
+    """
+    s = _settings(None, db)
+    table = load_prices(_prices_file(prices))
+    async with await Store.open(s.db) as store:
+        return await build_report(store, job_id, table)
+
+
+def _prices_file(prices: str | Path | None) -> Path | None:
+    chosen = prices if prices is not None else os.environ.get("RUNNER_PRICES")
+    return Path(chosen) if chosen else None
+
+
+@dataclass
+class SpecJob:
+    """One job of a spec run and where its outputs went."""
+
+    job_id: str
+    input: Path
+    results: Path | None = None
+    errors: Path | None = None
+    report_file: Path | None = None
+    report: Report | None = None
+
+
+@dataclass
+class SpecOutcome:
+    """What `run_spec` did."""
+
+    spec: JobSpec
+    jobs: list[SpecJob]
+    run: RunOutcome
+
+    @property
+    def failed(self) -> int:
+        return sum(j.report.failed for j in self.jobs if j.report is not None)
+
+    @property
+    def total(self) -> int:
+        return sum(j.report.total for j in self.jobs if j.report is not None)
+
+    @property
+    def over_threshold(self) -> bool:
+        """More requests failed than the spec's policy allows."""
+        return self.spec.policy.exceeded(self.failed, self.total)
+
+
+async def run_spec(
+    spec_path: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    db: str | None = None,
+    on_progress: Callable[[Snapshot], None] | None = None,
+    handle_signals: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+    today: dt.date | None = None,
+    prices: str | Path | None = None,
+) -> SpecOutcome:
+    """Submit (idempotently: the same spec on the same day is the same job), run, export and report a spec.
+
+    Limits come from the spec unless `overrides` (explicit flags, as Settings fields) say otherwise.
+    """
+    spec = load_spec(Path(spec_path))
+    date = today or dt.date.today()
+    base = {**spec.limits.settings_update(), **(overrides or {})}
+    if db is not None:
+        base["db"] = db
+    try:
+        s = Settings(**base)
+    except ValidationError as e:
+        raise ConfigError(f"{spec.path}: invalid settings: {e.errors()[0]['msg']}") from None
+    files = spec.input_files()
+    db_file = database_path(s.db)
+    inputs_dir = (db_file.parent if db_file is not None else Path.cwd()) / ".runner" / "inputs"
+    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=f"{spec.name}@{date}")
+    jobs: list[SpecJob] = []
+    async with await Store.open(s.db) as store:
+        for src in files:
+            derived = materialize(spec, src, inputs_dir)
+            name = spec.name if len(files) == 1 else f"{spec.name}-{src.stem}"
+            res = await submit_file(store, derived, name=name, options=options, source=str(src))
+            jobs.append(SpecJob(res.job_id, src))
+    outcome = await run(
+        [j.job_id for j in jobs], s, on_progress=on_progress, handle_signals=handle_signals, transport=transport
+    )
+    table = load_prices(_prices_file(prices))
+    async with await Store.open(s.db) as store:
+        for j in jobs:
+            j.results = spec.output_path("results", job_id=j.job_id, date=date, source=j.input)
+            j.errors = spec.output_path("errors", job_id=j.job_id, date=date, source=j.input)
+            j.report_file = spec.output_path("report", job_id=j.job_id, date=date, source=j.input)
+            if j.results is not None:
+                await export_job(
+                    store, j.job_id, str(j.results), str(j.errors) if j.errors else None, spec.output.format
+                )
+            j.report = await build_report(store, j.job_id, table)
+            if j.report_file is not None:
+                j.report_file.parent.mkdir(parents=True, exist_ok=True)
+                j.report_file.write_text(json.dumps(j.report.to_json(), indent=2) + "\n")
+    return SpecOutcome(spec, jobs, outcome)
 
 
 async def retry(job_id: str, *, db: str | None = None) -> int:

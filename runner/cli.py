@@ -34,7 +34,6 @@ from runner.config import (
 )
 from runner.errors import ConfigError, InputError, JobNotFound, LineProblem, RunnerError
 from runner.runstate import Snapshot, StopReason
-from runner.states import JobStatus
 from runner.store import JobStats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
@@ -109,8 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="always make a new job, even for a file submitted before")
     _db_arg(p)
 
-    p = sub.add_parser("run", help="run jobs until every request is final")
-    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="jobs to run (default: every unfinished job)")
+    p = sub.add_parser(
+        "run",
+        help="run jobs until every request is final, or run a job spec (SPEC.toml): submit, run, export, report",
+    )
+    p.add_argument(
+        "job_ids",
+        nargs="*",
+        metavar="JOB_ID|SPEC.toml",
+        help="jobs to run (default: every unfinished job), or one job spec file",
+    )
+    _env_arg(p, "--prices", env="RUNNER_PRICES", help="price table TOML overriding the shipped one (spec runs)")
     _env_arg(
         p,
         "--concurrency",
@@ -151,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--errors", help="write failed and cancelled lines to this file instead")
+    p.add_argument(
+        "--format",
+        default="batch",
+        choices=["batch", "jsonl-flat", "csv"],
+        help="batch: OpenAI Batch output lines (default); jsonl-flat and csv: custom_id, status, output_text,"
+        " the five usage counts, error",
+    )
+    _db_arg(p)
+
+    p = sub.add_parser("report", help="counts, usage, cost, latency percentiles, errors by code, slowest requests")
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="default: the newest job")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _env_arg(p, "--prices", env="RUNNER_PRICES", help="price table TOML overriding the shipped one")
     _db_arg(p)
 
     p = sub.add_parser("cancel", help="cancel a job's queued and in-flight background requests")
@@ -174,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(ns: argparse.Namespace) -> Settings:
-    """Flags over environment over defaults."""
-    flags = {
+def _flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (not those from the environment)."""
+    return {
         k: getattr(ns, k)
         for k in (
             "db",
@@ -192,8 +213,12 @@ def _settings(ns: argparse.Namespace) -> Settings:
         )
         if getattr(ns, k, None) is not None
     }
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    """Flags over environment over defaults."""
     try:
-        return Settings(**flags)
+        return Settings(**_flags(ns))
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "settings"
@@ -203,34 +228,16 @@ def _settings(ns: argparse.Namespace) -> Settings:
 # -- printing -------------------------------------------------------------------------------------
 
 
-def job_status(st: JobStats) -> JobStatus:
-    """A job's status from its counts."""
-    active = st.counts.get("queued", 0) + st.counts.get("in_progress", 0)
-    if active == 0:
-        return JobStatus.CANCELLED if st.job.cancelled_at is not None else JobStatus.COMPLETED
-    if st.attempts == 0:
-        return JobStatus.QUEUED
-    return JobStatus.IN_PROGRESS
-
-
-def _elapsed(st: JobStats) -> float | None:
-    if st.first_started is None:
-        return None
-    done = job_status(st) in (JobStatus.COMPLETED, JobStatus.CANCELLED)
-    end = st.last_finished if done and st.last_finished else time.time()
-    return max(end - st.first_started, 0.0)
-
-
 def stats_json(st: JobStats) -> dict[str, Any]:
     """The `status --json` document."""
-    elapsed = _elapsed(st)
-    finished = sum(v for k, v in st.counts.items() if k not in ("queued", "in_progress"))
+    elapsed = st.elapsed()
+    finished = st.finished
     u = st.usage
     return {
         "job_id": st.job.id,
         "name": st.job.name,
         "source": st.job.source,
-        "status": job_status(st).value,
+        "status": st.status.value,
         "total": st.job.total,
         "counts": st.counts,
         "attempts": st.attempts,
@@ -367,11 +374,52 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
+    specs = [a for a in ns.job_ids if a.endswith(".toml")]
+    if specs:
+        if len(ns.job_ids) != 1:
+            raise ConfigError("give one job spec (.toml) or job ids, not both")
+        return _run_spec(ns, specs[0])
     settings = _settings(ns)
     with ProgressView(ns.quiet) as view:
         outcome = anyio.run(lambda: app.run(ns.job_ids or None, settings, on_progress=view, handle_signals=True))
     for st in outcome.stats:
         print_stats(st, _print)
+    stopped = _stop_verdict(outcome)
+    if stopped is not None:
+        return stopped
+    if not outcome.stats:
+        err.print("nothing to run: no job has queued requests", markup=False)
+    return EXIT_FAILED if outcome.failed else EXIT_OK
+
+
+def _run_spec(ns: argparse.Namespace, path: str) -> int:
+    """`runner run SPEC.toml`: submit (or resume today's job), run, export, report; exit by the spec's policy."""
+    overrides = _flags(ns)
+    db = overrides.pop("db", None)
+    with ProgressView(ns.quiet) as view:
+        done = anyio.run(
+            lambda: app.run_spec(
+                path, overrides=overrides, db=db, on_progress=view, handle_signals=True, prices=ns.prices
+            )
+        )
+    for j in done.jobs:
+        if j.report is not None:
+            _print(j.report.render_text())
+        for label, p in (("results", j.results), ("errors", j.errors), ("report", j.report_file)):
+            if p is not None:
+                _print(f"  {label}: {os.path.normpath(p)}")
+    stopped = _stop_verdict(done.run)
+    if stopped is not None:
+        return stopped
+    if done.over_threshold:
+        rate = done.spec.policy.max_failure_rate
+        err.print(f"failed: {done.failed} of {done.total} requests failed (the spec allows {rate:.2%})", markup=False)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _stop_verdict(outcome: app.RunOutcome) -> int | None:
+    """The exit code of a run that stopped early (billing, signal), after saying so; None if it ran to the end."""
     r = outcome.result
     s = r.snapshot
     here = s.completed + s.incomplete + s.failed + s.cancelled
@@ -395,16 +443,21 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if r.reason is StopReason.INTERRUPTED:
         err.print("interrupted: every result received is saved; `runner run` resumes.", markup=False)
         return EXIT_SIGTERM if outcome.signal == signal.SIGTERM else EXIT_SIGINT
-    if not outcome.stats:
-        err.print("nothing to run: no job has queued requests", markup=False)
-    return EXIT_FAILED if outcome.failed else EXIT_OK
+    return None
 
 
 def _newest_job(db: str | None) -> str:
     all_jobs = anyio.run(lambda: app.jobs(db=db))
     if not all_jobs:
-        raise JobNotFound("(none: no job was submitted yet)")
+        raise ConfigError("no job was submitted yet: give a JOB_ID or run `runner submit FILE` first")
     return all_jobs[-1].job.id
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    job_id = ns.job_id or _newest_job(ns.db)
+    rep = anyio.run(lambda: app.report(job_id, db=ns.db, prices=ns.prices))
+    _print(json.dumps(rep.to_json()) if ns.json else rep.render_text())
+    return EXIT_OK
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
@@ -436,7 +489,7 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    counts = anyio.run(lambda: app.export(ns.job_id, ns.output, errors=ns.errors, db=ns.db))
+    counts = anyio.run(lambda: app.export(ns.job_id, ns.output, errors=ns.errors, fmt=ns.format, db=ns.db))
     where = ns.output or "stdout"
     msg = f"exported {counts.results} lines to {where}"
     if ns.errors:
@@ -496,6 +549,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cancel": cmd_cancel,
     "retry": cmd_retry,
     "doctor": cmd_doctor,
+    "report": cmd_report,
 }
 
 

@@ -44,9 +44,10 @@ class SubmitOptions:
     background: bool = False
     model: str | None = None
     lenient: bool = False
+    tag: str | None = None  # e.g. a spec's name and date: the same file on another day is another job
 
     def fingerprint(self, file_sha256: str) -> str:
-        opts = f"background={self.background};model={self.model or ''};lenient={self.lenient}"
+        opts = f"background={self.background};model={self.model or ''};lenient={self.lenient};tag={self.tag or ''}"
         return hashlib.sha256(f"{file_sha256}|{opts}".encode()).hexdigest()
 
 
@@ -109,10 +110,15 @@ async def submit_file(
     options: SubmitOptions = SubmitOptions(),
     new: bool = False,
     on_warning: Callable[[LineProblem], None] | None = None,
+    source: str | None = None,
 ) -> SubmitResult:
-    """Queue every line of `path` as one job, or nothing at all (InputError names the bad lines)."""
+    """Queue every line of `path` as one job, or nothing at all (InputError names the bad lines).
+
+    `source` is the name recorded for the job and used in messages when `path` is a derived copy.
+    """
+    shown = source or str(path)
     if not path.is_file():
-        raise InputError(str(path), [LineProblem(0, "", "no such file")], bad_lines=0)
+        raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0)
     await store.drop_abandoned_staging(owner_is_dead)
     fingerprint = options.fingerprint(file_sha256(path))
     if not new and (existing := await store.find_job_by_fingerprint(fingerprint)) is not None:
@@ -122,7 +128,7 @@ async def submit_file(
     await store.begin_job(
         job_id=job_id,
         name=name or path.stem,
-        source=str(path),
+        source=shown,
         fingerprint=fingerprint,
         background=options.background,
         staged_by=process_name(),
@@ -144,9 +150,9 @@ async def submit_file(
             async with send:
                 await _read_and_validate(path, options, problems, warnings, on_warning, send)
         if problems.bad_lines:
-            raise InputError(str(path), problems.kept, problems.bad_lines)
+            raise InputError(shown, problems.kept, problems.bad_lines)
         if problems.valid == 0:
-            raise InputError(str(path), [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
+            raise InputError(shown, [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
         await store.publish_job(job_id, problems.valid)
     except BaseException:
         with anyio.CancelScope(shield=True):

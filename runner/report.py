@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from runner.prices import PriceTable
-from runner.states import JobStatus, RequestState
-from runner.store import JobStats, Store, UsageCounts
+from runner.states import RequestState
+from runner.store import Store, UsageCounts
 from runner.store.reports import (
     ErrorGroup,
     Latency,
@@ -62,13 +62,6 @@ def _usage_json(u: UsageCounts) -> dict[str, int]:
 
 def _pname(q: float) -> str:
     return f"p{q * 100:g}"  # 0.5 -> p50, 0.999 -> p99.9
-
-
-def _status(st: JobStats) -> JobStatus:
-    active = sum(st.counts.get(s, 0) for s in _ACTIVE)
-    if active == 0:
-        return JobStatus.CANCELLED if st.job.cancelled_at is not None else JobStatus.COMPLETED
-    return JobStatus.QUEUED if st.attempts == 0 else JobStatus.IN_PROGRESS
 
 
 def _usd(x: float) -> str:
@@ -253,15 +246,6 @@ class Report:
         return "\n".join(out)
 
 
-def _elapsed(st: JobStats, status: JobStatus, now: float) -> float | None:
-    # A finished job runs from its first claim to its last result; a running one up to now.
-    if st.first_started is None:
-        return None
-    done = status in (JobStatus.COMPLETED, JobStatus.CANCELLED)
-    end = st.last_finished if done and st.last_finished is not None else now
-    return max(end - st.first_started, 0.0)
-
-
 async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
     """Read a job's figures from the store and price its usage (JobNotFound for an unknown job)."""
     st = await store.job_stats(job_id)
@@ -271,9 +255,9 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         key = prices.key_for(m.model)
         usd = prices.models[key].cost(m.usage) if key is not None else None
         models.append(ModelCost(m.model or UNKNOWN_MODEL, key, m.requests, m.usage, usd))
-    status = _status(st)
-    elapsed = _elapsed(st, status, now)
-    finished = sum(v for k, v in st.counts.items() if k not in _ACTIVE)
+    status = st.status
+    elapsed = st.elapsed(now)
+    finished = st.finished
     tries = await attempt_totals(store, job_id)
     return Report(
         job_id=st.job.id,

@@ -18,10 +18,8 @@ import copy
 import datetime as dt
 import glob
 import hashlib
-import os
 import re
 import string
-import tempfile
 import tomllib
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from runner.errors import ConfigError
+from runner.files import atomic_writer
 
 __all__ = [
     "PLACEHOLDERS",
@@ -418,20 +417,11 @@ def materialize(spec: JobSpec, src: Path, dst_dir: Path) -> Path:
     dst = dst_dir / f"{src.stem}.{_digest(spec, src)[:24]}.jsonl"
     if dst.is_file():
         return dst  # the name is a hash of everything that determines its content
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out, src.open("rb") as f:
-            for n, raw in enumerate(f, start=1):
-                if n == 1 and raw.startswith(_BOM):
-                    raw = raw[len(_BOM) :]
-                line = raw.rstrip(b"\r\n")
-                out.write(_transform(spec, line) if line.strip() else b"")
-                out.write(b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(dst) as out, src.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            line = raw.rstrip(b"\r\n")
+            out.write(_transform(spec, line) if line.strip() else b"")
+            out.write(b"\n")
     return dst

@@ -23,6 +23,12 @@ def database_url(db: str) -> URL:
     return make_url(f"sqlite+aiosqlite:///{Path(db).expanduser()}")
 
 
+def database_path(db: str) -> Path | None:
+    """The file behind `db`, or None for a URL that names no file."""
+    database = database_url(db).database
+    return Path(database) if database and database != ":memory:" else None
+
+
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     # Hand transaction control to SQLAlchemy's begin event below (pysqlite's own BEGIN is deferred,
     # which lets two writers deadlock on upgrade from read to write lock).

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.states import RequestState
+from runner.states import JobStatus, RequestState
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,26 @@ class JobStats:
     last_finished: float | None
     in_flight_by_owner: dict[str, int]
     stale_leases: int
+
+    @property
+    def finished(self) -> int:
+        """Requests in a final state."""
+        return sum(v for k, v in self.counts.items() if k not in ("queued", "in_progress"))
+
+    @property
+    def status(self) -> JobStatus:
+        """The job's status, from its counts."""
+        if self.counts.get("queued", 0) + self.counts.get("in_progress", 0) == 0:
+            return JobStatus.CANCELLED if self.job.cancelled_at is not None else JobStatus.COMPLETED
+        return JobStatus.QUEUED if self.attempts == 0 else JobStatus.IN_PROGRESS
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        """A finished job runs from its first claim to its last result; a running one up to now."""
+        if self.first_started is None:
+            return None
+        done = self.status in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+        end = self.last_finished if done and self.last_finished is not None else (time.time() if now is None else now)
+        return max(end - self.first_started, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
