@@ -121,14 +121,14 @@ def test_background_mode_polls_until_done(cli: Cli, mock_factory: Any, tmp_path:
 
 
 def test_background_failures_are_retried_as_new_attempts(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
-    mock = mock_factory("--bg-delay", "0.2", "--bg-fail", "0.3", "--seed", "5")
-    src = write_jobfile(tmp_path / "in.jsonl", 40)
+    mock = mock_factory("--bg-delay", "0.2", "--bg-fail", "0.25", "--seed", "5")
+    src = write_jobfile(tmp_path / "in.jsonl", 24)
     job = cli.submit(src, "--background")
-    r = cli("run", job, *run_args(mock, "--concurrency", "40", "--max-attempts", "10"))
+    r = cli("run", job, *run_args(mock, "--concurrency", "24", "--max-attempts", "10"))
     assert r.returncode == 0, r.stderr
     st = cli.status(job)
-    assert st["counts"]["completed"] == 40
-    assert st["attempts"] > 40
+    assert st["counts"]["completed"] == 24
+    assert st["attempts"] > 24
     assert mock.stats()["creates"] == st["attempts"]
 
 

@@ -89,8 +89,8 @@ def test_requests_sharing_a_conversation_run_one_at_a_time_in_file_order(
 
 
 def test_progress_lines_when_not_a_terminal_and_a_live_bar_on_one(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
-    mock = mock_factory("--latency", "0.5")
-    src = write_jobfile(tmp_path / "in.jsonl", 40)
+    mock = mock_factory("--latency", "0.4")
+    src = write_jobfile(tmp_path / "in.jsonl", 30)
     job = cli.submit(src)
     r = cli("run", job, *run_args(mock, "--concurrency", "10"), extra_env={"RUNNER_PROGRESS_EVERY": "0.3"})
     assert r.returncode == 0, r.stderr
@@ -132,5 +132,5 @@ def test_progress_lines_when_not_a_terminal_and_a_live_bar_on_one(cli: Cli, mock
     os.close(master)
     text = screen.decode(errors="replace")
     assert proc.returncode == 0
-    assert "req/s" in text and "in flight" in text and "40/40" in text
+    assert "req/s" in text and "in flight" in text and "30/30" in text
     assert "progress done=" not in text
