@@ -28,9 +28,10 @@ from runner.files import atomic_writer
 from runner.schema import output_text
 from runner.states import RequestState
 from runner.store import ExportRow, Store
-from runner.store.reports import FlatRow, stream_rows
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
+_CANCELLED = RequestState.CANCELLED.value
+_FAILED = RequestState.FAILED.value
 _UNFINISHED = frozenset({RequestState.QUEUED.value, RequestState.IN_PROGRESS.value})
 _RESULT_STATES = frozenset({RequestState.COMPLETED.value, RequestState.INCOMPLETE.value})
 
@@ -65,9 +66,9 @@ def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
     if row.http_status is not None and body is not None:
         response = {"status_code": row.http_status, "request_id": row.request_id, "body": body}
     state = row.state
-    if state == RequestState.CANCELLED.value:
+    if state == _CANCELLED:
         error = {"code": "batch_cancelled", "message": row.error_message or "cancelled"}
-    elif state == RequestState.FAILED.value and not (response is not None and (row.http_status or 0) >= 400):
+    elif state == _FAILED and not (response is not None and (row.http_status or 0) >= 400):
         # An HTTP error keeps its details in response.body.error, as the Batch API does; failures with
         # no HTTP error (retries exhausted on timeouts, a background response that ended failed) use `error`.
         error = {"code": row.error_code or "failed", "message": row.error_message or ""}
@@ -89,7 +90,7 @@ def _atomic_writer(path: str | None) -> Iterator[IO[bytes]]:
         yield f
 
 
-def flat_record(row: FlatRow) -> dict[str, Any]:
+def flat_record(row: ExportRow) -> dict[str, Any]:
     """One request as a flat record (FLAT_COLUMNS).
 
     `output_text` is the stored response's text for results (completed, incomplete) and null otherwise;
@@ -160,29 +161,26 @@ async def export_job(
                 f_out.write(data)
                 counts.results += 1
 
-        if fmt == "batch":
-            async with store.stream_export(job_id) as rows:
-                async for row in rows:
+        encoder = _CsvEncoder() if fmt == "csv" else None
+        if encoder is not None:
+            # Both files get the header, even when no row lands in one of them.
+            f_out.write(encoder.header())
+            if f_err is not None:
+                f_err.write(encoder.header())
+        newline = orjson.OPT_APPEND_NEWLINE
+        async with store.stream_export(job_id) as chunks:
+            async for chunk in chunks:
+                for row in chunk:
                     if row.state in _UNFINISHED:
                         counts.unfinished += 1
                         continue
-                    put(row.state, orjson.dumps(batch_line(job_id, row), option=orjson.OPT_APPEND_NEWLINE))
-            return counts
-
-        encoder = _CsvEncoder() if fmt == "csv" else None
-        async with stream_rows(store, job_id) as flat_rows:
-            if encoder is not None:
-                # Both files get the header, even when no row lands in one of them.
-                f_out.write(encoder.header())
-                if f_err is not None:
-                    f_err.write(encoder.header())
-            async for flat in flat_rows:
-                if flat.state in _UNFINISHED:
-                    counts.unfinished += 1
-                    continue
-                record = flat_record(flat)
-                data = encoder.row(record) if encoder else orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-                put(flat.state, data)
+                    if fmt == "batch":
+                        data = orjson.dumps(batch_line(job_id, row), option=newline)
+                    elif encoder is not None:
+                        data = encoder.row(flat_record(row))
+                    else:
+                        data = orjson.dumps(flat_record(row), option=newline)
+                    put(row.state, data)
     return counts
 
 

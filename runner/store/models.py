@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from runner.states import JobStatus, RequestState
 
@@ -124,4 +123,8 @@ class ExportRow:
     response_body: str | None
     error_code: str | None
     error_message: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0

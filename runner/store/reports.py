@@ -9,8 +9,7 @@ background request that includes the polling, i.e. the generation time).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -26,7 +25,6 @@ __all__ = [
     "AttemptTotals",
     "ErrorExample",
     "ErrorGroup",
-    "FlatRow",
     "Latency",
     "ModelUsage",
     "SlowRequest",
@@ -34,7 +32,6 @@ __all__ = [
     "errors_by_code",
     "latency",
     "slowest",
-    "stream_rows",
     "usage_by_model",
 ]
 
@@ -106,24 +103,6 @@ class SlowRequest:
     line_no: int
     seconds: float
     attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class FlatRow:
-    """What the flat export formats need of one request."""
-
-    line_no: int
-    custom_id: str
-    state: str
-    http_status: int | None
-    response_body: str | None
-    error_code: str | None
-    error_message: str | None
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    total_tokens: int
 
 
 def _json_field(column: Any, path: str) -> ColumnElement[Any]:
@@ -267,36 +246,3 @@ async def slowest(store: Store, job_id: str, n: int = 5) -> list[SlowRequest]:
         ]
 
     return await store._read(go)
-
-
-@asynccontextmanager
-async def stream_rows(
-    store: Store, job_id: str, states: Iterable[str] | None = None
-) -> AsyncIterator[AsyncIterator[FlatRow]]:
-    """A job's rows with their usage, in input order, streamed from one read snapshot (JobNotFound first)."""
-    await store.get_job(job_id)
-    stmt = (
-        select(
-            requests.c.line_no,
-            requests.c.custom_id,
-            requests.c.state,
-            requests.c.http_status,
-            requests.c.response_body,
-            requests.c.error_code,
-            requests.c.error_message,
-            *_USAGE_COLS,
-        )
-        .where(requests.c.job_id == job_id)
-        .order_by(requests.c.line_no)
-    )
-    if states is not None:
-        stmt = stmt.where(requests.c.state.in_(list(states)))
-    async with store.engine.connect() as conn:
-        await conn.execution_options(readonly=True, yield_per=2000)
-        result = await conn.stream(stmt)
-
-        async def rows() -> AsyncIterator[FlatRow]:
-            async for r in result:
-                yield FlatRow(**r._mapping)
-
-        yield rows()
