@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo nightly test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+nightly: $(VENV)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/nightly.sh
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check runner tests migrations
