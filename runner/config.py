@@ -21,7 +21,7 @@ MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is capped, not obeyed 
 POLL_INITIAL_DELAY = 1.0
 POLL_MAX_DELAY = 30.0
 POLL_BACKOFF = 1.5
-WRITE_BATCH_WINDOW = 0.02  # seconds a finished result may wait to share a commit with others
+WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
 class AuthStyle(StrEnum):

@@ -63,9 +63,13 @@ class Poller:
         """Responses waiting for or in a poll."""
         return len(self._heap) + self._active
 
-    def add(self, claimed: Claimed, delay: float = POLL_INITIAL_DELAY) -> None:
-        """Start polling a response (its id is already committed)."""
-        self._push(_Item(claimed, delay), delay)
+    def add(self, claimed: Claimed, first_poll: float = POLL_INITIAL_DELAY) -> None:
+        """Start polling a response (its id is already committed); the first GET after `first_poll` seconds.
+
+        Backoff starts from POLL_INITIAL_DELAY whatever the first wait, so a response adopted from a
+        crashed runner (first poll at once) is not then polled in a tight loop.
+        """
+        self._push(_Item(claimed, POLL_INITIAL_DELAY), first_poll)
 
     def _push(self, item: _Item, wait: float) -> None:
         heapq.heappush(self._heap, (time.monotonic() + wait, next(self._seq), item))

@@ -18,7 +18,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
-from runner.errors import ApiError, BillingError, IllegalTransition, TransientApiError
+from runner.errors import ApiError, BillingError, TransientApiError
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
@@ -26,7 +26,7 @@ from runner.results import from_error, from_response, is_running
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.states import RequestState
 from runner.store import Store
-from runner.store.models import Claimed, Outcome
+from runner.store.models import Claimed, Outcome, ResponseIdRecord
 from runner.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Run:
                 last_adopt = now
                 await self.store.reclaim_expired(self.job_ids, owner_is_dead)
                 for c in await self.store.claim_polls(self.owner, self.job_ids, self.opts.lease_seconds):
-                    self.poller.add(c, delay=0.0)
+                    self.poller.add(c, first_poll=0.0)
             if self._in_flight == 0 and self.poller.size == 0:
                 await self.writer.flush()
                 counts, due = await self.store.progress(self.job_ids)
@@ -215,13 +215,17 @@ class Run:
         elif o.to is RequestState.CANCELLED:
             s.cancelled += 1
 
-    def _put(self, o: Outcome) -> None:
-        self.writer.put(o)
+    def _put(self, o: Outcome) -> int:
         self._count(o)
+        return self.writer.put(o)
 
     async def _handle(self, c: Claimed) -> None:
         try:
-            await self._submit(c)
+            ticket = await self._submit(c)
+            if ticket is not None:
+                # The slot stays taken until the result is durable: a crash then loses at most the
+                # requests in flight (the concurrency), never a backlog of answers not yet written.
+                await self.writer.wait(ticket)
         finally:
             self._in_flight -= 1
             self._slot_freed.set()
@@ -241,46 +245,47 @@ class Run:
             if limiter.remaining_pause() <= 0:
                 return raw  # slept through our booking and no 429 paused the pool meanwhile
 
-    async def _submit(self, c: Claimed) -> None:
+    async def _submit(self, c: Claimed) -> int | None:
+        """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""
         max_attempts = self.opts.max_attempts
         raw_tokens = await self._pace(c)
-        if self._stop_claiming.is_set() and self._billing is not None:
-            self._on_billing(self._billing)  # paced past a billing stop: do not send, stay queued
-            return
+        if self._stop_claiming.is_set():
+            # A stop (signal or billing) came while this one waited for its turn: it was never sent,
+            # so it goes back to the queue without using up an attempt.
+            return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
         sent_at = time.time()
         try:
             reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
         except BillingError as e:
             self._on_billing(e)
-            return
+            return None
         except ApiError as e:
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
-            self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
-            return
+            return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight)
         self.concurrency.on_success()
         if is_running(reply.body):
             response_id = reply.body.get("id")
             if not isinstance(response_id, str):
-                self._put(
+                return self._put(
                     from_error(
                         c,
                         TransientApiError("background response without an id", code="invalid_response_body"),
                         max_attempts=max_attempts,
                     )
                 )
-                return
-            try:
-                await self.store.record_response_id(c.id, self.owner, response_id, reply.request_id, sent_at)
-            except IllegalTransition:
+            await self.writer.wait(
+                self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
+            )
+            if c.id in self.writer.refused:
                 log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
-                return
+                return None
             c.response_id = response_id
             c.background = True
             self.poller.add(c)
-            return
+            return None
         outcome = from_response(
             c,
             reply.body,
@@ -290,7 +295,7 @@ class Run:
         )
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
-        self._put(replace(outcome, sent_at=sent_at))
+        return self._put(replace(outcome, sent_at=sent_at))
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""

@@ -1,4 +1,10 @@
-"""Batched, shielded write-back of outcomes: a result that arrived is committed within a few tens of ms."""
+"""Group commit of everything a run learns: results within a few ms, background response ids at once.
+
+Request tasks hand their outcome over and wait until it is durable (`wait`), so a concurrency slot is
+only free again once its result is committed: a crash can lose at most the requests in flight, never
+a backlog of answers waiting for the disk. Commits still carry many rows each, because every request
+that finishes while one commit runs joins the next.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,17 @@ import anyio
 
 from runner.config import WRITE_BATCH_WINDOW
 from runner.store import Store
-from runner.store.models import Outcome
+from runner.store.models import Outcome, ResponseIdRecord
 
 MAX_BATCH = 1000
 
 
 class WriteBack:
-    """Collects outcomes from many tasks and commits them together, at most `window` seconds late.
+    """Collects outcomes and response ids from many tasks and commits them together.
 
-    `put` never blocks, so a request task hands its result over without waiting for SQLite; `flush`
-    waits until everything put so far is committed; `aclose` drains, shielded from cancellation.
+    `put`/`put_response_id` never block and return a ticket; `wait(ticket)` returns once that write is
+    committed. Response ids are committed without waiting for the batching window: nothing may happen to
+    a background response before its id is stored. `aclose` drains, shielded from cancellation.
     """
 
     def __init__(self, store: Store, owner: str, window: float = WRITE_BATCH_WINDOW) -> None:
@@ -23,54 +30,73 @@ class WriteBack:
         self._owner = owner
         self._window = window
         self._pending: list[Outcome] = []
+        self._ids: list[ResponseIdRecord] = []
         self._wake = anyio.Event()
+        self._urgent = anyio.Event()
         self._progress = anyio.Event()
         self._put_seq = 0
         self._done_seq = 0
         self._closed = False
         self.written = 0
-        self.refused = 0
+        self.refused: set[int] = set()  # request ids whose write was refused (no longer leased by us)
 
-    def put(self, outcome: Outcome) -> None:
-        """Queue an outcome for the next commit."""
+    def put(self, outcome: Outcome) -> int:
+        """Queue an outcome for the next commit; returns its ticket."""
         self._pending.append(outcome)
         self._put_seq += 1
         self._wake.set()
+        return self._put_seq
+
+    def put_response_id(self, record: ResponseIdRecord) -> int:
+        """Queue a background response's id for an immediate commit; returns its ticket."""
+        self._ids.append(record)
+        self._put_seq += 1
+        self._wake.set()
+        self._urgent.set()
+        return self._put_seq
 
     async def run(self) -> None:
-        """The writer task: wait for outcomes, let a short window fill, commit, repeat until closed."""
+        """The writer task: wait for work, let a short window fill (unless ids wait), commit, repeat."""
         while True:
-            if not self._pending:
+            if not self._pending and not self._ids:
                 if self._closed:
                     return
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
-            if not self._closed and len(self._pending) < MAX_BATCH:
-                await anyio.sleep(self._window)
+            if not self._ids and not self._closed and len(self._pending) < MAX_BATCH:
+                with anyio.move_on_after(self._window):
+                    await self._urgent.wait()
             await self._commit()
 
     async def _commit(self) -> None:
         batch, self._pending = self._pending, []
+        ids, self._ids = self._ids, []
+        self._urgent = anyio.Event()
         seq = self._put_seq
-        refused = await self._store.apply(self._owner, batch)  # shielded inside the store
-        self.written += len(batch) - len(refused)
-        self.refused += len(refused)
+        refused = await self._store.apply(self._owner, batch, ids)  # shielded inside the store
+        self.written += len(batch) + len(ids) - len(refused)
+        self.refused.update(refused)
         self._done_seq = seq
         self._progress.set()
         self._progress = anyio.Event()
 
+    async def wait(self, ticket: int) -> None:
+        """Return once the write with this ticket (and everything before it) is committed."""
+        while self._done_seq < ticket:
+            progress = self._progress
+            await progress.wait()
+
     async def flush(self) -> None:
-        """Wait until every outcome put before this call is committed."""
-        target = self._put_seq
-        while self._done_seq < target:
-            self._wake.set()
-            await self._progress.wait()
+        """Wait until everything queued before this call is committed."""
+        self._urgent.set()
+        await self.wait(self._put_seq)
 
     async def aclose(self) -> None:
         """Commit whatever is pending, even while being cancelled."""
         self._closed = True
         self._wake.set()
+        self._urgent.set()
         with anyio.CancelScope(shield=True):
-            if self._pending:
+            if self._pending or self._ids:
                 await self._commit()

@@ -30,6 +30,7 @@ from runner.store.models import (
     JobStats,
     NewRequest,
     Outcome,
+    ResponseIdRecord,
     UsageCounts,
 )
 from runner.store.tables import jobs, requests
@@ -42,6 +43,7 @@ __all__ = [
     "JobStats",
     "NewRequest",
     "Outcome",
+    "ResponseIdRecord",
     "Store",
     "UsageCounts",
 ]
@@ -486,31 +488,14 @@ class Store:
 
     # -- outcomes ---------------------------------------------------------------------------------
 
-    async def record_response_id(
-        self, request_id: int, owner: str, response_id: str, api_request_id: str | None, sent_at: float | None = None
-    ) -> None:
-        """Commit a background response's id before anything else happens to it."""
-        now = time.time()
+    async def apply(
+        self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord] = ()
+    ) -> list[int]:
+        """Write response ids and outcomes in one transaction, each guarded; returns the request ids refused.
 
-        async def go(conn: AsyncConnection) -> None:
-            r = await conn.execute(
-                update(requests)
-                .where(requests.c.id == request_id, requests.c.state == IP, requests.c.lease_owner == owner)
-                .values(
-                    response_id=response_id,
-                    request_id=api_request_id,
-                    updated_at=now,
-                    submitted_at=func.coalesce(sent_at, requests.c.submitted_at),
-                )
-            )
-            if r.rowcount != 1:
-                raise IllegalTransition(request_id, "in_progress (response id)", {IP})
-
-        await self._write(go)
-
-    async def apply(self, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
-        """Write a batch of outcomes in one transaction, each guarded; returns the ids that were refused."""
-        if not outcomes:
+        A response id is written only to a request this owner still leases, and never over another id.
+        """
+        if not outcomes and not response_ids:
             return []
         now = time.time()
         finishes = [o for o in outcomes if o.to in TERMINAL]
@@ -583,8 +568,40 @@ class Store:
             )
         )
 
+        ids_stmt = (
+            update(requests)
+            .where(
+                requests.c.id == bindparam("b_id"),
+                requests.c.state == IP,
+                requests.c.lease_owner == owner,
+                requests.c.response_id.is_(None),
+            )
+            .values(
+                response_id=bindparam("b_rid"),
+                request_id=bindparam("b_req"),
+                submitted_at=func.coalesce(bindparam("b_sent"), requests.c.submitted_at),
+                updated_at=now,
+            )
+        )
+
         async def go(conn: AsyncConnection) -> list[int]:
             refused: list[int] = []
+            if response_ids:
+                r = await conn.execute(
+                    ids_stmt,
+                    [
+                        {"b_id": x.request_id, "b_rid": x.response_id, "b_req": x.api_request_id, "b_sent": x.sent_at}
+                        for x in response_ids
+                    ],
+                )
+                if r.rowcount != len(response_ids):
+                    wanted = {x.request_id: x.response_id for x in response_ids}
+                    got = await conn.execute(
+                        select(requests.c.id, requests.c.response_id, requests.c.lease_owner).where(
+                            requests.c.id.in_(list(wanted))
+                        )
+                    )
+                    refused.extend(int(g.id) for g in got if g.response_id != wanted[g.id] or g.lease_owner != owner)
             for stmt, group in ((finish_stmt, finishes), (requeue_stmt, requeues)):
                 if not group:
                     continue

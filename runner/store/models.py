@@ -63,6 +63,16 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseIdRecord:
+    """A background response's id, to be committed before anything else happens to it."""
+
+    request_id: int
+    response_id: str
+    api_request_id: str | None
+    sent_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class JobRow:
     """A job as the store knows it."""
 
