@@ -11,7 +11,7 @@ from runner.errors import ApiError, TransientApiError
 from runner.retry import backoff_delay, should_retry
 from runner.schema import usage_from_response, with_output_text
 from runner.states import RequestState
-from runner.store.models import Claimed, Outcome, UsageCounts
+from runner.store.models import Claimed, Outcome
 
 # Response.status -> request state, for the statuses that end a response.
 _FINAL = {
@@ -28,11 +28,6 @@ RETRYABLE_RESPONSE_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
 def is_running(body: dict[str, Any]) -> bool:
     """Whether a Response object is still being worked on (background mode)."""
     return body.get("status") in RUNNING_STATUSES
-
-
-def _usage(body: dict[str, Any]) -> UsageCounts:
-    u = usage_from_response(body)
-    return UsageCounts(u.input_tokens, u.cached_tokens, u.output_tokens, u.reasoning_tokens, u.total_tokens)
 
 
 def from_response(
@@ -80,7 +75,7 @@ def from_response(
         response_body=orjson.dumps(with_output_text(body)).decode(),
         error_code=code,
         error_message=message,
-        usage=_usage(body),
+        usage=usage_from_response(body),
     )
 
 

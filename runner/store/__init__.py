@@ -76,6 +76,15 @@ def _job_row(r: Any) -> JobRow:
 
 
 EXPORT_CHUNK = 2000
+# What a worker needs of a request it leases (Claimed's fields, in order).
+_CLAIMED_COLUMNS = (
+    requests.c.id,
+    requests.c.job_id,
+    requests.c.line_no,
+    requests.c.custom_id,
+    requests.c.body,
+    requests.c.attempts,
+)
 _USAGE_COLS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 
 
@@ -364,14 +373,7 @@ class Store:
                 submitted_at=now,
                 updated_at=now,
             )
-            .returning(
-                requests.c.id,
-                requests.c.job_id,
-                requests.c.line_no,
-                requests.c.custom_id,
-                requests.c.body,
-                requests.c.attempts,
-            )
+            .returning(*_CLAIMED_COLUMNS)
         )
 
         async def go(conn: AsyncConnection) -> list[Claimed]:
@@ -395,15 +397,7 @@ class Store:
                 or_(requests.c.lease_owner.is_(None), requests.c.lease_expires_at < now),
             )
             .values(lease_owner=owner, lease_expires_at=now + lease_seconds, updated_at=now)
-            .returning(
-                requests.c.id,
-                requests.c.job_id,
-                requests.c.line_no,
-                requests.c.custom_id,
-                requests.c.body,
-                requests.c.attempts,
-                requests.c.response_id,
-            )
+            .returning(*_CLAIMED_COLUMNS, requests.c.response_id)
         )
 
         async def go(conn: AsyncConnection) -> list[Claimed]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from runner.schema import Usage
 from runner.states import JobStatus, RequestState
 
 
@@ -32,15 +33,8 @@ class Claimed:
     background: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class UsageCounts:
-    """The five token counts."""
-
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
+# The five token counts: the same value type the response side parses them into.
+UsageCounts = Usage
 
 
 @dataclass(frozen=True, slots=True)

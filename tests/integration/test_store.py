@@ -20,7 +20,7 @@ from runner.config import Settings
 from runner.errors import IllegalTransition, JobNotFound, StoreError
 from runner.owners import new_owner, owner_is_dead
 from runner.states import RequestState
-from runner.store import NewRequest, Outcome, Store, UsageCounts
+from runner.store import NewRequest, Outcome, ResponseIdRecord, Store, UsageCounts
 
 S = RequestState
 LEASE = 60.0
@@ -95,6 +95,13 @@ def done(request_id: int, usage: UsageCounts = NO_USAGE, **kw: Any) -> Outcome:
 
 
 # --- claiming -------------------------------------------------------------------------------------------
+
+
+async def record_id(
+    store: Store, request_id: int, owner: str, response_id: str, api_request_id: str | None
+) -> list[int]:
+    """Commit a background response id the way the write-back does; the refused request ids."""
+    return await store.apply(owner, [], [ResponseIdRecord(request_id, response_id, api_request_id, None)])
 
 
 @pytest.mark.anyio
@@ -237,7 +244,7 @@ async def test_requeue_is_not_claimable_until_due(store: Store, db: Path) -> Non
 async def test_requeue_with_refund_and_cleared_response_id(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
-    await store.record_response_id(c.id, "me", "resp_1", "req_1")
+    assert await record_id(store, c.id, "me", "resp_1", "req_1") == []
     assert db_row(db, c.id)["response_id"] == "resp_1"
     out = Outcome(c.id, S.QUEUED, next_attempt_at=0.0, refund_attempt=True, clear_response_id=True)
     assert await store.apply("me", [out]) == []
@@ -249,9 +256,11 @@ async def test_requeue_with_refund_and_cleared_response_id(store: Store, db: Pat
 async def test_record_response_id_needs_the_lease(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
-    with pytest.raises(IllegalTransition):
-        await store.record_response_id(c.id, "someone-else", "resp_x", None)
+    assert await record_id(store, c.id, "someone-else", "resp_x", None) == [c.id]  # refused, not written
     assert db_row(db, c.id)["response_id"] is None
+    assert await record_id(store, c.id, "me", "resp_1", None) == []
+    assert await record_id(store, c.id, "me", "resp_2", None) == [c.id]  # never over another id
+    assert db_row(db, c.id)["response_id"] == "resp_1"
 
 
 # --- conversations --------------------------------------------------------------------------------------
@@ -293,7 +302,7 @@ async def test_conversation_rows_are_claimed_one_at_a_time_in_order(store: Store
 async def test_reclaim_expired_requeues_unsent_and_leaves_background_for_polls(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 3)
     sent, background, third = await store.claim("dead", ["job_a"], 3, 0.05)
-    await store.record_response_id(background.id, "dead", "resp_bg", "req_bg")
+    assert await record_id(store, background.id, "dead", "resp_bg", "req_bg") == []
     await anyio.sleep(0.15)
 
     assert await store.reclaim_expired(["job_a"]) == 2
@@ -319,7 +328,7 @@ async def test_reclaim_frees_work_of_a_dead_process_at_once(store: Store, db: Pa
     alive = new_owner()
     await make_job(store, "job_a", 3)
     unsent, background = await store.claim(dead, ["job_a"], 2, LEASE)
-    await store.record_response_id(background.id, dead, "resp_bg", None)
+    assert await record_id(store, background.id, dead, "resp_bg", None) == []
     [mine] = await store.claim(alive, ["job_a"], 1, LEASE)
 
     assert await store.reclaim_expired(["job_a"]) == 0  # leases still live: only expiry counts without a check
@@ -343,7 +352,7 @@ async def test_reclaim_expired_leaves_live_leases(store: Store, db: Path) -> Non
 async def test_release_with_refund_requeues_and_refunds(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 3)
     unsent, background = await store.claim("me", ["job_a"], 2, LEASE)
-    await store.record_response_id(background.id, "me", "resp_1", None)
+    assert await record_id(store, background.id, "me", "resp_1", None) == []
     [other] = await store.claim("other", ["job_a"], 1, LEASE)
 
     assert await store.release("me", refund=True) == 1
@@ -469,7 +478,7 @@ async def test_cancel_job(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 5)
     await make_job(store, "job_b", 1)
     foreground, background = await store.claim("me", ["job_a"], 2, LEASE)
-    await store.record_response_id(background.id, "me", "resp_bg", None)
+    assert await record_id(store, background.id, "me", "resp_bg", None) == []
 
     cancelled, in_flight = await store.cancel_job("job_a")
     assert cancelled == 3
