@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -22,6 +23,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
+from runner import __version__
 from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
 from runner.errors import ApiError, BillingError, ConfigError, PermanentApiError, TransientApiError
 
@@ -103,8 +105,12 @@ def is_billing_code(code: str | None) -> bool:
     return code is not None and (code in BILLING_CODES or code.endswith("_spend_limit_exceeded"))
 
 
-def _rate_limits(headers: Mapping[str, str]) -> dict[str, str]:
-    return {h: v for h in RATE_LIMIT_HEADERS if (v := headers.get(h)) is not None}
+_RATE_LIMIT_RAW = frozenset(h.encode() for h in RATE_LIMIT_HEADERS)
+
+
+def _rate_limits(headers: httpx.Headers) -> dict[str, str]:
+    # One pass over the raw (already lower-cased) header list: Headers.get scans the list on every call.
+    return {k.decode(): v.decode("latin-1") for k, v in headers.raw if k.lower() in _RATE_LIMIT_RAW}
 
 
 def classify(response: httpx.Response) -> ApiReply:
@@ -168,7 +174,13 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, aioht
 
 
 class ApiClient:
-    """Create, retrieve and cancel responses over one pooled connection set."""
+    """Create, retrieve and cancel responses over one pooled connection set.
+
+    One `httpx.AsyncClient` over the aiohttp transport owns the connections. Requests are built once,
+    fully (absolute URL, headers, timeout), and handed straight to that client's transport: the client's
+    per-request work (URL merging, cookie jar, auth and redirect handling) is never needed by the Responses
+    API and cost as much CPU as the HTTP exchange itself at high concurrency.
+    """
 
     def __init__(
         self,
@@ -183,7 +195,11 @@ class ApiClient:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": f"runner/{__version__}",
+        }
         if key:
             if auth_style is AuthStyle.BEARER:
                 headers["authorization"] = f"Bearer {key}"
@@ -192,13 +208,19 @@ class ApiClient:
             else:
                 headers["api-key"] = key
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._transport = transport or AiohttpTransport(limits=limits)
+        self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout)),
-            transport=transport or AiohttpTransport(limits=limits),
+            timeout=self._timeout,
+            transport=self._transport,
             limits=limits,
         )
+        self._base = self._http.base_url
+        self._create_url = self._base.join("responses")
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._extensions = {"timeout": self._timeout.as_dict()}
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -213,26 +235,33 @@ class ApiClient:
         await self._http.aclose()
 
     async def _send(
-        self, method: str, path: str, content: bytes | None = None, headers: Mapping[str, str] | None = None
+        self, method: str, url: httpx.URL, content: bytes | None = None, extra: tuple[tuple[bytes, bytes], ...] = ()
     ) -> ApiReply:
+        request = httpx.Request(
+            method, url, headers=[*self._headers, *extra], content=content, extensions=self._extensions
+        )
         try:
-            response = await self._http.request(method, path, content=content, headers=headers)
+            response = await self._transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except TRANSPORT_ERRORS as exc:
             raise classify_exception(exc) from None
         return classify(response)
 
     async def create(self, body: bytes, *, client_request_id: str | None = None) -> ApiReply:
         """POST /responses with a body that is already JSON."""
-        headers = {"x-client-request-id": client_request_id} if client_request_id else None
-        return await self._send("POST", "responses", body, headers)
+        extra = ((b"x-client-request-id", client_request_id.encode()),) if client_request_id else ()
+        return await self._send("POST", self._create_url, body, extra)
 
     async def retrieve(self, response_id: str) -> ApiReply:
         """GET /responses/{id}."""
-        return await self._send("GET", f"responses/{response_id}")
+        return await self._send("GET", self._base.join(f"responses/{quote(response_id, safe='')}"))
 
     async def cancel(self, response_id: str) -> ApiReply:
         """POST /responses/{id}/cancel (idempotent on the API side)."""
-        return await self._send("POST", f"responses/{response_id}/cancel")
+        return await self._send("POST", self._base.join(f"responses/{quote(response_id, safe='')}/cancel"))
 
 
 __all__ = [

@@ -189,6 +189,7 @@ class RateLimiter:
         self.paused_until = 0.0
         self.pauses = 0
         self.estimator = Estimator()
+        self._seen_limits: tuple[str | None, str | None] = (None, None)
 
     @property
     def needs_tokens(self) -> bool:
@@ -234,6 +235,13 @@ class RateLimiter:
             return
         if poll and "x-ratelimit-remaining-requests" in headers:
             self.polls_count = True
+        limits = (headers.get("x-ratelimit-limit-requests"), headers.get("x-ratelimit-limit-tokens"))
+        if limits != self._seen_limits:  # they rarely change: parse them only when they do
+            self._seen_limits = limits
+            self._adopt_limits(headers)
+        self._check_remaining(headers)
+
+    def _adopt_limits(self, headers: Mapping[str, str]) -> None:
         limit_req = _int_header(headers, "x-ratelimit-limit-requests")
         limit_tok = _int_header(headers, "x-ratelimit-limit-tokens")
         if limit_req:
@@ -255,6 +263,8 @@ class RateLimiter:
                 self.tokens = Pacer(rate, self.clock)
             elif rate < self.tokens.rate:
                 self.tokens.rate = rate
+
+    def _check_remaining(self, headers: Mapping[str, str]) -> None:
         rem_req = _int_header(headers, "x-ratelimit-remaining-requests")
         reset_req = parse_duration(headers.get("x-ratelimit-reset-requests"))
         # Pacing keeps us under the limit; this catches a budget shared with other clients running dry.

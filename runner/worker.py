@@ -74,6 +74,8 @@ class Run:
         self._work_scope: anyio.CancelScope | None = None
         self._grace_deadline = 0.0
         self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
+        self._want_more = anyio.Event()
+        self._tg: TaskGroup | None = None
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -131,23 +133,30 @@ class Run:
         return RunResult(StopReason.DONE, None, self.snap)
 
     async def _claim_loop(self, tg: TaskGroup) -> None:
+        """Keep about one concurrency's worth of claimed requests ready, and notice when the jobs are done.
+
+        Requests are started by `_fill`, called here and by every request that finishes, so a freed slot is
+        taken at once from the ready buffer instead of waiting for a claim transaction behind a burst of
+        replies (which re-synchronised the pool into waves at high concurrency).
+        """
+        self._tg = tg
         last_adopt = 0.0
         while not self._stop_claiming.is_set():
-            free = self.concurrency.limit - self._in_flight
-            if free <= 0:
-                await self._wait_slot(IDLE_CHECK)
+            limit = self.concurrency.limit
+            if len(self._ready) < max(limit // 2, 1):
+                # Leased, so invisible to other runners; one claim per request would cost more CPU than the
+                # request itself at high throughput.
+                want = min(max(limit, 64) - len(self._ready), CLAIM_BATCH * 4)
+                claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
+                self._ready.extend(claimed)
+                self._fill()
+                if claimed:
+                    continue
+            else:
+                await self._wait_more(IDLE_CHECK)
                 continue
-            if not self._ready:
-                # Claim a batch ahead (leased, so invisible to other runners): one claim transaction per
-                # request would cost more CPU than the request itself at high throughput.
-                batch = max(free, min(CLAIM_BATCH, max(16, self.concurrency.limit // 2)))
-                self._ready.extend(await self.store.claim(self.owner, self.job_ids, batch, self.opts.lease_seconds))
-            started = 0
-            while self._ready and started < free:
-                self._in_flight += 1
-                started += 1
-                tg.start_soon(self._handle, self._ready.popleft())
-            if started:
+            if self._ready:
+                await self._wait_more(IDLE_CHECK / 5)
                 continue
             now = time.monotonic()
             if now - last_adopt >= POLL_ADOPT_INTERVAL:
@@ -166,6 +175,22 @@ class Run:
                 await self._wait_slot(wait)
             else:
                 await self._wait_slot(IDLE_CHECK / 5)
+
+    def _fill(self) -> None:
+        """Start claimed requests while slots are free; ask the claim loop for more when the buffer runs low."""
+        if self._tg is None:
+            return
+        limit = self.concurrency.limit
+        while self._ready and self._in_flight < limit and not self._stop_claiming.is_set():
+            self._in_flight += 1
+            self._tg.start_soon(self._handle, self._ready.popleft())
+        if len(self._ready) < max(limit // 2, 1):
+            self._want_more.set()
+
+    async def _wait_more(self, within: float) -> None:
+        with anyio.move_on_after(within):
+            await self._want_more.wait()
+        self._want_more = anyio.Event()
 
     async def _wait_slot(self, within: float) -> None:
         with anyio.move_on_after(within):
@@ -229,6 +254,7 @@ class Run:
         finally:
             self._in_flight -= 1
             self._slot_freed.set()
+            self._fill()
 
     async def _pace(self, c: Claimed) -> float:
         """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
