@@ -173,14 +173,14 @@ async def _read_and_validate(
     chunk: list[NewRequest] = []
     for line_no, raw in read_lines(path):
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            problems.add(line_no, "", f"is not valid UTF-8 (byte {e.start + 1} of the line)")
-            continue
-        try:
-            obj = orjson.loads(text)
+            obj = orjson.loads(raw)  # checks UTF-8 too; decoding first would cost every line a copy
         except orjson.JSONDecodeError as e:
-            problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as u:
+                problems.add(line_no, "", f"is not valid UTF-8 (byte {u.start + 1} of the line)")
+            else:
+                problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
             continue
         v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
         for issue in v.errors:

@@ -80,6 +80,7 @@ requests = Table(
     # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
     Index(None, "state"),
     Index(None, "job_id", "state"),
-    Index(None, "lease_owner"),
+    # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
+    Index(None, "lease_owner", sqlite_where=Column("lease_owner").isnot(None)),
     Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
 )

@@ -171,3 +171,32 @@ def test_two_processes_opening_a_fresh_file_at_once_both_succeed(tmp_path: Path)
         assert p.returncode == 0, err.decode()
     assert current_revision(db) == head_revision()
     assert schema_diff(db) == []
+
+
+@pytest.mark.anyio
+async def test_a_store_made_by_an_older_runner_is_upgraded_with_its_data(tmp_path: Path) -> None:
+    from alembic import command
+
+    db = tmp_path / "old.db"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("runner._migrations")))
+    cfg.set_main_option("sqlalchemy.url", f"sqlite+aiosqlite:///{db}")
+    await anyio.to_thread.run_sync(command.upgrade, cfg, "0001")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "insert into jobs (id, name, source, fingerprint, background, total, phase, created_at)"
+            " values ('job_old', 'old', 'x.jsonl', 'fp', 0, 1, 'ready', 1.0)"
+        )
+        conn.execute(
+            "insert into requests (job_id, line_no, custom_id, body, state, attempts, next_attempt_at, input_tokens,"
+            " cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited, created_at)"
+            " values ('job_old', 1, 'c1', '{}', 'queued', 0, 0, 0, 0, 0, 0, 0, 0, 1.0)"
+        )
+    store = await Store.open(str(db))
+    try:
+        assert (await store.get_job("job_old")).total == 1
+        assert (await store.job_stats("job_old")).counts["queued"] == 1
+    finally:
+        await store.aclose()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone()[0] == HEAD_REVISION
