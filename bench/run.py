@@ -109,6 +109,8 @@ async def runner_run(base_url: str, src: Path, db: Path, *, background: bool = F
 
 
 ROWS: list[tuple[str, str, str]] = []
+TARGET_LINES = "target >= 50,000/s"
+ANSWER = "An answer of a few sentences. " * 12
 
 
 def row(name: str, figure: str, target: str = "") -> None:
@@ -134,15 +136,27 @@ async def realistic(tmp: Path, n: int) -> None:
 
 async def cpu_cost(tmp: Path, n: int) -> None:
     conc = 64
-    print(f"\n2. CPU cost: {n} requests, zero latency, concurrency {conc}, every result committed", flush=True)
-    with mock_server() as url:
-        bare_s, bare_cpu = await bare_loop(url, n, conc)
-    src = tmp / "c.jsonl"
-    write_requests(src, n)
-    with mock_server() as url:
-        r = await runner_run(url, src, tmp / "c.db", concurrency=conc)
-    row("runner throughput / bare aiohttp loop", f"{(n / r.seconds) / (n / bare_s):.2f}",
-        "reference: httpx+aiohttp, no store ~0.25")
+    print(
+        f"\n2. CPU cost: {n} requests, zero latency, concurrency {conc}, every result committed (median of 3)",
+        flush=True,
+    )
+    # This machine is a VM with noisy neighbours: the median of three runs of each, interleaved.
+    bares: list[tuple[float, float]] = []
+    runs: list[RunnerFigures] = []
+    for i in range(3):
+        with mock_server() as url:
+            bares.append(await bare_loop(url, n, conc))
+        src = tmp / f"c{i}.jsonl"
+        write_requests(src, n)
+        with mock_server() as url:
+            runs.append(await runner_run(url, src, tmp / f"c{i}.db", concurrency=conc))
+    bare_s, bare_cpu = sorted(bares)[1]
+    r = sorted(runs, key=lambda x: x.seconds)[1]
+    row(
+        "runner throughput / bare aiohttp loop",
+        f"{(n / r.seconds) / (n / bare_s):.2f}",
+        "reference: httpx+aiohttp, no store ~0.25",
+    )
     row("runner requests/s | bare loop requests/s", f"{n / r.seconds:.0f} | {n / bare_s:.0f}")
     row("CPU ms per request: runner | bare loop", f"{1000 * r.cpu / n:.2f} | {1000 * bare_cpu / n:.2f}")
 
@@ -178,6 +192,7 @@ def big_file(tmp: Path, n: int) -> None:
     print(f"\n5. big file: {n:,} lines", flush=True)
     src = tmp / "big.jsonl"
     write_requests(src, n)
+    os.sync()  # the file's own write-back must not be timed as part of submit
     size_mb = src.stat().st_size / 1e6
     db = tmp / "big.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
@@ -187,14 +202,17 @@ def big_file(tmp: Path, n: int) -> None:
         t0 = time.perf_counter()
         p = subprocess.run(
             [sys.executable, str(Path(__file__).parent / "_rss.py"), *args],
-            capture_output=True, text=True, env=env, check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
         )
         out = p.stdout.strip().splitlines()
         return time.perf_counter() - t0, float(out[-1]), "\n".join(out[:-1])
 
     secs, rss, out = timed("submit", str(src))
     job = out.strip().splitlines()[-1]
-    row(f"submit {n:,} lines ({size_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", "target >= 50,000/s")
+    row(f"submit {n:,} lines ({size_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", TARGET_LINES)
     # Every line answered, as after a run: a realistic Response body (about 1 KB) on each row.
     response = orjson.dumps(
         {
@@ -209,7 +227,7 @@ def big_file(tmp: Path, n: int) -> None:
                     "type": "message",
                     "status": "completed",
                     "role": "assistant",
-                    "content": [{"type": "output_text", "text": "An answer of a few sentences. " * 12, "annotations": []}],
+                    "content": [{"type": "output_text", "text": ANSWER, "annotations": []}],
                 }
             ],
             "usage": {
@@ -219,7 +237,7 @@ def big_file(tmp: Path, n: int) -> None:
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": 110,
             },
-            "output_text": "An answer of a few sentences. " * 12,
+            "output_text": ANSWER,
         }
     ).decode()
     con = sqlite3.connect(db)
@@ -230,10 +248,11 @@ def big_file(tmp: Path, n: int) -> None:
     )
     con.commit()
     con.close()
+    os.sync()
     out_file = tmp / "big.out.jsonl"
     secs, rss, _ = timed("export", job, "-o", str(out_file))
     out_mb = out_file.stat().st_size / 1e6
-    row(f"export {n:,} results ({out_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", "target >= 50,000/s")
+    row(f"export {n:,} results ({out_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", TARGET_LINES)
 
 
 async def main() -> None:
