@@ -4,7 +4,6 @@ import json
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,6 @@ import runner.ingest
 from runner.errors import InputError
 from runner.ingest import SubmitOptions, submit_file
 from runner.store import Store
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "s.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    s = await Store.open(str(db))
-    try:
-        yield s
-    finally:
-        await s.aclose()
 
 
 def body(i: int = 1, **extra: Any) -> dict[str, Any]:

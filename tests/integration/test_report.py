@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,6 @@ S = RequestState
 T0 = 1_700_000_000.0
 JOB = "job_report"
 OWNER = "test-owner"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @dataclass(frozen=True)
@@ -162,20 +156,6 @@ async def build_job(store: Store, db: Path, lines: list[Line], job_id: str = JOB
                 (T0 + x.line, submitted, submitted + x.latency, ids[x.line]),
             )
         conn.commit()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "r.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    s = await Store.open(str(db))
-    try:
-        yield s
-    finally:
-        await s.aclose()
 
 
 # Expected figures, computed by hand from LINES.

@@ -6,7 +6,7 @@ import sqlite3
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -24,25 +24,6 @@ from runner.store import NewRequest, Outcome, ResponseIdRecord, Store, UsageCoun
 
 S = RequestState
 LEASE = 60.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "s.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    s = await Store.open(str(db))
-    try:
-        yield s
-    finally:
-        await s.aclose()
 
 
 async def make_job(
