@@ -58,6 +58,9 @@ class InputError(RunnerError):
 
     def render(self) -> str:
         """The message for stderr: the file, then one problem per line, up to MAX_SHOWN lines."""
+        whole_file = [p for p in self.problems if p.line == 0]
+        if whole_file and not self.bad_lines:  # no such file, an empty file: nothing about lines to say
+            return "\n".join(f"{self.path}: {p.reason}; nothing was queued" for p in whole_file)
         out = [f"{self.path}: {self.bad_lines} invalid line(s); nothing was queued"]
         shown_lines: set[int] = set()
         # Problems are found in more than one pass (a repeated custom_id only at insert time): show by line.
