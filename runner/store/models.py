@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from runner.schema import Usage
 from runner.states import JobStatus, RequestState
 
 
-@dataclass(frozen=True, slots=True)
-class NewRequest:
-    """One validated line, ready to insert."""
+class NewRequest(NamedTuple):
+    """One validated line, ready to insert (a tuple: a submit makes millions, and a frozen dataclass costs 20x)."""
 
     line_no: int
     custom_id: str
