@@ -50,16 +50,6 @@ class ModelCost:
         return self.usd is not None
 
 
-def _usage_json(u: UsageCounts) -> dict[str, int]:
-    return {
-        "input_tokens": u.input_tokens,
-        "cached_tokens": u.cached_tokens,
-        "output_tokens": u.output_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "total_tokens": u.total_tokens,
-    }
-
-
 def _pname(q: float) -> str:
     return f"p{q * 100:g}"  # 0.5 -> p50, 0.999 -> p99.9
 
@@ -137,7 +127,7 @@ class Report:
             "generated_at": self.generated_at,
             "total": self.total,
             "counts": dict(self.counts),
-            "usage": _usage_json(self.usage),
+            "usage": self.usage.as_dict(),
             "cost": {
                 "usd": round(self.cost_usd, 6),
                 "complete": self.cost_complete,
@@ -150,14 +140,14 @@ class Report:
                         "model": m.model,
                         "price_key": m.price_key,
                         "requests": m.requests,
-                        "usage": _usage_json(m.usage),
+                        "usage": m.usage.as_dict(),
                         "usd": round(m.usd, 6),
                     }
                     for m in self.priced
                     if m.usd is not None
                 ],
                 "unpriced": [
-                    {"model": m.model, "requests": m.requests, "usage": _usage_json(m.usage)} for m in self.unpriced
+                    {"model": m.model, "requests": m.requests, "usage": m.usage.as_dict()} for m in self.unpriced
                 ],
             },
             "latency_seconds": {

@@ -484,6 +484,16 @@ class Usage:
     reasoning_tokens: int = 0
     total_tokens: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        """The five counts under their JSON names, as `status --json` and reports print them."""
+        return {
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
     def __add__(self, other: Usage) -> Usage:
         """Element-wise sum."""
         return Usage(

@@ -4,17 +4,8 @@
 set -euo pipefail
 
 export RUNNER_DB="${RUNNER_DB:-runner.db}"
-log=$(mktemp)
-# A little realism: 150 ms latency, 5 % of requests answered 429 with Retry-After, 2 % 503.
-runner mock-server --port 0 --api-key demo-key --latency 0.15 --p429 0.05 --p5xx 0.02 >"$log" 2>&1 &
-mock=$!
-trap 'kill "$mock" 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.1; done
-base_url=$(sed -n 's/^mock-server listening on //p' "$log")
-[ -n "$base_url" ] || { cat "$log" >&2; echo "demo: the mock server did not start" >&2; exit 1; }
-
-# The demo talks only to the local mock, with the mock's own key (never a real one).
-export OPENAI_BASE_URL="$base_url" OPENAI_API_KEY=demo-key
+source "$(dirname "$0")/_mock.sh"
+start_mock --latency 0.15 --p429 0.05 --p5xx 0.02
 
 job=$(runner submit jobs/example.jsonl | tail -n 1)
 echo "== job $job (store: $RUNNER_DB, API: $OPENAI_BASE_URL)"

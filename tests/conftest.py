@@ -96,6 +96,17 @@ def mock_factory() -> Iterator[Any]:
         m.stop()
 
 
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts; whatever is still alive at the end is killed and reaped."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
 @dataclass
 class Cli:
     """Runs `python -m runner` against one store and one API."""

@@ -77,17 +77,6 @@ def peek(cli: Cli) -> Iterator[Callable[[], Peek]]:
         p.close()
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts; whatever is still alive at the end is killed and reaped."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
-
-
 def _kill(p: subprocess.Popen[str]) -> tuple[int, str]:
     """SIGKILL `p` (unless it already ended), reap it and close its pipes; returns (exit code, stderr)."""
     if p.poll() is None:

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,6 @@ from tests.conftest import Cli, MockServer, write_jobfile
 pytestmark = [pytest.mark.e2e, pytest.mark.kill]
 
 THIS_RUN = re.compile(r"this run: (\d+) requests finished \(completed (\d+),")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts; whatever is still alive at the end is killed and reaped."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
 
 
 def _q(db: Path, sql: str, *args: Any) -> Any:
