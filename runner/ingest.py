@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -22,7 +23,9 @@ from runner.owners import owner_is_dead, process_name
 from runner.schema import validate_line
 from runner.store import DuplicateCustomId, NewRequest, Store
 
-CHUNK = 5000
+CHUNK = 20_000  # rows per insert transaction
+CHUNK_BYTES = 16 << 20  # and at most this much body text, so memory stays flat with big lines too
+YIELD_EVERY = 50  # lines validated between looks at the event loop
 MAX_PROBLEMS_KEPT = 200  # enough to show 20 lines in detail; the rest are only counted
 BOM = b"\xef\xbb\xbf"
 
@@ -136,7 +139,7 @@ async def submit_file(
     problems = _Problems()
     warnings: list[LineProblem] = []
     # Chunks are inserted by a second task while the next one is validated: SQLite works in its own
-    # thread (without the GIL) while this one parses, so a big file costs max(parse, insert), not the sum.
+    # thread (without the GIL) while this one parses, so a big file costs about max(parse, insert).
     send, receive = anyio.create_memory_object_stream[list[NewRequest]](1)
 
     async def inserter() -> None:
@@ -171,6 +174,7 @@ async def _read_and_validate(
 ) -> None:
     """Parse and validate every line, sending valid rows on in chunks; problems are collected, not raised."""
     chunk: list[NewRequest] = []
+    chunk_bytes = 0
     for line_no, raw in read_lines(path):
         try:
             obj = orjson.loads(raw)  # checks UTF-8 too; decoding first would cost every line a copy
@@ -194,10 +198,16 @@ async def _read_and_validate(
         if v.errors:
             continue
         problems.valid += 1
-        chunk.append(NewRequest(line_no, v.custom_id, orjson.dumps(v.body).decode(), _conversation(v.body)))
-        if len(chunk) >= CHUNK:
+        body = orjson.dumps(v.body).decode()
+        chunk.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body)))
+        chunk_bytes += len(body)
+        if len(chunk) >= CHUNK or chunk_bytes >= CHUNK_BYTES:
             await send.send(chunk)
-            chunk = []
+            chunk, chunk_bytes = [], 0
+        elif len(chunk) % YIELD_EVERY == 0:
+            # The inserter waits in a thread while this loop parses; it can only hand its finished chunk
+            # back and start the next one when the event loop gets a turn.
+            await anyio.lowlevel.checkpoint()
     if chunk:
         await send.send(chunk)
 

@@ -11,10 +11,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
+import orjson
 from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -22,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from runner.errors import IllegalTransition, JobNotFound, StoreError
 from runner.states import ALLOWED_FROM, TERMINAL, RequestState
-from runner.store.engine import create_engine, migrate
+from runner.store.engine import BUSY_TIMEOUT_MS, create_engine, migrate
 from runner.store.models import (
     Claimed,
     ExportRow,
@@ -107,11 +110,70 @@ async def _cancel_requeued_of_cancelled_jobs(conn: AsyncConnection, ids: Sequenc
     )
 
 
-_INSERT_REQUEST = (
+_INSERT_COLUMNS = (
     "INSERT INTO requests (job_id, line_no, custom_id, body, conversation, created_at, state, attempts,"
     " next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)"
-    f" VALUES (?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
 )
+_INSERT_REQUEST = f"{_INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
+# SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
+# end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
+_INSERT_REQUESTS_JSON = (
+    f"{_INSERT_COLUMNS} SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    f" json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0"
+    " FROM json_each(?)"
+)
+
+
+class _BulkWriter:
+    """A plain sqlite3 connection for submit's inserts, used from a worker thread one chunk at a time.
+
+    A chunk is one call into the thread (BEGIN, INSERT, COMMIT there), not one event-loop round trip per
+    statement as through aiosqlite: while submit validates the next chunk the loop is busy, and every
+    round trip waited for it. Same file, same pragmas, same busy timeout as the engine's connections.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._json = True  # SQLite built without JSON1 (rare, before 3.38) falls back to executemany
+        self._lock = anyio.Lock()
+
+    def _insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._json:
+                payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation) for r in rows]).decode()
+                try:
+                    conn.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
+                except sqlite3.OperationalError as e:
+                    if "json" not in str(e):
+                        raise
+                    self._json = False
+            if not self._json:
+                conn.executemany(
+                    _INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows]
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
+        async with self._lock:
+            # Not cancellable half way: the thread finishes its transaction (commit or rollback) either way.
+            await anyio.to_thread.run_sync(self._insert, job_id, rows, now)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class DuplicateCustomId(StoreError):
@@ -126,6 +188,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        path = engine.url.database
+        self._bulk = _BulkWriter(Path(path)) if path and path != ":memory:" else None
 
     @classmethod
     async def open(cls, db: str) -> Store:
@@ -141,6 +205,8 @@ class Store:
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
+        if self._bulk is not None:
+            self._bulk.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -211,19 +277,27 @@ class Store:
 
     async def add_requests(self, job_id: str, rows: Sequence[NewRequest]) -> None:
         """Insert one chunk of a staging job's lines; DuplicateCustomId if a custom_id is already in the job."""
+        if not rows:
+            return
         now = time.time()
-        # Plain tuples through the driver's executemany: a million-line submit spends its time here, and
-        # SQLAlchemy's per-row parameter processing would cost more than SQLite itself.
+        if self._bulk is not None:
+            bulk = self._bulk
+            try:
+                await self._retry(lambda: bulk.insert(job_id, rows, now))
+            except sqlite3.IntegrityError as e:
+                raise DuplicateCustomId(job_id) from e
+            return
+        # No file behind the engine: plain tuples through the driver (SQLAlchemy's per-row parameter
+        # processing would cost more than SQLite itself).
         params = [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows]
 
         async def go(conn: AsyncConnection) -> None:
             await conn.exec_driver_sql(_INSERT_REQUEST, params)
 
-        if params:
-            try:
-                await self._write(go)
-            except IntegrityError as e:
-                raise DuplicateCustomId(job_id) from e
+        try:
+            await self._write(go)
+        except IntegrityError as e:
+            raise DuplicateCustomId(job_id) from e
 
     async def lines_of_custom_ids(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
         """custom_id -> line number, for those of `custom_ids` the job already holds."""

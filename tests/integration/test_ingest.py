@@ -113,6 +113,57 @@ async def test_last_line_without_newline(store: Store, db: Path, tmp_path: Path)
     assert (await submit_file(store, path)).total == 2
 
 
+AWKWARD = [
+    ('quote"and\\backslash', body(1, instructions="tab\tnewline\nnul\u0000end")),
+    ("ünïcødé-🙂", body(2, input="日本語のテキスト 🙂", metadata={"k": "v\u2028w"})),
+    ("  spaces  ", body(3, conversation="conv_1")),
+    ('{"looks": ["like json"]}', body(4, input=[{"role": "user", "content": "x" * 5000}])),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("json1", [True, False], ids=["json-array-insert", "row-by-row-fallback"])
+async def test_stored_rows_match_the_file_exactly(
+    store: Store, db: Path, tmp_path: Path, json1: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks travel to SQLite as one JSON array; what comes out must be byte for byte what a row-by-row
+    # insert would have stored, escapes and all. Without JSON1 in SQLite, the row-by-row path runs instead.
+    if not json1:
+        monkeypatch.setattr("runner.store._INSERT_REQUESTS_JSON", "SELECT json_no_such_function(?, ?, ?)")
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    path = write(tmp_path / "awkward.jsonl", [line(cid, b) for cid, b in AWKWARD])
+    res = await submit_file(store, path)
+    assert res.total == len(AWKWARD)
+    assert stored(db) == [(i, cid, b) for i, (cid, b) in enumerate(AWKWARD, start=1)]
+    rows = query(db, "SELECT line_no, typeof(line_no), conversation, state FROM requests ORDER BY id")
+    assert rows == [
+        (1, "integer", None, "queued"),
+        (2, "integer", None, "queued"),
+        (3, "integer", "conv_1", "queued"),
+        (4, "integer", None, "queued"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_chunks_are_bounded_by_bytes_as_well_as_lines(
+    store: Store, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lines of 50 KB each: a chunk closes at the byte bound long before the line bound.
+    monkeypatch.setattr(runner.ingest, "CHUNK_BYTES", 120_000)
+    sizes: list[int] = []
+    add = Store.add_requests
+
+    async def spy(self: Store, job_id: str, rows: Any) -> None:
+        sizes.append(len(rows))
+        await add(self, job_id, rows)
+
+    monkeypatch.setattr(Store, "add_requests", spy)
+    path = write(tmp_path / "big-lines.jsonl", [line(f"c{i}", body(i, input="y" * 50_000)) for i in range(7)])
+    assert (await submit_file(store, path)).total == 7
+    assert sizes == [3, 3, 1]
+    assert [n for n, _, _ in stored(db)] == list(range(1, 8))
+
+
 # --- rejected files -------------------------------------------------------------------------------------
 
 
