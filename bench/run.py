@@ -253,6 +253,10 @@ def big_file(tmp: Path, n: int) -> None:
     secs, rss, _ = timed("export", job, "-o", str(out_file))
     out_mb = out_file.stat().st_size / 1e6
     row(f"export {n:,} results ({out_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", TARGET_LINES)
+    pq_file = tmp / "big.parquet"
+    secs, rss, _ = timed("export", job, "--format", "parquet", "-o", str(pq_file))
+    pq_mb = pq_file.stat().st_size / 1e6
+    row(f"export {n:,} results as parquet ({pq_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB")
 
 
 async def main() -> None:

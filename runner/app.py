@@ -199,7 +199,7 @@ async def export(
     fmt: str = "batch",
     db: str | None = None,
 ) -> ExportCounts:
-    """Write a job's finished requests (stdout when `out` is None) as `fmt`: batch, jsonl-flat or csv."""
+    """Write a job's finished requests (stdout when `out` is None) as `fmt`: batch, jsonl-flat, csv or parquet."""
     s = _settings(None, db)
     async with await Store.open(s.db) as store:
         return await export_job(store, job_id, out, errors, fmt)

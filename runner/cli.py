@@ -33,6 +33,7 @@ from runner.config import (
     Settings,
 )
 from runner.errors import ConfigError, InputError, JobNotFound, LineProblem, RunnerError
+from runner.export import FORMATS
 from runner.runstate import Snapshot, StopReason
 from runner.store import JobStats
 
@@ -162,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="batch",
-        choices=["batch", "jsonl-flat", "csv"],
-        help="batch: OpenAI Batch output lines (default); jsonl-flat and csv: custom_id, status, output_text,"
-        " the five usage counts, error",
+        choices=list(FORMATS),
+        help="batch: OpenAI Batch output lines (default); jsonl-flat, csv and parquet: custom_id, status,"
+        " output_text, the five usage counts, error (parquet needs pyarrow: pip install 'runner[parquet]')",
     )
     _db_arg(p)
 

@@ -49,7 +49,7 @@ __all__ = [
 
 PLACEHOLDERS: Final = ("date", "job", "job_id", "input")
 OutputKind = Literal["results", "errors", "report"]
-ExportFormat = Literal["batch", "jsonl-flat", "csv"]
+ExportFormat = Literal["batch", "jsonl-flat", "csv", "parquet"]
 _BATCH_KEYS: Final = ("custom_id", "method", "url", "body")  # any of these makes a line a batch line
 _BOM: Final = b"\xef\xbb\xbf"
 _GLOB_CHARS: Final = frozenset("*?[")

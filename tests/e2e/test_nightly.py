@@ -174,3 +174,24 @@ def test_export_of_a_running_job_has_what_is_done_so_far(cli: Cli, mock_factory:
     finally:
         run.kill()
         run.communicate()
+
+
+def test_spec_run_can_write_parquet(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    mock = mock_factory()
+    write_jobfile(tmp_path / "in.jsonl", 12, bare=True)
+    parquet = SPEC.replace("{date}.jsonl", "{date}.parquet").replace("{date}.errors.jsonl", "{date}.errors.parquet")
+    spec = _spec(tmp_path, parquet % {"format": "parquet", "rate": "0.0"})
+    r = cli("run", str(spec), *run_args(mock, "--quiet"))
+    assert r.returncode == 0, r.stderr
+    today = dt.date.today().isoformat()
+    rows = pq.read_table(tmp_path / "out" / f"eval-{today}.parquet").to_pylist()
+    assert [x["custom_id"] for x in rows] == [f"line-{i}" for i in range(1, 13)]
+    assert all(x["status"] == "completed" and x["output_text"].startswith("echo: ") for x in rows)
+    assert sum(x["total_tokens"] for x in rows) == mock.stats()["usage"]["total_tokens"]
+    assert pq.read_table(tmp_path / "out" / f"eval-{today}.errors.parquet").num_rows == 0
+
+    job = json.loads(cli("jobs", "--json").stdout)[0]["job_id"]
+    r = cli("export", job, "--format", "parquet")  # binary to a terminal or pipe: refused, nothing written
+    assert r.returncode == 2 and "give -o FILE" in r.stderr and r.stdout == ""

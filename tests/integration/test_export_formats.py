@@ -1,4 +1,4 @@
-"""Export formats read back: batch, jsonl-flat and csv, with and without an errors file."""
+"""Export formats read back: batch, jsonl-flat, csv and parquet, with and without an errors file."""
 
 from __future__ import annotations
 
@@ -236,16 +236,82 @@ async def test_flat_to_stdout(store: Store, tmp_path: Path, capfdbinary: pytest.
 @pytest.mark.anyio
 async def test_unknown_format_writes_nothing(store: Store, tmp_path: Path) -> None:
     await build(store, tmp_path / "e.db")
-    out = tmp_path / "x" / "out.parquet"
-    with pytest.raises(ConfigError, match="unknown export format 'parquet'"):
-        await export_job(store, JOB, str(out), fmt="parquet")
+    out = tmp_path / "x" / "out.xlsx"
+    with pytest.raises(ConfigError, match="unknown export format 'xlsx'"):
+        await export_job(store, JOB, str(out), fmt="xlsx")
     assert not out.parent.exists()
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("fmt", ["batch", "jsonl-flat", "csv"])
+@pytest.mark.parametrize("fmt", ["batch", "jsonl-flat", "csv", "parquet"])
 async def test_unknown_job_leaves_no_file(store: Store, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / "o" / "out.x"
     with pytest.raises(JobNotFound):
         await export_job(store, "job_nope", str(out), str(tmp_path / "o" / "err.x"), fmt=fmt)
     assert list(out.parent.iterdir()) == []  # neither the files nor their temporary .part files
+
+
+def read_parquet(p: Path) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(p)
+    return [(f.name, str(f.type)) for f in table.schema], table.to_pylist()
+
+
+@pytest.mark.anyio
+async def test_parquet_reads_back_typed(store: Store, tmp_path: Path) -> None:
+    await build(store, tmp_path / "e.db")
+    out = tmp_path / "out" / "r.parquet"
+    counts = await export_job(store, JOB, str(out), fmt="parquet")
+    schema, rows = read_parquet(out)
+    assert schema == [(c, "int64" if c.endswith("_tokens") else "string") for c in FLAT_COLUMNS]
+    assert rows == [EXPECTED[c] for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]
+    assert (counts.results, counts.errors, counts.unfinished) == (6, 0, 2)
+
+
+@pytest.mark.anyio
+async def test_parquet_with_errors_file_and_several_row_groups(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("runner.export.PARQUET_ROW_GROUP", 2)
+    await build(store, tmp_path / "e.db")
+    out, err = tmp_path / "r.parquet", tmp_path / "e.parquet"
+    counts = await export_job(store, JOB, str(out), str(err), fmt="parquet")
+    assert read_parquet(out)[1] == [EXPECTED[c] for c in ("c-1", "c-2", "c-7")]
+    assert read_parquet(err)[1] == [EXPECTED[c] for c in ("c-3", "c-4", "c-6")]
+    assert pq.ParquetFile(out).metadata.num_row_groups == 2  # 2 + 1 rows: written as they came, not at the end
+    assert (counts.results, counts.errors, counts.unfinished) == (3, 3, 2)
+
+
+@pytest.mark.anyio
+async def test_parquet_of_a_job_with_nothing_finished_has_the_schema(store: Store, tmp_path: Path) -> None:
+    await store.begin_job(job_id="job_q", name="q", source="q", fingerprint="fq", background=False, staged_by="t:1")
+    await store.add_requests("job_q", [NewRequest(1, "a", '{"model": "m", "input": "q"}')])
+    await store.publish_job("job_q", 1)
+    out = tmp_path / "q.parquet"
+    counts = await export_job(store, "job_q", str(out), fmt="parquet")
+    schema, rows = read_parquet(out)
+    assert [name for name, _ in schema] == list(FLAT_COLUMNS)
+    assert rows == []
+    assert counts.unfinished == 1
+
+
+@pytest.mark.anyio
+async def test_parquet_refuses_stdout(store: Store, tmp_path: Path) -> None:
+    await build(store, tmp_path / "e.db")
+    with pytest.raises(ConfigError, match="give -o FILE"):
+        await export_job(store, JOB, None, fmt="parquet")
+
+
+@pytest.mark.anyio
+async def test_parquet_without_pyarrow_says_how_to_get_it(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await build(store, tmp_path / "e.db")
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    out = tmp_path / "r.parquet"
+    with pytest.raises(ConfigError, match=r"pip install 'runner\[parquet\]'"):
+        await export_job(store, JOB, str(out), fmt="parquet")
+    assert list(tmp_path.glob("*.parquet*")) == []
