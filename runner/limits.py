@@ -7,6 +7,7 @@ than a second's share of the budget plus BURST (10 %). Everything takes an injec
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -25,6 +26,7 @@ Clock = Callable[[], float]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
+@functools.lru_cache(maxsize=4096)  # every reply carries two of these, and the same few values repeat
 def parse_duration(value: str | None) -> float | None:
     """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1m30.5s`, `14.981s`); a bare number is seconds.
 

@@ -92,7 +92,10 @@ def test_unknown_section_is_named(tmp_path: Path) -> None:
         ("[limits]\nconcurrency = 0\n", "[limits] concurrency: must be at least 1 (got 0)"),
         ("[limits]\ntimeout = true\n", "[limits] timeout: must be a number (got true)"),
         ("[policy]\nmax_failure_rate = 1.5\n", "[policy] max_failure_rate: must be at most 1 (got 1.5)"),
-        ('[output]\nformat = "xml"\n', "[output] format: must be one of 'batch', 'jsonl-flat', 'csv' or 'parquet' (got 'xml')"),
+        (
+            '[output]\nformat = "xml"\n',
+            "[output] format: must be one of 'batch', 'jsonl-flat', 'csv' or 'parquet' (got 'xml')",
+        ),
         ('[output]\nresults = "out/{jobname}.jsonl"\n', "[output] results: unknown placeholder {jobname}"),
         ("defaults = 3\n", "[defaults]: must be a table (got 3)"),
     ],
