@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from runner.owners import owner_is_dead, process_name
+
 
 def file_mode() -> int:
     """The mode a plainly created file gets under this process's umask."""
@@ -17,15 +19,31 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _sweep_dead_parts(target: Path) -> None:
+    """Remove temporary files that killed writers of `target` left behind (their owner process is gone)."""
+    prefix, suffix = f".{target.name}.", ".part"
+    try:
+        names = [n for n in os.listdir(target.parent) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        return
+    for name in names:
+        owner, dot, _ = name[len(prefix) : -len(suffix)].rpartition(".")
+        # Only files named by this host's writers; a live writer's file, or one from elsewhere, stays.
+        if dot and ":" in owner and owner_is_dead(owner):
+            (target.parent / name).unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     """A binary file that appears at `target` only when the block ends without an error.
 
-    A process killed half way leaves the previous file (or none) in place, never half a file; the
-    temporary `.NAME.*.part` it may leave behind is invisible to readers of `target`.
+    A process killed half way leaves the previous file (or none) in place, never half a file. The
+    temporary `.NAME.HOST:PID.*.part` it may leave behind is invisible to readers of `target`, and the next
+    writer of `target` on this host removes it once that process is gone.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    _sweep_dead_parts(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{process_name()}.", suffix=".part", dir=target.parent)
     os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:

@@ -508,14 +508,17 @@ def test_kill_loop_export(cli: Cli, mock_factory: Any, tmp_path: Path, procs: li
         if out.read_bytes() != complete:
             truncated += 1
         assert truncated == 0, f"kill {i}: {out} is not the complete export (seed {seed})"
-    # Temporary files of killed exports may linger next to the target; never at the target path.
+    # Temporary files of killed exports linger next to the target (never at the target path) until the
+    # next export of that target, which removes those whose process is gone.
     leftovers = len(_parts(outdir))
     r = cli("export", job, "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == complete
+    assert _parts(outdir) == set(), f"temporary files of killed exports were not swept (seed {seed})"
     print(
         f"scenario D (export): kills {kills} ({mid_write} before the rename) · requests {lines}"
-        f" · duplicates fg 0 / bg 0 · truncated files {truncated} · temp files left {leftovers} · lost 0 · seed {seed}"
+        f" · duplicates fg 0 / bg 0 · truncated files {truncated} · temp files left by kills {leftovers},"
+        f" after the next export 0 · lost 0 · seed {seed}"
     )
 
 

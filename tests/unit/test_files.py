@@ -1,0 +1,58 @@
+"""atomic_writer: whole files or none, and temporary files of killed writers swept by the next writer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.files import atomic_writer
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def parts(d: Path) -> set[str]:
+    return {n for n in os.listdir(d) if n.endswith(".part")}
+
+
+def test_the_file_appears_whole_and_no_temporary_file_is_left(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.jsonl"
+    with atomic_writer(target) as f:
+        f.write(b"one\n")
+        assert not target.exists()  # readers never see it half written
+        assert len(parts(target.parent)) == 1
+    assert target.read_bytes() == b"one\n"
+    assert parts(target.parent) == set()
+
+
+def test_an_error_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    target.write_bytes(b"old\n")
+    with pytest.raises(RuntimeError), atomic_writer(target) as f:
+        f.write(b"new, half")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old\n"
+    assert parts(tmp_path) == set()
+
+
+def test_leftovers_of_dead_writers_on_this_host_are_swept(tmp_path: Path) -> None:
+    host = socket.gethostname()
+    dead = f".out.jsonl.{host}:{dead_pid()}.abc123.part"
+    alive = f".out.jsonl.{host}:{os.getppid()}.def456.part"  # a live process: may still be writing
+    elsewhere = ".out.jsonl.other-host.example:1.ghi789.part"  # another machine's writer: not ours to judge
+    unnamed = ".out.jsonl.jkl012.part"  # no owner in the name: left alone
+    other_target = f".other.jsonl.{host}:{dead_pid()}.mno345.part"
+    for name in (dead, alive, elsewhere, unnamed, other_target):
+        (tmp_path / name).write_bytes(b"half")
+    with atomic_writer(tmp_path / "out.jsonl") as f:
+        f.write(b"whole\n")
+    assert parts(tmp_path) == {alive, elsewhere, unnamed, other_target}
+    assert (tmp_path / "out.jsonl").read_bytes() == b"whole\n"
