@@ -16,16 +16,16 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
-import orjson
-from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Connection, and_, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from runner.errors import IllegalTransition, JobNotFound, StoreError
 from runner.states import ALLOWED_FROM, TERMINAL, RequestState
+from runner.store import hot
 from runner.store.engine import BUSY_TIMEOUT_MS, create_engine, migrate
+from runner.store.hot import HotConnection
 from runner.store.models import (
     Claimed,
     ExportRow,
@@ -110,72 +110,6 @@ async def _cancel_requeued_of_cancelled_jobs(conn: AsyncConnection, ids: Sequenc
     )
 
 
-_INSERT_COLUMNS = (
-    "INSERT INTO requests (job_id, line_no, custom_id, body, conversation, created_at, state, attempts,"
-    " next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)"
-)
-_INSERT_REQUEST = f"{_INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
-# SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
-# end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
-_INSERT_REQUESTS_JSON = (
-    f"{_INSERT_COLUMNS} SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    f" json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0"
-    " FROM json_each(?)"
-)
-
-
-class _BulkWriter:
-    """A plain sqlite3 connection for submit's inserts, used from a worker thread one chunk at a time.
-
-    A chunk is one call into the thread (BEGIN, INSERT, COMMIT there), not one event-loop round trip per
-    statement as through aiosqlite: while submit validates the next chunk the loop is busy, and every
-    round trip waited for it. Same file, same pragmas, same busy timeout as the engine's connections.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-        self._json = True  # SQLite built without JSON1 (rare, before 3.38) falls back to executemany
-        self._lock = anyio.Lock()
-
-    def _insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
-        if self._conn is None:
-            self._conn = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-            )
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if self._json:
-                payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation) for r in rows]).decode()
-                try:
-                    conn.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
-                except sqlite3.OperationalError as e:
-                    if "json" not in str(e):
-                        raise
-                    self._json = False
-            if not self._json:
-                conn.executemany(
-                    _INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows]
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
-        async with self._lock:
-            # Not cancellable half way: the thread finishes its transaction (commit or rollback) either way.
-            await anyio.to_thread.run_sync(self._insert, job_id, rows, now)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 class DuplicateCustomId(StoreError):
     """A custom_id is already used in this job."""
 
@@ -189,7 +123,8 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         path = engine.url.database
-        self._bulk = _BulkWriter(Path(path)) if path and path != ":memory:" else None
+        self._hot = HotConnection(Path(path), BUSY_TIMEOUT_MS / 1000) if path and path != ":memory:" else None
+        self._json1 = True  # whether SQLite's JSON functions work here (for submit's chunk inserts)
 
     @classmethod
     async def open(cls, db: str) -> Store:
@@ -205,8 +140,8 @@ class Store:
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        if self._bulk is not None:
-            self._bulk.close()
+        if self._hot is not None:
+            self._hot.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -241,6 +176,27 @@ class Store:
 
         with anyio.CancelScope(shield=True):
             result = await self._retry(once)
+        return result
+
+    async def _write_hot(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
+        """Run `fn` (DB-API, no SQLAlchemy) in one short IMMEDIATE transaction, shielded like `_write`.
+
+        On the hot connection in a worker thread; for a store without a file, inside the engine's own.
+        """
+        conn = self._hot
+        if conn is None:
+
+            def on_driver(sync: Connection) -> T:
+                dbapi = sync.connection.dbapi_connection
+                assert dbapi is not None
+                return fn(dbapi)
+
+            async def go(c: AsyncConnection) -> T:
+                return await c.run_sync(on_driver)
+
+            return await self._write(go)
+        with anyio.CancelScope(shield=True):
+            result = await self._retry(lambda: conn.transaction(fn))
         return result
 
     async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
@@ -280,23 +236,10 @@ class Store:
         if not rows:
             return
         now = time.time()
-        if self._bulk is not None:
-            bulk = self._bulk
-            try:
-                await self._retry(lambda: bulk.insert(job_id, rows, now))
-            except sqlite3.IntegrityError as e:
-                raise DuplicateCustomId(job_id) from e
-            return
-        # No file behind the engine: plain tuples through the driver (SQLAlchemy's per-row parameter
-        # processing would cost more than SQLite itself).
-        params = [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows]
-
-        async def go(conn: AsyncConnection) -> None:
-            await conn.exec_driver_sql(_INSERT_REQUEST, params)
-
+        json1 = self._json1
         try:
-            await self._write(go)
-        except IntegrityError as e:
+            self._json1 = await self._write_hot(lambda db: hot.insert(db, job_id, rows, now, json1=json1))
+        except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
 
     async def lines_of_custom_ids(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
@@ -410,54 +353,8 @@ class Store:
 
         A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
         """
-        now = time.time()
-        earlier = requests.alias("earlier")
-        blocked = (
-            select(literal(1))
-            .where(
-                earlier.c.conversation == requests.c.conversation,
-                earlier.c.id < requests.c.id,
-                earlier.c.state.in_([Q, IP]),
-            )
-            .exists()
-        )
-        due = (
-            select(requests.c.id)
-            .join(jobs, jobs.c.id == requests.c.job_id)
-            .where(
-                requests.c.state == Q,
-                requests.c.next_attempt_at <= now,
-                requests.c.job_id.in_(job_ids),
-                jobs.c.cancelled_at.is_(None),
-                or_(requests.c.conversation.is_(None), ~blocked),
-            )
-            .order_by(requests.c.id)
-            .limit(n)
-            .scalar_subquery()
-        )
-        stmt = (
-            update(requests)
-            .where(requests.c.id.in_(due), requests.c.state == Q)
-            .values(
-                state=IP,
-                lease_owner=owner,
-                lease_expires_at=now + lease_seconds,
-                attempts=requests.c.attempts + 1,
-                started_at=func.coalesce(requests.c.started_at, now),
-                submitted_at=now,
-                updated_at=now,
-            )
-            .returning(*_CLAIMED_COLUMNS)
-        )
-
-        async def go(conn: AsyncConnection) -> list[Claimed]:
-            rows = (await conn.execute(stmt)).all()
-            return sorted(
-                (Claimed(r.id, r.job_id, r.line_no, r.custom_id, r.body, r.attempts) for r in rows),
-                key=lambda c: c.id,
-            )
-
-        return await self._write(go)
+        ids = list(job_ids)
+        return await self._write_hot(lambda db: hot.claim(db, owner, ids, n, lease_seconds, time.time()))
 
     async def claim_polls(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> list[Claimed]:
         """Lease background requests that have a response id and no live owner: they are polled, never re-sent."""
@@ -565,134 +462,11 @@ class Store:
         """
         if not outcomes and not response_ids:
             return []
+        for o in outcomes:
+            if o.to not in TERMINAL and o.to is not RequestState.QUEUED:
+                raise StoreError(f"apply() takes terminal states or queued, not {o.to}")
         now = time.time()
-        finishes = [o for o in outcomes if o.to in TERMINAL]
-        requeues = [o for o in outcomes if o.to == RequestState.QUEUED]
-        others = [o for o in outcomes if o.to not in TERMINAL and o.to != RequestState.QUEUED]
-        if others:
-            raise StoreError(f"apply() takes terminal states or queued, not {others[0].to}")
-
-        def params(o: Outcome) -> dict[str, Any]:
-            return {
-                "b_id": o.request_id,
-                "b_to": o.to.value,
-                "b_http_status": o.http_status,
-                "b_request_id": o.api_request_id,
-                "b_response_body": o.response_body,
-                "b_error_code": o.error_code,
-                "b_error_message": o.error_message,
-                "b_input_tokens": o.usage.input_tokens,
-                "b_cached_tokens": o.usage.cached_tokens,
-                "b_output_tokens": o.usage.output_tokens,
-                "b_reasoning_tokens": o.usage.reasoning_tokens,
-                "b_total_tokens": o.usage.total_tokens,
-                "b_next": o.next_attempt_at,
-                "b_refund": 1 if o.refund_attempt else 0,
-                "b_clear": 1 if o.clear_response_id else 0,
-                "b_rl": 1 if o.rate_limited else 0,
-                "b_sent": o.sent_at,
-            }
-
-        guard = and_(
-            requests.c.id == bindparam("b_id"),
-            requests.c.state == IP,
-            requests.c.lease_owner == owner,
-        )
-        common = {
-            "http_status": func.coalesce(bindparam("b_http_status"), requests.c.http_status),
-            "request_id": func.coalesce(bindparam("b_request_id"), requests.c.request_id),
-            "error_code": bindparam("b_error_code"),
-            "error_message": bindparam("b_error_message"),
-            "rate_limited": requests.c.rate_limited + bindparam("b_rl"),
-            "submitted_at": func.coalesce(bindparam("b_sent"), requests.c.submitted_at),
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "updated_at": now,
-        }
-        finish_stmt = (
-            update(requests)
-            .where(guard)
-            .values(
-                state=bindparam("b_to"),
-                response_body=bindparam("b_response_body"),
-                input_tokens=bindparam("b_input_tokens"),
-                cached_tokens=bindparam("b_cached_tokens"),
-                output_tokens=bindparam("b_output_tokens"),
-                reasoning_tokens=bindparam("b_reasoning_tokens"),
-                total_tokens=bindparam("b_total_tokens"),
-                finished_at=now,
-                **common,
-            )
-        )
-        requeue_stmt = (
-            update(requests)
-            .where(guard)
-            .values(
-                state=Q,
-                next_attempt_at=bindparam("b_next"),
-                attempts=requests.c.attempts - bindparam("b_refund"),
-                response_id=case((bindparam("b_clear") == 1, None), else_=requests.c.response_id),
-                **common,
-            )
-        )
-
-        ids_stmt = (
-            update(requests)
-            .where(
-                requests.c.id == bindparam("b_id"),
-                requests.c.state == IP,
-                requests.c.lease_owner == owner,
-                requests.c.response_id.is_(None),
-            )
-            .values(
-                response_id=bindparam("b_rid"),
-                request_id=bindparam("b_req"),
-                submitted_at=func.coalesce(bindparam("b_sent"), requests.c.submitted_at),
-                updated_at=now,
-            )
-        )
-
-        async def go(conn: AsyncConnection) -> list[int]:
-            refused: list[int] = []
-            if response_ids:
-                r = await conn.execute(
-                    ids_stmt,
-                    [
-                        {"b_id": x.request_id, "b_rid": x.response_id, "b_req": x.api_request_id, "b_sent": x.sent_at}
-                        for x in response_ids
-                    ],
-                )
-                if r.rowcount != len(response_ids):
-                    wanted = {x.request_id: x.response_id for x in response_ids}
-                    got = await conn.execute(
-                        select(requests.c.id, requests.c.response_id, requests.c.lease_owner).where(
-                            requests.c.id.in_(list(wanted))
-                        )
-                    )
-                    refused.extend(int(g.id) for g in got if g.response_id != wanted[g.id] or g.lease_owner != owner)
-            for stmt, group in ((finish_stmt, finishes), (requeue_stmt, requeues)):
-                if not group:
-                    continue
-                r = await conn.execute(stmt, [params(o) for o in group])
-                if r.rowcount != len(group):
-                    ids = [o.request_id for o in group]
-                    # The rows this statement wrote carry exactly this `now`; the others were refused.
-                    held = await conn.execute(
-                        select(requests.c.id).where(
-                            requests.c.id.in_(ids),
-                            or_(
-                                requests.c.updated_at.is_(None),
-                                requests.c.updated_at != now,
-                                requests.c.lease_owner.is_not(None),
-                            ),
-                        )
-                    )
-                    refused.extend(int(x) for x in held.scalars())
-            if requeues:
-                await _cancel_requeued_of_cancelled_jobs(conn, [o.request_id for o in requeues], now)
-            return refused
-
-        refused = await self._write(go)
+        refused = await self._write_hot(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
         for rid in refused:
             log.warning("request %s was no longer leased by this runner; its outcome was not written", rid)
         return refused

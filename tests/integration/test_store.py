@@ -585,3 +585,26 @@ async def test_store_queries_raise_no_deprecation_warnings(store: Store) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         await store.list_jobs()
+
+
+@pytest.mark.anyio
+async def test_a_store_without_a_file_runs_the_same_hot_writes_through_the_engine() -> None:
+    # Claims, write-back and submit's inserts normally run on a second, plain sqlite3 connection to the
+    # file; an in-memory store has no file to open twice, so the same SQL runs in the engine's transaction.
+    s = await Store.open("sqlite+aiosqlite://")
+    try:
+        assert s._hot is None
+        await make_job(s, "job_a", 3)
+        [a, b] = await s.claim("me", ["job_a"], 2, LEASE)
+        assert (a.line_no, b.line_no, a.attempts) == (1, 2, 1)
+        refused = await s.apply(
+            "me",
+            [done(a.id, UsageCounts(3, 0, 4, 0, 7)), Outcome(b.id, S.QUEUED, refund_attempt=True)],
+        )
+        assert refused == []
+        assert await s.apply("other", [done(b.id)]) == [b.id]  # not leased by "other"
+        stats = await s.job_stats("job_a")
+        assert stats.counts["completed"] == 1 and stats.counts["queued"] == 2
+        assert stats.usage.total_tokens == 7
+    finally:
+        await s.aclose()

@@ -1,0 +1,255 @@
+"""The store's hot writes: claiming, writing outcomes back, inserting a submit's chunks.
+
+A run makes these transactions hundreds of times a second. Through SQLAlchemy's async engine each one cost
+3-5 ms of CPU whatever its size: building the statement, the pool's checkout and reset, and an event-loop
+round trip to aiosqlite's thread for BEGIN, for every statement and for COMMIT. Here each is fixed SQL run
+by one function against a DB-API connection, called once per transaction: in a worker thread on a plain
+sqlite3 connection (`HotConnection`), or, for a store without a file, inside the async engine's own
+transaction. The guards are the same as everywhere in the store: `WHERE state = ... AND lease_owner = me`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+import orjson
+
+from runner.states import TERMINAL, RequestState
+from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+
+T = TypeVar("T")
+
+Q = RequestState.QUEUED.value
+IP = RequestState.IN_PROGRESS.value
+CANCELLED = RequestState.CANCELLED.value
+
+
+class Cursor(Protocol):
+    """What these functions need of a DB-API cursor (sqlite3's, or SQLAlchemy's adapted aiosqlite one)."""
+
+    rowcount: int
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class DBAPIConnection(Protocol):
+    def cursor(self) -> Any: ...
+
+
+# -- claim ------------------------------------------------------------------------------------------------
+
+_CLAIM = f"""
+UPDATE requests SET state = '{IP}', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?,
+    started_at = coalesce(started_at, ?), submitted_at = ?, updated_at = ?
+WHERE id IN (
+    SELECT requests.id FROM requests JOIN jobs ON jobs.id = requests.job_id
+    WHERE requests.state = '{Q}' AND requests.next_attempt_at <= ? AND requests.job_id IN ({{jobs}})
+      AND jobs.cancelled_at IS NULL
+      AND (requests.conversation IS NULL OR NOT EXISTS (
+          SELECT 1 FROM requests AS earlier
+          WHERE earlier.conversation = requests.conversation AND earlier.id < requests.id
+            AND earlier.state IN ('{Q}', '{IP}')))
+    ORDER BY requests.id LIMIT ?)
+  AND state = '{Q}'
+RETURNING id, job_id, line_no, custom_id, body, attempts
+"""
+
+
+def claim(
+    db: DBAPIConnection, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
+) -> list[Claimed]:
+    """Lease up to `n` due, queued requests of `job_ids` in file order, counting the attempt now.
+
+    A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
+    """
+    if not job_ids or n <= 0:
+        return []
+    cur: Cursor = db.cursor()
+    sql = _CLAIM.format(jobs=", ".join("?" * len(job_ids)))
+    cur.execute(sql, (owner, now + lease_seconds, now, now, now, now, *job_ids, n))
+    return sorted((Claimed(*row) for row in cur.fetchall()), key=lambda c: c.id)
+
+
+# -- outcomes ---------------------------------------------------------------------------------------------
+
+_GUARD = f"id = ? AND state = '{IP}' AND lease_owner = ?"
+# Shared by both kinds of outcome: error fields, 429 count, send time, and the lease given up.
+_COMMON = (
+    "http_status = coalesce(?, http_status), request_id = coalesce(?, request_id), error_code = ?,"
+    " error_message = ?, rate_limited = rate_limited + ?, submitted_at = coalesce(?, submitted_at),"
+    " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+)
+_FINISH = (
+    "UPDATE requests SET state = ?, response_body = ?, input_tokens = ?, cached_tokens = ?, output_tokens = ?,"
+    f" reasoning_tokens = ?, total_tokens = ?, finished_at = ?, {_COMMON} WHERE {_GUARD}"
+)
+_REQUEUE = (
+    f"UPDATE requests SET state = '{Q}', next_attempt_at = ?, attempts = attempts - ?,"
+    f" response_id = CASE WHEN ? THEN NULL ELSE response_id END, {_COMMON} WHERE {_GUARD}"
+)
+_SET_RESPONSE_ID = (
+    "UPDATE requests SET response_id = ?, request_id = ?, submitted_at = coalesce(?, submitted_at), updated_at = ?"
+    f" WHERE {_GUARD} AND response_id IS NULL"
+)
+_RESPONSE_ID_OF = "SELECT response_id, lease_owner FROM requests WHERE id = ?"
+# Work that comes back to `queued` in a job cancelled meanwhile is cancelled, never left waiting for a claim.
+_CANCEL_IF_JOB_CANCELLED = (
+    f"UPDATE requests SET state = '{CANCELLED}', finished_at = ?, updated_at = ?, error_code = 'cancelled',"
+    " error_message = 'the job was cancelled'"
+    f" WHERE id = ? AND state = '{Q}' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)"
+)
+
+
+def apply(
+    db: DBAPIConnection,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    response_ids: Sequence[ResponseIdRecord],
+    now: float,
+) -> list[int]:
+    """Write response ids and outcomes, each guarded; the ids of the requests refused (not leased by `owner`).
+
+    A response id is written only to a request this owner still leases, and never over another id.
+    """
+    cur: Cursor = db.cursor()
+    refused: list[int] = []
+    for x in response_ids:
+        cur.execute(_SET_RESPONSE_ID, (x.response_id, x.api_request_id, x.sent_at, now, x.request_id, owner))
+        if cur.rowcount == 0:
+            # Written already (the same id, by this owner: a retried commit) is not a refusal.
+            cur.execute(_RESPONSE_ID_OF, (x.request_id,))
+            row = cur.fetchall()
+            if not row or row[0][0] != x.response_id or row[0][1] != owner:
+                refused.append(x.request_id)
+    requeued: list[int] = []
+    for o in outcomes:
+        common = (
+            o.http_status,
+            o.api_request_id,
+            o.error_code,
+            o.error_message,
+            1 if o.rate_limited else 0,
+            o.sent_at,
+            now,
+            o.request_id,
+            owner,
+        )
+        if o.to in TERMINAL:
+            u = o.usage
+            cur.execute(
+                _FINISH,
+                (
+                    o.to.value,
+                    o.response_body,
+                    u.input_tokens,
+                    u.cached_tokens,
+                    u.output_tokens,
+                    u.reasoning_tokens,
+                    u.total_tokens,
+                    now,
+                    *common,
+                ),
+            )
+        elif o.to is RequestState.QUEUED:
+            refund = 1 if o.refund_attempt else 0
+            cur.execute(_REQUEUE, (o.next_attempt_at, refund, 1 if o.clear_response_id else 0, *common))
+            requeued.append(o.request_id)
+        else:
+            raise ValueError(f"apply() takes terminal states or queued, not {o.to}")
+        if cur.rowcount == 0:
+            refused.append(o.request_id)
+    if requeued:
+        cur.executemany(_CANCEL_IF_JOB_CANCELLED, [(now, now, rid) for rid in requeued])
+    return refused
+
+
+# -- submit -----------------------------------------------------------------------------------------------
+
+_INSERT_COLUMNS = (
+    "INSERT INTO requests (job_id, line_no, custom_id, body, conversation, created_at, state, attempts,"
+    " next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)"
+)
+INSERT_REQUEST = f"{_INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
+# SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
+# end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
+_INSERT_REQUESTS_JSON = (
+    f"{_INSERT_COLUMNS} SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    f" json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0"
+    " FROM json_each(?)"
+)
+
+
+def insert(db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: float, *, json1: bool) -> bool:
+    """Insert a chunk of a staging job's lines; returns whether SQLite's JSON functions are (still) usable.
+
+    Without JSON1 (SQLite before 3.38 may be built without it) the rows go in one by one instead.
+    """
+    cur: Cursor = db.cursor()
+    if json1:
+        payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation) for r in rows]).decode()
+        try:
+            cur.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
+            return True
+        except sqlite3.OperationalError as e:
+            if "json" not in str(e):
+                raise
+    cur.executemany(INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows])
+    return False
+
+
+# -- the connection ---------------------------------------------------------------------------------------
+
+
+class HotConnection:
+    """A plain sqlite3 connection on the store's file, used from a worker thread, one transaction per call.
+
+    Same pragmas and busy timeout as the engine's connections. Calls are serialised; a call that has
+    started always finishes its transaction (commit or rollback), even when its caller is cancelled.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = anyio.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+        return self._conn
+
+    def _transaction(self, fn: Callable[[DBAPIConnection], T]) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def transaction(self, fn: Callable[[DBAPIConnection], T]) -> T:
+        """Run `fn(connection)` inside BEGIN IMMEDIATE ... COMMIT in a worker thread."""
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._transaction, fn)
+
+    def close(self) -> None:
+        """Close the connection (the next transaction opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
