@@ -245,16 +245,32 @@ class Run:
         return self.writer.put(o)
 
     async def _handle(self, c: Claimed) -> None:
+        """Send `c`; then, while the slot may stay taken, the next claimed request, in this same task."""
         try:
-            ticket = await self._submit(c)
-            if ticket is not None:
-                # The slot stays taken until the result is durable: a crash then loses at most the
-                # requests in flight (the concurrency), never a backlog of answers not yet written.
-                await self.writer.wait(ticket)
+            while True:
+                ticket = await self._submit(c)
+                if ticket is not None:
+                    # The slot stays taken until the result is durable: a crash then loses at most the
+                    # requests in flight (the concurrency), never a backlog of answers not yet written.
+                    await self.writer.wait(ticket)
+                nxt = self._take_ready()
+                if nxt is None:
+                    return
+                c = nxt
         finally:
             self._in_flight -= 1
             self._slot_freed.set()
             self._fill()
+
+    def _take_ready(self) -> Claimed | None:
+        """The next claimed request for a slot that is free again, or None (stopping, none ready, or the
+        concurrency limit shrank below the slots in use). A task per request would cost more CPU."""
+        limit = self.concurrency.limit
+        if not self._ready or self._in_flight > limit or self._stop_claiming.is_set():
+            return None
+        if len(self._ready) <= max(limit // 2, 1):
+            self._want_more.set()
+        return self._ready.popleft()
 
     async def _pace(self, c: Claimed) -> float:
         """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
