@@ -83,6 +83,7 @@ class Config:
 
     api_key: str | None = None
     latency: float = 0.0
+    latency_jitter: float = 0.0  # a create takes latency * (1 +- jitter), uniformly: real latencies vary
     bg_delay: float = 1.0
     p429: float = 0.0
     retry_after: float = 0.2
@@ -101,6 +102,7 @@ class Config:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "api_key": (str, type(None)),
     "latency": (float, int),
+    "latency_jitter": (float, int),
     "bg_delay": (float, int),
     "p429": (float, int),
     "retry_after": (float, int),
@@ -579,7 +581,10 @@ async def _create(request: web.Request) -> web.Response:
         return _reply(state, started, 200, _shown(state, record))
 
     if config.latency > 0:
-        await asyncio.sleep(config.latency)
+        delay = config.latency
+        if config.latency_jitter:
+            delay *= 1.0 + state.rng.uniform(-config.latency_jitter, config.latency_jitter)
+        await asyncio.sleep(delay)
     response.update(_final_fields(state, computed, int(time.time()), False))
     record = _Record(response, False, 0.0, {})
     if response["store"]:
@@ -702,6 +707,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     p.add_argument("--api-key", default=None, help="require this key (default: accept anything)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds per foreground create")
+    p.add_argument("--latency-jitter", type=float, default=0.0, help="creates take latency x (1 +- this), uniformly")
     p.add_argument("--bg-delay", type=float, default=1.0, help="seconds until a background response ends")
     p.add_argument("--p429", type=float, default=0.0, help="fraction of creates answered 429")
     p.add_argument("--retry-after", type=float, default=0.2, help="retry-after seconds on injected 429s")
@@ -735,6 +741,7 @@ def main(argv: list[str] | None = None) -> None:
     config = Config(
         api_key=args.api_key,
         latency=args.latency,
+        latency_jitter=args.latency_jitter,
         bg_delay=args.bg_delay,
         p429=args.p429,
         retry_after=args.retry_after,

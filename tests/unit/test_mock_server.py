@@ -367,6 +367,21 @@ def test_p429_gives_rate_limit_with_retry_after() -> None:
     run(scenario, Config(p429=1.0, retry_after=0.5))
 
 
+def test_latency_jitter_spreads_create_times_around_the_latency() -> None:
+    async def scenario(base: str, s: Session) -> None:
+        async def timed() -> float:
+            t0 = time.monotonic()
+            status, _, _ = await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x"})
+            assert status == 200
+            return time.monotonic() - t0
+
+        took = await asyncio.gather(*(timed() for _ in range(12)))
+        assert all(0.1 <= t < 0.3 + 0.1 for t in took), took  # 0.2 s x (1 +- 0.5), plus loopback time
+        assert max(took) - min(took) > 0.03  # spread, not all alike
+
+    run(scenario, Config(latency=0.2, latency_jitter=0.5, seed=4))
+
+
 def test_p5xx_gives_overloaded_503() -> None:
     async def scenario(base: str, s: Session) -> None:
         status, data, headers = await call(s, "POST", f"{base}/responses", {"model": "m", "input": "x"})
