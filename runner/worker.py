@@ -1,7 +1,8 @@
 """The worker pool: claim leased requests from the store, send them, hand outcomes to the write-back.
 
-One task group owns everything: a claim loop that starts one task per claimed request (never more
-than the concurrency), a poller for background responses, and a lease renewer. A separate write-back
+One task group owns everything: a claim loop that keeps claimed requests ready and starts a task per
+free slot (never more than the concurrency; a task takes the next ready request itself when its own is
+written back), a poller for background responses, and a lease renewer. A separate write-back
 task commits outcomes in small batches and is drained, shielded, on every way out.
 """
 
@@ -135,9 +136,9 @@ class Run:
     async def _claim_loop(self, tg: TaskGroup) -> None:
         """Keep about one concurrency's worth of claimed requests ready, and notice when the jobs are done.
 
-        Requests are started by `_fill`, called here and by every request that finishes, so a freed slot is
-        taken at once from the ready buffer instead of waiting for a claim transaction behind a burst of
-        replies (which re-synchronised the pool into waves at high concurrency).
+        A slot whose request is written back takes the next one from the ready buffer at once (`_take_ready`),
+        and `_fill` starts tasks for slots left free, so no slot waits for a claim transaction behind a
+        burst of replies.
         """
         self._tg = tg
         last_adopt = 0.0
