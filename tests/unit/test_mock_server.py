@@ -376,7 +376,8 @@ def test_latency_jitter_spreads_create_times_around_the_latency() -> None:
             return time.monotonic() - t0
 
         took = await asyncio.gather(*(timed() for _ in range(12)))
-        assert all(0.1 <= t < 0.3 + 0.1 for t in took), took  # 0.2 s x (1 +- 0.5), plus loopback time
+        # 0.2 s x (1 +- 0.5): never under 0.1 s; the upper bound leaves room for a loaded CI machine.
+        assert all(0.1 <= t < 0.3 + 0.5 for t in took), took
         assert max(took) - min(took) > 0.03  # spread, not all alike
 
     run(scenario, Config(latency=0.2, latency_jitter=0.5, seed=4))
