@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from runner.errors import ConfigError
 from runner.owners import owner_is_dead, process_name
 
 
@@ -41,9 +42,13 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     temporary `.NAME.HOST:PID.*.part` it may leave behind is invisible to readers of `target`, and the next
     writer of `target` on this host removes it once that process is gone.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_dead_parts(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{process_name()}.", suffix=".part", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_dead_parts(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{process_name()}.", suffix=".part", dir=target.parent)
+    except OSError as e:
+        # A path the user gave that cannot be written: their input, not a runner failure.
+        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
     os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.errors import ConfigError
 from runner.files import atomic_writer
 
 
@@ -56,3 +57,12 @@ def test_leftovers_of_dead_writers_on_this_host_are_swept(tmp_path: Path) -> Non
         f.write(b"whole\n")
     assert parts(tmp_path) == {alive, elsewhere, unnamed, other_target}
     assert (tmp_path / "out.jsonl").read_bytes() == b"whole\n"
+
+
+def test_a_target_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    expected = r"cannot write .*a-file/out\.jsonl: Not a directory"
+    with pytest.raises(ConfigError, match=expected), atomic_writer(blocker / "out.jsonl") as f:
+        f.write(b"never")
+    assert blocker.read_bytes() == b""
