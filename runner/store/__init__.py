@@ -91,23 +91,11 @@ _CLAIMED_COLUMNS = (
 _USAGE_COLS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 
 
-async def _cancel_requeued_of_cancelled_jobs(conn: AsyncConnection, ids: Sequence[int] | None, now: float) -> None:
-    """Work that comes back to `queued` in a job cancelled meanwhile is cancelled, never left waiting for a claim."""
-    cancelled_jobs = select(jobs.c.id).where(jobs.c.cancelled_at.is_not(None))
-    cond = [requests.c.state == Q, requests.c.job_id.in_(cancelled_jobs)]
-    if ids is not None:
-        cond.append(requests.c.id.in_(list(ids)))
-    await conn.execute(
-        update(requests)
-        .where(*cond)
-        .values(
-            state=RequestState.CANCELLED.value,
-            finished_at=now,
-            updated_at=now,
-            error_code="cancelled",
-            error_message="the job was cancelled",
-        )
-    )
+def _dbapi(sync: Connection) -> hot.DBAPIConnection:
+    """The DB-API connection under an engine connection, for the hot module's functions."""
+    dbapi = sync.connection.dbapi_connection
+    assert dbapi is not None
+    return dbapi
 
 
 class DuplicateCustomId(StoreError):
@@ -186,13 +174,8 @@ class Store:
         conn = self._hot
         if conn is None:
 
-            def on_driver(sync: Connection) -> T:
-                dbapi = sync.connection.dbapi_connection
-                assert dbapi is not None
-                return fn(dbapi)
-
             async def go(c: AsyncConnection) -> T:
-                return await c.run_sync(on_driver)
+                return await c.run_sync(lambda sync: fn(_dbapi(sync)))
 
             return await self._write(go)
         with anyio.CancelScope(shield=True):
@@ -446,7 +429,7 @@ class Store:
                 .where(requests.c.lease_owner == owner, requests.c.state == IP)
                 .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
-            await _cancel_requeued_of_cancelled_jobs(conn, None, now)
+            await conn.run_sync(lambda sync: hot.cancel_requeued_in_cancelled_jobs(_dbapi(sync), now))
             return int(r.rowcount)
 
         return await self._write(go)

@@ -101,12 +101,21 @@ _SET_RESPONSE_ID = (
     f" WHERE {_GUARD} AND response_id IS NULL"
 )
 _RESPONSE_ID_OF = "SELECT response_id, lease_owner FROM requests WHERE id = ?"
-# Work that comes back to `queued` in a job cancelled meanwhile is cancelled, never left waiting for a claim.
 _CANCEL_IF_JOB_CANCELLED = (
     f"UPDATE requests SET state = '{CANCELLED}', finished_at = ?, updated_at = ?, error_code = 'cancelled',"
     " error_message = 'the job was cancelled'"
-    f" WHERE id = ? AND state = '{Q}' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)"
+    f" WHERE state = '{Q}' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)"
 )
+
+
+def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequence[int] | None = None) -> None:
+    """Work that comes back to `queued` in a job cancelled meanwhile is cancelled, never left waiting for a
+    claim: the requests `ids`, or every queued request of a cancelled job."""
+    cur: Cursor = db.cursor()
+    if ids is None:
+        cur.execute(_CANCEL_IF_JOB_CANCELLED, (now, now))
+    else:
+        cur.executemany(f"{_CANCEL_IF_JOB_CANCELLED} AND id = ?", [(now, now, i) for i in ids])
 
 
 def apply(
@@ -168,7 +177,7 @@ def apply(
         if cur.rowcount == 0:
             refused.append(o.request_id)
     if requeued:
-        cur.executemany(_CANCEL_IF_JOB_CANCELLED, [(now, now, rid) for rid in requeued])
+        cancel_requeued_in_cancelled_jobs(db, now, requeued)
     return refused
 
 

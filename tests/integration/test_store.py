@@ -612,3 +612,16 @@ async def test_a_store_without_a_file_runs_the_same_hot_writes_through_the_engin
         assert stats.usage.total_tokens == 7
     finally:
         await s.aclose()
+
+
+@pytest.mark.anyio
+async def test_work_given_back_to_a_cancelled_job_is_cancelled_not_queued(store: Store, db: Path) -> None:
+    # Both ways back to `queued` (a retry written back, a runner releasing what it held) meet the same rule.
+    await make_job(store, "job_a", 3)
+    [a, b, c] = await store.claim("me", ["job_a"], 3, LEASE)
+    await store.cancel_job("job_a")
+    assert await store.apply("me", [Outcome(a.id, S.QUEUED, next_attempt_at=time.time())]) == []
+    await store.release("me", refund=True)
+    for r in (db_row(db, a.id), db_row(db, b.id), db_row(db, c.id)):
+        assert (r["state"], r["error_code"], r["error_message"]) == ("cancelled", "cancelled", "the job was cancelled")
+        assert r["lease_owner"] is None and r["finished_at"] is not None
