@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,45 +49,6 @@ FLAT_COLUMNS: Final = (
     "total_tokens",
     "error",
 )
-
-
-class _ParquetEncoder:
-    """Flat records gathered column by column and written as Parquet row groups of PARQUET_ROW_GROUP rows."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError(
-                "--format parquet needs pyarrow, which is optional: pip install 'runner[parquet]'"
-            ) from None
-        self._pa = pa
-        text, count = pa.string(), pa.int64()
-        self._schema = pa.schema(
-            [(c, count if c.endswith("_tokens") else text) for c in FLAT_COLUMNS],
-        )
-        self._writer = pq.ParquetWriter(f, self._schema, compression="zstd")
-        self._columns: dict[str, list[Any]] = {c: [] for c in FLAT_COLUMNS}
-        self._rows = 0
-
-    def row(self, record: dict[str, Any]) -> None:
-        for c, values in self._columns.items():
-            values.append(record[c])
-        self._rows += 1
-        if self._rows >= PARQUET_ROW_GROUP:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._rows:
-            self._writer.write_table(self._pa.table(self._columns, schema=self._schema))
-            self._columns = {c: [] for c in FLAT_COLUMNS}
-            self._rows = 0
-
-    def close(self) -> None:
-        """Write the last row group and the footer (a file with no rows still gets the schema)."""
-        self._flush()
-        self._writer.close()
 
 
 @dataclass
@@ -162,6 +123,22 @@ def flat_record(row: ExportRow) -> dict[str, Any]:
     }
 
 
+class _LineSink:
+    """One encoded line per row, straight to the file (JSON Lines, or CSV after its header)."""
+
+    def __init__(self, f: IO[bytes], encode: Callable[[ExportRow], bytes], header: bytes = b"") -> None:
+        self._f = f
+        self._encode = encode
+        # Both files of a CSV export get the header, even when no row lands in one of them.
+        f.write(header)
+
+    def write(self, row: ExportRow) -> None:
+        self._f.write(self._encode(row))
+
+    def close(self) -> None:
+        """Nothing is held back: every line is written as it comes."""
+
+
 class _CsvEncoder:
     """CSV rows as bytes, one at a time, so the output stays a plain binary stream."""
 
@@ -179,9 +156,64 @@ class _CsvEncoder:
         self._writer.writeheader()
         return self._take()
 
-    def row(self, record: dict[str, Any]) -> bytes:
-        self._writer.writerow(record)  # None becomes an empty field
+    def row(self, row: ExportRow) -> bytes:
+        self._writer.writerow(flat_record(row))  # None becomes an empty field
         return self._take()
+
+
+class _ParquetSink:
+    """Flat records gathered column by column and written as Parquet row groups of PARQUET_ROW_GROUP rows."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError(
+                "--format parquet needs pyarrow, which is optional: pip install 'runner[parquet]'"
+            ) from None
+        self._pa = pa
+        text, count = pa.string(), pa.int64()
+        self._schema = pa.schema(
+            [(c, count if c.endswith("_tokens") else text) for c in FLAT_COLUMNS],
+        )
+        self._writer = pq.ParquetWriter(f, self._schema, compression="zstd")
+        self._columns: dict[str, list[Any]] = {c: [] for c in FLAT_COLUMNS}
+        self._rows = 0
+
+    def write(self, row: ExportRow) -> None:
+        record = flat_record(row)
+        for c, values in self._columns.items():
+            values.append(record[c])
+        self._rows += 1
+        if self._rows >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(self._pa.table(self._columns, schema=self._schema))
+            self._columns = {c: [] for c in FLAT_COLUMNS}
+            self._rows = 0
+
+    def close(self) -> None:
+        """Write the last row group and the footer (a file with no rows still gets the schema)."""
+        self._flush()
+        self._writer.close()
+
+
+_Sink = _LineSink | _ParquetSink
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+
+def _sink(fmt: str, f: IO[bytes], job_id: str) -> _Sink:
+    if fmt == "batch":
+        return _LineSink(f, lambda row: orjson.dumps(batch_line(job_id, row), option=_NEWLINE))
+    if fmt == "jsonl-flat":
+        return _LineSink(f, lambda row: orjson.dumps(flat_record(row), option=_NEWLINE))
+    if fmt == "csv":
+        encoder = _CsvEncoder()
+        return _LineSink(f, encoder.row, encoder.header())
+    return _ParquetSink(f)
 
 
 async def export_job(
@@ -191,49 +223,12 @@ async def export_job(
     failed and cancelled ones go to `errors` instead when it is given."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if fmt == "parquet":
-        return await _export_parquet(store, job_id, out, errors)
-    counts = ExportCounts()
-    with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
-
-        def put(state: str, data: bytes) -> None:
-            if f_err is not None and state in _ERROR_STATES:
-                f_err.write(data)
-                counts.errors += 1
-            else:
-                f_out.write(data)
-                counts.results += 1
-
-        encoder = _CsvEncoder() if fmt == "csv" else None
-        if encoder is not None:
-            # Both files get the header, even when no row lands in one of them.
-            f_out.write(encoder.header())
-            if f_err is not None:
-                f_err.write(encoder.header())
-        newline = orjson.OPT_APPEND_NEWLINE
-        async with store.stream_export(job_id) as chunks:
-            async for chunk in chunks:
-                for row in chunk:
-                    if row.state in _UNFINISHED:
-                        counts.unfinished += 1
-                        continue
-                    if fmt == "batch":
-                        data = orjson.dumps(batch_line(job_id, row), option=newline)
-                    elif encoder is not None:
-                        data = encoder.row(flat_record(row))
-                    else:
-                        data = orjson.dumps(flat_record(row), option=newline)
-                    put(row.state, data)
-    return counts
-
-
-async def _export_parquet(store: Store, job_id: str, out: str | None, errors: str | None) -> ExportCounts:
-    if out is None or out == "-" or errors == "-":
+    if fmt == "parquet" and (out is None or out == "-" or errors == "-"):
         raise ConfigError("--format parquet writes files, not stdout: give -o FILE")
     counts = ExportCounts()
     with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
-        results = _ParquetEncoder(f_out)
-        failures = _ParquetEncoder(f_err) if f_err is not None else None
+        results = _sink(fmt, f_out, job_id)
+        failures = _sink(fmt, f_err, job_id) if f_err is not None else None
         try:
             async with store.stream_export(job_id) as chunks:
                 async for chunk in chunks:
@@ -241,13 +236,14 @@ async def _export_parquet(store: Store, job_id: str, out: str | None, errors: st
                         if row.state in _UNFINISHED:
                             counts.unfinished += 1
                         elif failures is not None and row.state in _ERROR_STATES:
-                            failures.row(flat_record(row))
+                            failures.write(row)
                             counts.errors += 1
                         else:
-                            results.row(flat_record(row))
+                            results.write(row)
                             counts.results += 1
         finally:
-            # Footers go out while the files are open; after a failure the atomic writer discards them.
+            # Parquet's footer goes out while the file is open; after a failure the atomic writer
+            # discards the file anyway.
             results.close()
             if failures is not None:
                 failures.close()
