@@ -97,6 +97,13 @@ async def build(store: Store, db: Path) -> None:
     # line 8 stays in progress, line 5 queued
 
 
+async def one_queued_job(store: Store) -> None:
+    """job_q: one request, not answered yet."""
+    await store.begin_job(job_id="job_q", name="q", source="q", fingerprint="fq", background=False, staged_by="t:1")
+    await store.add_requests("job_q", [NewRequest(1, "a", '{"model": "m", "input": "q"}')])
+    await store.publish_job("job_q", 1)
+
+
 def usage_fields(u: UsageCounts) -> dict[str, int]:
     return {
         "input_tokens": u.input_tokens,
@@ -198,9 +205,7 @@ async def test_csv_with_errors_file_both_have_headers(store: Store, tmp_path: Pa
 
 @pytest.mark.anyio
 async def test_csv_of_a_job_with_nothing_finished_is_just_a_header(store: Store, tmp_path: Path) -> None:
-    await store.begin_job(job_id="job_q", name="q", source="q", fingerprint="fq", background=False, staged_by="t:1")
-    await store.add_requests("job_q", [NewRequest(1, "a", '{"model": "m", "input": "q"}')])
-    await store.publish_job("job_q", 1)
+    await one_queued_job(store)
     out = tmp_path / "q.csv"
     counts = await export_job(store, "job_q", str(out), fmt="csv")
     assert out.read_bytes() == (",".join(FLAT_COLUMNS) + "\r\n").encode()  # RFC 4180 line ends
@@ -287,9 +292,7 @@ async def test_parquet_with_errors_file_and_several_row_groups(
 
 @pytest.mark.anyio
 async def test_parquet_of_a_job_with_nothing_finished_has_the_schema(store: Store, tmp_path: Path) -> None:
-    await store.begin_job(job_id="job_q", name="q", source="q", fingerprint="fq", background=False, staged_by="t:1")
-    await store.add_requests("job_q", [NewRequest(1, "a", '{"model": "m", "input": "q"}')])
-    await store.publish_job("job_q", 1)
+    await one_queued_job(store)
     out = tmp_path / "q.parquet"
     counts = await export_job(store, "job_q", str(out), fmt="parquet")
     schema, rows = read_parquet(out)
