@@ -144,7 +144,7 @@ class Run:
         last_adopt = 0.0
         while not self._stop_claiming.is_set():
             limit = self.concurrency.limit
-            if len(self._ready) < max(limit // 2, 1):
+            if self._ready_low():
                 # Leased, so invisible to other runners; one claim per request would cost more CPU than the
                 # request itself at high throughput.
                 want = min(max(limit, 64) - len(self._ready), CLAIM_BATCH * 4)
@@ -185,8 +185,12 @@ class Run:
         while self._ready and self._in_flight < limit and not self._stop_claiming.is_set():
             self._in_flight += 1
             self._tg.start_soon(self._handle, self._ready.popleft())
-        if len(self._ready) < max(limit // 2, 1):
+        if self._ready_low():
             self._want_more.set()
+
+    def _ready_low(self) -> bool:
+        """Fewer than half a concurrency's worth of claimed requests wait: time to claim more."""
+        return len(self._ready) < max(self.concurrency.limit // 2, 1)
 
     async def _wait_more(self, within: float) -> None:
         with anyio.move_on_after(within):
@@ -269,9 +273,10 @@ class Run:
         limit = self.concurrency.limit
         if not self._ready or self._in_flight > limit or self._stop_claiming.is_set():
             return None
-        if len(self._ready) <= max(limit // 2, 1):
+        c = self._ready.popleft()
+        if self._ready_low():
             self._want_more.set()
-        return self._ready.popleft()
+        return c
 
     async def _pace(self, c: Claimed) -> float:
         """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""

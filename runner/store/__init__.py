@@ -445,9 +445,6 @@ class Store:
         """
         if not outcomes and not response_ids:
             return []
-        for o in outcomes:
-            if o.to not in TERMINAL and o.to is not RequestState.QUEUED:
-                raise StoreError(f"apply() takes terminal states or queued, not {o.to}")
         now = time.time()
         refused = await self._write_hot(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
         for rid in refused:

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
+from runner.errors import StoreError
 from runner.states import TERMINAL, RequestState
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
 
@@ -173,7 +174,7 @@ def apply(
             cur.execute(_REQUEUE, (o.next_attempt_at, refund, 1 if o.clear_response_id else 0, *common))
             requeued.append(o.request_id)
         else:
-            raise ValueError(f"apply() takes terminal states or queued, not {o.to}")
+            raise StoreError(f"apply() takes terminal states or queued, not {o.to}")  # rolls back the whole call
         if cur.rowcount == 0:
             refused.append(o.request_id)
     if requeued:
