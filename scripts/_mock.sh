@@ -5,7 +5,8 @@ start_mock() {
   log=$(mktemp)
   runner mock-server --port 0 --api-key demo-key "$@" >"$log" 2>&1 &
   mock_pid=$!
-  trap 'kill "$mock_pid" 2>/dev/null || true; rm -f "'"$log"'"' EXIT
+  # Wait for it too, so nothing of the demo is still running when make returns.
+  trap 'kill "$mock_pid" 2>/dev/null && wait "$mock_pid" 2>/dev/null; rm -f "'"$log"'"' EXIT
   for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.1; done
   OPENAI_BASE_URL=$(sed -n 's/^mock-server listening on //p' "$log")
   [ -n "$OPENAI_BASE_URL" ] || { cat "$log" >&2; echo "the mock server did not start" >&2; exit 1; }
