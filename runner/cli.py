@@ -38,6 +38,8 @@ from runner.runstate import Snapshot, StopReason
 from runner.store import JobStats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
+EXIT_BUDGET = 4  # reserved: a run stopped by its spending budget
+EXIT_DOOMED = 5  # the whole job cannot succeed as configured (bad key, wrong base URL, server unreachable)
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal (RUNNER_PROGRESS_EVERY)
 

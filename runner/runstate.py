@@ -46,7 +46,13 @@ class Snapshot:
     rate_limited: int = 0
     tokens: int = 0
     concurrency: int = 0
+    max_concurrency: int = 0  # the --concurrency asked for; `concurrency` is what adaptive control allows now
+    concurrency_reason: str | None = None  # why `concurrency` is below the maximum, in plain words
     pauses: int = 0
+    done_before: int = 0  # requests of these jobs already final when this run started
+    notice: str | None = None  # the latest long or capped wait, in plain words (also said once on stderr)
+    stopping: bool = False  # a SIGINT/SIGTERM came: no new sends, in-flight requests are draining
+    grace_deadline: float | None = None  # time.monotonic() when the drain gives up on in-flight requests
     started: float = field(default_factory=time.monotonic)
 
     @property

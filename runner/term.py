@@ -1,0 +1,25 @@
+"""Text from servers and files made safe to print on a terminal.
+
+Error codes, messages, custom_ids and model names come from outside. Printed raw, an escape sequence in
+one of them can clear the screen, move the cursor or set the terminal's title, so every such value goes
+through `printable` before it reaches stdout or stderr.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls except tab, DEL, and the C1 range (which some terminals also obey, e.g. U+009B as CSI).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group()
+    return _NAMED.get(ch) or f"\\x{ord(ch):02x}"
+
+
+def printable(text: object) -> str:
+    """`text` as a string with control characters shown as escapes (`\\x1b`, `\\n`), never obeyed."""
+    s = text if isinstance(text, str) else str(text)
+    return _CONTROL.sub(_escape, s)
