@@ -6,9 +6,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo nightly test bench clean
 
+# A .venv made before the distribution was renamed (runner -> responses-runner) still holds the old one, which
+# claims the same `runner` command and package: it goes first, so one distribution owns them.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip uninstall --quiet --yes runner 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from runner import __version__, app
+from runner import DISTRIBUTION, __version__, app
 from runner.config import (
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="batch",
         choices=list(FORMATS),
         help="batch: OpenAI Batch output lines (default); jsonl-flat, csv and parquet: custom_id, status,"
-        " output_text, the five usage counts, error (parquet needs pyarrow: pip install 'runner[parquet]')",
+        f" output_text, the five usage counts, error (parquet needs pyarrow: pip install '{DISTRIBUTION}[parquet]')",
     )
     _db_arg(p)
 

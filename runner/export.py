@@ -5,7 +5,7 @@
 - `jsonl-flat`: one flat JSON object per line with FLAT_COLUMNS (the text and the usage, no bodies).
 - `csv`: the same columns with a header row (RFC 4180 quoting, so text with commas, quotes and newlines
   reads back intact with `csv.DictReader`).
-- `parquet`: the same columns, typed, in row groups (needs the optional `pyarrow`: `runner[parquet]`).
+- `parquet`: the same columns, typed, in row groups (needs the optional `pyarrow`: `responses-runner[parquet]`).
 
 Files are written to a temporary name and renamed at the end, so a killed export never leaves half a file
 where the user expects a whole one.
@@ -24,6 +24,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from runner import DISTRIBUTION
 from runner.errors import ConfigError
 from runner.files import atomic_writer
 from runner.schema import output_text
@@ -170,7 +171,7 @@ class _ParquetSink:
             import pyarrow.parquet as pq
         except ImportError:
             raise ConfigError(
-                "--format parquet needs pyarrow, which is optional: pip install 'runner[parquet]'"
+                f"--format parquet needs pyarrow, which is optional: pip install '{DISTRIBUTION}[parquet]'"
             ) from None
         self._pa = pa
         text, count = pa.string(), pa.int64()

@@ -240,8 +240,10 @@ def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -
         capture_output=True,
         timeout=180,
     )
-    (wheel,) = wheels.glob("runner-*.whl")
+    (wheel,) = wheels.glob("responses_runner-*.whl")  # our own distribution name; "runner" on PyPI is another's
     names = zipfile.ZipFile(wheel).namelist()
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "Name: responses-runner\n" in zipfile.ZipFile(wheel).read(metadata).decode()
     assert "runner/_migrations/versions/0001_jobs_and_requests.py" in names
     assert "runner/_migrations/env.py" in names
     unpacked = tmp_path / "unpacked"

@@ -315,6 +315,6 @@ async def test_parquet_without_pyarrow_says_how_to_get_it(
     await build(store, tmp_path / "e.db")
     monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import pyarrow now raises ImportError
     out = tmp_path / "r.parquet"
-    with pytest.raises(ConfigError, match=r"pip install 'runner\[parquet\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'responses-runner\[parquet\]'"):
         await export_job(store, JOB, str(out), fmt="parquet")
     assert list(tmp_path.glob("*.parquet*")) == []
