@@ -510,12 +510,26 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_cancel(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     res = anyio.run(lambda: app.cancel(ns.job_id, settings))
-    err.print(
-        f"cancelled {res.cancelled_queued} queued and {res.cancelled_in_flight} in-flight requests",
-        markup=False,
-    )
-    for f in res.cancel_failures:
-        err.print(f"could not cancel {f}", markup=False)
+    if res.doomed is not None:
+        err.print(
+            f"cancelled {res.cancelled_queued} queued requests of job {ns.job_id}; running background responses"
+            f" were not cancelled: {printable(res.doomed.message)}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return EXIT_DOOMED
+    # One summary line whatever the number of requests: its count is what `runner status` now shows.
+    parts = [
+        f"cancelled {res.cancelled} requests of job {ns.job_id}"
+        f" ({res.cancelled_queued} queued, {res.cancelled_in_flight} in flight)"
+    ]
+    if res.finished_first:
+        parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
+    if res.still_running:
+        parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
+    if res.cancel_failures:
+        parts.append(f"{len(res.cancel_failures)} could not be cancelled (first: {printable(res.cancel_failures[0])})")
+    err.print("; ".join(parts), markup=False, soft_wrap=True)
     return EXIT_FAILED if res.cancel_failures else EXIT_OK
 
 

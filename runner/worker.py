@@ -134,6 +134,12 @@ class Run:
                 await self.writer.aclose()
                 stopped = self._billing is not None or self._doomed is not None
                 await self.store.release(self.owner, refund=stopped)
+                if self.writer.refused:
+                    log.warning(
+                        "%d requests were finished by another process meanwhile (`runner cancel`, or another runner"
+                        " that took them over); what this run received for them was not recorded",
+                        len(self.writer.refused),
+                    )
                 if self._on_progress is not None:
                     self._on_progress(self.snap)
         if self._billing is not None:
