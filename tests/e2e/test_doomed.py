@@ -55,12 +55,6 @@ CAUSES: dict[str, Cause] = {
         f"stopped: POST {m.base_url}/responses/responses: 404; the base URL should end in /v1",
         "404",
     ),
-    "base URL without /v1": lambda m: (
-        m.root,
-        GOOD_KEY,
-        f"stopped: POST {m.root}/responses: 404; the base URL should end in /v1",
-        "404",
-    ),
     "https to an http port": lambda m: (
         m.base_url.replace("http://", "https://"),
         GOOD_KEY,
