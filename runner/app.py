@@ -23,7 +23,7 @@ import anyio
 from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, Settings
-from runner.errors import ConfigError, LineProblem, RunnerError
+from runner.errors import ConfigError, DoomedJobError, LineProblem
 from runner.export import ExportCounts, export_job
 from runner.ingest import SubmitOptions, SubmitResult, submit_file
 from runner.owners import owner_is_dead
@@ -73,11 +73,18 @@ class RunOutcome:
 
 @dataclass
 class CancelResult:
-    """What `cancel` did."""
+    """What `cancel` did: `cancelled_queued + cancelled_in_flight` is what `status` then counts as cancelled."""
 
     cancelled_queued: int
-    cancelled_in_flight: int
-    cancel_failures: list[str]
+    cancelled_in_flight: int = 0
+    finished_first: int = 0  # background responses that had ended before their cancel; recorded as they ended
+    still_running: int = 0  # the API still reports them running; the next poll records how they end
+    cancel_failures: list[str] = field(default_factory=list)  # "response id: why", one per refused cancel
+    doomed: DoomedJobError | None = None  # a bad key or base URL: no background response was cancelled
+
+    @property
+    def cancelled(self) -> int:
+        return self.cancelled_queued + self.cancelled_in_flight
 
 
 def _settings(settings: Settings | None, db: str | None) -> Settings:
@@ -352,32 +359,14 @@ async def cancel(
     db: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> CancelResult:
-    """Cancel a job: queued requests at once, in-flight background responses through the API."""
+    """Cancel a job: queued requests at once, running background responses through the API, many at once."""
     s = _settings(settings, db)
     async with await Store.open(s.db) as store:
         queued, in_flight = await store.cancel_job(job_id)
-        failures: list[str] = []
-        done = 0
-        if in_flight:
-            from runner.results import from_response, is_running
-            from runner.store.models import Claimed
+        if not in_flight:
+            return CancelResult(queued)
+        from runner.cancel import CANCEL_CONCURRENCY, cancel_background
 
-            async with _client(s, transport, 16) as client:
-                for request_id, response_id in in_flight:
-                    try:
-                        reply = await client.cancel(response_id)
-                    except RunnerError as e:
-                        failures.append(f"{response_id}: {e}")
-                        continue
-                    if is_running(reply.body):
-                        continue  # the running poller records the final state
-                    o = from_response(
-                        Claimed(request_id, job_id, 0, "", "", 0),
-                        reply.body,
-                        http_status=reply.status,
-                        request_id=reply.request_id,
-                        max_attempts=0,
-                    )
-                    if await store.finish_unleased(o):
-                        done += 1
-        return CancelResult(queued, done, failures)
+        async with _client(s, transport, CANCEL_CONCURRENCY) as client:
+            t = await cancel_background(store, client, in_flight)
+        return CancelResult(queued, t.cancelled, t.finished_first, t.still_running, t.failures, t.doomed)

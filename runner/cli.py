@@ -1,6 +1,7 @@
 """The `runner` command: argument parsing, printing, progress display and exit codes.
 
 Exit codes: 0 success, 1 some requests failed, 2 usage or input error, 3 stopped by a billing error,
+4 reserved for the budget stop, 5 the whole job is doomed (bad key, wrong base URL, server unreachable),
 130 interrupted by SIGINT, 143 stopped by SIGTERM.
 """
 
@@ -36,6 +37,7 @@ from runner.errors import ConfigError, InputError, JobNotFound, LineProblem, Run
 from runner.export import FORMATS
 from runner.runstate import Snapshot, StopReason
 from runner.store import JobStats
+from runner.term import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
 EXIT_BUDGET = 4  # reserved: a run stopped by its spending budget
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="runner",
         description="Run JSONL files of OpenAI Responses API requests as resumable batch jobs.",
         epilog="Exit codes: 0 ok, 1 some requests failed, 2 usage or input error, 3 billing stop, "
-        "130 SIGINT, 143 SIGTERM.",
+        "5 doomed job (bad key, wrong base URL, server unreachable), 130 SIGINT, 143 SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
@@ -437,6 +439,14 @@ def _stop_verdict(outcome: app.RunOutcome) -> int | None:
             soft_wrap=True,
         )
         return EXIT_BILLING
+    if r.reason is StopReason.DOOMED:
+        assert r.doomed_error is not None
+        err.print(
+            f"stopped: {printable(r.doomed_error.message)} (unfinished requests stay queued; run again after the fix)",
+            markup=False,
+            soft_wrap=True,
+        )
+        return EXIT_DOOMED
     if r.reason is StopReason.INTERRUPTED:
         err.print("interrupted: every result received is saved; `runner run` resumes.", markup=False)
         return EXIT_SIGTERM if outcome.signal == signal.SIGTERM else EXIT_SIGINT
@@ -500,12 +510,26 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_cancel(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     res = anyio.run(lambda: app.cancel(ns.job_id, settings))
-    err.print(
-        f"cancelled {res.cancelled_queued} queued and {res.cancelled_in_flight} in-flight requests",
-        markup=False,
-    )
-    for f in res.cancel_failures:
-        err.print(f"could not cancel {f}", markup=False)
+    if res.doomed is not None:
+        err.print(
+            f"cancelled {res.cancelled_queued} queued requests of job {ns.job_id}; running background responses"
+            f" were not cancelled: {printable(res.doomed.message)}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return EXIT_DOOMED
+    # One summary line whatever the number of requests: its count is what `runner status` now shows.
+    parts = [
+        f"cancelled {res.cancelled} requests of job {ns.job_id}"
+        f" ({res.cancelled_queued} queued, {res.cancelled_in_flight} in flight)"
+    ]
+    if res.finished_first:
+        parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
+    if res.still_running:
+        parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
+    if res.cancel_failures:
+        parts.append(f"{len(res.cancel_failures)} could not be cancelled (first: {printable(res.cancel_failures[0])})")
+    err.print("; ".join(parts), markup=False, soft_wrap=True)
     return EXIT_FAILED if res.cancel_failures else EXIT_OK
 
 

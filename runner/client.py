@@ -1,7 +1,8 @@
 """The Responses API client: one httpx.AsyncClient over aiohttp, and the one place HTTP outcomes are classified.
 
 `classify()` turns every reply into an `ApiReply` or raises a typed error (`TransientApiError`,
-`PermanentApiError`, `BillingError`); `classify_exception()` does the same for replies that never came.
+`PermanentApiError`, `BillingError`, `DoomedJobError`); `classify_exception()` does the same for replies
+that never came (an `UnreachableError` when there was no usable connection).
 Nothing else in the runner looks at status codes or error codes.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,9 +27,21 @@ from pydantic import SecretStr
 
 from runner import __version__
 from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
-from runner.errors import ApiError, BillingError, ConfigError, PermanentApiError, TransientApiError
+from runner.errors import (
+    ApiError,
+    BillingError,
+    ConfigError,
+    DoomedJobError,
+    PermanentApiError,
+    TransientApiError,
+    UnreachableError,
+)
 
 BILLING_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "organization_usage_limit_exceeded"})
+# A 403 with one of these codes judges the request's content, not the key: that line fails, the run goes on.
+PER_REQUEST_403_CODES = frozenset({"misalignment_policy_violation"})
+# OpenSSL's reasons when the other side answered a TLS hello in plain text (an http:// server).
+PLAIN_HTTP_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"})
 CONVERSATION_LOCKED_WAIT = 2.0  # the API says "retry in a few seconds" and sends no Retry-After
 RATE_LIMIT_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -113,8 +127,35 @@ def _rate_limits(headers: httpx.Headers) -> dict[str, str]:
     return {k.decode(): v.decode("latin-1") for k, v in headers.raw if k.lower() in _RATE_LIMIT_RAW}
 
 
-def classify(response: httpx.Response) -> ApiReply:
-    """An `ApiReply` for a 2xx with a JSON object body; otherwise raise the typed error it stands for."""
+def _key_problem(status: int, code: str | None) -> str:
+    """The one line for a 401/403: the server's own message is left out, as it may echo part of the key."""
+    said = f"the API answered {status}{' ' + code if code else ''}"
+    if status == 401:
+        return f"{said}: check OPENAI_API_KEY (or --api-key)"
+    return f"{said}: this key may not use this API; check its project, permissions and region"
+
+
+def _endpoint_problem(status: int, url: httpx.URL) -> str:
+    """The one line for a create endpoint that does not exist: most often a base URL without `/v1`."""
+    base = url.path.removesuffix("/").removesuffix("/responses")
+    if base.endswith("/v1"):
+        hint = "the server has no Responses API at this base URL; check --base-url / OPENAI_BASE_URL"
+    else:
+        hint = "the base URL should end in /v1"
+    return f"POST {url}: {status}; {hint}"
+
+
+def _names_a_missing_thing(code: str | None) -> bool:
+    """A 404 code such as `model_not_found` or `previous_response_not_found`: that line's reference is wrong."""
+    return code is not None and code.endswith("_not_found")
+
+
+def classify(response: httpx.Response, *, create_url: httpx.URL | None = None) -> ApiReply:
+    """An `ApiReply` for a 2xx with a JSON object body; otherwise raise the typed error it stands for.
+
+    `create_url` is given for `POST /responses`: a 404 or 405 there (other than a line's unknown model or
+    previous response) means the endpoint itself is missing, which dooms the whole job.
+    """
     headers = response.headers
     request_id = headers.get("x-request-id")
     raw = response.content
@@ -147,6 +188,10 @@ def classify(response: httpx.Response) -> ApiReply:
 
     if status in (402, 429) and (is_billing_code(code) or is_billing_code(typ) or status == 402):
         raise BillingError(message, **kw)
+    if status == 401 or (status == 403 and (code or typ) not in PER_REQUEST_403_CODES):
+        raise DoomedJobError(_key_problem(status, code or typ), **kw)
+    if create_url is not None and (status == 405 or (status == 404 and not _names_a_missing_thing(code))):
+        raise DoomedJobError(_endpoint_problem(status, create_url), **kw)
     should_retry = headers.get("x-should-retry")
     if should_retry == "false":
         raise PermanentApiError(message, **kw)
@@ -158,9 +203,37 @@ def classify(response: httpx.Response) -> ApiReply:
     raise PermanentApiError(message, **kw)
 
 
+def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
+    """(code, plain words with the likely fix) for a failure to get a usable connection."""
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+        return "tls_error", f"TLS certificate verification failed ({cause.certificate_error})"
+    if isinstance(cause, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
+        reason = getattr(cause.os_error, "reason", None) if isinstance(cause.os_error, ssl.SSLError) else None
+        if reason in PLAIN_HTTP_TLS_REASONS:
+            return "tls_error", "the server speaks plain HTTP; did you mean http://?"
+        return "tls_error", f"the TLS handshake failed ({reason or cause.os_error})"
+    if isinstance(cause, aiohttp.ClientConnectorDNSError):
+        return "connection_error", "the host name does not resolve; check the base URL"
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return "timeout", "no answer to the connection attempt; is the host reachable?"
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        if isinstance(cause.os_error, ConnectionRefusedError):
+            return "connection_error", "connection refused; is the server up, and is the port right?"
+        return "connection_error", f"the connection failed ({cause.os_error.strerror or cause.os_error})"
+    return "connection_error", f"the connection failed ({type(cause).__name__})"
+
+
 def classify_exception(exc: BaseException) -> TransientApiError:
-    """A transport failure (no reply at all) as a transient error; the message never holds headers."""
+    """A transport failure (no reply at all) as a transient error; the message never holds headers.
+
+    Failing to connect (refused, no such host, TLS, connect timeout) is an `UnreachableError`, which the
+    worker counts towards the doomed-job stop.
+    """
     cause = exc.__cause__ or exc
+    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):
+        code, reason = _unreachable_reason(cause)
+        prefix = "timed out" if code == "timeout" else "connection failed"
+        return UnreachableError(f"{prefix}: {type(cause).__name__}: {cause}".rstrip(": "), reason=reason, code=code)
     if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout) or isinstance(
         cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
     ):
@@ -218,6 +291,7 @@ class ApiClient:
             limits=limits,
         )
         self._base = self._http.base_url
+        self.base_url = str(self._base).rstrip("/")  # as given, for messages (it never holds the key)
         self._create_url = self._base.join("responses")
         self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
         self._extensions = {"timeout": self._timeout.as_dict()}
@@ -235,7 +309,13 @@ class ApiClient:
         await self._http.aclose()
 
     async def _send(
-        self, method: str, url: httpx.URL, content: bytes | None = None, extra: tuple[tuple[bytes, bytes], ...] = ()
+        self,
+        method: str,
+        url: httpx.URL,
+        content: bytes | None = None,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+        *,
+        creating: bool = False,
     ) -> ApiReply:
         request = httpx.Request(
             method, url, headers=[*self._headers, *extra], content=content, extensions=self._extensions
@@ -248,12 +328,12 @@ class ApiClient:
                 await response.aclose()
         except TRANSPORT_ERRORS as exc:
             raise classify_exception(exc) from None
-        return classify(response)
+        return classify(response, create_url=url if creating else None)
 
     async def create(self, body: bytes, *, client_request_id: str | None = None) -> ApiReply:
         """POST /responses with a body that is already JSON."""
         extra = ((b"x-client-request-id", client_request_id.encode()),) if client_request_id else ()
-        return await self._send("POST", self._create_url, body, extra)
+        return await self._send("POST", self._create_url, body, extra, creating=True)
 
     async def retrieve(self, response_id: str) -> ApiReply:
         """GET /responses/{id}."""

@@ -9,10 +9,14 @@
     │   └── LeaseLost               another process owns the row now
     └── ApiError                    an HTTP outcome that is not a result (status, code, message, request id)
         ├── TransientApiError       worth retrying later (retry_after: minimum wait, if the server gave one)
+        │   └── UnreachableError    no connection at all (refused, no such host, TLS failed): `reason` says why
         ├── PermanentApiError       retrying cannot help; the request fails
-        └── BillingError            quota / spend limit: stop the whole run, keep the work queued
+        ├── BillingError            quota / spend limit: stop the whole run, keep the work queued
+        └── DoomedJobError          no request of the job can succeed as configured (bad key, wrong base URL,
+                                    server unreachable): stop the run, keep the work queued, exit 5
 
-Only `client.classify` creates ApiErrors; everything else branches on these types, never on strings.
+Only `client.classify` creates ApiErrors (and the worker a DoomedJobError when the server stays
+unreachable); everything else branches on these types, never on strings.
 """
 
 from __future__ import annotations
@@ -149,3 +153,18 @@ class PermanentApiError(ApiError):
 
 class BillingError(ApiError):
     """The account is out of quota or over a spend limit; the run stops and work stays queued."""
+
+
+class UnreachableError(TransientApiError):
+    """No connection to the server: the request never reached the API."""
+
+    def __init__(self, message: str, *, reason: str, **kw: object) -> None:
+        self.reason = reason  # plain words with the likely fix, e.g. "connection refused; is the server up?"
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class DoomedJobError(ApiError):
+    """No request of the job can succeed as configured; the run stops and the work stays queued.
+
+    The message is one line naming the cause and the fix, and never holds the API key.
+    """

@@ -2,13 +2,16 @@
 
 It imports nothing from the `runner` package on purpose: tests treat it as an outside party.
 
-Routes (each also served without the `/v1` prefix):
+Routes, under any prefix that ends in `/v1` (`/v1/responses`, or Azure-style `/openai/v1/responses`):
 
     POST /v1/responses                create (foreground or `background: true`)
     GET  /v1/responses/{id}           current Response object
     POST /v1/responses/{id}/cancel    cancel a background response (idempotent)
     GET  /_mock/stats                 counters and summed usage (admin, no key needed)
     POST /_mock/config                change `Config` knobs at runtime (admin, no key needed)
+
+Every other path and method gets a 404 with an OpenAI-style error body, as the real API answers
+(`Invalid URL (POST /responses)`), so a base URL without `/v1` fails in the demo as it would for real.
 
 Output and usage are pure functions of the request body (see `usage_for`). Faults are drawn from
 `random.Random(seed)`, so a run with the same seed and the same request order repeats exactly.
@@ -146,7 +149,7 @@ class MockState:
         self.creates = 0
         self.gets = 0
         self.cancels = 0
-        self.faults: dict[str, int] = {"429": 0, "5xx": 0, "drop": 0, "quota": 0, "401": 0}
+        self.faults: dict[str, int] = {"429": 0, "5xx": 0, "drop": 0, "quota": 0, "401": 0, "404": 0}
         self.creates_by_key: dict[str, int] = {}
         self.usage: dict[str, int] = {
             "input_tokens": 0,
@@ -630,6 +633,13 @@ async def _cancel(request: web.Request) -> web.Response:
     return _reply(state, started, 200, _shown(state, record))
 
 
+async def _invalid_url(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    state.faults["404"] += 1
+    message = f"Invalid URL ({request.method} {request.path})"
+    return _reply(state, time.monotonic(), 404, _error(message, "invalid_request_error", None))
+
+
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     return web.Response(body=orjson.dumps(state.stats()), content_type=_JSON)
@@ -664,12 +674,15 @@ def build_app(config: Config) -> web.Application:
     """Build the aiohttp application serving `config`; its state is `app[STATE_KEY]`."""
     app = web.Application()
     app[STATE_KEY] = MockState(config)
-    for prefix in ("/v1", ""):
-        app.router.add_post(f"{prefix}/responses", _create)
-        app.router.add_get(f"{prefix}/responses/{{rid}}", _retrieve)
-        app.router.add_post(f"{prefix}/responses/{{rid}}/cancel", _cancel)
+    # Any run of path segments ending in `v1`: `/v1`, `/openai/v1`.
+    prefix = "/{prefix:(?:[^/]+/)*v1}"
+    app.router.add_post(f"{prefix}/responses", _create)
+    app.router.add_get(f"{prefix}/responses/{{rid}}", _retrieve)
+    app.router.add_post(f"{prefix}/responses/{{rid}}/cancel", _cancel)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/config", _config)
+    # Last, so it only gets what nothing above matched (a known path with another method included).
+    app.router.add_route("*", "/{tail:.*}", _invalid_url)
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _QuietDisconnects) for f in server_log.filters):
         server_log.addFilter(_QuietDisconnects())
@@ -702,10 +715,14 @@ async def serve(config: Config, host: str = "127.0.0.1", port: int = 0) -> Async
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mock-server", description="Fake OpenAI Responses API server.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787, help="0 picks a free port")
-    p.add_argument("--api-key", default=None, help="require this key (default: accept anything)")
+    p = argparse.ArgumentParser(
+        prog="mock-server",
+        description="Fake OpenAI Responses API server, answering under /v1 (and any prefix ending in /v1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8787, help="port to listen on; 0 picks a free port")
+    p.add_argument("--api-key", default=None, help="require this key (None: accept any key, or none)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds per foreground create")
     p.add_argument("--latency-jitter", type=float, default=0.0, help="creates take latency x (1 +- this), uniformly")
     p.add_argument("--bg-delay", type=float, default=1.0, help="seconds until a background response ends")
@@ -716,11 +733,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quota", action="store_true", help="answer every create with insufficient_quota")
     p.add_argument("--quota-after", type=int, default=None, help="insufficient_quota after N creates")
     p.add_argument("--bg-fail", type=float, default=0.0, help="fraction of background responses that fail")
-    p.add_argument("--bg-fail-code", default="server_error")
+    p.add_argument("--bg-fail-code", default="server_error", help="error code of background responses that fail")
     p.add_argument("--poll-p429", type=float, default=0.0, help="fraction of GET polls answered 429")
     p.add_argument("--rpm", type=int, default=None, help="requests per minute (per-second windows)")
     p.add_argument("--tpm", type=int, default=None, help="tokens per minute (per-second windows)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     return p
 
 

@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
 from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
-from runner.errors import ApiError, BillingError, TransientApiError
+from runner.errors import ApiError, BillingError, DoomedJobError, TransientApiError
 from runner.limits import RateLimiter
 from runner.results import from_error, from_response, is_running
 from runner.store.models import Claimed, Outcome
@@ -45,7 +45,9 @@ class Poller:
         max_in_flight: int,
         on_outcome: Callable[[Outcome], None] | None = None,
         limiter: RateLimiter | None = None,
+        on_doomed: Callable[[DoomedJobError], None] | None = None,
     ) -> None:
+        self._on_doomed = on_doomed
         self._limiter = limiter or RateLimiter()
         self._client = client
         self._writer = writer
@@ -111,6 +113,11 @@ class Poller:
                     wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after else item.delay
                     item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
                     self._push(item, max(wait, item.delay))
+                    return
+                except DoomedJobError as e:
+                    # The key stopped working: the response keeps its id and the next run polls it.
+                    if self._on_doomed is not None:
+                        self._on_doomed(e)
                     return
                 except ApiError as e:
                     # 404 and friends: the response is gone (expired, or never stored); it cannot be re-sent

@@ -33,7 +33,33 @@ def is_running(body: dict[str, Any]) -> bool:
 def from_response(
     c: Claimed, body: dict[str, Any], *, http_status: int, request_id: str | None, max_attempts: int
 ) -> Outcome:
-    """The outcome of a Response object in a final state (a foreground reply, or a finished poll)."""
+    """The outcome of a Response object in a final state (a foreground reply, or a finished poll).
+
+    A response that failed with a retryable code goes back to the queue while `c` has attempts left.
+    """
+    o = final_outcome(c.id, body, http_status=http_status, request_id=request_id)
+    if (
+        o.to is RequestState.FAILED
+        and o.error_code in RETRYABLE_RESPONSE_ERRORS
+        and should_retry(c.attempts, max_attempts)
+    ):
+        return Outcome(
+            c.id,
+            RequestState.QUEUED,
+            http_status=http_status,
+            api_request_id=request_id,
+            error_code=o.error_code,
+            error_message=o.error_message,
+            next_attempt_at=time.time() + backoff_delay(c.attempts),
+            clear_response_id=True,
+            rate_limited=o.error_code == "rate_limit_exceeded",
+        )
+    return o
+
+
+def final_outcome(row_id: int, body: dict[str, Any], *, http_status: int, request_id: str | None) -> Outcome:
+    """The outcome of the request `row_id` whose Response object is in a final state, as that state says
+    (no new attempt: `from_response` decides those; `runner cancel` records what its cancels return)."""
     status = body.get("status")
     to = _FINAL.get(status) if isinstance(status, str) else None
     if to is None:
@@ -48,18 +74,6 @@ def from_response(
         err: dict[str, Any] = err_obj if isinstance(err_obj, dict) else {}
         code = str(err.get("code") or "failed")
         message = str(err.get("message") or "the response failed")
-        if code in RETRYABLE_RESPONSE_ERRORS and should_retry(c.attempts, max_attempts):
-            return Outcome(
-                c.id,
-                RequestState.QUEUED,
-                http_status=http_status,
-                api_request_id=request_id,
-                error_code=code,
-                error_message=message,
-                next_attempt_at=time.time() + backoff_delay(c.attempts),
-                clear_response_id=True,
-                rate_limited=code == "rate_limit_exceeded",
-            )
     elif to is RequestState.INCOMPLETE:
         details_obj = body.get("incomplete_details")
         details: dict[str, Any] = details_obj if isinstance(details_obj, dict) else {}
@@ -68,7 +82,7 @@ def from_response(
     elif to is RequestState.CANCELLED:
         code, message = "cancelled", "the response was cancelled"
     return Outcome(
-        c.id,
+        row_id,
         to,
         http_status=http_status,
         api_request_id=request_id,

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from runner.errors import BillingError
+from runner.errors import BillingError, DoomedJobError
 
 
 class StopReason(StrEnum):
@@ -14,6 +14,7 @@ class StopReason(StrEnum):
 
     DONE = "done"
     BILLING = "billing"
+    DOOMED = "doomed"  # bad key, wrong base URL, server unreachable: nothing of the job could succeed
     INTERRUPTED = "interrupted"
 
 
@@ -67,3 +68,4 @@ class RunResult:
     reason: StopReason
     billing_error: BillingError | None = None
     snapshot: Snapshot = field(default_factory=Snapshot)
+    doomed_error: DoomedJobError | None = None

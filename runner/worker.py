@@ -19,11 +19,12 @@ import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
-from runner.errors import ApiError, BillingError, TransientApiError
+from runner.errors import ApiError, BillingError, DoomedJobError, TransientApiError, UnreachableError
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
 from runner.results import from_error, from_response, is_running
+from runner.retry import backoff_delay
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.states import RequestState
 from runner.store import Store
@@ -35,10 +36,13 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 256
 IDLE_CHECK = 0.5  # seconds between looks at the store when nothing is claimable
 POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose runner died
+# Failed connections (refused, TLS, no such host) in a row, with no reply from the server yet in this run,
+# after which the job is doomed: the server is not there, and every further attempt would fail the same way.
+DOOMED_AFTER_UNREACHABLE = 10
 
 
 class Run:
-    """Runs the selected jobs until every request is final, a billing error stops it, or `stop()` is called."""
+    """Runs the selected jobs until every request is final, a billing or doomed-job error stops it, or `stop()`."""
 
     def __init__(
         self,
@@ -64,6 +68,7 @@ class Run:
             max_in_flight=options.poll_concurrency or max(4, min(options.concurrency, 256)),
             on_outcome=self._count,
             limiter=self.limiter,
+            on_doomed=self._on_doomed,
         )
         self.snap = Snapshot()
         self._on_progress = on_progress
@@ -71,6 +76,9 @@ class Run:
         self._slot_freed = anyio.Event()
         self._stop_claiming = anyio.Event()
         self._billing: BillingError | None = None
+        self._doomed: DoomedJobError | None = None
+        self._replied = False  # the server has answered something (anything) in this run
+        self._unreachable = 0  # failed connections before the first answer
         self._interrupted = False
         self._work_scope: anyio.CancelScope | None = None
         self._grace_deadline = 0.0
@@ -124,11 +132,20 @@ class Run:
                 while self._ready:
                     self.writer.put(Outcome(self._ready.popleft().id, RequestState.QUEUED, refund_attempt=True))
                 await self.writer.aclose()
-                await self.store.release(self.owner, refund=self._billing is not None)
+                stopped = self._billing is not None or self._doomed is not None
+                await self.store.release(self.owner, refund=stopped)
+                if self.writer.refused:
+                    log.warning(
+                        "%d requests were finished by another process meanwhile (`runner cancel`, or another runner"
+                        " that took them over); what this run received for them was not recorded",
+                        len(self.writer.refused),
+                    )
                 if self._on_progress is not None:
                     self._on_progress(self.snap)
         if self._billing is not None:
             return RunResult(StopReason.BILLING, self._billing, self.snap)
+        if self._doomed is not None:
+            return RunResult(StopReason.DOOMED, None, self.snap, doomed_error=self._doomed)
         if self._interrupted:
             return RunResult(StopReason.INTERRUPTED, None, self.snap)
         return RunResult(StopReason.DONE, None, self.snap)
@@ -204,7 +221,7 @@ class Run:
 
     async def _drain_in_flight(self) -> None:
         """After a stop: give in-flight requests the grace period, then cancel what is left."""
-        if not self._interrupted and self._billing is None:
+        if not self._interrupted and self._billing is None and self._doomed is None:
             return
         deadline = self._grace_deadline
         while self._in_flight > 0 and time.monotonic() < deadline:
@@ -307,11 +324,18 @@ class Run:
         except BillingError as e:
             self._on_billing(e)
             return None
+        except DoomedJobError as e:
+            self._on_doomed(e)
+            return None  # stays leased; released at the end with its attempt refunded
         except ApiError as e:
+            if isinstance(e, UnreachableError) and not self._replied:
+                return self._unreached(c, e)
+            self._replied = self._replied or e.status is not None
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
+        self._replied = True
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight)
         self.concurrency.on_success()
         if is_running(reply.body):
@@ -365,6 +389,41 @@ class Run:
         if self._billing is None:
             self._billing = e
             log.error("billing error, stopping the run: %s", e.describe())
+            self._grace_deadline = time.monotonic() + self.opts.grace
+        self._stop_claiming.set()
+        self._slot_freed.set()
+
+    def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
+        """A failed connection before the server has answered anything in this run.
+
+        It does not use up an attempt (the request never reached the API): the request waits a moment and
+        is tried again, until DOOMED_AFTER_UNREACHABLE such failures in a row doom the job.
+        """
+        self._unreachable += 1
+        if self._unreachable >= DOOMED_AFTER_UNREACHABLE:
+            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}", code=e.code))
+            return None  # stays leased; released at the end with its attempt refunded
+        log.debug("line %s: %s", c.line_no, e.describe())
+        return self._put(
+            Outcome(
+                c.id,
+                RequestState.QUEUED,
+                error_code=e.code,
+                error_message=e.message,
+                next_attempt_at=time.time() + backoff_delay(c.attempts),
+                refund_attempt=True,
+            )
+        )
+
+    def _on_doomed(self, e: DoomedJobError) -> None:
+        """Stop claiming at once, as for a billing error: nothing of the job can succeed as configured.
+
+        The requests that met the error stay queued with their attempt refunded; results of requests already
+        on the wire are kept. The CLI prints the error's one line and exits 5.
+        """
+        if self._doomed is None:
+            self._doomed = e
+            log.debug("the job is doomed, stopping the run: %s", e.describe())
             self._grace_deadline = time.monotonic() + self.opts.grace
         self._stop_claiming.set()
         self._slot_freed.set()

@@ -11,5 +11,5 @@ set +e
 runner run jobs/nightly.toml
 code=$?
 set -e
-echo "== exit code $code (0 ok, 1 failures above the spec's threshold, 2 bad spec or input, 3 billing stop)"
+echo "== exit code $code (0 ok, 1 failures above the spec's threshold, 2 bad spec or input, 3 billing stop, 5 doomed job)"
 exit "$code"

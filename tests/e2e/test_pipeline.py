@@ -162,9 +162,16 @@ def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: An
     job = cli.submit(src)
     outputs: list[str] = []
 
-    # A wrong key: every request fails permanently with 401, at once, not retried.
+    # A wrong key dooms the whole job: the run stops at once (exit 5) and nothing is failed.
     wrong = "sk-test-WRONG-a1b2c3d4e5"
     r = cli("run", job, *run_args(mock), extra_env={"OPENAI_API_KEY": wrong})
+    outputs += [r.stdout, r.stderr]
+    assert r.returncode == 5, r.stderr
+    assert cli.status(job)["counts"]["queued"] == 30
+
+    # An overloaded server and one attempt each: every request fails, its error reply kept.
+    mock.configure(p5xx=1.0)
+    r = cli("run", job, *run_args(mock, "--max-attempts", "1"), extra_env={"OPENAI_API_KEY": KEY})
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 1, r.stderr
     st = cli.status(job)
@@ -176,13 +183,14 @@ def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: An
     assert read_jsonl(ok) == []
     failed = read_jsonl(errs)
     assert len(failed) == 30
-    assert failed[0]["response"]["status_code"] == 401
-    assert failed[0]["response"]["body"]["error"]["code"] == "invalid_api_key"
+    assert failed[0]["response"]["status_code"] == 503
+    assert failed[0]["response"]["body"]["error"]["code"] == "server_is_overloaded"
     assert failed[0]["response"]["request_id"]
 
     r = cli("retry", job)
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 0
+    mock.configure(p5xx=0.0)
     r = cli("run", job, *run_args(mock), extra_env={"OPENAI_API_KEY": KEY})
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 0, r.stderr

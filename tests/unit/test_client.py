@@ -12,7 +12,14 @@ from pydantic import SecretStr
 
 from runner.client import CONVERSATION_LOCKED_WAIT, ApiClient, ApiReply, classify, parse_retry_after
 from runner.config import MAX_RETRY_AFTER, AuthStyle
-from runner.errors import ApiError, BillingError, ConfigError, PermanentApiError, TransientApiError
+from runner.errors import (
+    ApiError,
+    BillingError,
+    ConfigError,
+    DoomedJobError,
+    PermanentApiError,
+    TransientApiError,
+)
 
 BASE = "https://api.example.test/v1"
 KEY = "sk-SECRET-123"
@@ -225,9 +232,9 @@ def test_classify_400_conversation_locked_obeys_retry_after() -> None:
     [
         (400, "invalid_value"),
         (400, None),
-        (401, "invalid_api_key"),
-        (403, "unsupported_country_region_territory"),
+        (403, "misalignment_policy_violation"),
         (404, "model_not_found"),
+        (404, "previous_response_not_found"),
         (422, "unprocessable"),
     ],
 )
@@ -401,6 +408,47 @@ async def test_error_reply_through_client_is_classified() -> None:
         with pytest.raises(PermanentApiError) as info:
             await c.retrieve("resp_missing")
     assert (info.value.status, info.value.code, info.value.request_id) == (404, "not_found", "r9")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "line"),
+    [
+        (401, "invalid_api_key", "the API answered 401 invalid_api_key: check OPENAI_API_KEY (or --api-key)"),
+        (401, None, "the API answered 401 invalid_request_error: check OPENAI_API_KEY (or --api-key)"),
+        (403, "unsupported_country_region_territory", "the API answered 403 unsupported_country_region_territory:"),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_refused_key_dooms_the_job_on_every_endpoint(status: int, code: str | None, line: str) -> None:
+    body = err_body(code, f"Incorrect API key provided: {KEY[:6]}***{KEY[-3:]}")
+    async with client(Recorder(_status(status, body))) as c:
+        for call in (lambda: c.create(b"{}"), lambda: c.retrieve("resp_1"), lambda: c.cancel("resp_1")):
+            with pytest.raises(DoomedJobError) as info:
+                await call()
+            assert info.value.message.startswith(line)
+            assert "Incorrect API key" not in info.value.message  # the server's text may echo part of the key
+
+
+@pytest.mark.parametrize(
+    ("base", "status", "line"),
+    [
+        (f"{BASE}/responses", 405, f"POST {BASE}/responses/responses: 405; the base URL should end in /v1"),
+        ("https://api.example.test", 404, "POST https://api.example.test/responses: 404; the base URL should end in"),
+        (BASE, 404, f"POST {BASE}/responses: 404; the server has no Responses API at this base URL;"),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_missing_create_endpoint_dooms_the_job(base: str, status: int, line: str) -> None:
+    async with client(Recorder(_status(status, err_body(None, "Invalid URL"))), base=base) as c:
+        with pytest.raises(DoomedJobError) as info:
+            await c.create(b"{}")
+        assert info.value.message.startswith(line)
+        # A 404 for one line's model, or for one response id, is that request's problem only.
+        with pytest.raises(PermanentApiError):
+            await c.retrieve("resp_gone")
+    async with client(Recorder(_status(404, err_body("model_not_found", "no such model"))), base=base) as c:
+        with pytest.raises(PermanentApiError):
+            await c.create(b"{}")
 
 
 def _status(status: int, body: Any, **headers: str) -> Handler:

@@ -211,7 +211,7 @@ def test_foreground_response_shape_and_deterministic_usage() -> None:
     run(scenario)
 
 
-def test_message_item_input_and_routes_without_v1_prefix() -> None:
+def test_message_item_input_and_routes_under_a_prefix_ending_in_v1() -> None:
     items = [
         {"role": "system", "content": "sys "},
         {"role": "user", "content": [{"type": "input_text", "text": "part one "}, {"type": "input_image"}]},
@@ -220,18 +220,53 @@ def test_message_item_input_and_routes_without_v1_prefix() -> None:
     ]
 
     async def scenario(base: str, s: Session) -> None:
-        root = base.removesuffix("/v1")
-        status, data, _ = await call(s, "POST", f"{root}/responses", {"model": "m", "input": items})
+        azure = base.removesuffix("/v1") + "/openai/v1"
+        status, data, _ = await call(s, "POST", f"{azure}/responses", {"model": "m", "input": items})
         assert status == 200
         text = "sys part one part two"
         assert data["output"][0]["content"][0]["text"] == "echo: " + text
         assert data["usage"]["input_tokens"] == tokens(len(text))
         assert data["usage"]["input_tokens_details"]["cached_tokens"] == 0
         assert data["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
-        status, _, _ = await call(s, "GET", f"{root}/responses/{data['id']}")
+        status, _, _ = await call(s, "GET", f"{azure}/responses/{data['id']}")
         assert status == 200
 
     run(scenario)
+
+
+def test_paths_outside_v1_get_an_openai_style_404() -> None:
+    async def scenario(base: str, s: Session) -> None:
+        root = base.removesuffix("/v1")
+        body = {"model": "m", "input": "x"}
+        for method, url in (
+            ("POST", f"{root}/responses"),  # a base URL without /v1
+            ("POST", f"{base}/responses/responses"),  # a base URL ending in /responses
+            ("GET", f"{root}/v2/responses/resp_1"),
+            ("POST", f"{root}/xv1/responses"),
+        ):
+            status, data, _ = await call(s, method, url, body)
+            assert status == 404, url
+            path = url.removeprefix(root)
+            assert data["error"] == {
+                "message": f"Invalid URL ({method} {path})",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        _, stats, _ = await call(s, "GET", admin(base, "stats"))
+        assert stats["faults"]["404"] == 4
+        assert stats["creates"] == 0
+
+    run(scenario)
+
+
+def test_help_shows_every_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "mock-server", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    ).stdout
+    flat = " ".join(out.split())
+    for shown in ("(default: 8787)", "(default: 1.0)", "(default: 0.2)", "(default: server_error)"):
+        assert shown in flat
 
 
 def test_small_max_output_tokens_gives_incomplete() -> None:
@@ -481,7 +516,7 @@ def test_stats_count_creates_by_key() -> None:
         digest = hashlib.sha1(orjson.dumps(items, option=orjson.OPT_SORT_KEYS)).hexdigest()
         assert stats["creates_by_key"] == {"job1/3": 2, "plain": 1, digest: 1}
         assert stats["creates"] == 4
-        assert set(stats["faults"]) == {"429", "5xx", "drop", "quota", "401"}
+        assert set(stats["faults"]) == {"429", "5xx", "drop", "quota", "401", "404"}
         assert set(stats["usage"]) == {
             "input_tokens",
             "cached_tokens",
