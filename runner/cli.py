@@ -403,7 +403,8 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 def cmd_convert(ns: argparse.Namespace) -> int:
     counts = app.convert(ns.file, ns.output, drop_unsupported=ns.drop_unsupported)
     src = "standard input" if ns.file == "-" else printable(ns.file)
-    err.print(f"converted {counts.lines} lines from {src} to {printable(ns.output or 'stdout')}", markup=False)
+    dst = printable(ns.output or "stdout")
+    err.print(f"converted {counts.lines} lines from {src} to {dst}", markup=False, soft_wrap=True)
     for key, n in sorted(counts.dropped.items()):
         err.print(f"dropped {key} from {n} line(s): the Responses API has no counterpart", markup=False)
     return EXIT_OK

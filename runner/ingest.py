@@ -159,6 +159,7 @@ class _Problems:
         self.objects = 0  # lines that are JSON objects
         self.chat_lines = 0  # of those, lines with Chat Completions `messages` and no `input`
         self.chat_keys: dict[str, None] = {}  # Chat Completions keys seen, in order (a set that keeps it)
+        self.unreadable: Unreadable | None = None  # the file could not be read to the end
 
     def add(self, line: int, field_: str, reason: str, *, new_line: bool = True) -> None:
         """Record a problem; `new_line` is False for a second problem of a line already counted."""
@@ -310,13 +311,12 @@ async def _stage(
                 await _insert(store, job_id, chunk, problems)
 
     try:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(inserter)
-                async with send:
-                    await _read_and_validate(path, options, problems, warnings, warn, send)
-        except Unreadable as e:
-            raise InputError(shown, [e.problem()], bad_lines=0) from None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inserter)
+            async with send:
+                await _read_and_validate(path, options, problems, warnings, warn, send)
+        if problems.unreadable is not None:
+            raise InputError(shown, [problems.unreadable.problem()], bad_lines=0)
         if problems.bad_lines:
             raise InputError(shown, problems.kept, problems.bad_lines, hint=problems.chat_hint(shown))
         if problems.valid == 0:
@@ -345,7 +345,22 @@ async def _read_and_validate(
     a custom_id repeated on another line is named in this same pass, whichever of the two is invalid.
     """
     chunk = _Chunk()
-    for line_no, raw in read_lines(path):
+    try:
+        await _validate_lines(read_lines(path), options, problems, warnings, on_warning, send, chunk)
+    except Unreadable as e:
+        problems.unreadable = e  # raised here it would reach the caller wrapped in the task group's group
+
+
+async def _validate_lines(
+    lines: Iterator[tuple[int, bytes]],
+    options: SubmitOptions,
+    problems: _Problems,
+    warnings: list[LineProblem],
+    on_warning: Callable[[LineProblem], None] | None,
+    send: MemoryObjectSendStream[_Chunk],
+    chunk: _Chunk,
+) -> None:
+    for line_no, raw in lines:
         try:
             obj = orjson.loads(raw)  # checks UTF-8 too; decoding first would cost every line a copy
         except orjson.JSONDecodeError as e:
