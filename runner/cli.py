@@ -369,9 +369,16 @@ class ProgressView:
 # -- commands -------------------------------------------------------------------------------------
 
 
+MAX_WARNINGS_SHOWN = 20  # per file: a key repeated on every line of a big file must not flood the terminal
+
+
 def cmd_submit(ns: argparse.Namespace) -> int:
+    warned: dict[str, int] = {}
+
     def warn(source: str, p: LineProblem) -> None:
-        err.print(f"warning: {printable(source)}:{p}", soft_wrap=True, markup=False)
+        warned[source] = n = warned.get(source, 0) + 1
+        if n <= MAX_WARNINGS_SHOWN:
+            err.print(f"warning: {printable(source)}:{p}", soft_wrap=True, markup=False)
 
     results = anyio.run(
         lambda: app.submit_many(
@@ -385,6 +392,10 @@ def cmd_submit(ns: argparse.Namespace) -> int:
             on_warning=warn,
         )
     )
+    for source, n in warned.items():
+        if n > MAX_WARNINGS_SHOWN:
+            more = n - MAX_WARNINGS_SHOWN
+            err.print(f"warning: {printable(source)}: {more} more warning(s) not shown", markup=False, soft_wrap=True)
     for res in results:
         src = printable(res.source)
         if res.existing:
