@@ -13,7 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +26,11 @@ import anyio
 from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, Settings
-from runner.errors import ConfigError, DoomedJobError, LineProblem
+from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
+from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem
 from runner.export import ExportCounts, export_job
-from runner.ingest import SubmitOptions, SubmitResult, submit_file
+from runner.files import atomic_writer
+from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
 from runner.owners import owner_is_dead
 from runner.prices import load_prices
 from runner.report import Report, build_report
@@ -131,6 +136,64 @@ async def submit(
             new=new,
             on_warning=on_warning,
         )
+
+
+async def submit_many(
+    paths: Sequence[str],
+    *,
+    name: str | None = None,
+    background: bool = False,
+    model: str | None = None,
+    lenient: bool = False,
+    new: bool = False,
+    db: str | None = None,
+    on_warning: Callable[[str, LineProblem], None] | None = None,
+) -> list[SubmitResult]:
+    """Queue each file as its own job: all of them, or none if any file is invalid.
+
+    "-" is standard input (once); gzip files are read compressed. Results come in the order of `paths`.
+    """
+    if sum(p == STDIN for p in paths) > 1:
+        raise ConfigError("standard input ('-') can be given only once")
+    s = _settings(None, db)
+    spooled = await anyio.to_thread.run_sync(spool_stdin) if STDIN in paths else None
+    try:
+        files = [spooled if p == STDIN and spooled is not None else Path(p) for p in paths]
+        sources = [STDIN_SHOWN if p == STDIN else p for p in paths]
+        options = SubmitOptions(background=background, model=model, lenient=lenient)
+        async with await Store.open(s.db) as store:
+            return await submit_files(
+                store, files, name=name, options=options, new=new, on_warning=on_warning, sources=sources
+            )
+    finally:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+
+
+def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False) -> ConvertCounts:
+    """Rewrite a Chat Completions JSONL file as Responses lines, to `out` (stdout when None); all or nothing.
+
+    "-" reads standard input. InputError names every line that cannot be converted; nothing is written then.
+    """
+    spooled = spool_stdin() if path == STDIN else None
+    src = spooled or Path(path)
+    shown = STDIN_SHOWN if path == STDIN else path
+    try:
+        if not src.is_file():
+            raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0, consequence=NOTHING_WRITTEN)
+        if out is not None:
+            with atomic_writer(Path(out)) as f:
+                return convert_file(src, f, shown=shown, drop_unsupported=drop_unsupported)
+        # Standard output cannot be taken back: convert into a temporary file, then copy it out whole.
+        with tempfile.TemporaryFile() as tmp:
+            counts = convert_file(src, tmp, shown=shown, drop_unsupported=drop_unsupported)
+            tmp.seek(0)
+            shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+            return counts
+    finally:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
 
 
 async def run(

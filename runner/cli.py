@@ -104,14 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("submit", help="queue a JSONL file as a job; prints the job id last")
-    p.add_argument("file", help="JSONL: OpenAI Batch lines or bare Create Response bodies")
-    p.add_argument("--name", help="a name for the job (default: the file's name)")
+    p = sub.add_parser(
+        "submit",
+        help="queue JSONL files, one job each (all or none); prints the job ids last, one per line",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="JSONL: OpenAI Batch lines or bare Create Response bodies; gzip is fine; '-' reads stdin",
+    )
+    p.add_argument("--name", help="a name for the job (default: the file's name; several files: NAME-FILE)")
     p.add_argument("--background", action="store_true", help="send every line with background: true, store: true")
     p.add_argument("--model", help="model for lines that name none")
-    p.add_argument("--lenient", action="store_true", help="enum values the runner does not know are warnings")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="unknown enum values, misspelled and Chat Completions keys are warnings, not errors",
+    )
     p.add_argument("--new", action="store_true", help="always make a new job, even for a file submitted before")
     _db_arg(p)
+
+    p = sub.add_parser("convert", help="rewrite Chat Completions JSONL lines as Responses API lines")
+    p.add_argument(
+        "file", metavar="FILE", help="Chat Completions Batch lines or bare bodies; gzip is fine; '-' is stdin"
+    )
+    p.add_argument(
+        "-o", "--output", help="output file (default: stdout); nothing is written if a line cannot be converted"
+    )
+    p.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out keys with no Responses counterpart (stop, seed, penalties, ...) instead of refusing the file",
+    )
 
     p = sub.add_parser(
         "run",
@@ -345,13 +370,20 @@ class ProgressView:
 # -- commands -------------------------------------------------------------------------------------
 
 
-def cmd_submit(ns: argparse.Namespace) -> int:
-    def warn(p: LineProblem) -> None:
-        err.print(f"warning: {ns.file}:{p}", soft_wrap=True, markup=False)
+MAX_WARNINGS_SHOWN = 20  # per file: a key repeated on every line of a big file must not flood the terminal
 
-    res = anyio.run(
-        lambda: app.submit(
-            ns.file,
+
+def cmd_submit(ns: argparse.Namespace) -> int:
+    warned: dict[str, int] = {}
+
+    def warn(source: str, p: LineProblem) -> None:
+        warned[source] = n = warned.get(source, 0) + 1
+        if n <= MAX_WARNINGS_SHOWN:
+            err.print(f"warning: {printable(source)}:{p}", soft_wrap=True, markup=False)
+
+    results = anyio.run(
+        lambda: app.submit_many(
+            ns.files,
             name=ns.name,
             background=ns.background,
             model=ns.model,
@@ -361,14 +393,32 @@ def cmd_submit(ns: argparse.Namespace) -> int:
             on_warning=warn,
         )
     )
-    if res.existing:
-        err.print(
-            f"{ns.file} was submitted before with the same options: job {res.job_id} (use --new for a separate job)",
-            markup=False,
-        )
-    else:
-        err.print(f"queued {res.total} requests from {ns.file}", markup=False)
-    _print(res.job_id)
+    for source, n in warned.items():
+        if n > MAX_WARNINGS_SHOWN:
+            more = n - MAX_WARNINGS_SHOWN
+            err.print(f"warning: {printable(source)}: {more} more warning(s) not shown", markup=False, soft_wrap=True)
+    for res in results:
+        src = printable(res.source)
+        if res.existing:
+            err.print(
+                f"{src} was submitted before with the same options: job {res.job_id} (use --new for a separate job)",
+                markup=False,
+                soft_wrap=True,
+            )
+        else:
+            err.print(f"queued {res.total} requests from {src}", markup=False, soft_wrap=True)
+    for res in results:
+        _print(res.job_id)
+    return EXIT_OK
+
+
+def cmd_convert(ns: argparse.Namespace) -> int:
+    counts = app.convert(ns.file, ns.output, drop_unsupported=ns.drop_unsupported)
+    src = "standard input" if ns.file == "-" else printable(ns.file)
+    dst = printable(ns.output or "stdout")
+    err.print(f"converted {counts.lines} lines from {src} to {dst}", markup=False, soft_wrap=True)
+    for key, n in sorted(counts.dropped.items()):
+        err.print(f"dropped {key} from {n} line(s): the Responses API has no counterpart", markup=False)
     return EXIT_OK
 
 
@@ -563,6 +613,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
+    "convert": cmd_convert,
     "run": cmd_run,
     "status": cmd_status,
     "jobs": cmd_jobs,

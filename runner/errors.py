@@ -3,6 +3,7 @@
     RunnerError
     ├── ConfigError                 bad flag, env var or setting
     ├── InputError                  a bad JSONL file (path, and one LineProblem per bad line)
+    │   └── InputErrors             several files of one submit, some bad (one InputError each)
     ├── JobNotFound                 no job with that id
     ├── StoreError                  the job store refused or failed
     │   ├── IllegalTransition       a state change the row's current state does not allow
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from runner.term import printable
 
 
 class RunnerError(Exception):
@@ -45,37 +48,67 @@ class LineProblem:
     reason: str
 
     def __str__(self) -> str:
-        where = f" field {self.field}:" if self.field else ""
-        return f"line {self.line}:{where} {self.reason}"
+        # Field names and reasons quote the file (keys, custom_ids): never let them drive the terminal.
+        where = f" field {printable(self.field)}:" if self.field else ""
+        return f"line {self.line}:{where} {printable(self.reason)}"
 
 
 class InputError(RunnerError):
     """An input file is invalid; nothing was queued."""
 
     MAX_SHOWN = 20
+    MAX_SHOWN_WITH_HINT = 3  # a hint names the file's real problem; a few examples of it are enough
 
-    def __init__(self, path: str, problems: list[LineProblem], bad_lines: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        problems: list[LineProblem],
+        bad_lines: int | None = None,
+        *,
+        hint: str | None = None,
+        consequence: str = "nothing was queued",
+    ) -> None:
         self.path = path
+        self.consequence = consequence
         self.problems = problems
         self.bad_lines = bad_lines if bad_lines is not None else len({p.line for p in problems})
+        self.hint = hint  # one sentence about the whole file, shown first (e.g. "this looks like ...")
         super().__init__(self.render())
 
     def render(self) -> str:
         """The message for stderr: the file, then one problem per line, up to MAX_SHOWN lines."""
+        path = printable(self.path)
         whole_file = [p for p in self.problems if p.line == 0]
         if whole_file and not self.bad_lines:  # no such file, an empty file: nothing about lines to say
-            return "\n".join(f"{self.path}: {p.reason}; nothing was queued" for p in whole_file)
-        out = [f"{self.path}: {self.bad_lines} invalid line(s); nothing was queued"]
+            return "\n".join(f"{path}: {printable(p.reason)}; {self.consequence}" for p in whole_file)
+        out = [f"{path}: {printable(self.hint)}"] if self.hint else []
+        out.append(f"{path}: {self.bad_lines} invalid line(s); {self.consequence}")
+        limit = self.MAX_SHOWN_WITH_HINT if self.hint else self.MAX_SHOWN
         shown_lines: set[int] = set()
         # Problems are found in more than one pass (a repeated custom_id only at insert time): show by line.
         for p in sorted(self.problems, key=lambda p: p.line):
-            if p.line not in shown_lines and len(shown_lines) >= self.MAX_SHOWN:
+            if p.line not in shown_lines and len(shown_lines) >= limit:
                 continue
             shown_lines.add(p.line)
-            out.append(f"{self.path}:{p}")
+            out.append(f"{path}:{p}")
         if self.bad_lines > len(shown_lines):
             out.append(f"... and {self.bad_lines - len(shown_lines)} more invalid line(s)")
         return "\n".join(out)
+
+
+class InputErrors(InputError):
+    """Several input files were given and some are invalid; none of them was queued."""
+
+    def __init__(self, errors: list[InputError], files: int) -> None:
+        self.errors = errors
+        self.files = files
+        super().__init__(", ".join(e.path for e in errors), [p for e in errors for p in e.problems])
+
+    def render(self) -> str:
+        """Each invalid file's message, then one line saying that no file was queued."""
+        blocks = [e.render() for e in self.errors]
+        blocks.append(f"{len(self.errors)} of {self.files} input files are invalid; no file was queued")
+        return "\n".join(blocks)
 
 
 class JobNotFound(RunnerError):

@@ -1,14 +1,24 @@
-"""Reading a JSONL file into a job: streamed, validated line by line, all or nothing.
+"""Reading JSONL files into jobs: streamed, validated line by line, all or nothing.
 
 Rows go into a job in the invisible "staging" phase in chunks, and the job is published only when the
-whole file was valid. A bad line, or a submit killed half way, leaves no visible job behind.
+whole file was valid. A bad line, or a submit killed half way, leaves no visible job behind. Several files
+in one submit are all validated before any is published: one bad file queues none of them.
+
+A file may be gzip-compressed (recognised by its first bytes, whatever its name) and may be stdin ("-"),
+which is first copied to a temporary file so that it can be fingerprinted like any other file.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import shutil
+import sys
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +28,7 @@ import anyio.lowlevel
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from runner.errors import InputError, LineProblem
+from runner.errors import InputError, InputErrors, LineProblem
 from runner.owners import owner_is_dead, process_name
 from runner.schema import validate_line
 from runner.store import DuplicateCustomId, NewRequest, Store
@@ -29,6 +39,10 @@ CHUNK_BYTES = 16 << 20  # and at most this much body text, so memory stays flat 
 YIELD_EVERY = 50  # lines validated between looks at the event loop
 MAX_PROBLEMS_KEPT = 200  # enough to show 20 lines in detail; the rest are only counted
 BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
+STDIN = "-"  # the file name that means standard input
+STDIN_SHOWN = "<stdin>"
+MAX_CHAT_KEYS_SHOWN = 6
 
 
 @dataclass
@@ -39,6 +53,7 @@ class SubmitResult:
     total: int
     existing: bool = False
     warnings: list[LineProblem] = field(default_factory=list)
+    source: str = ""  # the file as named in messages ("<stdin>" for standard input)
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,7 @@ class SubmitOptions:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read in blocks."""
+    """The sha256 of a file's bytes as stored (a .gz file: its compressed bytes), read in blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
@@ -78,15 +93,60 @@ def _conversation(body: dict[str, Any]) -> str | None:
     return None
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the line ending) for every non-blank line; a BOM is dropped."""
+class Unreadable(Exception):
+    """The file could not be read (or decompressed) to the end; `after` is the last line read."""
+
+    def __init__(self, reason: str, after: int) -> None:
+        self.reason = reason
+        self.after = after
+        super().__init__(reason)
+
+    def problem(self) -> LineProblem:
+        """The whole-file problem to report."""
+        where = f" after line {self.after}" if self.after else ""
+        return LineProblem(0, "", f"cannot be read{where}: {self.reason}")
+
+
+@contextmanager
+def open_input(path: Path) -> Iterator[Iterable[bytes]]:
+    """The file's bytes, decompressed when it is gzip (by its first two bytes, not its name)."""
     with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM) :]
-            line = raw.rstrip(b"\r\n")
-            if line.strip():
-                yield n, line
+        compressed = f.read(2) == GZIP_MAGIC
+        f.seek(0)
+        if not compressed:
+            yield f
+            return
+        with gzip.GzipFile(fileobj=f, mode="rb") as g:
+            yield g
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the line ending) for every non-blank line; a BOM is dropped.
+
+    Unreadable if reading or decompressing fails part way (a truncated or corrupt .gz, an I/O error).
+    """
+    n = 0
+    try:
+        with open_input(path) as f:
+            for n, raw in enumerate(f, start=1):
+                if n == 1 and raw.startswith(BOM):
+                    raw = raw[len(BOM) :]
+                line = raw.rstrip(b"\r\n")
+                if line.strip():
+                    yield n, line
+    except (OSError, EOFError, zlib.error) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        if isinstance(e, gzip.BadGzipFile | EOFError | zlib.error):
+            reason = f"not a valid gzip file ({reason})"
+        raise Unreadable(reason, n) from None
+
+
+def spool_stdin(dst_dir: Path | None = None) -> Path:
+    """Copy standard input to a temporary file (the caller deletes it) and return its path."""
+    fd, name = tempfile.mkstemp(prefix="runner-stdin.", suffix=".jsonl", dir=dst_dir)
+    with open(fd, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    return Path(name)
 
 
 class _Problems:
@@ -96,14 +156,45 @@ class _Problems:
         self.kept: list[LineProblem] = []
         self.bad_lines = 0
         self.valid = 0
-        self._last_line = 0
+        self.objects = 0  # lines that are JSON objects
+        self.chat_lines = 0  # of those, lines with Chat Completions `messages` and no `input`
+        self.chat_keys: dict[str, None] = {}  # Chat Completions keys seen, in order (a set that keeps it)
+        self.unreadable: Unreadable | None = None  # the file could not be read to the end
 
-    def add(self, line: int, field_: str, reason: str) -> None:
-        if line != self._last_line:
+    def add(self, line: int, field_: str, reason: str, *, new_line: bool = True) -> None:
+        """Record a problem; `new_line` is False for a second problem of a line already counted."""
+        if new_line:
             self.bad_lines += 1
-            self._last_line = line
         if len(self.kept) < MAX_PROBLEMS_KEPT:
             self.kept.append(LineProblem(line, field_, reason))
+
+    def chat_hint(self, shown: str) -> str | None:
+        """The one-line diagnosis of a file that is mostly Chat Completions lines, else None."""
+        if not self.chat_lines or self.chat_lines * 2 <= self.objects:
+            return None
+        keys = ", ".join(list(self.chat_keys)[:MAX_CHAT_KEYS_SHOWN])
+        arg = STDIN if shown == STDIN_SHOWN else shown
+        return (
+            f"this looks like a Chat Completions file ({keys}); runner sends the Responses API"
+            f" \N{EM DASH} convert it with `runner convert {arg} > out.jsonl`"
+        )
+
+
+@dataclass
+class _Chunk:
+    """Rows for one insert; `invalid` holds the line numbers whose rows are there only for their custom_id."""
+
+    rows: list[NewRequest] = field(default_factory=list)
+    invalid: set[int] = field(default_factory=set)
+    body_bytes: int = 0
+
+
+@dataclass
+class _Staged:
+    """A file read into a staging job (or found submitted before)."""
+
+    result: SubmitResult
+    staged: bool  # a staging job to publish (False: an existing job, or a file that failed)
 
 
 async def submit_file(
@@ -120,18 +211,88 @@ async def submit_file(
 
     `source` is the name recorded for the job and used in messages when `path` is a derived copy.
     """
-    shown = source or str(path)
-    if not path.is_file():
-        raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0)
+    warn = None if on_warning is None else (lambda _src, p: on_warning(p))
+    (res,) = await submit_files(
+        store, [path], name=name, options=options, new=new, on_warning=warn, sources=[source or str(path)]
+    )
+    return res
+
+
+async def submit_files(
+    store: Store,
+    paths: Sequence[Path],
+    *,
+    name: str | None = None,
+    options: SubmitOptions = SubmitOptions(),
+    new: bool = False,
+    on_warning: Callable[[str, LineProblem], None] | None = None,
+    sources: Sequence[str] | None = None,
+) -> list[SubmitResult]:
+    """Queue each file as its own job, all lines or none, and no file unless every file is valid.
+
+    Every file is read and validated (into a hidden staging job) before any is published, so one bad file
+    queues nothing; the InputError (InputErrors for several bad files) names every problem of every file.
+    `sources` name the files in messages and in the job (default: the paths). The same file twice in one
+    call, or a file submitted before with the same options, gives back the same job (unless `new`).
+    `name` is the job name of a single file; with several, each job is named `{name}-{file stem}`.
+    """
+    shown = list(sources) if sources is not None else [str(p) for p in paths]
     await store.drop_abandoned_staging(owner_is_dead)
-    fingerprint = options.fingerprint(file_sha256(path))
-    if not new and (existing := await store.find_job_by_fingerprint(fingerprint)) is not None:
-        return SubmitResult(existing, (await store.get_job(existing)).total, existing=True)
+    done: list[_Staged] = []
+    failed: list[InputError] = []
+    by_fingerprint: dict[str, SubmitResult] = {}
+    try:
+        for path, src in zip(paths, shown, strict=True):
+            job_name = name if len(paths) == 1 else f"{name}-{path.stem}" if name else None
+            try:
+                staged = await _stage(store, path, src, job_name, options, new, on_warning, by_fingerprint)
+            except InputError as e:
+                failed.append(e)
+                continue
+            done.append(staged)
+        if failed:
+            raise failed[0] if len(paths) == 1 else InputErrors(failed, len(paths))
+        for d in done:
+            if d.staged:
+                await store.publish_job(d.result.job_id, d.result.total)
+                d.staged = False
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            for d in done:
+                if d.staged:
+                    await store.drop_job(d.result.job_id)
+        raise
+    return [d.result for d in done]
+
+
+async def _stage(
+    store: Store,
+    path: Path,
+    shown: str,
+    name: str | None,
+    options: SubmitOptions,
+    new: bool,
+    on_warning: Callable[[str, LineProblem], None] | None,
+    by_fingerprint: dict[str, SubmitResult],
+) -> _Staged:
+    """Read one file into a staging job; InputError (and no job left behind) when it is invalid."""
+    try:
+        if not path.is_file():
+            raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0)
+        fingerprint = options.fingerprint(file_sha256(path))
+    except OSError as e:
+        raise InputError(shown, [LineProblem(0, "", f"cannot be read: {e.strerror or e}")], bad_lines=0) from None
+    if not new:
+        if (twin := by_fingerprint.get(fingerprint)) is not None:
+            return _Staged(SubmitResult(twin.job_id, twin.total, existing=True, source=shown), staged=False)
+        if (existing := await store.find_job_by_fingerprint(fingerprint)) is not None:
+            total = (await store.get_job(existing)).total
+            return _Staged(SubmitResult(existing, total, existing=True, source=shown), staged=False)
 
     job_id = new_job_id()
     await store.begin_job(
         job_id=job_id,
-        name=name or path.stem,
+        name=name or (shown.removeprefix("<").removesuffix(">") if shown == STDIN_SHOWN else path.stem),
         source=shown,
         fingerprint=fingerprint,
         background=options.background,
@@ -139,30 +300,35 @@ async def submit_file(
     )
     problems = _Problems()
     warnings: list[LineProblem] = []
+    warn = None if on_warning is None else (lambda p: on_warning(shown, p))
     # Chunks are inserted by a second task while the next one is validated: SQLite works in its own
     # thread (without the GIL) while this one parses, so a big file costs about max(parse, insert).
-    send, receive = anyio.create_memory_object_stream[list[NewRequest]](1)
+    send, receive = anyio.create_memory_object_stream[_Chunk](1)
 
     async def inserter() -> None:
         async with receive:
-            async for rows in receive:
-                await _insert(store, job_id, rows, problems)
+            async for chunk in receive:
+                await _insert(store, job_id, chunk, problems)
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(inserter)
             async with send:
-                await _read_and_validate(path, options, problems, warnings, on_warning, send)
+                await _read_and_validate(path, options, problems, warnings, warn, send)
+        if problems.unreadable is not None:
+            raise InputError(shown, [problems.unreadable.problem()], bad_lines=0)
         if problems.bad_lines:
-            raise InputError(shown, problems.kept, problems.bad_lines)
+            raise InputError(shown, problems.kept, problems.bad_lines, hint=problems.chat_hint(shown))
         if problems.valid == 0:
             raise InputError(shown, [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
-        await store.publish_job(job_id, problems.valid)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await store.drop_job(job_id)
         raise
-    return SubmitResult(job_id, problems.valid, warnings=warnings)
+    result = SubmitResult(job_id, problems.valid, warnings=warnings, source=shown)
+    if not new:
+        by_fingerprint[fingerprint] = result
+    return _Staged(result, staged=True)
 
 
 async def _read_and_validate(
@@ -171,12 +337,30 @@ async def _read_and_validate(
     problems: _Problems,
     warnings: list[LineProblem],
     on_warning: Callable[[LineProblem], None] | None,
-    send: MemoryObjectSendStream[list[NewRequest]],
+    send: MemoryObjectSendStream[_Chunk],
 ) -> None:
-    """Parse and validate every line, sending valid rows on in chunks; problems are collected, not raised."""
-    chunk: list[NewRequest] = []
-    chunk_bytes = 0
-    for line_no, raw in read_lines(path):
+    """Parse and validate every line, sending rows on in chunks; problems are collected, not raised.
+
+    An invalid line's custom_id is inserted too (with an empty body: the job is dropped anyway), so that
+    a custom_id repeated on another line is named in this same pass, whichever of the two is invalid.
+    """
+    chunk = _Chunk()
+    try:
+        await _validate_lines(read_lines(path), options, problems, warnings, on_warning, send, chunk)
+    except Unreadable as e:
+        problems.unreadable = e  # raised here it would reach the caller wrapped in the task group's group
+
+
+async def _validate_lines(
+    lines: Iterator[tuple[int, bytes]],
+    options: SubmitOptions,
+    problems: _Problems,
+    warnings: list[LineProblem],
+    on_warning: Callable[[LineProblem], None] | None,
+    send: MemoryObjectSendStream[_Chunk],
+    chunk: _Chunk,
+) -> None:
+    for line_no, raw in lines:
         try:
             obj = orjson.loads(raw)  # checks UTF-8 too; decoding first would cost every line a copy
         except orjson.JSONDecodeError as e:
@@ -188,8 +372,14 @@ async def _read_and_validate(
                 problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
             continue
         v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
-        for issue in v.errors:
-            problems.add(line_no, issue.field, issue.reason)
+        if isinstance(obj, dict):
+            problems.objects += 1
+        if v.chat_keys:
+            problems.chat_keys.update(dict.fromkeys(v.chat_keys))
+            if "messages" in v.chat_keys and "input" not in v.body:
+                problems.chat_lines += 1
+        for i, issue in enumerate(v.errors):
+            problems.add(line_no, issue.field, issue.reason, new_line=i == 0)
         for issue in v.warnings:
             w = LineProblem(line_no, issue.field, issue.reason)
             if len(warnings) < MAX_PROBLEMS_KEPT:
@@ -197,37 +387,43 @@ async def _read_and_validate(
             if on_warning is not None:
                 on_warning(w)
         if v.errors:
-            continue
-        problems.valid += 1
-        body = orjson.dumps(v.body).decode()
-        chunk.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body)))
-        chunk_bytes += len(body)
-        if len(chunk) >= CHUNK or chunk_bytes >= CHUNK_BYTES:
+            chunk.rows.append(NewRequest(line_no, v.custom_id, "{}"))
+            chunk.invalid.add(line_no)
+        else:
+            problems.valid += 1
+            body = orjson.dumps(v.body).decode()
+            chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body)))
+            chunk.body_bytes += len(body)
+        if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
             await send.send(chunk)
-            chunk, chunk_bytes = [], 0
-        elif len(chunk) % YIELD_EVERY == 0:
+            chunk = _Chunk()
+        elif len(chunk.rows) % YIELD_EVERY == 0:
             # The inserter waits in a thread while this loop parses; it can only hand its finished chunk
             # back and start the next one when the event loop gets a turn.
             await anyio.lowlevel.checkpoint()
-    if chunk:
+    if chunk.rows:
         await send.send(chunk)
 
 
-async def _insert(store: Store, job_id: str, chunk: list[NewRequest], problems: _Problems) -> None:
+async def _insert(store: Store, job_id: str, chunk: _Chunk, problems: _Problems) -> None:
     """Insert a chunk; a repeated custom_id is found by the unique index, then named line by line."""
-    if not chunk:
-        return
     try:
-        await store.add_requests(job_id, chunk)
+        await store.add_requests(job_id, chunk.rows)
         return
     except DuplicateCustomId:
         pass
-    seen = await store.lines_of_custom_ids(job_id, [r.custom_id for r in chunk])
+    seen = await store.lines_of_custom_ids(job_id, [r.custom_id for r in chunk.rows])
     fresh: list[NewRequest] = []
-    for r in chunk:
+    for r in chunk.rows:
         first = seen.get(r.custom_id)
         if first is not None:
-            problems.add(r.line_no, "custom_id", f"{r.custom_id!r} is already used on line {first}")
+            # A line already invalid was counted once; its duplicate id is one more problem of it.
+            problems.add(
+                r.line_no,
+                "custom_id",
+                f"{r.custom_id!r} is already used on line {first}",
+                new_line=r.line_no not in chunk.invalid,
+            )
             continue
         seen[r.custom_id] = r.line_no
         fresh.append(r)

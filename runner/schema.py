@@ -16,7 +16,10 @@ Response side: `Usage`, `usage_from_response`, `output_text`, `with_output_text`
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,7 +64,11 @@ class FieldIssue:
 
     field: str  # dotted path into the line as written ("body.input[2].role"); "" for the whole line
     reason: str
-    is_enum: bool  # only fault: a value outside a known enum (the API may have added it since)
+    # A warning under --lenient: a value outside a known enum (the API may have added it since), or a
+    # misspelled or Chat Completions key (the user may know better, e.g. a server that accepts it).
+    soft: bool = False
+    # A missing field: meaningless for a partial body such as a spec's [defaults]. Not part of equality.
+    required: bool = dataclasses.field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,7 @@ class ValidatedLine:
     body: dict[str, Any]
     errors: list[FieldIssue]
     warnings: list[FieldIssue]
+    chat_keys: tuple[str, ...] = ()  # Chat Completions keys of the body, in the order written
 
 
 # A check appends the issues of one value (at `path`) to `out`.
@@ -195,7 +203,7 @@ def _fields(
     """Check an object's known fields; unknown fields are the API's business, not ours."""
     for name in required:
         if name not in value:
-            out.append(FieldIssue(_join(path, name), "is required", False))
+            out.append(FieldIssue(_join(path, name), "is required", required=True))
     for key, item in value.items():
         check = checks.get(key)
         if check is not None:
@@ -311,7 +319,7 @@ def _check_format(value: Any, path: str, out: list[FieldIssue]) -> None:
     if value.get("type") == "json_schema":
         for name in ("name", "schema"):
             if name not in value:
-                out.append(FieldIssue(_join(path, name), "is required when type is 'json_schema'", False))
+                out.append(FieldIssue(_join(path, name), "is required when type is 'json_schema'", required=True))
 
 
 def _check_metadata(value: Any, path: str, out: list[FieldIssue]) -> None:
@@ -395,13 +403,104 @@ _BODY_FIELDS: Final[Mapping[str, _Check]] = {
 }
 _BODY_REQUIRED: Final = ("model", "input")
 
+# Fields the API accepts that are not checked here; a key one edit away from one of these is a typo too.
+_UNCHECKED_BODY_KEYS: Final = ("prompt", "stream_options", "prompt_cache_retention")
+KNOWN_BODY_KEYS: Final = frozenset(_BODY_FIELDS) | frozenset(_UNCHECKED_BODY_KEYS)
+# Fields other OpenAI-compatible servers accept that happen to be one edit away from a known key.
+_FOREIGN_KEYS: Final = frozenset({"top_k"})
 
-def _check_body(body: dict[str, Any], path: str, out: list[FieldIssue]) -> None:
-    _fields(body, path, out, _BODY_FIELDS, _BODY_REQUIRED)
+_REMOVE: Final = ""  # a Chat Completions key with no Responses counterpart
+# Chat Completions keys, and what the Responses API takes instead.
+CHAT_KEYS: Final[Mapping[str, str]] = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "functions": "tools",
+    "function_call": "tool_choice",
+    "reasoning_effort": "reasoning.effort",
+    "verbosity": "text.verbosity",
+    "logprobs": "include: ['message.output_text.logprobs']",
+    "web_search_options": "tools: [{'type': 'web_search'}]",
+    "n": _REMOVE,
+    "stop": _REMOVE,
+    "frequency_penalty": _REMOVE,
+    "presence_penalty": _REMOVE,
+    "logit_bias": _REMOVE,
+    "seed": _REMOVE,
+    "modalities": _REMOVE,
+    "audio": _REMOVE,
+    "prediction": _REMOVE,
+}
+_CAMEL: Final = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether b is a with one character inserted, deleted or replaced, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]
+    if a[i + 1 :] == b[i + 1 :]:
+        return True
+    return i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+
+
+@functools.lru_cache(maxsize=4096)
+def unknown_key_issue(key: str) -> tuple[str, bool] | None:
+    """(reason, is a Chat Completions key) for an unknown top-level body key that looks like a mistake.
+
+    Called only for keys the body checks do not know, and cached: a file that repeats one unknown key on
+    every line pays one dict lookup per line. Keys far from every known one are the API's business.
+    """
+    if key in KNOWN_BODY_KEYS or key in _FOREIGN_KEYS:
+        return None
+    instead = CHAT_KEYS.get(key)
+    if instead is not None:
+        if instead == _REMOVE:
+            return "Chat Completions field that the Responses API does not accept; remove it", True
+        return f"Chat Completions field; write {instead!r} instead", True
+    plain = _CAMEL.sub(r"_\1", key).lower().replace("-", "_")
+    if plain in KNOWN_BODY_KEYS:
+        return f"unknown field; did you mean {plain!r}?", False
+    if len(key) >= 3:
+        for known in sorted(KNOWN_BODY_KEYS):
+            if _one_edit_apart(plain, known):
+                return f"unknown field; did you mean {known!r}?", False
+    return None
+
+
+def _check_body(body: dict[str, Any], path: str, out: list[FieldIssue], chat: list[str] | None = None) -> None:
+    for name in _BODY_REQUIRED:
+        if name not in body:
+            out.append(FieldIssue(_join(path, name), "is required", required=True))
+    for key, item in body.items():
+        check = _BODY_FIELDS.get(key)
+        if check is not None:
+            check(item, _join(path, key), out)
+            continue
+        # Only here, on a key the checks do not know (rare), is any work spent on typos.
+        found = unknown_key_issue(key)
+        if found is not None:
+            out.append(FieldIssue(_join(path, key), found[0], soft=True))
+            if found[1] and chat is not None:
+                chat.append(key)
     if body.get("conversation") is not None and body.get("previous_response_id") is not None:
         out.append(FieldIssue(_join(path, "conversation"), "cannot be used together with previous_response_id", False))
     if body.get("background") is True and body.get("store") is False:
         out.append(FieldIssue(_join(path, "store"), BACKGROUND_STORE_REASON, False))
+
+
+def check_partial_body(table: Mapping[str, Any]) -> list[FieldIssue]:
+    """The issues of a part of a body (a spec's [defaults] or [overrides]): values and keys, no required fields."""
+    out: list[FieldIssue] = []
+    _check_body({**dict.fromkeys(_BODY_REQUIRED, ""), **table}, "", out)
+    return [i for i in out if not i.required and i.field.split(".", 1)[0].split("[", 1)[0] in table]
 
 
 def _check_envelope(obj: dict[str, Any], out: list[FieldIssue]) -> None:
@@ -435,7 +534,8 @@ def validate_line(
     """Check one parsed JSONL line and return the body to send, with --model / --background applied.
 
     A line with any of custom_id/method/url/body is a batch line; anything else is a bare body, named
-    f"line-{line_no}". With `lenient`, unknown enum values are warnings rather than errors.
+    f"line-{line_no}". With `lenient`, unknown enum values and misspelled or Chat Completions keys are
+    warnings rather than errors.
     """
     errors: list[FieldIssue] = []
     if not isinstance(obj, dict):
@@ -464,11 +564,14 @@ def validate_line(
         body["background"] = True
         body["store"] = True
 
-    _check_body(body, path, errors)
+    chat: list[str] = []
+    _check_body(body, path, errors, chat)
 
     if lenient and errors:
-        return ValidatedLine(custom_id, body, [i for i in errors if not i.is_enum], [i for i in errors if i.is_enum])
-    return ValidatedLine(custom_id, body, errors, [])
+        return ValidatedLine(
+            custom_id, body, [i for i in errors if not i.soft], [i for i in errors if i.soft], tuple(chat)
+        )
+    return ValidatedLine(custom_id, body, errors, [], tuple(chat))
 
 
 # --- response side ---------------------------------------------------------------------------------------

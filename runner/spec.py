@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from runner.errors import ConfigError
 from runner.files import atomic_writer
+from runner.schema import check_partial_body
 
 __all__ = [
     "PLACEHOLDERS",
@@ -152,7 +153,24 @@ class JobSpec(_Section):
         except ValidationError as e:
             raise SpecError(describe_validation_error(path, e, cls.model_fields)) from None
         spec._path = path
+        spec._check_body_tables()
         return spec
+
+    def _check_body_tables(self) -> None:
+        """A bad [defaults] or [overrides] value is named once, against the spec key, not on every line.
+
+        The tables are checked with the line validator's own rules, minus required fields (a table is only
+        part of a body). Under `[job] lenient`, what --lenient allows (unknown enum values, misspelled and
+        Chat Completions keys) is left to the per-line warnings.
+        """
+        problems = [
+            f"{self._path}: [{table}] {issue.field}: {issue.reason}"
+            for table, values in (("defaults", self.defaults), ("overrides", self.overrides))
+            for issue in check_partial_body(values)
+            if not (issue.soft and self.job.lenient)
+        ]
+        if problems:
+            raise SpecError("\n".join(problems))
 
     @property
     def path(self) -> Path:

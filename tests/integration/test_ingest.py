@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import sqlite3
@@ -12,8 +13,8 @@ import anyio
 import pytest
 
 import runner.ingest
-from runner.errors import InputError
-from runner.ingest import SubmitOptions, submit_file
+from runner.errors import InputError, InputErrors
+from runner.ingest import SubmitOptions, submit_file, submit_files
 from runner.store import Store
 
 
@@ -396,3 +397,122 @@ async def test_leftover_staging_job_of_a_dead_submit_is_dropped(store: Store, db
     )
     await submit_file(store, good_file(tmp_path / "in.jsonl", 1))
     assert query(db, "SELECT count(*) FROM jobs WHERE id = 'job_dead'") == [(0,)]
+
+
+# --- one pass: duplicates of invalid lines, Chat Completions files ------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad_first", [True, False], ids=["first-invalid", "second-invalid"])
+async def test_duplicate_custom_id_is_named_with_the_other_errors_whichever_line_is_invalid(
+    store: Store, db: Path, tmp_path: Path, bad_first: bool
+) -> None:
+    invalid = line("a", body(1, temperature=9))
+    lines = [invalid, line("b"), line("a")] if bad_first else [line("a"), line("b"), invalid]
+    path = write(tmp_path / "dup.jsonl", lines)
+    e = await rejected(store, path)
+    temp = "field body.temperature: must be between 0 and 2 (got 9)"
+    dup = "field custom_id: 'a' is already used on line 1"
+    if bad_first:
+        expected = ["2 invalid line(s); nothing was queued", f"line 1: {temp}", f"line 3: {dup}"]
+    else:
+        expected = ["1 invalid line(s); nothing was queued", f"line 3: {temp}", f"line 3: {dup}"]
+    assert [x.removeprefix(f"{path}:").strip() for x in str(e).splitlines()] == expected
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_an_invalid_line_with_a_duplicate_id_counts_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 2)  # the duplicate is found in a later chunk, by the index
+    path = write(tmp_path / "dup.jsonl", [line("a"), line("b"), line("c"), line("a", body(1, top_p=5))])
+    e = await rejected(store, path)
+    assert e.bad_lines == 1
+    assert sorted((p.line, p.field) for p in e.problems) == [(4, "body.top_p"), (4, "custom_id")]
+
+
+def chat_line(i: int, **extra: Any) -> str:
+    chat_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"q {i}"}], "max_tokens": 5, **extra}
+    return json.dumps({"custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions", "body": chat_body})
+
+
+@pytest.mark.anyio
+async def test_a_chat_completions_file_gets_one_summary_line_and_a_few_examples(
+    store: Store, db: Path, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "chat.jsonl", [chat_line(i) for i in range(1, 11)] + [line("ok")])
+    e = await rejected(store, path)
+    out = str(e).splitlines()
+    assert out[0] == (
+        f"{path}: this looks like a Chat Completions file (messages, max_tokens); runner sends the Responses API"
+        f" \N{EM DASH} convert it with `runner convert {path} > out.jsonl`"
+    )
+    assert out[1] == f"{path}: 10 invalid line(s); nothing was queued"
+    assert {x.split(":")[1] for x in out[2:-1]} == {"line 1", "line 2", "line 3"}
+    assert out[-1] == "... and 7 more invalid line(s)"
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_a_few_chat_lines_in_a_responses_file_get_no_summary(store: Store, tmp_path: Path) -> None:
+    path = write(tmp_path / "mixed.jsonl", [chat_line(1), line("a"), line("b")])
+    e = await rejected(store, path)
+    assert e.hint is None
+    assert "line 1: field body.messages: Chat Completions field; write 'input' instead" in str(e)
+
+
+# --- gzip, several files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_gzip_file_is_read_compressed_and_is_idempotent(store: Store, db: Path, tmp_path: Path) -> None:
+    plain = good_file(tmp_path / "in.jsonl", 3)
+    gz = tmp_path / "in.jsonl.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    res = await submit_file(store, gz)
+    assert (res.total, res.existing) == (3, False)
+    assert stored(db) == [(i, f"c-{i}", body(i)) for i in range(1, 4)]
+    assert (await submit_file(store, gz)).job_id == res.job_id
+
+
+@pytest.mark.anyio
+async def test_a_truncated_gzip_file_is_named_and_queues_nothing(store: Store, db: Path, tmp_path: Path) -> None:
+    data = gzip.compress(good_file(tmp_path / "in.jsonl", 200).read_bytes())
+    gz = tmp_path / "cut.jsonl.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    e = await rejected(store, gz)
+    assert str(e).startswith(f"{gz}: cannot be read after line ")
+    assert str(e).endswith("nothing was queued")
+    assert "not a valid gzip file" in str(e)
+    assert_nothing_queued(db)
+
+
+@pytest.mark.anyio
+async def test_several_files_make_one_job_each_in_order(store: Store, tmp_path: Path) -> None:
+    a, b = good_file(tmp_path / "a.jsonl", 2), good_file(tmp_path / "b.jsonl", 3)
+    ra, rb, ra2 = await submit_files(store, [a, b, a], name="nightly")
+    assert (ra.total, rb.total) == (2, 3)
+    assert ra2.job_id == ra.job_id  # the same file twice in one call is one job
+    assert [(await store.get_job(r.job_id)).name for r in (ra, rb)] == ["nightly-a", "nightly-b"]
+    assert sorted(await store.unfinished_job_ids()) == sorted([ra.job_id, rb.job_id])
+
+
+@pytest.mark.anyio
+async def test_one_invalid_file_queues_none_of_them_and_every_bad_file_is_named(
+    store: Store, db: Path, tmp_path: Path
+) -> None:
+    good = good_file(tmp_path / "good.jsonl", 2)
+    bad1 = write(tmp_path / "bad1.jsonl", [line("a", body(1, temprature=1))])
+    bad2 = write(tmp_path / "bad2.jsonl", ["{nope"])
+    with pytest.raises(InputErrors) as info:
+        await submit_files(store, [bad1, good, bad2])
+    msg = str(info.value).splitlines()
+    assert msg[3].startswith(f"{bad2}:line 1: is not valid JSON: ")
+    assert msg[:3] + msg[4:] == [
+        f"{bad1}: 1 invalid line(s); nothing was queued",
+        f"{bad1}:line 1: field body.temprature: unknown field; did you mean 'temperature'?",
+        f"{bad2}: 1 invalid line(s); nothing was queued",
+        "2 of 3 input files are invalid; no file was queued",
+    ]
+    assert_nothing_queued(db)

@@ -7,9 +7,11 @@ import pytest
 
 from runner.schema import (
     BACKGROUND_STORE_REASON,
+    REASONING_EFFORTS,
     STREAM_REASON,
     FieldIssue,
     Usage,
+    check_partial_body,
     output_text,
     usage_from_response,
     validate_line,
@@ -517,7 +519,7 @@ def test_unknown_fields_pass_through_unchanged() -> None:
 def test_lenient_moves_enum_issues_to_warnings_but_keeps_type_errors() -> None:
     line = body(reasoning={"effort": "turbo"}, temperature="hot", service_tier="gold")
     result = validate_line(line, 1, lenient=True)
-    assert [(i.field, i.is_enum) for i in result.warnings] == [
+    assert [(i.field, i.soft) for i in result.warnings] == [
         ("reasoning.effort", True),
         ("service_tier", True),
     ]
@@ -665,3 +667,88 @@ def test_with_output_text_adds_when_missing() -> None:
 def test_with_output_text_leaves_existing() -> None:
     resp = {**RESPONSE, "output_text": "as sent"}
     assert with_output_text(resp) == {**RESPONSE, "output_text": "as sent"}
+
+
+# --- misspelled and Chat Completions keys -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("temprature", "temperature"),
+        ("max_output_token", "max_output_tokens"),
+        ("instruction", "instructions"),
+        ("modle", "model"),
+        ("tmeperature", "temperature"),
+        ("Temperature", "temperature"),
+        ("maxOutputTokens", "max_output_tokens"),
+        ("stream_option", "stream_options"),
+    ],
+)
+def test_a_key_one_typo_away_is_named_with_the_known_one(key: str, suggestion: str) -> None:
+    assert one_issue(body(**{key: 1})) == FieldIssue(key, f"unknown field; did you mean {suggestion!r}?", True)
+    assert one_issue(batch(body(**{key: 1}))).field == f"body.{key}"
+
+
+@pytest.mark.parametrize(
+    ("key", "instead"),
+    [
+        ("max_tokens", "max_output_tokens"),
+        ("max_completion_tokens", "max_output_tokens"),
+        ("response_format", "text.format"),
+        ("functions", "tools"),
+        ("function_call", "tool_choice"),
+        ("reasoning_effort", "reasoning.effort"),
+    ],
+)
+def test_a_chat_completions_key_names_what_to_write_instead(key: str, instead: str) -> None:
+    result = validate_line(batch(body(**{key: 1})), 1)
+    assert result.errors == [FieldIssue(f"body.{key}", f"Chat Completions field; write {instead!r} instead", True)]
+    assert result.chat_keys == (key,)
+
+
+@pytest.mark.parametrize("key", ["n", "stop", "frequency_penalty", "presence_penalty", "logit_bias", "seed"])
+def test_a_chat_completions_key_without_counterpart_says_remove_it(key: str) -> None:
+    reason = "Chat Completions field that the Responses API does not accept; remove it"
+    assert one_issue(body(**{key: 2})) == FieldIssue(key, reason, True)
+
+
+def test_messages_without_input_names_both() -> None:
+    line = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    result = validate_line(line, 1)
+    assert [(i.field, i.reason) for i in result.errors] == [
+        ("input", "is required"),
+        ("messages", "Chat Completions field; write 'input' instead"),
+    ]
+    assert result.chat_keys == ("messages",)
+
+
+@pytest.mark.parametrize("key", ["brand_new_option", "top_k", "prompt", "stream_options", "x", "foo"])
+def test_keys_far_from_known_ones_pass_through(key: str) -> None:
+    result = validate_line(body(**{key: 1}), 1)
+    assert (result.errors, result.warnings, result.body[key]) == ([], [], 1)
+
+
+def test_nested_unknown_keys_are_not_checked_for_typos() -> None:
+    result = validate_line(body(reasoning={"efort": "low"}, text={"fromat": {}}), 1)
+    assert result.errors == []
+
+
+def test_lenient_makes_typo_and_chat_keys_warnings_and_queues_the_body_as_written() -> None:
+    line = body(temprature=0.5, max_tokens=10)
+    result = validate_line(batch(line), 1, lenient=True)
+    assert result.errors == []
+    assert [i.field for i in result.warnings] == ["body.temprature", "body.max_tokens"]
+    assert result.body == line
+
+
+def test_partial_body_checks_values_and_keys_but_not_required_fields() -> None:
+    issues_ = check_partial_body(
+        {"max_output_tokens": 0, "reasoning": {"effort": "hgih"}, "text": {"format": {"name": "x"}}, "seed": 1}
+    )
+    assert [(i.field, i.reason, i.soft) for i in issues_] == [
+        ("max_output_tokens", "must be at least 1 (got 0)", False),
+        ("reasoning.effort", f"must be one of {', '.join(map(repr, REASONING_EFFORTS))} (got 'hgih')", True),
+        ("seed", "Chat Completions field that the Responses API does not accept; remove it", True),
+    ]
+    assert check_partial_body({"temperature": 0.5, "metadata": {"run": "nightly"}}) == []
