@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from runner.errors import ApiError, TransientApiError
+from runner.reply import MAX_CODE_CHARS, MAX_MESSAGE_CHARS, USAGE_OUT_OF_BOUNDS, read_error_text, read_usage
 from runner.retry import backoff_delay, should_retry
-from runner.schema import usage_from_response, with_output_text
+from runner.schema import with_output_text
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome
 
@@ -40,14 +41,14 @@ def from_response(
         # A reply without a recognisable status: keep it, but do not call it a success.
         to = RequestState.FAILED
         code: str | None = "unknown_status"
-        message: str | None = f"the API returned a response with status {status!r}"
+        message: str | None = f"the API returned a response with status {read_error_text(repr(status), 80)}"
     else:
         code = message = None
     if to is RequestState.FAILED and code is None:
         err_obj = body.get("error")
         err: dict[str, Any] = err_obj if isinstance(err_obj, dict) else {}
-        code = str(err.get("code") or "failed")
-        message = str(err.get("message") or "the response failed")
+        code = read_error_text(err.get("code") or "failed", MAX_CODE_CHARS)
+        message = read_error_text(err.get("message") or "the response failed", MAX_MESSAGE_CHARS)
         if code in RETRYABLE_RESPONSE_ERRORS and should_retry(c.attempts, max_attempts):
             return Outcome(
                 c.id,
@@ -64,9 +65,16 @@ def from_response(
         details_obj = body.get("incomplete_details")
         details: dict[str, Any] = details_obj if isinstance(details_obj, dict) else {}
         code = "incomplete"
-        message = str(details.get("reason") or "incomplete")
+        message = read_error_text(details.get("reason") or "incomplete", MAX_MESSAGE_CHARS)
     elif to is RequestState.CANCELLED:
         code, message = "cancelled", "the response was cancelled"
+    usage = read_usage(body)
+    if usage.problem is not None:
+        # The answer is kept (it was paid for); the absurd counts are stored as 0 and the row says why.
+        if code is None:
+            code, message = USAGE_OUT_OF_BOUNDS, usage.problem
+        else:
+            message = f"{message}; {usage.problem}"
     return Outcome(
         c.id,
         to,
@@ -75,7 +83,7 @@ def from_response(
         response_body=orjson.dumps(with_output_text(body)).decode(),
         error_code=code,
         error_message=message,
-        usage=usage_from_response(body),
+        usage=usage.usage,
     )
 
 

@@ -153,7 +153,7 @@ def test_classify_500_with_html_body_is_transient_with_http_message() -> None:
     e = raised(reply(502, content=b"<html>Bad Gateway</html>"))
     assert type(e) is TransientApiError
     assert e.status == 502
-    assert e.message == "HTTP 502"
+    assert e.message == "HTTP 502 from POST https://api.example.test/v1/responses: <html>Bad Gateway</html>"
     assert e.retry_after is None
 
 
@@ -248,7 +248,7 @@ def test_classify_client_errors_are_permanent(status: int, code: str | None) -> 
 def test_classify_error_without_body_gets_a_message() -> None:
     e = raised(reply(404))
     assert type(e) is PermanentApiError
-    assert e.message == "HTTP 404"
+    assert e.message == "HTTP 404 from POST https://api.example.test/v1/responses"
     assert e.code is None
 
 
