@@ -112,7 +112,9 @@ RATE_HEADERS: dict[str, dict[str, str]] = {
     },
 }
 
-# 429s with a Retry-After of every wrong kind (the test runs with one attempt per request).
+# Retry-After of every wrong kind, on a 503 (a wait for that request) or, where the wait it stands for is
+# short, a 429 (a pause of the whole pool). The test runs with one attempt per request.
+RETRY_AFTER_429 = frozenset({"ra_nan", "ra_negative", "ra_garbage", "ra_1970"})
 RETRY_AFTERS: dict[str, dict[str, str]] = {
     "ra_inf": {"retry-after": "inf"},
     "ra_1e999": {"retry-after": "1e999", "retry-after-ms": "1e999"},
@@ -168,7 +170,8 @@ class Server:
             return _json(_response(rid), headers=RATE_HEADERS[scenario])
         if scenario in RETRY_AFTERS:
             err = {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}
-            return _json(err, status=429, headers=RETRY_AFTERS[scenario])
+            status = 429 if scenario in RETRY_AFTER_429 else 503
+            return _json(err, status=status, headers=RETRY_AFTERS[scenario])
         if scenario in BODIES:
             return _raw(BODIES[scenario])
         if scenario == "escapes":
@@ -179,6 +182,10 @@ class Server:
             # the text and never the key.
             echoed = request.headers.get("authorization", "")
             return _raw(f"405 Method Not Allowed by the gateway. You sent: {echoed}", 405, "text/plain")
+        if scenario == "rl_dry":
+            # The request budget (shared with other clients) ran dry: the pool must wait for the reset.
+            headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
+            return _json(_response(rid), headers=headers)
         if scenario == "big_header":
             return _json(_response(rid), headers={"x-request-id": "r" * 10_000})
         if scenario == "trickle":
