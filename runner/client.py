@@ -86,22 +86,23 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
-def _where(response: httpx.Response) -> str:
+def _where(response: httpx.Response, request: httpx.Request | None) -> str:
     """`METHOD URL` of the request a reply answers, without credentials or query (they may hold a key)."""
-    try:
-        request = response.request
-    except RuntimeError:
-        return "the request"
+    if request is None:
+        try:
+            request = response.request
+        except RuntimeError:
+            return "the request"
     url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
     return f"{request.method} {url}"
 
 
-def _http_message(response: httpx.Response, raw: bytes, secret: str | None) -> str:
+def _http_message(response: httpx.Response, raw: bytes, secret: str | None, request: httpx.Request | None) -> str:
     """What a failure without an OpenAI error object said: status, method + URL, and its first 1 KB of text."""
     text = raw[: MAX_ERROR_TEXT * 4].decode("utf-8", "replace")[:MAX_ERROR_TEXT].strip()
     if secret:
         text = text.replace(secret, "[redacted]")  # a proxy echoing our headers must not put the key in the store
-    where = _where(response)
+    where = _where(response, request)
     return f"HTTP {response.status_code} from {where}: {text}" if text else f"HTTP {response.status_code} from {where}"
 
 
@@ -118,10 +119,17 @@ def _rate_limits(headers: httpx.Headers) -> dict[str, str]:
     return {k.decode(): v.decode("latin-1") for k, v in headers.raw if k.lower() in _RATE_LIMIT_RAW}
 
 
-def classify(response: httpx.Response, raw: bytes | None = None, *, secret: str | None = None) -> ApiReply:
+def classify(
+    response: httpx.Response,
+    raw: bytes | None = None,
+    *,
+    secret: str | None = None,
+    request: httpx.Request | None = None,
+) -> ApiReply:
     """An `ApiReply` for a 2xx with a JSON object body; otherwise raise the typed error it stands for.
 
-    `raw` is the body when the caller read it (bounded); `secret` is redacted from any text kept.
+    `raw` is the body when the caller read it (bounded); `secret` is redacted from any text kept; `request`
+    (else the response's own) names what failed in a message.
     """
     headers = response.headers
     request_id = read_request_id(headers.get("x-request-id"))
@@ -145,7 +153,7 @@ def classify(response: httpx.Response, raw: bytes | None = None, *, secret: str 
         )
 
     code, typ, message = _error_fields(body)
-    message = message or _http_message(response, raw, secret)
+    message = message or _http_message(response, raw, secret, request)
     kw: dict[str, Any] = {
         "status": status,
         "code": code or typ,
@@ -285,7 +293,7 @@ class ApiClient:
             ) from None
         except TRANSPORT_ERRORS as exc:
             raise classify_exception(exc) from None
-        return classify(response, raw, secret=self._secret)
+        return classify(response, raw, secret=self._secret, request=request)
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         """The reply's body, refusing one larger than the limit instead of holding it all in memory."""
