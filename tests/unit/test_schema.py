@@ -578,6 +578,7 @@ def test_long_string_values_are_clipped_in_reasons() -> None:
 
 # --- response side ----------------------------------------------------------------------------------------
 
+
 def test_usage_add() -> None:
     total = Usage(1, 2, 3, 4, 5) + Usage(10, 20, 30, 40, 50)
     assert total == Usage(11, 22, 33, 44, 55)
