@@ -188,8 +188,9 @@ def classify_exception(exc: BaseException) -> ApiError:
     the request again would pay again for the same unreadable reply.
     """
     cause = exc.__cause__ or exc
-    if isinstance(cause, HttpProcessingError) or isinstance(exc.__context__, HttpProcessingError):
-        said = f" ({cause.message[:120]})" if isinstance(cause, HttpProcessingError) and cause.message else ""
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(cause, HttpProcessingError):
+        # aiohttp's parser refused the status line or headers (errors in the body come as ClientPayloadError).
+        said = f" ({cause.message[:120]})" if cause.message else ""
         return PermanentApiError(
             f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes"
             f" and be valid HTTP{said}",
