@@ -28,7 +28,8 @@ RETRYABLE_RESPONSE_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
 
 def is_running(body: dict[str, Any]) -> bool:
     """Whether a Response object is still being worked on (background mode)."""
-    return body.get("status") in RUNNING_STATUSES
+    status = body.get("status")
+    return isinstance(status, str) and status in RUNNING_STATUSES  # a list or object would not even hash
 
 
 def from_response(

@@ -120,6 +120,7 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
         *misbehaving.RATE_HEADERS,
         *misbehaving.RETRY_AFTERS,
         *misbehaving.BODIES,
+        *misbehaving.ODD_FIELDS,
         "escapes",
         "not_openai_405",
         "big_header",
@@ -191,6 +192,11 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
     # Bodies that are not JSON objects.
     for s in misbehaving.BODIES:
         assert got[s]["state"] == "failed" and got[s]["error_code"] == "invalid_response_body", s
+
+    # A JSON object whose status is not a string: kept, but not called a success.
+    for s in misbehaving.ODD_FIELDS:
+        assert got[s]["state"] == "failed" and got[s]["error_code"] == "unknown_status", s
+        assert got[s]["response_body"] is not None
 
     # Control characters in error fields are stored and exported intact (escaping is for the terminal).
     assert got["escapes"]["error_code"] == misbehaving.ESCAPES

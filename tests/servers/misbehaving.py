@@ -127,6 +127,13 @@ RETRY_AFTERS: dict[str, dict[str, str]] = {
     "ra_year_overflow": {"retry-after": "Fri, 31 Dec 99999999999999999999 23:59:59 GMT"},
 }
 
+# 200s with a JSON object whose fields are of the wrong kind.
+ODD_FIELDS: dict[str, dict[str, Any]] = {
+    "status_list": {"id": "resp_odd", "status": ["queued"], "output": "none"},
+    "status_object": {"id": "resp_odd", "status": {"completed": True}, "error": "text"},
+    "status_number": {"id": "resp_odd", "status": 200, "output": [1, None, {"type": "message", "content": 5}]},
+}
+
 # 200s whose bodies are not JSON objects.
 BODIES: dict[str, str] = {
     "body_array": "[1, 2, 3]",
@@ -172,6 +179,8 @@ class Server:
             err = {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}
             status = 429 if scenario in RETRY_AFTER_429 else 503
             return _json(err, status=status, headers=RETRY_AFTERS[scenario])
+        if scenario in ODD_FIELDS:
+            return _json(ODD_FIELDS[scenario])
         if scenario in BODIES:
             return _raw(BODIES[scenario])
         if scenario == "escapes":
