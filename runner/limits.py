@@ -244,7 +244,8 @@ class RateLimiter:
         capped = seconds is not None and asked is not None and asked > seconds
         why = f"server asked to wait {asked:g} s; waiting the {seconds:g} s cap" if capped else None
         if pool:
-            self.pause(1.0 if seconds is None else seconds, why=why)
+            wait = 1.0 if seconds is None else seconds
+            self.pause(wait, why=why or f"server asked to wait {wait:g} s; pausing all requests until then")
         elif why is not None and seconds is not None:
             self.say(why, self.clock() + seconds)
 

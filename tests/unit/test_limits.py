@@ -261,3 +261,10 @@ def test_a_pause_of_inf_or_nan_does_not_crash() -> None:
     rl.pause(float("inf"))
     rl.pause(float("nan"))
     assert rl.remaining_pause() == 0.0
+
+
+def test_a_long_retry_after_within_the_cap_is_said_plainly(caplog: pytest.LogCaptureFixture) -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.obey_retry_after(60.0, 60.0, pool=True)
+    rl.obey_retry_after(2.0, 2.0, pool=True)
+    assert [r.getMessage() for r in caplog.records] == ["server asked to wait 60 s; pausing all requests until then"]
