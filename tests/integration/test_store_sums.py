@@ -53,3 +53,16 @@ async def test_job_totals_do_not_overflow(store: Store, db: Path) -> None:
     stats = await store.job_stats("job_a")
     assert stats.usage.input_tokens >= 2**64 - 2**12  # TOTAL's float: close, and no exception
     assert stats.usage.output_tokens == 0  # 1 + 1 - 50: a sum is never negative
+
+
+@pytest.mark.anyio
+async def test_a_store_without_a_file_refuses_a_row_the_same_way() -> None:
+    s = await Store.open("sqlite+aiosqlite://")
+    try:
+        await make_job(s, "job_a", 2)
+        [a, b] = await s.claim("me", ["job_a"], 2, LEASE)
+        assert await s.apply("me", [done(a.id, UsageCounts(2**64, 0, 0, 0, 0)), done(b.id)]) == []
+        stats = await s.job_stats("job_a")
+        assert stats.counts["completed"] == 1 and stats.counts["failed"] == 1
+    finally:
+        await s.aclose()
