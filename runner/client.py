@@ -183,9 +183,9 @@ def classify(
 def classify_exception(exc: BaseException) -> ApiError:
     """A transport failure (no usable reply) as a typed error; the message never holds headers.
 
-    A reply whose head HTTP parsing refused (a header line over MAX_HEADER_LINE bytes, or not HTTP) is a
-    permanent failure, not "connection failed": the server did answer (perhaps a paid answer), and sending
-    the request again would pay again for the same unreadable reply.
+    A reply whose head aiohttp's parser refused (a header line over MAX_HEADER_LINE bytes, or not HTTP) is
+    a permanent failure, not "connection failed": the server did answer (perhaps with a paid answer), and
+    sending the request again would pay again for the same unreadable reply.
     """
     cause = exc.__cause__ or exc
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(cause, HttpProcessingError):

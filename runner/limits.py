@@ -239,15 +239,15 @@ class RateLimiter:
         return self._notice if self.clock() < self._notice_until else None
 
     def obey_retry_after(self, seconds: float | None, asked: float | None, *, pool: bool) -> None:
-        """A server's Retry-After: for a 429 (`pool`) the whole pool pauses (1 s if none was given); either
-        way a wait cut to the cap is said, since the run then stands still for minutes."""
+        """A server's Retry-After: for a 429 (`pool`) the whole pool pauses (1 s if none was given), else only
+        that request waits. Either way a wait cut to the cap, or longer than LONG_WAIT, is said."""
         capped = seconds is not None and asked is not None and asked > seconds
         why = f"server asked to wait {asked:g} s; waiting the {seconds:g} s cap" if capped else None
         if pool:
             wait = 1.0 if seconds is None else seconds
             self.pause(wait, why=why or f"server asked to wait {wait:g} s; pausing all requests until then")
-        elif why is not None and seconds is not None:
-            self.say(why, self.clock() + seconds)
+        elif seconds is not None and seconds > LONG_WAIT:
+            self.say(why or f"server asked to wait {seconds:g} s before retrying a request", self.clock() + seconds)
 
     def remaining_pause(self) -> float:
         return max(self.paused_until - self.clock(), 0.0)

@@ -26,6 +26,14 @@ RUNNING_STATUSES = frozenset({"queued", "in_progress"})
 RETRYABLE_RESPONSE_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
 
 
+def _dump(body: Any) -> str | None:
+    """A parsed reply as JSON text to store; None for one orjson parses but will not write (over 254 levels)."""
+    try:
+        return orjson.dumps(body).decode()
+    except orjson.JSONEncodeError:
+        return None
+
+
 def is_running(body: dict[str, Any]) -> bool:
     """Whether a Response object is still being worked on (background mode)."""
     status = body.get("status")
@@ -69,6 +77,16 @@ def from_response(
         message = read_error_text(details.get("reason") or "incomplete", MAX_MESSAGE_CHARS)
     elif to is RequestState.CANCELLED:
         code, message = "cancelled", "the response was cancelled"
+    stored = _dump(with_output_text(body))
+    if stored is None:
+        return Outcome(
+            c.id,
+            RequestState.FAILED,
+            http_status=http_status,
+            api_request_id=request_id,
+            error_code="invalid_response_body",
+            error_message="the reply is valid JSON but cannot be stored (nested too deeply)",
+        )
     usage = read_usage(body)
     if usage.problem is not None:
         # The answer is kept (it was paid for); the absurd counts are stored as 0 and the row says why.
@@ -81,7 +99,7 @@ def from_response(
         to,
         http_status=http_status,
         api_request_id=request_id,
-        response_body=orjson.dumps(with_output_text(body)).decode(),
+        response_body=stored,
         error_code=code,
         error_message=message,
         usage=usage.usage,
@@ -110,7 +128,7 @@ def from_error(c: Claimed, error: ApiError, *, max_attempts: int) -> Outcome:
         RequestState.FAILED,
         http_status=error.status,
         api_request_id=error.request_id,
-        response_body=orjson.dumps(error.body).decode() if error.body is not None else None,
+        response_body=_dump(error.body) if error.body is not None else None,
         error_code=error.code or ("http_error" if error.status else "error"),
         error_message=message,
         rate_limited=rate_limited,

@@ -122,6 +122,7 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
         *misbehaving.BODIES,
         *misbehaving.ODD_FIELDS,
         "escapes",
+        "error_deep",
         "not_openai_405",
         "big_header",
         "trickle",
@@ -192,6 +193,10 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
     # Bodies that are not JSON objects.
     for s in misbehaving.BODIES:
         assert got[s]["state"] == "failed" and got[s]["error_code"] == "invalid_response_body", s
+
+    # An error body nested too deeply to store: the error is kept, the body is not.
+    assert got["error_deep"]["state"] == "failed" and got["error_deep"]["error_code"] == "deep"
+    assert got["error_deep"]["response_body"] is None
 
     # A JSON object whose status is not a string: kept, but not called a success.
     for s in misbehaving.ODD_FIELDS:

@@ -143,6 +143,8 @@ BODIES: dict[str, str] = {
     "body_html": "<html><body>hello</body></html>",
     "body_truncated": '{"id": "resp_x", "status": "comp',
     "body_inf": '{"id": "resp_x", "status": "completed", "usage": {"input_tokens": 1e999}}',
+    # Valid JSON, nested deeper than a JSON writer may go: it parses, but cannot be written back out.
+    "body_deep": '{"id": "resp_x", "status": "completed", "output": ' + "[" * 400 + "]" * 400 + "}",
 }
 
 
@@ -191,6 +193,10 @@ class Server:
             # the text and never the key.
             echoed = request.headers.get("authorization", "")
             return _raw(f"405 Method Not Allowed by the gateway. You sent: {echoed}", 405, "text/plain")
+        if scenario == "error_deep":
+            deep = "[" * 400 + "]" * 400
+            text = '{"error": {"message": "deep", "type": "invalid_request_error", "code": "deep", "param": %s}}'
+            return _raw(text % deep, 400)
         if scenario == "rl_dry":
             # The request budget (shared with other clients) ran dry: the pool must wait for the reset.
             headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}

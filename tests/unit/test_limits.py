@@ -268,3 +268,12 @@ def test_a_long_retry_after_within_the_cap_is_said_plainly(caplog: pytest.LogCap
     rl.obey_retry_after(60.0, 60.0, pool=True)
     rl.obey_retry_after(2.0, 2.0, pool=True)
     assert [r.getMessage() for r in caplog.records] == ["server asked to wait 60 s; pausing all requests until then"]
+
+
+def test_a_long_retry_after_for_one_request_is_said_without_pausing_the_pool() -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.obey_retry_after(3.0, 3.0, pool=False)
+    assert rl.notice is None
+    rl.obey_retry_after(120.0, 120.0, pool=False)
+    assert rl.notice == "server asked to wait 120 s before retrying a request"
+    assert rl.remaining_pause() == 0.0
