@@ -292,6 +292,12 @@ class ApiClient:
             raise TransientApiError(
                 f"no complete reply within the timeout of {self._total_timeout:g} s", code="timeout"
             ) from None
+        except httpx.DecodingError:
+            # Not a transport error in httpx's tree, but the same kind of thing: the reply came, unusable.
+            raise TransientApiError(
+                "the reply's body could not be decoded (its content-encoding does not match it)",
+                code="invalid_response_body",
+            ) from None
         except TRANSPORT_ERRORS as exc:
             raise classify_exception(exc) from None
         return classify(response, raw, secret=self._secret, request=request)

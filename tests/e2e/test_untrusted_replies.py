@@ -123,6 +123,7 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
         *misbehaving.ODD_FIELDS,
         "escapes",
         "error_deep",
+        "bad_gzip",
         "not_openai_405",
         "big_header",
         "trickle",
@@ -193,6 +194,9 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
     # Bodies that are not JSON objects.
     for s in misbehaving.BODIES:
         assert got[s]["state"] == "failed" and got[s]["error_code"] == "invalid_response_body", s
+
+    assert got["bad_gzip"]["state"] == "failed" and got["bad_gzip"]["error_code"] == "invalid_response_body"
+    assert "could not be decoded" in got["bad_gzip"]["error_message"]
 
     # An error body nested too deeply to store: the error is kept, the body is not.
     assert got["error_deep"]["state"] == "failed" and got["error_deep"]["error_code"] == "deep"

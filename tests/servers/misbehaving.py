@@ -185,6 +185,11 @@ class Server:
             return _json(ODD_FIELDS[scenario])
         if scenario in BODIES:
             return _raw(BODIES[scenario])
+        if scenario == "bad_gzip":
+            # Says gzip, is not: the body cannot be decoded.
+            return web.Response(
+                body=b"this is not gzip", headers={"content-type": "application/json", "content-encoding": "gzip"}
+            )
         if scenario == "escapes":
             err = {"error": {"message": ESCAPE_MESSAGE, "type": "invalid_request_error", "code": ESCAPES}}
             return _json(err, status=400)
