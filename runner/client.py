@@ -9,10 +9,7 @@ Nothing else in the runner looks at status codes or error codes.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -20,8 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 import httpx
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
@@ -35,6 +34,16 @@ from runner.errors import (
     PermanentApiError,
     TransientApiError,
     UnreachableError,
+)
+from runner.reply import (
+    MAX_BODY_BYTES,
+    MAX_CODE_CHARS,
+    MAX_ERROR_TEXT,
+    MAX_HEADER_LINE,
+    MAX_MESSAGE_CHARS,
+    read_error_text,
+    read_request_id,
+    read_retry_after,
 )
 
 BILLING_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "organization_usage_limit_exceeded"})
@@ -69,49 +78,46 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
     Values are capped at MAX_RETRY_AFTER so a broken header cannot park a run for a day.
     """
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            v = float(ms) / 1000.0
-        except ValueError:
-            v = -1.0
-        if not math.isnan(v) and v >= 0:
-            return min(v, MAX_RETRY_AFTER)
-    ra = headers.get("retry-after")
-    if ra is None:
-        return None
-    try:
-        v = float(ra)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(ra)
-        except (TypeError, ValueError, IndexError):
-            return None
-        v = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(v):
-        return None  # "nan" parses as a float but says nothing; "inf" is capped below
-    return min(max(v, 0.0), MAX_RETRY_AFTER)
+    ra = read_retry_after(headers, MAX_RETRY_AFTER, now)
+    return None if ra is None else ra.seconds
 
 
 def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
-    """(code, type, message) from an OpenAI error body `{"error": {...}}`, tolerating other shapes."""
+    """(code, type, message) from an OpenAI error body `{"error": {...}}`, tolerating other shapes; bounded."""
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
-            code = err.get("code")
-            typ = err.get("type")
-            msg = err.get("message")
             return (
-                str(code) if code is not None else None,
-                str(typ) if typ is not None else None,
-                str(msg) if msg is not None else None,
+                read_error_text(err.get("code"), MAX_CODE_CHARS),
+                read_error_text(err.get("type"), MAX_CODE_CHARS),
+                read_error_text(err.get("message"), MAX_MESSAGE_CHARS),
             )
         if isinstance(err, str):
-            return None, None, err
+            return None, None, read_error_text(err, MAX_MESSAGE_CHARS)
         msg = body.get("message")
         if isinstance(msg, str):
-            return None, None, msg
+            return None, None, read_error_text(msg, MAX_MESSAGE_CHARS)
     return None, None, None
+
+
+def _where(response: httpx.Response, request: httpx.Request | None) -> str:
+    """`METHOD URL` of the request a reply answers, without credentials or query (they may hold a key)."""
+    if request is None:
+        try:
+            request = response.request
+        except RuntimeError:
+            return "the request"
+    url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
+    return f"{request.method} {url}"
+
+
+def _http_message(response: httpx.Response, raw: bytes, secret: str | None, request: httpx.Request | None) -> str:
+    """What a failure without an OpenAI error object said: status, method + URL, and its first 1 KB of text."""
+    text = raw[: MAX_ERROR_TEXT * 4].decode("utf-8", "replace")[:MAX_ERROR_TEXT].strip()
+    if secret:
+        text = text.replace(secret, "[redacted]")  # a proxy echoing our headers must not put the key in the store
+    where = _where(response, request)
+    return f"HTTP {response.status_code} from {where}: {text}" if text else f"HTTP {response.status_code} from {where}"
 
 
 def is_billing_code(code: str | None) -> bool:
@@ -150,15 +156,25 @@ def _names_a_missing_thing(code: str | None) -> bool:
     return code is not None and code.endswith("_not_found")
 
 
-def classify(response: httpx.Response, *, create_url: httpx.URL | None = None) -> ApiReply:
+def classify(
+    response: httpx.Response,
+    raw: bytes | None = None,
+    *,
+    secret: str | None = None,
+    request: httpx.Request | None = None,
+    create_url: httpx.URL | None = None,
+) -> ApiReply:
     """An `ApiReply` for a 2xx with a JSON object body; otherwise raise the typed error it stands for.
 
-    `create_url` is given for `POST /responses`: a 404 or 405 there (other than a line's unknown model or
-    previous response) means the endpoint itself is missing, which dooms the whole job.
+    `raw` is the body when the caller read it (bounded); `secret` is redacted from any text kept; `request`
+    (else the response's own) names what failed in a message. `create_url` is given for `POST /responses`:
+    a 404 or 405 there (other than a line's unknown model or previous response) means the endpoint itself
+    is missing, which dooms the whole job.
     """
     headers = response.headers
-    request_id = headers.get("x-request-id")
-    raw = response.content
+    request_id = read_request_id(headers.get("x-request-id"))
+    if raw is None:
+        raw = response.content
     status = response.status_code
     try:
         body: Any = orjson.loads(raw) if raw else None
@@ -177,7 +193,7 @@ def classify(response: httpx.Response, *, create_url: httpx.URL | None = None) -
         )
 
     code, typ, message = _error_fields(body)
-    message = message or f"HTTP {status}"
+    message = message or _http_message(response, raw, secret, request)
     kw: dict[str, Any] = {
         "status": status,
         "code": code or typ,
@@ -196,10 +212,15 @@ def classify(response: httpx.Response, *, create_url: httpx.URL | None = None) -
     if should_retry == "false":
         raise PermanentApiError(message, **kw)
     if status == 400 and code == "conversation_locked":
-        wait = parse_retry_after(headers)
-        raise TransientApiError(message, retry_after=CONVERSATION_LOCKED_WAIT if wait is None else wait, **kw)
+        ra = read_retry_after(headers, MAX_RETRY_AFTER)
+        if ra is None:
+            raise TransientApiError(message, retry_after=CONVERSATION_LOCKED_WAIT, **kw)
+        raise TransientApiError(message, retry_after=ra.seconds, retry_after_asked=ra.asked, **kw)
     if should_retry == "true" or status in (408, 409, 429) or status >= 500:
-        raise TransientApiError(message, retry_after=parse_retry_after(headers), **kw)
+        ra = read_retry_after(headers, MAX_RETRY_AFTER)
+        if ra is None:
+            raise TransientApiError(message, **kw)
+        raise TransientApiError(message, retry_after=ra.seconds, retry_after_asked=ra.asked, **kw)
     raise PermanentApiError(message, **kw)
 
 
@@ -223,13 +244,25 @@ def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
     return "connection_error", f"the connection failed ({type(cause).__name__})"
 
 
-def classify_exception(exc: BaseException) -> TransientApiError:
-    """A transport failure (no reply at all) as a transient error; the message never holds headers.
+def classify_exception(exc: BaseException) -> ApiError:
+    """A transport failure (no usable reply) as a typed error; the message never holds headers.
+
+    A reply whose head aiohttp's parser refused (a header line over MAX_HEADER_LINE bytes, or not HTTP) is
+    a permanent failure, not "connection failed": the server did answer (perhaps with a paid answer), and
+    sending the request again would pay again for the same unreadable reply.
 
     Failing to connect (refused, no such host, TLS, connect timeout) is an `UnreachableError`, which the
     worker counts towards the doomed-job stop.
     """
     cause = exc.__cause__ or exc
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(cause, HttpProcessingError):
+        # aiohttp's parser refused the status line or headers (errors in the body come as ClientPayloadError).
+        said = f" ({cause.message[:120]})" if cause.message else ""
+        return PermanentApiError(
+            f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes"
+            f" and be valid HTTP{said}",
+            code="invalid_reply_head",
+        )
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):
         code, reason = _unreachable_reason(cause)
         prefix = "timed out" if code == "timeout" else "connection failed"
@@ -264,10 +297,14 @@ class ApiClient:
         timeout: float = 600.0,
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_body: int = MAX_BODY_BYTES,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        self._secret = key or None
+        self._max_body = max_body
+        self._total_timeout = timeout
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -321,14 +358,43 @@ class ApiClient:
             method, url, headers=[*self._headers, *extra], content=content, extensions=self._extensions
         )
         try:
-            response = await self._transport.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            # --timeout bounds the whole reply (connect, headers, body), not only the gap between bytes:
+            # a server trickling one byte a second must not hold a request and its slot for as long as it likes.
+            with anyio.fail_after(self._total_timeout):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    raw = await self._read_body(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise TransientApiError(
+                f"no complete reply within the timeout of {self._total_timeout:g} s", code="timeout"
+            ) from None
+        except httpx.DecodingError:
+            # Not a transport error in httpx's tree, but the same kind of thing: the reply came, unusable.
+            raise TransientApiError(
+                "the reply's body could not be decoded (its content-encoding does not match it)",
+                code="invalid_response_body",
+            ) from None
         except TRANSPORT_ERRORS as exc:
             raise classify_exception(exc) from None
-        return classify(response, create_url=url if creating else None)
+        return classify(response, raw, secret=self._secret, request=request, create_url=url if creating else None)
+
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        """The reply's body, refusing one larger than the limit instead of holding it all in memory."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_body:
+                raise PermanentApiError(
+                    f"the reply body is larger than the limit of {self._max_body} bytes",
+                    status=response.status_code,
+                    code="reply_too_large",
+                    request_id=read_request_id(response.headers.get("x-request-id")),
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def create(self, body: bytes, *, client_request_id: str | None = None) -> ApiReply:
         """POST /responses with a body that is already JSON."""

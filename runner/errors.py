@@ -175,8 +175,11 @@ class ApiError(RunnerError):
 class TransientApiError(ApiError):
     """A failure worth retrying after a wait."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, retry_after_asked: float | None = None, **kw: object
+    ) -> None:
         self.retry_after = retry_after
+        self.retry_after_asked = retry_after_asked  # what the server asked for, before the cap (to say so)
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 

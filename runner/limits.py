@@ -8,6 +8,7 @@ than a second's share of the budget plus BURST (10 %). Everything takes an injec
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import time
@@ -15,9 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runner.reply import finite_seconds, header_count
+
+log = logging.getLogger(__name__)
+
 BURST = 0.10  # a second's share may be exceeded by this fraction inside any one-second window
 HEADER_SAFETY = 0.97  # pace at this share of a limit learnt from headers, to stay under it
 MAX_HEADER_PAUSE = 60.0
+LONG_WAIT = 5.0  # a pool-wide pause longer than this is said, once, in plain words
 POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so they never starve submissions
 CHARS_PER_TOKEN = 4.0
 
@@ -30,15 +36,16 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 def parse_duration(value: str | None) -> float | None:
     """Seconds in a Go-style duration (`1s`, `6m0s`, `20ms`, `1m30.5s`, `14.981s`); a bare number is seconds.
 
-    Missing, negative (`-1`) or unparsable values mean "unknown" and give None.
+    Missing, negative (`-1`), unparsable, infinite, nan or absurd (over a year) values mean "unknown" and
+    give None.
     """
     if value is None:
         return None
     v = value.strip()
-    if not v or v.startswith("-"):
+    if not v or v.startswith("-") or len(v) > 64:
         return None
     try:
-        return float(v)
+        return finite_seconds(float(v))
     except ValueError:
         pass
     pos = 0
@@ -49,18 +56,11 @@ def parse_duration(value: str | None) -> float | None:
         n = float(m.group(1))
         total += {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[m.group(2)] * n
         pos = m.end()
-    return total if pos == len(v) and pos > 0 else None
+    return finite_seconds(total) if pos == len(v) and pos > 0 else None
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        n = int(float(raw))
-    except ValueError:
-        return None
-    return n if n >= 0 else None
+    return header_count(headers.get(name))
 
 
 class Pacer:
@@ -192,6 +192,8 @@ class RateLimiter:
         self.pauses = 0
         self.estimator = Estimator()
         self._seen_limits: tuple[str | None, str | None] = (None, None)
+        self._notice: str | None = None
+        self._notice_until = -math.inf
 
     @property
     def needs_tokens(self) -> bool:
@@ -218,12 +220,47 @@ class RateLimiter:
             wait = max(wait, self.requests.reserve(1))
         return wait
 
+    def say(self, text: str, until: float) -> None:
+        """Tell the user about a long wait once: on stderr (WARNING) and in the progress display.
+
+        Waits announced while an earlier one still runs are the same stand-still, and are not said again.
+        """
+        now = self.clock()
+        if now < self._notice_until:
+            self._notice_until = max(self._notice_until, until)
+            return
+        self._notice_until = until
+        self._notice = text
+        log.warning("%s", text)
+
+    @property
+    def notice(self) -> str | None:
+        """The long wait now in force, in plain words (None when there is none)."""
+        return self._notice if self.clock() < self._notice_until else None
+
+    def obey_retry_after(self, seconds: float | None, asked: float | None, *, pool: bool) -> None:
+        """A server's Retry-After: for a 429 (`pool`) the whole pool pauses (1 s if none was given), else only
+        that request waits. Either way a wait cut to the cap, or longer than LONG_WAIT, is said."""
+        capped = seconds is not None and asked is not None and asked > seconds
+        why = f"server asked to wait {asked:g} s; waiting the {seconds:g} s cap" if capped else None
+        if pool:
+            wait = 1.0 if seconds is None else seconds
+            self.pause(wait, why=why or f"server asked to wait {wait:g} s; pausing all requests until then")
+        elif seconds is not None and seconds > LONG_WAIT:
+            self.say(why or f"server asked to wait {seconds:g} s before retrying a request", self.clock() + seconds)
+
     def remaining_pause(self) -> float:
         return max(self.paused_until - self.clock(), 0.0)
 
-    def pause(self, seconds: float) -> None:
-        """Hold the whole pool for `seconds` (a 429): later pauses extend, earlier ones do not shorten."""
+    def pause(self, seconds: float, *, why: str | None = None) -> None:
+        """Hold the whole pool for `seconds` (a 429): later pauses extend, earlier ones do not shorten.
+
+        A pause longer than LONG_WAIT is said (`why`, or a plain default) unless one already said covers it.
+        """
+        seconds = seconds if math.isfinite(seconds) else 0.0
         until = self.clock() + max(seconds, 0.0)
+        if seconds > LONG_WAIT:
+            self.say(why or f"pausing all requests for {seconds:.0f} s", until)
         if until > self.paused_until:
             self.paused_until = until
             self.pauses += 1
@@ -271,8 +308,11 @@ class RateLimiter:
         reset_req = parse_duration(headers.get("x-ratelimit-reset-requests"))
         # Pacing keeps us under the limit; this catches a budget shared with other clients running dry.
         if rem_req is not None and reset_req is not None and rem_req <= 0:
-            self.pause(min(reset_req, MAX_HEADER_PAUSE))
+            self._window_dry("request", min(reset_req, MAX_HEADER_PAUSE))
         rem_tok = _int_header(headers, "x-ratelimit-remaining-tokens")
         reset_tok = parse_duration(headers.get("x-ratelimit-reset-tokens"))
         if rem_tok is not None and reset_tok is not None and rem_tok <= 0:
-            self.pause(min(reset_tok, MAX_HEADER_PAUSE))
+            self._window_dry("token", min(reset_tok, MAX_HEADER_PAUSE))
+
+    def _window_dry(self, kind: str, seconds: float) -> None:
+        self.pause(seconds, why=f"rate-limit {kind} window exhausted; pausing {seconds:.0f} s until reset")

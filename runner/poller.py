@@ -18,8 +18,9 @@ from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
 from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
-from runner.errors import ApiError, BillingError, DoomedJobError, TransientApiError
+from runner.errors import ApiError, BillingError, DoomedJobError, PermanentApiError, TransientApiError
 from runner.limits import RateLimiter
+from runner.reply import RESPONSE_ID_MISMATCH, read_id
 from runner.results import from_error, from_response, is_running
 from runner.store.models import Claimed, Outcome
 from runner.writeback import WriteBack
@@ -27,10 +28,14 @@ from runner.writeback import WriteBack
 log = logging.getLogger(__name__)
 
 
+MAX_ID_MISMATCHES = 3  # polls answered with another response's id before the request fails
+
+
 @dataclass
 class _Item:
     claimed: Claimed
     delay: float
+    mismatches: int = 0
 
 
 class Poller:
@@ -95,6 +100,25 @@ class Poller:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
+    def _mismatch(self, item: _Item, got: str | None, status: int, request_id: str | None) -> None:
+        """A poll answered with another response's id: never this request's result. Asked again a few
+        times (a proxy's passing mix-up), then the request fails; its own response is not re-sent."""
+        c = item.claimed
+        item.mismatches += 1
+        if item.mismatches < MAX_ID_MISMATCHES:
+            log.debug("polling %s returned response %r; asking again", c.response_id, got)
+            self._push(item, POLL_INITIAL_DELAY)
+            return
+        error = PermanentApiError(
+            f"polling {c.response_id} returned a response with another id ({got!r}) {item.mismatches} times;"
+            " not accepted as this request's result",
+            status=status,
+            code=RESPONSE_ID_MISMATCH,
+            request_id=request_id,
+        )
+        log.warning("line %s: %s", c.line_no, error.message)
+        self._finish(from_error(c, error, max_attempts=0))
+
     async def _poll(self, item: _Item) -> None:
         c = item.claimed
         assert c.response_id is not None
@@ -108,8 +132,8 @@ class Poller:
                     reply = await self._client.retrieve(c.response_id)
                 except (TransientApiError, BillingError) as e:
                     self._limiter.observe(e.rate_limits, poll=True)
-                    if e.status == 429 and isinstance(e, TransientApiError):
-                        self._limiter.pause(e.retry_after if e.retry_after is not None else 1.0)
+                    if isinstance(e, TransientApiError):
+                        self._limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
                     wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after else item.delay
                     item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
                     self._push(item, max(wait, item.delay))
@@ -126,6 +150,10 @@ class Poller:
                     self._finish(from_error(c, e, max_attempts=0))
                     return
             self._limiter.observe(reply.rate_limits, poll=True)
+            got = read_id(reply.body.get("id"))
+            if got != c.response_id:
+                self._mismatch(item, got, reply.status, reply.request_id)
+                return
             if is_running(reply.body):
                 item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
                 self._push(item, item.delay)

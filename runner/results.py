@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from runner.errors import ApiError, TransientApiError
+from runner.reply import MAX_CODE_CHARS, MAX_MESSAGE_CHARS, USAGE_OUT_OF_BOUNDS, read_error_text, read_usage
 from runner.retry import backoff_delay, should_retry
-from runner.schema import usage_from_response, with_output_text
+from runner.schema import with_output_text
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome
 
@@ -25,9 +26,18 @@ RUNNING_STATUSES = frozenset({"queued", "in_progress"})
 RETRYABLE_RESPONSE_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
 
 
+def _dump(body: Any) -> str | None:
+    """A parsed reply as JSON text to store; None for one orjson parses but will not write (over 254 levels)."""
+    try:
+        return orjson.dumps(body).decode()
+    except orjson.JSONEncodeError:
+        return None
+
+
 def is_running(body: dict[str, Any]) -> bool:
     """Whether a Response object is still being worked on (background mode)."""
-    return body.get("status") in RUNNING_STATUSES
+    status = body.get("status")
+    return isinstance(status, str) and status in RUNNING_STATUSES  # a list or object would not even hash
 
 
 def from_response(
@@ -66,30 +76,47 @@ def final_outcome(row_id: int, body: dict[str, Any], *, http_status: int, reques
         # A reply without a recognisable status: keep it, but do not call it a success.
         to = RequestState.FAILED
         code: str | None = "unknown_status"
-        message: str | None = f"the API returned a response with status {status!r}"
+        message: str | None = f"the API returned a response with status {read_error_text(repr(status), 80)}"
     else:
         code = message = None
     if to is RequestState.FAILED and code is None:
         err_obj = body.get("error")
         err: dict[str, Any] = err_obj if isinstance(err_obj, dict) else {}
-        code = str(err.get("code") or "failed")
-        message = str(err.get("message") or "the response failed")
+        code = read_error_text(err.get("code") or "failed", MAX_CODE_CHARS)
+        message = read_error_text(err.get("message") or "the response failed", MAX_MESSAGE_CHARS)
     elif to is RequestState.INCOMPLETE:
         details_obj = body.get("incomplete_details")
         details: dict[str, Any] = details_obj if isinstance(details_obj, dict) else {}
         code = "incomplete"
-        message = str(details.get("reason") or "incomplete")
+        message = read_error_text(details.get("reason") or "incomplete", MAX_MESSAGE_CHARS)
     elif to is RequestState.CANCELLED:
         code, message = "cancelled", "the response was cancelled"
+    stored = _dump(with_output_text(body))
+    if stored is None:
+        return Outcome(
+            row_id,
+            RequestState.FAILED,
+            http_status=http_status,
+            api_request_id=request_id,
+            error_code="invalid_response_body",
+            error_message="the reply is valid JSON but cannot be stored (nested too deeply)",
+        )
+    usage = read_usage(body)
+    if usage.problem is not None:
+        # The answer is kept (it was paid for); the absurd counts are stored as 0 and the row says why.
+        if code is None:
+            code, message = USAGE_OUT_OF_BOUNDS, usage.problem
+        else:
+            message = f"{message}; {usage.problem}"
     return Outcome(
         row_id,
         to,
         http_status=http_status,
         api_request_id=request_id,
-        response_body=orjson.dumps(with_output_text(body)).decode(),
+        response_body=stored,
         error_code=code,
         error_message=message,
-        usage=usage_from_response(body),
+        usage=usage.usage,
     )
 
 
@@ -115,7 +142,7 @@ def from_error(c: Claimed, error: ApiError, *, max_attempts: int) -> Outcome:
         RequestState.FAILED,
         http_status=error.status,
         api_request_id=error.request_id,
-        response_body=orjson.dumps(error.body).decode() if error.body is not None else None,
+        response_body=_dump(error.body) if error.body is not None else None,
         error_code=error.code or ("http_error" if error.status else "error"),
         error_message=message,
         rate_limited=rate_limited,

@@ -11,7 +11,7 @@ away, since the body is sent exactly as written (unknown fields included).
 Issue order is stable: within each object, missing required fields first, then the fields present in the
 order the line lists them, then rules that span several fields.
 
-Response side: `Usage`, `usage_from_response`, `output_text`, `with_output_text`.
+Response side: `Usage`, `output_text`, `with_output_text` (runner/reply.py reads usage out of a reply, bounded).
 """
 
 from __future__ import annotations
@@ -606,36 +606,6 @@ class Usage:
             self.reasoning_tokens + other.reasoning_tokens,
             self.total_tokens + other.total_tokens,
         )
-
-
-def _count(value: Any) -> int | None:
-    return value if type(value) is int else None
-
-
-def _detail(usage: Mapping[str, Any], details: str, key: str) -> int:
-    part = usage.get(details)
-    if not isinstance(part, Mapping):
-        return 0
-    return _count(part.get(key)) or 0
-
-
-def usage_from_response(body: Mapping[str, Any] | None) -> Usage:
-    """The usage of a Response body; anything missing, null or not an integer counts as 0."""
-    if not isinstance(body, Mapping):
-        return Usage()
-    usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return Usage()
-    input_tokens = _count(usage.get("input_tokens")) or 0
-    output_tokens = _count(usage.get("output_tokens")) or 0
-    total = _count(usage.get("total_tokens"))
-    return Usage(
-        input_tokens=input_tokens,
-        cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
-        output_tokens=output_tokens,
-        reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
-        total_tokens=total if total is not None else input_tokens + output_tokens,
-    )
 
 
 def output_text(body: Mapping[str, Any]) -> str:

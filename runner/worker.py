@@ -23,6 +23,7 @@ from runner.errors import ApiError, BillingError, DoomedJobError, TransientApiEr
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
+from runner.reply import read_id
 from runner.results import from_error, from_response, is_running
 from runner.retry import backoff_delay
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
@@ -239,6 +240,7 @@ class Run:
             self.snap.polling = self.poller.size
             self.snap.concurrency = self.concurrency.limit
             self.snap.pauses = self.limiter.pauses
+            self.snap.notice = self.limiter.notice  # the long wait in force, if any (said once on stderr)
             self._on_progress(self.snap)
             await anyio.sleep(0.25)
 
@@ -339,8 +341,8 @@ class Run:
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight)
         self.concurrency.on_success()
         if is_running(reply.body):
-            response_id = reply.body.get("id")
-            if not isinstance(response_id, str):
+            response_id = read_id(reply.body.get("id"))
+            if response_id is None:
                 return self._put(
                     from_error(
                         c,
@@ -372,9 +374,11 @@ class Run:
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""
         self.limiter.observe(e.rate_limits, in_flight=self._in_flight)
+        if isinstance(e, TransientApiError):
+            self.limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
         if e.status == 429:
-            wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after is not None else 1.0
-            self.limiter.pause(wait)
+            if not isinstance(e, TransientApiError):
+                self.limiter.pause(1.0)
             self.concurrency.on_overload()
         elif e.code == "timeout":
             self.concurrency.on_overload()

@@ -7,6 +7,7 @@ change from a state it may not come from touches no row and raises, instead of s
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -89,6 +90,17 @@ _CLAIMED_COLUMNS = (
     requests.c.attempts,
 )
 _USAGE_COLS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
+
+def bounded_total(value: Any) -> int:
+    """A token sum from SQLite's TOTAL() (a float, never an overflow) as a non-negative int.
+
+    Every stored count is bounded (runner/reply.py), so a sum is exact up to 2^53 and close beyond it;
+    rows written before the bounds existed may hold negatives, and a sum never goes below 0 for them.
+    """
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return int(value)
+    return 0
 
 
 def _dbapi(sync: Connection) -> hot.DBAPIConnection:
@@ -575,7 +587,8 @@ class Store:
                     func.count(),
                     func.sum(requests.c.attempts),
                     func.sum(requests.c.rate_limited),
-                    *(func.sum(getattr(requests.c, c)) for c in _USAGE_COLS),
+                    # TOTAL, not SUM: SQLite's SUM raises on 64-bit overflow and would take `status` down with it.
+                    *(func.total(getattr(requests.c, c)) for c in _USAGE_COLS),
                     func.min(requests.c.started_at),
                     func.max(requests.c.finished_at),
                 )
@@ -592,7 +605,7 @@ class Store:
                 attempts += int(r[2] or 0)
                 rl += int(r[3] or 0)
                 for i in range(5):
-                    usage[i] += int(r[4 + i] or 0)
+                    usage[i] += bounded_total(r[4 + i])
                 if r[9] is not None:
                     first = r[9] if first is None else min(first, r[9])
                 if r[10] is not None:

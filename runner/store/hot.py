@@ -28,6 +28,7 @@ T = TypeVar("T")
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
 CANCELLED = RequestState.CANCELLED.value
+FAILED = RequestState.FAILED.value
 
 
 class Cursor(Protocol):
@@ -97,6 +98,19 @@ _REQUEUE = (
     f"UPDATE requests SET state = '{Q}', next_attempt_at = ?, attempts = attempts - ?,"
     f" response_id = CASE WHEN ? THEN NULL ELSE response_id END, {_COMMON} WHERE {_GUARD}"
 )
+# A row the store refused to take (a value SQLite cannot hold): failed, with the reason and nothing else,
+# so it is final (never claimed and sent again) and every value in it is the runner's own.
+STORE_REFUSED = "store_refused"
+_REFUSE_ROW = (
+    f"UPDATE requests SET state = '{FAILED}', response_body = NULL, input_tokens = 0, cached_tokens = 0,"
+    f" output_tokens = 0, reasoning_tokens = 0, total_tokens = 0, error_code = '{STORE_REFUSED}',"
+    " error_message = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+    f" WHERE {_GUARD}"
+)
+# What one row's values can make SQLite or its binding raise (an int over 64 bits, a string it cannot
+# encode). SQLite undoes a failed statement by itself, so the rest of the transaction stands without a
+# SAVEPOINT per row (which would cost two more statements for every result on the hot path).
+_ROW_ERRORS = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)
 _SET_RESPONSE_ID = (
     "UPDATE requests SET response_id = ?, request_id = ?, submitted_at = coalesce(?, submitted_at), updated_at = ?"
     f" WHERE {_GUARD} AND response_id IS NULL"
@@ -153,28 +167,35 @@ def apply(
             o.request_id,
             owner,
         )
-        if o.to in TERMINAL:
-            u = o.usage
-            cur.execute(
-                _FINISH,
-                (
-                    o.to.value,
-                    o.response_body,
-                    u.input_tokens,
-                    u.cached_tokens,
-                    u.output_tokens,
-                    u.reasoning_tokens,
-                    u.total_tokens,
-                    now,
-                    *common,
-                ),
-            )
-        elif o.to is RequestState.QUEUED:
-            refund = 1 if o.refund_attempt else 0
-            cur.execute(_REQUEUE, (o.next_attempt_at, refund, 1 if o.clear_response_id else 0, *common))
-            requeued.append(o.request_id)
-        else:
-            raise StoreError(f"apply() takes terminal states or queued, not {o.to}")  # rolls back the whole call
+        try:
+            if o.to in TERMINAL:
+                u = o.usage
+                cur.execute(
+                    _FINISH,
+                    (
+                        o.to.value,
+                        o.response_body,
+                        u.input_tokens,
+                        u.cached_tokens,
+                        u.output_tokens,
+                        u.reasoning_tokens,
+                        u.total_tokens,
+                        now,
+                        *common,
+                    ),
+                )
+            elif o.to is RequestState.QUEUED:
+                refund = 1 if o.refund_attempt else 0
+                cur.execute(_REQUEUE, (o.next_attempt_at, refund, 1 if o.clear_response_id else 0, *common))
+                requeued.append(o.request_id)
+            else:
+                raise StoreError(f"apply() takes terminal states or queued, not {o.to}")  # rolls back the whole call
+        except _ROW_ERRORS as exc:
+            # One row must not take the group commit down with it: the others' answers land, and this one
+            # is final, so no run sends it (and pays for it) again. Only if even this fixed write fails
+            # (the store itself is broken) does the whole commit fail.
+            reason = f"the job store refused this result ({type(exc).__name__}: {exc})"[:500]
+            cur.execute(_REFUSE_ROW, (reason, now, now, o.request_id, owner))
         if cur.rowcount == 0:
             refused.append(o.request_id)
     if requeued:

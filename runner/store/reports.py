@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
-from runner.store import Store, UsageCounts
+from runner.store import Store, UsageCounts, bounded_total
 from runner.store.tables import requests
 
 __all__ = [
@@ -126,7 +126,7 @@ async def usage_by_model(store: Store, job_id: str) -> list[ModelUsage]:
     """Token sums per billed model, over the requests that used any tokens; most total tokens first."""
     model = func.coalesce(_json_field(requests.c.response_body, "$.model"), _json_field(requests.c.body, "$.model"))
     stmt = (
-        select(model.label("model"), func.count(), *(func.sum(c) for c in _USAGE_COLS))
+        select(model.label("model"), func.count(), *(func.total(c) for c in _USAGE_COLS))
         .where(
             requests.c.job_id == job_id,
             or_(requests.c.input_tokens > 0, requests.c.output_tokens > 0, requests.c.total_tokens > 0),
@@ -140,7 +140,7 @@ async def usage_by_model(store: Store, job_id: str) -> list[ModelUsage]:
             ModelUsage(
                 None if r[0] is None else str(r[0]),
                 int(r[1]),
-                UsageCounts(*(int(x or 0) for x in r[2:7])),
+                UsageCounts(*(bounded_total(x) for x in r[2:7])),
             )
             for r in rows
         ]

@@ -5,6 +5,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import pytest
@@ -160,7 +161,7 @@ def test_classify_500_with_html_body_is_transient_with_http_message() -> None:
     e = raised(reply(502, content=b"<html>Bad Gateway</html>"))
     assert type(e) is TransientApiError
     assert e.status == 502
-    assert e.message == "HTTP 502"
+    assert e.message == "HTTP 502 from POST https://api.example.test/v1/responses: <html>Bad Gateway</html>"
     assert e.retry_after is None
 
 
@@ -255,7 +256,7 @@ def test_classify_client_errors_are_permanent(status: int, code: str | None) -> 
 def test_classify_error_without_body_gets_a_message() -> None:
     e = raised(reply(404))
     assert type(e) is PermanentApiError
-    assert e.message == "HTTP 404"
+    assert e.message == "HTTP 404 from POST https://api.example.test/v1/responses"
     assert e.code is None
 
 
@@ -488,3 +489,64 @@ async def test_errors_never_contain_the_api_key(handler: Handler, style: AuthSty
             for text in (str(e), e.describe(), repr(e), repr(e.body)):
                 assert KEY not in text
                 assert "SECRET" not in text
+
+
+# --- replies that are too slow, too large, or echo the key ------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_timeout_bounds_the_whole_reply_not_the_gap_between_bytes() -> None:
+    async def trickle(request: httpx.Request) -> httpx.Response:
+        async def body() -> Any:
+            for _ in range(50):
+                await anyio.sleep(0.02)  # each byte well within any read timeout
+                yield b" "
+
+        return httpx.Response(200, content=body())
+
+    async with ApiClient(BASE, KEY, timeout=0.3, transport=httpx.MockTransport(trickle)) as c:
+        with pytest.raises(TransientApiError) as info:
+            await c.create(b"{}")
+    assert info.value.code == "timeout"
+    assert info.value.message == "no complete reply within the timeout of 0.3 s"
+
+
+@pytest.mark.anyio
+async def test_a_body_over_the_limit_fails_the_request_and_says_so() -> None:
+    def big(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"x" * 5000, headers={"x-request-id": "req_big"})
+
+    async with ApiClient(BASE, KEY, max_body=1000, transport=httpx.MockTransport(big)) as c:
+        with pytest.raises(PermanentApiError) as info:
+            await c.create(b"{}")
+    assert info.value.code == "reply_too_large"
+    assert info.value.message == "the reply body is larger than the limit of 1000 bytes"
+    assert info.value.request_id == "req_big"
+
+
+@pytest.mark.anyio
+async def test_a_non_openai_error_keeps_method_url_and_text_but_never_the_key() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(405, text=f"Not allowed. You sent {request.headers['authorization']}\n" + "y" * 3000)
+
+    async with ApiClient("https://user:pw@api.example.test/v1", KEY, transport=httpx.MockTransport(echo)) as c:
+        with pytest.raises(PermanentApiError) as info:
+            await c.retrieve("resp_1")
+    msg = info.value.message
+    assert msg.startswith(
+        "HTTP 405 from GET https://api.example.test/v1/responses/resp_1: Not allowed. You sent Bearer"
+    )
+    assert KEY not in msg and "[redacted]" in msg and "pw" not in msg
+    assert msg.count("y") <= 1024
+
+
+def test_huge_or_absurd_retry_after_is_capped_and_what_was_asked_is_kept() -> None:
+    e = raised(reply(429, err_body("rate_limit_exceeded"), retry_after="1e999"))
+    assert isinstance(e, TransientApiError)
+    assert e.retry_after == MAX_RETRY_AFTER and e.retry_after_asked == math.inf
+
+
+def test_an_error_code_and_message_are_bounded() -> None:
+    e = raised(reply(400, err_body("c" * 1000, "m" * 100_000)))
+    assert e.code is not None and len(e.code) == 128
+    assert len(e.message) == 4096

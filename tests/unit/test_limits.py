@@ -189,3 +189,91 @@ def test_estimate_counts_text_and_max_output_and_converges_to_the_real_ratio() -
     for _ in range(50):
         est.observe(150.0, 300)  # the model really uses twice the estimate
     assert est.estimate(body) == pytest.approx(300.0)
+
+
+# --- what servers send: every wrong kind of header, and long waits said once -------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "1e999s", "nan", "9" * 400 + "h", "-inf", "1e999"])
+def test_parse_duration_of_absurd_values_is_unknown(value: str) -> None:
+    assert parse_duration(value) is None
+
+
+@pytest.mark.parametrize("value", ["inf", "1e999", "nan", "-5", "9" * 400, "lots", "1" + "0" * 30])
+def test_broken_rate_limit_headers_change_nothing(value: str) -> None:
+    rl = RateLimiter(clock=FakeClock())
+    headers = {
+        name: value
+        for name in (
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        )
+    }
+    rl.observe(headers)
+    assert rl.requests is None and rl.tokens is None
+    assert rl.remaining_pause() == 0.0 and rl.notice is None
+
+
+def test_a_dry_window_pause_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    rl = RateLimiter(clock=clock)
+    dry = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "58s"}
+    for _ in range(5):
+        rl.observe(dry)
+        clock.t += 1
+    said = [r.getMessage() for r in caplog.records if "window exhausted" in r.getMessage()]
+    assert said == ["rate-limit request window exhausted; pausing 58 s until reset"]
+    assert rl.notice == said[0]
+    clock.t += 60
+    assert rl.notice is None  # the wait is over
+    rl.observe(dry)
+    assert len([r for r in caplog.records if "window exhausted" in r.getMessage()]) == 2  # a new stand-still
+
+
+def test_a_short_pause_is_not_said(caplog: pytest.LogCaptureFixture) -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.observe({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
+    assert rl.remaining_pause() == 2.0
+    assert rl.notice is None and not caplog.records
+
+
+def test_a_capped_retry_after_is_said_once_for_the_pool(caplog: pytest.LogCaptureFixture) -> None:
+    rl = RateLimiter(clock=FakeClock())
+    for _ in range(3):
+        rl.obey_retry_after(300.0, 1e9, pool=True)
+    assert rl.remaining_pause() == 300.0
+    assert [r.getMessage() for r in caplog.records] == ["server asked to wait 1e+09 s; waiting the 300 s cap"]
+
+
+def test_a_capped_retry_after_for_one_request_is_said_without_pausing_the_pool() -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.obey_retry_after(300.0, float("inf"), pool=False)
+    assert rl.remaining_pause() == 0.0
+    assert rl.notice == "server asked to wait inf s; waiting the 300 s cap"
+
+
+def test_a_pause_of_inf_or_nan_does_not_crash() -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.pause(float("inf"))
+    rl.pause(float("nan"))
+    assert rl.remaining_pause() == 0.0
+
+
+def test_a_long_retry_after_within_the_cap_is_said_plainly(caplog: pytest.LogCaptureFixture) -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.obey_retry_after(60.0, 60.0, pool=True)
+    rl.obey_retry_after(2.0, 2.0, pool=True)
+    assert [r.getMessage() for r in caplog.records] == ["server asked to wait 60 s; pausing all requests until then"]
+
+
+def test_a_long_retry_after_for_one_request_is_said_without_pausing_the_pool() -> None:
+    rl = RateLimiter(clock=FakeClock())
+    rl.obey_retry_after(3.0, 3.0, pool=False)
+    assert rl.notice is None
+    rl.obey_retry_after(120.0, 120.0, pool=False)
+    assert rl.notice == "server asked to wait 120 s before retrying a request"
+    assert rl.remaining_pause() == 0.0

@@ -13,7 +13,6 @@ from runner.schema import (
     Usage,
     check_partial_body,
     output_text,
-    usage_from_response,
     validate_line,
     with_output_text,
 )
@@ -580,41 +579,6 @@ def test_long_string_values_are_clipped_in_reasons() -> None:
 
 
 # --- response side ----------------------------------------------------------------------------------------
-
-FULL_USAGE = {
-    "input_tokens": 328,
-    "input_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 0},
-    "output_tokens": 52,
-    "output_tokens_details": {"reasoning_tokens": 40},
-    "total_tokens": 380,
-}
-
-
-def test_usage_full() -> None:
-    assert usage_from_response({"usage": FULL_USAGE}) == Usage(328, 300, 52, 40, 380)
-
-
-def test_usage_cached_and_reasoning_are_subsets_not_added() -> None:
-    assert usage_from_response({"usage": FULL_USAGE}).total_tokens == 380
-
-
-def test_usage_missing_details_count_as_zero() -> None:
-    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "output_tokens_details": None}
-    assert usage_from_response({"usage": usage}) == Usage(10, 0, 5, 0, 15)
-
-
-def test_usage_missing_total_is_input_plus_output() -> None:
-    assert usage_from_response({"usage": {"input_tokens": 10, "output_tokens": 5}}) == Usage(10, 0, 5, 0, 15)
-
-
-def test_usage_non_integers_count_as_zero() -> None:
-    usage = {"input_tokens": "10", "output_tokens": True, "input_tokens_details": {"cached_tokens": 1.5}}
-    assert usage_from_response({"usage": usage}) == Usage()
-
-
-@pytest.mark.parametrize("resp", [None, {}, {"usage": None}, {"usage": []}], ids=repr)
-def test_usage_absent(resp: dict[str, Any] | None) -> None:
-    assert usage_from_response(resp) == Usage()
 
 
 def test_usage_add() -> None:

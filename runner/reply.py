@@ -1,0 +1,205 @@
+"""The one edge where replies become data: every value the runner reads from a reply body or header, bounded.
+
+Token counts, response ids, request ids, rate-limit headers and Retry-After are read here and nowhere else,
+and each comes out either in bounds or as "unknown" (None) / a stated problem; never as a value that can
+overflow SQLite's 64-bit integers, a float conversion or a sum. What the runner does with a value out of
+bounds is decided by its caller (results.py, limits.py, client.py) and documented in the README section
+"What the runner trusts".
+
+Hand-written rather than a pydantic model: it runs for every reply on the hot path (`make bench` scenario 2
+measures CPU per request) and reads a handful of fields of a body that orjson has already parsed; a
+model validating the whole Response object would cost more than the rest of the reply's handling.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from runner.schema import Usage
+
+MAX_COUNT: Final = 2**40  # a token count above this (a trillion) is a broken server, not a real reply
+MAX_ID_CHARS: Final = 256  # response ids and request ids; OpenAI's are under 100
+MAX_CODE_CHARS: Final = 128  # an error code from a server
+MAX_MESSAGE_CHARS: Final = 4096  # an error message from a server (the whole body is stored beside it)
+MAX_HEADER_LINE: Final = 8190  # bytes per reply header line: aiohttp's limit, kept
+MAX_BODY_BYTES: Final = 64 * 1024 * 1024  # a reply body larger than this fails its request
+MAX_ERROR_TEXT: Final = 1024  # characters of a non-OpenAI error body kept in the stored message
+MAX_HEADER_SECONDS: Final = 86_400.0 * 365  # a duration header beyond a year is garbage
+
+USAGE_OUT_OF_BOUNDS: Final = "usage_out_of_bounds"
+RESPONSE_ID_MISMATCH: Final = "response_id_mismatch"
+
+_COUNT_NAMES: Final = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReading:
+    """A reply's usage in bounds, and what was wrong with it (None when nothing was)."""
+
+    usage: Usage
+    problem: str | None = None
+
+
+class _Counts:
+    """Reads counts one by one, collecting what was out of bounds."""
+
+    __slots__ = ("problems",)
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def read(self, where: Mapping[str, Any], key: str, path: str) -> int | None:
+        value = where.get(key)
+        if value is None:
+            return None
+        if type(value) is int and 0 <= value <= MAX_COUNT:
+            return value
+        self.problems.append(f"{path} {_show(value)}")
+        return 0
+
+
+def read_usage(body: Mapping[str, Any]) -> UsageReading:
+    """The usage of a Response body with every count a non-negative int up to MAX_COUNT.
+
+    Missing or null counts are 0 (total: input + output), as before. A count of the wrong type or out of
+    bounds is stored as 0 and named in `problem`: the answer itself stays usable.
+    """
+    usage = body.get("usage")
+    if usage is None:
+        return UsageReading(Usage())
+    if not isinstance(usage, Mapping):
+        return UsageReading(Usage(), f"usage is {_show(usage)}, not an object; token counts stored as 0")
+    counts = _Counts()
+    input_tokens = counts.read(usage, "input_tokens", "usage.input_tokens") or 0
+    output_tokens = counts.read(usage, "output_tokens", "usage.output_tokens") or 0
+    total = counts.read(usage, "total_tokens", "usage.total_tokens")
+    cached = reasoning = 0
+    details = usage.get("input_tokens_details")
+    if isinstance(details, Mapping):
+        cached = counts.read(details, "cached_tokens", "usage.input_tokens_details.cached_tokens") or 0
+    details = usage.get("output_tokens_details")
+    if isinstance(details, Mapping):
+        reasoning = counts.read(details, "reasoning_tokens", "usage.output_tokens_details.reasoning_tokens") or 0
+    result = Usage(
+        input_tokens=input_tokens,
+        cached_tokens=cached,
+        output_tokens=output_tokens,
+        reasoning_tokens=reasoning,
+        total_tokens=total if total is not None else input_tokens + output_tokens,
+    )
+    if not counts.problems:
+        return UsageReading(result)
+    problem = (
+        f"token counts out of bounds (a count must be an integer from 0 to 2^40): {', '.join(counts.problems)};"
+        " stored as 0, the answer is kept"
+    )
+    return UsageReading(result, problem)
+
+
+def read_id(value: Any) -> str | None:
+    """A response id: a non-empty string of at most MAX_ID_CHARS characters, else None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    return None
+
+
+def read_request_id(raw: str | None) -> str | None:
+    """An `x-request-id` header, cut to MAX_ID_CHARS characters (it is only ever shown and stored)."""
+    if raw is None or not raw:
+        return None
+    return raw if len(raw) <= MAX_ID_CHARS else raw[:MAX_ID_CHARS]
+
+
+def read_error_text(value: Any, limit: int) -> str | None:
+    """An error code or message from a server as text of at most `limit` characters (None if absent)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value) if isinstance(value, int | float | bool) else _show(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def header_count(raw: str | None) -> int | None:
+    """A count header (`x-ratelimit-limit-*`, `-remaining-*`): an integer from 0 to MAX_COUNT, else None.
+
+    `12`, `12.0` are 12; `inf`, `nan`, `1e999`, negative, huge or garbage mean "unknown".
+    """
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text or len(text) > 32:  # no count we accept is longer; longer text is not worth parsing
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    if not (0.0 <= v <= MAX_COUNT):  # also false for nan
+        return None
+    return int(v)
+
+
+def finite_seconds(v: float) -> float | None:
+    """`v` if it is a usable number of seconds (finite, 0..MAX_HEADER_SECONDS), else None."""
+    if math.isfinite(v) and 0.0 <= v <= MAX_HEADER_SECONDS:
+        return v
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """A server's Retry-After: the wait obeyed (capped) and what was asked (for saying so)."""
+
+    seconds: float
+    asked: float  # may be inf: what the header said, before the cap
+
+    @property
+    def capped(self) -> bool:
+        return self.asked > self.seconds
+
+
+def _number(raw: str) -> float | None:
+    text = raw.strip()
+    if len(text) > 64:
+        return math.inf if text.isdigit() else None  # "999...9": a huge number of seconds
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_retry_after(headers: Mapping[str, str], cap: float, now: float | None = None) -> RetryAfter | None:
+    """`retry-after-ms`, else `retry-after` (seconds or an HTTP date), capped at `cap`; None if absent or garbage.
+
+    Negative values and past dates mean "now" (0); nan and unparsable values mean "not said".
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        v = _number(ms)
+        if v is not None and v >= 0:  # nan fails the comparison
+            asked = v / 1000.0
+            return RetryAfter(min(asked, cap), asked)
+    ra = headers.get("retry-after")
+    if ra is None:
+        return None
+    v = _number(ra)
+    if v is None:
+        if len(ra) > 64:
+            return None
+        try:
+            when = email.utils.parsedate_to_datetime(ra)
+            v = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(v):
+        return None
+    asked = max(v, 0.0)
+    return RetryAfter(min(asked, cap), asked)

@@ -1,0 +1,142 @@
+"""The reply edge: every value read from a reply body or header comes out bounded, or as a stated problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runner.reply import (
+    MAX_COUNT,
+    MAX_ID_CHARS,
+    UsageReading,
+    header_count,
+    read_error_text,
+    read_id,
+    read_request_id,
+    read_retry_after,
+    read_usage,
+)
+from runner.schema import Usage
+
+FULL_USAGE = {
+    "input_tokens": 328,
+    "input_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 0},
+    "output_tokens": 52,
+    "output_tokens_details": {"reasoning_tokens": 40},
+    "total_tokens": 380,
+}
+NOW = 1_700_000_000.0
+CAP = 300.0
+
+
+def test_usage_full() -> None:
+    assert read_usage({"usage": FULL_USAGE}) == UsageReading(Usage(328, 300, 52, 40, 380))
+
+
+def test_usage_missing_details_count_as_zero_without_a_problem() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "output_tokens_details": None}
+    assert read_usage({"usage": usage}) == UsageReading(Usage(10, 0, 5, 0, 15))
+
+
+def test_usage_missing_total_is_input_plus_output() -> None:
+    assert read_usage({"usage": {"input_tokens": 10, "output_tokens": 5}}).usage == Usage(10, 0, 5, 0, 15)
+
+
+@pytest.mark.parametrize("body", [{}, {"usage": None}], ids=repr)
+def test_usage_absent(body: dict[str, Any]) -> None:
+    assert read_usage(body) == UsageReading(Usage())
+
+
+def test_usage_not_an_object_is_a_problem() -> None:
+    got = read_usage({"usage": []})
+    assert got.usage == Usage() and got.problem is not None and "not an object" in got.problem
+
+
+@pytest.mark.parametrize("bad", [2**63, 2**64 - 1, MAX_COUNT + 1, -1, 1.5, 12.0, "12", True, [], {}], ids=repr)
+def test_a_count_out_of_bounds_is_stored_as_zero_and_named(bad: Any) -> None:
+    got = read_usage({"usage": {"input_tokens": bad, "output_tokens": 5, "total_tokens": 15}})
+    assert got.usage == Usage(0, 0, 5, 0, 15)
+    assert got.problem is not None and "usage.input_tokens" in got.problem and "stored as 0" in got.problem
+
+
+def test_bad_details_are_named_too() -> None:
+    usage = {
+        **FULL_USAGE,
+        "input_tokens_details": {"cached_tokens": -3},
+        "output_tokens_details": {"reasoning_tokens": 2**70},
+    }
+    got = read_usage({"usage": usage})
+    assert got.usage == Usage(328, 0, 52, 0, 380)
+    assert got.problem is not None
+    assert "usage.input_tokens_details.cached_tokens -3" in got.problem
+    assert "usage.output_tokens_details.reasoning_tokens" in got.problem
+
+
+def test_the_cap_itself_is_in_bounds() -> None:
+    got = read_usage({"usage": {"input_tokens": MAX_COUNT, "output_tokens": 0}})
+    assert got == UsageReading(Usage(MAX_COUNT, 0, 0, 0, MAX_COUNT))
+
+
+@pytest.mark.parametrize(
+    ("raw", "count"),
+    [("12", 12), (" 7 ", 7), ("12.0", 12), ("0", 0), (str(MAX_COUNT), MAX_COUNT)]
+    + [(x, None) for x in ("inf", "-inf", "nan", "1e999", "-1", "9" * 400, str(MAX_COUNT + 1), "lots", "", "0x10")]
+    + [(None, None)],
+)
+def test_header_count(raw: str | None, count: int | None) -> None:
+    assert header_count(raw) == count
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds", "asked"),
+    [
+        ({"retry-after": "20"}, 20.0, 20.0),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5, 1.5),
+        ({"retry-after": "inf"}, CAP, float("inf")),
+        ({"retry-after": "1e999"}, CAP, float("inf")),
+        ({"retry-after-ms": "1e999"}, CAP, float("inf")),
+        ({"retry-after": "9" * 400}, CAP, float("inf")),
+        ({"retry-after": "1e9"}, CAP, 1e9),
+        ({"retry-after": "-30"}, 0.0, 0.0),
+        ({"retry-after-ms": "-5", "retry-after": "2"}, 2.0, 2.0),
+        ({"retry-after": "Thu, 01 Jan 1970 00:00:00 GMT"}, 0.0, 0.0),
+        ({"retry-after": "Tue, 14 Nov 2023 22:13:30 GMT"}, 10.0, 10.0),
+    ],
+)
+def test_retry_after(headers: dict[str, str], seconds: float, asked: float) -> None:
+    got = read_retry_after(headers, CAP, now=NOW)
+    assert got is not None
+    assert (got.seconds, got.asked) == (seconds, asked)
+    assert got.capped == (asked > seconds)
+
+
+def test_retry_after_far_future_date_is_capped() -> None:
+    got = read_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, CAP, now=NOW)
+    assert got is not None and got.seconds == CAP and got.asked > 1e11
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["nan", "soon", "Fri, 31 Dec 99999999999999999999 23:59:59 GMT", "Fri, 31 Dec 10000 23:59:59 GMT", ""],
+)
+def test_retry_after_garbage_is_not_said(value: str) -> None:
+    assert read_retry_after({"retry-after": value, "retry-after-ms": "nan"}, CAP, now=NOW) is None
+
+
+def test_ids() -> None:
+    assert read_id("resp_1") == "resp_1"
+    assert read_id("r" * MAX_ID_CHARS) == "r" * MAX_ID_CHARS
+    for bad in ("", "r" * (MAX_ID_CHARS + 1), 12, None, ["resp_1"]):
+        assert read_id(bad) is None
+    assert read_request_id("req_1") == "req_1"
+    assert read_request_id("q" * 10_000) == "q" * MAX_ID_CHARS
+    assert read_request_id("") is None
+
+
+def test_error_text_is_bounded_and_kept_otherwise() -> None:
+    assert read_error_text("evil \x1b[2J text", 100) == "evil \x1b[2J text"
+    assert read_error_text("x" * 500, 100) == "x" * 97 + "..."
+    assert read_error_text(429, 10) == "429"
+    assert read_error_text(None, 10) is None
+    assert read_error_text({"nested": "object"}, 100) == "{'nested': 'object'}"
