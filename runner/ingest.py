@@ -115,10 +115,13 @@ async def submit_file(
     new: bool = False,
     on_warning: Callable[[LineProblem], None] | None = None,
     source: str | None = None,
+    transform: Callable[[Any], Any] | None = None,
 ) -> SubmitResult:
     """Queue every line of `path` as one job, or nothing at all (InputError names the bad lines).
 
     `source` is the name recorded for the job and used in messages when `path` is a derived copy.
+    `transform` rewrites each parsed line before it is validated (a spec's defaults and overrides); the
+    caller puts what it does into `options.tag`, so that it takes part in the fingerprint.
     """
     shown = source or str(path)
     if not path.is_file():
@@ -152,7 +155,7 @@ async def submit_file(
         async with anyio.create_task_group() as tg:
             tg.start_soon(inserter)
             async with send:
-                await _read_and_validate(path, options, problems, warnings, on_warning, send)
+                await _read_and_validate(path, options, problems, warnings, on_warning, send, transform)
         if problems.bad_lines:
             raise InputError(shown, problems.kept, problems.bad_lines)
         if problems.valid == 0:
@@ -172,6 +175,7 @@ async def _read_and_validate(
     warnings: list[LineProblem],
     on_warning: Callable[[LineProblem], None] | None,
     send: MemoryObjectSendStream[list[NewRequest]],
+    transform: Callable[[Any], Any] | None = None,
 ) -> None:
     """Parse and validate every line, sending valid rows on in chunks; problems are collected, not raised."""
     chunk: list[NewRequest] = []
@@ -187,6 +191,8 @@ async def _read_and_validate(
             else:
                 problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
             continue
+        if transform is not None:
+            obj = transform(obj)
         v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
         for issue in v.errors:
             problems.add(line_no, issue.field, issue.reason)
