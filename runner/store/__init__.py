@@ -888,13 +888,12 @@ def _reclaim(path: Path) -> None:
             for _ in range(free // _VACUUM_STEP + 2):  # bounded, even if other writers free pages meanwhile
                 if not conn.execute("PRAGMA freelist_count").fetchone()[0]:
                     break
-                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    # fetchall: the pragma frees one page per step of the statement
-                    conn.execute(f"PRAGMA incremental_vacuum({_VACUUM_STEP})").fetchall()
-                    conn.execute("COMMIT")
+                    # A script, because sqlite3's execute() steps the pragma once, which frees one page.
+                    conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({_VACUUM_STEP}); COMMIT;")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
         else:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
