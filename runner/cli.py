@@ -192,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="the jobs to delete")
     p.add_argument(
         "--older-than",
-        type=duration,
         metavar="DURATION",
         help="delete every job created longer ago than this: 30m, 12h, 7d, 2w",
     )
@@ -215,11 +214,11 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def duration(text: str) -> float:
-    """`7d`, `12h`, `30m`, `45s`, `2w` -> seconds (an argparse type)."""
+def duration(text: str, flag: str) -> float:
+    """`7d`, `12h`, `30m`, `45s`, `2w` -> seconds; ConfigError naming `flag` otherwise."""
     m = _DURATION.match(text.strip())
     if m is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (for example 30m, 12h, 7d, 2w)")
+        raise ConfigError(f"{flag}: {text!r} is not a duration (for example 30m, 12h, 7d, 2w)")
     return float(m[1]) * _UNIT_SECONDS[m[2]]
 
 
@@ -568,13 +567,14 @@ def cmd_delete(ns: argparse.Namespace) -> int:
         raise ConfigError("delete: give JOB_ID ... or --older-than DURATION")
     if ns.job_ids and ns.older_than is not None:
         raise ConfigError("delete: give JOB_ID ... or --older-than DURATION, not both")
+    older_than = duration(ns.older_than, "--older-than") if ns.older_than is not None else None
     if not ns.yes and not sys.stdin.isatty():
         raise ConfigError("delete: refusing to delete without confirmation (stdin is not a terminal); pass --yes")
     res = anyio.run(
-        lambda: app.delete(ns.job_ids, older_than=ns.older_than, confirm=None if ns.yes else _confirm_delete, db=ns.db)
+        lambda: app.delete(ns.job_ids, older_than=older_than, confirm=None if ns.yes else _confirm_delete, db=ns.db)
     )
     if not res.jobs:
-        err.print(f"no job was created more than {ns.older_than:g} s ago; nothing deleted", markup=False)
+        err.print(f"no job was created more than {ns.older_than} ago; nothing deleted", markup=False)
         return EXIT_OK
     if not res.deleted:
         err.print("nothing deleted", markup=False)

@@ -133,7 +133,7 @@ class DuplicateCustomId(StoreError):
 
 
 class Store:
-    """Typed access to one SQLite job store. Open with `await Store.open(db)`, close with `aclose()`."""
+    """Typed access to one SQLite job store. Open with `await Store.open(db, mode)`, close with `aclose()`."""
 
     def __init__(self, engine: AsyncEngine, path: Path | None) -> None:
         self.engine = engine

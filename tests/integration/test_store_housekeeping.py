@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import JobBusy, JobNotFound, StoreMissing, StoreReplaced
+from runner import app
+from runner.errors import ConfigError, JobBusy, JobNotFound, StoreMissing, StoreReplaced
 from runner.owners import new_owner, owner_is_dead
 from runner.store import Store
 from tests.integration.test_store import LEASE, make_job
@@ -104,3 +105,19 @@ async def test_check_file_notices_a_deleted_or_replaced_store(tmp_path: Path) ->
         assert not db.exists()
     finally:
         await store.aclose()
+
+
+async def test_app_delete_older_than_and_confirmation(store: Store, db: Path) -> None:
+    await make_job(store, "job_a", 2)
+    await make_job(store, "job_b", 3)
+    none = await app.delete(older_than=3600, db=str(db))
+    assert none.jobs == [] and not none.deleted
+    shown: list[list[str]] = []
+    declined = await app.delete(older_than=0, confirm=lambda js: bool(shown.append([j.id for j in js])), db=str(db))
+    assert shown == [["job_a", "job_b"]] and not declined.deleted
+    assert len(await store.list_jobs()) == 2
+    done = await app.delete(older_than=0, confirm=lambda js: True, db=str(db))
+    assert done.deleted and done.requests == 5 and done.size_after <= done.size_before
+    assert await store.list_jobs() == []
+    with pytest.raises(ConfigError):
+        await app.delete(["job_a"], older_than=0, db=str(db))
