@@ -17,7 +17,9 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, Settings
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
-from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem
+from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
 from runner.export import ExportCounts, export_job
 from runner.files import atomic_writer
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
@@ -35,9 +37,8 @@ from runner.owners import owner_is_dead
 from runner.prices import load_prices
 from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
-from runner.spec import JobSpec, load_spec, materialize
-from runner.store import JobStats, Store
-from runner.store.engine import database_path
+from runner.spec import JobSpec, load_spec
+from runner.store import JobRow, JobStats, Store, place_log
 
 if TYPE_CHECKING:
     import httpx
@@ -47,10 +48,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CancelResult",
+    "DeleteResult",
     "DoctorReport",
     "RunOutcome",
     "Settings",
     "cancel",
+    "delete",
     "doctor",
     "export",
     "jobs",
@@ -114,6 +117,26 @@ def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections
     )
 
 
+@asynccontextmanager
+async def _queueing_store(db: str) -> AsyncIterator[Store]:
+    """The store for a command that queues work, created if missing. A store this call created is removed
+    again when the command fails (bad input, an interrupt): a failed submit changes nothing, not even by
+    leaving an empty store behind. Only once it succeeded is the new store announced."""
+    store = await Store.open(db, "create")
+    ok = False
+    try:
+        async with store:
+            yield store
+        ok = True
+    finally:
+        if store.created and store.path is not None:
+            if ok:
+                place_log.info("created store %s", store.path)
+            else:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+
+
 async def submit(
     path: str | Path,
     *,
@@ -127,7 +150,7 @@ async def submit(
 ) -> SubmitResult:
     """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job."""
     s = _settings(None, db)
-    async with await Store.open(s.db) as store:
+    async with _queueing_store(s.db) as store:
         return await submit_file(
             store,
             Path(path),
@@ -161,7 +184,7 @@ async def submit_many(
         files = [spooled if p == STDIN and spooled is not None else Path(p) for p in paths]
         sources = [STDIN_SHOWN if p == STDIN else p for p in paths]
         options = SubmitOptions(background=background, model=model, lenient=lenient)
-        async with await Store.open(s.db) as store:
+        async with _queueing_store(s.db) as store:
             return await submit_files(
                 store, files, name=name, options=options, new=new, on_warning=on_warning, sources=sources
             )
@@ -207,7 +230,7 @@ async def run(
 ) -> RunOutcome:
     """Run jobs (default: every unfinished one) until each request is final, or a stop."""
     s = _settings(settings, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
         for jid in ids:
             await store.get_job(jid)  # JobNotFound before any work starts
@@ -230,8 +253,13 @@ async def run(
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(_watch_signals, worker, caught)
-                result = await worker.execute()
+                try:
+                    result: RunResult | StoreUnavailable = await worker.execute()
+                except StoreUnavailable as e:  # raised below: through the task group it would come out wrapped
+                    result = e
                 tg.cancel_scope.cancel()
+        if isinstance(result, StoreUnavailable):
+            raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
 
@@ -250,14 +278,14 @@ async def _watch_signals(worker: Run, caught: list[int]) -> None:
 async def status(job_id: str, *, db: str | None = None) -> JobStats:
     """Counts, attempts, usage and leases of one job."""
     s = _settings(None, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         return await store.job_stats(job_id)
 
 
 async def jobs(*, db: str | None = None) -> list[JobStats]:
     """Every job with its figures, oldest first."""
     s = _settings(None, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         return [await store.job_stats(j.id) for j in await store.list_jobs()]
 
 
@@ -271,7 +299,7 @@ async def export(
 ) -> ExportCounts:
     """Write a job's finished requests (stdout when `out` is None) as `fmt`: batch, jsonl-flat, csv or parquet."""
     s = _settings(None, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         return await export_job(store, job_id, out, errors, fmt)
 
 
@@ -293,7 +321,7 @@ class DoctorReport:
 async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
     """Check the store: SQLite integrity, leases of dead runners, stuck rows, abandoned submits."""
     s = _settings(None, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         report = DoctorReport(await store.integrity_check(), await store.health(owner_is_dead))
         if fix:
             ids = await store.all_job_ids()
@@ -310,7 +338,7 @@ async def report(job_id: str, *, db: str | None = None, prices: str | Path | Non
     """
     s = _settings(None, db)
     table = load_prices(_prices_file(prices))
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         return await build_report(store, job_id, table)
 
 
@@ -377,22 +405,24 @@ async def run_spec(
         s = Settings(**base)
     except ValidationError as e:
         raise ConfigError(f"{spec.path}: invalid settings: {e.errors()[0]['msg']}") from None
+    if "db" not in s.model_fields_set:  # neither --db nor RUNNER_DB: the spec's store, wherever we run from
+        s = s.model_copy(update={"db": str(spec.store_path)})
     files = spec.input_files()
-    db_file = database_path(s.db)
-    inputs_dir = (db_file.parent if db_file is not None else Path.cwd()) / ".runner" / "inputs"
-    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=f"{spec.name}@{date}")
+    # The tables are applied line by line as the input is read (no copy of the file is kept); their hash
+    # joins the fingerprint, so the same input with changed tables is another job.
+    tag = f"{spec.name}@{date}#{spec.tables_digest()[:16]}"
+    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=tag)
     jobs: list[SpecJob] = []
-    async with await Store.open(s.db) as store:
+    async with _queueing_store(s.db) as store:
         for src in files:
-            derived = materialize(spec, src, inputs_dir)
             name = spec.name if len(files) == 1 else f"{spec.name}-{src.stem}"
-            res = await submit_file(store, derived, name=name, options=options, source=str(src))
+            res = await submit_file(store, src, name=name, options=options, transform=spec.apply_line)
             jobs.append(SpecJob(res.job_id, src))
     outcome = await run(
         [j.job_id for j in jobs], s, on_progress=on_progress, handle_signals=handle_signals, transport=transport
     )
     table = load_prices(_prices_file(prices))
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         for j in jobs:
             j.results = spec.output_path("results", job_id=j.job_id, date=date, source=j.input)
             j.errors = spec.output_path("errors", job_id=j.job_id, date=date, source=j.input)
@@ -408,10 +438,49 @@ async def run_spec(
     return SpecOutcome(spec, jobs, outcome)
 
 
+@dataclass
+class DeleteResult:
+    """What `delete` did: the jobs chosen, whether they went, and the store's size before and after."""
+
+    jobs: list[JobRow]
+    deleted: bool
+    requests: int = 0
+    size_before: int = 0
+    size_after: int = 0
+
+
+async def delete(
+    job_ids: Sequence[str] = (),
+    *,
+    older_than: float | None = None,
+    confirm: Callable[[list[JobRow]], bool] | None = None,
+    db: str | None = None,
+) -> DeleteResult:
+    """Delete jobs (`job_ids`, or those created more than `older_than` seconds ago) and reclaim their space.
+
+    `confirm` sees the chosen jobs first and may say no. A job a live runner is working on raises JobBusy
+    and nothing is deleted; so does an unknown id (JobNotFound).
+    """
+    if bool(job_ids) == (older_than is not None):
+        raise ConfigError("give job ids or --older-than, not both or neither")
+    s = _settings(None, db)
+    async with await Store.open(s.db, "existing") as store:
+        if older_than is not None:
+            chosen = await store.jobs_created_before(time.time() - older_than)
+        else:
+            chosen = [await store.get_job(j) for j in dict.fromkeys(job_ids)]
+        if not chosen or (confirm is not None and not confirm(chosen)):
+            return DeleteResult(chosen, deleted=False)
+        before = store.file_size()
+        n = await store.delete_jobs([j.id for j in chosen], owner_is_dead)
+        await store.reclaim_space()
+        return DeleteResult(chosen, True, n, before, store.file_size())
+
+
 async def retry(job_id: str, *, db: str | None = None) -> int:
     """Put a job's failed requests back in the queue with fresh attempts; returns how many."""
     s = _settings(None, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         return await store.retry_job(job_id)
 
 
@@ -424,7 +493,7 @@ async def cancel(
 ) -> CancelResult:
     """Cancel a job: queued requests at once, running background responses through the API, many at once."""
     s = _settings(settings, db)
-    async with await Store.open(s.db) as store:
+    async with await Store.open(s.db, "existing") as store:
         queued, in_flight = await store.cancel_job(job_id)
         if not in_flight:
             return CancelResult(queued)

@@ -8,9 +8,11 @@ Exit codes: 0 success, 1 some requests failed, 2 usage or input error, 3 stopped
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -33,10 +35,10 @@ from runner.config import (
     AuthStyle,
     Settings,
 )
-from runner.errors import ConfigError, InputError, JobNotFound, LineProblem, RunnerError
+from runner.errors import ConfigError, InputError, JobBusy, JobNotFound, LineProblem, RunnerError, StoreUnavailable
 from runner.export import FORMATS
 from runner.runstate import Snapshot, StopReason
-from runner.store import JobStats
+from runner.store import JobRow, JobStats
 from runner.term import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
@@ -213,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB_ID")
     _db_arg(p)
 
+    p = sub.add_parser("delete", help="delete jobs and their results from the store, and reclaim the space")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="the jobs to delete")
+    p.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        help="delete every job created longer ago than this: 30m, 12h, 7d, 2w",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask (required when stdin is not a terminal)")
+    _db_arg(p)
+
     p = sub.add_parser("doctor", help="check the store: integrity, stale leases, stuck requests")
     p.add_argument("--fix", action="store_true", help="requeue abandoned work and drop half-submitted jobs")
     _db_arg(p)
@@ -223,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str, flag: str) -> float:
+    """`7d`, `12h`, `30m`, `45s`, `2w` -> seconds; ConfigError naming `flag` otherwise."""
+    m = _DURATION.match(text.strip())
+    if m is None:
+        raise ConfigError(f"{flag}: {text!r} is not a duration (for example 30m, 12h, 7d, 2w)")
+    return float(m[1]) * _UNIT_SECONDS[m[2]]
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -589,6 +613,56 @@ def cmd_retry(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _confirm_delete(chosen: list[JobRow]) -> bool:
+    """Show the jobs about to go and ask on the terminal."""
+    requests = sum(j.total for j in chosen)
+    err.print(f"about to delete {len(chosen)} job(s), {requests} requests, with their results:", markup=False)
+    for j in chosen:
+        created = dt.datetime.fromtimestamp(j.created_at).strftime("%Y-%m-%d %H:%M")
+        err.print(f"  {j.id}  {created}  {j.total:>7} requests  {j.name}", markup=False, soft_wrap=True)
+    err.print("delete them? [y/N] ", markup=False, end="")
+    try:
+        answer = input()
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_delete(ns: argparse.Namespace) -> int:
+    if not ns.job_ids and ns.older_than is None:
+        raise ConfigError("delete: give JOB_ID ... or --older-than DURATION")
+    if ns.job_ids and ns.older_than is not None:
+        raise ConfigError("delete: give JOB_ID ... or --older-than DURATION, not both")
+    older_than = duration(ns.older_than, "--older-than") if ns.older_than is not None else None
+    if not ns.yes and not sys.stdin.isatty():
+        raise ConfigError("delete: refusing to delete without confirmation (stdin is not a terminal); pass --yes")
+    res = anyio.run(
+        lambda: app.delete(ns.job_ids, older_than=older_than, confirm=None if ns.yes else _confirm_delete, db=ns.db)
+    )
+    if not res.jobs:
+        err.print(f"no job was created more than {ns.older_than} ago; nothing deleted", markup=False)
+        return EXIT_OK
+    if not res.deleted:
+        err.print("nothing deleted", markup=False)
+        return EXIT_OK
+    for j in res.jobs:
+        _print(j.id)
+    err.print(
+        f"deleted {len(res.jobs)} job(s) and {res.requests} requests; the store went from"
+        f" {_size(res.size_before)} to {_size(res.size_after)}",
+        markup=False,
+    )
+    return EXIT_OK
+
+
 def cmd_doctor(ns: argparse.Namespace) -> int:
     rep = anyio.run(lambda: app.doctor(fix=ns.fix, db=ns.db))
     h = rep.health
@@ -622,7 +696,29 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retry": cmd_retry,
     "doctor": cmd_doctor,
     "report": cmd_report,
+    "delete": cmd_delete,
 }
+
+
+class _StoreNotices(logging.Handler):
+    """Says which store a command uses, once per path: "created store PATH" always, "using store PATH" at -v."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[object] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        path = record.args[0] if isinstance(record.args, tuple) and record.args else record.msg
+        if path not in self._seen:
+            self._seen.add(path)
+            err.print(record.getMessage(), markup=False, soft_wrap=True)
+
+
+def _show_store_notices(verbose: bool) -> None:
+    notices = logging.getLogger("runner.store.place")
+    notices.setLevel(logging.DEBUG if verbose else logging.INFO)
+    notices.propagate = False
+    notices.addHandler(_StoreNotices())
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -647,11 +743,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Request bodies and keys must never reach a log line, whatever the level.
     for noisy in ("httpx", "httpcore", "aiohttp", "sqlalchemy", "aiosqlite", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _show_store_notices(ns.verbose)
     try:
         code = COMMANDS[ns.command](ns)
     except InputError as e:
         _fail(e.render(), EXIT_USAGE)
-    except (ConfigError, JobNotFound) as e:
+    except (ConfigError, JobNotFound, JobBusy, StoreUnavailable) as e:
         _fail(str(e), EXIT_USAGE)
     except RunnerError as e:
         if ns.verbose:

@@ -7,7 +7,11 @@
     ├── JobNotFound                 no job with that id
     ├── StoreError                  the job store refused or failed
     │   ├── IllegalTransition       a state change the row's current state does not allow
-    │   └── LeaseLost               another process owns the row now
+    │   ├── LeaseLost               another process owns the row now
+    │   └── StoreUnavailable        the store file cannot be used where it is (an environment problem)
+    │       ├── StoreMissing        a command that only reads or changes a store found none
+    │       └── StoreReplaced       the file was deleted or replaced while a run was using it
+    ├── JobBusy                     a job that a live runner is working on cannot be deleted
     └── ApiError                    an HTTP outcome that is not a result (status, code, message, request id)
         ├── TransientApiError       worth retrying later (retry_after: minimum wait, if the server gave one)
         │   └── UnreachableError    no connection at all (refused, no such host, TLS failed): `reason` says why
@@ -138,6 +142,46 @@ class IllegalTransition(StoreError):
 
 class LeaseLost(StoreError):
     """Another process owns this request now."""
+
+
+class StoreUnavailable(StoreError):
+    """The store file cannot be opened, created or written where it is (permissions, a read-only disk)."""
+
+    def __init__(self, path: str, reason: str, message: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(message or f"cannot use the store {path}: {reason}")
+
+
+class StoreMissing(StoreUnavailable):
+    """A command that needs an existing store found no file."""
+
+    def __init__(self, path: str) -> None:
+        # Most often the command ran in another directory than the one that made the store.
+        super().__init__(path, "no such file", f"no store at {path} (run `runner submit FILE` first, or pass --db)")
+
+
+class StoreReplaced(StoreUnavailable):
+    """The store file was deleted or replaced under a running run; what the run wrote since went nowhere."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(
+            path,
+            what,
+            f"the store {path} was {what} while this run was using it; stopped at once. Results received"
+            " since then are lost: put the store back, or start again, with `runner run`",
+        )
+
+
+class JobBusy(RunnerError):
+    """A job cannot be deleted while a live runner works on it."""
+
+    def __init__(self, job_id: str, owners: list[str]) -> None:
+        self.job_id = job_id
+        self.owners = owners
+        super().__init__(
+            f"job {job_id} is being run by {', '.join(owners)}; stop that runner (or wait for it) before deleting"
+        )
 
 
 class ApiError(RunnerError):

@@ -19,7 +19,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class SubmitOptions:
     model: str | None = None
     lenient: bool = False
     tag: str | None = None  # e.g. a spec's name and date: the same file on another day is another job
+    # Rewrites each parsed line before it is validated (a spec's defaults and overrides). It is not part of
+    # the fingerprint itself: whoever sets it puts what it does into `tag`.
+    transform: Callable[[Any], Any] | None = None
 
     def fingerprint(self, file_sha256: str) -> str:
         opts = f"background={self.background};model={self.model or ''};lenient={self.lenient};tag={self.tag or ''}"
@@ -206,12 +209,17 @@ async def submit_file(
     new: bool = False,
     on_warning: Callable[[LineProblem], None] | None = None,
     source: str | None = None,
+    transform: Callable[[Any], Any] | None = None,
 ) -> SubmitResult:
     """Queue every line of `path` as one job, or nothing at all (InputError names the bad lines).
 
     `source` is the name recorded for the job and used in messages when `path` is a derived copy.
+    `transform` rewrites each parsed line before it is validated (a spec's defaults and overrides); the
+    caller puts what it does into `options.tag`, so that it takes part in the fingerprint.
     """
     warn = None if on_warning is None else (lambda _src, p: on_warning(p))
+    if transform is not None:
+        options = replace(options, transform=transform)
     (res,) = await submit_files(
         store, [path], name=name, options=options, new=new, on_warning=warn, sources=[source or str(path)]
     )
@@ -371,6 +379,8 @@ async def _validate_lines(
             else:
                 problems.add(line_no, "", f"is not valid JSON: {e.msg} (column {e.colno})")
             continue
+        if options.transform is not None:
+            obj = options.transform(obj)
         v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
         if isinstance(obj, dict):
             problems.objects += 1

@@ -1,15 +1,16 @@
 """TOML job specs: one file names the input, the body defaults and overrides, limits, outputs and a failure policy.
 
-    [job]       name, input (a path or a glob), background, lenient
+    [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
     [limits]    concurrency, rpm, tpm, max_attempts, timeout
     [output]    results, errors, report (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
-Every relative path in a spec (input and outputs) is relative to the spec file's directory, so a cron entry
-works from any working directory. A glob that matches several files makes one job per file: each file keeps
-its own idempotent fingerprint, and a new file in the folder does not change the jobs of the old ones.
+Every relative path in a spec (input, store and outputs) is relative to the spec file's directory, so a cron
+entry works from any working directory: the same spec finds the same store, and so the same day's job. A
+glob that matches several files makes one job per file: each file keeps its own idempotent fingerprint, and
+a new file in the folder does not change the jobs of the old ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import copy
 import datetime as dt
 import glob
 import hashlib
+import os
 import re
 import string
 import tomllib
@@ -28,8 +30,8 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from runner.config import DEFAULT_DB
 from runner.errors import ConfigError
-from runner.files import atomic_writer
 from runner.schema import check_partial_body
 
 __all__ = [
@@ -44,7 +46,6 @@ __all__ = [
     "apply_defaults_and_overrides",
     "describe_validation_error",
     "load_spec",
-    "materialize",
     "read_toml",
 ]
 
@@ -52,10 +53,9 @@ PLACEHOLDERS: Final = ("date", "job", "job_id", "input")
 OutputKind = Literal["results", "errors", "report"]
 ExportFormat = Literal["batch", "jsonl-flat", "csv", "parquet"]
 _BATCH_KEYS: Final = ("custom_id", "method", "url", "body")  # any of these makes a line a batch line
-_BOM: Final = b"\xef\xbb\xbf"
 _GLOB_CHARS: Final = frozenset("*?[")
-# Bump when materialize's output for the same input changes, so old transformed files are not reused.
-_MATERIALIZE_VERSION: Final = b"runner-spec-materialize-1"
+# Bump when apply_line's result for the same input and tables changes: it is part of the job's fingerprint.
+_APPLY_VERSION: Final = b"runner-spec-apply-1"
 
 
 class SpecError(ConfigError):
@@ -75,10 +75,11 @@ class JobSection(_Section):
 
     name: str | None = None
     input: str
+    store: str | None = None  # the job store; a path relative to the spec (default: runner.db beside it)
     background: bool = False
     lenient: bool = False
 
-    @field_validator("name", "input")
+    @field_validator("name", "input", "store")
     @classmethod
     def _not_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
@@ -187,6 +188,11 @@ class JobSpec(_Section):
         """The job name: [job] name, or the spec file's stem."""
         return self.job.name or self._path.stem
 
+    @property
+    def store_path(self) -> Path:
+        """The job store this spec names (absolute): [job] store, or runner.db beside the spec."""
+        return Path(os.path.abspath(self.resolve(self.job.store or DEFAULT_DB)))
+
     def resolve(self, p: str) -> Path:
         """A path from the spec, relative to the spec's directory unless absolute (`~` expands)."""
         q = Path(p).expanduser()
@@ -242,6 +248,27 @@ class JobSpec(_Section):
     def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """`apply_defaults_and_overrides` with this spec's tables."""
         return apply_defaults_and_overrides(body, self.defaults, self.overrides)
+
+    def apply_line(self, line: Any) -> Any:
+        """A parsed input line with the tables applied to its body (a batch line's `body`, or a bare body).
+
+        Anything else (not an object, a batch line whose body is not an object) comes back unchanged, so
+        the validator reports it as the user wrote it.
+        """
+        if not isinstance(line, dict):
+            return line
+        if any(k in line for k in _BATCH_KEYS):
+            body = line.get("body")
+            if not isinstance(body, dict):
+                return line
+            return {**line, "body": self.apply(body)}
+        return self.apply(line)
+
+    def tables_digest(self) -> str:
+        """A hash of what `apply_line` does: part of a spec job's fingerprint, so changed tables make a new job."""
+        h = hashlib.sha256(_APPLY_VERSION)
+        h.update(orjson.dumps({"defaults": self.defaults, "overrides": self.overrides}, option=orjson.OPT_SORT_KEYS))
+        return h.hexdigest()
 
 
 # -- loading -------------------------------------------------------------------------------------------
@@ -391,55 +418,3 @@ def apply_defaults_and_overrides(
     _fill(out, defaults)
     _force(out, overrides)
     return out
-
-
-# -- materializing ---------------------------------------------------------------------------------------
-
-
-def _digest(spec: JobSpec, src: Path) -> str:
-    h = hashlib.sha256(_MATERIALIZE_VERSION)
-    h.update(orjson.dumps({"defaults": spec.defaults, "overrides": spec.overrides}, option=orjson.OPT_SORT_KEYS))
-    h.update(b"\0")
-    with src.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _transform(spec: JobSpec, line: bytes) -> bytes:
-    """One line with the spec applied; a line that is not a JSON object (or a batch line without a body
-    object) is returned unchanged, so the validator reports it with its own line number."""
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return line
-    if not isinstance(obj, dict):
-        return line
-    if any(k in obj for k in _BATCH_KEYS):
-        body = obj.get("body")
-        if not isinstance(body, dict):
-            return line
-        obj["body"] = spec.apply(body)
-    else:
-        obj = spec.apply(obj)
-    return orjson.dumps(obj)
-
-
-def materialize(spec: JobSpec, src: Path, dst_dir: Path) -> Path:
-    """Write `src` with the spec's defaults and overrides applied to every body into `dst_dir`, and return it.
-
-    Streamed line by line. Line numbers stay the same (blank lines stay blank; lines that are not JSON stay
-    as they were). The name is `<stem>.<sha256 of src bytes and the spec's tables>.jsonl`, so the same input
-    and spec always give the same file, byte for byte, and an existing one is reused.
-    """
-    dst = dst_dir / f"{src.stem}.{_digest(spec, src)[:24]}.jsonl"
-    if dst.is_file():
-        return dst  # the name is a hash of everything that determines its content
-    with atomic_writer(dst) as out, src.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
-            line = raw.rstrip(b"\r\n")
-            out.write(_transform(spec, line) if line.strip() else b"")
-            out.write(b"\n")
-    return dst

@@ -19,7 +19,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
-from runner.errors import ApiError, BillingError, DoomedJobError, TransientApiError, UnreachableError
+from runner.errors import ApiError, BillingError, DoomedJobError, StoreUnavailable, TransientApiError, UnreachableError
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
@@ -40,6 +40,17 @@ POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose ru
 # Failed connections (refused, TLS, no such host) in a row, with no reply from the server yet in this run,
 # after which the job is doomed: the server is not there, and every further attempt would fail the same way.
 DOOMED_AFTER_UNREACHABLE = 10
+STORE_CHECK_INTERVAL = 1.0  # how often to check that the store file is still the one opened (one stat)
+
+
+def _store_problem(group: BaseExceptionGroup[BaseException]) -> StoreUnavailable | None:
+    """The first StoreUnavailable among a task group's errors, if any."""
+    for e in group.exceptions:
+        if isinstance(e, StoreUnavailable):
+            return e
+        if isinstance(e, BaseExceptionGroup) and (inner := _store_problem(e)) is not None:
+            return inner
+    return None
 
 
 class Run:
@@ -86,6 +97,7 @@ class Run:
         self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
         self._want_more = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._store_lost: StoreUnavailable | None = None
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -126,15 +138,23 @@ class Run:
                             await self._drain_in_flight()
                             tg.cancel_scope.cancel()
                 finally:
-                    await self.writer.aclose()
+                    if self._store_lost is None:
+                        await self.writer.aclose()
+                    else:
+                        outer.cancel_scope.cancel()  # the store is gone: nothing pending can reach it
+        except BaseExceptionGroup as group:
+            self._store_lost = _store_problem(group)  # a write failed because of the file itself
+            if self._store_lost is None:
+                raise
         finally:
             with anyio.CancelScope(shield=True):
                 # Claimed ahead but never sent: back to the queue without using up an attempt.
-                while self._ready:
+                while self._ready and self._store_lost is None:
                     self.writer.put(Outcome(self._ready.popleft().id, RequestState.QUEUED, refund_attempt=True))
-                await self.writer.aclose()
-                stopped = self._billing is not None or self._doomed is not None
-                await self.store.release(self.owner, refund=stopped)
+                if self._store_lost is None:  # writing now could create an empty file where the store was
+                    await self.writer.aclose()
+                    stopped = self._billing is not None or self._doomed is not None
+                    await self.store.release(self.owner, refund=stopped)
                 if self.writer.refused:
                     log.warning(
                         "%d requests were finished by another process meanwhile (`runner cancel`, or another runner"
@@ -143,6 +163,8 @@ class Run:
                     )
                 if self._on_progress is not None:
                     self._on_progress(self.snap)
+        if self._store_lost is not None:
+            raise self._store_lost
         if self._billing is not None:
             return RunResult(StopReason.BILLING, self._billing, self.snap)
         if self._doomed is not None:
@@ -229,9 +251,24 @@ class Run:
             await self._wait_slot(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
     async def _renew_leases(self) -> None:
+        """Renew leases every third of their length; every second, check the store file is still ours.
+
+        A store deleted or replaced under the run takes every later write without an error (into a file
+        nobody will read again), so the run would report success and lose its results: stop at once.
+        """
+        renew_every = self.opts.lease_seconds / 3
+        next_renewal = time.monotonic() + renew_every
         while True:
-            await anyio.sleep(self.opts.lease_seconds / 3)
-            await self.store.renew_leases(self.owner, self.opts.lease_seconds)
+            await anyio.sleep(min(STORE_CHECK_INTERVAL, max(next_renewal - time.monotonic(), 0.0)))
+            try:
+                self.store.check_file()
+            except StoreUnavailable as e:
+                self._store_lost = e
+                self.abort()
+                return
+            if time.monotonic() >= next_renewal:
+                await self.store.renew_leases(self.owner, self.opts.lease_seconds)
+                next_renewal = time.monotonic() + renew_every
 
     async def _report(self) -> None:
         assert self._on_progress is not None

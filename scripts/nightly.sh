@@ -3,7 +3,7 @@
 # jobs/nightly.toml (or resumes today's job), runs it, exports to out/ and prints the report.
 set -euo pipefail
 
-export RUNNER_DB="${RUNNER_DB:-runner.db}"
+# The store is the one jobs/nightly.toml names (runner.db at the top of the repo), unless RUNNER_DB is set.
 source "$(dirname "$0")/_mock.sh"
 start_mock --latency 0.15 --p429 0.03
 

@@ -8,24 +8,43 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.to_thread
 from sqlalchemy import Connection, and_, delete, func, insert, literal, or_, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from runner.errors import IllegalTransition, JobNotFound, StoreError
+from runner.errors import (
+    IllegalTransition,
+    JobBusy,
+    JobNotFound,
+    StoreError,
+    StoreMissing,
+    StoreReplaced,
+    StoreUnavailable,
+)
 from runner.states import ALLOWED_FROM, TERMINAL, RequestState
 from runner.store import hot
-from runner.store.engine import BUSY_TIMEOUT_MS, create_engine, migrate
+from runner.store.engine import (
+    BUSY_TIMEOUT_MS,
+    create_engine,
+    create_file,
+    database_path,
+    file_identity,
+    migrate,
+    rw_uri,
+    why_unusable,
+)
 from runner.store.hot import HotConnection
 from runner.store.models import (
     Claimed,
@@ -46,6 +65,7 @@ __all__ = [
     "JobRow",
     "JobStats",
     "NewRequest",
+    "OpenMode",
     "Outcome",
     "ResponseIdRecord",
     "Store",
@@ -53,7 +73,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Which store a command uses: "created store PATH" (INFO, said by the app once a command that made a new
+# store succeeded), "using store PATH" (DEBUG) on every open. The CLI shows the first always and the
+# second at -v, each path once.
+place_log = logging.getLogger("runner.store.place")
 T = TypeVar("T")
+
+# "create": make the file when there is none (submit, spec runs). "existing": raise StoreMissing instead
+# (every other command: reading a store must never leave an empty one behind in the wrong directory).
+OpenMode = Literal["create", "existing"]
 
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
@@ -118,25 +146,59 @@ class DuplicateCustomId(StoreError):
 
 
 class Store:
-    """Typed access to one SQLite job store. Open with `await Store.open(db)`, close with `aclose()`."""
+    """Typed access to one SQLite job store. Open with `await Store.open(db, mode)`, close with `aclose()`."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, path: Path | None) -> None:
         self.engine = engine
-        path = engine.url.database
-        self._hot = HotConnection(Path(path), BUSY_TIMEOUT_MS / 1000) if path and path != ":memory:" else None
+        self._hot = HotConnection(path, BUSY_TIMEOUT_MS / 1000) if path is not None else None
         self._json1 = True  # whether SQLite's JSON functions work here (for submit's chunk inserts)
+        # The file (absolute), and which file it was when opened: a store deleted or replaced under a run
+        # keeps taking writes (into the old, unlinked inode) without an error, so only this tells.
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        self.created = False  # this open made the file (the caller announces it, or removes it on failure)
 
     @classmethod
-    async def open(cls, db: str) -> Store:
-        """Open (creating and migrating as needed) the store at `db`, a path or an SQLAlchemy URL."""
+    async def open(cls, db: str, mode: OpenMode = "create") -> Store:
+        """Open the store at `db` (a path or an SQLAlchemy URL), migrating it as needed.
+
+        `mode` says whether a missing file is made ("create") or is an error ("existing": StoreMissing). A
+        file that cannot be used (a read-only directory, not a database) raises StoreUnavailable.
+        """
+        found = database_path(db)
+        path = Path(os.path.abspath(found)) if found is not None else None
+        created = False
+        if path is not None and not path.exists():
+            if mode == "existing":
+                raise StoreMissing(str(path))
+            try:
+                create_file(path)
+            except (OSError, sqlite3.Error) as e:
+                raise StoreUnavailable(str(path), why_unusable(path, e) or str(e)) from None
+            created = True
         engine = create_engine(db)
-        store = cls(engine)
+        store = cls(engine, path)
         try:
             await store._retry(lambda: migrate(engine))
-        except BaseException:
+        except BaseException as e:
             await engine.dispose()
+            reason = why_unusable(path, e) if path is not None else None
+            if reason is not None:
+                raise StoreUnavailable(str(path), reason) from None
             raise
+        if path is not None:
+            store._identity = file_identity(path)
+            store.created = created
+            place_log.debug("using store %s", path)
         return store
+
+    def check_file(self) -> None:
+        """Raise StoreReplaced when the file this store opened is no longer the one at its path."""
+        if self.path is None or self._identity is None:
+            return
+        now = file_identity(self.path)
+        if now != self._identity:
+            raise StoreReplaced(str(self.path), "deleted" if now is None else "replaced by another file")
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
@@ -175,8 +237,25 @@ class Store:
                 return await fn(conn)
 
         with anyio.CancelScope(shield=True):
-            result = await self._retry(once)
+            try:
+                result = await self._retry(once)
+            except (sqlite3.Error, DBAPIError) as e:
+                problem = self._file_problem(e)
+                if problem is None:
+                    raise
+                raise problem from None
         return result
+
+    def _file_problem(self, e: BaseException) -> StoreUnavailable | None:
+        """A failed write that is about the file itself (replaced, read-only, disk full), as a typed error."""
+        if self.path is None:
+            return None
+        try:
+            self.check_file()
+        except StoreReplaced as lost:
+            return lost
+        reason = why_unusable(self.path, e)
+        return StoreUnavailable(str(self.path), reason) if reason is not None else None
 
     async def _write_hot(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
         """Run `fn` (DB-API, no SQLAlchemy) in one short IMMEDIATE transaction, shielded like `_write`.
@@ -191,7 +270,13 @@ class Store:
 
             return await self._write(go)
         with anyio.CancelScope(shield=True):
-            result = await self._retry(lambda: conn.transaction(fn))
+            try:
+                result = await self._retry(lambda: conn.transaction(fn))
+            except sqlite3.Error as e:
+                problem = self._file_problem(e)
+                if problem is None:
+                    raise
+                raise problem from None
         return result
 
     async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
@@ -200,7 +285,13 @@ class Store:
                 await conn.execution_options(readonly=True)
                 return await fn(conn)
 
-        return await self._retry(once)
+        try:
+            return await self._retry(once)
+        except (sqlite3.Error, DBAPIError) as e:
+            problem = self._file_problem(e)
+            if problem is None:
+                raise
+            raise problem from None
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -719,6 +810,72 @@ class Store:
         """Ids of every published job."""
         return [j.id for j in await self.list_jobs()]
 
+    # -- housekeeping -----------------------------------------------------------------------------
+
+    async def jobs_created_before(self, cutoff: float) -> list[JobRow]:
+        """Published jobs created before `cutoff` (epoch seconds), oldest first."""
+        return [j for j in await self.list_jobs() if j.created_at < cutoff]
+
+    async def delete_jobs(self, job_ids: Sequence[str], owner_is_dead: Callable[[str | None], bool]) -> int:
+        """Delete published jobs and their requests, all or none; returns the number of requests deleted.
+
+        JobNotFound for an unknown id; JobBusy when a live runner holds a lease on one of them. The check
+        and the delete share one IMMEDIATE transaction, so no runner can claim in between.
+        """
+        now = time.time()
+        ids = list(dict.fromkeys(job_ids))
+
+        async def go(conn: AsyncConnection) -> int:
+            found = await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready"))
+            missing = set(ids) - {r.id for r in found}
+            if missing:
+                raise JobNotFound(next(j for j in ids if j in missing))
+            held = await conn.execute(
+                select(requests.c.job_id, requests.c.lease_owner)
+                .where(
+                    requests.c.job_id.in_(ids),
+                    requests.c.state == IP,
+                    requests.c.lease_owner.is_not(None),
+                    requests.c.lease_expires_at >= now,
+                )
+                .distinct()
+            )
+            for job_id, owner in held:
+                if not owner_is_dead(owner):
+                    raise JobBusy(job_id, [owner])
+            r = await conn.execute(delete(requests).where(requests.c.job_id.in_(ids)))
+            await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+            return int(r.rowcount)
+
+        return await self._write(go)
+
+    def file_size(self) -> int:
+        """Bytes the store takes on disk: the file and its write-ahead log."""
+        if self.path is None:
+            return 0
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+
+    async def reclaim_space(self) -> None:
+        """Give the space of deleted rows back to the file system.
+
+        Stores made with incremental auto-vacuum free it in short transactions, so a runner working on the
+        same store waits milliseconds, not the length of a rewrite. Older stores get one full VACUUM, which
+        also switches them to incremental auto-vacuum for next time.
+        """
+        if self.path is None:
+            return
+        path = self.path
+        await self.engine.dispose()  # no pooled connection of ours holds a snapshot the checkpoint must keep
+        if self._hot is not None:
+            self._hot.close()
+        try:
+            await self._retry(lambda: anyio.to_thread.run_sync(_reclaim, path))
+        except (sqlite3.Error, OSError) as e:
+            reason = why_unusable(path, e)
+            if reason is None:
+                raise
+            raise StoreUnavailable(str(path), reason) from None
+
     async def integrity_check(self) -> str:
         """SQLite's own verdict on the file ("ok" when sound)."""
 
@@ -727,3 +884,33 @@ class Store:
             return "\n".join(str(x[0]) for x in r)
 
         return await self._read(go)
+
+
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+_VACUUM_STEP = 2000  # pages freed per transaction: ~30 MB at 16 KB pages, a few ms of write lock
+
+
+def _reclaim(path: Path) -> None:
+    """`Store.reclaim_space` on a plain connection of its own (VACUUM cannot run inside a transaction)."""
+    conn = sqlite3.connect(rw_uri(path), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            for _ in range(free // _VACUUM_STEP + 2):  # bounded, even if other writers free pages meanwhile
+                if not conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                try:
+                    # A script, because sqlite3's execute() steps the pragma once, which frees one page.
+                    conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({_VACUUM_STEP}); COMMIT;")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        else:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+        # The file shrinks when the log is copied back; TRUNCATE empties the log too. A reader of another
+        # process may hold it back: then it happens at that process's next checkpoint.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()

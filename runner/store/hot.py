@@ -21,6 +21,7 @@ import orjson
 
 from runner.errors import StoreError
 from runner.states import TERMINAL, RequestState
+from runner.store.engine import rw_uri
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
 
 T = TypeVar("T")
@@ -255,8 +256,9 @@ class HotConnection:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
+            # Never creates the file: one deleted under a run must not come back empty (see engine.rw_uri).
             conn = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
+                rw_uri(self._path), uri=True, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
             )
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")

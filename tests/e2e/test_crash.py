@@ -22,8 +22,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from runner.store import Store
 from tests.conftest import Cli, MockServer, read_jsonl, write_jobfile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kill]
@@ -384,7 +386,12 @@ def test_kill_loop_submit(
     # Each killed submit gets a file of its own (line 1 differs): a submit that wins the race and publishes
     # must not turn the later ones into "submitted before" no-ops.
     attempt = tmp_path / "attempt.jsonl"
-    # The store must exist (and be migrated) before it can be watched read-only.
+
+    # The store must exist (and be migrated) before it can be watched read-only; `jobs` no longer makes one.
+    async def create_store() -> None:
+        await (await Store.open(str(cli.db), "create")).aclose()
+
+    anyio.run(create_store)
     assert cli("jobs", "--json").stdout.strip() == "[]"
     db = peek()
 

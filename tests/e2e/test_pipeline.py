@@ -204,9 +204,10 @@ def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: An
         assert all(key not in o for o in outputs)
 
 
-def test_job_not_found_and_bad_flags(cli: Cli) -> None:
+def test_job_not_found_and_bad_flags(cli: Cli, tmp_path: Path) -> None:
+    cli.submit(write_jobfile(tmp_path / "in.jsonl", 1))  # a store, so that the job is what is missing
     r = cli("status", "job_nope")
-    assert r.returncode == 2 and "job_nope" in r.stderr
+    assert r.returncode == 2 and "no job with id 'job_nope'" in r.stderr
     r = cli("run", "--concurrency", "0", "--base-url", "http://127.0.0.1:9/v1")
     assert r.returncode == 2 and "concurrency" in r.stderr
 

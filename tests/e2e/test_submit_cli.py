@@ -58,7 +58,11 @@ def test_typo_and_chat_keys_are_named_and_lenient_queues_them_with_warnings(cli:
     assert r.returncode == 0, r.stderr
     err = r.stderr.splitlines()
     assert err[0] == f"warning: {path}:line 1: field body.temprature: unknown field; did you mean 'temperature'?"
-    assert err[20:] == [f"warning: {path}: 5 more warning(s) not shown", f"queued 25 requests from {path}"]
+    assert err[20:] == [
+        f"created store {cli.db}",  # the first successful submit made the store
+        f"warning: {path}: 5 more warning(s) not shown",
+        f"queued 25 requests from {path}",
+    ]
 
 
 def chat_only(path: Path) -> Path:
@@ -96,7 +100,8 @@ def test_a_chat_completions_file_gets_a_summary_and_its_conversion_submits(cli: 
     assert first["url"] == "/v1/responses"
     assert first["body"]["input"][0] == {"role": "system", "content": "Be brief."}
     r = cli("submit", str(out))
-    assert (r.returncode, r.stderr) == (0, f"queued 30 requests from {out}\n")
+    # The failed submit above left no store behind, so this first good one makes it.
+    assert (r.returncode, r.stderr) == (0, f"created store {cli.db}\nqueued 30 requests from {out}\n")
 
 
 def test_convert_refuses_a_file_it_cannot_convert_and_writes_nothing(cli: Cli, tmp_path: Path) -> None:
@@ -124,6 +129,7 @@ def test_stdin_two_files_and_gzip_in_one_submit(cli: Cli, tmp_path: Path) -> Non
     listed = json.loads(cli("jobs", "--json").stdout)
     assert {j["job_id"]: j["counts"]["queued"] for j in listed} == dict(zip(jobs, [4, 5, 6], strict=True))
     assert r.stderr.decode().splitlines() == [
+        f"created store {cli.db}",
         f"queued 4 requests from {a}",
         "queued 5 requests from <stdin>",
         f"queued 6 requests from {gz}",
@@ -141,8 +147,13 @@ def test_one_invalid_file_among_several_queues_none(cli: Cli, tmp_path: Path) ->
     assert r.returncode == 2
     assert r.stderr.splitlines()[-1] == "1 of 2 input files are invalid; no file was queued"
     assert f"{bad}:line 1: field body.top_p: must be between 0 and 1 (got 3)" in r.stderr
+    # Nothing changed: not even an empty store is left behind.
+    assert not cli.db.exists()
     r = cli("jobs", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout) == []
+    assert (
+        r.returncode == 2
+        and r.stderr == f"runner: no store at {cli.db} (run `runner submit FILE` first, or pass --db)\n"
+    )
 
 
 def test_a_bad_override_is_reported_once_against_the_spec_key(cli: Cli, tmp_path: Path) -> None:

@@ -2,17 +2,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from runner.errors import ConfigError
-from runner.ingest import read_lines
-from runner.schema import validate_line
-from runner.spec import JobSpec, OutputSection, SpecError, apply_defaults_and_overrides, load_spec, materialize
+from runner.spec import JobSpec, OutputSection, SpecError, apply_defaults_and_overrides, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "jobs" / "nightly.toml"
@@ -277,11 +273,11 @@ def test_merge_does_not_modify_inputs() -> None:
     assert json.dumps([body, defaults, overrides]) == snapshot
 
 
-# -- materialize ---------------------------------------------------------------------------------------
+# -- applying the tables line by line -------------------------------------------------------------------
 
 
-def batch(cid: str, body: dict[str, Any]) -> str:
-    return json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body})
+def batch(cid: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body}
 
 
 @pytest.fixture
@@ -296,96 +292,58 @@ def spec_with_tables(tmp_path: Path) -> JobSpec:
     )
 
 
-def test_materialize_applies_tables_and_keeps_bad_lines_and_numbering(
-    tmp_path: Path, spec_with_tables: JobSpec
-) -> None:
-    src = tmp_path / "in.jsonl"
-    lines = [
-        batch("a", {"input": "one", "max_output_tokens": 5}),  # 1
-        "",  # 2: blank stays blank
-        '{"custom_id": "b", "body": {"input": "two"',  # 3: not JSON, unchanged
-        json.dumps({"input": "bare", "model": "gpt-5", "reasoning": {"summary": "auto"}}),  # 4: bare body
-        "[1, 2]",  # 5: JSON, not an object: unchanged
-        batch("c", {"input": "three"}) + "\r",  # 6: CRLF
-        '{"custom_id": "d", "body": "nope"}',  # 7: batch line whose body is not an object: unchanged
-    ]
-    src.write_bytes(("\n".join(lines) + "\n").encode())
-    dst = materialize(spec_with_tables, src, tmp_path / "work")
-    out = dst.read_text().split("\n")
-    assert out[-1] == ""  # ends with a newline
-    out = out[:-1]
-    assert len(out) == len(lines)
-    assert json.loads(out[0])["body"] == {
-        "input": "one",
-        "max_output_tokens": 400,
-        "model": "gpt-4.1-mini",
-        "reasoning": {"effort": "low"},
-    }
-    assert json.loads(out[0])["custom_id"] == "a"
-    assert out[1] == ""
-    assert out[2] == lines[2]
-    assert json.loads(out[3]) == {
+def test_apply_line_fills_batch_and_bare_bodies_and_leaves_the_rest(spec_with_tables: JobSpec) -> None:
+    line = batch("a", {"input": "one", "max_output_tokens": 5})
+    out = spec_with_tables.apply_line(line)
+    assert out == batch(
+        "a", {"input": "one", "max_output_tokens": 400, "model": "gpt-4.1-mini", "reasoning": {"effort": "low"}}
+    )
+    assert line["body"] == {"input": "one", "max_output_tokens": 5}  # the parsed line is not modified
+    bare = {"input": "bare", "model": "gpt-5", "reasoning": {"summary": "auto"}}
+    assert spec_with_tables.apply_line(bare) == {
         "input": "bare",
         "model": "gpt-5",
         "reasoning": {"summary": "auto", "effort": "low"},
         "max_output_tokens": 400,
     }
-    assert out[4] == "[1, 2]"
-    assert json.loads(out[5])["body"]["max_output_tokens"] == 400
-    assert out[6] == lines[6]
-    # the validator sees the same line numbers it would have seen in the source
-    assert [n for n, _ in read_lines(dst)] == [n for n, _ in read_lines(src)] == [1, 3, 4, 5, 6, 7]
-    problems = {n for n, raw in read_lines(dst) if not _valid(raw, n)}
-    assert problems == {3, 5, 7}
+    # Not an object, or a batch line whose body is not one: unchanged, for the validator to name.
+    assert spec_with_tables.apply_line([1, 2]) == [1, 2]
+    assert spec_with_tables.apply_line({"custom_id": "d", "body": "nope"}) == {"custom_id": "d", "body": "nope"}
 
 
-def _valid(raw: bytes, n: int) -> bool:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return False
-    return not validate_line(obj, n).errors
+def test_tables_digest_changes_with_the_tables_only(tmp_path: Path, spec_with_tables: JobSpec) -> None:
+    same = load_spec(
+        write_spec(
+            tmp_path,
+            '[job]\nname = "other"\ninput = "x.jsonl"\n'
+            + '[defaults]\nreasoning = { effort = "low" }\nmodel = "gpt-4.1-mini"\n'
+            + "[overrides]\nmax_output_tokens = 400\n",
+            "same.toml",
+        )
+    )
+    assert same.tables_digest() == spec_with_tables.tables_digest()  # key order does not matter
+    other = load_spec(write_spec(tmp_path, MINIMAL + "[overrides]\nmax_output_tokens = 401\n", "b.toml"))
+    assert other.tables_digest() != spec_with_tables.tables_digest()
 
 
-def test_materialize_keeps_invalid_utf8_bytes(tmp_path: Path, spec_with_tables: JobSpec) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(b'\xef\xbb\xbf{"input": "a"}\n{"input": "\xff"}\n')
-    out = materialize(spec_with_tables, src, tmp_path / "w").read_bytes().split(b"\n")
-    assert orjson.loads(out[0])["model"] == "gpt-4.1-mini"  # the BOM did not hide the first line
-    assert out[1] == b'{"input": "\xff"}'
+# -- the store a spec names ------------------------------------------------------------------------------
 
 
-def test_materialize_is_deterministic_and_reused(tmp_path: Path, spec_with_tables: JobSpec) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(batch(f"c{i}", {"input": f"q{i}"}) for i in range(50)) + "\n")
-    first = materialize(spec_with_tables, src, tmp_path / "w1")
-    second = materialize(spec_with_tables, src, tmp_path / "w2")
-    assert first.name == second.name
-    assert first.read_bytes() == second.read_bytes()
-    mtime = first.stat().st_mtime_ns
-    assert materialize(spec_with_tables, src, tmp_path / "w1") == first
-    assert first.stat().st_mtime_ns == mtime  # an existing file of that name is reused as it is
-    assert not [p for p in (tmp_path / "w1").iterdir() if p.name.endswith(".part")]
+def test_store_defaults_to_runner_db_beside_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "jobs").mkdir()
+    write_spec(tmp_path / "jobs", MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(Path("jobs/spec.toml"))  # a relative spec path still gives an absolute store
+    assert spec.store_path == tmp_path / "jobs" / "runner.db"
 
 
-def test_materialize_name_changes_with_input_or_tables(tmp_path: Path, spec_with_tables: JobSpec) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_text(batch("a", {"input": "x"}) + "\n")
-    base = materialize(spec_with_tables, src, tmp_path / "w").name
-    other_spec = load_spec(write_spec(tmp_path, MINIMAL + "[overrides]\nmax_output_tokens = 401\n", "b.toml"))
-    assert materialize(other_spec, src, tmp_path / "w").name != base
-    src.write_text(batch("a", {"input": "y"}) + "\n")
-    assert materialize(spec_with_tables, src, tmp_path / "w").name != base
-    assert base.startswith("in.") and base.endswith(".jsonl")
+def test_store_is_relative_to_the_spec(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, '[job]\ninput = "in.jsonl"\nstore = "../stores/eval.db"\n'))
+    assert spec.store_path == tmp_path.parent / "stores" / "eval.db"
+    spec = load_spec(write_spec(tmp_path, '[job]\ninput = "in.jsonl"\nstore = "/var/tmp/x.db"\n'))
+    assert spec.store_path == Path("/var/tmp/x.db")
 
 
-def test_materialize_streams_a_large_file(tmp_path: Path, spec_with_tables: JobSpec) -> None:
-    src = tmp_path / "big.jsonl"
-    with src.open("w") as f:
-        for i in range(20_000):
-            f.write(batch(f"c{i}", {"input": f"q{i}"}) + "\n")
-    dst = materialize(spec_with_tables, src, tmp_path / "w")
-    with dst.open() as f:
-        n = sum(1 for _ in f)
-    assert n == 20_000
-    assert os.path.getsize(dst) > os.path.getsize(src)
+def test_blank_store_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"\[job\] store: must not be empty"):
+        load_spec(write_spec(tmp_path, '[job]\ninput = "in.jsonl"\nstore = " "\n'))
