@@ -1,0 +1,61 @@
+"""SIGINT and SIGTERM outside the run's own graceful stop: one line and exit 130 / 143, never a traceback.
+
+Three phases:
+- start-up (imports, argument parsing) and the way out (printing, interpreter shutdown): there is nothing
+  to save, so a signal prints `runner: interrupted` and ends the process at once (`leave_at_once`);
+- a command's work (store open, migrations, submit, export): a signal unwinds it (`unwind`). SIGINT keeps
+  Python's own handler, so asyncio's runner can cancel its main task cleanly, and SIGTERM is sent down the
+  same path; the CLI catches the KeyboardInterrupt and exits with `exit_code()`;
+- `runner run`: the worker's signal receiver takes over (drain in-flight requests, then stop).
+
+This module imports only the standard library so that `runner.__main__` can install it before anything
+heavy loads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+
+MESSAGE = "runner: interrupted"
+_received: list[int] = []
+
+
+def exit_code() -> int:
+    """128 + the signal that interrupted the command (130 for SIGINT, also when none was recorded)."""
+    return 128 + (_received[0] if _received else int(signal.SIGINT))
+
+
+def _leave_now(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    try:
+        os.write(2, (MESSAGE + "\n").encode())
+    finally:
+        os._exit(exit_code())
+
+
+def _as_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handled exactly as SIGINT would be now (asyncio's runner may have its own SIGINT handler)."""
+    _received.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
+
+
+def leave_at_once() -> None:
+    """A signal ends the process now with the one-line message (nothing is open that needs closing)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _leave_now)
+
+
+def unwind() -> None:
+    """A signal raises KeyboardInterrupt where the command is, so that it unwinds and closes what it opened.
+
+    Also call it after an event loop that handled signals itself: asyncio puts SIGTERM back to the
+    default action (die silently) when it lets go of it.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _as_interrupt)
