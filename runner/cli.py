@@ -824,7 +824,7 @@ def _setup_logging(ns: argparse.Namespace) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Request bodies and keys must never reach a log line, whatever the level.
-    for noisy in ("httpx", "httpcore", "aiohttp", "sqlalchemy", "aiosqlite", "alembic"):
+    for noisy in ("httpx", "httpcore", "aiohttp", "sqlalchemy", "aiosqlite", "alembic", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
