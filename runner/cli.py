@@ -371,6 +371,38 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return ns
 
 
+def _flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (not those from the environment)."""
+    return {
+        k: getattr(ns, k)
+        for k in (
+            "db",
+            "base_url",
+            "api_key",
+            "auth_style",
+            "concurrency",
+            "max_attempts",
+            "timeout",
+            "grace",
+            "rpm",
+            "tpm",
+        )
+        if getattr(ns, k, None) is not None
+    }
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    """Flags over environment over defaults; a bad value names its flag and variable."""
+    try:
+        return Settings(**_flags(ns))
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        env = _ENV_OF.get(name)
+        where = f"--{name.replace('_', '-')} / {env}" if env else (name or "settings")
+        raise ConfigError(f"invalid {where}: {first['msg']}") from None
+
+
 # -- printing -------------------------------------------------------------------------------------
 
 
@@ -479,7 +511,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fit_open_files(concurrency: int) -> int:
+def _fit_open_files(concurrency: int, *, lower: bool = True) -> int:
     """Make room for `concurrency` connections under RLIMIT_NOFILE: raise the soft limit toward the hard one,
     else lower the concurrency with a warning (running out of descriptors mid-run fails requests and the store)."""
     poll_slots = max(4, min(concurrency, 256))
@@ -500,7 +532,7 @@ def _fit_open_files(concurrency: int) -> int:
         return concurrency
     # Each request may hold a connection and so may each poll; keep both within what is left.
     fitted = max(1, (soft - RESERVED_FILES) // 2)
-    if fitted < concurrency:
+    if lower and fitted < concurrency:
         _say(f"warning: only {soft} open files allowed (ulimit -n); concurrency lowered from {concurrency} to {fitted}")
         return fitted
     return concurrency
@@ -573,10 +605,10 @@ def _run_spec(ns: argparse.Namespace, path: str) -> int:
     """`runner run SPEC.toml`: submit (or resume today's job), run, export, report; exit by the spec's policy."""
     overrides = _flags(ns)
     db = overrides.pop("db", None)
-    # The spec's own concurrency is not known here: raise the open-file limit for the largest allowed.
-    overrides["concurrency"] = _fit_open_files(overrides.get("concurrency", MAX_CONCURRENCY))
-    if "concurrency" not in _flags(ns) and overrides["concurrency"] == MAX_CONCURRENCY:
-        del overrides["concurrency"]
+    if "concurrency" in overrides:
+        overrides["concurrency"] = _fit_open_files(overrides["concurrency"])
+    else:  # the spec's own value is read later: make room for the largest allowed, without lowering anything
+        _fit_open_files(MAX_CONCURRENCY, lower=False)
     with ProgressView(ns.quiet) as view:
         done = _run_async(
             lambda: app.run_spec(
@@ -740,38 +772,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 # -- settings and logging -------------------------------------------------------------------------
-
-
-def _flags(ns: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags (not those from the environment)."""
-    return {
-        k: getattr(ns, k)
-        for k in (
-            "db",
-            "base_url",
-            "api_key",
-            "auth_style",
-            "concurrency",
-            "max_attempts",
-            "timeout",
-            "grace",
-            "rpm",
-            "tpm",
-        )
-        if getattr(ns, k, None) is not None
-    }
-
-
-def _settings(ns: argparse.Namespace) -> Settings:
-    """Flags over environment over defaults; a bad value names its flag and variable."""
-    try:
-        return Settings(**_flags(ns))
-    except ValidationError as e:
-        first = e.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
-        env = _ENV_OF.get(name)
-        where = f"--{name.replace('_', '-')} / {env}" if env else (name or "settings")
-        raise ConfigError(f"invalid {where}: {first['msg']}") from None
 
 
 class _LogFormatter(logging.Formatter):

@@ -146,8 +146,9 @@ def stopping_text(f: Figures) -> str:
 
 
 def _bar(done: int, total: int, width: int) -> str:
-    filled = width if total <= 0 else min(width, int(width * done / total))
-    return "━" * filled + "╺" * (width - filled) if filled < width else "━" * width
+    """Heavy for what is done, light for what is left: readable without colours too."""
+    filled = width if total <= 0 else min(width, width * done // total)
+    return "━" * filled + "─" * (width - filled)
 
 
 def frame_lines(f: Figures, width: int) -> list[str]:

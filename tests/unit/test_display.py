@@ -57,7 +57,7 @@ def test_every_figure_fits_whole_at_any_width(width: int) -> None:
 
 def test_the_bar_goes_first_the_figures_never() -> None:
     lines = frame_lines(figures(_snap(), rate=123.4), 40)
-    assert "━" not in "".join(lines)
+    assert "━" not in "".join(lines) and "─" not in "".join(lines)
     assert lines[0] == "312,345/500,000 62% · ETA 25m 21s"
 
 
