@@ -20,6 +20,8 @@ from types import FrameType
 
 MESSAGE = "runner: interrupted"
 _received: list[int] = []
+# A signal ignored by whoever started us stays ignored (a background job of a script ignores Ctrl-C).
+_INHERITED_IGNORE = frozenset(s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) == signal.SIG_IGN)
 
 
 def exit_code() -> int:
@@ -48,7 +50,8 @@ def _as_interrupt(signum: int, frame: FrameType | None) -> None:
 def leave_at_once() -> None:
     """A signal ends the process now with the one-line message (nothing is open that needs closing)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _leave_now)
+        if sig not in _INHERITED_IGNORE:
+            signal.signal(sig, _leave_now)
 
 
 def unwind() -> None:
@@ -57,5 +60,7 @@ def unwind() -> None:
     Also call it after an event loop that handled signals itself: asyncio puts SIGTERM back to the
     default action (die silently) when it lets go of it.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _as_interrupt)
+    if signal.SIGINT not in _INHERITED_IGNORE:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.SIGTERM not in _INHERITED_IGNORE:
+        signal.signal(signal.SIGTERM, _as_interrupt)
