@@ -357,8 +357,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     commands = _subparsers(parser)
     word = _command_word(argv, _takes_value(parser))
     if word is not None and word not in commands:
-        listed = [c for c in commands if c != "mock-server"] + ["mock-server"]
-        hint = _suggest(word, listed) or f" (commands: {', '.join(listed)})"
+        hint = _suggest(word, list(commands)) or f" (commands: {', '.join(commands)})"
         parser.error(f"unknown command '{word}'{hint}")
     ns, extras = parser.parse_known_args(argv)
     if extras:

@@ -224,10 +224,8 @@ class Run:
             self.snap.polling = self.poller.size
             self.snap.concurrency = self.concurrency.limit
             self.snap.max_concurrency = self.concurrency.maximum
-            low = self.snap.concurrency < self.snap.max_concurrency
-            self.snap.concurrency_reason = (
-                ("backing off after 429s" if self.snap.rate_limited else "backing off after timeouts") if low else None
-            )
+            why = "backing off after 429s" if self.snap.rate_limited else "backing off after timeouts"
+            self.snap.concurrency_reason = why if self.snap.concurrency < self.snap.max_concurrency else None
             self.snap.pauses = self.limiter.pauses
             self._on_progress(self.snap)
             await anyio.sleep(0.25)

@@ -134,7 +134,6 @@ def test_global_flags_after_the_command_and_mistakes_get_one_line(cli: Cli, tmp_
 
     cases = {
         ("stauts",): "runner: unknown command 'stauts'; did you mean 'status'?",
-        ("run", "--concurency", "8"): "runner run: unknown option --concurency; did you mean '--concurrency'?",
         ("run", "--concurrency", "100000"): "runner run: argument --concurrency: must be a whole number from 1"
         " to 10,000 (got 100000)",
     }

@@ -27,6 +27,7 @@ def test_global_flags_before_and_after_the_command_mean_the_same() -> None:
         (["run", "--max-attempts", "x"], "runner run: argument --max-attempts: must be a whole number from 1"),
         (["--db", "x", "reprot"], "runner: unknown command 'reprot'; did you mean 'report'?"),
         (["status", "--jsno"], "runner status: unknown option --jsno; did you mean '--json'?"),
+        (["run", "--concurency", "8"], "runner run: unknown option --concurency; did you mean '--concurrency'?"),
         (["frobnicate"], "runner: unknown command 'frobnicate' (commands: submit, run,"),
     ],
 )
