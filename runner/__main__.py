@@ -14,7 +14,11 @@ def main() -> None:
     interrupt.leave_at_once()
     from runner.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    except SystemExit as e:
+        interrupt.exit_now(e.code)
+    interrupt.exit_now(0)
 
 
 if __name__ == "__main__":

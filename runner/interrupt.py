@@ -8,15 +8,22 @@ Three phases:
   same path; the CLI catches the KeyboardInterrupt and exits with `exit_code()`;
 - `runner run`: the worker's signal receiver takes over (drain in-flight requests, then stop).
 
+The command then leaves through `exit_now`, without the interpreter's finalization: that is where Python
+puts every signal back to its default action, so a Ctrl-C in the last milliseconds would end the process
+silently instead of with the line.
+
 This module imports only the standard library so that `runner.__main__` can install it before anything
 heavy loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 from types import FrameType
+from typing import NoReturn
 
 MESSAGE = "runner: interrupted"
 _received: list[int] = []
@@ -64,3 +71,21 @@ def unwind() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.SIGTERM not in _INHERITED_IGNORE:
         signal.signal(signal.SIGTERM, _as_interrupt)
+
+
+def exit_now(code: object) -> NoReturn:
+    """Flush stdout and stderr and end the process with `code` (a SystemExit code), skipping finalization.
+
+    Only for the `runner` command itself, once the command has returned and closed what it opened.
+    """
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): Python prints the message and exits 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`runner export | head`): nothing to add
+            stream.flush()
+    os._exit(status)
