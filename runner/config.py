@@ -10,6 +10,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DB = "runner.db"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONCURRENCY = 64
+# Upper bounds of settings, so a typo (an extra zero) is an error rather than a run that cannot work.
+MAX_CONCURRENCY = 10_000
+MAX_MAX_ATTEMPTS = 100
+MAX_TIMEOUT = 86_400.0  # a day
+MAX_GRACE_SECONDS = 3_600.0
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_TIMEOUT = 600.0  # seconds per HTTP request; long generations take minutes
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -39,18 +44,24 @@ def _env(*names: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Everything `runner run` needs; flags override the environment."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     db: str = Field(DEFAULT_DB, validation_alias=_env("db", "RUNNER_DB"))
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias=_env("base_url", "OPENAI_BASE_URL"))
     api_key: SecretStr | None = Field(None, validation_alias=_env("api_key", "OPENAI_API_KEY"))
     auth_style: AuthStyle = Field(AuthStyle.BEARER, validation_alias=_env("auth_style", "RUNNER_AUTH_STYLE"))
-    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, validation_alias=_env("concurrency", "RUNNER_CONCURRENCY"))
-    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, validation_alias=_env("max_attempts", "RUNNER_MAX_ATTEMPTS"))
-    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, validation_alias=_env("timeout", "RUNNER_TIMEOUT"))
+    concurrency: int = Field(
+        DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY, validation_alias=_env("concurrency", "RUNNER_CONCURRENCY")
+    )
+    max_attempts: int = Field(
+        DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_MAX_ATTEMPTS, validation_alias=_env("max_attempts", "RUNNER_MAX_ATTEMPTS")
+    )
+    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT, validation_alias=_env("timeout", "RUNNER_TIMEOUT"))
     lease_seconds: float = Field(
         DEFAULT_LEASE_SECONDS, gt=0, validation_alias=_env("lease_seconds", "RUNNER_LEASE_SECONDS")
     )
-    grace: float = Field(DEFAULT_GRACE_SECONDS, ge=0, validation_alias=_env("grace", "RUNNER_GRACE"))
+    grace: float = Field(
+        DEFAULT_GRACE_SECONDS, ge=0, le=MAX_GRACE_SECONDS, validation_alias=_env("grace", "RUNNER_GRACE")
+    )
     rpm: float | None = Field(None, gt=0, validation_alias=_env("rpm", "RUNNER_RPM"))
     tpm: float | None = Field(None, gt=0, validation_alias=_env("tpm", "RUNNER_TPM"))

@@ -24,6 +24,7 @@ from runner.store.reports import (
     slowest,
     usage_by_model,
 )
+from runner.term import printable
 
 __all__ = ["ModelCost", "Report", "build_report"]
 
@@ -32,7 +33,7 @@ _STATE_ORDER: Final = tuple(s.value for s in RequestState)
 _ACTIVE: Final = frozenset({RequestState.QUEUED.value, RequestState.IN_PROGRESS.value})
 _MAX_MODELS_SHOWN = 5
 _MAX_ERRORS_SHOWN = 5
-_MESSAGE_WIDTH = 60
+_MESSAGE_WIDTH = 120  # long enough for the cause of most API errors; the full text is in --json
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,13 @@ def _usd(x: float) -> str:
 
 
 def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
+    """`text` on one line, escaped, and cut at a word boundary (never mid-word) when longer than `width`."""
     one_line = " ".join((text or "").split())
-    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+    if len(one_line) > width:
+        cut = one_line[: width - 1]
+        space = cut.rfind(" ")
+        one_line = (cut[:space] if space > width // 2 else cut).rstrip(" ,.;:") + "…"
+    return printable(one_line)
 
 
 @dataclass(frozen=True)
@@ -184,29 +190,30 @@ class Report:
         }
 
     def render_text(self) -> str:
-        """The report for a terminal: about 25 lines at most."""
-        out: list[str] = [f"job {self.job_id} ({self.name}) · {self.total} requests · {self.status}"]
+        """The report for a terminal: about 25 lines at most. Names, ids and messages from outside are escaped."""
+        p = printable
+        out: list[str] = [f"job {p(self.job_id)} ({p(self.name)}) · {self.total} requests · {self.status}"]
         out.append("  " + " · ".join(f"{s.replace('_', ' ')} {self.counts.get(s, 0)}" for s in _STATE_ORDER))
         u = self.usage
         out.append(
             f"  usage: input {u.input_tokens:,} · cached {u.cached_tokens:,} · output {u.output_tokens:,}"
             f" · reasoning {u.reasoning_tokens:,} · total {u.total_tokens:,}"
         )
-        taken = f"prices of {self.prices_taken}" if self.prices_taken else "prices of unknown date"
+        taken = f"prices of {p(self.prices_taken)}" if self.prices_taken else "prices of unknown date"
         if self.prices_user_file:
-            taken += f" + {self.prices_user_file}"
+            taken += f" + {p(self.prices_user_file)}"
         bound = "at least " if not self.cost_complete else ""
         out.append(f"  cost: {bound}{_usd(self.cost_usd)} (estimate; {taken})")
         for m in self.models[:_MAX_MODELS_SHOWN]:
             what = _usd(m.usd) if m.usd is not None else "no price"
             out.append(
-                f"    {m.model}: {m.requests} req · in {m.usage.input_tokens:,} (cached {m.usage.cached_tokens:,})"
-                f" · out {m.usage.output_tokens:,} · {what}"
+                f"    {p(m.model)}: {m.requests} req · in {m.usage.input_tokens:,}"
+                f" (cached {m.usage.cached_tokens:,}) · out {m.usage.output_tokens:,} · {what}"
             )
         if len(self.models) > _MAX_MODELS_SHOWN:
             out.append(f"    … and {len(self.models) - _MAX_MODELS_SHOWN} more model(s)")
         if note := self.cost_note():
-            out.append(f"    {note}")
+            out.append(f"    {p(note)}")
         lat = self.latency
         if lat.count:
             parts = [f"{_pname(q)} {v:.2f} s" for q, v in lat.percentiles.items()]
@@ -216,17 +223,17 @@ class Report:
             out.append(f"  errors ({self.failed} failed):")
             for g in self.errors[:_MAX_ERRORS_SHOWN]:
                 ids = ", ".join(
-                    x.custom_id + (f" [{x.http_status}]" if x.http_status is not None else "") for x in g.examples
+                    p(x.custom_id) + (f" [{x.http_status}]" if x.http_status is not None else "") for x in g.examples
                 )
                 first = _short(g.examples[0].message) if g.examples else ""
-                out.append(f"    {g.code} ×{g.count}: {first} (e.g. {ids})")
+                out.append(f"    {p(g.code)} ×{g.count}: {first} (e.g. {ids})")
             if len(self.errors) > _MAX_ERRORS_SHOWN:
                 out.append(f"    … and {len(self.errors) - _MAX_ERRORS_SHOWN} more error code(s)")
         if self.slowest:
             out.append(
                 "  slowest: "
                 + " · ".join(
-                    f"{s.custom_id} {s.seconds:.2f} s" + (f" ({s.attempts} attempts)" if s.attempts > 1 else "")
+                    f"{p(s.custom_id)} {s.seconds:.2f} s" + (f" ({s.attempts} attempts)" if s.attempts > 1 else "")
                     for s in self.slowest
                 )
             )

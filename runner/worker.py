@@ -107,6 +107,7 @@ class Run:
         self._stop_claiming.set()
         self._slot_freed.set()
         self._grace_deadline = time.monotonic() + (self.opts.grace if grace is None else grace)
+        self.snap.stopping, self.snap.grace_deadline = True, self._grace_deadline  # the display says so
 
     def abort(self) -> None:
         """Stop now: cancel in-flight work (everything already received is still committed)."""
@@ -122,6 +123,7 @@ class Run:
         counts, _ = await self.store.progress(self.job_ids)
         self.snap.total = sum(counts.values())
         self.snap.done = sum(v for k, v in counts.items() if k not in ("queued", "in_progress"))
+        self.snap.done_before = self.snap.done
         await self.store.reclaim_expired(self.job_ids, owner_is_dead)
         await self.store.mark_started(self.job_ids)
         try:
@@ -276,6 +278,9 @@ class Run:
             self.snap.in_flight = self._in_flight
             self.snap.polling = self.poller.size
             self.snap.concurrency = self.concurrency.limit
+            self.snap.max_concurrency = self.concurrency.maximum
+            why = "backing off after 429s" if self.snap.rate_limited else "backing off after timeouts"
+            self.snap.concurrency_reason = why if self.snap.concurrency < self.snap.max_concurrency else None
             self.snap.pauses = self.limiter.pauses
             self.snap.notice = self.limiter.notice  # the long wait in force, if any (said once on stderr)
             self._on_progress(self.snap)

@@ -1,0 +1,53 @@
+"""Argument parsing: global flags on either side of the command, bounded values, did-you-mean."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.cli import _settings, parse_args
+from runner.errors import ConfigError
+from runner.report import _short
+
+
+def test_global_flags_before_and_after_the_command_mean_the_same() -> None:
+    before = parse_args(["--db", "x.db", "-v", "--log-format", "json", "status", "J"])
+    after = parse_args(["status", "J", "--log-format", "json", "-v", "--db", "x.db"])
+    for ns in (before, after):
+        assert (ns.db, ns.verbose, ns.log_format, ns.job_id) == ("x.db", True, "json", "J")
+    plain = parse_args(["jobs"])
+    assert (plain.db, plain.verbose, plain.log_level) == (None, False, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--grace", "inf"], "runner run: argument --grace: must be a number from 0 to 3,600 (got inf)"),
+        (["run", "--timeout", "0"], "runner run: argument --timeout: must be a number above 0 to 86,400 (got 0)"),
+        (["run", "--rpm", "nan"], "runner run: argument --rpm: must be a number greater than 0 (got nan)"),
+        (["run", "--max-attempts", "x"], "runner run: argument --max-attempts: must be a whole number from 1"),
+        (["--db", "x", "reprot"], "runner: unknown command 'reprot'; did you mean 'report'?"),
+        (["status", "--jsno"], "runner status: unknown option --jsno; did you mean '--json'?"),
+        (["run", "--concurency", "8"], "runner run: unknown option --concurency; did you mean '--concurrency'?"),
+        (["frobnicate"], "runner: unknown command 'frobnicate' (commands: submit, run,"),
+    ],
+)
+def test_mistakes_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(message), err
+
+
+def test_an_environment_value_out_of_bounds_names_the_flag_and_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_CONCURRENCY", "100000")
+    with pytest.raises(ConfigError, match=r"invalid --concurrency / RUNNER_CONCURRENCY: .*10000"):
+        _settings(parse_args(["run"]))
+
+
+def test_report_cuts_a_message_at_a_word_boundary_and_escapes_it() -> None:
+    text = "The model `gpt-x` does not exist or you do not have access to it. " * 4
+    short = _short(text, 60)
+    assert short.endswith("…") and len(short) <= 60
+    assert text.startswith(short[:-1]) and text[len(short) - 1] == " "  # cut where a word ends
+    assert _short("a\x1b[2Jb") == "a\\x1b[2Jb"
