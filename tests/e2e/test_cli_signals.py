@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, write_jobfile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kill]
 
@@ -43,22 +42,23 @@ def _clean_end(p: subprocess.Popen[str], sig: int) -> str:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_start_up_ends_with_one_line(
-    cli: Cli, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]], sig: int
+    cli: Cli, tmp_path: Path, procs: list[subprocess.Popen[str]], sig: int
 ) -> None:
-    mock = mock_factory()
-    # A fresh store each time, so that the later signals land in its creation and migrations.
+    # A fresh store each time, so that the later signals land in its creation and migrations (only submit
+    # and spec runs create a store).
+    jobfile = write_jobfile(tmp_path / "in.jsonl", 20)
     start = _python_start(cli)
     seen: list[str] = []
     for n, delay in enumerate((0.05, 0.2, 0.5, 1.0)):
         db = tmp_path / f"s{n}.db"
-        p = cli.popen("run", "--base-url", mock.base_url, "--quiet", extra_env={"RUNNER_DB": str(db)})
+        p = cli.popen("submit", str(jobfile), extra_env={"RUNNER_DB": str(db)})
         procs.append(p)
         time.sleep(1.5 * start + delay)
         p.send_signal(sig)
         err = _clean_end(p, sig)
         seen.append(f"{delay}: {p.returncode} {err.strip()!r}")
         if p.returncode == 0:
-            continue  # it finished (nothing to run) before the signal came: nothing to say
+            continue  # it finished (the file was queued) before the signal came: nothing to say
         assert p.returncode == 128 + sig, seen
         assert err.strip().splitlines()[-1] == "runner: interrupted", seen
     print("\n".join(seen))

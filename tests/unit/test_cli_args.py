@@ -28,7 +28,7 @@ def test_global_flags_before_and_after_the_command_mean_the_same() -> None:
         (["--db", "x", "reprot"], "runner: unknown command 'reprot'; did you mean 'report'?"),
         (["status", "--jsno"], "runner status: unknown option --jsno; did you mean '--json'?"),
         (["run", "--concurency", "8"], "runner run: unknown option --concurency; did you mean '--concurrency'?"),
-        (["frobnicate"], "runner: unknown command 'frobnicate' (commands: submit, run,"),
+        (["frobnicate"], "runner: unknown command 'frobnicate' (commands: submit, convert, run,"),
     ],
 )
 def test_mistakes_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
