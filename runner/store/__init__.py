@@ -21,24 +21,27 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from runner.errors import IllegalTransition, JobNotFound, StoreError
+from runner.errors import IllegalTransition, JobNotFound, RequestNotFound, StoreError
 from runner.states import ALLOWED_FROM, TERMINAL, RequestState
 from runner.store import hot
 from runner.store.engine import BUSY_TIMEOUT_MS, create_engine, migrate
 from runner.store.hot import HotConnection
 from runner.store.models import (
+    AttemptRow,
     Claimed,
     ExportRow,
     JobRow,
     JobStats,
     NewRequest,
     Outcome,
+    RequestDetail,
     ResponseIdRecord,
     UsageCounts,
 )
-from runner.store.tables import jobs, requests
+from runner.store.tables import attempts, jobs, requests
 
 __all__ = [
+    "AttemptRow",
     "Claimed",
     "DuplicateCustomId",
     "ExportRow",
@@ -46,6 +49,7 @@ __all__ = [
     "JobStats",
     "NewRequest",
     "Outcome",
+    "RequestDetail",
     "ResponseIdRecord",
     "Store",
     "UsageCounts",
@@ -631,10 +635,13 @@ class Store:
         return await self._read(go)
 
     @asynccontextmanager
-    async def stream_export(self, job_id: str) -> AsyncIterator[AsyncIterator[list[ExportRow]]]:
+    async def stream_export(
+        self, job_id: str, *, with_body: bool = False
+    ) -> AsyncIterator[AsyncIterator[list[ExportRow]]]:
         """A job's rows in input order, in chunks, from one read snapshot (JobNotFound first).
 
-        Chunks, not rows: an await per row costs more than writing the row out.
+        Chunks, not rows: an await per row costs more than writing the row out. `with_body` adds each
+        request's body in the same query (the flat formats and `results` show the input; batch does not).
         """
         await self.get_job(job_id)
         stmt = (
@@ -648,6 +655,7 @@ class Store:
                 requests.c.error_code,
                 requests.c.error_message,
                 *(getattr(requests.c, c) for c in _USAGE_COLS),
+                *((requests.c.body,) if with_body else ()),
             )
             .where(requests.c.job_id == job_id)
             .order_by(requests.c.line_no)
@@ -661,6 +669,70 @@ class Store:
                     yield [ExportRow(*r) for r in part]
 
             yield chunks()
+
+    async def metadata_keys(self, job_id: str) -> list[str]:
+        """Every key of the `metadata` objects of a job's request bodies, sorted (for one column per key)."""
+        # SQLite walks the JSON in C; bodies without the word are never parsed.
+        sql = text(
+            "SELECT DISTINCT m.key FROM requests AS r, json_each(r.body, '$.metadata') AS m"
+            " WHERE r.job_id = :job AND instr(r.body, '\"metadata\"') > 0"
+            " AND json_type(r.body, '$.metadata') = 'object' ORDER BY m.key"
+        )
+
+        async def go(conn: AsyncConnection) -> list[str]:
+            return [str(k) for (k,) in await conn.execute(sql, {"job": job_id})]
+
+        await self.get_job(job_id)
+        return await self._read(go)
+
+    async def request_detail(self, job_id: str, custom_id: str) -> RequestDetail:
+        """One request of a job with every recorded attempt, oldest first (JobNotFound, RequestNotFound)."""
+        await self.get_job(job_id)
+
+        async def go(conn: AsyncConnection) -> RequestDetail:
+            r = (
+                await conn.execute(
+                    select(requests).where(requests.c.job_id == job_id, requests.c.custom_id == custom_id)
+                )
+            ).one_or_none()
+            if r is None:
+                raise RequestNotFound(job_id, custom_id)
+            tries = await conn.execute(
+                select(
+                    attempts.c.attempt,
+                    attempts.c.outcome,
+                    attempts.c.sent_at,
+                    attempts.c.recorded_at,
+                    attempts.c.http_status,
+                    attempts.c.api_request_id,
+                    attempts.c.response_id,
+                    attempts.c.error_code,
+                    attempts.c.error_message,
+                )
+                .where(attempts.c.request_id == r.id)
+                .order_by(attempts.c.id)
+            )
+            return RequestDetail(
+                job_id=job_id,
+                line_no=r.line_no,
+                custom_id=r.custom_id,
+                body=r.body,
+                state=r.state,
+                attempts=r.attempts,
+                http_status=r.http_status,
+                request_id=r.request_id,
+                response_id=r.response_id,
+                response_body=r.response_body,
+                error_code=r.error_code,
+                error_message=r.error_message,
+                usage=UsageCounts(*(getattr(r, c) for c in _USAGE_COLS)),
+                created_at=r.created_at,
+                submitted_at=r.submitted_at,
+                finished_at=r.finished_at,
+                attempt_rows=[AttemptRow(*t) for t in tries],
+            )
+
+        return await self._read(go)
 
     async def health(self, owner_is_dead: Callable[[str | None], bool]) -> dict[str, int]:
         """What `runner doctor` reports: leases nobody will renew, rows stuck in a state, abandoned submits."""

@@ -119,6 +119,37 @@ def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequ
         cur.executemany(f"{_CANCEL_IF_JOB_CANCELLED} AND id = ?", [(now, now, i) for i in ids])
 
 
+# Inserted before the outcome's own UPDATE, under the same guard: an outcome the store refuses (the lease
+# was lost) leaves no attempt row either, and the row still holds the attempt count and response id.
+_RECORD_ATTEMPT = (
+    "INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_status, api_request_id,"
+    " response_id, error_code, error_message)"
+    f" SELECT id, attempts, ?, coalesce(?, submitted_at), ?, ?, ?, response_id, ?, ? FROM requests WHERE {_GUARD}"
+)
+
+
+def record_attempts(db: DBAPIConnection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
+    """One attempts row per outcome of an attempt that was made (not for work handed back unsent)."""
+    rows = [
+        (
+            o.to.value,
+            o.sent_at,
+            now,
+            o.http_status,
+            o.api_request_id,
+            o.error_code,
+            o.error_message,
+            o.request_id,
+            owner,
+        )
+        for o in outcomes
+        if not o.refund_attempt
+    ]
+    if rows:
+        cur: Cursor = db.cursor()
+        cur.executemany(_RECORD_ATTEMPT, rows)
+
+
 def apply(
     db: DBAPIConnection,
     owner: str,
@@ -140,6 +171,7 @@ def apply(
             row = cur.fetchall()
             if not row or row[0][0] != x.response_id or row[0][1] != owner:
                 refused.append(x.request_id)
+    record_attempts(db, owner, outcomes, now)
     requeued: list[int] = []
     for o in outcomes:
         common = (
