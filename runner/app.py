@@ -14,7 +14,8 @@ import datetime as dt
 import json
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +25,14 @@ from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, Settings
 from runner.errors import ConfigError, LineProblem, RunnerError
-from runner.export import ExportCounts, export_job
+from runner.export import ExportCounts, ResultRow, export_job, iter_results
 from runner.ingest import SubmitOptions, SubmitResult, submit_file
 from runner.owners import owner_is_dead
 from runner.prices import load_prices
 from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec, materialize
-from runner.store import JobStats, Store
+from runner.store import JobStats, RequestDetail, Store
 from runner.store.engine import database_path
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CancelResult",
     "DoctorReport",
+    "RequestDetail",
+    "ResultRow",
     "RunOutcome",
     "Settings",
     "cancel",
@@ -50,9 +53,11 @@ __all__ = [
     "export",
     "jobs",
     "report",
+    "results",
     "retry",
     "run",
     "run_spec",
+    "show",
     "status",
     "submit",
 ]
@@ -203,6 +208,26 @@ async def export(
     s = _settings(None, db)
     async with await Store.open(s.db) as store:
         return await export_job(store, job_id, out, errors, fmt)
+
+
+async def results(job_id: str, *, db: str | None = None) -> AsyncGenerator[ResultRow, None]:
+    """Every line of a job joined with its answer, in input order, streamed: `async for row in results(job)`.
+
+    Lines not finished yet come too, with status queued or in_progress. The store stays open (one read
+    snapshot) until the loop ends; wrap the call in `contextlib.aclosing` to close it at once on `break`.
+    """
+    s = _settings(None, db)
+    # aclosing: a loop left early closes the inner stream (and its connection) before the store is disposed.
+    async with await Store.open(s.db) as store, aclosing(iter_results(store, job_id)) as rows:
+        async for row in rows:
+            yield row
+
+
+async def show(job_id: str, custom_id: str, *, db: str | None = None) -> RequestDetail:
+    """One request: its body as sent, every recorded attempt, and its final answer or error."""
+    s = _settings(None, db)
+    async with await Store.open(s.db) as store:
+        return await store.request_detail(job_id, custom_id)
 
 
 @dataclass

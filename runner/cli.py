@@ -171,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _db_arg(p)
 
+    p = sub.add_parser(
+        "show",
+        help="one request in full: the body as sent, every attempt, the final answer or error",
+        description="Show one request: the body as sent, every attempt (time, HTTP status, code, message,"
+        " request id) and the final answer or error in full. With one argument, the newest job is used.",
+    )
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="default: the newest job")
+    p.add_argument("custom_id", metavar="CUSTOM_ID", help="the line's custom_id (line-N for bare-body lines)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _db_arg(p)
+
     p = sub.add_parser("report", help="counts, usage, cost, latency percentiles, errors by code, slowest requests")
     p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="default: the newest job")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -457,6 +468,15 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_show(ns: argparse.Namespace) -> int:
+    from runner import show  # only this command renders a single request
+
+    job_id = ns.job_id or _newest_job(ns.db)
+    detail = anyio.run(lambda: app.show(job_id, ns.custom_id, db=ns.db))
+    _print(json.dumps(show.to_json(detail)) if ns.json else show.render_text(detail))
+    return EXIT_OK
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     job_id = ns.job_id or _newest_job(ns.db)
     st = anyio.run(lambda: app.status(job_id, db=ns.db))
@@ -547,6 +567,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retry": cmd_retry,
     "doctor": cmd_doctor,
     "report": cmd_report,
+    "show": cmd_show,
 }
 
 

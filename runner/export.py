@@ -21,8 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -299,9 +299,9 @@ def result_row(row: ExportRow) -> ResultRow:
     )
 
 
-async def iter_results(store: Store, job_id: str) -> AsyncIterator[ResultRow]:
+async def iter_results(store: Store, job_id: str) -> AsyncGenerator[ResultRow, None]:
     """Every line of a job, finished or not, joined with its input, in input order, streamed."""
-    async with store.stream_export(job_id, with_body=True) as chunks:
+    async with store.stream_export(job_id, with_body=True) as stream, aclosing(stream) as chunks:
         async for chunk in chunks:
             for row in chunk:
                 yield result_row(row)
@@ -420,7 +420,7 @@ async def export_job(
         results = _sink(fmt, f_out, job_id, keys)
         failures = _sink(fmt, f_err, job_id, keys) if f_err is not None else None
         try:
-            async with store.stream_export(job_id, with_body=flat) as chunks:
+            async with store.stream_export(job_id, with_body=flat) as stream, aclosing(stream) as chunks:
                 async for chunk in chunks:
                     for row in chunk:
                         if row.state in _UNFINISHED:

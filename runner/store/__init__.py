@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -637,7 +637,7 @@ class Store:
     @asynccontextmanager
     async def stream_export(
         self, job_id: str, *, with_body: bool = False
-    ) -> AsyncIterator[AsyncIterator[list[ExportRow]]]:
+    ) -> AsyncIterator[AsyncGenerator[list[ExportRow], None]]:
         """A job's rows in input order, in chunks, from one read snapshot (JobNotFound first).
 
         Chunks, not rows: an await per row costs more than writing the row out. `with_body` adds each
@@ -664,7 +664,7 @@ class Store:
             await conn.execution_options(readonly=True, yield_per=EXPORT_CHUNK)
             result = await conn.stream(stmt)
 
-            async def chunks() -> AsyncIterator[list[ExportRow]]:
+            async def chunks() -> AsyncGenerator[list[ExportRow], None]:
                 async for part in result.partitions(EXPORT_CHUNK):
                     yield [ExportRow(*r) for r in part]
 

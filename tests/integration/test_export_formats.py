@@ -421,3 +421,33 @@ async def test_iter_results_yields_every_line_with_input_and_answer(store: Store
     assert by_id["c-8"].status == "in_progress"
     assert by_id["c-1"].response is not None and by_id["c-1"].response["status"] == "completed"
     assert by_id["c-3"].response == {"error": {"code": "invalid_value", "message": "bad temperature"}}
+
+
+@pytest.mark.anyio
+async def test_app_results_streams_a_store_file_in_input_order(store: Store, tmp_path: Path) -> None:
+    from contextlib import aclosing
+
+    from runner import app
+
+    db = str(tmp_path / "e.db")
+    await build(store, tmp_path / "e.db")
+    rows = [r async for r in app.results(JOB, db=db)]
+    assert [(r.line, r.status) for r in rows] == [
+        (1, "completed"),
+        (2, "incomplete"),
+        (3, "failed"),
+        (4, "failed"),
+        (5, "queued"),
+        (6, "cancelled"),
+        (7, "completed"),
+        (8, "in_progress"),
+    ]
+    first = rows[0]
+    assert (first.input, first.metadata["gold"], first.output_text, first.usage) == ("What is 2+2?", "4", TRICKY, U1)
+    async with aclosing(app.results(JOB, db=db)) as it:
+        async for row in it:
+            assert row.custom_id == "c-1"
+            break  # leaving early closes the store at once
+    with pytest.raises(JobNotFound):
+        async for _ in app.results("job_nope", db=db):
+            pass
