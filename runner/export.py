@@ -18,8 +18,7 @@ where the user expects a whole one.
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
@@ -165,6 +164,14 @@ class RequestFields:
     body: dict[str, Any]
 
 
+def _metadata(value: Any) -> dict[str, str] | None:
+    if not isinstance(value, dict):
+        return None
+    if all(type(v) is str for v in value.values()):  # what submit lets through: no copy needed
+        return value
+    return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in value.items()}
+
+
 def request_fields(body_text: str | None) -> RequestFields:
     """The model, instructions, flattened input and metadata of a stored request body."""
     try:
@@ -180,9 +187,7 @@ def request_fields(body_text: str | None) -> RequestFields:
         model if isinstance(model, str) else None,
         instructions if isinstance(instructions, str) or instructions is None else orjson.dumps(instructions).decode(),
         flatten_input(body.get("input")),
-        {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in metadata.items()}
-        if isinstance(metadata, dict)
-        else None,
+        _metadata(metadata),
         body,
     )
 
@@ -216,6 +221,25 @@ def _error(row: ExportRow) -> str | None:
     return f"{code}: {row.error_message}" if row.error_message else code
 
 
+def _flat_values(row: ExportRow, req: RequestFields) -> list[Any]:
+    """A row's FLAT_COLUMNS values, in order (a list: csv and parquet need no dict per row)."""
+    return [
+        row.custom_id,
+        row.line_no,
+        req.model,
+        req.instructions,
+        req.input,
+        row.state,
+        _output_text(row, _response(row)),
+        row.input_tokens,
+        row.cached_tokens,
+        row.output_tokens,
+        row.reasoning_tokens,
+        row.total_tokens,
+        _error(row),
+    ]
+
+
 def flat_record(row: ExportRow) -> dict[str, Any]:
     """One request as a jsonl-flat record: FLAT_COLUMNS, then `metadata` (the line's object, or null).
 
@@ -223,22 +247,9 @@ def flat_record(row: ExportRow) -> dict[str, Any]:
     `error` is "code: message" for failed and cancelled requests and null for results, as in the Batch format.
     """
     req = request_fields(row.body)
-    return {
-        "custom_id": row.custom_id,
-        "line": row.line_no,
-        "model": req.model,
-        "instructions": req.instructions,
-        "input": req.input,
-        "status": row.state,
-        "output_text": _output_text(row, _response(row)),
-        "input_tokens": row.input_tokens,
-        "cached_tokens": row.cached_tokens,
-        "output_tokens": row.output_tokens,
-        "reasoning_tokens": row.reasoning_tokens,
-        "total_tokens": row.total_tokens,
-        "error": _error(row),
-        METADATA: req.metadata,
-    }
+    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req), strict=True))
+    record[METADATA] = req.metadata
+    return record
 
 
 def metadata_column(key: str) -> str:
@@ -246,13 +257,14 @@ def metadata_column(key: str) -> str:
     return f"{METADATA}.{key}"
 
 
-def _table_record(row: ExportRow, keys: Sequence[str]) -> dict[str, Any]:
-    """A flat record with its metadata spread over one column per key of the job (csv, parquet)."""
-    record = flat_record(row)
-    metadata = record.pop(METADATA) or {}
-    for k in keys:
-        record[metadata_column(k)] = metadata.get(k)
-    return record
+def _table_values(row: ExportRow, keys: Sequence[str]) -> list[Any]:
+    """A row's values with its metadata spread over one column per key of the job (csv, parquet)."""
+    req = request_fields(row.body)
+    values = _flat_values(row, req)
+    metadata = req.metadata
+    if keys:
+        values += [metadata.get(k) for k in keys] if metadata else [None] * len(keys)
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,27 +335,40 @@ class _LineSink:
         """Nothing is held back: every line is written as it comes."""
 
 
+# A field needs quotes when it holds the delimiter, the quote or a line break: csv's QUOTE_MINIMAL rule.
+_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+
+
+def _csv_field(value: Any) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    if _CSV_SPECIAL.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def csv_line(values: Sequence[Any]) -> bytes:
+    """One RFC 4180 record, byte for byte what `csv.writer` (the excel dialect) writes for these values.
+
+    The csv module appends a field character by character (~14 µs for a row with a prompt and an answer);
+    this does the same with C string methods, in a third of the time.
+    """
+    return (",".join(map(_csv_field, values)) + "\r\n").encode()
+
+
 class _CsvEncoder:
     """CSV rows as bytes, one at a time, so the output stays a plain binary stream."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self._buf = io.StringIO()
         self._keys = keys
-        self._writer = csv.DictWriter(self._buf, fieldnames=[*FLAT_COLUMNS, *map(metadata_column, keys)])
-
-    def _take(self) -> bytes:
-        data = self._buf.getvalue().encode("utf-8")
-        self._buf.seek(0)
-        self._buf.truncate()
-        return data
+        self._header = [*FLAT_COLUMNS, *map(metadata_column, keys)]
 
     def header(self) -> bytes:
-        self._writer.writeheader()
-        return self._take()
+        return csv_line(self._header)
 
     def row(self, row: ExportRow) -> bytes:
-        self._writer.writerow(_table_record(row, self._keys))  # None becomes an empty field
-        return self._take()
+        return csv_line(_table_values(row, self._keys))  # None becomes an empty field
 
 
 class _ParquetSink:
@@ -369,9 +394,8 @@ class _ParquetSink:
         self._rows = 0
 
     def write(self, row: ExportRow) -> None:
-        record = _table_record(row, self._keys)
-        for c, values in self._columns.items():
-            values.append(record[c])
+        for values, value in zip(self._columns.values(), _table_values(row, self._keys), strict=True):
+            values.append(value)
         self._rows += 1
         if self._rows >= PARQUET_ROW_GROUP:
             self._flush()
