@@ -672,11 +672,12 @@ class Store:
 
     async def metadata_keys(self, job_id: str) -> list[str]:
         """Every key of the `metadata` objects of a job's request bodies, sorted (for one column per key)."""
-        # SQLite walks the JSON in C; bodies without the word are never parsed.
+        # SQLite walks the JSON in C; bodies without the word are never parsed. A metadata that is not an
+        # object gives no text keys (null gives no row, an array integer keys).
         sql = text(
             "SELECT DISTINCT m.key FROM requests AS r, json_each(r.body, '$.metadata') AS m"
-            " WHERE r.job_id = :job AND instr(r.body, '\"metadata\"') > 0"
-            " AND json_type(r.body, '$.metadata') = 'object' ORDER BY m.key"
+            " WHERE r.job_id = :job AND instr(r.body, '\"metadata\"') > 0 AND typeof(m.key) = 'text'"
+            " ORDER BY m.key"
         )
 
         async def go(conn: AsyncConnection) -> list[str]:
