@@ -166,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="batch",
         choices=list(FORMATS),
-        help="batch: OpenAI Batch output lines (default); jsonl-flat, csv and parquet: custom_id, status,"
-        " output_text, the five usage counts, error (parquet needs pyarrow: pip install 'runner[parquet]')",
+        help="batch: OpenAI Batch output lines (default); jsonl-flat, csv and parquet: each answer joined with"
+        " its input (custom_id, line, model, instructions, input text, status, output_text, the five usage"
+        " counts, error, and the metadata: one metadata.KEY column per key in csv and parquet; parquet needs"
+        " pyarrow: pip install 'runner[parquet]')",
     )
     _db_arg(p)
 
