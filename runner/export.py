@@ -205,10 +205,18 @@ def _response(row: ExportRow) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _output_text(row: ExportRow, response: dict[str, Any] | None) -> str | None:
-    """The response's text for results (completed, incomplete); None otherwise."""
+def _output_text(row: ExportRow, response: dict[str, Any] | None = None) -> str | None:
+    """The response's text for results (completed, incomplete); None otherwise.
+
+    The writer stores `output_text` in every response body, so SQLite has usually read it already
+    (`stored_output_text`); a body without it (written elsewhere) is parsed and its text rebuilt here.
+    """
     if row.state not in _RESULT_STATES or row.response_body is None:
         return None
+    if isinstance(row.stored_output_text, str):
+        return row.stored_output_text
+    if response is None:
+        response = _response(row)
     return output_text(response) if response is not None else ""
 
 
@@ -230,7 +238,7 @@ def _flat_values(row: ExportRow, req: RequestFields) -> list[Any]:
         req.instructions,
         req.input,
         row.state,
-        _output_text(row, _response(row)),
+        _output_text(row),
         row.input_tokens,
         row.cached_tokens,
         row.output_tokens,

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-from sqlalchemy import Connection, and_, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Connection, and_, case, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -83,6 +83,11 @@ def _job_row(r: Any) -> JobRow:
 
 
 EXPORT_CHUNK = 2000
+# json_extract raises on malformed JSON; a stored body that is not JSON must not stop an export.
+_STORED_OUTPUT_TEXT = case(
+    (func.json_valid(requests.c.response_body) == 1, func.json_extract(requests.c.response_body, "$.output_text")),
+    else_=None,
+)
 # What a worker needs of a request it leases (Claimed's fields, in order).
 _CLAIMED_COLUMNS = (
     requests.c.id,
@@ -641,7 +646,9 @@ class Store:
         """A job's rows in input order, in chunks, from one read snapshot (JobNotFound first).
 
         Chunks, not rows: an await per row costs more than writing the row out. `with_body` adds each
-        request's body in the same query (the flat formats and `results` show the input; batch does not).
+        request's body in the same query (the flat formats and `results` show the input; batch does not),
+        and the response's `output_text`, which SQLite extracts in C on its own thread while the previous
+        chunk is being written.
         """
         await self.get_job(job_id)
         stmt = (
@@ -655,7 +662,7 @@ class Store:
                 requests.c.error_code,
                 requests.c.error_message,
                 *(getattr(requests.c, c) for c in _USAGE_COLS),
-                *((requests.c.body,) if with_body else ()),
+                *((requests.c.body, _STORED_OUTPUT_TEXT) if with_body else ()),
             )
             .where(requests.c.job_id == job_id)
             .order_by(requests.c.line_no)

@@ -133,6 +133,8 @@ class ExportRow:
     reasoning_tokens: int = 0
     total_tokens: int = 0
     body: str | None = None  # the request body as sent (JSON), when the export asked for it
+    # the stored response's `output_text` when it is there, read by SQLite (flat exports only)
+    stored_output_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
