@@ -18,8 +18,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from runner.config import DEFAULT_BASE_URL, Settings
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
-from runner.export import ExportCounts, export_job
+from runner.export import ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
 from runner.owners import owner_is_dead
@@ -38,7 +38,7 @@ from runner.prices import load_prices
 from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec
-from runner.store import JobRow, JobStats, Store, place_log
+from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
 
 if TYPE_CHECKING:
     import httpx
@@ -50,6 +50,8 @@ __all__ = [
     "CancelResult",
     "DeleteResult",
     "DoctorReport",
+    "RequestDetail",
+    "ResultRow",
     "RunOutcome",
     "Settings",
     "cancel",
@@ -58,9 +60,11 @@ __all__ = [
     "export",
     "jobs",
     "report",
+    "results",
     "retry",
     "run",
     "run_spec",
+    "show",
     "status",
     "submit",
 ]
@@ -301,6 +305,26 @@ async def export(
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         return await export_job(store, job_id, out, errors, fmt)
+
+
+async def results(job_id: str, *, db: str | None = None) -> AsyncGenerator[ResultRow, None]:
+    """Every line of a job joined with its answer, in input order, streamed: `async for row in results(job)`.
+
+    Lines not finished yet come too, with status queued or in_progress. The store stays open (one read
+    snapshot) until the loop ends; wrap the call in `contextlib.aclosing` to close it at once on `break`.
+    """
+    s = _settings(None, db)
+    # aclosing: a loop left early closes the inner stream (and its connection) before the store is disposed.
+    async with await Store.open(s.db, "existing") as store, aclosing(iter_results(store, job_id)) as rows:
+        async for row in rows:
+            yield row
+
+
+async def show(job_id: str, custom_id: str, *, db: str | None = None) -> RequestDetail:
+    """One request: its body as sent, every recorded attempt, and its final answer or error."""
+    s = _settings(None, db)
+    async with await Store.open(s.db, "existing") as store:
+        return await store.request_detail(job_id, custom_id)
 
 
 @dataclass

@@ -307,9 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="batch",
         choices=list(FORMATS),
-        help="batch: OpenAI Batch output lines (default); jsonl-flat, csv and parquet: custom_id, status,"
-        f" output_text, the five usage counts, error (parquet needs pyarrow: pip install '{DISTRIBUTION}[parquet]')",
+        help="batch: OpenAI Batch output lines (default); jsonl-flat, csv and parquet: each answer joined with"
+        " its input (custom_id, line, model, instructions, input text, status, output_text, the five usage"
+        " counts, error, and the metadata: one metadata.KEY column per key in csv and parquet; parquet needs"
+        f" pyarrow: pip install '{DISTRIBUTION}[parquet]')",
     )
+    _db_arg(p)
+
+    p = sub.add_parser(
+        "show",
+        help="one request in full: the body as sent, every attempt, the final answer or error",
+        description="Show one request: the body as sent, every attempt (time, HTTP status, code, message,"
+        " request id) and the final answer or error in full. With one argument, the newest job is used.",
+    )
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="default: the newest job")
+    p.add_argument("custom_id", metavar="CUSTOM_ID", help="the line's custom_id (line-N for bare-body lines)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _db_arg(p)
 
     p = sub.add_parser("report", help="counts, usage, cost, latency percentiles, errors by code, slowest requests")
@@ -744,6 +757,15 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_show(ns: argparse.Namespace) -> int:
+    from runner import show  # only this command renders a single request
+
+    job_id = ns.job_id or _newest_job(ns.db)
+    detail = _run_async(lambda: app.show(job_id, ns.custom_id, db=ns.db))
+    _print(json.dumps(show.to_json(detail)) if ns.json else show.render_text(detail))
+    return EXIT_OK
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     job_id = ns.job_id or _newest_job(ns.db)
     st = _run_async(lambda: app.status(job_id, db=ns.db))
@@ -908,6 +930,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": cmd_doctor,
     "report": cmd_report,
     "delete": cmd_delete,
+    "show": cmd_show,
 }
 
 

@@ -5,6 +5,7 @@
     ├── InputError                  a bad JSONL file (path, and one LineProblem per bad line)
     │   └── InputErrors             several files of one submit, some bad (one InputError each)
     ├── JobNotFound                 no job with that id
+    │   └── RequestNotFound         the job holds no request with that custom_id
     ├── StoreError                  the job store refused or failed
     │   ├── IllegalTransition       a state change the row's current state does not allow
     │   ├── LeaseLost               another process owns the row now
@@ -121,6 +122,19 @@ class JobNotFound(RunnerError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}")
+
+
+class RequestNotFound(JobNotFound):
+    """No request with that custom_id in the job.
+
+    A subclass of JobNotFound: both are a name the user gave that the store does not hold, and both are
+    answered the same way (exit 2).
+    """
+
+    def __init__(self, job_id: str, custom_id: str) -> None:
+        self.job_id = job_id
+        self.custom_id = custom_id
+        RunnerError.__init__(self, f"job {job_id} has no request with custom_id {custom_id!r}")
 
 
 class StoreError(RunnerError):

@@ -60,13 +60,20 @@ def _usd(x: float) -> str:
 
 
 def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
-    """`text` on one line, escaped, and cut at a word boundary (never mid-word) when longer than `width`."""
-    one_line = " ".join((text or "").split())
-    if len(one_line) > width:
-        cut = one_line[: width - 1]
-        space = cut.rfind(" ")
-        one_line = (cut[:space] if space > width // 2 else cut).rstrip(" ,.;:") + "…"
-    return printable(one_line)
+    """`text` on one line, made printable, at most `width` characters: cut at a word boundary with "…".
+
+    A single word longer than the width (a URL, an id) is cut inside it, as there is no boundary to use.
+    `runner show JOB CUSTOM_ID` gives the whole text.
+    """
+    one_line = printable(" ".join((text or "").split()))
+    if len(one_line) <= width:
+        return one_line
+    head = one_line[: width - 1]  # room for the ellipsis
+    if one_line[width - 1] != " ":  # the cut falls inside a word: drop that word
+        space = head.rfind(" ")
+        if space > 0:
+            head = head[:space]
+    return head.rstrip(" ,;:-") + "…"
 
 
 @dataclass(frozen=True)
@@ -229,6 +236,7 @@ class Report:
                 out.append(f"    {p(g.code)} ×{g.count}: {first} (e.g. {ids})")
             if len(self.errors) > _MAX_ERRORS_SHOWN:
                 out.append(f"    … and {len(self.errors) - _MAX_ERRORS_SHOWN} more error code(s)")
+            out.append(f"    one request in full: runner show {self.job_id} CUSTOM_ID")
         if self.slowest:
             out.append(
                 "  slowest: "

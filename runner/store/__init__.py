@@ -11,7 +11,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, and_, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Connection, and_, case, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -28,6 +28,7 @@ from runner.errors import (
     IllegalTransition,
     JobBusy,
     JobNotFound,
+    RequestNotFound,
     StoreError,
     StoreMissing,
     StoreReplaced,
@@ -47,18 +48,21 @@ from runner.store.engine import (
 )
 from runner.store.hot import HotConnection
 from runner.store.models import (
+    AttemptRow,
     Claimed,
     ExportRow,
     JobRow,
     JobStats,
     NewRequest,
     Outcome,
+    RequestDetail,
     ResponseIdRecord,
     UsageCounts,
 )
-from runner.store.tables import jobs, requests
+from runner.store.tables import attempts, jobs, requests
 
 __all__ = [
+    "AttemptRow",
     "Claimed",
     "DuplicateCustomId",
     "ExportRow",
@@ -67,6 +71,7 @@ __all__ = [
     "NewRequest",
     "OpenMode",
     "Outcome",
+    "RequestDetail",
     "ResponseIdRecord",
     "Store",
     "UsageCounts",
@@ -108,6 +113,11 @@ def _job_row(r: Any) -> JobRow:
 
 
 EXPORT_CHUNK = 2000
+# json_extract raises on malformed JSON; a stored body that is not JSON must not stop an export.
+_STORED_OUTPUT_TEXT = case(
+    (func.json_valid(requests.c.response_body) == 1, func.json_extract(requests.c.response_body, "$.output_text")),
+    else_=None,
+)
 # What a worker needs of a request it leases (Claimed's fields, in order).
 _CLAIMED_COLUMNS = (
     requests.c.id,
@@ -733,10 +743,15 @@ class Store:
         return await self._read(go)
 
     @asynccontextmanager
-    async def stream_export(self, job_id: str) -> AsyncIterator[AsyncIterator[list[ExportRow]]]:
+    async def stream_export(
+        self, job_id: str, *, with_body: bool = False
+    ) -> AsyncIterator[AsyncGenerator[list[ExportRow], None]]:
         """A job's rows in input order, in chunks, from one read snapshot (JobNotFound first).
 
-        Chunks, not rows: an await per row costs more than writing the row out.
+        Chunks, not rows: an await per row costs more than writing the row out. `with_body` adds each
+        request's body in the same query (the flat formats and `results` show the input; batch does not),
+        and the response's `output_text`, which SQLite extracts in C on its own thread while the previous
+        chunk is being written.
         """
         await self.get_job(job_id)
         stmt = (
@@ -750,6 +765,7 @@ class Store:
                 requests.c.error_code,
                 requests.c.error_message,
                 *(getattr(requests.c, c) for c in _USAGE_COLS),
+                *((requests.c.body, _STORED_OUTPUT_TEXT) if with_body else ()),
             )
             .where(requests.c.job_id == job_id)
             .order_by(requests.c.line_no)
@@ -758,11 +774,76 @@ class Store:
             await conn.execution_options(readonly=True, yield_per=EXPORT_CHUNK)
             result = await conn.stream(stmt)
 
-            async def chunks() -> AsyncIterator[list[ExportRow]]:
+            async def chunks() -> AsyncGenerator[list[ExportRow], None]:
                 async for part in result.partitions(EXPORT_CHUNK):
                     yield [ExportRow(*r) for r in part]
 
             yield chunks()
+
+    async def metadata_keys(self, job_id: str) -> list[str]:
+        """Every key of the `metadata` objects of a job's request bodies, sorted (for one column per key)."""
+        # SQLite walks the JSON in C; bodies without the word are never parsed. A metadata that is not an
+        # object gives no text keys (null gives no row, an array integer keys).
+        sql = text(
+            "SELECT DISTINCT m.key FROM requests AS r, json_each(r.body, '$.metadata') AS m"
+            " WHERE r.job_id = :job AND instr(r.body, '\"metadata\"') > 0 AND typeof(m.key) = 'text'"
+            " ORDER BY m.key"
+        )
+
+        async def go(conn: AsyncConnection) -> list[str]:
+            return [str(k) for (k,) in await conn.execute(sql, {"job": job_id})]
+
+        await self.get_job(job_id)
+        return await self._read(go)
+
+    async def request_detail(self, job_id: str, custom_id: str) -> RequestDetail:
+        """One request of a job with every recorded attempt, oldest first (JobNotFound, RequestNotFound)."""
+        await self.get_job(job_id)
+
+        async def go(conn: AsyncConnection) -> RequestDetail:
+            r = (
+                await conn.execute(
+                    select(requests).where(requests.c.job_id == job_id, requests.c.custom_id == custom_id)
+                )
+            ).one_or_none()
+            if r is None:
+                raise RequestNotFound(job_id, custom_id)
+            tries = await conn.execute(
+                select(
+                    attempts.c.attempt,
+                    attempts.c.outcome,
+                    attempts.c.sent_at,
+                    attempts.c.recorded_at,
+                    attempts.c.http_status,
+                    attempts.c.api_request_id,
+                    attempts.c.response_id,
+                    attempts.c.error_code,
+                    attempts.c.error_message,
+                )
+                .where(attempts.c.request_id == r.id)
+                .order_by(attempts.c.id)
+            )
+            return RequestDetail(
+                job_id=job_id,
+                line_no=r.line_no,
+                custom_id=r.custom_id,
+                body=r.body,
+                state=r.state,
+                attempts=r.attempts,
+                http_status=r.http_status,
+                request_id=r.request_id,
+                response_id=r.response_id,
+                response_body=r.response_body,
+                error_code=r.error_code,
+                error_message=r.error_message,
+                usage=UsageCounts(*(getattr(r, c) for c in _USAGE_COLS)),
+                created_at=r.created_at,
+                submitted_at=r.submitted_at,
+                finished_at=r.finished_at,
+                attempt_rows=[AttemptRow(*t) for t in tries],
+            )
+
+        return await self._read(go)
 
     async def health(self, owner_is_dead: Callable[[str | None], bool]) -> dict[str, int]:
         """What `runner doctor` reports: leases nobody will renew, rows stuck in a state, abandoned submits."""

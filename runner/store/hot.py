@@ -10,6 +10,7 @@ transaction. The guards are the same as everywhere in the store: `WHERE state = 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from runner.store.engine import rw_uri
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
@@ -134,6 +136,42 @@ def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequ
         cur.executemany(f"{_CANCEL_IF_JOB_CANCELLED} AND id = ?", [(now, now, i) for i in ids])
 
 
+# Inserted before the outcome's own UPDATE, under the same guard: an outcome the store refuses (the lease
+# was lost) leaves no attempt row either, and the row still holds the attempt count and response id.
+_RECORD_ATTEMPT = (
+    "INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_status, api_request_id,"
+    " response_id, error_code, error_message)"
+    f" SELECT id, attempts, ?, coalesce(?, submitted_at), ?, ?, ?, response_id, ?, ? FROM requests WHERE {_GUARD}"
+)
+
+
+def record_attempts(db: DBAPIConnection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
+    """One attempts row per outcome of an attempt that was made (not for work handed back unsent)."""
+    rows = [
+        (
+            o.to.value,
+            o.sent_at,
+            now,
+            o.http_status,
+            o.api_request_id,
+            o.error_code,
+            o.error_message,
+            o.request_id,
+            owner,
+        )
+        for o in outcomes
+        if not o.refund_attempt
+    ]
+    if rows:
+        cur: Cursor = db.cursor()
+        try:
+            cur.executemany(_RECORD_ATTEMPT, rows)
+        except Exception as e:  # sqlite3's or the engine's error class, by the connection in use
+            # Attempt rows are the history `runner show` prints; the outcomes beside them are answers that
+            # were paid for. A history row that cannot be written must never take those down with it.
+            log.warning("attempt history not recorded for %d request(s): %s", len(rows), type(e).__name__)
+
+
 def apply(
     db: DBAPIConnection,
     owner: str,
@@ -155,6 +193,7 @@ def apply(
             row = cur.fetchall()
             if not row or row[0][0] != x.response_id or row[0][1] != owner:
                 refused.append(x.request_id)
+    record_attempts(db, owner, outcomes, now)
     requeued: list[int] = []
     for o in outcomes:
         common = (

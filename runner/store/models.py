@@ -132,3 +132,44 @@ class ExportRow:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     total_tokens: int = 0
+    body: str | None = None  # the request body as sent (JSON), when the export asked for it
+    # the stored response's `output_text` when it is there, read by SQLite (flat exports only)
+    stored_output_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One attempt of a request, as recorded with its outcome (`outcome` "queued" means it was retried)."""
+
+    attempt: int
+    outcome: str
+    sent_at: float | None
+    recorded_at: float
+    http_status: int | None
+    api_request_id: str | None
+    response_id: str | None
+    error_code: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDetail:
+    """Everything the store knows about one request: what was sent, every attempt, and how it ended."""
+
+    job_id: str
+    line_no: int
+    custom_id: str
+    body: str
+    state: str
+    attempts: int  # the attempt count (a `runner retry` starts it again from 0)
+    http_status: int | None
+    request_id: str | None
+    response_id: str | None
+    response_body: str | None
+    error_code: str | None
+    error_message: str | None
+    usage: UsageCounts
+    created_at: float
+    submitted_at: float | None
+    finished_at: float | None
+    attempt_rows: list[AttemptRow]

@@ -84,3 +84,22 @@ requests = Table(
     Index(None, "lease_owner", sqlite_where=Column("lease_owner").isnot(None)),
     Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
 )
+
+# One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same
+# group commit as the outcome itself. `runner show` lists them; the request row keeps only the last one.
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),  # the request's attempt count when this one was made
+    Column("outcome", String, nullable=False),  # the state the request went to: queued means "retried"
+    Column("sent_at", Float, nullable=True),  # when the POST went out
+    Column("recorded_at", Float, nullable=False),  # when the outcome was committed
+    Column("http_status", Integer, nullable=True),
+    Column("api_request_id", String, nullable=True),  # x-request-id of the reply
+    Column("response_id", String, nullable=True),  # the background response polled, if any
+    Column("error_code", String, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Index(None, "request_id"),
+)

@@ -1,4 +1,9 @@
-"""Export formats read back: batch, jsonl-flat, csv and parquet, with and without an errors file."""
+"""Export formats read back: batch, jsonl-flat, csv and parquet, with and without an errors file.
+
+The flat formats carry each line's input beside its answer: line number, model, instructions, the input
+flattened to text, and the metadata (an object in jsonl-flat, one `metadata.<key>` column per key in csv
+and parquet).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Any
 import pytest
 
 from runner.errors import ConfigError, JobNotFound
-from runner.export import FLAT_COLUMNS, export_job
+from runner.export import FLAT_COLUMNS, export_job, iter_results
 from runner.states import RequestState
 from runner.store import NewRequest, Outcome, Store, UsageCounts
 
@@ -56,11 +61,56 @@ U2 = UsageCounts(50, 0, 200, 0, 250)
 U7 = UsageCounts(7, 0, 3, 0, 10)
 
 
+PLAIN = {"model": "m", "input": "q"}
+BODIES: dict[int, dict[str, Any]] = {
+    1: {"model": "m1", "input": "What is 2+2?", "metadata": {"gold": "4", "split": "dev"}},
+    2: {
+        "model": "m2",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "system", "content": "You grade images."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is in it?"},
+                    {"type": "input_image", "image_url": "https://example.com/a.png"},
+                ],
+            },
+        ],
+        "metadata": {"gold": "a cat"},
+    },
+    3: {"model": "m", "input": "q3", "metadata": {"topic": 'math, "algebra"\nline two'}},
+    4: {
+        "model": "m",
+        "input": [
+            {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+            {"type": "message", "role": "user", "content": [{"type": "input_file", "filename": "r.pdf"}]},
+        ],
+    },
+}
+# What each line's input looks like in the flat formats.
+INPUTS: dict[int, dict[str, Any]] = {
+    1: {"line": 1, "model": "m1", "instructions": None, "input": "What is 2+2?"},
+    2: {
+        "line": 2,
+        "model": "m2",
+        "instructions": "Be brief.",
+        "input": "system: You grade images.\nuser: What is in it? [image]",
+    },
+    3: {"line": 3, "model": "m", "instructions": None, "input": "q3"},
+    4: {"line": 4, "model": "m", "instructions": None, "input": "[function_call_output]\nuser: [file: r.pdf]"},
+    6: {"line": 6, "model": "m", "instructions": None, "input": "q"},
+    7: {"line": 7, "model": "m", "instructions": None, "input": "q"},
+}
+METADATA = {1: {"gold": "4", "split": "dev"}, 2: {"gold": "a cat"}, 3: {"topic": 'math, "algebra"\nline two'}}
+KEYS = ("gold", "split", "topic")  # the union of the job's metadata keys, sorted
+
+
 async def build(store: Store, db: Path) -> None:
     """Lines: 1 completed (tricky text), 2 incomplete, 3 failed HTTP 400, 4 failed without HTTP, 5 queued,
     6 cancelled, 7 completed whose body has no output_text (rebuilt from items), 8 in progress."""
     await store.begin_job(job_id=JOB, name="e", source="in.jsonl", fingerprint="fp", background=False, staged_by="t:1")
-    await store.add_requests(JOB, [NewRequest(i, f"c-{i}", '{"model": "m", "input": "q"}') for i in range(1, 9)])
+    await store.add_requests(JOB, [NewRequest(i, f"c-{i}", json.dumps(BODIES.get(i, PLAIN))) for i in range(1, 9)])
     await store.publish_job(JOB, 8)
     with closing(sqlite3.connect(db)) as conn:
         ids = dict(conn.execute("SELECT line_no, id FROM requests").fetchall())
@@ -114,7 +164,7 @@ def usage_fields(u: UsageCounts) -> dict[str, int]:
     }
 
 
-EXPECTED = {
+ANSWERS = {
     "c-1": {"custom_id": "c-1", "status": "completed", "output_text": TRICKY, **usage_fields(U1), "error": None},
     "c-2": {"custom_id": "c-2", "status": "incomplete", "output_text": "partial", **usage_fields(U2), "error": None},
     "c-3": {
@@ -142,6 +192,19 @@ EXPECTED = {
 }
 
 
+def joined(custom_id: str) -> dict[str, Any]:
+    """The answer with its line's input, in FLAT_COLUMNS order (no metadata yet)."""
+    merged = {**ANSWERS[custom_id], **INPUTS[int(custom_id.removeprefix("c-"))]}
+    return {c: merged[c] for c in FLAT_COLUMNS}
+
+
+# jsonl-flat: the metadata as an object (null for a line without one)
+EXPECTED = {c: {**joined(c), "metadata": METADATA.get(int(c[2:]))} for c in ANSWERS}
+# csv and parquet: one column per metadata key of the job (null, or empty in csv, where a line lacks it)
+TABLE = {c: {**joined(c), **{f"metadata.{k}": METADATA.get(int(c[2:]), {}).get(k) for k in KEYS}} for c in ANSWERS}
+TABLE_COLUMNS = [*FLAT_COLUMNS, *(f"metadata.{k}" for k in KEYS)]
+
+
 def read_jsonl(p: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]
 
@@ -164,7 +227,7 @@ async def test_jsonl_flat_fields(store: Store, tmp_path: Path) -> None:
     counts = await export_job(store, JOB, str(out), fmt="jsonl-flat")
     rows = read_jsonl(out)
     assert rows == [EXPECTED[c] for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]  # input order, no 5 or 8
-    assert all(list(r) == list(FLAT_COLUMNS) for r in rows)
+    assert all(list(r) == [*FLAT_COLUMNS, "metadata"] for r in rows)
     assert (counts.results, counts.errors, counts.unfinished) == (6, 0, 2)
 
 
@@ -184,9 +247,11 @@ async def test_csv_round_trips_through_dictreader(store: Store, tmp_path: Path) 
     out = tmp_path / "out.csv"
     counts = await export_job(store, JOB, str(out), fmt="csv")
     header, rows = read_csv(out)
-    assert header == list(FLAT_COLUMNS)
-    assert rows == [as_csv(EXPECTED[c]) for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]
+    assert header == TABLE_COLUMNS
+    assert rows == [as_csv(TABLE[c]) for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]
     assert rows[0]["output_text"] == TRICKY  # comma, quotes, LF, CRLF and non-ASCII all intact
+    assert rows[0]["metadata.gold"] == "4" and rows[2]["metadata.topic"] == 'math, "algebra"\nline two'
+    assert rows[1]["input"] == "system: You grade images.\nuser: What is in it? [image]"
     assert (counts.results, counts.errors, counts.unfinished) == (6, 0, 2)
 
 
@@ -196,11 +261,11 @@ async def test_csv_with_errors_file_both_have_headers(store: Store, tmp_path: Pa
     out, err = tmp_path / "r.csv", tmp_path / "e.csv"
     await export_job(store, JOB, str(out), str(err), fmt="csv")
     header, rows = read_csv(out)
-    assert header == list(FLAT_COLUMNS)
+    assert header == TABLE_COLUMNS
     assert [r["custom_id"] for r in rows] == ["c-1", "c-2", "c-7"]
     header, errs = read_csv(err)
-    assert header == list(FLAT_COLUMNS)
-    assert errs == [as_csv(EXPECTED[c]) for c in ("c-3", "c-4", "c-6")]
+    assert header == TABLE_COLUMNS  # the same columns in both files, whichever lines hold the keys
+    assert errs == [as_csv(TABLE[c]) for c in ("c-3", "c-4", "c-6")]
 
 
 @pytest.mark.anyio
@@ -208,7 +273,7 @@ async def test_csv_of_a_job_with_nothing_finished_is_just_a_header(store: Store,
     await one_queued_job(store)
     out = tmp_path / "q.csv"
     counts = await export_job(store, "job_q", str(out), fmt="csv")
-    assert out.read_bytes() == (",".join(FLAT_COLUMNS) + "\r\n").encode()  # RFC 4180 line ends
+    assert out.read_bytes() == (",".join(FLAT_COLUMNS) + "\r\n").encode()  # RFC 4180 line ends, no metadata
     assert counts.unfinished == 1
 
 
@@ -253,7 +318,8 @@ async def test_unknown_job_leaves_no_file(store: Store, tmp_path: Path, fmt: str
     out = tmp_path / "o" / "out.x"
     with pytest.raises(JobNotFound):
         await export_job(store, "job_nope", str(out), str(tmp_path / "o" / "err.x"), fmt=fmt)
-    assert list(out.parent.iterdir()) == []  # neither the files nor their temporary .part files
+    # neither the files nor their temporary .part files (csv and parquet look the job up before any file)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
 def read_parquet(p: Path) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
@@ -269,8 +335,8 @@ async def test_parquet_reads_back_typed(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "out" / "r.parquet"
     counts = await export_job(store, JOB, str(out), fmt="parquet")
     schema, rows = read_parquet(out)
-    assert schema == [(c, "int64" if c.endswith("_tokens") else "string") for c in FLAT_COLUMNS]
-    assert rows == [EXPECTED[c] for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]
+    assert schema == [(c, "int64" if c.endswith("_tokens") or c == "line" else "string") for c in TABLE_COLUMNS]
+    assert rows == [TABLE[c] for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]
     assert (counts.results, counts.errors, counts.unfinished) == (6, 0, 2)
 
 
@@ -284,8 +350,8 @@ async def test_parquet_with_errors_file_and_several_row_groups(
     await build(store, tmp_path / "e.db")
     out, err = tmp_path / "r.parquet", tmp_path / "e.parquet"
     counts = await export_job(store, JOB, str(out), str(err), fmt="parquet")
-    assert read_parquet(out)[1] == [EXPECTED[c] for c in ("c-1", "c-2", "c-7")]
-    assert read_parquet(err)[1] == [EXPECTED[c] for c in ("c-3", "c-4", "c-6")]
+    assert read_parquet(out)[1] == [TABLE[c] for c in ("c-1", "c-2", "c-7")]
+    assert read_parquet(err)[1] == [TABLE[c] for c in ("c-3", "c-4", "c-6")]
     assert pq.ParquetFile(out).metadata.num_row_groups == 2  # 2 + 1 rows: written as they came, not at the end
     assert (counts.results, counts.errors, counts.unfinished) == (3, 3, 2)
 
@@ -318,3 +384,70 @@ async def test_parquet_without_pyarrow_says_how_to_get_it(
     with pytest.raises(ConfigError, match=r"pip install 'responses-runner\[parquet\]'"):
         await export_job(store, JOB, str(out), fmt="parquet")
     assert list(tmp_path.glob("*.parquet*")) == []
+
+
+@pytest.mark.anyio
+async def test_batch_format_carries_no_input_columns(store: Store, tmp_path: Path) -> None:
+    await build(store, tmp_path / "e.db")
+    out = tmp_path / "b.jsonl"
+    await export_job(store, JOB, str(out))
+    assert all(set(x) == {"id", "custom_id", "response", "error"} for x in read_jsonl(out))
+
+
+@pytest.mark.anyio
+async def test_iter_results_yields_every_line_with_input_and_answer(store: Store, tmp_path: Path) -> None:
+    await build(store, tmp_path / "e.db")
+    rows = [r async for r in iter_results(store, JOB)]
+    assert [r.custom_id for r in rows] == [f"c-{i}" for i in range(1, 9)]  # input order, unfinished included
+    for r in rows:
+        if r.custom_id in ANSWERS:
+            want = joined(r.custom_id)
+            got = {
+                "custom_id": r.custom_id,
+                "line": r.line,
+                "model": r.model,
+                "instructions": r.instructions,
+                "input": r.input,
+                "status": r.status,
+                "output_text": r.output_text,
+                **usage_fields(r.usage),
+                "error": r.error,
+            }
+            assert got == want
+        assert r.request == BODIES.get(r.line, PLAIN)
+        assert r.metadata == METADATA.get(r.line, {})
+    by_id = {r.custom_id: r for r in rows}
+    assert (by_id["c-5"].status, by_id["c-5"].output_text, by_id["c-5"].response) == ("queued", None, None)
+    assert by_id["c-8"].status == "in_progress"
+    assert by_id["c-1"].response is not None and by_id["c-1"].response["status"] == "completed"
+    assert by_id["c-3"].response == {"error": {"code": "invalid_value", "message": "bad temperature"}}
+
+
+@pytest.mark.anyio
+async def test_app_results_streams_a_store_file_in_input_order(store: Store, tmp_path: Path) -> None:
+    from contextlib import aclosing
+
+    from runner import app
+
+    db = str(tmp_path / "e.db")
+    await build(store, tmp_path / "e.db")
+    rows = [r async for r in app.results(JOB, db=db)]
+    assert [(r.line, r.status) for r in rows] == [
+        (1, "completed"),
+        (2, "incomplete"),
+        (3, "failed"),
+        (4, "failed"),
+        (5, "queued"),
+        (6, "cancelled"),
+        (7, "completed"),
+        (8, "in_progress"),
+    ]
+    first = rows[0]
+    assert (first.input, first.metadata["gold"], first.output_text, first.usage) == ("What is 2+2?", "4", TRICKY, U1)
+    async with aclosing(app.results(JOB, db=db)) as it:
+        async for row in it:
+            assert row.custom_id == "c-1"
+            break  # leaving early closes the store at once
+    with pytest.raises(JobNotFound):
+        async for _ in app.results("job_nope", db=db):
+            pass
