@@ -124,19 +124,26 @@ def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections
 @asynccontextmanager
 async def _queueing_store(db: str) -> AsyncIterator[Store]:
     """The store for a command that queues work, created if missing. A store this call created is removed
-    again when the command fails (bad input, an interrupt): a failed submit changes nothing, not even by
-    leaving an empty store behind. Only once it succeeded is the new store announced."""
+    again when the command fails (bad input, an interrupt) and nothing else has used it meanwhile: a failed
+    submit changes nothing, not even by leaving an empty store behind. A new store is announced once the
+    command succeeded."""
     store = await Store.open(db, "create")
-    ok = False
+    ok = discard = False
     try:
         async with store:
-            yield store
+            try:
+                yield store
+            except BaseException:
+                if store.created:
+                    with anyio.CancelScope(shield=True):
+                        discard = await store.holds_nothing()
+                raise
         ok = True
     finally:
         if store.created and store.path is not None:
             if ok:
                 place_log.info("created store %s", store.path)
-            else:
+            elif discard:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     Path(f"{store.path}{suffix}").unlink(missing_ok=True)
 

@@ -891,6 +891,14 @@ class Store:
         """Ids of every published job."""
         return [j.id for j in await self.list_jobs()]
 
+    async def holds_nothing(self) -> bool:
+        """Whether the store has no job at all, not even one being submitted by another process."""
+
+        async def go(conn: AsyncConnection) -> bool:
+            return (await conn.execute(select(func.count()).select_from(jobs))).scalar_one() == 0
+
+        return await self._read(go)
+
     # -- housekeeping -----------------------------------------------------------------------------
 
     async def jobs_created_before(self, cutoff: float) -> list[JobRow]:

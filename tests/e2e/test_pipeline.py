@@ -151,9 +151,10 @@ def test_bad_lines_exit_2_and_queue_nothing(cli: Cli, tmp_path: Path) -> None:
     assert "line 6" in r.stderr and "body.temperature" in r.stderr and "between 0 and 2" in r.stderr
     assert "line 8" in r.stderr and "body.input" in r.stderr and "required" in r.stderr
     assert r.stdout.strip() == ""
+    # Nothing was queued, and the store this submit would have created is not left behind either.
+    assert not cli.db.exists()
     jobs = cli("jobs", "--json")
-    assert json.loads(jobs.stdout) == []
-    assert sqlite3.connect(cli.db).execute("select count(*) from requests").fetchone()[0] == 0
+    assert jobs.returncode == 2 and "no store at" in jobs.stderr
 
 
 def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
@@ -276,3 +277,14 @@ def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith(str(unpacked))  # the wheel's code, not the checkout's
     assert r.stdout.strip().splitlines()[-1].startswith("job_")
+
+
+def test_a_bad_file_never_removes_an_existing_store(cli: Cli, tmp_path: Path) -> None:
+    good = cli.submit(write_jobfile(tmp_path / "good.jsonl", 3))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"model": "m"}\n')
+    r = cli("submit", str(bad))
+    assert r.returncode == 2 and "field input: is required" in r.stderr and "created store" not in r.stderr
+    # The store from before is still there, with its job and nothing else.
+    listed = json.loads(cli("jobs", "--json").stdout)
+    assert [j["job_id"] for j in listed] == [good]
