@@ -108,8 +108,13 @@ def _check_template(template: str) -> str:
     return template
 
 
+# Where a spec's results go when its [output] names no `results`: a nightly run whose answers went nowhere
+# would look done and be useless. {input} keeps the jobs of a glob apart.
+DEFAULT_RESULTS: Final = "out/{job}-{input}-{date}.jsonl"
+
+
 class OutputSection(_Section):
-    """[output]: where results go. Unset files are not written."""
+    """[output]: where results go (default DEFAULT_RESULTS, beside the spec). Unset errors/report are not written."""
 
     results: str | None = None
     errors: str | None = None
@@ -224,12 +229,15 @@ class JobSpec(_Section):
     def output_path(
         self, kind: OutputKind, *, job_id: str, date: dt.date | None = None, source: Path | None = None
     ) -> Path | None:
-        """Where output `kind` goes for this job, placeholders filled in; None when the spec sets none.
+        """Where output `kind` goes for this job, placeholders filled in; None when the spec sets none (results
+        always go somewhere: DEFAULT_RESULTS when unset).
 
         {date} is `date` (default: today, local time) as YYYY-MM-DD, {job} the spec name, {job_id} the job's
         id and {input} the stem of `source` (the input file; required when the template uses it).
         """
         template: str | None = getattr(self.output, kind)
+        if template is None and kind == "results":
+            template = DEFAULT_RESULTS
         if template is None:
             return None
         values = {

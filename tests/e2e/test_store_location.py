@@ -81,13 +81,18 @@ def test_db_flag_wins_over_the_spec_store(mock_factory: Any, tmp_path: Path) -> 
     mock = mock_factory()
     write_jobfile(tmp_path / "in.jsonl", 3)
     spec = tmp_path / "s.toml"
-    spec.write_text(SPEC.replace('input = "in.jsonl"', 'input = "in.jsonl"\nstore = "stores/eval.db"'))
+    # No [output] this time: the results still land beside the spec, and the run says where.
+    without_output = SPEC.split("[output]")[0]
+    spec.write_text(without_output.replace('input = "in.jsonl"', 'input = "in.jsonl"\nstore = "stores/eval.db"'))
     other = tmp_path / "other.db"
     r = runner_in(tmp_path, "run", str(spec), *run_args(mock, "--quiet", "--db", str(other)))
     assert r.returncode == 0, r.stderr
     assert f"created store {other}" in r.stderr
     assert not (tmp_path / "stores").exists()
     assert mock.stats()["creates"] == 3
+    results = tmp_path / "out" / f"eval-in-{dt.date.today().isoformat()}.jsonl"
+    assert len(read_jsonl(results)) == 3
+    assert f"results: {results}" in r.stdout
 
 
 @pytest.mark.parametrize("args", [("status",), ("jobs",), ("report",), ("export", "job_x"), ("run",)])

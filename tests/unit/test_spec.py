@@ -54,7 +54,11 @@ def test_minimal_spec_has_defaults(tmp_path: Path) -> None:
     assert spec.defaults == {} and spec.overrides == {}
     assert spec.limits.settings_update() == {}
     assert spec.output.results is None
-    assert spec.output_path("results", job_id="j") is None
+    # No [output]: the results still go somewhere, beside the spec, named after the job, input and date.
+    day = dt.date(2026, 12, 1)
+    got = spec.output_path("results", job_id="j", date=day, source=tmp_path / "items.jsonl")
+    assert got == tmp_path / "out" / "my-job-items-2026-12-01.jsonl"
+    assert spec.output_path("errors", job_id="j") is None and spec.output_path("report", job_id="j") is None
     assert spec.output.format == "batch"
     assert spec.policy.max_failure_rate == 0.0
     assert spec.policy.exceeded(1, 1000)  # default policy: any failure fails the run
