@@ -160,16 +160,11 @@ async def submit(
     on_warning: Callable[[LineProblem], None] | None = None,
 ) -> SubmitResult:
     """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job."""
-    s = _settings(None, db)
-    async with _queueing_store(s.db) as store:
-        return await submit_file(
-            store,
-            Path(path),
-            name=name,
-            options=SubmitOptions(background=background, model=model, lenient=lenient),
-            new=new,
-            on_warning=on_warning,
-        )
+    warn = None if on_warning is None else (lambda _source, p: on_warning(p))
+    (result,) = await submit_many(
+        [str(path)], name=name, background=background, model=model, lenient=lenient, new=new, db=db, on_warning=warn
+    )
+    return result
 
 
 async def submit_many(
