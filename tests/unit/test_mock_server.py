@@ -21,7 +21,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from runner.mock_server import Config, format_duration, serve
+from runner_mock import Config, format_duration, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE_HEADERS = (
@@ -604,7 +604,7 @@ def test_format_duration_is_go_style() -> None:
 def test_cli_prints_url_serves_and_exits_cleanly_on_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock_server", "--port", "0", "--bg-delay", "0.1"],
+        [sys.executable, "-m", "runner_mock", "--port", "0", "--bg-delay", "0.1"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -638,7 +638,7 @@ def test_cli_prints_url_serves_and_exits_cleanly_on_sigterm() -> None:
 
 def test_cli_exits_on_sigint_too() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock_server", "--port", "0"],
+        [sys.executable, "-m", "runner_mock", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
