@@ -22,9 +22,10 @@ nightly: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/nightly.sh
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check runner tests migrations
-	$(BIN)/ruff format --check runner tests migrations
-	$(BIN)/mypy runner
+	$(BIN)/ruff check runner runner_mock tests migrations
+	$(BIN)/ruff format --check runner runner_mock tests migrations
+	$(BIN)/mypy runner runner_mock
+	$(BIN)/lint-imports  # the import contracts in pyproject.toml
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -37,7 +37,7 @@ from runner.config import Settings  # noqa: E402
 def mock_server(*args: str) -> Iterator[str]:
     """A mock server process on a free loopback port; yields its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock_server", "--port", "0", *args],
+        [sys.executable, "-m", "runner_mock", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

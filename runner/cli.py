@@ -1070,10 +1070,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     interrupt.leave_at_once()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "mock-server":
-        from runner import mock_server
-
-        mock_server.main(args[1:])
-        return
+        # The fake API is a package of its own (runner_mock, in the same wheel) that runner never imports:
+        # this process becomes it, keeping its pid, so whoever started it can still stop it with a signal.
+        os.execv(sys.executable, [sys.executable, "-m", "runner_mock", *args[1:]])
     ns = parse_args(args)
     interrupt.unwind()
     code, message = _dispatch(ns)

@@ -68,7 +68,7 @@ class MockServer:
 def start_mock(*args: str) -> MockServer:
     """Start the mock server on a free loopback port and wait for its listening line."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock_server", "--host", "127.0.0.1", "--port", "0", *args],
+        [sys.executable, "-m", "runner_mock", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -256,6 +256,7 @@ def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -
     assert "Name: responses-runner\n" in zipfile.ZipFile(wheel).read(metadata).decode()
     assert "runner/_migrations/versions/0001_jobs_and_requests.py" in names
     assert "runner/_migrations/env.py" in names
+    assert "runner_mock/__main__.py" in names  # the fake API ships beside runner, as a package of its own
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     src = write_jobfile(tmp_path / "in.jsonl", 3)
@@ -277,6 +278,17 @@ def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith(str(unpacked))  # the wheel's code, not the checkout's
     assert r.stdout.strip().splitlines()[-1].startswith("job_")
+    # `runner mock-server` runs the wheel's runner_mock.
+    r = subprocess.run(
+        [sys.executable, "-c", "from runner.cli import main; main()", "mock-server", "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--bg-delay BG_DELAY" in r.stdout and "(default: 8787)" in r.stdout
 
 
 def test_a_bad_file_never_removes_an_existing_store(cli: Cli, tmp_path: Path) -> None:

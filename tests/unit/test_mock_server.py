@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -21,7 +22,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from runner.mock_server import Config, format_duration, serve
+from runner_mock import Config, format_duration, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE_HEADERS = (
@@ -267,6 +268,34 @@ def test_help_shows_every_default() -> None:
     flat = " ".join(out.split())
     for shown in ("(default: 8787)", "(default: 1.0)", "(default: 0.2)", "(default: server_error)"):
         assert shown in flat
+
+
+def test_every_knob_is_a_flag_with_its_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "runner_mock", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    ).stdout
+    flat = " ".join(out.split())
+    for knob in dataclasses.fields(Config):
+        flag = "--" + knob.name.replace("_", "-")
+        assert flag in flat, flag
+        if knob.type != "bool":
+            after = flat.split(f"{flag} {knob.name.upper()} ", 1)[1]
+            assert f"(default: {knob.default})" in after.split(" --", 1)[0], flag
+
+
+def test_imports_nothing_of_runner() -> None:
+    # In a fresh interpreter: every module of runner_mock loaded, and not one module of runner with them.
+    code = (
+        "import pkgutil, importlib, sys, runner_mock\n"
+        "for m in pkgutil.iter_modules(runner_mock.__path__): importlib.import_module('runner_mock.' + m.name)\n"
+        "print(len([m for m in sys.modules if m.startswith('runner_mock.')]))\n"
+        "print([m for m in sys.modules if m == 'runner' or m.startswith('runner.')])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    loaded, runner_modules = r.stdout.splitlines()
+    assert int(loaded) >= 9
+    assert runner_modules == "[]"
 
 
 def test_small_max_output_tokens_gives_incomplete() -> None:
@@ -541,9 +570,15 @@ def test_config_endpoint_changes_knobs() -> None:
         status, _, _ = await call(s, "POST", admin(base, "config"), {"p5xx": 0, "quota": True})
         assert status == 200
         assert (await call(s, "POST", f"{base}/responses", body))[0] == 429
-        for bad in ({"nope": 1}, {"quota": "yes"}, {"rpm": 1.5}):
-            status, _, _ = await call(s, "POST", admin(base, "config"), bad)
+        for bad in ({"nope": 1}, {"quota": "yes"}, {"rpm": 1.5}, {"rpm": True}, {"latency": None}):
+            status, data, _ = await call(s, "POST", admin(base, "config"), bad)
             assert status == 400, bad
+            ((name, value),) = bad.items()
+            assert data["error"]["param"] == name
+            assert data["error"]["message"] == f"Bad config field or value: {name}={value!r}"
+        status, cfg, _ = await call(s, "POST", admin(base, "config"), {"rpm": None, "api_key": None, "latency": 0})
+        assert status == 200
+        assert cfg["rpm"] is None and cfg["latency"] == 0.0
 
     run(scenario)
 
@@ -604,7 +639,7 @@ def test_format_duration_is_go_style() -> None:
 def test_cli_prints_url_serves_and_exits_cleanly_on_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock_server", "--port", "0", "--bg-delay", "0.1"],
+        [sys.executable, "-m", "runner_mock", "--port", "0", "--bg-delay", "0.1"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -638,7 +673,7 @@ def test_cli_prints_url_serves_and_exits_cleanly_on_sigterm() -> None:
 
 def test_cli_exits_on_sigint_too() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.mock_server", "--port", "0"],
+        [sys.executable, "-m", "runner_mock", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

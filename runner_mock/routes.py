@@ -1,0 +1,187 @@
+"""The aiohttp handlers: create, retrieve and cancel responses, and the admin routes under `/_mock/`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from runner_mock import knobs
+from runner_mock.content import final_fields, skeleton, usage_for, validate
+from runner_mock.faults import authorized, drop, not_found, rate_limited, unauthorized
+from runner_mock.replies import JSON, error, reply
+from runner_mock.state import STATE_KEY, TERMINAL, Record
+
+__all__ = ["add_routes"]
+
+
+def _create_key(request: web.Request, body: Mapping[str, Any]) -> str:
+    header = request.headers.get("X-Client-Request-Id")
+    if header is not None:
+        return header.rpartition("/")[0] if "/" in header else header
+    value = body.get("input")
+    if isinstance(value, str):
+        return value
+    return hashlib.sha1(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def _create(request: web.Request) -> web.Response:
+    started = time.monotonic()
+    state = request.app[STATE_KEY]
+    config = state.config
+    if not authorized(state, request):
+        return unauthorized(state, started)
+    body, problem = validate(await request.read())
+    if body is None:
+        return reply(state, started, 400, problem)
+
+    if config.quota or (config.quota_after is not None and state.creates >= config.quota_after):
+        state.faults["quota"] += 1
+        message = "You exceeded your current quota, please check your plan and billing details."
+        return reply(state, started, 429, error(message, "insufficient_quota", "insufficient_quota"))
+
+    computed = usage_for(body)
+    limit = body.get("max_output_tokens")
+    charge = computed[1]["input_tokens"] + (limit if isinstance(limit, int) else 0)
+    now = time.monotonic()
+    if config.tpm and charge > config.tpm:
+        state.faults["429"] += 1
+        message = f"Request too large: limit {config.tpm} tokens per minute, requested {charge}."
+        return reply(state, started, 429, error(message, "tokens", "rate_limit_exceeded"))
+    over = state.charge(now, charge)
+    if over is not None:
+        return rate_limited(state, started, math.floor(now) + 1 - now, over, whole=True)
+
+    # Faults are drawn from `random.Random(seed)`, so a run with the same seed and request order repeats.
+    if config.pdrop or config.p5xx or config.p429:
+        draw = state.rng.random()
+        if draw < config.pdrop:
+            state.faults["drop"] += 1
+            if config.latency > 0:
+                await asyncio.sleep(config.latency)
+            return drop(request)
+        if draw < config.pdrop + config.p5xx:
+            state.faults["5xx"] += 1
+            message = "The server is overloaded or not ready yet."
+            return reply(state, started, 503, error(message, "server_error", "server_is_overloaded"))
+        if draw < config.pdrop + config.p5xx + config.p429:
+            return rate_limited(state, started, config.retry_after, "requests")
+
+    background = bool(body.get("background"))
+    fail = background and config.bg_fail > 0 and state.rng.random() < config.bg_fail
+    state.creates += 1
+    key = _create_key(request, body)
+    state.creates_by_key[key] = state.creates_by_key.get(key, 0) + 1
+
+    rid = state.new_id("resp")
+    created_at = int(time.time())
+    response = skeleton(body, rid, created_at)
+    if background:
+        delay = max(0.0, config.bg_delay)
+        final = final_fields(state, computed, created_at + math.ceil(delay), fail)
+        record = Record(response, True, delay, final)
+        state.store(rid, record)
+        if config.latency > 0:
+            await asyncio.sleep(config.latency / 10)
+        return reply(state, started, 200, state.shown(record))
+
+    if config.latency > 0:
+        delay = config.latency
+        if config.latency_jitter:
+            delay *= 1.0 + state.rng.uniform(-config.latency_jitter, config.latency_jitter)
+        await asyncio.sleep(delay)
+    response.update(final_fields(state, computed, int(time.time()), False))
+    record = Record(response, False, 0.0, {})
+    if response["store"]:
+        state.store(rid, record)
+    return reply(state, started, 200, state.shown(record))
+
+
+async def _retrieve(request: web.Request) -> web.Response:
+    started = time.monotonic()
+    state = request.app[STATE_KEY]
+    config = state.config
+    if not authorized(state, request):
+        return unauthorized(state, started)
+    if config.poll_p429 and state.rng.random() < config.poll_p429:
+        return rate_limited(state, started, config.retry_after, "requests")
+    state.gets += 1
+    if config.latency > 0:
+        await asyncio.sleep(config.latency / 10)
+    rid = request.match_info["rid"]
+    record = state.responses.get(rid)
+    if record is None:
+        return not_found(state, started, rid)
+    return reply(state, started, 200, state.shown(record))
+
+
+async def _cancel(request: web.Request) -> web.Response:
+    started = time.monotonic()
+    state = request.app[STATE_KEY]
+    if not authorized(state, request):
+        return unauthorized(state, started)
+    state.cancels += 1
+    if state.config.latency > 0:
+        await asyncio.sleep(state.config.latency / 10)
+    rid = request.match_info["rid"]
+    record = state.responses.get(rid)
+    if record is None:
+        return not_found(state, started, rid)
+    if not record.background:
+        message = "Only responses created with background=true can be cancelled"
+        return reply(state, started, 400, error(message, "invalid_request_error", None))
+    if record.raw is None and record.advance() not in TERMINAL:
+        record.body.update(status="cancelled", output=[], usage=None)
+    return reply(state, started, 200, state.shown(record))
+
+
+async def _invalid_url(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    state.faults["404"] += 1
+    message = f"Invalid URL ({request.method} {request.path})"
+    return reply(state, time.monotonic(), 404, error(message, "invalid_request_error", None))
+
+
+async def _stats(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return web.Response(body=orjson.dumps(state.stats()), content_type=JSON)
+
+
+async def _config(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        changes = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        changes = None
+    if not isinstance(changes, dict):
+        body = orjson.dumps(error("Body must be a JSON object.", "invalid_request_error", "invalid_body"))
+        return web.Response(status=400, body=body, content_type=JSON)
+    bad = knobs.bad_change(changes)
+    if bad is not None:
+        message = f"Bad config field or value: {bad}={changes[bad]!r}"
+        body = orjson.dumps(error(message, "invalid_request_error", "invalid_value", bad))
+        return web.Response(status=400, body=body, content_type=JSON)
+    knobs.apply_changes(state.config, changes)
+    if "seed" in changes:
+        state.rng.seed(state.config.seed)
+    return web.Response(body=orjson.dumps(dataclasses.asdict(state.config)), content_type=JSON)
+
+
+def add_routes(app: web.Application) -> None:
+    """Route the API under any prefix ending in `/v1`, the admin routes, and a 404 for everything else."""
+    # Any run of path segments ending in `v1`: `/v1`, `/openai/v1`.
+    prefix = "/{prefix:(?:[^/]+/)*v1}"
+    app.router.add_post(f"{prefix}/responses", _create)
+    app.router.add_get(f"{prefix}/responses/{{rid}}", _retrieve)
+    app.router.add_post(f"{prefix}/responses/{{rid}}/cancel", _cancel)
+    app.router.add_get("/_mock/stats", _stats)
+    app.router.add_post("/_mock/config", _config)
+    # Last, so it only gets what nothing above matched (a known path with another method included).
+    app.router.add_route("*", "/{tail:.*}", _invalid_url)
