@@ -19,7 +19,15 @@ import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
-from runner.errors import ApiError, BillingError, DoomedJobError, StoreUnavailable, TransientApiError, UnreachableError
+from runner.errors import (
+    ApiError,
+    BillingError,
+    DoomedJobError,
+    StoreUnavailable,
+    TimeoutApiError,
+    TransientApiError,
+    UnreachableError,
+)
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
@@ -422,7 +430,7 @@ class Run:
             if not isinstance(e, TransientApiError):
                 self.limiter.pause(1.0)
             self.concurrency.on_overload()
-        elif e.code == "timeout":
+        elif isinstance(e, TimeoutApiError):
             self.concurrency.on_overload()
 
     def _on_billing(self, e: BillingError) -> None:
