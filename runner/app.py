@@ -38,6 +38,7 @@ from runner.prices import load_prices
 from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec
+from runner.states import RequestState, count
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class RunOutcome:
 
     @property
     def failed(self) -> int:
-        return sum(s.counts.get("failed", 0) for s in self.stats)
+        return sum(count(s.counts, RequestState.FAILED) for s in self.stats)
 
 
 @dataclass

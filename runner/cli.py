@@ -48,7 +48,7 @@ from runner.display import ProgressView, err
 from runner.errors import ConfigError, InputError, JobBusy, JobNotFound, LineProblem, RunnerError, StoreUnavailable
 from runner.export import FORMATS
 from runner.runstate import StopReason
-from runner.states import JobStatus
+from runner.states import RESULTS, JobStatus, RequestState, count
 from runner.store import JobRow, JobStats
 from runner.term import printable
 
@@ -498,13 +498,13 @@ def stats_json(st: JobStats) -> dict[str, Any]:
 
 def job_state(st: JobStats) -> str:
     """A job's status in words: a finished job whose every line failed is `failed`, not `completed`."""
-    failed = st.counts.get("failed", 0)
+    failed = count(st.counts, RequestState.FAILED)
     status = st.status
     if status is JobStatus.COMPLETED:
         if not failed:
-            return "completed"
-        ok = st.counts.get("completed", 0) + st.counts.get("incomplete", 0)
-        return "failed" if not ok else f"done, {failed:,} failed"
+            return JobStatus.COMPLETED.value
+        ok = count(st.counts, *RESULTS)
+        return RequestState.FAILED.value if not ok else f"done, {failed:,} failed"
     text = status.value.replace("_", " ")
     return f"{text}, {failed:,} failed" if failed and status is not JobStatus.CANCELLED else text
 
@@ -522,10 +522,10 @@ def print_stats(st: JobStats, out: Callable[[str], None]) -> None:
         "  "
         + " · ".join(
             f"{k.replace('_', ' ')} {c.get(k, 0)}"
-            for k in ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled")
+            for k in (s.value for s in RequestState)  # the order of the flow: queued first, cancelled last
         )
     )
-    retries = max(d["attempts"] - sum(v for k, v in c.items() if k != "queued"), 0)
+    retries = max(d["attempts"] - sum(v for k, v in c.items() if k != RequestState.QUEUED.value), 0)
     out(f"  attempts {d['attempts']} ({retries} retries) · rate limited {d['rate_limited']}")
     out(
         f"  usage: input {u['input_tokens']:,} · cached {u['cached_tokens']:,} · output {u['output_tokens']:,}"
@@ -648,7 +648,7 @@ def _next_steps(outcome: app.RunOutcome) -> list[str]:
     """What to do about failed requests, per job."""
     steps = []
     for st in outcome.stats:
-        failed = st.counts.get("failed", 0)
+        failed = count(st.counts, RequestState.FAILED)
         if failed:
             steps.append(
                 f"{failed:,} failed in {st.job.id}: `runner report {st.job.id}` shows why,"

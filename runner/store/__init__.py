@@ -34,7 +34,7 @@ from runner.errors import (
     StoreReplaced,
     StoreUnavailable,
 )
-from runner.states import ALLOWED_FROM, TERMINAL, RequestState
+from runner.states import ACTIVE, ALLOWED_FROM, TERMINAL, RequestState
 from runner.store import hot
 from runner.store.engine import (
     BUSY_TIMEOUT_MS,
@@ -91,6 +91,7 @@ OpenMode = Literal["create", "existing"]
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
 _TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
+_ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
 
 
 # "database is locked" (another connection holds the write lock) and "database table is locked".
@@ -433,7 +434,8 @@ class Store:
         """Published, uncancelled jobs that still have queued or in-progress requests."""
 
         async def go(conn: AsyncConnection) -> list[str]:
-            active = select(literal(1)).where(requests.c.job_id == jobs.c.id, requests.c.state.in_([Q, IP])).exists()
+            is_active = requests.c.state.in_(_ACTIVE_VALUES)
+            active = select(literal(1)).where(requests.c.job_id == jobs.c.id, is_active).exists()
             rows = await conn.execute(
                 select(jobs.c.id)
                 .where(jobs.c.phase == "ready", jobs.c.cancelled_at.is_(None), active)

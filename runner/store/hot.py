@@ -21,7 +21,7 @@ import anyio.to_thread
 import orjson
 
 from runner.errors import StoreError
-from runner.states import TERMINAL, RequestState
+from runner.states import ACTIVE, TERMINAL, RequestState
 from runner.store.engine import rw_uri
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
 
@@ -32,6 +32,7 @@ Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
 CANCELLED = RequestState.CANCELLED.value
 FAILED = RequestState.FAILED.value
+_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))  # queued or in progress, as an SQL list
 
 
 class Cursor(Protocol):
@@ -62,7 +63,7 @@ WHERE id IN (
       AND (requests.conversation IS NULL OR NOT EXISTS (
           SELECT 1 FROM requests AS earlier
           WHERE earlier.conversation = requests.conversation AND earlier.id < requests.id
-            AND earlier.state IN ('{Q}', '{IP}')))
+            AND earlier.state IN ({_ACTIVE})))
     ORDER BY requests.id LIMIT ?)
   AND state = '{Q}'
 RETURNING id, job_id, line_no, custom_id, body, attempts
