@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import signal
 import sys
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 
-from runner.config import DEFAULT_BASE_URL, Settings
+from runner.config import DEFAULT_BASE_URL, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
 from runner.export import ExportCounts, ResultRow, export_job, iter_results
@@ -38,6 +37,7 @@ from runner.prices import load_prices
 from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec
+from runner.states import RequestState, count
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class RunOutcome:
 
     @property
     def failed(self) -> int:
-        return sum(s.counts.get("failed", 0) for s in self.stats)
+        return sum(count(s.counts, RequestState.FAILED) for s in self.stats)
 
 
 @dataclass
@@ -100,7 +100,12 @@ class CancelResult:
 
 
 def _settings(settings: Settings | None, db: str | None) -> Settings:
-    s = settings or Settings()
+    try:
+        s = settings or Settings()
+    except ValidationError as e:  # a bad environment variable: one line naming it, not a traceback
+        first = e.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        raise ConfigError(f"invalid {env_name(name) or name or 'settings'}: {first['msg']}") from None
     if db is not None:
         s = s.model_copy(update={"db": db})
     return s
@@ -363,13 +368,14 @@ async def report(job_id: str, *, db: str | None = None, prices: str | Path | Non
     Prices come from the table shipped with runner, overridden by `prices` (or RUNNER_PRICES), a TOML file.
     """
     s = _settings(None, db)
-    table = load_prices(_prices_file(prices))
+    table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:
         return await build_report(store, job_id, table)
 
 
-def _prices_file(prices: str | Path | None) -> Path | None:
-    chosen = prices if prices is not None else os.environ.get("RUNNER_PRICES")
+def _prices_file(prices: str | Path | None, s: Settings) -> Path | None:
+    """The price table to read: `prices` (the flag) over the setting (RUNNER_PRICES); None for the shipped one."""
+    chosen = prices if prices is not None else s.prices
     return Path(chosen) if chosen else None
 
 
@@ -447,7 +453,7 @@ async def run_spec(
     outcome = await run(
         [j.job_id for j in jobs], s, on_progress=on_progress, handle_signals=handle_signals, transport=transport
     )
-    table = load_prices(_prices_file(prices))
+    table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:
         for j in jobs:
             j.results = spec.output_path("results", job_id=j.job_id, date=date, source=j.input)

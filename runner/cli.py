@@ -36,6 +36,7 @@ from runner.config import (
     DEFAULT_DB,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
     MAX_CONCURRENCY,
     MAX_GRACE_SECONDS,
@@ -43,12 +44,13 @@ from runner.config import (
     MAX_TIMEOUT,
     AuthStyle,
     Settings,
+    env_name,
 )
 from runner.display import ProgressView, err
 from runner.errors import ConfigError, InputError, JobBusy, JobNotFound, LineProblem, RunnerError, StoreUnavailable
 from runner.export import FORMATS
 from runner.runstate import StopReason
-from runner.states import JobStatus
+from runner.states import RESULTS, JobStatus, RequestState, count
 from runner.store import JobRow, JobStats
 from runner.term import printable
 
@@ -459,9 +461,33 @@ def _settings(ns: argparse.Namespace) -> Settings:
     except ValidationError as e:
         first = e.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else ""
-        env = _ENV_OF.get(name)
-        where = f"--{name.replace('_', '-')} / {env}" if env else (name or "settings")
-        raise ConfigError(f"invalid {where}: {first['msg']}") from None
+        raise ConfigError(f"invalid {_where(name)}: {first['msg']}") from None
+
+
+def _where(name: str) -> str:
+    """How a user sets a Settings field: its flag and variable, or the variable alone (no flag)."""
+    if name in _ENV_OF:
+        return f"--{name.replace('_', '-')} / {_ENV_OF[name]}"
+    return env_name(name) or name or "settings"
+
+
+def _progress_every(ns: argparse.Namespace) -> float:
+    """RUNNER_PROGRESS_EVERY, read through Settings, for a command that makes its other settings later.
+
+    A spec run validates its settings with the spec's limits over the environment, so here only this
+    field's own error stops the command; the others' are left for the spec run to judge as before.
+    """
+    flags = _flags(ns)
+    for _ in range(len(Settings.model_fields)):
+        try:
+            return Settings(**flags).progress_every
+        except ValidationError as e:
+            bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
+            if "progress_every" in bad or not bad:
+                raise ConfigError(f"invalid {_where('progress_every')}: {e.errors()[0]['msg']}") from None
+            # Put a default over each other variable in error (it does not matter for the display).
+            flags.update({k: Settings.model_fields[k].default for k in bad})
+    return DEFAULT_PROGRESS_EVERY
 
 
 # -- printing -------------------------------------------------------------------------------------
@@ -498,13 +524,13 @@ def stats_json(st: JobStats) -> dict[str, Any]:
 
 def job_state(st: JobStats) -> str:
     """A job's status in words: a finished job whose every line failed is `failed`, not `completed`."""
-    failed = st.counts.get("failed", 0)
+    failed = count(st.counts, RequestState.FAILED)
     status = st.status
     if status is JobStatus.COMPLETED:
         if not failed:
-            return "completed"
-        ok = st.counts.get("completed", 0) + st.counts.get("incomplete", 0)
-        return "failed" if not ok else f"done, {failed:,} failed"
+            return JobStatus.COMPLETED.value
+        ok = count(st.counts, *RESULTS)
+        return RequestState.FAILED.value if not ok else f"done, {failed:,} failed"
     text = status.value.replace("_", " ")
     return f"{text}, {failed:,} failed" if failed and status is not JobStatus.CANCELLED else text
 
@@ -522,10 +548,10 @@ def print_stats(st: JobStats, out: Callable[[str], None]) -> None:
         "  "
         + " · ".join(
             f"{k.replace('_', ' ')} {c.get(k, 0)}"
-            for k in ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled")
+            for k in (s.value for s in RequestState)  # the order of the flow: queued first, cancelled last
         )
     )
-    retries = max(d["attempts"] - sum(v for k, v in c.items() if k != "queued"), 0)
+    retries = max(d["attempts"] - sum(v for k, v in c.items() if k != RequestState.QUEUED.value), 0)
     out(f"  attempts {d['attempts']} ({retries} retries) · rate limited {d['rate_limited']}")
     out(
         f"  usage: input {u['input_tokens']:,} · cached {u['cached_tokens']:,} · output {u['output_tokens']:,}"
@@ -648,7 +674,7 @@ def _next_steps(outcome: app.RunOutcome) -> list[str]:
     """What to do about failed requests, per job."""
     steps = []
     for st in outcome.stats:
-        failed = st.counts.get("failed", 0)
+        failed = count(st.counts, RequestState.FAILED)
         if failed:
             steps.append(
                 f"{failed:,} failed in {st.job.id}: `runner report {st.job.id}` shows why,"
@@ -671,7 +697,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if ids is None:
         _say("nothing to run: no recent job has queued requests")
         return EXIT_OK
-    with ProgressView(ns.quiet) as view:
+    with ProgressView(ns.quiet, every=settings.progress_every) as view:
         outcome = _run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True))
         view.finish(outcome.result.snapshot if outcome.stats else None, _next_steps(outcome))
     for st in outcome.stats:
@@ -692,7 +718,7 @@ def _run_spec(ns: argparse.Namespace, path: str) -> int:
         overrides["concurrency"] = _fit_open_files(overrides["concurrency"])
     else:  # the spec's own value is read later: make room for the largest allowed, without lowering anything
         _fit_open_files(MAX_CONCURRENCY, lower=False)
-    with ProgressView(ns.quiet) as view:
+    with ProgressView(ns.quiet, every=_progress_every(ns)) as view:
         done = _run_async(
             lambda: app.run_spec(
                 path, overrides=overrides, db=db, on_progress=view, handle_signals=True, prices=ns.prices

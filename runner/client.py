@@ -30,8 +30,10 @@ from runner.errors import (
     ApiError,
     BillingError,
     ConfigError,
+    ConnectTimeoutError,
     DoomedJobError,
     PermanentApiError,
+    TimeoutApiError,
     TransientApiError,
     UnreachableError,
 )
@@ -236,7 +238,7 @@ def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
     if isinstance(cause, aiohttp.ClientConnectorDNSError):
         return "connection_error", "the host name does not resolve; check the base URL"
     if isinstance(cause, aiohttp.ConnectionTimeoutError):
-        return "timeout", "no answer to the connection attempt; is the host reachable?"
+        return TimeoutApiError.CODE, "no answer to the connection attempt; is the host reachable?"
     if isinstance(cause, aiohttp.ClientConnectorError):
         if isinstance(cause.os_error, ConnectionRefusedError):
             return "connection_error", "connection refused; is the server up, and is the port right?"
@@ -265,12 +267,15 @@ def classify_exception(exc: BaseException) -> ApiError:
         )
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):
         code, reason = _unreachable_reason(cause)
-        prefix = "timed out" if code == "timeout" else "connection failed"
-        return UnreachableError(f"{prefix}: {type(cause).__name__}: {cause}".rstrip(": "), reason=reason, code=code)
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            message = f"timed out: {type(cause).__name__}: {cause}".rstrip(": ")
+            return ConnectTimeoutError(message, reason=reason, code=code)
+        message = f"connection failed: {type(cause).__name__}: {cause}".rstrip(": ")
+        return UnreachableError(message, reason=reason, code=code)
     if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout) or isinstance(
         cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
     ):
-        return TransientApiError(f"timed out: {type(cause).__name__}", code="timeout")
+        return TimeoutApiError(f"timed out: {type(cause).__name__}")
     return TransientApiError(
         f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "), code="connection_error"
     )
@@ -367,9 +372,7 @@ class ApiClient:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise TransientApiError(
-                f"no complete reply within the timeout of {self._total_timeout:g} s", code="timeout"
-            ) from None
+            raise TimeoutApiError(f"no complete reply within the timeout of {self._total_timeout:g} s") from None
         except httpx.DecodingError:
             # Not a transport error in httpx's tree, but the same kind of thing: the reply came, unusable.
             raise TransientApiError(

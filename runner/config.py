@@ -26,6 +26,7 @@ MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is capped, not obeyed 
 POLL_INITIAL_DELAY = 1.0
 POLL_MAX_DELAY = 30.0
 POLL_BACKOFF = 1.5
+DEFAULT_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
@@ -65,3 +66,17 @@ class Settings(BaseSettings):
     )
     rpm: float | None = Field(None, gt=0, validation_alias=_env("rpm", "RUNNER_RPM"))
     tpm: float | None = Field(None, gt=0, validation_alias=_env("tpm", "RUNNER_TPM"))
+    # A TOML price table over the shipped one (`--prices` wins); empty means the shipped table alone.
+    prices: str | None = Field(None, validation_alias=_env("prices", "RUNNER_PRICES"))
+    progress_every: float = Field(
+        DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")
+    )
+
+
+def env_name(field: str) -> str | None:
+    """The environment variable a `Settings` field is read from (for error messages), if it has one."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if not isinstance(alias, AliasChoices):
+        return None
+    return next((c for c in alias.choices if isinstance(c, str) and c.isupper()), None)

@@ -9,7 +9,6 @@ the run's final figures: nothing is in flight any more, and a failure says what 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -19,10 +18,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from runner.config import DEFAULT_PROGRESS_EVERY
 from runner.runstate import Snapshot
 from runner.term import printable
 
-LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal (RUNNER_PROGRESS_EVERY)
 RATE_WINDOW = 30.0  # seconds of history behind the rate and the ETA: recent enough to follow a slow-down
 MAX_BAR = 40
 MIN_BAR = 8  # narrower than this, a bar says nothing: leave it out
@@ -233,11 +232,11 @@ class _Rate:
 class ProgressView:
     """A live frame on a terminal; a concise `progress` line every few seconds otherwise (cron, CI)."""
 
-    def __init__(self, quiet: bool, console: Console = err) -> None:
+    def __init__(self, quiet: bool, console: Console = err, *, every: float = DEFAULT_PROGRESS_EVERY) -> None:
         self.quiet = quiet
         self.console = console
         self.live = not quiet and console.is_terminal
-        self.every = float(os.environ.get("RUNNER_PROGRESS_EVERY", LOG_EVERY))
+        self.every = every  # seconds between progress lines (Settings.progress_every)
         self._last_line = 0.0
         self._rate = _Rate()
         self._live: Live | None = None

@@ -257,6 +257,20 @@ class UnreachableError(TransientApiError):
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
+class TimeoutApiError(TransientApiError):
+    """No complete reply in time; like a 429 it says the server is overloaded, so concurrency shrinks."""
+
+    CODE = "timeout"  # the error code stored with the attempt and exported
+
+    def __init__(self, message: str, **kw: object) -> None:
+        kw.setdefault("code", self.CODE)
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class ConnectTimeoutError(UnreachableError, TimeoutApiError):
+    """No answer to the connection attempt: unreachable (counts towards the doomed-job stop) and a timeout."""
+
+
 class DoomedJobError(ApiError):
     """No request of the job can succeed as configured; the run stops and the work stays queued.
 

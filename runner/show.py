@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from runner.states import RequestState
+from runner.states import RESULTS, RequestState
 from runner.store.models import AttemptRow, RequestDetail
 from runner.term import printable
 
@@ -114,7 +114,7 @@ def render_text(d: RequestDetail) -> str:
         out.append("output_text:")
         out += _block(response["output_text"])
     if response is not None:
-        out.append("response body:" if d.state in ("completed", "incomplete") else "reply body:")
+        out.append("response body:" if d.state in RESULTS else "reply body:")
         out += _pretty(response)
     return "\n".join(out)
 

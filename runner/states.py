@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -21,6 +22,12 @@ TERMINAL: frozenset[RequestState] = frozenset(
 )
 ACTIVE: frozenset[RequestState] = frozenset({RequestState.QUEUED, RequestState.IN_PROGRESS})
 RESULTS: frozenset[RequestState] = frozenset({RequestState.COMPLETED, RequestState.INCOMPLETE})
+
+
+def count(counts: Mapping[str, int], *states: RequestState) -> int:
+    """How many requests of `counts` (state name -> number, as the store reports them) are in `states`."""
+    return sum(counts.get(s.value, 0) for s in states)
+
 
 # to-state -> the states it may come from. The store puts these in the WHERE clause of each UPDATE.
 ALLOWED_FROM: dict[RequestState, frozenset[RequestState]] = {

@@ -19,7 +19,15 @@ import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
-from runner.errors import ApiError, BillingError, DoomedJobError, StoreUnavailable, TransientApiError, UnreachableError
+from runner.errors import (
+    ApiError,
+    BillingError,
+    DoomedJobError,
+    StoreUnavailable,
+    TimeoutApiError,
+    TransientApiError,
+    UnreachableError,
+)
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.poller import Poller
@@ -27,7 +35,7 @@ from runner.reply import read_id
 from runner.results import from_error, from_response, is_running
 from runner.retry import backoff_delay
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
-from runner.states import RequestState
+from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
 from runner.store.models import Claimed, Outcome, ResponseIdRecord
 from runner.writeback import WriteBack
@@ -122,7 +130,7 @@ class Run:
         """Run to the end; always drains the write-back and releases this process's leases."""
         counts, _ = await self.store.progress(self.job_ids)
         self.snap.total = sum(counts.values())
-        self.snap.done = sum(v for k, v in counts.items() if k not in ("queued", "in_progress"))
+        self.snap.done = sum(v for k, v in counts.items() if k not in ACTIVE)
         self.snap.done_before = self.snap.done
         await self.store.reclaim_expired(self.job_ids, owner_is_dead)
         await self.store.mark_started(self.job_ids)
@@ -210,10 +218,10 @@ class Run:
             if self._in_flight == 0 and self.poller.size == 0:
                 await self.writer.flush()
                 counts, due = await self.store.progress(self.job_ids)
-                if counts.get("queued", 0) + counts.get("in_progress", 0) == 0:
+                if count(counts, *ACTIVE) == 0:
                     return
                 wait = IDLE_CHECK
-                if due is not None and counts.get("queued", 0):
+                if due is not None and count(counts, RequestState.QUEUED):
                     wait = min(max(due - time.time(), 0.01), IDLE_CHECK)
                 await self._wait_slot(wait)
             else:
@@ -422,7 +430,7 @@ class Run:
             if not isinstance(e, TransientApiError):
                 self.limiter.pause(1.0)
             self.concurrency.on_overload()
-        elif e.code == "timeout":
+        elif isinstance(e, TimeoutApiError):
             self.concurrency.on_overload()
 
     def _on_billing(self, e: BillingError) -> None:

@@ -34,7 +34,7 @@ from runner.errors import (
     StoreReplaced,
     StoreUnavailable,
 )
-from runner.states import ALLOWED_FROM, TERMINAL, RequestState
+from runner.states import ACTIVE, ALLOWED_FROM, TERMINAL, RequestState
 from runner.store import hot
 from runner.store.engine import (
     BUSY_TIMEOUT_MS,
@@ -91,12 +91,18 @@ OpenMode = Literal["create", "existing"]
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
 _TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
+_ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
+
+
+# "database is locked" (another connection holds the write lock) and "database table is locked".
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 def _is_busy(exc: BaseException) -> bool:
     # busy_timeout already waited; a few more tries ride out a long writer in another process.
     orig = getattr(exc, "orig", exc)
-    return isinstance(exc, OperationalError | sqlite3.OperationalError) and "locked" in str(orig).lower()
+    code = getattr(orig, "sqlite_errorcode", -1) & 0xFF  # the primary code of an extended one (BUSY_SNAPSHOT ...)
+    return isinstance(exc, OperationalError | sqlite3.OperationalError) and code in _BUSY_CODES
 
 
 def _job_row(r: Any) -> JobRow:
@@ -161,7 +167,7 @@ class Store:
     def __init__(self, engine: AsyncEngine, path: Path | None) -> None:
         self.engine = engine
         self._hot = HotConnection(path, BUSY_TIMEOUT_MS / 1000) if path is not None else None
-        self._json1 = True  # whether SQLite's JSON functions work here (for submit's chunk inserts)
+        self._json1: bool | None = None  # whether SQLite's JSON functions work here (asked at the first insert)
         # The file (absolute), and which file it was when opened: a store deleted or replaced under a run
         # keeps taking writes (into the old, unlinked inode) without an error, so only this tells.
         self.path = path
@@ -332,9 +338,15 @@ class Store:
         if not rows:
             return
         now = time.time()
-        json1 = self._json1
+        known = self._json1
+
+        def go(db: hot.DBAPIConnection) -> bool:
+            json1 = hot.has_json1(db) if known is None else known
+            hot.insert(db, job_id, rows, now, json1=json1)
+            return json1
+
         try:
-            self._json1 = await self._write_hot(lambda db: hot.insert(db, job_id, rows, now, json1=json1))
+            self._json1 = await self._write_hot(go)
         except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
 
@@ -422,7 +434,8 @@ class Store:
         """Published, uncancelled jobs that still have queued or in-progress requests."""
 
         async def go(conn: AsyncConnection) -> list[str]:
-            active = select(literal(1)).where(requests.c.job_id == jobs.c.id, requests.c.state.in_([Q, IP])).exists()
+            is_active = requests.c.state.in_(_ACTIVE_VALUES)
+            active = select(literal(1)).where(requests.c.job_id == jobs.c.id, is_active).exists()
             rows = await conn.execute(
                 select(jobs.c.id)
                 .where(jobs.c.phase == "ready", jobs.c.cancelled_at.is_(None), active)

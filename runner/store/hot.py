@@ -21,7 +21,7 @@ import anyio.to_thread
 import orjson
 
 from runner.errors import StoreError
-from runner.states import TERMINAL, RequestState
+from runner.states import ACTIVE, TERMINAL, RequestState
 from runner.store.engine import rw_uri
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
 
@@ -32,6 +32,7 @@ Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
 CANCELLED = RequestState.CANCELLED.value
 FAILED = RequestState.FAILED.value
+_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))  # queued or in progress, as an SQL list
 
 
 class Cursor(Protocol):
@@ -62,7 +63,7 @@ WHERE id IN (
       AND (requests.conversation IS NULL OR NOT EXISTS (
           SELECT 1 FROM requests AS earlier
           WHERE earlier.conversation = requests.conversation AND earlier.id < requests.id
-            AND earlier.state IN ('{Q}', '{IP}')))
+            AND earlier.state IN ({_ACTIVE})))
     ORDER BY requests.id LIMIT ?)
   AND state = '{Q}'
 RETURNING id, job_id, line_no, custom_id, body, attempts
@@ -259,22 +260,28 @@ _INSERT_REQUESTS_JSON = (
 )
 
 
-def insert(db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: float, *, json1: bool) -> bool:
-    """Insert a chunk of a staging job's lines; returns whether SQLite's JSON functions are (still) usable.
+_JSON1_PROBE = "SELECT json('[]')"
 
-    Without JSON1 (SQLite before 3.38 may be built without it) the rows go in one by one instead.
-    """
+
+def has_json1(db: DBAPIConnection) -> bool:
+    """Whether this SQLite has its JSON functions (always from 3.38; before that only if built with JSON1)."""
+    cur: Cursor = db.cursor()
+    try:
+        cur.execute(_JSON1_PROBE)
+        cur.fetchall()
+    except sqlite3.OperationalError:  # the only way this fixed statement fails: no such function
+        return False
+    return True
+
+
+def insert(db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: float, *, json1: bool) -> None:
+    """Insert a chunk of a staging job's lines: as one JSON array if `json1` (see `has_json1`), else row by row."""
     cur: Cursor = db.cursor()
     if json1:
         payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation) for r in rows]).decode()
-        try:
-            cur.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
-            return True
-        except sqlite3.OperationalError as e:
-            if "json" not in str(e):
-                raise
-    cur.executemany(INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows])
-    return False
+        cur.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
+    else:
+        cur.executemany(INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows])
 
 
 # -- the connection ---------------------------------------------------------------------------------------

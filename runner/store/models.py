@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from runner.schema import Usage
-from runner.states import JobStatus, RequestState
+from runner.states import ACTIVE, JobStatus, RequestState, count
 
 
 class NewRequest(NamedTuple):
@@ -97,12 +97,12 @@ class JobStats:
     @property
     def finished(self) -> int:
         """Requests in a final state."""
-        return sum(v for k, v in self.counts.items() if k not in ("queued", "in_progress"))
+        return sum(v for k, v in self.counts.items() if k not in ACTIVE)
 
     @property
     def status(self) -> JobStatus:
         """The job's status, from its counts."""
-        if self.counts.get("queued", 0) + self.counts.get("in_progress", 0) == 0:
+        if count(self.counts, *ACTIVE) == 0:
             return JobStatus.CANCELLED if self.job.cancelled_at is not None else JobStatus.COMPLETED
         return JobStatus.QUEUED if self.attempts == 0 else JobStatus.IN_PROGRESS
 

@@ -16,6 +16,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from runner.states import RequestState
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -53,7 +55,7 @@ requests = Table(
     Column("custom_id", Text, nullable=False),
     Column("body", Text, nullable=False),  # the Create Response body as sent, JSON
     Column("conversation", Text, nullable=True),  # requests sharing one run one at a time
-    Column("state", String, nullable=False, default="queued"),
+    Column("state", String, nullable=False, default=RequestState.QUEUED.value),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False, default=0.0),
     Column("lease_owner", String, nullable=True),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
 import pytest
 
-from runner.cli import _settings, parse_args
-from runner.errors import ConfigError
+from runner import app
+from runner.cli import _progress_every, _settings, parse_args
+from runner.errors import ConfigError, RunnerError
 from runner.report import _short
 
 
@@ -51,3 +55,35 @@ def test_report_cuts_a_message_at_a_word_boundary_and_escapes_it() -> None:
     assert short.endswith("…") and len(short) <= 60
     assert text.startswith(short[:-1]) and text[len(short) - 1] == " "  # cut where a word ends
     assert _short("a\x1b[2Jb") == "a\\x1b[2Jb"
+
+
+def test_progress_every_is_a_setting_read_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_PROGRESS_EVERY", "0.3")
+    assert _settings(parse_args(["run"])).progress_every == 0.3
+    # A spec run judges the other settings later, with the spec's limits: a bad one does not hide this one.
+    monkeypatch.setenv("RUNNER_CONCURRENCY", "many")
+    assert _progress_every(parse_args(["run", "spec.toml"])) == 0.3
+
+
+@pytest.mark.parametrize("value", ["often", "-1", "nan", "inf"])
+def test_a_bad_progress_interval_names_its_variable(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_PROGRESS_EVERY", value)
+    for read in (_settings, _progress_every):
+        with pytest.raises(ConfigError, match=r"^invalid RUNNER_PROGRESS_EVERY: "):
+            read(parse_args(["run"]))
+
+
+@pytest.mark.anyio
+async def test_the_prices_flag_wins_over_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each names a file that is not there: the error says which one the report tried to read.
+    monkeypatch.setenv("RUNNER_PRICES", str(tmp_path / "from-env.toml"))
+    with pytest.raises(RunnerError, match=r"from-env\.toml"):
+        await app.report("job_x", db=str(tmp_path / "r.db"))
+    with pytest.raises(RunnerError, match=r"from-flag\.toml"):
+        await app.report("job_x", db=str(tmp_path / "r.db"), prices=tmp_path / "from-flag.toml")
+
+
+def test_a_bad_variable_is_one_line_for_commands_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_PROGRESS_EVERY", "often")
+    with pytest.raises(ConfigError, match=r"^invalid RUNNER_PROGRESS_EVERY: Input should be a valid number"):
+        anyio.run(lambda: app.jobs(db=":memory:"))

@@ -5,13 +5,21 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx
 import orjson
 import pytest
 from pydantic import SecretStr
 
-from runner.client import CONVERSATION_LOCKED_WAIT, ApiClient, ApiReply, classify, parse_retry_after
+from runner.client import (
+    CONVERSATION_LOCKED_WAIT,
+    ApiClient,
+    ApiReply,
+    classify,
+    classify_exception,
+    parse_retry_after,
+)
 from runner.config import MAX_RETRY_AFTER, AuthStyle
 from runner.errors import (
     ApiError,
@@ -19,7 +27,9 @@ from runner.errors import (
     ConfigError,
     DoomedJobError,
     PermanentApiError,
+    TimeoutApiError,
     TransientApiError,
+    UnreachableError,
 )
 
 BASE = "https://api.example.test/v1"
@@ -509,6 +519,19 @@ async def test_timeout_bounds_the_whole_reply_not_the_gap_between_bytes() -> Non
             await c.create(b"{}")
     assert info.value.code == "timeout"
     assert info.value.message == "no complete reply within the timeout of 0.3 s"
+    # The worker shrinks concurrency on a timeout by the error's class, not by its code's spelling.
+    assert isinstance(info.value, TimeoutApiError)
+
+
+def test_timeouts_are_typed_and_other_transport_failures_are_not() -> None:
+    read = classify_exception(httpx.ReadTimeout("timed out"))
+    assert isinstance(read, TimeoutApiError) and not isinstance(read, UnreachableError)
+    assert (read.code, read.message) == ("timeout", "timed out: ReadTimeout")
+    connect = classify_exception(aiohttp.ConnectionTimeoutError("slow"))
+    assert isinstance(connect, TimeoutApiError) and isinstance(connect, UnreachableError)
+    assert connect.code == "timeout" and connect.message.startswith("timed out: ConnectionTimeoutError")
+    reset = classify_exception(ConnectionResetError(104, "Connection reset by peer"))
+    assert not isinstance(reset, TimeoutApiError) and reset.code == "connection_error"
 
 
 @pytest.mark.anyio

@@ -7,7 +7,7 @@ import pytest
 
 from runner.config import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
 from runner.errors import TransientApiError
-from runner.retry import backoff_delay, should_retry
+from runner.retry import backoff_delay, exponential_backoff, should_retry
 
 
 def test_retry_policy_builds_without_deprecation_warnings() -> None:
@@ -98,3 +98,11 @@ def test_error_without_retry_after_uses_backoff() -> None:
 )
 def test_should_retry_boundaries(made: int, max_attempts: int, expected: bool) -> None:
     assert should_retry(made, max_attempts) is expected
+
+
+def test_backoff_jitter_ends_are_exact_and_capped() -> None:
+    # The delay is a plain function of the attempt: the jitter's ends are exact, and the cap holds them.
+    assert exponential_backoff(1, jitter=0.0) == pytest.approx(INITIAL_RETRY_DELAY)
+    assert exponential_backoff(1, jitter=1.0) == pytest.approx(INITIAL_RETRY_DELAY + JITTER)
+    assert exponential_backoff(3, jitter=0.0) == pytest.approx(INITIAL_RETRY_DELAY * 4)
+    assert exponential_backoff(10_000, jitter=1.0) == pytest.approx(MAX_RETRY_DELAY)
