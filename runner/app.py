@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from runner.config import DEFAULT_BASE_URL, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
-from runner.export import ExportCounts, ResultRow, export_job, iter_results
+from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
 from runner.owners import owner_is_dead
@@ -38,6 +38,7 @@ from runner.report import Report, build_report
 from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
+from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
 
 if TYPE_CHECKING:
@@ -46,18 +47,26 @@ if TYPE_CHECKING:
     from runner.client import ApiClient
     from runner.worker import Run
 
+# FORMATS, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
+# which imports app only.
 __all__ = [
+    "FORMATS",
     "CancelResult",
     "DeleteResult",
     "DoctorReport",
+    "JobRow",
+    "JobStats",
+    "JobStatusReport",
     "RequestDetail",
     "ResultRow",
     "RunOutcome",
     "Settings",
+    "StopReason",
     "cancel",
     "delete",
     "doctor",
     "export",
+    "job_state",
     "jobs",
     "report",
     "results",

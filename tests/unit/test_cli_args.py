@@ -8,7 +8,9 @@ import anyio
 import pytest
 
 from runner import app
-from runner.cli import _progress_every, _settings, parse_args
+from runner.cli.options import progress_every as _progress_every
+from runner.cli.options import settings as _settings
+from runner.cli.parser import parse_args
 from runner.errors import ConfigError, RunnerError
 from runner.report import _short
 

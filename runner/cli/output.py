@@ -1,0 +1,126 @@
+"""What every command shares: running its async part, printing, logging, and the store notices.
+
+Everything printed that came from a server or a file (error codes and messages, custom_ids, model names,
+job names, paths) goes through `runner.term.printable`, so it cannot drive the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from runner import interrupt
+from runner.display import err
+from runner.errors import ConfigError
+from runner.term import printable
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+T = TypeVar("T")
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """anyio.run, then re-arm SIGTERM: asyncio resets it to the default (die silently) when it lets go."""
+    try:
+        return anyio.run(fn)
+    finally:
+        interrupt.unwind()
+
+
+def say(text: str) -> None:
+    """A message on stderr (no markup, no emoji codes: parts of it may come from outside, escaped by callers)."""
+    err.out(text, highlight=False)
+
+
+def put(line: str) -> None:
+    """A line on stdout (the command's result)."""
+    sys.stdout.write(line + "\n")
+
+
+def when(ts: float) -> str:
+    """A local date and minute, for job lists."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+class _StoreNotices(logging.Handler):
+    """Says which store a command uses, once per path: "created store PATH" always, "using store PATH" at -v."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[object] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        path = record.args[0] if isinstance(record.args, tuple) and record.args else record.msg
+        if path not in self._seen:
+            self._seen.add(path)
+            say(printable(record.getMessage()))
+
+
+def show_store_notices(verbose: bool) -> None:
+    """Route the store's "created/using store PATH" log lines to stderr as plain notices."""
+    notices = logging.getLogger("runner.store.place")
+    notices.setLevel(logging.DEBUG if verbose else logging.INFO)
+    notices.propagate = False
+    notices.addHandler(_StoreNotices())
+
+
+class _LogFormatter(logging.Formatter):
+    """Text or JSON log lines; text from outside is escaped, and the API key never appears."""
+
+    def __init__(self, style: str, secret: str | None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.json = style == "json"
+        self.secret = secret
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if self.json:
+            doc: dict[str, Any] = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": message,
+            }
+            if record.exc_info:
+                doc["exception"] = self.formatException(record.exc_info)
+            text = json.dumps(doc, ensure_ascii=False)  # JSON escapes control characters and newlines
+        else:
+            plain = logging.makeLogRecord({**record.__dict__, "msg": printable(message), "args": None})
+            text = super().format(plain)
+        return text.replace(self.secret, "***") if self.secret else text
+
+
+class _LogHandler(logging.Handler):
+    """Log lines through the console, so that they appear above the live display instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            say(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(level: str | None, style: str | None, *, verbose: bool, secret: str | None) -> None:
+    """Log lines on stderr at `level` (flag, else RUNNER_LOG_LEVEL), as text or JSON; `secret` is masked."""
+    level = level or os.environ.get("RUNNER_LOG_LEVEL") or ("debug" if verbose else "warning")
+    style = style or os.environ.get("RUNNER_LOG_FORMAT") or "text"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"invalid RUNNER_LOG_LEVEL {printable(level)!r}: use one of {', '.join(LOG_LEVELS)}")
+    if style not in LOG_FORMATS:
+        raise ConfigError(f"invalid RUNNER_LOG_FORMAT {printable(style)!r}: use one of {', '.join(LOG_FORMATS)}")
+    handler = _LogHandler()
+    handler.setFormatter(_LogFormatter(style, secret or os.environ.get("OPENAI_API_KEY") or None))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Request bodies and keys must never reach a log line, whatever the level.
+    for noisy in ("httpx", "httpcore", "aiohttp", "sqlalchemy", "aiosqlite", "alembic", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

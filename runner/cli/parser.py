@@ -1,0 +1,107 @@
+"""The command registry and the argument parser built from it, with did-you-mean for mistyped words."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Sequence
+
+from runner import __version__
+from runner.cli import inspect, manage, run, submit
+from runner.cli.command import Command
+from runner.cli.exits import epilog
+from runner.cli.options import Parser, global_options
+
+# Every command once, in the order `runner --help` lists them.
+COMMANDS: tuple[Command, ...] = (
+    submit.SUBMIT,
+    submit.CONVERT,
+    run.RUN,
+    inspect.STATUS,
+    inspect.JOBS,
+    inspect.EXPORT,
+    inspect.SHOW,
+    inspect.REPORT,
+    run.CANCEL,
+    manage.RETRY,
+    manage.DELETE,
+    manage.DOCTOR,
+)
+BY_NAME = {c.name: c for c in COMMANDS}
+# `runner mock-server ...` becomes `python -m runner_mock ...` before parsing; it is listed for --help only.
+MOCK_SERVER = "mock-server"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = Parser(
+        prog="runner",
+        description="Run JSONL files of OpenAI Responses API requests as resumable batch jobs.",
+        epilog=epilog(),
+    )
+    parser.add_argument("--version", action="version", version=f"runner {__version__}")
+    global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.options(p)
+        global_options(p, top=False)
+    sub.add_parser(
+        MOCK_SERVER, help="the built-in fake Responses API (see `runner mock-server --help`)", add_help=False
+    )
+    return parser
+
+
+def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
+    """The top-level option strings that consume the next argument (--db PATH)."""
+    return {
+        opt
+        for action in parser._actions  # argparse keeps no public list of its options
+        if action.option_strings and action.nargs != 0
+        for opt in action.option_strings
+    }
+
+
+def _command_word(args: Sequence[str], takes_value: set[str]) -> str | None:
+    """The command among `args`, skipping global flags and their values; None if there is none."""
+    it = iter(args)
+    for a in it:
+        if a == "--":
+            return next(it, None)
+        if a.startswith("-"):
+            if a in takes_value:
+                next(it, None)
+            continue
+        return a
+    return None
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; a mistyped command or flag gets a did-you-mean, a bad value a one-line error."""
+    parser = build_parser()
+    commands = _subparsers(parser)
+    word = _command_word(argv, _takes_value(parser))
+    if word is not None and word not in commands:
+        hint = _suggest(word, list(commands)) or f" (commands: {', '.join(commands)})"
+        parser.error(f"unknown command '{word}'{hint}")
+    ns, extras = parser.parse_known_args(argv)
+    if extras:
+        command = commands[ns.command]
+        options = [o for o in {*command._option_string_actions, *parser._option_string_actions} if o.startswith("--")]
+        first = extras[0]
+        if first.startswith("-"):
+            command.error(f"unknown option {first.split('=', 1)[0]}{_suggest(first.split('=', 1)[0], options)}")
+        command.error(f"unexpected argument '{first}'")
+    return ns

@@ -1,0 +1,264 @@
+"""Sending requests: `runner run` (jobs or a job spec) and `runner cancel` (a job's background requests)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import time
+
+from runner import app
+from runner.cli import options
+from runner.cli.command import Command
+from runner.cli.exits import ExitCode
+from runner.cli.options import bounded, setting
+from runner.cli.output import put, run_async, say, when
+from runner.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_CONCURRENCY,
+    MAX_GRACE_SECONDS,
+    MAX_MAX_ATTEMPTS,
+)
+from runner.display import ProgressView
+from runner.errors import ConfigError
+from runner.states import JobStatus, RequestState, count
+from runner.term import printable
+
+STALE_AFTER_DAYS = 7  # a plain `runner run` leaves alone unfinished jobs untouched for longer than this
+RESERVED_FILES = 64  # file descriptors beside the HTTP connections: the store, its WAL, logs, the interpreter
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "job_ids",
+        nargs="*",
+        metavar="JOB_ID|SPEC.toml",
+        help="jobs to run (default: every unfinished job touched in the last "
+        f"{STALE_AFTER_DAYS} days), or one job spec file",
+    )
+    setting(p, "prices", help="price table TOML overriding the shipped one (spec runs)")
+    setting(
+        p,
+        "concurrency",
+        type=bounded(int, 1, MAX_CONCURRENCY),
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}, at most {MAX_CONCURRENCY:,})",
+    )
+    setting(
+        p,
+        "max_attempts",
+        type=bounded(int, 1, MAX_MAX_ATTEMPTS),
+        help=f"attempts per request before it fails (default {DEFAULT_MAX_ATTEMPTS}, at most {MAX_MAX_ATTEMPTS})",
+    )
+    setting(
+        p,
+        "grace",
+        type=bounded(float, 0, MAX_GRACE_SECONDS),
+        help="seconds in-flight requests get to finish after SIGINT/SIGTERM "
+        f"(default {DEFAULT_GRACE_SECONDS:g}, at most {MAX_GRACE_SECONDS:,g})",
+    )
+    setting(
+        p,
+        "rpm",
+        type=bounded(float, 0, None, low_open=True),
+        help="requests per minute budget, paced evenly (default: none)",
+    )
+    setting(
+        p,
+        "tpm",
+        type=bounded(float, 0, None, low_open=True),
+        help="tokens per minute budget, paced evenly (default: none)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
+    options.client(p)
+    options.db(p)
+
+
+def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
+    """Make room for `concurrency` connections under RLIMIT_NOFILE: raise the soft limit toward the hard one,
+    else lower the concurrency with a warning (running out of descriptors mid-run fails requests and the store)."""
+    poll_slots = max(4, min(concurrency, 256))
+    need = concurrency + poll_slots + RESERVED_FILES
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return concurrency
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return concurrency
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    except (OSError, ValueError):
+        pass
+    if soft >= need:
+        return concurrency
+    # Each request may hold a connection and so may each poll; keep both within what is left.
+    fitted = max(1, (soft - RESERVED_FILES) // 2)
+    if lower and fitted < concurrency:
+        say(f"warning: only {soft} open files allowed (ulimit -n); concurrency lowered from {concurrency} to {fitted}")
+        return fitted
+    return concurrency
+
+
+def _choose_jobs(ns: argparse.Namespace) -> list[str] | None:
+    """The jobs a plain `runner run` resumes, each named on stderr; jobs untouched for STALE_AFTER_DAYS are
+    skipped and named too (an old, half-done job should not start spending again unasked). None: nothing."""
+    now = time.time()
+    chosen: list[str] = []
+    for st in run_async(lambda: app.jobs(db=ns.db)):
+        if st.job.cancelled_at is not None or st.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
+            continue
+        last = max(st.job.created_at, st.first_started or 0.0, st.last_finished or 0.0)
+        name = printable(st.job.name)
+        left = st.job.total - st.finished
+        if now - last > STALE_AFTER_DAYS * 86400:
+            say(
+                f"skipping {st.job.id} ({name}): unfinished, untouched since {when(last)};"
+                f" `runner run {st.job.id}` resumes it"
+            )
+            continue
+        verb = "resuming" if st.attempts else "starting"
+        say(f"{verb} {st.job.id} ({name}): {left:,} of {st.job.total:,} requests left")
+        chosen.append(st.job.id)
+    return chosen or None
+
+
+def _next_steps(outcome: app.RunOutcome) -> list[str]:
+    """What to do about failed requests, per job."""
+    steps = []
+    for st in outcome.stats:
+        failed = count(st.counts, RequestState.FAILED)
+        if failed:
+            steps.append(
+                f"{failed:,} failed in {st.job.id}: `runner report {st.job.id}` shows why,"
+                f" `runner retry {st.job.id}` queues them again"
+            )
+    return steps
+
+
+def _run(ns: argparse.Namespace) -> ExitCode:
+    specs = [a for a in ns.job_ids if a.endswith(".toml")]
+    if specs:
+        if len(ns.job_ids) != 1:
+            raise ConfigError("give one job spec (.toml) or job ids, not both")
+        return _run_spec(ns, specs[0])
+    settings = options.settings(ns)
+    fitted = fit_open_files(settings.concurrency)
+    if fitted != settings.concurrency:
+        settings = settings.model_copy(update={"concurrency": fitted})
+    ids = ns.job_ids or _choose_jobs(ns)
+    if ids is None:
+        say("nothing to run: no recent job has queued requests")
+        return ExitCode.OK
+    with ProgressView(ns.quiet, every=settings.progress_every) as view:
+        outcome = run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True))
+        view.finish(outcome.result.snapshot if outcome.stats else None, _next_steps(outcome))
+    for st in outcome.stats:
+        put(app.JobStatusReport(st).render_text())
+    stopped = _stop_verdict(outcome)
+    if stopped is not None:
+        return stopped
+    if not outcome.stats:
+        say("nothing to run: no job has queued requests")
+    return ExitCode.FAILED if outcome.failed else ExitCode.OK
+
+
+def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
+    """`runner run SPEC.toml`: submit (or resume today's job), run, export, report; exit by the spec's policy."""
+    overrides = options.flags(ns)
+    db = overrides.pop("db", None)
+    if "concurrency" in overrides:
+        overrides["concurrency"] = fit_open_files(overrides["concurrency"])
+    else:  # the spec's own value is read later: make room for the largest allowed, without lowering anything
+        fit_open_files(MAX_CONCURRENCY, lower=False)
+    with ProgressView(ns.quiet, every=options.progress_every(ns)) as view:
+        done = run_async(
+            lambda: app.run_spec(
+                path, overrides=overrides, db=db, on_progress=view, handle_signals=True, prices=ns.prices
+            )
+        )
+        view.finish(done.run.result.snapshot if done.run.stats else None, _next_steps(done.run))
+    for j in done.jobs:
+        if j.report is not None:
+            put(j.report.render_text())
+        for label, p in (("results", j.results), ("errors", j.errors), ("report", j.report_file)):
+            if p is not None:
+                put(f"  {label}: {printable(os.path.normpath(p))}")
+    stopped = _stop_verdict(done.run)
+    if stopped is not None:
+        return stopped
+    if done.over_threshold:
+        rate = done.spec.policy.max_failure_rate
+        say(f"failed: {done.failed} of {done.total} requests failed (the spec allows {rate:.2%})")
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
+    """The exit code of a run that stopped early (billing, signal), after saying so; None if it ran to the end."""
+    r = outcome.result
+    s = r.snapshot
+    here = s.completed + s.incomplete + s.failed + s.cancelled
+    say(
+        f"this run: {here} requests finished (completed {s.completed}, incomplete {s.incomplete},"
+        f" failed {s.failed}, cancelled {s.cancelled}) in {s.elapsed:.1f} s; retries {s.retries},"
+        f" rate limited {s.rate_limited}"
+    )
+    if r.reason is app.StopReason.BILLING:
+        assert r.billing_error is not None
+        e = r.billing_error
+        say(
+            f"stopped: the API refused for billing reasons ({e.status} {printable(e.code)}: {printable(e.message)}). "
+            "Unfinished requests stay queued; top up the account and run `runner run` again."
+        )
+        return ExitCode.BILLING
+    if r.reason is app.StopReason.DOOMED:
+        assert r.doomed_error is not None
+        say(f"stopped: {printable(r.doomed_error.message)} (unfinished requests stay queued; run again after the fix)")
+        return ExitCode.DOOMED
+    if r.reason is app.StopReason.INTERRUPTED:
+        say("interrupted: every result received is saved; `runner run` resumes.")
+        return ExitCode.SIGTERM if outcome.signal == signal.SIGTERM else ExitCode.SIGINT
+    return None
+
+
+def _cancel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", metavar="JOB_ID")
+    options.client(p)
+    options.db(p)
+
+
+def _cancel(ns: argparse.Namespace) -> ExitCode:
+    settings = options.settings(ns)
+    res = run_async(lambda: app.cancel(ns.job_id, settings))
+    if res.doomed is not None:
+        say(
+            f"cancelled {res.cancelled_queued} queued requests of job {ns.job_id}; running background responses"
+            f" were not cancelled: {printable(res.doomed.message)}"
+        )
+        return ExitCode.DOOMED
+    # One summary line whatever the number of requests: its count is what `runner status` now shows.
+    parts = [
+        f"cancelled {res.cancelled} requests of job {ns.job_id}"
+        f" ({res.cancelled_queued} queued, {res.cancelled_in_flight} in flight)"
+    ]
+    if res.finished_first:
+        parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
+    if res.still_running:
+        parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
+    if res.cancel_failures:
+        parts.append(f"{len(res.cancel_failures)} could not be cancelled (first: {printable(res.cancel_failures[0])})")
+    say("; ".join(parts))
+    return ExitCode.FAILED if res.cancel_failures else ExitCode.OK
+
+
+RUN = Command(
+    "run",
+    "run jobs until every request is final, or run a job spec (SPEC.toml): submit, run, export, report",
+    _run_options,
+    _run,
+)
+CANCEL = Command("cancel", "cancel a job's queued and in-flight background requests", _cancel_options, _cancel)

@@ -1,0 +1,102 @@
+"""Putting work in: `runner submit` (JSONL files into jobs) and `runner convert` (Chat Completions lines)."""
+
+from __future__ import annotations
+
+import argparse
+
+from runner import app
+from runner.cli import options
+from runner.cli.command import Command
+from runner.cli.exits import ExitCode
+from runner.cli.output import put, run_async, say
+from runner.errors import LineProblem
+from runner.term import printable
+
+MAX_WARNINGS_SHOWN = 20  # per file: a key repeated on every line of a big file must not flood the terminal
+
+
+def _submit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="JSONL: OpenAI Batch lines or bare Create Response bodies; gzip is fine; '-' reads stdin",
+    )
+    p.add_argument("--name", help="a name for the job (default: the file's name; several files: NAME-FILE)")
+    p.add_argument("--background", action="store_true", help="send every line with background: true, store: true")
+    p.add_argument("--model", help="model for lines that name none")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="unknown enum values, misspelled and Chat Completions keys are warnings, not errors",
+    )
+    p.add_argument("--new", action="store_true", help="always make a new job, even for a file submitted before")
+    options.db(p)
+
+
+def _submit(ns: argparse.Namespace) -> ExitCode:
+    warned: dict[str, int] = {}
+
+    def warn(source: str, p: LineProblem) -> None:
+        warned[source] = n = warned.get(source, 0) + 1
+        if n <= MAX_WARNINGS_SHOWN:
+            say(f"warning: {printable(source)}:{p}")
+
+    results = run_async(
+        lambda: app.submit_many(
+            ns.files,
+            name=ns.name,
+            background=ns.background,
+            model=ns.model,
+            lenient=ns.lenient,
+            new=ns.new,
+            db=ns.db,
+            on_warning=warn,
+        )
+    )
+    for source, n in warned.items():
+        if n > MAX_WARNINGS_SHOWN:
+            more = n - MAX_WARNINGS_SHOWN
+            say(f"warning: {printable(source)}: {more} more warning(s) not shown")
+    for res in results:
+        src = printable(res.source)
+        if res.existing:
+            say(f"{src} was submitted before with the same options: job {res.job_id} (use --new for a separate job)")
+        else:
+            say(f"queued {res.total} requests from {src}")
+    for res in results:
+        put(res.job_id)
+    return ExitCode.OK
+
+
+def _convert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "file", metavar="FILE", help="Chat Completions Batch lines or bare bodies; gzip is fine; '-' is stdin"
+    )
+    p.add_argument(
+        "-o", "--output", help="output file (default: stdout); nothing is written if a line cannot be converted"
+    )
+    p.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out keys with no Responses counterpart (stop, seed, penalties, ...) instead of refusing the file",
+    )
+
+
+def _convert(ns: argparse.Namespace) -> ExitCode:
+    counts = app.convert(ns.file, ns.output, drop_unsupported=ns.drop_unsupported)
+    src = "standard input" if ns.file == "-" else printable(ns.file)
+    dst = printable(ns.output or "stdout")
+    say(f"converted {counts.lines} lines from {src} to {dst}")
+    for key, n in sorted(counts.dropped.items()):
+        say(f"dropped {printable(key)} from {n} line(s): the Responses API has no counterpart")
+    return ExitCode.OK
+
+
+SUBMIT = Command(
+    "submit",
+    "queue JSONL files, one job each (all or none); prints the job ids last, one per line",
+    _submit_options,
+    _submit,
+)
+CONVERT = Command("convert", "rewrite Chat Completions JSONL lines as Responses API lines", _convert_options, _convert)

@@ -1,0 +1,83 @@
+"""What `runner status` (and `runner run`, at its end) shows of a job, beside `runner.report`'s fuller report.
+
+`JobStatusReport.to_json()` is the `status --json` document, `render_text()` the few lines for people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runner.states import RESULTS, JobStatus, RequestState, count
+from runner.store import JobStats
+from runner.term import printable
+
+__all__ = ["JobStatusReport", "job_state"]
+
+
+def job_state(st: JobStats) -> str:
+    """A job's status in words: a finished job whose every line failed is `failed`, not `completed`."""
+    failed = count(st.counts, RequestState.FAILED)
+    status = st.status
+    if status is JobStatus.COMPLETED:
+        if not failed:
+            return JobStatus.COMPLETED.value
+        ok = count(st.counts, *RESULTS)
+        return RequestState.FAILED.value if not ok else f"done, {failed:,} failed"
+    text = status.value.replace("_", " ")
+    return f"{text}, {failed:,} failed" if failed and status is not JobStatus.CANCELLED else text
+
+
+@dataclass(frozen=True)
+class JobStatusReport:
+    """One job's counts, usage and timing, as `runner status` shows them."""
+
+    stats: JobStats
+
+    def to_json(self) -> dict[str, Any]:
+        """The `status --json` document."""
+        st = self.stats
+        elapsed = st.elapsed()
+        return {
+            "job_id": st.job.id,
+            "name": st.job.name,
+            "source": st.job.source,
+            "status": st.status.value,
+            "total": st.job.total,
+            "counts": st.counts,
+            "attempts": st.attempts,
+            "rate_limited": st.rate_limited,
+            "usage": st.usage.as_dict(),
+            "elapsed_seconds": round(elapsed, 3) if elapsed is not None else None,
+            "throughput_rps": round(st.finished / elapsed, 2) if elapsed else None,
+            "background": st.job.background,
+            "created_at": st.job.created_at,
+            "in_flight_by_owner": st.in_flight_by_owner,
+            "stale_leases": st.stale_leases,
+        }
+
+    def render_text(self) -> str:
+        """The human-readable figures, a few lines."""
+        d = self.to_json()
+        c, u = d["counts"], d["usage"]
+        lines = [f"job {d['job_id']} ({printable(d['name'])}) · {d['total']} requests · {job_state(self.stats)}"]
+        lines.append(
+            "  "
+            + " · ".join(
+                f"{k.replace('_', ' ')} {c.get(k, 0)}"
+                for k in (s.value for s in RequestState)  # the order of the flow: queued first, cancelled last
+            )
+        )
+        retries = max(d["attempts"] - sum(v for k, v in c.items() if k != RequestState.QUEUED.value), 0)
+        lines.append(f"  attempts {d['attempts']} ({retries} retries) · rate limited {d['rate_limited']}")
+        lines.append(
+            f"  usage: input {u['input_tokens']:,} · cached {u['cached_tokens']:,} · output {u['output_tokens']:,}"
+            f" · reasoning {u['reasoning_tokens']:,} · total {u['total_tokens']:,}"
+        )
+        if d["elapsed_seconds"] is not None:
+            rate = f" · {d['throughput_rps']:.1f} requests/s" if d["throughput_rps"] else ""
+            lines.append(f"  elapsed {d['elapsed_seconds']:.1f} s{rate}")
+        if d["in_flight_by_owner"] or d["stale_leases"]:
+            owners = ", ".join(f"{printable(o)}: {n}" for o, n in d["in_flight_by_owner"].items()) or "none"
+            lines.append(f"  in flight by runner: {owners} · stale leases {d['stale_leases']}")
+        return "\n".join(lines)
