@@ -30,21 +30,10 @@ from runner.config import (
 from runner.errors import ConfigError
 from runner.term import printable
 
-# The Settings fields a command takes from its flags (the others: --prices goes to its command as a path,
-# lease_seconds and progress_every have no flag).
-_FROM_FLAGS = (
-    "db",
-    "base_url",
-    "api_key",
-    "auth_style",
-    "concurrency",
-    "max_attempts",
-    "timeout",
-    "grace",
-    "rpm",
-    "tpm",
-)
-_HAS_FLAG: set[str] = set()  # Settings fields with a flag, for error messages
+# --prices is a path its command hands on by itself (a spec run reads the spec's table under it), so it is
+# not one of the settings made from the flags.
+_NOT_FROM_FLAGS = frozenset({"prices"})
+_HAS_FLAG: set[str] = set()  # Settings fields with a flag (filled as the parser is built)
 
 
 class Parser(argparse.ArgumentParser):
@@ -147,7 +136,11 @@ def client(p: argparse.ArgumentParser) -> None:
 
 def flags(ns: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags (not those from the environment)."""
-    return {k: getattr(ns, k) for k in _FROM_FLAGS if getattr(ns, k, None) is not None}
+    return {
+        k: getattr(ns, k)
+        for k in Settings.model_fields
+        if k in _HAS_FLAG and k not in _NOT_FROM_FLAGS and getattr(ns, k, None) is not None
+    }
 
 
 def settings(ns: argparse.Namespace) -> Settings:
