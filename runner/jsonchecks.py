@@ -2,7 +2,7 @@
 
 A check is a plain function `(value, path, out)` that appends a `FieldIssue` per problem; the builders below
 (`string`, `number`, `enum`, `record`, `array`, ...) make one from a few options, so a schema is a table of
-them (runner/validate.py holds the one for a Responses request). Nothing here knows the Responses API.
+them (runner/validate.py holds the one for a Responses request). Which fields exist is the caller's table.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def show(value: Any) -> str:
 
 
 def join(path: str, key: str) -> str:
+    """The path of field `key` inside the value at `path` ("" is the whole line)."""
     return f"{path}.{key}" if path else key
 
 
@@ -67,10 +68,13 @@ def _is_number(value: Any) -> bool:
 
 
 def type_issue(path: str, expected: str, value: Any) -> FieldIssue:
+    """ "must be <expected> (got <value>)": a value of the wrong JSON type."""
     return FieldIssue(path, f"must be {expected} (got {show(value)})", False)
 
 
 def string(*, nullable: bool = False) -> Check:
+    """A string (or null, if `nullable`)."""
+
     def check(value: Any, path: str, out: list[FieldIssue]) -> None:
         if not isinstance(value, str) and not (nullable and value is None):
             out.append(type_issue(path, "a string", value))
@@ -79,6 +83,8 @@ def string(*, nullable: bool = False) -> Check:
 
 
 def boolean(*, nullable: bool = False) -> Check:
+    """true or false (or null, if `nullable`)."""
+
     def check(value: Any, path: str, out: list[FieldIssue]) -> None:
         if value is not True and value is not False and not (nullable and value is None):
             out.append(type_issue(path, "a boolean", value))
@@ -87,6 +93,8 @@ def boolean(*, nullable: bool = False) -> Check:
 
 
 def any_object(*, nullable: bool = False) -> Check:
+    """Any JSON object, its fields unchecked (or null, if `nullable`)."""
+
     def check(value: Any, path: str, out: list[FieldIssue]) -> None:
         if not isinstance(value, dict) and not (nullable and value is None):
             out.append(type_issue(path, "an object", value))
@@ -95,6 +103,7 @@ def any_object(*, nullable: bool = False) -> Check:
 
 
 def number(lo: float | None = None, hi: float | None = None, *, integer: bool = False, nullable: bool = False) -> Check:
+    """A finite number (an integer, if `integer`) within [lo, hi] where given (or null, if `nullable`)."""
     kind = "an integer" if integer else "a number"
     is_kind = _is_int if integer else _is_number
     if lo is not None and hi is not None:
@@ -116,10 +125,12 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
 
 
 def quoted(values: tuple[str, ...]) -> str:
+    """The values as a message lists them: 'a', 'b', 'c'."""
     return ", ".join(repr(v) for v in values)
 
 
 def enum(values: tuple[str, ...], *, nullable: bool = False) -> Check:
+    """One of `values` (or null, if `nullable`); another string is a soft issue, a warning under --lenient."""
     allowed = frozenset(values)
     expected = f"must be one of {quoted(values)}"
 
@@ -164,6 +175,8 @@ def record(checks: Mapping[str, Check], required: tuple[str, ...] = (), *, nulla
 
 
 def array(item: Check, *, nullable: bool = False) -> Check:
+    """An array whose elements each pass `item` (or null, if `nullable`)."""
+
     def check(value: Any, path: str, out: list[FieldIssue]) -> None:
         if isinstance(value, list):
             for i, element in enumerate(value):
