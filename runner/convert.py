@@ -26,7 +26,7 @@ import orjson
 
 from runner.errors import InputError, LineProblem
 from runner.ingest import MAX_PROBLEMS_KEPT, Unreadable, read_lines
-from runner.schema import ENVELOPE_KEYS, RESPONSES_URL
+from runner.validate import ENVELOPE_KEYS, RESPONSES_URL
 
 CHAT_URL: Final = "/v1/chat/completions"
 NOTHING_WRITTEN: Final = "nothing was written"

@@ -31,7 +31,7 @@ import orjson
 from runner import DISTRIBUTION
 from runner.errors import ConfigError
 from runner.files import atomic_writer
-from runner.schema import Usage, output_text
+from runner.reply import UsageCounts, output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, Store
 
@@ -295,7 +295,7 @@ class ResultRow:
     request: dict[str, Any]
     status: str
     output_text: str | None
-    usage: Usage
+    usage: UsageCounts
     error: str | None
     response: dict[str, Any] | None
 
@@ -314,7 +314,9 @@ def result_row(row: ExportRow) -> ResultRow:
         request=req.body,
         status=row.state,
         output_text=_output_text(row, response),
-        usage=Usage(row.input_tokens, row.cached_tokens, row.output_tokens, row.reasoning_tokens, row.total_tokens),
+        usage=UsageCounts(
+            row.input_tokens, row.cached_tokens, row.output_tokens, row.reasoning_tokens, row.total_tokens
+        ),
         error=_error(row),
         response=response,
     )

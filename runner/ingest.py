@@ -30,8 +30,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from runner.errors import InputError, InputErrors, LineProblem
 from runner.owners import owner_is_dead, process_name
-from runner.schema import validate_line
 from runner.store import DuplicateCustomId, NewRequest, Store
+from runner.validate import validate_line
 
 CHUNK = 5_000  # rows per insert transaction: SQLite's write lock is held ~50 ms, so a run on the same store
 # still commits its results within 100 ms (20,000 rows would submit ~20 % faster but hold it ~220 ms)

@@ -30,7 +30,7 @@ class PriceError(ConfigError):
 
 
 class UsageLike(Protocol):
-    """Anything with the token counts a cost needs (`UsageCounts`, `schema.Usage`)."""
+    """Anything with the token counts a cost needs (`reply.UsageCounts`)."""
 
     @property
     def input_tokens(self) -> int: ...

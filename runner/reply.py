@@ -1,8 +1,9 @@
 """The one edge where replies become data: every value the runner reads from a reply body or header, bounded.
 
-Token counts, response ids, request ids, rate-limit headers and Retry-After are read here and nowhere else,
-and each comes out either in bounds or as "unknown" (None) / a stated problem; never as a value that can
-overflow SQLite's 64-bit integers, a float conversion or a sum. What the runner does with a value out of
+Token counts (`UsageCounts`, the one type for them: one reply's, a job's, a model's), the answer's text
+(`output_text`), response ids, request ids, rate-limit headers and Retry-After are read here and nowhere
+else, and each comes out either in bounds or as "unknown" (None) / a stated problem; never as a value that
+can overflow SQLite's 64-bit integers, a float conversion or a sum. What the runner does with a value out of
 bounds is decided by its caller (results.py, limits.py, client.py) and documented in the README section
 "What the runner trusts".
 
@@ -19,8 +20,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-
-from runner.schema import Usage
 
 MAX_COUNT: Final = 2**40  # a token count above this (a trillion) is a broken server, not a real reply
 MAX_ID_CHARS: Final = 256  # response ids and request ids; OpenAI's are under 100
@@ -43,10 +42,41 @@ def _show(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageCounts:
+    """Token counts of one response, or a sum of them. cached and reasoning are subsets, not addends."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The five counts under their JSON names, as `status --json` and reports print them."""
+        return {
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    def __add__(self, other: UsageCounts) -> UsageCounts:
+        """Element-wise sum."""
+        return UsageCounts(
+            self.input_tokens + other.input_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.total_tokens + other.total_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class UsageReading:
     """A reply's usage in bounds, and what was wrong with it (None when nothing was)."""
 
-    usage: Usage
+    usage: UsageCounts
     problem: str | None = None
 
 
@@ -76,9 +106,9 @@ def read_usage(body: Mapping[str, Any]) -> UsageReading:
     """
     usage = body.get("usage")
     if usage is None:
-        return UsageReading(Usage())
+        return UsageReading(UsageCounts())
     if not isinstance(usage, Mapping):
-        return UsageReading(Usage(), f"usage is {_show(usage)}, not an object; token counts stored as 0")
+        return UsageReading(UsageCounts(), f"usage is {_show(usage)}, not an object; token counts stored as 0")
     counts = _Counts()
     input_tokens = counts.read(usage, "input_tokens", "usage.input_tokens") or 0
     output_tokens = counts.read(usage, "output_tokens", "usage.output_tokens") or 0
@@ -90,7 +120,7 @@ def read_usage(body: Mapping[str, Any]) -> UsageReading:
     details = usage.get("output_tokens_details")
     if isinstance(details, Mapping):
         reasoning = counts.read(details, "reasoning_tokens", "usage.output_tokens_details.reasoning_tokens") or 0
-    result = Usage(
+    result = UsageCounts(
         input_tokens=input_tokens,
         cached_tokens=cached,
         output_tokens=output_tokens,
@@ -203,3 +233,36 @@ def read_retry_after(headers: Mapping[str, str], cap: float, now: float | None =
         return None
     asked = max(v, 0.0)
     return RetryAfter(min(asked, cap), asked)
+
+
+def output_text(body: Mapping[str, Any]) -> str:
+    """The SDK's `output_text`: every output_text part of every message output item, joined with ""."""
+    existing = body.get("output_text")
+    if isinstance(existing, str):
+        return existing
+    output = body.get("output")
+    if not isinstance(output, list):
+        return ""
+    texts: list[str] = []
+    for item in output:
+        if not isinstance(item, Mapping) or item.get("type") != "message":
+            continue
+        content = item.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "output_text":
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+    return "".join(texts)
+
+
+def with_output_text(body: dict[str, Any]) -> dict[str, Any]:
+    """Set body["output_text"] (in place, and return body) unless it already holds a string.
+
+    Raw HTTP and Batch bodies lack this SDK-only property, so results would otherwise differ by transport.
+    """
+    if not isinstance(body.get("output_text"), str):
+        body["output_text"] = output_text(body)
+    return body

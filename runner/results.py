@@ -8,9 +8,15 @@ from typing import Any
 import orjson
 
 from runner.errors import ApiError, TransientApiError
-from runner.reply import MAX_CODE_CHARS, MAX_MESSAGE_CHARS, USAGE_OUT_OF_BOUNDS, read_error_text, read_usage
+from runner.reply import (
+    MAX_CODE_CHARS,
+    MAX_MESSAGE_CHARS,
+    USAGE_OUT_OF_BOUNDS,
+    read_error_text,
+    read_usage,
+    with_output_text,
+)
 from runner.retry import backoff_delay, should_retry
-from runner.schema import with_output_text
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome
 

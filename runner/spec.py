@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from runner.config import DEFAULT_DB
 from runner.errors import ConfigError
-from runner.schema import check_partial_body
+from runner.validate import check_partial_body
 
 __all__ = [
     "PLACEHOLDERS",

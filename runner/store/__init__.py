@@ -34,6 +34,7 @@ from runner.errors import (
     StoreReplaced,
     StoreUnavailable,
 )
+from runner.reply import UsageCounts
 from runner.states import ACTIVE, ALLOWED_FROM, TERMINAL, RequestState
 from runner.store import hot
 from runner.store.engine import (
@@ -57,7 +58,6 @@ from runner.store.models import (
     Outcome,
     RequestDetail,
     ResponseIdRecord,
-    UsageCounts,
 )
 from runner.store.tables import attempts, jobs, requests
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from runner.schema import Usage
+from runner.reply import UsageCounts
 from runner.states import ACTIVE, JobStatus, RequestState, count
 
 
@@ -31,10 +31,6 @@ class Claimed:
     attempts: int  # including the one now starting
     response_id: str | None = None
     background: bool = False
-
-
-# The five token counts: the same value type the response side parses them into.
-UsageCounts = Usage
 
 
 @dataclass(frozen=True, slots=True)

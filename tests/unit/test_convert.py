@@ -11,7 +11,7 @@ import pytest
 
 from runner.convert import convert_file
 from runner.errors import InputError
-from runner.schema import validate_line
+from runner.validate import validate_line
 
 
 def convert(tmp_path: Path, lines: list[Any], **kw: Any) -> list[Any]:

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from runner.prices import ModelPrice, PriceError, PriceTable, load_prices
-from runner.schema import Usage
-from runner.store.models import UsageCounts
+from runner.reply import UsageCounts
 
 REQUIRED_MODELS = (
     "gpt-4.1",
@@ -81,8 +80,8 @@ def test_cost_by_hand_with_cached_and_reasoning_tokens() -> None:
     expected = (100_000 * 0.40 + 20_000 * 0.10 + 50_000 * 1.60) / 1e6  # reasoning is inside output: not extra
     assert expected == pytest.approx(0.122)
     assert table.cost("gpt-4.1-mini-2025-04-14", usage) == pytest.approx(expected)
-    # schema.Usage works the same
-    assert table.cost("gpt-4.1-mini", Usage(120_000, 20_000, 50_000, 30_000, 170_000)) == pytest.approx(expected)
+    # the undated name prices the same
+    assert table.cost("gpt-4.1-mini", UsageCounts(120_000, 20_000, 50_000, 30_000, 170_000)) == pytest.approx(expected)
 
 
 def test_cost_of_gpt5_by_hand() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -9,15 +10,17 @@ import pytest
 from runner.reply import (
     MAX_COUNT,
     MAX_ID_CHARS,
+    UsageCounts,
     UsageReading,
     header_count,
+    output_text,
     read_error_text,
     read_id,
     read_request_id,
     read_retry_after,
     read_usage,
+    with_output_text,
 )
-from runner.schema import Usage
 
 FULL_USAGE = {
     "input_tokens": 328,
@@ -31,32 +34,32 @@ CAP = 300.0
 
 
 def test_usage_full() -> None:
-    assert read_usage({"usage": FULL_USAGE}) == UsageReading(Usage(328, 300, 52, 40, 380))
+    assert read_usage({"usage": FULL_USAGE}) == UsageReading(UsageCounts(328, 300, 52, 40, 380))
 
 
 def test_usage_missing_details_count_as_zero_without_a_problem() -> None:
     usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "output_tokens_details": None}
-    assert read_usage({"usage": usage}) == UsageReading(Usage(10, 0, 5, 0, 15))
+    assert read_usage({"usage": usage}) == UsageReading(UsageCounts(10, 0, 5, 0, 15))
 
 
 def test_usage_missing_total_is_input_plus_output() -> None:
-    assert read_usage({"usage": {"input_tokens": 10, "output_tokens": 5}}).usage == Usage(10, 0, 5, 0, 15)
+    assert read_usage({"usage": {"input_tokens": 10, "output_tokens": 5}}).usage == UsageCounts(10, 0, 5, 0, 15)
 
 
 @pytest.mark.parametrize("body", [{}, {"usage": None}], ids=repr)
 def test_usage_absent(body: dict[str, Any]) -> None:
-    assert read_usage(body) == UsageReading(Usage())
+    assert read_usage(body) == UsageReading(UsageCounts())
 
 
 def test_usage_not_an_object_is_a_problem() -> None:
     got = read_usage({"usage": []})
-    assert got.usage == Usage() and got.problem is not None and "not an object" in got.problem
+    assert got.usage == UsageCounts() and got.problem is not None and "not an object" in got.problem
 
 
 @pytest.mark.parametrize("bad", [2**63, 2**64 - 1, MAX_COUNT + 1, -1, 1.5, 12.0, "12", True, [], {}], ids=repr)
 def test_a_count_out_of_bounds_is_stored_as_zero_and_named(bad: Any) -> None:
     got = read_usage({"usage": {"input_tokens": bad, "output_tokens": 5, "total_tokens": 15}})
-    assert got.usage == Usage(0, 0, 5, 0, 15)
+    assert got.usage == UsageCounts(0, 0, 5, 0, 15)
     assert got.problem is not None and "usage.input_tokens" in got.problem and "stored as 0" in got.problem
 
 
@@ -67,7 +70,7 @@ def test_bad_details_are_named_too() -> None:
         "output_tokens_details": {"reasoning_tokens": 2**70},
     }
     got = read_usage({"usage": usage})
-    assert got.usage == Usage(328, 0, 52, 0, 380)
+    assert got.usage == UsageCounts(328, 0, 52, 0, 380)
     assert got.problem is not None
     assert "usage.input_tokens_details.cached_tokens -3" in got.problem
     assert "usage.output_tokens_details.reasoning_tokens" in got.problem
@@ -75,7 +78,7 @@ def test_bad_details_are_named_too() -> None:
 
 def test_the_cap_itself_is_in_bounds() -> None:
     got = read_usage({"usage": {"input_tokens": MAX_COUNT, "output_tokens": 0}})
-    assert got == UsageReading(Usage(MAX_COUNT, 0, 0, 0, MAX_COUNT))
+    assert got == UsageReading(UsageCounts(MAX_COUNT, 0, 0, 0, MAX_COUNT))
 
 
 @pytest.mark.parametrize(
@@ -140,3 +143,55 @@ def test_error_text_is_bounded_and_kept_otherwise() -> None:
     assert read_error_text(429, 10) == "429"
     assert read_error_text(None, 10) is None
     assert read_error_text({"nested": "object"}, 100) == "{'nested': 'object'}"
+
+
+def test_usage_add() -> None:
+    total = UsageCounts(1, 2, 3, 4, 5) + UsageCounts(10, 20, 30, 40, 50)
+    assert total == UsageCounts(11, 22, 33, 44, 55)
+    assert UsageCounts() + UsageCounts() == UsageCounts()
+
+
+RESPONSE: dict[str, Any] = {
+    "id": "resp_1",
+    "output": [
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "thinking"}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [
+                {"type": "output_text", "text": "Hello, "},
+                {"type": "refusal", "refusal": "no"},
+                {"type": "output_text", "text": "world"},
+            ],
+        },
+        {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c", "text": "not this"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "!"}]},
+    ],
+}
+
+
+def test_output_text_rebuilt_from_message_items() -> None:
+    assert output_text(RESPONSE) == "Hello, world!"
+
+
+def test_output_text_kept_when_present() -> None:
+    assert output_text({**RESPONSE, "output_text": "as sent"}) == "as sent"
+
+
+@pytest.mark.parametrize(
+    "resp",
+    [{}, {"output": None}, {"output": []}, {"output": [{"type": "message", "content": None}]}],
+    ids=repr,
+)
+def test_output_text_none_is_empty(resp: dict[str, Any]) -> None:
+    assert output_text(resp) == ""
+
+
+def test_with_output_text_adds_when_missing() -> None:
+    resp = copy.deepcopy(RESPONSE)
+    assert with_output_text(resp)["output_text"] == "Hello, world!"
+
+
+def test_with_output_text_leaves_existing() -> None:
+    resp = {**RESPONSE, "output_text": "as sent"}
+    assert with_output_text(resp) == {**RESPONSE, "output_text": "as sent"}

@@ -5,16 +5,13 @@ from typing import Any
 
 import pytest
 
-from runner.schema import (
+from runner.validate import (
     BACKGROUND_STORE_REASON,
     REASONING_EFFORTS,
     STREAM_REASON,
     FieldIssue,
-    Usage,
     check_partial_body,
-    output_text,
     validate_line,
-    with_output_text,
 )
 
 
@@ -576,61 +573,6 @@ def test_all_issues_of_a_line_are_reported_in_order() -> None:
 def test_long_string_values_are_clipped_in_reasons() -> None:
     issue = one_issue(body(truncation="x" * 500))
     assert issue.reason.endswith("(got '" + "x" * 37 + "...')")
-
-
-# --- response side ----------------------------------------------------------------------------------------
-
-
-def test_usage_add() -> None:
-    total = Usage(1, 2, 3, 4, 5) + Usage(10, 20, 30, 40, 50)
-    assert total == Usage(11, 22, 33, 44, 55)
-    assert Usage() + Usage() == Usage()
-
-
-RESPONSE: dict[str, Any] = {
-    "id": "resp_1",
-    "output": [
-        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "thinking"}]},
-        {
-            "type": "message",
-            "role": "assistant",
-            "content": [
-                {"type": "output_text", "text": "Hello, "},
-                {"type": "refusal", "refusal": "no"},
-                {"type": "output_text", "text": "world"},
-            ],
-        },
-        {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c", "text": "not this"},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "!"}]},
-    ],
-}
-
-
-def test_output_text_rebuilt_from_message_items() -> None:
-    assert output_text(RESPONSE) == "Hello, world!"
-
-
-def test_output_text_kept_when_present() -> None:
-    assert output_text({**RESPONSE, "output_text": "as sent"}) == "as sent"
-
-
-@pytest.mark.parametrize(
-    "resp",
-    [{}, {"output": None}, {"output": []}, {"output": [{"type": "message", "content": None}]}],
-    ids=repr,
-)
-def test_output_text_none_is_empty(resp: dict[str, Any]) -> None:
-    assert output_text(resp) == ""
-
-
-def test_with_output_text_adds_when_missing() -> None:
-    resp = copy.deepcopy(RESPONSE)
-    assert with_output_text(resp)["output_text"] == "Hello, world!"
-
-
-def test_with_output_text_leaves_existing() -> None:
-    resp = {**RESPONSE, "output_text": "as sent"}
-    assert with_output_text(resp) == {**RESPONSE, "output_text": "as sent"}
 
 
 # --- misspelled and Chat Completions keys -----------------------------------------------------------------
