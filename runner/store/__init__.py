@@ -164,8 +164,11 @@ class DuplicateCustomId(StoreError):
 class Store:
     """Typed access to one SQLite job store. Open with `await Store.open(db, mode)`, close with `aclose()`."""
 
-    def __init__(self, engine: AsyncEngine, path: Path | None) -> None:
+    def __init__(self, engine: AsyncEngine, path: Path | None, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        # Every time the store writes or compares (leases, claims, finished_at) comes from here, so a test can
+        # move time on instead of sleeping, and another backend can take it from the database.
+        self._clock = clock
         self._hot = HotConnection(path, BUSY_TIMEOUT_MS / 1000) if path is not None else None
         self._json1: bool | None = None  # whether SQLite's JSON functions work here (asked at the first insert)
         # The file (absolute), and which file it was when opened: a store deleted or replaced under a run
@@ -175,7 +178,7 @@ class Store:
         self.created = False  # this open made the file (the caller announces it, or removes it on failure)
 
     @classmethod
-    async def open(cls, db: str, mode: OpenMode = "create") -> Store:
+    async def open(cls, db: str, mode: OpenMode = "create", *, clock: Callable[[], float] = time.time) -> Store:
         """Open the store at `db` (a path or an SQLAlchemy URL), migrating it as needed.
 
         `mode` says whether a missing file is made ("create") or is an error ("existing": StoreMissing). A
@@ -193,7 +196,7 @@ class Store:
                 raise StoreUnavailable(str(path), why_unusable(path, e) or str(e)) from None
             created = True
         engine = create_engine(db)
-        store = cls(engine, path)
+        store = cls(engine, path, clock)
         try:
             await store._retry(lambda: migrate(engine))
         except BaseException as e:
@@ -245,7 +248,7 @@ class Store:
                 return await fn()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `fn` in one short IMMEDIATE transaction, shielded so a cancel never loses a commit."""
 
         async def once() -> T:
@@ -274,7 +277,7 @@ class Store:
         return StoreUnavailable(str(self.path), reason) if reason is not None else None
 
     async def _write_hot(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
-        """Run `fn` (DB-API, no SQLAlchemy) in one short IMMEDIATE transaction, shielded like `_write`.
+        """Run `fn` (DB-API, no SQLAlchemy) in one short IMMEDIATE transaction, shielded like `write`.
 
         On the hot connection in a worker thread; for a store without a file, inside the engine's own.
         """
@@ -284,7 +287,7 @@ class Store:
             async def go(c: AsyncConnection) -> T:
                 return await c.run_sync(lambda sync: fn(_dbapi(sync)))
 
-            return await self._write(go)
+            return await self.write(go)
         with anyio.CancelScope(shield=True):
             try:
                 result = await self._retry(lambda: conn.transaction(fn))
@@ -295,7 +298,9 @@ class Store:
                 raise problem from None
         return result
 
-    async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `fn` in one read-only transaction (a consistent snapshot), retried while the database is busy."""
+
         async def once() -> T:
             async with self.engine.connect() as conn:
                 await conn.execution_options(readonly=True)
@@ -327,17 +332,17 @@ class Store:
                     total=0,
                     phase="staging",
                     staged_by=staged_by,
-                    created_at=time.time(),
+                    created_at=self._clock(),
                 )
             )
 
-        await self._write(go)
+        await self.write(go)
 
     async def add_requests(self, job_id: str, rows: Sequence[NewRequest]) -> None:
         """Insert one chunk of a staging job's lines; DuplicateCustomId if a custom_id is already in the job."""
         if not rows:
             return
-        now = time.time()
+        now = self._clock()
         known = self._json1
 
         def go(db: hot.DBAPIConnection) -> bool:
@@ -361,7 +366,7 @@ class Store:
             )
             return {r.custom_id: r.line_no for r in rows}
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def publish_job(self, job_id: str, total: int) -> None:
         """Make a fully staged job visible: from here on it can be run, listed and exported."""
@@ -373,7 +378,7 @@ class Store:
                 .values(phase="ready", total=total, staged_by=None)
             )
 
-        await self._write(go)
+        await self.write(go)
 
     async def drop_job(self, job_id: str) -> None:
         """Delete a job and its requests."""
@@ -382,7 +387,7 @@ class Store:
             await conn.execute(delete(requests).where(requests.c.job_id == job_id))
             await conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
-        await self._write(go)
+        await self.write(go)
 
     async def drop_abandoned_staging(self, is_abandoned: Callable[[str | None], bool]) -> list[str]:
         """Delete staging jobs whose submitting process is gone (a submit killed half way)."""
@@ -391,7 +396,7 @@ class Store:
             rows = await conn.execute(select(jobs.c.id, jobs.c.staged_by).where(jobs.c.phase == "staging"))
             return [(r.id, r.staged_by) for r in rows]
 
-        dropped = [jid for jid, by in await self._read(find) if is_abandoned(by)]
+        dropped = [jid for jid, by in await self.read(find) if is_abandoned(by)]
         for jid in dropped:
             await self.drop_job(jid)
         return dropped
@@ -408,7 +413,7 @@ class Store:
             )
             return r.scalar_one_or_none()
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def get_job(self, job_id: str) -> JobRow:
         """A published job, or JobNotFound."""
@@ -419,7 +424,7 @@ class Store:
                 raise JobNotFound(job_id)
             return _job_row(r)
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def list_jobs(self) -> list[JobRow]:
         """Every published job, oldest first."""
@@ -428,7 +433,7 @@ class Store:
             rows = await conn.execute(select(jobs).where(jobs.c.phase == "ready").order_by(jobs.c.created_at))
             return [_job_row(r) for r in rows]
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def unfinished_job_ids(self) -> list[str]:
         """Published, uncancelled jobs that still have queued or in-progress requests."""
@@ -443,17 +448,17 @@ class Store:
             )
             return [r.id for r in rows]
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def mark_started(self, job_ids: Sequence[str]) -> None:
         """Remember when a job was first run (for elapsed time and throughput)."""
 
         async def go(conn: AsyncConnection) -> None:
             await conn.execute(
-                update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None)).values(started_at=time.time())
+                update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None)).values(started_at=self._clock())
             )
 
-        await self._write(go)
+        await self.write(go)
 
     # -- claiming and leases ----------------------------------------------------------------------
 
@@ -463,11 +468,11 @@ class Store:
         A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
         """
         ids = list(job_ids)
-        return await self._write_hot(lambda db: hot.claim(db, owner, ids, n, lease_seconds, time.time()))
+        return await self._write_hot(lambda db: hot.claim(db, owner, ids, n, lease_seconds, self._clock()))
 
     async def claim_polls(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> list[Claimed]:
         """Lease background requests that have a response id and no live owner: they are polled, never re-sent."""
-        now = time.time()
+        now = self._clock()
         stmt = (
             update(requests)
             .where(
@@ -486,7 +491,7 @@ class Store:
                 Claimed(r.id, r.job_id, r.line_no, r.custom_id, r.body, r.attempts, r.response_id, True) for r in rows
             ]
 
-        return await self._write(go)
+        return await self.write(go)
 
     async def reclaim_expired(
         self, job_ids: Sequence[str], owner_is_dead: Callable[[str | None], bool] | None = None
@@ -496,7 +501,7 @@ class Store:
         Requests without a response id go back to `queued` (their attempt still counts); those with one
         stay `in_progress` with no owner, for the next poller: they are never sent again.
         """
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> int:
             held = and_(requests.c.job_id.in_(job_ids), requests.c.state == IP)
@@ -517,11 +522,11 @@ class Store:
             )
             return int(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> int:
         """Push out the lease of everything this owner holds."""
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
@@ -531,11 +536,11 @@ class Store:
             )
             return int(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     async def release(self, owner: str, *, refund: bool) -> int:
         """Give back everything this owner holds: unsent work to `queued`, background work to any poller."""
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
@@ -558,7 +563,7 @@ class Store:
             await conn.run_sync(lambda sync: hot.cancel_requeued_in_cancelled_jobs(_dbapi(sync), now))
             return int(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     # -- outcomes ---------------------------------------------------------------------------------
 
@@ -571,7 +576,7 @@ class Store:
         """
         if not outcomes and not response_ids:
             return []
-        now = time.time()
+        now = self._clock()
         # Refusals are the caller's to report (once, not per request: `runner cancel` can cause thousands).
         return await self._write_hot(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
 
@@ -583,19 +588,19 @@ class Store:
             r = await conn.execute(
                 update(requests)
                 .where(requests.c.id == request_id, requests.c.state.in_(allowed))
-                .values(state=to.value, updated_at=time.time())
+                .values(state=to.value, updated_at=self._clock())
             )
             if r.rowcount != 1:
                 raise IllegalTransition(request_id, to.value, set(allowed))
 
-        await self._write(go)
+        await self.write(go)
 
     # -- cancel and retry -------------------------------------------------------------------------
 
     async def cancel_job(self, job_id: str) -> tuple[int, list[tuple[int, str]]]:
         """Cancel queued requests and mark the job cancelled; returns (cancelled, in-flight background ids)."""
         await self.get_job(job_id)
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> tuple[int, list[tuple[int, str]]]:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=now))
@@ -617,11 +622,11 @@ class Store:
             )
             return int(r.rowcount), [(x.id, x.response_id) for x in bg]
 
-        return await self._write(go)
+        return await self.write(go)
 
     async def finish_unleased(self, o: Outcome) -> bool:
         """Record the final state of an in-progress request that no lease covers (`runner cancel`)."""
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> bool:
             r = await conn.execute(
@@ -643,12 +648,12 @@ class Store:
             )
             return bool(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     async def retry_job(self, job_id: str) -> int:
         """Failed requests back to queued with fresh attempts; the job is un-cancelled."""
         await self.get_job(job_id)
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> int:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=None))
@@ -668,7 +673,7 @@ class Store:
             )
             return int(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -687,12 +692,12 @@ class Store:
             )
             return counts, due.scalar_one_or_none()
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def job_stats(self, job_id: str) -> JobStats:
         """Counts per state, attempts, usage totals, timing and leases of one job."""
         job = await self.get_job(job_id)
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> JobStats:
             rows = await conn.execute(
@@ -753,7 +758,7 @@ class Store:
                 stale_leases=int(stale.scalar_one()),
             )
 
-        return await self._read(go)
+        return await self.read(go)
 
     @asynccontextmanager
     async def stream_export(
@@ -807,7 +812,7 @@ class Store:
             return [str(k) for (k,) in await conn.execute(sql, {"job": job_id})]
 
         await self.get_job(job_id)
-        return await self._read(go)
+        return await self.read(go)
 
     async def request_detail(self, job_id: str, custom_id: str) -> RequestDetail:
         """One request of a job with every recorded attempt, oldest first (JobNotFound, RequestNotFound)."""
@@ -856,11 +861,11 @@ class Store:
                 attempt_rows=[AttemptRow(*t) for t in tries],
             )
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def health(self, owner_is_dead: Callable[[str | None], bool]) -> dict[str, int]:
         """What `runner doctor` reports: leases nobody will renew, rows stuck in a state, abandoned submits."""
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> dict[str, int]:
             owners = await conn.execute(
@@ -884,11 +889,11 @@ class Store:
             counts["staging_jobs"] = int(r.scalar_one())
             return counts
 
-        return await self._read(go)
+        return await self.read(go)
 
     async def repair_unowned(self) -> int:
         """In-progress rows with neither an owner nor a response id cannot make progress: queue them again."""
-        now = time.time()
+        now = self._clock()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
@@ -898,7 +903,7 @@ class Store:
             )
             return int(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     async def all_job_ids(self) -> list[str]:
         """Ids of every published job."""
@@ -910,7 +915,7 @@ class Store:
         async def go(conn: AsyncConnection) -> bool:
             return (await conn.execute(select(func.count()).select_from(jobs))).scalar_one() == 0
 
-        return await self._read(go)
+        return await self.read(go)
 
     # -- housekeeping -----------------------------------------------------------------------------
 
@@ -924,7 +929,7 @@ class Store:
         JobNotFound for an unknown id; JobBusy when a live runner holds a lease on one of them. The check
         and the delete share one IMMEDIATE transaction, so no runner can claim in between.
         """
-        now = time.time()
+        now = self._clock()
         ids = list(dict.fromkeys(job_ids))
 
         async def go(conn: AsyncConnection) -> int:
@@ -949,7 +954,7 @@ class Store:
             await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             return int(r.rowcount)
 
-        return await self._write(go)
+        return await self.write(go)
 
     def file_size(self) -> int:
         """Bytes the store takes on disk: the file and its write-ahead log."""
@@ -985,7 +990,7 @@ class Store:
             r = await conn.execute(text("PRAGMA integrity_check"))
             return "\n".join(str(x[0]) for x in r)
 
-        return await self._read(go)
+        return await self.read(go)
 
 
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
