@@ -1,4 +1,8 @@
-"""The job store: every query the runner makes, as typed async methods over SQLite.
+"""The job store: every query the runner makes, as typed async methods.
+
+What to ask is here, as portable SQLAlchemy Core, and when (transactions, shielding, retries); how on a given
+database (engine set-up, the hot statements, transient errors, the migration lock, the file) is its
+`Backend`'s (runner/store/backend.py; SQLite's in runner/store/sqlite/).
 
 State changes are guarded in the UPDATE itself (`WHERE state IN (allowed) AND lease_owner = me`), so a
 change from a state it may not come from touches no row and raises, instead of silently overwriting.
@@ -8,48 +12,24 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
-from sqlalchemy import Connection, and_, case, delete, func, insert, literal, or_, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from runner.errors import (
-    IllegalTransition,
-    JobBusy,
-    JobNotFound,
-    RequestNotFound,
-    StoreError,
-    StoreMissing,
-    StoreReplaced,
-    StoreUnavailable,
-)
+from runner.errors import IllegalTransition, JobBusy, JobNotFound, RequestNotFound, StoreUnavailable
 from runner.states import ACTIVE, ALLOWED_FROM, TERMINAL, RequestState
-from runner.store import hot
-from runner.store.engine import (
-    BUSY_TIMEOUT_MS,
-    create_engine,
-    create_file,
-    database_path,
-    file_identity,
-    migrate,
-    rw_uri,
-    why_unusable,
-)
-from runner.store.hot import HotConnection
+from runner.store.backend import Backend, OpenMode, backend_for, retrying
 from runner.store.models import (
     AttemptRow,
     Claimed,
+    DuplicateCustomId,
     ExportRow,
     JobRow,
     JobStats,
@@ -84,25 +64,10 @@ log = logging.getLogger(__name__)
 place_log = logging.getLogger("runner.store.place")
 T = TypeVar("T")
 
-# "create": make the file when there is none (submit, spec runs). "existing": raise StoreMissing instead
-# (every other command: reading a store must never leave an empty one behind in the wrong directory).
-OpenMode = Literal["create", "existing"]
-
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
 _TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 _ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
-
-
-# "database is locked" (another connection holds the write lock) and "database table is locked".
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-
-
-def _is_busy(exc: BaseException) -> bool:
-    # busy_timeout already waited; a few more tries ride out a long writer in another process.
-    orig = getattr(exc, "orig", exc)
-    code = getattr(orig, "sqlite_errorcode", -1) & 0xFF  # the primary code of an extended one (BUSY_SNAPSHOT ...)
-    return isinstance(exc, OperationalError | sqlite3.OperationalError) and code in _BUSY_CODES
 
 
 def _job_row(r: Any) -> JobRow:
@@ -147,35 +112,25 @@ def bounded_total(value: Any) -> int:
     return 0
 
 
-def _dbapi(sync: Connection) -> hot.DBAPIConnection:
-    """The DB-API connection under an engine connection, for the hot module's functions."""
-    dbapi = sync.connection.dbapi_connection
-    assert dbapi is not None
-    return dbapi
-
-
-class DuplicateCustomId(StoreError):
-    """A custom_id is already used in this job."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id}: a custom_id in this chunk is already used")
-
-
 class Store:
     """Typed access to one SQLite job store. Open with `await Store.open(db, mode)`, close with `aclose()`."""
 
-    def __init__(self, engine: AsyncEngine, path: Path | None, clock: Callable[[], float] = time.time) -> None:
-        self.engine = engine
+    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+        self._backend = backend
         # Every time the store writes or compares (leases, claims, finished_at) comes from here, so a test can
         # move time on instead of sleeping, and another backend can take it from the database.
         self._clock = clock
-        self._hot = HotConnection(path, BUSY_TIMEOUT_MS / 1000) if path is not None else None
-        self._json1: bool | None = None  # whether SQLite's JSON functions work here (asked at the first insert)
-        # The file (absolute), and which file it was when opened: a store deleted or replaced under a run
-        # keeps taking writes (into the old, unlinked inode) without an error, so only this tells.
-        self.path = path
-        self._identity: tuple[int, int] | None = None
         self.created = False  # this open made the file (the caller announces it, or removes it on failure)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine under the store."""
+        return self._backend.engine
+
+    @property
+    def path(self) -> Path | None:
+        """The store's file (absolute), or None when it has none."""
+        return self._backend.path
 
     @classmethod
     async def open(cls, db: str, mode: OpenMode = "create", *, clock: Callable[[], float] = time.time) -> Store:
@@ -183,47 +138,36 @@ class Store:
 
         `mode` says whether a missing file is made ("create") or is an error ("existing": StoreMissing). A
         file that cannot be used (a read-only directory, not a database) raises StoreUnavailable.
+        `clock` gives every time the store writes or compares.
         """
-        found = database_path(db)
-        path = Path(os.path.abspath(found)) if found is not None else None
-        created = False
-        if path is not None and not path.exists():
-            if mode == "existing":
-                raise StoreMissing(str(path))
-            try:
-                create_file(path)
-            except (OSError, sqlite3.Error) as e:
-                raise StoreUnavailable(str(path), why_unusable(path, e) or str(e)) from None
-            created = True
-        engine = create_engine(db)
-        store = cls(engine, path, clock)
+        backend = backend_for(db)
         try:
-            await store._retry(lambda: migrate(engine))
-        except BaseException as e:
-            await engine.dispose()
-            reason = why_unusable(path, e) if path is not None else None
-            if reason is not None:
-                raise StoreUnavailable(str(path), reason) from None
+            created = backend.prepare(mode)
+        except BaseException:
+            await backend.aclose()
             raise
-        if path is not None:
-            store._identity = file_identity(path)
+        store = cls(backend, clock)
+        try:
+            await store._retry(backend.migrate)
+        except BaseException as e:
+            await backend.aclose()
+            reason = backend.why_unusable(e)
+            if reason is not None:
+                raise StoreUnavailable(str(backend.path), reason) from None
+            raise
+        backend.opened()
+        if backend.path is not None:
             store.created = created
-            place_log.debug("using store %s", path)
+            place_log.debug("using store %s", backend.path)
         return store
 
     def check_file(self) -> None:
         """Raise StoreReplaced when the file this store opened is no longer the one at its path."""
-        if self.path is None or self._identity is None:
-            return
-        now = file_identity(self.path)
-        if now != self._identity:
-            raise StoreReplaced(str(self.path), "deleted" if now is None else "replaced by another file")
+        self._backend.check_file()
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        if self._hot is not None:
-            self._hot.close()
-        await self.engine.dispose()
+        await self._backend.aclose()
 
     async def __aenter__(self) -> Store:
         return self
@@ -237,16 +181,7 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _retry(self, fn: Callable[[], Awaitable[T]]) -> T:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_is_busy),
-            stop=stop_after_attempt(10),
-            wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
-            sleep=anyio.sleep,
-            reraise=True,
-        ):
-            with attempt:
-                return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retrying(self._backend.is_transient, fn)
 
     async def write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `fn` in one short IMMEDIATE transaction, shielded so a cancel never loses a commit."""
@@ -258,41 +193,20 @@ class Store:
         with anyio.CancelScope(shield=True):
             try:
                 result = await self._retry(once)
-            except (sqlite3.Error, DBAPIError) as e:
-                problem = self._file_problem(e)
+            except self._backend.errors as e:
+                problem = self._backend.file_problem(e)
                 if problem is None:
                     raise
                 raise problem from None
         return result
 
-    def _file_problem(self, e: BaseException) -> StoreUnavailable | None:
-        """A failed write that is about the file itself (replaced, read-only, disk full), as a typed error."""
-        if self.path is None:
-            return None
-        try:
-            self.check_file()
-        except StoreReplaced as lost:
-            return lost
-        reason = why_unusable(self.path, e)
-        return StoreUnavailable(str(self.path), reason) if reason is not None else None
-
-    async def _write_hot(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
-        """Run `fn` (DB-API, no SQLAlchemy) in one short IMMEDIATE transaction, shielded like `write`.
-
-        On the hot connection in a worker thread; for a store without a file, inside the engine's own.
-        """
-        conn = self._hot
-        if conn is None:
-
-            async def go(c: AsyncConnection) -> T:
-                return await c.run_sync(lambda sync: fn(_dbapi(sync)))
-
-            return await self.write(go)
+    async def _hot(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run one of the backend's hot statements (its own transaction), shielded and retried like `write`."""
         with anyio.CancelScope(shield=True):
             try:
-                result = await self._retry(lambda: conn.transaction(fn))
-            except sqlite3.Error as e:
-                problem = self._file_problem(e)
+                result = await self._retry(op)
+            except self._backend.errors as e:
+                problem = self._backend.file_problem(e)
                 if problem is None:
                     raise
                 raise problem from None
@@ -308,8 +222,8 @@ class Store:
 
         try:
             return await self._retry(once)
-        except (sqlite3.Error, DBAPIError) as e:
-            problem = self._file_problem(e)
+        except self._backend.errors as e:
+            problem = self._backend.file_problem(e)
             if problem is None:
                 raise
             raise problem from None
@@ -343,17 +257,7 @@ class Store:
         if not rows:
             return
         now = self._clock()
-        known = self._json1
-
-        def go(db: hot.DBAPIConnection) -> bool:
-            json1 = hot.has_json1(db) if known is None else known
-            hot.insert(db, job_id, rows, now, json1=json1)
-            return json1
-
-        try:
-            self._json1 = await self._write_hot(go)
-        except (IntegrityError, sqlite3.IntegrityError) as e:
-            raise DuplicateCustomId(job_id) from e
+        await self._hot(lambda: self._backend.insert(job_id, rows, now))
 
     async def lines_of_custom_ids(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
         """custom_id -> line number, for those of `custom_ids` the job already holds."""
@@ -468,7 +372,7 @@ class Store:
         A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
         """
         ids = list(job_ids)
-        return await self._write_hot(lambda db: hot.claim(db, owner, ids, n, lease_seconds, self._clock()))
+        return await self._hot(lambda: self._backend.claim(owner, ids, n, lease_seconds, self._clock()))
 
     async def claim_polls(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> list[Claimed]:
         """Lease background requests that have a response id and no live owner: they are polled, never re-sent."""
@@ -560,7 +464,7 @@ class Store:
                 .where(requests.c.lease_owner == owner, requests.c.state == IP)
                 .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
-            await conn.run_sync(lambda sync: hot.cancel_requeued_in_cancelled_jobs(_dbapi(sync), now))
+            await self._backend.cancel_requeued(conn, now)
             return int(r.rowcount)
 
         return await self.write(go)
@@ -578,7 +482,7 @@ class Store:
             return []
         now = self._clock()
         # Refusals are the caller's to report (once, not per request: `runner cancel` can cause thousands).
-        return await self._write_hot(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
+        return await self._hot(lambda: self._backend.apply(owner, outcomes, response_ids, now))
 
     async def set_state(self, request_id: int, to: RequestState) -> None:
         """Move one request to `to` outside any lease (admin paths); raises IllegalTransition if not allowed."""
@@ -958,66 +862,12 @@ class Store:
 
     def file_size(self) -> int:
         """Bytes the store takes on disk: the file and its write-ahead log."""
-        if self.path is None:
-            return 0
-        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+        return self._backend.file_size()
 
     async def reclaim_space(self) -> None:
-        """Give the space of deleted rows back to the file system.
-
-        Stores made with incremental auto-vacuum free it in short transactions, so a runner working on the
-        same store waits milliseconds, not the length of a rewrite. Older stores get one full VACUUM, which
-        also switches them to incremental auto-vacuum for next time.
-        """
-        if self.path is None:
-            return
-        path = self.path
-        await self.engine.dispose()  # no pooled connection of ours holds a snapshot the checkpoint must keep
-        if self._hot is not None:
-            self._hot.close()
-        try:
-            await self._retry(lambda: anyio.to_thread.run_sync(_reclaim, path))
-        except (sqlite3.Error, OSError) as e:
-            reason = why_unusable(path, e)
-            if reason is None:
-                raise
-            raise StoreUnavailable(str(path), reason) from None
+        """Give the space of deleted rows back to the file system (in short steps where the database can)."""
+        await self._backend.reclaim_space()
 
     async def integrity_check(self) -> str:
-        """SQLite's own verdict on the file ("ok" when sound)."""
-
-        async def go(conn: AsyncConnection) -> str:
-            r = await conn.execute(text("PRAGMA integrity_check"))
-            return "\n".join(str(x[0]) for x in r)
-
-        return await self.read(go)
-
-
-_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
-_VACUUM_STEP = 2000  # pages freed per transaction: ~30 MB at 16 KB pages, a few ms of write lock
-
-
-def _reclaim(path: Path) -> None:
-    """`Store.reclaim_space` on a plain connection of its own (VACUUM cannot run inside a transaction)."""
-    conn = sqlite3.connect(rw_uri(path), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-    try:
-        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
-            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-            for _ in range(free // _VACUUM_STEP + 2):  # bounded, even if other writers free pages meanwhile
-                if not conn.execute("PRAGMA freelist_count").fetchone()[0]:
-                    break
-                try:
-                    # A script, because sqlite3's execute() steps the pragma once, which frees one page.
-                    conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({_VACUUM_STEP}); COMMIT;")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-        else:
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("VACUUM")
-        # The file shrinks when the log is copied back; TRUNCATE empties the log too. A reader of another
-        # process may hold it back: then it happens at that process's next checkpoint.
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    finally:
-        conn.close()
+        """The database's own verdict on the store ("ok" when sound)."""
+        return await self.read(self._backend.integrity)

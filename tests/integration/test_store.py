@@ -606,7 +606,7 @@ async def test_a_store_without_a_file_runs_the_same_hot_writes_through_the_engin
     # file; an in-memory store has no file to open twice, so the same SQL runs in the engine's transaction.
     s = await Store.open("sqlite+aiosqlite://")
     try:
-        assert s._hot is None
+        assert s.path is None  # no file: no second connection to open
         await make_job(s, "job_a", 3)
         [a, b] = await s.claim("me", ["job_a"], 2, LEASE)
         assert (a.line_no, b.line_no, a.attempts) == (1, 2, 1)
