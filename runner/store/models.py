@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from runner.errors import StoreError
 from runner.reply import UsageCounts
 from runner.states import ACTIVE, JobStatus, RequestState, count
 
@@ -169,3 +170,10 @@ class RequestDetail:
     submitted_at: float | None
     finished_at: float | None
     attempt_rows: list[AttemptRow]
+
+
+class DuplicateCustomId(StoreError):
+    """A custom_id is already used in this job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id}: a custom_id in this chunk is already used")

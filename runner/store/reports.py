@@ -146,7 +146,7 @@ async def usage_by_model(store: Store, job_id: str) -> list[ModelUsage]:
         ]
         return sorted(out, key=lambda m: (-m.usage.total_tokens, m.model or ""))
 
-    return await store._read(go)
+    return await store.read(go)
 
 
 async def latency(store: Store, job_id: str, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> Latency:
@@ -175,7 +175,7 @@ async def latency(store: Store, job_id: str, quantiles: Sequence[float] = DEFAUL
             i += 1
         return Latency(n, {q: found[q] for q in quantiles}, float(head[1]), float(head[2]))
 
-    return await store._read(go)
+    return await store.read(go)
 
 
 async def attempt_totals(store: Store, job_id: str) -> AttemptTotals:
@@ -189,7 +189,7 @@ async def attempt_totals(store: Store, job_id: str) -> AttemptTotals:
         r = (await conn.execute(stmt)).one()
         return AttemptTotals(int(r[0] or 0), int(r[1] or 0), int(r[2] or 0))
 
-    return await store._read(go)
+    return await store.read(go)
 
 
 async def errors_by_code(store: Store, job_id: str, *, examples: int = 3, limit: int = 20) -> list[ErrorGroup]:
@@ -227,7 +227,7 @@ async def errors_by_code(store: Store, job_id: str, *, examples: int = 3, limit:
                 by_code[r.code].append(ErrorExample(r.custom_id, r.line_no, r.http_status, r.error_message))
         return [ErrorGroup(c, n, by_code[c]) for c, n in groups]
 
-    return await store._read(go)
+    return await store.read(go)
 
 
 async def slowest(store: Store, job_id: str, n: int = 5) -> list[SlowRequest]:
@@ -245,4 +245,4 @@ async def slowest(store: Store, job_id: str, n: int = 5) -> list[SlowRequest]:
             SlowRequest(r.custom_id, r.line_no, float(r.seconds), int(r.attempts)) for r in await conn.execute(stmt)
         ]
 
-    return await store._read(go)
+    return await store.read(go)

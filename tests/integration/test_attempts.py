@@ -16,7 +16,7 @@ from runner.errors import JobNotFound, RequestNotFound
 from runner.show import render_text, to_json
 from runner.states import RequestState
 from runner.store import NewRequest, Outcome, Store, UsageCounts
-from runner.store.engine import HEAD_REVISION
+from runner.store.migrate import HEAD_REVISION
 from tests.integration.test_migrations import schema_diff
 
 S = RequestState

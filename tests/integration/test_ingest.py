@@ -130,8 +130,8 @@ async def test_stored_rows_match_the_file_exactly(
     # Chunks travel to SQLite as one JSON array; what comes out must be byte for byte what a row-by-row
     # insert would have stored, escapes and all. Without JSON1 in SQLite, the row-by-row path runs instead.
     if not json1:
-        monkeypatch.setattr("runner.store.hot._JSON1_PROBE", "SELECT json_no_such_function('[]')")
-        monkeypatch.setattr("runner.store.hot._INSERT_REQUESTS_JSON", "SELECT json_no_such_function(?, ?, ?)")
+        monkeypatch.setattr("runner.store.sqlite.hot._JSON1_PROBE", "SELECT json_no_such_function('[]')")
+        monkeypatch.setattr("runner.store.sqlite.hot._INSERT_REQUESTS_JSON", "SELECT json_no_such_function(?, ?, ?)")
     monkeypatch.setattr(runner.ingest, "CHUNK", 3)
     path = write(tmp_path / "awkward.jsonl", [line(cid, b) for cid, b in AWKWARD])
     res = await submit_file(store, path)

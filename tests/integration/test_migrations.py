@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from runner.store import Store
-from runner.store.engine import HEAD_REVISION
+from runner.store.migrate import HEAD_REVISION
 from runner.store.tables import metadata
 
 

@@ -2,18 +2,18 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import sys
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner import app
 from runner.config import Settings
@@ -21,6 +21,8 @@ from runner.errors import IllegalTransition, JobNotFound, StoreError
 from runner.owners import new_owner, owner_is_dead
 from runner.states import RequestState
 from runner.store import NewRequest, Outcome, ResponseIdRecord, Store, UsageCounts
+from runner.store.tables import requests
+from tests.integration.conftest import FakeClock
 
 S = RequestState
 LEASE = 60.0
@@ -57,14 +59,18 @@ async def make_job(
     return job_id
 
 
-def db_rows(db: Path, where: str = "1=1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    with closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(f"SELECT * FROM requests WHERE {where} ORDER BY id", params)]
+async def db_rows(store: Store, **equals: Any) -> list[dict[str, Any]]:
+    """Request rows whose columns equal `equals`, in id order: read through the store, on any backend."""
+    stmt = select(requests).where(*(requests.c[k] == v for k, v in equals.items())).order_by(requests.c.id)
+
+    async def go(conn: AsyncConnection) -> list[dict[str, Any]]:
+        return [dict(r._mapping) for r in await conn.execute(stmt)]
+
+    return await store.read(go)
 
 
-def db_row(db: Path, request_id: int) -> dict[str, Any]:
-    [row] = db_rows(db, "id = ?", (request_id,))
+async def db_row(store: Store, request_id: int) -> dict[str, Any]:
+    [row] = await db_rows(store, id=request_id)
     return row
 
 
@@ -96,7 +102,7 @@ async def test_claim_returns_rows_in_file_order_and_counts_the_attempt(store: St
     assert all(c.attempts == 1 and c.job_id == "job_a" for c in first)
     assert json.loads(first[0].body) == {"model": "m", "input": "line 1"}
     for c in first:
-        row = db_row(db, c.id)
+        row = await db_row(store, c.id)
         assert row["state"] == "in_progress"
         assert row["lease_owner"] == "owner-1"
         assert row["attempts"] == 1
@@ -108,7 +114,7 @@ async def test_claim_returns_rows_in_file_order_and_counts_the_attempt(store: St
     assert not {c.id for c in first} & {c.id for c in second}
     assert await store.claim("owner-3", ["job_a"], 100, LEASE) == []
     # job_b was not asked for and is untouched.
-    assert {r["state"] for r in db_rows(db, "job_id = 'job_b'")} == {"queued"}
+    assert {r["state"] for r in await db_rows(store, job_id="job_b")} == {"queued"}
 
 
 @pytest.mark.anyio
@@ -126,7 +132,7 @@ async def test_apply_writes_a_result_once(store: Store, db: Path) -> None:
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     usage = UsageCounts(10, 2, 5, 1, 15)
     assert await store.apply("me", [done(c.id, usage, api_request_id="req_1")]) == []
-    row = db_row(db, c.id)
+    row = await db_row(store, c.id)
     assert row["state"] == "completed"
     assert row["lease_owner"] is None
     assert row["lease_expires_at"] is None
@@ -139,7 +145,7 @@ async def test_apply_writes_a_result_once(store: Store, db: Path) -> None:
     # A second outcome for the same request is refused and changes nothing.
     again = Outcome(c.id, S.FAILED, error_code="late", error_message="late")
     assert await store.apply("me", [again]) == [c.id]
-    assert db_row(db, c.id) == row
+    assert await db_row(store, c.id) == row
 
 
 @pytest.mark.anyio
@@ -147,7 +153,7 @@ async def test_apply_with_wrong_owner_is_refused_and_changes_nothing(store: Stor
     await make_job(store, "job_a", 3)
     mine = await store.claim("me", ["job_a"], 2, LEASE)
     [theirs] = await store.claim("them", ["job_a"], 1, LEASE)
-    before = db_row(db, theirs.id)
+    before = await db_row(store, theirs.id)
 
     refused = await store.apply(
         "me",
@@ -158,13 +164,13 @@ async def test_apply_with_wrong_owner_is_refused_and_changes_nothing(store: Stor
         ],
     )
     assert refused == [theirs.id]
-    assert db_row(db, theirs.id) == before
-    assert db_row(db, mine[0].id)["state"] == "completed"
-    assert db_row(db, mine[1].id)["state"] == "queued"
+    assert await db_row(store, theirs.id) == before
+    assert (await db_row(store, mine[0].id))["state"] == "completed"
+    assert (await db_row(store, mine[1].id))["state"] == "queued"
 
     # The rightful owner can still finish it.
     assert await store.apply("them", [done(theirs.id)]) == []
-    assert db_row(db, theirs.id)["state"] == "completed"
+    assert (await db_row(store, theirs.id))["state"] == "completed"
 
 
 @pytest.mark.anyio
@@ -180,34 +186,34 @@ async def test_set_state_of_completed_row_to_completed_is_illegal(store: Store, 
     await make_job(store, "job_a", 2)
     [c, _] = await store.claim("me", ["job_a"], 2, LEASE)
     await store.apply("me", [done(c.id)])
-    before = db_row(db, c.id)
+    before = await db_row(store, c.id)
     with pytest.raises(IllegalTransition) as info:
         await store.set_state(c.id, S.COMPLETED)
     assert info.value.request_id == c.id
     assert info.value.to == "completed"
     with pytest.raises(IllegalTransition):
         await store.set_state(c.id, S.QUEUED)
-    assert db_row(db, c.id) == before
+    assert await db_row(store, c.id) == before
 
 
 @pytest.mark.anyio
 async def test_set_state_allowed_move(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 1)
-    [row] = db_rows(db)
+    [row] = await db_rows(store)
     await store.set_state(row["id"], S.CANCELLED)
-    assert db_row(db, row["id"])["state"] == "cancelled"
+    assert (await db_row(store, row["id"]))["state"] == "cancelled"
     with pytest.raises(IllegalTransition):
         await store.set_state(row["id"], S.IN_PROGRESS)
 
 
 @pytest.mark.anyio
-async def test_requeue_is_not_claimable_until_due(store: Store, db: Path) -> None:
+async def test_requeue_is_not_claimable_until_due(store: Store, clock: FakeClock) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
-    due = time.time() + 0.4
+    due = clock() + 0.4
     requeue = Outcome(c.id, S.QUEUED, http_status=503, error_code="server_error", next_attempt_at=due)
     assert await store.apply("me", [requeue]) == []
-    row = db_row(db, c.id)
+    row = await db_row(store, c.id)
     assert (row["state"], row["attempts"], row["lease_owner"], row["error_code"]) == ("queued", 1, None, "server_error")
     assert row["next_attempt_at"] == pytest.approx(due)
     assert await store.claim("me", ["job_a"], 1, LEASE) == []
@@ -215,7 +221,7 @@ async def test_requeue_is_not_claimable_until_due(store: Store, db: Path) -> Non
     assert counts == {"queued": 1}
     assert next_due == pytest.approx(due)
 
-    await anyio.sleep(max(0.0, due - time.time()) + 0.05)
+    clock.advance(0.45)
     [again] = await store.claim("me", ["job_a"], 1, LEASE)
     assert again.id == c.id
     assert again.attempts == 2
@@ -226,10 +232,10 @@ async def test_requeue_with_refund_and_cleared_response_id(store: Store, db: Pat
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     assert await record_id(store, c.id, "me", "resp_1", "req_1") == []
-    assert db_row(db, c.id)["response_id"] == "resp_1"
+    assert (await db_row(store, c.id))["response_id"] == "resp_1"
     out = Outcome(c.id, S.QUEUED, next_attempt_at=0.0, refund_attempt=True, clear_response_id=True)
     assert await store.apply("me", [out]) == []
-    row = db_row(db, c.id)
+    row = await db_row(store, c.id)
     assert (row["state"], row["attempts"], row["response_id"]) == ("queued", 0, None)
 
 
@@ -238,10 +244,10 @@ async def test_record_response_id_needs_the_lease(store: Store, db: Path) -> Non
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     assert await record_id(store, c.id, "someone-else", "resp_x", None) == [c.id]  # refused, not written
-    assert db_row(db, c.id)["response_id"] is None
+    assert (await db_row(store, c.id))["response_id"] is None
     assert await record_id(store, c.id, "me", "resp_1", None) == []
     assert await record_id(store, c.id, "me", "resp_2", None) == [c.id]  # never over another id
-    assert db_row(db, c.id)["response_id"] == "resp_1"
+    assert (await db_row(store, c.id))["response_id"] == "resp_1"
 
 
 # --- conversations --------------------------------------------------------------------------------------
@@ -280,22 +286,22 @@ async def test_conversation_rows_are_claimed_one_at_a_time_in_order(store: Store
 
 
 @pytest.mark.anyio
-async def test_reclaim_expired_requeues_unsent_and_leaves_background_for_polls(store: Store, db: Path) -> None:
+async def test_reclaim_expired_requeues_unsent_and_leaves_background_for_polls(store: Store, clock: FakeClock) -> None:
     await make_job(store, "job_a", 3)
     sent, background, third = await store.claim("dead", ["job_a"], 3, 0.05)
     assert await record_id(store, background.id, "dead", "resp_bg", "req_bg") == []
-    await anyio.sleep(0.15)
+    clock.advance(0.15)
 
     assert await store.reclaim_expired(["job_a"]) == 2
-    row = db_row(db, sent.id)
+    row = await db_row(store, sent.id)
     assert (row["state"], row["lease_owner"], row["attempts"]) == ("queued", None, 1)
-    bg = db_row(db, background.id)
+    bg = await db_row(store, background.id)
     assert (bg["state"], bg["response_id"]) == ("in_progress", "resp_bg")
 
     polls = await store.claim_polls("poller", ["job_a"], LEASE)
     assert [(p.id, p.response_id, p.background) for p in polls] == [(background.id, "resp_bg", True)]
-    assert db_row(db, background.id)["lease_owner"] == "poller"
-    assert db_row(db, background.id)["attempts"] == 1  # a poll is not a new attempt
+    assert (await db_row(store, background.id))["lease_owner"] == "poller"
+    assert (await db_row(store, background.id))["attempts"] == 1  # a poll is not a new attempt
     assert await store.claim_polls("other", ["job_a"], LEASE) == []  # the poller's lease is live
 
     resent = await store.claim("alive", ["job_a"], 10, LEASE)
@@ -314,10 +320,13 @@ async def test_reclaim_frees_work_of_a_dead_process_at_once(store: Store, db: Pa
 
     assert await store.reclaim_expired(["job_a"]) == 0  # leases still live: only expiry counts without a check
     assert await store.reclaim_expired(["job_a"], owner_is_dead) == 1
-    assert (db_row(db, unsent.id)["state"], db_row(db, unsent.id)["lease_owner"]) == ("queued", None)
-    bg = db_row(db, background.id)
+    assert ((await db_row(store, unsent.id))["state"], (await db_row(store, unsent.id))["lease_owner"]) == (
+        "queued",
+        None,
+    )
+    bg = await db_row(store, background.id)
     assert (bg["state"], bg["response_id"], bg["lease_owner"]) == ("in_progress", "resp_bg", None)
-    assert db_row(db, mine.id)["lease_owner"] == alive  # this process is alive
+    assert (await db_row(store, mine.id))["lease_owner"] == alive  # this process is alive
     assert [p.id for p in await store.claim_polls(alive, ["job_a"], LEASE)] == [background.id]
 
 
@@ -326,7 +335,7 @@ async def test_reclaim_expired_leaves_live_leases(store: Store, db: Path) -> Non
     await make_job(store, "job_a", 2)
     await store.claim("alive", ["job_a"], 2, LEASE)
     assert await store.reclaim_expired(["job_a"]) == 0
-    assert {r["lease_owner"] for r in db_rows(db)} == {"alive"}
+    assert {r["lease_owner"] for r in await db_rows(store)} == {"alive"}
 
 
 @pytest.mark.anyio
@@ -337,11 +346,11 @@ async def test_release_with_refund_requeues_and_refunds(store: Store, db: Path) 
     [other] = await store.claim("other", ["job_a"], 1, LEASE)
 
     assert await store.release("me", refund=True) == 1
-    row = db_row(db, unsent.id)
+    row = await db_row(store, unsent.id)
     assert (row["state"], row["attempts"], row["lease_owner"], row["lease_expires_at"]) == ("queued", 0, None, None)
-    bg = db_row(db, background.id)
+    bg = await db_row(store, background.id)
     assert (bg["state"], bg["attempts"], bg["lease_owner"], bg["response_id"]) == ("in_progress", 1, None, "resp_1")
-    assert db_row(db, other.id)["lease_owner"] == "other"  # someone else's lease is untouched
+    assert (await db_row(store, other.id))["lease_owner"] == "other"  # someone else's lease is untouched
 
     [again] = await store.claim("me", ["job_a"], 10, LEASE)
     assert (again.id, again.attempts) == (unsent.id, 1)
@@ -354,20 +363,20 @@ async def test_release_without_refund_keeps_the_attempt(store: Store, db: Path) 
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     assert await store.release("me", refund=False) == 1
-    assert (db_row(db, c.id)["state"], db_row(db, c.id)["attempts"]) == ("queued", 1)
+    assert ((await db_row(store, c.id))["state"], (await db_row(store, c.id))["attempts"]) == ("queued", 1)
 
 
 @pytest.mark.anyio
-async def test_renew_leases_pushes_expiry(store: Store, db: Path) -> None:
+async def test_renew_leases_pushes_expiry(store: Store, clock: FakeClock) -> None:
     await make_job(store, "job_a", 3)
     await store.claim("me", ["job_a"], 2, 0.05)
     await store.claim("other", ["job_a"], 1, 0.05)
     assert await store.renew_leases("me", LEASE) == 2
-    await anyio.sleep(0.15)
+    clock.advance(0.15)
     assert await store.reclaim_expired(["job_a"]) == 1  # only the one that was not renewed
-    mine = db_rows(db, "lease_owner = 'me'")
+    mine = await db_rows(store, lease_owner="me")
     assert len(mine) == 2
-    assert all(r["lease_expires_at"] > time.time() + LEASE - 5 for r in mine)
+    assert all(r["lease_expires_at"] > clock() + LEASE - 5 for r in mine)
     assert all(r["state"] == "in_progress" for r in mine)
 
 
@@ -407,7 +416,7 @@ async def test_two_stores_on_one_file_never_claim_the_same_row(store: Store, db:
     assert side_one and side_two
     assert len(side_one) + len(side_two) == n
     assert not set(side_one) & set(side_two)
-    rows = db_rows(db)
+    rows = await db_rows(store)
     assert set(side_one) | set(side_two) == {r["id"] for r in rows}
     # Every row was claimed once, by the owner that got it.
     owner_of = {i: o for o, ids in by_owner.items() for i in ids}
@@ -448,11 +457,11 @@ async def test_job_stats_usage_totals_are_the_sum_of_what_was_applied(store: Sto
 
 
 @pytest.mark.anyio
-async def test_job_stats_shows_live_and_stale_leases(store: Store) -> None:
+async def test_job_stats_shows_live_and_stale_leases(store: Store, clock: FakeClock) -> None:
     await make_job(store, "job_a", 4)
     await store.claim("a", ["job_a"], 2, LEASE)
     await store.claim("b", ["job_a"], 1, 0.01)
-    await anyio.sleep(0.05)
+    clock.advance(0.05)
     stats = await store.job_stats("job_a")
     assert stats.in_flight_by_owner == {"a": 2}
     assert stats.stale_leases == 1
@@ -469,9 +478,9 @@ async def test_cancel_job(store: Store, db: Path) -> None:
     assert cancelled == 3
     assert in_flight == [(background.id, "resp_bg")]
     assert (await store.get_job("job_a")).cancelled_at is not None
-    queued_before = [r for r in db_rows(db, "job_id = 'job_a'") if r["id"] not in (foreground.id, background.id)]
+    queued_before = [r for r in await db_rows(store, job_id="job_a") if r["id"] not in (foreground.id, background.id)]
     assert {(r["state"], r["error_code"]) for r in queued_before} == {("cancelled", "cancelled")}
-    assert db_row(db, foreground.id)["state"] == "in_progress"
+    assert (await db_row(store, foreground.id))["state"] == "in_progress"
     assert await store.claim("me", ["job_a"], 10, LEASE) == []
     assert [c.job_id for c in await store.claim("me", ["job_b"], 10, LEASE)] == ["job_b"]
 
@@ -522,10 +531,10 @@ async def test_retry_job_requeues_failed_with_fresh_attempts(store: Store, db: P
     await store.cancel_job("job_a")
 
     assert await store.retry_job("job_a") == 1
-    row = db_row(db, second.id)
+    row = await db_row(store, second.id)
     assert (row["state"], row["attempts"], row["error_code"], row["error_message"]) == ("queued", 0, None, None)
     assert row["finished_at"] is None
-    assert db_row(db, first.id)["state"] == "completed"
+    assert (await db_row(store, first.id))["state"] == "completed"
     assert (await store.get_job("job_a")).cancelled_at is None
     [again] = await store.claim("me", ["job_a"], 10, LEASE)
     assert (again.id, again.attempts) == (second.id, 1)
@@ -563,7 +572,7 @@ async def test_drop_abandoned_staging_only_drops_staging_jobs(store: Store, db: 
     await make_job(store, "job_dead", 2, publish=False)
     assert await store.drop_abandoned_staging(lambda by: by == "testhost:1") == ["job_dead"]
     assert [j.id for j in await store.list_jobs()] == ["job_ready"]
-    assert {r["job_id"] for r in db_rows(db)} == {"job_ready"}
+    assert {r["job_id"] for r in await db_rows(store)} == {"job_ready"}
 
 
 @pytest.mark.anyio
@@ -597,7 +606,7 @@ async def test_a_store_without_a_file_runs_the_same_hot_writes_through_the_engin
     # file; an in-memory store has no file to open twice, so the same SQL runs in the engine's transaction.
     s = await Store.open("sqlite+aiosqlite://")
     try:
-        assert s._hot is None
+        assert s.path is None  # no file: no second connection to open
         await make_job(s, "job_a", 3)
         [a, b] = await s.claim("me", ["job_a"], 2, LEASE)
         assert (a.line_no, b.line_no, a.attempts) == (1, 2, 1)
@@ -622,6 +631,6 @@ async def test_work_given_back_to_a_cancelled_job_is_cancelled_not_queued(store:
     await store.cancel_job("job_a")
     assert await store.apply("me", [Outcome(a.id, S.QUEUED, next_attempt_at=time.time())]) == []
     await store.release("me", refund=True)
-    for r in (db_row(db, a.id), db_row(db, b.id), db_row(db, c.id)):
+    for r in (await db_row(store, a.id), await db_row(store, b.id), await db_row(store, c.id)):
         assert (r["state"], r["error_code"], r["error_message"]) == ("cancelled", "cancelled", "the job was cancelled")
         assert r["lease_owner"] is None and r["finished_at"] is not None

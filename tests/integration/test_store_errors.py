@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from runner.store import _is_busy
-from runner.store.hot import has_json1
+from runner.store.sqlite.engine import is_busy as _is_busy
+from runner.store.sqlite.hot import has_json1
 
 
 def test_a_held_write_lock_is_busy_and_other_operational_errors_are_not(tmp_path: Path) -> None:

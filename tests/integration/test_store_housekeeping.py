@@ -9,11 +9,14 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner import app
 from runner.errors import ConfigError, JobBusy, JobNotFound, StoreMissing, StoreReplaced
 from runner.owners import new_owner, owner_is_dead
 from runner.store import Store
+from runner.store.tables import requests
 from tests.integration.test_store import LEASE, make_job
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +24,13 @@ pytestmark = pytest.mark.anyio
 BIG = "x" * 3000
 
 
+async def grow_bodies(conn: AsyncConnection, job_id: str) -> None:
+    """Make a job's prompts a realistic size (BIG more characters each)."""
+    await conn.execute(update(requests).where(requests.c.job_id == job_id).values(body=BIG + requests.c.body))
+
+
 def pragma(db: Path, name: str) -> int:
+    # The file's layout is SQLite's own business: read straight from the file, as `sqlite3` shows it.
     with closing(sqlite3.connect(db)) as conn:
         return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
 
@@ -44,8 +53,7 @@ async def test_a_new_store_has_big_pages_and_incremental_vacuum(store: Store, db
 async def test_delete_is_all_or_nothing_and_gives_space_back(store: Store, db: Path) -> None:
     a = await make_job(store, "job_a", 200)
     b = await make_job(store, "job_b", 5)
-    async with store.engine.begin() as conn:  # prompts of a realistic size
-        await conn.exec_driver_sql("UPDATE requests SET body = ? || body WHERE job_id = ?", (BIG, a))
+    await store.write(lambda conn: grow_bodies(conn, a))  # prompts of a realistic size
     with pytest.raises(JobNotFound):
         await store.delete_jobs([a, "job_nope"], owner_is_dead)
     assert len(await store.list_jobs()) == 2
@@ -76,8 +84,7 @@ async def test_an_old_store_is_vacuumed_once_and_switched_to_incremental(tmp_pat
     try:
         assert pragma(db, "auto_vacuum") == 0
         job = await make_job(store, "job_a", 100)
-        async with store.engine.begin() as conn:
-            await conn.exec_driver_sql("UPDATE requests SET body = ? || body", (BIG,))
+        await store.write(lambda conn: grow_bodies(conn, job))
         before = store.file_size()
         await store.delete_jobs([job], owner_is_dead)
         await store.reclaim_space()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState as S
 from runner.store import Outcome, Store, UsageCounts
+from runner.store.tables import requests
 from tests.integration.test_store import LEASE, db_row, done, make_job
 
 
@@ -25,10 +27,10 @@ async def test_a_row_the_store_refuses_fails_alone_and_the_rest_of_the_commit_la
         done(c[3].id, UsageCounts(3, 0, 3, 0, 6)),
     ]
     assert await store.apply("me", outcomes) == []
-    assert db_row(db, c[0].id)["state"] == "completed"
-    assert db_row(db, c[3].id)["total_tokens"] == 6
+    assert (await db_row(store, c[0].id))["state"] == "completed"
+    assert (await db_row(store, c[3].id))["total_tokens"] == 6
     for refused in (c[1].id, c[2].id):
-        row = db_row(db, refused)
+        row = await db_row(store, refused)
         # Final, so no run claims and sends it again; the reason is kept.
         assert row["state"] == "failed" and row["error_code"] == "store_refused"
         assert row["error_message"].startswith("the job store refused this result (")
@@ -41,15 +43,14 @@ async def test_job_totals_do_not_overflow(store: Store, db: Path) -> None:
     await make_job(store, "job_a", 3)
     c = await store.claim("me", ["job_a"], 3, LEASE)
     await store.apply("me", [done(x.id, UsageCounts(1, 0, 1, 0, 2)) for x in c])
+
     # Rows as an older runner stored them: counts near 2^63 (their sum overflows SUM) and a negative one.
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "update requests set input_tokens = ?, total_tokens = ? where id = ?", (2**63 - 1, 2**63 - 1, c[0].id)
-        )
-        conn.execute(
-            "update requests set input_tokens = ?, total_tokens = ? where id = ?", (2**63 - 1, 2**63 - 1, c[1].id)
-        )
-        conn.execute("update requests set output_tokens = -50 where id = ?", (c[2].id,))
+    async def old_rows(conn: AsyncConnection) -> None:
+        big = {"input_tokens": 2**63 - 1, "total_tokens": 2**63 - 1}
+        await conn.execute(update(requests).where(requests.c.id.in_([c[0].id, c[1].id])).values(**big))
+        await conn.execute(update(requests).where(requests.c.id == c[2].id).values(output_tokens=-50))
+
+    await store.write(old_rows)
     stats = await store.job_stats("job_a")
     assert stats.usage.input_tokens >= 2**64 - 2**12  # TOTAL's float: close, and no exception
     assert stats.usage.output_tokens == 0  # 1 + 1 - 50: a sum is never negative

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import runner.store
 from runner.states import RequestState
-from runner.store import hot
+from runner.store.sqlite import hot
 
 STORE_DIR = Path(runner.store.__file__).parent
 # `state = 'x'`, `state != 'x'`, `state IN ('x', 'y')`, with or without a table prefix.
@@ -37,7 +37,7 @@ def test_hot_sql_names_only_known_states() -> None:
 
 def test_literal_sql_in_the_store_names_only_known_states() -> None:
     # SQL text written out in the sources (text(), raw strings); f-string blocks are built from the enum.
-    for path in sorted(STORE_DIR.glob("*.py")):
+    for path in sorted(STORE_DIR.rglob("*.py")):
         named = {w for w in states_named(path.read_text()) if not _FIELD.fullmatch(w)}
         unknown = named - {s.value for s in RequestState}
         assert not unknown, f"{path.name} compares state with {sorted(unknown)}"

@@ -1,18 +1,20 @@
-"""SQLite engine set-up: the store file's layout, WAL, busy timeout, BEGIN IMMEDIATE for writes, Alembic
-upgrade on open, and one-line reasons for a file that cannot be used."""
+"""SQLite engine set-up: the store file's layout, WAL, busy timeout, BEGIN IMMEDIATE for writes, the migration
+lock, the busy-error test, and one-line reasons for a file that cannot be used."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from runner.store.migrate import upgrade
 
 BUSY_TIMEOUT_MS = 10_000
 # A row is a ~3.5 KB prompt plus its ~1.5 KB answer, written in two steps. With SQLite's default 4 KB pages
@@ -148,31 +150,19 @@ def create_engine(db: str) -> AsyncEngine:
     return engine
 
 
-# The newest migration. A store already at this revision opens without loading Alembic at all (that
-# import is a third of a CLI start); tests/integration/test_migrations.py checks it matches the scripts.
-HEAD_REVISION = "0003"
-
-
-def _current_revision(conn: Connection) -> str | None:
-    try:
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
-    except Exception:  # no alembic_version table yet: a new file
-        return None
-
-
-def _upgrade(conn: Connection) -> None:
-    if _current_revision(conn) == HEAD_REVISION:
-        return
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(files("runner._migrations")))
-    cfg.attributes["connection"] = conn
-    command.upgrade(cfg, "head")
-
-
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest migration (inside one IMMEDIATE transaction, so racing opens wait)."""
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(upgrade)
+
+
+# "database is locked" (another connection holds the write lock) and "database table is locked".
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's busy/locked error (by its result code), which is worth another try."""
+    # busy_timeout already waited; a few more tries ride out a long writer in another process.
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", -1) & 0xFF  # the primary code of an extended one (BUSY_SNAPSHOT ...)
+    return isinstance(exc, OperationalError | sqlite3.OperationalError) and code in _BUSY_CODES

@@ -10,6 +10,7 @@ transaction. The guards are the same as everywhere in the store: `WHERE state = 
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -22,8 +23,8 @@ import orjson
 
 from runner.errors import StoreError
 from runner.states import ACTIVE, TERMINAL, RequestState
-from runner.store.engine import rw_uri
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+from runner.store.sqlite.engine import rw_uri
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ RETURNING id, job_id, line_no, custom_id, body, attempts
 """
 
 
+@functools.cache
+def _claim_sql(jobs: int) -> str:
+    # One `?` per job id: the block's text for each number of jobs is made once, not at every claim.
+    return _CLAIM.format(jobs=", ".join("?" * jobs))
+
+
 def claim(
     db: DBAPIConnection, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
 ) -> list[Claimed]:
@@ -80,8 +87,7 @@ def claim(
     if not job_ids or n <= 0:
         return []
     cur: Cursor = db.cursor()
-    sql = _CLAIM.format(jobs=", ".join("?" * len(job_ids)))
-    cur.execute(sql, (owner, now + lease_seconds, now, now, now, now, *job_ids, n))
+    cur.execute(_claim_sql(len(job_ids)), (owner, now + lease_seconds, now, now, now, now, *job_ids, n))
     return sorted((Claimed(*row) for row in cur.fetchall()), key=lambda c: c.id)
 
 
@@ -125,6 +131,7 @@ _CANCEL_IF_JOB_CANCELLED = (
     " error_message = 'the job was cancelled'"
     f" WHERE state = '{Q}' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)"
 )
+_CANCEL_REQUEUED_IN_CANCELLED_JOB = f"{_CANCEL_IF_JOB_CANCELLED} AND id = ?"
 
 
 def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequence[int] | None = None) -> None:
@@ -134,7 +141,7 @@ def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequ
     if ids is None:
         cur.execute(_CANCEL_IF_JOB_CANCELLED, (now, now))
     else:
-        cur.executemany(f"{_CANCEL_IF_JOB_CANCELLED} AND id = ?", [(now, now, i) for i in ids])
+        cur.executemany(_CANCEL_REQUEUED_IN_CANCELLED_JOB, [(now, now, i) for i in ids])
 
 
 # Inserted before the outcome's own UPDATE, under the same guard: an outcome the store refuses (the lease

@@ -1,0 +1,125 @@
+"""The seam between the Store (what to ask, and when) and one database (how to ask it there).
+
+`Store` holds the typed API, portable SQLAlchemy Core queries, transaction boundaries, shielding and
+retries. A `Backend` holds what differs between databases: the engine and its set-up, the hot statements
+(claim, write-back, bulk insert) with their own connection, which errors are worth another try, the
+migration lock, and the file (or server) behind the store. A second database adds a module that implements
+this Protocol and one line in `backend_for`, not branches in the Store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from runner.errors import StoreUnavailable
+from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+
+T = TypeVar("T")
+
+# "create": make the file when there is none (submit, spec runs). "existing": raise StoreMissing instead
+# (every other command: reading a store must never leave an empty one behind in the wrong directory).
+OpenMode = Literal["create", "existing"]
+
+
+class Backend(Protocol):
+    """How one kind of database stores jobs. Methods that take `now` get it from the Store's clock."""
+
+    engine: AsyncEngine
+    path: Path | None  # the store's file (absolute), or None when it has none
+    errors: tuple[type[BaseException], ...]  # what a failed statement raises here (checked by `file_problem`)
+
+    def prepare(self, mode: OpenMode) -> bool:
+        """Make the store's file when `mode` allows and it is missing; whether it was made here.
+
+        StoreMissing when it is missing and may not be made; StoreUnavailable when it cannot be made.
+        """
+        ...
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether `exc` is a passing conflict with another writer that another try may get past."""
+        ...
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision, under this database's migration lock."""
+        ...
+
+    def opened(self) -> None:
+        """Remember which file was opened (see `check_file`)."""
+        ...
+
+    def check_file(self) -> None:
+        """Raise StoreReplaced when the file that was opened is no longer the one at its path."""
+        ...
+
+    def why_unusable(self, exc: BaseException) -> str | None:
+        """A plain reason why the store cannot be used, if `exc` is about the file or server; else None."""
+        ...
+
+    def file_problem(self, exc: BaseException) -> StoreUnavailable | None:
+        """A failed statement that is about the file itself (replaced, read-only, disk full), as a typed error."""
+        ...
+
+    async def claim(
+        self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
+    ) -> list[Claimed]:
+        """Lease up to `n` due, queued requests of `job_ids` in file order (one transaction)."""
+        ...
+
+    async def apply(
+        self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
+    ) -> list[int]:
+        """Write response ids and outcomes, each guarded (one transaction); the ids of the requests refused."""
+        ...
+
+    async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
+        """Insert a chunk of a staging job's lines (one transaction); DuplicateCustomId for a used custom_id."""
+        ...
+
+    async def cancel_requeued(self, conn: AsyncConnection, now: float) -> None:
+        """Inside the caller's transaction: every queued request of a cancelled job becomes cancelled."""
+        ...
+
+    async def integrity(self, conn: AsyncConnection) -> str:
+        """The database's own verdict on the store ("ok" when sound)."""
+        ...
+
+    def file_size(self) -> int:
+        """Bytes the store takes on disk (0 when it has no file)."""
+        ...
+
+    async def reclaim_space(self) -> None:
+        """Give the space of deleted rows back to the file system."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        ...
+
+
+async def retrying(is_transient: Callable[[BaseException], bool], fn: Callable[[], Awaitable[T]]) -> T:
+    """`fn()`, tried again with jittered backoff (up to 10 times) while it fails with a transient error."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(10),
+        wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
+        sleep=anyio.sleep,
+        reraise=True,
+    ):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def backend_for(db: str) -> Backend:
+    """The backend for `db` (a path or an SQLAlchemy URL): the one place a database is chosen."""
+    from runner.store.sqlite import SqliteBackend
+
+    # Every URL goes to SQLite today, as before the seam (a URL of another database fails at its first
+    # connection); PostgreSQL adds its branch here.
+    return SqliteBackend(db)

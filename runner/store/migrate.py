@@ -1,0 +1,31 @@
+"""Schema migrations: the newest revision, and the upgrade a backend runs under its own migration lock."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from sqlalchemy import Connection, text
+
+# The newest migration. A store already at this revision opens without loading Alembic at all (that
+# import is a third of a CLI start); tests/integration/test_migrations.py checks it matches the scripts.
+HEAD_REVISION = "0003"
+
+
+def _current_revision(conn: Connection) -> str | None:
+    try:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+    except Exception:  # no alembic_version table yet: a new file
+        return None
+
+
+def upgrade(conn: Connection) -> None:
+    """Bring the schema on `conn` to HEAD_REVISION (the caller holds the backend's migration lock)."""
+    if _current_revision(conn) == HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("runner._migrations")))
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")

@@ -1,0 +1,205 @@
+"""The SQLite backend: one file, WAL, BEGIN IMMEDIATE writers, and the hot statements on a plain sqlite3
+connection in a worker thread (see hot.py for why)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runner.errors import StoreMissing, StoreReplaced, StoreUnavailable
+from runner.store.backend import OpenMode, retrying
+from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord
+from runner.store.sqlite import hot
+from runner.store.sqlite.engine import (
+    BUSY_TIMEOUT_MS,
+    create_engine,
+    create_file,
+    database_path,
+    file_identity,
+    is_busy,
+    migrate,
+    rw_uri,
+    why_unusable,
+)
+from runner.store.sqlite.hot import HotConnection
+
+__all__ = ["SqliteBackend"]
+
+T = TypeVar("T")
+
+
+def _dbapi(sync: Connection) -> hot.DBAPIConnection:
+    """The DB-API connection under an engine connection, for the hot module's functions."""
+    dbapi = sync.connection.dbapi_connection
+    assert dbapi is not None
+    return dbapi
+
+
+class SqliteBackend:
+    """The store in one SQLite file (or in memory, for a URL that names no file)."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, DBAPIError)
+
+    def __init__(self, db: str) -> None:
+        found = database_path(db)
+        # The file (absolute), and which file it was when opened: a store deleted or replaced under a run
+        # keeps taking writes (into the old, unlinked inode) without an error, so only this tells.
+        self.path = Path(os.path.abspath(found)) if found is not None else None
+        self._identity: tuple[int, int] | None = None
+        self.engine = create_engine(db)
+        self._hot = HotConnection(self.path, BUSY_TIMEOUT_MS / 1000) if self.path is not None else None
+        self._json1: bool | None = None  # whether SQLite's JSON functions work here (asked at the first insert)
+
+    def prepare(self, mode: OpenMode) -> bool:
+        path = self.path
+        if path is None or path.exists():
+            return False
+        if mode == "existing":
+            raise StoreMissing(str(path))
+        try:
+            create_file(path)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreUnavailable(str(path), why_unusable(path, e) or str(e)) from None
+        return True
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_busy(exc)
+
+    async def migrate(self) -> None:
+        await migrate(self.engine)
+
+    def opened(self) -> None:
+        if self.path is not None:
+            self._identity = file_identity(self.path)
+
+    def check_file(self) -> None:
+        if self.path is None or self._identity is None:
+            return
+        now = file_identity(self.path)
+        if now != self._identity:
+            raise StoreReplaced(str(self.path), "deleted" if now is None else "replaced by another file")
+
+    def why_unusable(self, exc: BaseException) -> str | None:
+        return why_unusable(self.path, exc) if self.path is not None else None
+
+    def file_problem(self, exc: BaseException) -> StoreUnavailable | None:
+        if self.path is None:
+            return None
+        try:
+            self.check_file()
+        except StoreReplaced as lost:
+            return lost
+        reason = why_unusable(self.path, exc)
+        return StoreUnavailable(str(self.path), reason) if reason is not None else None
+
+    # -- the hot statements -------------------------------------------------------------------------
+
+    async def _transaction(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
+        """Run `fn` (DB-API, no SQLAlchemy) in one IMMEDIATE transaction: on the hot connection in a worker
+        thread, or, for a store without a file, inside the engine's own transaction."""
+        conn = self._hot
+        if conn is None:
+            async with self.engine.begin() as c:
+                return await c.run_sync(lambda sync: fn(_dbapi(sync)))
+        return await conn.transaction(fn)
+
+    async def claim(
+        self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
+    ) -> list[Claimed]:
+        return await self._transaction(lambda db: hot.claim(db, owner, job_ids, n, lease_seconds, now))
+
+    async def apply(
+        self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
+    ) -> list[int]:
+        return await self._transaction(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
+
+    async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
+        known = self._json1
+
+        def go(db: hot.DBAPIConnection) -> bool:
+            json1 = hot.has_json1(db) if known is None else known
+            hot.insert(db, job_id, rows, now, json1=json1)
+            return json1
+
+        try:
+            self._json1 = await self._transaction(go)
+        except (IntegrityError, sqlite3.IntegrityError) as e:
+            raise DuplicateCustomId(job_id) from e
+
+    async def cancel_requeued(self, conn: AsyncConnection, now: float) -> None:
+        await conn.run_sync(lambda sync: hot.cancel_requeued_in_cancelled_jobs(_dbapi(sync), now))
+
+    # -- the file -----------------------------------------------------------------------------------
+
+    async def integrity(self, conn: AsyncConnection) -> str:
+        r = await conn.execute(text("PRAGMA integrity_check"))
+        return "\n".join(str(x[0]) for x in r)
+
+    def file_size(self) -> int:
+        """The file and its write-ahead log."""
+        if self.path is None:
+            return 0
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+
+    async def reclaim_space(self) -> None:
+        """Stores made with incremental auto-vacuum free it in short transactions, so a runner working on the
+        same store waits milliseconds, not the length of a rewrite. Older stores get one full VACUUM, which
+        also switches them to incremental auto-vacuum for next time.
+        """
+        if self.path is None:
+            return
+        path = self.path
+        await self.engine.dispose()  # no pooled connection of ours holds a snapshot the checkpoint must keep
+        if self._hot is not None:
+            self._hot.close()
+        try:
+            await retrying(self.is_transient, lambda: anyio.to_thread.run_sync(_reclaim, path))
+        except (sqlite3.Error, OSError) as e:
+            reason = why_unusable(path, e)
+            if reason is None:
+                raise
+            raise StoreUnavailable(str(path), reason) from None
+
+    async def aclose(self) -> None:
+        if self._hot is not None:
+            self._hot.close()
+        await self.engine.dispose()
+
+
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+_VACUUM_STEP = 2000  # pages freed per transaction: ~30 MB at 16 KB pages, a few ms of write lock
+
+
+def _reclaim(path: Path) -> None:
+    """`Store.reclaim_space` on a plain connection of its own (VACUUM cannot run inside a transaction)."""
+    conn = sqlite3.connect(rw_uri(path), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            for _ in range(free // _VACUUM_STEP + 2):  # bounded, even if other writers free pages meanwhile
+                if not conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                try:
+                    # A script, because sqlite3's execute() steps the pragma once, which frees one page.
+                    conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({_VACUUM_STEP}); COMMIT;")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        else:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+        # The file shrinks when the log is copied back; TRUNCATE empties the log too. A reader of another
+        # process may hold it back: then it happens at that process's next checkpoint.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
