@@ -35,16 +35,16 @@ from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool
 from runner.owners import owner_is_dead
 from runner.prices import load_prices
 from runner.report import Report, build_report
-from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason
 
 if TYPE_CHECKING:
     import httpx
 
     from runner.client import ApiClient
-    from runner.worker import Run
+    from runner.worker.pool import Run
 
 __all__ = [
     "CancelResult",
@@ -257,7 +257,7 @@ async def run(
         )
         poll_slots = max(4, min(s.concurrency, 256))
         async with _client(s, transport, s.concurrency + poll_slots) as client:
-            from runner.worker import Run
+            from runner.worker.pool import Run
 
             worker = Run(store, client, ids, options, on_progress=on_progress)
             caught: list[int] = []
@@ -529,7 +529,7 @@ async def cancel(
         queued, in_flight = await store.cancel_job(job_id)
         if not in_flight:
             return CancelResult(queued)
-        from runner.cancel import CANCEL_CONCURRENCY, cancel_background
+        from runner.worker.cancel import CANCEL_CONCURRENCY, cancel_background
 
         async with _client(s, transport, CANCEL_CONCURRENCY) as client:
             t = await cancel_background(store, client, in_flight)

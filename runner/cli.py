@@ -49,10 +49,10 @@ from runner.config import (
 from runner.display import ProgressView, err
 from runner.errors import ConfigError, InputError, JobBusy, JobNotFound, LineProblem, RunnerError, StoreUnavailable
 from runner.export import FORMATS
-from runner.runstate import StopReason
 from runner.states import RESULTS, JobStatus, RequestState, count
 from runner.store import JobRow, JobStats
 from runner.term import printable
+from runner.worker.types import StopReason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BILLING = 0, 1, 2, 3
 EXIT_BUDGET = 4  # reserved: a run stopped by its spending budget

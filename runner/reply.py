@@ -3,7 +3,7 @@
 Token counts, response ids, request ids, rate-limit headers and Retry-After are read here and nowhere else,
 and each comes out either in bounds or as "unknown" (None) / a stated problem; never as a value that can
 overflow SQLite's 64-bit integers, a float conversion or a sum. What the runner does with a value out of
-bounds is decided by its caller (results.py, limits.py, client.py) and documented in the README section
+bounds is decided by its caller (worker/outcomes.py, limits.py, client.py) and documented in the README section
 "What the runner trusts".
 
 Hand-written rather than a pydantic model: it runs for every reply on the hot path (`make bench` scenario 2

@@ -1,4 +1,4 @@
-"""The figures and verdict of a run, kept apart from the worker so readers need not load the HTTP stack."""
+"""The options, live figures and verdict of a run: no HTTP stack here, so `app` and the display import them cheaply."""
 
 from __future__ import annotations
 

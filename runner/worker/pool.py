@@ -30,15 +30,15 @@ from runner.errors import (
 )
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.owners import new_owner, owner_is_dead
-from runner.poller import Poller
 from runner.reply import read_id
-from runner.results import from_error, from_response, is_running
 from runner.retry import backoff_delay
-from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
 from runner.store.models import Claimed, Outcome, ResponseIdRecord
-from runner.writeback import WriteBack
+from runner.worker.outcomes import from_error, from_response, is_running
+from runner.worker.poller import Poller
+from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason
+from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
