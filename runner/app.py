@@ -255,8 +255,7 @@ async def run(
             rpm=s.rpm,
             tpm=s.tpm,
         )
-        poll_slots = max(4, min(s.concurrency, 256))
-        async with _client(s, transport, s.concurrency + poll_slots) as client:
+        async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.worker.pool import Run
 
             worker = Run(store, client, ids, options, on_progress=on_progress)

@@ -1,6 +1,7 @@
 """The run machinery: everything that takes claimed requests to the API and writes back what it answers.
 
-- `pool`: `Run`, the worker pool (claim loop, concurrency slots, sending, lease renewal).
+- `pool`: `Run`, the worker pool (claim loop, concurrency slots, lease renewal, stopping).
+- `send`: one request's round trip (pacing, the send, the reply handed on).
 - `poller`: background responses, polled until final.
 - `writeback`: group commit of outcomes and response ids.
 - `outcomes`: what the API answered (a reply or an error) as the store's `Outcome`.
