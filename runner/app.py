@@ -35,17 +35,17 @@ from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool
 from runner.owners import owner_is_dead
 from runner.prices import load_prices
 from runner.report import Report, build_report
-from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
 if TYPE_CHECKING:
     import httpx
 
     from runner.client import ApiClient
-    from runner.worker import Run
+    from runner.worker.pool import Run
 
 # FORMATS, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
 # which imports app only.
@@ -63,6 +63,7 @@ __all__ = [
     "Settings",
     "StopReason",
     "cancel",
+    "default_poll_slots",
     "delete",
     "doctor",
     "export",
@@ -264,9 +265,8 @@ async def run(
             rpm=s.rpm,
             tpm=s.tpm,
         )
-        poll_slots = max(4, min(s.concurrency, 256))
-        async with _client(s, transport, s.concurrency + poll_slots) as client:
-            from runner.worker import Run
+        async with _client(s, transport, s.concurrency + options.poll_slots) as client:
+            from runner.worker.pool import Run
 
             worker = Run(store, client, ids, options, on_progress=on_progress)
             caught: list[int] = []
@@ -538,7 +538,7 @@ async def cancel(
         queued, in_flight = await store.cancel_job(job_id)
         if not in_flight:
             return CancelResult(queued)
-        from runner.cancel import CANCEL_CONCURRENCY, cancel_background
+        from runner.worker.cancel import CANCEL_CONCURRENCY, cancel_background
 
         async with _client(s, transport, CANCEL_CONCURRENCY) as client:
             t = await cancel_background(store, client, in_flight)

@@ -3,7 +3,8 @@
 `classify()` turns every reply into an `ApiReply` or raises a typed error (`TransientApiError`,
 `PermanentApiError`, `BillingError`, `DoomedJobError`); `classify_exception()` does the same for replies
 that never came (an `UnreachableError` when there was no usable connection).
-Nothing else in the runner looks at status codes or error codes.
+Nothing else in the runner looks at status codes or error codes, except for a Response object that ends
+`failed` inside a 200 reply: `worker/outcomes.py` decides from its body whether it is worth another attempt.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from rich.live import Live
 from rich.text import Text
 
 from runner.config import DEFAULT_PROGRESS_EVERY
-from runner.runstate import Snapshot
 from runner.term import printable
+from runner.worker.types import Snapshot
 
 RATE_WINDOW = 30.0  # seconds of history behind the rate and the ETA: recent enough to follow a slow-down
 MAX_BAR = 40

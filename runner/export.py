@@ -31,9 +31,10 @@ import orjson
 from runner import DISTRIBUTION
 from runner.errors import ConfigError
 from runner.files import atomic_writer
-from runner.reply import UsageCounts, output_text
+from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, Store
+from runner.usage import UsageCounts
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
 _CANCELLED = RequestState.CANCELLED.value

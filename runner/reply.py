@@ -1,10 +1,10 @@
 """The one edge where replies become data: every value the runner reads from a reply body or header, bounded.
 
-Token counts (`UsageCounts`, the one type for them: one reply's, a job's, a model's), the answer's text
+Token counts (`UsageCounts`, defined in runner/usage.py), the answer's text
 (`output_text`), response ids, request ids, rate-limit headers and Retry-After are read here and nowhere
 else, and each comes out either in bounds or as "unknown" (None) / a stated problem; never as a value that
 can overflow SQLite's 64-bit integers, a float conversion or a sum. What the runner does with a value out of
-bounds is decided by its caller (results.py, limits.py, client.py) and documented in the README section
+bounds is decided by its caller (worker/outcomes.py, limits.py, client.py) and documented in the README section
 "What the runner trusts".
 
 Hand-written rather than a pydantic model: it runs for every reply on the hot path (`make bench` scenario 2
@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from runner.usage import UsageCounts
 
 MAX_COUNT: Final = 2**40  # a token count above this (a trillion) is a broken server, not a real reply
 MAX_ID_CHARS: Final = 256  # response ids and request ids; OpenAI's are under 100
@@ -39,37 +41,6 @@ _COUNT_NAMES: Final = ("input_tokens", "output_tokens", "total_tokens")
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-@dataclass(frozen=True, slots=True)
-class UsageCounts:
-    """Token counts of one response, or a sum of them. cached and reasoning are subsets, not addends."""
-
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The five counts under their JSON names, as `status --json` and reports print them."""
-        return {
-            "input_tokens": self.input_tokens,
-            "cached_tokens": self.cached_tokens,
-            "output_tokens": self.output_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "total_tokens": self.total_tokens,
-        }
-
-    def __add__(self, other: UsageCounts) -> UsageCounts:
-        """Element-wise sum."""
-        return UsageCounts(
-            self.input_tokens + other.input_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.output_tokens + other.output_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-            self.total_tokens + other.total_tokens,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
     """Make room for `concurrency` connections under RLIMIT_NOFILE: raise the soft limit toward the hard one,
     else lower the concurrency with a warning (running out of descriptors mid-run fails requests and the store)."""
-    poll_slots = max(4, min(concurrency, 256))
+    poll_slots = app.default_poll_slots(concurrency)
     need = concurrency + poll_slots + RESERVED_FILES
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -9,7 +9,6 @@ models.py     the values passed in and out; tables.py the schema; reports.py rea
 
 from __future__ import annotations
 
-from runner.reply import UsageCounts
 from runner.store.backend import OpenMode
 from runner.store.models import (
     AttemptRow,
@@ -24,6 +23,7 @@ from runner.store.models import (
     ResponseIdRecord,
 )
 from runner.store.store import Store, bounded_total, place_log
+from runner.usage import UsageCounts
 
 __all__ = [
     "AttemptRow",

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from runner.errors import StoreError
-from runner.reply import UsageCounts
 from runner.states import ACTIVE, JobStatus, RequestState, count
+from runner.usage import UsageCounts
 
 
 class NewRequest(NamedTuple):

@@ -27,7 +27,6 @@ from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, t
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.errors import IllegalTransition, JobBusy, JobNotFound, RequestNotFound, StoreUnavailable
-from runner.reply import UsageCounts
 from runner.states import ACTIVE, ALLOWED_FROM, TERMINAL, RequestState
 from runner.store.backend import Backend, OpenMode, backend_for, retrying
 from runner.store.models import (
@@ -42,6 +41,7 @@ from runner.store.models import (
     ResponseIdRecord,
 )
 from runner.store.tables import attempts, jobs, requests
+from runner.usage import UsageCounts
 
 __all__ = ["Store", "bounded_total", "place_log"]
 

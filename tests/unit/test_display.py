@@ -7,7 +7,7 @@ import time
 import pytest
 
 from runner.display import Figures, duration, figures, flow, frame_lines, log_line
-from runner.runstate import Snapshot
+from runner.worker.types import Snapshot
 
 
 def _snap(**kw: object) -> Snapshot:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from runner.prices import ModelPrice, PriceError, PriceTable, load_prices
-from runner.reply import UsageCounts
+from runner.usage import UsageCounts
 
 REQUIRED_MODELS = (
     "gpt-4.1",

@@ -21,9 +21,9 @@ from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
 from runner.errors import ApiError, BillingError, DoomedJobError, PermanentApiError, TransientApiError
 from runner.limits import RateLimiter
 from runner.reply import RESPONSE_ID_MISMATCH, read_id
-from runner.results import from_error, from_response, is_running
 from runner.store.models import Claimed, Outcome
-from runner.writeback import WriteBack
+from runner.worker.outcomes import from_error, from_response, is_running
+from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 

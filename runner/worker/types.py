@@ -1,4 +1,4 @@
-"""The figures and verdict of a run, kept apart from the worker so readers need not load the HTTP stack."""
+"""The options, live figures and verdict of a run: no HTTP stack here, so `app` and the display import them cheaply."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ class StopReason(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+def default_poll_slots(concurrency: int) -> int:
+    """Background polls in flight at once unless set: the concurrency, at least 4 and at most 256."""
+    return max(4, min(concurrency, 256))
+
+
 @dataclass
 class RunOptions:
     """Knobs of one run."""
@@ -29,6 +34,11 @@ class RunOptions:
     rpm: float | None = None
     tpm: float | None = None
     poll_concurrency: int | None = None
+
+    @property
+    def poll_slots(self) -> int:
+        """Background polls in flight at once (each holds a connection beside the `concurrency` sends)."""
+        return self.poll_concurrency or default_poll_slots(self.concurrency)
 
 
 @dataclass

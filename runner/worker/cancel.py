@@ -17,9 +17,9 @@ import anyio
 
 from runner.client import ApiClient
 from runner.errors import ApiError, DoomedJobError
-from runner.results import final_outcome, is_running
 from runner.states import RequestState
 from runner.store import Store
+from runner.worker.outcomes import final_outcome, is_running
 
 log = logging.getLogger(__name__)
 

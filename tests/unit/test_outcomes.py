@@ -11,9 +11,9 @@ import pytest
 from runner.client import classify
 from runner.config import MAX_RETRY_DELAY
 from runner.errors import ApiError, BillingError, PermanentApiError, TransientApiError
-from runner.results import from_error, from_response, is_running
 from runner.states import RequestState
 from runner.store.models import Claimed, UsageCounts
+from runner.worker.outcomes import from_error, from_response, is_running
 
 MAX = 3
 

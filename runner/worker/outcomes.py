@@ -1,4 +1,10 @@
-"""Turning what the API said about one attempt into the store's `Outcome` for that request."""
+"""Turning what the API said about one attempt into the store's `Outcome` for that request.
+
+HTTP errors arrive here already classified by `client.classify()`. The one other error table in the
+runner is `RETRYABLE_RESPONSE_ERRORS`: a Response object (a background poll, or a foreground reply) can
+end `failed` inside a 200 reply, which the client rightly passes on as a reply; whether that failure is
+worth another attempt is decided here, from the error code in the body.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""The worker pool: claim leased requests from the store, send them, hand outcomes to the write-back.
+"""The worker pool: claim leased requests from the store, keep the concurrency's slots busy, stop cleanly.
 
 One task group owns everything: a claim loop that keeps claimed requests ready and starts a task per
 free slot (never more than the concurrency; a task takes the next ready request itself when its own is
-written back), a poller for background responses, and a lease renewer. A separate write-back
+written back), a poller for background responses, and a lease renewer. What happens to each request
+once its slot has it (pacing, the send, reading the reply) is `send.Sender`'s. A separate write-back
 task commits outcomes in small batches and is drained, shielded, on every way out.
 """
 
@@ -12,42 +13,27 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
-from runner.errors import (
-    ApiError,
-    BillingError,
-    DoomedJobError,
-    StoreUnavailable,
-    TimeoutApiError,
-    TransientApiError,
-    UnreachableError,
-)
-from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
+from runner.errors import BillingError, DoomedJobError, StoreUnavailable
+from runner.limits import AdaptiveConcurrency, RateLimiter
 from runner.owners import new_owner, owner_is_dead
-from runner.poller import Poller
-from runner.reply import read_id
-from runner.results import from_error, from_response, is_running
-from runner.retry import backoff_delay
-from runner.runstate import RunOptions, RunResult, Snapshot, StopReason
 from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
-from runner.store.models import Claimed, Outcome, ResponseIdRecord
-from runner.writeback import WriteBack
+from runner.store.models import Claimed, Outcome
+from runner.worker.poller import Poller
+from runner.worker.send import Sender
+from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason
+from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 256
 IDLE_CHECK = 0.5  # seconds between looks at the store when nothing is claimable
 POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose runner died
-# Failed connections (refused, TLS, no such host) in a row, with no reply from the server yet in this run,
-# after which the job is doomed: the server is not there, and every further attempt would fail the same way.
-DOOMED_AFTER_UNREACHABLE = 10
 STORE_CHECK_INTERVAL = 1.0  # how often to check that the store file is still the one opened (one stat)
 
 
@@ -85,7 +71,7 @@ class Run:
             client,
             self.writer,
             max_attempts=options.max_attempts,
-            max_in_flight=options.poll_concurrency or max(4, min(options.concurrency, 256)),
+            max_in_flight=options.poll_slots,
             on_outcome=self._count,
             limiter=self.limiter,
             on_doomed=self._on_doomed,
@@ -97,8 +83,6 @@ class Run:
         self._stop_claiming = anyio.Event()
         self._billing: BillingError | None = None
         self._doomed: DoomedJobError | None = None
-        self._replied = False  # the server has answered something (anything) in this run
-        self._unreachable = 0  # failed connections before the first answer
         self._interrupted = False
         self._work_scope: anyio.CancelScope | None = None
         self._grace_deadline = 0.0
@@ -106,6 +90,19 @@ class Run:
         self._want_more = anyio.Event()
         self._tg: TaskGroup | None = None
         self._store_lost: StoreUnavailable | None = None
+        self.sender = Sender(
+            client,
+            self.writer,
+            self.poller,
+            self.limiter,
+            self.concurrency,
+            max_attempts=options.max_attempts,
+            stopping=self._stop_claiming.is_set,
+            in_flight=lambda: self._in_flight,
+            on_outcome=self._count,
+            on_billing=self._on_billing,
+            on_doomed=self._on_doomed,
+        )
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -294,7 +291,7 @@ class Run:
             self._on_progress(self.snap)
             await anyio.sleep(0.25)
 
-    # -- one request ------------------------------------------------------------------------------
+    # -- slots and stops ---------------------------------------------------------------------------
 
     def _count(self, o: Outcome) -> None:
         s = self.snap
@@ -314,15 +311,11 @@ class Run:
         elif o.to is RequestState.CANCELLED:
             s.cancelled += 1
 
-    def _put(self, o: Outcome) -> int:
-        self._count(o)
-        return self.writer.put(o)
-
     async def _handle(self, c: Claimed) -> None:
         """Send `c`; then, while the slot may stay taken, the next claimed request, in this same task."""
         try:
             while True:
-                ticket = await self._submit(c)
+                ticket = await self.sender.submit(c)
                 if ticket is not None:
                     # The slot stays taken until the result is durable: a crash then loses at most the
                     # requests in flight (the concurrency), never a backlog of answers not yet written.
@@ -347,92 +340,6 @@ class Run:
             self._want_more.set()
         return c
 
-    async def _pace(self, c: Claimed) -> float:
-        """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
-        limiter = self.limiter
-        raw = 0.0
-        if limiter.needs_tokens:
-            body = orjson.loads(c.body)
-            raw = Estimator.raw(body) if isinstance(body, dict) else 1.0
-        while True:
-            wait = limiter.delay_for(raw * limiter.estimator.ratio)
-            if wait <= 0:
-                return raw
-            await anyio.sleep(wait)
-            if limiter.remaining_pause() <= 0:
-                return raw  # slept through our booking and no 429 paused the pool meanwhile
-
-    async def _submit(self, c: Claimed) -> int | None:
-        """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""
-        max_attempts = self.opts.max_attempts
-        raw_tokens = await self._pace(c)
-        if self._stop_claiming.is_set():
-            # A stop (signal or billing) came while this one waited for its turn: it was never sent,
-            # so it goes back to the queue without using up an attempt.
-            return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
-        sent_at = time.time()
-        try:
-            reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
-        except BillingError as e:
-            self._on_billing(e)
-            return None
-        except DoomedJobError as e:
-            self._on_doomed(e)
-            return None  # stays leased; released at the end with its attempt refunded
-        except ApiError as e:
-            if isinstance(e, UnreachableError) and not self._replied:
-                return self._unreached(c, e)
-            self._replied = self._replied or e.status is not None
-            self._on_api_error(e)
-            if isinstance(e, TransientApiError):
-                log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
-            return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
-        self._replied = True
-        self.limiter.observe(reply.rate_limits, in_flight=self._in_flight)
-        self.concurrency.on_success()
-        if is_running(reply.body):
-            response_id = read_id(reply.body.get("id"))
-            if response_id is None:
-                return self._put(
-                    from_error(
-                        c,
-                        TransientApiError("background response without an id", code="invalid_response_body"),
-                        max_attempts=max_attempts,
-                    )
-                )
-            await self.writer.wait(
-                self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
-            )
-            if c.id in self.writer.refused:
-                log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
-                return None
-            c.response_id = response_id
-            c.background = True
-            self.poller.add(c)
-            return None
-        outcome = from_response(
-            c,
-            reply.body,
-            http_status=reply.status,
-            request_id=reply.request_id,
-            max_attempts=max_attempts,
-        )
-        if raw_tokens:
-            self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
-        return self._put(replace(outcome, sent_at=sent_at))
-
-    def _on_api_error(self, e: ApiError) -> None:
-        """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""
-        self.limiter.observe(e.rate_limits, in_flight=self._in_flight)
-        if isinstance(e, TransientApiError):
-            self.limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
-        if e.status == 429:
-            if not isinstance(e, TransientApiError):
-                self.limiter.pause(1.0)
-            self.concurrency.on_overload()
-        elif isinstance(e, TimeoutApiError):
-            self.concurrency.on_overload()
-
     def _on_billing(self, e: BillingError) -> None:
         """Stop claiming at once; the request stays queued (released with its attempt refunded at the end).
 
@@ -446,28 +353,6 @@ class Run:
             self._grace_deadline = time.monotonic() + self.opts.grace
         self._stop_claiming.set()
         self._slot_freed.set()
-
-    def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
-        """A failed connection before the server has answered anything in this run.
-
-        It does not use up an attempt (the request never reached the API): the request waits a moment and
-        is tried again, until DOOMED_AFTER_UNREACHABLE such failures in a row doom the job.
-        """
-        self._unreachable += 1
-        if self._unreachable >= DOOMED_AFTER_UNREACHABLE:
-            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}", code=e.code))
-            return None  # stays leased; released at the end with its attempt refunded
-        log.debug("line %s: %s", c.line_no, e.describe())
-        return self._put(
-            Outcome(
-                c.id,
-                RequestState.QUEUED,
-                error_code=e.code,
-                error_message=e.message,
-                next_attempt_at=time.time() + backoff_delay(c.attempts),
-                refund_attempt=True,
-            )
-        )
 
     def _on_doomed(self, e: DoomedJobError) -> None:
         """Stop claiming at once, as for a billing error: nothing of the job can succeed as configured.

@@ -1,0 +1,188 @@
+"""One request's round trip: wait for its turn, send it, and hand on what comes back.
+
+The pool (`pool.Run`) decides which request goes when and keeps the slots full; this decides what happens
+to one request: pacing under the RPM/TPM budgets and any pool-wide pause, the send, the outcome handed to
+the write-back (or, for a background response, its id recorded and the request handed to the poller), and
+what the reply teaches the rate limiter and the adaptive concurrency. A billing error or a doomed job stops
+the whole run, which is the pool's business: they go back to it through `on_billing` and `on_doomed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import anyio
+import orjson
+
+from runner.client import ApiClient
+from runner.errors import (
+    ApiError,
+    BillingError,
+    DoomedJobError,
+    TimeoutApiError,
+    TransientApiError,
+    UnreachableError,
+)
+from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
+from runner.reply import read_id
+from runner.retry import backoff_delay
+from runner.states import RequestState
+from runner.store.models import Claimed, Outcome, ResponseIdRecord
+from runner.worker.outcomes import from_error, from_response, is_running
+from runner.worker.poller import Poller
+from runner.worker.writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+# Failed connections (refused, TLS, no such host) in a row, with no reply from the server yet in this run,
+# after which the job is doomed: the server is not there, and every further attempt would fail the same way.
+DOOMED_AFTER_UNREACHABLE = 10
+
+
+class Sender:
+    """Sends claimed requests for all of one run's slots (one per run: it remembers whether the server has
+    answered anything yet)."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        writer: WriteBack,
+        poller: Poller,
+        limiter: RateLimiter,
+        concurrency: AdaptiveConcurrency,
+        *,
+        max_attempts: int,
+        stopping: Callable[[], bool],
+        in_flight: Callable[[], int],
+        on_outcome: Callable[[Outcome], None],
+        on_billing: Callable[[BillingError], None],
+        on_doomed: Callable[[DoomedJobError], None],
+    ) -> None:
+        self.client = client
+        self.writer = writer
+        self.poller = poller
+        self.limiter = limiter
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self._stopping = stopping  # a stop (signal, billing, doomed job) came: send nothing more
+        self._in_flight = in_flight
+        self._on_outcome = on_outcome
+        self._on_billing = on_billing
+        self._on_doomed = on_doomed
+        self._replied = False  # the server has answered something (anything) in this run
+        self._unreachable = 0  # failed connections before the first answer
+
+    def _put(self, o: Outcome) -> int:
+        self._on_outcome(o)
+        return self.writer.put(o)
+
+    async def _pace(self, c: Claimed) -> float:
+        """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
+        limiter = self.limiter
+        raw = 0.0
+        if limiter.needs_tokens:
+            body = orjson.loads(c.body)
+            raw = Estimator.raw(body) if isinstance(body, dict) else 1.0
+        while True:
+            wait = limiter.delay_for(raw * limiter.estimator.ratio)
+            if wait <= 0:
+                return raw
+            await anyio.sleep(wait)
+            if limiter.remaining_pause() <= 0:
+                return raw  # slept through our booking and no 429 paused the pool meanwhile
+
+    async def submit(self, c: Claimed) -> int | None:
+        """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""
+        max_attempts = self.max_attempts
+        raw_tokens = await self._pace(c)
+        if self._stopping():
+            # A stop (signal or billing) came while this one waited for its turn: it was never sent,
+            # so it goes back to the queue without using up an attempt.
+            return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
+        sent_at = time.time()
+        try:
+            reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
+        except BillingError as e:
+            self._on_billing(e)
+            return None
+        except DoomedJobError as e:
+            self._on_doomed(e)
+            return None  # stays leased; released at the end with its attempt refunded
+        except ApiError as e:
+            if isinstance(e, UnreachableError) and not self._replied:
+                return self._unreached(c, e)
+            self._replied = self._replied or e.status is not None
+            self._on_api_error(e)
+            if isinstance(e, TransientApiError):
+                log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
+            return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
+        self._replied = True
+        self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
+        self.concurrency.on_success()
+        if is_running(reply.body):
+            response_id = read_id(reply.body.get("id"))
+            if response_id is None:
+                return self._put(
+                    from_error(
+                        c,
+                        TransientApiError("background response without an id", code="invalid_response_body"),
+                        max_attempts=max_attempts,
+                    )
+                )
+            await self.writer.wait(
+                self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
+            )
+            if c.id in self.writer.refused:
+                log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
+                return None
+            c.response_id = response_id
+            c.background = True
+            self.poller.add(c)
+            return None
+        outcome = from_response(
+            c,
+            reply.body,
+            http_status=reply.status,
+            request_id=reply.request_id,
+            max_attempts=max_attempts,
+        )
+        if raw_tokens:
+            self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
+        return self._put(replace(outcome, sent_at=sent_at))
+
+    def _on_api_error(self, e: ApiError) -> None:
+        """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""
+        self.limiter.observe(e.rate_limits, in_flight=self._in_flight())
+        if isinstance(e, TransientApiError):
+            self.limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
+        if e.status == 429:
+            if not isinstance(e, TransientApiError):
+                self.limiter.pause(1.0)
+            self.concurrency.on_overload()
+        elif isinstance(e, TimeoutApiError):
+            self.concurrency.on_overload()
+
+    def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
+        """A failed connection before the server has answered anything in this run.
+
+        It does not use up an attempt (the request never reached the API): the request waits a moment and
+        is tried again, until DOOMED_AFTER_UNREACHABLE such failures in a row doom the job.
+        """
+        self._unreachable += 1
+        if self._unreachable >= DOOMED_AFTER_UNREACHABLE:
+            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}", code=e.code))
+            return None  # stays leased; released at the end with its attempt refunded
+        log.debug("line %s: %s", c.line_no, e.describe())
+        return self._put(
+            Outcome(
+                c.id,
+                RequestState.QUEUED,
+                error_code=e.code,
+                error_message=e.message,
+                next_attempt_at=time.time() + backoff_delay(c.attempts),
+                refund_attempt=True,
+            )
+        )
