@@ -6,6 +6,9 @@ no resources between calls:
     import anyio, runner.app as app
     job = anyio.run(app.submit, "jobs/example.jsonl")           # -> SubmitResult
     outcome = anyio.run(app.run, [job.job_id])                   # -> RunOutcome
+
+Over 400 lines on purpose: it is the façade, one short function per command that opens what it needs and
+calls the flow; split up, callers (the CLI, scripts, notebooks) would import from several places.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@
 that never came (an `UnreachableError` when there was no usable connection).
 Nothing else in the runner looks at status codes or error codes, except for a Response object that ends
 `failed` inside a 200 reply: `worker/outcomes.py` decides from its body whether it is worth another attempt.
+
+Over 400 lines on purpose: classifying every HTTP outcome and transport failure is one ordered table of
+decisions (billing before doomed before retryable); split across files, that order would be hard to see.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ in one submit are all validated before any is published: one bad file queues non
 
 A file may be gzip-compressed (recognised by its first bytes, whatever its name) and may be stdin ("-"),
 which is first copied to a temporary file so that it can be fingerprinted like any other file.
+
+Over 400 lines on purpose: reading, validating and staging are one pipeline (a validating task and an
+inserting task around one stream) that shares its problem collector and staging rules.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import runner.store
-from runner.states import RequestState
+from runner.states import ALLOWED_FROM, TERMINAL, RequestState
 from runner.store.sqlite import hot
 
 STORE_DIR = Path(runner.store.__file__).parent
@@ -41,3 +41,24 @@ def test_literal_sql_in_the_store_names_only_known_states() -> None:
         named = {w for w in states_named(path.read_text()) if not _FIELD.fullmatch(w)}
         unknown = named - {s.value for s in RequestState}
         assert not unknown, f"{path.name} compares state with {sorted(unknown)}"
+
+
+def test_every_state_change_in_the_hot_sql_is_one_the_transition_table_allows() -> None:
+    """states.ALLOWED_FROM is the table; the hot SQL's guards are where it is enforced, so they must agree."""
+    changes = {
+        name: sql
+        for name, sql in vars(hot).items()
+        if isinstance(sql, str) and sql.lstrip().startswith("UPDATE requests SET state")
+    }
+    assert len(changes) >= 5  # claim, finish, requeue, refuse, cancel: the test would pass vacuously otherwise
+    for name, sql in changes.items():
+        set_part, where_part = sql.split("WHERE", 1)
+        target = re.search(r"SET state = '(\w+)'", set_part)
+        # _FINISH takes its state as a parameter: one of the terminal states.
+        targets = [RequestState(target[1])] if target else sorted(TERMINAL)
+        # The row's own state (not `requests.state` or `earlier.state` of a subquery).
+        guards = [RequestState(g) for g in re.findall(r"(?<![.\w])state = '(\w+)'", where_part)]
+        assert guards, f"{name} changes a state without a guard on the current one"
+        for to in targets:
+            for g in guards:
+                assert g in ALLOWED_FROM[to], f"{name}: {g.value} -> {to.value} is not in states.ALLOWED_FROM"
