@@ -18,6 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio: SQLAlchemy's async engine and aiohttp run on asyncio only."""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No RUNNER_* or OPENAI_* setting of the developer's leaks into a test."""

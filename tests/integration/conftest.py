@@ -26,11 +26,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # SQLAlchemy's async engine runs on asyncio only
-
-
-@pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "s.db"
 

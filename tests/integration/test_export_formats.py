@@ -30,11 +30,6 @@ ITEMS_TEXT = "from output items"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     s = await Store.open(str(tmp_path / "e.db"))
     try:

@@ -21,11 +21,6 @@ from runner.store.migrate import HEAD_REVISION
 from runner.store.tables import metadata
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def head_revision() -> str | None:
     cfg = Config()
     cfg.set_main_option("script_location", str(files("runner._migrations")))

@@ -595,9 +595,13 @@ async def test_integrity_check(store: Store) -> None:
 @pytest.mark.anyio
 async def test_store_queries_raise_no_deprecation_warnings(store: Store) -> None:
     # pyproject runs the suite with filterwarnings=error; the store's retry wrapper must not warn.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        await store.list_jobs()
+    await make_job(store, "job_w", 2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        listed = await store.list_jobs()
+        await store.job_stats("job_w")
+    assert [j.id for j in listed] == ["job_w"]
+    assert [str(w.message) for w in seen] == []
 
 
 @pytest.mark.anyio

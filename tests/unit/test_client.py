@@ -37,11 +37,6 @@ KEY = "sk-SECRET-123"
 NOW = 1_700_000_000.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def http_date(ts: float) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
