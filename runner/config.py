@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +69,11 @@ class Settings(BaseSettings):
     tpm: float | None = Field(None, gt=0, validation_alias=_env("tpm", "RUNNER_TPM"))
     # A TOML price table over the shipped one (`--prices` wins); empty means the shipped table alone.
     prices: str | None = Field(None, validation_alias=_env("prices", "RUNNER_PRICES"))
+    # Logging (stderr): the least severe level shown (None: warning, or debug with -v), and text or JSON lines.
+    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
+        None, validation_alias=_env("log_level", "RUNNER_LOG_LEVEL")
+    )
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format", "RUNNER_LOG_FORMAT"))
     progress_every: float = Field(
         DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")
     )

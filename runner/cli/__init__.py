@@ -48,7 +48,9 @@ def _is_broken_pipe(e: BaseException) -> bool:
 def _dispatch(ns: argparse.Namespace) -> tuple[int, str | None]:
     """Run the command; its exit code and the one-line message to end with, if any."""
     try:
-        setup_logging(ns.log_level, ns.log_format, verbose=ns.verbose, secret=getattr(ns, "api_key", None))
+        s = settings(ns)  # flags over environment: a bad value of any setting is one line here, exit 2
+        secret = s.api_key.get_secret_value() if s.api_key is not None else None
+        setup_logging(s.log_level, s.log_format, verbose=ns.verbose, secret=secret)
         show_store_notices(ns.verbose)
         return BY_NAME[ns.command].run(ns), None
     except KeyboardInterrupt:

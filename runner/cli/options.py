@@ -93,21 +93,18 @@ def global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     --db x`). On the commands their default is SUPPRESS, so a value given before the command survives."""
     keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     given: dict[str, Any] = {"default": None} if top else keep
-    # The log options are not settings of a run (no Settings field): their variables are named here.
     candidates: list[Callable[[], object]] = [
         lambda: p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks", **keep),
         lambda: setting(p, "db", help=_DB_HELP, **given),
-        lambda: p.add_argument(
-            "--log-level",
+        lambda: setting(
+            p,
+            "log_level",
             choices=LOG_LEVELS,
-            help="least severe log messages shown on stderr (default warning; debug with -v) [env: RUNNER_LOG_LEVEL]",
+            help="least severe log messages shown on stderr (default warning; debug with -v)",
             **given,
         ),
-        lambda: p.add_argument(
-            "--log-format",
-            choices=LOG_FORMATS,
-            help="text (default), or json: one JSON object per log line [env: RUNNER_LOG_FORMAT]",
-            **given,
+        lambda: setting(
+            p, "log_format", choices=LOG_FORMATS, help="text (default), or json: one JSON object per log line", **given
         ),
     ]
     for add in candidates:

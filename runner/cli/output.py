@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,6 @@ import anyio
 
 from runner import interrupt
 from runner.display import err
-from runner.errors import ConfigError
 from runner.term import printable
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -108,16 +106,12 @@ class _LogHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(level: str | None, style: str | None, *, verbose: bool, secret: str | None) -> None:
-    """Log lines on stderr at `level` (flag, else RUNNER_LOG_LEVEL), as text or JSON; `secret` is masked."""
-    level = level or os.environ.get("RUNNER_LOG_LEVEL") or ("debug" if verbose else "warning")
-    style = style or os.environ.get("RUNNER_LOG_FORMAT") or "text"
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"invalid RUNNER_LOG_LEVEL {printable(level)!r}: use one of {', '.join(LOG_LEVELS)}")
-    if style not in LOG_FORMATS:
-        raise ConfigError(f"invalid RUNNER_LOG_FORMAT {printable(style)!r}: use one of {', '.join(LOG_FORMATS)}")
+def setup_logging(level: str | None, style: str, *, verbose: bool, secret: str | None) -> None:
+    """Log lines on stderr at `level` (from Settings: the flag, else RUNNER_LOG_LEVEL), as text or JSON;
+    `secret` is masked."""
+    level = level or ("debug" if verbose else "warning")
     handler = _LogHandler()
-    handler.setFormatter(_LogFormatter(style, secret or os.environ.get("OPENAI_API_KEY") or None))
+    handler.setFormatter(_LogFormatter(style, secret))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
