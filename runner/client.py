@@ -131,7 +131,10 @@ def is_billing_code(code: str | None) -> bool:
     return code is not None and (code in BILLING_CODES or code.endswith("_spend_limit_exceeded"))
 
 
-_RATE_LIMIT_RAW = frozenset(h.encode() for h in RATE_LIMIT_HEADERS)
+# A server may say when to poll a background response next; kept beside the rate-limit headers, the
+# only other headers a reply's reader looks at.
+POLL_AFTER_HEADER = "openai-poll-after-ms"
+_RATE_LIMIT_RAW = frozenset(h.encode() for h in (*RATE_LIMIT_HEADERS, POLL_AFTER_HEADER))
 
 
 def _rate_limits(headers: httpx.Headers) -> dict[str, str]:

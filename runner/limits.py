@@ -21,11 +21,13 @@ from runner.reply import finite_seconds, header_count
 log = logging.getLogger(__name__)
 
 BURST = 0.10  # a second's share may be exceeded by this fraction inside any one-second window
+SEND_JITTER = 0.005  # seconds a request may reach the server later than booked (event loop, network)
 HEADER_SAFETY = 0.97  # pace at this share of a limit learnt from headers, to stay under it
 MAX_HEADER_PAUSE = 60.0
 LONG_WAIT = 5.0  # a pool-wide pause longer than this is said, once, in plain words
 POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so they never starve submissions
 CHARS_PER_TOKEN = 4.0
+SLOW_START_WINDOW = 8  # requests in flight before the server's limits are known (no --rpm/--tpm given)
 
 Clock = Callable[[], float]
 
@@ -83,7 +85,15 @@ class Pacer:
     @rate.setter
     def rate(self, rate: float) -> None:
         self._rate = max(rate, 1e-9)
-        self._tolerance = self.burst  # seconds of budget that may be used early (a second's share x BURST)
+        # Seconds of budget that may be used early. A window of one second then holds at most
+        # ceil((1 + tolerance) * rate) bookings; half of BURST is kept back for the jitter between booking
+        # and the request reaching the server, so the server's count stays within a second's share + BURST
+        # from the first request on. At low rates (20/s and below) nothing is sent early at all.
+        self._tolerance = max(0.0, self.burst / 2 - 1.0 / self._rate)
+        # Below 1/BURST a second, a second's share + BURST is the share itself: a request that arrives a
+        # little late and the next one on time would share a window. Spacing them a little wider than the
+        # rate keeps them apart, at a cost of under 5 % of the budget.
+        self._margin = SEND_JITTER if self._rate * self.burst < 1.0 else 0.0
 
     def hold_until(self, t: float) -> None:
         """Book nothing before `t` (after a pause, bookings restart evenly from its end, not in a burst)."""
@@ -93,7 +103,7 @@ class Pacer:
         now = self.clock()
         tat = max(self._tat, now)
         start = max(now, tat - self._tolerance)
-        self._tat = tat + units / self._rate
+        self._tat = tat + units / self._rate + self._margin
         return start - now
 
 
@@ -142,20 +152,38 @@ def _text_len(value: Any) -> int:
 
 
 class AdaptiveConcurrency:
-    """AIMD: +1 slot after a window of healthy replies, x0.7 on a 429 or timeout (at most once per cooldown)."""
+    """AIMD: +1 slot after a window of healthy replies, x0.7 on a 429 or timeout (at most once per cooldown).
+
+    With `slow_start`, the pool opens at SLOW_START_WINDOW slots and grows by one per healthy reply (doubling
+    every round trip) until `end_slow_start()`, called once the server's limits are known: the first
+    full-concurrency burst must not go out before the limit it may break is known.
+    """
 
     DECREASE = 0.7
 
-    def __init__(self, maximum: int, clock: Clock = time.monotonic, cooldown: float = 1.0) -> None:
+    def __init__(
+        self, maximum: int, clock: Clock = time.monotonic, cooldown: float = 1.0, *, slow_start: bool = False
+    ) -> None:
         self.maximum = max(1, maximum)
-        self.limit = self.maximum
+        self.limit = min(self.maximum, SLOW_START_WINDOW) if slow_start else self.maximum
+        self.slow_start = self.limit < self.maximum
         self._clock = clock
         self._cooldown = cooldown
         self._healthy = 0
         self._last_decrease = -math.inf
 
+    def end_slow_start(self) -> None:
+        """The limits are known (pacing takes over): open every slot at once."""
+        if self.slow_start:
+            self.slow_start = False
+            self.limit = self.maximum
+
     def on_success(self) -> None:
         if self.limit >= self.maximum:
+            return
+        if self.slow_start:
+            self.limit += 1
+            self.slow_start = self.limit < self.maximum
             return
         self._healthy += 1
         if self._healthy >= self.limit:
@@ -168,6 +196,7 @@ class AdaptiveConcurrency:
             return  # one decrease per burst of 429s, not one per failing request
         self._last_decrease = now
         self._healthy = 0
+        self.slow_start = False
         self.limit = max(1, int(self.limit * self.DECREASE))
 
 
@@ -194,6 +223,20 @@ class RateLimiter:
         self._seen_limits: tuple[str | None, str | None] = (None, None)
         self._notice: str | None = None
         self._notice_until = -math.inf
+
+    @property
+    def limits_known(self) -> bool:
+        """Whether requests are paced (a budget was given or learnt from headers)."""
+        return self.requests is not None or self.tokens is not None
+
+    def budget_left(self, headers: Mapping[str, str]) -> bool:
+        """Whether a 429's own headers show room left in the server's window: a random 429 (load shedding),
+        not the budget running out, so it must not pause the pool or shrink it as an overload does."""
+        rem_req = _int_header(headers, "x-ratelimit-remaining-requests")
+        rem_tok = _int_header(headers, "x-ratelimit-remaining-tokens")
+        if rem_req is None and rem_tok is None:
+            return False
+        return (rem_req is None or rem_req > 0) and (rem_tok is None or rem_tok > 0)
 
     @property
     def needs_tokens(self) -> bool:

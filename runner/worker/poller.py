@@ -1,7 +1,8 @@
-"""Background responses: GET /responses/{id} with backoff until the response is final.
+"""Background responses: GET /responses/{id} until the response is final.
 
 Polling never holds a submission slot: it has its own small pool of in-flight GETs, and requests wait
-in a heap keyed by when they are next due.
+in a heap keyed by when they are next due. When to poll comes from `PollSchedule`, which learns how long
+this run's responses take, so most are fetched by their first or second GET soon after they end.
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
 
-from runner.client import ApiClient
+from runner.client import POLL_AFTER_HEADER, ApiClient
 from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
 from runner.errors import ApiError, BillingError, DoomedJobError, PermanentApiError, TransientApiError
 from runner.limits import RateLimiter
-from runner.reply import RESPONSE_ID_MISMATCH, read_id
+from runner.reply import RESPONSE_ID_MISMATCH, header_count, read_id
 from runner.store.models import Claimed, Outcome
 from runner.worker.outcomes import from_error, from_response, is_running
 from runner.worker.writeback import WriteBack
@@ -31,10 +33,68 @@ log = logging.getLogger(__name__)
 MAX_ID_MISMATCHES = 3  # polls answered with another response's id before the request fails
 
 
+# The schedule aims for this share of first polls finding the response already final: higher wastes
+# less time waiting past the end, lower spends fewer GETs.
+FIRST_POLL_DONE_SHARE = 0.75
+LEARN_RATE = 0.05
+# Before anything is known, GETs go at these ages (seconds since the create reply), then back off.
+UNKNOWN_LADDER = (POLL_INITIAL_DELAY, 2 * POLL_INITIAL_DELAY)
+AFTER_ESTIMATE_STEP = 0.1  # after a first poll at the estimate, the next is this share of it later
+
+
+class PollSchedule:
+    """When to GET a background response, from what this run has seen of how long responses take.
+
+    The first poll goes at the learnt estimate (a running quantile of completion ages: each first poll
+    that finds the response final nudges it down, each that finds it running nudges it up, so it settles
+    where FIRST_POLL_DONE_SHARE of first polls succeed); later polls follow at short, growing steps. A
+    server's `openai-poll-after-ms` hint, when sent, wins. Before any response has ended the schedule is
+    a fixed ladder.
+    """
+
+    def __init__(self) -> None:
+        self.estimate: float | None = None
+
+    def first(self) -> float:
+        """Seconds after the create reply for the first GET."""
+        return UNKNOWN_LADDER[0] if self.estimate is None else self.estimate
+
+    def next(self, age: float, polls: int) -> float:
+        """Seconds until the next GET of a response still running at `age` after `polls` GETs."""
+        if self.estimate is None or age < self.estimate * (1 - AFTER_ESTIMATE_STEP):
+            if polls < len(UNKNOWN_LADDER):
+                return max(UNKNOWN_LADDER[polls] - age, 0.05)
+            base = max(age, UNKNOWN_LADDER[-1])
+            return min(base * (POLL_BACKOFF - 1), POLL_MAX_DELAY)
+        step = max(self.estimate * AFTER_ESTIMATE_STEP, 0.05) * POLL_BACKOFF ** max(polls - 1, 0)
+        return min(step, POLL_MAX_DELAY)
+
+    def learn(self, age: float, first_poll_done: bool | None) -> None:
+        """A response ended, seen final `age` seconds after its create reply. `first_poll_done` says whether
+        the first GET already found it final (None when its first GET did not go at the estimate)."""
+        if self.estimate is None:
+            self.estimate = min(age, POLL_MAX_DELAY)  # an upper bound: nudged down by the next ones
+            return
+        if first_poll_done is None:
+            return
+        step = -(1 - FIRST_POLL_DONE_SHARE) if first_poll_done else FIRST_POLL_DONE_SHARE
+        self.estimate = min(max(self.estimate * math.exp(LEARN_RATE * step), 0.05), POLL_MAX_DELAY)
+
+
+def poll_after_hint(headers: Mapping[str, str]) -> float | None:
+    """The server's `openai-poll-after-ms` hint in seconds, when sent and sane."""
+    ms = header_count(headers.get(POLL_AFTER_HEADER))
+    return None if ms is None else min(ms / 1000.0, POLL_MAX_DELAY)
+
+
 @dataclass
 class _Item:
     claimed: Claimed
     delay: float
+    added: float = 0.0  # monotonic time of the create reply (or of adoption)
+    polls: int = 0
+    learn: bool = True  # adopted from another runner: its age is unknown, so it teaches nothing
+    first_at_estimate: bool = False
     mismatches: int = 0
 
 
@@ -64,19 +124,25 @@ class Poller:
         self._active = 0
         self._on_outcome = on_outcome
         self.polls = 0
+        self.schedule = PollSchedule()
 
     @property
     def size(self) -> int:
         """Responses waiting for or in a poll."""
         return len(self._heap) + self._active
 
-    def add(self, claimed: Claimed, first_poll: float = POLL_INITIAL_DELAY) -> None:
-        """Start polling a response (its id is already committed); the first GET after `first_poll` seconds.
+    def add(self, claimed: Claimed, first_poll: float | None = None, hint: float | None = None) -> None:
+        """Start polling a response (its id is already committed).
 
-        Backoff starts from POLL_INITIAL_DELAY whatever the first wait, so a response adopted from a
-        crashed runner (first poll at once) is not then polled in a tight loop.
+        The first GET goes after `first_poll` seconds when given (0 for a response adopted from a crashed
+        runner, whose age is unknown: it teaches the schedule nothing), else after the server's `hint`,
+        else at the schedule's estimate.
         """
-        self._push(_Item(claimed, POLL_INITIAL_DELAY), first_poll)
+        item = _Item(claimed, POLL_INITIAL_DELAY, added=time.monotonic(), learn=first_poll is None)
+        if first_poll is None:
+            item.first_at_estimate = hint is None and self.schedule.estimate is not None
+            first_poll = hint if hint is not None else self.schedule.first()
+        self._push(item, first_poll)
 
     def _push(self, item: _Item, wait: float) -> None:
         heapq.heappush(self._heap, (time.monotonic() + wait, next(self._seq), item))
@@ -154,10 +220,14 @@ class Poller:
             if got != c.response_id:
                 self._mismatch(item, got, reply.status, reply.request_id)
                 return
+            item.polls += 1
+            age = time.monotonic() - item.added
             if is_running(reply.body):
-                item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
-                self._push(item, item.delay)
+                hint = poll_after_hint(reply.rate_limits)
+                self._push(item, hint if hint is not None else self.schedule.next(age, item.polls))
                 return
+            if item.learn:
+                self.schedule.learn(age, (item.polls == 1) if item.first_at_estimate else None)
             self._finish(
                 from_response(
                     c,

@@ -66,7 +66,8 @@ class Run:
         self.owner = new_owner()
         self.writer = WriteBack(store, self.owner)
         self.limiter = RateLimiter(options.rpm, options.tpm)
-        self.concurrency = AdaptiveConcurrency(options.concurrency)
+        # No budget given: start gently until the first reply's x-ratelimit-* headers say the limits.
+        self.concurrency = AdaptiveConcurrency(options.concurrency, slow_start=not (options.rpm or options.tpm))
         self.poller = Poller(
             client,
             self.writer,

@@ -32,7 +32,7 @@ from runner.retry import backoff_delay
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome, ResponseIdRecord
 from runner.worker.outcomes import from_error, from_response, is_running
-from runner.worker.poller import Poller
+from runner.worker.poller import Poller, poll_after_hint
 from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class Sender:
             return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
         self._replied = True
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
+        if self.concurrency.slow_start and self.limiter.limits_known:
+            self.concurrency.end_slow_start()
         self.concurrency.on_success()
         if is_running(reply.body):
             response_id = read_id(reply.body.get("id"))
@@ -140,7 +142,7 @@ class Sender:
                 return None
             c.response_id = response_id
             c.background = True
-            self.poller.add(c)
+            self.poller.add(c, hint=poll_after_hint(reply.rate_limits))
             return None
         outcome = from_response(
             c,
@@ -154,11 +156,16 @@ class Sender:
         return self._put(replace(outcome, sent_at=sent_at))
 
     def _on_api_error(self, e: ApiError) -> None:
-        """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""
+        """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout.
+
+        A 429 whose headers show budget left is load shedding, not the budget running out: only that
+        request waits (its own backoff), the pool keeps its size and pace.
+        """
         self.limiter.observe(e.rate_limits, in_flight=self._in_flight())
+        overload = e.status == 429 and not self.limiter.budget_left(e.rate_limits)
         if isinstance(e, TransientApiError):
-            self.limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
-        if e.status == 429:
+            self.limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=overload)
+        if overload:
             if not isinstance(e, TransientApiError):
                 self.limiter.pause(1.0)
             self.concurrency.on_overload()

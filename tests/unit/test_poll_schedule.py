@@ -1,0 +1,56 @@
+"""When background responses are polled: a fixed ladder until one ends, then the learnt completion time."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from runner.worker.poller import FIRST_POLL_DONE_SHARE, UNKNOWN_LADDER, PollSchedule, poll_after_hint
+
+
+def _polls_until_done(schedule: PollSchedule, completes_at: float) -> tuple[int, float]:
+    """GETs one response needs under `schedule`, and the age at which it was seen final; teaches it."""
+    at_estimate = schedule.estimate is not None
+    age = schedule.first()
+    polls = 1
+    while age < completes_at:
+        age += schedule.next(age, polls)
+        polls += 1
+    schedule.learn(age, (polls == 1) if at_estimate else None)
+    return polls, age
+
+
+def test_before_anything_ended_polls_follow_the_ladder_then_back_off() -> None:
+    s = PollSchedule()
+    assert s.first() == UNKNOWN_LADDER[0]
+    assert UNKNOWN_LADDER[0] + s.next(UNKNOWN_LADDER[0], 1) == pytest.approx(UNKNOWN_LADDER[1])
+    later = s.next(10.0, 5)
+    assert 1.0 < later <= 30.0  # backing off, never beyond the cap
+
+
+@pytest.mark.parametrize("completion", [0.3, 2.0, 7.5])
+def test_the_schedule_learns_completion_times_so_responses_are_fetched_soon_after_they_end(
+    completion: float,
+) -> None:
+    rng = random.Random(7)
+    s = PollSchedule()
+    results = [_polls_until_done(s, completion * rng.uniform(0.95, 1.05)) for _ in range(400)]
+    settled = results[200:]
+    assert s.estimate is not None
+    assert completion * 0.9 <= s.estimate <= completion * 1.2
+    mean_polls = sum(p for p, _ in settled) / len(settled)
+    assert mean_polls <= 2.0
+    first_done = sum(1 for p, _ in settled if p == 1) / len(settled)
+    assert first_done == pytest.approx(FIRST_POLL_DONE_SHARE, abs=0.2)
+    # Seen final soon after ending: well within the issue's 1.3x of the completion time.
+    worst_wait = max(age / completion for _, age in settled)
+    assert worst_wait <= 1.3
+
+
+def test_a_server_hint_is_read_in_milliseconds_and_bad_ones_are_ignored() -> None:
+    assert poll_after_hint({"openai-poll-after-ms": "1500"}) == pytest.approx(1.5)
+    assert poll_after_hint({"openai-poll-after-ms": "-5"}) is None
+    assert poll_after_hint({"openai-poll-after-ms": "soon"}) is None
+    assert poll_after_hint({}) is None
+    assert poll_after_hint({"openai-poll-after-ms": str(10**9)}) == pytest.approx(30.0)  # capped
