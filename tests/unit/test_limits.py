@@ -10,10 +10,10 @@ import pytest
 
 from runner.limits import (
     BURST,
+    SLOW_START_WINDOW,
     AdaptiveConcurrency,
     Estimator,
     Pacer,
-    SLOW_START_WINDOW,
     RateLimiter,
     parse_duration,
 )
