@@ -32,12 +32,12 @@ def test_rpm_budget_paces_under_a_server_enforced_limit(cli: Cli, mock_factory: 
     assert r.returncode == 0, r.stderr
     assert cli.status(job)["counts"]["completed"] == 100
     stats = mock.stats()
-    assert stats["faults"]["429"] <= 1, stats["faults"]  # paced, not bounced
+    assert stats["faults"]["429"] == 0, stats["faults"]  # paced, not bounced, from the first request on
     # 100 requests at 20/s take about 5 s; evenly paced means not much faster (no bursts) ...
     db = sqlite3.connect(cli.db)
     sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
     busiest = max(sum(1 for t in sent if s <= t < s + 1.0) for s in sent)
-    assert busiest <= 20 * 1.1 + 1, busiest
+    assert busiest <= 20 * 1.1, busiest  # a second's share + 10 %, the first second included
     # ... and not much slower (the budget is used): start-up costs about a second.
     assert wall < 5.0 + 4.0, wall
 
@@ -50,9 +50,10 @@ def test_without_a_budget_the_headers_and_429s_slow_the_pool(cli: Cli, mock_fact
     assert r.returncode == 0, r.stderr
     st = cli.status(job)
     assert st["counts"]["completed"] == 120
-    # The first burst meets 429s before the limit is known; after that, the pace holds.
+    # A slow start until the first reply's headers tell the limit: no first burst into 429s, and then the
+    # pace holds (at most 2 % answered 429).
     faults = mock.stats()["faults"]["429"]
-    assert faults < 120 * 0.5, faults
+    assert faults <= 120 * 0.02, faults
     assert st["rate_limited"] == faults
 
 
@@ -134,3 +135,18 @@ def test_progress_lines_when_not_a_terminal_and_a_live_bar_on_one(cli: Cli, mock
     assert proc.returncode == 0
     assert "req/s" in text and "in flight" in text and "30/30" in text
     assert "progress done=" not in text
+
+
+def test_random_429s_with_budget_left_do_not_shrink_the_pool(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    # 20 % of creates answered 429 at random while the server's headers show plenty of budget left: load
+    # shedding, not an overload. Those requests are retried; the pool keeps its size.
+    mock = mock_factory("--p429", "0.2", "--retry-after", "0.05", "--latency", "0.1", "--seed", "3")
+    src = write_jobfile(tmp_path / "in.jsonl", 60)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "8"), extra_env={"RUNNER_PROGRESS_EVERY": "0.2"})
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 60
+    assert mock.stats()["faults"]["429"] >= 5  # the faults really happened
+    progress = [x for x in r.stderr.splitlines() if x.startswith("progress ")]
+    assert progress and all("concurrency=8/8" in x for x in progress), progress
+    assert "pausing all requests" not in r.stderr
