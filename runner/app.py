@@ -267,6 +267,7 @@ async def run(
             grace=s.grace,
             rpm=s.rpm,
             tpm=s.tpm,
+            repair=s.repair,
         )
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.worker.pool import Run

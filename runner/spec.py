@@ -3,7 +3,7 @@
     [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
-    [limits]    concurrency, rpm, tpm, max_attempts, timeout
+    [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair
     [output]    results, errors, report (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
@@ -33,7 +33,7 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from runner.config import DEFAULT_DB
+from runner.config import DEFAULT_DB, MAX_REPAIR
 from runner.errors import ConfigError
 from runner.validate import check_partial_body
 
@@ -98,6 +98,7 @@ class LimitsSection(_Section):
     tpm: Annotated[int, Field(ge=1)] | None = None
     max_attempts: Annotated[int, Field(ge=1)] | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
+    repair: Annotated[int, Field(ge=0, le=MAX_REPAIR)] | None = None
 
     def settings_update(self) -> dict[str, Any]:
         """The limits that are set, keyed like `runner.config.Settings` fields (for `model_copy(update=...)`)."""

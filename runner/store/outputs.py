@@ -1,0 +1,220 @@
+"""Queries of structured-output checks (the `output_checks` table): writing each verdict, and reading them
+back for `--repair`, the flat exports and the report.
+
+Every function takes an open `Store` and goes through `store.read` / `store.write`, in portable SQLAlchemy
+Core (no SQLite-only function), so the same code runs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runner.states import RequestState
+from runner.store import Store, UsageCounts, bounded_total
+from runner.store.tables import output_checks, requests
+
+__all__ = [
+    "CheckCounts",
+    "CheckRecord",
+    "RejectedUsage",
+    "check_counts",
+    "checks_between",
+    "has_checks",
+    "record_checks",
+    "repairs_done",
+]
+
+_REJECTED = (
+    output_checks.c.rejected_input_tokens,
+    output_checks.c.rejected_cached_tokens,
+    output_checks.c.rejected_output_tokens,
+    output_checks.c.rejected_reasoning_tokens,
+    output_checks.c.rejected_total_tokens,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """The check of one answer, written just before that answer's outcome (same lease, same runner).
+
+    `rejected` is set when this answer failed its check and is asked again (`--repair`): its usage (it was
+    paid for) is added to the request's rejected sums and its repair count goes up by one.
+    """
+
+    request_id: int
+    job_id: str
+    line_no: int
+    status: str
+    detail: str | None
+    parsed: str | None
+    rejected: UsageCounts | None = None
+    model: str | None = None  # the model that billed the answer (for a rejected one's cost)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedUsage:
+    """Usage of answers that failed their check and were asked again, by the model that billed them."""
+
+    model: str | None
+    answers: int
+    usage: UsageCounts
+
+
+@dataclass(frozen=True, slots=True)
+class CheckCounts:
+    """A job's structured-output checks: verdicts of the latest answers, and what the repairs cost."""
+
+    by_status: dict[str, int]  # valid / invalid_json / schema_mismatch -> requests
+    repaired: int  # requests whose answer was asked again at least once
+    repairs: int  # answers rejected and asked again, in all
+    rejected: list[RejectedUsage]
+
+
+def _leased(request_id: int, owner: str) -> ColumnElement[bool]:
+    # Written only while this runner holds the request, as the outcome beside it will be.
+    return exists().where(
+        requests.c.id == request_id,
+        requests.c.lease_owner == owner,
+        requests.c.state == RequestState.IN_PROGRESS.value,
+    )
+
+
+async def record_checks(store: Store, owner: str, records: Sequence[CheckRecord]) -> None:
+    """Write the checks of answers whose outcome `owner` is about to commit (one transaction).
+
+    Written before the outcome: a crash in between leaves the request in progress, to be sent again, and
+    the usage of a rejected answer counted (it was paid for either way).
+    """
+    if not records:
+        return
+    now = time.time()
+
+    async def go(conn: AsyncConnection) -> None:
+        for r in records:
+            u = r.rejected or UsageCounts()
+            bump = 1 if r.rejected is not None else 0
+            values = {
+                "status": r.status,
+                "detail": r.detail,
+                "parsed": r.parsed,
+                "checked_at": now,
+            }
+            if r.rejected is not None:
+                values["rejected_model"] = r.model
+            changed = await conn.execute(
+                update(output_checks)
+                .where(output_checks.c.request_id == r.request_id, _leased(r.request_id, owner))
+                .values(
+                    **values,
+                    repairs=output_checks.c.repairs + bump,
+                    rejected_input_tokens=output_checks.c.rejected_input_tokens + u.input_tokens,
+                    rejected_cached_tokens=output_checks.c.rejected_cached_tokens + u.cached_tokens,
+                    rejected_output_tokens=output_checks.c.rejected_output_tokens + u.output_tokens,
+                    rejected_reasoning_tokens=output_checks.c.rejected_reasoning_tokens + u.reasoning_tokens,
+                    rejected_total_tokens=output_checks.c.rejected_total_tokens + u.total_tokens,
+                )
+            )
+            if changed.rowcount:
+                continue
+            if not (await conn.execute(select(_leased(r.request_id, owner)))).scalar():
+                continue  # no longer ours: the outcome beside it will be refused too
+            await conn.execute(
+                insert(output_checks).values(
+                    request_id=r.request_id,
+                    job_id=r.job_id,
+                    line_no=r.line_no,
+                    repairs=bump,
+                    rejected_model=r.model if r.rejected is not None else None,
+                    rejected_input_tokens=u.input_tokens,
+                    rejected_cached_tokens=u.cached_tokens,
+                    rejected_output_tokens=u.output_tokens,
+                    rejected_reasoning_tokens=u.reasoning_tokens,
+                    rejected_total_tokens=u.total_tokens,
+                    **{k: v for k, v in values.items() if k != "rejected_model"},
+                )
+            )
+
+    await store.write(go)
+
+
+async def repairs_done(store: Store, request_id: int) -> int:
+    """How many answers of this request were rejected and asked again so far."""
+
+    async def go(conn: AsyncConnection) -> int:
+        n = (
+            await conn.execute(select(output_checks.c.repairs).where(output_checks.c.request_id == request_id))
+        ).scalar_one_or_none()
+        return int(n or 0)
+
+    return await store.read(go)
+
+
+async def has_checks(store: Store, job_id: str) -> bool:
+    """Whether any answer of the job was checked (a job of plain-text lines has none)."""
+
+    async def go(conn: AsyncConnection) -> bool:
+        hit = await conn.execute(select(output_checks.c.request_id).where(output_checks.c.job_id == job_id).limit(1))
+        return hit.first() is not None
+
+    return await store.read(go)
+
+
+async def checks_between(
+    store: Store, job_id: str, first_line: int, last_line: int
+) -> dict[int, tuple[str, str | None]]:
+    """line -> (verdict, parsed JSON text) for the checked lines of `job_id` from first_line to last_line."""
+    stmt = select(output_checks.c.line_no, output_checks.c.status, output_checks.c.parsed).where(
+        and_(
+            output_checks.c.job_id == job_id,
+            output_checks.c.line_no >= first_line,
+            output_checks.c.line_no <= last_line,
+        )
+    )
+
+    async def go(conn: AsyncConnection) -> dict[int, tuple[str, str | None]]:
+        return {int(r.line_no): (str(r.status), r.parsed) for r in await conn.execute(stmt)}
+
+    return await store.read(go)
+
+
+async def check_counts(store: Store, job_id: str) -> CheckCounts:
+    """Verdicts per status, requests repaired, and the rejected answers' usage per model (all in SQL)."""
+    by_status = (
+        select(output_checks.c.status, func.count())
+        .where(output_checks.c.job_id == job_id)
+        .group_by(output_checks.c.status)
+    )
+    rejected = (
+        select(
+            output_checks.c.rejected_model,
+            func.count(),
+            func.sum(output_checks.c.repairs),
+            *(func.sum(c) for c in _REJECTED),
+        )
+        .where(output_checks.c.job_id == job_id, output_checks.c.repairs > 0)
+        .group_by(output_checks.c.rejected_model)
+    )
+
+    async def go(conn: AsyncConnection) -> CheckCounts:
+        counts = {str(s): int(n) for s, n in await conn.execute(by_status)}
+        models: list[RejectedUsage] = []
+        repaired = repairs = 0
+        for r in await conn.execute(rejected):
+            repaired += int(r[1])
+            repairs += int(r[2] or 0)
+            models.append(
+                RejectedUsage(
+                    None if r[0] is None else str(r[0]),
+                    int(r[2] or 0),
+                    UsageCounts(*(bounded_total(x) for x in r[3:8])),
+                )
+            )
+        models.sort(key=lambda m: (-m.usage.total_tokens, m.model or ""))
+        return CheckCounts(counts, repaired, repairs, models)
+
+    return await store.read(go)

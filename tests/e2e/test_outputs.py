@@ -1,0 +1,124 @@
+"""Structured outputs through the CLI: each answer of a JSON line checked, `--repair N` asking again, the
+verdicts in the flat exports and the report. The mock answers each line's scripted texts in turn."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Cli, read_jsonl, run_args
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA = {"format": {"type": "json_schema", "name": "reply", "schema": SCHEMA, "strict": True}}
+JSON_OBJECT = {"format": {"type": "json_object"}}
+
+# custom_id -> (text.format, the mock's answers in turn)
+LINES: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
+    "valid": (JSON_SCHEMA, ['{"answer": 42, "tags": ["a"]}']),
+    "not-json": (JSON_SCHEMA, ["The answer is 42."]),
+    "mismatch": (JSON_SCHEMA, ['{"answer": 1, "tags": ["a", 7]}']),
+    "repaired": (JSON_SCHEMA, ['{"answer": "forty-two"}', '{"answer": 42}']),
+    "object": (JSON_OBJECT, ["[1, 2]", '{"ok": true}']),
+    "plain": (None, ["{not checked}"]),
+}
+
+
+def write_lines(path: Path) -> Path:
+    with path.open("w") as f:
+        for i, (cid, (fmt, texts)) in enumerate(LINES.items()):
+            body: dict[str, Any] = {
+                "model": "gpt-4.1-mini",
+                "input": f"question {i}",
+                "metadata": {"mock_outputs": json.dumps(texts)},
+            }
+            if fmt is not None:
+                body["text"] = fmt
+            f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    return path
+
+
+def test_repair_asks_failing_answers_again_and_exports_the_verdicts(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    mock = mock_factory()
+    job = cli.submit(write_lines(tmp_path / "in.jsonl"))
+    r = cli("run", job, *run_args(mock, "--repair", "2", "--quiet"))
+    assert r.returncode == 0, r.stderr
+
+    # The ledger: a failing answer is asked again up to 2 more times, a passing one never.
+    creates = mock.stats()["creates_by_key"]
+    per_line = {cid: creates[f"{job}/{i + 1}"] for i, cid in enumerate(LINES)}
+    assert per_line == {"valid": 1, "not-json": 3, "mismatch": 3, "repaired": 2, "object": 2, "plain": 1}
+
+    out = tmp_path / "flat.jsonl"
+    assert cli("export", job, "--format", "jsonl-flat", "-o", str(out)).returncode == 0
+    rows = {x["custom_id"]: x for x in read_jsonl(out)}
+    assert {c: (x["status"], x["output_check"], x["parsed"]) for c, x in rows.items()} == {
+        "valid": ("completed", "valid", {"answer": 42, "tags": ["a"]}),
+        "not-json": ("completed", "invalid_json", None),  # kept after 2 repairs, never dropped
+        "mismatch": ("completed", "schema_mismatch", {"answer": 1, "tags": ["a", 7]}),
+        "repaired": ("completed", "valid", {"answer": 42}),
+        "object": ("completed", "valid", {"ok": True}),
+        "plain": ("completed", None, None),
+    }
+    assert rows["repaired"]["output_text"] == '{"answer": 42}'
+
+    csv_out = tmp_path / "flat.csv"
+    assert cli("export", job, "--format", "csv", "-o", str(csv_out)).returncode == 0
+    with csv_out.open(newline="") as f:
+        table = {x["custom_id"]: x for x in csv.DictReader(f)}
+    assert json.loads(table["mismatch"]["parsed"]) == {"answer": 1, "tags": ["a", 7]}
+    assert (table["not-json"]["output_check"], table["not-json"]["parsed"]) == ("invalid_json", "")
+
+    # The Batch export is the Batch format as before: no new fields.
+    batch = tmp_path / "batch.jsonl"
+    assert cli("export", job, "-o", str(batch)).returncode == 0
+    assert all(set(x) == {"id", "custom_id", "response", "error"} for x in read_jsonl(batch))
+
+    rep = cli("report", job, "--json")
+    assert rep.returncode == 0, rep.stderr
+    checks = json.loads(rep.stdout)["output_checks"]
+    # 2 + 2 + 1 + 1 rejected answers, each paid for: their tokens are counted and priced.
+    assert {k: checks[k] for k in ("valid", "invalid_json", "schema_mismatch", "repairs", "repaired_requests")} == {
+        "valid": 3,
+        "invalid_json": 1,
+        "schema_mismatch": 1,
+        "repairs": 6,
+        "repaired_requests": 4,
+    }
+    assert checks["rejected_usage"]["total_tokens"] > 0 and checks["rejected_usd"] > 0
+    text = cli("report", job).stdout
+    assert "structured outputs: valid 3 · invalid json 1 · schema mismatch 1 · 6 answer(s) asked again" in text
+
+    # Every rejected answer is an attempt of its own, with the reason.
+    shown = json.loads(cli("show", job, "mismatch", "--json").stdout)
+    codes = [(a["outcome"], a["error_code"]) for a in shown["attempts"]]
+    assert codes == [("queued", "schema_mismatch"), ("queued", "schema_mismatch"), ("completed", None)]
+    assert "$.tags[1]: 7 is not of type 'string'; asked again (repair 1 of 2)" in shown["attempts"][0]["error_message"]
+
+
+def test_without_repair_each_answer_is_checked_once(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory()
+    job = cli.submit(write_lines(tmp_path / "in.jsonl"))
+    assert cli("run", job, *run_args(mock, "--quiet")).returncode == 0
+    assert mock.stats()["creates"] == len(LINES)
+    checks = json.loads(cli("report", job, "--json").stdout)["output_checks"]
+    assert (checks["valid"], checks["invalid_json"], checks["schema_mismatch"], checks["repairs"]) == (1, 1, 3, 0)
+
+
+def test_submit_refuses_a_schema_that_is_not_json_schema(cli: Cli, tmp_path: Path) -> None:
+    bad = {"type": "json_schema", "name": "x", "schema": {"type": "objekt"}}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/responses"}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({**line, "body": {"model": "m", "input": "q", "text": {"format": bad}}}) + "\n")
+    r = cli("submit", str(path))
+    assert r.returncode == 2
+    assert "bad.jsonl:line 1: field body.text.format.schema: is not a valid JSON Schema: schema.type:" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 2  # the summary and the line: no traceback
