@@ -4,7 +4,7 @@
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
     [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair
-    [output]    results, errors, report (with {date}, {job}, {job_id}, {input}), format
+    [output]    results, errors, report, report_html (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
 Every relative path in a spec (input, store and outputs) is relative to the spec file's directory, so a cron
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 PLACEHOLDERS: Final = ("date", "job", "job_id", "input")
-OutputKind = Literal["results", "errors", "report"]
+OutputKind = Literal["results", "errors", "report", "report_html"]
 ExportFormat = Literal["batch", "jsonl-flat", "csv", "parquet"]
 _BATCH_KEYS: Final = ("custom_id", "method", "url", "body")  # any of these makes a line a batch line
 _GLOB_CHARS: Final = frozenset("*?[")
@@ -123,9 +123,10 @@ class OutputSection(_Section):
     results: str | None = None
     errors: str | None = None
     report: str | None = None
+    report_html: str | None = None  # the HTML report (`runner report --html`)
     format: ExportFormat = "batch"
 
-    @field_validator("results", "errors", "report")
+    @field_validator("results", "errors", "report", "report_html")
     @classmethod
     def _templates(cls, v: str | None) -> str | None:
         return None if v is None else _check_template(v)
@@ -221,7 +222,7 @@ class JobSpec(_Section):
         if not files:
             raise SpecError(f"{self._path}: [job] input: {pattern!r} matches no file (looked for {target})")
         if len(files) > 1:
-            for kind in ("results", "errors", "report"):
+            for kind in ("results", "errors", "report", "report_html"):
                 template = getattr(self.output, kind)
                 if template is not None and not {"input", "job_id"} & set(_placeholders(template)):
                     raise SpecError(

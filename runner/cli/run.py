@@ -192,7 +192,12 @@ def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
     for j in done.jobs:
         if j.report is not None:
             put(j.report.render_text())
-        for label, p in (("results", j.results), ("errors", j.errors), ("report", j.report_file)):
+        for label, p in (
+            ("results", j.results),
+            ("errors", j.errors),
+            ("report", j.report_file),
+            ("html report", j.report_html),
+        ):
             if p is not None:
                 put(f"  {label}: {printable(os.path.normpath(p))}")
     stopped = _stop_verdict(done.run)

@@ -7,26 +7,46 @@ Core (no SQLite-only function), so the same code runs on PostgreSQL.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
 from runner.store import Store, UsageCounts, bounded_total
-from runner.store.tables import output_checks, requests
+from runner.store.tables import attempts, output_checks, requests
 
 __all__ = [
     "CheckCounts",
     "CheckRecord",
     "RejectedUsage",
+    "TimeBin",
+    "Timeline",
     "check_counts",
     "checks_between",
     "has_checks",
     "record_checks",
     "repairs_done",
+    "timeline",
 ]
 
 _REJECTED = (
@@ -216,5 +236,138 @@ async def check_counts(store: Store, job_id: str) -> CheckCounts:
             )
         models.sort(key=lambda m: (-m.usage.total_tokens, m.model or ""))
         return CheckCounts(counts, repaired, repairs, models)
+
+    return await store.read(go)
+
+
+# -- the HTML report's aggregates --------------------------------------------------------------------------
+# Everything is grouped in SQL, so a million-request job gives the page a few hundred numbers, not a row per
+# request. Portable: no floor()/ceil() (SQLite has them only when built with its math functions); a CAST to
+# integer truncates in SQLite and rounds in PostgreSQL, and `_floor` corrects the rounding on both.
+
+TIMELINE_BINS = 60
+LATENCY_EDGES: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)  # seconds; the last bin is open
+_QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBin:
+    """One slice of the run: requests finished in it, and the attempts recorded in it."""
+
+    start: float  # seconds after the run's first claim
+    completed: int
+    failed: int  # failed or cancelled
+    latency: dict[float, float]  # nearest-rank percentiles of the requests finished in this slice
+    attempts: int
+    retried: int  # attempts whose outcome was "asked again"
+    rate_limited: int  # attempts answered 429
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A job's run in TIMELINE_BINS slices of `width` seconds from `t0`, and its latency histogram."""
+
+    t0: float | None
+    width: float
+    bins: list[TimeBin]
+    histogram: list[int]  # requests per latency bucket: LATENCY_EDGES, then one open-ended bucket
+
+
+def _floor(x: ColumnElement[Any]) -> ColumnElement[int]:
+    whole = cast(x, Integer)
+    return whole - case((cast(whole, Float) > x, 1), else_=0)
+
+
+def _ceil(x: ColumnElement[Any]) -> ColumnElement[int]:
+    whole = cast(x, Integer)
+    return whole + case((cast(whole, Float) < x, 1), else_=0)
+
+
+async def timeline(store: Store, job_id: str, bins: int = TIMELINE_BINS) -> Timeline:
+    """Completions, failures, latency percentiles, attempts, retries and 429s per slice of the run."""
+    lat = requests.c.finished_at - requests.c.submitted_at
+    timed = and_(requests.c.job_id == job_id, requests.c.finished_at.is_not(None))
+
+    async def go(conn: AsyncConnection) -> Timeline:
+        span = (
+            await conn.execute(
+                select(func.min(requests.c.started_at), func.max(requests.c.finished_at)).where(
+                    requests.c.job_id == job_id
+                )
+            )
+        ).one()
+        if span[0] is None or span[1] is None:
+            return Timeline(None, 0.0, [], [0] * (len(LATENCY_EDGES) + 1))
+        t0 = float(span[0])
+        width = max((float(span[1]) - t0) / bins, 0.001)
+        b = func.min(func.max(_floor((requests.c.finished_at - t0) / width), 0), bins - 1).label("b")
+        ok = requests.c.state.in_([RequestState.COMPLETED.value, RequestState.INCOMPLETE.value])
+        per_bin = (
+            select(
+                b,
+                func.sum(case((ok, 1), else_=0)),
+                func.sum(case((ok, 0), else_=1)),
+            )
+            .where(timed)
+            .group_by(b)
+        )
+        done: dict[int, tuple[int, int]] = {
+            int(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in await conn.execute(per_bin)
+        }
+        # Percentiles per slice: rank the latencies inside each slice, keep the nearest ranks.
+        with_lat = and_(timed, requests.c.submitted_at.is_not(None))
+        ranked = (
+            select(
+                b,
+                lat.label("lat"),
+                func.row_number().over(partition_by=b, order_by=lat).label("rn"),
+                func.count().over(partition_by=b).label("n"),
+            )
+            .where(with_lat)
+            .subquery()
+        )
+        ranks = [_ceil(literal(q, Float) * ranked.c.n) for q in _QUANTILES]
+        picked = select(ranked.c.b, ranked.c.rn, ranked.c.n, ranked.c.lat).where(
+            or_(*(ranked.c.rn == func.max(r, 1) for r in ranks))
+        )
+        pct: dict[int, dict[float, float]] = {}
+        for r in await conn.execute(picked):
+            n, rn = int(r.n), int(r.rn)
+            for q in _QUANTILES:
+                if max(math.ceil(Fraction(str(q)) * n), 1) == rn:
+                    pct.setdefault(int(r.b), {})[q] = float(r.lat)
+        # Attempts by when their outcome was recorded.
+        ab = func.min(func.max(_floor((attempts.c.recorded_at - t0) / width), 0), bins - 1).label("b")
+        per_attempt = (
+            select(
+                ab,
+                func.count(),
+                func.sum(case((attempts.c.outcome == RequestState.QUEUED.value, 1), else_=0)),
+                func.sum(case((attempts.c.http_status == 429, 1), else_=0)),
+            )
+            .select_from(attempts.join(requests, requests.c.id == attempts.c.request_id))
+            .where(requests.c.job_id == job_id)
+            .group_by(ab)
+        )
+        tries = {int(r[0]): (int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in await conn.execute(per_attempt)}
+        # The latency histogram: one CASE picks each request's bucket.
+        bucket = case(
+            *((lat < edge, i) for i, edge in enumerate(LATENCY_EDGES)),
+            else_=len(LATENCY_EDGES),
+        ).label("k")
+        hist = [0] * (len(LATENCY_EDGES) + 1)
+        for k, n in await conn.execute(select(bucket, func.count()).where(with_lat).group_by(bucket)):
+            hist[int(k)] = int(n)
+        out = [
+            TimeBin(
+                i * width,
+                done.get(i, (0, 0))[0],
+                done.get(i, (0, 0))[1],
+                pct.get(i, {}),
+                *tries.get(i, (0, 0, 0)),
+            )
+            for i in range(bins)
+        ]
+        return Timeline(t0, width, out, hist)
 
     return await store.read(go)
