@@ -278,6 +278,12 @@ def _floor(x: ColumnElement[Any]) -> ColumnElement[int]:
     return whole - case((cast(whole, Float) > x, 1), else_=0)
 
 
+def _bin(t: ColumnElement[Any], t0: float, width: float, bins: int) -> ColumnElement[int]:
+    """The slice `t` falls in, clamped to [0, bins - 1] (CASE: SQLite's max(a, b) is GREATEST in PostgreSQL)."""
+    i = _floor((t - t0) / width)
+    return case((i < 0, 0), (i > bins - 1, bins - 1), else_=i)
+
+
 def _ceil(x: ColumnElement[Any]) -> ColumnElement[int]:
     whole = cast(x, Integer)
     return whole + case((cast(whole, Float) < x, 1), else_=0)
@@ -300,7 +306,7 @@ async def timeline(store: Store, job_id: str, bins: int = TIMELINE_BINS) -> Time
             return Timeline(None, 0.0, [], [0] * (len(LATENCY_EDGES) + 1))
         t0 = float(span[0])
         width = max((float(span[1]) - t0) / bins, 0.001)
-        b = func.min(func.max(_floor((requests.c.finished_at - t0) / width), 0), bins - 1).label("b")
+        b = _bin(requests.c.finished_at, t0, width, bins).label("b")
         ok = requests.c.state.in_([RequestState.COMPLETED.value, RequestState.INCOMPLETE.value])
         per_bin = (
             select(
@@ -328,7 +334,7 @@ async def timeline(store: Store, job_id: str, bins: int = TIMELINE_BINS) -> Time
         )
         ranks = [_ceil(literal(q, Float) * ranked.c.n) for q in _QUANTILES]
         picked = select(ranked.c.b, ranked.c.rn, ranked.c.n, ranked.c.lat).where(
-            or_(*(ranked.c.rn == func.max(r, 1) for r in ranks))
+            or_(*(ranked.c.rn == case((r < 1, 1), else_=r) for r in ranks))
         )
         pct: dict[int, dict[float, float]] = {}
         for r in await conn.execute(picked):
@@ -337,7 +343,7 @@ async def timeline(store: Store, job_id: str, bins: int = TIMELINE_BINS) -> Time
                 if max(math.ceil(Fraction(str(q)) * n), 1) == rn:
                     pct.setdefault(int(r.b), {})[q] = float(r.lat)
         # Attempts by when their outcome was recorded.
-        ab = func.min(func.max(_floor((attempts.c.recorded_at - t0) / width), 0), bins - 1).label("b")
+        ab = _bin(attempts.c.recorded_at, t0, width, bins).label("b")
         per_attempt = (
             select(
                 ab,
