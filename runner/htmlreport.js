@@ -27,8 +27,10 @@ var draw={
  latency:function(f){lines(f,['p50','p95','p99'].map(function(q){return B.map(function(b){return b.latency[q]==null?null:b.latency[q];});}),['#2a9d8f','#e9c46a','#e76f51'],['p50','p95','p99'],span);},
  attempts:function(f){lines(f,[B.map(function(b){return b.attempts*per;}),B.map(function(b){return b.retried*per;}),B.map(function(b){return b.rate_limited*per;})],['#3a7bd5','#e9c46a','#e76f51'],['attempts','retries','429s'],span);},
  histogram:function(f){var e=T.latency_edges,lab=e.map(function(x){return '<'+x+'s';}).concat(['\u2265'+e[e.length-1]+'s']);
-  var s=bars(f,T.histogram,'#2a9d8f','latency bucket: '+lab[0]+' \u2026 '+lab[lab.length-1]);}
+  var s=bars(f,T.histogram,'#2a9d8f','latency (s), requests per bucket'),w=(W-L-R)/lab.length;
+  lab.forEach(function(t,i){txt(t.replace('s',''),{x:L+(i+0.5)*w,y:H-BT+11,'text-anchor':'middle'},s);});}
 };
 document.querySelectorAll('figure.chart').forEach(function(f){draw[f.dataset.chart](f);f.dataset.drawn='1';});
 document.body.dataset.ready='1';
+document.body.dataset.drawnMs=Math.round(performance.now()).toString();  // since navigation start
 })();

@@ -308,18 +308,30 @@ async def timeline(store: Store, job_id: str, bins: int = TIMELINE_BINS) -> Time
         width = max((float(span[1]) - t0) / bins, 0.001)
         b = _bin(requests.c.finished_at, t0, width, bins).label("b")
         ok = requests.c.state.in_([RequestState.COMPLETED.value, RequestState.INCOMPLETE.value])
+        # Requests per slice and the latency histogram in one pass: grouped by slice and latency bucket
+        # (-1: no send time, so no latency).
+        bucket = case(
+            (requests.c.submitted_at.is_(None), -1),
+            *((lat < edge, i) for i, edge in enumerate(LATENCY_EDGES)),
+            else_=len(LATENCY_EDGES),
+        ).label("k")
         per_bin = (
             select(
                 b,
+                bucket,
                 func.sum(case((ok, 1), else_=0)),
                 func.sum(case((ok, 0), else_=1)),
             )
             .where(timed)
-            .group_by(b)
+            .group_by(b, bucket)
         )
-        done: dict[int, tuple[int, int]] = {
-            int(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in await conn.execute(per_bin)
-        }
+        done: dict[int, tuple[int, int]] = {}
+        hist = [0] * (len(LATENCY_EDGES) + 1)
+        for r in await conn.execute(per_bin):
+            c, f = done.get(int(r[0]), (0, 0))
+            done[int(r[0])] = (c + int(r[2] or 0), f + int(r[3] or 0))
+            if int(r[1]) >= 0:
+                hist[int(r[1])] += int(r[2] or 0) + int(r[3] or 0)
         # Percentiles per slice: rank the latencies inside each slice, keep the nearest ranks.
         with_lat = and_(timed, requests.c.submitted_at.is_not(None))
         ranked = (
@@ -356,14 +368,6 @@ async def timeline(store: Store, job_id: str, bins: int = TIMELINE_BINS) -> Time
             .group_by(ab)
         )
         tries = {int(r[0]): (int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in await conn.execute(per_attempt)}
-        # The latency histogram: one CASE picks each request's bucket.
-        bucket = case(
-            *((lat < edge, i) for i, edge in enumerate(LATENCY_EDGES)),
-            else_=len(LATENCY_EDGES),
-        ).label("k")
-        hist = [0] * (len(LATENCY_EDGES) + 1)
-        for k, n in await conn.execute(select(bucket, func.count()).where(with_lat).group_by(bucket)):
-            hist[int(k)] = int(n)
         out = [
             TimeBin(
                 i * width,
