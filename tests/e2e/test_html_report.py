@@ -46,8 +46,8 @@ def test_html_report_draws_every_chart_and_matches_the_json_report(cli: Cli, moc
     src = tmp_path / "in.jsonl"
     with src.open("w") as f:
         for i in range(24):
-            # An id made to break out of the page's script and markup, if anything were left unescaped.
-            cid = f"</script><script>document.title='pwned'</script>{i}" if i == 7 else f"q-{i}"
+            # Ids made to break out of the page's script and markup, if anything were left unescaped.
+            cid = f"</script><script>document.title='pwned'</script>{i}"
             body = {"model": "gpt-4.1-mini", "input": f"question {i} " + "x" * (i * 20)}
             f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
     job = cli.submit(src)
@@ -70,6 +70,8 @@ def test_html_report_draws_every_chart_and_matches_the_json_report(cli: Cli, moc
     assert drawn == CHARTS
     assert len(re.findall(r"<svg ", dom)) == len(CHARTS)
     assert "<title>runner report" in dom and "pwned" not in dom.split("</title>")[0]
+    slowest = want["slowest"][0]["custom_id"]
+    assert f"<td>{html.escape(slowest, quote=False)}</td>" in dom  # shown as text, in the slowest table
 
     # The data block is the JSON report (generated at another instant, the same figures).
     block = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S)

@@ -8,6 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from runner import app
+from runner.config import Settings
 from tests.conftest import Cli, read_jsonl, run_args
 
 SCHEMA = {
@@ -27,6 +31,7 @@ LINES: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "repaired": (JSON_SCHEMA, ['{"answer": "forty-two"}', '{"answer": 42}']),
     "object": (JSON_OBJECT, ["[1, 2]", '{"ok": true}']),
     "plain": (None, ["{not checked}"]),
+    "cut": (JSON_SCHEMA, ['{"answer": 42, "tags": ["a long answer cut short"]}']),  # incomplete: no verdict
 }
 
 
@@ -40,6 +45,8 @@ def write_lines(path: Path) -> Path:
             }
             if fmt is not None:
                 body["text"] = fmt
+            if cid == "cut":
+                body["max_output_tokens"] = 2
             f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
     return path
 
@@ -55,7 +62,7 @@ def test_repair_asks_failing_answers_again_and_exports_the_verdicts(
     # The ledger: a failing answer is asked again up to 2 more times, a passing one never.
     creates = mock.stats()["creates_by_key"]
     per_line = {cid: creates[f"{job}/{i + 1}"] for i, cid in enumerate(LINES)}
-    assert per_line == {"valid": 1, "not-json": 3, "mismatch": 3, "repaired": 2, "object": 2, "plain": 1}
+    assert per_line == {"valid": 1, "not-json": 3, "mismatch": 3, "repaired": 2, "object": 2, "plain": 1, "cut": 1}
 
     out = tmp_path / "flat.jsonl"
     assert cli("export", job, "--format", "jsonl-flat", "-o", str(out)).returncode == 0
@@ -67,6 +74,7 @@ def test_repair_asks_failing_answers_again_and_exports_the_verdicts(
         "repaired": ("completed", "valid", {"answer": 42}),
         "object": ("completed", "valid", {"ok": True}),
         "plain": ("completed", None, None),
+        "cut": ("incomplete", None, None),
     }
     assert rows["repaired"]["output_text"] == '{"answer": 42}'
 
@@ -94,8 +102,6 @@ def test_repair_asks_failing_answers_again_and_exports_the_verdicts(
         "repaired_requests": 4,
     }
     assert checks["rejected_usage"]["total_tokens"] > 0 and checks["rejected_usd"] > 0
-    text = cli("report", job).stdout
-    assert "structured outputs: valid 3 · invalid json 1 · schema mismatch 1 · 6 answer(s) asked again" in text
 
     # Every rejected answer is an attempt of its own, with the reason.
     shown = json.loads(cli("show", job, "mismatch", "--json").stdout)
@@ -104,13 +110,26 @@ def test_repair_asks_failing_answers_again_and_exports_the_verdicts(
     assert "$.tags[1]: 7 is not of type 'string'; asked again (repair 1 of 2)" in shown["attempts"][0]["error_message"]
 
 
-def test_without_repair_each_answer_is_checked_once(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_the_structured_example_runs_as_the_readme_shows(mock_factory: Any, tmp_path: Path) -> None:
+    # In-process (app), against the mock as a real server: the same job without and with --repair.
     mock = mock_factory()
-    job = cli.submit(write_lines(tmp_path / "in.jsonl"))
-    assert cli("run", job, *run_args(mock, "--quiet")).returncode == 0
-    assert mock.stats()["creates"] == len(LINES)
-    checks = json.loads(cli("report", job, "--json").stdout)["output_checks"]
-    assert (checks["valid"], checks["invalid_json"], checks["schema_mismatch"], checks["repairs"]) == (1, 1, 3, 0)
+    db = str(tmp_path / "r.db")
+    example = Path(__file__).resolve().parents[2] / "jobs" / "structured.jsonl"
+    plain = await app.submit(example, db=db)
+    await app.run([plain.job_id], Settings(db=db, base_url=mock.base_url))
+    assert mock.stats()["creates"] == 11  # no repair: each line answered once, and checked
+    checks = (await app.report(plain.job_id, db=db)).checks
+    assert (checks.by_status, checks.repairs) == ({"valid": 6, "invalid_json": 2, "schema_mismatch": 3}, 0)
+
+    repaired = await app.submit(example, db=db, new=True)
+    outcome = await app.run([repaired.job_id], Settings(db=db, base_url=mock.base_url, repair=2))
+    assert outcome.failed == 0
+    text = (await app.report(repaired.job_id, db=db)).render_text()
+    assert (
+        "structured outputs: valid 10 · invalid json 0 · schema mismatch 1 · 6 answer(s) asked again for"
+        " 5 request(s) ($0.0002)" in text
+    )
 
 
 def test_submit_refuses_a_schema_that_is_not_json_schema(cli: Cli, tmp_path: Path) -> None:
