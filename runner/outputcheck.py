@@ -20,9 +20,6 @@ from enum import StrEnum
 from typing import Any, Final
 
 import orjson
-from jsonschema import exceptions as js_exceptions
-from jsonschema import validators
-from referencing.exceptions import Unresolvable
 
 __all__ = ["CheckStatus", "OutputCheck", "Wanted", "check", "schema_problem", "wanted"]
 
@@ -76,22 +73,44 @@ def wanted(body_text: str) -> Wanted | None:
     return None
 
 
+# jsonschema is imported where a schema is used, not with this module: its import takes a fifth of a
+# second, and every CLI start (through validate) would pay it for jobs that never ask for JSON.
+
+
 @functools.lru_cache(maxsize=64)
 def _validator(schema_text: str) -> Any:
+    from jsonschema import validators
+
     schema = orjson.loads(schema_text)
     cls = validators.validator_for(schema)  # the draft its $schema names; the newest one otherwise
     return cls(schema)
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why `schema` is not a valid JSON Schema (one line), or None when it is."""
+    """Why `schema` is not a valid JSON Schema (one line), or None when it is.
+
+    Cached by the schema's text: a file usually repeats one schema on every line, and checking a schema
+    costs far more than validating a line.
+    """
     try:
         text = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode()
+    except (orjson.JSONEncodeError, TypeError) as e:
+        return _cut(str(e))
+    return _schema_problem(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_problem(text: str) -> str | None:
+    from jsonschema import exceptions as js_exceptions
+    from jsonschema import validators
+
+    schema = orjson.loads(text)
+    try:
         validators.validator_for(schema).check_schema(schema)
         _validator(text)
     except js_exceptions.SchemaError as e:
         return _where(e.absolute_path, e.message, "schema")
-    except (orjson.JSONEncodeError, js_exceptions.UnknownType, TypeError, ValueError) as e:
+    except (js_exceptions.UnknownType, TypeError, ValueError) as e:
         return _cut(str(e))
     return None
 
@@ -120,6 +139,9 @@ def check(output_text: str, want: Wanted) -> OutputCheck:
         if not isinstance(value, dict):
             return OutputCheck(CheckStatus.SCHEMA_MISMATCH, "$: is not a JSON object", parsed)
         return OutputCheck(CheckStatus.VALID, None, parsed)
+    from jsonschema import exceptions as js_exceptions
+    from referencing.exceptions import Unresolvable
+
     try:
         validator = _validator(want.schema)
         error = js_exceptions.best_match(validator.iter_errors(value))

@@ -18,7 +18,10 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     Integer,
+    String,
+    Text,
     and_,
+    bindparam,
     case,
     cast,
     exists,
@@ -95,69 +98,107 @@ class CheckCounts:
     rejected: list[RejectedUsage]
 
 
-def _leased(request_id: int, owner: str) -> ColumnElement[bool]:
-    # Written only while this runner holds the request, as the outcome beside it will be.
-    return exists().where(
-        requests.c.id == request_id,
-        requests.c.lease_owner == owner,
-        requests.c.state == RequestState.IN_PROGRESS.value,
+# Written only while this runner holds the request, as the outcome beside it will be. Bound per row, so a
+# whole group commit's checks take three statements (find, insert, update), whatever their number.
+_LEASED = exists().where(
+    requests.c.id == bindparam("p_rid", type_=Integer),
+    requests.c.lease_owner == bindparam("p_owner", type_=String),
+    requests.c.state == RequestState.IN_PROGRESS.value,
+)
+_ROW_PARAMS = (
+    bindparam("p_rid", type_=Integer),
+    bindparam("p_job", type_=String),
+    bindparam("p_line", type_=Integer),
+    bindparam("p_status", type_=String),
+    bindparam("p_detail", type_=Text),
+    bindparam("p_parsed", type_=Text),
+    bindparam("p_bump", type_=Integer),
+    bindparam("p_model", type_=String),
+    bindparam("p_in", type_=Integer),
+    bindparam("p_cached", type_=Integer),
+    bindparam("p_out", type_=Integer),
+    bindparam("p_reasoning", type_=Integer),
+    bindparam("p_total", type_=Integer),
+    bindparam("p_now", type_=Float),
+)
+_INSERT = insert(output_checks).from_select(
+    [
+        output_checks.c.request_id,
+        output_checks.c.job_id,
+        output_checks.c.line_no,
+        output_checks.c.status,
+        output_checks.c.detail,
+        output_checks.c.parsed,
+        output_checks.c.repairs,
+        output_checks.c.rejected_model,
+        *_REJECTED,
+        output_checks.c.checked_at,
+    ],
+    select(*_ROW_PARAMS).where(_LEASED),
+)
+_UPDATE = (
+    update(output_checks)
+    .where(output_checks.c.request_id == bindparam("p_rid", type_=Integer), _LEASED)
+    .values(
+        status=bindparam("p_status", type_=String),
+        detail=bindparam("p_detail", type_=Text),
+        parsed=bindparam("p_parsed", type_=Text),
+        checked_at=bindparam("p_now", type_=Float),
+        repairs=output_checks.c.repairs + bindparam("p_bump", type_=Integer),
+        # the model of the latest rejected answer; an accepted one leaves it as it was
+        rejected_model=func.coalesce(bindparam("p_model", type_=String), output_checks.c.rejected_model),
+        rejected_input_tokens=output_checks.c.rejected_input_tokens + bindparam("p_in", type_=Integer),
+        rejected_cached_tokens=output_checks.c.rejected_cached_tokens + bindparam("p_cached", type_=Integer),
+        rejected_output_tokens=output_checks.c.rejected_output_tokens + bindparam("p_out", type_=Integer),
+        rejected_reasoning_tokens=output_checks.c.rejected_reasoning_tokens + bindparam("p_reasoning", type_=Integer),
+        rejected_total_tokens=output_checks.c.rejected_total_tokens + bindparam("p_total", type_=Integer),
     )
+)
+
+
+def _params(r: CheckRecord, owner: str, now: float) -> dict[str, Any]:
+    u = r.rejected or UsageCounts()
+    return {
+        "p_rid": r.request_id,
+        "p_owner": owner,
+        "p_job": r.job_id,
+        "p_line": r.line_no,
+        "p_status": r.status,
+        "p_detail": r.detail,
+        "p_parsed": r.parsed,
+        "p_bump": 1 if r.rejected is not None else 0,
+        "p_model": r.model if r.rejected is not None else None,
+        "p_in": u.input_tokens,
+        "p_cached": u.cached_tokens,
+        "p_out": u.output_tokens,
+        "p_reasoning": u.reasoning_tokens,
+        "p_total": u.total_tokens,
+        "p_now": now,
+    }
 
 
 async def record_checks(store: Store, owner: str, records: Sequence[CheckRecord]) -> None:
     """Write the checks of answers whose outcome `owner` is about to commit (one transaction).
 
     Written before the outcome: a crash in between leaves the request in progress, to be sent again, and
-    the usage of a rejected answer counted (it was paid for either way).
+    the usage of a rejected answer counted (it was paid for either way). A request `owner` no longer
+    holds gets nothing written (its outcome will be refused too).
     """
     if not records:
         return
     now = time.time()
+    latest = {r.request_id: r for r in records}  # one check per request and commit (the last one)
+    ids = list(latest)
 
     async def go(conn: AsyncConnection) -> None:
-        for r in records:
-            u = r.rejected or UsageCounts()
-            bump = 1 if r.rejected is not None else 0
-            values = {
-                "status": r.status,
-                "detail": r.detail,
-                "parsed": r.parsed,
-                "checked_at": now,
-            }
-            if r.rejected is not None:
-                values["rejected_model"] = r.model
-            changed = await conn.execute(
-                update(output_checks)
-                .where(output_checks.c.request_id == r.request_id, _leased(r.request_id, owner))
-                .values(
-                    **values,
-                    repairs=output_checks.c.repairs + bump,
-                    rejected_input_tokens=output_checks.c.rejected_input_tokens + u.input_tokens,
-                    rejected_cached_tokens=output_checks.c.rejected_cached_tokens + u.cached_tokens,
-                    rejected_output_tokens=output_checks.c.rejected_output_tokens + u.output_tokens,
-                    rejected_reasoning_tokens=output_checks.c.rejected_reasoning_tokens + u.reasoning_tokens,
-                    rejected_total_tokens=output_checks.c.rejected_total_tokens + u.total_tokens,
-                )
-            )
-            if changed.rowcount:
-                continue
-            if not (await conn.execute(select(_leased(r.request_id, owner)))).scalar():
-                continue  # no longer ours: the outcome beside it will be refused too
-            await conn.execute(
-                insert(output_checks).values(
-                    request_id=r.request_id,
-                    job_id=r.job_id,
-                    line_no=r.line_no,
-                    repairs=bump,
-                    rejected_model=r.model if r.rejected is not None else None,
-                    rejected_input_tokens=u.input_tokens,
-                    rejected_cached_tokens=u.cached_tokens,
-                    rejected_output_tokens=u.output_tokens,
-                    rejected_reasoning_tokens=u.reasoning_tokens,
-                    rejected_total_tokens=u.total_tokens,
-                    **{k: v for k, v in values.items() if k != "rejected_model"},
-                )
-            )
+        found = await conn.execute(select(output_checks.c.request_id).where(output_checks.c.request_id.in_(ids)))
+        known = {int(x) for x in found.scalars()}
+        fresh = [_params(r, owner, now) for i, r in latest.items() if i not in known]
+        again = [_params(r, owner, now) for i, r in latest.items() if i in known]
+        if fresh:
+            await conn.execute(_INSERT, fresh)
+        if again:
+            await conn.execute(_UPDATE, again)
 
     await store.write(go)
 
