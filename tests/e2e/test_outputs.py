@@ -141,3 +141,24 @@ def test_submit_refuses_a_schema_that_is_not_json_schema(cli: Cli, tmp_path: Pat
     assert r.returncode == 2
     assert "bad.jsonl:line 1: field body.text.format.schema: is not a valid JSON Schema: schema.type:" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 2  # the summary and the line: no traceback
+
+
+@pytest.mark.anyio
+async def test_a_spec_repairs_and_writes_the_html_report(mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory()
+    example = Path(__file__).resolve().parents[2] / "jobs" / "structured.jsonl"
+    (tmp_path / "in.jsonl").write_bytes(example.read_bytes())
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(
+        '[job]\ninput = "in.jsonl"\n[limits]\nrepair = 1\n'
+        '[output]\nresults = "out/r.jsonl"\nformat = "jsonl-flat"\nreport_html = "out/{job}.html"\n'
+    )
+    done = await app.run_spec(spec, overrides={"base_url": mock.base_url})
+    [job] = done.jobs
+    assert mock.stats()["creates"] == 11 + 5  # five lines fail their first answer; one repair each
+    assert job.report is not None and job.report.checks.repairs == 5
+    assert job.report_html == tmp_path / "out" / "nightly.html"
+    page = job.report_html.read_text()
+    assert "<td>schema_mismatch</td><td>1</td>" in page  # city-10 after its one repair
+    rows = read_jsonl(tmp_path / "out" / "r.jsonl")
+    assert sum(r["output_check"] == "valid" for r in rows) == 10
