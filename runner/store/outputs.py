@@ -19,7 +19,6 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
-    Text,
     and_,
     bindparam,
     case,
@@ -98,83 +97,46 @@ class CheckCounts:
     rejected: list[RejectedUsage]
 
 
-# Written only while this runner holds the request, as the outcome beside it will be. Bound per row, so a
-# whole group commit's checks take three statements (find, insert, update), whatever their number.
+# One bound value per column ("p_<column>"), set per row: a whole group commit's checks take three
+# statements (find, insert, update), whatever their number. Written only while this runner holds the
+# request, as the outcome beside it will be.
+_P = {c.name: bindparam(f"p_{c.name}", type_=c.type) for c in output_checks.c}
 _LEASED = exists().where(
-    requests.c.id == bindparam("p_rid", type_=Integer),
+    requests.c.id == _P["request_id"],
     requests.c.lease_owner == bindparam("p_owner", type_=String),
     requests.c.state == RequestState.IN_PROGRESS.value,
 )
-_ROW_PARAMS = (
-    bindparam("p_rid", type_=Integer),
-    bindparam("p_job", type_=String),
-    bindparam("p_line", type_=Integer),
-    bindparam("p_status", type_=String),
-    bindparam("p_detail", type_=Text),
-    bindparam("p_parsed", type_=Text),
-    bindparam("p_bump", type_=Integer),
-    bindparam("p_model", type_=String),
-    bindparam("p_in", type_=Integer),
-    bindparam("p_cached", type_=Integer),
-    bindparam("p_out", type_=Integer),
-    bindparam("p_reasoning", type_=Integer),
-    bindparam("p_total", type_=Integer),
-    bindparam("p_now", type_=Float),
-)
-_INSERT = insert(output_checks).from_select(
-    [
-        output_checks.c.request_id,
-        output_checks.c.job_id,
-        output_checks.c.line_no,
-        output_checks.c.status,
-        output_checks.c.detail,
-        output_checks.c.parsed,
-        output_checks.c.repairs,
-        output_checks.c.rejected_model,
-        *_REJECTED,
-        output_checks.c.checked_at,
-    ],
-    select(*_ROW_PARAMS).where(_LEASED),
-)
+_INSERT = insert(output_checks).from_select(list(output_checks.c), select(*_P.values()).where(_LEASED))
+_ADDED = ("repairs", *(c.name for c in _REJECTED))  # sums over the answers; the other columns are the latest
 _UPDATE = (
     update(output_checks)
-    .where(output_checks.c.request_id == bindparam("p_rid", type_=Integer), _LEASED)
+    .where(output_checks.c.request_id == _P["request_id"], _LEASED)
     .values(
-        status=bindparam("p_status", type_=String),
-        detail=bindparam("p_detail", type_=Text),
-        parsed=bindparam("p_parsed", type_=Text),
-        checked_at=bindparam("p_now", type_=Float),
-        repairs=output_checks.c.repairs + bindparam("p_bump", type_=Integer),
-        # the model of the latest rejected answer; an accepted one leaves it as it was
-        rejected_model=func.coalesce(bindparam("p_model", type_=String), output_checks.c.rejected_model),
-        rejected_input_tokens=output_checks.c.rejected_input_tokens + bindparam("p_in", type_=Integer),
-        rejected_cached_tokens=output_checks.c.rejected_cached_tokens + bindparam("p_cached", type_=Integer),
-        rejected_output_tokens=output_checks.c.rejected_output_tokens + bindparam("p_out", type_=Integer),
-        rejected_reasoning_tokens=output_checks.c.rejected_reasoning_tokens + bindparam("p_reasoning", type_=Integer),
-        rejected_total_tokens=output_checks.c.rejected_total_tokens + bindparam("p_total", type_=Integer),
+        {
+            **{n: _P[n] for n in ("status", "detail", "parsed", "checked_at")},
+            **{n: output_checks.c[n] + _P[n] for n in _ADDED},
+            # the model of the latest rejected answer; an accepted one leaves it as it was
+            "rejected_model": func.coalesce(_P["rejected_model"], output_checks.c.rejected_model),
+        }
     )
 )
 
 
 def _params(r: CheckRecord, owner: str, now: float) -> dict[str, Any]:
     u = r.rejected or UsageCounts()
-    return {
-        "p_rid": r.request_id,
-        "p_owner": owner,
-        "p_job": r.job_id,
-        "p_line": r.line_no,
-        "p_status": r.status,
-        "p_detail": r.detail,
-        "p_parsed": r.parsed,
-        "p_bump": 1 if r.rejected is not None else 0,
-        "p_model": r.model if r.rejected is not None else None,
-        "p_in": u.input_tokens,
-        "p_cached": u.cached_tokens,
-        "p_out": u.output_tokens,
-        "p_reasoning": u.reasoning_tokens,
-        "p_total": u.total_tokens,
-        "p_now": now,
+    row = {
+        "request_id": r.request_id,
+        "job_id": r.job_id,
+        "line_no": r.line_no,
+        "status": r.status,
+        "detail": r.detail,
+        "parsed": r.parsed,
+        "repairs": 1 if r.rejected is not None else 0,
+        "rejected_model": r.model if r.rejected is not None else None,
+        **{f"rejected_{k}": v for k, v in u.as_dict().items()},
+        "checked_at": now,
     }
+    return {"p_owner": owner, **{f"p_{k}": v for k, v in row.items()}}
 
 
 async def record_checks(store: Store, owner: str, records: Sequence[CheckRecord]) -> None:
