@@ -134,7 +134,10 @@ def check(output_text: str, want: Wanted) -> OutputCheck:
         value = orjson.loads(output_text)
     except orjson.JSONDecodeError as e:
         return OutputCheck(CheckStatus.INVALID_JSON, _cut(f"not JSON: {e}"))
-    parsed = orjson.dumps(value).decode()
+    try:
+        parsed: str | None = orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        parsed = None  # valid JSON nested past what orjson writes (254 levels): checked, but not kept
     if want.schema is None:
         if not isinstance(value, dict):
             return OutputCheck(CheckStatus.SCHEMA_MISMATCH, "$: is not a JSON object", parsed)
@@ -148,8 +151,8 @@ def check(output_text: str, want: Wanted) -> OutputCheck:
     except (js_exceptions.SchemaError, js_exceptions.UnknownType, Unresolvable) as e:
         # Submit refuses invalid schemas; a store written before that check could still hold one.
         return OutputCheck(CheckStatus.SCHEMA_MISMATCH, _cut(f"the line's schema cannot be used: {e}"), parsed)
-    except RecursionError:
-        return OutputCheck(CheckStatus.SCHEMA_MISMATCH, "the line's schema recurses without end", parsed)
+    except RecursionError:  # a value nested too deeply to walk, or a schema that refers to itself without end
+        return OutputCheck(CheckStatus.SCHEMA_MISMATCH, "too deeply nested to check", parsed)
     if error is None:
         return OutputCheck(CheckStatus.VALID, None, parsed)
     return OutputCheck(CheckStatus.SCHEMA_MISMATCH, _where(error.absolute_path, error.message), parsed)

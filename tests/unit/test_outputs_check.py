@@ -86,3 +86,15 @@ def test_schema_problem_names_what_is_wrong() -> None:
     assert problem is not None and problem.startswith("schema.properties.n.type: 'integr' is not valid")
     long_value = {"type": "object", "required": "x" * 5000}
     assert len(schema_problem(long_value) or "") <= 500
+
+
+def test_hostile_answers_get_a_verdict_never_an_exception() -> None:
+    obj = wanted(body({"type": "json_object"}))
+    sch = wanted(body({"type": "json_schema", "name": "n", "schema": {"type": "array"}}))
+    assert obj is not None and sch is not None
+    deep = "[" * 300 + "]" * 300  # valid JSON, deeper than orjson writes back
+    assert (check(deep, obj).status, check(deep, obj).parsed) == (CheckStatus.SCHEMA_MISMATCH, None)
+    assert check(deep, sch).status in (CheckStatus.VALID, CheckStatus.SCHEMA_MISMATCH)
+    assert check(deep, sch).parsed is None
+    for text in ('"\ud800"', "1e999", "NaN", "9" * 5000):
+        assert check(text, sch).status is CheckStatus.INVALID_JSON
