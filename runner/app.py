@@ -34,6 +34,7 @@ from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
+from runner.htmlreport import write_html
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
 from runner.owners import owner_is_dead
 from runner.prices import load_prices
@@ -267,6 +268,7 @@ async def run(
             grace=s.grace,
             rpm=s.rpm,
             tpm=s.tpm,
+            repair=s.repair,
         )
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.worker.pool import Run
@@ -374,14 +376,19 @@ async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
         return report
 
 
-async def report(job_id: str, *, db: str | None = None, prices: str | Path | None = None) -> Report:
+async def report(
+    job_id: str, *, db: str | None = None, prices: str | Path | None = None, html: str | Path | None = None
+) -> Report:
     """Counts, usage, cost, latency percentiles, errors by code and the slowest requests of a job.
 
     Prices come from the table shipped with runner, overridden by `prices` (or RUNNER_PRICES), a TOML file.
+    With `html`, the report is also written there as one self-contained HTML page with charts.
     """
     s = _settings(None, db)
     table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:
+        if html is not None:
+            return await write_html(store, job_id, table, Path(html))
         return await build_report(store, job_id, table)
 
 
@@ -400,6 +407,7 @@ class SpecJob:
     results: Path | None = None
     errors: Path | None = None
     report_file: Path | None = None
+    report_html: Path | None = None
     report: Report | None = None
 
 
@@ -476,6 +484,9 @@ async def run_spec(
                     store, j.job_id, str(j.results), str(j.errors) if j.errors else None, spec.output.format
                 )
             j.report = await build_report(store, j.job_id, table)
+            j.report_html = spec.output_path("report_html", job_id=j.job_id, date=date, source=j.input)
+            if j.report_html is not None:
+                await write_html(store, j.job_id, table, j.report_html)
             if j.report_file is not None:
                 j.report_file.parent.mkdir(parents=True, exist_ok=True)
                 j.report_file.write_text(json.dumps(j.report.to_json(), indent=2) + "\n")

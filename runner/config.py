@@ -16,6 +16,7 @@ MAX_CONCURRENCY = 10_000
 MAX_MAX_ATTEMPTS = 100
 MAX_TIMEOUT = 86_400.0  # a day
 MAX_GRACE_SECONDS = 3_600.0
+MAX_REPAIR = 10  # answers asked again per request for a failed structured-output check
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_TIMEOUT = 600.0  # seconds per HTTP request; long generations take minutes
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -65,6 +66,8 @@ class Settings(BaseSettings):
     grace: float = Field(
         DEFAULT_GRACE_SECONDS, ge=0, le=MAX_GRACE_SECONDS, validation_alias=_env("grace", "RUNNER_GRACE")
     )
+    # A completed answer failing its structured-output check is asked again, up to this often per request.
+    repair: int = Field(0, ge=0, le=MAX_REPAIR, validation_alias=_env("repair", "RUNNER_REPAIR"))
     rpm: float | None = Field(None, gt=0, validation_alias=_env("rpm", "RUNNER_RPM"))
     tpm: float | None = Field(None, gt=0, validation_alias=_env("tpm", "RUNNER_TPM"))
     # A TOML price table over the shipped one (`--prices` wins); empty means the shipped table alone.

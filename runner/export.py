@@ -37,6 +37,7 @@ from runner.files import atomic_writer
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, Store
+from runner.store.outputs import checks_between, has_checks
 from runner.usage import UsageCounts
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
@@ -62,7 +63,11 @@ FLAT_COLUMNS: Final = (
     "reasoning_tokens",
     "total_tokens",
     "error",
+    "output_check",  # valid | invalid_json | schema_mismatch for lines that asked for JSON, else null
+    "parsed",  # that answer's JSON value (as JSON text in csv and parquet), else null
 )
+# A checked line's verdict and parsed JSON text (runner/store/outputs.py); None for lines not checked.
+Check = tuple[str, str | None] | None
 
 
 @dataclass
@@ -234,8 +239,12 @@ def _error(row: ExportRow) -> str | None:
     return f"{code}: {row.error_message}" if row.error_message else code
 
 
-def _flat_values(row: ExportRow, req: RequestFields) -> list[Any]:
-    """A row's FLAT_COLUMNS values, in order (a list: csv and parquet need no dict per row)."""
+def _flat_values(row: ExportRow, req: RequestFields, check: Check = None, *, embed: bool = False) -> list[Any]:
+    """A row's FLAT_COLUMNS values, in order (a list: csv and parquet need no dict per row).
+
+    `embed` puts the parsed value in as JSON (jsonl-flat); otherwise it stays JSON text (csv, parquet).
+    """
+    parsed = None if check is None else check[1]
     return [
         row.custom_id,
         row.line_no,
@@ -250,17 +259,19 @@ def _flat_values(row: ExportRow, req: RequestFields) -> list[Any]:
         row.reasoning_tokens,
         row.total_tokens,
         _error(row),
+        None if check is None else check[0],
+        orjson.Fragment(parsed) if embed and parsed is not None else parsed,
     ]
 
 
-def flat_record(row: ExportRow) -> dict[str, Any]:
+def flat_record(row: ExportRow, check: Check = None) -> dict[str, Any]:
     """One request as a jsonl-flat record: FLAT_COLUMNS, then `metadata` (the line's object, or null).
 
     `output_text` is the stored response's text for results (completed, incomplete) and null otherwise;
     `error` is "code: message" for failed and cancelled requests and null for results, as in the Batch format.
     """
     req = request_fields(row.body)
-    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req), strict=True))
+    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req, check, embed=True), strict=True))
     record[METADATA] = req.metadata
     return record
 
@@ -270,10 +281,10 @@ def metadata_column(key: str) -> str:
     return f"{METADATA}.{key}"
 
 
-def _table_values(row: ExportRow, keys: Sequence[str]) -> list[Any]:
+def _table_values(row: ExportRow, keys: Sequence[str], check: Check = None) -> list[Any]:
     """A row's values with its metadata spread over one column per key of the job (csv, parquet)."""
     req = request_fields(row.body)
-    values = _flat_values(row, req)
+    values = _flat_values(row, req, check)
     metadata = req.metadata
     if keys:
         values += [metadata.get(k) for k in keys] if metadata else [None] * len(keys)
@@ -337,14 +348,14 @@ async def iter_results(store: Store, job_id: str) -> AsyncGenerator[ResultRow, N
 class _LineSink:
     """One encoded line per row, straight to the file (JSON Lines, or CSV after its header)."""
 
-    def __init__(self, f: IO[bytes], encode: Callable[[ExportRow], bytes], header: bytes = b"") -> None:
+    def __init__(self, f: IO[bytes], encode: Callable[[ExportRow, Check], bytes], header: bytes = b"") -> None:
         self._f = f
         self._encode = encode
         # Both files of a CSV export get the header, even when no row lands in one of them.
         f.write(header)
 
-    def write(self, row: ExportRow) -> None:
-        self._f.write(self._encode(row))
+    def write(self, row: ExportRow, check: Check = None) -> None:
+        self._f.write(self._encode(row, check))
 
     def close(self) -> None:
         """Nothing is held back: every line is written as it comes."""
@@ -382,8 +393,8 @@ class _CsvEncoder:
     def header(self) -> bytes:
         return csv_line(self._header)
 
-    def row(self, row: ExportRow) -> bytes:
-        return csv_line(_table_values(row, self._keys))  # None becomes an empty field
+    def row(self, row: ExportRow, check: Check = None) -> bytes:
+        return csv_line(_table_values(row, self._keys, check))  # None becomes an empty field
 
 
 class _ParquetSink:
@@ -408,8 +419,8 @@ class _ParquetSink:
         self._columns: dict[str, list[Any]] = {c: [] for c in self._names}
         self._rows = 0
 
-    def write(self, row: ExportRow) -> None:
-        for values, value in zip(self._columns.values(), _table_values(row, self._keys), strict=True):
+    def write(self, row: ExportRow, check: Check = None) -> None:
+        for values, value in zip(self._columns.values(), _table_values(row, self._keys, check), strict=True):
             values.append(value)
         self._rows += 1
         if self._rows >= PARQUET_ROW_GROUP:
@@ -433,9 +444,9 @@ _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 def _sink(fmt: str, f: IO[bytes], job_id: str, keys: Sequence[str]) -> _Sink:
     if fmt == "batch":
-        return _LineSink(f, lambda row: orjson.dumps(batch_line(job_id, row), option=_NEWLINE))
+        return _LineSink(f, lambda row, _check: orjson.dumps(batch_line(job_id, row), option=_NEWLINE))
     if fmt == "jsonl-flat":
-        return _LineSink(f, lambda row: orjson.dumps(flat_record(row), option=_NEWLINE))
+        return _LineSink(f, lambda row, check: orjson.dumps(flat_record(row, check), option=_NEWLINE))
     if fmt == "csv":
         encoder = _CsvEncoder(keys)
         return _LineSink(f, encoder.row, encoder.header())
@@ -455,20 +466,25 @@ async def export_job(
     flat = fmt != "batch"
     # csv and parquet name their columns before the first row: one column per metadata key of the job.
     keys = await store.metadata_keys(job_id) if fmt in ("csv", "parquet") else []
+    # Checks live in their own table: looked up per chunk, and only for a job that has any.
+    checked = flat and await has_checks(store, job_id)
     with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
         results = _sink(fmt, f_out, job_id, keys)
         failures = _sink(fmt, f_err, job_id, keys) if f_err is not None else None
         try:
             async with store.stream_export(job_id, with_body=flat) as stream, aclosing(stream) as chunks:
                 async for chunk in chunks:
+                    checks = {}
+                    if checked and chunk:
+                        checks = await checks_between(store, job_id, chunk[0].line_no, chunk[-1].line_no)
                     for row in chunk:
                         if row.state in _UNFINISHED:
                             counts.unfinished += 1
                         elif failures is not None and row.state in _ERROR_STATES:
-                            failures.write(row)
+                            failures.write(row, checks.get(row.line_no))
                             counts.errors += 1
                         else:
-                            results.write(row)
+                            results.write(row, checks.get(row.line_no))
                             counts.results += 1
         finally:
             # Parquet's footer goes out while the file is open; after a failure the atomic writer

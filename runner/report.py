@@ -8,12 +8,14 @@ never counted as $0: the total is then a lower bound, and both forms say so.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from runner.outputcheck import CheckStatus
 from runner.prices import PriceTable
 from runner.states import RequestState
 from runner.store import Store, UsageCounts
+from runner.store.outputs import CheckCounts, check_counts
 from runner.store.reports import (
     ErrorGroup,
     Latency,
@@ -100,6 +102,10 @@ class Report:
     slowest: list[SlowRequest]
     elapsed_seconds: float | None
     throughput_rps: float | None
+    # Structured outputs: verdicts of the latest answers, and answers rejected and asked again (--repair).
+    checks: CheckCounts = field(default_factory=lambda: CheckCounts({}, 0, 0, []))
+    rejected_usd: float = 0.0  # what the rejected answers cost (priced models only), part of cost_usd
+    rejected_unpriced: tuple[str, ...] = ()
 
     @property
     def priced(self) -> list[ModelCost]:
@@ -111,12 +117,12 @@ class Report:
 
     @property
     def cost_usd(self) -> float:
-        """The sum over priced models; a lower bound when `cost_complete` is False."""
-        return sum(m.usd for m in self.models if m.usd is not None)
+        """The sum over priced models, rejected answers included; a lower bound when `cost_complete` is False."""
+        return sum(m.usd for m in self.models if m.usd is not None) + self.rejected_usd
 
     @property
     def cost_complete(self) -> bool:
-        return not self.unpriced
+        return not self.unpriced and not self.rejected_unpriced
 
     @property
     def failed(self) -> int:
@@ -194,6 +200,22 @@ class Report:
             ],
             "elapsed_seconds": self.elapsed_seconds,
             "throughput_rps": self.throughput_rps,
+            "output_checks": self.checks_json(),
+        }
+
+    def checks_json(self) -> dict[str, Any]:
+        """Structured-output verdicts per status, and what repairs asked again and cost."""
+        c = self.checks
+        rejected = UsageCounts()
+        for m in c.rejected:
+            rejected = rejected + m.usage
+        return {
+            **{s.value: c.by_status.get(s.value, 0) for s in CheckStatus},
+            "repaired_requests": c.repaired,
+            "repairs": c.repairs,
+            "rejected_usage": rejected.as_dict(),
+            "rejected_usd": round(self.rejected_usd, 6),
+            "rejected_unpriced": list(self.rejected_unpriced),
         }
 
     def render_text(self) -> str:
@@ -245,6 +267,13 @@ class Report:
                     for s in self.slowest
                 )
             )
+        if self.checks.by_status or self.checks.repairs:
+            c = self.checks
+            parts = [f"{s.value.replace('_', ' ')} {c.by_status.get(s.value, 0)}" for s in CheckStatus]
+            line = "  structured outputs: " + " · ".join(parts)
+            if c.repairs:
+                line += f" · {c.repairs} answer(s) asked again for {c.repaired} request(s) ({_usd(self.rejected_usd)})"
+            out.append(line)
         if self.elapsed_seconds is not None:
             rate = f" · {self.throughput_rps:.2f} requests/s" if self.throughput_rps else ""
             out.append(f"  elapsed {self.elapsed_seconds:.1f} s{rate}")
@@ -264,6 +293,15 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
     elapsed = st.elapsed(now)
     finished = st.finished
     tries = await attempt_totals(store, job_id)
+    checks = await check_counts(store, job_id)
+    rejected_usd = 0.0
+    rejected_unpriced: list[str] = []
+    for r in checks.rejected:
+        key = prices.key_for(r.model)
+        if key is None:
+            rejected_unpriced.append(r.model or UNKNOWN_MODEL)
+        else:
+            rejected_usd += prices.models[key].cost(r.usage)
     return Report(
         job_id=st.job.id,
         name=st.job.name,
@@ -285,4 +323,7 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         slowest=await slowest(store, job_id),
         elapsed_seconds=elapsed,
         throughput_rps=finished / elapsed if elapsed else None,
+        checks=checks,
+        rejected_usd=rejected_usd,
+        rejected_unpriced=tuple(rejected_unpriced),
     )

@@ -3,8 +3,8 @@
     [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
-    [limits]    concurrency, rpm, tpm, max_attempts, timeout
-    [output]    results, errors, report (with {date}, {job}, {job_id}, {input}), format
+    [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair
+    [output]    results, errors, report, report_html (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
 Every relative path in a spec (input, store and outputs) is relative to the spec file's directory, so a cron
@@ -33,7 +33,7 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from runner.config import DEFAULT_DB
+from runner.config import DEFAULT_DB, MAX_REPAIR
 from runner.errors import ConfigError
 from runner.validate import check_partial_body
 
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 PLACEHOLDERS: Final = ("date", "job", "job_id", "input")
-OutputKind = Literal["results", "errors", "report"]
+OutputKind = Literal["results", "errors", "report", "report_html"]
 ExportFormat = Literal["batch", "jsonl-flat", "csv", "parquet"]
 _BATCH_KEYS: Final = ("custom_id", "method", "url", "body")  # any of these makes a line a batch line
 _GLOB_CHARS: Final = frozenset("*?[")
@@ -98,6 +98,7 @@ class LimitsSection(_Section):
     tpm: Annotated[int, Field(ge=1)] | None = None
     max_attempts: Annotated[int, Field(ge=1)] | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
+    repair: Annotated[int, Field(ge=0, le=MAX_REPAIR)] | None = None
 
     def settings_update(self) -> dict[str, Any]:
         """The limits that are set, keyed like `runner.config.Settings` fields (for `model_copy(update=...)`)."""
@@ -122,9 +123,10 @@ class OutputSection(_Section):
     results: str | None = None
     errors: str | None = None
     report: str | None = None
+    report_html: str | None = None  # the HTML report (`runner report --html`)
     format: ExportFormat = "batch"
 
-    @field_validator("results", "errors", "report")
+    @field_validator("results", "errors", "report", "report_html")
     @classmethod
     def _templates(cls, v: str | None) -> str | None:
         return None if v is None else _check_template(v)
@@ -220,7 +222,7 @@ class JobSpec(_Section):
         if not files:
             raise SpecError(f"{self._path}: [job] input: {pattern!r} matches no file (looked for {target})")
         if len(files) > 1:
-            for kind in ("results", "errors", "report"):
+            for kind in ("results", "errors", "report", "report_html"):
                 template = getattr(self.output, kind)
                 if template is not None and not {"input", "job_id"} & set(_placeholders(template)):
                     raise SpecError(

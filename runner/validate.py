@@ -37,6 +37,7 @@ from runner.jsonchecks import (
     type_issue,
 )
 from runner.keyadvice import key_advisor
+from runner.outputcheck import schema_problem
 
 __all__ = [
     "BACKGROUND_STORE_REASON",
@@ -188,6 +189,10 @@ def _check_format(value: Any, path: str, out: list[FieldIssue]) -> None:
         for name in ("name", "schema"):
             if name not in value:
                 out.append(FieldIssue(join(path, name), "is required when type is 'json_schema'", required=True))
+        schema = value.get("schema")
+        if isinstance(schema, dict) and (problem := schema_problem(schema)) is not None:
+            # Answers are checked against it (runner/outputcheck.py): a broken schema fails here, not later.
+            out.append(FieldIssue(join(path, "schema"), f"is not a valid JSON Schema: {problem}"))
 
 
 def _check_metadata(value: Any, path: str, out: list[FieldIssue]) -> None:

@@ -51,11 +51,35 @@ def _input_text(value: Any) -> str:
     return "".join(parts)
 
 
-def usage_for(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
+SCRIPT_KEY = "mock_outputs"
+
+
+def scripted_text(body: Mapping[str, Any], answered: int) -> str | None:
+    """The scripted answer of a line whose `metadata.mock_outputs` is a JSON array of strings, else None.
+
+    The line's first answered create gets the first text, its second the second, and so on; the last one
+    repeats. So a test can script "invalid, then valid" for one line and plain echoes for the others.
+    """
+    metadata = body.get("metadata")
+    raw = metadata.get(SCRIPT_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        texts = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        return None
+    return str(texts[min(answered, len(texts) - 1)])
+
+
+def usage_for(body: Mapping[str, Any], answered: int = 0) -> tuple[str, dict[str, Any], bool]:
     """Return (output text, usage, truncated) for a create request, deterministically.
 
     The prompt text is `instructions` plus every text in `input`; the output echoes the first 200
-    characters of the `input` text only. Truncation happens when `max_output_tokens` is too small.
+    characters of the `input` text only, unless the line scripts its answers (`scripted_text`; `answered`
+    is how many creates of that line were answered before). Truncation happens when `max_output_tokens`
+    is too small.
     """
     instructions = body.get("instructions")
     input_text = _input_text(body.get("input"))
@@ -65,7 +89,8 @@ def usage_for(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     reasoning_tokens = REASONING_TOKENS.get(effort, 0) if isinstance(effort, str) else 0
-    text = "echo: " + input_text[:200]
+    script = scripted_text(body, answered)
+    text = "echo: " + input_text[:200] if script is None else script
     output_tokens = max(1, math.ceil(len(text) / 4)) + reasoning_tokens
     limit = body.get("max_output_tokens")
     truncated = isinstance(limit, int) and output_tokens > limit

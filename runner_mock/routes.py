@@ -47,7 +47,8 @@ async def _create(request: web.Request) -> web.Response:
         message = "You exceeded your current quota, please check your plan and billing details."
         return reply(state, started, 429, error(message, "insufficient_quota", "insufficient_quota"))
 
-    computed = usage_for(body)
+    key = _create_key(request, body)
+    computed = usage_for(body, state.creates_by_key.get(key, 0))
     limit = body.get("max_output_tokens")
     charge = computed[1]["input_tokens"] + (limit if isinstance(limit, int) else 0)
     now = time.monotonic()
@@ -77,7 +78,6 @@ async def _create(request: web.Request) -> web.Response:
     background = bool(body.get("background"))
     fail = background and config.bg_fail > 0 and state.rng.random() < config.bg_fail
     state.creates += 1
-    key = _create_key(request, body)
     state.creates_by_key[key] = state.creates_by_key.get(key, 0) + 1
 
     rid = state.new_id("resp")

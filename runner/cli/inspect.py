@@ -112,14 +112,17 @@ def _show(ns: argparse.Namespace) -> ExitCode:
 def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="default: the newest job")
     _json_option(p)
+    p.add_argument("--html", metavar="PATH", help="also write the report as one self-contained HTML page with charts")
     setting(p, "prices", help="price table TOML overriding the shipped one")
     options.db(p)
 
 
 def _report(ns: argparse.Namespace) -> ExitCode:
     job_id = ns.job_id or newest_job(ns.db)
-    rep = run_async(lambda: app.report(job_id, db=ns.db, prices=ns.prices))
+    rep = run_async(lambda: app.report(job_id, db=ns.db, prices=ns.prices, html=ns.html))
     put(json.dumps(rep.to_json()) if ns.json else rep.render_text())
+    if ns.html:
+        say(f"wrote the HTML report to {printable(ns.html)}")
     return ExitCode.OK
 
 

@@ -21,6 +21,7 @@ from runner.config import (
     MAX_CONCURRENCY,
     MAX_GRACE_SECONDS,
     MAX_MAX_ATTEMPTS,
+    MAX_REPAIR,
 )
 from runner.display import ProgressView
 from runner.errors import ConfigError
@@ -51,6 +52,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "max_attempts",
         type=bounded(int, 1, MAX_MAX_ATTEMPTS),
         help=f"attempts per request before it fails (default {DEFAULT_MAX_ATTEMPTS}, at most {MAX_MAX_ATTEMPTS})",
+    )
+    setting(
+        p,
+        "repair",
+        type=bounded(int, 0, MAX_REPAIR),
+        help="ask a completed answer that fails its structured-output check again, up to N times"
+        f" (default 0, at most {MAX_REPAIR})",
     )
     setting(
         p,
@@ -184,7 +192,12 @@ def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
     for j in done.jobs:
         if j.report is not None:
             put(j.report.render_text())
-        for label, p in (("results", j.results), ("errors", j.errors), ("report", j.report_file)):
+        for label, p in (
+            ("results", j.results),
+            ("errors", j.errors),
+            ("report", j.report_file),
+            ("html report", j.report_html),
+        ):
             if p is not None:
                 put(f"  {label}: {printable(os.path.normpath(p))}")
     stopped = _stop_verdict(done.run)

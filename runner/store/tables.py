@@ -105,3 +105,26 @@ attempts = Table(
     Column("error_message", Text, nullable=True),
     Index(None, "request_id"),
 )
+
+# The structured-output check of a request's answer (runner/outputcheck.py), one row per request that asked
+# for JSON: beside `requests`, not in it, so plain-text jobs carry nothing and the hot writes stay as they
+# are. `rejected_*` sums the usage of answers that failed their check and were asked again (`--repair`).
+output_checks = Table(
+    "output_checks",
+    metadata,
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True),
+    Column("job_id", String, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("status", String, nullable=False),  # valid | invalid_json | schema_mismatch (the latest answer's)
+    Column("detail", Text, nullable=True),  # the first error's path and message
+    Column("parsed", Text, nullable=True),  # the answer's JSON value, as JSON text
+    Column("repairs", Integer, nullable=False, default=0),  # answers rejected and asked again
+    Column("rejected_model", String, nullable=True),  # the model that billed the rejected answers
+    Column("rejected_input_tokens", Integer, nullable=False, default=0),
+    Column("rejected_cached_tokens", Integer, nullable=False, default=0),
+    Column("rejected_output_tokens", Integer, nullable=False, default=0),
+    Column("rejected_reasoning_tokens", Integer, nullable=False, default=0),
+    Column("rejected_total_tokens", Integer, nullable=False, default=0),
+    Column("checked_at", Float, nullable=False),
+    Index(None, "job_id", "line_no"),
+)

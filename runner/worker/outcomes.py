@@ -14,17 +14,21 @@ from typing import Any
 import orjson
 
 from runner.errors import ApiError, TransientApiError
+from runner.outputcheck import check, wanted
 from runner.reply import (
     MAX_CODE_CHARS,
     MAX_MESSAGE_CHARS,
     USAGE_OUT_OF_BOUNDS,
+    output_text,
     read_error_text,
     read_usage,
     with_output_text,
 )
 from runner.retry import backoff_delay, should_retry
 from runner.states import RequestState
+from runner.store import Store
 from runner.store.models import Claimed, Outcome
+from runner.store.outputs import CheckRecord, repairs_done
 
 # Response.status -> request state, for the statuses that end a response.
 _FINAL = {
@@ -159,3 +163,53 @@ def from_error(c: Claimed, error: ApiError, *, max_attempts: int) -> Outcome:
         error_message=message,
         rate_limited=rate_limited,
     )
+
+
+class Checker:
+    """Checks the completed answers of lines that asked for JSON (`text.format` json_schema / json_object).
+
+    With `repair` > 0, an answer that fails its check goes back to the queue as a new attempt, up to
+    `repair` times per request (counted in the store, so a restart does not reset them); after that it
+    stays completed with its verdict. Lines that ask for plain text cost one substring test.
+    """
+
+    def __init__(self, store: Store, repair: int = 0) -> None:
+        self._store = store
+        self.repair = repair
+
+    async def review(self, c: Claimed, o: Outcome, body: dict[str, Any]) -> tuple[Outcome, CheckRecord | None]:
+        """The outcome to write for `c` (maybe a repair instead of `o`) and the check to write with it."""
+        if o.to is not RequestState.COMPLETED:
+            return o, None
+        want = wanted(c.body)
+        if want is None:
+            return o, None
+        result = check(output_text(body), want)
+        record = CheckRecord(c.id, c.job_id, c.line_no, result.status.value, result.detail, result.parsed)
+        if result.ok or self.repair <= 0:
+            return o, record
+        done = await repairs_done(self._store, c.id)
+        if done >= self.repair:
+            return o, record
+        model = body.get("model")
+        rejected = CheckRecord(
+            c.id,
+            c.job_id,
+            c.line_no,
+            result.status.value,
+            result.detail,
+            result.parsed,
+            rejected=o.usage,
+            model=model if isinstance(model, str) else None,
+        )
+        again = Outcome(
+            c.id,
+            RequestState.QUEUED,
+            http_status=o.http_status,
+            api_request_id=o.api_request_id,
+            error_code=result.status.value,
+            error_message=f"{result.detail}; asked again (repair {done + 1} of {self.repair})",
+            clear_response_id=True,  # a background answer is asked again as a new response
+            sent_at=o.sent_at,
+        )
+        return again, rejected

@@ -24,7 +24,8 @@ from runner.errors import ApiError, BillingError, DoomedJobError, PermanentApiEr
 from runner.limits import RateLimiter
 from runner.reply import RESPONSE_ID_MISMATCH, header_count, read_id
 from runner.store.models import Claimed, Outcome
-from runner.worker.outcomes import from_error, from_response, is_running
+from runner.store.outputs import CheckRecord
+from runner.worker.outcomes import Checker, from_error, from_response, is_running
 from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ class Poller:
         on_outcome: Callable[[Outcome], None] | None = None,
         limiter: RateLimiter | None = None,
         on_doomed: Callable[[DoomedJobError], None] | None = None,
+        checker: Checker | None = None,
     ) -> None:
+        self._checker = checker
         self._on_doomed = on_doomed
         self._limiter = limiter or RateLimiter()
         self._client = client
@@ -161,8 +164,8 @@ class Poller:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    def _finish(self, outcome: Outcome) -> None:
-        self._writer.put(outcome)
+    def _finish(self, outcome: Outcome, check: CheckRecord | None = None) -> None:
+        self._writer.put(outcome, check)
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
@@ -228,15 +231,17 @@ class Poller:
                 return
             if item.learn:
                 self.schedule.learn(age, (item.polls == 1) if item.first_at_estimate else None)
-            self._finish(
-                from_response(
-                    c,
-                    reply.body,
-                    http_status=reply.status,
-                    request_id=reply.request_id,
-                    max_attempts=self._max_attempts,
-                )
+            outcome = from_response(
+                c,
+                reply.body,
+                http_status=reply.status,
+                request_id=reply.request_id,
+                max_attempts=self._max_attempts,
             )
+            checked = None
+            if self._checker is not None:
+                outcome, checked = await self._checker.review(c, outcome, reply.body)
+            self._finish(outcome, checked)
         finally:
             self._active -= 1
             self._wake.set()

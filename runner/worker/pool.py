@@ -24,6 +24,7 @@ from runner.owners import new_owner, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
 from runner.store.models import Claimed, Outcome
+from runner.worker.outcomes import Checker
 from runner.worker.poller import Poller
 from runner.worker.send import Sender
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason
@@ -68,6 +69,7 @@ class Run:
         self.limiter = RateLimiter(options.rpm, options.tpm)
         # No budget given: start gently until the first reply's x-ratelimit-* headers say the limits.
         self.concurrency = AdaptiveConcurrency(options.concurrency, slow_start=not (options.rpm or options.tpm))
+        self.checker = Checker(store, options.repair)
         self.poller = Poller(
             client,
             self.writer,
@@ -76,6 +78,7 @@ class Run:
             on_outcome=self._count,
             limiter=self.limiter,
             on_doomed=self._on_doomed,
+            checker=self.checker,
         )
         self.snap = Snapshot()
         self._on_progress = on_progress
@@ -103,6 +106,7 @@ class Run:
             on_outcome=self._count,
             on_billing=self._on_billing,
             on_doomed=self._on_doomed,
+            checker=self.checker,
         )
 
     # -- control ----------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from runner.reply import read_id
 from runner.retry import backoff_delay
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome, ResponseIdRecord
-from runner.worker.outcomes import from_error, from_response, is_running
+from runner.store.outputs import CheckRecord
+from runner.worker.outcomes import Checker, from_error, from_response, is_running
 from runner.worker.poller import Poller, poll_after_hint
 from runner.worker.writeback import WriteBack
 
@@ -60,7 +61,9 @@ class Sender:
         on_outcome: Callable[[Outcome], None],
         on_billing: Callable[[BillingError], None],
         on_doomed: Callable[[DoomedJobError], None],
+        checker: Checker | None = None,
     ) -> None:
+        self.checker = checker
         self.client = client
         self.writer = writer
         self.poller = poller
@@ -75,9 +78,9 @@ class Sender:
         self._replied = False  # the server has answered something (anything) in this run
         self._unreachable = 0  # failed connections before the first answer
 
-    def _put(self, o: Outcome) -> int:
+    def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
         self._on_outcome(o)
-        return self.writer.put(o)
+        return self.writer.put(o, check)
 
     async def _pace(self, c: Claimed) -> float:
         """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
@@ -153,7 +156,10 @@ class Sender:
         )
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
-        return self._put(replace(outcome, sent_at=sent_at))
+        checked = None
+        if self.checker is not None:
+            outcome, checked = await self.checker.review(c, outcome, reply.body)
+        return self._put(replace(outcome, sent_at=sent_at), checked)
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout.

@@ -34,6 +34,7 @@ class RunOptions:
     rpm: float | None = None
     tpm: float | None = None
     poll_concurrency: int | None = None
+    repair: int = 0  # a completed answer failing its structured-output check is asked again up to this often
 
     @property
     def poll_slots(self) -> int:

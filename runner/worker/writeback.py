@@ -13,6 +13,7 @@ import anyio
 from runner.config import WRITE_BATCH_WINDOW
 from runner.store import Store
 from runner.store.models import Outcome, ResponseIdRecord
+from runner.store.outputs import CheckRecord, record_checks
 
 MAX_BATCH = 1000
 
@@ -30,6 +31,7 @@ class WriteBack:
         self._owner = owner
         self._window = window
         self._pending: list[Outcome] = []
+        self._checks: list[CheckRecord] = []
         self._ids: list[ResponseIdRecord] = []
         self._wake = anyio.Event()
         self._urgent = anyio.Event()
@@ -40,9 +42,11 @@ class WriteBack:
         self.written = 0
         self.refused: set[int] = set()  # request ids whose write was refused (no longer leased by us)
 
-    def put(self, outcome: Outcome) -> int:
-        """Queue an outcome for the next commit; returns its ticket."""
+    def put(self, outcome: Outcome, check: CheckRecord | None = None) -> int:
+        """Queue an outcome (and the structured-output check of its answer) for the next commit; its ticket."""
         self._pending.append(outcome)
+        if check is not None:
+            self._checks.append(check)
         self._put_seq += 1
         self._wake.set()
         return self._put_seq
@@ -72,8 +76,11 @@ class WriteBack:
     async def _commit(self) -> None:
         batch, self._pending = self._pending, []
         ids, self._ids = self._ids, []
+        checks, self._checks = self._checks, []
         self._urgent = anyio.Event()
         seq = self._put_seq
+        if checks:  # before the outcomes: see record_checks (only lines that asked for JSON have any)
+            await record_checks(self._store, self._owner, checks)
         refused = await self._store.apply(self._owner, batch, ids)  # shielded inside the store
         self.written += len(batch) + len(ids) - len(refused)
         self.refused.update(refused)

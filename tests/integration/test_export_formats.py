@@ -189,7 +189,7 @@ ANSWERS = {
 
 def joined(custom_id: str) -> dict[str, Any]:
     """The answer with its line's input, in FLAT_COLUMNS order (no metadata yet)."""
-    merged = {**ANSWERS[custom_id], **INPUTS[int(custom_id.removeprefix("c-"))]}
+    merged = {"output_check": None, "parsed": None, **ANSWERS[custom_id], **INPUTS[int(custom_id.removeprefix("c-"))]}
     return {c: merged[c] for c in FLAT_COLUMNS}
 
 
@@ -396,7 +396,8 @@ async def test_iter_results_yields_every_line_with_input_and_answer(store: Store
     assert [r.custom_id for r in rows] == [f"c-{i}" for i in range(1, 9)]  # input order, unfinished included
     for r in rows:
         if r.custom_id in ANSWERS:
-            want = joined(r.custom_id)
+            # app.results rows do not carry the structured-output columns (tests/e2e/test_outputs.py has them)
+            want = {k: v for k, v in joined(r.custom_id).items() if k not in ("output_check", "parsed")}
             got = {
                 "custom_id": r.custom_id,
                 "line": r.line,
