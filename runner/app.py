@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 
-from runner.config import DEFAULT_BASE_URL, Settings, env_name
+from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, Lane, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
@@ -267,7 +267,11 @@ async def run(
             grace=s.grace,
             rpm=s.rpm,
             tpm=s.tpm,
+            flex=s.lane is Lane.FLEX,
+            flex_fallback=s.flex_fallback,
         )
+        if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
+            s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.worker.pool import Run
 
@@ -442,7 +446,8 @@ async def run_spec(
     """
     spec = load_spec(Path(spec_path))
     date = today or dt.date.today()
-    base = {**spec.limits.settings_update(), **(overrides or {})}
+    lane = {"lane": spec.job.lane} if spec.job.lane is not None else {}
+    base = {**spec.limits.settings_update(), **lane, **(overrides or {})}
     if db is not None:
         base["db"] = db
     try:

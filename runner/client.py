@@ -33,6 +33,7 @@ from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
 from runner.errors import (
     ApiError,
     BillingError,
+    CapacityError,
     ConfigError,
     ConnectTimeoutError,
     DoomedJobError,
@@ -57,6 +58,8 @@ BILLING_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "or
 PER_REQUEST_403_CODES = frozenset({"misalignment_policy_violation"})
 # OpenSSL's reasons when the other side answered a TLS hello in plain text (an http:// server).
 PLAIN_HTTP_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"})
+# A 429 with one of these codes is the flex tier short of capacity (unbilled), not this account's rate limit.
+CAPACITY_CODES = frozenset({"resource_unavailable", "resources_unavailable", "capacity_exceeded"})
 CONVERSATION_LOCKED_WAIT = 2.0  # the API says "retry in a few seconds" and sends no Retry-After
 RATE_LIMIT_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -222,6 +225,9 @@ def classify(
         if ra is None:
             raise TransientApiError(message, retry_after=CONVERSATION_LOCKED_WAIT, **kw)
         raise TransientApiError(message, retry_after=ra.seconds, retry_after_asked=ra.asked, **kw)
+    if status == 429 and (code in CAPACITY_CODES or typ in CAPACITY_CODES):
+        ra = read_retry_after(headers, MAX_RETRY_AFTER)
+        raise CapacityError(message, retry_after=None if ra is None else ra.seconds, **kw)
     if should_retry == "true" or status in (408, 409, 429) or status >= 500:
         ra = read_retry_after(headers, MAX_RETRY_AFTER)
         if ra is None:

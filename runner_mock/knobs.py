@@ -45,6 +45,9 @@ class Config:
     poll_p429: float = _knob(0.0, "fraction of GET polls answered 429")
     rpm: int | None = _knob(None, "requests per minute (per-second windows)")
     tpm: int | None = _knob(None, "tokens per minute (per-second windows)")
+    flex_latency: float | None = _knob(None, "seconds per foreground create on service_tier flex (None: as latency)")
+    flex_p429: float = _knob(0.0, "fraction of flex creates answered 429 resource_unavailable")
+    flex_busy: int = _knob(0, "answer the next N flex creates 429 resource_unavailable")
     seed: int = _knob(0, "seed of the fault draws")
 
 

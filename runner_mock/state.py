@@ -93,7 +93,8 @@ class MockState:
         self.creates = 0
         self.gets = 0
         self.cancels = 0
-        self.faults: dict[str, int] = {"429": 0, "5xx": 0, "drop": 0, "quota": 0, "401": 0, "404": 0}
+        self.faults: dict[str, int] = {"429": 0, "5xx": 0, "drop": 0, "quota": 0, "401": 0, "404": 0, "capacity": 0}
+        self.tiers: dict[str, int] = {}  # creates answered, by the service_tier they ran on
         self.creates_by_key: dict[str, int] = {}
         self.usage: dict[str, int] = {
             "input_tokens": 0,
@@ -121,6 +122,7 @@ class MockState:
             "cancels": self.cancels,
             "faults": dict(self.faults),
             "creates_by_key": dict(self.creates_by_key),
+            "tiers": dict(self.tiers),
             "usage": dict(self.usage),
         }
 

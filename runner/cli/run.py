@@ -15,12 +15,16 @@ from runner.cli.exits import ExitCode
 from runner.cli.options import bounded, setting
 from runner.cli.output import put, run_async, say, when
 from runner.config import (
+    BATCH_MAX_LINES,
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     MAX_CONCURRENCY,
     MAX_GRACE_SECONDS,
     MAX_MAX_ATTEMPTS,
+    MAX_TIMEOUT,
+    Lane,
+    parse_duration,
 )
 from runner.display import ProgressView
 from runner.errors import ConfigError
@@ -71,9 +75,40 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         type=bounded(float, 0, None, low_open=True),
         help="tokens per minute budget, paced evenly (default: none)",
     )
+    setting(
+        p,
+        "lane",
+        choices=[lane.value for lane in Lane],
+        help="how requests travel: sync (default), flex (service_tier flex: Batch prices, slower, 15-minute"
+        " timeout) or batch (the Batch API: files and batches, results within 24 h)",
+    )
+    setting(
+        p,
+        "flex_fallback",
+        type=_duration,
+        metavar="DURATION",
+        help="flex lane: send a request still unanswered on flex after this long (90s, 15m, 1h) on the default tier",
+    )
+    setting(
+        p,
+        "batch_max_lines",
+        type=bounded(int, 1, BATCH_MAX_LINES),
+        help=f"batch lane: lines per Batch input file (default and most {BATCH_MAX_LINES:,})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
     options.client(p)
     options.db(p)
+
+
+def _duration(text: str) -> float:
+    """An argparse `type` for a duration such as 90s, 15m or 1h: positive, at most a day."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_TIMEOUT:,g} s (got {text!r})")
+    return seconds
 
 
 def fit_open_files(concurrency: int, *, lower: bool = True) -> int:

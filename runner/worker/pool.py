@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
 from runner.errors import BillingError, DoomedJobError, StoreUnavailable
+from runner.lanes.flex import FlexLane
 from runner.limits import AdaptiveConcurrency, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
@@ -102,6 +103,7 @@ class Run:
             on_outcome=self._count,
             on_billing=self._on_billing,
             on_doomed=self._on_doomed,
+            flex=FlexLane(options.flex_fallback) if options.flex else None,
         )
 
     # -- control ----------------------------------------------------------------------------------

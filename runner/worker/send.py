@@ -17,15 +17,17 @@ from dataclasses import replace
 import anyio
 import orjson
 
-from runner.client import ApiClient
+from runner.client import ApiClient, ApiReply
 from runner.errors import (
     ApiError,
     BillingError,
+    CapacityError,
     DoomedJobError,
     TimeoutApiError,
     TransientApiError,
     UnreachableError,
 )
+from runner.lanes.flex import FlexLane
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.reply import read_id
 from runner.retry import backoff_delay
@@ -60,6 +62,7 @@ class Sender:
         on_outcome: Callable[[Outcome], None],
         on_billing: Callable[[BillingError], None],
         on_doomed: Callable[[DoomedJobError], None],
+        flex: FlexLane | None = None,
     ) -> None:
         self.client = client
         self.writer = writer
@@ -72,6 +75,7 @@ class Sender:
         self._on_outcome = on_outcome
         self._on_billing = on_billing
         self._on_doomed = on_doomed
+        self.flex = flex  # the flex lane: its tier, its patient retries and its fallback
         self._replied = False  # the server has answered something (anything) in this run
         self._unreachable = 0  # failed connections before the first answer
 
@@ -104,7 +108,25 @@ class Sender:
             return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
         sent_at = time.time()
         try:
-            reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
+            reply = await self._create(c)
+        except CapacityError as e:
+            # Flex has no capacity now: not billed and not this account's rate, so no pause and no shrinking;
+            # the request waits (longer each time) without using up an attempt.
+            self._replied = True
+            wait = self.flex.capacity_wait(c.id, e.retry_after) if self.flex else backoff_delay(c.attempts, e)
+            log.debug("line %s: no flex capacity, again in %.1f s", c.line_no, wait)
+            outcome = Outcome(
+                c.id,
+                RequestState.QUEUED,
+                http_status=e.status,
+                api_request_id=e.request_id,
+                error_code=e.code,
+                error_message=e.message,
+                next_attempt_at=time.time() + wait,
+                refund_attempt=True,
+                sent_at=sent_at,
+            )
+            return self._put(outcome)
         except BillingError as e:
             self._on_billing(e)
             return None
@@ -152,6 +174,20 @@ class Sender:
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
         return self._put(replace(outcome, sent_at=sent_at))
+
+    async def _create(self, c: Claimed) -> ApiReply:
+        """POST the request; on the flex lane with its tier, moved to the default tier once it waited too long."""
+        request_id = f"{c.job_id}/{c.line_no}/{c.attempts}"
+        if self.flex is None:
+            return await self.client.create(c.body.encode(), client_request_id=request_id)
+        body, left = self.flex.prepare(c.id, c.body)
+        if left is None:
+            return await self.client.create(body, client_request_id=request_id)
+        with anyio.move_on_after(left):
+            return await self.client.create(body, client_request_id=request_id)
+        # Still unanswered on flex after --flex-fallback: the standard tier answers sooner.
+        log.debug("line %s: no flex answer after %.1f s, sending on the default tier", c.line_no, left)
+        return await self.client.create(self.flex.fallback_body(c.id, c.body), client_request_id=request_id)
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""

@@ -34,6 +34,8 @@ class RunOptions:
     rpm: float | None = None
     tpm: float | None = None
     poll_concurrency: int | None = None
+    flex: bool = False  # the flex lane: service_tier "flex", patient capacity retries
+    flex_fallback: float | None = None  # seconds unanswered on flex before a request goes to the default tier
 
     @property
     def poll_slots(self) -> int:
