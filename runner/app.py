@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import httpx
 
     from runner.client import ApiClient
+    from runner.lanes.batch import BatchLane
     from runner.worker.pool import Run
 
 # FORMATS, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
@@ -251,8 +252,13 @@ async def run(
     on_progress: Callable[[Snapshot], None] | None = None,
     handle_signals: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    detach: bool = False,
 ) -> RunOutcome:
-    """Run jobs (default: every unfinished one) until each request is final, or a stop."""
+    """Run jobs (default: every unfinished one) until each request is final, or a stop.
+
+    On the batch lane, `detach` returns once every queued request is in a created batch (their ids committed).
+    Whatever the lane, batches an earlier batch run left open are collected first.
+    """
     s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
@@ -273,26 +279,55 @@ async def run(
         if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
             s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
+            from runner.lanes.batch import BatchLane
+            from runner.store.batches import open_batches
             from runner.worker.pool import Run
 
-            worker = Run(store, client, ids, options, on_progress=on_progress)
+            workers: list[Run | BatchLane] = []
+            if s.lane is Lane.BATCH or await open_batches(store, ids):
+                workers.append(
+                    BatchLane(
+                        store,
+                        client,
+                        ids,
+                        max_lines=s.batch_max_lines,
+                        max_attempts=s.max_attempts,
+                        detach=detach,
+                        pack=s.lane is Lane.BATCH,
+                        on_progress=on_progress,
+                    )
+                )
+            if s.lane is not Lane.BATCH:
+                workers.append(Run(store, client, ids, options, on_progress=on_progress))
             caught: list[int] = []
-            async with anyio.create_task_group() as tg:
-                if handle_signals:
-                    tg.start_soon(_watch_signals, worker, caught)
-                try:
-                    result: RunResult | StoreUnavailable = await worker.execute()
-                except StoreUnavailable as e:  # raised below: through the task group it would come out wrapped
-                    result = e
-                tg.cancel_scope.cancel()
+            result: RunResult | StoreUnavailable = RunResult(StopReason.DONE)
+            for worker in workers:
+                result = await _drive(worker, caught, handle_signals)
+                if isinstance(result, StoreUnavailable) or result.reason is not StopReason.DONE:
+                    break
         if isinstance(result, StoreUnavailable):
             raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
 
 
-async def _watch_signals(worker: Run, caught: list[int]) -> None:
+async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: bool) -> RunResult | StoreUnavailable:
+    """Run one worker to its end, passing SIGINT/SIGTERM on to it."""
+    async with anyio.create_task_group() as tg:
+        if handle_signals:
+            tg.start_soon(_watch_signals, worker, caught)
+        try:
+            result: RunResult | StoreUnavailable = await worker.execute()
+        except StoreUnavailable as e:  # returned: through the task group it would come out wrapped
+            result = e
+        tg.cancel_scope.cancel()
+    return result
+
+
+async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
     """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
+    if caught:  # a signal came during an earlier worker of this run: this one stops at once
+        worker.stop()
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for sig in signals:
             caught.append(int(sig))

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from runner_mock import knobs
+from runner_mock.batches import BATCHES_KEY, add_batch_routes
 from runner_mock.content import final_fields, service_tier, skeleton, usage_for, validate
 from runner_mock.faults import authorized, drop, not_found, rate_limited, unauthorized
 from runner_mock.replies import JSON, error, reply
@@ -162,7 +163,8 @@ async def _invalid_url(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    return web.Response(body=orjson.dumps(state.stats()), content_type=JSON)
+    stats = {**state.stats(), "batch": request.app[BATCHES_KEY].stats()}
+    return web.Response(body=orjson.dumps(stats), content_type=JSON)
 
 
 async def _config(request: web.Request) -> web.Response:
@@ -192,6 +194,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{prefix}/responses", _create)
     app.router.add_get(f"{prefix}/responses/{{rid}}", _retrieve)
     app.router.add_post(f"{prefix}/responses/{{rid}}/cancel", _cancel)
+    add_batch_routes(app, prefix)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/config", _config)
     # Last, so it only gets what nothing above matched (a known path with another method included).

@@ -95,6 +95,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         type=bounded(int, 1, BATCH_MAX_LINES),
         help=f"batch lane: lines per Batch input file (default and most {BATCH_MAX_LINES:,})",
     )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="batch lane: create the batches, commit their ids and exit 0; a later `runner run` collects them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
     options.client(p)
     options.db(p)
@@ -189,7 +194,7 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK
     with ProgressView(ns.quiet, every=settings.progress_every) as view:
-        outcome = run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True))
+        outcome = run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True, detach=ns.detach))
         view.finish(outcome.result.snapshot if outcome.stats else None, _next_steps(outcome))
     for st in outcome.stats:
         put(app.JobStatusReport(st).render_text())
@@ -198,7 +203,13 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         return stopped
     if not outcome.stats:
         say("nothing to run: no job has queued requests")
-    return ExitCode.FAILED if outcome.failed else ExitCode.OK
+    if outcome.result.detached:
+        n = outcome.result.batches_open
+        say(f"detached: {n} batch{'es' if n != 1 else ''} open; a later `runner run` merges their results")
+        return ExitCode.OK
+    for problem in outcome.result.problems:
+        say(printable(problem))
+    return ExitCode.FAILED if outcome.failed or outcome.result.problems else ExitCode.OK
 
 
 def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
