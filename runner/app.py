@@ -107,6 +107,7 @@ class CancelResult:
     still_running: int = 0  # the API still reports them running; the next poll records how they end
     cancel_failures: list[str] = field(default_factory=list)  # "response id: why", one per refused cancel
     doomed: DoomedJobError | None = None  # a bad key or base URL: no background response was cancelled
+    batches_cancelled: int = 0  # open batches of the batch lane asked to cancel (`runner run` merges them)
 
     @property
     def cancelled(self) -> int:
@@ -344,6 +345,15 @@ async def status(job_id: str, *, db: str | None = None) -> JobStats:
         return await store.job_stats(job_id)
 
 
+async def status_report(job_id: str, *, db: str | None = None) -> JobStatusReport:
+    """What `runner status` shows of one job: its figures and its open batches."""
+    from runner.store.batches import open_batches
+
+    s = _settings(None, db)
+    async with await Store.open(s.db, "existing") as store:
+        return JobStatusReport(await store.job_stats(job_id), await open_batches(store, [job_id]))
+
+
 async def jobs(*, db: str | None = None) -> list[JobStats]:
     """Every job with its figures, oldest first."""
     s = _settings(None, db)
@@ -576,13 +586,28 @@ async def cancel(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> CancelResult:
     """Cancel a job: queued requests at once, running background responses through the API, many at once."""
+    from runner.store.batches import open_batches
+
     s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         queued, in_flight = await store.cancel_job(job_id)
-        if not in_flight:
+        batches = await open_batches(store, [job_id])
+        if not in_flight and not batches:
             return CancelResult(queued)
+        from runner.lanes.batch import cancel_batches
         from runner.worker.cancel import CANCEL_CONCURRENCY, cancel_background
 
         async with _client(s, transport, CANCEL_CONCURRENCY) as client:
+            n_batches, batch_failures = await cancel_batches(store, client, job_id) if batches else (0, [])
+            if not in_flight:
+                return CancelResult(queued, cancel_failures=batch_failures, batches_cancelled=n_batches)
             t = await cancel_background(store, client, in_flight)
-        return CancelResult(queued, t.cancelled, t.finished_first, t.still_running, t.failures, t.doomed)
+        return CancelResult(
+            queued,
+            t.cancelled,
+            t.finished_first,
+            t.still_running,
+            [*t.failures, *batch_failures],
+            t.doomed,
+            n_batches,
+        )

@@ -10,6 +10,7 @@ limit, and a create whose reply is lost after the batch was made.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter, OrderedDict
@@ -69,6 +70,7 @@ class BatchState:
         self.uploads = 0
         self.creates = 0
         self.cancels = 0
+        self.reads = 0  # file downloads started
         self.lines_uploaded: Counter[str] = Counter()  # custom_id -> times it was in an uploaded batch file
 
     def stats(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class BatchState:
             "uploads": self.uploads,
             "creates": self.creates,
             "cancels": self.cancels,
+            "reads": self.reads,
             "lines_uploaded": sum(self.lines_uploaded.values()),
             "max_uploads_of_a_line": max(self.lines_uploaded.values(), default=0),
             "batches": {k: b.body["status"] for k, b in self.batches.items()},
@@ -146,6 +149,8 @@ async def _upload(request: web.Request) -> web.Response:
                 continue
             if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
                 bs.lines_uploaded[line["custom_id"]] += 1
+    if state.config.batch_reply_delay > 0:
+        await asyncio.sleep(state.config.batch_reply_delay)  # the file exists: a client killed now lost its id
     return reply(state, started, 200, f.shown())
 
 
@@ -159,7 +164,7 @@ async def _list_files(request: web.Request) -> web.Response:
     return reply(state, started, 200, _page(items, request.query.get("after"), _limit(request, 10_000)))
 
 
-async def _file_content(request: web.Request) -> web.Response:
+async def _file_content(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
     if not authorized(state, request):
@@ -167,7 +172,19 @@ async def _file_content(request: web.Request) -> web.Response:
     f = bs.files.get(request.match_info["fid"])
     if f is None:
         return _missing(state, started, "file", request.match_info["fid"])
-    return web.Response(body=f.data, content_type="application/octet-stream")
+    bs.reads += 1
+    delay = state.config.file_read_delay
+    if delay <= 0:
+        return web.Response(body=f.data, content_type="application/octet-stream")
+    response = web.StreamResponse(headers={"content-type": "application/octet-stream"})
+    response.content_length = len(f.data)
+    await response.prepare(request)
+    half = f.data.rfind(b"\n", 0, len(f.data) // 2) + 1
+    await response.write(f.data[:half])
+    await asyncio.sleep(delay)  # the first half is on its way: a client killed now merged part of the file
+    await response.write(f.data[half:])
+    await response.write_eof()
+    return response
 
 
 async def _create(request: web.Request) -> web.Response:
@@ -219,6 +236,8 @@ async def _create(request: web.Request) -> web.Response:
     }
     bs.batches[bid] = Batch(shown, time.monotonic())
     bs.creates += 1
+    if state.config.batch_reply_delay > 0:
+        await asyncio.sleep(state.config.batch_reply_delay)  # the batch exists: a client killed now lost its id
     if state.config.batch_drop_create > 0:
         # The batch exists, but its creator never hears of it: it must find it with GET /batches.
         state.config.batch_drop_create -= 1

@@ -54,6 +54,8 @@ class Config:
     batch_expire: float = _knob(0.0, "fraction of each batch's lines left undone: the batch ends expired")
     batch_fail: int = _knob(0, "the next N batches fail validation")
     batch_drop_create: int = _knob(0, "drop the connection of the next N batch creates, after making the batch")
+    batch_reply_delay: float = _knob(0.0, "seconds an upload or batch create waits, after it took effect, to reply")
+    file_read_delay: float = _knob(0.0, "seconds a file download pauses after its first half")
     batch_token_limit: int | None = _knob(None, "enqueued input tokens per model; a batch over it fails")
     seed: int = _knob(0, "seed of the fault draws")
 

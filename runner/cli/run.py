@@ -293,6 +293,11 @@ def _cancel(ns: argparse.Namespace) -> ExitCode:
     ]
     if res.finished_first:
         parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
+    if res.batches_cancelled:
+        n = res.batches_cancelled
+        parts.append(
+            f"{n} batch{'es' if n != 1 else ''} cancelled; `runner run {ns.job_id}` merges their partial results"
+        )
     if res.still_running:
         parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
     if res.cancel_failures:

@@ -141,6 +141,9 @@ def outcome_of_line(c: Claimed, line: Any, *, max_attempts: int) -> Outcome | No
     if isinstance(err, dict):
         code = read_error_text(err.get("code"), MAX_CODE_CHARS) or "batch_error"
         message = read_error_text(err.get("message"), MAX_MESSAGE_CHARS) or "the batch did not run this request"
+        if code in UNDONE_CODES:
+            # Never run: back to the queue with its attempt counted, for a later run of any lane.
+            return Outcome(c.id, RequestState.QUEUED, error_code=code, error_message=message)
         return from_error(c, TransientApiError(message, code=code), max_attempts=max_attempts)
     return None
 
@@ -178,6 +181,9 @@ class BatchLane:
         self._hold_until = 0.0  # a queue limit refused a batch: no new batch before this time
         self._limit_hits = 0
         self._no_more_packing = False  # a batch failed validation: packing the same rows again would fail too
+        # Requests whose batch expired or was cancelled: queued again for a later run, not repacked by this one
+        # (an expired batch has had its 24 hours; a cancelled one was meant to stop).
+        self._undone: set[int] = set()
         self._next_poll: dict[int, float] = {}
         self._poll_wait: dict[int, float] = {}
         self.problems: list[str] = []
@@ -260,6 +266,12 @@ class BatchLane:
             queued, due = await next_due(self.store, self.job_ids)
             if queued == 0:
                 return False
+            if queued <= len(self._undone):
+                self.problems.append(
+                    f"{queued:,} requests came back from an expired or cancelled batch and are queued again;"
+                    " `runner run` sends them"
+                )
+                return False
             wake = max(due or 0.0, self._hold_until)
             await self._sleep(min(max(wake - time.time(), 0.05), 5.0))
 
@@ -282,6 +294,8 @@ class BatchLane:
             if not page:
                 break
             for row_id, job_id, custom_id, body in page:
+                if row_id in self._undone:
+                    continue
                 key = (job_id, _model_of(body))
                 size = len(batch_line(custom_id, body)) + 1
                 ids = groups.setdefault(key, [])
@@ -472,6 +486,8 @@ class BatchLane:
             count_outcome(self.snap, o)
             if o.to is RequestState.QUEUED:
                 requeued.append(o.request_id)
+                if o.error_code in UNDONE_CODES:
+                    self._undone.add(o.request_id)
             return writer.put(o)
 
         async with anyio.create_task_group() as tg:
@@ -548,6 +564,7 @@ class BatchLane:
         status = row.status or "unknown"
         limit = status == "failed" and self._limit_code(b)
         errors = _batch_errors(b)
+        undone = status in ("expired", "cancelled")
         if status == "expired":
             code, message = "batch_expired", "the batch expired before this request ran"
         elif status == "cancelled":
@@ -558,7 +575,7 @@ class BatchLane:
             code, message = "missing_from_batch", f"the {status} batch's files held no line for this request"
         now = time.time()
         for cid, m in list(left.items()):
-            if limit or should_retry(m.attempts, self.max_attempts):
+            if limit or undone or should_retry(m.attempts, self.max_attempts):
                 put(
                     Outcome(
                         m.id,
