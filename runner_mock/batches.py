@@ -6,6 +6,9 @@ usage model and faults as `POST /responses`, counted once in the ledger, and wri
 (answers) and an error file (HTTP failures and `batch_expired` / `batch_cancelled` rows), in shuffled
 order as the real API may. Knobs add expiry of part of the lines, failed validation, an enqueued-token
 limit, and a create whose reply is lost after the batch was made.
+
+Over 400 lines on purpose: Files and Batches are one fake service (a batch reads the files it was given
+and writes its results as files), and its lifecycle reads best beside the handlers that advance it.
 """
 
 from __future__ import annotations
