@@ -13,16 +13,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
-from runner.store.store import Store
+from runner.store.reports import _json_field
+from runner.store.store import Store, bounded_total
 from runner.store.tables import batches, requests
+from runner.usage import UsageCounts
 
 __all__ = [
     "BATCH_LEASE_UNTIL",
     "BatchRow",
+    "LaneUsage",
     "Member",
     "batches_of",
     "chunk_lines",
@@ -35,6 +38,7 @@ __all__ = [
     "pack",
     "queued_page",
     "set_batch",
+    "usage_by_model_and_lane",
 ]
 
 Q = RequestState.QUEUED.value
@@ -246,3 +250,56 @@ async def batches_of(store: Store, job_id: str) -> list[BatchRow]:
         return [_row(r) for r in await conn.execute(stmt)]
 
     return await store.read(go)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneUsage:
+    """Token sums of the requests of one model that one lane finished (sync, flex or batch)."""
+
+    model: str | None
+    lane: str
+    requests: int
+    usage: UsageCounts
+
+
+async def usage_by_model_and_lane(store: Store, job_id: str) -> list[LaneUsage]:
+    """Token sums per billed model and lane: `batch` when the Batch API answered, `flex` when the response
+    reports the flex tier (the tier that ran it, which may differ from the one asked for), else `sync`."""
+    # The same field readers as the report's usage by model, so both agree on what a row's model is.
+    model = func.coalesce(_json_field(requests.c.response_body, "$.model"), _json_field(requests.c.body, "$.model"))
+    lane = case(
+        (requests.c.lane == "batch", "batch"),
+        (_json_field(requests.c.response_body, "$.service_tier") == "flex", "flex"),
+        else_="sync",
+    )
+    sums = [func.coalesce(func.sum(c), 0) for c in _USAGE]
+    stmt = (
+        select(model.label("model"), lane.label("lane"), func.count(), *sums)
+        .where(
+            requests.c.job_id == job_id,
+            or_(requests.c.input_tokens > 0, requests.c.output_tokens > 0, requests.c.total_tokens > 0),
+        )
+        .group_by(model, lane)
+    )
+
+    async def go(conn: AsyncConnection) -> list[LaneUsage]:
+        return [
+            LaneUsage(
+                None if r[0] is None else str(r[0]),
+                str(r[1]),
+                int(r[2]),
+                UsageCounts(*(bounded_total(x) for x in r[3:8])),
+            )
+            for r in await conn.execute(stmt)
+        ]
+
+    return await store.read(go)
+
+
+_USAGE = (
+    requests.c.input_tokens,
+    requests.c.cached_tokens,
+    requests.c.output_tokens,
+    requests.c.reasoning_tokens,
+    requests.c.total_tokens,
+)

@@ -89,6 +89,17 @@ async def test_batch_lane_matches_the_sync_lane_and_the_mock_ledger(tmp_path: Pa
     via_batch, via_sync = await exported(tmp_path, batch_job), await exported(tmp_path, sync_job)
     assert len(via_batch) == 600 and via_batch == via_sync  # input order, the same answers and usage
 
+    # The same usage costs half on the batch lane, and the report says what that saved.
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."gpt-test"]\ninput = 2.0\noutput = 8.0\n')
+    on_batch = await app.report(batch_job, db=str(tmp_path / "r.db"), prices=prices)
+    on_sync = await app.report(sync_job, db=str(tmp_path / "r.db"), prices=prices)
+    assert on_sync.cost_usd > 0 and on_batch.cost_usd == pytest.approx(on_sync.cost_usd / 2)
+    assert on_batch.saved_usd == pytest.approx(on_batch.cost_usd) and on_sync.saved_usd == 0
+    assert [(x.lane, x.requests) for x in on_batch.lanes] == [("batch", 600)]
+    assert "    lanes: batch 600 req $" in on_batch.render_text()
+    assert "lanes:" not in on_sync.render_text()
+
 
 def outcome_ok(out: app.RunOutcome) -> bool:
     return out.result.reason == "done" and out.failed == 0 and not out.result.problems

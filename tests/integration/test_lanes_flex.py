@@ -47,6 +47,15 @@ async def test_capacity_429s_are_retried_without_shrinking_concurrency(tmp_path:
     detail = await app.show(job_id, "c-00001", db=str(tmp_path / "r.db"))
     assert json.loads(detail.body)["model"] == "gpt-test"
     assert json.loads(detail.response_body or "{}")["service_tier"] == "flex"
+    # Flex is priced at the Batch rate: half the standard price of the same usage.
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."gpt-test"]\ninput = 2.0\noutput = 8.0\n')
+    report = await app.report(job_id, db=str(tmp_path / "r.db"), prices=prices)
+    [lane] = report.lanes
+    assert (lane.lane, lane.requests) == ("flex", N)
+    assert report.cost_usd == pytest.approx(lane.usd_standard / 2) and report.saved_usd == pytest.approx(
+        report.cost_usd
+    )
 
 
 @pytest.mark.anyio
