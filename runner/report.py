@@ -246,8 +246,8 @@ class Report:
         if len(self.models) > _MAX_MODELS_SHOWN:
             out.append(f"    … and {len(self.models) - _MAX_MODELS_SHOWN} more model(s)")
         if any(x.lane != "sync" for x in self.lanes):
-            parts = " · ".join(f"{x.lane} {x.requests} req {_usd(x.usd)}" for x in self.lanes)
-            out.append(f"    lanes: {parts}; saved {_usd(self.saved_usd)} against the synchronous price")
+            by_lane = " · ".join(f"{x.lane} {x.requests} req {_usd(x.usd)}" for x in self.lanes)
+            out.append(f"    lanes: {by_lane}; saved {_usd(self.saved_usd)} against the synchronous price")
         if note := self.cost_note():
             out.append(f"    {p(note)}")
         lat = self.latency
