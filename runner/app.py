@@ -303,13 +303,27 @@ async def run(
             caught: list[int] = []
             result: RunResult | StoreUnavailable = RunResult(StopReason.DONE)
             for worker in workers:
+                before = result
                 result = await _drive(worker, caught, handle_signals)
-                if isinstance(result, StoreUnavailable) or result.reason is not StopReason.DONE:
+                if isinstance(result, StoreUnavailable):
+                    break
+                if worker is not workers[0] and isinstance(before, RunResult):
+                    _carry(before, result)  # the figures of "this run" cover both workers
+                if result.reason is not StopReason.DONE:
                     break
         if isinstance(result, StoreUnavailable):
             raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
+
+
+def _carry(first: RunResult, then: RunResult) -> None:
+    """Add what the first worker of a run (collecting open batches) did to the figures of the one after it."""
+    a, b = first.snapshot, then.snapshot
+    for name in ("completed", "incomplete", "failed", "cancelled", "retries", "rate_limited", "tokens"):
+        setattr(b, name, getattr(a, name) + getattr(b, name))
+    b.done_before, b.started = a.done_before, a.started
+    then.problems[:0] = first.problems
 
 
 async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: bool) -> RunResult | StoreUnavailable:

@@ -28,9 +28,10 @@ from runner_mock.faults import authorized, drop, unauthorized
 from runner_mock.replies import error, reply
 from runner_mock.state import STATE_KEY, MockState
 
-__all__ = ["BATCHES_KEY", "BatchState", "add_batch_routes"]
+__all__ = ["BATCHES_KEY", "MAX_UPLOAD_BYTES", "BatchState", "add_batch_routes"]
 
 ENDPOINTS = frozenset({"/v1/responses"})
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024 + 1024 * 1024  # the Batch API's 200 MB per file, and the form around it
 MAX_LIST = 100
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
