@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("lines", sa.Integer(), nullable=False),
         sa.Column("bytes", sa.Integer(), nullable=False),
         sa.Column("step", sa.String(), nullable=False),
+        sa.Column("owner", sa.String(), nullable=True),
         sa.Column("input_file_id", sa.String(), nullable=True),
         sa.Column("batch_id", sa.String(), nullable=True),
         sa.Column("status", sa.String(), nullable=True),

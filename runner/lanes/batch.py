@@ -41,6 +41,7 @@ from runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
+from runner.owners import new_owner, owner_is_dead
 from runner.reply import MAX_CODE_CHARS, MAX_MESSAGE_CHARS, read_error_text, read_id, read_request_id
 from runner.retry import exponential_backoff, should_retry
 from runner.states import ACTIVE, RequestState
@@ -61,6 +62,7 @@ from runner.store.batches import (
     pack,
     queued_page,
     set_batch,
+    take_over,
 )
 from runner.store.models import Claimed, Outcome
 from runner.worker.outcomes import from_error, from_response
@@ -83,6 +85,7 @@ LIMIT_WAIT_FIRST, LIMIT_WAIT_MAX = 5.0, 600.0
 STEP_TRIES = 10  # transient failures in a row of one call (upload, create, poll) before the run stops
 MERGE_WINDOW = 1_000  # outcomes handed to the write-back before waiting for them (bounds memory)
 LOOKBACK = 300.0  # seconds before a chunk was packed that its batch may be listed as created (clock skew)
+ABANDONED_AFTER = 3_600.0  # a chunk half-submitted by a run on another host, untouched this long, is taken over
 
 
 class _Stopped(Exception):
@@ -174,6 +177,7 @@ class BatchLane:
         self.detach = detach
         self.pack = pack
         self.snap = Snapshot()
+        self.owner = new_owner()
         self._on_progress = on_progress
         self._stopping = anyio.Event()
         self._scope: anyio.CancelScope | None = None
@@ -251,7 +255,7 @@ class BatchLane:
                 raise _Stopped(StopReason.INTERRUPTED)
             rows = await open_batches(self.store, self.job_ids)
             for row in rows:
-                if row.step in (PACKED, UPLOADED):
+                if row.step in (PACKED, UPLOADED) and await self._adopt(row):
                     await self._submit(row)  # a chunk an earlier run was killed in the middle of
             if self.pack and not self._no_more_packing and time.time() >= self._hold_until:
                 await self._pack_all()
@@ -310,10 +314,18 @@ class BatchLane:
             if ids:
                 await self._new_chunk(key, ids, sizes[key])
 
+    async def _adopt(self, row: BatchRow) -> bool:
+        """Whether this run may finish submitting `row`: its own, or one whose run is gone (taken over, so
+        two runs never upload or create the same chunk)."""
+        if row.owner == self.owner:
+            return True
+        gone = owner_is_dead(row.owner) or row.updated_at < time.time() - ABANDONED_AFTER
+        return gone and await take_over(self.store, row.id, row.owner, self.owner)
+
     async def _new_chunk(self, key: tuple[str, str], ids: list[int], nbytes: int) -> None:
         if self._stopping.is_set():
             raise _Stopped(StopReason.INTERRUPTED)
-        row = await pack(self.store, key[0], key[1], ids, nbytes)
+        row = await pack(self.store, key[0], key[1], ids, nbytes, self.owner)
         if row is not None:
             self._made.add(row.id)
             await self._submit(row)

@@ -38,6 +38,7 @@ __all__ = [
     "pack",
     "queued_page",
     "set_batch",
+    "take_over",
     "usage_by_model_and_lane",
 ]
 
@@ -70,6 +71,7 @@ class BatchRow:
     lines: int
     bytes: int
     step: str  # packed, uploaded, created, merged
+    owner: str | None  # the run that uploads and creates it; another run takes it over only once that one is gone
     input_file_id: str | None
     batch_id: str | None
     status: str | None
@@ -135,7 +137,23 @@ async def next_due(store: Store, job_ids: Sequence[str]) -> tuple[int, float | N
     return await store.read(go)
 
 
-async def pack(store: Store, job_id: str, model: str, row_ids: Sequence[int], nbytes: int) -> BatchRow | None:
+async def take_over(store: Store, batch_row: int, was: str | None, owner: str) -> bool:
+    """Make `owner` the run that finishes uploading and creating `batch_row`, if it is still `was`'s."""
+    now = _now(store)
+    same = batches.c.owner.is_(None) if was is None else batches.c.owner == was
+
+    async def go(conn: AsyncConnection) -> bool:
+        r = await conn.execute(
+            update(batches).where(batches.c.id == batch_row, same).values(owner=owner, updated_at=now)
+        )
+        return bool(r.rowcount)
+
+    return await store.write(go)
+
+
+async def pack(
+    store: Store, job_id: str, model: str, row_ids: Sequence[int], nbytes: int, owner: str
+) -> BatchRow | None:
     """Lease `row_ids` (those still queued) to a new batch row in one transaction, counting their attempt.
 
     None when none of them was still queued (another runner took them meanwhile).
@@ -143,7 +161,7 @@ async def pack(store: Store, job_id: str, model: str, row_ids: Sequence[int], nb
     now = _now(store)
 
     async def go(conn: AsyncConnection) -> BatchRow | None:
-        values = {"job_id": job_id, "model": model, "lines": 0, "bytes": nbytes, "step": PACKED}
+        values = {"job_id": job_id, "model": model, "lines": 0, "bytes": nbytes, "step": PACKED, "owner": owner}
         new = insert(batches).values(**values, done_count=0, failed_count=0, created_at=now, updated_at=now)
         bid = int((await conn.execute(new.returning(batches.c.id))).scalar_one())
         taken = 0

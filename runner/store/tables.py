@@ -118,6 +118,7 @@ batches = Table(
     Column("lines", Integer, nullable=False),
     Column("bytes", Integer, nullable=False),
     Column("step", String, nullable=False),
+    Column("owner", String, nullable=True),  # the run uploading and creating it (host:pid:suffix)
     Column("input_file_id", String, nullable=True),
     Column("batch_id", String, nullable=True),
     Column("status", String, nullable=True),  # the batch's status as last seen
