@@ -12,8 +12,11 @@ from runner.cli.options import settings
 from runner.cli.parser import parse_args
 from runner.client import classify
 from runner.errors import CapacityError, ConfigError, TransientApiError
+from runner.lanes.batch import outcome_of_line
 from runner.lanes.flex import CAPACITY_MAX_WAIT, FlexLane
 from runner.spec import load_spec
+from runner.states import RequestState
+from runner.store import Claimed
 
 
 def _reply(status: int, code: str, message: str = "m") -> httpx.Response:
@@ -109,3 +112,60 @@ def test_a_spec_names_its_lane(tmp_path: Path) -> None:
     spec.write_text('[job]\ninput = "in.jsonl"\nlane = "cheap"\n')
     with pytest.raises(ConfigError, match=r"lane"):
         load_spec(spec)
+
+
+def _claimed(attempts: int = 1) -> Claimed:
+    return Claimed(7, "job", 3, "c-3", "", attempts)
+
+
+def test_a_batch_answer_is_recorded_as_the_sync_lane_records_it() -> None:
+    body = {"id": "resp_1", "status": "completed", "output": [], "usage": {"input_tokens": 3, "output_tokens": 2}}
+    line = {"custom_id": "c-3", "response": {"status_code": 200, "request_id": "req_1", "body": body}, "error": None}
+    o = outcome_of_line(_claimed(), line, max_attempts=3)
+    assert o is not None and o.to is RequestState.COMPLETED
+    assert (o.http_status, o.api_request_id, o.usage.input_tokens, o.usage.output_tokens) == (200, "req_1", 3, 2)
+
+
+def test_batch_failures_keep_status_code_and_message() -> None:
+    bad = {"error": {"message": "Invalid value for 'temperature'.", "type": "invalid_request_error", "code": "bad"}}
+    line = {"custom_id": "c-3", "response": {"status_code": 400, "request_id": "req_2", "body": bad}, "error": None}
+    o = outcome_of_line(_claimed(), line, max_attempts=3)
+    assert o is not None and (o.to, o.http_status, o.error_code) == (RequestState.FAILED, 400, "bad")
+    assert o.error_message == "Invalid value for 'temperature'."
+    # A 5xx is worth another attempt while attempts are left, as on the sync lane.
+    line["response"] = {"status_code": 500, "body": {"error": {"message": "oops", "code": "server_error"}}}
+    o = outcome_of_line(_claimed(), line, max_attempts=3)
+    assert o is not None and o.to is RequestState.QUEUED and o.error_code == "server_error"
+    o = outcome_of_line(_claimed(3), line, max_attempts=3)
+    assert o is not None and o.to is RequestState.FAILED
+    # A quota error inside a batch judges that line, not the run.
+    line["response"] = {"status_code": 429, "body": {"error": {"message": "quota", "code": "insufficient_quota"}}}
+    o = outcome_of_line(_claimed(), line, max_attempts=3)
+    assert o is not None and (o.to, o.error_code) == (RequestState.FAILED, "insufficient_quota")
+
+
+def test_expired_lines_go_back_to_the_queue_with_the_attempt_counted() -> None:
+    line = {"custom_id": "c-3", "response": None, "error": {"code": "batch_expired", "message": "too late"}}
+    o = outcome_of_line(_claimed(9), line, max_attempts=3)  # even out of attempts: it never ran
+    assert o is not None and (o.to, o.error_code, o.refund_attempt) == (RequestState.QUEUED, "batch_expired", False)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        None,
+        [],
+        {"custom_id": "c-3"},
+        {"custom_id": "c-3", "response": {"status_code": "200", "body": {}}},
+        {"custom_id": "c-3", "response": "x", "error": "y"},
+    ],
+)
+def test_an_unreadable_line_settles_nothing(line: object) -> None:
+    # Its request stays with the batch's leftovers and goes back to the queue; the run goes on.
+    assert outcome_of_line(_claimed(), line, max_attempts=3) is None
+
+
+def test_a_2xx_line_whose_body_is_not_an_object_is_retried() -> None:
+    line = {"custom_id": "c-3", "response": {"status_code": 200, "body": "not an object"}}
+    o = outcome_of_line(_claimed(), line, max_attempts=3)
+    assert o is not None and (o.to, o.error_code) == (RequestState.QUEUED, "invalid_response_body")
