@@ -56,6 +56,11 @@ class FlexLane:
         self._since.pop(row_id, None)
         return orjson.dumps({**body, "service_tier": FALLBACK_TIER})
 
+    def forget(self, row_id: int) -> None:
+        """Request `row_id` got an answer (or an error that is not flex's capacity): nothing to remember."""
+        self._since.pop(row_id, None)
+        self._capacity_hits.pop(row_id, None)
+
     def capacity_wait(self, row_id: int, retry_after: float | None) -> float:
         """Seconds before request `row_id` tries flex again after a capacity 429: doubling from
         CAPACITY_FIRST_WAIT up to CAPACITY_MAX_WAIT (with jitter), and never less than a Retry-After."""

@@ -178,16 +178,28 @@ class Sender:
     async def _create(self, c: Claimed) -> ApiReply:
         """POST the request; on the flex lane with its tier, moved to the default tier once it waited too long."""
         request_id = f"{c.job_id}/{c.line_no}/{c.attempts}"
-        if self.flex is None:
+        flex = self.flex
+        if flex is None:
             return await self.client.create(c.body.encode(), client_request_id=request_id)
-        body, left = self.flex.prepare(c.id, c.body)
-        if left is None:
-            return await self.client.create(body, client_request_id=request_id)
-        with anyio.move_on_after(left):
-            return await self.client.create(body, client_request_id=request_id)
-        # Still unanswered on flex after --flex-fallback: the standard tier answers sooner.
-        log.debug("line %s: no flex answer after %.1f s, sending on the default tier", c.line_no, left)
-        return await self.client.create(self.flex.fallback_body(c.id, c.body), client_request_id=request_id)
+        body, left = flex.prepare(c.id, c.body)
+        try:
+            if left is None:
+                reply = await self.client.create(body, client_request_id=request_id)
+            else:
+                with anyio.move_on_after(left):
+                    reply = await self.client.create(body, client_request_id=request_id)
+                    flex.forget(c.id)
+                    return reply
+                # Still unanswered on flex after --flex-fallback: the standard tier answers sooner.
+                log.debug("line %s: no flex answer after %.1f s, sending on the default tier", c.line_no, left)
+                reply = await self.client.create(flex.fallback_body(c.id, c.body), client_request_id=request_id)
+        except CapacityError:
+            raise  # remembered: the next try waits longer, and the fallback clock keeps running
+        except BaseException:
+            flex.forget(c.id)
+            raise
+        flex.forget(c.id)
+        return reply
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout."""

@@ -169,3 +169,11 @@ def test_a_2xx_line_whose_body_is_not_an_object_is_retried() -> None:
     line = {"custom_id": "c-3", "response": {"status_code": 200, "body": "not an object"}}
     o = outcome_of_line(_claimed(), line, max_attempts=3)
     assert o is not None and (o.to, o.error_code) == (RequestState.QUEUED, "invalid_response_body")
+
+
+def test_flex_forgets_a_request_once_it_is_answered() -> None:
+    lane = FlexLane(60.0)
+    lane.prepare(1, '{"model": "m", "input": "x"}')
+    lane.capacity_wait(1, None)
+    lane.forget(1)
+    assert not lane._since and not lane._capacity_hits  # a run of millions must not keep one entry each
