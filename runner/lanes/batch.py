@@ -88,6 +88,14 @@ LOOKBACK = 300.0  # seconds before a chunk was packed that its batch may be list
 ABANDONED_AFTER = 3_600.0  # a chunk half-submitted by a run on another host, untouched this long, is taken over
 
 
+class _Refused(Exception):
+    """The API refused an upload or a create outright (4xx): this chunk cannot go as it is."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class _Stopped(Exception):
     """The run must stop: a signal, a billing error or an API that keeps failing (everything is committed)."""
 
@@ -331,7 +339,19 @@ class BatchLane:
             await self._submit(row)
 
     async def _submit(self, row: BatchRow) -> None:
-        """Upload a packed chunk and create its batch, committing each id before the next step."""
+        """Upload a packed chunk and create its batch, committing each id before the next step.
+
+        A chunk the API refuses outright is settled like a batch that failed validation: reported, and its
+        requests queued again.
+        """
+        try:
+            await self._submit_steps(row)
+        except _Refused as e:
+            code = e.error.code or (f"http_{e.error.status}" if e.error.status else "refused")
+            refused = {"status": "failed", "errors": {"data": [{"code": code, "message": e.error.message}]}}
+            await self._merge(replace(row, status="failed", batch_id=row.batch_id or filename_of(row)), refused)
+
+    async def _submit_steps(self, row: BatchRow) -> None:
         if row.step == PACKED:
             file_id = None if row.id in self._made else await self._find_file(row)
             if file_id is None:
@@ -395,7 +415,7 @@ class BatchLane:
             except (BillingError, DoomedJobError) as e:
                 raise _Stopped(StopReason.BILLING if isinstance(e, BillingError) else StopReason.DOOMED, e) from None
             except ApiError as e:
-                raise _Stopped(StopReason.DOOMED, _doomed(what, e)) from None
+                raise _Refused(e) from None
             made = read_id(reply.body.get("id"))
             if made is None:
                 raise _Stopped(StopReason.DOOMED, DoomedJobError(f"{what}: the API answered without an id"))
@@ -436,7 +456,7 @@ class BatchLane:
     async def _find_file(self, row: BatchRow) -> str | None:
         """The id of this chunk's file if an earlier attempt uploaded it (its reply lost)."""
         async for f in self._pages("files?purpose=batch", "listing files"):
-            if f.get("filename") == filename_of(row) and f.get("bytes") == row.bytes:
+            if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
                 return read_id(f.get("id"))
             created = f.get("created_at")
             if isinstance(created, int | float) and created < row.created_at - LOOKBACK:

@@ -179,3 +179,27 @@ async def test_a_queue_limit_waits_and_retries_without_counting_an_attempt(tmp_p
         st = out.stats[0]
         assert st.counts["completed"] == 20 and st.attempts == 20  # the refused batch cost no attempt
         assert "failed" in (await m.stats())["batch"]["batches"].values()
+
+
+@pytest.mark.anyio
+async def test_a_create_refused_outright_is_reported_and_its_rows_requeued(tmp_path: Path) -> None:
+    """A 400 on `POST /batches` is not retried forever: the chunk is settled, its rows queued, the run says why."""
+    seen: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.method == "POST" and request.url.path.endswith("/files"):
+            return httpx.Response(200, json={"id": "file_1", "object": "file", "filename": "x.jsonl"})
+        if request.method == "POST" and request.url.path.endswith("/batches"):
+            error = {"message": "Model gpt-test is not supported in the Batch API.", "code": "model_not_supported"}
+            return httpx.Response(400, json={"error": error})
+        return httpx.Response(404, json={"error": {"message": "no", "code": "not_found"}})
+
+    job = await submit(tmp_path, 5)
+    s = Settings(db=str(tmp_path / "r.db"), base_url="http://127.0.0.1:9/v1", api_key="k", lane="batch")
+    out = await app.run([job], s, transport=httpx.MockTransport(api))
+    [problem] = out.result.problems
+    assert "failed: model_not_supported: Model gpt-test is not supported in the Batch API." in problem
+    assert out.stats[0].counts["queued"] == 5
+    assert seen == ["POST /v1/files", "POST /v1/batches"]  # refused once: not retried, not created twice
+    assert (await app.status_report(job, db=s.db)).open_batches == []
