@@ -186,6 +186,8 @@ def _run(ns: argparse.Namespace) -> ExitCode:
             raise ConfigError("give one job spec (.toml) or job ids, not both")
         return _run_spec(ns, specs[0])
     settings = options.settings(ns)
+    if ns.detach and settings.lane is not Lane.BATCH:
+        raise ConfigError("--detach needs --lane batch (only batches can be left running)")
     fitted = fit_open_files(settings.concurrency)
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})

@@ -11,6 +11,7 @@ import pytest
 
 from runner import app
 from runner.config import Settings
+from runner.limits import AdaptiveConcurrency
 from runner.worker.types import Snapshot
 from runner_mock.app import serve
 from runner_mock.knobs import Config
@@ -34,19 +35,34 @@ async def _run(tmp_path: Path, config: Config, **settings: Any) -> tuple[app.Run
     return outcome, seen, job.job_id
 
 
+def _count_overloads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the times the pool is told to shrink (the adaptive concurrency's overload signal)."""
+    calls: list[int] = []
+    original = AdaptiveConcurrency.on_overload
+
+    def counted(self: AdaptiveConcurrency) -> None:
+        calls.append(1)
+        original(self)
+
+    monkeypatch.setattr(AdaptiveConcurrency, "on_overload", counted)
+    return calls
+
+
 @pytest.mark.anyio
-async def test_capacity_429s_are_retried_without_shrinking_concurrency(tmp_path: Path) -> None:
-    config = Config(flex_busy=12, latency=0.05)
-    outcome, seen, job_id = await _run(tmp_path, config, lane="flex")
+async def test_capacity_429s_are_retried_without_shrinking_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shrinks = _count_overloads(monkeypatch)
+    outcome, seen, job_id = await _run(tmp_path, Config(flex_busy=12, latency=0.05), lane="flex")
     assert outcome.result.reason == "done" and outcome.failed == 0
     [st] = outcome.stats
     assert st.counts["completed"] == N
-    # Twelve 429s met, and the pool never went below its 8 slots: a capacity 429 is not a rate limit.
-    assert min(s.concurrency for s in seen if s.max_concurrency) == 8
+    # Twelve capacity 429s met, and the pool was never told to shrink: they are not a rate limit.
+    assert shrinks == [] and not any(s.concurrency_reason for s in seen)
     assert st.attempts == N  # the 429s did not use up attempts
     detail = await app.show(job_id, "c-00001", db=str(tmp_path / "r.db"))
-    assert json.loads(detail.body)["model"] == "gpt-test"
     assert json.loads(detail.response_body or "{}")["service_tier"] == "flex"
+    assert [a.error_code for a in detail.attempt_rows][-1] is None
     # Flex is priced at the Batch rate: half the standard price of the same usage.
     prices = tmp_path / "prices.toml"
     prices.write_text('[models."gpt-test"]\ninput = 2.0\noutput = 8.0\n')
@@ -59,12 +75,13 @@ async def test_capacity_429s_are_retried_without_shrinking_concurrency(tmp_path:
 
 
 @pytest.mark.anyio
-async def test_a_rate_limit_429_does_shrink_it(tmp_path: Path) -> None:
-    """The control: the same number of ordinary 429s does shrink the pool, so the test above can fail."""
-    config = Config(p429=0.4, retry_after=0.05, latency=0.05, seed=3)
-    outcome, seen, _ = await _run(tmp_path, config, lane="sync")
-    assert outcome.failed == 0
-    assert min(s.concurrency for s in seen if s.max_concurrency) < 8
+async def test_an_overload_on_the_same_lane_does_shrink_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control, so the test above can fail: on the same flex lane, replies that time out (the server
+    overloaded) do tell the pool to shrink."""
+    shrinks = _count_overloads(monkeypatch)
+    outcome, _, _ = await _run(tmp_path, Config(flex_latency=2.0), lane="flex", timeout=0.2, max_attempts=1)
+    assert outcome.failed == N
+    assert len(shrinks) >= 8
 
 
 @pytest.mark.anyio

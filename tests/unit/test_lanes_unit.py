@@ -177,3 +177,11 @@ def test_flex_forgets_a_request_once_it_is_answered() -> None:
     lane.capacity_wait(1, None)
     lane.forget(1)
     assert not lane._since and not lane._capacity_hits  # a run of millions must not keep one entry each
+
+
+def test_detach_needs_the_batch_lane(tmp_path: Path) -> None:
+    from runner.cli.run import _run
+
+    ns = parse_args(["run", "--detach", "--db", str(tmp_path / "r.db")])
+    with pytest.raises(ConfigError, match=r"^--detach needs --lane batch"):
+        _run(ns)
