@@ -203,3 +203,18 @@ async def test_a_create_refused_outright_is_reported_and_its_rows_requeued(tmp_p
     assert out.stats[0].counts["queued"] == 5
     assert seen == ["POST /v1/files", "POST /v1/batches"]  # refused once: not retried, not created twice
     assert (await app.status_report(job, db=s.db)).open_batches == []
+
+
+@pytest.mark.anyio
+async def test_a_spec_runs_on_the_lane_its_job_table_names(tmp_path: Path) -> None:
+    write_jobfile(tmp_path / "in.jsonl", 30)
+    spec = tmp_path / "nightly.toml"
+    spec.write_text('[job]\ninput = "in.jsonl"\nlane = "batch"\n\n[output]\nresults = "out.jsonl"\n')
+    async with mock(batch_run_delay=0.1, batch_validate_delay=0.05) as m:
+        done = await app.run_spec(spec, overrides={"base_url": m.base, "api_key": "k"})
+        ledger = await m.stats()
+    assert done.failed == 0 and done.total == 30
+    assert (ledger["batch"]["uploads"], ledger["batch"]["creates"], ledger["creates"]) == (1, 1, 0)
+    [job] = done.jobs
+    assert job.report is not None and [(x.lane, x.requests) for x in job.report.lanes] == [("batch", 30)]
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 30
