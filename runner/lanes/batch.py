@@ -60,6 +60,7 @@ from runner.store.batches import (
     open_batches,
     owner_of,
     pack,
+    queued_in_conversations,
     queued_page,
     set_batch,
     take_over,
@@ -277,6 +278,11 @@ class BatchLane:
                 return False
             queued, due = await next_due(self.store, self.job_ids)
             if queued == 0:
+                if talks := await queued_in_conversations(self.store, self.job_ids):
+                    self.problems.append(
+                        f"{talks:,} requests share a conversation, which a batch cannot run in order: they are"
+                        " left queued for the sync lane (`runner run` without --lane batch)"
+                    )
                 return False
             if queued <= len(self._undone):
                 self.problems.append(

@@ -36,6 +36,7 @@ __all__ = [
     "open_batches",
     "owner_of",
     "pack",
+    "queued_in_conversations",
     "queued_page",
     "set_batch",
     "take_over",
@@ -149,6 +150,18 @@ async def take_over(store: Store, batch_row: int, was: str | None, owner: str) -
         return bool(r.rowcount)
 
     return await store.write(go)
+
+
+async def queued_in_conversations(store: Store, job_ids: Sequence[str]) -> int:
+    """Queued requests that share a conversation (the batch lane leaves them to the sync lane)."""
+    stmt = select(func.count()).where(
+        requests.c.job_id.in_(list(job_ids)), requests.c.state == Q, requests.c.conversation.is_not(None)
+    )
+
+    async def go(conn: AsyncConnection) -> int:
+        return int((await conn.execute(stmt)).scalar_one())
+
+    return await store.read(go)
 
 
 async def pack(

@@ -218,3 +218,22 @@ async def test_a_spec_runs_on_the_lane_its_job_table_names(tmp_path: Path) -> No
     [job] = done.jobs
     assert job.report is not None and [(x.lane, x.requests) for x in job.report.lanes] == [("batch", 30)]
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 30
+
+
+@pytest.mark.anyio
+async def test_requests_sharing_a_conversation_are_left_to_the_sync_lane(tmp_path: Path) -> None:
+    src = write_jobfile(tmp_path / "in.jsonl", 6)
+    with src.open("a") as f:
+        for i in (1, 2):
+            body = {"model": "gpt-test", "input": f"turn {i}", "conversation": "conv_1"}
+            f.write(json.dumps({"custom_id": f"t-{i}", "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    job = (await app.submit(str(src), db=str(tmp_path / "r.db"))).job_id
+    async with mock(batch_run_delay=0.1, batch_validate_delay=0.05) as m:
+        out = await app.run([job], settings(tmp_path, m, lane="batch"))
+        assert out.result.problems == [
+            "2 requests share a conversation, which a batch cannot run in order: they are left queued for the sync"
+            " lane (`runner run` without --lane batch)"
+        ]
+        assert (out.stats[0].counts["completed"], out.stats[0].counts["queued"]) == (6, 2)
+        out = await app.run([job], settings(tmp_path, m))
+        assert outcome_ok(out) and out.stats[0].counts["completed"] == 8
