@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import cast
 
 import httpx
 import orjson
@@ -10,13 +12,14 @@ import pytest
 
 from runner.cli.options import settings
 from runner.cli.parser import parse_args
-from runner.client import classify
+from runner.client import ApiClient, classify
 from runner.errors import CapacityError, ConfigError, TransientApiError
-from runner.lanes.batch import outcome_of_line
+from runner.lanes.batch import BatchLane, outcome_of_line
 from runner.lanes.flex import CAPACITY_MAX_WAIT, FlexLane
 from runner.spec import load_spec
 from runner.states import RequestState
-from runner.store import Claimed
+from runner.store import Claimed, Store
+from runner.store.batches import BatchRow
 
 
 def _reply(status: int, code: str, message: str = "m") -> httpx.Response:
@@ -185,3 +188,30 @@ def test_detach_needs_the_batch_lane(tmp_path: Path) -> None:
     ns = parse_args(["run", "--detach", "--db", str(tmp_path / "r.db")])
     with pytest.raises(ConfigError, match=r"^--detach needs --lane batch"):
         _run(ns)
+
+
+@pytest.mark.anyio
+async def test_a_lost_create_is_found_on_a_later_page_of_the_batch_list() -> None:
+    now = int(time.time())
+    others = [{"id": f"batch_{i:03d}", "created_at": now, "metadata": {"runner_job": "job_x"}} for i in range(250)]
+    ours = {"id": "batch_ours", "created_at": now, "input_file_id": "file_1"}
+    ours["metadata"] = {"runner_job": "job_x", "runner_chunk": "7"}
+    listed = [*others, ours]  # newest first: ours is on the third page
+    cursors: list[str | None] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("after")
+        cursors.append(after)
+        start = 0 if after is None else [b["id"] for b in listed].index(after) + 1
+        page = listed[start : start + int(request.url.params["limit"])]
+        return httpx.Response(200, json={"data": page, "has_more": start + len(page) < len(listed)})
+
+    client = ApiClient("http://127.0.0.1:9/v1", "k", transport=httpx.MockTransport(api))
+    lane = BatchLane(cast(Store, None), client, ["job_x"], max_lines=10, max_attempts=1)
+    row = BatchRow(
+        7, "job_x", "m", 1, 10, "uploaded", None, "file_1", None, None, 0, 0, None, None, None, now, now, None
+    )
+    found = await lane._find_batch(row)
+    assert found is not None and found["id"] == "batch_ours"
+    assert cursors == [None, "batch_099", "batch_199"]
+    await client.aclose()
