@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 
-from runner.config import DEFAULT_BASE_URL, Settings, env_name
+from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, Lane, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import httpx
 
     from runner.client import ApiClient
+    from runner.lanes.batch import BatchLane
     from runner.worker.pool import Run
 
 # FORMATS, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
@@ -107,6 +108,7 @@ class CancelResult:
     still_running: int = 0  # the API still reports them running; the next poll records how they end
     cancel_failures: list[str] = field(default_factory=list)  # "response id: why", one per refused cancel
     doomed: DoomedJobError | None = None  # a bad key or base URL: no background response was cancelled
+    batches_cancelled: int = 0  # open batches of the batch lane asked to cancel (`runner run` merges them)
 
     @property
     def cancelled(self) -> int:
@@ -252,8 +254,13 @@ async def run(
     on_progress: Callable[[Snapshot], None] | None = None,
     handle_signals: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    detach: bool = False,
 ) -> RunOutcome:
-    """Run jobs (default: every unfinished one) until each request is final, or a stop."""
+    """Run jobs (default: every unfinished one) until each request is final, or a stop.
+
+    On the batch lane, `detach` returns once every queued request is in a created batch (their ids committed).
+    Whatever the lane, batches an earlier batch run left open are collected first.
+    """
     s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
@@ -269,28 +276,75 @@ async def run(
             rpm=s.rpm,
             tpm=s.tpm,
             repair=s.repair,
+            flex=s.lane is Lane.FLEX,
+            flex_fallback=s.flex_fallback,
         )
+        if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
+            s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
+            from runner.lanes.batch import BatchLane
+            from runner.store.batches import open_batches
             from runner.worker.pool import Run
 
-            worker = Run(store, client, ids, options, on_progress=on_progress)
+            workers: list[Run | BatchLane] = []
+            if s.lane is Lane.BATCH or await open_batches(store, ids):
+                workers.append(
+                    BatchLane(
+                        store,
+                        client,
+                        ids,
+                        max_lines=s.batch_max_lines,
+                        max_attempts=s.max_attempts,
+                        detach=detach,
+                        pack=s.lane is Lane.BATCH,
+                        on_progress=on_progress,
+                    )
+                )
+            if s.lane is not Lane.BATCH:
+                workers.append(Run(store, client, ids, options, on_progress=on_progress))
             caught: list[int] = []
-            async with anyio.create_task_group() as tg:
-                if handle_signals:
-                    tg.start_soon(_watch_signals, worker, caught)
-                try:
-                    result: RunResult | StoreUnavailable = await worker.execute()
-                except StoreUnavailable as e:  # raised below: through the task group it would come out wrapped
-                    result = e
-                tg.cancel_scope.cancel()
+            result: RunResult | StoreUnavailable = RunResult(StopReason.DONE)
+            for worker in workers:
+                before = result
+                result = await _drive(worker, caught, handle_signals)
+                if isinstance(result, StoreUnavailable):
+                    break
+                if worker is not workers[0] and isinstance(before, RunResult):
+                    _carry(before, result)  # the figures of "this run" cover both workers
+                if result.reason is not StopReason.DONE:
+                    break
         if isinstance(result, StoreUnavailable):
             raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
 
 
-async def _watch_signals(worker: Run, caught: list[int]) -> None:
+def _carry(first: RunResult, then: RunResult) -> None:
+    """Add what the first worker of a run (collecting open batches) did to the figures of the one after it."""
+    a, b = first.snapshot, then.snapshot
+    for name in ("completed", "incomplete", "failed", "cancelled", "retries", "rate_limited", "tokens"):
+        setattr(b, name, getattr(a, name) + getattr(b, name))
+    b.done_before, b.started = a.done_before, a.started
+    then.problems[:0] = first.problems
+
+
+async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: bool) -> RunResult | StoreUnavailable:
+    """Run one worker to its end, passing SIGINT/SIGTERM on to it."""
+    async with anyio.create_task_group() as tg:
+        if handle_signals:
+            tg.start_soon(_watch_signals, worker, caught)
+        try:
+            result: RunResult | StoreUnavailable = await worker.execute()
+        except StoreUnavailable as e:  # returned: through the task group it would come out wrapped
+            result = e
+        tg.cancel_scope.cancel()
+    return result
+
+
+async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
     """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
+    if caught:  # a signal came during an earlier worker of this run: this one stops at once
+        worker.stop()
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for sig in signals:
             caught.append(int(sig))
@@ -305,6 +359,15 @@ async def status(job_id: str, *, db: str | None = None) -> JobStats:
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         return await store.job_stats(job_id)
+
+
+async def status_report(job_id: str, *, db: str | None = None) -> JobStatusReport:
+    """What `runner status` shows of one job: its figures and its open batches."""
+    from runner.store.batches import open_batches
+
+    s = _settings(None, db)
+    async with await Store.open(s.db, "existing") as store:
+        return JobStatusReport(await store.job_stats(job_id), await open_batches(store, [job_id]))
 
 
 async def jobs(*, db: str | None = None) -> list[JobStats]:
@@ -450,7 +513,8 @@ async def run_spec(
     """
     spec = load_spec(Path(spec_path))
     date = today or dt.date.today()
-    base = {**spec.limits.settings_update(), **(overrides or {})}
+    lane = {"lane": spec.job.lane} if spec.job.lane is not None else {}
+    base = {**spec.limits.settings_update(), **lane, **(overrides or {})}
     if db is not None:
         base["db"] = db
     try:
@@ -547,13 +611,28 @@ async def cancel(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> CancelResult:
     """Cancel a job: queued requests at once, running background responses through the API, many at once."""
+    from runner.store.batches import open_batches
+
     s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         queued, in_flight = await store.cancel_job(job_id)
-        if not in_flight:
+        batches = await open_batches(store, [job_id])
+        if not in_flight and not batches:
             return CancelResult(queued)
+        from runner.lanes.batch import cancel_batches
         from runner.worker.cancel import CANCEL_CONCURRENCY, cancel_background
 
         async with _client(s, transport, CANCEL_CONCURRENCY) as client:
+            n_batches, batch_failures = await cancel_batches(store, client, job_id) if batches else (0, [])
+            if not in_flight:
+                return CancelResult(queued, cancel_failures=batch_failures, batches_cancelled=n_batches)
             t = await cancel_background(store, client, in_flight)
-        return CancelResult(queued, t.cancelled, t.finished_first, t.still_running, t.failures, t.doomed)
+        return CancelResult(
+            queued,
+            t.cancelled,
+            t.finished_first,
+            t.still_running,
+            [*t.failures, *batch_failures],
+            t.doomed,
+            n_batches,
+        )

@@ -13,8 +13,9 @@ decisions (billing before doomed before retryable); split across files, that ord
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,7 @@ from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
 from runner.errors import (
     ApiError,
     BillingError,
+    CapacityError,
     ConfigError,
     ConnectTimeoutError,
     DoomedJobError,
@@ -57,6 +59,8 @@ BILLING_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "or
 PER_REQUEST_403_CODES = frozenset({"misalignment_policy_violation"})
 # OpenSSL's reasons when the other side answered a TLS hello in plain text (an http:// server).
 PLAIN_HTTP_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"})
+# A 429 with one of these codes is the flex tier short of capacity (unbilled), not this account's rate limit.
+CAPACITY_CODES = frozenset({"resource_unavailable", "resources_unavailable", "capacity_exceeded"})
 CONVERSATION_LOCKED_WAIT = 2.0  # the API says "retry in a few seconds" and sends no Retry-After
 RATE_LIMIT_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -225,6 +229,9 @@ def classify(
         if ra is None:
             raise TransientApiError(message, retry_after=CONVERSATION_LOCKED_WAIT, **kw)
         raise TransientApiError(message, retry_after=ra.seconds, retry_after_asked=ra.asked, **kw)
+    if status == 429 and (code in CAPACITY_CODES or typ in CAPACITY_CODES):
+        ra = read_retry_after(headers, MAX_RETRY_AFTER)
+        raise CapacityError(message, retry_after=None if ra is None else ra.seconds, **kw)
     if should_retry == "true" or status in (408, 409, 429) or status >= 500:
         ra = read_retry_after(headers, MAX_RETRY_AFTER)
         if ra is None:
@@ -365,10 +372,12 @@ class ApiClient:
         extra: tuple[tuple[bytes, bytes], ...] = (),
         *,
         creating: bool = False,
+        content_type: bytes | None = None,
     ) -> ApiReply:
-        request = httpx.Request(
-            method, url, headers=[*self._headers, *extra], content=content, extensions=self._extensions
-        )
+        headers = self._headers
+        if content_type is not None:
+            headers = [(k, content_type if k == b"content-type" else v) for k, v in headers]
+        request = httpx.Request(method, url, headers=[*headers, *extra], content=content, extensions=self._extensions)
         try:
             # --timeout bounds the whole reply (connect, headers, body), not only the gap between bytes:
             # a server trickling one byte a second must not hold a request and its slot for as long as it likes.
@@ -418,6 +427,59 @@ class ApiClient:
     async def cancel(self, response_id: str) -> ApiReply:
         """POST /responses/{id}/cancel (idempotent on the API side)."""
         return await self._send("POST", self._base.join(f"responses/{quote(response_id, safe='')}/cancel"))
+
+    # -- other endpoints (the Batch API's files and batches), classified the same way ---------------
+
+    async def call(self, method: str, path: str, body: object | None = None) -> ApiReply:
+        """`method` on `path` (relative to the base URL, query included) with an optional JSON body."""
+        content = None if body is None else orjson.dumps(body)
+        return await self._send(method, self._base.join(path), content)
+
+    async def upload(self, path: str, fields: Mapping[str, str], filename: str, data: bytes) -> ApiReply:
+        """POST a multipart form: `fields` and one file (`file`, JSON Lines) named `filename`."""
+        boundary = f"runner-{os.urandom(12).hex()}"
+        parts = [
+            f'--{boundary}\r\ncontent-disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        ]
+        head = (
+            f'--{boundary}\r\ncontent-disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "content-type: application/jsonl\r\n\r\n"
+        )
+        content = b"".join([*parts, head.encode(), data, f"\r\n--{boundary}--\r\n".encode()])
+        ctype = f"multipart/form-data; boundary={boundary}".encode()
+        return await self._send("POST", self._base.join(path), content, content_type=ctype)
+
+    async def lines(self, path: str, max_line: int = MAX_BODY_BYTES) -> AsyncIterator[bytes]:
+        """GET `path` and yield its body line by line as it arrives (a Batch output file can be gigabytes).
+
+        A reply that is not 2xx raises its typed error; a line longer than `max_line` raises PermanentApiError.
+        """
+        request = httpx.Request("GET", self._base.join(path), headers=self._headers, extensions=self._extensions)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except TRANSPORT_ERRORS as exc:
+            raise classify_exception(exc) from None
+        try:
+            if not 200 <= response.status_code < 300:
+                classify(response, await self._read_body(response), secret=self._secret, request=request)
+            rest = b""
+            try:
+                async for chunk in response.aiter_bytes():
+                    rest += chunk
+                    *whole, rest = rest.split(b"\n")
+                    for line in whole:
+                        yield line
+                    if len(rest) > max_line:
+                        raise PermanentApiError(
+                            f"a line of {path} is longer than {max_line} bytes", code="reply_too_large"
+                        )
+            except TRANSPORT_ERRORS as exc:
+                raise classify_exception(exc) from None
+            if rest:
+                yield rest
+        finally:
+            await response.aclose()
 
 
 __all__ = [

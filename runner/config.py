@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DB = "runner.db"
@@ -29,6 +31,9 @@ POLL_INITIAL_DELAY = 1.0
 POLL_MAX_DELAY = 30.0
 POLL_BACKOFF = 1.5
 DEFAULT_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+FLEX_TIMEOUT = 900.0  # the flex tier is slower: OpenAI advises a 15-minute client timeout
+BATCH_MAX_LINES = 50_000  # the Batch API's limits per input file
+BATCH_MAX_BYTES = 200 * 1024 * 1024
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
@@ -38,6 +43,29 @@ class AuthStyle(StrEnum):
     BEARER = "bearer"  # Authorization: Bearer <key> (OpenAI)
     RAW = "raw"  # Authorization: <key> (some proxies)
     API_KEY = "api-key"  # api-key: <key> (Azure)
+
+
+class Lane(StrEnum):
+    """How a job's requests reach the API: one at a time (sync, flex) or as Batch API files (batch)."""
+
+    SYNC = "sync"  # POST /responses at the default tier (today's behaviour)
+    FLEX = "flex"  # POST /responses with service_tier "flex": Batch prices, slower, capacity 429s
+    BATCH = "batch"  # the Batch API: input files, batches polled until done, results merged by custom_id
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `1h`, `500ms` -> seconds; ValueError (a plain sentence) otherwise."""
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration (for example 90s, 15m, 1h)")
+    seconds = float(m[1]) * _UNIT[m[2]]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a duration (for example 90s, 15m, 1h)")
+    return seconds
 
 
 def _env(*names: str) -> AliasChoices:
@@ -77,9 +105,23 @@ class Settings(BaseSettings):
         None, validation_alias=_env("log_level", "RUNNER_LOG_LEVEL")
     )
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format", "RUNNER_LOG_FORMAT"))
+    lane: Lane = Field(Lane.SYNC, validation_alias=_env("lane", "RUNNER_LANE"))
+    # flex: seconds after which a request still unanswered on flex is sent on the default tier (None: never)
+    flex_fallback: float | None = Field(
+        None, gt=0, le=MAX_TIMEOUT, validation_alias=_env("flex_fallback", "RUNNER_FLEX_FALLBACK")
+    )
+    batch_max_lines: int = Field(
+        BATCH_MAX_LINES, ge=1, le=BATCH_MAX_LINES, validation_alias=_env("batch_max_lines", "RUNNER_BATCH_MAX_LINES")
+    )
     progress_every: float = Field(
         DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")
     )
+
+    @field_validator("flex_fallback", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        """RUNNER_FLEX_FALLBACK=15m as well as a number of seconds."""
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 def env_name(field: str) -> str | None:

@@ -15,7 +15,9 @@
     ├── JobBusy                     a job that a live runner is working on cannot be deleted
     └── ApiError                    an HTTP outcome that is not a result (status, code, message, request id)
         ├── TransientApiError       worth retrying later (retry_after: minimum wait, if the server gave one)
-        │   └── UnreachableError    no connection at all (refused, no such host, TLS failed): `reason` says why
+        │   ├── UnreachableError    no connection at all (refused, no such host, TLS failed): `reason` says why
+        │   └── CapacityError       the flex tier is short of capacity (429 resource_unavailable): not billed,
+        │                           not a rate limit; retried patiently without shrinking the pool
         ├── PermanentApiError       retrying cannot help; the request fails
         ├── BillingError            quota / spend limit: stop the whole run, keep the work queued
         └── DoomedJobError          no request of the job can succeed as configured (bad key, wrong base URL,
@@ -255,6 +257,14 @@ class UnreachableError(TransientApiError):
     def __init__(self, message: str, *, reason: str, **kw: object) -> None:
         self.reason = reason  # plain words with the likely fix, e.g. "connection refused; is the server up?"
         super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class CapacityError(TransientApiError):
+    """The flex tier has no capacity now (a 429 such as `resource_unavailable`): not billed, not a rate limit.
+
+    Retrying later, or on the default tier, helps; shrinking the pool does not (the limit is the provider's
+    capacity, not this account's rate).
+    """
 
 
 class TimeoutApiError(TransientApiError):

@@ -20,6 +20,8 @@ from runner.spec import describe_validation_error, read_toml
 __all__ = ["ModelPrice", "PriceError", "PriceFile", "PriceTable", "UsageLike", "load_prices"]
 
 PER_TOKENS: Final = 1_000_000  # prices are per 1M tokens
+# Batch API and flex requests cost this fraction of the standard price unless the table says otherwise.
+DEFAULT_BATCH_FACTOR: Final = 0.5
 _DATE_SUFFIX: Final = "-20"  # "gpt-4.1-mini-2025-04-14": a dated snapshot of "gpt-4.1-mini"
 
 _Usd = Annotated[float, Field(ge=0)]
@@ -67,6 +69,8 @@ class PriceFile(BaseModel):
 
     taken: str | None = None  # YYYY-MM-DD, when the prices were read off the pricing page
     source: str | None = None
+    # The Batch API's and the flex tier's price as a fraction of the standard one (OpenAI: 50 % off).
+    batch_factor: Annotated[float, Field(ge=0, le=1)] | None = None
     models: dict[str, ModelPrice] = Field(default_factory=dict)
 
 
@@ -90,6 +94,12 @@ class PriceTable(PriceFile):
         key = self.key_for(model)
         return None if key is None else self.models[key]
 
+    def lane_factor(self, lane: str) -> float:
+        """What a lane pays of the standard price: batch and flex the Batch rate, sync all of it."""
+        if lane == "sync":
+            return 1.0
+        return DEFAULT_BATCH_FACTOR if self.batch_factor is None else self.batch_factor
+
     def cost(self, model: str | None, usage: UsageLike) -> float | None:
         """USD for `usage` on `model`; None when the model is unpriced (never 0 for an unknown model)."""
         p = self.price(model)
@@ -108,11 +118,12 @@ def load_prices(user_file: Path | None = None) -> PriceTable:
     text = resources.files("runner").joinpath("prices.toml").read_text(encoding="utf-8")
     table = _parse(tomllib.loads(text), "runner/prices.toml")
     if user_file is None:
-        return PriceTable(taken=table.taken, source=table.source, models=table.models)
+        return PriceTable(taken=table.taken, source=table.source, batch_factor=table.batch_factor, models=table.models)
     user = _parse(read_toml(user_file, PriceError), str(user_file))
     return PriceTable(
         taken=user.taken or table.taken,
         source=user.source or table.source,
+        batch_factor=table.batch_factor if user.batch_factor is None else user.batch_factor,
         models={**table.models, **user.models},
         user_file=str(user_file),
     )

@@ -15,6 +15,7 @@ from runner.outputcheck import CheckStatus
 from runner.prices import PriceTable
 from runner.states import RequestState
 from runner.store import Store, UsageCounts
+from runner.store.batches import usage_by_model_and_lane
 from runner.store.outputs import CheckCounts, check_counts
 from runner.store.reports import (
     ErrorGroup,
@@ -24,7 +25,6 @@ from runner.store.reports import (
     errors_by_code,
     latency,
     slowest,
-    usage_by_model,
 )
 from runner.term import printable
 
@@ -78,6 +78,16 @@ def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
     return head.rstrip(" ,;:-") + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class LaneCost:
+    """What one lane (sync, flex, batch) finished and cost, and what the same would cost at the standard price."""
+
+    lane: str
+    requests: int
+    usd: float  # over priced models
+    usd_standard: float  # the same usage at the synchronous (standard) price
+
+
 @dataclass(frozen=True)
 class Report:
     """Everything `runner report` shows about one job."""
@@ -106,6 +116,12 @@ class Report:
     checks: CheckCounts = field(default_factory=lambda: CheckCounts({}, 0, 0, []))
     rejected_usd: float = 0.0  # what the rejected answers cost (priced models only), part of cost_usd
     rejected_unpriced: tuple[str, ...] = ()
+    lanes: list[LaneCost] = field(default_factory=list)  # by lane: batch and flex pay the Batch rate
+
+    @property
+    def saved_usd(self) -> float:
+        """What the job saved against the synchronous price by running on the flex or batch lane."""
+        return sum(x.usd_standard - x.usd for x in self.lanes)
 
     @property
     def priced(self) -> list[ModelCost]:
@@ -168,6 +184,16 @@ class Report:
                 "unpriced": [
                     {"model": m.model, "requests": m.requests, "usage": m.usage.as_dict()} for m in self.unpriced
                 ],
+                "by_lane": [
+                    {
+                        "lane": x.lane,
+                        "requests": x.requests,
+                        "usd": round(x.usd, 6),
+                        "usd_standard": round(x.usd_standard, 6),
+                    }
+                    for x in self.lanes
+                ],
+                "saved_usd": round(self.saved_usd, 6),
             },
             "latency_seconds": {
                 "count": lat.count,
@@ -241,6 +267,9 @@ class Report:
             )
         if len(self.models) > _MAX_MODELS_SHOWN:
             out.append(f"    … and {len(self.models) - _MAX_MODELS_SHOWN} more model(s)")
+        if any(x.lane != "sync" for x in self.lanes):
+            by_lane = " · ".join(f"{x.lane} {x.requests} req {_usd(x.usd)}" for x in self.lanes)
+            out.append(f"    lanes: {by_lane}; saved {_usd(self.saved_usd)} against the synchronous price")
         if note := self.cost_note():
             out.append(f"    {p(note)}")
         lat = self.latency
@@ -284,11 +313,22 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
     """Read a job's figures from the store and price its usage (JobNotFound for an unknown job)."""
     st = await store.job_stats(job_id)
     now = time.time()
-    models: list[ModelCost] = []
-    for m in await usage_by_model(store, job_id):
+    # Priced per model and lane: the Batch API and the flex tier pay the Batch rate.
+    by_model: dict[str | None, tuple[int, UsageCounts, float]] = {}
+    lanes: dict[str, LaneCost] = {}
+    for m in await usage_by_model_and_lane(store, job_id):
         key = prices.key_for(m.model)
-        usd = prices.models[key].cost(m.usage) if key is not None else None
-        models.append(ModelCost(m.model or UNKNOWN_MODEL, key, m.requests, m.usage, usd))
+        standard = prices.models[key].cost(m.usage) if key is not None else 0.0
+        usd = standard * prices.lane_factor(m.lane)
+        n, usage, total = by_model.get(m.model, (0, UsageCounts(), 0.0))
+        by_model[m.model] = (n + m.requests, usage + m.usage, total + usd)
+        was = lanes.get(m.lane, LaneCost(m.lane, 0, 0.0, 0.0))
+        lanes[m.lane] = LaneCost(m.lane, was.requests + m.requests, was.usd + usd, was.usd_standard + standard)
+    models: list[ModelCost] = []
+    for model, (n, usage, total) in by_model.items():
+        key = prices.key_for(model)
+        models.append(ModelCost(model or UNKNOWN_MODEL, key, n, usage, total if key is not None else None))
+    models.sort(key=lambda m: (-m.usage.total_tokens, m.model))
     status = st.status
     elapsed = st.elapsed(now)
     finished = st.finished
@@ -326,4 +366,5 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         checks=checks,
         rejected_usd=rejected_usd,
         rejected_unpriced=tuple(rejected_unpriced),
+        lanes=sorted(lanes.values(), key=lambda x: x.lane),
     )

@@ -1,6 +1,7 @@
 """TOML job specs: one file names the input, the body defaults and overrides, limits, outputs and a failure policy.
 
-    [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient
+    [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient,
+                lane (sync, flex or batch)
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
     [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair
@@ -81,6 +82,7 @@ class JobSection(_Section):
     store: str | None = None  # the job store; a path relative to the spec (default: runner.db beside it)
     background: bool = False
     lenient: bool = False
+    lane: Literal["sync", "flex", "batch"] | None = None  # how the requests travel (`--lane` wins)
 
     @field_validator("name", "input", "store")
     @classmethod

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.states import RESULTS, JobStatus, RequestState, count
 from runner.store import JobStats
+from runner.store.batches import BatchRow
 from runner.term import printable
 
 __all__ = ["JobStatusReport", "job_state"]
@@ -33,6 +35,7 @@ class JobStatusReport:
     """One job's counts, usage and timing, as `runner status` shows them."""
 
     stats: JobStats
+    open_batches: list[BatchRow] = field(default_factory=list)  # the batch lane's batches not merged yet
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -54,6 +57,19 @@ class JobStatusReport:
             "created_at": st.job.created_at,
             "in_flight_by_owner": st.in_flight_by_owner,
             "stale_leases": st.stale_leases,
+            "open_batches": [
+                {
+                    "batch_id": b.batch_id,
+                    "step": b.step,
+                    "status": b.status,
+                    "requests": b.lines,
+                    "completed": b.done_count,
+                    "failed": b.failed_count,
+                    "model": b.model,
+                    "age_seconds": round(time.time() - b.created_at, 1),
+                }
+                for b in self.open_batches
+            ],
         }
 
     def render_text(self) -> str:
@@ -80,4 +96,10 @@ class JobStatusReport:
         if d["in_flight_by_owner"] or d["stale_leases"]:
             owners = ", ".join(f"{printable(o)}: {n}" for o, n in d["in_flight_by_owner"].items()) or "none"
             lines.append(f"  in flight by runner: {owners} · stale leases {d['stale_leases']}")
+        for b in d["open_batches"]:
+            name = printable(b["batch_id"]) if b["batch_id"] else f"(not created yet: {b['step']})"
+            lines.append(
+                f"  batch {name}: {printable(b['status'] or b['step'])} · {b['completed']:,} of {b['requests']:,}"
+                f" done, {b['failed']:,} failed · {b['age_seconds']:.0f} s old"
+            )
         return "\n".join(lines)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from runner_mock.batches import MAX_UPLOAD_BYTES
 from runner_mock.faults import QuietDisconnects
 from runner_mock.knobs import Config
 from runner_mock.routes import add_routes
@@ -18,7 +19,8 @@ __all__ = ["build_app", "serve"]
 
 def build_app(config: Config) -> web.Application:
     """Build the aiohttp application serving `config`; its state is `app[STATE_KEY]`."""
-    app = web.Application()
+    # Batch input files may be 200 MB (aiohttp's default limit on a request body is 1 MB).
+    app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
     app[STATE_KEY] = MockState(config)
     add_routes(app)
     server_log = logging.getLogger("aiohttp.server")

@@ -14,7 +14,7 @@ import orjson
 from runner_mock.replies import error
 from runner_mock.state import MockState
 
-__all__ = ["REASONING_TOKENS", "final_fields", "skeleton", "usage_for", "validate"]
+__all__ = ["REASONING_TOKENS", "final_fields", "service_tier", "skeleton", "usage_for", "validate"]
 
 REASONING_TOKENS: dict[str, int] = {
     "none": 0,
@@ -131,7 +131,8 @@ def validate(raw: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     return body, None
 
 
-def _service_tier(requested: Any) -> str:
+def service_tier(requested: Any) -> str:
+    """The tier a response reports for the tier requested (`fast` shows as `priority`; unknown: `default`)."""
     if requested == "fast":
         return "priority"
     if requested in ("default", "flex", "scale", "priority"):
@@ -167,7 +168,7 @@ def skeleton(body: Mapping[str, Any], rid: str, created_at: int) -> dict[str, An
         "previous_response_id": body.get("previous_response_id"),
         "conversation": conversation if isinstance(conversation, dict) else None,
         "prompt_cache_key": body.get("prompt_cache_key"),
-        "service_tier": _service_tier(body.get("service_tier")),
+        "service_tier": service_tier(body.get("service_tier")),
         "truncation": "disabled",
         "text": text if isinstance(text, dict) else {"format": {"type": "text"}},
         "reasoning": {

@@ -45,6 +45,18 @@ class Config:
     poll_p429: float = _knob(0.0, "fraction of GET polls answered 429")
     rpm: int | None = _knob(None, "requests per minute (per-second windows)")
     tpm: int | None = _knob(None, "tokens per minute (per-second windows)")
+    flex_latency: float | None = _knob(None, "seconds per foreground create on service_tier flex (None: as latency)")
+    flex_p429: float = _knob(0.0, "fraction of flex creates answered 429 resource_unavailable")
+    flex_busy: int = _knob(0, "answer the next N flex creates 429 resource_unavailable")
+    batch_validate_delay: float = _knob(0.2, "seconds a batch stays validating")
+    batch_run_delay: float = _knob(1.0, "seconds a batch stays in_progress")
+    batch_finalize_delay: float = _knob(0.2, "seconds a batch stays finalizing (or cancelling)")
+    batch_expire: float = _knob(0.0, "fraction of each batch's lines left undone: the batch ends expired")
+    batch_fail: int = _knob(0, "the next N batches fail validation")
+    batch_drop_create: int = _knob(0, "drop the connection of the next N batch creates, after making the batch")
+    batch_reply_delay: float = _knob(0.0, "seconds an upload or batch create waits, after it took effect, to reply")
+    file_read_delay: float = _knob(0.0, "seconds a file download pauses after its first half")
+    batch_token_limit: int | None = _knob(None, "enqueued input tokens per model; a batch over it fails")
     seed: int = _knob(0, "seed of the fault draws")
 
 

@@ -14,7 +14,8 @@ import orjson
 from aiohttp import web
 
 from runner_mock import knobs
-from runner_mock.content import final_fields, skeleton, usage_for, validate
+from runner_mock.batches import BATCHES_KEY, add_batch_routes
+from runner_mock.content import final_fields, service_tier, skeleton, usage_for, validate
 from runner_mock.faults import authorized, drop, not_found, rate_limited, unauthorized
 from runner_mock.replies import JSON, error, reply
 from runner_mock.state import STATE_KEY, TERMINAL, Record
@@ -75,9 +76,19 @@ async def _create(request: web.Request) -> web.Response:
         if draw < config.pdrop + config.p5xx + config.p429:
             return rate_limited(state, started, config.retry_after, "requests")
 
+    flex = body.get("service_tier") == "flex"
+    if flex and (config.flex_busy > 0 or (config.flex_p429 and state.rng.random() < config.flex_p429)):
+        # The flex tier sheds load with an unbilled 429 that is not a rate limit (no retry-after, no window).
+        config.flex_busy = max(0, config.flex_busy - 1)
+        state.faults["capacity"] += 1
+        message = "Resource Unavailable: flex processing has no capacity right now. You will not be charged."
+        return reply(state, started, 429, error(message, "resource_unavailable", "resource_unavailable"))
+
     background = bool(body.get("background"))
     fail = background and config.bg_fail > 0 and state.rng.random() < config.bg_fail
     state.creates += 1
+    tier = service_tier(body.get("service_tier"))
+    state.tiers[tier] = state.tiers.get(tier, 0) + 1
     state.creates_by_key[key] = state.creates_by_key.get(key, 0) + 1
 
     rid = state.new_id("resp")
@@ -92,8 +103,9 @@ async def _create(request: web.Request) -> web.Response:
             await asyncio.sleep(config.latency / 10)
         return reply(state, started, 200, state.shown(record))
 
-    if config.latency > 0:
-        delay = config.latency
+    latency = config.flex_latency if flex and config.flex_latency is not None else config.latency
+    if latency > 0:
+        delay = latency
         if config.latency_jitter:
             delay *= 1.0 + state.rng.uniform(-config.latency_jitter, config.latency_jitter)
         await asyncio.sleep(delay)
@@ -151,7 +163,8 @@ async def _invalid_url(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    return web.Response(body=orjson.dumps(state.stats()), content_type=JSON)
+    stats = {**state.stats(), "batch": request.app[BATCHES_KEY].stats()}
+    return web.Response(body=orjson.dumps(stats), content_type=JSON)
 
 
 async def _config(request: web.Request) -> web.Response:
@@ -181,6 +194,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{prefix}/responses", _create)
     app.router.add_get(f"{prefix}/responses/{{rid}}", _retrieve)
     app.router.add_post(f"{prefix}/responses/{{rid}}/cancel", _cancel)
+    add_batch_routes(app, prefix)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/config", _config)
     # Last, so it only gets what nothing above matched (a known path with another method included).

@@ -93,7 +93,8 @@ class MockState:
         self.creates = 0
         self.gets = 0
         self.cancels = 0
-        self.faults: dict[str, int] = {"429": 0, "5xx": 0, "drop": 0, "quota": 0, "401": 0, "404": 0}
+        self.faults: dict[str, int] = {"429": 0, "5xx": 0, "drop": 0, "quota": 0, "401": 0, "404": 0, "capacity": 0}
+        self.tiers: dict[str, int] = {}  # creates answered, by the service_tier they ran on
         self.creates_by_key: dict[str, int] = {}
         self.usage: dict[str, int] = {
             "input_tokens": 0,
@@ -121,6 +122,7 @@ class MockState:
             "cancels": self.cancels,
             "faults": dict(self.faults),
             "creates_by_key": dict(self.creates_by_key),
+            "tiers": dict(self.tiers),
             "usage": dict(self.usage),
         }
 
@@ -138,17 +140,21 @@ class MockState:
             return orjson.dumps(record.body)
         usage = record.body["usage"]
         if usage is not None:
-            totals = self.usage
-            totals["input_tokens"] += usage["input_tokens"]
-            totals["cached_tokens"] += usage["input_tokens_details"]["cached_tokens"]
-            totals["output_tokens"] += usage["output_tokens"]
-            totals["reasoning_tokens"] += usage["output_tokens_details"]["reasoning_tokens"]
-            totals["total_tokens"] += usage["total_tokens"]
+            self.count_usage(usage)
         # orjson's buffer is several KiB whatever the size of the JSON; keep an exact-size copy instead.
         record.raw = raw = bytes(memoryview(orjson.dumps(record.body)))
         # Only `raw` is read from now on; dropping the dicts keeps a long run's memory small.
         record.body = record.final = _FROZEN
         return raw
+
+    def count_usage(self, usage: dict[str, Any]) -> None:
+        """Add one answered response's usage to the ledger."""
+        totals = self.usage
+        totals["input_tokens"] += usage["input_tokens"]
+        totals["cached_tokens"] += usage["input_tokens_details"]["cached_tokens"]
+        totals["output_tokens"] += usage["output_tokens"]
+        totals["reasoning_tokens"] += usage["output_tokens_details"]["reasoning_tokens"]
+        totals["total_tokens"] += usage["total_tokens"]
 
     # -- rate limits -------------------------------------------------------------------------------
 

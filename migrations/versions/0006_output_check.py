@@ -1,7 +1,7 @@
 """output_checks: the structured-output check of each answer that asked for JSON
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-02
 
 One row per request whose line asked for `json_schema` or `json_object`: the verdict on its answer, the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

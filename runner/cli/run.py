@@ -15,6 +15,7 @@ from runner.cli.exits import ExitCode
 from runner.cli.options import bounded, setting
 from runner.cli.output import put, run_async, say, when
 from runner.config import (
+    BATCH_MAX_LINES,
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
@@ -22,6 +23,9 @@ from runner.config import (
     MAX_GRACE_SECONDS,
     MAX_MAX_ATTEMPTS,
     MAX_REPAIR,
+    MAX_TIMEOUT,
+    Lane,
+    parse_duration,
 )
 from runner.display import ProgressView
 from runner.errors import ConfigError
@@ -79,9 +83,45 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         type=bounded(float, 0, None, low_open=True),
         help="tokens per minute budget, paced evenly (default: none)",
     )
+    setting(
+        p,
+        "lane",
+        choices=[lane.value for lane in Lane],
+        help="how requests travel: sync (default), flex (service_tier flex: Batch prices, slower, 15-minute"
+        " timeout) or batch (the Batch API: files and batches, results within 24 h)",
+    )
+    setting(
+        p,
+        "flex_fallback",
+        type=_duration,
+        metavar="DURATION",
+        help="flex lane: send a request still unanswered on flex after this long (90s, 15m, 1h) on the default tier",
+    )
+    setting(
+        p,
+        "batch_max_lines",
+        type=bounded(int, 1, BATCH_MAX_LINES),
+        help=f"batch lane: lines per Batch input file (default and most {BATCH_MAX_LINES:,})",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="batch lane: create the batches, commit their ids and exit 0; a later `runner run` collects them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
     options.client(p)
     options.db(p)
+
+
+def _duration(text: str) -> float:
+    """An argparse `type` for a duration such as 90s, 15m or 1h: positive, at most a day."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_TIMEOUT:,g} s (got {text!r})")
+    return seconds
 
 
 def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
@@ -154,6 +194,8 @@ def _run(ns: argparse.Namespace) -> ExitCode:
             raise ConfigError("give one job spec (.toml) or job ids, not both")
         return _run_spec(ns, specs[0])
     settings = options.settings(ns)
+    if ns.detach and settings.lane is not Lane.BATCH:
+        raise ConfigError("--detach needs --lane batch (only batches can be left running)")
     fitted = fit_open_files(settings.concurrency)
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
@@ -162,7 +204,7 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK
     with ProgressView(ns.quiet, every=settings.progress_every) as view:
-        outcome = run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True))
+        outcome = run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True, detach=ns.detach))
         view.finish(outcome.result.snapshot if outcome.stats else None, _next_steps(outcome))
     for st in outcome.stats:
         put(app.JobStatusReport(st).render_text())
@@ -171,7 +213,13 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         return stopped
     if not outcome.stats:
         say("nothing to run: no job has queued requests")
-    return ExitCode.FAILED if outcome.failed else ExitCode.OK
+    if outcome.result.detached:
+        n = outcome.result.batches_open
+        say(f"detached: {n} batch{'es' if n != 1 else ''} open; a later `runner run` merges their results")
+        return ExitCode.OK
+    for problem in outcome.result.problems:
+        say(printable(problem))
+    return ExitCode.FAILED if outcome.failed or outcome.result.problems else ExitCode.OK
 
 
 def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
@@ -260,6 +308,11 @@ def _cancel(ns: argparse.Namespace) -> ExitCode:
     ]
     if res.finished_first:
         parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
+    if res.batches_cancelled:
+        n = res.batches_cancelled
+        parts.append(
+            f"{n} batch{'es' if n != 1 else ''} cancelled; `runner run {ns.job_id}` merges their partial results"
+        )
     if res.still_running:
         parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
     if res.cancel_failures:

@@ -77,6 +77,7 @@ requests = Table(
     Column("submitted_at", Float, nullable=True),  # last POST sent
     Column("updated_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
+    Column("lane", String, nullable=True),  # "batch" when the Batch API finished it (priced at Batch rates)
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
@@ -127,4 +128,30 @@ output_checks = Table(
     Column("rejected_total_tokens", Integer, nullable=False, default=0),
     Column("checked_at", Float, nullable=False),
     Index(None, "job_id", "line_no"),
+)
+
+# The batch lane: one row per Batch API input file and its batch. `step` moves packed -> uploaded -> created
+# -> merged, each id committed before the next step; the requests of a chunk are leased by "batch:<id>".
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("step", String, nullable=False),
+    Column("owner", String, nullable=True),  # the run uploading and creating it (host:pid:suffix)
+    Column("input_file_id", String, nullable=True),
+    Column("batch_id", String, nullable=True),
+    Column("status", String, nullable=True),  # the batch's status as last seen
+    Column("done_count", Integer, nullable=False, default=0),
+    Column("failed_count", Integer, nullable=False, default=0),
+    Column("output_file_id", String, nullable=True),
+    Column("error_file_id", String, nullable=True),
+    Column("errors", Text, nullable=True),  # a failed batch's errors, one line each
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index(None, "job_id", "step"),
 )

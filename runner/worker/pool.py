@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from runner.client import ApiClient
 from runner.errors import BillingError, DoomedJobError, StoreUnavailable
+from runner.lanes.flex import FlexLane
 from runner.limits import AdaptiveConcurrency, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
@@ -27,7 +28,7 @@ from runner.store.models import Claimed, Outcome
 from runner.worker.outcomes import Checker
 from runner.worker.poller import Poller
 from runner.worker.send import Sender
-from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason
+from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, count_outcome
 from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Run:
             on_billing=self._on_billing,
             on_doomed=self._on_doomed,
             checker=self.checker,
+            flex=FlexLane(options.flex_fallback) if options.flex else None,
         )
 
     # -- control ----------------------------------------------------------------------------------
@@ -299,22 +301,7 @@ class Run:
     # -- slots and stops ---------------------------------------------------------------------------
 
     def _count(self, o: Outcome) -> None:
-        s = self.snap
-        if o.rate_limited:
-            s.rate_limited += 1
-        if o.to is RequestState.QUEUED:
-            s.retries += 1
-            return
-        s.done += 1
-        s.tokens += o.usage.total_tokens
-        if o.to is RequestState.COMPLETED:
-            s.completed += 1
-        elif o.to is RequestState.INCOMPLETE:
-            s.incomplete += 1
-        elif o.to is RequestState.FAILED:
-            s.failed += 1
-        elif o.to is RequestState.CANCELLED:
-            s.cancelled += 1
+        count_outcome(self.snap, o)
 
     async def _handle(self, c: Claimed) -> None:
         """Send `c`; then, while the slot may stay taken, the next claimed request, in this same task."""

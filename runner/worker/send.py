@@ -17,15 +17,17 @@ from dataclasses import replace
 import anyio
 import orjson
 
-from runner.client import ApiClient
+from runner.client import ApiClient, ApiReply
 from runner.errors import (
     ApiError,
     BillingError,
+    CapacityError,
     DoomedJobError,
     TimeoutApiError,
     TransientApiError,
     UnreachableError,
 )
+from runner.lanes.flex import FlexLane
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
 from runner.reply import read_id
 from runner.retry import backoff_delay
@@ -62,6 +64,7 @@ class Sender:
         on_billing: Callable[[BillingError], None],
         on_doomed: Callable[[DoomedJobError], None],
         checker: Checker | None = None,
+        flex: FlexLane | None = None,
     ) -> None:
         self.checker = checker
         self.client = client
@@ -75,6 +78,7 @@ class Sender:
         self._on_outcome = on_outcome
         self._on_billing = on_billing
         self._on_doomed = on_doomed
+        self.flex = flex  # the flex lane: its tier, its patient retries and its fallback
         self._replied = False  # the server has answered something (anything) in this run
         self._unreachable = 0  # failed connections before the first answer
 
@@ -107,7 +111,25 @@ class Sender:
             return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
         sent_at = time.time()
         try:
-            reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
+            reply = await self._create(c)
+        except CapacityError as e:
+            # Flex has no capacity now: not billed and not this account's rate, so no pause and no shrinking;
+            # the request waits (longer each time) without using up an attempt.
+            self._replied = True
+            wait = self.flex.capacity_wait(c.id, e.retry_after) if self.flex else backoff_delay(c.attempts, e)
+            log.debug("line %s: no flex capacity, again in %.1f s", c.line_no, wait)
+            outcome = Outcome(
+                c.id,
+                RequestState.QUEUED,
+                http_status=e.status,
+                api_request_id=e.request_id,
+                error_code=e.code,
+                error_message=e.message,
+                next_attempt_at=time.time() + wait,
+                refund_attempt=True,
+                sent_at=sent_at,
+            )
+            return self._put(outcome)
         except BillingError as e:
             self._on_billing(e)
             return None
@@ -160,6 +182,32 @@ class Sender:
         if self.checker is not None:
             outcome, checked = await self.checker.review(c, outcome, reply.body)
         return self._put(replace(outcome, sent_at=sent_at), checked)
+
+    async def _create(self, c: Claimed) -> ApiReply:
+        """POST the request; on the flex lane with its tier, moved to the default tier once it waited too long."""
+        request_id = f"{c.job_id}/{c.line_no}/{c.attempts}"
+        flex = self.flex
+        if flex is None:
+            return await self.client.create(c.body.encode(), client_request_id=request_id)
+        body, left = flex.prepare(c.id, c.body)
+        try:
+            if left is None:
+                reply = await self.client.create(body, client_request_id=request_id)
+            else:
+                with anyio.move_on_after(left):
+                    reply = await self.client.create(body, client_request_id=request_id)
+                    flex.forget(c.id)
+                    return reply
+                # Still unanswered on flex after --flex-fallback: the standard tier answers sooner.
+                log.debug("line %s: no flex answer after %.1f s, sending on the default tier", c.line_no, left)
+                reply = await self.client.create(flex.fallback_body(c.id, c.body), client_request_id=request_id)
+        except CapacityError:
+            raise  # remembered: the next try waits longer, and the fallback clock keeps running
+        except BaseException:
+            flex.forget(c.id)
+            raise
+        flex.forget(c.id)
+        return reply
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout.

@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from runner.errors import BillingError, DoomedJobError
+from runner.states import RequestState
+
+if TYPE_CHECKING:
+    from runner.store.models import Outcome
 
 
 class StopReason(StrEnum):
@@ -35,6 +40,8 @@ class RunOptions:
     tpm: float | None = None
     poll_concurrency: int | None = None
     repair: int = 0  # a completed answer failing its structured-output check is asked again up to this often
+    flex: bool = False  # the flex lane: service_tier "flex", patient capacity retries
+    flex_fallback: float | None = None  # seconds unanswered on flex before a request goes to the default tier
 
     @property
     def poll_slots(self) -> int:
@@ -72,6 +79,25 @@ class Snapshot:
         return time.monotonic() - self.started
 
 
+def count_outcome(s: Snapshot, o: Outcome) -> None:
+    """Add one outcome to the live figures of a run."""
+    if o.rate_limited:
+        s.rate_limited += 1
+    if o.to is RequestState.QUEUED:
+        s.retries += 1
+        return
+    s.done += 1
+    s.tokens += o.usage.total_tokens
+    if o.to is RequestState.COMPLETED:
+        s.completed += 1
+    elif o.to is RequestState.INCOMPLETE:
+        s.incomplete += 1
+    elif o.to is RequestState.FAILED:
+        s.failed += 1
+    elif o.to is RequestState.CANCELLED:
+        s.cancelled += 1
+
+
 @dataclass
 class RunResult:
     """How a run ended."""
@@ -80,3 +106,6 @@ class RunResult:
     billing_error: BillingError | None = None
     snapshot: Snapshot = field(default_factory=Snapshot)
     doomed_error: DoomedJobError | None = None
+    detached: bool = False  # the batch lane's --detach: batches created and left open for a later run
+    batches_open: int = 0  # batches of these jobs still open when the run ended
+    problems: list[str] = field(default_factory=list)  # failed batches, one line each (the run exits 1)

@@ -545,7 +545,7 @@ def test_stats_count_creates_by_key() -> None:
         digest = hashlib.sha1(orjson.dumps(items, option=orjson.OPT_SORT_KEYS)).hexdigest()
         assert stats["creates_by_key"] == {"job1/3": 2, "plain": 1, digest: 1}
         assert stats["creates"] == 4
-        assert set(stats["faults"]) == {"429", "5xx", "drop", "quota", "401", "404"}
+        assert set(stats["faults"]) == {"429", "5xx", "drop", "quota", "401", "404", "capacity"}
         assert set(stats["usage"]) == {
             "input_tokens",
             "cached_tokens",

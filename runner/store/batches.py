@@ -1,0 +1,336 @@
+"""The batch lane's queries: chunks of queued requests leased to a Batch API batch, and the batches table.
+
+A chunk's requests are `in_progress` under the lease owner `batch:<id>` with a lease that never runs out
+(`BATCH_LEASE_UNTIL`): no other runner claims, reclaims or re-sends them while the batch is open, and the
+merge writes their outcomes through the ordinary guarded write-back as that owner. Each step of a batch
+(file uploaded, batch created, results merged) is committed here before the next one starts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runner.states import RequestState
+from runner.store.reports import _json_field
+from runner.store.store import Store, bounded_total
+from runner.store.tables import batches, requests
+from runner.usage import UsageCounts
+
+__all__ = [
+    "BATCH_LEASE_UNTIL",
+    "BatchRow",
+    "LaneUsage",
+    "Member",
+    "batches_of",
+    "chunk_lines",
+    "clear_lane",
+    "leftovers",
+    "members",
+    "next_due",
+    "open_batches",
+    "owner_of",
+    "pack",
+    "queued_in_conversations",
+    "queued_page",
+    "set_batch",
+    "take_over",
+    "usage_by_model_and_lane",
+]
+
+Q = RequestState.QUEUED.value
+IP = RequestState.IN_PROGRESS.value
+BATCH_LEASE_UNTIL = 4_102_444_800.0  # 2100-01-01: the batch, not a clock, ends this lease
+_IN_CHUNK = 2_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's bound-parameter limits
+
+PACKED, UPLOADED, CREATED, MERGED = "packed", "uploaded", "created", "merged"
+
+
+def _now(store: Store) -> float:
+    # The store's clock (tests move it on) when this Store has one to lend; the wall clock otherwise.
+    clock: Callable[[], float] = getattr(store, "clock", time.time)
+    return clock()
+
+
+def owner_of(batch_row: int) -> str:
+    """The lease owner of the requests packed into batch row `batch_row`."""
+    return f"batch:{batch_row}"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One input file and its batch, as far as the runner got with them."""
+
+    id: int
+    job_id: str
+    model: str
+    lines: int
+    bytes: int
+    step: str  # packed, uploaded, created, merged
+    owner: str | None  # the run that uploads and creates it; another run takes it over only once that one is gone
+    input_file_id: str | None
+    batch_id: str | None
+    status: str | None
+    done_count: int
+    failed_count: int
+    output_file_id: str | None
+    error_file_id: str | None
+    errors: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A request of a chunk, as the merge needs it."""
+
+    id: int
+    job_id: str
+    line_no: int
+    attempts: int
+
+
+def _row(r: Any) -> BatchRow:
+    return BatchRow(**{c.name: getattr(r, c.name) for c in batches.c})
+
+
+async def queued_page(
+    store: Store, job_ids: Sequence[str], after_id: int, limit: int
+) -> list[tuple[int, str, str, str]]:
+    """Due queued requests after `after_id`, in id order: (id, job_id, custom_id, body). Requests that share a
+    conversation are left out: they must run one at a time, in order, which a batch cannot promise."""
+    now = _now(store)
+    stmt = (
+        select(requests.c.id, requests.c.job_id, requests.c.custom_id, requests.c.body)
+        .where(
+            requests.c.job_id.in_(list(job_ids)),
+            requests.c.state == Q,
+            requests.c.next_attempt_at <= now,
+            requests.c.conversation.is_(None),
+            requests.c.id > after_id,
+        )
+        .order_by(requests.c.id)
+        .limit(limit)
+    )
+
+    async def go(conn: AsyncConnection) -> list[tuple[int, str, str, str]]:
+        return [(r.id, r.job_id, r.custom_id, r.body) for r in await conn.execute(stmt)]
+
+    return await store.read(go)
+
+
+async def next_due(store: Store, job_ids: Sequence[str]) -> tuple[int, float | None]:
+    """Queued requests (not sharing a conversation) and the earliest time one of them is due."""
+    stmt = select(func.count(), func.min(requests.c.next_attempt_at)).where(
+        requests.c.job_id.in_(list(job_ids)), requests.c.state == Q, requests.c.conversation.is_(None)
+    )
+
+    async def go(conn: AsyncConnection) -> tuple[int, float | None]:
+        n, due = (await conn.execute(stmt)).one()
+        return int(n), due
+
+    return await store.read(go)
+
+
+async def take_over(store: Store, batch_row: int, was: str | None, owner: str) -> bool:
+    """Make `owner` the run that finishes uploading and creating `batch_row`, if it is still `was`'s."""
+    now = _now(store)
+    same = batches.c.owner.is_(None) if was is None else batches.c.owner == was
+
+    async def go(conn: AsyncConnection) -> bool:
+        r = await conn.execute(
+            update(batches).where(batches.c.id == batch_row, same).values(owner=owner, updated_at=now)
+        )
+        return bool(r.rowcount)
+
+    return await store.write(go)
+
+
+async def queued_in_conversations(store: Store, job_ids: Sequence[str]) -> int:
+    """Queued requests that share a conversation (the batch lane leaves them to the sync lane)."""
+    stmt = select(func.count()).where(
+        requests.c.job_id.in_(list(job_ids)), requests.c.state == Q, requests.c.conversation.is_not(None)
+    )
+
+    async def go(conn: AsyncConnection) -> int:
+        return int((await conn.execute(stmt)).scalar_one())
+
+    return await store.read(go)
+
+
+async def pack(
+    store: Store, job_id: str, model: str, row_ids: Sequence[int], nbytes: int, owner: str
+) -> BatchRow | None:
+    """Lease `row_ids` (those still queued) to a new batch row in one transaction, counting their attempt.
+
+    None when none of them was still queued (another runner took them meanwhile).
+    """
+    now = _now(store)
+
+    async def go(conn: AsyncConnection) -> BatchRow | None:
+        values = {"job_id": job_id, "model": model, "lines": 0, "bytes": nbytes, "step": PACKED, "owner": owner}
+        new = insert(batches).values(**values, done_count=0, failed_count=0, created_at=now, updated_at=now)
+        bid = int((await conn.execute(new.returning(batches.c.id))).scalar_one())
+        taken = 0
+        for i in range(0, len(row_ids), _IN_CHUNK):
+            u = await conn.execute(
+                update(requests)
+                .where(requests.c.id.in_(list(row_ids[i : i + _IN_CHUNK])), requests.c.state == Q)
+                .values(
+                    state=IP,
+                    lease_owner=owner_of(bid),
+                    lease_expires_at=BATCH_LEASE_UNTIL,
+                    attempts=requests.c.attempts + 1,
+                    started_at=func.coalesce(requests.c.started_at, now),
+                    submitted_at=now,
+                    updated_at=now,
+                    lane="batch",
+                )
+            )
+            taken += int(u.rowcount)
+        if taken == 0:
+            await conn.execute(delete(batches).where(batches.c.id == bid))
+            return None
+        await conn.execute(update(batches).where(batches.c.id == bid).values(lines=taken))
+        row = (await conn.execute(select(batches).where(batches.c.id == bid))).one()
+        return _row(row)
+
+    return await store.write(go)
+
+
+async def chunk_lines(store: Store, batch_row: int) -> list[tuple[str, str]]:
+    """(custom_id, body) of the requests still leased to `batch_row`, in id order: the input file's lines."""
+    stmt = (
+        select(requests.c.custom_id, requests.c.body)
+        .where(requests.c.lease_owner == owner_of(batch_row), requests.c.state == IP)
+        .order_by(requests.c.id)
+    )
+
+    async def go(conn: AsyncConnection) -> list[tuple[str, str]]:
+        return [(r.custom_id, r.body) for r in await conn.execute(stmt)]
+
+    return await store.read(go)
+
+
+async def members(store: Store, batch_row: int) -> dict[str, Member]:
+    """custom_id -> the request, for the requests still leased to `batch_row` (those not merged yet)."""
+    stmt = select(
+        requests.c.id, requests.c.job_id, requests.c.line_no, requests.c.custom_id, requests.c.attempts
+    ).where(requests.c.lease_owner == owner_of(batch_row), requests.c.state == IP)
+
+    async def go(conn: AsyncConnection) -> dict[str, Member]:
+        return {r.custom_id: Member(r.id, r.job_id, r.line_no, r.attempts) for r in await conn.execute(stmt)}
+
+    return await store.read(go)
+
+
+async def leftovers(store: Store, batch_row: int) -> list[Member]:
+    """The requests of `batch_row` that its output and error files did not settle."""
+    return list((await members(store, batch_row)).values())
+
+
+async def clear_lane(store: Store, row_ids: Sequence[int]) -> None:
+    """Forget the batch lane of requests that went back to the queue (a later lane finishes them)."""
+    if not row_ids:
+        return
+
+    async def go(conn: AsyncConnection) -> None:
+        for i in range(0, len(row_ids), _IN_CHUNK):
+            await conn.execute(
+                update(requests)
+                .where(requests.c.id.in_(list(row_ids[i : i + _IN_CHUNK])), requests.c.state != IP)
+                .values(lane=None)
+            )
+
+    await store.write(go)
+
+
+async def set_batch(store: Store, batch_row: int, **values: Any) -> None:
+    """Record what the runner learned of one batch (a step, an id, its status and counts)."""
+    now = _now(store)
+    if values.get("step") == MERGED:
+        values.setdefault("finished_at", now)
+
+    async def go(conn: AsyncConnection) -> None:
+        await conn.execute(update(batches).where(batches.c.id == batch_row).values(**values, updated_at=now))
+
+    await store.write(go)
+
+
+async def open_batches(store: Store, job_ids: Sequence[str]) -> list[BatchRow]:
+    """The batches of `job_ids` whose results are not merged yet, oldest first."""
+    stmt = select(batches).where(batches.c.job_id.in_(list(job_ids)), batches.c.step != MERGED).order_by(batches.c.id)
+
+    async def go(conn: AsyncConnection) -> list[BatchRow]:
+        return [_row(r) for r in await conn.execute(stmt)]
+
+    return await store.read(go)
+
+
+async def batches_of(store: Store, job_id: str) -> list[BatchRow]:
+    """Every batch of one job, oldest first."""
+    stmt = select(batches).where(batches.c.job_id == job_id).order_by(batches.c.id)
+
+    async def go(conn: AsyncConnection) -> list[BatchRow]:
+        return [_row(r) for r in await conn.execute(stmt)]
+
+    return await store.read(go)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneUsage:
+    """Token sums of the requests of one model that one lane finished (sync, flex or batch)."""
+
+    model: str | None
+    lane: str
+    requests: int
+    usage: UsageCounts
+
+
+async def usage_by_model_and_lane(store: Store, job_id: str) -> list[LaneUsage]:
+    """Token sums per billed model and lane: `batch` when the Batch API answered, `flex` when the response
+    reports the flex tier (the tier that ran it, which may differ from the one asked for), else `sync`."""
+    # The same field readers as the report's usage by model, so both agree on what a row's model is.
+    model = func.coalesce(_json_field(requests.c.response_body, "$.model"), _json_field(requests.c.body, "$.model"))
+    lane = case(
+        (requests.c.lane == "batch", "batch"),
+        (_json_field(requests.c.response_body, "$.service_tier") == "flex", "flex"),
+        else_="sync",
+    )
+    sums = [func.coalesce(func.sum(c), 0) for c in _USAGE]
+    stmt = (
+        select(model.label("model"), lane.label("lane"), func.count(), *sums)
+        .where(
+            requests.c.job_id == job_id,
+            or_(requests.c.input_tokens > 0, requests.c.output_tokens > 0, requests.c.total_tokens > 0),
+        )
+        .group_by(model, lane)
+    )
+
+    async def go(conn: AsyncConnection) -> list[LaneUsage]:
+        return [
+            LaneUsage(
+                None if r[0] is None else str(r[0]),
+                str(r[1]),
+                int(r[2]),
+                UsageCounts(*(bounded_total(x) for x in r[3:8])),
+            )
+            for r in await conn.execute(stmt)
+        ]
+
+    return await store.read(go)
+
+
+_USAGE = (
+    requests.c.input_tokens,
+    requests.c.cached_tokens,
+    requests.c.output_tokens,
+    requests.c.reasoning_tokens,
+    requests.c.total_tokens,
+)
