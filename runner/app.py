@@ -29,19 +29,23 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 
+from runner.budget import Budget
 from runner.config import DEFAULT_BASE_URL, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
+from runner.estimate import OutputHistory
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
 from runner.owners import owner_is_dead
-from runner.prices import load_prices
+from runner.prices import PriceTable, load_prices
 from runner.report import Report, build_report
 from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.store.reports import usage_by_model
+from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
 if TYPE_CHECKING:
@@ -79,6 +83,7 @@ __all__ = [
     "run_spec",
     "show",
     "status",
+    "status_report",
     "submit",
 ]
 
@@ -176,11 +181,26 @@ async def submit(
     new: bool = False,
     db: str | None = None,
     on_warning: Callable[[LineProblem], None] | None = None,
+    reuse: bool = False,
+    reuse_max_age: float | None = None,
 ) -> SubmitResult:
-    """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job."""
+    """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job.
+
+    `reuse` completes every line whose question was answered before in the store (see runner/reuse.py)
+    from that answer, at once; `reuse_max_age` (seconds) limits how old such an answer may be.
+    """
     warn = None if on_warning is None else (lambda _source, p: on_warning(p))
     (result,) = await submit_many(
-        [str(path)], name=name, background=background, model=model, lenient=lenient, new=new, db=db, on_warning=warn
+        [str(path)],
+        name=name,
+        background=background,
+        model=model,
+        lenient=lenient,
+        new=new,
+        db=db,
+        on_warning=warn,
+        reuse=reuse,
+        reuse_max_age=reuse_max_age,
     )
     return result
 
@@ -195,6 +215,8 @@ async def submit_many(
     new: bool = False,
     db: str | None = None,
     on_warning: Callable[[str, LineProblem], None] | None = None,
+    reuse: bool = False,
+    reuse_max_age: float | None = None,
 ) -> list[SubmitResult]:
     """Queue each file as its own job: all of them, or none if any file is invalid.
 
@@ -207,7 +229,9 @@ async def submit_many(
     try:
         files = [spooled if p == STDIN and spooled is not None else Path(p) for p in paths]
         sources = [STDIN_SHOWN if p == STDIN else p for p in paths]
-        options = SubmitOptions(background=background, model=model, lenient=lenient)
+        options = SubmitOptions(
+            background=background, model=model, lenient=lenient, reuse=reuse, reuse_max_age=reuse_max_age
+        )
         async with _queueing_store(s.db) as store:
             return await submit_files(
                 store, files, name=name, options=options, new=new, on_warning=on_warning, sources=sources
@@ -251,8 +275,13 @@ async def run(
     on_progress: Callable[[Snapshot], None] | None = None,
     handle_signals: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    prices: str | Path | None = None,
 ) -> RunOutcome:
-    """Run jobs (default: every unfinished one) until each request is final, or a stop."""
+    """Run jobs (default: every unfinished one) until each request is final, or a stop.
+
+    With `settings.max_cost`, no request starts that would take the jobs' cost past it (priced from the
+    table shipped with runner, or `prices`): the run then stops with StopReason.BUDGET.
+    """
     s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
@@ -268,10 +297,13 @@ async def run(
             rpm=s.rpm,
             tpm=s.tpm,
         )
+        budget = None
+        if s.max_cost is not None:
+            budget = await _budget(store, ids, s.max_cost, load_prices(_prices_file(prices, s)))
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.worker.pool import Run
 
-            worker = Run(store, client, ids, options, on_progress=on_progress)
+            worker = Run(store, client, ids, options, on_progress=on_progress, budget=budget)
             caught: list[int] = []
             async with anyio.create_task_group() as tg:
                 if handle_signals:
@@ -285,6 +317,16 @@ async def run(
             raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
+
+
+async def _budget(store: Store, job_ids: Sequence[str], limit: float, prices: PriceTable) -> Budget:
+    """A budget over what the jobs have cost so far, with the store's recent answers as output history."""
+    spent = 0.0
+    for jid in job_ids:
+        for m in await usage_by_model(store, jid):
+            spent += prices.cost(m.model, m.usage) or 0.0
+    history = OutputHistory.from_bodies(await completed_outputs(store))
+    return Budget(limit, prices, spent=spent, history=history)
 
 
 async def _watch_signals(worker: Run, caught: list[int]) -> None:
@@ -303,6 +345,14 @@ async def status(job_id: str, *, db: str | None = None) -> JobStats:
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         return await store.job_stats(job_id)
+
+
+async def status_report(job_id: str, *, db: str | None = None) -> JobStatusReport:
+    """What `runner status` shows: a job's figures and how many of its lines were reused at submit."""
+    s = _settings(None, db)
+    async with await Store.open(s.db, "existing") as store:
+        stats = await store.job_stats(job_id)
+        return JobStatusReport(stats, reused=await reused_count(store, job_id))
 
 
 async def jobs(*, db: str | None = None) -> list[JobStats]:
@@ -463,7 +513,12 @@ async def run_spec(
             res = await submit_file(store, src, name=name, options=options, transform=spec.apply_line)
             jobs.append(SpecJob(res.job_id, src))
     outcome = await run(
-        [j.job_id for j in jobs], s, on_progress=on_progress, handle_signals=handle_signals, transport=transport
+        [j.job_id for j in jobs],
+        s,
+        on_progress=on_progress,
+        handle_signals=handle_signals,
+        transport=transport,
+        prices=prices,
     )
     table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:

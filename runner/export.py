@@ -37,6 +37,7 @@ from runner.files import atomic_writer
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, Store
+from runner.store.reuse import reused_line_numbers
 from runner.usage import UsageCounts
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
@@ -62,6 +63,7 @@ FLAT_COLUMNS: Final = (
     "reasoning_tokens",
     "total_tokens",
     "error",
+    "reused",  # true for a line answered from the store at submit (`--reuse`): its usage counts are then 0
 )
 
 
@@ -234,7 +236,7 @@ def _error(row: ExportRow) -> str | None:
     return f"{code}: {row.error_message}" if row.error_message else code
 
 
-def _flat_values(row: ExportRow, req: RequestFields) -> list[Any]:
+def _flat_values(row: ExportRow, req: RequestFields, reused: bool = False) -> list[Any]:
     """A row's FLAT_COLUMNS values, in order (a list: csv and parquet need no dict per row)."""
     return [
         row.custom_id,
@@ -250,17 +252,31 @@ def _flat_values(row: ExportRow, req: RequestFields) -> list[Any]:
         row.reasoning_tokens,
         row.total_tokens,
         _error(row),
+        reused,
     ]
 
 
-def flat_record(row: ExportRow) -> dict[str, Any]:
+class Reused:
+    """Which lines of a job were reused: a flag per line number (`store.reuse.reused_line_numbers`)."""
+
+    def __init__(self, flags: bytearray | None = None) -> None:
+        self._flags = flags or bytearray()
+
+    def __call__(self, line_no: int) -> bool:
+        return 0 <= line_no < len(self._flags) and self._flags[line_no] == 1
+
+
+NONE_REUSED: Final = Reused()
+
+
+def flat_record(row: ExportRow, reused: Reused = NONE_REUSED) -> dict[str, Any]:
     """One request as a jsonl-flat record: FLAT_COLUMNS, then `metadata` (the line's object, or null).
 
     `output_text` is the stored response's text for results (completed, incomplete) and null otherwise;
     `error` is "code: message" for failed and cancelled requests and null for results, as in the Batch format.
     """
     req = request_fields(row.body)
-    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req), strict=True))
+    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req, reused(row.line_no)), strict=True))
     record[METADATA] = req.metadata
     return record
 
@@ -270,10 +286,10 @@ def metadata_column(key: str) -> str:
     return f"{METADATA}.{key}"
 
 
-def _table_values(row: ExportRow, keys: Sequence[str]) -> list[Any]:
+def _table_values(row: ExportRow, keys: Sequence[str], reused: Reused = NONE_REUSED) -> list[Any]:
     """A row's values with its metadata spread over one column per key of the job (csv, parquet)."""
     req = request_fields(row.body)
-    values = _flat_values(row, req)
+    values = _flat_values(row, req, reused(row.line_no))
     metadata = req.metadata
     if keys:
         values += [metadata.get(k) for k in keys] if metadata else [None] * len(keys)
@@ -302,9 +318,10 @@ class ResultRow:
     usage: UsageCounts
     error: str | None
     response: dict[str, Any] | None
+    reused: bool = False  # answered from the store at submit (`--reuse`); its usage is then 0
 
 
-def result_row(row: ExportRow) -> ResultRow:
+def result_row(row: ExportRow, reused: Reused = NONE_REUSED) -> ResultRow:
     """An exported row (read with its body) as a ResultRow."""
     req = request_fields(row.body)
     response = _response(row)
@@ -323,15 +340,17 @@ def result_row(row: ExportRow) -> ResultRow:
         ),
         error=_error(row),
         response=response,
+        reused=reused(row.line_no),
     )
 
 
 async def iter_results(store: Store, job_id: str) -> AsyncGenerator[ResultRow, None]:
     """Every line of a job, finished or not, joined with its input, in input order, streamed."""
+    reused = Reused(await reused_line_numbers(store, job_id))
     async with store.stream_export(job_id, with_body=True) as stream, aclosing(stream) as chunks:
         async for chunk in chunks:
             for row in chunk:
-                yield result_row(row)
+                yield result_row(row, reused)
 
 
 class _LineSink:
@@ -375,21 +394,22 @@ def csv_line(values: Sequence[Any]) -> bytes:
 class _CsvEncoder:
     """CSV rows as bytes, one at a time, so the output stays a plain binary stream."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], reused: Reused = NONE_REUSED) -> None:
         self._keys = keys
+        self._reused = reused
         self._header = [*FLAT_COLUMNS, *map(metadata_column, keys)]
 
     def header(self) -> bytes:
         return csv_line(self._header)
 
     def row(self, row: ExportRow) -> bytes:
-        return csv_line(_table_values(row, self._keys))  # None becomes an empty field
+        return csv_line(_table_values(row, self._keys, self._reused))  # None becomes an empty field
 
 
 class _ParquetSink:
     """Flat records gathered column by column and written as Parquet row groups of PARQUET_ROW_GROUP rows."""
 
-    def __init__(self, f: IO[bytes], keys: Sequence[str]) -> None:
+    def __init__(self, f: IO[bytes], keys: Sequence[str], reused: Reused = NONE_REUSED) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -399,17 +419,21 @@ class _ParquetSink:
             ) from None
         self._pa = pa
         self._keys = keys
+        self._reused = reused
         text, count = pa.string(), pa.int64()
         self._names = [*FLAT_COLUMNS, *map(metadata_column, keys)]
         self._schema = pa.schema(
-            [(c, count if c.endswith("_tokens") or c == "line" else text) for c in self._names],
+            [
+                (c, count if c.endswith("_tokens") or c == "line" else pa.bool_() if c == "reused" else text)
+                for c in self._names
+            ],
         )
         self._writer = pq.ParquetWriter(f, self._schema, compression="zstd")
         self._columns: dict[str, list[Any]] = {c: [] for c in self._names}
         self._rows = 0
 
     def write(self, row: ExportRow) -> None:
-        for values, value in zip(self._columns.values(), _table_values(row, self._keys), strict=True):
+        for values, value in zip(self._columns.values(), _table_values(row, self._keys, self._reused), strict=True):
             values.append(value)
         self._rows += 1
         if self._rows >= PARQUET_ROW_GROUP:
@@ -431,15 +455,15 @@ _Sink = _LineSink | _ParquetSink
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
-def _sink(fmt: str, f: IO[bytes], job_id: str, keys: Sequence[str]) -> _Sink:
+def _sink(fmt: str, f: IO[bytes], job_id: str, keys: Sequence[str], reused: Reused = NONE_REUSED) -> _Sink:
     if fmt == "batch":
         return _LineSink(f, lambda row: orjson.dumps(batch_line(job_id, row), option=_NEWLINE))
     if fmt == "jsonl-flat":
-        return _LineSink(f, lambda row: orjson.dumps(flat_record(row), option=_NEWLINE))
+        return _LineSink(f, lambda row: orjson.dumps(flat_record(row, reused), option=_NEWLINE))
     if fmt == "csv":
-        encoder = _CsvEncoder(keys)
+        encoder = _CsvEncoder(keys, reused)
         return _LineSink(f, encoder.row, encoder.header())
-    return _ParquetSink(f, keys)
+    return _ParquetSink(f, keys, reused)
 
 
 async def export_job(
@@ -455,9 +479,10 @@ async def export_job(
     flat = fmt != "batch"
     # csv and parquet name their columns before the first row: one column per metadata key of the job.
     keys = await store.metadata_keys(job_id) if fmt in ("csv", "parquet") else []
+    reused = Reused(await reused_line_numbers(store, job_id)) if flat else NONE_REUSED
     with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
-        results = _sink(fmt, f_out, job_id, keys)
-        failures = _sink(fmt, f_err, job_id, keys) if f_err is not None else None
+        results = _sink(fmt, f_out, job_id, keys, reused)
+        failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else None
         try:
             async with store.stream_export(job_id, with_body=flat) as stream, aclosing(stream) as chunks:
                 async for chunk in chunks:

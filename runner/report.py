@@ -8,8 +8,10 @@ never counted as $0: the total is then a lower bound, and both forms say so.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+
+import orjson
 
 from runner.prices import PriceTable
 from runner.states import RequestState
@@ -24,9 +26,10 @@ from runner.store.reports import (
     slowest,
     usage_by_model,
 )
+from runner.store.reuse import reused_rows
 from runner.term import printable
 
-__all__ = ["ModelCost", "Report", "build_report"]
+__all__ = ["ModelCost", "Report", "Reused", "build_report", "reused_summary"]
 
 UNKNOWN_MODEL: Final = "(unknown model)"
 _STATE_ORDER: Final = tuple(s.value for s in RequestState)
@@ -76,6 +79,41 @@ def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
     return head.rstrip(" ,;:-") + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class Reused:
+    """Lines answered from the store at submit (`--reuse`): the tokens their answers were paid for elsewhere,
+    and what those would have cost (over the priced models; `unpriced` names the others)."""
+
+    requests: int
+    usage: UsageCounts
+    saved_usd: float
+    unpriced: list[str]
+
+    def __bool__(self) -> bool:
+        return self.requests > 0
+
+
+async def reused_summary(store: Store, job_id: str, prices: PriceTable) -> Reused:
+    """Count, tokens and saved cost of a job's reused lines, priced by each line's model."""
+    rows = await reused_rows(store, job_id)
+    usage = UsageCounts()
+    saved = 0.0
+    unpriced: dict[str, None] = {}
+    for r in rows:
+        usage += r.usage
+        try:
+            body = orjson.loads(r.body)
+        except orjson.JSONDecodeError:
+            body = None
+        model = body.get("model") if isinstance(body, dict) else None
+        cost = prices.cost(model if isinstance(model, str) else None, r.usage)
+        if cost is None:
+            unpriced[model if isinstance(model, str) else UNKNOWN_MODEL] = None
+        else:
+            saved += cost
+    return Reused(len(rows), usage, saved, list(unpriced))
+
+
 @dataclass(frozen=True)
 class Report:
     """Everything `runner report` shows about one job."""
@@ -100,6 +138,7 @@ class Report:
     slowest: list[SlowRequest]
     elapsed_seconds: float | None
     throughput_rps: float | None
+    reused: Reused = field(default_factory=lambda: Reused(0, UsageCounts(), 0.0, []))
 
     @property
     def priced(self) -> list[ModelCost]:
@@ -194,6 +233,12 @@ class Report:
             ],
             "elapsed_seconds": self.elapsed_seconds,
             "throughput_rps": self.throughput_rps,
+            "reused": {
+                "requests": self.reused.requests,
+                "usage": self.reused.usage.as_dict(),
+                "saved_usd": round(self.reused.saved_usd, 6),
+                "unpriced_models": self.reused.unpriced,
+            },
         }
 
     def render_text(self) -> str:
@@ -221,6 +266,13 @@ class Report:
             out.append(f"    … and {len(self.models) - _MAX_MODELS_SHOWN} more model(s)")
         if note := self.cost_note():
             out.append(f"    {p(note)}")
+        if r := self.reused:
+            bound = "at least " if r.unpriced else ""
+            out.append(
+                f"  reused {r.requests:,} (answered from the store, no request sent): tokens reused"
+                f" {r.usage.total_tokens:,} (input {r.usage.input_tokens:,} · output {r.usage.output_tokens:,})"
+                f" · saved {bound}{_usd(r.saved_usd)}"
+            )
         lat = self.latency
         if lat.count:
             parts = [f"{_pname(q)} {v:.2f} s" for q, v in lat.percentiles.items()]
@@ -285,4 +337,5 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         slowest=await slowest(store, job_id),
         elapsed_seconds=elapsed,
         throughput_rps=finished / elapsed if elapsed else None,
+        reused=await reused_summary(store, job_id, prices),
     )

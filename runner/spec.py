@@ -98,6 +98,7 @@ class LimitsSection(_Section):
     tpm: Annotated[int, Field(ge=1)] | None = None
     max_attempts: Annotated[int, Field(ge=1)] | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
+    max_cost: Annotated[float, Field(gt=0)] | None = None  # USD, as `runner run --max-cost`
 
     def settings_update(self) -> dict[str, Any]:
         """The limits that are set, keyed like `runner.config.Settings` fields (for `model_copy(update=...)`)."""

@@ -33,6 +33,7 @@ class JobStatusReport:
     """One job's counts, usage and timing, as `runner status` shows them."""
 
     stats: JobStats
+    reused: int | None = None  # lines answered from the store at submit (`--reuse`); None: not asked
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -54,6 +55,7 @@ class JobStatusReport:
             "created_at": st.job.created_at,
             "in_flight_by_owner": st.in_flight_by_owner,
             "stale_leases": st.stale_leases,
+            **({} if self.reused is None else {"reused": self.reused}),
         }
 
     def render_text(self) -> str:
@@ -68,6 +70,8 @@ class JobStatusReport:
                 for k in (s.value for s in RequestState)  # the order of the flow: queued first, cancelled last
             )
         )
+        if self.reused:
+            lines.append(f"  reused {self.reused:,} (answered from the store at submit, no request sent)")
         retries = max(d["attempts"] - sum(v for k, v in c.items() if k != RequestState.QUEUED.value), 0)
         lines.append(f"  attempts {d['attempts']} ({retries} retries) · rate limited {d['rate_limited']}")
         lines.append(

@@ -18,6 +18,9 @@ from sqlalchemy import (
 
 from runner.states import RequestState
 
+# The usage counts a reused answer carries over (columns `reused_<name>`).
+REUSED_USAGE = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -77,6 +80,11 @@ requests = Table(
     Column("submitted_at", Float, nullable=True),  # last POST sent
     Column("updated_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
+    # `--reuse` (runner/reuse.py): the normalised body's hash, and for an answer taken from another request,
+    # that request's id and the usage it was paid for there (this row's own usage stays 0: nothing was spent).
+    Column("body_hash", String, nullable=True),
+    Column("reused_from", Integer, nullable=True),
+    *(Column(f"reused_{c}", Integer, nullable=True) for c in REUSED_USAGE),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
@@ -85,6 +93,7 @@ requests = Table(
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
     Index(None, "lease_owner", sqlite_where=Column("lease_owner").isnot(None)),
     Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
+    Index(None, "body_hash"),
 )
 
 # One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same

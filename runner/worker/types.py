@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from runner.errors import BillingError, DoomedJobError
+
+if TYPE_CHECKING:
+    from runner.budget import Budget
 
 
 class StopReason(StrEnum):
@@ -15,6 +19,7 @@ class StopReason(StrEnum):
     DONE = "done"
     BILLING = "billing"
     DOOMED = "doomed"  # bad key, wrong base URL, server unreachable: nothing of the job could succeed
+    BUDGET = "budget"  # the next request would have passed --max-cost
     INTERRUPTED = "interrupted"
 
 
@@ -79,3 +84,4 @@ class RunResult:
     billing_error: BillingError | None = None
     snapshot: Snapshot = field(default_factory=Snapshot)
     doomed_error: DoomedJobError | None = None
+    budget: Budget | None = None  # a budget stop: what was spent, the limit, an unpriced model
