@@ -32,8 +32,8 @@ from pydantic import ValidationError
 from runner.budget import Budget
 from runner.config import DEFAULT_BASE_URL, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
-from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
-from runner.estimate import OutputHistory
+from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
+from runner.estimate import Estimate, Lane, OutputHistory, estimate_file, estimate_job
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
@@ -73,6 +73,7 @@ __all__ = [
     "default_poll_slots",
     "delete",
     "doctor",
+    "estimate",
     "export",
     "job_state",
     "jobs",
@@ -329,6 +330,47 @@ async def _budget(store: Store, job_ids: Sequence[str], limit: float, prices: Pr
     return Budget(limit, prices, spent=spent, history=history)
 
 
+async def estimate(
+    target: str,
+    *,
+    lane: Lane = "sync",
+    reuse: bool = False,
+    reuse_max_age: float | None = None,
+    model: str | None = None,
+    db: str | None = None,
+    prices: str | Path | None = None,
+) -> Estimate:
+    """The tokens and cost range of a JSONL file, or of what a job still has to send (see runner/estimate.py).
+
+    `target` is a job id when it looks like one (`job_...`) and no file has that name, else a file ("-" is
+    standard input). The store,
+    when there is one, gives the typical output of each model and, with `reuse`, the lines it already
+    answered; a file is estimated without a store too. Nothing is written.
+    """
+    s = _settings(None, db)
+    table = load_prices(_prices_file(prices, s))
+    newer_than = None if reuse_max_age is None else time.time() - reuse_max_age
+    if target.startswith("job_") and not Path(target).exists():
+        if reuse:
+            raise ConfigError("--reuse is decided at submit: estimate the FILE, not a job")
+        async with await Store.open(s.db, "existing") as store:
+            return await estimate_job(store, target, table, lane=lane)
+    spooled = await anyio.to_thread.run_sync(spool_stdin) if target == STDIN else None
+    path, shown = (spooled, STDIN_SHOWN) if spooled is not None else (Path(target), target)
+    try:
+        try:
+            store = await Store.open(s.db, "existing")
+        except StoreMissing:  # no store yet: no history and nothing to reuse, still an estimate
+            return await estimate_file(path, shown, None, table, lane=lane, model=model, reuse=reuse)
+        async with store:
+            return await estimate_file(
+                path, shown, store, table, lane=lane, model=model, reuse=reuse, newer_than=newer_than
+            )
+    finally:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+
+
 async def _watch_signals(worker: Run, caught: list[int]) -> None:
     """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -505,7 +547,7 @@ async def run_spec(
     # The tables are applied line by line as the input is read (no copy of the file is kept); their hash
     # joins the fingerprint, so the same input with changed tables is another job.
     tag = f"{spec.name}@{date}#{spec.tables_digest()[:16]}"
-    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=tag)
+    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=tag, reuse=spec.job.reuse)
     jobs: list[SpecJob] = []
     async with _queueing_store(s.db) as store:
         for src in files:

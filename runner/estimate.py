@@ -33,7 +33,16 @@ from runner.store.reuse import completed_outputs, reusable_hashes, unfinished_bo
 from runner.term import printable
 from runner.validate import validate_line
 
-__all__ = ["LANES", "Estimate", "ModelEstimate", "OutputHistory", "estimate_file", "estimate_job", "model_of"]
+__all__ = [
+    "LANES",
+    "Estimate",
+    "Lane",
+    "ModelEstimate",
+    "OutputHistory",
+    "estimate_file",
+    "estimate_job",
+    "model_of",
+]
 
 Lane = Literal["sync", "flex", "batch"]
 LANES: Final = ("sync", "flex", "batch")
@@ -213,9 +222,11 @@ class Estimate:
         out = [head]
         for m in self.models.values():
             high = m.output_high
-            out_text = f"{round(m.output_low):,}" if high is None else f"{round(m.output_low):,}-{round(high):,}"
+            low_text = f"{round(m.output_low):,}"
             if high is None:
-                out_text += "+"
+                out_text = low_text + "+"
+            else:
+                out_text = low_text if round(high) == round(m.output_low) else f"{low_text}-{round(high):,}"
             cost = "unpriced" if m.price_key is None else _range(m.low_usd or 0.0, m.high_usd)
             out.append(
                 f"  {p(m.model)}: {m.lines:,} lines · input ~{round(m.input_tokens):,} tokens · output {out_text}"

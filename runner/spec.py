@@ -1,9 +1,10 @@
 """TOML job specs: one file names the input, the body defaults and overrides, limits, outputs and a failure policy.
 
-    [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient
+    [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient,
+                reuse
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
-    [limits]    concurrency, rpm, tpm, max_attempts, timeout
+    [limits]    concurrency, rpm, tpm, max_attempts, timeout, max_cost
     [output]    results, errors, report (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
@@ -81,6 +82,7 @@ class JobSection(_Section):
     store: str | None = None  # the job store; a path relative to the spec (default: runner.db beside it)
     background: bool = False
     lenient: bool = False
+    reuse: bool = False  # as `runner submit --reuse`: lines answered before in the store are not sent again
 
     @field_validator("name", "input", "store")
     @classmethod

@@ -7,7 +7,7 @@ import difflib
 from collections.abc import Sequence
 
 from runner import __version__
-from runner.cli import inspect, manage, run, submit
+from runner.cli import estimate, inspect, manage, run, submit
 from runner.cli.command import Command
 from runner.cli.exits import epilog
 from runner.cli.options import Parser, global_options
@@ -16,6 +16,7 @@ from runner.cli.options import Parser, global_options
 COMMANDS: tuple[Command, ...] = (
     submit.SUBMIT,
     submit.CONVERT,
+    estimate.ESTIMATE,
     run.RUN,
     inspect.STATUS,
     inspect.JOBS,

@@ -106,6 +106,17 @@ async def test_reused_answers_count_in_the_report_not_in_the_cost(tmp_path: Path
     assert rep.reused.saved_usd == pytest.approx((await app.report(first.job_id, db=str(db))).cost_usd)
     assert "reused 4 (answered from the store, no request sent)" in rep.render_text()
 
+    # The flat exports mark the reused lines, whose own usage is 0; a line of the same job sent anew is not.
+    more = tmp_path / "b.jsonl"
+    more.write_text(src.read_text() + json.dumps({"model": "gpt-4.1-mini", "input": "a new question"}) + "\n")
+    third = await app.submit(more, db=str(db), reuse=True)
+    await app.run([third.job_id], settings(db), transport=api.transport())
+    out = tmp_path / "flat.jsonl"
+    await app.export(third.job_id, str(out), fmt="jsonl-flat", db=str(db))
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["reused"], r["total_tokens"] == 0) for r in rows] == [(True, True)] * 4 + [(False, False)]
+    assert [r.reused async for r in app.results(third.job_id, db=str(db))] == [True] * 4 + [False]
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
