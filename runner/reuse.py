@@ -51,5 +51,6 @@ def body_hash(body: Mapping[str, Any]) -> str | None:
     for key in STATEFUL_FIELDS:
         if body.get(key) is not None:
             return None
-    kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    # Most bodies carry none of these (or only metadata): copy only when something must go.
+    kept = body if IGNORED_FIELDS.isdisjoint(body) else {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     return hashlib.sha256(orjson.dumps(kept, option=_SORTED)).hexdigest()[:32]

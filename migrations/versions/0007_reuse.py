@@ -27,7 +27,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("reused_from", sa.Integer(), nullable=True))
         for c in _USAGE:
             batch_op.add_column(sa.Column(f"reused_{c}", sa.Integer(), nullable=True))
-        batch_op.create_index(batch_op.f("ix_requests_body_hash"), ["body_hash"], unique=False)
+        # Partial: only original answers are looked up by hash; queued inserts and reused rows skip it.
+        completed = sa.text("state = 'completed' AND reused_from IS NULL")
+        batch_op.create_index(
+            batch_op.f("ix_requests_body_hash"),
+            ["body_hash"],
+            unique=False,
+            sqlite_where=completed,
+            postgresql_where=completed,
+        )
 
 
 def downgrade() -> None:

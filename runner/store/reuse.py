@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import ColumnElement, and_, func, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 COMPLETED = RequestState.COMPLETED.value
+# Written as a literal, not a bound parameter: only then can SQLite use the partial hash index (tables.py).
+_IS_COMPLETED: ColumnElement[str] = literal_column(f"'{COMPLETED}'")
 QUEUED = RequestState.QUEUED.value
 HASH_BATCH = 500  # hashes per IN (...) lookup: well under every database's limit on bound parameters
 HISTORY_ROWS = 2000  # recent completed answers read to learn a model's typical output
@@ -45,7 +47,7 @@ def _source_id(job_id: str, newer_than: float | None) -> Any:
     src = requests.alias("source")
     cond = [
         src.c.body_hash == requests.c.body_hash,
-        src.c.state == COMPLETED,
+        src.c.state == _IS_COMPLETED,
         src.c.reused_from.is_(None),
         src.c.response_body.is_not(None),
         src.c.job_id != job_id,
@@ -104,7 +106,7 @@ async def reusable_hashes(store: Store, hashes: Sequence[str], *, newer_than: fl
         for i in range(0, len(wanted), HASH_BATCH):
             cond = [
                 requests.c.body_hash.in_(wanted[i : i + HASH_BATCH]),
-                requests.c.state == COMPLETED,
+                requests.c.state == _IS_COMPLETED,
                 requests.c.reused_from.is_(None),
                 requests.c.response_body.is_not(None),
             ]

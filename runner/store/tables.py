@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
 )
 
 from runner.states import RequestState
@@ -48,6 +49,8 @@ jobs = Table(
     Column("cancelled_at", Float, nullable=True),
     Index(None, "fingerprint"),
 )
+
+_ORIGINAL_ANSWER = and_(Column("state") == RequestState.COMPLETED.value, Column("reused_from").is_(None))
 
 requests = Table(
     "requests",
@@ -93,7 +96,9 @@ requests = Table(
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
     Index(None, "lease_owner", sqlite_where=Column("lease_owner").isnot(None)),
     Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
-    Index(None, "body_hash"),
+    # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
+    # and its reused rows never touch this index; a row enters it once, when its answer is written.
+    Index(None, "body_hash", sqlite_where=_ORIGINAL_ANSWER, postgresql_where=_ORIGINAL_ANSWER),
 )
 
 # One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same
