@@ -376,6 +376,8 @@ _CSV_SPECIAL = re.compile(r'[,"\r\n]')
 def _csv_field(value: Any) -> str:
     if value is None:
         return ""
+    if value is True or value is False:  # the `reused` column, spelled as in the JSON formats
+        return "true" if value else "false"
     text = value if isinstance(value, str) else str(value)
     if _CSV_SPECIAL.search(text) is None:
         return text

@@ -316,6 +316,8 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
     elapsed = st.elapsed(now)
     finished = st.finished
     tries = await attempt_totals(store, job_id)
+    reused = await reused_summary(store, job_id, prices)
+    sent = finished - reused.requests  # reused lines were finished at submit, not by the run
     return Report(
         job_id=st.job.id,
         name=st.job.name,
@@ -336,6 +338,6 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         errors=await errors_by_code(store, job_id),
         slowest=await slowest(store, job_id),
         elapsed_seconds=elapsed,
-        throughput_rps=finished / elapsed if elapsed else None,
-        reused=await reused_summary(store, job_id, prices),
+        throughput_rps=sent / elapsed if elapsed else None,
+        reused=reused,
     )

@@ -50,7 +50,8 @@ class JobStatusReport:
             "rate_limited": st.rate_limited,
             "usage": st.usage.as_dict(),
             "elapsed_seconds": round(elapsed, 3) if elapsed is not None else None,
-            "throughput_rps": round(st.finished / elapsed, 2) if elapsed else None,
+            # Lines reused at submit were not finished by a run: they do not count toward its throughput.
+            "throughput_rps": round((st.finished - (self.reused or 0)) / elapsed, 2) if elapsed else None,
             "background": st.job.background,
             "created_at": st.job.created_at,
             "in_flight_by_owner": st.in_flight_by_owner,

@@ -212,7 +212,7 @@ def read_csv(p: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def as_csv(record: dict[str, Any]) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in record.items()}
+    return {k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in record.items()}
 
 
 @pytest.mark.anyio
