@@ -10,12 +10,26 @@ the `reused_*` columns, so "tokens reused" survives the deletion of the job it c
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
@@ -38,7 +52,7 @@ COMPLETED = RequestState.COMPLETED.value
 # Written as a literal, not a bound parameter: only then can SQLite use the partial hash index (tables.py).
 _IS_COMPLETED: ColumnElement[str] = literal_column(f"'{COMPLETED}'")
 QUEUED = RequestState.QUEUED.value
-HASH_BATCH = 500  # hashes per IN (...) lookup: well under every database's limit on bound parameters
+HASH_BATCH = 400  # hashes per lookup: SQLite joins at most 500 SELECTs in one UNION ALL
 HISTORY_ROWS = 2000  # recent completed answers read to learn a model's typical output
 
 
@@ -97,6 +111,27 @@ async def reuse_answers(
     return await store.write(go)
 
 
+@functools.cache
+def _known_hashes(n: int, aged: bool) -> Select[str]:
+    """SELECT those of n hashes (:h0 ...) that an original answer has (finished at or after :newer_than if aged).
+
+    The hashes are a derived table probed one by one (a correlated EXISTS), not `body_hash IN (...)`: for an
+    IN list SQLite prefers the index on state, which walks every completed row. Made once per shape, so
+    SQLAlchemy compiles it once.
+    """
+    wanted = union_all(*(select(bindparam(f"h{i}", type_=String).label("h")) for i in range(n))).subquery("wanted")
+    src = requests.alias("src")
+    cond = [
+        src.c.body_hash == wanted.c.h,
+        src.c.state == _IS_COMPLETED,
+        src.c.reused_from.is_(None),
+        src.c.response_body.is_not(None),
+    ]
+    if aged:
+        cond.append(src.c.finished_at >= bindparam("newer_than", type_=Float))
+    return select(wanted.c.h).where(exists().where(*cond))
+
+
 async def reusable_hashes(store: Store, hashes: Sequence[str], *, newer_than: float | None = None) -> set[str]:
     """Those of `hashes` that an original `completed` answer in the store has (for `runner estimate --reuse`)."""
     wanted = list(dict.fromkeys(hashes))
@@ -104,15 +139,11 @@ async def reusable_hashes(store: Store, hashes: Sequence[str], *, newer_than: fl
 
     async def go(conn: AsyncConnection) -> None:
         for i in range(0, len(wanted), HASH_BATCH):
-            cond = [
-                requests.c.body_hash.in_(wanted[i : i + HASH_BATCH]),
-                requests.c.state == _IS_COMPLETED,
-                requests.c.reused_from.is_(None),
-                requests.c.response_body.is_not(None),
-            ]
+            part = wanted[i : i + HASH_BATCH]
+            params: dict[str, Any] = {f"h{j}": h for j, h in enumerate(part)}
             if newer_than is not None:
-                cond.append(requests.c.finished_at >= newer_than)
-            rows = await conn.execute(select(requests.c.body_hash).where(*cond).distinct())
+                params["newer_than"] = newer_than
+            rows = await conn.execute(_known_hashes(len(part), newer_than is not None), params)
             found.update(r[0] for r in rows)
 
     await store.read(go)

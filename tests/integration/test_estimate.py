@@ -59,6 +59,8 @@ async def test_output_from_the_store_reuse_lanes_and_jobs(tmp_path: Path) -> Non
     assert est.lane_note == "lane batch priced as sync: the price table has no batch rates"
     reused = await app.estimate(str(src), db=str(db), reuse=True)
     assert (reused.lines, reused.reused) == (4, 4)
+    too_old = await app.estimate(str(src), db=str(db), reuse=True, reuse_max_age=0.0)
+    assert (too_old.lines, too_old.reused) == (8, 0)
 
     # A job: what it has left to send.
     job = await app.submit(src, db=str(db))
