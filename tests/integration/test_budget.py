@@ -3,8 +3,10 @@ request sent twice. Billing is runner_mock's (usage_for), answered through an in
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +91,27 @@ def test_max_cost_in_a_spec(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert str(e.value) == f"{spec}: [limits] max_cost: must be greater than 0 (got 0)"
+
+
+@pytest.mark.anyio
+async def test_a_spec_with_a_budget_and_reuse_over_two_nights(tmp_path: Path) -> None:
+    bodies = _bodies(max_output_tokens=64)
+    full = _cost(bodies)
+    _jobfile(tmp_path / "in.jsonl", bodies)
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(f'[job]\ninput = "in.jsonl"\nreuse = true\n[limits]\nmax_cost = {full / 2}\n')
+    api, monday, tuesday = FakeApi(), dt.date(2026, 11, 30), dt.date(2026, 12, 1)
+    kw: dict[str, Any] = {"transport": api.transport(), "overrides": {"base_url": "http://api.test/v1", "api_key": "k"}}
+
+    stopped = await app.run_spec(spec, today=monday, **kw)
+    assert stopped.run.result.reason is StopReason.BUDGET and 0 < api.creates < N
+    kw["overrides"]["max_cost"] = full * 2  # a flag over the spec's [limits], as `runner run SPEC --max-cost`
+    finished = await app.run_spec(spec, today=monday, **kw)
+    assert finished.run.result.reason is StopReason.DONE and api.creates == N
+    assert finished.jobs[0].job_id == stopped.jobs[0].job_id  # the same night's job, resumed
+
+    # The next night asks the same questions: all of them are answered from the store.
+    tue = await app.run_spec(spec, today=tuesday, **kw)
+    [job] = tue.jobs
+    assert job.job_id != stopped.jobs[0].job_id and api.creates == N
+    assert job.report is not None and job.report.reused.requests == N and job.report.cost_usd == 0
