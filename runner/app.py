@@ -33,7 +33,7 @@ from runner.budget import Budget
 from runner.config import DEFAULT_BASE_URL, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
-from runner.estimate import Estimate, Lane, OutputHistory, estimate_file, estimate_job
+from runner.estimate import LANES, Estimate, Lane, OutputHistory, estimate_file, estimate_job
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
@@ -54,10 +54,11 @@ if TYPE_CHECKING:
     from runner.client import ApiClient
     from runner.worker.pool import Run
 
-# FORMATS, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
+# FORMATS, LANES, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
 # which imports app only.
 __all__ = [
     "FORMATS",
+    "LANES",
     "CancelResult",
     "DeleteResult",
     "DoctorReport",

@@ -14,13 +14,11 @@ from runner.cli.options import setting
 from runner.cli.output import put, run_async
 from runner.errors import ConfigError
 
-LANES = ("sync", "flex", "batch")
-
 
 def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="FILE|JOB", help="a JSONL file ('-' reads stdin), or a job id: what it has left")
     p.add_argument(
-        "--lane", choices=LANES, default="sync", help="how it would be sent (flex and batch are priced as sync)"
+        "--lane", choices=app.LANES, default="sync", help="how it would be sent (flex and batch are priced as sync)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--reuse", action="store_true", help="leave out lines the store already answered, as submit --reuse")

@@ -16,8 +16,8 @@ from runner.cli.options import Parser, global_options
 COMMANDS: tuple[Command, ...] = (
     submit.SUBMIT,
     submit.CONVERT,
-    estimate.ESTIMATE,
     run.RUN,
+    estimate.ESTIMATE,
     inspect.STATUS,
     inspect.JOBS,
     inspect.EXPORT,
