@@ -98,7 +98,8 @@ requests = Table(
     Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
     # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
     # and its reused rows never touch this index; a row enters it once, when its answer is written.
-    Index(None, "body_hash", sqlite_where=_ORIGINAL_ANSWER, postgresql_where=_ORIGINAL_ANSWER),
+    # (postgresql_where here would load SQLAlchemy's PostgreSQL dialect at every start; migration 0007 has it.)
+    Index(None, "body_hash", sqlite_where=_ORIGINAL_ANSWER),
 )
 
 # One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same
