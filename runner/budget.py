@@ -46,6 +46,7 @@ class Budget:
     spent: float = 0.0  # USD of the jobs so far (earlier runs included), priced models only
     history: OutputHistory = field(default_factory=OutputHistory)
     unpriced_model: str | None = None  # the model that stopped the run, if one did
+    refused_usd: float | None = None  # the estimate of the last request that did not fit
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
     _text_sum: float = 0.0
     _input_sum: float = 0.0
@@ -94,6 +95,7 @@ class Budget:
             return False
         usd, text = est
         if self.spent + self.in_flight_usd + usd > self.limit:
+            self.refused_usd = usd
             return False
         self._in_flight[request_id] = _InFlight(model_of(body), usd, text)
         return True

@@ -238,8 +238,8 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         else:
             say(
                 f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}, ${max(limit - spent, 0):.4f} left,"
-                f" not enough for the next request; {queued:,} requests left queued"
-                " (run again with a higher --max-cost to finish)"
+                f" not enough for the next request (estimated ${r.budget.refused_usd or 0:.4f}); {queued:,} requests"
+                " left queued (run again with a higher --max-cost to finish)"
             )
         return ExitCode.BUDGET
     if r.reason is app.StopReason.INTERRUPTED:
