@@ -29,20 +29,24 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 
+from runner.budget import Budget
 from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, Lane, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
-from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreUnavailable
+from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
+from runner.estimate import LANES, Estimate, OutputHistory, estimate_file, estimate_job
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.htmlreport import write_html
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
 from runner.owners import owner_is_dead
-from runner.prices import load_prices
+from runner.prices import PriceTable, load_prices
 from runner.report import Report, build_report
 from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.store.reports import usage_by_model
+from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
 if TYPE_CHECKING:
@@ -52,10 +56,11 @@ if TYPE_CHECKING:
     from runner.lanes.batch import BatchLane
     from runner.worker.pool import Run
 
-# FORMATS, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
+# FORMATS, LANES, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
 # which imports app only.
 __all__ = [
     "FORMATS",
+    "LANES",
     "CancelResult",
     "DeleteResult",
     "DoctorReport",
@@ -71,6 +76,7 @@ __all__ = [
     "default_poll_slots",
     "delete",
     "doctor",
+    "estimate",
     "export",
     "job_state",
     "jobs",
@@ -81,6 +87,7 @@ __all__ = [
     "run_spec",
     "show",
     "status",
+    "status_report",
     "submit",
 ]
 
@@ -179,11 +186,26 @@ async def submit(
     new: bool = False,
     db: str | None = None,
     on_warning: Callable[[LineProblem], None] | None = None,
+    reuse: bool = False,
+    reuse_max_age: float | None = None,
 ) -> SubmitResult:
-    """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job."""
+    """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job.
+
+    `reuse` completes every line whose question was answered before in the store (see runner/reuse.py)
+    from that answer, at once; `reuse_max_age` (seconds) limits how old such an answer may be.
+    """
     warn = None if on_warning is None else (lambda _source, p: on_warning(p))
     (result,) = await submit_many(
-        [str(path)], name=name, background=background, model=model, lenient=lenient, new=new, db=db, on_warning=warn
+        [str(path)],
+        name=name,
+        background=background,
+        model=model,
+        lenient=lenient,
+        new=new,
+        db=db,
+        on_warning=warn,
+        reuse=reuse,
+        reuse_max_age=reuse_max_age,
     )
     return result
 
@@ -198,6 +220,8 @@ async def submit_many(
     new: bool = False,
     db: str | None = None,
     on_warning: Callable[[str, LineProblem], None] | None = None,
+    reuse: bool = False,
+    reuse_max_age: float | None = None,
 ) -> list[SubmitResult]:
     """Queue each file as its own job: all of them, or none if any file is invalid.
 
@@ -210,7 +234,9 @@ async def submit_many(
     try:
         files = [spooled if p == STDIN and spooled is not None else Path(p) for p in paths]
         sources = [STDIN_SHOWN if p == STDIN else p for p in paths]
-        options = SubmitOptions(background=background, model=model, lenient=lenient)
+        options = SubmitOptions(
+            background=background, model=model, lenient=lenient, reuse=reuse, reuse_max_age=reuse_max_age
+        )
         async with _queueing_store(s.db) as store:
             return await submit_files(
                 store, files, name=name, options=options, new=new, on_warning=on_warning, sources=sources
@@ -255,11 +281,14 @@ async def run(
     handle_signals: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     detach: bool = False,
+    prices: str | Path | None = None,
 ) -> RunOutcome:
     """Run jobs (default: every unfinished one) until each request is final, or a stop.
 
     On the batch lane, `detach` returns once every queued request is in a created batch (their ids committed).
     Whatever the lane, batches an earlier batch run left open are collected first.
+    With `settings.max_cost`, no request starts that would take the jobs' cost past it (priced from the
+    table shipped with runner, or `prices`): the run then stops with StopReason.BUDGET.
     """
     s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
@@ -281,6 +310,9 @@ async def run(
         )
         if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
             s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
+        budget = None
+        if s.max_cost is not None:
+            budget = await _budget(store, ids, s.max_cost, load_prices(_prices_file(prices, s)))
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.lanes.batch import BatchLane
             from runner.store.batches import open_batches
@@ -301,7 +333,7 @@ async def run(
                     )
                 )
             if s.lane is not Lane.BATCH:
-                workers.append(Run(store, client, ids, options, on_progress=on_progress))
+                workers.append(Run(store, client, ids, options, on_progress=on_progress, budget=budget))
             caught: list[int] = []
             result: RunResult | StoreUnavailable = RunResult(StopReason.DONE)
             for worker in workers:
@@ -341,6 +373,58 @@ async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: boo
     return result
 
 
+async def _budget(store: Store, job_ids: Sequence[str], limit: float, prices: PriceTable) -> Budget:
+    """A budget over what the jobs have cost so far, with the store's recent answers as output history."""
+    spent = 0.0
+    for jid in job_ids:
+        for m in await usage_by_model(store, jid):
+            spent += prices.cost(m.model, m.usage) or 0.0
+    history = OutputHistory.from_bodies(await completed_outputs(store))
+    return Budget(limit, prices, spent=spent, history=history)
+
+
+async def estimate(
+    target: str,
+    *,
+    lane: Lane | str | None = None,
+    reuse: bool = False,
+    reuse_max_age: float | None = None,
+    model: str | None = None,
+    db: str | None = None,
+    prices: str | Path | None = None,
+) -> Estimate:
+    """The tokens and cost range of a JSONL file, or of what a job still has to send (see runner/estimate.py).
+
+    `target` is a job id when it looks like one (`job_...`) and no file has that name, else a file ("-" is
+    standard input). The store,
+    when there is one, gives the typical output of each model and, with `reuse`, the lines it already
+    answered; a file is estimated without a store too. Nothing is written.
+    """
+    s = _settings(None, db)
+    lane = s.lane if lane is None else Lane(lane)  # the flag's text, else RUNNER_LANE
+    table = load_prices(_prices_file(prices, s))
+    newer_than = None if reuse_max_age is None else time.time() - reuse_max_age
+    if target.startswith("job_") and not Path(target).exists():
+        if reuse:
+            raise ConfigError("--reuse is decided at submit: estimate the FILE, not a job")
+        async with await Store.open(s.db, "existing") as store:
+            return await estimate_job(store, target, table, lane=lane)
+    spooled = await anyio.to_thread.run_sync(spool_stdin) if target == STDIN else None
+    path, shown = (spooled, STDIN_SHOWN) if spooled is not None else (Path(target), target)
+    try:
+        try:
+            store = await Store.open(s.db, "existing")
+        except StoreMissing:  # no store yet: no history and nothing to reuse, still an estimate
+            return await estimate_file(path, shown, None, table, lane=lane, model=model, reuse=reuse)
+        async with store:
+            return await estimate_file(
+                path, shown, store, table, lane=lane, model=model, reuse=reuse, newer_than=newer_than
+            )
+    finally:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+
+
 async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
     """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
     if caught:  # a signal came during an earlier worker of this run: this one stops at once
@@ -362,12 +446,16 @@ async def status(job_id: str, *, db: str | None = None) -> JobStats:
 
 
 async def status_report(job_id: str, *, db: str | None = None) -> JobStatusReport:
-    """What `runner status` shows of one job: its figures and its open batches."""
+    """What `runner status` shows of one job: its figures, its open batches, and how many of its lines were
+    reused at submit."""
     from runner.store.batches import open_batches
 
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
-        return JobStatusReport(await store.job_stats(job_id), await open_batches(store, [job_id]))
+        stats = await store.job_stats(job_id)
+        return JobStatusReport(
+            stats, open_batches=await open_batches(store, [job_id]), reused=await reused_count(store, job_id)
+        )
 
 
 async def jobs(*, db: str | None = None) -> list[JobStats]:
@@ -527,7 +615,7 @@ async def run_spec(
     # The tables are applied line by line as the input is read (no copy of the file is kept); their hash
     # joins the fingerprint, so the same input with changed tables is another job.
     tag = f"{spec.name}@{date}#{spec.tables_digest()[:16]}"
-    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=tag)
+    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=tag, reuse=spec.job.reuse)
     jobs: list[SpecJob] = []
     async with _queueing_store(s.db) as store:
         for src in files:
@@ -535,7 +623,12 @@ async def run_spec(
             res = await submit_file(store, src, name=name, options=options, transform=spec.apply_line)
             jobs.append(SpecJob(res.job_id, src))
     outcome = await run(
-        [j.job_id for j in jobs], s, on_progress=on_progress, handle_signals=handle_signals, transport=transport
+        [j.job_id for j in jobs],
+        s,
+        on_progress=on_progress,
+        handle_signals=handle_signals,
+        transport=transport,
+        prices=prices,
     )
     table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:

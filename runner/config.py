@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     tpm: float | None = Field(None, gt=0, validation_alias=_env("tpm", "RUNNER_TPM"))
     # A TOML price table over the shipped one (`--prices` wins); empty means the shipped table alone.
     prices: str | None = Field(None, validation_alias=_env("prices", "RUNNER_PRICES"))
+    # USD the jobs of a run may cost in all (runner/budget.py); None: no budget.
+    max_cost: float | None = Field(None, gt=0, validation_alias=_env("max_cost", "RUNNER_MAX_COST"))
     # Logging (stderr): the least severe level shown (None: warning, or debug with -v), and text or JSON lines.
     log_level: Literal["debug", "info", "warning", "error"] | None = Field(
         None, validation_alias=_env("log_level", "RUNNER_LOG_LEVEL")

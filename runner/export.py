@@ -38,6 +38,7 @@ from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, Store
 from runner.store.outputs import checks_between, has_checks
+from runner.store.reuse import reused_line_numbers
 from runner.usage import UsageCounts
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
@@ -65,6 +66,7 @@ FLAT_COLUMNS: Final = (
     "error",
     "output_check",  # valid | invalid_json | schema_mismatch for lines that asked for JSON, else null
     "parsed",  # that answer's JSON value (as JSON text in csv and parquet), else null
+    "reused",  # true for a line answered from the store at submit (`--reuse`): its usage counts are then 0
 )
 # A checked line's verdict and parsed JSON text (runner/store/outputs.py); None for lines not checked.
 Check = tuple[str, str | None] | None
@@ -239,7 +241,9 @@ def _error(row: ExportRow) -> str | None:
     return f"{code}: {row.error_message}" if row.error_message else code
 
 
-def _flat_values(row: ExportRow, req: RequestFields, check: Check = None, *, embed: bool = False) -> list[Any]:
+def _flat_values(
+    row: ExportRow, req: RequestFields, check: Check = None, reused: bool = False, *, embed: bool = False
+) -> list[Any]:
     """A row's FLAT_COLUMNS values, in order (a list: csv and parquet need no dict per row).
 
     `embed` puts the parsed value in as JSON (jsonl-flat); otherwise it stays JSON text (csv, parquet).
@@ -261,17 +265,31 @@ def _flat_values(row: ExportRow, req: RequestFields, check: Check = None, *, emb
         _error(row),
         None if check is None else check[0],
         orjson.Fragment(parsed) if embed and parsed is not None else parsed,
+        reused,
     ]
 
 
-def flat_record(row: ExportRow, check: Check = None) -> dict[str, Any]:
+class Reused:
+    """Which lines of a job were reused: a flag per line number (`store.reuse.reused_line_numbers`)."""
+
+    def __init__(self, flags: bytearray | None = None) -> None:
+        self._flags = flags or bytearray()
+
+    def __call__(self, line_no: int) -> bool:
+        return 0 <= line_no < len(self._flags) and self._flags[line_no] == 1
+
+
+NONE_REUSED: Final = Reused()
+
+
+def flat_record(row: ExportRow, check: Check = None, reused: Reused = NONE_REUSED) -> dict[str, Any]:
     """One request as a jsonl-flat record: FLAT_COLUMNS, then `metadata` (the line's object, or null).
 
     `output_text` is the stored response's text for results (completed, incomplete) and null otherwise;
     `error` is "code: message" for failed and cancelled requests and null for results, as in the Batch format.
     """
     req = request_fields(row.body)
-    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req, check, embed=True), strict=True))
+    record = dict(zip(FLAT_COLUMNS, _flat_values(row, req, check, reused(row.line_no), embed=True), strict=True))
     record[METADATA] = req.metadata
     return record
 
@@ -281,10 +299,10 @@ def metadata_column(key: str) -> str:
     return f"{METADATA}.{key}"
 
 
-def _table_values(row: ExportRow, keys: Sequence[str], check: Check = None) -> list[Any]:
+def _table_values(row: ExportRow, keys: Sequence[str], check: Check = None, reused: Reused = NONE_REUSED) -> list[Any]:
     """A row's values with its metadata spread over one column per key of the job (csv, parquet)."""
     req = request_fields(row.body)
-    values = _flat_values(row, req, check)
+    values = _flat_values(row, req, check, reused(row.line_no))
     metadata = req.metadata
     if keys:
         values += [metadata.get(k) for k in keys] if metadata else [None] * len(keys)
@@ -313,9 +331,10 @@ class ResultRow:
     usage: UsageCounts
     error: str | None
     response: dict[str, Any] | None
+    reused: bool = False  # answered from the store at submit (`--reuse`); its usage is then 0
 
 
-def result_row(row: ExportRow) -> ResultRow:
+def result_row(row: ExportRow, reused: Reused = NONE_REUSED) -> ResultRow:
     """An exported row (read with its body) as a ResultRow."""
     req = request_fields(row.body)
     response = _response(row)
@@ -334,15 +353,17 @@ def result_row(row: ExportRow) -> ResultRow:
         ),
         error=_error(row),
         response=response,
+        reused=reused(row.line_no),
     )
 
 
 async def iter_results(store: Store, job_id: str) -> AsyncGenerator[ResultRow, None]:
     """Every line of a job, finished or not, joined with its input, in input order, streamed."""
+    reused = Reused(await reused_line_numbers(store, job_id))
     async with store.stream_export(job_id, with_body=True) as stream, aclosing(stream) as chunks:
         async for chunk in chunks:
             for row in chunk:
-                yield result_row(row)
+                yield result_row(row, reused)
 
 
 class _LineSink:
@@ -368,6 +389,8 @@ _CSV_SPECIAL = re.compile(r'[,"\r\n]')
 def _csv_field(value: Any) -> str:
     if value is None:
         return ""
+    if value is True or value is False:  # the `reused` column, spelled as in the JSON formats
+        return "true" if value else "false"
     text = value if isinstance(value, str) else str(value)
     if _CSV_SPECIAL.search(text) is None:
         return text
@@ -386,21 +409,22 @@ def csv_line(values: Sequence[Any]) -> bytes:
 class _CsvEncoder:
     """CSV rows as bytes, one at a time, so the output stays a plain binary stream."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], reused: Reused = NONE_REUSED) -> None:
         self._keys = keys
+        self._reused = reused
         self._header = [*FLAT_COLUMNS, *map(metadata_column, keys)]
 
     def header(self) -> bytes:
         return csv_line(self._header)
 
     def row(self, row: ExportRow, check: Check = None) -> bytes:
-        return csv_line(_table_values(row, self._keys, check))  # None becomes an empty field
+        return csv_line(_table_values(row, self._keys, check, self._reused))  # None becomes an empty field
 
 
 class _ParquetSink:
     """Flat records gathered column by column and written as Parquet row groups of PARQUET_ROW_GROUP rows."""
 
-    def __init__(self, f: IO[bytes], keys: Sequence[str]) -> None:
+    def __init__(self, f: IO[bytes], keys: Sequence[str], reused: Reused = NONE_REUSED) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -410,17 +434,22 @@ class _ParquetSink:
             ) from None
         self._pa = pa
         self._keys = keys
+        self._reused = reused
         text, count = pa.string(), pa.int64()
         self._names = [*FLAT_COLUMNS, *map(metadata_column, keys)]
         self._schema = pa.schema(
-            [(c, count if c.endswith("_tokens") or c == "line" else text) for c in self._names],
+            [
+                (c, count if c.endswith("_tokens") or c == "line" else pa.bool_() if c == "reused" else text)
+                for c in self._names
+            ],
         )
         self._writer = pq.ParquetWriter(f, self._schema, compression="zstd")
         self._columns: dict[str, list[Any]] = {c: [] for c in self._names}
         self._rows = 0
 
     def write(self, row: ExportRow, check: Check = None) -> None:
-        for values, value in zip(self._columns.values(), _table_values(row, self._keys, check), strict=True):
+        values_of = _table_values(row, self._keys, check, self._reused)
+        for values, value in zip(self._columns.values(), values_of, strict=True):
             values.append(value)
         self._rows += 1
         if self._rows >= PARQUET_ROW_GROUP:
@@ -442,15 +471,15 @@ _Sink = _LineSink | _ParquetSink
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
-def _sink(fmt: str, f: IO[bytes], job_id: str, keys: Sequence[str]) -> _Sink:
+def _sink(fmt: str, f: IO[bytes], job_id: str, keys: Sequence[str], reused: Reused = NONE_REUSED) -> _Sink:
     if fmt == "batch":
         return _LineSink(f, lambda row, _check: orjson.dumps(batch_line(job_id, row), option=_NEWLINE))
     if fmt == "jsonl-flat":
-        return _LineSink(f, lambda row, check: orjson.dumps(flat_record(row, check), option=_NEWLINE))
+        return _LineSink(f, lambda row, check: orjson.dumps(flat_record(row, check, reused), option=_NEWLINE))
     if fmt == "csv":
-        encoder = _CsvEncoder(keys)
+        encoder = _CsvEncoder(keys, reused)
         return _LineSink(f, encoder.row, encoder.header())
-    return _ParquetSink(f, keys)
+    return _ParquetSink(f, keys, reused)
 
 
 async def export_job(
@@ -468,9 +497,10 @@ async def export_job(
     keys = await store.metadata_keys(job_id) if fmt in ("csv", "parquet") else []
     # Checks live in their own table: looked up per chunk, and only for a job that has any.
     checked = flat and await has_checks(store, job_id)
+    reused = Reused(await reused_line_numbers(store, job_id)) if flat else NONE_REUSED
     with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
-        results = _sink(fmt, f_out, job_id, keys)
-        failures = _sink(fmt, f_err, job_id, keys) if f_err is not None else None
+        results = _sink(fmt, f_out, job_id, keys, reused)
+        failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else None
         try:
             async with store.stream_export(job_id, with_body=flat) as stream, aclosing(stream) as chunks:
                 async for chunk in chunks:

@@ -18,6 +18,7 @@ import hashlib
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,7 +34,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from runner.errors import InputError, InputErrors, LineProblem
 from runner.owners import owner_is_dead, process_name
+from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
+from runner.store.reuse import reuse_answers
 from runner.validate import validate_line
 
 CHUNK = 5_000  # rows per insert transaction: SQLite's write lock is held ~50 ms, so a run on the same store
@@ -57,6 +60,7 @@ class SubmitResult:
     existing: bool = False
     warnings: list[LineProblem] = field(default_factory=list)
     source: str = ""  # the file as named in messages ("<stdin>" for standard input)
+    reused: int = 0  # lines completed at submit from answers already in the store (`reuse`)
 
 
 @dataclass(frozen=True)
@@ -67,12 +71,16 @@ class SubmitOptions:
     model: str | None = None
     lenient: bool = False
     tag: str | None = None  # e.g. a spec's name and date: the same file on another day is another job
+    reuse: bool = False  # complete lines whose question was answered before from the stored answer
+    reuse_max_age: float | None = None  # seconds: only answers at most this old are reused
     # Rewrites each parsed line before it is validated (a spec's defaults and overrides). It is not part of
     # the fingerprint itself: whoever sets it puts what it does into `tag`.
     transform: Callable[[Any], Any] | None = None
 
     def fingerprint(self, file_sha256: str) -> str:
         opts = f"background={self.background};model={self.model or ''};lenient={self.lenient};tag={self.tag or ''}"
+        if self.reuse:  # added only when set, so the fingerprints of earlier submits stay what they were
+            opts += f";reuse={self.reuse_max_age}"
         return hashlib.sha256(f"{file_sha256}|{opts}".encode()).hexdigest()
 
 
@@ -166,6 +174,7 @@ class _Problems:
         self.chat_lines = 0  # of those, lines with Chat Completions `messages` and no `input`
         self.chat_keys: dict[str, None] = {}  # Chat Completions keys seen, in order (a set that keeps it)
         self.unreadable: Unreadable | None = None  # the file could not be read to the end
+        self.reused = 0  # lines completed from stored answers (submit --reuse)
 
     def add(self, line: int, field_: str, reason: str, *, new_line: bool = True) -> None:
         """Record a problem; `new_line` is False for a second problem of a line already counted."""
@@ -316,10 +325,15 @@ async def _stage(
     # thread (without the GIL) while this one parses, so a big file costs about max(parse, insert).
     send, receive = anyio.create_memory_object_stream[_Chunk](1)
 
+    newer_than = None if options.reuse_max_age is None else time.time() - options.reuse_max_age
+
     async def inserter() -> None:
         async with receive:
             async for chunk in receive:
                 await _insert(store, job_id, chunk, problems)
+                if options.reuse and not problems.bad_lines and chunk.rows:
+                    first, last = chunk.rows[0].line_no, chunk.rows[-1].line_no
+                    problems.reused += await reuse_answers(store, job_id, first, last, newer_than=newer_than)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -336,7 +350,7 @@ async def _stage(
         with anyio.CancelScope(shield=True):
             await store.drop_job(job_id)
         raise
-    result = SubmitResult(job_id, problems.valid, warnings=warnings, source=shown)
+    result = SubmitResult(job_id, problems.valid, warnings=warnings, source=shown, reused=problems.reused)
     if not new:
         by_fingerprint[fingerprint] = result
     return _Staged(result, staged=True)
@@ -405,7 +419,7 @@ async def _validate_lines(
         else:
             problems.valid += 1
             body = orjson.dumps(v.body).decode()
-            chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body)))
+            chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body), body_hash(v.body)))
             chunk.body_bytes += len(body)
         if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
             await send.send(chunk)

@@ -118,13 +118,18 @@ class Estimator:
     @staticmethod
     def raw(body: Mapping[str, Any]) -> float:
         """Input text and instructions at ~4 characters a token, plus max_output_tokens when given."""
+        out = body.get("max_output_tokens")
+        return Estimator.input_tokens(body) + (out if isinstance(out, int) else 0)
+
+    @staticmethod
+    def input_tokens(body: Mapping[str, Any]) -> float:
+        """Input text and instructions at ~4 characters a token (at least 1)."""
         chars = 0
         instr = body.get("instructions")
         if isinstance(instr, str):
             chars += len(instr)
         chars += _text_len(body.get("input"))
-        out = body.get("max_output_tokens")
-        return max(chars / CHARS_PER_TOKEN, 1.0) + (out if isinstance(out, int) else 0)
+        return max(chars / CHARS_PER_TOKEN, 1.0)
 
     def estimate(self, body: Mapping[str, Any]) -> float:
         return self.raw(body) * self.ratio

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from runner.costs import UNKNOWN_MODEL, LaneCost, Reused, reused_summary
 from runner.outputcheck import CheckStatus
 from runner.prices import PriceTable
 from runner.states import RequestState
@@ -28,9 +29,8 @@ from runner.store.reports import (
 )
 from runner.term import printable
 
-__all__ = ["ModelCost", "Report", "build_report"]
+__all__ = ["ModelCost", "Report", "Reused", "build_report", "reused_summary"]
 
-UNKNOWN_MODEL: Final = "(unknown model)"
 _STATE_ORDER: Final = tuple(s.value for s in RequestState)
 _ACTIVE: Final = frozenset({RequestState.QUEUED.value, RequestState.IN_PROGRESS.value})
 _MAX_MODELS_SHOWN = 5
@@ -78,16 +78,6 @@ def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
     return head.rstrip(" ,;:-") + "…"
 
 
-@dataclass(frozen=True, slots=True)
-class LaneCost:
-    """What one lane (sync, flex, batch) finished and cost, and what the same would cost at the standard price."""
-
-    lane: str
-    requests: int
-    usd: float  # over priced models
-    usd_standard: float  # the same usage at the synchronous (standard) price
-
-
 @dataclass(frozen=True)
 class Report:
     """Everything `runner report` shows about one job."""
@@ -122,6 +112,8 @@ class Report:
     def saved_usd(self) -> float:
         """What the job saved against the synchronous price by running on the flex or batch lane."""
         return sum(x.usd_standard - x.usd for x in self.lanes)
+
+    reused: Reused = field(default_factory=lambda: Reused(0, UsageCounts(), 0.0, []))
 
     @property
     def priced(self) -> list[ModelCost]:
@@ -227,6 +219,12 @@ class Report:
             "elapsed_seconds": self.elapsed_seconds,
             "throughput_rps": self.throughput_rps,
             "output_checks": self.checks_json(),
+            "reused": {
+                "requests": self.reused.requests,
+                "usage": self.reused.usage.as_dict(),
+                "saved_usd": round(self.reused.saved_usd, 6),
+                "unpriced_models": self.reused.unpriced,
+            },
         }
 
     def checks_json(self) -> dict[str, Any]:
@@ -272,6 +270,13 @@ class Report:
             out.append(f"    lanes: {by_lane}; saved {_usd(self.saved_usd)} against the synchronous price")
         if note := self.cost_note():
             out.append(f"    {p(note)}")
+        if r := self.reused:
+            bound = "at least " if r.unpriced else ""
+            out.append(
+                f"  reused {r.requests:,} (answered from the store, no request sent): tokens reused"
+                f" {r.usage.total_tokens:,} (input {r.usage.input_tokens:,} · output {r.usage.output_tokens:,})"
+                f" · saved {bound}{_usd(r.saved_usd)}"
+            )
         lat = self.latency
         if lat.count:
             parts = [f"{_pname(q)} {v:.2f} s" for q, v in lat.percentiles.items()]
@@ -342,6 +347,8 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
             rejected_unpriced.append(r.model or UNKNOWN_MODEL)
         else:
             rejected_usd += prices.models[key].cost(r.usage)
+    reused = await reused_summary(store, job_id, prices)
+    sent = finished - reused.requests  # reused lines were finished at submit, not by the run
     return Report(
         job_id=st.job.id,
         name=st.job.name,
@@ -362,9 +369,10 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         errors=await errors_by_code(store, job_id),
         slowest=await slowest(store, job_id),
         elapsed_seconds=elapsed,
-        throughput_rps=finished / elapsed if elapsed else None,
+        throughput_rps=sent / elapsed if elapsed else None,
         checks=checks,
         rejected_usd=rejected_usd,
         rejected_unpriced=tuple(rejected_unpriced),
         lanes=sorted(lanes.values(), key=lambda x: x.lane),
+        reused=reused,
     )

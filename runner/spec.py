@@ -1,10 +1,10 @@
 """TOML job specs: one file names the input, the body defaults and overrides, limits, outputs and a failure policy.
 
     [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient,
-                lane (sync, flex or batch)
+                lane (sync, flex or batch), reuse
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
-    [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair
+    [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair, max_cost
     [output]    results, errors, report, report_html (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
@@ -83,6 +83,7 @@ class JobSection(_Section):
     background: bool = False
     lenient: bool = False
     lane: Literal["sync", "flex", "batch"] | None = None  # how the requests travel (`--lane` wins)
+    reuse: bool = False  # as `runner submit --reuse`: lines answered before in the store are not sent again
 
     @field_validator("name", "input", "store")
     @classmethod
@@ -101,6 +102,7 @@ class LimitsSection(_Section):
     max_attempts: Annotated[int, Field(ge=1)] | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
     repair: Annotated[int, Field(ge=0, le=MAX_REPAIR)] | None = None
+    max_cost: Annotated[float, Field(gt=0)] | None = None  # USD, as `runner run --max-cost`
 
     def settings_update(self) -> dict[str, Any]:
         """The limits that are set, keyed like `runner.config.Settings` fields (for `model_copy(update=...)`)."""

@@ -36,6 +36,7 @@ class JobStatusReport:
 
     stats: JobStats
     open_batches: list[BatchRow] = field(default_factory=list)  # the batch lane's batches not merged yet
+    reused: int | None = None  # lines answered from the store at submit (`--reuse`); None: not asked
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -52,7 +53,8 @@ class JobStatusReport:
             "rate_limited": st.rate_limited,
             "usage": st.usage.as_dict(),
             "elapsed_seconds": round(elapsed, 3) if elapsed is not None else None,
-            "throughput_rps": round(st.finished / elapsed, 2) if elapsed else None,
+            # Lines reused at submit were not finished by a run: they do not count toward its throughput.
+            "throughput_rps": round((st.finished - (self.reused or 0)) / elapsed, 2) if elapsed else None,
             "background": st.job.background,
             "created_at": st.job.created_at,
             "in_flight_by_owner": st.in_flight_by_owner,
@@ -70,6 +72,7 @@ class JobStatusReport:
                 }
                 for b in self.open_batches
             ],
+            **({} if self.reused is None else {"reused": self.reused}),
         }
 
     def render_text(self) -> str:
@@ -84,6 +87,8 @@ class JobStatusReport:
                 for k in (s.value for s in RequestState)  # the order of the flow: queued first, cancelled last
             )
         )
+        if self.reused:
+            lines.append(f"  reused {self.reused:,} (answered from the store at submit, no request sent)")
         retries = max(d["attempts"] - sum(v for k, v in c.items() if k != RequestState.QUEUED.value), 0)
         lines.append(f"  attempts {d['attempts']} ({retries} retries) · rate limited {d['rate_limited']}")
         lines.append(

@@ -12,7 +12,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # some requests failed
     USAGE = 2  # usage or input error; nothing was changed
     BILLING = 3  # stopped by a billing error
-    BUDGET = 4  # reserved: a run stopped by its spending budget
+    BUDGET = 4  # a run stopped at its spending budget (--max-cost): the rest stays queued
     DOOMED = 5  # the whole job cannot succeed as configured (bad key, wrong base URL, server unreachable)
     SIGINT = 130
     PIPE = 141  # stdout was closed early (`runner export JOB | head`): 128 + SIGPIPE, as `cat` would exit
@@ -29,7 +29,7 @@ _SUMMARY = {
     ExitCode.FAILED: "some requests failed",
     ExitCode.USAGE: "usage or input error",
     ExitCode.BILLING: "billing stop",
-    ExitCode.BUDGET: "reserved (budget stop)",
+    ExitCode.BUDGET: "stopped at the budget (--max-cost)",
     ExitCode.DOOMED: "job doomed (bad key, wrong base URL, server unreachable)",
     ExitCode.SIGINT: "SIGINT",
     ExitCode.PIPE: "output pipe closed",

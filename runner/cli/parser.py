@@ -7,7 +7,7 @@ import difflib
 from collections.abc import Sequence
 
 from runner import __version__
-from runner.cli import inspect, manage, run, submit
+from runner.cli import estimate, inspect, manage, run, submit
 from runner.cli.command import Command
 from runner.cli.exits import epilog
 from runner.cli.options import Parser, global_options
@@ -17,6 +17,7 @@ COMMANDS: tuple[Command, ...] = (
     submit.SUBMIT,
     submit.CONVERT,
     run.RUN,
+    estimate.ESTIMATE,
     inspect.STATUS,
     inspect.JOBS,
     inspect.EXPORT,

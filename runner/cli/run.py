@@ -108,6 +108,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="batch lane: create the batches, commit their ids and exit 0; a later `runner run` collects them",
     )
+    setting(
+        p,
+        "max_cost",
+        type=bounded(float, 0, None, low_open=True),
+        help="USD the jobs may cost in all (earlier runs included, priced from the price table): no request"
+        " starts that would pass it; what is unsent stays queued, exit 4 (default: none)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display or progress lines")
     options.client(p)
     options.db(p)
@@ -204,7 +211,9 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK
     with ProgressView(ns.quiet, every=settings.progress_every) as view:
-        outcome = run_async(lambda: app.run(ids, settings, on_progress=view, handle_signals=True, detach=ns.detach))
+        outcome = run_async(
+            lambda: app.run(ids, settings, on_progress=view, handle_signals=True, detach=ns.detach, prices=ns.prices)
+        )
         view.finish(outcome.result.snapshot if outcome.stats else None, _next_steps(outcome))
     for st in outcome.stats:
         put(app.JobStatusReport(st).render_text())
@@ -280,6 +289,22 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         assert r.doomed_error is not None
         say(f"stopped: {printable(r.doomed_error.message)} (unfinished requests stay queued; run again after the fix)")
         return ExitCode.DOOMED
+    if r.reason is app.StopReason.BUDGET:
+        queued = sum(count(st.counts, RequestState.QUEUED) for st in outcome.stats)
+        assert r.budget is not None
+        spent, limit = r.budget.spent, r.budget.limit
+        if (model := r.budget.unpriced_model) is not None:
+            say(
+                f"stopped: cannot keep to --max-cost: no price for model {printable(model)} (add it with"
+                f" --prices FILE); spent ${spent:.4f} of ${limit:.4f}; {queued:,} requests left queued"
+            )
+        else:
+            say(
+                f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}, ${max(limit - spent, 0):.4f} left,"
+                f" not enough for the next request (estimated ${r.budget.refused_usd or 0:.4f}); {queued:,} requests"
+                " left queued (run again with a higher --max-cost to finish)"
+            )
+        return ExitCode.BUDGET
     if r.reason is app.StopReason.INTERRUPTED:
         say("interrupted: every result received is saved; `runner run` resumes.")
         return ExitCode.SIGTERM if outcome.signal == signal.SIGTERM else ExitCode.SIGINT

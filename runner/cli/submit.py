@@ -8,8 +8,9 @@ from runner import app
 from runner.cli import options
 from runner.cli.command import Command
 from runner.cli.exits import ExitCode
+from runner.cli.manage import duration
 from runner.cli.output import put, run_async, say
-from runner.errors import LineProblem
+from runner.errors import ConfigError, LineProblem
 from runner.term import printable
 
 MAX_WARNINGS_SHOWN = 20  # per file: a key repeated on every line of a big file must not flood the terminal
@@ -31,6 +32,17 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
         help="unknown enum values, misspelled and Chat Completions keys are warnings, not errors",
     )
     p.add_argument("--new", action="store_true", help="always make a new job, even for a file submitted before")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="complete lines already answered in the store (same model and every field that shapes the answer)"
+        " from the stored answer, without a request",
+    )
+    p.add_argument(
+        "--reuse-max-age",
+        metavar="DURATION",
+        help="with --reuse: reuse only answers at most this old (30m, 12h, 7d, 2w)",
+    )
     options.db(p)
 
 
@@ -42,6 +54,9 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
         if n <= MAX_WARNINGS_SHOWN:
             say(f"warning: {printable(source)}:{p}")
 
+    if ns.reuse_max_age is not None and not ns.reuse:
+        raise ConfigError("--reuse-max-age needs --reuse")
+    max_age = duration(ns.reuse_max_age, "--reuse-max-age") if ns.reuse_max_age is not None else None
     results = run_async(
         lambda: app.submit_many(
             ns.files,
@@ -52,6 +67,8 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
             new=ns.new,
             db=ns.db,
             on_warning=warn,
+            reuse=ns.reuse,
+            reuse_max_age=max_age,
         )
     )
     for source, n in warned.items():
@@ -62,6 +79,8 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
         src = printable(res.source)
         if res.existing:
             say(f"{src} was submitted before with the same options: job {res.job_id} (use --new for a separate job)")
+        elif ns.reuse:
+            say(f"queued {res.total - res.reused} requests from {src}; {res.reused} answered from the store (reused)")
         else:
             say(f"queued {res.total} requests from {src}")
     for res in results:

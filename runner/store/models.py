@@ -18,6 +18,7 @@ class NewRequest(NamedTuple):
     custom_id: str
     body: str  # JSON text
     conversation: str | None = None
+    body_hash: str | None = None  # runner/reuse.py's hash of the normalised body (None: never reused)
 
 
 @dataclass(slots=True)

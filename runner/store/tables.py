@@ -14,9 +14,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
 )
 
 from runner.states import RequestState
+
+# The usage counts a reused answer carries over (columns `reused_<name>`).
+REUSED_USAGE = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 
 metadata = MetaData(
     naming_convention={
@@ -45,6 +49,8 @@ jobs = Table(
     Column("cancelled_at", Float, nullable=True),
     Index(None, "fingerprint"),
 )
+
+_ORIGINAL_ANSWER = and_(Column("state") == RequestState.COMPLETED.value, Column("reused_from").is_(None))
 
 requests = Table(
     "requests",
@@ -78,6 +84,11 @@ requests = Table(
     Column("updated_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("lane", String, nullable=True),  # "batch" when the Batch API finished it (priced at Batch rates)
+    # `--reuse` (runner/reuse.py): the normalised body's hash, and for an answer taken from another request,
+    # that request's id and the usage it was paid for there (this row's own usage stays 0: nothing was spent).
+    Column("body_hash", String, nullable=True),
+    Column("reused_from", Integer, nullable=True),
+    *(Column(f"reused_{c}", Integer, nullable=True) for c in REUSED_USAGE),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
@@ -86,6 +97,10 @@ requests = Table(
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
     Index(None, "lease_owner", sqlite_where=Column("lease_owner").isnot(None)),
     Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
+    # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
+    # and its reused rows never touch this index; a row enters it once, when its answer is written.
+    # (postgresql_where here would load SQLAlchemy's PostgreSQL dialect at every start; migration 0007 has it.)
+    Index(None, "body_hash", sqlite_where=_ORIGINAL_ANSWER),
 )
 
 # One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same

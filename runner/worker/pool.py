@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import anyio
 from anyio.abc import TaskGroup
 
+from runner.budget import Budget
 from runner.client import ApiClient
 from runner.errors import BillingError, DoomedJobError, StoreUnavailable
 from runner.lanes.flex import FlexLane
@@ -60,8 +61,11 @@ class Run:
         options: RunOptions,
         *,
         on_progress: Callable[[Snapshot], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
+        self.budget = budget  # --max-cost: a request starts only if it fits (runner/budget.py)
+        self._budget_blocked = self._budget_stop = False  # the next request did not fit; and nothing was out
         self.client = client
         self.job_ids = list(job_ids)
         self.opts = options
@@ -167,7 +171,7 @@ class Run:
                     self.writer.put(Outcome(self._ready.popleft().id, RequestState.QUEUED, refund_attempt=True))
                 if self._store_lost is None:  # writing now could create an empty file where the store was
                     await self.writer.aclose()
-                    stopped = self._billing is not None or self._doomed is not None
+                    stopped = self._billing is not None or self._doomed is not None or self._budget_stop
                     await self.store.release(self.owner, refund=stopped)
                 if self.writer.refused:
                     log.warning(
@@ -185,6 +189,8 @@ class Run:
             return RunResult(StopReason.DOOMED, None, self.snap, doomed_error=self._doomed)
         if self._interrupted:
             return RunResult(StopReason.INTERRUPTED, None, self.snap)
+        if self._budget_stop:
+            return RunResult(StopReason.BUDGET, None, self.snap, budget=self.budget)
         return RunResult(StopReason.DONE, None, self.snap)
 
     async def _claim_loop(self, tg: TaskGroup) -> None:
@@ -237,10 +243,27 @@ class Run:
             return
         limit = self.concurrency.limit
         while self._ready and self._in_flight < limit and not self._stop_claiming.is_set():
+            if not self._admit(self._ready[0]):
+                break
             self._in_flight += 1
             self._tg.start_soon(self._handle, self._ready.popleft())
         if self._ready_low():
             self._want_more.set()
+
+    def _admit(self, c: Claimed) -> bool:
+        """Whether `c` fits in the budget (always, without one). When it does not and nothing is out any more,
+        the run stops at the budget: in-flight requests have come back, and the rest stays queued."""
+        if self.budget is None:
+            return True
+        if self.budget.admit(c.id, c.body):
+            self._budget_blocked = False
+            return True
+        self._budget_blocked = True
+        if self._in_flight == 0 and self.poller.size == 0 and not self._budget_stop:
+            self._budget_stop = True
+            self._stop_claiming.set()
+            self._slot_freed.set()
+        return False
 
     def _ready_low(self) -> bool:
         """Fewer than half a concurrency's worth of claimed requests wait: time to claim more."""
@@ -301,6 +324,10 @@ class Run:
     # -- slots and stops ---------------------------------------------------------------------------
 
     def _count(self, o: Outcome) -> None:
+        if self.budget is not None:
+            self.budget.settle(o.request_id, o.usage)
+            if self._budget_blocked and self._tg is not None:
+                self._fill()  # what came back may make room, or was the last one out: then the run stops
         count_outcome(self.snap, o)
 
     async def _handle(self, c: Claimed) -> None:
@@ -325,7 +352,12 @@ class Run:
         """The next claimed request for a slot that is free again, or None (stopping, none ready, or the
         concurrency limit shrank below the slots in use). A task per request would cost more CPU."""
         limit = self.concurrency.limit
-        if not self._ready or self._in_flight > limit or self._stop_claiming.is_set():
+        if (
+            not self._ready
+            or self._in_flight > limit
+            or self._stop_claiming.is_set()
+            or not self._admit(self._ready[0])
+        ):
             return None
         c = self._ready.popleft()
         if self._ready_low():

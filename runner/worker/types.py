@@ -13,6 +13,9 @@ from runner.states import RequestState
 if TYPE_CHECKING:
     from runner.store.models import Outcome
 
+if TYPE_CHECKING:
+    from runner.budget import Budget
+
 
 class StopReason(StrEnum):
     """Why a run ended."""
@@ -20,6 +23,7 @@ class StopReason(StrEnum):
     DONE = "done"
     BILLING = "billing"
     DOOMED = "doomed"  # bad key, wrong base URL, server unreachable: nothing of the job could succeed
+    BUDGET = "budget"  # the next request would have passed --max-cost
     INTERRUPTED = "interrupted"
 
 
@@ -109,3 +113,4 @@ class RunResult:
     detached: bool = False  # the batch lane's --detach: batches created and left open for a later run
     batches_open: int = 0  # batches of these jobs still open when the run ended
     problems: list[str] = field(default_factory=list)  # failed batches, one line each (the run exits 1)
+    budget: Budget | None = None  # a budget stop: what was spent, the limit, an unpriced model

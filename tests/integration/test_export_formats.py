@@ -189,7 +189,13 @@ ANSWERS = {
 
 def joined(custom_id: str) -> dict[str, Any]:
     """The answer with its line's input, in FLAT_COLUMNS order (no metadata yet)."""
-    merged = {"output_check": None, "parsed": None, **ANSWERS[custom_id], **INPUTS[int(custom_id.removeprefix("c-"))]}
+    merged = {
+        "output_check": None,
+        "parsed": None,
+        "reused": False,
+        **ANSWERS[custom_id],
+        **INPUTS[int(custom_id.removeprefix("c-"))],
+    }
     return {c: merged[c] for c in FLAT_COLUMNS}
 
 
@@ -212,7 +218,7 @@ def read_csv(p: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def as_csv(record: dict[str, Any]) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in record.items()}
+    return {k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in record.items()}
 
 
 @pytest.mark.anyio
@@ -330,7 +336,8 @@ async def test_parquet_reads_back_typed(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "out" / "r.parquet"
     counts = await export_job(store, JOB, str(out), fmt="parquet")
     schema, rows = read_parquet(out)
-    assert schema == [(c, "int64" if c.endswith("_tokens") or c == "line" else "string") for c in TABLE_COLUMNS]
+    kinds = {"line": "int64", "reused": "bool"}
+    assert schema == [(c, "int64" if c.endswith("_tokens") else kinds.get(c, "string")) for c in TABLE_COLUMNS]
     assert rows == [TABLE[c] for c in ("c-1", "c-2", "c-3", "c-4", "c-6", "c-7")]
     assert (counts.results, counts.errors, counts.unfinished) == (6, 0, 2)
 
@@ -408,6 +415,7 @@ async def test_iter_results_yields_every_line_with_input_and_answer(store: Store
                 "output_text": r.output_text,
                 **usage_fields(r.usage),
                 "error": r.error,
+                "reused": r.reused,
             }
             assert got == want
         assert r.request == BODIES.get(r.line, PLAIN)

@@ -28,7 +28,7 @@ def _readme_exit_codes() -> dict[int, str]:
 def test_the_readme_table_lists_exactly_the_exit_codes_of_the_code() -> None:
     rows = _readme_exit_codes()
     assert sorted(rows) == sorted(int(c) for c in ExitCode)
-    assert "reserved" in rows[ExitCode.BUDGET] and "doomed" in rows[ExitCode.DOOMED]
+    assert "budget" in rows[ExitCode.BUDGET] and "doomed" in rows[ExitCode.DOOMED]
     assert "SIGINT / SIGTERM" in rows[ExitCode.SIGINT] and "closed" in rows[ExitCode.PIPE]
 
 

@@ -29,7 +29,7 @@ MINIMAL = '[job]\ninput = "in.jsonl"\n'
 def test_example_spec_parses_and_points_at_the_example_input() -> None:
     spec = load_spec(EXAMPLE)
     assert spec.name == "nightly-eval"
-    assert spec.job.background is False and spec.job.lenient is False
+    assert spec.job.background is False and spec.job.lenient is False and spec.job.reuse is True
     assert spec.defaults["model"] == "gpt-4.1-mini"
     assert spec.overrides == {"max_output_tokens": 400}
     assert spec.limits.settings_update() == {
@@ -38,6 +38,7 @@ def test_example_spec_parses_and_points_at_the_example_input() -> None:
         "tpm": 300000,
         "max_attempts": 6,
         "timeout": 600.0,
+        "max_cost": 5.0,
     }
     assert spec.output.format == "batch"
     assert spec.policy.max_failure_rate == 0.01

@@ -254,15 +254,16 @@ def apply(
 # -- submit -----------------------------------------------------------------------------------------------
 
 _INSERT_COLUMNS = (
-    "INSERT INTO requests (job_id, line_no, custom_id, body, conversation, created_at, state, attempts,"
+    "INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, created_at, state, attempts,"
     " next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)"
 )
-INSERT_REQUEST = f"{_INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
+INSERT_REQUEST = f"{_INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
 # SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
 # end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
 _INSERT_REQUESTS_JSON = (
     f"{_INSERT_COLUMNS} SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    f" json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0"
+    f" json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), ?, '{Q}', 0, 0.0,"
+    " 0, 0, 0, 0, 0, 0"
     " FROM json_each(?)"
 )
 
@@ -285,10 +286,12 @@ def insert(db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: fl
     """Insert a chunk of a staging job's lines: as one JSON array if `json1` (see `has_json1`), else row by row."""
     cur: Cursor = db.cursor()
     if json1:
-        payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation) for r in rows]).decode()
+        payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation, r.body_hash) for r in rows]).decode()
         cur.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
     else:
-        cur.executemany(INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, now) for r in rows])
+        cur.executemany(
+            INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, now) for r in rows]
+        )
 
 
 # -- the connection ---------------------------------------------------------------------------------------
