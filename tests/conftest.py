@@ -69,15 +69,40 @@ def pg_url(pg_server: PgCluster) -> Iterator[str]:
     pg_server.drop_database(url)
 
 
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgCluster) -> str:
+    """The name of a database migrated once per session: stores are copied from it (no Alembic per test)."""
+    import anyio
+
+    from runner.store import Store
+
+    url = pg_server.create_database()
+
+    async def migrate() -> None:
+        await (await Store.open(url)).aclose()
+
+    anyio.run(migrate)
+    return url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def pg_store_url(pg_server: PgCluster, pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL store for one test (its URL): a copy of the migrated template, dropped afterwards."""
+    url = pg_server.create_database(pg_template)
+    yield url
+    pg_server.drop_database(url)
+
+
 @pytest.fixture(params=BACKENDS)
 def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The `--db` of a new store on each backend: a file path for SQLite, a fresh database's URL for PostgreSQL.
+    """The `--db` of a new store on each backend: a file path for SQLite (made by the first open), the URL of
+    a fresh, already migrated database for PostgreSQL (`pg_url` gives an empty one).
 
     The test id names the backend (`test_x[postgresql]`), so a failure says which one failed.
     """
     if request.param == "sqlite":
         return str(tmp_path / "runner.db")
-    url: str = request.getfixturevalue("pg_url")
+    url: str = request.getfixturevalue("pg_store_url")
     return url
 
 
@@ -168,10 +193,11 @@ class Cli:
 
     db: Path
     env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None  # a PostgreSQL store's URL: RUNNER_DB then names it, and `db` is only the work dir
 
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
-        env.update({"RUNNER_DB": str(self.db), "PYTHONUNBUFFERED": "1"})
+        env.update({"RUNNER_DB": self.url or str(self.db), "PYTHONUNBUFFERED": "1"})
         env.update(self.env)
         env.update(extra or {})
         return env
