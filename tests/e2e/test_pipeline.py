@@ -259,6 +259,8 @@ def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -
     assert "runner/_migrations/versions/0001_jobs_and_requests.py" in names
     assert "runner/_migrations/env.py" in names
     assert "runner_mock/__main__.py" in names  # the fake API ships beside runner, as a package of its own
+    # Each backend's hot SQL is a data file read at import: a wheel without it could not open a store.
+    assert {"runner/store/sqlite/hot.sql", "runner/store/postgres/hot.sql"} <= set(names)
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     src = write_jobfile(tmp_path / "in.jsonl", 3)
