@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
+from typing import Any
 
 from sqlalchemy import Connection, inspect, text
 
 # The newest migration. A store already at this revision opens without loading Alembic at all (that
 # import is a third of a CLI start); tests/integration/test_migrations.py checks it matches the scripts.
 HEAD_REVISION = "0003"
+
+
+def include_object(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """An Alembic `include_object` hook for `dialect`: leaves out what tables.py declares for another
+    database only (`info={"only_on": ...}`), which Alembic's comparison would otherwise call missing."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        only_on = getattr(obj, "info", {}).get("only_on")
+        return only_on is None or only_on == dialect
+
+    return include
 
 
 def current_revision(conn: Connection) -> str | None:

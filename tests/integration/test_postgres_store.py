@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from runner.errors import StoreMissing, StoreUnavailable
 from runner.states import RequestState
 from runner.store import NewRequest, Outcome, Store
-from runner.store.migrate import HEAD_REVISION
+from runner.store.migrate import HEAD_REVISION, include_object
 from runner.store.tables import metadata, requests
 from tests.integration.test_migrations import head_revision
 from tests.pg import PgCluster
@@ -37,7 +37,8 @@ async def schema_state(url: str) -> tuple[str | None, list[Any]]:
     engine = create_async_engine(_async_url(url))
 
     def compare(conn: Connection) -> tuple[str | None, list[Any]]:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        opts = {"compare_type": True, "compare_server_default": True, "include_object": include_object("postgresql")}
+        ctx = MigrationContext.configure(conn, opts=opts)
         return ctx.get_current_revision(), list(compare_metadata(ctx, metadata))
 
     try:
