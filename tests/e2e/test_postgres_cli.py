@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ def test_every_command_on_a_postgresql_store(cli: Cli, mock_factory: Any, tmp_pa
     r = cli("cancel", job2)
     assert r.returncode == 0 and "cancelled 5 requests" in r.stderr, r.stdout + r.stderr
     assert cli.status(job2)["counts"]["cancelled"] == 5
+    r = cli("delete", job2, "--yes")
+    assert r.returncode == 0, r.stderr
+    said = r.stderr  # the summary goes to stderr, the deleted ids to stdout
+    assert re.search(r"deleted 1 job\(s\) and 5 requests; the store went from [0-9.]+ MB to [0-9.]+ MB", said), said
+    assert [j["job_id"] for j in json.loads(cli("jobs", "--json").stdout)] == [job]
 
 
 def test_a_postgresql_store_that_cannot_be_used_is_one_line_exit_2(cli: Cli, pg_server: PgCluster) -> None:

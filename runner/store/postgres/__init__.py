@@ -110,6 +110,7 @@ class PostgresBackend:
             url, pool_size=4, max_overflow=8, connect_args={"server_settings": {"application_name": "runner"}}
         )
         self._mode: OpenMode = "create"
+        self._size = 0  # pg_database_size, as of the open or the last reclaim_space (file_size is not async)
         self._sql = blocks("postgres", "hot.sql")
 
     # -- opening ------------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class PostgresBackend:
                 raise StoreMissing(self.place)
             if found != HEAD_REVISION:
                 await conn.run_sync(upgrade)
+            self._size = int((await conn.execute(text("SELECT pg_database_size(current_database())"))).scalar_one())
             return found is None
 
     def opened(self) -> None:
@@ -341,14 +343,16 @@ class PostgresBackend:
         return "ok"
 
     def file_size(self) -> int:
-        """0: the server's files are the server's (see `pg_database_size` for the database's size)."""
-        return 0
+        """The database's size on the server (`pg_database_size`) when the store was opened or last vacuumed."""
+        return self._size
 
     async def reclaim_space(self) -> None:
-        """VACUUM the store's tables: deleted rows' space is reused (autovacuum would get there too)."""
+        """VACUUM the store's tables: the space of deleted rows is reused by the database (autovacuum would get
+        there too); the files shrink only where their end is free. Never VACUUM FULL: it locks runners out."""
         async with self.engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await auto.execute(text("VACUUM requests, attempts, jobs"))
+            self._size = int((await auto.execute(text("SELECT pg_database_size(current_database())"))).scalar_one())
 
     async def aclose(self) -> None:
         await self.engine.dispose()
