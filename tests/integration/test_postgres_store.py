@@ -198,3 +198,19 @@ async def test_a_result_postgresql_cannot_hold_fails_that_request_only(pg_url: s
         assert detail.error_code == "store_refused"
     finally:
         await store.aclose()
+
+
+async def test_connections_the_server_dropped_are_replaced_not_fatal(pg_server: PgCluster, pg_url: str) -> None:
+    store = await Store.open(pg_url)
+    try:
+        await make_job(store, "job_a", 4)
+        assert len(await store.claim("me", ["job_a"], 2, 60)) == 2  # the hot path's pooled connection
+        name = pg_url.rsplit("/", 1)[1]
+        killed = pg_server.sql(
+            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        assert int(killed) >= 1
+        assert len(await store.claim("me", ["job_a"], 2, 60)) == 2  # hot path, on a new connection
+        assert (await store.job_stats("job_a")).counts["in_progress"] == 4  # portable path too
+    finally:
+        await store.aclose()

@@ -101,7 +101,13 @@ class PostgresBackend:
         import asyncpg
 
         self._asyncpg = asyncpg
-        self.errors: tuple[type[BaseException], ...] = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        # What a statement can raise here; OSError: the server went away (a refused or dropped connection).
+        self.errors: tuple[type[BaseException], ...] = (
+            DBAPIError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            OSError,
+        )
         try:
             url = _url(db)
         except Exception:
@@ -121,7 +127,13 @@ class PostgresBackend:
         return False
 
     def is_transient(self, exc: BaseException) -> bool:
-        return _sqlstate(exc) in _TRANSIENT
+        """A conflict (serialization failure, deadlock) or a pooled connection the server dropped (a restart,
+        an administrator): the transaction was rolled back, and another try runs on a fresh connection."""
+        if _sqlstate(exc) in _TRANSIENT:
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        return isinstance(exc, self._asyncpg.ConnectionDoesNotExistError)
 
     async def migrate(self) -> bool:
         """Upgrade under a transaction-scoped advisory lock; whether the schema was made here."""
@@ -171,8 +183,14 @@ class PostgresBackend:
             raw = await conn.get_raw_connection()
             apg = raw.driver_connection
             assert apg is not None
-            async with apg.transaction():
-                return await fn(apg)
+            try:
+                async with apg.transaction():
+                    return await fn(apg)
+            except (OSError, self._asyncpg.PostgresConnectionError, self._asyncpg.InterfaceError):
+                # SQLAlchemy did not see this connection fail (we spoke to asyncpg directly): tell its pool,
+                # so the next try gets a new connection instead of this dead one.
+                await conn.invalidate()
+                raise
 
     async def claim(
         self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
