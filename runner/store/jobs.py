@@ -237,7 +237,11 @@ class JobsPart(StoreCore):
         ids = list(dict.fromkeys(job_ids))
 
         async def go(conn: AsyncConnection) -> int:
-            found = await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready"))
+            # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction already excludes writers): claims take a
+            # key-share lock on their job's row, so none can lease a row of these jobs between check and delete.
+            found = await conn.execute(
+                select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready").with_for_update()
+            )
             missing = set(ids) - {r.id for r in found}
             if missing:
                 raise JobNotFound(next(j for j in ids if j in missing))

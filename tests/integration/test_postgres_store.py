@@ -214,3 +214,33 @@ async def test_connections_the_server_dropped_are_replaced_not_fatal(pg_server: 
         assert (await store.job_stats("job_a")).counts["in_progress"] == 4  # portable path too
     finally:
         await store.aclose()
+
+
+async def test_a_claim_cannot_slip_in_while_runner_delete_holds_its_job(pg_url: str) -> None:
+    import asyncpg
+
+    store = await Store.open(pg_url)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await make_job(store, "job_a", 3)
+        tr = conn.transaction()
+        await tr.start()
+        # What Store.delete_jobs does first: lock the job's row, then check for live leases, then delete.
+        await conn.execute("SELECT id FROM jobs WHERE id = 'job_a' FOR UPDATE")
+        got: list[int] = []
+
+        async def claim() -> None:
+            got.extend(c.id for c in await store.claim("me", ["job_a"], 3, 60))
+            got.append(-1)  # the claim returned
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claim)
+            await anyio.sleep(0.3)
+            assert got == []  # waiting for the delete's lock, not leasing rows about to be deleted
+            await conn.execute("DELETE FROM requests WHERE job_id = 'job_a'")
+            await conn.execute("DELETE FROM jobs WHERE id = 'job_a'")
+            await tr.commit()
+        assert got == [-1]  # and then found nothing to lease
+    finally:
+        await conn.close()
+        await store.aclose()

@@ -5,7 +5,8 @@
 
 -- name: claim
 -- $1 owner, $2 lease seconds, $3 job ids, $4 how many. SKIP LOCKED: a row another runner is claiming
--- right now is passed over, never handed out twice. The pick is a MATERIALIZED CTE, run once: as an
+-- right now is passed over, never handed out twice. KEY SHARE on the job's row: `runner delete` locks it
+-- FOR UPDATE, so no claim slips in between its check for live leases and its delete. The pick is a MATERIALIZED CTE, run once: as an
 -- `IN (subquery)` the planner may re-run it per row and lock more than $4 rows. A request whose
 -- conversation has an earlier unfinished one is skipped (one at a time, file order); the earlier one is
 -- queued or in progress in every snapshot until it is final, so this holds across processes too.
@@ -18,7 +19,7 @@ WITH picked AS MATERIALIZED (
           WHERE earlier.conversation = r.conversation AND earlier.id < r.id
             AND earlier.state IN ('queued', 'in_progress')))
     ORDER BY r.id LIMIT $4
-    FOR UPDATE OF r SKIP LOCKED)
+    FOR UPDATE OF r SKIP LOCKED FOR KEY SHARE OF jobs)
 UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = $1,
     lease_expires_at = extract(epoch FROM now())::float8 + $2,
     started_at = coalesce(started_at, extract(epoch FROM now())::float8),
