@@ -2,6 +2,7 @@
 
     python bench/run.py            # all scenarios (a few minutes)
     python bench/run.py --quick    # smaller counts, for a smoke test
+    python bench/run.py --only 6   # the PostgreSQL rows (a throwaway server, as the tests start it)
 
 The baseline is a bare aiohttp loop (no store, no retries, no pacing) against the same mock server at
 the same concurrency: the most this machine's client side can do. Figures are printed as a table.
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from runner import app  # noqa: E402
 from runner.config import Settings  # noqa: E402
+from tests.pg import PgCluster  # noqa: E402
 
 
 @contextmanager
@@ -98,7 +100,9 @@ class RunnerFigures:
     rate_limited: int
 
 
-async def runner_run(base_url: str, src: Path, db: Path, *, background: bool = False, **settings: Any) -> RunnerFigures:
+async def runner_run(
+    base_url: str, src: Path, db: Path | str, *, background: bool = False, **settings: Any
+) -> RunnerFigures:
     job = await app.submit(src, db=str(db), background=background)
     s = Settings(db=str(db), base_url=base_url, api_key="bench", **settings)
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -118,10 +122,11 @@ def row(name: str, figure: str, target: str = "") -> None:
     print(f"  {name:<58} {figure:<34} {target}", flush=True)
 
 
-async def realistic(tmp: Path, n: int, jitter: float = 0.0) -> None:
+async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None = None) -> None:
     conc, latency = 1000, 1.0
     spread = f" +- {jitter:.0%}" if jitter else ""
     label = "1b. varied latency" if jitter else "1. realistic"
+    label += ", PostgreSQL" if pg else ""
     print(f"\n{label}: {n} requests, {latency:g} s{spread} server latency, concurrency {conc}", flush=True)
     args = ("--latency", str(latency), "--latency-jitter", str(jitter))
     with mock_server(*args) as url:
@@ -129,10 +134,10 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0) -> None:
     src = tmp / "r.jsonl"
     write_requests(src, n)
     with mock_server(*args) as url:
-        r = await runner_run(url, src, tmp / f"r{jitter}.db", concurrency=conc)
+        r = await runner_run(url, src, pg.create_database() if pg else tmp / f"r{jitter}.db", concurrency=conc)
     ideal = conc / latency  # the mean latency: the jitter is symmetric
     achieved = r.completed / r.seconds
-    tag = f" ({label.split('.')[0]})"
+    tag = f" ({label.split('.')[0]}{', PostgreSQL' if pg else ''})"
     row(f"runner throughput (requests/s){tag}", f"{achieved:.0f} (ideal {ideal:.0f})")
     row(f"runner / ideal{tag}", f"{achieved / ideal:.2f}", "target >= 0.85")
     row(
@@ -142,10 +147,11 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0) -> None:
     )
 
 
-async def cpu_cost(tmp: Path, n: int) -> None:
+async def cpu_cost(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     conc = 64
+    on = ", PostgreSQL" if pg else ""
     print(
-        f"\n2. CPU cost: {n} requests, zero latency, concurrency {conc}, every result committed (median of 3)",
+        f"\n2. CPU cost{on}: {n} requests, zero latency, concurrency {conc}, every result committed (median of 3)",
         flush=True,
     )
     # This machine is a VM with noisy neighbours: the median of three runs of each, interleaved.
@@ -157,16 +163,16 @@ async def cpu_cost(tmp: Path, n: int) -> None:
         src = tmp / f"c{i}.jsonl"
         write_requests(src, n)
         with mock_server() as url:
-            runs.append(await runner_run(url, src, tmp / f"c{i}.db", concurrency=conc))
+            runs.append(await runner_run(url, src, pg.create_database() if pg else tmp / f"c{i}.db", concurrency=conc))
     bare_s, bare_cpu = sorted(bares)[1]
     r = sorted(runs, key=lambda x: x.seconds)[1]
     row(
-        "runner throughput / bare aiohttp loop",
+        f"runner throughput / bare aiohttp loop{on}",
         f"{(n / r.seconds) / (n / bare_s):.2f}",
         "reference: httpx+aiohttp, no store ~0.25",
     )
-    row("runner requests/s | bare loop requests/s", f"{n / r.seconds:.0f} | {n / bare_s:.0f}")
-    row("CPU ms per request: runner | bare loop", f"{1000 * r.cpu / n:.2f} | {1000 * bare_cpu / n:.2f}")
+    row(f"runner requests/s | bare loop requests/s{on}", f"{n / r.seconds:.0f} | {n / bare_s:.0f}")
+    row(f"CPU ms per request: runner | bare loop{on}", f"{1000 * r.cpu / n:.2f} | {1000 * bare_cpu / n:.2f}")
 
 
 async def rate_limited(tmp: Path, n: int) -> None:
@@ -195,16 +201,17 @@ async def background(tmp: Path, n: int) -> None:
     row("creates per request (no double submits)", f"{s['creates'] / n:.2f}")
 
 
-def big_file(tmp: Path, n: int) -> None:
+def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     """Submit and export of an n-line file, each in a fresh process so peak RSS is its own."""
-    print(f"\n5. big file: {n:,} lines", flush=True)
+    on = ", PostgreSQL" if pg else ""
+    print(f"\n5. big file{on}: {n:,} lines", flush=True)
     src = tmp / "big.jsonl"
     write_requests(src, n)
     os.sync()  # the file's own write-back must not be timed as part of submit
     size_mb = src.stat().st_size / 1e6
-    db = tmp / "big.db"
+    db = pg.create_database() if pg else str(tmp / "big.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
-    env["RUNNER_DB"] = str(db)
+    env["RUNNER_DB"] = db
 
     def timed(*args: str) -> tuple[float, float, str]:
         t0 = time.perf_counter()
@@ -220,7 +227,8 @@ def big_file(tmp: Path, n: int) -> None:
 
     secs, rss, out = timed("submit", str(src))
     job = out.strip().splitlines()[-1]
-    row(f"submit {n:,} lines ({size_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", TARGET_LINES)
+    target = "target >= 100,000/s" if pg else TARGET_LINES
+    row(f"submit {n:,} lines ({size_mb:.0f} MB){on}", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", target)
     # Every line answered, as after a run: a realistic Response body (about 1 KB) on each row.
     response = orjson.dumps(
         {
@@ -248,19 +256,25 @@ def big_file(tmp: Path, n: int) -> None:
             "output_text": ANSWER,
         }
     ).decode()
-    con = sqlite3.connect(db)
-    con.execute(
-        "update requests set state='completed', http_status=200, request_id='req_0123456789', response_body=?,"
-        " input_tokens=20, output_tokens=90, total_tokens=110",
-        (response,),
+    answered = (
+        "update requests set state='completed', http_status=200, request_id='req_0123456789', response_body={},"
+        " input_tokens=20, output_tokens=90, total_tokens=110"
     )
-    con.commit()
-    con.close()
+    if pg:
+        pg.sql(answered.format("'" + response.replace("'", "''") + "'"), db.rsplit("/", 1)[1])
+        pg.sql("VACUUM ANALYZE requests", db.rsplit("/", 1)[1])
+    else:
+        con = sqlite3.connect(db)
+        con.execute(answered.format("?"), (response,))
+        con.commit()
+        con.close()
     os.sync()
     out_file = tmp / "big.out.jsonl"
     secs, rss, _ = timed("export", job, "-o", str(out_file))
     out_mb = out_file.stat().st_size / 1e6
-    row(f"export {n:,} results ({out_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", TARGET_LINES)
+    row(f"export {n:,} results ({out_mb:.0f} MB){on}", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB", TARGET_LINES)
+    if pg:
+        return
     pq_file = tmp / "big.parquet"
     secs, rss, _ = timed("export", job, "--format", "parquet", "-o", str(pq_file))
     pq_mb = pq_file.stat().st_size / 1e6
@@ -274,7 +288,7 @@ async def main() -> None:
     p.add_argument("--big", type=int, default=None, help="lines for the big-file scenario (default 1,000,000)")
     ns = p.parse_args()
     q = ns.quick
-    wanted = set(ns.only or [1, 2, 3, 4, 5])
+    wanted = set(ns.only or [1, 2, 3, 4, 5, 6])
     print(f"runner benchmark on {os.cpu_count()} cores, 127.0.0.1 only")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -290,6 +304,16 @@ async def main() -> None:
             await background(tmp, 500 if q else 2000)
         if 5 in wanted:
             big_file(tmp, ns.big or (100_000 if q else 1_000_000))
+        if 6 in wanted:
+            # The PostgreSQL rows: scenarios 2 and 1b with one runner process, and the big file.
+            pg = PgCluster()
+            pg.start()
+            try:
+                await cpu_cost(tmp, 2000 if q else 5000, pg)
+                await realistic(tmp, 2000 if q else 10_000, jitter=0.5, pg=pg)
+                big_file(tmp, ns.big or (100_000 if q else 1_000_000), pg)
+            finally:
+                pg.stop()
     print("\nsummary")
     for name, figure, target in ROWS:
         print(f"| {name} | {figure} | {target} |")

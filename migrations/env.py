@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
+from runner.store.migrate import include_object
 from runner.store.tables import metadata
 
 config = context.config
@@ -15,7 +16,12 @@ config = context.config
 
 def _run(connection: Connection) -> None:
     # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        include_object=include_object(connection.dialect.name),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -8,7 +8,6 @@ merge writes their outcomes through the ordinary guarded write-back as that owne
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from sqlalchemy import case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
-from runner.store.reports import _json_field
+from runner.store.dialect import big_sum, json_field
 from runner.store.store import Store, bounded_total
 from runner.store.tables import batches, requests
 from runner.usage import UsageCounts
@@ -53,7 +52,7 @@ PACKED, UPLOADED, CREATED, MERGED = "packed", "uploaded", "created", "merged"
 
 def _now(store: Store) -> float:
     # The store's clock (tests move it on) when this Store has one to lend; the wall clock otherwise.
-    clock: Callable[[], float] = getattr(store, "clock", time.time)
+    clock: Callable[[], float] = store.clock
     return clock()
 
 
@@ -297,13 +296,13 @@ async def usage_by_model_and_lane(store: Store, job_id: str) -> list[LaneUsage]:
     """Token sums per billed model and lane: `batch` when the Batch API answered, `flex` when the response
     reports the flex tier (the tier that ran it, which may differ from the one asked for), else `sync`."""
     # The same field readers as the report's usage by model, so both agree on what a row's model is.
-    model = func.coalesce(_json_field(requests.c.response_body, "$.model"), _json_field(requests.c.body, "$.model"))
+    model = func.coalesce(json_field(requests.c.response_body, "model"), json_field(requests.c.body, "model"))
     lane = case(
         (requests.c.lane == "batch", "batch"),
-        (_json_field(requests.c.response_body, "$.service_tier") == "flex", "flex"),
+        (json_field(requests.c.response_body, "service_tier") == "flex", "flex"),
         else_="sync",
     )
-    sums = [func.coalesce(func.sum(c), 0) for c in _USAGE]
+    sums = [big_sum(c) for c in _USAGE]  # never an overflow (see dialect.big_sum)
     stmt = (
         select(model.label("model"), lane.label("lane"), func.count(), *sums)
         .where(

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 # The newest migration. A store already at this revision opens without loading Alembic at all (that
 # import is a third of a CLI start); tests/integration/test_migrations.py checks it matches the scripts.
 HEAD_REVISION = "0007"
 
 
-def _current_revision(conn: Connection) -> str | None:
-    try:
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
-    except Exception:  # no alembic_version table yet: a new file
+def include_object(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """An Alembic `include_object` hook for `dialect`: leaves out what tables.py declares for another
+    database only (`info={"only_on": ...}`), which Alembic's comparison would otherwise call missing."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        only_on = getattr(obj, "info", {}).get("only_on")
+        return only_on is None or only_on == dialect
+
+    return include
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The store's schema revision, or None for a database without one (a new store)."""
+    # Asked, not tried: on PostgreSQL a failed SELECT would spoil the transaction the upgrade runs in.
+    if not inspect(conn).has_table("alembic_version"):
         return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
 
 
 def upgrade(conn: Connection) -> None:
     """Bring the schema on `conn` to HEAD_REVISION (the caller holds the backend's migration lock)."""
-    if _current_revision(conn) == HEAD_REVISION:
+    if current_revision(conn) == HEAD_REVISION:
         return
     from alembic import command
     from alembic.config import Config

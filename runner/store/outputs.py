@@ -8,7 +8,6 @@ Core (no SQLite-only function), so the same code runs on PostgreSQL.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -148,7 +147,7 @@ async def record_checks(store: Store, owner: str, records: Sequence[CheckRecord]
     """
     if not records:
         return
-    now = time.time()
+    now = store.clock()
     latest = {r.request_id: r for r in records}  # one check per request and commit (the last one)
     ids = list(latest)
 

@@ -11,7 +11,6 @@ the `reused_*` columns, so "tokens reused" survives the deletion of the job it c
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +80,7 @@ async def reuse_answers(
     held for milliseconds.
     """
     src = requests.alias("src")
-    now = time.time()  # the Store's own clock is private; reuse compares no leases, wall time will do
+    now = store.clock()
     stmt = (
         update(requests)
         .where(

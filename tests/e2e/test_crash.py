@@ -50,19 +50,37 @@ def _seed() -> int:
 
 
 class Peek:
-    """A read-only look into the job store while runner processes write to it."""
+    """A read-only look into the job store while runner processes write to it (SQL with `?` parameters)."""
 
-    def __init__(self, db: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    def __init__(self, cli: Cli) -> None:
+        self.url = cli.url
+        if cli.url is None:
+            self.conn = sqlite3.connect(f"file:{cli.db}?mode=ro", uri=True, timeout=10, isolation_level=None)
+            return
+        # PostgreSQL: one asyncpg connection, driven synchronously on a loop of its own.
+        import asyncio
 
-    def one(self, sql: str, *args: Any) -> Any:
-        return self.conn.execute(sql, args).fetchone()[0]
+        import asyncpg
+
+        self.loop = asyncio.new_event_loop()
+        self.pg = self.loop.run_until_complete(asyncpg.connect(cli.url))
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, args).fetchall()
+        if self.url is None:
+            return self.conn.execute(sql, args).fetchall()
+        parts = sql.split("?")
+        numbered = "".join(f"{p}${i}" for i, p in enumerate(parts[:-1], start=1)) + parts[-1]
+        return [tuple(r) for r in self.loop.run_until_complete(self.pg.fetch(numbered, *args))]
+
+    def one(self, sql: str, *args: Any) -> Any:
+        return self.rows(sql, *args)[0][0]
 
     def close(self) -> None:
-        self.conn.close()
+        if self.url is None:
+            self.conn.close()
+        else:
+            self.loop.run_until_complete(self.pg.close())
+            self.loop.close()
 
 
 @pytest.fixture
@@ -70,7 +88,7 @@ def peek(cli: Cli) -> Iterator[Callable[[], Peek]]:
     opened: list[Peek] = []
 
     def make() -> Peek:
-        p = Peek(cli.db)
+        p = Peek(cli)
         opened.append(p)
         return p
 
@@ -87,8 +105,11 @@ def _kill(p: subprocess.Popen[str]) -> tuple[int, str]:
     return p.returncode, err
 
 
-def _integrity(db: Path) -> str:
-    with closing(sqlite3.connect(db)) as conn:
+def _integrity(cli: Cli) -> str:
+    if cli.url is not None:  # PostgreSQL checks its own pages; `runner doctor` checks the store
+        r = cli("doctor")
+        return "ok" if r.returncode == 0 and "integrity_check: ok" in r.stdout else r.stdout + r.stderr
+    with closing(sqlite3.connect(cli.db)) as conn:
         return "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
 
 
@@ -211,7 +232,7 @@ def _check_final(
     bad = [x["custom_id"] for x in exported if (x["response"] or {}).get("body", {}).get("status") != "completed"]
     assert not bad, f"not completed: {bad[:10]} (seed {seed})"
     assert _states(cli, job) == {"completed": lines}, f"not all completed (seed {seed})"
-    assert _integrity(cli.db) == "ok", f"integrity check failed (seed {seed})"
+    assert _integrity(cli) == "ok", f"integrity check failed (seed {seed})"
     return exported
 
 
@@ -227,20 +248,25 @@ def _usage_of_bodies(exported: list[dict[str, Any]]) -> dict[str, int]:
     return total
 
 
+def _query(cli: Cli, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    p = Peek(cli)
+    try:
+        return p.rows(sql, *args)
+    finally:
+        p.close()
+
+
 def _states(cli: Cli, job: str) -> dict[str, int]:
-    with closing(sqlite3.connect(cli.db)) as conn:
-        return dict(conn.execute("select state, count(*) from requests where job_id=? group by state", (job,)))
+    return dict(_query(cli, "select state, count(*) from requests where job_id=? group by state", job))
 
 
 def _db_usage(cli: Cli, job: str) -> dict[str, int]:
-    with closing(sqlite3.connect(cli.db)) as conn:
-        row = conn.execute(f"select {', '.join(f'sum({k})' for k in USAGE_KEYS)} from requests where job_id=?", (job,))
-        return dict(zip(USAGE_KEYS, row.fetchone(), strict=True))
+    [row] = _query(cli, f"select {', '.join(f'sum({k})' for k in USAGE_KEYS)} from requests where job_id=?", job)
+    return {k: int(v) for k, v in zip(USAGE_KEYS, row, strict=True)}
 
 
 def _attempts(cli: Cli, job: str) -> dict[int, int]:
-    with closing(sqlite3.connect(cli.db)) as conn:
-        return dict(conn.execute("select line_no, attempts from requests where job_id=?", (job,)).fetchall())
+    return dict(_query(cli, "select line_no, attempts from requests where job_id=?", job))
 
 
 # -- A: foreground runs killed mid-flight ------------------------------------------------------------
@@ -248,8 +274,15 @@ def _attempts(cli: Cli, job: str) -> dict[int, int]:
 
 @pytest.mark.timeout(LOOP_TIMEOUT)
 def test_kill_loop_foreground(
-    cli: Cli, mock_factory: Any, tmp_path: Path, peek: Callable[[], Peek], procs: list[subprocess.Popen[str]]
+    cli: Cli,
+    mock_factory: Any,
+    tmp_path: Path,
+    peek: Callable[[], Peek],
+    procs: list[subprocess.Popen[str]],
+    store_db: str,
 ) -> None:
+    if "://" in store_db:  # PostgreSQL: the same loop on a fresh database
+        cli.url = store_db
     seed = _seed()
     rng = random.Random(seed)
     kills = _kills(0.4)
@@ -453,7 +486,7 @@ def test_kill_loop_submit(
     assert cli.submit(src) == job
     assert db.one("select total from jobs where id=? and phase='ready'", job) == lines
     assert _states(cli, job) == {"queued": lines}
-    assert _integrity(cli.db) == "ok", f"integrity check failed (seed {seed})"
+    assert _integrity(cli) == "ok", f"integrity check failed (seed {seed})"
     print(
         f"scenario C (submit): kills {kills} · requests {lines} · duplicates fg 0 / bg 0"
         f" · half-staged jobs left by kills {partial_seen} · published before the kill {published}"

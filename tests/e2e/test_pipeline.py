@@ -25,7 +25,9 @@ def _mock_usage(stats: dict[str, Any]) -> dict[str, int]:
     return {k: int(stats["usage"][k]) for k in USAGE_KEYS}
 
 
-def test_happy_path_500_lines(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+def test_happy_path_500_lines(cli: Cli, mock_factory: Any, tmp_path: Path, store_db: str) -> None:
+    if "://" in store_db:  # PostgreSQL: the same run against a fresh database
+        cli.url = store_db
     mock = mock_factory("--api-key", KEY)
     cli.env["OPENAI_API_KEY"] = KEY
     src = write_jobfile(tmp_path / "in.jsonl", 500)
@@ -257,6 +259,8 @@ def test_runs_from_a_built_wheel_with_its_migrations(cli: Cli, tmp_path: Path) -
     assert "runner/_migrations/versions/0001_jobs_and_requests.py" in names
     assert "runner/_migrations/env.py" in names
     assert "runner_mock/__main__.py" in names  # the fake API ships beside runner, as a package of its own
+    # Each backend's hot SQL is a data file read at import: a wheel without it could not open a store.
+    assert {"runner/store/sqlite/hot.sql", "runner/store/postgres/hot.sql"} <= set(names)
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     src = write_jobfile(tmp_path / "in.jsonl", 3)

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from runner.store import Store
-from runner.store.migrate import HEAD_REVISION
+from runner.store.migrate import HEAD_REVISION, include_object
 from runner.store.tables import metadata
 
 
@@ -36,7 +36,8 @@ def schema_diff(db: Path) -> list[Any]:
     engine = create_engine(f"sqlite:///{db}")
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            opts = {"compare_type": True, "compare_server_default": True, "include_object": include_object("sqlite")}
+            ctx = MigrationContext.configure(conn, opts=opts)
             diff: list[Any] = compare_metadata(ctx, metadata)
             return diff
     finally:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,8 +12,14 @@ from runner.store.tables import requests
 from tests.integration.test_store import LEASE, db_row, done, make_job
 
 
+@pytest.fixture
+def db(store_db: str) -> str:
+    """These run on each backend: a file for SQLite, a fresh database for PostgreSQL."""
+    return store_db
+
+
 @pytest.mark.anyio
-async def test_a_row_the_store_refuses_fails_alone_and_the_rest_of_the_commit_lands(store: Store, db: Path) -> None:
+async def test_a_row_the_store_refuses_fails_alone_and_the_rest_of_the_commit_lands(store: Store, db: str) -> None:
     await make_job(store, "job_a", 4)
     c = await store.claim("me", ["job_a"], 4, LEASE)
     outcomes = [
@@ -39,7 +43,7 @@ async def test_a_row_the_store_refuses_fails_alone_and_the_rest_of_the_commit_la
 
 
 @pytest.mark.anyio
-async def test_job_totals_do_not_overflow(store: Store, db: Path) -> None:
+async def test_job_totals_do_not_overflow(store: Store, db: str) -> None:
     await make_job(store, "job_a", 3)
     c = await store.claim("me", ["job_a"], 3, LEASE)
     await store.apply("me", [done(x.id, UsageCounts(1, 0, 1, 0, 2)) for x in c])

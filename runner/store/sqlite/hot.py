@@ -6,6 +6,7 @@ round trip to aiosqlite's thread for BEGIN, for every statement and for COMMIT. 
 by one function against a DB-API connection, called once per transaction: in a worker thread on a plain
 sqlite3 connection (`HotConnection`), or, for a store without a file, inside the async engine's own
 transaction. The guards are the same as everywhere in the store: `WHERE state = ... AND lease_owner = me`.
+The SQL itself is in hot.sql, as named blocks.
 """
 
 from __future__ import annotations
@@ -22,18 +23,13 @@ import anyio.to_thread
 import orjson
 
 from runner.errors import StoreError
-from runner.states import ACTIVE, TERMINAL, RequestState
+from runner.states import TERMINAL, RequestState
 from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+from runner.store.sqlfile import blocks
 from runner.store.sqlite.engine import rw_uri
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-Q = RequestState.QUEUED.value
-IP = RequestState.IN_PROGRESS.value
-CANCELLED = RequestState.CANCELLED.value
-FAILED = RequestState.FAILED.value
-_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))  # queued or in progress, as an SQL list
 
 
 class Cursor(Protocol):
@@ -54,27 +50,15 @@ class DBAPIConnection(Protocol):
 
 # -- claim ------------------------------------------------------------------------------------------------
 
-_CLAIM = f"""
-UPDATE requests SET state = '{IP}', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?,
-    started_at = coalesce(started_at, ?), submitted_at = ?, updated_at = ?
-WHERE id IN (
-    SELECT requests.id FROM requests JOIN jobs ON jobs.id = requests.job_id
-    WHERE requests.state = '{Q}' AND requests.next_attempt_at <= ? AND requests.job_id IN ({{jobs}})
-      AND jobs.cancelled_at IS NULL
-      AND (requests.conversation IS NULL OR NOT EXISTS (
-          SELECT 1 FROM requests AS earlier
-          WHERE earlier.conversation = requests.conversation AND earlier.id < requests.id
-            AND earlier.state IN ({_ACTIVE})))
-    ORDER BY requests.id LIMIT ?)
-  AND state = '{Q}'
-RETURNING id, job_id, line_no, custom_id, body, attempts
-"""
+# The statements are named blocks of hot.sql (read once): plain SQL, not f-strings.
+_SQL = blocks("sqlite", "hot.sql")
+_CLAIM = _SQL["claim"]
 
 
 @functools.cache
 def _claim_sql(jobs: int) -> str:
     # One `?` per job id: the block's text for each number of jobs is made once, not at every claim.
-    return _CLAIM.format(jobs=", ".join("?" * jobs))
+    return _CLAIM.replace("/*job_ids*/ ?", ", ".join("?" * jobs))
 
 
 def claim(
@@ -93,45 +77,20 @@ def claim(
 
 # -- outcomes ---------------------------------------------------------------------------------------------
 
-_GUARD = f"id = ? AND state = '{IP}' AND lease_owner = ?"
-# Shared by both kinds of outcome: error fields, 429 count, send time, and the lease given up.
-_COMMON = (
-    "http_status = coalesce(?, http_status), request_id = coalesce(?, request_id), error_code = ?,"
-    " error_message = ?, rate_limited = rate_limited + ?, submitted_at = coalesce(?, submitted_at),"
-    " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-)
-_FINISH = (
-    "UPDATE requests SET state = ?, response_body = ?, input_tokens = ?, cached_tokens = ?, output_tokens = ?,"
-    f" reasoning_tokens = ?, total_tokens = ?, finished_at = ?, {_COMMON} WHERE {_GUARD}"
-)
-_REQUEUE = (
-    f"UPDATE requests SET state = '{Q}', next_attempt_at = ?, attempts = attempts - ?,"
-    f" response_id = CASE WHEN ? THEN NULL ELSE response_id END, {_COMMON} WHERE {_GUARD}"
-)
+_FINISH = _SQL["finish"]
+_REQUEUE = _SQL["requeue"]
 # A row the store refused to take (a value SQLite cannot hold): failed, with the reason and nothing else,
 # so it is final (never claimed and sent again) and every value in it is the runner's own.
 STORE_REFUSED = "store_refused"
-_REFUSE_ROW = (
-    f"UPDATE requests SET state = '{FAILED}', response_body = NULL, input_tokens = 0, cached_tokens = 0,"
-    f" output_tokens = 0, reasoning_tokens = 0, total_tokens = 0, error_code = '{STORE_REFUSED}',"
-    " error_message = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-    f" WHERE {_GUARD}"
-)
+_REFUSE_ROW = _SQL["refuse_row"]
 # What one row's values can make SQLite or its binding raise (an int over 64 bits, a string it cannot
 # encode). SQLite undoes a failed statement by itself, so the rest of the transaction stands without a
 # SAVEPOINT per row (which would cost two more statements for every result on the hot path).
 _ROW_ERRORS = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)
-_SET_RESPONSE_ID = (
-    "UPDATE requests SET response_id = ?, request_id = ?, submitted_at = coalesce(?, submitted_at), updated_at = ?"
-    f" WHERE {_GUARD} AND response_id IS NULL"
-)
-_RESPONSE_ID_OF = "SELECT response_id, lease_owner FROM requests WHERE id = ?"
-_CANCEL_IF_JOB_CANCELLED = (
-    f"UPDATE requests SET state = '{CANCELLED}', finished_at = ?, updated_at = ?, error_code = 'cancelled',"
-    " error_message = 'the job was cancelled'"
-    f" WHERE state = '{Q}' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)"
-)
-_CANCEL_REQUEUED_IN_CANCELLED_JOB = f"{_CANCEL_IF_JOB_CANCELLED} AND id = ?"
+_SET_RESPONSE_ID = _SQL["set_response_id"]
+_RESPONSE_ID_OF = _SQL["response_id_of"]
+_CANCEL_IF_JOB_CANCELLED = _SQL["cancel_if_job_cancelled"]
+_CANCEL_REQUEUED_IN_CANCELLED_JOB = _SQL["cancel_requeued_in_cancelled_job"]
 
 
 def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequence[int] | None = None) -> None:
@@ -144,13 +103,8 @@ def cancel_requeued_in_cancelled_jobs(db: DBAPIConnection, now: float, ids: Sequ
         cur.executemany(_CANCEL_REQUEUED_IN_CANCELLED_JOB, [(now, now, i) for i in ids])
 
 
-# Inserted before the outcome's own UPDATE, under the same guard: an outcome the store refuses (the lease
-# was lost) leaves no attempt row either, and the row still holds the attempt count and response id.
-_RECORD_ATTEMPT = (
-    "INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_status, api_request_id,"
-    " response_id, error_code, error_message)"
-    f" SELECT id, attempts, ?, coalesce(?, submitted_at), ?, ?, ?, response_id, ?, ? FROM requests WHERE {_GUARD}"
-)
+# Inserted before the outcome's own UPDATE, under the same guard (see hot.sql).
+_RECORD_ATTEMPT = _SQL["record_attempt"]
 
 
 def record_attempts(db: DBAPIConnection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
@@ -253,22 +207,10 @@ def apply(
 
 # -- submit -----------------------------------------------------------------------------------------------
 
-_INSERT_COLUMNS = (
-    "INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, created_at, state, attempts,"
-    " next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)"
-)
-INSERT_REQUEST = f"{_INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, '{Q}', 0, 0.0, 0, 0, 0, 0, 0, 0)"
-# SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
-# end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
-_INSERT_REQUESTS_JSON = (
-    f"{_INSERT_COLUMNS} SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    f" json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), ?, '{Q}', 0, 0.0,"
-    " 0, 0, 0, 0, 0, 0"
-    " FROM json_each(?)"
-)
-
-
-_JSON1_PROBE = "SELECT json('[]')"
+INSERT_REQUEST = _SQL["insert_request"]
+# One JSON array per chunk, unpacked by SQLite in C (see hot.sql).
+_INSERT_REQUESTS_JSON = _SQL["insert_requests_json"]
+_JSON1_PROBE = _SQL["json1_probe"]
 
 
 def has_json1(db: DBAPIConnection) -> bool:

@@ -1,0 +1,185 @@
+"""The Store's plumbing, shared by its parts: lifetime, transactions (shielded, retried), and "now".
+
+`Store` (store.py) is made of small parts, each owning one kind of question (jobs.py, leases.py,
+writeback.py, reading.py); all of them ask through `read()` / `write()` here, and how a given database
+answers is its `Backend`'s (backend.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from runner.states import ACTIVE, TERMINAL, RequestState
+from runner.store.backend import Backend, retrying
+from runner.store.dialect import json_field
+from runner.store.models import JobRow
+from runner.store.tables import requests
+
+__all__ = ["StoreCore", "bounded_total", "place_log"]
+
+log = logging.getLogger(__name__)
+# Which store a command uses: "created store PATH" (INFO, said by the app once a command that made a new
+# store succeeded), "using store PATH" (DEBUG) on every open. The CLI shows the first always and the
+# second at -v, each path once.
+place_log = logging.getLogger("runner.store.place")
+T = TypeVar("T")
+
+Q = RequestState.QUEUED.value
+IP = RequestState.IN_PROGRESS.value
+_TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
+_ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
+
+
+def _job_row(r: Any) -> JobRow:
+    return JobRow(
+        id=r.id,
+        name=r.name,
+        source=r.source,
+        background=bool(r.background),
+        total=r.total,
+        created_at=r.created_at,
+        started_at=r.started_at,
+        cancelled_at=r.cancelled_at,
+    )
+
+
+EXPORT_CHUNK = 2000
+# A stored body that is not JSON gives NULL, never an error that would stop an export (dialect.json_field).
+_STORED_OUTPUT_TEXT = json_field(requests.c.response_body, "output_text")
+# What a worker needs of a request it leases (Claimed's fields, in order).
+_CLAIMED_COLUMNS = (
+    requests.c.id,
+    requests.c.job_id,
+    requests.c.line_no,
+    requests.c.custom_id,
+    requests.c.body,
+    requests.c.attempts,
+)
+_USAGE_COLS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
+
+def bounded_total(value: Any) -> int:
+    """A token sum from SQLite's TOTAL() (a float, never an overflow) as a non-negative int.
+
+    Every stored count is bounded (runner/reply.py), so a sum is exact up to 2^53 and close beyond it;
+    rows written before the bounds existed may hold negatives, and a sum never goes below 0 for them.
+    """
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return int(value)
+    return 0
+
+
+class StoreCore:
+    """What every part of the Store uses: the backend, the clock, and the transaction helpers."""
+
+    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+        self._backend = backend
+        # Every time the store writes or compares (leases, claims, finished_at) comes from here, so a test can
+        # move time on instead of sleeping, and another backend can take it from the database.
+        self._clock = clock
+        self.created = False  # this open made the file (the caller announces it, or removes it on failure)
+
+    def _now(self) -> ColumnElement[float]:
+        """ "Now" for a query: the clock's time as a value on SQLite, the database's own clock on PostgreSQL."""
+        return self._backend.now_sql(self._clock)
+
+    def now_sql(self) -> ColumnElement[float]:
+        """ "Now" for a query of a module beside the Store (fleet, batches, outputs, reuse): see `_now`."""
+        return self._now()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The Store's clock (epoch seconds), for times a module beside the Store computes in Python."""
+        return self._clock
+
+    @property
+    def place(self) -> str:
+        """The store as it may be shown: its file, or its URL with the password masked."""
+        return self._backend.place
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine under the store."""
+        return self._backend.engine
+
+    @property
+    def path(self) -> Path | None:
+        """The store's file (absolute), or None when it has none."""
+        return self._backend.path
+
+    def check_file(self) -> None:
+        """Raise StoreReplaced when the file this store opened is no longer the one at its path."""
+        self._backend.check_file()
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._backend.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _retry(self, fn: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(self._backend.is_transient, fn)
+
+    async def write(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `fn` in one short IMMEDIATE transaction, shielded so a cancel never loses a commit."""
+
+        async def once() -> T:
+            async with self.engine.begin() as conn:
+                return await fn(conn)
+
+        with anyio.CancelScope(shield=True):
+            try:
+                result = await self._retry(once)
+            except self._backend.errors as e:
+                problem = self._backend.file_problem(e)
+                if problem is None:
+                    raise
+                raise problem from None
+        return result
+
+    async def _hot(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run one of the backend's hot statements (its own transaction), shielded and retried like `write`."""
+        with anyio.CancelScope(shield=True):
+            try:
+                result = await self._retry(op)
+            except self._backend.errors as e:
+                problem = self._backend.file_problem(e)
+                if problem is None:
+                    raise
+                raise problem from None
+        return result
+
+    async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `fn` in one read-only transaction (a consistent snapshot), retried while the database is busy."""
+
+        async def once() -> T:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(readonly=True)
+                return await fn(conn)
+
+        try:
+            return await self._retry(once)
+        except self._backend.errors as e:
+            problem = self._backend.file_problem(e)
+            if problem is None:
+                raise
+            raise problem from None

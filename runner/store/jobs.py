@@ -1,0 +1,265 @@
+"""The Store's jobs: submit (staging, inserting, publishing), finding and listing, cancel, retry, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runner.errors import JobBusy, JobNotFound
+from runner.states import RequestState
+from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
+from runner.store.models import JobRow, NewRequest
+from runner.store.tables import jobs, requests
+
+__all__ = ["JobsPart"]
+
+
+class JobsPart(StoreCore):
+    """The Store's jobs: submit (staging, inserting, publishing), finding and listing, cancel, retry, delete."""
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def begin_job(
+        self, *, job_id: str, name: str, source: str, fingerprint: str, background: bool, staged_by: str
+    ) -> None:
+        """Create a job in the invisible "staging" phase."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    name=name,
+                    source=source,
+                    fingerprint=fingerprint,
+                    background=background,
+                    total=0,
+                    phase="staging",
+                    staged_by=staged_by,
+                    created_at=self._now(),
+                )
+            )
+
+        await self.write(go)
+
+    async def add_requests(self, job_id: str, rows: Sequence[NewRequest]) -> None:
+        """Insert one chunk of a staging job's lines; DuplicateCustomId if a custom_id is already in the job."""
+        if not rows:
+            return
+        now = self._clock()
+        await self._hot(lambda: self._backend.insert(job_id, rows, now))
+
+    async def lines_of_custom_ids(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
+        """custom_id -> line number, for those of `custom_ids` the job already holds."""
+
+        async def go(conn: AsyncConnection) -> dict[str, int]:
+            rows = await conn.execute(
+                select(requests.c.custom_id, requests.c.line_no).where(
+                    requests.c.job_id == job_id, requests.c.custom_id.in_(list(custom_ids))
+                )
+            )
+            return {r.custom_id: r.line_no for r in rows}
+
+        return await self.read(go)
+
+    async def publish_job(self, job_id: str, total: int) -> None:
+        """Make a fully staged job visible: from here on it can be run, listed and exported."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.phase == "staging")
+                .values(phase="ready", total=total, staged_by=None)
+            )
+
+        await self.write(go)
+
+    async def drop_job(self, job_id: str) -> None:
+        """Delete a job and its requests."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(delete(requests).where(requests.c.job_id == job_id))
+            await conn.execute(delete(jobs).where(jobs.c.id == job_id))
+
+        await self.write(go)
+
+    async def drop_abandoned_staging(self, is_abandoned: Callable[[str | None], bool]) -> list[str]:
+        """Delete staging jobs whose submitting process is gone (a submit killed half way)."""
+
+        async def find(conn: AsyncConnection) -> list[tuple[str, str | None]]:
+            rows = await conn.execute(select(jobs.c.id, jobs.c.staged_by).where(jobs.c.phase == "staging"))
+            return [(r.id, r.staged_by) for r in rows]
+
+        dropped = [jid for jid, by in await self.read(find) if is_abandoned(by)]
+        for jid in dropped:
+            await self.drop_job(jid)
+        return dropped
+
+    async def find_job_by_fingerprint(self, fingerprint: str) -> str | None:
+        """The id of a published job with this fingerprint, if any."""
+
+        async def go(conn: AsyncConnection) -> str | None:
+            r = await conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.fingerprint == fingerprint, jobs.c.phase == "ready")
+                .order_by(jobs.c.created_at.desc())
+                .limit(1)
+            )
+            return r.scalar_one_or_none()
+
+        return await self.read(go)
+
+    async def get_job(self, job_id: str) -> JobRow:
+        """A published job, or JobNotFound."""
+
+        async def go(conn: AsyncConnection) -> JobRow:
+            r = (await conn.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.phase == "ready"))).one_or_none()
+            if r is None:
+                raise JobNotFound(job_id)
+            return _job_row(r)
+
+        return await self.read(go)
+
+    async def list_jobs(self) -> list[JobRow]:
+        """Every published job, oldest first."""
+
+        async def go(conn: AsyncConnection) -> list[JobRow]:
+            rows = await conn.execute(select(jobs).where(jobs.c.phase == "ready").order_by(jobs.c.created_at))
+            return [_job_row(r) for r in rows]
+
+        return await self.read(go)
+
+    async def unfinished_job_ids(self) -> list[str]:
+        """Published, uncancelled jobs that still have queued or in-progress requests."""
+
+        async def go(conn: AsyncConnection) -> list[str]:
+            is_active = requests.c.state.in_(_ACTIVE_VALUES)
+            active = select(literal(1)).where(requests.c.job_id == jobs.c.id, is_active).exists()
+            rows = await conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.phase == "ready", jobs.c.cancelled_at.is_(None), active)
+                .order_by(jobs.c.created_at)
+            )
+            return [r.id for r in rows]
+
+        return await self.read(go)
+
+    async def mark_started(self, job_ids: Sequence[str]) -> None:
+        """Remember when a job was first run (for elapsed time and throughput)."""
+
+        async def go(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None)).values(started_at=self._now())
+            )
+
+        await self.write(go)
+
+    # -- cancel and retry -------------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: str) -> tuple[int, list[tuple[int, str]]]:
+        """Cancel queued requests and mark the job cancelled; returns (cancelled, in-flight background ids)."""
+        await self.get_job(job_id)
+        now = self._now()
+
+        async def go(conn: AsyncConnection) -> tuple[int, list[tuple[int, str]]]:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=now))
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.job_id == job_id, requests.c.state == Q)
+                .values(
+                    state=RequestState.CANCELLED.value,
+                    finished_at=now,
+                    updated_at=now,
+                    error_code="cancelled",
+                    error_message="cancelled before it was sent",
+                )
+            )
+            bg = await conn.execute(
+                select(requests.c.id, requests.c.response_id).where(
+                    requests.c.job_id == job_id, requests.c.state == IP, requests.c.response_id.is_not(None)
+                )
+            )
+            return int(r.rowcount), [(x.id, x.response_id) for x in bg]
+
+        return await self.write(go)
+
+    async def retry_job(self, job_id: str) -> int:
+        """Failed requests back to queued with fresh attempts; the job is un-cancelled."""
+        await self.get_job(job_id)
+        now = self._now()
+
+        async def go(conn: AsyncConnection) -> int:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=None))
+            r = await conn.execute(
+                update(requests)
+                .where(requests.c.job_id == job_id, requests.c.state == RequestState.FAILED.value)
+                .values(
+                    state=Q,
+                    attempts=0,
+                    next_attempt_at=0.0,
+                    response_id=None,
+                    finished_at=None,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=now,
+                )
+            )
+            return int(r.rowcount)
+
+        return await self.write(go)
+
+    async def all_job_ids(self) -> list[str]:
+        """Ids of every published job."""
+        return [j.id for j in await self.list_jobs()]
+
+    async def holds_nothing(self) -> bool:
+        """Whether the store has no job at all, not even one being submitted by another process."""
+
+        async def go(conn: AsyncConnection) -> bool:
+            return (await conn.execute(select(func.count()).select_from(jobs))).scalar_one() == 0
+
+        return await self.read(go)
+
+    # -- housekeeping -----------------------------------------------------------------------------
+
+    async def jobs_created_before(self, cutoff: float) -> list[JobRow]:
+        """Published jobs created before `cutoff` (epoch seconds), oldest first."""
+        return [j for j in await self.list_jobs() if j.created_at < cutoff]
+
+    async def delete_jobs(self, job_ids: Sequence[str], owner_is_dead: Callable[[str | None], bool]) -> int:
+        """Delete published jobs and their requests, all or none; returns the number of requests deleted.
+
+        JobNotFound for an unknown id; JobBusy when a live runner holds a lease on one of them. The check
+        and the delete share one IMMEDIATE transaction, so no runner can claim in between.
+        """
+        now = self._now()
+        ids = list(dict.fromkeys(job_ids))
+
+        async def go(conn: AsyncConnection) -> int:
+            # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction already excludes writers): claims take a
+            # key-share lock on their job's row, so none can lease a row of these jobs between check and delete.
+            found = await conn.execute(
+                select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready").with_for_update()
+            )
+            missing = set(ids) - {r.id for r in found}
+            if missing:
+                raise JobNotFound(next(j for j in ids if j in missing))
+            held = await conn.execute(
+                select(requests.c.job_id, requests.c.lease_owner)
+                .where(
+                    requests.c.job_id.in_(ids),
+                    requests.c.state == IP,
+                    requests.c.lease_owner.is_not(None),
+                    requests.c.lease_expires_at >= now,
+                )
+                .distinct()
+            )
+            for job_id, owner in held:
+                if not owner_is_dead(owner):
+                    raise JobBusy(job_id, [owner])
+            r = await conn.execute(delete(requests).where(requests.c.job_id.in_(ids)))
+            await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+            return int(r.rowcount)
+
+        return await self.write(go)

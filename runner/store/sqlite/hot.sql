@@ -1,0 +1,90 @@
+-- The SQLite backend's hot statements (runner/store/sqlite/hot.py runs them on a plain sqlite3 connection).
+-- Times are parameters: on one host the Store's clock is the clock. States are written out;
+-- tests/unit/test_sql_states.py checks each one exists in runner/states.py and each change is allowed.
+
+-- name: claim
+-- Lease up to n due, queued requests in file order. `/*job_ids*/ ?` becomes one `?` per job id.
+-- A request whose conversation has an earlier unfinished one is skipped: one at a time, in order.
+UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?,
+    started_at = coalesce(started_at, ?), submitted_at = ?, updated_at = ?
+WHERE id IN (
+    SELECT requests.id FROM requests JOIN jobs ON jobs.id = requests.job_id
+    WHERE requests.state = 'queued' AND requests.next_attempt_at <= ? AND requests.job_id IN (/*job_ids*/ ?)
+      AND jobs.cancelled_at IS NULL
+      AND (requests.conversation IS NULL OR NOT EXISTS (
+          SELECT 1 FROM requests AS earlier
+          WHERE earlier.conversation = requests.conversation AND earlier.id < requests.id
+            AND earlier.state IN ('in_progress', 'queued')))
+    ORDER BY requests.id LIMIT ?)
+  AND state = 'queued'
+RETURNING id, job_id, line_no, custom_id, body, attempts
+
+-- name: finish
+-- A final outcome, under the lease: state, body, usage, finished_at, then the fields every outcome sets.
+UPDATE requests SET state = ?, response_body = ?, input_tokens = ?, cached_tokens = ?, output_tokens = ?,
+    reasoning_tokens = ?, total_tokens = ?, finished_at = ?,
+    http_status = coalesce(?, http_status), request_id = coalesce(?, request_id), error_code = ?,
+    error_message = ?, rate_limited = rate_limited + ?, submitted_at = coalesce(?, submitted_at),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
+
+-- name: requeue
+-- Back to queued (a retry, or work handed back), under the lease.
+UPDATE requests SET state = 'queued', next_attempt_at = ?, attempts = attempts - ?,
+    response_id = CASE WHEN ? THEN NULL ELSE response_id END,
+    http_status = coalesce(?, http_status), request_id = coalesce(?, request_id), error_code = ?,
+    error_message = ?, rate_limited = rate_limited + ?, submitted_at = coalesce(?, submitted_at),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
+
+-- name: refuse_row
+-- A row the store refused to take (a value SQLite cannot hold): failed, with the reason and nothing else,
+-- so it is final (never claimed and sent again) and every value in it is the runner's own.
+UPDATE requests SET state = 'failed', response_body = NULL, input_tokens = 0, cached_tokens = 0,
+    output_tokens = 0, reasoning_tokens = 0, total_tokens = 0, error_code = 'store_refused',
+    error_message = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
+
+-- name: set_response_id
+UPDATE requests SET response_id = ?, request_id = ?, submitted_at = coalesce(?, submitted_at), updated_at = ?
+WHERE id = ? AND state = 'in_progress' AND lease_owner = ? AND response_id IS NULL
+
+-- name: response_id_of
+SELECT response_id, lease_owner FROM requests WHERE id = ?
+
+-- name: cancel_if_job_cancelled
+-- Every queued request of a cancelled job becomes cancelled.
+UPDATE requests SET state = 'cancelled', finished_at = ?, updated_at = ?, error_code = 'cancelled',
+    error_message = 'the job was cancelled'
+WHERE state = 'queued' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)
+
+-- name: cancel_requeued_in_cancelled_job
+-- The same, for one request that has just come back to queued.
+UPDATE requests SET state = 'cancelled', finished_at = ?, updated_at = ?, error_code = 'cancelled',
+    error_message = 'the job was cancelled'
+WHERE state = 'queued' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL) AND id = ?
+
+-- name: record_attempt
+-- Inserted before the outcome's own UPDATE, under the same guard: an outcome the store refuses (the lease
+-- was lost) leaves no attempt row either, and the row still holds the attempt count and response id.
+INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_status, api_request_id,
+    response_id, error_code, error_message)
+SELECT id, attempts, ?, coalesce(?, submitted_at), ?, ?, ?, response_id, ?, ?
+FROM requests WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
+
+-- name: insert_request
+INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, created_at, state, attempts,
+    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0)
+
+-- name: insert_requests_json
+-- SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
+-- end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
+INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, created_at, state, attempts,
+    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)
+SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    json_extract(value, '$[3]'), json_extract(value, '$[4]'), ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0
+FROM json_each(?)
+
+-- name: json1_probe
+SELECT json('[]')
