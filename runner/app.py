@@ -42,6 +42,7 @@ from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.store.fleet import FleetClock
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
 if TYPE_CHECKING:
@@ -253,8 +254,11 @@ async def run(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> RunOutcome:
     """Run jobs (default: every unfinished one) until each request is final, or a stop."""
+    from runner.limits import budget_id
+
     s = _settings(settings, db)
-    async with await Store.open(s.db, "existing") as store:
+    # A run's clock is the fleet's: corrected to the database's when this machine's is far off.
+    async with await Store.open(s.db, "existing", clock=FleetClock()) as store:
         ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
         for jid in ids:
             await store.get_job(jid)  # JobNotFound before any work starts
@@ -267,6 +271,7 @@ async def run(
             grace=s.grace,
             rpm=s.rpm,
             tpm=s.tpm,
+            budget=budget_id(s.base_url, s.api_key.get_secret_value() if s.api_key is not None else None),
         )
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
             from runner.worker.pool import Run

@@ -28,6 +28,8 @@ POLL_INITIAL_DELAY = 1.0
 POLL_MAX_DELAY = 30.0
 POLL_BACKOFF = 1.5
 DEFAULT_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+# Letters, digits and . _ - only: a host id is the first `:`-separated part of a lease owner.
+HOST_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
@@ -74,6 +76,15 @@ class Settings(BaseSettings):
         None, validation_alias=_env("log_level", "RUNNER_LOG_LEVEL")
     )
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format", "RUNNER_LOG_FORMAT"))
+    # Who this machine is in lease owners (`host:pid:…`) and in `runner status`: tests and containers that
+    # share a hostname set it; the same-host dead-pid shortcut applies only to owners with this host id.
+    host_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=HOST_ID_PATTERN,
+        validation_alias=_env("host_id", "RUNNER_HOST_ID"),
+    )
     progress_every: float = Field(
         DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")
     )

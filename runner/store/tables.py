@@ -105,3 +105,30 @@ attempts = Table(
     Column("error_message", Text, nullable=True),
     Index(None, "request_id"),
 )
+
+# One row per live `runner run` process (runner/store/fleet.py): registered when it starts, its heartbeat
+# pushed out every few seconds, deleted at a clean exit. A row whose `expires_at` has passed is a runner
+# that died; `runner status` lists the others.
+runners = Table(
+    "runners",
+    metadata,
+    Column("id", String, primary_key=True),  # its lease owner name, host:pid:suffix
+    Column("host", String, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # live while this is ahead of now
+    Column("in_flight", Integer, nullable=False, default=0),
+)
+
+# The fleet's shared rate budgets: one GCRA per (API base URL, salted hash of the key, kind), so runners on
+# one store send at most one budget together. Never the key itself.
+rate_budget = Table(
+    "rate_budget",
+    metadata,
+    Column("id", String, primary_key=True),  # "requests:" + 32 hex digits of the salted hash
+    Column("tat", Float, nullable=False),  # theoretical arrival time: the next free send slot (epoch s)
+    Column("paused_until", Float, nullable=False, default=0.0),  # a 429's Retry-After, for every runner
+    Column("rate", Float, nullable=False),  # units per second of the last reservation (for people)
+    Column("updated_at", Float, nullable=False),
+)

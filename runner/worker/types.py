@@ -34,6 +34,7 @@ class RunOptions:
     rpm: float | None = None
     tpm: float | None = None
     poll_concurrency: int | None = None
+    budget: str | None = None  # the shared rate budget's name (API endpoint and salted key hash), for a fleet
 
     @property
     def poll_slots(self) -> int:

@@ -1,0 +1,131 @@
+"""A runner's life on its store: registered at the start, a heartbeat while it runs, gone at a clean exit.
+
+The heartbeat says the runner is alive (its `runners` row), renews its leases, and corrects its clock to
+the database's. It also feeds the shared rate budget: it watches how many runners are live (the limiter
+shares the budget while there is more than one) and books blocks of send slots from the store when the
+runner's own run low, publishing any pause the runner met to the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import anyio
+
+from runner.limits import MAX_SHARED_BLOCK, SHARED_BLOCK_SECONDS, RateLimiter, SharedSlots
+from runner.owners import split_owner
+from runner.store import Store, fleet
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 5.0  # seconds between heartbeats (sooner when the lease is short: three per lease)
+LIVE_CHECK_EVERY = 0.5  # seconds between looks at how many runners are live, while a budget is paced
+# A runner that joins others waits this long before its first shared slot, so that a runner still pacing
+# alone has seen it (one LIVE_CHECK_EVERY) and moved onto the shared budget first.
+JOIN_HOLD = LIVE_CHECK_EVERY * 1.5
+PAUSE_EPSILON = 0.05  # a fleet pause this close to the one in force is the same pause
+
+
+class Heartbeat:
+    """Registers one run, keeps it alive and its leases renewed, and books its share of the fleet's budget."""
+
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        *,
+        lease_seconds: float,
+        limiter: RateLimiter,
+        budget: str | None,
+        in_flight: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.host, pid = split_owner(owner)
+        self.pid = pid if pid is not None else os.getpid()
+        self.ttl = lease_seconds  # alive as long as its leases would be
+        self.every = min(HEARTBEAT_EVERY, lease_seconds / 3)
+        self.limiter = limiter
+        self.budget = budget
+        self._in_flight = in_flight
+        self._clock = fleet.clock_of(store)
+        self._join_hold_until = 0.0
+        if budget is not None:
+            limiter.shared = SharedSlots(lambda: fleet.now(store))
+
+    async def start(self) -> None:
+        """Correct the clock, then register (before the run reclaims anything: its lease times must be right)."""
+        if self._clock is not None:
+            await fleet.calibrate(self.store, self._clock)
+        await fleet.register(self.store, self.owner, self.host, self.pid, self.ttl)
+        if self.budget is not None:
+            live = await fleet.live_runner_count(self.store)
+            if live > 1:
+                self._join_hold_until = fleet.now(self.store) + JOIN_HOLD
+            self.limiter.share(live)
+
+    async def stop(self) -> None:
+        """Leave the fleet at a clean exit."""
+        await fleet.unregister(self.store, self.owner)
+
+    async def run(self) -> None:
+        """Beat until cancelled; book shared slots beside it."""
+        async with anyio.create_task_group() as tg:
+            if self.limiter.shared is not None:
+                tg.start_soon(self._book)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        next_beat = time.monotonic() + self.every
+        while True:
+            await anyio.sleep(min(LIVE_CHECK_EVERY, max(next_beat - time.monotonic(), 0.0)))
+            if time.monotonic() >= next_beat:
+                if self._clock is not None:
+                    await fleet.calibrate(self.store, self._clock)
+                live = await fleet.heartbeat(self.store, self.owner, self.host, self.pid, self.ttl, self._in_flight())
+                await self.store.renew_leases(self.owner, self.ttl)
+                self.limiter.share(live)
+                next_beat = time.monotonic() + self.every
+            elif self._paced():
+                self.limiter.share(await fleet.live_runner_count(self.store))
+
+    def _paced(self) -> bool:
+        lim = self.limiter
+        return lim.shared is not None and (lim.requests is not None or lim.tokens is not None)
+
+    async def _book(self) -> None:
+        shared = self.limiter.shared
+        assert shared is not None and self.budget is not None
+        while True:
+            await shared.wanted()
+            requests = self.limiter.requests
+            if shared.pause_to_publish:
+                until, shared.pause_to_publish = shared.pause_to_publish, 0.0
+                await fleet.publish_pause(self.store, self.budget, until, requests.rate if requests else 0.0)
+            if not shared.wants_more:
+                continue
+            if requests is None:  # sharing tokens alone: nothing to book
+                await anyio.sleep(LIVE_CHECK_EVERY)
+                continue
+            hold = self._join_hold_until - fleet.now(self.store)
+            if hold > 0:
+                await anyio.sleep(hold)
+            rate = requests.rate
+            count = max(1, min(MAX_SHARED_BLOCK, round(rate * SHARED_BLOCK_SECONDS)))
+            got = await fleet.reserve_slots(self.store, self.budget, rate, count)
+            self._adopt_pause(got.paused_until)
+            if shared.active:
+                shared.add(got.slots())
+
+    def _adopt_pause(self, until: float) -> None:
+        """Another runner met a 429 (or a dry window): this one pauses to the same end."""
+        left = until - fleet.now(self.store)
+        if left <= self.limiter.remaining_pause() + PAUSE_EPSILON:
+            return
+        shared = self.limiter.shared
+        self.limiter.pause(left, why=f"another runner of this store was asked to wait; pausing {left:.0f} s")
+        if shared is not None and shared.pause_to_publish <= until + PAUSE_EPSILON:
+            shared.pause_to_publish = 0.0  # it came from the store: nothing to publish
