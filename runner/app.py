@@ -42,7 +42,7 @@ from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
-from runner.store.fleet import FleetClock
+from runner.store.fleet import FleetClock, fleet_view
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
 if TYPE_CHECKING:
@@ -308,6 +308,13 @@ async def status(job_id: str, *, db: str | None = None) -> JobStats:
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         return await store.job_stats(job_id)
+
+
+async def status_report(job_id: str, *, db: str | None = None) -> JobStatusReport:
+    """What `runner status` shows: one job's figures, and the store's live runners and stale leases."""
+    s = _settings(None, db)
+    async with await Store.open(s.db, "existing") as store:
+        return JobStatusReport(await store.job_stats(job_id), await fleet_view(store))
 
 
 async def jobs(*, db: str | None = None) -> list[JobStats]:

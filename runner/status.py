@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.states import RESULTS, JobStatus, RequestState, count
 from runner.store import JobStats
+from runner.store.fleet import FleetView
 from runner.term import printable
 
 __all__ = ["JobStatusReport", "job_state"]
@@ -33,6 +34,7 @@ class JobStatusReport:
     """One job's counts, usage and timing, as `runner status` shows them."""
 
     stats: JobStats
+    fleet: FleetView | None = field(default=None)  # the store's live runners and stale leases (`runner status`)
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -54,6 +56,26 @@ class JobStatusReport:
             "created_at": st.job.created_at,
             "in_flight_by_owner": st.in_flight_by_owner,
             "stale_leases": st.stale_leases,
+            **({"fleet": self._fleet_json()} if self.fleet is not None else {}),
+        }
+
+    def _fleet_json(self) -> dict[str, Any]:
+        f = self.fleet
+        assert f is not None
+        return {
+            "runners": [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "in_flight": r.in_flight,
+                    "heartbeat_age_seconds": round(r.heartbeat_age, 1),
+                    "started_at": r.started_at,
+                }
+                for r in f.runners
+            ],
+            "stale_leases": f.stale_leases,
+            "oldest_stale_lease_seconds": None if f.oldest_stale_age is None else round(f.oldest_stale_age, 1),
         }
 
     def render_text(self) -> str:
@@ -80,4 +102,17 @@ class JobStatusReport:
         if d["in_flight_by_owner"] or d["stale_leases"]:
             owners = ", ".join(f"{printable(o)}: {n}" for o, n in d["in_flight_by_owner"].items()) or "none"
             lines.append(f"  in flight by runner: {owners} · stale leases {d['stale_leases']}")
+        f = d.get("fleet")
+        if f is not None and (f["runners"] or f["stale_leases"]):
+            lines.append(f"  runners on this store: {len(f['runners'])} live")
+            for r in f["runners"]:
+                lines.append(
+                    f"    {printable(r['host'])} pid {r['pid']}: {r['in_flight']} in flight,"
+                    f" last heartbeat {r['heartbeat_age_seconds']:.1f} s ago"
+                )
+            if f["stale_leases"]:
+                lines.append(
+                    f"  stale leases in the store: {f['stale_leases']}, the oldest expired"
+                    f" {f['oldest_stale_lease_seconds']:.0f} s ago (taken back by the next runner)"
+                )
         return "\n".join(lines)

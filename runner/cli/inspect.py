@@ -26,7 +26,7 @@ def _status_options(p: argparse.ArgumentParser) -> None:
 
 def _status(ns: argparse.Namespace) -> ExitCode:
     job_id = ns.job_id or newest_job(ns.db)
-    status = app.JobStatusReport(run_async(lambda: app.status(job_id, db=ns.db)))
+    status = run_async(lambda: app.status_report(job_id, db=ns.db))
     put(json.dumps(status.to_json()) if ns.json else status.render_text())
     return ExitCode.OK
 
