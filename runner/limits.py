@@ -210,15 +210,18 @@ class SharedSlots:
         self.runners = 1  # live runners on the store, this one included
         self._slots: deque[float] = deque()
         self._low = 1
+        self._demand = False  # a request took a slot and few are left (or none): book another block
         self._want = anyio.Event()
         self._added = anyio.Event()
         self.pause_to_publish = 0.0  # wall-clock end of a pause this runner met, not yet published
         self.last_slot = 0.0  # wall-clock time of the last slot booked
+        self.not_before = 0.0  # wall-clock time before which no slot may be booked (set when sharing starts)
 
     def add(self, slots: list[float]) -> None:
         """Slots just booked (in order, after every slot booked before)."""
         self._slots.extend(slots)
         self._low = max(len(slots) // 2, 1)
+        self._demand = False
         if slots:
             self.last_slot = slots[-1]
         self._added.set()
@@ -232,8 +235,8 @@ class SharedSlots:
 
     @property
     def wants_more(self) -> bool:
-        """Whether the booking task should book another block now."""
-        return self.active and len(self._slots) <= self._low
+        """Whether the booking task should book another block now (only on demand: an idle runner books none)."""
+        return self.active and self._demand
 
     async def wanted(self) -> None:
         """Wait until a block should be booked or a pause published."""
@@ -257,8 +260,10 @@ class SharedSlots:
             if self._slots:
                 slot = self._slots.popleft()
                 if len(self._slots) <= self._low:
+                    self._demand = True
                     self._want.set()
                 return slot
+            self._demand = True
             self._want.set()
             await self._added.wait()
         return None
@@ -304,10 +309,16 @@ class RateLimiter:
         if sharing == shared.active:
             return
         shared.active = sharing
+        if sharing and self.requests is not None:
+            # The last request paced alone may be going out now: the first shared slot comes one interval later.
+            # (Requests booked alone but still waiting take shared slots instead.)
+            shared.not_before = shared.wall() + 1.0 / self.requests.rate
         if not sharing:
             shared.clear()
-            if self.requests is not None:  # no burst when pacing alone again: start after the last shared slot
-                self.requests.hold_until(self.clock() + max(shared.last_slot - shared.wall(), 0.0))
+            req = self.requests
+            if req is not None:  # no burst when pacing alone again: one interval after the last shared slot
+                after = max(shared.last_slot - shared.wall(), 0.0) + 1.0 / req.rate
+                req.hold_until(self.clock() + after + req.burst)  # a booking may come `burst` early
 
     async def shared_turn(self) -> bool:
         """Wait for this request's shared send slot; False when a pause began meanwhile (book again)."""

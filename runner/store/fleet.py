@@ -247,11 +247,12 @@ async def fleet_view(store: Store) -> FleetView:
     return await store.read(go)
 
 
-async def reserve_slots(store: Store, budget: str, rate: float, count: int) -> Reservation:
+async def reserve_slots(store: Store, budget: str, rate: float, count: int, *, not_before: float = 0.0) -> Reservation:
     """Book `count` send slots `1/rate` apart from the shared budget `budget`, after every slot booked before.
 
     GCRA over the whole fleet: the row holds the theoretical arrival time (the next free slot); a block
-    starts there, or now if that has passed, or at the end of a 429 pause; the row moves to its end. The
+    starts there, or now if that has passed, or at the end of a 429 pause, or at `not_before` (the runner's
+    own pacing before it joined); the row moves to its end. The
     row is read FOR UPDATE (a row lock on PostgreSQL; SQLite's write transaction is already exclusive).
     """
     interval = 1.0 / max(rate, 1e-9)
@@ -263,7 +264,7 @@ async def reserve_slots(store: Store, budget: str, rate: float, count: int) -> R
         # A slot booked further ahead than any block can reach was booked by a clock that ran ahead: start
         # from now instead of stalling the fleet for the skew.
         tat = row.tat if row.tat <= t + MAX_BOOKED_AHEAD else t
-        start = max(tat, t, row.paused_until)
+        start = max(tat, t, row.paused_until, not_before)
         await conn.execute(
             update(rate_budget)
             .where(rate_budget.c.id == budget)

@@ -52,7 +52,7 @@ class Heartbeat:
         self.budget = budget
         self._in_flight = in_flight
         self._clock = fleet.clock_of(store)
-        self._join_hold_until = 0.0
+        self._join_hold_until = 0.0  # a joining runner's first slot comes no sooner (see JOIN_HOLD)
         if budget is not None:
             limiter.shared = SharedSlots(lambda: fleet.now(store))
 
@@ -110,12 +110,10 @@ class Heartbeat:
             if requests is None:  # sharing tokens alone: nothing to book
                 await anyio.sleep(LIVE_CHECK_EVERY)
                 continue
-            hold = self._join_hold_until - fleet.now(self.store)
-            if hold > 0:
-                await anyio.sleep(hold)
+            shared.not_before = max(shared.not_before, self._join_hold_until)
             rate = requests.rate
             count = max(1, min(MAX_SHARED_BLOCK, round(rate * SHARED_BLOCK_SECONDS)))
-            got = await fleet.reserve_slots(self.store, self.budget, rate, count)
+            got = await fleet.reserve_slots(self.store, self.budget, rate, count, not_before=shared.not_before)
             self._adopt_pause(got.paused_until)
             if shared.active:
                 shared.add(got.slots())

@@ -8,7 +8,6 @@ The kill loop's random points come from RUNNER_KILL_SEED (default: a fresh seed,
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -178,27 +177,26 @@ def test_three_runners_share_one_rpm_budget(
     cli: Cli, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     # The server allows 11 requests in each one-second window: 600 RPM's share of a second, plus 10 %.
-    lines = 60
+    # 140 lines, so that each runner has work of its own (a runner claims up to 64 at a time).
+    lines = 140
     mock = mock_factory("--rpm", "660", "--latency", "0.02")
     job = cli.submit(write_jobfile(tmp_path / "in.jsonl", lines))
-    t0 = time.monotonic()
-    runners = [_runner(cli, h, job, mock, "--concurrency", "8", "--rpm", "600", "--quiet") for h in ("a", "b", "c")]
+    runners = [_runner(cli, h, job, mock, "--concurrency", "8", "--rpm", "600") for h in ("a", "b", "c")]
     procs.extend(runners)
+    done = []
     for p in runners:
-        _, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=90)
         assert p.returncode == 0, err
-    wall = time.monotonic() - t0
+        done.append(int(_THIS_RUN.findall(err)[-1]))
     assert _states(cli.db, job) == {"completed": lines}
     faults = mock.stats()["faults"]["429"]
     with closing(sqlite3.connect(cli.db)) as conn:
         sent = sorted(t for (t,) in conn.execute("select submitted_at from requests"))
     busiest = max(sum(1 for t in sent if s <= t < s + 1.0) for s in sent)
-    per_second: dict[int, int] = {}
-    for t in sent:
-        per_second[int(t)] = per_second.get(int(t), 0) + 1
-    print(f"3 runners, --rpm 600 each: {lines} requests in {wall:.1f} s; busiest second {busiest}; 429s {faults}")
-    print(f"per second: {json.dumps(sorted(per_second.items()))}")
-    assert faults == 0, f"the server refused {faults} requests over 11 a second"
-    assert busiest <= 11, busiest
-    # Three budgets of 600 would take 2 s; one shared budget takes 6 s (less the first second's start).
-    assert wall > 5.0, wall
+    span = sent[-1] - sent[0]
+    print(f"3 runners (finished {done}), --rpm 600 each: {lines} requests over {span:.1f} s; busiest window {busiest}")
+    assert sum(1 for n in done if n > 0) >= 2, done  # the budget was shared by runners that sent at the same time
+    assert faults == 0, f"the server refused {faults} requests over 11 in a second"
+    assert busiest <= 10 * 1.1 + 1, busiest  # any window, not only whole seconds (one more at its edges)
+    # Three budgets of 600 would send them in under 5 s; one shared budget takes 14 s.
+    assert span > (lines - 1) / 10 * 0.9, span
