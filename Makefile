@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo nightly test bench clean
+.PHONY: demo nightly test bench pg clean
 
 # A .venv made before the distribution was renamed (runner -> responses-runner) still holds the old one, which
 # claims the same `runner` command and package: it goes first, so one distribution owns them.
@@ -27,6 +27,11 @@ test: $(VENV)/.installed
 	$(BIN)/mypy runner runner_mock
 	$(BIN)/lint-imports  # the import contracts in pyproject.toml
 	$(BIN)/python -m pytest -q
+
+# A throwaway PostgreSQL 15 server for a developer: prints its URL, Ctrl-C stops it and deletes its data.
+# (`make test` starts its own; `RUNNER_TEST_PG_URL=<url> make test` uses this one instead.)
+pg: $(VENV)/.installed
+	$(BIN)/python -m tests.pg
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
+from tests.pg import PgCluster
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# The store backends the `store_db` tests run on. `RUNNER_TEST_BACKENDS=sqlite` keeps a quick local run on
+# SQLite alone; by default (and in CI) every such test runs on both.
+# `RUNNER_TEST_PG_URL` (read here, before the per-test environment is cleaned) uses a running server instead.
+PG_URL = os.environ.get("RUNNER_TEST_PG_URL")
+BACKENDS = [b.strip() for b in os.environ.get("RUNNER_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 
 
 @pytest.fixture
@@ -30,6 +38,72 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(os.environ):
         if k.startswith(("RUNNER_", "OPENAI_")):
             monkeypatch.delenv(k, raising=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out."""
+    if "postgresql" in BACKENDS:
+        return
+    kept = [i for i in items if i.get_closest_marker("pg") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("pg") is not None])
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL server for the session (tests/pg.py), started by the first test that needs it."""
+    cluster = PgCluster(PG_URL)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgCluster) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (its URL), dropped afterwards."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgCluster) -> str:
+    """The name of a database migrated once per session: stores are copied from it (no Alembic per test)."""
+    import anyio
+
+    from runner.store import Store
+
+    url = pg_server.create_database()
+
+    async def migrate() -> None:
+        await (await Store.open(url)).aclose()
+
+    anyio.run(migrate)
+    return url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def pg_store_url(pg_server: PgCluster, pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL store for one test (its URL): a copy of the migrated template, dropped afterwards."""
+    url = pg_server.create_database(pg_template)
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The `--db` of a new store on each backend: a file path for SQLite (made by the first open), the URL of
+    a fresh, already migrated database for PostgreSQL (`pg_url` gives an empty one).
+
+    The test id names the backend (`test_x[postgresql]`), so a failure says which one failed.
+    """
+    if request.param == "sqlite":
+        return str(tmp_path / "runner.db")
+    url: str = request.getfixturevalue("pg_store_url")
+    return url
 
 
 @dataclass
@@ -119,10 +193,11 @@ class Cli:
 
     db: Path
     env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None  # a PostgreSQL store's URL: RUNNER_DB then names it, and `db` is only the work dir
 
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
-        env.update({"RUNNER_DB": str(self.db), "PYTHONUNBUFFERED": "1"})
+        env.update({"RUNNER_DB": self.url or str(self.db), "PYTHONUNBUFFERED": "1"})
         env.update(self.env)
         env.update(extra or {})
         return env

@@ -27,6 +27,7 @@ def upgrade() -> None:
             ["lease_owner"],
             unique=False,
             sqlite_where=sa.text("lease_owner IS NOT NULL"),
+            postgresql_where=sa.text("lease_owner IS NOT NULL"),
         )
 
 

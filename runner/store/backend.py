@@ -15,6 +15,7 @@ from typing import Literal, Protocol, TypeVar
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from runner.errors import StoreUnavailable
@@ -32,6 +33,7 @@ class Backend(Protocol):
 
     engine: AsyncEngine
     path: Path | None  # the store's file (absolute), or None when it has none
+    place: str  # the store as it may be shown: the file, or the URL with its password masked
     errors: tuple[type[BaseException], ...]  # what a failed statement raises here (checked by `file_problem`)
 
     def prepare(self, mode: OpenMode) -> bool:
@@ -45,8 +47,11 @@ class Backend(Protocol):
         """Whether `exc` is a passing conflict with another writer that another try may get past."""
         ...
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest revision, under this database's migration lock."""
+    async def migrate(self) -> bool:
+        """Bring the schema to the newest revision, under this database's migration lock.
+
+        Whether this made the schema of a new store (SQLite's new files are `prepare`'s: always False).
+        """
         ...
 
     def opened(self) -> None:
@@ -63,6 +68,14 @@ class Backend(Protocol):
 
     def file_problem(self, exc: BaseException) -> StoreUnavailable | None:
         """A failed statement that is about the file itself (replaced, read-only, disk full), as a typed error."""
+        ...
+
+    def now_sql(self, clock: Callable[[], float]) -> ColumnElement[float]:
+        """ "Now" in SQL, as epoch seconds: the Store's `clock` bound as a value, or the database's own clock."""
+        ...
+
+    async def metadata_keys(self, conn: AsyncConnection, job_id: str) -> list[str]:
+        """Every text key of the `metadata` objects of a job's request bodies, sorted."""
         ...
 
     async def claim(
@@ -118,8 +131,12 @@ async def retrying(is_transient: Callable[[BaseException], bool], fn: Callable[[
 
 def backend_for(db: str) -> Backend:
     """The backend for `db` (a path or an SQLAlchemy URL): the one place a database is chosen."""
+    from runner.store.postgres import is_postgres_url
+
+    if is_postgres_url(db):
+        from runner.store.postgres import PostgresBackend
+
+        return PostgresBackend(db)
     from runner.store.sqlite import SqliteBackend
 
-    # Every URL goes to SQLite today, as before the seam (a URL of another database fails at its first
-    # connection); PostgreSQL adds its branch here.
     return SqliteBackend(db)

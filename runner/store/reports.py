@@ -12,13 +12,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
 from runner.store import Store, UsageCounts, bounded_total
+from runner.store.dialect import big_sum, json_field
 from runner.store.tables import requests
 
 __all__ = [
@@ -105,11 +105,6 @@ class SlowRequest:
     attempts: int
 
 
-def _json_field(column: Any, path: str) -> ColumnElement[Any]:
-    # json_extract raises on malformed JSON; a stored body that is not JSON must not break a report.
-    return case((func.json_valid(column) == 1, func.json_extract(column, path)), else_=None)
-
-
 def _latency_expr() -> ColumnElement[float]:
     return requests.c.finished_at - requests.c.submitted_at
 
@@ -124,9 +119,10 @@ def _timed(job_id: str) -> ColumnElement[bool]:
 
 async def usage_by_model(store: Store, job_id: str) -> list[ModelUsage]:
     """Token sums per billed model, over the requests that used any tokens; most total tokens first."""
-    model = func.coalesce(_json_field(requests.c.response_body, "$.model"), _json_field(requests.c.body, "$.model"))
+    # A stored body that is not JSON gives no model, never an error (dialect.json_field).
+    model = func.coalesce(json_field(requests.c.response_body, "model"), json_field(requests.c.body, "model"))
     stmt = (
-        select(model.label("model"), func.count(), *(func.total(c) for c in _USAGE_COLS))
+        select(model.label("model"), func.count(), *(big_sum(c) for c in _USAGE_COLS))
         .where(
             requests.c.job_id == job_id,
             or_(requests.c.input_tokens > 0, requests.c.output_tokens > 0, requests.c.total_tokens > 0),

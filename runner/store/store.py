@@ -23,12 +23,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from runner.errors import IllegalTransition, JobBusy, JobNotFound, RequestNotFound, StoreUnavailable
 from runner.states import ACTIVE, ALLOWED_FROM, TERMINAL, RequestState
 from runner.store.backend import Backend, OpenMode, backend_for, retrying
+from runner.store.dialect import big_sum, json_field
 from runner.store.models import (
     AttemptRow,
     Claimed,
@@ -72,11 +74,8 @@ def _job_row(r: Any) -> JobRow:
 
 
 EXPORT_CHUNK = 2000
-# json_extract raises on malformed JSON; a stored body that is not JSON must not stop an export.
-_STORED_OUTPUT_TEXT = case(
-    (func.json_valid(requests.c.response_body) == 1, func.json_extract(requests.c.response_body, "$.output_text")),
-    else_=None,
-)
+# A stored body that is not JSON gives NULL, never an error that would stop an export (dialect.json_field).
+_STORED_OUTPUT_TEXT = json_field(requests.c.response_body, "output_text")
 # What a worker needs of a request it leases (Claimed's fields, in order).
 _CLAIMED_COLUMNS = (
     requests.c.id,
@@ -101,7 +100,10 @@ def bounded_total(value: Any) -> int:
 
 
 class Store:
-    """Typed access to one SQLite job store. Open with `await Store.open(db, mode)`, close with `aclose()`."""
+    """Typed access to one job store (SQLite or PostgreSQL).
+
+    Open with `await Store.open(db, mode)`, close with `aclose()`.
+    """
 
     def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
         self._backend = backend
@@ -109,6 +111,15 @@ class Store:
         # move time on instead of sleeping, and another backend can take it from the database.
         self._clock = clock
         self.created = False  # this open made the file (the caller announces it, or removes it on failure)
+
+    def _now(self) -> ColumnElement[float]:
+        """ "Now" for a query: the clock's time as a value on SQLite, the database's own clock on PostgreSQL."""
+        return self._backend.now_sql(self._clock)
+
+    @property
+    def place(self) -> str:
+        """The store as it may be shown: its file, or its URL with the password masked."""
+        return self._backend.place
 
     @property
     def engine(self) -> AsyncEngine:
@@ -136,17 +147,16 @@ class Store:
             raise
         store = cls(backend, clock)
         try:
-            await store._retry(backend.migrate)
+            made = await store._retry(backend.migrate)
         except BaseException as e:
             await backend.aclose()
             reason = backend.why_unusable(e)
             if reason is not None:
-                raise StoreUnavailable(str(backend.path), reason) from None
+                raise StoreUnavailable(backend.place, reason) from None
             raise
         backend.opened()
-        if backend.path is not None:
-            store.created = created
-            place_log.debug("using store %s", backend.path)
+        store.created = (created and backend.path is not None) or made
+        place_log.debug("using store %s", backend.place)
         return store
 
     def check_file(self) -> None:
@@ -234,7 +244,7 @@ class Store:
                     total=0,
                     phase="staging",
                     staged_by=staged_by,
-                    created_at=self._clock(),
+                    created_at=self._now(),
                 )
             )
 
@@ -347,7 +357,7 @@ class Store:
 
         async def go(conn: AsyncConnection) -> None:
             await conn.execute(
-                update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None)).values(started_at=self._clock())
+                update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.started_at.is_(None)).values(started_at=self._now())
             )
 
         await self.write(go)
@@ -364,7 +374,7 @@ class Store:
 
     async def claim_polls(self, owner: str, job_ids: Sequence[str], lease_seconds: float) -> list[Claimed]:
         """Lease background requests that have a response id and no live owner: they are polled, never re-sent."""
-        now = self._clock()
+        now = self._now()
         stmt = (
             update(requests)
             .where(
@@ -393,7 +403,7 @@ class Store:
         Requests without a response id go back to `queued` (their attempt still counts); those with one
         stay `in_progress` with no owner, for the next poller: they are never sent again.
         """
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             held = and_(requests.c.job_id.in_(job_ids), requests.c.state == IP)
@@ -418,7 +428,7 @@ class Store:
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> int:
         """Push out the lease of everything this owner holds."""
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
@@ -432,7 +442,7 @@ class Store:
 
     async def release(self, owner: str, *, refund: bool) -> int:
         """Give back everything this owner holds: unsent work to `queued`, background work to any poller."""
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
@@ -452,7 +462,7 @@ class Store:
                 .where(requests.c.lease_owner == owner, requests.c.state == IP)
                 .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
-            await self._backend.cancel_requeued(conn, now)
+            await self._backend.cancel_requeued(conn, self._clock())
             return int(r.rowcount)
 
         return await self.write(go)
@@ -480,7 +490,7 @@ class Store:
             r = await conn.execute(
                 update(requests)
                 .where(requests.c.id == request_id, requests.c.state.in_(allowed))
-                .values(state=to.value, updated_at=self._clock())
+                .values(state=to.value, updated_at=self._now())
             )
             if r.rowcount != 1:
                 raise IllegalTransition(request_id, to.value, set(allowed))
@@ -492,7 +502,7 @@ class Store:
     async def cancel_job(self, job_id: str) -> tuple[int, list[tuple[int, str]]]:
         """Cancel queued requests and mark the job cancelled; returns (cancelled, in-flight background ids)."""
         await self.get_job(job_id)
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> tuple[int, list[tuple[int, str]]]:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=now))
@@ -518,7 +528,7 @@ class Store:
 
     async def finish_unleased(self, o: Outcome) -> bool:
         """Record the final state of an in-progress request that no lease covers (`runner cancel`)."""
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> bool:
             r = await conn.execute(
@@ -545,7 +555,7 @@ class Store:
     async def retry_job(self, job_id: str) -> int:
         """Failed requests back to queued with fresh attempts; the job is un-cancelled."""
         await self.get_job(job_id)
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=None))
@@ -589,7 +599,7 @@ class Store:
     async def job_stats(self, job_id: str) -> JobStats:
         """Counts per state, attempts, usage totals, timing and leases of one job."""
         job = await self.get_job(job_id)
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> JobStats:
             rows = await conn.execute(
@@ -598,8 +608,8 @@ class Store:
                     func.count(),
                     func.sum(requests.c.attempts),
                     func.sum(requests.c.rate_limited),
-                    # TOTAL, not SUM: SQLite's SUM raises on 64-bit overflow and would take `status` down with it.
-                    *(func.total(getattr(requests.c, c)) for c in _USAGE_COLS),
+                    # Not SUM: SQLite's raises on 64-bit overflow and would take `status` down with it.
+                    *(big_sum(getattr(requests.c, c)) for c in _USAGE_COLS),
                     func.min(requests.c.started_at),
                     func.max(requests.c.finished_at),
                 )
@@ -692,19 +702,8 @@ class Store:
 
     async def metadata_keys(self, job_id: str) -> list[str]:
         """Every key of the `metadata` objects of a job's request bodies, sorted (for one column per key)."""
-        # SQLite walks the JSON in C; bodies without the word are never parsed. A metadata that is not an
-        # object gives no text keys (null gives no row, an array integer keys).
-        sql = text(
-            "SELECT DISTINCT m.key FROM requests AS r, json_each(r.body, '$.metadata') AS m"
-            " WHERE r.job_id = :job AND instr(r.body, '\"metadata\"') > 0 AND typeof(m.key) = 'text'"
-            " ORDER BY m.key"
-        )
-
-        async def go(conn: AsyncConnection) -> list[str]:
-            return [str(k) for (k,) in await conn.execute(sql, {"job": job_id})]
-
         await self.get_job(job_id)
-        return await self.read(go)
+        return await self.read(lambda conn: self._backend.metadata_keys(conn, job_id))
 
     async def request_detail(self, job_id: str, custom_id: str) -> RequestDetail:
         """One request of a job with every recorded attempt, oldest first (JobNotFound, RequestNotFound)."""
@@ -757,7 +756,7 @@ class Store:
 
     async def health(self, owner_is_dead: Callable[[str | None], bool]) -> dict[str, int]:
         """What `runner doctor` reports: leases nobody will renew, rows stuck in a state, abandoned submits."""
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> dict[str, int]:
             owners = await conn.execute(
@@ -785,7 +784,7 @@ class Store:
 
     async def repair_unowned(self) -> int:
         """In-progress rows with neither an owner nor a response id cannot make progress: queue them again."""
-        now = self._clock()
+        now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
@@ -821,7 +820,7 @@ class Store:
         JobNotFound for an unknown id; JobBusy when a live runner holds a lease on one of them. The check
         and the delete share one IMMEDIATE transaction, so no runner can claim in between.
         """
-        now = self._clock()
+        now = self._now()
         ids = list(dict.fromkeys(job_ids))
 
         async def go(conn: AsyncConnection) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -26,6 +27,9 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+# Token counts go up to 2**40 (runner/reply.py): SQLite's INTEGER holds 64 bits, PostgreSQL's only 32.
+COUNT = Integer().with_variant(BigInteger(), "postgresql")
 
 jobs = Table(
     "jobs",
@@ -66,11 +70,11 @@ requests = Table(
     Column("response_body", Text, nullable=True),  # the final Response object, or the error body
     Column("error_code", String, nullable=True),
     Column("error_message", Text, nullable=True),
-    Column("input_tokens", Integer, nullable=False, default=0),
-    Column("cached_tokens", Integer, nullable=False, default=0),
-    Column("output_tokens", Integer, nullable=False, default=0),
-    Column("reasoning_tokens", Integer, nullable=False, default=0),
-    Column("total_tokens", Integer, nullable=False, default=0),
+    Column("input_tokens", COUNT, nullable=False, default=0),
+    Column("cached_tokens", COUNT, nullable=False, default=0),
+    Column("output_tokens", COUNT, nullable=False, default=0),
+    Column("reasoning_tokens", COUNT, nullable=False, default=0),
+    Column("total_tokens", COUNT, nullable=False, default=0),
     Column("rate_limited", Integer, nullable=False, default=0),  # 429s this request met
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),  # first claim
@@ -83,8 +87,18 @@ requests = Table(
     Index(None, "state"),
     Index(None, "job_id", "state"),
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
-    Index(None, "lease_owner", sqlite_where=Column("lease_owner").isnot(None)),
-    Index(None, "conversation", sqlite_where=Column("conversation").isnot(None)),
+    Index(
+        None,
+        "lease_owner",
+        sqlite_where=Column("lease_owner").isnot(None),
+        postgresql_where=Column("lease_owner").isnot(None),
+    ),
+    Index(
+        None,
+        "conversation",
+        sqlite_where=Column("conversation").isnot(None),
+        postgresql_where=Column("conversation").isnot(None),
+    ),
 )
 
 # One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same

@@ -25,7 +25,9 @@ def _mock_usage(stats: dict[str, Any]) -> dict[str, int]:
     return {k: int(stats["usage"][k]) for k in USAGE_KEYS}
 
 
-def test_happy_path_500_lines(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+def test_happy_path_500_lines(cli: Cli, mock_factory: Any, tmp_path: Path, store_db: str) -> None:
+    if "://" in store_db:  # PostgreSQL: the same run against a fresh database
+        cli.url = store_db
     mock = mock_factory("--api-key", KEY)
     cli.env["OPENAI_API_KEY"] = KEY
     src = write_jobfile(tmp_path / "in.jsonl", 500)

@@ -12,17 +12,25 @@ from runner.store import Store
 
 
 class FakeClock:
-    """The store's clock in tests: real time plus however far a test has moved it on (never sleeps)."""
+    """The store's clock in tests: real time plus however far a test has moved it on (never sleeps).
 
-    def __init__(self) -> None:
+    On PostgreSQL the store stamps and compares leases with the database's clock, which no test can move:
+    there `advance` waits for real (tests move it by fractions of a second).
+    """
+
+    def __init__(self, *, real: bool = False) -> None:
         self.offset = 0.0
+        self.real = real
 
     def __call__(self) -> float:
         return time.time() + self.offset
 
     def advance(self, seconds: float) -> None:
         """Move time on by `seconds`: leases and due times pass without waiting for them."""
-        self.offset += seconds
+        if self.real:
+            time.sleep(seconds)
+        else:
+            self.offset += seconds
 
 
 @pytest.fixture
@@ -31,8 +39,10 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(request: pytest.FixtureRequest) -> FakeClock:
+    callspec = getattr(request.node, "callspec", None)
+    backend = callspec.params.get("store_db") if callspec is not None else None
+    return FakeClock(real=backend == "postgresql")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +25,12 @@ from tests.integration.conftest import FakeClock
 
 S = RequestState
 LEASE = 60.0
+
+
+@pytest.fixture
+def db(store_db: str) -> str:
+    """Every test here runs on each backend: a file for SQLite, a fresh database for PostgreSQL."""
+    return store_db
 
 
 async def make_job(
@@ -92,7 +97,7 @@ async def record_id(
 
 
 @pytest.mark.anyio
-async def test_claim_returns_rows_in_file_order_and_counts_the_attempt(store: Store, db: Path) -> None:
+async def test_claim_returns_rows_in_file_order_and_counts_the_attempt(store: Store, db: str) -> None:
     await make_job(store, "job_a", 10)
     await make_job(store, "job_b", 3)
     before = time.time()
@@ -127,7 +132,7 @@ async def test_claim_of_unknown_job_returns_nothing(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_apply_writes_a_result_once(store: Store, db: Path) -> None:
+async def test_apply_writes_a_result_once(store: Store, db: str) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     usage = UsageCounts(10, 2, 5, 1, 15)
@@ -149,7 +154,7 @@ async def test_apply_writes_a_result_once(store: Store, db: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_apply_with_wrong_owner_is_refused_and_changes_nothing(store: Store, db: Path) -> None:
+async def test_apply_with_wrong_owner_is_refused_and_changes_nothing(store: Store, db: str) -> None:
     await make_job(store, "job_a", 3)
     mine = await store.claim("me", ["job_a"], 2, LEASE)
     [theirs] = await store.claim("them", ["job_a"], 1, LEASE)
@@ -182,7 +187,7 @@ async def test_apply_rejects_in_progress_outcome(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_set_state_of_completed_row_to_completed_is_illegal(store: Store, db: Path) -> None:
+async def test_set_state_of_completed_row_to_completed_is_illegal(store: Store, db: str) -> None:
     await make_job(store, "job_a", 2)
     [c, _] = await store.claim("me", ["job_a"], 2, LEASE)
     await store.apply("me", [done(c.id)])
@@ -197,7 +202,7 @@ async def test_set_state_of_completed_row_to_completed_is_illegal(store: Store, 
 
 
 @pytest.mark.anyio
-async def test_set_state_allowed_move(store: Store, db: Path) -> None:
+async def test_set_state_allowed_move(store: Store, db: str) -> None:
     await make_job(store, "job_a", 1)
     [row] = await db_rows(store)
     await store.set_state(row["id"], S.CANCELLED)
@@ -228,7 +233,7 @@ async def test_requeue_is_not_claimable_until_due(store: Store, clock: FakeClock
 
 
 @pytest.mark.anyio
-async def test_requeue_with_refund_and_cleared_response_id(store: Store, db: Path) -> None:
+async def test_requeue_with_refund_and_cleared_response_id(store: Store, db: str) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     assert await record_id(store, c.id, "me", "resp_1", "req_1") == []
@@ -240,7 +245,7 @@ async def test_requeue_with_refund_and_cleared_response_id(store: Store, db: Pat
 
 
 @pytest.mark.anyio
-async def test_record_response_id_needs_the_lease(store: Store, db: Path) -> None:
+async def test_record_response_id_needs_the_lease(store: Store, db: str) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     assert await record_id(store, c.id, "someone-else", "resp_x", None) == [c.id]  # refused, not written
@@ -309,7 +314,7 @@ async def test_reclaim_expired_requeues_unsent_and_leaves_background_for_polls(s
 
 
 @pytest.mark.anyio
-async def test_reclaim_frees_work_of_a_dead_process_at_once(store: Store, db: Path) -> None:
+async def test_reclaim_frees_work_of_a_dead_process_at_once(store: Store, db: str) -> None:
     finished = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
     dead = f"{socket.gethostname()}:{int(finished.stdout)}:abc123"
     alive = new_owner()
@@ -331,7 +336,7 @@ async def test_reclaim_frees_work_of_a_dead_process_at_once(store: Store, db: Pa
 
 
 @pytest.mark.anyio
-async def test_reclaim_expired_leaves_live_leases(store: Store, db: Path) -> None:
+async def test_reclaim_expired_leaves_live_leases(store: Store, db: str) -> None:
     await make_job(store, "job_a", 2)
     await store.claim("alive", ["job_a"], 2, LEASE)
     assert await store.reclaim_expired(["job_a"]) == 0
@@ -339,7 +344,7 @@ async def test_reclaim_expired_leaves_live_leases(store: Store, db: Path) -> Non
 
 
 @pytest.mark.anyio
-async def test_release_with_refund_requeues_and_refunds(store: Store, db: Path) -> None:
+async def test_release_with_refund_requeues_and_refunds(store: Store, db: str) -> None:
     await make_job(store, "job_a", 3)
     unsent, background = await store.claim("me", ["job_a"], 2, LEASE)
     assert await record_id(store, background.id, "me", "resp_1", None) == []
@@ -359,7 +364,7 @@ async def test_release_with_refund_requeues_and_refunds(store: Store, db: Path) 
 
 
 @pytest.mark.anyio
-async def test_release_without_refund_keeps_the_attempt(store: Store, db: Path) -> None:
+async def test_release_without_refund_keeps_the_attempt(store: Store, db: str) -> None:
     await make_job(store, "job_a", 1)
     [c] = await store.claim("me", ["job_a"], 1, LEASE)
     assert await store.release("me", refund=False) == 1
@@ -384,7 +389,7 @@ async def test_renew_leases_pushes_expiry(store: Store, clock: FakeClock) -> Non
 
 
 @pytest.mark.anyio
-async def test_two_stores_on_one_file_never_claim_the_same_row(store: Store, db: Path) -> None:
+async def test_two_stores_on_one_file_never_claim_the_same_row(store: Store, db: str) -> None:
     n = 2000
     await make_job(store, "job_a", n)
     one = await Store.open(str(db))
@@ -468,7 +473,7 @@ async def test_job_stats_shows_live_and_stale_leases(store: Store, clock: FakeCl
 
 
 @pytest.mark.anyio
-async def test_cancel_job(store: Store, db: Path) -> None:
+async def test_cancel_job(store: Store, db: str) -> None:
     await make_job(store, "job_a", 5)
     await make_job(store, "job_b", 1)
     foreground, background = await store.claim("me", ["job_a"], 2, LEASE)
@@ -499,7 +504,7 @@ async def test_cancelled_job_is_not_unfinished(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_run_of_a_job_cancelled_while_a_request_is_in_flight_ends(store: Store, db: Path) -> None:
+async def test_run_of_a_job_cancelled_while_a_request_is_in_flight_ends(store: Store, db: str) -> None:
     # `runner cancel` while `runner run` has a request in flight, and that request then meets a 500: the
     # retry must not leave the run waiting forever for a queued row that no claim may take.
     await make_job(store, "job_a", 3)
@@ -521,7 +526,7 @@ async def test_run_of_a_job_cancelled_while_a_request_is_in_flight_ends(store: S
 
 
 @pytest.mark.anyio
-async def test_retry_job_requeues_failed_with_fresh_attempts(store: Store, db: Path) -> None:
+async def test_retry_job_requeues_failed_with_fresh_attempts(store: Store, db: str) -> None:
     await make_job(store, "job_a", 3)
     first, second = await store.claim("me", ["job_a"], 2, LEASE)
     await store.apply(
@@ -567,7 +572,7 @@ async def test_staging_job_is_invisible_until_published(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_drop_abandoned_staging_only_drops_staging_jobs(store: Store, db: Path) -> None:
+async def test_drop_abandoned_staging_only_drops_staging_jobs(store: Store, db: str) -> None:
     await make_job(store, "job_ready", 2)
     await make_job(store, "job_dead", 2, publish=False)
     assert await store.drop_abandoned_staging(lambda by: by == "testhost:1") == ["job_dead"]
@@ -628,7 +633,7 @@ async def test_a_store_without_a_file_runs_the_same_hot_writes_through_the_engin
 
 
 @pytest.mark.anyio
-async def test_work_given_back_to_a_cancelled_job_is_cancelled_not_queued(store: Store, db: Path) -> None:
+async def test_work_given_back_to_a_cancelled_job_is_cancelled_not_queued(store: Store, db: str) -> None:
     # Both ways back to `queued` (a retry written back, a runner releasing what it held) meet the same rule.
     await make_job(store, "job_a", 3)
     [a, b, c] = await store.claim("me", ["job_a"], 3, LEASE)

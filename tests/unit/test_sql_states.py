@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import runner.store
 from runner.states import ALLOWED_FROM, TERMINAL, RequestState
+from runner.store import sqlfile
 from runner.store.sqlite import hot
 
 STORE_DIR = Path(runner.store.__file__).parent
@@ -62,3 +65,45 @@ def test_every_state_change_in_the_hot_sql_is_one_the_transition_table_allows() 
         for to in targets:
             for g in guards:
                 assert g in ALLOWED_FROM[to], f"{name}: {g.value} -> {to.value} is not in states.ALLOWED_FROM"
+
+
+def sql_blocks() -> dict[str, str]:
+    """Every named block of every .sql file of the store (runner/store/sqlfile.py), as `file:name`."""
+    found = {
+        f"{path.relative_to(STORE_DIR)}:{name}": sql
+        for path in sorted(STORE_DIR.rglob("*.sql"))
+        for name, sql in sqlfile.parse(path.read_text()).items()
+    }
+    assert found, "no .sql file under runner/store"
+    return found
+
+
+def test_every_sql_block_names_only_known_states() -> None:
+    named: set[str] = set()
+    for where, sql in sql_blocks().items():
+        unknown = states_named(sql) - {s.value for s in RequestState}
+        assert not unknown, f"{where} compares state with {sorted(unknown)}"
+        named |= states_named(sql)
+    assert {"queued", "in_progress", "failed", "cancelled"} <= named
+
+
+def test_every_state_change_in_an_sql_block_is_one_the_transition_table_allows() -> None:
+    changes = {w: sql for w, sql in sql_blocks().items() if re.search(r"\bSET state = ", sql)}
+    assert len(changes) >= 5  # claim, finish, requeue, refuse, cancel
+    for where, sql in changes.items():
+        update = sql[sql.index("UPDATE requests") :]  # after a CTE that picks the rows
+        set_part, where_part = re.split(r"\bWHERE\b", update, maxsplit=1)
+        target = re.search(r"SET state = '(\w+)'", set_part)
+        targets = [RequestState(target[1])] if target else sorted(TERMINAL)  # `finish` takes its state as data
+        guards = [RequestState(g) for g in re.findall(r"(?<![.\w])(?:r\.)?state = '(\w+)'", where_part)]
+        assert guards, f"{where} changes a state without a guard on the current one"
+        for to in targets:
+            for g in guards:
+                assert g in ALLOWED_FROM[to], f"{where}: {g.value} -> {to.value} is not in states.ALLOWED_FROM"
+
+
+def test_the_block_loader_keeps_each_block_whole_and_refuses_a_name_twice() -> None:
+    text = "-- intro\n-- name: a\n-- why\nSELECT 1\n  FROM x\n\n-- name: b\nSELECT 2\n"
+    assert sqlfile.parse(text) == {"a": "SELECT 1\n  FROM x", "b": "SELECT 2"}
+    with pytest.raises(ValueError, match="'a' is defined twice"):
+        sqlfile.parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")

@@ -11,9 +11,10 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Float, literal, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from runner.errors import StoreMissing, StoreReplaced, StoreUnavailable
 from runner.store.backend import OpenMode, retrying
@@ -54,6 +55,7 @@ class SqliteBackend:
         # The file (absolute), and which file it was when opened: a store deleted or replaced under a run
         # keeps taking writes (into the old, unlinked inode) without an error, so only this tells.
         self.path = Path(os.path.abspath(found)) if found is not None else None
+        self.place = str(self.path) if self.path is not None else db
         self._identity: tuple[int, int] | None = None
         self.engine = create_engine(db)
         self._hot = HotConnection(self.path, BUSY_TIMEOUT_MS / 1000) if self.path is not None else None
@@ -74,8 +76,23 @@ class SqliteBackend:
     def is_transient(self, exc: BaseException) -> bool:
         return is_busy(exc)
 
-    async def migrate(self) -> None:
+    async def migrate(self) -> bool:
         await migrate(self.engine)
+        return False
+
+    def now_sql(self, clock: Callable[[], float]) -> ColumnElement[float]:
+        """One host, one clock: the Store's (a test's fake one moves leases on without sleeping)."""
+        return literal(clock(), Float)
+
+    async def metadata_keys(self, conn: AsyncConnection, job_id: str) -> list[str]:
+        # SQLite walks the JSON in C; bodies without the word are never parsed. A metadata that is not an
+        # object gives no text keys (null gives no row, an array integer keys).
+        sql = text(
+            "SELECT DISTINCT m.key FROM requests AS r, json_each(r.body, '$.metadata') AS m"
+            " WHERE r.job_id = :job AND instr(r.body, '\"metadata\"') > 0 AND typeof(m.key) = 'text'"
+            " ORDER BY m.key"
+        )
+        return [str(k) for (k,) in await conn.execute(sql, {"job": job_id})]
 
     def opened(self) -> None:
         if self.path is not None:

@@ -1,0 +1,354 @@
+"""The PostgreSQL backend: SQLAlchemy's asyncpg dialect for the portable queries, asyncpg itself for the hot ones.
+
+Many runners (on many machines) share one database. What makes that safe lives here:
+- claims are one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)` statement (hot.sql), so no row
+  goes to two runners;
+- every time a lease is stamped or compared with is the database's clock (`now_sql`), so a runner whose
+  clock is off cannot expire another's live lease;
+- migrations run under an advisory lock, so two processes opening a new database do not race;
+- a write-back is one statement per kind of outcome (arrays unnested on the server) and a submit's chunk one
+  COPY, each on the asyncpg connection under the engine's, without SQLAlchemy's per-statement cost.
+
+asyncpg is an optional extra (`pip install 'responses-runner[postgres]'`): without it a PostgreSQL URL is
+one line naming the extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Float, cast, func, select, text, update
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from runner.errors import StoreError, StoreMissing, StoreUnavailable
+from runner.states import TERMINAL, RequestState
+from runner.store.backend import OpenMode
+from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
+from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord
+from runner.store.sqlfile import blocks
+from runner.store.tables import jobs, requests
+
+__all__ = ["PostgresBackend", "is_postgres_url", "masked"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+EXTRA_HINT = "PostgreSQL stores need the optional driver: pip install 'responses-runner[postgres]' (asyncpg)"
+_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+# SQLSTATEs worth another try: serialization failure, deadlock detected (either side is rolled back whole).
+_TRANSIENT = frozenset({"40001", "40P01"})
+_COPY_COLUMNS = (
+    "job_id",
+    "line_no",
+    "custom_id",
+    "body",
+    "conversation",
+    "created_at",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "rate_limited",
+)
+Q = RequestState.QUEUED.value
+
+
+def is_postgres_url(db: str) -> bool:
+    """Whether `db` names a PostgreSQL database (`postgresql://`, `postgres://`, `postgresql+asyncpg://`)."""
+    scheme, sep, _ = db.partition("://")
+    return bool(sep) and scheme.lower() in _SCHEMES
+
+
+def masked(db: str) -> str:
+    """`db` as it may be shown: the password replaced by ***."""
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except Exception:  # not parseable as a URL: show no part of what follows the scheme's user
+        scheme = db.partition("://")[0]
+        return f"{scheme}://***"
+
+
+def _url(db: str) -> URL:
+    return make_url(db).set(drivername="postgresql+asyncpg")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+class PostgresBackend:
+    """The store in one PostgreSQL database, shared by any number of runners."""
+
+    path: Path | None = None
+
+    def __init__(self, db: str) -> None:
+        self.place = masked(db)
+        if importlib.util.find_spec("asyncpg") is None:
+            raise StoreUnavailable(self.place, EXTRA_HINT)
+        import asyncpg
+
+        self._asyncpg = asyncpg
+        self.errors: tuple[type[BaseException], ...] = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        try:
+            url = _url(db)
+        except Exception:
+            raise StoreUnavailable(self.place, "not a valid PostgreSQL URL") from None
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=4, max_overflow=8, connect_args={"server_settings": {"application_name": "runner"}}
+        )
+        self._mode: OpenMode = "create"
+        self._sql = blocks("postgres", "hot.sql")
+
+    # -- opening ------------------------------------------------------------------------------------
+
+    def prepare(self, mode: OpenMode) -> bool:
+        # The database itself is the administrator's to create; the schema is made by `migrate`.
+        self._mode = mode
+        return False
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return _sqlstate(exc) in _TRANSIENT
+
+    async def migrate(self) -> bool:
+        """Upgrade under a transaction-scoped advisory lock; whether the schema was made here."""
+        async with self.engine.begin() as conn:
+            await conn.execute(text(self._sql["migration_lock"]))
+            found = await conn.run_sync(current_revision)
+            if found is None and self._mode == "existing":
+                raise StoreMissing(self.place)
+            if found != HEAD_REVISION:
+                await conn.run_sync(upgrade)
+            return found is None
+
+    def opened(self) -> None:
+        return None
+
+    def check_file(self) -> None:
+        return None
+
+    def why_unusable(self, exc: BaseException) -> str | None:
+        orig = getattr(exc, "orig", None) or exc
+        orig = getattr(orig, "__cause__", None) or orig  # the adapted error wraps asyncpg's own
+        if isinstance(orig, OSError):
+            return f"cannot connect to the server ({orig.strerror or type(orig).__name__})"
+        code = _sqlstate(exc) or getattr(orig, "sqlstate", None)
+        if code == "3D000":
+            return "the database does not exist (create it first: createdb NAME)"
+        if isinstance(code, str) and code.startswith("28"):
+            return "the server refused the login (check the user and password)"
+        if isinstance(orig, self._asyncpg.PostgresConnectionError | self._asyncpg.InterfaceError):
+            return f"the connection failed ({type(orig).__name__})"
+        return None
+
+    def file_problem(self, exc: BaseException) -> StoreUnavailable | None:
+        reason = self.why_unusable(exc)
+        return StoreUnavailable(self.place, reason) if reason is not None else None
+
+    def now_sql(self, clock: Callable[[], float]) -> ColumnElement[float]:
+        """The database's clock as epoch seconds: one clock for every runner on the store."""
+        return cast(func.extract("epoch", func.now()), Float)
+
+    # -- the hot statements -------------------------------------------------------------------------
+
+    async def _transaction(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """`fn(asyncpg connection)` in one transaction on a pooled connection of the engine."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            apg = raw.driver_connection
+            assert apg is not None
+            async with apg.transaction():
+                return await fn(apg)
+
+    async def claim(
+        self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
+    ) -> list[Claimed]:
+        if not job_ids or n <= 0:
+            return []
+        sql = self._sql["claim"]
+        rows = await self._transaction(lambda c: c.fetch(sql, owner, float(lease_seconds), list(job_ids), n))
+        return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
+
+    async def apply(
+        self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
+    ) -> list[int]:
+        return await self._transaction(lambda c: self._apply(c, owner, outcomes, response_ids))
+
+    async def _apply(
+        self, c: Any, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
+    ) -> list[int]:
+        sql = self._sql
+        refused: list[int] = []
+        if response_ids:
+            ids = [x.request_id for x in response_ids]
+            written = {
+                r[0]
+                for r in await c.fetch(
+                    sql["set_response_ids"],
+                    ids,
+                    [x.response_id for x in response_ids],
+                    [x.api_request_id for x in response_ids],
+                    [x.sent_at for x in response_ids],
+                    owner,
+                )
+            }
+            missed = [x for x in response_ids if x.request_id not in written]
+            if missed:
+                # Written already (the same id, by this owner: a retried commit) is not a refusal.
+                have = {
+                    r[0]: (r[1], r[2]) for r in await c.fetch(sql["response_ids_of"], [x.request_id for x in missed])
+                }
+                refused += [x.request_id for x in missed if have.get(x.request_id) != (x.response_id, owner)]
+        tried = [o for o in outcomes if not o.refund_attempt]
+        if tried:
+            try:
+                async with c.transaction():  # a savepoint: the history must never take the outcomes down
+                    await c.execute(
+                        sql["record_attempts"],
+                        [o.request_id for o in tried],
+                        [o.to.value for o in tried],
+                        [o.sent_at for o in tried],
+                        [o.http_status for o in tried],
+                        [o.api_request_id for o in tried],
+                        [o.error_code for o in tried],
+                        [o.error_message for o in tried],
+                        owner,
+                    )
+            except (self._asyncpg.PostgresError, ValueError, TypeError, OverflowError) as e:
+                log.warning("attempt history not recorded for %d request(s): %s", len(tried), type(e).__name__)
+        final = [o for o in outcomes if o.to in TERMINAL]
+        back = [o for o in outcomes if o.to is RequestState.QUEUED]
+        if len(final) + len(back) != len(outcomes):
+            bad = next(o for o in outcomes if o.to not in TERMINAL and o.to is not RequestState.QUEUED)
+            raise StoreError(f"apply() takes terminal states or queued, not {bad.to}")  # rolls back the whole call
+        done: set[int] = set()
+        for group, write in ((final, self._finish), (back, self._requeue)):
+            if not group:
+                continue
+            try:
+                async with c.transaction():
+                    done |= await write(c, owner, group)
+            except (self._asyncpg.PostgresError, ValueError, TypeError, OverflowError):
+                # One row PostgreSQL cannot take must not take the group commit down with it: row by row,
+                # each in its own savepoint, and a row that still fails is final with the reason.
+                for o in group:
+                    try:
+                        async with c.transaction():
+                            done |= await write(c, owner, [o])
+                    except (self._asyncpg.PostgresError, ValueError, TypeError, OverflowError) as exc:
+                        reason = f"the job store refused this result ({type(exc).__name__}: {exc})"[:500]
+                        if await c.execute(sql["refuse_row"], reason, o.request_id, owner) != "UPDATE 0":
+                            done.add(o.request_id)
+        refused += [o.request_id for o in outcomes if o.request_id not in done]
+        requeued = [o.request_id for o in back if o.request_id in done]
+        if requeued:
+            await c.execute(sql["cancel_requeued"], requeued)
+        return refused
+
+    async def _finish(self, c: Any, owner: str, group: Sequence[Outcome]) -> set[int]:
+        rows = await c.fetch(
+            self._sql["finish"],
+            [o.request_id for o in group],
+            [o.to.value for o in group],
+            [o.response_body for o in group],
+            [o.usage.input_tokens for o in group],
+            [o.usage.cached_tokens for o in group],
+            [o.usage.output_tokens for o in group],
+            [o.usage.reasoning_tokens for o in group],
+            [o.usage.total_tokens for o in group],
+            [o.http_status for o in group],
+            [o.api_request_id for o in group],
+            [o.error_code for o in group],
+            [o.error_message for o in group],
+            [1 if o.rate_limited else 0 for o in group],
+            [o.sent_at for o in group],
+            owner,
+        )
+        return {r[0] for r in rows}
+
+    async def _requeue(self, c: Any, owner: str, group: Sequence[Outcome]) -> set[int]:
+        rows = await c.fetch(
+            self._sql["requeue"],
+            [o.request_id for o in group],
+            [float(o.next_attempt_at) for o in group],
+            [1 if o.refund_attempt else 0 for o in group],
+            [o.clear_response_id for o in group],
+            [o.http_status for o in group],
+            [o.api_request_id for o in group],
+            [o.error_code for o in group],
+            [o.error_message for o in group],
+            [1 if o.rate_limited else 0 for o in group],
+            [o.sent_at for o in group],
+            owner,
+        )
+        return {r[0] for r in rows}
+
+    async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
+        """One COPY per chunk: the fastest way into PostgreSQL, and all or nothing like any statement."""
+        records = [
+            (job_id, r.line_no, r.custom_id, r.body, r.conversation, float(now), Q, 0, 0.0, 0, 0, 0, 0, 0, 0)
+            for r in rows
+        ]
+        try:
+            await self._transaction(
+                lambda c: c.copy_records_to_table("requests", records=records, columns=_COPY_COLUMNS)
+            )
+        except self._asyncpg.UniqueViolationError as e:
+            raise DuplicateCustomId(job_id) from e
+
+    async def cancel_requeued(self, conn: AsyncConnection, now: float) -> None:
+        stamp = self.now_sql(lambda: now)
+        await conn.execute(
+            update(requests)
+            .where(
+                requests.c.state == Q, requests.c.job_id.in_(select(jobs.c.id).where(jobs.c.cancelled_at.is_not(None)))
+            )
+            .values(
+                state=RequestState.CANCELLED.value,
+                finished_at=stamp,
+                updated_at=stamp,
+                error_code="cancelled",
+                error_message="the job was cancelled",
+            )
+        )
+
+    async def metadata_keys(self, conn: AsyncConnection, job_id: str) -> list[str]:
+        sql = text(
+            "SELECT DISTINCT k FROM requests AS r, runner_json_keys(r.body, 'metadata') AS k"
+            " WHERE r.job_id = :job AND strpos(r.body, '\"metadata\"') > 0 ORDER BY k"
+        )
+        return [str(k) for (k,) in await conn.execute(sql, {"job": job_id})]
+
+    # -- the database -------------------------------------------------------------------------------
+
+    async def integrity(self, conn: AsyncConnection) -> str:
+        """PostgreSQL checks its own pages; this checks the store is the runner's, at the newest schema."""
+        found = await conn.run_sync(current_revision)
+        if found != HEAD_REVISION:
+            return f"schema revision {found}, expected {HEAD_REVISION}"
+        return "ok"
+
+    def file_size(self) -> int:
+        """0: the server's files are the server's (see `pg_database_size` for the database's size)."""
+        return 0
+
+    async def reclaim_space(self) -> None:
+        """VACUUM the store's tables: deleted rows' space is reused (autovacuum would get there too)."""
+        async with self.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text("VACUUM requests, attempts, jobs"))
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()

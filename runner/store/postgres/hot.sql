@@ -1,0 +1,107 @@
+-- The PostgreSQL backend's hot statements (runner/store/postgres/__init__.py runs them on asyncpg).
+-- Every time written or compared is the database's own clock, as epoch seconds, so runners on machines
+-- whose clocks disagree can never expire each other's live leases: extract(epoch FROM now())::float8.
+-- States are written out; tests/unit/test_sql_states.py checks each one exists in runner/states.py.
+
+-- name: claim
+-- $1 owner, $2 lease seconds, $3 job ids, $4 how many. SKIP LOCKED: a row another runner is claiming
+-- right now is passed over, never handed out twice. The pick is a MATERIALIZED CTE, run once: as an
+-- `IN (subquery)` the planner may re-run it per row and lock more than $4 rows. A request whose
+-- conversation has an earlier unfinished one is skipped (one at a time, file order); the earlier one is
+-- queued or in progress in every snapshot until it is final, so this holds across processes too.
+WITH picked AS MATERIALIZED (
+    SELECT r.id FROM requests AS r JOIN jobs ON jobs.id = r.job_id
+    WHERE r.state = 'queued' AND r.next_attempt_at <= extract(epoch FROM now())::float8
+      AND r.job_id = ANY($3::text[]) AND jobs.cancelled_at IS NULL
+      AND (r.conversation IS NULL OR NOT EXISTS (
+          SELECT 1 FROM requests AS earlier
+          WHERE earlier.conversation = r.conversation AND earlier.id < r.id
+            AND earlier.state IN ('queued', 'in_progress')))
+    ORDER BY r.id LIMIT $4
+    FOR UPDATE OF r SKIP LOCKED)
+UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = $1,
+    lease_expires_at = extract(epoch FROM now())::float8 + $2,
+    started_at = coalesce(started_at, extract(epoch FROM now())::float8),
+    submitted_at = extract(epoch FROM now())::float8, updated_at = extract(epoch FROM now())::float8
+FROM picked
+WHERE requests.id = picked.id AND state = 'queued'
+RETURNING requests.id, job_id, line_no, custom_id, body, attempts
+
+-- name: set_response_ids
+-- $1 ids, $2 response ids, $3 x-request-ids, $4 send times, $5 owner. Only to a request this owner
+-- leases, never over another id; the ids written come back.
+UPDATE requests AS r SET response_id = v.response_id, request_id = v.api_request_id,
+    submitted_at = coalesce(v.sent_at, r.submitted_at), updated_at = extract(epoch FROM now())::float8
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[]) AS v(id, response_id, api_request_id, sent_at)
+WHERE r.id = v.id AND r.state = 'in_progress' AND r.lease_owner = $5 AND r.response_id IS NULL
+RETURNING r.id
+
+-- name: response_ids_of
+SELECT id, response_id, lease_owner FROM requests WHERE id = ANY($1::bigint[])
+
+-- name: record_attempts
+-- One attempts row per outcome, under the outcome's own guard (inserted before the outcome is written).
+INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_status, api_request_id,
+    response_id, error_code, error_message)
+SELECT r.id, r.attempts, v.outcome, coalesce(v.sent_at, r.submitted_at), extract(epoch FROM now())::float8,
+    v.http_status, v.api_request_id, r.response_id, v.error_code, v.error_message
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::text[], $7::text[])
+    AS v(id, outcome, sent_at, http_status, api_request_id, error_code, error_message)
+JOIN requests AS r ON r.id = v.id
+WHERE r.state = 'in_progress' AND r.lease_owner = $8
+
+-- name: finish
+-- Final outcomes. $1 ids, $2 states, $3 bodies, $4-$8 usage, $9 http status, $10 x-request-ids,
+-- $11 error codes, $12 messages, $13 429 counts, $14 send times, $15 owner.
+UPDATE requests AS r SET state = v.state, response_body = v.response_body,
+    input_tokens = v.input_tokens, cached_tokens = v.cached_tokens, output_tokens = v.output_tokens,
+    reasoning_tokens = v.reasoning_tokens, total_tokens = v.total_tokens,
+    finished_at = extract(epoch FROM now())::float8,
+    http_status = coalesce(v.http_status, r.http_status), request_id = coalesce(v.api_request_id, r.request_id),
+    error_code = v.error_code, error_message = v.error_message, rate_limited = r.rate_limited + v.rate_limited,
+    submitted_at = coalesce(v.sent_at, r.submitted_at), lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = extract(epoch FROM now())::float8
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+        $8::bigint[], $9::int[], $10::text[], $11::text[], $12::text[], $13::int[], $14::float8[])
+    AS v(id, state, response_body, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens,
+         http_status, api_request_id, error_code, error_message, rate_limited, sent_at)
+WHERE r.id = v.id AND r.state = 'in_progress' AND r.lease_owner = $15
+RETURNING r.id
+
+-- name: requeue
+-- Back to queued (a retry, or work handed back). $1 ids, $2 due times, $3 refunds (0/1), $4 clear the
+-- response id, $5 http status, $6 x-request-ids, $7 error codes, $8 messages, $9 429 counts,
+-- $10 send times, $11 owner.
+UPDATE requests AS r SET state = 'queued', next_attempt_at = v.next_attempt_at, attempts = r.attempts - v.refund,
+    response_id = CASE WHEN v.clear THEN NULL ELSE r.response_id END,
+    http_status = coalesce(v.http_status, r.http_status), request_id = coalesce(v.api_request_id, r.request_id),
+    error_code = v.error_code, error_message = v.error_message, rate_limited = r.rate_limited + v.rate_limited,
+    submitted_at = coalesce(v.sent_at, r.submitted_at), lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = extract(epoch FROM now())::float8
+FROM unnest($1::bigint[], $2::float8[], $3::int[], $4::bool[], $5::int[], $6::text[], $7::text[], $8::text[],
+        $9::int[], $10::float8[])
+    AS v(id, next_attempt_at, refund, clear, http_status, api_request_id, error_code, error_message,
+         rate_limited, sent_at)
+WHERE r.id = v.id AND r.state = 'in_progress' AND r.lease_owner = $11
+RETURNING r.id
+
+-- name: refuse_row
+-- A row the store refused to take (a value PostgreSQL cannot hold, such as a NUL character): failed, with
+-- the reason and nothing else, so it is final and never sent (and paid for) again. $1 reason, $2 id, $3 owner.
+UPDATE requests SET state = 'failed', response_body = NULL, input_tokens = 0, cached_tokens = 0,
+    output_tokens = 0, reasoning_tokens = 0, total_tokens = 0, error_code = 'store_refused',
+    error_message = $1, finished_at = extract(epoch FROM now())::float8, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = extract(epoch FROM now())::float8
+WHERE id = $2 AND state = 'in_progress' AND lease_owner = $3
+
+-- name: cancel_requeued
+-- Work that came back to queued in a job cancelled meanwhile is cancelled ($1: those ids; NULL: all).
+UPDATE requests SET state = 'cancelled', finished_at = extract(epoch FROM now())::float8,
+    updated_at = extract(epoch FROM now())::float8, error_code = 'cancelled',
+    error_message = 'the job was cancelled'
+WHERE state = 'queued' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS NOT NULL)
+  AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+
+-- name: migration_lock
+-- One key for every runner: two processes opening a new database at once migrate one after the other.
+SELECT pg_advisory_xact_lock(7372011123456789)

@@ -1,0 +1,199 @@
+"""What only a PostgreSQL store promises: one schema from the same migrations, safe concurrent opens and
+claims from many processes, leases on the database's clock, and a clear line for a URL that cannot be used."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, select
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from runner.errors import StoreMissing, StoreUnavailable
+from runner.states import RequestState
+from runner.store import NewRequest, Outcome, Store
+from runner.store.migrate import HEAD_REVISION
+from runner.store.tables import metadata, requests
+from tests.integration.test_migrations import head_revision
+from tests.pg import PgCluster
+
+pytestmark = [pytest.mark.pg, pytest.mark.anyio]
+
+
+def _async_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def schema_state(url: str) -> tuple[str | None, list[Any]]:
+    """The database's revision and its differences from tables.py (alembic's compare_metadata)."""
+    engine = create_async_engine(_async_url(url))
+
+    def compare(conn: Connection) -> tuple[str | None, list[Any]]:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        return ctx.get_current_revision(), list(compare_metadata(ctx, metadata))
+
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(compare)
+    finally:
+        await engine.dispose()
+
+
+async def make_job(store: Store, job_id: str, n: int, conversations: list[str | None] | None = None) -> None:
+    await store.begin_job(
+        job_id=job_id, name=job_id, source="x.jsonl", fingerprint=f"fp-{job_id}", background=False, staged_by="h:1"
+    )
+    rows = [
+        NewRequest(
+            i, f"c-{i}", json.dumps({"model": "m", "input": str(i)}), conversations[i - 1] if conversations else None
+        )
+        for i in range(1, n + 1)
+    ]
+    await store.add_requests(job_id, rows)
+    await store.publish_job(job_id, n)
+
+
+async def test_upgrade_on_an_empty_database_matches_the_tables(pg_url: str) -> None:
+    assert head_revision() == HEAD_REVISION
+    store = await Store.open(pg_url)
+    assert store.created  # the schema was made by this open
+    await store.aclose()
+    assert await schema_state(pg_url) == (HEAD_REVISION, [])
+    again = await Store.open(pg_url, "existing")
+    assert not again.created
+    await again.aclose()
+
+
+def test_three_processes_opening_a_new_database_at_once_all_succeed(pg_url: str) -> None:
+    # Separate interpreters, like `runner` commands on three machines started together on a new store:
+    # without the advisory lock two of them would both create the tables, and one would fail.
+    code = (
+        "import sys, warnings, anyio\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "from runner.store import Store\n"
+        "async def main():\n"
+        "    s = await Store.open(sys.argv[1])\n"
+        "    await s.list_jobs()\n"
+        "    await s.aclose()\n"
+        "anyio.run(main)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+    assert anyio.run(schema_state, pg_url) == (HEAD_REVISION, [])
+
+
+async def test_a_command_that_needs_a_store_does_not_make_one_in_an_empty_database(pg_url: str) -> None:
+    with pytest.raises(StoreMissing) as e:
+        await Store.open(pg_url, "existing")
+    assert "no store at postgresql://postgres@127.0.0.1" in str(e.value)
+    assert (await schema_state(pg_url))[0] is None
+
+
+async def test_an_unreachable_server_is_one_line_with_the_password_masked(pg_server: PgCluster) -> None:
+    url = f"postgresql://alice:s3cret-pw@127.0.0.1:{pg_server.port + 1 if pg_server.port < 65535 else 1}/nope"
+    with pytest.raises(StoreUnavailable) as e:
+        await Store.open(url)
+    msg = str(e.value)
+    assert "s3cret-pw" not in msg and "alice:***@127.0.0.1" in msg
+    assert "cannot connect to the server" in msg and "\n" not in msg
+
+
+async def test_a_missing_database_is_named(pg_server: PgCluster) -> None:
+    with pytest.raises(StoreUnavailable, match="the database does not exist"):
+        await Store.open(f"{pg_server.url}/no_such_db")
+
+
+async def test_without_asyncpg_the_error_names_the_extra(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "asyncpg" else real(name, *a))
+    with pytest.raises(StoreUnavailable) as e:
+        await Store.open(pg_url.replace("postgres@", "postgres:pw@"))
+    assert "pip install 'responses-runner[postgres]'" in str(e.value)
+    assert ":pw@" not in str(e.value)
+
+
+async def test_claims_from_many_stores_at_once_never_hand_out_a_row_twice(pg_url: str) -> None:
+    first = await Store.open(pg_url)
+    stores = [first, *[await Store.open(pg_url) for _ in range(3)]]
+    try:
+        await make_job(first, "job_a", 300)
+        got: dict[str, list[int]] = {}
+
+        async def drain(i: int, s: Store) -> None:
+            mine = got.setdefault(f"o{i}", [])
+            while batch := await s.claim(f"o{i}", ["job_a"], 7, 60):
+                assert [c.id for c in batch] == sorted(c.id for c in batch)
+                mine += [c.line_no for c in batch]
+
+        async with anyio.create_task_group() as tg:
+            for i, s in enumerate(stores):
+                tg.start_soon(drain, i, s)
+        lines = [n for ns in got.values() for n in ns]
+        assert sorted(lines) == list(range(1, 301))  # every row once, none twice
+        assert sum(1 for ns in got.values() if ns) >= 2
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+async def test_the_conversation_rule_holds_across_stores(pg_url: str) -> None:
+    a, b = await Store.open(pg_url), await Store.open(pg_url)
+    try:
+        await make_job(a, "job_a", 4, ["x", "x", None, "x"])
+        one, two = await a.claim("a", ["job_a"], 10, 60), await b.claim("b", ["job_a"], 10, 60)
+        assert [c.line_no for c in one] == [1, 3] and two == []
+        assert await a.apply("a", [Outcome(one[0].id, RequestState.COMPLETED, http_status=200)]) == []
+        assert [c.line_no for c in await b.claim("b", ["job_a"], 10, 60)] == [2]
+        assert await a.claim("a", ["job_a"], 10, 60) == []
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_runner_whose_clock_runs_ten_minutes_ahead_does_not_steal_live_leases(pg_url: str) -> None:
+    honest = await Store.open(pg_url)
+    skewed = await Store.open(pg_url, clock=lambda: time.time() + 600)
+    try:
+        await make_job(honest, "job_a", 3)
+        held = await honest.claim("honest", ["job_a"], 3, 60)
+        assert await skewed.reclaim_expired(["job_a"]) == 0
+        assert await skewed.claim("skewed", ["job_a"], 3, 60) == []
+        assert (await skewed.job_stats("job_a")).stale_leases == 0
+
+        async def owners(conn: AsyncConnection) -> set[str]:
+            return {r[0] for r in await conn.execute(select(requests.c.lease_owner))}
+
+        assert await skewed.read(owners) == {"honest"}
+        assert len(held) == 3
+    finally:
+        await honest.aclose()
+        await skewed.aclose()
+
+
+async def test_a_result_postgresql_cannot_hold_fails_that_request_only(pg_url: str) -> None:
+    store = await Store.open(pg_url)
+    try:
+        await make_job(store, "job_a", 2)
+        c1, c2 = await store.claim("me", ["job_a"], 2, 60)
+        bad = Outcome(c1.id, RequestState.COMPLETED, http_status=200, response_body='{"output_text": "a\x00b"}')
+        good = Outcome(c2.id, RequestState.COMPLETED, http_status=200, response_body='{"output_text": "fine"}')
+        assert await store.apply("me", [bad, good]) == []
+        st = await store.job_stats("job_a")
+        assert st.counts["completed"] == 1 and st.counts["failed"] == 1
+        detail = await store.request_detail("job_a", "c-1")
+        assert detail.error_code == "store_refused"
+    finally:
+        await store.aclose()
