@@ -39,7 +39,7 @@ SHARED_BLOCK_SECONDS = 0.5  # a runner books this much of the fleet's request bu
 MAX_SHARED_BLOCK = 64  # ... but never more slots than this in one booking (one store write per block)
 # A shared slot whose time passed more than this ago is dropped, not used late: a late send bunched with
 # the next runner's on-time one could put more than a second's share into one window.
-STALE_SLOT = BURST
+STALE_SLOT = BURST / 2
 # Salts the hash that names a shared budget, so the store holds no plain hash of an API key.
 _BUDGET_SALT = b"runner/rate-budget/v1\0"
 
@@ -200,12 +200,13 @@ class SharedSlots:
     """Request send slots booked ahead from a budget shared with the other runners of one store.
 
     Inactive (and untouched) while this runner is alone. When active, each request takes the next booked
-    slot (wall-clock times) and waits for it; a booking task (the worker's heartbeat) is asked for another
-    block when fewer than half a block remain, and publishes pauses this runner met to the others.
+    slot (a time on the limiter's own clock: the store hands out offsets from its "now") and waits for it.
+    A booking task (the worker's heartbeat) is asked for another block when few remain, and publishes the
+    pauses this runner met to the others.
     """
 
-    def __init__(self, wall: Clock = time.time) -> None:
-        self.wall = wall
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
         self.active = False
         self.runners = 1  # live runners on the store, this one included
         self._slots: deque[float] = deque()
@@ -213,9 +214,9 @@ class SharedSlots:
         self._demand = False  # a request took a slot and few are left (or none): book another block
         self._want = anyio.Event()
         self._added = anyio.Event()
-        self.pause_to_publish = 0.0  # wall-clock end of a pause this runner met, not yet published
-        self.last_slot = 0.0  # wall-clock time of the last slot booked
-        self.not_before = 0.0  # wall-clock time before which no slot may be booked (set when sharing starts)
+        self.pause_to_publish = 0.0  # when a pause this runner met ends, not yet published (0: none)
+        self.last_slot = 0.0  # the last slot booked
+        self.not_before = 0.0  # no slot may be booked before this (set when sharing starts)
 
     def add(self, slots: list[float]) -> None:
         """Slots just booked (in order, after every slot booked before)."""
@@ -244,17 +245,17 @@ class SharedSlots:
             await self._want.wait()
             self._want = anyio.Event()
 
-    def note_pause(self, until_wall: float) -> None:
+    def note_pause(self, until: float) -> None:
         """Publish this pause (a 429, a window run dry) to the other runners."""
-        if until_wall > self.pause_to_publish:
-            self.pause_to_publish = until_wall
+        if until > self.pause_to_publish:
+            self.pause_to_publish = until
             self._want.set()
 
     async def next_slot(self, not_before: float) -> float | None:
-        """The next usable slot at or after `not_before` (wall clock), waiting for a booking if none is left;
-        None when sharing ended meanwhile."""
+        """The next usable slot at or after `not_before`, waiting for a booking if none is left; None when
+        sharing ended meanwhile."""
         while self.active:
-            now = self.wall()
+            now = self.clock()
             while self._slots and (self._slots[0] < now - STALE_SLOT or self._slots[0] < not_before):
                 self._slots.popleft()
             if self._slots:
@@ -312,23 +313,26 @@ class RateLimiter:
         if sharing and self.requests is not None:
             # The last request paced alone may be going out now: the first shared slot comes one interval later.
             # (Requests booked alone but still waiting take shared slots instead.)
-            shared.not_before = shared.wall() + 1.0 / self.requests.rate
+            shared.not_before = self.clock() + 1.0 / self.requests.rate
         if not sharing:
             shared.clear()
             req = self.requests
             if req is not None:  # no burst when pacing alone again: one interval after the last shared slot
-                after = max(shared.last_slot - shared.wall(), 0.0) + 1.0 / req.rate
+                after = max(shared.last_slot - self.clock(), 0.0) + 1.0 / req.rate
                 req.hold_until(self.clock() + after + req.burst)  # a booking may come `burst` early
 
-    async def shared_turn(self) -> bool:
-        """Wait for this request's shared send slot; False when a pause began meanwhile (book again)."""
+    async def shared_turn(self, *, booked_alone: bool) -> bool:
+        """Wait for this request's shared send slot; False when it must book again (a pause began meanwhile,
+        or sharing ended after `delay_for` left the request to the shared budget)."""
         shared = self.shared
-        if shared is None or not shared.active or self.requests is None:
+        if shared is None or self.requests is None:
             return True
-        slot = await shared.next_slot(shared.wall() + self.remaining_pause())
+        if not shared.active:
+            return booked_alone
+        slot = await shared.next_slot(self.clock() + self.remaining_pause())
         if slot is None:  # sharing ended while waiting: book again, alone
             return False
-        wait = slot - shared.wall()
+        wait = slot - self.clock()
         if wait > 0:
             await anyio.sleep(wait)
         return self.remaining_pause() <= 0
@@ -407,7 +411,7 @@ class RateLimiter:
             self.say(why or f"pausing all requests for {seconds:.0f} s", until)
         if until > self.paused_until:
             if self.shared is not None and self.shared.active:
-                self.shared.note_pause(self.shared.wall() + max(seconds, 0.0))
+                self.shared.note_pause(until)
             self.paused_until = until
             self.pauses += 1
             for p in (self.requests, self.tokens, self.polls):

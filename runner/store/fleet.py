@@ -5,8 +5,9 @@ its expiry out with every heartbeat and delete it at a clean exit; a row whose e
 runner that died. The shared rate budget is one GCRA row per API endpoint and key: a runner reserves a
 block of send slots in one short transaction, so the fleet together keeps one even pace.
 
-Every time here comes from `now()`, one place, so that a database with a clock of its own (PostgreSQL's
-`now()`) can become the fleet's single clock without touching the queries.
+Every time here is "now" as the store sees it (`_db_now`, one place): the Store's clock on SQLite, the
+database's own clock on PostgreSQL, so machines with skewed clocks agree on heartbeats. Slot times go back
+to a runner as offsets from that "now", never as absolute times, so its own clock never has to agree.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ __all__ = [
     "fleet_view",
     "heartbeat",
     "live_runner_count",
-    "now",
     "publish_pause",
     "register",
     "reserve_slots",
@@ -91,9 +91,9 @@ def clock_of(store: Store) -> FleetClock | None:
     return clock if isinstance(clock, FleetClock) else None
 
 
-def now(store: Store) -> float:
-    """The fleet's "now", in epoch seconds: the store's clock (the one every lease time comes from)."""
-    return store._clock()
+async def _db_now(conn: AsyncConnection, store: Store) -> float:
+    """ "Now" in epoch seconds, as the store sees it (the clock every lease time comes from)."""
+    return float((await conn.execute(select(store._now()))).scalar_one())
 
 
 async def calibrate(store: Store, clock: FleetClock) -> float | None:
@@ -150,23 +150,27 @@ class FleetView:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A block of send slots: `count` of them, `interval` apart, from `start` (epoch seconds)."""
+    """A block of send slots: `count` of them, `interval` apart, the first `start` seconds from the store's now.
+
+    Offsets, not times: the runner adds them to its own clock, which need not agree with the store's.
+    """
 
     start: float
     interval: float
     count: int
-    paused_until: float  # the fleet's 429 pause in force (epoch seconds; in the past when none)
+    pause_left: float  # seconds left of the fleet's 429 pause (0 when none)
+    now: float  # the store's "now" the offsets are from (epoch seconds, on its clock)
 
-    def slots(self) -> list[float]:
-        """The slot times, in order."""
+    def offsets(self) -> list[float]:
+        """Seconds from now of each slot, in order."""
         return [self.start + i * self.interval for i in range(self.count)]
 
 
 async def register(store: Store, owner: str, host: str, pid: int, ttl: float) -> None:
     """Add this runner, alive for `ttl` seconds unless a heartbeat extends it; forget runners long dead."""
-    t = now(store)
 
     async def go(conn: AsyncConnection) -> None:
+        t = await _db_now(conn, store)
         await conn.execute(delete(runners).where((runners.c.id == owner) | (runners.c.expires_at < t)))
         await conn.execute(
             insert(runners).values(
@@ -182,9 +186,9 @@ async def heartbeat(store: Store, owner: str, host: str, pid: int, ttl: float, i
 
     A row that is gone (deleted while this runner hung past its expiry) is added again.
     """
-    t = now(store)
 
     async def go(conn: AsyncConnection) -> int:
+        t = await _db_now(conn, store)
         r = await conn.execute(
             update(runners).where(runners.c.id == owner).values(heartbeat_at=t, expires_at=t + ttl, in_flight=in_flight)
         )
@@ -206,10 +210,9 @@ async def _live(conn: AsyncConnection, t: float) -> int:
 
 async def live_runner_count(store: Store) -> int:
     """How many runners of this store are alive now (a read: cheap to ask often)."""
-    t = now(store)
 
     async def go(conn: AsyncConnection) -> int:
-        return await _live(conn, t)
+        return await _live(conn, await _db_now(conn, store))
 
     return await store.read(go)
 
@@ -225,9 +228,9 @@ async def unregister(store: Store, owner: str) -> None:
 
 async def fleet_view(store: Store) -> FleetView:
     """The live runners, oldest first, and the store's stale leases."""
-    t = now(store)
 
     async def go(conn: AsyncConnection) -> FleetView:
+        t = await _db_now(conn, store)
         rows = await conn.execute(
             select(runners).where(runners.c.expires_at >= t).order_by(runners.c.started_at, runners.c.id)
         )
@@ -247,51 +250,50 @@ async def fleet_view(store: Store) -> FleetView:
     return await store.read(go)
 
 
-async def reserve_slots(store: Store, budget: str, rate: float, count: int, *, not_before: float = 0.0) -> Reservation:
+async def reserve_slots(store: Store, budget: str, rate: float, count: int, *, delay: float = 0.0) -> Reservation:
     """Book `count` send slots `1/rate` apart from the shared budget `budget`, after every slot booked before.
 
     GCRA over the whole fleet: the row holds the theoretical arrival time (the next free slot); a block
-    starts there, or now if that has passed, or at the end of a 429 pause, or at `not_before` (the runner's
-    own pacing before it joined); the row moves to its end. The
+    starts there, or now if that has passed, or at the end of a 429 pause, or `delay` seconds from now (the
+    runner's own pacing before it joined); the row moves to its end. The
     row is read FOR UPDATE (a row lock on PostgreSQL; SQLite's write transaction is already exclusive).
     """
     interval = 1.0 / max(rate, 1e-9)
     count = max(count, 1)
 
     async def go(conn: AsyncConnection) -> Reservation:
-        t = now(store)
+        t = await _db_now(conn, store)
         row = await _budget_row(conn, budget, t, rate)
         # A slot booked further ahead than any block can reach was booked by a clock that ran ahead: start
         # from now instead of stalling the fleet for the skew.
         tat = row.tat if row.tat <= t + MAX_BOOKED_AHEAD else t
-        start = max(tat, t, row.paused_until, not_before)
+        start = max(tat, t, row.paused_until, t + delay)
         await conn.execute(
             update(rate_budget)
             .where(rate_budget.c.id == budget)
             .values(tat=start + count * interval, rate=rate, updated_at=t)
         )
-        return Reservation(start, interval, count, row.paused_until)
+        return Reservation(start - t, interval, count, max(row.paused_until - t, 0.0), t)
 
     return await store.write(go)
 
 
-async def publish_pause(store: Store, budget: str, until: float, rate: float) -> float:
-    """Hold the whole fleet's budget until `until` (a 429's Retry-After); returns the pause now in force.
+async def publish_pause(store: Store, budget: str, seconds: float, rate: float) -> None:
+    """Hold the whole fleet's budget for `seconds` from now (a 429's Retry-After).
 
     A later pause extends, an earlier one never shortens.
     """
 
-    async def go(conn: AsyncConnection) -> float:
-        t = now(store)
+    async def go(conn: AsyncConnection) -> None:
+        t = await _db_now(conn, store)
+        until = t + seconds
         row = await _budget_row(conn, budget, t, rate)
-        if until <= row.paused_until:
-            return float(row.paused_until)
-        await conn.execute(
-            update(rate_budget).where(rate_budget.c.id == budget).values(paused_until=until, updated_at=t)
-        )
-        return until
+        if until > row.paused_until:
+            await conn.execute(
+                update(rate_budget).where(rate_budget.c.id == budget).values(paused_until=until, updated_at=t)
+            )
 
-    return await store.write(go)
+    await store.write(go)
 
 
 async def _budget_row(conn: AsyncConnection, budget: str, t: float, rate: float) -> _Budget:

@@ -9,6 +9,7 @@ runner's own run low, publishing any pause the runner met to the others.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -53,8 +54,9 @@ class Heartbeat:
         self._in_flight = in_flight
         self._clock = fleet.clock_of(store)
         self._join_hold_until = 0.0  # a joining runner's first slot comes no sooner (see JOIN_HOLD)
+        self._lo, self._hi = -math.inf, math.inf  # bounds of (this runner's clock - the store's), see _on_my_clock
         if budget is not None:
-            limiter.shared = SharedSlots(lambda: fleet.now(store))
+            limiter.shared = SharedSlots(limiter.clock)
 
     async def start(self) -> None:
         """Correct the clock, then register (before the run reclaims anything: its lease times must be right)."""
@@ -64,7 +66,7 @@ class Heartbeat:
         if self.budget is not None:
             live = await fleet.live_runner_count(self.store)
             if live > 1:
-                self._join_hold_until = fleet.now(self.store) + JOIN_HOLD
+                self._join_hold_until = self.limiter.clock() + JOIN_HOLD
             self.limiter.share(live)
 
     async def stop(self) -> None:
@@ -103,8 +105,10 @@ class Heartbeat:
             await shared.wanted()
             requests = self.limiter.requests
             if shared.pause_to_publish:
-                until, shared.pause_to_publish = shared.pause_to_publish, 0.0
-                await fleet.publish_pause(self.store, self.budget, until, requests.rate if requests else 0.0)
+                left = shared.pause_to_publish - self.limiter.clock()
+                shared.pause_to_publish = 0.0
+                if left > 0:
+                    await fleet.publish_pause(self.store, self.budget, left, requests.rate if requests else 0.0)
             if not shared.wants_more:
                 continue
             if requests is None:  # sharing tokens alone: nothing to book
@@ -113,17 +117,34 @@ class Heartbeat:
             shared.not_before = max(shared.not_before, self._join_hold_until)
             rate = requests.rate
             count = max(1, min(MAX_SHARED_BLOCK, round(rate * SHARED_BLOCK_SECONDS)))
-            got = await fleet.reserve_slots(self.store, self.budget, rate, count, not_before=shared.not_before)
-            self._adopt_pause(got.paused_until)
+            before = self.limiter.clock()
+            got = await fleet.reserve_slots(
+                self.store, self.budget, rate, count, delay=max(shared.not_before - before, 0.0)
+            )
+            start = self._on_my_clock(got.now, before, self.limiter.clock()) + got.start
+            self._adopt_pause(got.pause_left)
             if shared.active:
-                shared.add(got.slots())
+                shared.add([start + i * got.interval for i in range(got.count)])
 
-    def _adopt_pause(self, until: float) -> None:
-        """Another runner met a 429 (or a dry window): this one pauses to the same end."""
-        left = until - fleet.now(self.store)
+    def _on_my_clock(self, store_now: float, before: float, after: float) -> float:
+        """The store's `store_now`, read between `before` and `after` on this runner's clock, on this clock.
+
+        The two clocks differ by a constant; each booking bounds it, and the bounds of all bookings together
+        pin it to about the fastest round trip. A slot taken as late as the bounds allow is never early, and
+        slots of successive bookings keep their spacing (a slow booking does not shift its block later).
+        """
+        lo, hi = before - store_now, after - store_now
+        if max(lo, self._lo) > min(hi, self._hi):  # a clock was stepped: start over
+            self._lo, self._hi = lo, hi
+        else:
+            self._lo, self._hi = max(lo, self._lo), min(hi, self._hi)
+        return store_now + self._hi
+
+    def _adopt_pause(self, left: float) -> None:
+        """Another runner met a 429 (or a dry window): this one pauses for what is left of it."""
         if left <= self.limiter.remaining_pause() + PAUSE_EPSILON:
             return
         shared = self.limiter.shared
         self.limiter.pause(left, why=f"another runner of this store was asked to wait; pausing {left:.0f} s")
-        if shared is not None and shared.pause_to_publish <= until + PAUSE_EPSILON:
+        if shared is not None:
             shared.pause_to_publish = 0.0  # it came from the store: nothing to publish

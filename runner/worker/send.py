@@ -87,13 +87,14 @@ class Sender:
             body = orjson.loads(c.body)
             raw = Estimator.raw(body) if isinstance(body, dict) else 1.0
         while True:
+            booked_alone = not limiter.sharing  # whether delay_for books this request on the local pacer
             wait = limiter.delay_for(raw * limiter.estimator.ratio)
             if wait > 0:
                 await anyio.sleep(wait)
                 if limiter.remaining_pause() > 0:
                     continue  # a 429 paused the pool while we slept: book again after it
             # With other runners on the store, the request also waits for its slot of the fleet's budget.
-            if limiter.shared is None or await limiter.shared_turn():
+            if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
                 return raw
 
     async def submit(self, c: Claimed) -> int | None:
