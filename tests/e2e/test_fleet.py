@@ -234,3 +234,11 @@ def test_three_runners_share_one_rpm_budget(
     assert busiest <= 10 * 1.1 + 1, busiest  # any window, not only whole seconds (one more at its edges)
     # Separate budgets of 600 would send them in about 6 s; one shared budget takes 10 s.
     assert span > (lines - 1) / 10 * 0.9, span
+
+
+def test_a_bad_host_id_is_one_line_and_exit_2(cli: Cli, tmp_path: Path) -> None:
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 2))
+    r = cli("run", job, extra_env={"RUNNER_HOST_ID": "host:1"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "invalid RUNNER_HOST_ID" in r.stderr, r.stderr
+    assert Db(cli.db).states(job) == {"queued": 2}  # nothing changed

@@ -98,3 +98,17 @@ def test_a_pause_is_published_to_the_fleet_only_while_shared() -> None:
     lim.pause(20)
     assert shared.pause_to_publish == pytest.approx(clock.t + 20)
     assert lim.remaining_pause() == pytest.approx(20)
+
+
+def test_while_shared_tokens_are_paced_at_this_runners_share() -> None:
+    alone_clock, shared_clock = Clock(), Clock()
+    alone = RateLimiter(tpm=60_000, clock=alone_clock)  # 1,000 tokens a second
+    three = RateLimiter(tpm=60_000, clock=shared_clock)
+    three.shared = SharedSlots(shared_clock)
+    three.share(3)
+    for _ in range(5):
+        alone.delay_for(500)
+        three.delay_for(500)
+    # Five requests of 500 tokens: 2 s of budget alone, 6 s as one of three runners.
+    assert alone.delay_for(500) == pytest.approx(2.5 - 0.1)
+    assert three.delay_for(500) == pytest.approx(7.5 - 0.1)
