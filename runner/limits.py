@@ -8,6 +8,9 @@ Several runners on one store share one budget (`SharedSlots`): while more than o
 requests only in send slots booked from one GCRA row in the store (the worker's heartbeat books them, a
 block at a time), tokens are paced at the runner's share of the budget, and a pause is published to the
 others. A runner alone never touches any of it, and paces exactly as before.
+
+Over 400 lines on purpose: the shared slots are one more gate of the same limiter, and the pool's pacing
+reads best with every gate in one place; the store side of the budget is runner/store/fleet.py.
 """
 
 from __future__ import annotations
