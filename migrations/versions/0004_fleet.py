@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.Float(), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.Column("in_flight", sa.Integer(), nullable=False),
+        sa.Column("sharing", sa.String(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runners")),
     )
     op.create_table(

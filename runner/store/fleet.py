@@ -41,6 +41,9 @@ __all__ = [
     "publish_pause",
     "register",
     "reserve_slots",
+    "set_sharing",
+    "store_now",
+    "unconvinced",
     "unregister",
 ]
 
@@ -94,6 +97,15 @@ def clock_of(store: Store) -> FleetClock | None:
 async def _db_now(conn: AsyncConnection, store: Store) -> float:
     """ "Now" in epoch seconds, as the store sees it (the clock every lease time comes from)."""
     return float((await conn.execute(select(store._now()))).scalar_one())
+
+
+async def store_now(store: Store) -> float:
+    """ "Now" as the store sees it, in a short read (to set a runner's clock beside the store's)."""
+
+    async def go(conn: AsyncConnection) -> float:
+        return await _db_now(conn, store)
+
+    return await store.read(go)
 
 
 async def calibrate(store: Store, clock: FleetClock) -> float | None:
@@ -213,6 +225,34 @@ async def live_runner_count(store: Store) -> int:
 
     async def go(conn: AsyncConnection) -> int:
         return await _live(conn, await _db_now(conn, store))
+
+    return await store.read(go)
+
+
+async def set_sharing(store: Store, owner: str, budget: str | None) -> None:
+    """Say which budget this runner now books from (None: it paces alone again)."""
+
+    async def go(conn: AsyncConnection) -> None:
+        await conn.execute(update(runners).where(runners.c.id == owner).values(sharing=budget))
+
+    await store.write(go)
+
+
+async def unconvinced(store: Store, owner: str, budget: str) -> int:
+    """How many other live runners do not book from `budget` yet (they may still pace alone)."""
+
+    async def go(conn: AsyncConnection) -> int:
+        t = await _db_now(conn, store)
+        r = await conn.execute(
+            select(func.count())
+            .select_from(runners)
+            .where(
+                runners.c.expires_at >= t,
+                runners.c.id != owner,
+                (runners.c.sharing.is_(None)) | (runners.c.sharing != budget),
+            )
+        )
+        return int(r.scalar_one())
 
     return await store.read(go)
 

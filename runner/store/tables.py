@@ -133,6 +133,9 @@ runners = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),  # live while this is ahead of now
     Column("in_flight", Integer, nullable=False, default=0),
+    # The rate budget it books its sends from while it shares one (NULL: it paces alone, or not at all); a
+    # runner joining others waits until they do, so no two runners ever pace the same budget apart.
+    Column("sharing", String, nullable=True),
 )
 
 # The fleet's shared rate budgets: one GCRA per (API base URL, salted hash of the key, kind), so runners on

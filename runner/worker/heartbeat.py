@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats (sooner when the lease is short: three per lease)
 LIVE_CHECK_EVERY = 0.5  # seconds between looks at how many runners are live, while a budget is paced
-# A runner that joins others waits this long before its first shared slot, so that a runner still pacing
-# alone has seen it (one LIVE_CHECK_EVERY) and moved onto the shared budget first.
-JOIN_HOLD = LIVE_CHECK_EVERY * 1.5
+# A runner that joins others sends nothing until each of them books from the shared budget too (a runner
+# still pacing alone notices within one LIVE_CHECK_EVERY), or this long has passed: a runner that paces
+# nothing (no --rpm, no limit headers yet) never joins, and must not hold the others up for ever.
+JOIN_WAIT = 5.0
+JOIN_POLL = 0.1
 PAUSE_EPSILON = 0.05  # a fleet pause this close to the one in force is the same pause
 
 
@@ -53,8 +55,8 @@ class Heartbeat:
         self.budget = budget
         self._in_flight = in_flight
         self._clock = fleet.clock_of(store)
-        self._join_hold_until = 0.0  # a joining runner's first slot comes no sooner (see JOIN_HOLD)
-        self._lo, self._hi = -math.inf, math.inf  # bounds of (this runner's clock - the store's), see _on_my_clock
+        self._joining = False  # started among others: wait for them to share before the first booking
+        self._lo, self._hi = -math.inf, math.inf  # bounds of (this runner's clock - the store's): _clock_offset
         if budget is not None:
             limiter.shared = SharedSlots(limiter.clock)
 
@@ -65,9 +67,8 @@ class Heartbeat:
         await fleet.register(self.store, self.owner, self.host, self.pid, self.ttl)
         if self.budget is not None:
             live = await fleet.live_runner_count(self.store)
-            if live > 1:
-                self._join_hold_until = self.limiter.clock() + JOIN_HOLD
-            self.limiter.share(live)
+            self._joining = live > 1
+            await self._share(live)
 
     async def stop(self) -> None:
         """Leave the fleet at a clean exit."""
@@ -89,10 +90,17 @@ class Heartbeat:
                     await fleet.calibrate(self.store, self._clock)
                 live = await fleet.heartbeat(self.store, self.owner, self.host, self.pid, self.ttl, self._in_flight())
                 await self.store.renew_leases(self.owner, self.ttl)
-                self.limiter.share(live)
+                await self._share(live)
                 next_beat = time.monotonic() + self.every
             elif self._paced():
-                self.limiter.share(await fleet.live_runner_count(self.store))
+                await self._share(await fleet.live_runner_count(self.store))
+
+    async def _share(self, live: int) -> None:
+        """Share the budget while others are live (or pace alone again), and say so in the store."""
+        was = self.limiter.sharing
+        self.limiter.share(live)
+        if self.limiter.sharing != was and self.budget is not None:
+            await fleet.set_sharing(self.store, self.owner, self.budget if self.limiter.sharing else None)
 
     def _paced(self) -> bool:
         lim = self.limiter
@@ -114,31 +122,44 @@ class Heartbeat:
             if requests is None:  # sharing tokens alone: nothing to book
                 await anyio.sleep(LIVE_CHECK_EVERY)
                 continue
-            shared.not_before = max(shared.not_before, self._join_hold_until)
+            if self._joining:
+                self._joining = False
+                await self._wait_for_the_others(self.budget)
             rate = requests.rate
             count = max(1, min(MAX_SHARED_BLOCK, round(rate * SHARED_BLOCK_SECONDS)))
-            before = self.limiter.clock()
-            got = await fleet.reserve_slots(
-                self.store, self.budget, rate, count, delay=max(shared.not_before - before, 0.0)
-            )
-            start = self._on_my_clock(got.now, before, self.limiter.clock()) + got.start
+            offset = await self._clock_offset()
+            delay = max(shared.not_before - self.limiter.clock(), 0.0)
+            got = await fleet.reserve_slots(self.store, self.budget, rate, count, delay=delay)
+            start = got.now + offset + got.start
             self._adopt_pause(got.pause_left)
             if shared.active:
                 shared.add([start + i * got.interval for i in range(got.count)])
 
-    def _on_my_clock(self, store_now: float, before: float, after: float) -> float:
-        """The store's `store_now`, read between `before` and `after` on this runner's clock, on this clock.
+    async def _wait_for_the_others(self, budget: str) -> None:
+        """Before a joining runner's first booking: until every other live runner books from the budget."""
+        give_up = time.monotonic() + JOIN_WAIT
+        # Polled: the others are other processes, and only the store can tell what they do.
+        while time.monotonic() < give_up and await fleet.unconvinced(self.store, self.owner, budget):  # noqa: ASYNC110
+            await anyio.sleep(JOIN_POLL)
 
-        The two clocks differ by a constant; each booking bounds it, and the bounds of all bookings together
-        pin it to about the fastest round trip. A slot taken as late as the bounds allow is never early, and
-        slots of successive bookings keep their spacing (a slow booking does not shift its block later).
+    async def _clock_offset(self) -> float:
+        """This runner's clock minus the store's, to a few milliseconds.
+
+        The two differ by a constant. A short read of the store's "now" bounds it between the times on this
+        clock before and after the read, and the bounds of all reads together pin it to about the fastest
+        one. (The booking itself is no good for this: on SQLite its "now" is taken after it waited for the
+        write lock, on PostgreSQL at its start, before any wait for the row.) Runners that map the same
+        slots onto their clocks this way agree on them, so their sends interleave at the booked spacing.
         """
+        before = self.limiter.clock()
+        store_now = await fleet.store_now(self.store)
+        after = self.limiter.clock()
         lo, hi = before - store_now, after - store_now
         if max(lo, self._lo) > min(hi, self._hi):  # a clock was stepped: start over
             self._lo, self._hi = lo, hi
         else:
             self._lo, self._hi = max(lo, self._lo), min(hi, self._hi)
-        return store_now + self._hi
+        return (self._lo + self._hi) / 2
 
     def _adopt_pause(self, left: float) -> None:
         """Another runner met a 429 (or a dry window): this one pauses for what is left of it."""
