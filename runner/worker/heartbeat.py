@@ -23,6 +23,7 @@ from runner.store import Store, fleet
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats (sooner when the lease is short: three per lease)
+FIRST_BEAT = 1.0
 LIVE_CHECK_EVERY = 0.5  # seconds between looks at how many runners are live, while a budget is paced
 # A runner that joins others sends nothing until each of them books from the shared budget too (a runner
 # still pacing alone notices within one LIVE_CHECK_EVERY), or this long has passed: a runner that paces
@@ -82,7 +83,8 @@ class Heartbeat:
             await self._beat()
 
     async def _beat(self) -> None:
-        next_beat = time.monotonic() + self.every
+        # The first beat comes soon, so that `runner status` shows the requests in flight, not the 0 of the start.
+        next_beat = time.monotonic() + min(FIRST_BEAT, self.every)
         while True:
             await anyio.sleep(min(LIVE_CHECK_EVERY, max(next_beat - time.monotonic(), 0.0)))
             if time.monotonic() >= next_beat:
