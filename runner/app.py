@@ -45,6 +45,7 @@ from runner.spec import JobSpec, load_spec
 from runner.states import RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.store.fleet import FleetClock, fleet_view
 from runner.store.reports import usage_by_model
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
@@ -290,8 +291,11 @@ async def run(
     With `settings.max_cost`, no request starts that would take the jobs' cost past it (priced from the
     table shipped with runner, or `prices`): the run then stops with StopReason.BUDGET.
     """
+    from runner.limits import budget_id
+
     s = _settings(settings, db)
-    async with await Store.open(s.db, "existing") as store:
+    # A run's clock is the fleet's: corrected to the database's when this machine's is far off.
+    async with await Store.open(s.db, "existing", clock=FleetClock()) as store:
         ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
         for jid in ids:
             await store.get_job(jid)  # JobNotFound before any work starts
@@ -307,6 +311,7 @@ async def run(
             repair=s.repair,
             flex=s.lane is Lane.FLEX,
             flex_fallback=s.flex_fallback,
+            rate_budget=budget_id(s.base_url, s.api_key.get_secret_value() if s.api_key is not None else None),
         )
         if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
             s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
@@ -446,15 +451,18 @@ async def status(job_id: str, *, db: str | None = None) -> JobStats:
 
 
 async def status_report(job_id: str, *, db: str | None = None) -> JobStatusReport:
-    """What `runner status` shows of one job: its figures, its open batches, and how many of its lines were
-    reused at submit."""
+    """What `runner status` shows of one job: its figures, its open batches, how many of its lines were reused
+    at submit, and the store's live runners and stale leases."""
     from runner.store.batches import open_batches
 
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         stats = await store.job_stats(job_id)
         return JobStatusReport(
-            stats, open_batches=await open_batches(store, [job_id]), reused=await reused_count(store, job_id)
+            stats,
+            open_batches=await open_batches(store, [job_id]),
+            reused=await reused_count(store, job_id),
+            fleet=await fleet_view(store),
         )
 
 

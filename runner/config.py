@@ -34,6 +34,8 @@ DEFAULT_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is no
 FLEX_TIMEOUT = 900.0  # the flex tier is slower: OpenAI advises a 15-minute client timeout
 BATCH_MAX_LINES = 50_000  # the Batch API's limits per input file
 BATCH_MAX_BYTES = 200 * 1024 * 1024
+# Letters, digits and . _ - only: a host id is the first `:`-separated part of a lease owner.
+HOST_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
@@ -114,6 +116,15 @@ class Settings(BaseSettings):
     )
     batch_max_lines: int = Field(
         BATCH_MAX_LINES, ge=1, le=BATCH_MAX_LINES, validation_alias=_env("batch_max_lines", "RUNNER_BATCH_MAX_LINES")
+    )
+    # Who this machine is in lease owners (`host:pid:…`) and in `runner status`: tests and containers that
+    # share a hostname set it; the same-host dead-pid shortcut applies only to owners with this host id.
+    host_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=HOST_ID_PATTERN,
+        validation_alias=_env("host_id", "RUNNER_HOST_ID"),
     )
     progress_every: float = Field(
         DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")

@@ -3,18 +3,30 @@
 Providers enforce per-minute limits over short windows (60,000 RPM may mean 1,000 per second), so the
 budgets are paced evenly rather than spent in bursts: a GCRA pacer lets no one-second window hold more
 than a second's share of the budget plus BURST (10 %). Everything takes an injectable clock.
+
+Several runners on one store share one budget (`SharedSlots`): while more than one is live, each sends
+requests only in send slots booked from one GCRA row in the store (the worker's heartbeat books them, a
+block at a time), tokens are paced at the runner's share of the budget, and a pause is published to the
+others. A runner alone never touches any of it, and paces exactly as before.
+
+Over 400 lines on purpose: the shared slots are one more gate of the same limiter, and the pool's pacing
+reads best with every gate in one place; the store side of the budget is runner/store/fleet.py.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from runner.reply import finite_seconds, header_count
 
@@ -28,6 +40,13 @@ LONG_WAIT = 5.0  # a pool-wide pause longer than this is said, once, in plain wo
 POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so they never starve submissions
 CHARS_PER_TOKEN = 4.0
 SLOW_START_WINDOW = 8  # requests in flight before the server's limits are known (no --rpm/--tpm given)
+SHARED_BLOCK_SECONDS = 0.5  # a runner books this much of the fleet's request budget at a time ...
+MAX_SHARED_BLOCK = 64  # ... but never more slots than this in one booking (one store write per block)
+# A shared slot whose time passed more than this ago is dropped, not used late: a late send bunched with
+# the next runner's on-time one could put more than a second's share into one window.
+STALE_SLOT = BURST / 2
+# Salts the hash that names a shared budget, so the store holds no plain hash of an API key.
+_BUDGET_SALT = b"runner/rate-budget/v1\0"
 
 Clock = Callable[[], float]
 
@@ -205,6 +224,89 @@ class AdaptiveConcurrency:
         self.limit = max(1, int(self.limit * self.DECREASE))
 
 
+def budget_id(base_url: str, api_key: str | None) -> str:
+    """The name of the rate budget of one API endpoint and key, as stored: a salted hash, never the key."""
+    h = hashlib.sha256(_BUDGET_SALT)
+    h.update(base_url.rstrip("/").encode())
+    h.update(b"\0")
+    h.update((api_key or "").encode())
+    return f"requests:{h.hexdigest()[:32]}"
+
+
+class SharedSlots:
+    """Request send slots booked ahead from a budget shared with the other runners of one store.
+
+    Inactive (and untouched) while this runner is alone. When active, each request takes the next booked
+    slot (a time on the limiter's own clock: the store hands out offsets from its "now") and waits for it.
+    A booking task (the worker's heartbeat) is asked for another block when few remain, and publishes the
+    pauses this runner met to the others.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.active = False
+        self.runners = 1  # live runners on the store, this one included
+        self._slots: deque[float] = deque()
+        self._low = 1
+        self._demand = False  # a request took a slot and few are left (or none): book another block
+        self._want = anyio.Event()
+        self._added = anyio.Event()
+        self.pause_to_publish = 0.0  # when a pause this runner met ends, not yet published (0: none)
+        self.last_slot = 0.0  # the last slot booked
+        self.not_before = 0.0  # no slot may be booked before this (set when sharing starts)
+
+    def add(self, slots: list[float]) -> None:
+        """Slots just booked (in order, after every slot booked before)."""
+        self._slots.extend(slots)
+        self._low = max(len(slots) // 2, 1)
+        self._demand = False
+        if slots:
+            self.last_slot = slots[-1]
+        self._added.set()
+        self._added = anyio.Event()
+
+    def clear(self) -> None:
+        """Forget the booked slots (sharing ended); waiters are released to pace locally."""
+        self._slots.clear()
+        self._added.set()
+        self._added = anyio.Event()
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether the booking task should book another block now (only on demand: an idle runner books none)."""
+        return self.active and self._demand
+
+    async def wanted(self) -> None:
+        """Wait until a block should be booked or a pause published."""
+        while not (self.wants_more or self.pause_to_publish):
+            await self._want.wait()
+            self._want = anyio.Event()
+
+    def note_pause(self, until: float) -> None:
+        """Publish this pause (a 429, a window run dry) to the other runners."""
+        if until > self.pause_to_publish:
+            self.pause_to_publish = until
+            self._want.set()
+
+    async def next_slot(self, not_before: float) -> float | None:
+        """The next usable slot at or after `not_before`, waiting for a booking if none is left; None when
+        sharing ended meanwhile."""
+        while self.active:
+            now = self.clock()
+            while self._slots and (self._slots[0] < now - STALE_SLOT or self._slots[0] < not_before):
+                self._slots.popleft()
+            if self._slots:
+                slot = self._slots.popleft()
+                if len(self._slots) <= self._low:
+                    self._demand = True
+                    self._want.set()
+                return slot
+            self._demand = True
+            self._want.set()
+            await self._added.wait()
+        return None
+
+
 class RateLimiter:
     """The pool's gate: request and token pacing, header-driven slow-down, and one shared 429 pause."""
 
@@ -228,6 +330,49 @@ class RateLimiter:
         self._seen_limits: tuple[str | None, str | None] = (None, None)
         self._notice: str | None = None
         self._notice_until = -math.inf
+        self.shared: SharedSlots | None = None  # set by a run that may share its budget with other runners
+
+    @property
+    def sharing(self) -> bool:
+        """Whether requests take the fleet's shared slots (more than one runner is live on the store)."""
+        return self.shared is not None and self.shared.active
+
+    def share(self, runners: int) -> None:
+        """The number of live runners changed: share the budget with the others, or pace alone again."""
+        shared = self.shared
+        if shared is None:
+            return
+        shared.runners = max(runners, 1)
+        sharing = runners > 1 and (self.requests is not None or self.tokens is not None)
+        if sharing == shared.active:
+            return
+        shared.active = sharing
+        if sharing and self.requests is not None:
+            # The last request paced alone may be going out now: the first shared slot comes one interval later.
+            # (Requests booked alone but still waiting take shared slots instead.)
+            shared.not_before = self.clock() + 1.0 / self.requests.rate
+        if not sharing:
+            shared.clear()
+            req = self.requests
+            if req is not None:  # no burst when pacing alone again: one interval after the last shared slot
+                after = max(shared.last_slot - self.clock(), 0.0) + 1.0 / req.rate
+                req.hold_until(self.clock() + after + req.burst)  # a booking may come `burst` early
+
+    async def shared_turn(self, *, booked_alone: bool) -> bool:
+        """Wait for this request's shared send slot; False when it must book again (a pause began meanwhile,
+        or sharing ended after `delay_for` left the request to the shared budget)."""
+        shared = self.shared
+        if shared is None or self.requests is None:
+            return True
+        if not shared.active:
+            return booked_alone
+        slot = await shared.next_slot(self.clock() + self.remaining_pause())
+        if slot is None:  # sharing ended while waiting: book again, alone
+            return False
+        wait = slot - self.clock()
+        if wait > 0:
+            await anyio.sleep(wait)
+        return self.remaining_pause() <= 0
 
     @property
     def limits_known(self) -> bool:
@@ -249,13 +394,19 @@ class RateLimiter:
         return self.tokens is not None
 
     def delay_for(self, est_tokens: float) -> float:
-        """Book one request of `est_tokens`; seconds to wait before sending it."""
+        """Book one request of `est_tokens`; seconds to wait before sending it.
+
+        While the budget is shared, requests wait for a shared slot instead (`shared_turn`), and tokens are
+        paced at this runner's share of the budget: each booking counts once per live runner.
+        """
         now = self.clock()
         wait = max(self.paused_until - now, 0.0)
-        if self.requests is not None:
+        shared = self.shared
+        if self.requests is not None and (shared is None or not shared.active):
             wait = max(wait, self.requests.reserve(1))
         if self.tokens is not None and est_tokens > 0:
-            wait = max(wait, self.tokens.reserve(est_tokens))
+            share = shared.runners if shared is not None and shared.active else 1
+            wait = max(wait, self.tokens.reserve(est_tokens * share))
         return wait
 
     def poll_delay(self) -> float:
@@ -310,6 +461,8 @@ class RateLimiter:
         if seconds > LONG_WAIT:
             self.say(why or f"pausing all requests for {seconds:.0f} s", until)
         if until > self.paused_until:
+            if self.shared is not None and self.shared.active:
+                self.shared.note_pause(until)
             self.paused_until = until
             self.pauses += 1
             for p in (self.requests, self.tokens, self.polls):

@@ -12,6 +12,7 @@ from typing import Any
 from runner.states import RESULTS, JobStatus, RequestState, count
 from runner.store import JobStats
 from runner.store.batches import BatchRow
+from runner.store.fleet import FleetView
 from runner.term import printable
 
 __all__ = ["JobStatusReport", "job_state"]
@@ -37,6 +38,7 @@ class JobStatusReport:
     stats: JobStats
     open_batches: list[BatchRow] = field(default_factory=list)  # the batch lane's batches not merged yet
     reused: int | None = None  # lines answered from the store at submit (`--reuse`); None: not asked
+    fleet: FleetView | None = field(default=None)  # the store's live runners and stale leases (`runner status`)
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -73,6 +75,26 @@ class JobStatusReport:
                 for b in self.open_batches
             ],
             **({} if self.reused is None else {"reused": self.reused}),
+            **({"fleet": self._fleet_json()} if self.fleet is not None else {}),
+        }
+
+    def _fleet_json(self) -> dict[str, Any]:
+        f = self.fleet
+        assert f is not None
+        return {
+            "runners": [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "in_flight": r.in_flight,
+                    "heartbeat_age_seconds": round(r.heartbeat_age, 1),
+                    "started_at": r.started_at,
+                }
+                for r in f.runners
+            ],
+            "stale_leases": f.stale_leases,
+            "oldest_stale_lease_seconds": None if f.oldest_stale_age is None else round(f.oldest_stale_age, 1),
         }
 
     def render_text(self) -> str:
@@ -107,4 +129,17 @@ class JobStatusReport:
                 f"  batch {name}: {printable(b['status'] or b['step'])} · {b['completed']:,} of {b['requests']:,}"
                 f" done, {b['failed']:,} failed · {b['age_seconds']:.0f} s old"
             )
+        f = d.get("fleet")
+        if f is not None and (f["runners"] or f["stale_leases"]):
+            lines.append(f"  runners on this store: {len(f['runners'])} live")
+            for r in f["runners"]:
+                lines.append(
+                    f"    {printable(r['host'])} pid {r['pid']}: {r['in_flight']} in flight,"
+                    f" last heartbeat {r['heartbeat_age_seconds']:.1f} s ago"
+                )
+            if f["stale_leases"]:
+                lines.append(
+                    f"  stale leases in the store: {f['stale_leases']}, the oldest expired"
+                    f" {f['oldest_stale_lease_seconds']:.0f} s ago (taken back by the next runner)"
+                )
         return "\n".join(lines)

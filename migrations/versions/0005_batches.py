@@ -1,7 +1,7 @@
 """batches: the Batch API input files and batches of the batch lane; requests.lane
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 
 `runner run --lane batch` packs queued requests into input files, uploads them and creates one batch per
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -192,3 +192,33 @@ batches = Table(
     Column("finished_at", Float, nullable=True),
     Index(None, "job_id", "step"),
 )
+
+# One row per live `runner run` process (runner/store/fleet.py): registered when it starts, its heartbeat
+# pushed out every few seconds, deleted at a clean exit. A row whose `expires_at` has passed is a runner
+# that died; `runner status` lists the others.
+runners = Table(
+    "runners",
+    metadata,
+    Column("id", String, primary_key=True),  # its lease owner name, host:pid:suffix
+    Column("host", String, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # live while this is ahead of now
+    Column("in_flight", Integer, nullable=False, default=0),
+    # The rate budget it books its sends from while it shares one (NULL: it paces alone, or not at all); a
+    # runner joining others waits until they do, so no two runners ever pace the same budget apart.
+    Column("sharing", String, nullable=True),
+)
+
+# The fleet's shared rate budgets: one GCRA per (API base URL, salted hash of the key, kind), so runners on
+# one store send at most one budget together. Never the key itself.
+rate_budget = Table(
+    "rate_budget",
+    metadata,
+    Column("id", String, primary_key=True),  # "requests:" + 32 hex digits of the salted hash
+    Column("tat", Float, nullable=False),  # theoretical arrival time: the next free send slot (epoch s)
+    Column("paused_until", Float, nullable=False, default=0.0),  # a 429's Retry-After, for every runner
+    Column("rate", Float, nullable=False),  # units per second of the last reservation (for people)
+    Column("updated_at", Float, nullable=False),
+)

@@ -2,7 +2,8 @@
 
 One task group owns everything: a claim loop that keeps claimed requests ready and starts a task per
 free slot (never more than the concurrency; a task takes the next ready request itself when its own is
-written back), a poller for background responses, and a lease renewer. What happens to each request
+written back), a poller for background responses, and the heartbeat (runner/worker/heartbeat.py: alive in
+the store's `runners`, leases renewed, the fleet's shared rate budget). What happens to each request
 once its slot has it (pacing, the send, reading the reply) is `send.Sender`'s. A separate write-back
 task commits outcomes in small batches and is drained, shielded, on every way out.
 """
@@ -26,6 +27,7 @@ from runner.owners import new_owner, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
 from runner.store.models import Claimed, Outcome
+from runner.worker.heartbeat import Heartbeat
 from runner.worker.outcomes import Checker
 from runner.worker.poller import Poller
 from runner.worker.send import Sender
@@ -75,6 +77,14 @@ class Run:
         # No budget given: start gently until the first reply's x-ratelimit-* headers say the limits.
         self.concurrency = AdaptiveConcurrency(options.concurrency, slow_start=not (options.rpm or options.tpm))
         self.checker = Checker(store, options.repair)
+        self.heartbeat = Heartbeat(
+            store,
+            self.owner,
+            lease_seconds=options.lease_seconds,
+            limiter=self.limiter,
+            budget=options.rate_budget,
+            in_flight=lambda: self._in_flight,
+        )
         self.poller = Poller(
             client,
             self.writer,
@@ -140,6 +150,7 @@ class Run:
         self.snap.total = sum(counts.values())
         self.snap.done = sum(v for k, v in counts.items() if k not in ACTIVE)
         self.snap.done_before = self.snap.done
+        await self.heartbeat.start()  # registered (and its clock checked) before it judges others' leases
         await self.store.reclaim_expired(self.job_ids, owner_is_dead)
         await self.store.mark_started(self.job_ids)
         try:
@@ -148,7 +159,8 @@ class Run:
                 try:
                     with anyio.CancelScope() as self._work_scope:
                         async with anyio.create_task_group() as tg:
-                            tg.start_soon(self._renew_leases)
+                            tg.start_soon(self._check_store)
+                            tg.start_soon(self.heartbeat.run)
                             tg.start_soon(self.poller.run, tg)
                             if self._on_progress is not None:
                                 tg.start_soon(self._report)
@@ -173,6 +185,7 @@ class Run:
                     await self.writer.aclose()
                     stopped = self._billing is not None or self._doomed is not None or self._budget_stop
                     await self.store.release(self.owner, refund=stopped)
+                    await self.heartbeat.stop()
                 if self.writer.refused:
                     log.warning(
                         "%d requests were finished by another process meanwhile (`runner cancel`, or another runner"
@@ -287,25 +300,20 @@ class Run:
         while self._in_flight > 0 and time.monotonic() < deadline:
             await self._wait_slot(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
-    async def _renew_leases(self) -> None:
-        """Renew leases every third of their length; every second, check the store file is still ours.
+    async def _check_store(self) -> None:
+        """Every second, check the store file is still ours (the heartbeat renews the leases).
 
         A store deleted or replaced under the run takes every later write without an error (into a file
         nobody will read again), so the run would report success and lose its results: stop at once.
         """
-        renew_every = self.opts.lease_seconds / 3
-        next_renewal = time.monotonic() + renew_every
         while True:
-            await anyio.sleep(min(STORE_CHECK_INTERVAL, max(next_renewal - time.monotonic(), 0.0)))
+            await anyio.sleep(STORE_CHECK_INTERVAL)
             try:
                 self.store.check_file()
             except StoreUnavailable as e:
                 self._store_lost = e
                 self.abort()
                 return
-            if time.monotonic() >= next_renewal:
-                await self.store.renew_leases(self.owner, self.opts.lease_seconds)
-                next_renewal = time.monotonic() + renew_every
 
     async def _report(self) -> None:
         assert self._on_progress is not None

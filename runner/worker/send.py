@@ -94,12 +94,15 @@ class Sender:
             body = orjson.loads(c.body)
             raw = Estimator.raw(body) if isinstance(body, dict) else 1.0
         while True:
+            booked_alone = not limiter.sharing  # whether delay_for books this request on the local pacer
             wait = limiter.delay_for(raw * limiter.estimator.ratio)
-            if wait <= 0:
+            if wait > 0:
+                await anyio.sleep(wait)
+                if limiter.remaining_pause() > 0:
+                    continue  # a 429 paused the pool while we slept: book again after it
+            # With other runners on the store, the request also waits for its slot of the fleet's budget.
+            if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
                 return raw
-            await anyio.sleep(wait)
-            if limiter.remaining_pause() <= 0:
-                return raw  # slept through our booking and no 429 paused the pool meanwhile
 
     async def submit(self, c: Claimed) -> int | None:
         """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""

@@ -46,6 +46,7 @@ class RunOptions:
     repair: int = 0  # a completed answer failing its structured-output check is asked again up to this often
     flex: bool = False  # the flex lane: service_tier "flex", patient capacity retries
     flex_fallback: float | None = None  # seconds unanswered on flex before a request goes to the default tier
+    rate_budget: str | None = None  # the shared rate budget's name (API endpoint and salted key hash), for a fleet
 
     @property
     def poll_slots(self) -> int:
