@@ -158,7 +158,8 @@ def test_grace_runs_out_and_unfinished_requests_go_back_to_the_queue(
 ) -> None:
     mock = mock_factory("--latency", "8")
     job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 20))
-    p = _run(cli, mock, job, 10, "--grace", "1")
+    # A budget turns the slow start off, so all ten slots fill at once (with none, eight would go first).
+    p = _run(cli, mock, job, 10, "--grace", "1", "--rpm", "6000")
     procs.append(p)
     _wait_for(lambda: mock.stats()["creates"] >= 10, 10, "requests in flight", p)
     sent = time.monotonic()
