@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import anyio
 import orjson
@@ -118,7 +117,7 @@ class Sender:
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
-            return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
+            return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
         if self.concurrency.slow_start and self.limiter.limits_known:
@@ -150,10 +149,11 @@ class Sender:
             http_status=reply.status,
             request_id=reply.request_id,
             max_attempts=max_attempts,
+            sent_at=sent_at,
         )
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
-        return self._put(replace(outcome, sent_at=sent_at))
+        return self._put(outcome)
 
     def _on_api_error(self, e: ApiError) -> None:
         """A 429 pauses the whole pool once (until its Retry-After) and shrinks concurrency; so does a timeout.
