@@ -541,6 +541,7 @@ __all__ = [
     "ApiReply",
     "classify",
     "classify_exception",
+    "classify_reply",
     "is_billing_code",
     "parse_retry_after",
 ]
