@@ -25,6 +25,7 @@ from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
 from runner.store.models import Claimed, Outcome
 from runner.worker.poller import Poller
+from runner.worker.ramp import SlotRamp
 from runner.worker.send import Sender
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason
 from runner.worker.writeback import WriteBack
@@ -90,6 +91,8 @@ class Run:
         self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
         self._want_more = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
+        self._ramping = False
         self._store_lost: StoreUnavailable | None = None
         self.sender = Sender(
             client,
@@ -230,11 +233,27 @@ class Run:
         if self._tg is None:
             return
         limit = self.concurrency.limit
-        while self._ready and self._in_flight < limit and not self._stop_claiming.is_set():
-            self._in_flight += 1
-            self._tg.start_soon(self._handle, self._ready.popleft())
+        free = min(limit - self._in_flight, len(self._ready))
+        if free > 0 and not self._stop_claiming.is_set():
+            n = min(free, self._ramp.allow(limit, self.sender.latency))
+            self._ramp.took(n)
+            for _ in range(n):
+                self._in_flight += 1
+                self._tg.start_soon(self._handle, self._ready.popleft())
+            if n < free and not self._ramping:
+                self._ramping = True
+                self._tg.start_soon(self._ramp_up)
         if self._ready_low():
             self._want_more.set()
+
+    async def _ramp_up(self) -> None:
+        """Open the slots `_fill` held back, a few every 10 ms, until none is free or nothing is ready."""
+        try:
+            while self._ready and self._in_flight < self.concurrency.limit and not self._stop_claiming.is_set():
+                await anyio.sleep(0.01)
+                self._fill()
+        finally:
+            self._ramping = False
 
     def _ready_low(self) -> bool:
         """Fewer than half a concurrency's worth of claimed requests wait: time to claim more."""

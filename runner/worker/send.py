@@ -72,6 +72,7 @@ class Sender:
         self._on_billing = on_billing
         self._on_doomed = on_doomed
         self._replied = False  # the server has answered something (anything) in this run
+        self.latency: float | None = None  # seconds a reply takes (moving average), once one came
         self._unreachable = 0  # failed connections before the first answer
 
     def _put(self, o: Outcome) -> int:
@@ -102,6 +103,7 @@ class Sender:
             # so it goes back to the queue without using up an attempt.
             return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
         sent_at = time.time()
+        started = time.monotonic()
         try:
             reply = await self.client.create(c.body.encode(), client_request_id=f"{c.job_id}/{c.line_no}/{c.attempts}")
         except BillingError as e:
@@ -119,6 +121,8 @@ class Sender:
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
+        took = time.monotonic() - started
+        self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
         if self.concurrency.slow_start and self.limiter.limits_known:
             self.concurrency.end_slow_start()
