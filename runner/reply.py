@@ -78,6 +78,10 @@ def read_usage(body: Mapping[str, Any]) -> UsageReading:
     usage = body.get("usage")
     if usage is None:
         return UsageReading(UsageCounts())
+    if type(usage) is dict:
+        fast = _plain_usage(usage)
+        if fast is not None:
+            return UsageReading(fast)
     if not isinstance(usage, Mapping):
         return UsageReading(UsageCounts(), f"usage is {_show(usage)}, not an object; token counts stored as 0")
     counts = _Counts()
@@ -105,6 +109,25 @@ def read_usage(body: Mapping[str, Any]) -> UsageReading:
         " stored as 0, the answer is kept"
     )
     return UsageReading(result, problem)
+
+
+def _count(value: Any) -> bool:
+    return value is None or (type(value) is int and 0 <= value <= MAX_COUNT)
+
+
+def _plain_usage(usage: dict[str, Any]) -> UsageCounts | None:
+    """The usage of a well-formed reply, read in one pass (`read_usage` without its bookkeeping); None if any
+    count needs `read_usage`'s care (a wrong type, out of bounds, details that are not objects)."""
+    i, o, t = usage.get("input_tokens"), usage.get("output_tokens"), usage.get("total_tokens")
+    d_in, d_out = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    cached = d_in.get("cached_tokens") if type(d_in) is dict else None
+    reasoning = d_out.get("reasoning_tokens") if type(d_out) is dict else None
+    if not (_count(i) and _count(o) and _count(t) and _count(cached) and _count(reasoning)):
+        return None
+    if (d_in is not None and type(d_in) is not dict) or (d_out is not None and type(d_out) is not dict):
+        return None
+    i, o = i or 0, o or 0
+    return UsageCounts(i, cached or 0, o, reasoning or 0, i + o if t is None else t)
 
 
 def read_id(value: Any) -> str | None:

@@ -30,6 +30,7 @@ from runner.store.models import Claimed, Outcome
 from runner.worker.heartbeat import Heartbeat
 from runner.worker.outcomes import Checker
 from runner.worker.poller import Poller
+from runner.worker.ramp import SlotRamp
 from runner.worker.send import Sender
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, count_outcome
 from runner.worker.writeback import WriteBack
@@ -108,6 +109,8 @@ class Run:
         self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
         self._want_more = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
+        self._ramping = False
         self._store_lost: StoreUnavailable | None = None
         self.sender = Sender(
             client,
@@ -255,13 +258,32 @@ class Run:
         if self._tg is None:
             return
         limit = self.concurrency.limit
-        while self._ready and self._in_flight < limit and not self._stop_claiming.is_set():
-            if not self._admit(self._ready[0]):
-                break
-            self._in_flight += 1
-            self._tg.start_soon(self._handle, self._ready.popleft())
+        free = min(limit - self._in_flight, len(self._ready))
+        if free > 0 and not self._stop_claiming.is_set():
+            n = min(free, self._ramp.allow(limit, self.sender.latency))
+            started = 0
+            while started < n and self._ready and self._admit(self._ready[0]):
+                self._in_flight += 1
+                self._tg.start_soon(self._handle, self._ready.popleft())
+                started += 1
+            self._ramp.took(started)
+            # Slots held back by the ramp open later; slots the budget refused wait for a reply instead.
+            if started == n < free and not self._ramping:
+                self._ramping = True
+                self._tg.start_soon(self._ramp_up)
         if self._ready_low():
             self._want_more.set()
+
+    async def _ramp_up(self) -> None:
+        """Open the slots `_fill` held back, a few every 10 ms, until none is free or nothing is ready."""
+        try:
+            while self._ready and self._in_flight < self.concurrency.limit and not self._stop_claiming.is_set():
+                await anyio.sleep(0.01)
+                self._fill()
+                if self._budget_blocked:
+                    return
+        finally:
+            self._ramping = False
 
     def _admit(self, c: Claimed) -> bool:
         """Whether `c` fits in the budget (always, without one). When it does not and nothing is out any more,

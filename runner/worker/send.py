@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import anyio
 import orjson
@@ -80,6 +79,7 @@ class Sender:
         self._on_doomed = on_doomed
         self.flex = flex  # the flex lane: its tier, its patient retries and its fallback
         self._replied = False  # the server has answered something (anything) in this run
+        self.latency: float | None = None  # seconds a reply takes (moving average), once one came
         self._unreachable = 0  # failed connections before the first answer
 
     def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
@@ -113,6 +113,7 @@ class Sender:
             # so it goes back to the queue without using up an attempt.
             return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
         sent_at = time.time()
+        started = time.monotonic()
         try:
             reply = await self._create(c)
         except CapacityError as e:
@@ -146,8 +147,10 @@ class Sender:
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
-            return self._put(replace(from_error(c, e, max_attempts=max_attempts), sent_at=sent_at))
+            return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
+        took = time.monotonic() - started
+        self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
         if self.concurrency.slow_start and self.limiter.limits_known:
             self.concurrency.end_slow_start()
@@ -178,13 +181,14 @@ class Sender:
             http_status=reply.status,
             request_id=reply.request_id,
             max_attempts=max_attempts,
+            sent_at=sent_at,
         )
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
         checked = None
         if self.checker is not None:
             outcome, checked = await self.checker.review(c, outcome, reply.body)
-        return self._put(replace(outcome, sent_at=sent_at), checked)
+        return self._put(outcome, checked)
 
     async def _create(self, c: Claimed) -> ApiReply:
         """POST the request; on the flex lane with its tier, moved to the default tier once it waited too long."""

