@@ -3,6 +3,7 @@
     python bench/run.py            # all scenarios (a few minutes)
     python bench/run.py --quick    # smaller counts, for a smoke test
     python bench/run.py --only 6   # the PostgreSQL rows (a throwaway server, as the tests start it)
+    python bench/run.py --only 7   # a fleet: one and three runner processes on one PostgreSQL store
 
 The baseline is a bare aiohttp loop (no store, no retries, no pacing) against the same mock server at
 the same concurrency: the most this machine's client side can do. Figures are printed as a table.
@@ -304,6 +305,41 @@ def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     row(f"export {n:,} results as parquet ({pq_mb:.0f} MB)", f"{n / secs:,.0f} lines/s, peak RSS {rss:.0f} MB")
 
 
+async def fleet(tmp: Path, n: int, pg: PgCluster, processes: int) -> None:
+    """Scenario 1b through the CLI with `processes` runner processes draining one job on one PostgreSQL store."""
+    conc, latency, jitter = 1000, 1.0, 0.5
+    print(f"\n7. fleet on PostgreSQL: {processes} process(es), {n} requests, 1 s +- 50 %, concurrency {conc} in all")
+    args = ("--latency", str(latency), "--latency-jitter", str(jitter))
+    with mock_server(*args) as url:
+        bare_s, _ = await bare_loop(url, n, conc)
+    src = tmp / f"f{processes}.jsonl"
+    write_requests(src, n)
+    db = pg.create_database()
+    job = (await app.submit(src, db=db)).job_id
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
+    env.update(RUNNER_DB=db, OPENAI_API_KEY="bench")
+    with mock_server(*args) as url:
+        before = os.times()
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "runner", "run", job, "--base-url", url, "--concurrency", str(conc // processes)]
+        procs = [
+            await asyncio.create_subprocess_exec(*cmd, "--quiet", env={**env, "RUNNER_HOST_ID": f"bench-{i}"})
+            for i in range(processes)
+        ]
+        codes = [await p.wait() for p in procs]
+        seconds = time.perf_counter() - t0
+        after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    tag = f"(1b, PostgreSQL, {processes} process{'es' if processes > 1 else ''}, start-up included)"
+    achieved = n / seconds
+    row(
+        f"runner / bare aiohttp loop {tag}",
+        f"{achieved / (n / bare_s):.2f} ({achieved:.0f} vs {n / bare_s:.0f}/s; exits {set(codes)})",
+        "target >= 0.90",
+    )
+    row(f"CPU ms per request, all processes {tag}", f"{1000 * cpu / n:.2f}")
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller counts")
@@ -311,7 +347,7 @@ async def main() -> None:
     p.add_argument("--big", type=int, default=None, help="lines for the big-file scenario (default 1,000,000)")
     ns = p.parse_args()
     q = ns.quick
-    wanted = set(ns.only or [1, 2, 3, 4, 5, 6])
+    wanted = set(ns.only or [1, 2, 3, 4, 5, 6, 7])
     print(f"runner benchmark on {os.cpu_count()} cores, 127.0.0.1 only")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -336,6 +372,15 @@ async def main() -> None:
                 await cpu_cost(tmp, 2000 if q else 5000, pg)
                 await realistic(tmp, 2000 if q else 10_000, jitter=0.5, pg=pg)
                 big_file(tmp, ns.big or (100_000 if q else 1_000_000), pg)
+            finally:
+                pg.stop()
+        if 7 in wanted:
+            # The fleet: one and three runner processes on one PostgreSQL store, through the CLI.
+            pg = PgCluster()
+            pg.start()
+            try:
+                for processes in (1, 3):
+                    await fleet(tmp, 2000 if q else 10_000, pg, processes)
             finally:
                 pg.stop()
     print("\nsummary")

@@ -6,6 +6,10 @@ written back), a poller for background responses, and the heartbeat (runner/work
 the store's `runners`, leases renewed, the fleet's shared rate budget). What happens to each request
 once its slot has it (pacing, the send, reading the reply) is `send.Sender`'s. A separate write-back
 task commits outcomes in small batches and is drained, shielded, on every way out.
+
+Over 400 lines on purpose: the slots, the ready buffer, the ramp, the --max-cost gate and the stops all
+read and change the same few counters in one event loop; split across modules they would need those
+counters passed around or shared, which is where slot-accounting bugs come from.
 """
 
 from __future__ import annotations
