@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +28,10 @@ class FieldIssue:
 
 
 # A check appends the issues of one value (at `path`) to `out`.
-Check = Callable[[Any, str, list[FieldIssue]], None]
+Check = Callable[[object, str, list[FieldIssue]], None]
 
 
-def show(value: Any) -> str:
+def show(value: object) -> str:
     """The value as the user wrote it in JSON, short enough for a one-line message."""
     if value is None:
         return "null"
@@ -55,19 +55,19 @@ def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> bool:
     # JSON Schema counts 5.0 as an integer; bool is an int subclass in Python but not in JSON.
     t = type(value)
-    return t is int or (t is float and value.is_integer())
+    return t is int or (t is float and cast(float, value).is_integer())
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     # NaN and Infinity are not JSON; a lenient parser may still produce them.
     t = type(value)
-    return t is int or (t is float and math.isfinite(value))
+    return t is int or (t is float and math.isfinite(cast(float, value)))
 
 
-def type_issue(path: str, expected: str, value: Any) -> FieldIssue:
+def type_issue(path: str, expected: str, value: object) -> FieldIssue:
     """ "must be <expected> (got <value>)": a value of the wrong JSON type."""
     return FieldIssue(path, f"must be {expected} (got {show(value)})", False)
 
@@ -75,7 +75,7 @@ def type_issue(path: str, expected: str, value: Any) -> FieldIssue:
 def string(*, nullable: bool = False) -> Check:
     """A string (or null, if `nullable`)."""
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if not isinstance(value, str) and not (nullable and value is None):
             out.append(type_issue(path, "a string", value))
 
@@ -85,7 +85,7 @@ def string(*, nullable: bool = False) -> Check:
 def boolean(*, nullable: bool = False) -> Check:
     """true or false (or null, if `nullable`)."""
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if value is not True and value is not False and not (nullable and value is None):
             out.append(type_issue(path, "a boolean", value))
 
@@ -95,7 +95,7 @@ def boolean(*, nullable: bool = False) -> Check:
 def any_object(*, nullable: bool = False) -> Check:
     """Any JSON object, its fields unchecked (or null, if `nullable`)."""
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if not isinstance(value, dict) and not (nullable and value is None):
             out.append(type_issue(path, "an object", value))
 
@@ -113,12 +113,12 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
     else:
         bounds = f"must be at most {hi}"
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if value is None and nullable:
             return
         if not is_kind(value):
             out.append(type_issue(path, kind, value))
-        elif (lo is not None and value < lo) or (hi is not None and value > hi):
+        elif (lo is not None and cast(float, value) < lo) or (hi is not None and cast(float, value) > hi):
             out.append(FieldIssue(path, f"{bounds} (got {show(value)})", False))
 
     return check
@@ -134,7 +134,7 @@ def enum(values: tuple[str, ...], *, nullable: bool = False) -> Check:
     allowed = frozenset(values)
     expected = f"must be one of {quoted(values)}"
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if isinstance(value, str):
             if value not in allowed:
                 out.append(FieldIssue(path, f"{expected} (got {show(value)})", True))
@@ -165,7 +165,7 @@ def fields(
 def record(checks: Mapping[str, Check], required: tuple[str, ...] = (), *, nullable: bool = False) -> Check:
     """An object with the given field checks (extra fields allowed)."""
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if isinstance(value, dict):
             fields(value, path, out, checks, required)
         elif not (nullable and value is None):
@@ -177,7 +177,7 @@ def record(checks: Mapping[str, Check], required: tuple[str, ...] = (), *, nulla
 def array(item: Check, *, nullable: bool = False) -> Check:
     """An array whose elements each pass `item` (or null, if `nullable`)."""
 
-    def check(value: Any, path: str, out: list[FieldIssue]) -> None:
+    def check(value: object, path: str, out: list[FieldIssue]) -> None:
         if isinstance(value, list):
             for i, element in enumerate(value):
                 item(element, f"{path}[{i}]", out)

@@ -51,11 +51,15 @@ def _run_as() -> str | None:
     try:
         pwd.getpwnam(PG_USER)
     except KeyError:
-        subprocess.run(
+        made = subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        try:
+            pwd.getpwnam(PG_USER)  # made here, or by a parallel test worker at the same moment
+        except KeyError:
+            raise RuntimeError(f"cannot create the user {PG_USER}: {made.stderr.strip()}") from None
     return PG_USER
 
 
