@@ -146,15 +146,7 @@ class StoreCore:
             async with self.engine.begin() as conn:
                 return await fn(conn)
 
-        with anyio.CancelScope(shield=True):
-            try:
-                result = await self._retry(once)
-            except self._backend.errors as e:
-                problem = self._backend.file_problem(e)
-                if problem is None:
-                    raise
-                raise problem from None
-        return result
+        return await self._hot(once)
 
     async def _hot(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run one of the backend's hot statements (its own transaction), shielded and retried like `write`."""
