@@ -237,3 +237,27 @@ async def test_requests_sharing_a_conversation_are_left_to_the_sync_lane(tmp_pat
         assert (out.stats[0].counts["completed"], out.stats[0].counts["queued"]) == (6, 2)
         out = await app.run([job], settings(tmp_path, m))
         assert outcome_ok(out) and out.stats[0].counts["completed"] == 8
+
+
+@pytest.mark.anyio
+async def test_a_dead_server_stops_the_batch_lane_within_seconds(tmp_path: Path) -> None:
+    """A base URL where nothing listens dooms the run quickly (exit 5), as on the sync lane, not after two
+    minutes of backoff; nothing fails: the packed chunk waits for the run after the fix."""
+    import socket
+    import time
+
+    from runner.app import StopReason
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    job = await submit(tmp_path, 5)
+    s = Settings(db=str(tmp_path / "r.db"), base_url=f"http://127.0.0.1:{port}/v1", api_key="k", lane="batch")
+    t0 = time.monotonic()
+    out = await app.run([job], s)
+    took = time.monotonic() - t0
+    assert out.result.reason is StopReason.DOOMED
+    assert out.result.doomed_error is not None and "127.0.0.1" in out.result.doomed_error.message
+    assert took < 15, took  # 10 tries 0.5 s apart, where the backoff took ~2 minutes
+    counts = out.stats[0].counts
+    assert counts["queued"] + counts["in_progress"] == 5 and counts["failed"] == 0
