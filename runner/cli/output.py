@@ -6,6 +6,7 @@ job names, paths) goes through `runner.term.printable`, so it cannot drive the t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -27,10 +28,35 @@ T = TypeVar("T")
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """anyio.run, then re-arm SIGTERM: asyncio resets it to the default (die silently) when it lets go."""
+
+    async def main() -> T:
+        try:
+            return await fn()
+        finally:
+            await _end_leftover_tasks()
+
     try:
-        return anyio.run(fn)
+        return anyio.run(main)
     finally:
         interrupt.unwind()
+
+
+async def _end_leftover_tasks() -> None:
+    """Cancel what libraries left running, again until it ends (at most ~1 s), before asyncio shuts down.
+
+    SQLAlchemy closes an invalidated aiosqlite connection in a task of its own; when that connection's
+    thread has already stopped (the store file vanished under a run, say), the close waits on a future no
+    thread will ever answer, and one cancel only moves it to a second such wait. asyncio's own shutdown
+    cancels once and then waits forever: the process hung instead of exiting 2.
+    """
+    current = asyncio.current_task()
+    for _ in range(10):
+        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not left:
+            return
+        for t in left:
+            t.cancel()
+        await asyncio.wait(left, timeout=0.1)
 
 
 def say(text: str) -> None:
