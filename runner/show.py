@@ -72,6 +72,14 @@ def _unrecorded(d: RequestDetail) -> int:
     return max(d.attempts - current - len(d.attempt_rows), 0)
 
 
+def _reused_phrase(d: RequestDetail) -> str:
+    """Where a reused line's answer came from (`submit --reuse`)."""
+    if d.reused_source is None:
+        return "answered from the store (submit --reuse), from a job since deleted"
+    job, custom_id = d.reused_source
+    return f"answered from the store (submit --reuse), from request {printable(custom_id)} of job {job}"
+
+
 def render_text(d: RequestDetail) -> str:
     """The request as sent, every attempt, then the final answer or error in full."""
     out = [
@@ -82,7 +90,9 @@ def render_text(d: RequestDetail) -> str:
     ]
     for a in d.attempt_rows:
         out += _attempt_line(a)
-    if not d.attempt_rows:
+    if d.reused:
+        out.append("  none: " + _reused_phrase(d))
+    elif not d.attempt_rows:
         out.append("  none recorded yet")
     if missing := _unrecorded(d):
         out.append(
@@ -143,6 +153,10 @@ def to_json(d: RequestDetail) -> dict[str, Any]:
             for a in d.attempt_rows
         ],
         "unrecorded_attempts": _unrecorded(d),
+        "reused": d.reused,
+        "reused_from": None
+        if d.reused_source is None
+        else {"job_id": d.reused_source[0], "custom_id": d.reused_source[1]},
         "http_status": d.http_status,
         "request_id": d.request_id,
         "response_id": d.response_id,

@@ -171,6 +171,10 @@ class RequestDetail:
     submitted_at: float | None
     finished_at: float | None
     attempt_rows: list[AttemptRow]
+    # A line answered from the store (`submit --reuse`): True, and the source's (job id, custom_id) while that
+    # job still exists (None once it was deleted).
+    reused: bool = False
+    reused_source: tuple[str, str] | None = None
 
 
 class DuplicateCustomId(StoreError):

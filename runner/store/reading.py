@@ -178,6 +178,15 @@ class ReadingPart(JobsPart):
                 .where(attempts.c.request_id == r.id)
                 .order_by(attempts.c.id)
             )
+            rows = [AttemptRow(*t) for t in tries]
+            source = None
+            if r.reused_from is not None:
+                src = (
+                    await conn.execute(
+                        select(requests.c.job_id, requests.c.custom_id).where(requests.c.id == r.reused_from)
+                    )
+                ).one_or_none()
+                source = (src.job_id, src.custom_id) if src is not None else None
             return RequestDetail(
                 job_id=job_id,
                 line_no=r.line_no,
@@ -195,7 +204,9 @@ class ReadingPart(JobsPart):
                 created_at=r.created_at,
                 submitted_at=r.submitted_at,
                 finished_at=r.finished_at,
-                attempt_rows=[AttemptRow(*t) for t in tries],
+                attempt_rows=rows,
+                reused=r.reused_from is not None,
+                reused_source=source,
             )
 
         return await self.read(go)

@@ -80,3 +80,13 @@ def test_reuse_answers_repeats_from_the_store_and_says_so(cli: Cli, mock_factory
     assert reused["requests"] == N - 2
     assert (reused["usage"]["input_tokens"], reused["usage"]["output_tokens"]) == (saved_in, saved_out)
     assert reused["saved_usd"] == pytest.approx((saved_in * MINI_IN + saved_out * MINI_OUT) / 1e6, abs=1e-6)
+
+    # `show` says where a reused line's answer came from, and that nothing was sent for it.
+    r = cli("show", tuesday, "tue-1")
+    assert r.returncode == 0, r.stderr
+    assert f"none: answered from the store (submit --reuse), from request mon-1 of job {monday}" in r.stdout
+    r = cli("show", tuesday, "tue-3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert (json.loads(r.stdout)["reused"], json.loads(r.stdout)["reused_from"]) == (False, None)
+    r = cli("show", tuesday, "tue-2", "--json")
+    assert json.loads(r.stdout)["reused_from"] == {"job_id": monday, "custom_id": "mon-2"}
