@@ -14,9 +14,11 @@ and writes its results as files), and its lifecycle reads best beside the handle
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +94,23 @@ class BatchState:
 BATCHES_KEY = web.AppKey("mock_batches", BatchState)
 
 
+Handler = Callable[[web.Request, MockState, BatchState, float], Awaitable[web.StreamResponse]]
+
+
+def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """What every Files/Batches handler does first: note the start time (for the latency knobs) and check the key."""
+
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        state = request.app[STATE_KEY]
+        if not authorized(state, request):
+            return unauthorized(state, started)
+        return await handler(request, state, request.app[BATCHES_KEY], started)
+
+    return handle
+
+
 def _bad(state: MockState, started: float, message: str, param: str | None = None) -> web.Response:
     return reply(state, started, 400, error(message, "invalid_request_error", "invalid_request_error", param))
 
@@ -121,11 +140,8 @@ def _limit(request: web.Request, default: int) -> int:
         return default
 
 
-async def _upload(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _upload(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     if not request.content_type.startswith("multipart/"):
         return _bad(state, started, "Expected a multipart/form-data body.")
     purpose, filename, data = None, "file.jsonl", None
@@ -158,21 +174,15 @@ async def _upload(request: web.Request) -> web.Response:
     return reply(state, started, 200, f.shown())
 
 
-async def _list_files(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _list_files(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     purpose = request.query.get("purpose")
     items = [f.shown() for f in reversed(bs.files.values()) if purpose is None or f.purpose == purpose]
     return reply(state, started, 200, _page(items, request.query.get("after"), _limit(request, 10_000)))
 
 
-async def _file_content(request: web.Request) -> web.StreamResponse:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _file_content(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     f = bs.files.get(request.match_info["fid"])
     if f is None:
         return _missing(state, started, "file", request.match_info["fid"])
@@ -191,11 +201,8 @@ async def _file_content(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _create(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _create(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -402,31 +409,22 @@ def advance(state: MockState, bs: BatchState, b: Batch) -> dict[str, Any]:
     return b.body
 
 
-async def _retrieve(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _retrieve(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     b = bs.batches.get(request.match_info["bid"])
     if b is None:
         return _missing(state, started, "batch", request.match_info["bid"])
     return reply(state, started, 200, advance(state, bs, b))
 
 
-async def _list(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _list(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     items = [advance(state, bs, b) for b in reversed(bs.batches.values())]  # newest first, as the API lists
     return reply(state, started, 200, _page(items, request.query.get("after"), _limit(request, 20)))
 
 
-async def _cancel(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    state, bs = request.app[STATE_KEY], request.app[BATCHES_KEY]
-    if not authorized(state, request):
-        return unauthorized(state, started)
+@_api
+async def _cancel(request: web.Request, state: MockState, bs: BatchState, started: float) -> web.StreamResponse:
     b = bs.batches.get(request.match_info["bid"])
     if b is None:
         return _missing(state, started, "batch", request.match_info["bid"])
