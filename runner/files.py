@@ -1,8 +1,13 @@
-"""Writing files whole or not at all: a temporary name in the same directory, fsync, then rename."""
+"""Writing files whole or not at all: a temporary name in the same directory, fsync, then rename.
+
+A target that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a named pipe) is written in
+place instead: renaming over it would replace the device or pipe itself (as root, /dev/null for everyone).
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +39,16 @@ def _sweep_dead_parts(target: Path) -> None:
             (target.parent / name).unlink(missing_ok=True)
 
 
+def _in_place(target: Path) -> Iterator[IO[bytes]]:
+    """A device or pipe, opened and written as it is: nothing to rename, nothing to fsync."""
+    try:
+        f = open(target, "wb", buffering=1 << 20)  # noqa: SIM115 - closed below, after the caller's block
+    except OSError as e:
+        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
+    with f:
+        yield f
+
+
 @contextmanager
 def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     """A binary file that appears at `target` only when the block ends without an error.
@@ -42,6 +57,15 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     temporary `.NAME.HOST:PID.*.part` it may leave behind is invisible to readers of `target`, and the next
     writer of `target` on this host removes it once that process is gone.
     """
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        mode = None  # absent (or unreadable: the write below says why)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ConfigError(f"cannot write {target}: it is a directory")
+    if mode is not None and not stat.S_ISREG(mode):
+        yield from _in_place(target)
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _sweep_dead_parts(target)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,32 @@ def test_a_target_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=expected), atomic_writer(blocker / "out.jsonl") as f:
         f.write(b"never")
     assert blocker.read_bytes() == b""
+
+
+@pytest.mark.parametrize("via_link", [False, True], ids=["fifo", "link-to-fifo"])
+def test_a_pipe_or_device_is_written_in_place_never_replaced(tmp_path: Path, via_link: bool) -> None:
+    # `-o /dev/null` or `-o /dev/stdout` (a link to a pipe): renaming over them would replace the device itself.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    target = fifo
+    if via_link:
+        target = tmp_path / "stdout"
+        target.symlink_to(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    with atomic_writer(target) as f:
+        f.write(b"line 1\n")
+        f.write(b"line 2\n")
+    reader.join(timeout=10)
+    assert got == [b"line 1\nline 2\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert target.is_symlink() == via_link
+    assert parts(tmp_path) == set()
+
+
+def test_a_directory_target_is_refused_and_kept(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match=r"cannot write .*out: it is a directory"), atomic_writer(tmp_path / "out"):
+        pass
+    assert (tmp_path / "out").is_dir()
