@@ -135,3 +135,27 @@ async def test_a_mock_create_continuing_an_unknown_id_is_refused(tmp_path: Path)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "previous_response_not_found"
     assert r.json()["error"]["param"] == "previous_response_id"
+
+
+async def test_the_readme_example_file_runs_each_turn_after_the_one_it_continues(store_db: str) -> None:
+    # README "Lines that build on each other": jobs/chains.jsonl, last turns first in the file.
+    src = Path(__file__).resolve().parents[2] / "jobs" / "chains.jsonl"
+    job = (await app.submit(src, db=store_db)).job_id
+    async with mock() as base:
+        out = await app.run([job], Settings(db=store_db, base_url=base, api_key="k"))
+        stats = await mock_call(base, "/_mock/stats")
+    assert out.stats[0].counts["completed"] == 9 and out.failed == 0
+    rows = await rows_of(job, store_db)
+    assert rows["trip-2"].request["previous_response_id"] == "@trip-1"
+    sent = rows["trip-2"].response
+    assert sent is not None and rows["trip-1"].response is not None
+    assert sent["previous_response_id"] == rows["trip-1"].response["id"]  # what the export shows
+    ledger = {e["id"]: e for e in stats["continued"]}
+    for cid, row in rows.items():
+        turn = int(cid.rsplit("-", 1)[1])
+        if turn > 1:
+            assert row.response is not None
+            parent = rows[f"{cid.rsplit('-', 1)[0]}-{turn - 1}"].response
+            assert parent is not None
+            assert ledger[row.response["id"]]["previous_response_id"] == parent["id"]
+    assert len(ledger) == 6
