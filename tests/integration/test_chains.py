@@ -159,3 +159,10 @@ async def test_the_readme_example_file_runs_each_turn_after_the_one_it_continues
             assert parent is not None
             assert ledger[row.response["id"]]["previous_response_id"] == parent["id"]
     assert len(ledger) == 6
+
+
+async def test_estimate_counts_chained_lines_of_a_file_and_of_a_job(store_db: str) -> None:
+    src = Path(__file__).resolve().parents[2] / "jobs" / "chains.jsonl"
+    assert (await app.estimate(str(src), db=store_db, reuse=True)).lines == 9  # nothing answered yet: none reused
+    job = (await app.submit(src, db=store_db)).job_id
+    assert (await app.estimate(job, db=store_db)).lines == 9
