@@ -180,7 +180,8 @@ async def fail_orphans(store: Store, job_ids: Sequence[str] = (), parent_ids: Se
                 rows = (await conn.execute(orphans(scope))).all()
                 params = []
                 for r in rows:
-                    why = f"ended {r.state}" + (f" ({r.error_code})" if r.error_code else "")
+                    code = r.error_code if r.error_code and r.error_code != r.state else None
+                    why = f"ended {r.state}" + (f" ({code})" if code else "")
                     params.append({"rid": r.id, "msg": parent_failed_message(r.custom_id, why)})
                 if params:
                     await conn.execute(fail, params)

@@ -16,6 +16,9 @@ import pytest
 
 from runner import app
 from runner.config import Settings
+from runner.states import RequestState
+from runner.store import NewRequest, Outcome, Store
+from runner.store.chains import link, parents_of, resolve_parents
 from runner_mock.app import serve
 from runner_mock.knobs import Config
 
@@ -166,3 +169,61 @@ async def test_estimate_counts_chained_lines_of_a_file_and_of_a_job(store_db: st
     assert (await app.estimate(str(src), db=store_db, reuse=True)).lines == 9  # nothing answered yet: none reused
     job = (await app.submit(src, db=store_db)).job_id
     assert (await app.estimate(job, db=store_db)).lines == 9
+
+
+async def test_an_incomplete_parent_fails_its_children_unsent(tmp_path: Path, store_db: str) -> None:
+    src = tmp_path / "cut.jsonl"
+    long = "word " * 200  # the mock echoes it: far more than 16 output tokens, so the answer is cut short
+    src.write_text(
+        json.dumps(
+            {
+                "custom_id": "p",
+                "body": {"model": "gpt-test", "input": long, "max_output_tokens": 16},
+                "method": "POST",
+                "url": "/v1/responses",
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "custom_id": "q",
+                "body": {"model": "gpt-test", "input": "on", "previous_response_id": "@p"},
+                "method": "POST",
+                "url": "/v1/responses",
+            }
+        )
+        + "\n"
+    )
+    job = (await app.submit(src, db=store_db)).job_id
+    async with mock() as base:
+        out = await app.run([job], Settings(db=store_db, base_url=base, api_key="k"))
+        stats = await mock_call(base, "/_mock/stats")
+    rows = await rows_of(job, store_db)
+    assert (rows["p"].status, rows["q"].status) == ("incomplete", "failed")
+    assert rows["q"].error == "parent_failed: the line it continues, 'p', ended incomplete"
+    assert (stats["creates"], out.failed) == (1, 1)
+
+
+async def test_a_parent_completed_without_a_stored_response_fails_its_child_at_claim(store_db: str) -> None:
+    # A server that ignores `store` (the mock honours it): the parent's answer says store: false.
+    store = await Store.open(store_db)
+    try:
+        await store.begin_job(job_id="j", name="j", source="j", fingerprint="f", background=False, staged_by="t:1")
+        child = json.dumps({"model": "m", "input": "on", "previous_response_id": "@p"}, separators=(",", ":"))
+        await store.add_requests("j", [NewRequest(1, "p", '{"model":"m","input":"x"}'), NewRequest(2, "q", child)])
+        await link(store, "j", [(2, (await parents_of(store, "j", ["p"]))["p"].id)])
+        await store.publish_job("j", 2)
+        [parent] = await store.claim("o", ["j"], 10, 60)  # the child waits: its parent is not completed
+        assert parent.custom_id == "p"
+        answer = '{"id":"resp_1","status":"completed","store":false}'
+        done = Outcome(parent.id, RequestState.COMPLETED, http_status=200, response_body=answer)
+        assert await store.apply("o", [done]) == []
+        claimed = await store.claim("o", ["j"], 10, 60)
+        assert [c.custom_id for c in claimed] == ["q"]
+        ready, orphans = await resolve_parents(store, claimed)
+        assert ready == []
+        assert [(c.custom_id, why) for c, why in orphans] == [
+            ("q", "the line it continues, 'p', completed but its response was not stored (store: false)")
+        ]
+    finally:
+        await store.aclose()
