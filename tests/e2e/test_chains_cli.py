@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from tests.conftest import Cli, read_jsonl, run_args
+from runner import app
+from runner.config import Settings
+from tests.conftest import Cli, run_args
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +73,10 @@ def test_submit_refuses_a_missing_parent_a_cycle_and_an_unstored_parent(
 def test_a_run_killed_mid_chain_is_finished_with_every_child_continuing_its_parent(
     cli: Cli, mock_factory: Any, procs: list[subprocess.Popen[str]], tmp_path: Path, store_db: str
 ) -> None:
+    # Only the run that is killed is a CLI process (what is promised is about it); the submit before it and
+    # the run that finishes the job afterwards are the same code in-process, to keep the test short.
     use(cli, store_db)
+    db = cli.url or str(cli.db)
     convs, turns = 12, 3
     src = tmp_path / "chat.jsonl"
     # Turn by turn, so the file's order is not the order the chains allow (every t2 before any t1 finishes).
@@ -86,7 +92,7 @@ def test_a_run_killed_mid_chain_is_finished_with_every_child_continuing_its_pare
             for c in range(convs)
         )
     )
-    job = cli.submit(src)
+    job = anyio.run(lambda: app.submit(src, db=db)).job_id
     mock = mock_factory("--latency", "0.2")
     p = cli.popen("run", job, "--concurrency", "6", "--quiet", *run_args(mock), extra_env={"OPENAI_API_KEY": "k"})
     procs.append(p)
@@ -99,11 +105,12 @@ def test_a_run_killed_mid_chain_is_finished_with_every_child_continuing_its_pare
     sent = len(mock.stats()["continued"])
     assert sent < convs * (turns - 1)  # killed mid-chain: children were sent, and some were still to come
 
-    r = cli("run", job, "--quiet", *run_args(mock), extra_env={"OPENAI_API_KEY": "k"})
-    assert r.returncode == 0, r.stderr
-    out = tmp_path / "out.jsonl"
-    assert cli("export", job, "-o", str(out)).returncode == 0
-    rid = {x["custom_id"]: x["response"]["body"]["id"] for x in read_jsonl(out)}
+    async def finish() -> dict[str, str]:
+        out = await app.run([job], Settings(db=db, base_url=mock.base_url, api_key="k"))
+        assert out.result.reason == "done" and out.failed == 0
+        return {r.custom_id: r.response["id"] async for r in app.results(job, db=db) if r.response}
+
+    rid = anyio.run(finish)
     assert len(rid) == convs * turns
     ledger = {e["id"]: e for e in mock.stats()["continued"]}
     for c in range(convs):
