@@ -32,10 +32,13 @@ import anyio.lowlevel
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
+from runner.chains import ChainLines
+from runner.chains import problems as chain_problems
 from runner.errors import InputError, InputErrors, LineProblem
 from runner.owners import owner_is_dead, process_name
 from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
+from runner.store.chains import link, parents_of
 from runner.store.reuse import reuse_answers
 from runner.validate import validate_line
 
@@ -175,6 +178,7 @@ class _Problems:
         self.chat_keys: dict[str, None] = {}  # Chat Completions keys seen, in order (a set that keeps it)
         self.unreadable: Unreadable | None = None  # the file could not be read to the end
         self.reused = 0  # lines completed from stored answers (submit --reuse)
+        self.chains = ChainLines()  # the valid lines that continue another line (runner/chains.py)
 
     def add(self, line: int, field_: str, reason: str, *, new_line: bool = True) -> None:
         """Record a problem; `new_line` is False for a second problem of a line already counted."""
@@ -342,6 +346,8 @@ async def _stage(
                 await _read_and_validate(path, options, problems, warnings, warn, send)
         if problems.unreadable is not None:
             raise InputError(shown, [problems.unreadable.problem()], bad_lines=0)
+        if problems.chains.lines:
+            await _link_chains(store, job_id, problems)
         if problems.bad_lines:
             raise InputError(shown, problems.kept, problems.bad_lines, hint=problems.chat_hint(shown))
         if problems.valid == 0:
@@ -354,6 +360,19 @@ async def _stage(
     if not new:
         by_fingerprint[fingerprint] = result
     return _Staged(result, staged=True)
+
+
+async def _link_chains(store: Store, job_id: str, problems: _Problems) -> None:
+    """Check the lines that continue another (parent in the file, stored, no cycle) and link them to it."""
+    chained = problems.chains
+    parents = await parents_of(store, job_id, chained.refs())
+    found = chain_problems(chained, parents)
+    named: set[int] = set()
+    for line_no, field_, reason in found:
+        problems.add(line_no, field_, reason, new_line=line_no not in named)
+        named.add(line_no)
+    if not found and not problems.bad_lines:
+        await link(store, job_id, [(c.line_no, parents[c.ref].id) for c in chained.lines])
 
 
 async def _read_and_validate(
@@ -418,6 +437,7 @@ async def _validate_lines(
             chunk.invalid.add(line_no)
         else:
             problems.valid += 1
+            problems.chains.add(line_no, v.custom_id, v.body, bare="body" not in obj)
             body = orjson.dumps(v.body).decode()
             chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body), body_hash(v.body)))
             chunk.body_bytes += len(body)

@@ -35,7 +35,9 @@ ALLOWED_FROM: dict[RequestState, frozenset[RequestState]] = {
     RequestState.IN_PROGRESS: frozenset({RequestState.QUEUED, RequestState.IN_PROGRESS}),
     RequestState.COMPLETED: frozenset({RequestState.IN_PROGRESS}),
     RequestState.INCOMPLETE: frozenset({RequestState.IN_PROGRESS}),
-    RequestState.FAILED: frozenset({RequestState.IN_PROGRESS}),
+    # From queued: a line whose parent (the response it continues, runner/chains.py) ended without one it can
+    # continue fails unsent, with `parent_failed`.
+    RequestState.FAILED: frozenset({RequestState.IN_PROGRESS, RequestState.QUEUED}),
     RequestState.CANCELLED: frozenset({RequestState.QUEUED, RequestState.IN_PROGRESS}),
 }
 

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 
 from runner_mock.replies import error, reply
 from runner_mock.state import MockState, format_duration
 
-__all__ = ["QuietDisconnects", "authorized", "drop", "not_found", "rate_limited", "unauthorized"]
+__all__ = [
+    "ERROR_KEY",
+    "QuietDisconnects",
+    "authorized",
+    "drop",
+    "not_found",
+    "previous_not_found",
+    "rate_limited",
+    "scripted_error",
+    "unauthorized",
+]
+
+# A line whose `metadata.mock_error` is an error code is answered 400 with that code, every time: a test
+# scripts one line of a file to fail for good (a parent whose children must then fail too).
+ERROR_KEY = "mock_error"
 
 
 def _retry_headers(seconds: float, whole: bool) -> dict[str, str]:
@@ -48,6 +64,22 @@ def not_found(state: MockState, started: float, rid: str) -> web.Response:
     """The 404 for an unknown response id."""
     message = f"Response with id '{rid}' not found."
     return reply(state, started, 404, error(message, "invalid_request_error", "not_found"))
+
+
+def previous_not_found(state: MockState, started: float, rid: object) -> web.Response:
+    """The 400 for a `previous_response_id` this server never stored (as the real API answers it)."""
+    message = f"Previous response with id '{rid}' not found."
+    body = error(message, "invalid_request_error", "previous_response_not_found", "previous_response_id")
+    return reply(state, started, 400, body)
+
+
+def scripted_error(state: MockState, started: float, body: Mapping[str, Any]) -> web.Response | None:
+    """The 400 a line asks for with `metadata.mock_error` (see ERROR_KEY), or None."""
+    metadata = body.get("metadata")
+    code = metadata.get(ERROR_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(code, str):
+        return None
+    return reply(state, started, 400, error(f"Scripted failure ({code}).", "invalid_request_error", code))
 
 
 def drop(request: web.Request) -> web.Response:

@@ -16,9 +16,17 @@ from aiohttp import web
 from runner_mock import knobs
 from runner_mock.batches import BATCHES_KEY, add_batch_routes
 from runner_mock.content import final_fields, service_tier, skeleton, usage_for, validate
-from runner_mock.faults import authorized, drop, not_found, rate_limited, unauthorized
+from runner_mock.faults import (
+    authorized,
+    drop,
+    not_found,
+    previous_not_found,
+    rate_limited,
+    scripted_error,
+    unauthorized,
+)
 from runner_mock.replies import JSON, error, reply
-from runner_mock.state import STATE_KEY, TERMINAL, Record
+from runner_mock.state import STATE_KEY, TERMINAL, Record, status_of
 
 __all__ = ["add_routes"]
 
@@ -42,6 +50,12 @@ async def _create(request: web.Request) -> web.Response:
     body, problem = validate(await request.read())
     if body is None:
         return reply(state, started, 400, problem)
+    previous = body.get("previous_response_id")
+    parent = None if previous is None else state.responses.get(previous) if isinstance(previous, str) else None
+    if previous is not None and parent is None:
+        return previous_not_found(state, started, previous)
+    if (scripted := scripted_error(state, started, body)) is not None:
+        return scripted
 
     if config.quota or (config.quota_after is not None and state.creates >= config.quota_after):
         state.faults["quota"] += 1
@@ -92,6 +106,8 @@ async def _create(request: web.Request) -> web.Response:
     state.creates_by_key[key] = state.creates_by_key.get(key, 0) + 1
 
     rid = state.new_id("resp")
+    if parent is not None:
+        state.note_continued(rid, str(previous), status_of(parent))
     created_at = int(time.time())
     response = skeleton(body, rid, created_at)
     if background:

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from runner_mock.knobs import Config
 
-__all__ = ["MAX_STORED", "STATE_KEY", "MockState", "Record", "format_duration"]
+__all__ = ["MAX_STORED", "STATE_KEY", "MockState", "Record", "format_duration", "status_of"]
 
 # Without limits the headers still describe a plausible, never-binding budget.
 NOTIONAL_RPM = 1_000_000
@@ -83,6 +83,14 @@ class Record:
         return status
 
 
+def status_of(record: Record) -> str:
+    """A stored response's status now (one shown finished is kept only encoded)."""
+    if record.raw is not None:
+        status = orjson.loads(record.raw).get("status")
+        return status if isinstance(status, str) else "unknown"
+    return record.advance()
+
+
 class MockState:
     """Everything one server instance remembers: config, RNG, stored responses, counters, windows."""
 
@@ -103,6 +111,9 @@ class MockState:
             "reasoning_tokens": 0,
             "total_tokens": 0,
         }
+        # Every create that continued a stored response: its id, the id it continued and that one's status
+        # when the create came (the ledger of chains; capped like the stored responses).
+        self.continued: list[dict[str, str]] = []
         self.window = -1
         self.window_requests = 0
         self.window_tokens = 0
@@ -124,7 +135,14 @@ class MockState:
             "creates_by_key": dict(self.creates_by_key),
             "tiers": dict(self.tiers),
             "usage": dict(self.usage),
+            "continued": list(self.continued),
         }
+
+    def note_continued(self, rid: str, previous: str, previous_status: str) -> None:
+        """Add a create that continued `previous` to the ledger."""
+        self.continued.append({"id": rid, "previous_response_id": previous, "previous_status": previous_status})
+        if len(self.continued) > MAX_STORED:
+            del self.continued[: len(self.continued) - MAX_STORED]
 
     def store(self, rid: str, record: Record) -> None:
         """Remember a response, forgetting the oldest ones past `MAX_STORED`."""

@@ -285,7 +285,8 @@ class BatchLane:
             if queued == 0:
                 if talks := await queued_in_conversations(self.store, self.job_ids):
                     self.problems.append(
-                        f"{talks:,} requests share a conversation, which a batch cannot run in order: they are"
+                        f"{talks:,} requests share a conversation or continue another line's response, which a"
+                        " batch cannot run in order: they are"
                         " left queued for the sync lane (`runner run` without --lane batch)"
                     )
                 return False

@@ -103,7 +103,8 @@ async def queued_page(
     store: Store, job_ids: Sequence[str], after_id: int, limit: int
 ) -> list[tuple[int, str, str, str]]:
     """Due queued requests after `after_id`, in id order: (id, job_id, custom_id, body). Requests that share a
-    conversation are left out: they must run one at a time, in order, which a batch cannot promise."""
+    conversation, or continue another line's response, are left out: they must run one at a time, in order,
+    which a batch cannot promise."""
     now = _now(store)
     stmt = (
         select(requests.c.id, requests.c.job_id, requests.c.custom_id, requests.c.body)
@@ -112,6 +113,7 @@ async def queued_page(
             requests.c.state == Q,
             requests.c.next_attempt_at <= now,
             requests.c.conversation.is_(None),
+            requests.c.parent_id.is_(None),
             requests.c.id > after_id,
         )
         .order_by(requests.c.id)
@@ -125,9 +127,12 @@ async def queued_page(
 
 
 async def next_due(store: Store, job_ids: Sequence[str]) -> tuple[int, float | None]:
-    """Queued requests (not sharing a conversation) and the earliest time one of them is due."""
+    """Queued requests (not sharing a conversation nor continuing a line) and the earliest time one is due."""
     stmt = select(func.count(), func.min(requests.c.next_attempt_at)).where(
-        requests.c.job_id.in_(list(job_ids)), requests.c.state == Q, requests.c.conversation.is_(None)
+        requests.c.job_id.in_(list(job_ids)),
+        requests.c.state == Q,
+        requests.c.conversation.is_(None),
+        requests.c.parent_id.is_(None),
     )
 
     async def go(conn: AsyncConnection) -> tuple[int, float | None]:
@@ -152,9 +157,12 @@ async def take_over(store: Store, batch_row: int, was: str | None, owner: str) -
 
 
 async def queued_in_conversations(store: Store, job_ids: Sequence[str]) -> int:
-    """Queued requests that share a conversation (the batch lane leaves them to the sync lane)."""
+    """Queued requests that share a conversation or continue another line (the batch lane leaves them to the
+    sync lane)."""
     stmt = select(func.count()).where(
-        requests.c.job_id.in_(list(job_ids)), requests.c.state == Q, requests.c.conversation.is_not(None)
+        requests.c.job_id.in_(list(job_ids)),
+        requests.c.state == Q,
+        or_(requests.c.conversation.is_not(None), requests.c.parent_id.is_not(None)),
     )
 
     async def go(conn: AsyncConnection) -> int:

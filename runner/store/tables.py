@@ -93,6 +93,9 @@ requests = Table(
     Column("body_hash", String, nullable=True),
     Column("reused_from", Integer, nullable=True),
     *(Column(f"reused_{c}", Integer, nullable=True) for c in REUSED_USAGE),
+    # The request whose response this one continues (`"previous_response_id": "@<custom_id>"`, runner/chains.py):
+    # claimed only once that one is completed. Set at submit; NULL for lines outside chains.
+    Column("parent_id", Integer, nullable=True),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
@@ -122,6 +125,13 @@ requests = Table(
         "conversation",
         sqlite_where=Column("conversation").isnot(None),
         postgresql_where=Column("conversation").isnot(None),
+    ),
+    # Only lines of chains have a parent: jobs without chains keep this index empty.
+    Index(
+        None,
+        "parent_id",
+        sqlite_where=Column("parent_id").isnot(None),
+        postgresql_where=Column("parent_id").isnot(None),
     ),
 )
 

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from runner.budget import Budget
+from runner.chains import PARENT_FAILED
 from runner.client import ApiClient
 from runner.errors import BillingError, DoomedJobError, StoreUnavailable
 from runner.lanes.flex import FlexLane
@@ -30,6 +31,7 @@ from runner.limits import AdaptiveConcurrency, RateLimiter
 from runner.owners import new_owner, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
+from runner.store.chains import fail_orphans, has_chains, resolve_parents
 from runner.store.models import Claimed, Outcome
 from runner.worker.heartbeat import Heartbeat
 from runner.worker.outcomes import Checker
@@ -160,6 +162,11 @@ class Run:
         await self.heartbeat.start()  # registered (and its clock checked) before it judges others' leases
         await self.store.reclaim_expired(self.job_ids, owner_is_dead)
         await self.store.mark_started(self.job_ids)
+        # Lines that continue others (runner/chains.py): only then is any of the chain work done at all.
+        self.writer.chains = await has_chains(self.store, self.job_ids)
+        self.writer.on_orphans = self._count_orphans
+        if self.writer.chains:
+            self._count_orphans(await fail_orphans(self.store, self.job_ids))  # below a parent of an earlier run
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.writer.run)
@@ -229,6 +236,8 @@ class Run:
                 # request itself at high throughput.
                 want = min(max(limit, 64) - len(self._ready), CLAIM_BATCH * 4)
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
+                if self.writer.chains and claimed:
+                    claimed = await self._continue_parents(claimed)
                 self._ready.extend(claimed)
                 self._fill()
                 if claimed:
@@ -247,6 +256,8 @@ class Run:
                     self.poller.add(c, first_poll=0.0)
             if self._in_flight == 0 and self.poller.size == 0:
                 await self.writer.flush()
+                if self.writer.chains:  # e.g. below a parent that failed in a batch
+                    self._count_orphans(await fail_orphans(self.store, self.job_ids))
                 counts, due = await self.store.progress(self.job_ids)
                 if count(counts, *ACTIVE) == 0:
                     return
@@ -256,6 +267,21 @@ class Run:
                 await self._wait_slot(wait)
             else:
                 await self._wait_slot(IDLE_CHECK / 5)
+
+    async def _continue_parents(self, claimed: list[Claimed]) -> list[Claimed]:
+        """The claimed lines with their parents' response ids in place; those whose parent completed without
+        a response to continue fail unsent (and, once committed, the lines below them)."""
+        ready, orphans = await resolve_parents(self.store, claimed)
+        for c, why in orphans:
+            o = Outcome(c.id, RequestState.FAILED, error_code=PARENT_FAILED, error_message=why, refund_attempt=True)
+            self.writer.put(o)
+            self._count(o)
+        return ready
+
+    def _count_orphans(self, n: int) -> None:
+        """Lines failed unsent below a parent that ended without a response to continue (`parent_failed`)."""
+        self.snap.done += n
+        self.snap.failed += n
 
     def _fill(self) -> None:
         """Start claimed requests while slots are free; ask the claim loop for more when the buffer runs low."""

@@ -21,6 +21,7 @@ import anyio
 
 from runner.config import WRITE_BATCH_WINDOW
 from runner.store import Store
+from runner.store.chains import DEAD_ENDS, fail_orphans
 from runner.store.models import Outcome, ResponseIdRecord
 from runner.store.outputs import CheckRecord, record_checks
 
@@ -59,6 +60,10 @@ class WriteBack:
         self._closed = False
         self.written = 0
         self.refused: set[int] = set()  # request ids whose write was refused (no longer leased by us)
+        # The jobs have lines that continue others (runner/chains.py): a line that ends failed, cancelled or
+        # incomplete fails the queued lines below it, right after its own commit.
+        self.chains = False
+        self.on_orphans: Callable[[int], None] | None = None  # told how many lines below a dead end failed
 
     def put(self, outcome: Outcome, check: CheckRecord | None = None) -> int:
         """Queue an outcome (and the structured-output check of its answer) for the next commit; its ticket."""
@@ -106,6 +111,12 @@ class WriteBack:
         refused = await self._store.apply(self._owner, batch, ids)  # shielded inside the store
         self.written += len(batch) + len(ids) - len(refused)
         self.refused.update(refused)
+        if self.chains and (
+            ended := [o.request_id for o in batch if o.to in DEAD_ENDS and o.request_id not in refused]
+        ):
+            orphans = await fail_orphans(self._store, parent_ids=ended)
+            if orphans and self.on_orphans is not None:
+                self.on_orphans(orphans)
         self._done_seq = seq
         self._progress.set()
         self._progress = anyio.Event()

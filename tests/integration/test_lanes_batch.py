@@ -231,8 +231,8 @@ async def test_requests_sharing_a_conversation_are_left_to_the_sync_lane(tmp_pat
     async with mock(batch_run_delay=0.1, batch_validate_delay=0.05) as m:
         out = await app.run([job], settings(tmp_path, m, lane="batch"))
         assert out.result.problems == [
-            "2 requests share a conversation, which a batch cannot run in order: they are left queued for the sync"
-            " lane (`runner run` without --lane batch)"
+            "2 requests share a conversation or continue another line's response, which a batch cannot run in"
+            " order: they are left queued for the sync lane (`runner run` without --lane batch)"
         ]
         assert (out.stats[0].counts["completed"], out.stats[0].counts["queued"]) == (6, 2)
         out = await app.run([job], settings(tmp_path, m))

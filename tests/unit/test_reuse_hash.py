@@ -61,7 +61,9 @@ def test_an_integer_and_a_float_are_different_values() -> None:
     assert body_hash({**BASE, "temperature": 1}) != body_hash({**BASE, "temperature": 1.0})
 
 
-@pytest.mark.parametrize("state", [{"previous_response_id": "resp_1"}, {"conversation": "conv_1"}])
+@pytest.mark.parametrize(
+    "state", [{"previous_response_id": "resp_1"}, {"previous_response_id": "@line-1"}, {"conversation": "conv_1"}]
+)
 def test_a_request_that_continues_server_state_is_never_reused(state: dict[str, Any]) -> None:
     assert body_hash({**BASE, **state}) is None
 

@@ -33,6 +33,7 @@ def test_every_state_has_an_entry() -> None:
         (S.IN_PROGRESS, S.QUEUED),  # a retry
         (S.QUEUED, S.CANCELLED),
         (S.FAILED, S.QUEUED),  # `runner retry`
+        (S.QUEUED, S.FAILED),  # a line whose parent failed: `parent_failed`, never sent
     ],
 )
 def test_allowed_moves(from_: RequestState, to: RequestState) -> None:
@@ -52,7 +53,6 @@ def test_allowed_moves(from_: RequestState, to: RequestState) -> None:
         (S.FAILED, S.COMPLETED),
         (S.QUEUED, S.COMPLETED),
         (S.QUEUED, S.INCOMPLETE),
-        (S.QUEUED, S.FAILED),
         (S.QUEUED, S.QUEUED),
     ],
 )

@@ -9,7 +9,8 @@
 -- FOR UPDATE, so no claim slips in between its check for live leases and its delete. The pick is a MATERIALIZED CTE, run once: as an
 -- `IN (subquery)` the planner may re-run it per row and lock more than $4 rows. A request whose
 -- conversation has an earlier unfinished one is skipped (one at a time, file order); the earlier one is
--- queued or in progress in every snapshot until it is final, so this holds across processes too.
+-- queued or in progress in every snapshot until it is final, so this holds across processes too. A request
+-- that continues another's response (parent_id, runner/chains.py) waits until that one is completed.
 WITH picked AS MATERIALIZED (
     SELECT r.id FROM requests AS r JOIN jobs ON jobs.id = r.job_id
     WHERE r.state = 'queued' AND r.next_attempt_at <= extract(epoch FROM now())::float8
@@ -18,6 +19,8 @@ WITH picked AS MATERIALIZED (
           SELECT 1 FROM requests AS earlier
           WHERE earlier.conversation = r.conversation AND earlier.id < r.id
             AND earlier.state IN ('queued', 'in_progress')))
+      AND (r.parent_id IS NULL OR EXISTS (
+          SELECT 1 FROM requests AS parent WHERE parent.id = r.parent_id AND parent.state = 'completed'))
     ORDER BY r.id LIMIT $4
     FOR UPDATE OF r SKIP LOCKED FOR KEY SHARE OF jobs)
 UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = $1,

@@ -5,6 +5,7 @@
 -- name: claim
 -- Lease up to n due, queued requests in file order. `/*job_ids*/ ?` becomes one `?` per job id.
 -- A request whose conversation has an earlier unfinished one is skipped: one at a time, in order.
+-- A request that continues another's response (parent_id, runner/chains.py) waits until that one is completed.
 UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?,
     started_at = coalesce(started_at, ?), submitted_at = ?, updated_at = ?
 WHERE id IN (
@@ -15,6 +16,8 @@ WHERE id IN (
           SELECT 1 FROM requests AS earlier
           WHERE earlier.conversation = requests.conversation AND earlier.id < requests.id
             AND earlier.state IN ('in_progress', 'queued')))
+      AND (requests.parent_id IS NULL OR EXISTS (
+          SELECT 1 FROM requests AS parent WHERE parent.id = requests.parent_id AND parent.state = 'completed'))
     ORDER BY requests.id LIMIT ?)
   AND state = 'queued'
 RETURNING id, job_id, line_no, custom_id, body, attempts
