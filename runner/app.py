@@ -38,7 +38,7 @@ from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_res
 from runner.files import atomic_writer
 from runner.htmlreport import write_html
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
-from runner.owners import owner_is_dead
+from runner.owners import host_id, owner_is_dead
 from runner.prices import PriceTable, load_prices
 from runner.processes import ChildReport, is_child, supervise
 from runner.report import Report, build_report
@@ -46,7 +46,7 @@ from runner.spec import JobSpec, load_spec
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
-from runner.store.fleet import FleetClock, fleet_view
+from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reports import usage_by_model
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
@@ -395,9 +395,21 @@ async def _run_processes(
     if count(counts, *ACTIVE) == 0:  # nothing to send or poll: no process to start
         return RunOutcome(RunResult(StopReason.DONE), [await store.job_stats(j) for j in ids])
     caught: list[int] = []
-    fleet = await supervise(ids, s, on_progress=on_progress, caught=caught if handle_signals else None)
+
+    async def hand_back(pid: int) -> None:
+        """A worker process died: its requests go back to the queue and its runner row goes, now, not at expiry."""
+        await store.reclaim_expired(ids, owner_is_dead)
+        for r in (await fleet_view(store)).runners:
+            if r.pid == pid and r.host == host_id():
+                await unregister(store, r.id)
+
+    fleet = await supervise(
+        ids, s, on_progress=on_progress, caught=caught if handle_signals else None, on_death=hand_back
+    )
     stats = [await store.job_stats(j) for j in ids]
     left = sum(count(st.counts, *ACTIVE) for st in stats)
+    if fleet.result.reason is StopReason.INTERRUPTED and not caught and not left:
+        fleet.result.reason = StopReason.DONE  # one worker was signalled by someone, the others finished the job
     if fleet.died and left and fleet.result.reason is StopReason.DONE:
         fleet.result.problems.extend(fleet.died)
         fleet.result.problems.append(f"{left:,} requests left unfinished; `runner run` resumes them")

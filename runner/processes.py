@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal
 from enum import Enum
@@ -39,7 +39,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import SecretStr
 
 from runner.config import Settings, env_name
-from runner.errors import BillingError, DoomedJobError
+from runner.errors import BillingError, DoomedJobError, RunnerError
 from runner.worker.types import RunResult, Snapshot, StopReason
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,14 @@ class ChildReport:
     def __init__(self, fd: int = 1) -> None:
         self._fd = fd
         self._gone = False
+        self._ended = False
 
     def __call__(self, snap: Snapshot) -> None:
         self._write({"progress": _snapshot_out(snap)})
 
     def end(self, result: RunResult) -> None:
         """The last line: how this child's run ended."""
+        self._ended = True
         r = result
         self._write(
             {
@@ -118,7 +120,8 @@ class ChildReport:
         except OSError:
             # The parent is gone (or its pipe is): nobody shows this run any more; stop as on Ctrl-C.
             self._gone = True
-            os.kill(os.getpid(), signal.SIGINT)
+            if not self._ended:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _snapshot_out(s: Snapshot) -> dict[str, Any]:
@@ -160,33 +163,35 @@ async def supervise(
     *,
     on_progress: Callable[[Snapshot], None] | None = None,
     caught: list[int] | None = None,
+    on_death: Callable[[int], Awaitable[None]] | None = None,
 ) -> FleetOutcome:
     """Run `job_ids` in `settings.processes` child processes until each has ended; None of the parent's own.
 
     With `caught` (a list), SIGINT and SIGTERM are handled here: appended to it and passed on to the
-    children. Whatever ends this call, no child is left running.
+    children. `on_death(pid)` is awaited when a child died without finishing its run (once it is reaped),
+    to hand its work back at once. Whatever ends this call, no child is left running.
     """
     started = time.monotonic()
     n = settings.processes
     children: list[_Child] = []
     try:
+        # Started before any task group, so that an OSError (no such interpreter) comes out as itself.
+        for i, share in enumerate(shares(settings.concurrency, n)):
+            proc = await anyio.open_process(
+                [sys.executable, "-m", "runner", "run", *job_ids],
+                stdin=subprocess.DEVNULL,
+                env=child_env(settings, share),
+                start_new_session=True,  # a terminal's Ctrl-C reaches the parent alone, which passes it on
+            )
+            children.append(_Child(i + 1, proc))
         async with anyio.create_task_group() as tg:
             if caught is not None:
                 tg.start_soon(_pass_signals, children, caught)
-            for i, share in enumerate(shares(settings.concurrency, n)):
-                proc = await anyio.open_process(
-                    [sys.executable, "-m", "runner", "run", *job_ids],
-                    stdin=subprocess.DEVNULL,
-                    env=child_env(settings, share),
-                    start_new_session=True,  # a terminal's Ctrl-C reaches the parent alone, which passes it on
-                )
-                child = _Child(i + 1, proc)
-                children.append(child)
             if on_progress is not None:
                 tg.start_soon(_show_progress, children, started, on_progress)
             async with anyio.create_task_group() as waiting:
                 for child in children:
-                    waiting.start_soon(_follow, child, n, caught)
+                    waiting.start_soon(_follow, child, n, caught, on_death)
                     waiting.start_soon(_relay_stderr, child)  # to its end: a child's last words are often why
             tg.cancel_scope.cancel()
     finally:
@@ -230,7 +235,9 @@ def _env_text(value: object) -> str:
     return str(value)
 
 
-async def _follow(child: _Child, n: int, caught: list[int] | None) -> None:
+async def _follow(
+    child: _Child, n: int, caught: list[int] | None, on_death: Callable[[int], Awaitable[None]] | None
+) -> None:
     """Read a child's reports until its stdout closes, then reap it (a dead pid frees its leases only then)."""
     assert child.proc.stdout is not None
     lines = BufferedByteReceiveStream(child.proc.stdout)
@@ -241,6 +248,8 @@ async def _follow(child: _Child, n: int, caught: list[int] | None) -> None:
             break
         except anyio.DelimiterNotFound:
             log.warning("process %d of %d: a report line over %d bytes; its reports end", child.number, n, MAX_LINE)
+            async for _ in child.proc.stdout:  # still read, or the child would block on a full pipe
+                pass
             break
         _take(child, line)
     code = await child.proc.wait()
@@ -249,6 +258,11 @@ async def _follow(child: _Child, n: int, caught: list[int] | None) -> None:
         died = f"process {child.number} of {n} (pid {child.proc.pid}) ended without finishing its run ({how})"
         log.warning("%s; the other processes take over its requests", died)
         child.end = {"died": died}
+        if on_death is not None:
+            try:
+                await on_death(child.proc.pid)
+            except RunnerError as e:  # the others still take its work back, when its leases expire
+                log.warning("could not hand back the requests of process %d at once: %s", child.number, e)
 
 
 def _take(child: _Child, raw: bytes) -> None:
