@@ -213,7 +213,8 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         return _run_child(ns, settings)
     if ns.detach and settings.lane is not Lane.BATCH:
         raise ConfigError("--detach needs --lane batch (only batches can be left running)")
-    fitted = fit_open_files(settings.concurrency)
+    # With --processes N each worker process fits its own share (runner/processes.py); this one sends nothing.
+    fitted = fit_open_files(settings.concurrency) if settings.processes == 1 else settings.concurrency
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
     ids = ns.job_ids or _choose_jobs(ns)

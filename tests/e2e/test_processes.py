@@ -76,8 +76,8 @@ def _children(pid: int) -> list[int]:
 def test_a_spec_with_two_processes_shares_the_job_and_sends_nothing_twice(
     cli: Cli, store_db: str, mock_factory: Any, tmp_path: Path
 ) -> None:
-    lines = 300
-    mock = mock_factory("--latency", "0.03")
+    lines = 120
+    mock = mock_factory("--latency", "0.1")  # seconds of work: both processes are up long before its end
     write_jobfile(tmp_path / "in.jsonl", lines, bare=True)
     spec = tmp_path / "two.toml"
     spec.write_text(
