@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import Process
@@ -141,11 +141,22 @@ def _error_out(e: BillingError | DoomedJobError | None) -> dict[str, Any] | None
 
 
 @dataclass
+class _End:
+    """How a child's run ended, as it reported it."""
+
+    reason: StopReason
+    billing: BillingError | None = None
+    doomed: DoomedJobError | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _Child:
     number: int  # 1-based, for messages
     proc: Process
-    last: Snapshot | None = None
-    end: dict[str, Any] | None = None
+    last: Snapshot | None = None  # its latest figures
+    end: _End | None = None
+    died: str | None = None  # it ended without reporting an end: how, in one line
 
 
 @dataclass
@@ -257,7 +268,7 @@ async def _follow(
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         died = f"process {child.number} of {n} (pid {child.proc.pid}) ended without finishing its run ({how})"
         log.warning("%s; the other processes take over its requests", died)
-        child.end = {"died": died}
+        child.died = died
         if on_death is not None:
             try:
                 await on_death(child.proc.pid)
@@ -274,9 +285,13 @@ def _take(child: _Child, raw: bytes) -> None:
         elif "end" in msg:
             end = msg["end"]
             child.last = _snapshot_in(end["snapshot"])
-            StopReason(end["reason"])  # checked here, used in _outcome
-            child.end = end
-    except (ValueError, TypeError, KeyError):
+            child.end = _End(
+                StopReason(end["reason"]),
+                _api_error(BillingError, end.get("billing")),
+                _api_error(DoomedJobError, end.get("doomed")),
+                [str(p) for p in end.get("problems") or []],
+            )
+    except (ValueError, TypeError, KeyError, AttributeError):
         log.debug("process %d: unreadable report line %r", child.number, raw[:200])
 
 
@@ -294,6 +309,17 @@ def _snapshot_in(d: dict[str, Any]) -> Snapshot:
 
 def _text(v: object) -> str | None:
     return v if isinstance(v, str) else None
+
+
+_E = TypeVar("_E", BillingError, DoomedJobError)
+
+
+def _api_error(kind: type[_E], d: object) -> _E | None:
+    if not isinstance(d, dict):
+        return None
+    status = d.get("status")
+    code = _text(d.get("code"))
+    return kind(str(d.get("message", "")), status=status if isinstance(status, int) else None, code=code)
 
 
 def merge(parts: Sequence[Snapshot], started: float) -> Snapshot:
@@ -368,27 +394,23 @@ async def _stop_all(children: list[_Child], grace: float) -> None:
 
 def _outcome(children: list[_Child], started: float, caught: list[int] | None) -> FleetOutcome:
     """One verdict from the children's: the most telling stop reason, the figures added up."""
-    ends = [c.end for c in children if c.end is not None and "reason" in c.end]
-    reasons = {StopReason(e["reason"]) for e in ends}
+    ends = [c.end for c in children if c.end is not None]
+    reasons = {e.reason for e in ends}
     if caught:
         reasons.add(StopReason.INTERRUPTED)
     reason = next((r for r in _PRIORITY if r in reasons), StopReason.DONE)
     result = RunResult(reason, snapshot=merge([c.last for c in children if c.last is not None], started))
+    result.billing_error = next((e.billing for e in ends if e.billing is not None), None)
+    result.doomed_error = next((e.doomed for e in ends if e.doomed is not None), None)
     for e in ends:
-        if e.get("billing") and result.billing_error is None:
-            b = e["billing"]
-            result.billing_error = BillingError(str(b["message"]), status=b.get("status"), code=b.get("code"))
-        if e.get("doomed") and result.doomed_error is None:
-            d = e["doomed"]
-            result.doomed_error = DoomedJobError(str(d["message"]), status=d.get("status"), code=d.get("code"))
-        result.problems.extend(str(p) for p in e.get("problems") or [])
+        result.problems.extend(e.problems)
     # The verdict names the error it stops for; a child's that did not come through is said in general words.
     if reason is StopReason.BILLING and result.billing_error is None:
         result.billing_error = BillingError("the API refused for billing reasons")
     if reason is StopReason.DOOMED and result.doomed_error is None:
         result.doomed_error = DoomedJobError("a worker process stopped the job as doomed (see its message above)")
     finished = [_finished(c.last) for c in children]
-    died = [str(c.end["died"]) for c in children if c.end is not None and "died" in c.end]
+    died = [c.died for c in children if c.died is not None]
     return FleetOutcome(result, finished, died)
 
 
