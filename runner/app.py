@@ -366,6 +366,21 @@ async def run(
         return RunOutcome(result, stats, caught[0] if caught else None)
 
 
+def _refuse_processes(s: Settings) -> None:
+    """ConfigError for settings several worker processes cannot keep (checked before anything is queued)."""
+    n = s.processes
+    if n == 1:
+        return
+    if s.lane is Lane.BATCH:
+        raise ConfigError(f"--processes {n} is for the sync and flex lanes; the batch lane runs in one process")
+    if s.max_cost is not None:
+        raise ConfigError(f"--max-cost needs --processes 1 (got {n}): the spending budget is kept in one process")
+    if s.concurrency < n:
+        raise ConfigError(
+            f"--processes {n} needs --concurrency {n} or more (got {s.concurrency}): each process sends at least one"
+        )
+
+
 async def _run_processes(
     store: Store,
     ids: list[str],
@@ -377,14 +392,7 @@ async def _run_processes(
     from runner.store.batches import open_batches
 
     n = s.processes
-    if s.lane is Lane.BATCH:
-        raise ConfigError(f"--processes {n} is for the sync and flex lanes; the batch lane runs in one process")
-    if s.max_cost is not None:
-        raise ConfigError(f"--max-cost needs --processes 1 (got {n}): the spending budget is kept in one process")
-    if s.concurrency < n:
-        raise ConfigError(
-            f"--processes {n} needs --concurrency {n} or more (got {s.concurrency}): each process sends at least one"
-        )
+    _refuse_processes(s)
     if await open_batches(store, ids):
         raise ConfigError(
             f"--processes {n}: these jobs have batches open from a batch-lane run; collect them first with"
@@ -677,6 +685,7 @@ async def run_spec(
         s = Settings(**base)
     except ValidationError as e:
         raise ConfigError(f"{spec.path}: invalid settings: {e.errors()[0]['msg']}") from None
+    _refuse_processes(s)  # before the job is queued: a refused spec run changes nothing
     if "db" not in s.model_fields_set:  # neither --db nor RUNNER_DB: the spec's store, wherever we run from
         s = s.model_copy(update={"db": str(spec.store_path)})
     files = spec.input_files()

@@ -183,10 +183,13 @@ def test_what_several_processes_cannot_share_is_refused_before_anything_is_sent(
     assert st.attempts == 0 and st.counts["queued"] == sum(st.counts.values()) == 3
 
 
-def test_a_refusal_exits_2_with_one_line(cli: Cli, tmp_path: Path) -> None:
-    job = _submit(tmp_path, 3)
-    r = cli("run", job, "--processes", "3", "--concurrency", "2", "--base-url", "http://127.0.0.1:9/v1")
+def test_a_refused_spec_exits_2_with_one_line_and_queues_nothing(cli: Cli, tmp_path: Path) -> None:
+    write_jobfile(tmp_path / "in.jsonl", 3, bare=True)
+    spec = tmp_path / "s.toml"
+    spec.write_text('[job]\ninput = "in.jsonl"\n[limits]\nprocesses = 2\nmax_cost = 1.0\n')
+    r = cli("run", str(spec), "--base-url", "http://127.0.0.1:9/v1")
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().splitlines() == [
-        "runner: --processes 3 needs --concurrency 3 or more (got 2): each process sends at least one"
+    assert r.stderr.splitlines() == [
+        "runner: --max-cost needs --processes 1 (got 2): the spending budget is kept in one process"
     ], r.stderr
+    assert list(tmp_path.glob("*.db*")) == []  # not even a store was created (RUNNER_DB names one in tmp_path)
