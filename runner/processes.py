@@ -14,8 +14,12 @@ nothing here decides who sends what; the store does, as it does for separate mac
   each SIGINT/SIGTERM on to every child once. A first signal drains them all, a second stops them at once,
   as for one process; a third kills them (a child that does not stop must not keep the terminal).
 - A child whose parent is gone (its stdout pipe broken) stops as on SIGINT.
-- A child that dies (kill -9, a crash) is reported when it happens; the others take over its requests (the
-  same host and a dead pid: at once, without waiting for the lease to run out).
+- A child that dies (kill -9, a crash) is reported when it happens, and once it is reaped its requests go
+  back to the queue (`on_death`: same host, dead pid, so without waiting for its leases to run out) for the
+  others to send.
+
+Over 400 lines on purpose: both ends of one line format (what a child writes, what the parent reads back)
+and the supervision that relies on it; split, a change to the format would have to be made in two places.
 """
 
 from __future__ import annotations
