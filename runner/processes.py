@@ -271,7 +271,7 @@ async def _follow(
     if child.end is None and not (caught and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         died = f"process {child.number} of {n} (pid {child.proc.pid}) ended without finishing its run ({how})"
-        log.warning("%s; the other processes take over its requests", died)
+        log.warning("%s; its requests go back to the queue for the others", died)
         child.died = died
         if on_death is not None:
             try:

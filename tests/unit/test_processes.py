@@ -75,9 +75,20 @@ def test_a_worker_whose_parent_is_gone_stops_as_on_ctrl_c(monkeypatch: pytest.Mo
 
 
 def test_a_workers_environment_spells_every_setting_as_its_variable() -> None:
-    s = Settings(db="x.db", api_key="sk-test", concurrency=9, processes=3, rpm=0.5, lane=Lane.FLEX, flex_fallback=1e-05)
+    s = Settings(
+        db="x.db",
+        api_key="sk-test",
+        base_url="http://127.0.0.1:9/v1",
+        concurrency=9,
+        processes=3,
+        rpm=0.5,
+        lane=Lane.FLEX,
+        flex_fallback=1e-05,
+    )
     env = processes.child_env(s, 3)
-    assert env["RUNNER_DB"] == "x.db" and env["OPENAI_API_KEY"] == "sk-test"
+    # The same base URL and key: the workers book from one shared rate budget (runner/store/fleet.py).
+    assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:9/v1" and env["OPENAI_API_KEY"] == "sk-test"
+    assert env["RUNNER_DB"] == "x.db"
     assert env["RUNNER_CONCURRENCY"] == "3" and env["RUNNER_PROCESSES"] == "1"
     assert env["RUNNER_RPM"] == "0.5" and env["RUNNER_LANE"] == "flex"
     assert env["RUNNER_FLEX_FALLBACK"] == "0.00001"
