@@ -411,8 +411,10 @@ async def _run_processes(
             if r.pid == pid and r.host == host_id():
                 await unregister(store, r.id)
 
+    final = sum(v for k, v in counts.items() if k not in ACTIVE)
+    before = Snapshot(total=sum(counts.values()), done=final, done_before=final, max_concurrency=s.concurrency)
     fleet = await supervise(
-        ids, s, on_progress=on_progress, caught=caught if handle_signals else None, on_death=hand_back
+        ids, s, on_progress=on_progress, caught=caught if handle_signals else None, on_death=hand_back, before=before
     )
     stats = [await store.job_stats(j) for j in ids]
     left = sum(count(st.counts, *ACTIVE) for st in stats)

@@ -179,12 +179,14 @@ async def supervise(
     on_progress: Callable[[Snapshot], None] | None = None,
     caught: list[int] | None = None,
     on_death: Callable[[int], Awaitable[None]] | None = None,
+    before: Snapshot | None = None,
 ) -> FleetOutcome:
     """Run `job_ids` in `settings.processes` child processes until each has ended; None of the parent's own.
 
     With `caught` (a list), SIGINT and SIGTERM are handled here: appended to it and passed on to the
     children. `on_death(pid)` is awaited when a child died without finishing its run (once it is reaped),
-    to hand its work back at once. Whatever ends this call, no child is left running.
+    to hand its work back at once. `before` (the job's figures now) is shown until the first child reports:
+    starting takes seconds. Whatever ends this call, no child is left running.
     """
     started = time.monotonic()
     n = settings.processes
@@ -203,7 +205,7 @@ async def supervise(
             if caught is not None:
                 tg.start_soon(_pass_signals, children, caught)
             if on_progress is not None:
-                tg.start_soon(_show_progress, children, started, on_progress)
+                tg.start_soon(_show_progress, children, started, on_progress, before)
             async with anyio.create_task_group() as waiting:
                 for child in children:
                     waiting.start_soon(_follow, child, n, caught, on_death)
@@ -345,11 +347,16 @@ def merge(parts: Sequence[Snapshot], started: float) -> Snapshot:
     return out
 
 
-async def _show_progress(children: list[_Child], started: float, on_progress: Callable[[Snapshot], None]) -> None:
+async def _show_progress(
+    children: list[_Child], started: float, on_progress: Callable[[Snapshot], None], before: Snapshot | None
+) -> None:
     while True:
         parts = [c.last for c in children if c.last is not None]
         if parts:
             on_progress(merge(parts, started))
+        elif before is not None:
+            before.started = started
+            on_progress(before)
         await anyio.sleep(TICK)
 
 
