@@ -3,6 +3,7 @@
     python bench/run.py            # all scenarios (a few minutes)
     python bench/run.py --quick    # smaller counts, for a smoke test
     python bench/run.py --only 6   # the PostgreSQL rows (a throwaway server, as the tests start it)
+    python bench/run.py --only 1 --quick   # the latency-bound rows, one and two processes (--processes 2)
     python bench/run.py --only 7   # a fleet: one and three runner processes on one PostgreSQL store
 
 The baseline is a bare aiohttp loop (no store, no retries, no pacing) against the same mock server at
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from runner import app  # noqa: E402
 from runner.config import Settings  # noqa: E402
+from runner.worker.types import Snapshot  # noqa: E402
 from tests.pg import PgCluster  # noqa: E402
 
 
@@ -102,12 +104,18 @@ class RunnerFigures:
 
 
 async def runner_run(
-    base_url: str, src: Path, db: Path | str, *, background: bool = False, **settings: Any
+    base_url: str,
+    src: Path,
+    db: Path | str,
+    *,
+    background: bool = False,
+    on_progress: Callable[[Snapshot], None] | None = None,
+    **settings: Any,
 ) -> RunnerFigures:
     job = await app.submit(src, db=str(db), background=background)
     s = Settings(db=str(db), base_url=base_url, api_key="bench", **settings)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    outcome = await app.run([job.job_id], s)
+    outcome = await app.run([job.job_id], s, on_progress=on_progress)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     st = outcome.stats[0]
     return RunnerFigures(seconds, cpu, st.counts["completed"], st.attempts, st.rate_limited)
@@ -146,6 +154,40 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None
         f"{achieved / (n / bare_s):.2f} (bare {n / bare_s:.0f}/s)",
         "target >= 0.90",
     )
+    if not pg:
+        await two_processes(url_args=args, src=src, db=tmp / f"r{jitter}-p2.db", conc=conc, bare_s=bare_s, tag=tag)
+
+
+async def two_processes(*, url_args: tuple[str, ...], src: Path, db: Path, conc: int, bare_s: float, tag: str) -> None:
+    """The same job with `--processes 2` (issue 14): two worker processes on one SQLite store, each with half the
+    concurrency. The time includes starting them (about a second each on an idle machine)."""
+    first: list[tuple[float, int]] = []  # when the first answers were seen, and how many: the start-up is over
+
+    def seen(snap: Snapshot) -> None:
+        if not first and snap.done > snap.done_before:
+            first.append((time.perf_counter(), snap.done - snap.done_before))
+
+    with mock_server(*url_args) as url:
+        before = os.times()
+        t0 = time.perf_counter()
+        r = await runner_run(url, src, db, concurrency=conc, processes=2, on_progress=seen)
+        after = os.times()
+    cpu = r.cpu + (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    achieved = r.completed / r.seconds
+    n, scenario = r.completed, tag.strip()[1:-1]
+    row(
+        f"runner --processes 2 / bare aiohttp loop ({scenario}, start-up included)",
+        f"{achieved / (n / bare_s):.2f} ({achieved:.0f} vs {n / bare_s:.0f}/s)",
+        "target >= 0.90",
+    )
+    if first:  # from the first answers on: what the two processes do once they run
+        at, done = first[0]
+        steady = (n - done) / max(t0 + r.seconds - at, 1e-9)
+        row(
+            f"runner --processes 2 / bare loop ({scenario}, after the first answers at {at - t0:.1f} s)",
+            f"{steady / (n / bare_s):.2f} ({steady:.0f} vs {n / bare_s:.0f}/s)",
+        )
+    row(f"CPU ms per request, all processes (--processes 2, {scenario})", f"{1000 * cpu / n:.2f}")
 
 
 async def latency_bound(tmp: Path, n: int) -> None:
@@ -165,6 +207,7 @@ async def latency_bound(tmp: Path, n: int) -> None:
         f"{achieved / (n / bare_s):.2f} ({achieved:.0f} vs {n / bare_s:.0f}/s, ideal {conc / latency:.0f})",
         "target >= 0.90",
     )
+    await two_processes(url_args=args, src=src, db=tmp / "lb-p2.db", conc=conc, bare_s=bare_s, tag=" (1c)")
 
 
 async def cpu_cost(tmp: Path, n: int, pg: PgCluster | None = None) -> None:

@@ -38,14 +38,15 @@ from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_res
 from runner.files import atomic_writer
 from runner.htmlreport import write_html
 from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
-from runner.owners import owner_is_dead
+from runner.owners import host_id, owner_is_dead
 from runner.prices import PriceTable, load_prices
+from runner.processes import ChildReport, is_child, supervise
 from runner.report import Report, build_report
 from runner.spec import JobSpec, load_spec
-from runner.states import RequestState, count
+from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
-from runner.store.fleet import FleetClock, fleet_view
+from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reports import usage_by_model
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
@@ -63,6 +64,7 @@ __all__ = [
     "FORMATS",
     "LANES",
     "CancelResult",
+    "ChildReport",
     "DeleteResult",
     "DoctorReport",
     "JobRow",
@@ -79,6 +81,7 @@ __all__ = [
     "doctor",
     "estimate",
     "export",
+    "is_child",
     "job_state",
     "jobs",
     "report",
@@ -100,6 +103,7 @@ class RunOutcome:
     result: RunResult
     stats: list[JobStats] = field(default_factory=list)
     signal: int | None = None  # the signal that interrupted the run, if one did
+    processes: list[int] = field(default_factory=list)  # --processes N > 1: requests each process finished
 
     @property
     def failed(self) -> int:
@@ -135,11 +139,15 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
     return s
 
 
+def _check_key(s: Settings) -> None:
+    if s.api_key is None and s.base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
+
+
 def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:
     from runner.client import ApiClient  # the HTTP stack loads only for commands that talk to the API
 
-    if s.api_key is None and s.base_url.rstrip("/") == DEFAULT_BASE_URL:
-        raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
+    _check_key(s)
     return ApiClient(
         s.base_url,
         s.api_key,
@@ -301,6 +309,8 @@ async def run(
             await store.get_job(jid)  # JobNotFound before any work starts
         if not ids:
             return RunOutcome(RunResult(StopReason.DONE))
+        if s.processes > 1:
+            return await _run_processes(store, ids, s, on_progress, handle_signals)
         options = RunOptions(
             concurrency=s.concurrency,
             max_attempts=s.max_attempts,
@@ -354,6 +364,66 @@ async def run(
             raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
+
+
+def _refuse_processes(s: Settings) -> None:
+    """ConfigError for settings several worker processes cannot keep (checked before anything is queued)."""
+    n = s.processes
+    if n == 1:
+        return
+    if s.lane is Lane.BATCH:
+        raise ConfigError(f"--processes {n} is for the sync and flex lanes; the batch lane runs in one process")
+    if s.max_cost is not None:
+        raise ConfigError(f"--max-cost needs --processes 1 (got {n}): the spending budget is kept in one process")
+    if s.concurrency < n:
+        raise ConfigError(
+            f"--processes {n} needs --concurrency {n} or more (got {s.concurrency}): each process sends at least one"
+        )
+
+
+async def _run_processes(
+    store: Store,
+    ids: list[str],
+    s: Settings,
+    on_progress: Callable[[Snapshot], None] | None,
+    handle_signals: bool,
+) -> RunOutcome:
+    """`run` in `s.processes` worker processes (runner/processes.py); what one process cannot share is refused."""
+    from runner.store.batches import open_batches
+
+    n = s.processes
+    _refuse_processes(s)
+    if await open_batches(store, ids):
+        raise ConfigError(
+            f"--processes {n}: these jobs have batches open from a batch-lane run; collect them first with"
+            " `runner run` in one process"
+        )
+    _check_key(s)
+    counts, _ = await store.progress(ids)
+    if count(counts, *ACTIVE) == 0:  # nothing to send or poll: no process to start
+        return RunOutcome(RunResult(StopReason.DONE), [await store.job_stats(j) for j in ids])
+    caught: list[int] = []
+
+    async def hand_back(pid: int) -> None:
+        """A worker process died: its requests go back to the queue and its runner row goes, now, not at expiry."""
+        await store.reclaim_expired(ids, owner_is_dead)
+        for r in (await fleet_view(store)).runners:
+            if r.pid == pid and r.host == host_id():
+                await unregister(store, r.id)
+
+    final = sum(v for k, v in counts.items() if k not in ACTIVE)
+    before = Snapshot(total=sum(counts.values()), done=final, done_before=final, max_concurrency=s.concurrency)
+    fleet = await supervise(
+        ids, s, on_progress=on_progress, caught=caught if handle_signals else None, on_death=hand_back, before=before
+    )
+    stats = [await store.job_stats(j) for j in ids]
+    left = sum(count(st.counts, *ACTIVE) for st in stats)
+    if fleet.result.reason is StopReason.INTERRUPTED and not caught and not left:
+        fleet.result.reason = StopReason.DONE  # one worker was signalled by someone, the others finished the job
+    if fleet.died and left and fleet.result.reason is StopReason.DONE:
+        fleet.result.problems.extend(fleet.died)
+        fleet.result.problems.append(f"{left:,} requests left unfinished; `runner run` resumes them")
+    return RunOutcome(fleet.result, stats, caught[0] if caught else None, processes=fleet.finished)
 
 
 def _carry(first: RunResult, then: RunResult) -> None:
@@ -617,6 +687,7 @@ async def run_spec(
         s = Settings(**base)
     except ValidationError as e:
         raise ConfigError(f"{spec.path}: invalid settings: {e.errors()[0]['msg']}") from None
+    _refuse_processes(s)  # before the job is queued: a refused spec run changes nothing
     if "db" not in s.model_fields_set:  # neither --db nor RUNNER_DB: the spec's store, wherever we run from
         s = s.model_copy(update={"db": str(spec.store_path)})
     files = spec.input_files()

@@ -19,6 +19,7 @@ MAX_MAX_ATTEMPTS = 100
 MAX_TIMEOUT = 86_400.0  # a day
 MAX_GRACE_SECONDS = 3_600.0
 MAX_REPAIR = 10  # answers asked again per request for a failed structured-output check
+MAX_PROCESSES = 64  # worker processes of one `runner run` (--processes): more is a typo, not a machine
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_TIMEOUT = 600.0  # seconds per HTTP request; long generations take minutes
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -96,6 +97,8 @@ class Settings(BaseSettings):
     grace: float = Field(
         DEFAULT_GRACE_SECONDS, ge=0, le=MAX_GRACE_SECONDS, validation_alias=_env("grace", "RUNNER_GRACE")
     )
+    # Worker processes of one run on one store (runner/processes.py); they split `concurrency` between them.
+    processes: int = Field(1, ge=1, le=MAX_PROCESSES, validation_alias=_env("processes", "RUNNER_PROCESSES"))
     # A completed answer failing its structured-output check is asked again, up to this often per request.
     repair: int = Field(0, ge=0, le=MAX_REPAIR, validation_alias=_env("repair", "RUNNER_REPAIR"))
     rpm: float | None = Field(None, gt=0, validation_alias=_env("rpm", "RUNNER_RPM"))

@@ -4,7 +4,7 @@
                 lane (sync, flex or batch), reuse
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
-    [limits]    concurrency, rpm, tpm, max_attempts, timeout, repair, max_cost
+    [limits]    concurrency, processes, rpm, tpm, max_attempts, timeout, repair, max_cost
     [output]    results, errors, report, report_html (with {date}, {job}, {job_id}, {input}), format
     [policy]    max_failure_rate
 
@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from runner.config import DEFAULT_DB, MAX_REPAIR
+from runner.config import DEFAULT_DB, MAX_PROCESSES, MAX_REPAIR
 from runner.errors import ConfigError
 from runner.validate import check_partial_body
 
@@ -97,6 +97,7 @@ class LimitsSection(_Section):
     """[limits]: how hard to push the API. Unset values fall back to flags, environment and built-in defaults."""
 
     concurrency: Annotated[int, Field(ge=1)] | None = None
+    processes: Annotated[int, Field(ge=1, le=MAX_PROCESSES)] | None = None  # as `runner run --processes`
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     max_attempts: Annotated[int, Field(ge=1)] | None = None

@@ -22,6 +22,7 @@ from runner.config import (
     MAX_CONCURRENCY,
     MAX_GRACE_SECONDS,
     MAX_MAX_ATTEMPTS,
+    MAX_PROCESSES,
     MAX_REPAIR,
     MAX_TIMEOUT,
     Lane,
@@ -50,6 +51,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "concurrency",
         type=bounded(int, 1, MAX_CONCURRENCY),
         help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}, at most {MAX_CONCURRENCY:,})",
+    )
+    setting(
+        p,
+        "processes",
+        type=bounded(int, 1, MAX_PROCESSES),
+        help="worker processes on the store, for more cores; they split --concurrency and share --rpm/--tpm"
+        f" (default 1, at most {MAX_PROCESSES})",
     )
     setting(
         p,
@@ -201,9 +209,12 @@ def _run(ns: argparse.Namespace) -> ExitCode:
             raise ConfigError("give one job spec (.toml) or job ids, not both")
         return _run_spec(ns, specs[0])
     settings = options.settings(ns)
+    if app.is_child():
+        return _run_child(ns, settings)
     if ns.detach and settings.lane is not Lane.BATCH:
         raise ConfigError("--detach needs --lane batch (only batches can be left running)")
-    fitted = fit_open_files(settings.concurrency)
+    # With --processes N each worker process fits its own share (runner/processes.py); this one sends nothing.
+    fitted = fit_open_files(settings.concurrency) if settings.processes == 1 else settings.concurrency
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
     ids = ns.job_ids or _choose_jobs(ns)
@@ -229,6 +240,15 @@ def _run(ns: argparse.Namespace) -> ExitCode:
     for problem in outcome.result.problems:
         say(printable(problem))
     return ExitCode.FAILED if outcome.failed or outcome.result.problems else ExitCode.OK
+
+
+def _run_child(ns: argparse.Namespace, settings: app.Settings) -> ExitCode:
+    """A worker process of `runner run --processes N`: run the jobs its parent named, quietly, reporting to it."""
+    settings = settings.model_copy(update={"concurrency": fit_open_files(settings.concurrency)})
+    report = app.ChildReport()
+    outcome = run_async(lambda: app.run(ns.job_ids, settings, on_progress=report, handle_signals=True))
+    report.end(outcome.result)  # the parent says what happened, once for all its processes
+    return ExitCode.OK
 
 
 def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
@@ -272,8 +292,11 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
     r = outcome.result
     s = r.snapshot
     here = s.completed + s.incomplete + s.failed + s.cancelled
+    split = ""
+    if len(outcome.processes) > 1:
+        split = f" by {len(outcome.processes)} processes ({' + '.join(str(n) for n in outcome.processes)})"
     say(
-        f"this run: {here} requests finished (completed {s.completed}, incomplete {s.incomplete},"
+        f"this run: {here} requests finished{split} (completed {s.completed}, incomplete {s.incomplete},"
         f" failed {s.failed}, cancelled {s.cancelled}) in {s.elapsed:.1f} s; retries {s.retries},"
         f" rate limited {s.rate_limited}"
     )
