@@ -19,6 +19,7 @@ class NewRequest(NamedTuple):
     body: str  # JSON text
     conversation: str | None = None
     body_hash: str | None = None  # runner/reuse.py's hash of the normalised body (None: never reused)
+    sched: int | None = None  # claim order: the line_no of its prompt-cache group's first line (None: line_no)
 
 
 @dataclass(slots=True)

@@ -93,6 +93,9 @@ requests = Table(
     Column("body_hash", String, nullable=True),
     Column("reused_from", Integer, nullable=True),
     *(Column(f"reused_{c}", Integer, nullable=True) for c in REUSED_USAGE),
+    # Claim order (runner/cachekeys.py): the line_no of the first line of the prompt-cache group this line
+    # belongs to, so a group's lines are sent together; a line without a group has its own line_no.
+    Column("sched", Integer, nullable=False),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
@@ -114,6 +117,16 @@ requests = Table(
         postgresql_where=Column("state") == RequestState.QUEUED.value,
         info={"only_on": "postgresql"},  # for Alembic's comparison (migrate.include_object)
     ).ddl_if(dialect="postgresql"),
+    # Claims take a job's queued rows by (sched, id), one job at a time. Partial, like the queue itself: a
+    # finished row leaves it, so a claim on a million-line job reads the next rows and nothing else.
+    Index(
+        "ix_requests_queued_sched",
+        "job_id",
+        "sched",
+        "id",
+        sqlite_where=Column("state") == RequestState.QUEUED.value,
+        postgresql_where=Column("state") == RequestState.QUEUED.value,
+    ),
     # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
     # and its reused rows never touch this index; a row enters it once, when its answer is written.
     Index(None, "body_hash", sqlite_where=_ORIGINAL_ANSWER, postgresql_where=_ORIGINAL_ANSWER),

@@ -51,6 +51,7 @@ _COPY_COLUMNS = (
     "body",
     "conversation",
     "body_hash",
+    "sched",
     "created_at",
     "state",
     "attempts",
@@ -199,7 +200,17 @@ class PostgresBackend:
         if not job_ids or n <= 0:
             return []
         sql = self._sql["claim"]
-        rows = await self._transaction(lambda c: c.fetch(sql, owner, float(lease_seconds), list(job_ids), n))
+
+        async def go(c: Any) -> list[Any]:
+            # One statement per job, each walking its own (job_id, sched, id) index in order (hot.sql).
+            rows: list[Any] = []
+            for job_id in job_ids:
+                rows.extend(await c.fetch(sql, owner, float(lease_seconds), job_id, n - len(rows)))
+                if len(rows) >= n:
+                    break
+            return rows
+
+        rows = await self._transaction(go)
         return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
 
     async def apply(
@@ -326,6 +337,7 @@ class PostgresBackend:
                 r.body,
                 r.conversation,
                 r.body_hash,
+                r.sched or r.line_no,
                 float(now),
                 Q,
                 0,
