@@ -6,14 +6,18 @@ at a discount. It routes a request to a cache machine by a hash of about its fir
 `prompt_cache_key`. So requests that share a long prefix should carry one key and arrive close together.
 
 The rule. A line's prompt text is its `tools` (as JSON), its `instructions` and the text of its `input`
-(a string, or the text of each message item; other items by their type), each ended by a separator. Two
-lines of the same `model` whose prompt texts agree on their first `PREFIX_CHARS` characters (about 256
-tokens, the routing prefix) are one group. A prompt shorter than that cannot reach the 1,024 tokens the
-provider caches, so it has no group, nor does a line that continues server-side state (`conversation`,
-`previous_response_id`): what the provider sees first there is the stored conversation, not this text.
+(a string, or the text of each message item; other items and parts by their type), each ended by a
+separator. Two lines of the same `model` whose prompt texts agree on their first `PREFIX_CHARS` characters
+are one group: 4,096 characters, about 1,024 tokens, the least two prompts must share for one to read the
+other's cache, so lines that could help each other are grouped and lines that cannot are not (twenty
+templates behind one shared preamble of 300 tokens are twenty groups). A prompt shorter than that has no
+group, nor does a line that continues server-side state (`conversation`, `previous_response_id`): what the
+provider sees first there is the stored conversation, not this text.
 
 The key is `runner-` and 24 hex digits of a BLAKE2b hash of the model and that prefix: the same prefix
-gets the same key in every job and every store, so tomorrow's run finds today's cache warm.
+gets the same key in every job and every store, so tomorrow's run finds today's cache warm. Characters are
+counted, not tokens (4 to a token in English; text with more tokens per character, such as Chinese, needs
+a longer shared prefix here than the provider does).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import orjson
 
 __all__ = ["KEY_FIELD", "KEY_PREFIX", "PREFIX_CHARS", "cache_key", "prompt_prefix"]
 
-PREFIX_CHARS: Final = 1024  # about 256 tokens at 4 characters a token: the provider's routing prefix
+PREFIX_CHARS: Final = 4096  # about 1,024 tokens at 4 characters a token: the least a cache hit shares
 KEY_PREFIX: Final = "runner-"
 KEY_FIELD: Final = "prompt_cache_key"
 _SEP: Final = "\x1e"  # ends each part, so "ab" + "c" and "a" + "bc" are different prompts

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from runner_mock.cache import PromptCache
 from runner_mock.knobs import Config
 
 __all__ = ["MAX_STORED", "STATE_KEY", "MockState", "Record", "format_duration"]
@@ -103,6 +104,7 @@ class MockState:
             "reasoning_tokens": 0,
             "total_tokens": 0,
         }
+        self.cache = PromptCache(config)
         self.window = -1
         self.window_requests = 0
         self.window_tokens = 0
@@ -124,6 +126,7 @@ class MockState:
             "creates_by_key": dict(self.creates_by_key),
             "tiers": dict(self.tiers),
             "usage": dict(self.usage),
+            "cache": self.cache.stats(),
         }
 
     def store(self, rid: str, record: Record) -> None:

@@ -1,6 +1,6 @@
 """Cache scheduling in the store: the keys written at submit and the claim order, on both backends.
 
-A group is the lines of one model whose prompts share their first 1,024 characters (runner/cachekeys.py).
+A group is the lines of one model whose prompts share their first 4,096 characters (runner/cachekeys.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from runner.store import Store
 pytestmark = pytest.mark.anyio
 
 # Three long, different instructions: three groups.
-TEMPLATES = [f"Template {t}: " + f"rule {t} of the house. " * 60 for t in "ABC"]
+TEMPLATES = [f"Template {t}: " + f"rule {t} of the house. " * 200 for t in "ABC"]
 
 
 def line(i: int, template: int, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from runner.cachekeys import KEY_PREFIX, PREFIX_CHARS, cache_key, prompt_prefix
 
-LONG = "You grade answers. " * 80  # 1,520 characters: past the 1,024 of the prefix
+LONG = "You grade answers. " * 250  # 4,750 characters: past the 4,096 of the prefix
 
 
 def body(**kw: Any) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def test_what_changes_the_key() -> None:
     assert cache_key(body(model="gpt-4.1")) != base  # the cache is per model
     assert cache_key(body(instructions="Other. " + LONG)) != base  # the prefix differs at its start
     assert cache_key(body(tools=[{"type": "function", "name": "f"}])) != base  # tools come first in the prompt
-    # A difference past the first 1,024 characters is the same group.
+    # A difference past the first 4,096 characters is the same group.
     assert cache_key(body(instructions=LONG + " and one more rule")) == base
     # The boundary between instructions and input counts: moving text across it is another prompt.
     split = body(instructions="Grade it.", input=LONG)
