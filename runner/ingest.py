@@ -447,7 +447,7 @@ def _cache_group(body: dict[str, Any], line_no: int, groups: dict[str, int]) -> 
     key = cache_key(body)
     if key is None:
         return line_no
-    if KEY_FIELD not in body:  # a line's own key, even null, is the line's to choose
+    if KEY_FIELD not in body:  # a line's own key is the line's to choose
         body[KEY_FIELD] = key
     first = groups.get(key)
     if first is None:

@@ -10,6 +10,8 @@ It follows what OpenAI documents of its own cache:
   compete there; a key per group spreads them out.
 - A machine holds `cache_blocks` blocks (least recently used first out), and forgets a block `cache_ttl`
   seconds after its last use (the real cache: 5 to 10 minutes idle).
+- A prompt can be read back `cache_write_delay` seconds after it arrived (default 0: at once). The provider
+  writes it once it has processed the prompt, so requests that arrive together with the first one miss.
 
 The prompt is the mock's own: `instructions` then the text of `input`, 4 characters a token (as
 `content.usage_for` counts `input_tokens`). Not modelled: the spill of a busy prefix (about 15 requests a
@@ -36,11 +38,11 @@ _BLOCK_CHARS: Final = BLOCK_TOKENS * CHARS_PER_TOKEN
 
 
 class PromptCache:
-    """Every machine's cached blocks: block-prefix hash -> time of last use, least recently used first."""
+    """Every machine's cached blocks: block-prefix hash -> (readable from, last used), least recently used first."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.machines: dict[int, OrderedDict[bytes, float]] = {}
+        self.machines: dict[int, OrderedDict[bytes, tuple[float, float]]] = {}
         self.keyed = 0  # answered requests that carried a prompt_cache_key
         self.lookups = 0  # of all answered requests, those long enough to be cached at all
         self.hits = 0  # of those, the ones that read a cached prefix
@@ -67,15 +69,18 @@ class PromptCache:
         # One running hash over the prompt; its value after each whole block names that prefix.
         h = hashlib.blake2b(str(body.get("model")).encode(), digest_size=16)
         shared, missed = 0, False
+        ready_at = now + config.cache_write_delay
         for i in range(blocks):
             h.update(text[i * _BLOCK_CHARS : (i + 1) * _BLOCK_CHARS].encode("utf-8", "surrogatepass"))
             name = h.digest()
             seen = machine.get(name)
-            if not missed and seen is not None and now - seen <= config.cache_ttl:
+            live = seen is not None and now - seen[1] <= config.cache_ttl
+            if not missed and live and seen is not None and seen[0] <= now:
                 shared = i + 1
             else:
                 missed = True
-            machine[name] = now
+            # (readable from, last used): a block still being written keeps its time; a forgotten one starts over
+            machine[name] = (seen[0] if live and seen is not None else ready_at, now)
             machine.move_to_end(name)
         while len(machine) > max(0, config.cache_blocks):
             machine.popitem(last=False)

@@ -60,6 +60,7 @@ class Config:
     cache_ttl: float = _knob(300.0, "seconds a cached prompt prefix lives after its last use")
     cache_machines: int = _knob(16, "cache machines; a request goes to one by its model, first 256 tokens and key")
     cache_blocks: int = _knob(4096, "128-token blocks each cache machine holds (least recently used go first)")
+    cache_write_delay: float = _knob(0.0, "seconds after a request arrives until its prompt can be read from cache")
     seed: int = _knob(0, "seed of the fault draws")
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from runner import app
@@ -97,3 +98,47 @@ async def test_conversation_order_holds_across_groups(store_db: str, tmp_path: P
     assert sorted(c.custom_id for c in first) == ["c1", "c2", "c3", "c5", "c6"]
     conv = [json.loads(c.body) for c in first if c.custom_id == "c1"]
     assert "prompt_cache_key" not in conv[0]  # continuing server-side state: no group, no key
+
+
+async def test_the_jobs_of_one_run_go_one_after_the_other(store_db: str, tmp_path: Path) -> None:
+    first = await app.submit(write(tmp_path / "a.jsonl", [line(i, (i - 1) % 3) for i in range(1, 7)]), db=store_db)
+    second = await app.submit(write(tmp_path / "b.jsonl", [line(i, i % 2) for i in range(1, 5)]), db=store_db)
+    store = await Store.open(store_db)
+    try:
+        head = await store.claim("me", [first.job_id, second.job_id], 4, 60.0)
+        rest = await store.claim("me", [first.job_id, second.job_id], 10, 60.0)
+    finally:
+        await store.aclose()
+    # Group A of the first job (c1, c4), then group B (c2, c5): the second job waits for the first.
+    assert {(c.job_id, c.custom_id) for c in head} == {(first.job_id, x) for x in ("c1", "c4", "c2", "c5")}
+    assert [c.job_id for c in rest].count(first.job_id) == 2 and len(rest) == 6
+
+
+class Recorder:
+    """Answers every create at once, keeping the bodies sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.sent.append(body)
+        usage = {"input_tokens": 10, "output_tokens": 1, "total_tokens": 11}
+        reply = {"id": f"resp_{len(self.sent)}", "object": "response", "status": "completed", "model": body["model"]}
+        return httpx.Response(200, json={**reply, "output": [], "usage": usage})
+
+
+@pytest.mark.parametrize("setting", ["", "cache_keys = false\n"])
+async def test_a_specs_job_table_turns_cache_keys_off(store_db: str, tmp_path: Path, setting: str) -> None:
+    write(tmp_path / "in.jsonl", [line(i, (i - 1) % 3) for i in range(1, 7)])
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(f'[job]\ninput = "in.jsonl"\n{setting}')
+    api = Recorder()
+    overrides = {"base_url": "http://api.test/v1", "api_key": "k", "concurrency": 1}
+    await app.run_spec(spec, db=store_db, transport=httpx.MockTransport(api), overrides=overrides)
+    sent = [(b["input"], b.get("prompt_cache_key")) for b in api.sent]
+    if setting:  # file order, no key
+        assert sent == [(f"item {i}", None) for i in range(1, 7)]
+    else:  # grouped, one key per group
+        assert [x for x, _ in sent] == [f"item {i}" for i in (1, 4, 2, 5, 3, 6)]
+        assert len({k for _, k in sent}) == 3 and all(k and k.startswith("runner-") for _, k in sent)

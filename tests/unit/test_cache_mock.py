@@ -50,3 +50,10 @@ def test_routing_by_first_256_tokens_and_key() -> None:
     assert cache.stats()["keyed"] == 6
     # The same prefix under another key is another machine: not found there.
     assert ask(cache, a, "item 9", prompt_cache_key="kz") == 0
+
+
+def test_a_prompt_is_readable_once_written() -> None:
+    cache = PromptCache(Config(cache_write_delay=0.5))
+    assert ask(cache, SHARED, "one", now=0.0) == 0
+    assert ask(cache, SHARED, "two", now=0.4) == 0  # arrived while the first was being processed
+    assert ask(cache, SHARED, "three", now=0.5) == 9 * 128  # the first one's write is done

@@ -31,7 +31,7 @@ from runner.errors import StoreError, StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
 from runner.store.backend import OpenMode
 from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
-from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord
+from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord, claim_by_job
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, requests
 
@@ -199,19 +199,10 @@ class PostgresBackend:
     ) -> list[Claimed]:
         if not job_ids or n <= 0:
             return []
-        sql = self._sql["claim"]
-
-        async def go(c: Any) -> list[Any]:
-            # One statement per job, each walking its own (job_id, sched, id) index in order (hot.sql).
-            rows: list[Any] = []
-            for job_id in job_ids:
-                rows.extend(await c.fetch(sql, owner, float(lease_seconds), job_id, n - len(rows)))
-                if len(rows) >= n:
-                    break
-            return rows
-
-        rows = await self._transaction(go)
-        return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
+        sql, lease = self._sql["claim"], float(lease_seconds)  # one job at a time: see claim_by_job
+        return await self._transaction(
+            lambda c: claim_by_job(job_ids, n, lambda j, k: c.fetch(sql, owner, lease, j, k))
+        )
 
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float

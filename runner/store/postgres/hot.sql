@@ -28,7 +28,7 @@ UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner 
     submitted_at = extract(epoch FROM now())::float8, updated_at = extract(epoch FROM now())::float8
 FROM picked
 WHERE requests.id = picked.id AND state = 'queued'
-RETURNING requests.id, job_id, line_no, custom_id, body, attempts
+RETURNING requests.id, job_id, line_no, custom_id, body, attempts, sched
 
 -- name: set_response_ids
 -- $1 ids, $2 response ids, $3 x-request-ids, $4 send times, $5 owner. Only to a request this owner

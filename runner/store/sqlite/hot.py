@@ -24,7 +24,7 @@ import orjson
 
 from runner.errors import StoreError
 from runner.states import TERMINAL, RequestState
-from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord, in_claim_order
 from runner.store.sqlfile import blocks
 from runner.store.sqlite.engine import rw_uri
 
@@ -78,10 +78,10 @@ def claim(
     claimed: list[Claimed] = []
     for job_id in job_ids:
         cur.execute(sql, (owner, now + lease_seconds, now, now, now, now, job_id, n - len(claimed)))
-        claimed.extend(Claimed(*row) for row in cur.fetchall())
+        claimed.extend(in_claim_order(cur.fetchall()))
         if len(claimed) >= n:
             break
-    return sorted(claimed, key=lambda c: c.id)
+    return claimed
 
 
 # -- outcomes ---------------------------------------------------------------------------------------------

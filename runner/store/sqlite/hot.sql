@@ -19,7 +19,7 @@ WHERE id IN (
             AND earlier.state IN ('in_progress', 'queued')))
     ORDER BY requests.sched, requests.id LIMIT ?)
   AND state = 'queued'
-RETURNING id, job_id, line_no, custom_id, body, attempts
+RETURNING id, job_id, line_no, custom_id, body, attempts, sched
 
 -- name: finish
 -- A final outcome, under the lease: state, body, usage, finished_at, then the fields every outcome sets.
