@@ -14,6 +14,16 @@ templates behind one shared preamble of 300 tokens are twenty groups). A prompt 
 group, nor does a line that continues server-side state (`conversation`, `previous_response_id`): what the
 provider sees first there is the stored conversation, not this text.
 
+The order (`CacheGroups.place`, stored as each row's `sched`; claims take a job's rows by sched, then id).
+A group's lines go together, at the place of its first line in the file. The provider writes a prompt to
+its cache once it has processed it, so the requests sent at the same moment as a group's first one all
+miss. Each group's first line therefore goes one group early: just before the rest of the group before
+it, whose requests give it the time to be processed. Line n of the file (on the scale of `sched`, 2n) is:
+- in no group: 2n, its own place;
+- the first line of a group: 2f - 1, where f is the first line of the previous group (its own if none);
+- another line of a group whose first line is f: 2f.
+So the file A1 B1 A2 B2 C1 C2 goes A1 B1 A2 C1 B2 C2 (A1 and B1 at 1, A2 at 2, C1 at 3, B2 at 4, C2 at 10).
+
 The key is `runner-` and 24 hex digits of a BLAKE2b hash of the model and that prefix: the same prefix
 gets the same key in every job and every store, so tomorrow's run finds today's cache warm. Characters are
 counted, not tokens (4 to a token in English; text with more tokens per character, such as Chinese, needs
@@ -28,11 +38,14 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["KEY_FIELD", "KEY_PREFIX", "PREFIX_CHARS", "cache_key", "prompt_prefix"]
+__all__ = ["KEY_FIELD", "KEY_PREFIX", "MAX_GROUPS", "PREFIX_CHARS", "CacheGroups", "cache_key", "prompt_prefix"]
 
 PREFIX_CHARS: Final = 4096  # about 1,024 tokens at 4 characters a token: the least a cache hit shares
 KEY_PREFIX: Final = "runner-"
 KEY_FIELD: Final = "prompt_cache_key"
+# Groups whose first line is remembered for the order; past this many, a new group's lines keep their own
+# place (they still get the key), so a submit's memory stays flat on any file.
+MAX_GROUPS: Final = 100_000
 _SEP: Final = "\x1e"  # ends each part, so "ab" + "c" and "a" + "bc" are different prompts
 _STATEFUL: Final = ("conversation", "previous_response_id")
 
@@ -107,3 +120,28 @@ def cache_key(body: Mapping[str, Any]) -> str | None:
     h.update(b"\x00")
     h.update(prefix.encode("utf-8", "surrogatepass"))
     return KEY_PREFIX + h.hexdigest()
+
+
+class CacheGroups:
+    """The groups of one file as its lines are read: gives each line its key and its place in the claim order."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, int] = {}  # group key -> its first line
+        self.previous: int | None = None  # the first line of the newest group
+
+    def place(self, body: dict[str, Any], line_no: int) -> int:
+        """Give `body` its group's `prompt_cache_key` unless it has its own (in place), and return its `sched`."""
+        key = cache_key(body)
+        if key is None:
+            return 2 * line_no
+        if KEY_FIELD not in body:  # a line's own key is the line's to choose
+            body[KEY_FIELD] = key
+        first = self.first.get(key)
+        if first is not None:
+            return 2 * first
+        if len(self.first) >= MAX_GROUPS:
+            return 2 * line_no
+        self.first[key] = line_no
+        lead = line_no if self.previous is None else self.previous
+        self.previous = line_no
+        return 2 * lead - 1

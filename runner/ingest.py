@@ -32,7 +32,7 @@ import anyio.lowlevel
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from runner.cachekeys import KEY_FIELD, cache_key
+from runner.cachekeys import CacheGroups
 from runner.errors import InputError, InputErrors, LineProblem
 from runner.owners import owner_is_dead, process_name
 from runner.reuse import body_hash
@@ -50,9 +50,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"  # the file name that means standard input
 STDIN_SHOWN = "<stdin>"
 MAX_CHAT_KEYS_SHOWN = 6
-# Prompt-cache groups whose first line is remembered for the claim order; past this many, a new group's
-# lines keep their own line_no (they still get their key), so memory stays flat on any file.
-MAX_GROUPS = 100_000
 
 
 @dataclass
@@ -378,7 +375,8 @@ async def _read_and_validate(
     """
     chunk = _Chunk()
     try:
-        await _validate_lines(read_lines(path), options, problems, warnings, on_warning, send, chunk, {})
+        groups = CacheGroups() if options.cache_keys else None
+        await _validate_lines(read_lines(path), options, problems, warnings, on_warning, send, chunk, groups)
     except Unreadable as e:
         problems.unreadable = e  # raised here it would reach the caller wrapped in the task group's group
 
@@ -391,7 +389,7 @@ async def _validate_lines(
     on_warning: Callable[[LineProblem], None] | None,
     send: MemoryObjectSendStream[_Chunk],
     chunk: _Chunk,
-    groups: dict[str, int],
+    groups: CacheGroups | None,
 ) -> None:
     for line_no, raw in lines:
         try:
@@ -426,7 +424,7 @@ async def _validate_lines(
             chunk.invalid.add(line_no)
         else:
             problems.valid += 1
-            sched = _cache_group(v.body, line_no, groups) if options.cache_keys else line_no
+            sched = line_no if groups is None else groups.place(v.body, line_no)
             body = orjson.dumps(v.body).decode()
             chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body), body_hash(v.body), sched))
             chunk.body_bytes += len(body)
@@ -439,22 +437,6 @@ async def _validate_lines(
             await anyio.lowlevel.checkpoint()
     if chunk.rows:
         await send.send(chunk)
-
-
-def _cache_group(body: dict[str, Any], line_no: int, groups: dict[str, int]) -> int:
-    """Give a body without its own `prompt_cache_key` its group's key (runner/cachekeys.py), in place, and
-    return its place in the claim order: the line_no of its group's first line (its own without a group)."""
-    key = cache_key(body)
-    if key is None:
-        return line_no
-    if KEY_FIELD not in body:  # a line's own key is the line's to choose
-        body[KEY_FIELD] = key
-    first = groups.get(key)
-    if first is None:
-        if len(groups) >= MAX_GROUPS:
-            return line_no
-        groups[key] = first = line_no
-    return first
 
 
 async def _insert(store: Store, job_id: str, chunk: _Chunk, problems: _Problems) -> None:

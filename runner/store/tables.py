@@ -98,7 +98,7 @@ requests = Table(
     Column("sched", Integer, nullable=False),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
-    # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
+    # Counts by state; in SQLite it lists the queued rows in id (= file) order (claims use ix_requests_queued_sched).
     Index(None, "state"),
     Index(None, "job_id", "state"),
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
@@ -108,8 +108,8 @@ requests = Table(
         sqlite_where=Column("lease_owner").isnot(None),
         postgresql_where=Column("lease_owner").isnot(None),
     ),
-    # PostgreSQL only: claims take queued rows in id (= file) order. Its index on state does not keep them in
-    # id order, and a walk of the primary key passes every finished row first (250 ms a claim at 100,000).
+    # PostgreSQL only: the batch lane takes queued rows in id (= file) order. Its index on state does not keep
+    # them in id order, and a walk of the primary key passes every finished row first (250 ms at 100,000).
     # SQLite's index on state lists them by rowid already, so SQLite does not get this one.
     Index(
         "ix_requests_queued_id",

@@ -62,8 +62,9 @@ async def test_a_groups_lines_are_claimed_together_and_share_one_key(store_db: s
     job = await app.submit(write(tmp_path / "in.jsonl", lines), db=store_db)
 
     order = await claim_all(store_db, job.job_id)
-    # Group A (first line 1): c1, c4 (c7 is short: its own place, 7); group B (first line 2): c2, c5, c8; C: c3, c6, c9.
-    assert [cid for cid, _ in order] == ["c1", "c4", "c2", "c5", "c8", "c3", "c6", "c9", "c7"]
+    # Groups A (c1, c4; c7 is short: its own place), B (c2, c5, c8), C (c3, c6, c9), each together; the first
+    # line of each group goes one group early, so it is cached by the time the rest of its group is sent.
+    assert [cid for cid, _ in order] == ["c1", "c2", "c4", "c3", "c5", "c8", "c6", "c9", "c7"]
     keys = {cid: body.get("prompt_cache_key") for cid, body in order}
     assert keys["c5"] == "mine"  # a line's own key is kept
     assert keys["c7"] is None  # too short to be cached: no key
@@ -109,8 +110,8 @@ async def test_the_jobs_of_one_run_go_one_after_the_other(store_db: str, tmp_pat
         rest = await store.claim("me", [first.job_id, second.job_id], 10, 60.0)
     finally:
         await store.aclose()
-    # Group A of the first job (c1, c4), then group B (c2, c5): the second job waits for the first.
-    assert {(c.job_id, c.custom_id) for c in head} == {(first.job_id, x) for x in ("c1", "c4", "c2", "c5")}
+    # The first job's c1, c2 (B's first line, one group early), c4, c3: the second job waits for the first.
+    assert [(c.job_id, c.custom_id) for c in head] == [(first.job_id, x) for x in ("c1", "c2", "c4", "c3")]
     assert [c.job_id for c in rest].count(first.job_id) == 2 and len(rest) == 6
 
 
@@ -140,5 +141,5 @@ async def test_a_specs_job_table_turns_cache_keys_off(store_db: str, tmp_path: P
     if setting:  # file order, no key
         assert sent == [(f"item {i}", None) for i in range(1, 7)]
     else:  # grouped, one key per group
-        assert [x for x, _ in sent] == [f"item {i}" for i in (1, 4, 2, 5, 3, 6)]
+        assert [x for x, _ in sent] == [f"item {i}" for i in (1, 2, 4, 3, 5, 6)]
         assert len({k for _, k in sent}) == 3 and all(k and k.startswith("runner-") for _, k in sent)

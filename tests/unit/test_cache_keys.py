@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.cachekeys import KEY_PREFIX, PREFIX_CHARS, cache_key, prompt_prefix
+from runner.cachekeys import KEY_PREFIX, PREFIX_CHARS, CacheGroups, cache_key, prompt_prefix
 
 LONG = "You grade answers. " * 250  # 4,750 characters: past the 4,096 of the prefix
 
@@ -52,3 +52,17 @@ def test_what_has_no_key() -> None:
 def test_the_prefix_stops_reading_a_long_conversation() -> None:
     items = [{"role": "user", "content": LONG}] + [{"role": "user", "content": {"bad": 1}}] * 10_000
     assert len(prompt_prefix({"input": items})) == PREFIX_CHARS
+
+
+def test_the_order_sends_each_groups_first_line_one_group_early() -> None:
+    groups = CacheGroups()
+    a, b, c = (body(instructions=f"{t} " + LONG) for t in "ABC")
+    lines = [a, b, a, {"model": "m", "input": "short"}, b, c, c, a]
+    places = [groups.place(dict(x), n) for n, x in enumerate(lines, start=1)]
+    # A's first line at 1; B's first line one group early (before A's rest, at 2); C's before B's rest.
+    assert places == [1, 1, 2, 8, 4, 3, 12, 2]
+    order = [n for _, n in sorted((p, n) for n, p in enumerate(places, start=1))]
+    assert order == [1, 2, 3, 8, 6, 5, 4, 7]
+    own = body(prompt_cache_key="mine")
+    groups.place(own, 9)
+    assert own["prompt_cache_key"] == "mine"  # a line's own key is never changed
