@@ -197,11 +197,14 @@ async def submit(
     on_warning: Callable[[LineProblem], None] | None = None,
     reuse: bool = False,
     reuse_max_age: float | None = None,
+    cache_keys: bool = True,
 ) -> SubmitResult:
     """Queue a JSONL file as a job (all lines or none); the same file and options again give the same job.
 
     `reuse` completes every line whose question was answered before in the store (see runner/reuse.py)
     from that answer, at once; `reuse_max_age` (seconds) limits how old such an answer may be.
+    `cache_keys` groups lines that share a long prompt prefix (runner/cachekeys.py): a `prompt_cache_key`
+    per group for lines without their own, and a claim order that sends a group's lines together.
     """
     warn = None if on_warning is None else (lambda _source, p: on_warning(p))
     (result,) = await submit_many(
@@ -215,6 +218,7 @@ async def submit(
         on_warning=warn,
         reuse=reuse,
         reuse_max_age=reuse_max_age,
+        cache_keys=cache_keys,
     )
     return result
 
@@ -231,6 +235,7 @@ async def submit_many(
     on_warning: Callable[[str, LineProblem], None] | None = None,
     reuse: bool = False,
     reuse_max_age: float | None = None,
+    cache_keys: bool = True,
 ) -> list[SubmitResult]:
     """Queue each file as its own job: all of them, or none if any file is invalid.
 
@@ -244,7 +249,12 @@ async def submit_many(
         files = [spooled if p == STDIN and spooled is not None else Path(p) for p in paths]
         sources = [STDIN_SHOWN if p == STDIN else p for p in paths]
         options = SubmitOptions(
-            background=background, model=model, lenient=lenient, reuse=reuse, reuse_max_age=reuse_max_age
+            background=background,
+            model=model,
+            lenient=lenient,
+            reuse=reuse,
+            reuse_max_age=reuse_max_age,
+            cache_keys=cache_keys,
         )
         async with _queueing_store(s.db) as store:
             return await submit_files(
@@ -694,7 +704,13 @@ async def run_spec(
     # The tables are applied line by line as the input is read (no copy of the file is kept); their hash
     # joins the fingerprint, so the same input with changed tables is another job.
     tag = f"{spec.name}@{date}#{spec.tables_digest()[:16]}"
-    options = SubmitOptions(background=spec.job.background, lenient=spec.job.lenient, tag=tag, reuse=spec.job.reuse)
+    options = SubmitOptions(
+        background=spec.job.background,
+        lenient=spec.job.lenient,
+        tag=tag,
+        reuse=spec.job.reuse,
+        cache_keys=spec.job.cache_keys,
+    )
     jobs: list[SpecJob] = []
     async with _queueing_store(s.db) as store:
         for src in files:

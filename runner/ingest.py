@@ -32,6 +32,7 @@ import anyio.lowlevel
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
+from runner.cachekeys import CacheGroups
 from runner.chains import ChainLines
 from runner.chains import problems as chain_problems
 from runner.errors import InputError, InputErrors, LineProblem
@@ -76,6 +77,7 @@ class SubmitOptions:
     tag: str | None = None  # e.g. a spec's name and date: the same file on another day is another job
     reuse: bool = False  # complete lines whose question was answered before from the stored answer
     reuse_max_age: float | None = None  # seconds: only answers at most this old are reused
+    cache_keys: bool = True  # group lines by prompt prefix: a prompt_cache_key each, claimed together
     # Rewrites each parsed line before it is validated (a spec's defaults and overrides). It is not part of
     # the fingerprint itself: whoever sets it puts what it does into `tag`.
     transform: Callable[[Any], Any] | None = None
@@ -84,6 +86,8 @@ class SubmitOptions:
         opts = f"background={self.background};model={self.model or ''};lenient={self.lenient};tag={self.tag or ''}"
         if self.reuse:  # added only when set, so the fingerprints of earlier submits stay what they were
             opts += f";reuse={self.reuse_max_age}"
+        if not self.cache_keys:  # likewise only when off, the default before it existed being the same file
+            opts += ";cache_keys=off"
         return hashlib.sha256(f"{file_sha256}|{opts}".encode()).hexdigest()
 
 
@@ -390,7 +394,8 @@ async def _read_and_validate(
     """
     chunk = _Chunk()
     try:
-        await _validate_lines(read_lines(path), options, problems, warnings, on_warning, send, chunk)
+        groups = CacheGroups() if options.cache_keys else None
+        await _validate_lines(read_lines(path), options, problems, warnings, on_warning, send, chunk, groups)
     except Unreadable as e:
         problems.unreadable = e  # raised here it would reach the caller wrapped in the task group's group
 
@@ -403,6 +408,7 @@ async def _validate_lines(
     on_warning: Callable[[LineProblem], None] | None,
     send: MemoryObjectSendStream[_Chunk],
     chunk: _Chunk,
+    groups: CacheGroups | None,
 ) -> None:
     for line_no, raw in lines:
         try:
@@ -438,8 +444,9 @@ async def _validate_lines(
         else:
             problems.valid += 1
             problems.chains.add(line_no, v.custom_id, v.body, bare="body" not in obj)
+            sched = line_no if groups is None else groups.place(v.body, line_no)
             body = orjson.dumps(v.body).decode()
-            chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body), body_hash(v.body)))
+            chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body), body_hash(v.body), sched))
             chunk.body_bytes += len(body)
         if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
             await send.send(chunk)

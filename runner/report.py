@@ -143,6 +143,12 @@ class Report:
         names = ", ".join(m.model for m in self.unpriced)
         return f"lower bound: no price for {names}; their tokens are not counted in the total"
 
+    @property
+    def cached_share(self) -> float:
+        """The part of the input tokens read from the provider's prompt cache (0 to 1)."""
+        u = self.usage
+        return u.cached_tokens / u.input_tokens if u.input_tokens else 0.0
+
     def to_json(self) -> dict[str, Any]:
         """The report as plain JSON types."""
         lat = self.latency
@@ -155,6 +161,7 @@ class Report:
             "total": self.total,
             "counts": dict(self.counts),
             "usage": self.usage.as_dict(),
+            "cached_share": round(self.cached_share, 4),
             "cost": {
                 "usd": round(self.cost_usd, 6),
                 "complete": self.cost_complete,
@@ -248,8 +255,9 @@ class Report:
         out: list[str] = [f"job {p(self.job_id)} ({p(self.name)}) · {self.total} requests · {self.status}"]
         out.append("  " + " · ".join(f"{s.replace('_', ' ')} {self.counts.get(s, 0)}" for s in _STATE_ORDER))
         u = self.usage
+        share = f" ({round(100 * self.cached_share)} % of input from the prompt cache)" if u.cached_tokens else ""
         out.append(
-            f"  usage: input {u.input_tokens:,} · cached {u.cached_tokens:,} · output {u.output_tokens:,}"
+            f"  usage: input {u.input_tokens:,} · cached {u.cached_tokens:,}{share} · output {u.output_tokens:,}"
             f" · reasoning {u.reasoning_tokens:,} · total {u.total_tokens:,}"
         )
         taken = f"prices of {p(self.prices_taken)}" if self.prices_taken else "prices of unknown date"

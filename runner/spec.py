@@ -1,7 +1,7 @@
 """TOML job specs: one file names the input, the body defaults and overrides, limits, outputs and a failure policy.
 
     [job]       name, input (a path or a glob), store (default: runner.db beside the spec), background, lenient,
-                lane (sync, flex or batch), reuse
+                lane (sync, flex or batch), reuse, cache_keys
     [defaults]  merged into each request body where the line lacks the key (the line wins)
     [overrides] forced onto each request body (the override wins)
     [limits]    concurrency, processes, rpm, tpm, max_attempts, timeout, repair, max_cost
@@ -84,6 +84,7 @@ class JobSection(_Section):
     lenient: bool = False
     lane: Literal["sync", "flex", "batch"] | None = None  # how the requests travel (`--lane` wins)
     reuse: bool = False  # as `runner submit --reuse`: lines answered before in the store are not sent again
+    cache_keys: bool = True  # false: as `runner submit --no-cache-keys` (no prompt-cache grouping)
 
     @field_validator("name", "input", "store")
     @classmethod

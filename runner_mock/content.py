@@ -14,7 +14,7 @@ import orjson
 from runner_mock.replies import error
 from runner_mock.state import MockState
 
-__all__ = ["REASONING_TOKENS", "final_fields", "service_tier", "skeleton", "usage_for", "validate"]
+__all__ = ["REASONING_TOKENS", "final_fields", "prompt_text", "service_tier", "skeleton", "usage_for", "validate"]
 
 REASONING_TOKENS: dict[str, int] = {
     "none": 0,
@@ -51,6 +51,12 @@ def _input_text(value: Any) -> str:
     return "".join(parts)
 
 
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The prompt the mock bills: `instructions` plus every text in `input` (4 characters a token)."""
+    instructions = body.get("instructions")
+    return (instructions if isinstance(instructions, str) else "") + _input_text(body.get("input"))
+
+
 SCRIPT_KEY = "mock_outputs"
 
 
@@ -79,13 +85,12 @@ def usage_for(body: Mapping[str, Any], answered: int = 0) -> tuple[str, dict[str
     The prompt text is `instructions` plus every text in `input`; the output echoes the first 200
     characters of the `input` text only, unless the line scripts its answers (`scripted_text`; `answered`
     is how many creates of that line were answered before). Truncation happens when `max_output_tokens`
-    is too small.
+    is too small. Cached tokens are 0 here: the server's prompt cache (runner_mock/cache.py) sets them.
     """
     instructions = body.get("instructions")
     input_text = _input_text(body.get("input"))
     prompt = (instructions if isinstance(instructions, str) else "") + input_text
     input_tokens = max(1, math.ceil(len(prompt) / 4))
-    cached = input_tokens // 2 if "prompt_cache_key" in body else 0
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     reasoning_tokens = REASONING_TOKENS.get(effort, 0) if isinstance(effort, str) else 0
@@ -100,7 +105,7 @@ def usage_for(body: Mapping[str, Any], answered: int = 0) -> tuple[str, dict[str
         text = text[: max(0, limit - reasoning_tokens) * 4]
     usage = {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,

@@ -57,6 +57,10 @@ class Config:
     batch_reply_delay: float = _knob(0.0, "seconds an upload or batch create waits, after it took effect, to reply")
     file_read_delay: float = _knob(0.0, "seconds a file download pauses after its first half")
     batch_token_limit: int | None = _knob(None, "enqueued input tokens per model; a batch over it fails")
+    cache_ttl: float = _knob(300.0, "seconds a cached prompt prefix lives after its last use")
+    cache_machines: int = _knob(16, "cache machines; a request goes to one by its model, first 256 tokens and key")
+    cache_blocks: int = _knob(4096, "128-token blocks each cache machine holds (least recently used go first)")
+    cache_write_delay: float = _knob(0.0, "seconds after a request arrives until its prompt can be read from cache")
     seed: int = _knob(0, "seed of the fault draws")
 
 

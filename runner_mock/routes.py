@@ -15,7 +15,7 @@ from aiohttp import web
 
 from runner_mock import knobs
 from runner_mock.batches import BATCHES_KEY, add_batch_routes
-from runner_mock.content import final_fields, service_tier, skeleton, usage_for, validate
+from runner_mock.content import final_fields, prompt_text, service_tier, skeleton, usage_for, validate
 from runner_mock.faults import (
     authorized,
     drop,
@@ -100,6 +100,8 @@ async def _create(request: web.Request) -> web.Response:
 
     background = bool(body.get("background"))
     fail = background and config.bg_fail > 0 and state.rng.random() < config.bg_fail
+    # Only a request that is answered is processed, so only it reads and fills the prompt cache.
+    computed[1]["input_tokens_details"]["cached_tokens"] = state.cache.cached_tokens(body, prompt_text(body), now)
     state.creates += 1
     tier = service_tier(body.get("service_tier"))
     state.tiers[tier] = state.tiers.get(tier, 0) + 1

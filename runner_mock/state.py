@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from runner_mock.cache import PromptCache
 from runner_mock.knobs import Config
 
 __all__ = ["MAX_STORED", "STATE_KEY", "MockState", "Record", "format_duration", "status_of"]
@@ -114,6 +115,7 @@ class MockState:
         # Every create that continued a stored response: its id, the id it continued and that one's status
         # when the create came (the ledger of chains; capped like the stored responses).
         self.continued: list[dict[str, str]] = []
+        self.cache = PromptCache(config)
         self.window = -1
         self.window_requests = 0
         self.window_tokens = 0
@@ -136,6 +138,7 @@ class MockState:
             "tiers": dict(self.tiers),
             "usage": dict(self.usage),
             "continued": list(self.continued),
+            "cache": self.cache.stats(),
         }
 
     def note_continued(self, rid: str, previous: str, previous_status: str) -> None:

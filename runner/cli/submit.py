@@ -43,6 +43,13 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="with --reuse: reuse only answers at most this old (30m, 12h, 7d, 2w)",
     )
+    p.add_argument(
+        "--no-cache-keys",
+        dest="cache_keys",
+        action="store_false",
+        help="send lines in file order, without a prompt_cache_key per group of lines that share a long prompt"
+        " prefix (default: grouped, see README 'Paying less: the prompt cache')",
+    )
     options.db(p)
 
 
@@ -69,6 +76,7 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
             on_warning=warn,
             reuse=ns.reuse,
             reuse_max_age=max_age,
+            cache_keys=ns.cache_keys,
         )
     )
     for source, n in warned.items():

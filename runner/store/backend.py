@@ -81,7 +81,8 @@ class Backend(Protocol):
     async def claim(
         self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
     ) -> list[Claimed]:
-        """Lease up to `n` due, queued requests of `job_ids` in file order (one transaction)."""
+        """Lease up to `n` due, queued requests of `job_ids` in claim order (one transaction): job by job, each
+        by (sched, id), see `models.claim_by_job`."""
         ...
 
     async def apply(

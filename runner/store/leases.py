@@ -20,7 +20,9 @@ class LeasesPart(StoreCore):
     # -- claiming and leases ----------------------------------------------------------------------
 
     async def claim(self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float) -> list[Claimed]:
-        """Lease up to `n` due, queued requests of `job_ids` in file order, counting the attempt now.
+        """Lease up to `n` due, queued requests of `job_ids` in claim order, counting the attempt now: the jobs
+        one after the other, each by `sched` (a prompt-cache group's lines together, runner/cachekeys.py),
+        then file order.
 
         A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
         """

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from runner.errors import StoreError
 from runner.states import ACTIVE, JobStatus, RequestState, count
@@ -19,6 +20,7 @@ class NewRequest(NamedTuple):
     body: str  # JSON text
     conversation: str | None = None
     body_hash: str | None = None  # runner/reuse.py's hash of the normalised body (None: never reused)
+    sched: int | None = None  # claim order: the line_no of its prompt-cache group's first line (None: line_no)
 
 
 @dataclass(slots=True)
@@ -33,6 +35,26 @@ class Claimed:
     attempts: int  # including the one now starting
     response_id: str | None = None
     background: bool = False
+
+
+async def claim_by_job(
+    job_ids: Sequence[str], n: int, fetch: Callable[[str, int], Awaitable[Iterable[Sequence[Any]]]]
+) -> list[Claimed]:
+    """Up to `n` claims, job by job in the order given: `fetch(job_id, k)` runs the claim block for one job.
+    One statement per job walks that job's (job_id, sched, id) index in order; over several jobs at once
+    the database would sort every queued row of them at every claim."""
+    claimed: list[Claimed] = []
+    for job_id in job_ids:
+        if len(claimed) >= n:
+            break
+        claimed += in_claim_order(await fetch(job_id, n - len(claimed)))
+    return claimed
+
+
+def in_claim_order(rows: Iterable[Sequence[Any]]) -> list[Claimed]:
+    """One job's claimed rows (the hot claim block's RETURNING: Claimed's first six fields, then `sched`), in
+    the order to send them: by (sched, id), as they were picked. RETURNING lists them in any order."""
+    return [Claimed(*r[:6]) for r in sorted(rows, key=lambda r: (r[6], r[0]))]
 
 
 @dataclass(frozen=True, slots=True)

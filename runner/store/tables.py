@@ -96,9 +96,12 @@ requests = Table(
     # The request whose response this one continues (`"previous_response_id": "@<custom_id>"`, runner/chains.py):
     # claimed only once that one is completed. Set at submit; NULL for lines outside chains.
     Column("parent_id", Integer, nullable=True),
+    # Claim order (runner/cachekeys.py): the line_no of the first line of the prompt-cache group this line
+    # belongs to, so a group's lines are sent together; a line without a group has its own line_no.
+    Column("sched", Integer, nullable=False),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
-    # Claims walk the queued rows in id (= file) order; an index on state alone yields exactly that.
+    # Counts by state; in SQLite it lists the queued rows in id (= file) order (claims use ix_requests_queued_sched).
     Index(None, "state"),
     Index(None, "job_id", "state"),
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
@@ -108,8 +111,8 @@ requests = Table(
         sqlite_where=Column("lease_owner").isnot(None),
         postgresql_where=Column("lease_owner").isnot(None),
     ),
-    # PostgreSQL only: claims take queued rows in id (= file) order. Its index on state does not keep them in
-    # id order, and a walk of the primary key passes every finished row first (250 ms a claim at 100,000).
+    # PostgreSQL only: the batch lane takes queued rows in id (= file) order. Its index on state does not keep
+    # them in id order, and a walk of the primary key passes every finished row first (250 ms at 100,000).
     # SQLite's index on state lists them by rowid already, so SQLite does not get this one.
     Index(
         "ix_requests_queued_id",
@@ -117,6 +120,16 @@ requests = Table(
         postgresql_where=Column("state") == RequestState.QUEUED.value,
         info={"only_on": "postgresql"},  # for Alembic's comparison (migrate.include_object)
     ).ddl_if(dialect="postgresql"),
+    # Claims take a job's queued rows by (sched, id), one job at a time. Partial, like the queue itself: a
+    # finished row leaves it, so a claim on a million-line job reads the next rows and nothing else.
+    Index(
+        "ix_requests_queued_sched",
+        "job_id",
+        "sched",
+        "id",
+        sqlite_where=Column("state") == RequestState.QUEUED.value,
+        postgresql_where=Column("state") == RequestState.QUEUED.value,
+    ),
     # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
     # and its reused rows never touch this index; a row enters it once, when its answer is written.
     Index(None, "body_hash", sqlite_where=_ORIGINAL_ANSWER, postgresql_where=_ORIGINAL_ANSWER),

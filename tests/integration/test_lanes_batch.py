@@ -165,8 +165,9 @@ async def test_a_batch_that_fails_validation_is_reported_and_its_rows_requeued(t
 
 @pytest.mark.anyio
 async def test_a_queue_limit_waits_and_retries_without_counting_an_attempt(tmp_path: Path) -> None:
-    # Two files of 10 lines; the limit lets one batch in at a time.
-    async with mock(batch_run_delay=0.3, batch_validate_delay=0.05, batch_token_limit=150) as m:
+    # Two files of 10 lines; the limit lets one batch in at a time. The first runs for 1 s, so the second's
+    # create (one upload later) is refused even on a loaded machine.
+    async with mock(batch_run_delay=1.0, batch_validate_delay=0.05, batch_token_limit=150) as m:
         job = await submit(tmp_path, 20)
         import runner.lanes.batch as lane
 

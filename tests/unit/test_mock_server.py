@@ -176,7 +176,8 @@ def test_foreground_response_shape_and_deterministic_usage() -> None:
         output_tokens = tokens(len(out)) + 8
         assert data["usage"] == {
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": input_tokens // 2},
+            # A prompt under 1,024 tokens is never cached, key or not (tests/unit/test_cache_mock.py).
+            "input_tokens_details": {"cached_tokens": 0},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 8},
             "total_tokens": input_tokens + output_tokens,

@@ -31,7 +31,7 @@ from runner.errors import StoreError, StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
 from runner.store.backend import OpenMode
 from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
-from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord
+from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord, claim_by_job
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, requests
 
@@ -51,6 +51,7 @@ _COPY_COLUMNS = (
     "body",
     "conversation",
     "body_hash",
+    "sched",
     "created_at",
     "state",
     "attempts",
@@ -198,9 +199,10 @@ class PostgresBackend:
     ) -> list[Claimed]:
         if not job_ids or n <= 0:
             return []
-        sql = self._sql["claim"]
-        rows = await self._transaction(lambda c: c.fetch(sql, owner, float(lease_seconds), list(job_ids), n))
-        return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
+        sql, lease = self._sql["claim"], float(lease_seconds)  # one job at a time: see claim_by_job
+        return await self._transaction(
+            lambda c: claim_by_job(job_ids, n, lambda j, k: c.fetch(sql, owner, lease, j, k))
+        )
 
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
@@ -326,6 +328,7 @@ class PostgresBackend:
                 r.body,
                 r.conversation,
                 r.body_hash,
+                r.sched or r.line_no,
                 float(now),
                 Q,
                 0,

@@ -4,24 +4,26 @@
 -- States are written out; tests/unit/test_sql_states.py checks each one exists in runner/states.py.
 
 -- name: claim
--- $1 owner, $2 lease seconds, $3 job ids, $4 how many. SKIP LOCKED: a row another runner is claiming
+-- $1 owner, $2 lease seconds, $3 one job id (claims go job by job), $4 how many. SKIP LOCKED: a row another runner is claiming
 -- right now is passed over, never handed out twice. KEY SHARE on the job's row: `runner delete` locks it
 -- FOR UPDATE, so no claim slips in between its check for live leases and its delete. The pick is a MATERIALIZED CTE, run once: as an
 -- `IN (subquery)` the planner may re-run it per row and lock more than $4 rows. A request whose
 -- conversation has an earlier unfinished one is skipped (one at a time, file order); the earlier one is
--- queued or in progress in every snapshot until it is final, so this holds across processes too. A request
--- that continues another's response (parent_id, runner/chains.py) waits until that one is completed.
+-- queued or in progress in every snapshot until it is final, so this holds across processes too.
+-- Order: `sched` (runner/cachekeys.py: a prompt-cache group's lines together), then file order: one job's
+-- rows in that order are a walk of ix_requests_queued_sched (with `= ANY(array)` the planner sorts them all).
+-- A request that continues another's response (parent_id, runner/chains.py) waits until that one is completed.
 WITH picked AS MATERIALIZED (
     SELECT r.id FROM requests AS r JOIN jobs ON jobs.id = r.job_id
     WHERE r.state = 'queued' AND r.next_attempt_at <= extract(epoch FROM now())::float8
-      AND r.job_id = ANY($3::text[]) AND jobs.cancelled_at IS NULL
+      AND r.job_id = $3::text AND jobs.cancelled_at IS NULL
       AND (r.conversation IS NULL OR NOT EXISTS (
           SELECT 1 FROM requests AS earlier
           WHERE earlier.conversation = r.conversation AND earlier.id < r.id
             AND earlier.state IN ('queued', 'in_progress')))
       AND (r.parent_id IS NULL OR EXISTS (
           SELECT 1 FROM requests AS parent WHERE parent.id = r.parent_id AND parent.state = 'completed'))
-    ORDER BY r.id LIMIT $4
+    ORDER BY r.sched, r.id LIMIT $4
     FOR UPDATE OF r SKIP LOCKED FOR KEY SHARE OF jobs)
 UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = $1,
     lease_expires_at = extract(epoch FROM now())::float8 + $2,
@@ -29,7 +31,7 @@ UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner 
     submitted_at = extract(epoch FROM now())::float8, updated_at = extract(epoch FROM now())::float8
 FROM picked
 WHERE requests.id = picked.id AND state = 'queued'
-RETURNING requests.id, job_id, line_no, custom_id, body, attempts
+RETURNING requests.id, job_id, line_no, custom_id, body, attempts, sched
 
 -- name: set_response_ids
 -- $1 ids, $2 response ids, $3 x-request-ids, $4 send times, $5 owner. Only to a request this owner

@@ -24,7 +24,7 @@ import orjson
 
 from runner.errors import StoreError
 from runner.states import TERMINAL, RequestState
-from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord, in_claim_order
 from runner.store.sqlfile import blocks
 from runner.store.sqlite.engine import rw_uri
 
@@ -64,15 +64,24 @@ def _claim_sql(jobs: int) -> str:
 def claim(
     db: DBAPIConnection, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
 ) -> list[Claimed]:
-    """Lease up to `n` due, queued requests of `job_ids` in file order, counting the attempt now.
+    """Lease up to `n` due, queued requests of `job_ids`, counting the attempt now: the jobs in the order
+    given, each in claim order (`sched`: a prompt-cache group's lines together, runner/cachekeys.py).
 
-    A request whose conversation has an earlier unfinished request is skipped: one at a time, in order.
+    One statement per job, so that each walks its own (job_id, sched, id) index in order: over several
+    jobs at once SQLite would sort every queued row of them at every claim. A request whose conversation
+    has an earlier unfinished request is skipped: one at a time, in order.
     """
     if not job_ids or n <= 0:
         return []
     cur: Cursor = db.cursor()
-    cur.execute(_claim_sql(len(job_ids)), (owner, now + lease_seconds, now, now, now, now, *job_ids, n))
-    return sorted((Claimed(*row) for row in cur.fetchall()), key=lambda c: c.id)
+    sql = _claim_sql(1)
+    claimed: list[Claimed] = []
+    for job_id in job_ids:
+        cur.execute(sql, (owner, now + lease_seconds, now, now, now, now, job_id, n - len(claimed)))
+        claimed.extend(in_claim_order(cur.fetchall()))
+        if len(claimed) >= n:
+            break
+    return claimed
 
 
 # -- outcomes ---------------------------------------------------------------------------------------------
@@ -228,11 +237,17 @@ def insert(db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: fl
     """Insert a chunk of a staging job's lines: as one JSON array if `json1` (see `has_json1`), else row by row."""
     cur: Cursor = db.cursor()
     if json1:
-        payload = orjson.dumps([(r.line_no, r.custom_id, r.body, r.conversation, r.body_hash) for r in rows]).decode()
+        payload = orjson.dumps(
+            [(r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, r.sched or r.line_no) for r in rows]
+        ).decode()
         cur.execute(_INSERT_REQUESTS_JSON, (job_id, now, payload))
     else:
         cur.executemany(
-            INSERT_REQUEST, [(job_id, r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, now) for r in rows]
+            INSERT_REQUEST,
+            [
+                (job_id, r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, r.sched or r.line_no, now)
+                for r in rows
+            ],
         )
 
 

@@ -3,7 +3,9 @@
 -- tests/unit/test_sql_states.py checks each one exists in runner/states.py and each change is allowed.
 
 -- name: claim
--- Lease up to n due, queued requests in file order. `/*job_ids*/ ?` becomes one `?` per job id.
+-- Lease up to n due, queued requests in `sched` order (runner/cachekeys.py: a prompt-cache group's lines
+-- together, at the place of its first line; else file order), then file order. `/*job_ids*/ ?` becomes one
+-- `?` per job id; hot.py claims one job at a time, so the walk is ix_requests_queued_sched, in order.
 -- A request whose conversation has an earlier unfinished one is skipped: one at a time, in order.
 -- A request that continues another's response (parent_id, runner/chains.py) waits until that one is completed.
 UPDATE requests SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?,
@@ -18,9 +20,9 @@ WHERE id IN (
             AND earlier.state IN ('in_progress', 'queued')))
       AND (requests.parent_id IS NULL OR EXISTS (
           SELECT 1 FROM requests AS parent WHERE parent.id = requests.parent_id AND parent.state = 'completed'))
-    ORDER BY requests.id LIMIT ?)
+    ORDER BY requests.sched, requests.id LIMIT ?)
   AND state = 'queued'
-RETURNING id, job_id, line_no, custom_id, body, attempts
+RETURNING id, job_id, line_no, custom_id, body, attempts, sched
 
 -- name: finish
 -- A final outcome, under the lease: state, body, usage, finished_at, then the fields every outcome sets.
@@ -76,17 +78,20 @@ SELECT id, attempts, ?, coalesce(?, submitted_at), ?, ?, ?, response_id, ?, ?
 FROM requests WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
 
 -- name: insert_request
-INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, created_at, state, attempts,
-    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0)
+INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state,
+    attempts, next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens,
+    rate_limited)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0)
 
 -- name: insert_requests_json
 -- SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
 -- end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
-INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, created_at, state, attempts,
-    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited)
+INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state,
+    attempts, next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens,
+    rate_limited)
 SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-    json_extract(value, '$[3]'), json_extract(value, '$[4]'), ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0
+    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?, 'queued', 0, 0.0,
+    0, 0, 0, 0, 0, 0
 FROM json_each(?)
 
 -- name: json1_probe
