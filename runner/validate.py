@@ -402,7 +402,6 @@ _TIER_SET: Final = frozenset(SERVICE_TIERS)
 _TRUNCATION_SET: Final = frozenset(TRUNCATIONS)
 _VERBOSITY_SET: Final = frozenset(VERBOSITIES)
 _PLAIN_MESSAGE_KEYS: Final = frozenset({"role", "content", "type"})
-_ENVELOPE_SET: Final = frozenset(ENVELOPE_KEYS)
 
 
 def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
@@ -524,10 +523,16 @@ def quick_line(
     if type(obj) is not dict:
         return None
     if "body" in obj:
-        if obj.keys() != _ENVELOPE_SET:
+        # Exactly the four envelope keys: the three looked up below, and "body".
+        if len(obj) != 4:
             return None
-        custom_id = obj["custom_id"]
-        if type(custom_id) is not str or not custom_id or obj["method"] != "POST" or obj["url"] != RESPONSES_URL:
+        custom_id = obj.get("custom_id")
+        if (
+            type(custom_id) is not str
+            or not custom_id
+            or obj.get("method") != "POST"
+            or obj.get("url") != RESPONSES_URL
+        ):
             return None
         raw = obj["body"]
         if type(raw) is not dict:
