@@ -367,28 +367,19 @@ async def iter_results(store: Store, job_id: str) -> AsyncGenerator[ResultRow, N
 
 
 class _LineSink:
-    """One encoded line per row (JSON Lines, or CSV after its header), written out a chunk of rows at a time."""
+    """One encoded line per row, straight to the file (JSON Lines, or CSV after its header)."""
 
     def __init__(self, f: IO[bytes], encode: Callable[[ExportRow, Check], bytes], header: bytes = b"") -> None:
         self._f = f
         self._encode = encode
-        # One write per chunk, not per line: a 1 KB line each costs a system call every few lines otherwise.
-        self._lines: list[bytes] = []
         # Both files of a CSV export get the header, even when no row lands in one of them.
         f.write(header)
 
     def write(self, row: ExportRow, check: Check = None) -> None:
-        self._lines.append(self._encode(row, check))
-
-    def end_chunk(self) -> None:
-        """Write out the lines of the chunk read last."""
-        if self._lines:
-            self._f.write(b"".join(self._lines))
-            self._lines = []
+        self._f.write(self._encode(row, check))
 
     def close(self) -> None:
-        """Write out what is held back."""
-        self.end_chunk()
+        """Nothing is held back: every line is written as it comes."""
 
 
 # A field needs quotes when it holds the delimiter, the quote or a line break: csv's QUOTE_MINIMAL rule.
@@ -470,9 +461,6 @@ class _ParquetSink:
             self._columns = {c: [] for c in self._names}
             self._rows = 0
 
-    def end_chunk(self) -> None:
-        """Row groups are written when they are full, not per chunk."""
-
     def close(self) -> None:
         """Write the last row group and the footer (a file with no rows still gets the schema)."""
         self._flush()
@@ -528,9 +516,6 @@ async def export_job(
                         else:
                             results.write(row, checks.get(row.line_no))
                             counts.results += 1
-                    results.end_chunk()
-                    if failures is not None:
-                        failures.end_chunk()
         finally:
             # Parquet's footer goes out while the file is open; after a failure the atomic writer
             # discards the file anyway.
