@@ -13,7 +13,6 @@ inserting task around one stream) that shares its problem collector and staging 
 
 from __future__ import annotations
 
-import gc
 import gzip
 import hashlib
 import shutil
@@ -34,6 +33,7 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from runner.errors import InputError, InputErrors, LineProblem
+from runner.heap import gc_spares_the_heap
 from runner.owners import owner_is_dead, process_name
 from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
@@ -257,23 +257,8 @@ async def submit_files(
     call, or a file submitted before with the same options, gives back the same job (unless `new`).
     `name` is the job name of a single file; with several, each job is named `{name}-{file stem}`.
     """
-    with _gc_spares_the_heap():
+    with gc_spares_the_heap():
         return await _submit_files(store, paths, name, options, new, on_warning, sources)
-
-
-@contextmanager
-def _gc_spares_the_heap() -> Iterator[None]:
-    """Leave what exists before a submit (modules, the store) out of the cyclic collector while it runs.
-
-    A submit makes millions of short-lived objects, and each full collection they trigger rescanned every
-    object of every imported module: ~12 % of the parsing thread's CPU, measured on 1,000,000 lines.
-    `unfreeze` puts them back afterwards, so nothing is kept from the collector for good.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 async def _submit_files(
