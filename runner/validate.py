@@ -392,8 +392,8 @@ def validate_line(
 
 # --- the fast path -----------------------------------------------------------------------------------------
 # Predicates that are True only for values the checks above accept without an issue. A field missing here,
-# or a False, sends the line to `validate_line` (slower, never wrong). Measured on a submit of plain lines:
-# ~1.5 µs per line here against ~10 µs for `validate_line`, which builds a path string for every field.
+# or a False, sends the line to `validate_line` (slower, never wrong). Measured on the bench file's lines:
+# ~0.8 µs a line here against ~2.7 µs for `validate_line`, which builds a path string for every field.
 
 _ROLE_SET: Final = frozenset(ROLES)
 _EFFORT_SET: Final = frozenset(REASONING_EFFORTS)
