@@ -34,6 +34,7 @@ import orjson
 from runner import DISTRIBUTION
 from runner.errors import ConfigError
 from runner.files import atomic_writer
+from runner.heap import gc_spares_the_heap
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, Store
@@ -491,6 +492,11 @@ async def export_job(
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "parquet" and (out is None or out == "-" or errors == "-"):
         raise ConfigError("--format parquet writes files, not stdout: give -o FILE")
+    with gc_spares_the_heap():
+        return await _export(store, job_id, out, errors, fmt)
+
+
+async def _export(store: Store, job_id: str, out: str | None, errors: str | None, fmt: str) -> ExportCounts:
     counts = ExportCounts()
     flat = fmt != "batch"
     # csv and parquet name their columns before the first row: one column per metadata key of the job.

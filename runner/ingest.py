@@ -36,12 +36,13 @@ from runner.cachekeys import CacheGroups
 from runner.chains import ChainLines
 from runner.chains import problems as chain_problems
 from runner.errors import InputError, InputErrors, LineProblem
+from runner.heap import gc_spares_the_heap
 from runner.owners import owner_is_dead, process_name
 from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
 from runner.store.chains import link, parents_of
 from runner.store.reuse import reuse_answers
-from runner.validate import validate_line
+from runner.validate import quick_line, validate_line
 
 CHUNK = 5_000  # rows per insert transaction: SQLite's write lock is held ~50 ms, so a run on the same store
 # still commits its results within 100 ms (20,000 rows would submit ~20 % faster but hold it ~220 ms)
@@ -264,6 +265,19 @@ async def submit_files(
     call, or a file submitted before with the same options, gives back the same job (unless `new`).
     `name` is the job name of a single file; with several, each job is named `{name}-{file stem}`.
     """
+    with gc_spares_the_heap():
+        return await _submit_files(store, paths, name, options, new, on_warning, sources)
+
+
+async def _submit_files(
+    store: Store,
+    paths: Sequence[Path],
+    name: str | None,
+    options: SubmitOptions,
+    new: bool,
+    on_warning: Callable[[str, LineProblem], None] | None,
+    sources: Sequence[str] | None,
+) -> list[SubmitResult]:
     shown = list(sources) if sources is not None else [str(p) for p in paths]
     await store.drop_abandoned_staging(owner_is_dead)
     done: list[_Staged] = []
@@ -410,9 +424,10 @@ async def _validate_lines(
     chunk: _Chunk,
     groups: CacheGroups | None,
 ) -> None:
+    loads, dumps = orjson.loads, orjson.dumps
     for line_no, raw in lines:
         try:
-            obj = orjson.loads(raw)  # checks UTF-8 too; decoding first would cost every line a copy
+            obj = loads(raw)  # checks UTF-8 too; decoding first would cost every line a copy
         except orjson.JSONDecodeError as e:
             try:
                 raw.decode("utf-8")
@@ -423,6 +438,20 @@ async def _validate_lines(
             continue
         if options.transform is not None:
             obj = options.transform(obj)
+        quick = quick_line(obj, line_no, model=options.model, background=options.background)
+        if quick is not None:
+            # The common case, without issue lists (see quick_line): the same row as the slow path below.
+            problems.objects += 1
+            problems.valid += 1
+            body = dumps(quick[1]).decode()
+            chunk.rows.append(NewRequest(line_no, quick[0], body, None, body_hash(quick[1])))
+            chunk.body_bytes += len(body)
+            if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
+                await send.send(chunk)
+                chunk = _Chunk()
+            elif len(chunk.rows) % YIELD_EVERY == 0:
+                await anyio.lowlevel.checkpoint()
+            continue
         v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
         if isinstance(obj, dict):
             problems.objects += 1

@@ -11,7 +11,14 @@ would throw away, since the body is sent exactly as written (unknown fields incl
 Issue order is stable: within each object, missing required fields first, then the fields present in the
 order the line lists them, then rules that span several fields.
 
+`quick_line` is the fast path of a submit: it accepts the common shapes of a line without building any
+path or issue, and says "not sure" (None) for everything else, which `validate_line` then judges in full.
+It accepts only what `validate_line` accepts without an issue (tests/unit/test_validate.py checks the two
+against each other); it may send any line to the slow path.
+
 What the runner reads back out of a Response (usage, output_text) is runner/reply.py's.
+
+Over 400 lines on purpose: the fast path mirrors the table of checks and must stay beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ __all__ = [
     "FieldIssue",
     "ValidatedLine",
     "check_partial_body",
+    "quick_line",
     "unknown_key_issue",
     "validate_line",
 ]
@@ -380,3 +388,175 @@ def validate_line(
             custom_id, body, [i for i in errors if not i.soft], [i for i in errors if i.soft], tuple(chat)
         )
     return ValidatedLine(custom_id, body, errors, [], tuple(chat))
+
+
+# --- the fast path -----------------------------------------------------------------------------------------
+# Predicates that are True only for values the checks above accept without an issue. A field missing here,
+# or a False, sends the line to `validate_line` (slower, never wrong). Measured on the bench file's lines:
+# ~0.8 µs a line here against ~2.7 µs for `validate_line`, which builds a path string for every field.
+
+_ROLE_SET: Final = frozenset(ROLES)
+_EFFORT_SET: Final = frozenset(REASONING_EFFORTS)
+_SUMMARY_SET: Final = frozenset(REASONING_SUMMARIES)
+_TIER_SET: Final = frozenset(SERVICE_TIERS)
+_TRUNCATION_SET: Final = frozenset(TRUNCATIONS)
+_VERBOSITY_SET: Final = frozenset(VERBOSITIES)
+_PLAIN_MESSAGE_KEYS: Final = frozenset({"role", "content", "type"})
+
+
+def _is_one_of(value: Any, allowed: frozenset[str]) -> bool:
+    return type(value) is str and value in allowed  # a list or an object is not hashable
+
+
+def _ok_str(value: Any) -> bool:
+    return type(value) is str
+
+
+def _ok_str_or_null(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def _ok_bool_or_null(value: Any) -> bool:
+    return value is None or value is True or value is False
+
+
+def _ok_input(value: Any) -> bool:
+    if type(value) is str:
+        return True
+    if type(value) is not list:
+        return False
+    for item in value:
+        # Plain messages only: {"role", "content": text} (and type "message"); anything else is judged in full.
+        if (
+            type(item) is not dict
+            or not _PLAIN_MESSAGE_KEYS.issuperset(item)
+            or not _is_one_of(item.get("role"), _ROLE_SET)
+            or type(item.get("content")) is not str
+            or item.get("type", "message") != "message"
+        ):
+            return False
+    return True
+
+
+def _ok_max_output_tokens(value: Any) -> bool:
+    return value is None or (type(value) is int and value >= 1)
+
+
+def _ok_temperature(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and 0 <= value <= 2)
+
+
+def _ok_top_p(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and 0 <= value <= 1)
+
+
+def _ok_metadata(value: Any) -> bool:
+    if value is None:
+        return True
+    if type(value) is not dict or len(value) > METADATA_MAX_PAIRS:
+        return False
+    for key, item in value.items():
+        if len(key) > METADATA_KEY_MAX or type(item) is not str or len(item) > METADATA_VALUE_MAX:
+            return False
+    return True
+
+
+def _ok_reasoning(value: Any) -> bool:
+    if value is None:
+        return True
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        allowed = _EFFORT_SET if key == "effort" else _SUMMARY_SET if key == "summary" else None
+        if allowed is None or (item is not None and not _is_one_of(item, allowed)):
+            return False
+    return True
+
+
+def _ok_text(value: Any) -> bool:
+    # Only {"verbosity": ...} or {"format": {"type": "text"}}: a schema is checked in full (it is compiled).
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        if key == "verbosity":
+            if item is not None and not _is_one_of(item, _VERBOSITY_SET):
+                return False
+        elif key != "format" or type(item) is not dict or item.get("type") != "text" or len(item) != 1:
+            return False
+    return True
+
+
+def _ok_service_tier(value: Any) -> bool:
+    return value is None or _is_one_of(value, _TIER_SET)
+
+
+def _ok_truncation(value: Any) -> bool:
+    return value is None or _is_one_of(value, _TRUNCATION_SET)
+
+
+_QUICK_BODY: Final[Mapping[str, Any]] = {
+    "model": _ok_str,
+    "input": _ok_input,
+    "instructions": _ok_str_or_null,
+    "max_output_tokens": _ok_max_output_tokens,
+    "temperature": _ok_temperature,
+    "top_p": _ok_top_p,
+    "parallel_tool_calls": _ok_bool_or_null,
+    "truncation": _ok_truncation,
+    "text": _ok_text,
+    "reasoning": _ok_reasoning,
+    "store": _ok_bool_or_null,
+    "background": _ok_bool_or_null,
+    "metadata": _ok_metadata,
+    "user": _ok_str,
+    "prompt_cache_key": _ok_str,
+    "safety_identifier": _ok_str,
+    "service_tier": _ok_service_tier,
+}
+
+
+def quick_line(
+    obj: Any, line_no: int, *, model: str | None = None, background: bool = False
+) -> tuple[str, dict[str, Any]] | None:
+    """(custom_id, body to send) for a line of a common shape that `validate_line` would pass without any
+    error or warning, with --model / --background applied; None when it cannot tell quickly."""
+    if type(obj) is not dict:
+        return None
+    if "body" in obj:
+        # Exactly the four envelope keys: the three looked up below, and "body".
+        if len(obj) != 4:
+            return None
+        custom_id = obj.get("custom_id")
+        if (
+            type(custom_id) is not str
+            or not custom_id
+            or obj.get("method") != "POST"
+            or obj.get("url") != RESPONSES_URL
+        ):
+            return None
+        raw = obj["body"]
+        if type(raw) is not dict:
+            return None
+    elif "custom_id" in obj or "method" in obj or "url" in obj:
+        return None
+    else:
+        custom_id = f"line-{line_no}"
+        raw = obj
+    if model is not None or background:
+        body = dict(raw)  # the fills must not reach the caller's parsed line
+        if model is not None and body.get("model") is None:
+            body["model"] = model
+        if background:
+            body["background"] = True
+            body["store"] = True
+    else:
+        body = raw
+    if "model" not in body or "input" not in body:
+        return None
+    for key, value in body.items():
+        ok = _QUICK_BODY.get(key)
+        if ok is None or not ok(value):
+            return None
+    if body.get("background") is True and body.get("store") is False:
+        return None
+    return custom_id, body
