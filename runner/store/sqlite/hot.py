@@ -11,15 +11,16 @@ The SQL itself is in hot.sql, as named blocks.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import anyio.to_thread
 import orjson
 
 from runner.errors import StoreError
@@ -134,6 +135,88 @@ def record_attempts(db: DBAPIConnection, owner: str, outcomes: Sequence[Outcome]
             log.warning("attempt history not recorded for %d request(s): %s", len(rows), type(e).__name__)
 
 
+# -- many rows per statement ----------------------------------------------------------------------------
+#
+# A group commit used to run one attempts INSERT and one UPDATE per result. Each sqlite3 `execute` hands the
+# GIL over while SQLite works and must then win it back from the event loop, busy with the replies of the
+# next requests. Measured: a commit of 64 results in a thread beside a thread busy in Python took 28 ms
+# (median) that way, 10 ms with the blocks `*_many` (the same CPU, ~23 us a result); every slot whose
+# result is in it waits that long. They write up to MANY_ROWS results per statement, one row of VALUES
+# each; the number of rows is rounded up to a power of two (padded with rows that match nothing) so that
+# few statement texts exist. (Response ids gained nothing this way: their UPDATE is small, and stays one
+# per id.)
+MANY_ROWS = 64  # 64 rows of 14 parameters stay under 999, the oldest SQLite limit on parameters
+_ROWS = "/*rows*/ "
+
+
+@functools.cache
+def _many_sql(name: str, rows: int) -> str:
+    sql = _SQL[name]
+    start = sql.index(_ROWS) + len(_ROWS)
+    row = sql[start : sql.index(")", start) + 1]
+    return sql[: start - len(_ROWS)] + ", ".join([row] * rows) + sql[start + len(row) :]
+
+
+def _many(
+    cur: Cursor, name: str, width: int, rows: Sequence[tuple[Any, ...]], head: tuple[Any, ...], owner: str
+) -> int:
+    """Run block `name` over `rows` (each `width` values), MANY_ROWS at a time; the rows it changed."""
+    changed = 0
+    for i in range(0, len(rows), MANY_ROWS):
+        chunk = rows[i : i + MANY_ROWS]
+        size = 1 << (len(chunk) - 1).bit_length()
+        params: list[Any] = [*head]
+        for r in chunk:
+            params.extend(r)
+        params.extend([None] * (width * (size - len(chunk))))  # an id of NULL matches no request
+        params.append(owner)
+        cur.execute(_many_sql(name, size), params)
+        changed += cur.rowcount
+    return changed
+
+
+def _apply_many(cur: Cursor, owner: str, finished: Sequence[Outcome], now: float) -> bool:
+    """Write the final outcomes `finished` (and their attempt rows) with the `*_many` blocks. True when every
+    row was written; otherwise (a row refused, or a value SQLite will not take) none is, and False."""
+    cur.execute("SAVEPOINT many")
+    try:
+        attempts = [
+            (o.request_id, o.to.value, o.sent_at, o.http_status, o.api_request_id, o.error_code, o.error_message)
+            for o in finished
+            if not o.refund_attempt
+        ]
+        ok = _many(cur, "record_attempts_many", 7, attempts, (now,), owner) == len(attempts)
+        if ok:
+            rows = []
+            for o in finished:
+                u = o.usage
+                rows.append(
+                    (
+                        o.request_id,
+                        o.to.value,
+                        o.response_body,
+                        u.input_tokens,
+                        u.cached_tokens,
+                        u.output_tokens,
+                        u.reasoning_tokens,
+                        u.total_tokens,
+                        o.http_status,
+                        o.api_request_id,
+                        o.error_code,
+                        o.error_message,
+                        1 if o.rate_limited else 0,
+                        o.sent_at,
+                    )
+                )
+            ok = _many(cur, "finish_many", 14, rows, (now, now), owner) == len(finished)
+    except Exception:  # a value one row cannot hold, or the store itself: the one-by-one path decides which
+        ok = False
+    if not ok:
+        cur.execute("ROLLBACK TO many")
+    cur.execute("RELEASE many")
+    return ok
+
+
 def apply(
     db: DBAPIConnection,
     owner: str,
@@ -144,8 +227,13 @@ def apply(
     """Write response ids and outcomes, each guarded; the ids of the requests refused (not leased by `owner`).
 
     A response id is written only to a request this owner still leases, and never over another id.
+    Final outcomes go in a few statements (`_apply_many`); when one of them is refused or cannot be
+    written, they are written one by one, as requeues and response ids always are.
     """
     cur: Cursor = db.cursor()
+    finished = [o for o in outcomes if o.to in TERMINAL]
+    if finished and _apply_many(cur, owner, finished, now):
+        outcomes = [o for o in outcomes if o.to not in TERMINAL]
     refused: list[int] = []
     for x in response_ids:
         cur.execute(_SET_RESPONSE_ID, (x.response_id, x.api_request_id, x.sent_at, now, x.request_id, owner))
@@ -250,7 +338,9 @@ class HotConnection:
         self._path = path
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
-        self._lock = anyio.Lock()
+        # fast_acquire: an uncontended lock costs no extra turn of the event loop (see `transaction`).
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._thread: ThreadPoolExecutor | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -275,12 +365,28 @@ class HotConnection:
         return result
 
     async def transaction(self, fn: Callable[[DBAPIConnection], T]) -> T:
-        """Run `fn(connection)` inside BEGIN IMMEDIATE ... COMMIT in a worker thread."""
+        """Run `fn(connection)` inside BEGIN IMMEDIATE ... COMMIT in this connection's worker thread.
+
+        The hand-over is asyncio's own executor future, not `anyio.to_thread.run_sync`: with a busy event
+        loop (hundreds of replies a second) the transaction is done within one or two turns of the loop,
+        where anyio's took ten (its checkpoints and result hand-back). Measured with 50 tasks each using
+        0.3 ms of CPU per turn: a no-op call came back after 168 ms (median) against 65 ms. Every claim and
+        commit of a run waits that long, and a request's slot with it. Shielded: once started, the
+        transaction finishes (commit or rollback) before a cancelled caller moves on.
+        """
         async with self._lock:
-            return await anyio.to_thread.run_sync(self._transaction, fn)
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-store")
+            future = asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, fn)
+            with anyio.CancelScope(shield=True):
+                result = await future
+        return result
 
     def close(self) -> None:
         """Close the connection (the next transaction opens a new one)."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)  # nothing runs meanwhile: the lock is free between transactions
+            self._thread = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
