@@ -3,10 +3,14 @@
 A run makes these transactions hundreds of times a second. Through SQLAlchemy's async engine each one cost
 3-5 ms of CPU whatever its size: building the statement, the pool's checkout and reset, and an event-loop
 round trip to aiosqlite's thread for BEGIN, for every statement and for COMMIT. Here each is fixed SQL run
-by one function against a DB-API connection, called once per transaction: in a worker thread on a plain
-sqlite3 connection (`HotConnection`), or, for a store without a file, inside the async engine's own
-transaction. The guards are the same as everywhere in the store: `WHERE state = ... AND lease_owner = me`.
-The SQL itself is in hot.sql, as named blocks.
+by one function against a DB-API connection, called once per transaction: on a plain sqlite3 connection
+(`HotConnection`: on the event loop when the write lock is free, else in a worker thread), or, for a store
+without a file, inside the async engine's own transaction. The guards are the same as everywhere in the
+store: `WHERE state = ... AND lease_owner = me`. The SQL itself is in hot.sql, as named blocks.
+
+Over 400 lines on purpose: the hot statements and the connection that runs them are tuned together (which
+thread a transaction runs on, how many rows one statement carries, where checkpoints happen); apart, a
+change to one would be measured without the other.
 """
 
 from __future__ import annotations
