@@ -378,6 +378,9 @@ class ApiClient:
         self._create_url = self._base.join("responses")
         self._create_target = yarl.URL(str(self._create_url), encoded=True)  # parsed once, not per request
         self._create_where = f"POST {_shown(self._create_url)}"
+        # GET /responses/{id} is built by concatenation on this prefix: parsing and joining URLs with httpx
+        # cost ~0.1 ms a poll (a third of a poll's CPU in a profile of 2,000 background requests).
+        self._responses_prefix = str(self._base.copy_with(query=None, fragment=None).join("responses/"))
         self._session: aiohttp.ClientSession | None = None
         self._transport = transport
         if transport is not None:
@@ -432,7 +435,7 @@ class ApiClient:
         self,
         method: str,
         url: str | yarl.URL,
-        where: str,
+        where: str | Callable[[], str],
         content: bytes | None = None,
         request_id: str | None = None,
         *,
@@ -473,7 +476,7 @@ class ApiClient:
             status,
             headers,
             raw,
-            where=lambda: where,
+            where=where if callable(where) else lambda: where,
             secret=self._secret,
             create_url=self._create_url if creating else None,
         )
@@ -537,8 +540,13 @@ class ApiClient:
 
     async def retrieve(self, response_id: str) -> ApiReply:
         """GET /responses/{id}."""
-        url = self._base.join(f"responses/{quote(response_id, safe='')}")
-        return await self._send("GET", str(url), f"GET {_shown(url)}")
+        url = self._responses_prefix + quote(response_id, safe="")
+        return await self._send("GET", yarl.URL(url, encoded=True), self._named("GET", url))
+
+    @staticmethod
+    def _named(method: str, url: str) -> Callable[[], str]:
+        """`METHOD URL` for a message, made only when one is (most replies need none)."""
+        return lambda: f"{method} {_shown(httpx.URL(url))}"
 
     async def cancel(self, response_id: str) -> ApiReply:
         """POST /responses/{id}/cancel (idempotent on the API side)."""

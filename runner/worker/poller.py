@@ -3,6 +3,12 @@
 Polling never holds a submission slot: it has its own small pool of in-flight GETs, and requests wait
 in a heap keyed by when they are next due. When to poll comes from `PollSchedule`, which learns how long
 this run's responses take, so most are fetched by their first or second GET soon after they end.
+
+Until a response of the run has ended nothing is known, and the first PROBES responses are enough to
+find out: only they take the first rung of the ladder; the others start at its second rung, and when the
+first response ends, every one not polled yet is moved up to the learnt estimate if that comes sooner.
+Measured with 2,000 responses that take 2 s (`make bench` scenario 4): 2.00 GETs per request before (each
+polled at 1 s and at 2 s), 1.0x after, and the 2,000 wasted GETs no longer compete with the last creates.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ LEARN_RATE = 0.05
 # Before anything is known, GETs go at these ages (seconds since the create reply), then back off.
 UNKNOWN_LADDER = (POLL_INITIAL_DELAY, 2 * POLL_INITIAL_DELAY)
 AFTER_ESTIMATE_STEP = 0.1  # after a first poll at the estimate, the next is this share of it later
+MIN_STEP = 0.05  # seconds: never two GETs of one response closer together than this
+PROBES = 8  # responses polled at the first rung while nothing is known (see the module's docstring)
 
 
 class PollSchedule:
@@ -56,18 +64,23 @@ class PollSchedule:
     def __init__(self) -> None:
         self.estimate: float | None = None
 
-    def first(self) -> float:
-        """Seconds after the create reply for the first GET."""
-        return UNKNOWN_LADDER[0] if self.estimate is None else self.estimate
+    def first(self, *, probe: bool = True) -> float:
+        """Seconds after the create reply for the first GET. Before anything is known, a `probe` takes the
+        ladder's first rung and any other response its second."""
+        if self.estimate is not None:
+            return self.estimate
+        return UNKNOWN_LADDER[0] if probe else UNKNOWN_LADDER[1]
 
     def next(self, age: float, polls: int) -> float:
         """Seconds until the next GET of a response still running at `age` after `polls` GETs."""
-        if self.estimate is None or age < self.estimate * (1 - AFTER_ESTIMATE_STEP):
-            if polls < len(UNKNOWN_LADDER):
-                return max(UNKNOWN_LADDER[polls] - age, 0.05)
-            base = max(age, UNKNOWN_LADDER[-1])
-            return min(base * (POLL_BACKOFF - 1), POLL_MAX_DELAY)
-        step = max(self.estimate * AFTER_ESTIMATE_STEP, 0.05) * POLL_BACKOFF ** max(polls - 1, 0)
+        if self.estimate is None:
+            for rung in UNKNOWN_LADDER:  # the next rung above this age
+                if rung > age + MIN_STEP:
+                    return rung - age
+            return min(max(age, UNKNOWN_LADDER[-1]) * (POLL_BACKOFF - 1), POLL_MAX_DELAY)
+        if age < self.estimate * (1 - AFTER_ESTIMATE_STEP):
+            return self.estimate - age  # polled early (a hint, or before the first response ended)
+        step = max(self.estimate * AFTER_ESTIMATE_STEP, MIN_STEP) * POLL_BACKOFF ** max(polls - 1, 0)
         return min(step, POLL_MAX_DELAY)
 
     def learn(self, age: float, first_poll_done: bool | None) -> None:
@@ -96,6 +109,7 @@ class _Item:
     polls: int = 0
     learn: bool = True  # adopted from another runner: its age is unknown, so it teaches nothing
     first_at_estimate: bool = False
+    hinted: bool = False  # first polled when the server said (`openai-poll-after-ms`)
     mismatches: int = 0
 
 
@@ -120,7 +134,7 @@ class Poller:
         self._client = client
         self._writer = writer
         self._max_attempts = max_attempts
-        self._limit = anyio.Semaphore(max_in_flight)
+        self._limit = anyio.Semaphore(max_in_flight, fast_acquire=True)  # no extra turn of the loop per GET
         self._heap: list[tuple[float, int, _Item]] = []
         self._seq = itertools.count()
         self._wake = anyio.Event()
@@ -128,24 +142,59 @@ class Poller:
         self._on_outcome = on_outcome
         self.polls = 0
         self.schedule = PollSchedule()
+        self._probes = 0
 
     @property
     def size(self) -> int:
         """Responses waiting for or in a poll."""
         return len(self._heap) + self._active
 
-    def add(self, claimed: Claimed, first_poll: float | None = None, hint: float | None = None) -> None:
+    def add(
+        self,
+        claimed: Claimed,
+        first_poll: float | None = None,
+        hint: float | None = None,
+        *,
+        replied_at: float | None = None,
+    ) -> None:
         """Start polling a response (its id is already committed).
 
         The first GET goes after `first_poll` seconds when given (0 for a response adopted from a crashed
         runner, whose age is unknown: it teaches the schedule nothing), else after the server's `hint`,
-        else at the schedule's estimate.
+        else at the schedule's estimate. Ages count from `replied_at` (monotonic) when given: the create
+        reply, not the commit of the id after it.
         """
-        item = _Item(claimed, POLL_INITIAL_DELAY, added=time.monotonic(), learn=first_poll is None)
+        now = time.monotonic()
+        added = now if replied_at is None else min(replied_at, now)
+        item = _Item(claimed, POLL_INITIAL_DELAY, added=added, learn=first_poll is None, hinted=hint is not None)
         if first_poll is None:
             item.first_at_estimate = hint is None and self.schedule.estimate is not None
-            first_poll = hint if hint is not None else self.schedule.first()
+            if hint is not None:
+                first_poll = hint
+            else:
+                probe = self._probes < PROBES
+                self._probes += probe
+                first_poll = self.schedule.first(probe=probe)
+            first_poll = max(first_poll - (now - added), 0.0)
         self._push(item, first_poll)
+
+    def _rebase(self) -> None:
+        """The first response of the run ended: responses not polled yet go at the estimate if that is sooner
+        than the rung they wait for (never before now)."""
+        estimate = self.schedule.estimate
+        if estimate is None:
+            return
+        now = time.monotonic()
+        heap = []
+        for due, seq, item in self._heap:
+            at = item.added + estimate
+            if item.learn and not item.hinted and item.polls == 0 and not item.mismatches and at < due:
+                item.first_at_estimate = at >= now
+                due = max(at, now)
+            heap.append((due, seq, item))
+        heapq.heapify(heap)
+        self._heap = heap
+        self._wake.set()
 
     def _push(self, item: _Item, wait: float) -> None:
         heapq.heappush(self._heap, (time.monotonic() + wait, next(self._seq), item))
@@ -230,7 +279,10 @@ class Poller:
                 self._push(item, hint if hint is not None else self.schedule.next(age, item.polls))
                 return
             if item.learn:
+                unknown = self.schedule.estimate is None
                 self.schedule.learn(age, (item.polls == 1) if item.first_at_estimate else None)
+                if unknown:
+                    self._rebase()
             outcome = from_response(
                 c,
                 reply.body,

@@ -149,7 +149,8 @@ class Sender:
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
-        took = time.monotonic() - started
+        replied_at = time.monotonic()
+        took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
         if self.concurrency.slow_start and self.limiter.limits_known:
@@ -173,7 +174,7 @@ class Sender:
                 return None
             c.response_id = response_id
             c.background = True
-            self.poller.add(c, hint=poll_after_hint(reply.rate_limits))
+            self.poller.add(c, hint=poll_after_hint(reply.rate_limits), replied_at=replied_at)
             return None
         outcome = from_response(
             c,

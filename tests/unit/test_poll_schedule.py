@@ -54,3 +54,17 @@ def test_a_server_hint_is_read_in_milliseconds_and_bad_ones_are_ignored() -> Non
     assert poll_after_hint({"openai-poll-after-ms": "soon"}) is None
     assert poll_after_hint({}) is None
     assert poll_after_hint({"openai-poll-after-ms": str(10**9)}) == pytest.approx(30.0)  # capped
+
+
+def test_before_anything_ended_only_a_probe_takes_the_first_rung() -> None:
+    s = PollSchedule()
+    assert s.first(probe=False) == UNKNOWN_LADDER[1]
+    # A response first polled at the second rung and still running backs off from there, never at once.
+    assert s.next(UNKNOWN_LADDER[1], 1) >= 0.5 * UNKNOWN_LADDER[1]
+
+
+def test_a_response_polled_before_the_estimate_is_polled_next_at_the_estimate() -> None:
+    s = PollSchedule()
+    s.learn(6.0, None)  # the first response seen ended at 6 s
+    assert s.first(probe=False) == s.first() == 6.0
+    assert 2.0 + s.next(2.0, 1) == pytest.approx(6.0)  # not 3 s (the ladder), not 1 s apart

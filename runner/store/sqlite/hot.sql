@@ -54,6 +54,30 @@ WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
 UPDATE requests SET response_id = ?, request_id = ?, submitted_at = coalesce(?, submitted_at), updated_at = ?
 WHERE id = ? AND state = 'in_progress' AND lease_owner = ? AND response_id IS NULL
 
+-- name: finish_many
+-- `finish` for up to 64 requests in one statement (see hot.py `apply`): one row of VALUES per request,
+-- (id, state, body, the five usage counts, http_status, request id, error code, error message, rate_limited,
+-- sent_at); `/*rows*/` becomes one such row per request.
+UPDATE requests SET state = v.column2, response_body = v.column3, input_tokens = v.column4,
+    cached_tokens = v.column5, output_tokens = v.column6, reasoning_tokens = v.column7,
+    total_tokens = v.column8, finished_at = ?,
+    http_status = coalesce(v.column9, http_status), request_id = coalesce(v.column10, request_id),
+    error_code = v.column11, error_message = v.column12, rate_limited = rate_limited + v.column13,
+    submitted_at = coalesce(v.column14, submitted_at),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+FROM (VALUES /*rows*/ (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
+WHERE requests.id = v.column1 AND state = 'in_progress' AND lease_owner = ?
+
+-- name: record_attempts_many
+-- `record_attempt` for up to 64 requests: (id, outcome, sent_at, http_status, request id, error code,
+-- error message) per row.
+INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_status, api_request_id,
+    response_id, error_code, error_message)
+SELECT requests.id, requests.attempts, v.column2, coalesce(v.column3, requests.submitted_at), ?, v.column4,
+    v.column5, requests.response_id, v.column6, v.column7
+FROM (VALUES /*rows*/ (?, ?, ?, ?, ?, ?, ?)) AS v JOIN requests ON requests.id = v.column1
+WHERE requests.state = 'in_progress' AND requests.lease_owner = ?
+
 -- name: response_id_of
 SELECT response_id, lease_owner FROM requests WHERE id = ?
 
