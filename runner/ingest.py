@@ -443,8 +443,9 @@ async def _validate_lines(
             # The common case, without issue lists (see quick_line): the same row as the slow path below.
             problems.objects += 1
             problems.valid += 1
+            sched = line_no if groups is None else groups.place(quick[1], line_no)
             body = dumps(quick[1]).decode()
-            chunk.rows.append(NewRequest(line_no, quick[0], body, None, body_hash(quick[1])))
+            chunk.rows.append(NewRequest(line_no, quick[0], body, None, body_hash(quick[1]), sched))
             chunk.body_bytes += len(body)
             if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
                 await send.send(chunk)
