@@ -201,27 +201,19 @@ def _apply_many(cur: Cursor, owner: str, finished: Sequence[Outcome], now: float
         ]
         ok = _many(cur, "record_attempts_many", 7, attempts, (now,), owner) == len(attempts)
         if ok:
-            rows = []
-            for o in finished:
-                u = o.usage
-                rows.append(
-                    (
-                        o.request_id,
-                        o.to.value,
-                        o.response_body,
-                        u.input_tokens,
-                        u.cached_tokens,
-                        u.output_tokens,
-                        u.reasoning_tokens,
-                        u.total_tokens,
-                        o.http_status,
-                        o.api_request_id,
-                        o.error_code,
-                        o.error_message,
-                        1 if o.rate_limited else 0,
-                        o.sent_at,
-                    )
+            rows = [
+                (
+                    o.request_id,
+                    *_answer(o),
+                    o.http_status,
+                    o.api_request_id,
+                    o.error_code,
+                    o.error_message,
+                    1 if o.rate_limited else 0,
+                    o.sent_at,
                 )
+                for o in finished
+            ]
             ok = _many(cur, "finish_many", 14, rows, (now, now), owner) == len(finished)
     except Exception:  # a value one row cannot hold, or the store itself: the one-by-one path decides which
         ok = False
@@ -229,6 +221,20 @@ def _apply_many(cur: Cursor, owner: str, finished: Sequence[Outcome], now: float
         cur.execute("ROLLBACK TO many")
     cur.execute("RELEASE many")
     return ok
+
+
+def _answer(o: Outcome) -> tuple[object, ...]:
+    """A final outcome's state, body and five usage counts, in the order `finish` and `finish_many` take them."""
+    u = o.usage
+    return (
+        o.to.value,
+        o.response_body,
+        u.input_tokens,
+        u.cached_tokens,
+        u.output_tokens,
+        u.reasoning_tokens,
+        u.total_tokens,
+    )
 
 
 def apply(
@@ -273,21 +279,7 @@ def apply(
         )
         try:
             if o.to in TERMINAL:
-                u = o.usage
-                cur.execute(
-                    _FINISH,
-                    (
-                        o.to.value,
-                        o.response_body,
-                        u.input_tokens,
-                        u.cached_tokens,
-                        u.output_tokens,
-                        u.reasoning_tokens,
-                        u.total_tokens,
-                        now,
-                        *common,
-                    ),
-                )
+                cur.execute(_FINISH, (*_answer(o), now, *common))
             elif o.to is RequestState.QUEUED:
                 refund = 1 if o.refund_attempt else 0
                 cur.execute(_REQUEUE, (o.next_attempt_at, refund, 1 if o.clear_response_id else 0, *common))
