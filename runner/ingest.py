@@ -42,7 +42,7 @@ from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
 from runner.store.chains import link, parents_of
 from runner.store.reuse import reuse_answers
-from runner.validate import quick_line, validate_line
+from runner.validate import ValidatedLine, quick_line, validate_line
 
 CHUNK = 5_000  # rows per insert transaction: SQLite's write lock is held ~50 ms, so a run on the same store
 # still commits its results within 100 ms (20,000 rows would submit ~20 % faster but hold it ~220 ms)
@@ -440,44 +440,24 @@ async def _validate_lines(
             obj = options.transform(obj)
         quick = quick_line(obj, line_no, model=options.model, background=options.background)
         if quick is not None:
-            # The common case, without issue lists (see quick_line): the same row as the slow path below.
+            # The common case, without issue lists (see quick_line); it declines conversations and chains.
             problems.objects += 1
-            problems.valid += 1
-            sched = line_no if groups is None else groups.place(quick[1], line_no)
-            body = dumps(quick[1]).decode()
-            chunk.rows.append(NewRequest(line_no, quick[0], body, None, body_hash(quick[1]), sched))
-            chunk.body_bytes += len(body)
-            if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
-                await send.send(chunk)
-                chunk = _Chunk()
-            elif len(chunk.rows) % YIELD_EVERY == 0:
-                await anyio.lowlevel.checkpoint()
-            continue
-        v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
-        if isinstance(obj, dict):
-            problems.objects += 1
-        if v.chat_keys:
-            problems.chat_keys.update(dict.fromkeys(v.chat_keys))
-            if "messages" in v.chat_keys and "input" not in v.body:
-                problems.chat_lines += 1
-        for i, issue in enumerate(v.errors):
-            problems.add(line_no, issue.field, issue.reason, new_line=i == 0)
-        for issue in v.warnings:
-            w = LineProblem(line_no, issue.field, issue.reason)
-            if len(warnings) < MAX_PROBLEMS_KEPT:
-                warnings.append(w)
-            if on_warning is not None:
-                on_warning(w)
-        if v.errors:
-            chunk.rows.append(NewRequest(line_no, v.custom_id, "{}"))
-            chunk.invalid.add(line_no)
+            custom_id, body, valid = quick[0], quick[1], True
         else:
+            v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
+            custom_id, body, valid = v.custom_id, v.body, not v.errors
+            _note_issues(v, obj, line_no, problems, warnings, on_warning)
+        if valid:
             problems.valid += 1
-            problems.chains.add(line_no, v.custom_id, v.body, bare="body" not in obj)
-            sched = line_no if groups is None else groups.place(v.body, line_no)
-            body = orjson.dumps(v.body).decode()
-            chunk.rows.append(NewRequest(line_no, v.custom_id, body, _conversation(v.body), body_hash(v.body), sched))
-            chunk.body_bytes += len(body)
+            if quick is None:
+                problems.chains.add(line_no, custom_id, body, bare="body" not in obj)
+            sched = line_no if groups is None else groups.place(body, line_no)
+            text = dumps(body).decode()
+            chunk.rows.append(NewRequest(line_no, custom_id, text, _conversation(body), body_hash(body), sched))
+            chunk.body_bytes += len(text)
+        else:
+            chunk.rows.append(NewRequest(line_no, custom_id, "{}"))
+            chunk.invalid.add(line_no)
         if len(chunk.rows) >= CHUNK or chunk.body_bytes >= CHUNK_BYTES:
             await send.send(chunk)
             chunk = _Chunk()
@@ -487,6 +467,31 @@ async def _validate_lines(
             await anyio.lowlevel.checkpoint()
     if chunk.rows:
         await send.send(chunk)
+
+
+def _note_issues(
+    v: ValidatedLine,
+    obj: object,
+    line_no: int,
+    problems: _Problems,
+    warnings: list[LineProblem],
+    on_warning: Callable[[LineProblem], None] | None,
+) -> None:
+    """A slow-path line's errors, warnings and Chat Completions keys, counted and kept."""
+    if isinstance(obj, dict):
+        problems.objects += 1
+    if v.chat_keys:
+        problems.chat_keys.update(dict.fromkeys(v.chat_keys))
+        if "messages" in v.chat_keys and "input" not in v.body:
+            problems.chat_lines += 1
+    for i, issue in enumerate(v.errors):
+        problems.add(line_no, issue.field, issue.reason, new_line=i == 0)
+    for issue in v.warnings:
+        w = LineProblem(line_no, issue.field, issue.reason)
+        if len(warnings) < MAX_PROBLEMS_KEPT:
+            warnings.append(w)
+        if on_warning is not None:
+            on_warning(w)
 
 
 async def _insert(store: Store, job_id: str, chunk: _Chunk, problems: _Problems) -> None:
