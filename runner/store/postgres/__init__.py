@@ -91,6 +91,18 @@ def _sqlstate(exc: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
+def _reply_columns(group: Sequence[Outcome]) -> list[list[Any]]:
+    """What every outcome records of its reply, a column each, in the order `finish` and `requeue` take them."""
+    return [
+        [o.http_status for o in group],
+        [o.api_request_id for o in group],
+        [o.error_code for o in group],
+        [o.error_message for o in group],
+        [1 if o.rate_limited else 0 for o in group],
+        [o.sent_at for o in group],
+    ]
+
+
 class PostgresBackend:
     """The store in one PostgreSQL database, shared by any number of runners."""
 
@@ -291,12 +303,7 @@ class PostgresBackend:
             [o.usage.output_tokens for o in group],
             [o.usage.reasoning_tokens for o in group],
             [o.usage.total_tokens for o in group],
-            [o.http_status for o in group],
-            [o.api_request_id for o in group],
-            [o.error_code for o in group],
-            [o.error_message for o in group],
-            [1 if o.rate_limited else 0 for o in group],
-            [o.sent_at for o in group],
+            *_reply_columns(group),
             owner,
         )
         return {r[0] for r in rows}
@@ -308,12 +315,7 @@ class PostgresBackend:
             [float(o.next_attempt_at) for o in group],
             [1 if o.refund_attempt else 0 for o in group],
             [o.clear_response_id for o in group],
-            [o.http_status for o in group],
-            [o.api_request_id for o in group],
-            [o.error_code for o in group],
-            [o.error_message for o in group],
-            [1 if o.rate_limited else 0 for o in group],
-            [o.sent_at for o in group],
+            *_reply_columns(group),
             owner,
         )
         return {r[0] for r in rows}

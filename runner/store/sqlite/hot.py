@@ -201,19 +201,7 @@ def _apply_many(cur: Cursor, owner: str, finished: Sequence[Outcome], now: float
         ]
         ok = _many(cur, "record_attempts_many", 7, attempts, (now,), owner) == len(attempts)
         if ok:
-            rows = [
-                (
-                    o.request_id,
-                    *_answer(o),
-                    o.http_status,
-                    o.api_request_id,
-                    o.error_code,
-                    o.error_message,
-                    1 if o.rate_limited else 0,
-                    o.sent_at,
-                )
-                for o in finished
-            ]
+            rows = [(o.request_id, *_answer(o), *_reply(o)) for o in finished]
             ok = _many(cur, "finish_many", 14, rows, (now, now), owner) == len(finished)
     except Exception:  # a value one row cannot hold, or the store itself: the one-by-one path decides which
         ok = False
@@ -235,6 +223,11 @@ def _answer(o: Outcome) -> tuple[object, ...]:
         u.reasoning_tokens,
         u.total_tokens,
     )
+
+
+def _reply(o: Outcome) -> tuple[object, ...]:
+    """What every outcome records of its reply, in the order `finish`, `finish_many` and `requeue` take it."""
+    return (o.http_status, o.api_request_id, o.error_code, o.error_message, 1 if o.rate_limited else 0, o.sent_at)
 
 
 def apply(
@@ -266,17 +259,7 @@ def apply(
     record_attempts(db, owner, outcomes, now)
     requeued: list[int] = []
     for o in outcomes:
-        common = (
-            o.http_status,
-            o.api_request_id,
-            o.error_code,
-            o.error_message,
-            1 if o.rate_limited else 0,
-            o.sent_at,
-            now,
-            o.request_id,
-            owner,
-        )
+        common = (*_reply(o), now, o.request_id, owner)
         try:
             if o.to in TERMINAL:
                 cur.execute(_FINISH, (*_answer(o), now, *common))
