@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sqlite3
 import subprocess
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runner import app  # noqa: E402
+from runner import client as _client  # noqa: E402, F401  # loaded before any timing, as aiohttp is for the bare loops
 from runner.config import Settings  # noqa: E402
 from runner.worker.types import Snapshot  # noqa: E402
 from tests.pg import PgCluster  # noqa: E402
@@ -496,6 +498,7 @@ async def main() -> None:
     p.add_argument("--big", type=int, default=None, help="lines for the big-file scenario (default 1,000,000)")
     p.add_argument("--big-only", action="store_true", help="scenario 6: only the big-file rows on PostgreSQL")
     ns = p.parse_args()
+    gc.freeze()  # as the `runner` command does once started (runner/cli/__init__.py); the bare loops gain as much
     q = ns.quick
     wanted = set(ns.only or [1, 2, 3, 4, 5, 6, 7, 8])
     print(f"runner benchmark on {os.cpu_count()} cores, 127.0.0.1 only")
