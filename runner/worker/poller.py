@@ -46,8 +46,9 @@ FIRST_POLL_DONE_SHARE = 0.75
 LEARN_RATE = 0.05
 # Before anything is known, GETs go at these ages (seconds since the create reply), then back off.
 UNKNOWN_LADDER = (POLL_INITIAL_DELAY, 2 * POLL_INITIAL_DELAY)
-AFTER_ESTIMATE_STEP = 0.1  # after a first poll at the estimate, the next is this share of it later
+AFTER_ESTIMATE_STEP = 0.1  # after a first poll at the estimate, the next is at most this share of it later
 MIN_STEP = 0.05  # seconds: never two GETs of one response closer together than this
+LATE_LEARN_RATE = 0.2
 PROBES = 8  # responses polled at the first rung while nothing is known (see the module's docstring)
 
 
@@ -59,10 +60,17 @@ class PollSchedule:
     where FIRST_POLL_DONE_SHARE of first polls succeed); later polls follow at short, growing steps. A
     server's `openai-poll-after-ms` hint, when sent, wins. Before any response has ended the schedule is
     a fixed ladder.
+
+    The step after a first poll that found the response running starts from how late such responses were
+    (`late`, learnt), not from a fixed share of the estimate: when completion times hardly vary, a response
+    missed at the estimate ends a few ms later, and waiting a tenth of the estimate (0.2 s of a 2 s job)
+    for it was what the last responses of a run, and so the whole run, waited. When they vary widely,
+    `late` grows and the steps with it, up to that tenth, so the GETs per response stay few.
     """
 
     def __init__(self) -> None:
         self.estimate: float | None = None
+        self.late: float | None = None  # seconds past the estimate that responses missed there ended (EWMA)
 
     def first(self, *, probe: bool = True) -> float:
         """Seconds after the create reply for the first GET. Before anything is known, a `probe` takes the
@@ -80,8 +88,15 @@ class PollSchedule:
             return min(max(age, UNKNOWN_LADDER[-1]) * (POLL_BACKOFF - 1), POLL_MAX_DELAY)
         if age < self.estimate * (1 - AFTER_ESTIMATE_STEP):
             return self.estimate - age  # polled early (a hint, or before the first response ended)
-        step = max(self.estimate * AFTER_ESTIMATE_STEP, MIN_STEP) * POLL_BACKOFF ** max(polls - 1, 0)
-        return min(step, POLL_MAX_DELAY)
+        return min(self._step() * POLL_BACKOFF ** max(polls - 1, 0), POLL_MAX_DELAY)
+
+    def _step(self) -> float:
+        """The first step after a poll at (or past) the estimate found the response running: half of how late
+        such responses were, between MIN_STEP and AFTER_ESTIMATE_STEP of the estimate (MIN_STEP until known)."""
+        assert self.estimate is not None
+        ceiling = max(self.estimate * AFTER_ESTIMATE_STEP, MIN_STEP)
+        late = MIN_STEP if self.late is None else self.late / 2
+        return min(max(late, MIN_STEP), ceiling)
 
     def learn(self, age: float, first_poll_done: bool | None) -> None:
         """A response ended, seen final `age` seconds after its create reply. `first_poll_done` says whether
@@ -91,6 +106,9 @@ class PollSchedule:
             return
         if first_poll_done is None:
             return
+        if not first_poll_done:  # seen final only by a later GET: at most this late past the estimate
+            excess = max(age - self.estimate, 0.0)
+            self.late = excess if self.late is None else self.late + LATE_LEARN_RATE * (excess - self.late)
         step = -(1 - FIRST_POLL_DONE_SHARE) if first_poll_done else FIRST_POLL_DONE_SHARE
         self.estimate = min(max(self.estimate * math.exp(LEARN_RATE * step), 0.05), POLL_MAX_DELAY)
 
@@ -127,8 +145,12 @@ class Poller:
         limiter: RateLimiter | None = None,
         on_doomed: Callable[[DoomedJobError], None] | None = None,
         checker: Checker | None = None,
+        on_empty: Callable[[], None] | None = None,
     ) -> None:
         self._checker = checker
+        # Told when the last response polled is handed over: the run may be over, and its owner need not
+        # find out at its next look (up to 0.1 s later, at the end of every background run).
+        self._on_empty = on_empty
         self._on_doomed = on_doomed
         self._limiter = limiter or RateLimiter()
         self._client = client
@@ -297,3 +319,5 @@ class Poller:
         finally:
             self._active -= 1
             self._wake.set()
+            if self._on_empty is not None and self.size == 0:
+                self._on_empty()

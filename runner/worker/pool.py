@@ -101,6 +101,7 @@ class Run:
             limiter=self.limiter,
             on_doomed=self._on_doomed,
             checker=self.checker,
+            on_empty=lambda: self._slot_freed.set(),  # the claim loop checks at once whether the jobs are done
         )
         self.snap = Snapshot()
         self._on_progress = on_progress
