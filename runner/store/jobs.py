@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import JobBusy, JobNotFound
 from runner.states import RequestState
+from runner.store.answer import keep_answers
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
 from runner.store.models import JobRow, NewRequest
 from runner.store.tables import jobs, requests
@@ -79,6 +80,8 @@ class JobsPart(StoreCore):
         """Delete a job and its requests."""
 
         async def go(conn: AsyncConnection) -> None:
+            # A staging job's rows are never a source (none is an original answer): this finds none at once.
+            await conn.execute(keep_answers([job_id]))
             await conn.execute(delete(requests).where(requests.c.job_id == job_id))
             await conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
@@ -258,6 +261,8 @@ class JobsPart(StoreCore):
             for job_id, owner in held:
                 if not owner_is_dead(owner):
                     raise JobBusy(job_id, [owner])
+            # Answers other jobs reused from these are copied into them first (store/answer.py).
+            await conn.execute(keep_answers(ids))
             r = await conn.execute(delete(requests).where(requests.c.job_id.in_(ids)))
             await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             return int(r.rowcount)

@@ -3,9 +3,11 @@
 Portable SQLAlchemy Core (SQLite and PostgreSQL): no JSON functions; request bodies are parsed by the
 caller where a model name is needed.
 
-A reused row is `completed` with the source's response body, and `reused_from` names the source request.
-Its own usage columns stay 0 (the job spent nothing on it); the usage the answer was paid for is kept in
-the `reused_*` columns, so "tokens reused" survives the deletion of the job it came from.
+A reused row is `completed`, and `reused_from` names the source request, always an original answer; it holds
+no copy of the source's response body (NULL): every reader follows the reference (store/answer.py), and
+deleting the source's job copies the answer in first. Its own usage columns stay 0 (the job spent nothing on
+it); the usage the answer was paid for is kept in the `reused_*` columns, so "tokens reused" survives the
+deletion of the job it came from.
 """
 
 from __future__ import annotations
@@ -95,7 +97,6 @@ async def reuse_answers(
         .values(
             state=COMPLETED,
             reused_from=src.c.id,
-            response_body=src.c.response_body,
             http_status=src.c.http_status,
             request_id=src.c.request_id,
             finished_at=now,
