@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from runner.states import RequestState
 from runner.store.models import NewRequest
 from runner.store.store import Store, bounded_total
-from runner.store.tables import REUSED_USAGE, requests
+from runner.store.tables import REUSED_USAGE, jobs, requests
 from runner.usage import UsageCounts
 
 __all__ = [
@@ -112,6 +112,17 @@ async def reuse_answers(
     )
 
     async def go(conn: AsyncConnection) -> int:
+        if conn.dialect.name == "postgresql":
+            # A job being deleted copies its answers into the rows that reference them, then deletes its own
+            # (store/answer.py), holding its job row FOR UPDATE. Under READ COMMITTED a reference made in
+            # between would miss the copy, so wait for any such delete first: afterwards its rows are gone
+            # from this statement's snapshot, and a later delete waits for this commit and sees our rows.
+            # (SQLite runs one write transaction at a time, so there nothing can come in between.)
+            await conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.phase == "ready", jobs.c.id != job_id)
+                .with_for_update(read=True, key_share=True)
+            )
         return int((await conn.execute(stmt)).rowcount)
 
     return await store.write(go)

@@ -7,16 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner import app
 from runner.config import Settings
+from runner.errors import InputError
 from runner.export import FORMATS
 from runner.store import Store
-from runner.store.tables import requests
+from runner.store.answer import keep_answers
+from runner.store.tables import jobs, requests
 from tests.integration.test_reuse_store import FakeApi, jobfile
 
 N = 6
@@ -148,3 +151,50 @@ async def test_a_line_continuing_a_reused_parent_continues_the_source_response(s
     await app.run([second.job_id], _settings(store_db), transport=httpx.MockTransport(spy))
     # Only the child was sent, continuing the response the first job was answered with (FakeApi's first).
     assert [b.get("previous_response_id") for b in seen] == ["resp_1"]
+
+
+@pytest.mark.anyio
+async def test_a_reuse_submit_during_the_delete_of_its_source_job_references_nothing_deleted(
+    store_db: str, tmp_path: Path
+) -> None:
+    """Deleting a job copies its referenced answers, then deletes its rows (store/jobs.py delete_jobs). A submit
+    that reuses from it in between must not reference what is then deleted: it waits for the delete to commit,
+    and then finds nothing to reuse (PostgreSQL: a lock on the job's row; SQLite: one writer at a time)."""
+    api = FakeApi()
+    src = jobfile(tmp_path / "a.jsonl", 3)
+    first = (await app.submit(src, db=store_db)).job_id
+    await app.run([first], _settings(store_db), transport=api.transport())
+    async with await Store.open(store_db, "existing") as store, store.engine.begin() as conn:
+        # delete_jobs' own steps, held open half way: the job row locked and the answers already copied.
+        await conn.execute(select(jobs.c.id).where(jobs.c.id == first).with_for_update())
+        await conn.execute(keep_answers([first]))
+        async with anyio.create_task_group() as tg:
+            got: list[int] = []
+
+            async def submit() -> None:
+                got.append((await app.submit(src, db=store_db, new=True, reuse=True)).reused)
+
+            tg.start_soon(submit)
+            # No event says "the submit is as far as it can get": give it the time to get there.
+            await anyio.sleep(0.5)
+            assert got == []
+            await conn.execute(delete(requests).where(requests.c.job_id == first))
+            await conn.execute(delete(jobs).where(jobs.c.id == first))
+            await conn.commit()
+    assert got == [0]
+
+
+@pytest.mark.anyio
+async def test_a_repeated_custom_id_under_reuse_is_named_and_nothing_is_queued(store_db: str, tmp_path: Path) -> None:
+    api = FakeApi()
+    question = {"model": "gpt-4.1-mini", "input": "asked twice"}
+    first = tmp_path / "a.jsonl"
+    first.write_text(_line("a", question))
+    job = (await app.submit(first, db=store_db)).job_id
+    await app.run([job], _settings(store_db), transport=api.transport())
+    twice = tmp_path / "b.jsonl"
+    twice.write_text(_line("a", question) + _line("a", {**question, "input": "another"}))
+    with pytest.raises(InputError) as e:
+        await app.submit(twice, db=store_db, reuse=True)
+    assert "line 2: field custom_id: 'a' is already used on line 1" in str(e.value)
+    assert [j.job.id for j in await app.jobs(db=store_db)] == [job]
