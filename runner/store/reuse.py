@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.states import RequestState
 from runner.store.models import NewRequest
+from runner.store.sqlfile import blocks
 from runner.store.store import Store, bounded_total
 from runner.store.tables import REUSED_USAGE, jobs, requests
 from runner.usage import UsageCounts
@@ -129,24 +130,10 @@ async def reuse_answers(
 
 
 # SQLite: a chunk inserted already answered where it can be (one INSERT ... SELECT over the chunk as a JSON
-# array, as the backend's own insert does), so each row is written once. Inserting the rows queued and
-# then completing them (`reuse_answers`) wrote every page twice and moved every row between three indexes:
-# 1,000,000 reused lines took 11.6 CPU-s of SQLite that way and 9.7 this way, and wrote 600 MB less.
-_INSERT_ANSWERED = f"""
-INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state, attempts,
-    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,
-    reused_from, http_status, request_id, finished_at, updated_at, {", ".join(f"reused_{c}" for c in REUSED_USAGE)})
-SELECT :job, json_extract(v.value, '$[0]'), json_extract(v.value, '$[1]'), json_extract(v.value, '$[2]'),
-    json_extract(v.value, '$[3]'), json_extract(v.value, '$[4]'), json_extract(v.value, '$[5]'), :now,
-    CASE WHEN src.id IS NULL THEN '{QUEUED}' ELSE '{COMPLETED}' END, 0, 0.0, 0, 0, 0, 0, 0, 0,
-    src.id, src.http_status, src.request_id, CASE WHEN src.id IS NOT NULL THEN :now END,
-    CASE WHEN src.id IS NOT NULL THEN :now END, {", ".join(f"src.{c}" for c in REUSED_USAGE)}
-FROM json_each(:rows) AS v LEFT JOIN requests AS src ON src.id = (
-    SELECT max(s.id) FROM requests AS s
-    WHERE s.body_hash = json_extract(v.value, '$[4]') AND s.state = '{COMPLETED}' AND s.reused_from IS NULL
-      AND s.response_body IS NOT NULL AND s.job_id != :job
-      AND (:newer_than IS NULL OR s.finished_at >= :newer_than))
-"""
+# array, as the backend's own insert does; sqlite/hot.sql), so each row is written once. Inserting the rows
+# queued and then completing them (`reuse_answers`) wrote every page twice and moved every row between three
+# indexes: 1,000,000 reused lines took 11.6 CPU-s of SQLite that way and 9.7 this way, and wrote 600 MB less.
+_INSERT_ANSWERED = blocks("sqlite", "hot.sql")["insert_answered"]
 _COUNT_REUSED = select(func.count()).where(
     requests.c.job_id == bindparam("job"),
     requests.c.line_no >= bindparam("first"),
