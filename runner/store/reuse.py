@@ -113,27 +113,16 @@ async def reuse_answers(
     )
 
     async def go(conn: AsyncConnection) -> int:
-        if conn.dialect.name == "postgresql":
-            # A job being deleted copies its answers into the rows that reference them, then deletes its own
-            # (store/answer.py), holding its job row FOR UPDATE. Under READ COMMITTED a reference made in
-            # between would miss the copy, so wait for any such delete first: afterwards its rows are gone
-            # from this statement's snapshot, and a later delete waits for this commit and sees our rows.
-            # (SQLite runs one write transaction at a time, so there nothing can come in between.)
-            await conn.execute(
-                select(jobs.c.id)
-                .where(jobs.c.phase == "ready", jobs.c.id != job_id)
-                .with_for_update(read=True, key_share=True)
-            )
+        await _wait_for_deletes(conn, job_id)
         return int((await conn.execute(stmt)).rowcount)
 
     return await store.write(go)
 
 
-# SQLite: a chunk inserted already answered where it can be (one INSERT ... SELECT over the chunk as a JSON
-# array, as the backend's own insert does; sqlite/hot.sql), so each row is written once. Inserting the rows
-# queued and then completing them (`reuse_answers`) wrote every page twice and moved every row between three
-# indexes: 1,000,000 reused lines took 11.6 CPU-s of SQLite that way and 9.7 this way, and wrote 600 MB less.
-_INSERT_ANSWERED = blocks("sqlite", "hot.sql")["insert_answered"]
+# `submit --reuse`: a chunk inserted already answered where it can be (one INSERT ... SELECT, `insert_answered`
+# in each backend's hot.sql), so each row is written once. Inserting the rows queued and then completing them
+# (`reuse_answers`) wrote every page twice and moved every row between three indexes: on SQLite 1,000,000
+# reused lines took 11.6 CPU-s of SQLite that way and 9.7 this way, and wrote 600 MB less.
 _COUNT_REUSED = select(func.count()).where(
     requests.c.job_id == bindparam("job"),
     requests.c.line_no >= bindparam("first"),
@@ -159,26 +148,55 @@ async def _has_json1(store: Store) -> bool:
     return known
 
 
+async def _wait_for_deletes(conn: AsyncConnection, job_id: str) -> None:
+    """PostgreSQL: take a key-share lock on every other published job's row before referencing its answers.
+
+    A job being deleted copies its answers into the rows that reference them, then deletes its own (store/
+    answer.py), holding its job row FOR UPDATE. Under READ COMMITTED a reference made in between would miss
+    the copy, so this waits for any such delete first: afterwards its rows are gone from the next statement's
+    snapshot, and a later delete waits for this commit and sees the references. (SQLite runs one write
+    transaction at a time, so there nothing can come in between.)
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(jobs.c.id)
+            .where(jobs.c.phase == "ready", jobs.c.id != job_id)
+            .with_for_update(read=True, key_share=True)
+        )
+
+
 async def add_reusing(
     store: Store, job_id: str, rows: Sequence[NewRequest], *, newer_than: float | None = None
 ) -> int | None:
     """Insert a chunk of a staging job's lines, each line whose question was answered before (as
     `reuse_answers` finds it) already completed from that answer; how many were. None, with nothing
-    inserted, when this store cannot do it in one statement (not SQLite, no JSON functions) or a custom_id
-    is used twice: the caller inserts the chunk its usual way (which names the duplicates) and then calls
-    `reuse_answers`.
+    inserted, when this store cannot do it in one statement (an SQLite without its JSON functions) or a
+    custom_id is used twice: the caller inserts the chunk its usual way (which names the duplicates) and then
+    calls `reuse_answers`.
     """
-    if not rows or store.engine.dialect.name != "sqlite" or not await _has_json1(store):
+    dialect = store.engine.dialect.name
+    if not rows or dialect not in ("sqlite", "postgresql") or (dialect == "sqlite" and not await _has_json1(store)):
         return None
-    now = store.clock()
-    payload = orjson.dumps(
-        [(r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, r.sched or r.line_no) for r in rows]
-    ).decode()
-    params = {"job": job_id, "now": now, "rows": payload, "newer_than": newer_than}
+    stmt = text(blocks(dialect if dialect == "sqlite" else "postgres", "hot.sql")["insert_answered"])
+    params: dict[str, Any] = {"job": job_id, "now": store.clock(), "newer_than": newer_than}
+    if dialect == "sqlite":
+        params["rows"] = orjson.dumps(
+            [(r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, r.sched or r.line_no) for r in rows]
+        ).decode()
+    else:
+        params.update(
+            lines=[r.line_no for r in rows],
+            custom_ids=[r.custom_id for r in rows],
+            bodies=[r.body for r in rows],
+            conversations=[r.conversation for r in rows],
+            hashes=[r.body_hash for r in rows],
+            scheds=[r.sched or r.line_no for r in rows],
+        )
     span = {"job": job_id, "first": rows[0].line_no, "last": rows[-1].line_no}
 
     async def go(conn: AsyncConnection) -> int:
-        await conn.execute(text(_INSERT_ANSWERED), params)
+        await _wait_for_deletes(conn, job_id)
+        await conn.execute(stmt, params)
         return int((await conn.execute(_COUNT_REUSED, span)).scalar_one())
 
     try:

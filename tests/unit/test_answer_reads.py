@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 RUNNER = Path(__file__).resolve().parents[2] / "runner"
-# Where the column may be named besides answer.py (the one reader): the source conditions of `--reuse` (an original answer
-# has a body of its own), which are not reads of an answer.
+# Where the column may be named besides answer.py (the one reader): the source conditions of `--reuse` (an
+# original answer has a body of its own), which are not reads of an answer.
 ALLOWED = {"store/reuse.py": re.compile(r"src\.c\.response_body\.is_not\(None\)")}
 
 
