@@ -243,7 +243,10 @@ class JobsPart(StoreCore):
             # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction already excludes writers): claims take a
             # key-share lock on their job's row, so none can lease a row of these jobs between check and delete.
             found = await conn.execute(
-                select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready").with_for_update()
+                select(jobs.c.id)
+                .where(jobs.c.id.in_(ids), jobs.c.phase == "ready")
+                .order_by(jobs.c.id)  # the order a reuse submit locks in (store/reuse.py): no deadlock
+                .with_for_update()
             )
             missing = set(ids) - {r.id for r in found}
             if missing:

@@ -161,6 +161,7 @@ async def _wait_for_deletes(conn: AsyncConnection, job_id: str) -> None:
         await conn.execute(
             select(jobs.c.id)
             .where(jobs.c.phase == "ready", jobs.c.id != job_id)
+            .order_by(jobs.c.id)  # the order delete_jobs locks in: neither waits on the other in a cycle
             .with_for_update(read=True, key_share=True)
         )
 
