@@ -19,6 +19,7 @@ from runner.errors import InputError
 from runner.export import FORMATS
 from runner.store import Store
 from runner.store.answer import keep_answers
+from runner.store.reuse import reused_line_numbers
 from runner.store.tables import jobs, requests
 from tests.integration.test_reuse_store import FakeApi, jobfile
 
@@ -76,6 +77,11 @@ async def test_a_reused_line_stores_no_copy_and_keeps_its_answer_when_the_source
     assert [body for _, body, _ in reused] == [None] * N
     ids = await _query(store_db, select(requests.c.id).where(requests.c.job_id == first).order_by(requests.c.line_no))
     assert [ref for _, _, ref in reused] == [i for (i,) in ids]
+
+    # The flat exports' flags, read a slice of lines at a time (here 4 slices of 2 lines).
+    async with await Store.open(store_db, "existing") as store:
+        assert await reused_line_numbers(store, job, chunk=2) == bytearray([0] + [1] * N)
+        assert await reused_line_numbers(store, first, chunk=2) == bytearray()
 
     # Every reader follows it: the exports carry the answers the first job paid for, show and results too.
     paid = [json.loads(body) for _, body, _ in originals]
