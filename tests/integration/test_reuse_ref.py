@@ -78,7 +78,7 @@ async def test_a_reused_line_stores_no_copy_and_keeps_its_answer_when_the_source
     ids = await _query(store_db, select(requests.c.id).where(requests.c.job_id == first).order_by(requests.c.line_no))
     assert [ref for _, _, ref in reused] == [i for (i,) in ids]
 
-    # The flat exports' flags, read a slice of lines at a time (here 4 slices of 2 lines).
+    # The flat exports' flags, read a slice of lines at a time (here 3 slices of 2 lines).
     async with await Store.open(store_db, "existing") as store:
         assert await reused_line_numbers(store, job, chunk=2) == bytearray([0] + [1] * N)
         assert await reused_line_numbers(store, first, chunk=2) == bytearray()
