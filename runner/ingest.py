@@ -41,7 +41,7 @@ from runner.owners import owner_is_dead, process_name
 from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
 from runner.store.chains import link, parents_of
-from runner.store.reuse import reuse_answers
+from runner.store.reuse import add_reusing, reuse_answers
 from runner.validate import ValidatedLine, quick_line, validate_line
 
 CHUNK = 5_000  # rows per insert transaction: SQLite's write lock is held ~50 ms, so a run on the same store
@@ -352,8 +352,14 @@ async def _stage(
     async def inserter() -> None:
         async with receive:
             async for chunk in receive:
+                reuse = options.reuse and not problems.bad_lines and bool(chunk.rows)
+                if reuse:  # inserted already answered, where the store can (each row written once)
+                    done = await add_reusing(store, job_id, chunk.rows, newer_than=newer_than)
+                    if done is not None:
+                        problems.reused += done
+                        continue
                 await _insert(store, job_id, chunk, problems)
-                if options.reuse and not problems.bad_lines and chunk.rows:
+                if reuse:
                     first, last = chunk.rows[0].line_no, chunk.rows[-1].line_no
                     problems.reused += await reuse_answers(store, job_id, first, last, newer_than=newer_than)
 

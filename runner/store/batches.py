@@ -16,6 +16,7 @@ from sqlalchemy import case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
+from runner.store.answer import answer
 from runner.store.dialect import big_sum, json_field
 from runner.store.store import Store, bounded_total
 from runner.store.tables import batches, requests
@@ -304,10 +305,10 @@ async def usage_by_model_and_lane(store: Store, job_id: str) -> list[LaneUsage]:
     """Token sums per billed model and lane: `batch` when the Batch API answered, `flex` when the response
     reports the flex tier (the tier that ran it, which may differ from the one asked for), else `sync`."""
     # The same field readers as the report's usage by model, so both agree on what a row's model is.
-    model = func.coalesce(json_field(requests.c.response_body, "model"), json_field(requests.c.body, "model"))
+    model = func.coalesce(answer("model"), json_field(requests.c.body, "model"))
     lane = case(
         (requests.c.lane == "batch", "batch"),
-        (json_field(requests.c.response_body, "service_tier") == "flex", "flex"),
+        (answer("service_tier") == "flex", "flex"),
         else_="sync",
     )
     sums = [big_sum(c) for c in _USAGE]  # never an overflow (see dialect.big_sum)

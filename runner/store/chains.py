@@ -26,6 +26,7 @@ from runner.chains import (
 )
 from runner.states import RequestState
 from runner.store import Claimed, Store
+from runner.store.answer import answer
 from runner.store.tables import requests
 
 __all__ = ["DEAD_ENDS", "fail_orphans", "has_chains", "link", "parents_of", "resolve_parents"]
@@ -116,11 +117,11 @@ async def resolve_parents(store: Store, claimed: Sequence[Claimed]) -> tuple[lis
             refs = [ref for j, ref in keys if j == job_id]
             for i in range(0, len(refs), _IN):
                 rows = await conn.execute(
-                    select(requests.c.custom_id, requests.c.state, requests.c.response_body).where(
+                    select(requests.c.custom_id, requests.c.state, answer().label("answer")).where(
                         requests.c.job_id == job_id, requests.c.custom_id.in_(refs[i : i + _IN])
                     )
                 )
-                got.update({(job_id, r.custom_id): (r.state, r.response_body) for r in rows})
+                got.update({(job_id, r.custom_id): (r.state, r.answer) for r in rows})
         return got
 
     parents = await store.read(go)

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from runner.states import ACTIVE, TERMINAL, RequestState
+from runner.store.answer import answer
 from runner.store.backend import Backend, retrying
-from runner.store.dialect import json_field
 from runner.store.models import JobRow
 from runner.store.tables import requests
 
@@ -54,8 +54,9 @@ def _job_row(r: Any) -> JobRow:
 
 
 EXPORT_CHUNK = 2000
-# A stored body that is not JSON gives NULL, never an error that would stop an export (dialect.json_field).
-_STORED_OUTPUT_TEXT = json_field(requests.c.response_body, "output_text")
+# A stored body that is not JSON gives NULL, never an error that would stop an export (dialect.json_field);
+# a reused row's is its source's (answer.py).
+_STORED_OUTPUT_TEXT = answer("output_text")
 # What a worker needs of a request it leases (Claimed's fields, in order).
 _CLAIMED_COLUMNS = (
     requests.c.id,

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import JobBusy, JobNotFound
 from runner.states import RequestState
+from runner.store.answer import keep_answers
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
 from runner.store.models import JobRow, NewRequest
 from runner.store.tables import jobs, requests
@@ -79,6 +80,8 @@ class JobsPart(StoreCore):
         """Delete a job and its requests."""
 
         async def go(conn: AsyncConnection) -> None:
+            # A staging job's rows are never a source (none is an original answer): this finds none at once.
+            await conn.execute(keep_answers([job_id]))
             await conn.execute(delete(requests).where(requests.c.job_id == job_id))
             await conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
@@ -240,7 +243,10 @@ class JobsPart(StoreCore):
             # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction already excludes writers): claims take a
             # key-share lock on their job's row, so none can lease a row of these jobs between check and delete.
             found = await conn.execute(
-                select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready").with_for_update()
+                select(jobs.c.id)
+                .where(jobs.c.id.in_(ids), jobs.c.phase == "ready")
+                .order_by(jobs.c.id)  # the order a reuse submit locks in (store/reuse.py): no deadlock
+                .with_for_update()
             )
             missing = set(ids) - {r.id for r in found}
             if missing:
@@ -258,6 +264,8 @@ class JobsPart(StoreCore):
             for job_id, owner in held:
                 if not owner_is_dead(owner):
                     raise JobBusy(job_id, [owner])
+            # Answers other jobs reused from these are copied into them first (store/answer.py).
+            await conn.execute(keep_answers(ids))
             r = await conn.execute(delete(requests).where(requests.c.job_id.in_(ids)))
             await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             return int(r.rowcount)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RequestNotFound
 from runner.states import RequestState
+from runner.store.answer import SOURCE_DELETED, answer
 from runner.store.core import _STORED_OUTPUT_TEXT, _USAGE_COLS, EXPORT_CHUNK, IP, Q, bounded_total
 from runner.store.dialect import big_sum
 from runner.store.jobs import JobsPart
@@ -127,7 +128,7 @@ class ReadingPart(JobsPart):
                 requests.c.state,
                 requests.c.http_status,
                 requests.c.request_id,
-                requests.c.response_body,
+                answer(),
                 requests.c.error_code,
                 requests.c.error_message,
                 *(getattr(requests.c, c) for c in _USAGE_COLS),
@@ -158,7 +159,9 @@ class ReadingPart(JobsPart):
         async def go(conn: AsyncConnection) -> RequestDetail:
             r = (
                 await conn.execute(
-                    select(requests).where(requests.c.job_id == job_id, requests.c.custom_id == custom_id)
+                    select(requests, answer().label("answer")).where(
+                        requests.c.job_id == job_id, requests.c.custom_id == custom_id
+                    )
                 )
             ).one_or_none()
             if r is None:
@@ -180,7 +183,7 @@ class ReadingPart(JobsPart):
             )
             rows = [AttemptRow(*t) for t in tries]
             source = None
-            if r.reused_from is not None:
+            if r.reused_from not in (None, SOURCE_DELETED):
                 src = (
                     await conn.execute(
                         select(requests.c.job_id, requests.c.custom_id).where(requests.c.id == r.reused_from)
@@ -197,7 +200,7 @@ class ReadingPart(JobsPart):
                 http_status=r.http_status,
                 request_id=r.request_id,
                 response_id=r.response_id,
-                response_body=r.response_body,
+                response_body=r.answer,
                 error_code=r.error_code,
                 error_message=r.error_message,
                 usage=UsageCounts(*(getattr(r, c) for c in _USAGE_COLS)),

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
 from runner.store import Store, UsageCounts, bounded_total
+from runner.store.answer import answer
 from runner.store.dialect import big_sum, json_field
 from runner.store.tables import requests
 
@@ -120,7 +121,7 @@ def _timed(job_id: str) -> ColumnElement[bool]:
 async def usage_by_model(store: Store, job_id: str) -> list[ModelUsage]:
     """Token sums per billed model, over the requests that used any tokens; most total tokens first."""
     # A stored body that is not JSON gives no model, never an error (dialect.json_field).
-    model = func.coalesce(json_field(requests.c.response_body, "model"), json_field(requests.c.body, "model"))
+    model = func.coalesce(answer("model"), json_field(requests.c.body, "model"))
     stmt = (
         select(model.label("model"), func.count(), *(big_sum(c) for c in _USAGE_COLS))
         .where(

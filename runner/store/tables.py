@@ -90,6 +90,7 @@ requests = Table(
     Column("lane", String, nullable=True),  # "batch" when the Batch API finished it (priced at Batch rates)
     # `--reuse` (runner/reuse.py): the normalised body's hash, and for an answer taken from another request,
     # that request's id and the usage it was paid for there (this row's own usage stays 0: nothing was spent).
+    # Such a row keeps no copy of the answer (response_body NULL): readers follow reused_from (store/answer.py).
     Column("body_hash", String, nullable=True),
     Column("reused_from", Integer, nullable=True),
     *(Column(f"reused_{c}", Integer, nullable=True) for c in REUSED_USAGE),
@@ -134,6 +135,14 @@ requests = Table(
     # and its reused rows never touch this index; a row enters it once, when its answer is written. `state`
     # is in it so that SQLite, without statistics, prefers it to ix_requests_state (migration 0010).
     Index(None, "body_hash", "state", sqlite_where=_ORIGINAL_ANSWER, postgresql_where=_ORIGINAL_ANSWER),
+    # Rows answered from another's answer (store/answer.py), found by their source when its job is deleted, so
+    # the answer is copied into them first. Partial: only reused rows are in it.
+    Index(
+        None,
+        "reused_from",
+        sqlite_where=Column("reused_from").isnot(None),
+        postgresql_where=Column("reused_from").isnot(None),
+    ),
     Index(
         None,
         "conversation",

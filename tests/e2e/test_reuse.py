@@ -90,3 +90,22 @@ def test_reuse_answers_repeats_from_the_store_and_says_so(cli: Cli, mock_factory
     assert (json.loads(r.stdout)["reused"], json.loads(r.stdout)["reused_from"]) == (False, None)
     r = cli("show", tuesday, "tue-2", "--json")
     assert json.loads(r.stdout)["reused_from"] == {"job_id": monday, "custom_id": "mon-2"}
+
+
+def test_deleting_the_job_an_answer_came_from_leaves_the_reusing_export_byte_identical(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    """The CLI side of tests/integration/test_reuse_ref.py: `runner delete` of the source job, then export."""
+    mock = mock_factory()
+    src = _write(tmp_path / "mon.jsonl", "mon", "monday")
+    monday = cli.submit(src)
+    assert cli("run", monday, *run_args(mock)).returncode == 0
+    tuesday = cli.submit(src, "--reuse", "--new")
+    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
+    assert cli("export", tuesday, "-o", str(before)).returncode == 0
+    r = cli("delete", monday, "--yes")
+    assert r.returncode == 0, r.stderr
+    r = cli("export", tuesday, "-o", str(after))
+    assert r.returncode == 0, r.stderr
+    assert after.read_bytes() == before.read_bytes()
+    assert len(read_jsonl(after)) == N and mock.stats()["creates"] == N

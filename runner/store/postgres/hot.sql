@@ -111,3 +111,31 @@ WHERE state = 'queued' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS 
 -- name: migration_lock
 -- One key for every runner: two processes opening a new database at once migrate one after the other.
 SELECT pg_advisory_xact_lock(7372011123456789)
+
+-- name: insert_answered
+-- `submit --reuse` (runner/store/reuse.py add_reusing): a chunk of a staging job's lines (one array per column)
+-- with each line whose question has an original answer in another job (the newest, finished at or after
+-- :newer_than if given) inserted already completed from it, as `reuse_answers` would complete it: each row is
+-- written once, where COPY and then an UPDATE wrote a second version of every row and of its index entries.
+-- The reused row references the answer (reused_from) and holds no copy of it (runner/store/answer.py).
+INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state, attempts,
+    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,
+    reused_from, http_status, request_id, finished_at, updated_at, reused_input_tokens, reused_cached_tokens,
+    reused_output_tokens, reused_reasoning_tokens, reused_total_tokens)
+SELECT CAST(:job AS text), v.line_no, v.custom_id, v.body, v.conversation, v.body_hash, v.sched,
+    CAST(:now AS double precision), CASE WHEN src.id IS NULL THEN 'queued' ELSE 'completed' END,
+    0, 0.0, 0, 0, 0, 0, 0, 0, src.id, src.http_status, src.request_id,
+    CASE WHEN src.id IS NOT NULL THEN CAST(:now AS double precision) END,
+    CASE WHEN src.id IS NOT NULL THEN CAST(:now AS double precision) END,
+    src.input_tokens, src.cached_tokens, src.output_tokens, src.reasoning_tokens, src.total_tokens
+FROM unnest(CAST(:lines AS integer[]), CAST(:custom_ids AS text[]), CAST(:bodies AS text[]),
+    CAST(:conversations AS text[]), CAST(:hashes AS text[]), CAST(:scheds AS integer[]))
+    AS v(line_no, custom_id, body, conversation, body_hash, sched)
+LEFT JOIN LATERAL (
+    SELECT s.id, s.http_status, s.request_id, s.input_tokens, s.cached_tokens, s.output_tokens, s.reasoning_tokens,
+        s.total_tokens
+    FROM requests AS s
+    WHERE s.body_hash = v.body_hash AND s.state = 'completed' AND s.reused_from IS NULL
+      AND s.response_body IS NOT NULL AND s.job_id <> CAST(:job AS text)
+      AND (CAST(:newer_than AS double precision) IS NULL OR s.finished_at >= CAST(:newer_than AS double precision))
+    ORDER BY s.id DESC LIMIT 1) AS src ON true

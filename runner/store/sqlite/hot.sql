@@ -120,3 +120,24 @@ FROM json_each(?)
 
 -- name: json1_probe
 SELECT json('[]')
+
+-- name: insert_answered
+-- `submit --reuse` (runner/store/reuse.py add_reusing): `insert_requests_json` with each line whose question
+-- has an original answer in another job (the newest, finished at or after :newer_than if given) inserted
+-- already completed from it, as `reuse_answers` would complete it: each row is written once, not twice.
+-- The reused row references the answer (reused_from) and holds no copy of it (runner/store/answer.py).
+INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state, attempts,
+    next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,
+    reused_from, http_status, request_id, finished_at, updated_at, reused_input_tokens, reused_cached_tokens,
+    reused_output_tokens, reused_reasoning_tokens, reused_total_tokens)
+SELECT :job, json_extract(v.value, '$[0]'), json_extract(v.value, '$[1]'), json_extract(v.value, '$[2]'),
+    json_extract(v.value, '$[3]'), json_extract(v.value, '$[4]'), json_extract(v.value, '$[5]'), :now,
+    CASE WHEN src.id IS NULL THEN 'queued' ELSE 'completed' END, 0, 0.0, 0, 0, 0, 0, 0, 0,
+    src.id, src.http_status, src.request_id, CASE WHEN src.id IS NOT NULL THEN :now END,
+    CASE WHEN src.id IS NOT NULL THEN :now END, src.input_tokens, src.cached_tokens, src.output_tokens,
+    src.reasoning_tokens, src.total_tokens
+FROM json_each(:rows) AS v LEFT JOIN requests AS src ON src.id = (
+    SELECT max(s.id) FROM requests AS s
+    WHERE s.body_hash = json_extract(v.value, '$[4]') AND s.state = 'completed' AND s.reused_from IS NULL
+      AND s.response_body IS NOT NULL AND s.job_id != :job
+      AND (:newer_than IS NULL OR s.finished_at >= :newer_than))
