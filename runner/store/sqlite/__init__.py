@@ -120,14 +120,15 @@ class SqliteBackend:
 
     # -- the hot statements -------------------------------------------------------------------------
 
-    async def _transaction(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
-        """Run `fn` (DB-API, no SQLAlchemy) in one IMMEDIATE transaction: on the hot connection in a worker
-        thread, or, for a store without a file, inside the engine's own transaction."""
+    async def _transaction(self, fn: Callable[[hot.DBAPIConnection], T], *, inline: bool = True) -> T:
+        """Run `fn` (DB-API, no SQLAlchemy) in one IMMEDIATE transaction: on the hot connection (see
+        HotConnection.transaction for `inline`), or, for a store without a file, inside the engine's own
+        transaction."""
         conn = self._hot
         if conn is None:
             async with self.engine.begin() as c:
                 return await c.run_sync(lambda sync: fn(_dbapi(sync)))
-        return await conn.transaction(fn)
+        return await conn.transaction(fn, inline=inline)
 
     async def claim(
         self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
@@ -148,7 +149,7 @@ class SqliteBackend:
             return json1
 
         try:
-            self._json1 = await self._transaction(go)
+            self._json1 = await self._transaction(go, inline=False)  # beside the parsing (see ingest.py)
         except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
 
