@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,8 +19,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from runner.errors import StoreMissing, StoreReplaced, StoreUnavailable
 from runner.store.backend import OpenMode, retrying
-from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord
-from runner.store.sqlite import hot
+from runner.store.models import Claimed, DuplicateCustomId, ExportRow, NewRequest, Outcome, ReadyLines, ResponseIdRecord
+from runner.store.sqlite import export, hot
 from runner.store.sqlite.engine import (
     BUSY_TIMEOUT_MS,
     create_engine,
@@ -152,6 +153,12 @@ class SqliteBackend:
             self._json1 = await self._transaction(go, inline=False)  # beside the parsing (see ingest.py)
         except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
+
+    def batch_lines(
+        self, job_id: str, id_start: str, chunk: int
+    ) -> AbstractAsyncContextManager[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]] | None:
+        """See backend.WritesBatchLines (a store without a file reads through the engine instead)."""
+        return export.batch_lines(self.path, job_id, id_start, chunk) if self.path is not None else None
 
     async def cancel_requeued(self, conn: AsyncConnection, now: float) -> None:
         await conn.run_sync(lambda sync: hot.cancel_requeued_in_cancelled_jobs(_dbapi(sync), now))
