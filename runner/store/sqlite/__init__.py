@@ -60,7 +60,6 @@ class SqliteBackend:
         self._identity: tuple[int, int] | None = None
         self.engine = create_engine(db)
         self._hot = HotConnection(self.path, BUSY_TIMEOUT_MS / 1000) if self.path is not None else None
-        self._json1: bool | None = None  # whether SQLite's JSON functions work here (asked at the first insert)
 
     def prepare(self, mode: OpenMode) -> bool:
         path = self.path
@@ -142,15 +141,9 @@ class SqliteBackend:
         return await self._transaction(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
 
     async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
-        known = self._json1
-
-        def go(db: hot.DBAPIConnection) -> bool:
-            json1 = hot.has_json1(db) if known is None else known
-            hot.insert(db, job_id, rows, now, json1=json1)
-            return json1
-
         try:
-            self._json1 = await self._transaction(go, inline=False)  # beside the parsing (see ingest.py)
+            # In the worker thread, beside the parsing (see HotConnection.transaction).
+            await self._transaction(lambda db: hot.insert(db, job_id, rows, now), inline=False)
         except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
 
