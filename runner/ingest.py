@@ -446,9 +446,11 @@ async def _validate_lines(
             # The common case, without issue lists (see quick_line); it declines conversations and chains.
             problems.objects += 1
             custom_id, body, valid = quick[0], quick[1], True
+            conversation = None  # quick_line declines lines with a conversation
         else:
             v = validate_line(obj, line_no, model=options.model, background=options.background, lenient=options.lenient)
             custom_id, body, valid = v.custom_id, v.body, not v.errors
+            conversation = _conversation(body)
             _note_issues(v, obj, line_no, problems, warnings, on_warning)
         if valid:
             problems.valid += 1
@@ -456,7 +458,7 @@ async def _validate_lines(
                 problems.chains.add(line_no, custom_id, body, bare="body" not in obj)
             sched = line_no if groups is None else groups.place(body, line_no)
             text = dumps(body).decode()
-            chunk.rows.append(NewRequest(line_no, custom_id, text, _conversation(body), body_hash(body), sched))
+            chunk.rows.append(NewRequest(line_no, custom_id, text, conversation, body_hash(body), sched))
             chunk.body_bytes += len(text)
         else:
             chunk.rows.append(NewRequest(line_no, custom_id, "{}"))
