@@ -37,7 +37,7 @@ from runner.files import atomic_writer
 from runner.heap import gc_spares_the_heap
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
-from runner.store import ExportRow, Store
+from runner.store import ExportRow, ReadyLines, Store
 from runner.store.outputs import checks_between, has_checks
 from runner.store.reuse import reused_line_numbers
 from runner.usage import UsageCounts
@@ -97,11 +97,16 @@ def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
         # no HTTP error (retries exhausted on timeouts, a background response that ended failed) use `error`.
         error = {"code": row.error_code or "failed", "message": row.error_message or ""}
     return {
-        "id": f"batch_req_{job_id.removeprefix('job_')}_{row.line_no}",
+        "id": f"{_batch_id_start(job_id)}{row.line_no}",
         "custom_id": row.custom_id,
         "response": response,
         "error": error,
     }
+
+
+def _batch_id_start(job_id: str) -> str:
+    """A batch line's id is this and the line number."""
+    return f"batch_req_{job_id.removeprefix('job_')}_"
 
 
 @contextmanager
@@ -508,20 +513,16 @@ async def _export(store: Store, job_id: str, out: str | None, errors: str | None
         results = _sink(fmt, f_out, job_id, keys, reused)
         failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else None
         try:
+            if fmt == "batch":
+                await _batch(store, job_id, f_out, results, failures, counts)
+                return counts
             async with store.stream_export(job_id, with_body=flat) as stream, aclosing(stream) as chunks:
                 async for chunk in chunks:
                     checks = {}
                     if checked and chunk:
                         checks = await checks_between(store, job_id, chunk[0].line_no, chunk[-1].line_no)
                     for row in chunk:
-                        if row.state in _UNFINISHED:
-                            counts.unfinished += 1
-                        elif failures is not None and row.state in _ERROR_STATES:
-                            failures.write(row, checks.get(row.line_no))
-                            counts.errors += 1
-                        else:
-                            results.write(row, checks.get(row.line_no))
-                            counts.results += 1
+                        _route(row, checks.get(row.line_no), results, failures, counts)
         finally:
             # Parquet's footer goes out while the file is open; after a failure the atomic writer
             # discards the file anyway.
@@ -529,6 +530,33 @@ async def _export(store: Store, job_id: str, out: str | None, errors: str | None
             if failures is not None:
                 failures.close()
     return counts
+
+
+def _route(row: ExportRow, check: Check, results: _Sink, failures: _Sink | None, counts: ExportCounts) -> None:
+    """One row to the results, to the errors file, or only counted (unfinished)."""
+    if row.state in _UNFINISHED:
+        counts.unfinished += 1
+    elif failures is not None and row.state in _ERROR_STATES:
+        failures.write(row, check)
+        counts.errors += 1
+    else:
+        results.write(row, check)
+        counts.results += 1
+
+
+async def _batch(
+    store: Store, job_id: str, f_out: IO[bytes], results: _Sink, failures: _Sink | None, counts: ExportCounts
+) -> None:
+    """The batch format: lines the store encoded itself (completed, with an answer: results) go out as they
+    are; the other rows are encoded here (`batch_line`)."""
+    async with store.stream_batch_export(job_id, _batch_id_start(job_id)) as stream, aclosing(stream) as chunks:
+        async for chunk in chunks:
+            for item in chunk:
+                if isinstance(item, ReadyLines):
+                    f_out.write(item.data)
+                    counts.results += item.lines
+                else:
+                    _route(item, None, results, failures, counts)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from runner.store.models import (
     JobStats,
     NewRequest,
     Outcome,
+    ReadyLines,
     RequestDetail,
     ResponseIdRecord,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "NewRequest",
     "OpenMode",
     "Outcome",
+    "ReadyLines",
     "RequestDetail",
     "ResponseIdRecord",
     "Store",

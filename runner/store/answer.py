@@ -4,7 +4,8 @@ A line answered from the store (`submit --reuse`, store/reuse.py) holds no copy 
 `response_body` is NULL and `reused_from` names the source, always an original answer (never a reused row).
 So the disk writes each answer once, however often it is reused. Every query that reads an answer reads it
 through `answer()`: the row's own body when it has one (every other row, and rows reused before answers were
-referenced, which kept a copy), else its source's.
+referenced, which kept a copy), else its source's. Hand-written SQL (the SQLite export, sqlite/export.sql)
+spells the same rule as a join: `COALESCE(r.response_body, a.response_body)` with `a` on `r.reused_from`.
 
 The invariant: a source's answer never changes or disappears while a row references it. Nothing moves a
 `completed` row to another state (runner/states.py ALLOWED_FROM) and every hot write is guarded on

@@ -9,9 +9,10 @@ this Protocol and one line in `backend_for`, not branches in the Store.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from runner.errors import StoreUnavailable
-from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord
+from runner.store.models import Claimed, ExportRow, NewRequest, Outcome, ReadyLines, ResponseIdRecord
 
 T = TypeVar("T")
 
@@ -113,6 +114,18 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Close every connection."""
+        ...
+
+
+@runtime_checkable
+class WritesBatchLines(Protocol):
+    """A backend that can write the batch export format's common lines itself (SQLite: sqlite/export.py)."""
+
+    def batch_lines(
+        self, job_id: str, id_start: str, chunk: int
+    ) -> AbstractAsyncContextManager[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]] | None:
+        """A job's rows in line order, in chunks: ready lines where it could write them, else ExportRows;
+        None when it cannot here (the caller then reads ExportRows)."""
         ...
 
 

@@ -156,6 +156,13 @@ class ExportRow(NamedTuple):
     stored_output_text: str | None = None
 
 
+class ReadyLines(NamedTuple):
+    """Finished lines of the batch export format, already encoded by the store (see sqlite/export.py)."""
+
+    data: bytes  # `lines` lines, each ending in a newline
+    lines: int
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptRow:
     """One attempt of a request, as recorded with its outcome (`outcome` "queued" means it was retried)."""

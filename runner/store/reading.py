@@ -11,10 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runner.errors import RequestNotFound
 from runner.states import RequestState
 from runner.store.answer import SOURCE_DELETED, answer
+from runner.store.backend import WritesBatchLines
 from runner.store.core import _STORED_OUTPUT_TEXT, _USAGE_COLS, EXPORT_CHUNK, IP, Q, bounded_total
 from runner.store.dialect import big_sum
 from runner.store.jobs import JobsPart
-from runner.store.models import AttemptRow, ExportRow, JobStats, RequestDetail
+from runner.store.models import AttemptRow, ExportRow, JobStats, ReadyLines, RequestDetail
 from runner.store.tables import attempts, jobs, requests
 from runner.usage import UsageCounts
 
@@ -146,6 +147,22 @@ class ReadingPart(JobsPart):
                     yield [ExportRow(*r) for r in part]
 
             yield chunks()
+
+    @asynccontextmanager
+    async def stream_batch_export(
+        self, job_id: str, id_start: str
+    ) -> AsyncIterator[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]]:
+        """`stream_export` for the batch format: where the backend can, completed rows with an answer come as
+        ready lines (ids `id_start` + line number), already encoded; the other rows as ExportRows."""
+        await self.get_job(job_id)
+        backend = self._backend
+        fast = backend.batch_lines(job_id, id_start, EXPORT_CHUNK) if isinstance(backend, WritesBatchLines) else None
+        if fast is None:
+            async with self.stream_export(job_id) as stream:
+                yield stream
+            return
+        async with fast as stream:
+            yield stream
 
     async def metadata_keys(self, job_id: str) -> list[str]:
         """Every key of the `metadata` objects of a job's request bodies, sorted (for one column per key)."""

@@ -123,15 +123,13 @@ AWKWARD = [
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("json1", [True, False], ids=["json-array-insert", "row-by-row-fallback"])
+@pytest.mark.parametrize("insert_rows", [2, 500], ids=["statements-split-a-chunk", "one-statement-a-chunk"])
 async def test_stored_rows_match_the_file_exactly(
-    store: Store, db: Path, tmp_path: Path, json1: bool, monkeypatch: pytest.MonkeyPatch
+    store: Store, db: Path, tmp_path: Path, insert_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks travel to SQLite as one JSON array; what comes out must be byte for byte what a row-by-row
-    # insert would have stored, escapes and all. Without JSON1 in SQLite, the row-by-row path runs instead.
-    if not json1:
-        monkeypatch.setattr("runner.store.sqlite.hot._JSON1_PROBE", "SELECT json_no_such_function('[]')")
-        monkeypatch.setattr("runner.store.sqlite.hot._INSERT_REQUESTS_JSON", "SELECT json_no_such_function(?, ?, ?)")
+    # Chunks of 3 lines travel to SQLite as multi-row INSERTs (of 2 and 1 rows, or of 3): what comes out must
+    # be byte for byte what the file holds, escapes and all, in line order.
+    monkeypatch.setattr("runner.store.sqlite.hot.INSERT_ROWS", insert_rows)
     monkeypatch.setattr(runner.ingest, "CHUNK", 3)
     path = write(tmp_path / "awkward.jsonl", [line(cid, b) for cid, b in AWKWARD])
     # Without cache keys, which would add a prompt_cache_key to the long line (tests/integration/test_cache_order.py).

@@ -23,3 +23,29 @@ def test_no_query_reads_response_body_around_the_reference() -> None:
             if allowed is None or not allowed.search(line):
                 found.append(f"runner/{rel}:{no}: {line.strip()}")
     assert found == [], "read answers with runner.store.answer.answer():\n" + "\n".join(found)
+
+
+# In the hand-written SQL (sqlite/ and postgres/ *.sql) the rule is spelled as a join: the row's own body,
+# else its source's (`COALESCE(r.response_body, a.response_body)` with `a` joined on reused_from). What else may
+# name the column there: writes of it, the write-back's VALUES list, and `--reuse`'s source condition.
+SQL_ALLOWED = re.compile(
+    r"COALESCE\(r\.response_body, a\.response_body\)"
+    r"|a\.id = r\.reused_from AND r\.response_body IS NULL"
+    r"|\bresponse_body = "
+    r"|v\.response_body"
+    r"|AS v\(id, state, response_body"
+    r"|s\.response_body IS NOT NULL"
+)
+
+
+def test_no_hand_written_sql_reads_response_body_around_the_reference() -> None:
+    found = []
+    for path in sorted(RUNNER.rglob("*.sql")):
+        for no, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.lstrip().startswith("--"):
+                continue
+            if "response_body" in SQL_ALLOWED.sub("", line):
+                found.append(f"runner/{path.relative_to(RUNNER).as_posix()}:{no}: {line.strip()}")
+    assert found == [], (
+        "read answers as COALESCE(r.response_body, a.response_body), a joined on reused_from:\n" + "\n".join(found)
+    )

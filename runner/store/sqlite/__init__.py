@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,8 +19,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from runner.errors import StoreMissing, StoreReplaced, StoreUnavailable
 from runner.store.backend import OpenMode, retrying
-from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord
-from runner.store.sqlite import hot
+from runner.store.models import Claimed, DuplicateCustomId, ExportRow, NewRequest, Outcome, ReadyLines, ResponseIdRecord
+from runner.store.sqlite import export, hot
 from runner.store.sqlite.engine import (
     BUSY_TIMEOUT_MS,
     create_engine,
@@ -59,7 +60,6 @@ class SqliteBackend:
         self._identity: tuple[int, int] | None = None
         self.engine = create_engine(db)
         self._hot = HotConnection(self.path, BUSY_TIMEOUT_MS / 1000) if self.path is not None else None
-        self._json1: bool | None = None  # whether SQLite's JSON functions work here (asked at the first insert)
 
     def prepare(self, mode: OpenMode) -> bool:
         path = self.path
@@ -120,14 +120,15 @@ class SqliteBackend:
 
     # -- the hot statements -------------------------------------------------------------------------
 
-    async def _transaction(self, fn: Callable[[hot.DBAPIConnection], T]) -> T:
-        """Run `fn` (DB-API, no SQLAlchemy) in one IMMEDIATE transaction: on the hot connection in a worker
-        thread, or, for a store without a file, inside the engine's own transaction."""
+    async def _transaction(self, fn: Callable[[hot.DBAPIConnection], T], *, inline: bool = True) -> T:
+        """Run `fn` (DB-API, no SQLAlchemy) in one IMMEDIATE transaction: on the hot connection (see
+        HotConnection.transaction for `inline`), or, for a store without a file, inside the engine's own
+        transaction."""
         conn = self._hot
         if conn is None:
             async with self.engine.begin() as c:
                 return await c.run_sync(lambda sync: fn(_dbapi(sync)))
-        return await conn.transaction(fn)
+        return await conn.transaction(fn, inline=inline)
 
     async def claim(
         self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
@@ -140,17 +141,17 @@ class SqliteBackend:
         return await self._transaction(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
 
     async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
-        known = self._json1
-
-        def go(db: hot.DBAPIConnection) -> bool:
-            json1 = hot.has_json1(db) if known is None else known
-            hot.insert(db, job_id, rows, now, json1=json1)
-            return json1
-
         try:
-            self._json1 = await self._transaction(go)
+            # In the worker thread, beside the parsing (see HotConnection.transaction).
+            await self._transaction(lambda db: hot.insert(db, job_id, rows, now), inline=False)
         except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
+
+    def batch_lines(
+        self, job_id: str, id_start: str, chunk: int
+    ) -> AbstractAsyncContextManager[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]] | None:
+        """See backend.WritesBatchLines (a store without a file reads through the engine instead)."""
+        return export.batch_lines(self.path, job_id, id_start, chunk) if self.path is not None else None
 
     async def cancel_requeued(self, conn: AsyncConnection, now: float) -> None:
         await conn.run_sync(lambda sync: hot.cancel_requeued_in_cancelled_jobs(_dbapi(sync), now))

@@ -101,22 +101,14 @@ INSERT INTO attempts (request_id, attempt, outcome, sent_at, recorded_at, http_s
 SELECT id, attempts, ?, coalesce(?, submitted_at), ?, ?, ?, response_id, ?, ?
 FROM requests WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
 
--- name: insert_request
+-- name: insert_requests
+-- One row of VALUES per line, `/*rows*/` repeated (hot.py `insert`): the parameters are bound at once and the
+-- whole statement runs in C without the GIL. (A chunk as one JSON array unpacked by json_each cost a third
+-- more: json_extract parses each row's array again for every column.)
 INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state,
     attempts, next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens,
     rate_limited)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0)
-
--- name: insert_requests_json
--- SQLite unpacks a whole chunk from one JSON array, so the insert runs in C without the GIL from start to
--- end; executemany takes the GIL back for every row and stalls whenever the validating thread holds it.
-INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state,
-    attempts, next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens,
-    rate_limited)
-SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?, 'queued', 0, 0.0,
-    0, 0, 0, 0, 0, 0
-FROM json_each(?)
+VALUES /*rows*/ (?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0)
 
 -- name: json1_probe
 SELECT json('[]')
