@@ -1,4 +1,4 @@
-"""PostgreSQL submit: the requests -> jobs key checked once per statement, not once per row
+"""PostgreSQL submit: the requests -> jobs key checked once per statement, not once per row; a narrower state index
 
 Revision ID: 0011
 Revises: 0010
@@ -14,10 +14,15 @@ of the cost, reading the rows a statement added (a transition table) once:
 - deleting a job deletes its requests (the key's ON DELETE CASCADE).
 `requests.job_id` is never updated (no statement of the runner writes it), so no trigger watches updates.
 SQLite keeps the key: its check costs little next to its own insert.
+
+And `ix_requests_state` keeps only in-progress rows on PostgreSQL: across jobs only those are looked up by
+state (leases, `doctor`, `status`); within a job (job_id, state) serves. A submitted row no longer enters
+it (0.1 of 1.6 CPU-seconds per 200,000 rows). SQLite keeps the whole index (migration 0010 says why).
 """
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
@@ -54,9 +59,15 @@ END $$
 """
 
 
+def _state_index(where: str | None) -> None:
+    op.drop_index("ix_requests_state", table_name="requests")
+    op.create_index("ix_requests_state", "requests", ["state"], postgresql_where=sa.text(where) if where else None)
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    _state_index("state = 'in_progress'")
     op.drop_constraint(_FK, "requests", type_="foreignkey")
     op.execute(_CHECK)
     op.execute(
@@ -78,3 +89,4 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER requests_job_exists ON requests")
     op.execute("DROP FUNCTION runner_requests_job_exists()")
     op.create_foreign_key(_FK, "requests", "jobs", ["job_id"], ["id"], ondelete="CASCADE")
+    _state_index(None)

@@ -109,7 +109,9 @@ requests = Table(
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Counts by state; in SQLite it lists the queued rows in id (= file) order (claims use ix_requests_queued_sched).
-    Index(None, "state"),
+    # PostgreSQL keeps only the in-progress rows in it (migration 0011): they are what is looked up by state
+    # across jobs (leases, `doctor`, `status`); per job, (job_id, state) serves; a submit's rows stay out.
+    Index(None, "state", postgresql_where=Column("state") == RequestState.IN_PROGRESS.value),
     Index(None, "job_id", "state"),
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
     Index(
