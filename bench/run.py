@@ -317,6 +317,29 @@ async def background(tmp: Path, n: int) -> None:
     row("creates per request (no double submits)", f"{s['creates'] / n:.2f}")
 
 
+def server_cpu(pg: PgCluster | None) -> float | None:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster, the backends it has reaped and the
+    processes still running (backends, WAL writer, checkpointer, autovacuum). None for an external server."""
+    if pg is None or pg.dir is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: str) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    postmaster = (pg.dir / "data" / "postmaster.pid").read_text().split()[0]
+    total = sum(int(x) for x in fields(postmaster)[11:15])  # utime, stime, and of its waited-for children
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            f = fields(pid)
+        except OSError:  # gone meanwhile
+            continue
+        if f[1] == postmaster:
+            total += int(f[11]) + int(f[12])
+    return total / tick
+
+
 def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     """Submit and export of an n-line file, each in a fresh process so peak RSS is its own."""
     on = ", PostgreSQL" if pg else ""
@@ -331,7 +354,7 @@ def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
 
     def timed(*args: str) -> tuple[float, float, str]:
         """(seconds, peak RSS in MB, output) of one CLI command; its CPU seconds go to `cpu`."""
-        before = os.times()
+        before, server_before = os.times(), server_cpu(pg)
         t0 = time.perf_counter()
         p = subprocess.run(
             [sys.executable, str(Path(__file__).parent / "_rss.py"), *args],
@@ -343,15 +366,20 @@ def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
         seconds = time.perf_counter() - t0
         after = os.times()
         cpu[0] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        server_after = server_cpu(pg)
+        server[0] = None if server_before is None or server_after is None else server_after - server_before
         out = p.stdout.strip().splitlines()
         return seconds, float(out[-1]), "\n".join(out[:-1])
 
     # CPU seconds of the last command (the runner process, not a PostgreSQL server): on a shared machine lines
     # per CPU-second vary less than lines per second.
     cpu = [0.0]
+    # And those of the PostgreSQL server meanwhile (its backends do the index upkeep of a submit).
+    server: list[float | None] = [None]
 
     def figure(secs: float, rss: float) -> str:
-        return f"{n / secs:,.0f} lines/s ({n / cpu[0]:,.0f} per runner CPU-s), peak RSS {rss:.0f} MB"
+        on_server = "" if server[0] is None else f", server {server[0]:.1f} CPU-s"
+        return f"{n / secs:,.0f} lines/s ({n / cpu[0]:,.0f} per runner CPU-s{on_server}), peak RSS {rss:.0f} MB"
 
     secs, rss, out = timed("submit", str(src))
     job = out.strip().splitlines()[-1]

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -60,7 +61,7 @@ requests = Table(
     "requests",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("job_id", String, nullable=False),
     Column("line_no", Integer, nullable=False),
     Column("custom_id", Text, nullable=False),
     Column("body", Text, nullable=False),  # the Create Response body as sent, JSON
@@ -100,10 +101,18 @@ requests = Table(
     # Claim order (runner/cachekeys.py): the line_no of the first line of the prompt-cache group this line
     # belongs to, so a group's lines are sent together; a line without a group has its own line_no.
     Column("sched", Integer, nullable=False),
+    # SQLite only: on PostgreSQL two statement triggers keep this key's promises (the job exists and is
+    # locked against a delete; deleting it deletes its requests) once per COPY, not once per row
+    # (migration 0011). Declared on both so that joins know the key.
+    ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE", info={"only_on": "sqlite"}).ddl_if(
+        dialect="sqlite"
+    ),
     UniqueConstraint("job_id", "line_no"),
     UniqueConstraint("job_id", "custom_id"),
     # Counts by state; in SQLite it lists the queued rows in id (= file) order (claims use ix_requests_queued_sched).
-    Index(None, "state"),
+    # PostgreSQL keeps only the in-progress rows in it (migration 0011): they are what is looked up by state
+    # across jobs (leases, `doctor`, `status`); per job, (job_id, state) serves; a submit's rows stay out.
+    Index(None, "state", postgresql_where=Column("state") == RequestState.IN_PROGRESS.value),
     Index(None, "job_id", "state"),
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
     Index(

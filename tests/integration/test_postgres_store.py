@@ -14,7 +14,7 @@ import anyio
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from runner.errors import StoreMissing, StoreUnavailable
@@ -244,3 +244,62 @@ async def test_a_claim_cannot_slip_in_while_runner_delete_holds_its_job(pg_url: 
     finally:
         await conn.close()
         await store.aclose()
+
+
+async def test_a_submit_chunk_for_a_job_that_does_not_exist_is_refused(pg_store_url: str) -> None:
+    import asyncpg
+
+    store = await Store.open(pg_store_url)
+    try:
+        await make_job(store, "job_a", 2)
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="job_none"):
+            await store.add_requests("job_none", [NewRequest(1, "c-1", "{}"), NewRequest(2, "c-2", "{}")])
+        assert await store.read(lambda c: c.scalar(select(func.count()).select_from(requests))) == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_job_whose_rows_are_being_inserted_cannot_be_deleted_under_them(pg_store_url: str) -> None:
+    """Like the foreign key it replaces, the insert trigger holds the job's row until the rows are committed."""
+    import asyncpg
+
+    store = await Store.open(pg_store_url)
+    conn, other = await asyncpg.connect(pg_store_url), await asyncpg.connect(pg_store_url)
+    try:
+        await make_job(store, "job_a", 1)
+        tr = conn.transaction()
+        await tr.start()
+        await conn.execute(
+            "INSERT INTO requests (job_id, line_no, custom_id, body, state, attempts, next_attempt_at, input_tokens,"
+            " cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited, created_at, sched)"
+            " VALUES ('job_a', 2, 'c-2', '{}', 'queued', 0, 0, 0, 0, 0, 0, 0, 0, 0, 2)"
+        )
+        await other.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await other.execute("DELETE FROM jobs WHERE id = 'job_a'")
+        await tr.commit()
+        assert await other.execute("DELETE FROM jobs WHERE id = 'job_a'") == "DELETE 1"
+        assert await other.fetchval("SELECT count(*) FROM requests") == 0  # the key's ON DELETE CASCADE
+    finally:
+        await conn.close()
+        await other.close()
+        await store.aclose()
+
+
+async def test_every_index_the_migrations_make_is_the_one_tables_py_declares(pg_store_url: str) -> None:
+    """Alembic's comparison skips partial indexes' WHERE clauses: compare the definitions PostgreSQL gives of
+    the migrated tables and of tables.py made afresh in another schema."""
+    engine = create_async_engine(_async_url(pg_store_url))
+    defs = "SELECT indexname, replace(indexdef, 'expected.', 'public.') FROM pg_indexes WHERE schemaname = :s"
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE SCHEMA expected"))
+            made = await conn.execution_options(schema_translate_map={None: "expected"})
+            await made.run_sync(metadata.create_all)
+            migrated = dict((await conn.execute(text(defs), {"s": "public"})).all())
+            declared = dict((await conn.execute(text(defs), {"s": "expected"})).all())
+    finally:
+        await engine.dispose()
+    migrated.pop("alembic_version_pkc")
+    assert "WHERE ((state)::text = 'in_progress'::text)" in migrated["ix_requests_state"]
+    assert migrated == declared

@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner import app
@@ -20,7 +21,7 @@ from runner.errors import IllegalTransition, JobNotFound, StoreError
 from runner.owners import new_owner, owner_is_dead
 from runner.states import RequestState
 from runner.store import NewRequest, Outcome, ResponseIdRecord, Store, UsageCounts
-from runner.store.tables import requests
+from runner.store.tables import jobs, requests
 from tests.integration.conftest import FakeClock
 
 S = RequestState
@@ -578,6 +579,18 @@ async def test_drop_abandoned_staging_only_drops_staging_jobs(store: Store, db: 
     assert await store.drop_abandoned_staging(lambda by: by == "testhost:1") == ["job_dead"]
     assert [j.id for j in await store.list_jobs()] == ["job_ready"]
     assert {r["job_id"] for r in await db_rows(store)} == {"job_ready"}
+
+
+@pytest.mark.anyio
+async def test_a_request_must_name_a_job_and_goes_with_it(store: Store, db: str) -> None:
+    # The requests -> jobs key (a foreign key on SQLite, statement triggers on PostgreSQL: migration 0011).
+    await make_job(store, "job_a", 3)
+    await make_job(store, "job_b", 2)
+    orphan = insert(requests).values(job_id="job_none", line_no=1, custom_id="x", body="{}", sched=1, created_at=0.0)
+    with pytest.raises(IntegrityError):
+        await store.write(lambda conn: conn.execute(orphan))
+    await store.write(lambda conn: conn.execute(delete(jobs).where(jobs.c.id == "job_a")))
+    assert [(r["job_id"], r["line_no"]) for r in await db_rows(store)] == [("job_b", 1), ("job_b", 2)]
 
 
 @pytest.mark.anyio

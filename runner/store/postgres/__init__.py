@@ -44,14 +44,11 @@ EXTRA_HINT = "PostgreSQL stores need the optional driver: pip install 'responses
 _SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 # SQLSTATEs worth another try: serialization failure, deadlock detected (either side is rolled back whole).
 _TRANSIENT = frozenset({"40001", "40P01"})
+# A NewRequest's own fields first, in its order, so a row to copy is the NewRequest itself plus one tuple the
+# whole chunk shares (`insert`): no per-row tuple built field by field.
 _COPY_COLUMNS = (
+    *NewRequest._fields,
     "job_id",
-    "line_no",
-    "custom_id",
-    "body",
-    "conversation",
-    "body_hash",
-    "sched",
     "created_at",
     "state",
     "attempts",
@@ -322,28 +319,9 @@ class PostgresBackend:
 
     async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
         """One COPY per chunk: the fastest way into PostgreSQL, and all or nothing like any statement."""
-        records = [
-            (
-                job_id,
-                r.line_no,
-                r.custom_id,
-                r.body,
-                r.conversation,
-                r.body_hash,
-                r.sched or r.line_no,
-                float(now),
-                Q,
-                0,
-                0.0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            )
-            for r in rows
-        ]
+        shared = (job_id, float(now), Q, 0, 0.0, 0, 0, 0, 0, 0, 0)
+        # sched is None only on the rows of invalid lines (there for their custom_id; the job is dropped).
+        records = [(r if r.sched is not None else r._replace(sched=r.line_no)) + shared for r in rows]
         try:
             await self._transaction(
                 lambda c: c.copy_records_to_table("requests", records=records, columns=_COPY_COLUMNS)

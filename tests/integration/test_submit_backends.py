@@ -1,0 +1,87 @@
+"""Submit's promises on each backend (PostgreSQL's rows go in by COPY, one per chunk): what is stored is what the
+file says, and a file with a bad line anywhere, or a custom_id used twice, leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+import runner.ingest
+from runner.errors import InputError
+from runner.ingest import SubmitOptions, submit_file
+from runner.store import Store
+from runner.store.tables import jobs, requests
+from tests.integration.test_ingest import AWKWARD, body, line, write
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(store_db: str) -> Any:
+    s = await Store.open(store_db)
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+async def stored(store: Store) -> list[tuple[int, str, str, str]]:
+    async def go(conn: AsyncConnection) -> list[tuple[int, str, str, str]]:
+        rows = await conn.execute(
+            select(requests.c.line_no, requests.c.custom_id, requests.c.body, requests.c.state).order_by(requests.c.id)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    return await store.read(go)
+
+
+async def assert_nothing_stored(store: Store) -> None:
+    async def go(conn: AsyncConnection) -> tuple[int, int]:
+        n_jobs = (await conn.execute(select(func.count()).select_from(jobs))).scalar_one()
+        n_requests = (await conn.execute(select(func.count()).select_from(requests))).scalar_one()
+        return n_jobs, n_requests
+
+    assert await store.read(go) == (0, 0)
+
+
+async def test_stored_rows_are_the_files_lines(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    path = write(tmp_path / "awkward.jsonl", [line(cid, b) for cid, b in AWKWARD])
+    res = await submit_file(store, path, options=SubmitOptions(cache_keys=False))
+    assert res.total == len(AWKWARD)
+    rows = await stored(store)
+    assert [(n, cid, json.loads(b), s) for n, cid, b, s in rows] == [
+        (i, cid, b, "queued") for i, (cid, b) in enumerate(AWKWARD, start=1)
+    ]
+
+
+async def test_a_custom_id_used_again_chunks_later_is_named_and_nothing_is_stored(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    ids = ["a", "b", "c", "d", "e", "f", "g", "a"]
+    path = write(tmp_path / "dup.jsonl", [line(x, body(i)) for i, x in enumerate(ids, start=1)])
+    with pytest.raises(InputError) as info:
+        await submit_file(store, path)
+    assert f"{path}:line 8: field custom_id: 'a' is already used on line 1" in str(info.value)
+    assert info.value.bad_lines == 1
+    await assert_nothing_stored(store)
+
+
+async def test_a_bad_last_line_after_many_chunks_stores_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    lines = [line(f"c-{i}", body(i)) for i in range(1, 11)]
+    lines.append(json.dumps({"custom_id": "c-11", "method": "POST", "url": "/v1/responses", "body": {"input": "x"}}))
+    path = write(tmp_path / "late.jsonl", lines)
+    with pytest.raises(InputError) as info:
+        await submit_file(store, path)
+    [p] = info.value.problems
+    assert (p.line, p.field) == (11, "body.model")
+    await assert_nothing_stored(store)
