@@ -22,7 +22,6 @@ def test_tuned_inside_and_put_back_after_nested_runs() -> None:
         with quiet_collector():  # a second run in the same process
             assert gc.get_threshold()[0] == YOUNG_THRESHOLD
         assert gc.get_threshold()[0] == YOUNG_THRESHOLD  # the outer run still works
-        assert gc.get_freeze_count() > frozen_before
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
 
