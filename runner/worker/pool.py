@@ -33,6 +33,7 @@ from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
 from runner.store.chains import fail_orphans, has_chains, resolve_parents
 from runner.store.models import Claimed, Outcome
+from runner.worker.collector import quiet_collector
 from runner.worker.heartbeat import Heartbeat
 from runner.worker.outcomes import Checker
 from runner.worker.poller import Poller
@@ -156,6 +157,10 @@ class Run:
 
     async def execute(self) -> RunResult:
         """Run to the end; always drains the write-back and releases this process's leases."""
+        with quiet_collector():  # the garbage collector off the per-request path (runner/worker/collector.py)
+            return await self._execute()
+
+    async def _execute(self) -> RunResult:
         counts, _ = await self.store.progress(self.job_ids)
         self.snap.total = sum(counts.values())
         self.snap.done = sum(v for k, v in counts.items() if k not in ACTIVE)
