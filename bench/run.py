@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import sqlite3
 import subprocess
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from runner import app  # noqa: E402
 from runner import client as _client  # noqa: E402, F401  # loaded before any timing, as aiohttp is for the bare loops
 from runner.config import Settings  # noqa: E402
+from runner.worker.collector import quiet_collector  # noqa: E402
 from runner.worker.types import Snapshot  # noqa: E402
 from tests.pg import PgCluster  # noqa: E402
 
@@ -85,16 +85,18 @@ async def bare_loop(base_url: str, n: int, concurrency: int) -> tuple[float, flo
     todo = iter(range(n))
     connector = aiohttp.TCPConnector(limit=concurrency)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # The collector as a run has it (runner/worker/collector.py), so the baseline is tuned no less than the runner.
+    with quiet_collector():
+        async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker() -> None:
-            for _ in todo:
-                async with session.post(
-                    base_url + "/responses", data=body, headers={"content-type": "application/json"}
-                ) as r:
-                    await r.read()
+            async def worker() -> None:
+                for _ in todo:
+                    async with session.post(
+                        base_url + "/responses", data=body, headers={"content-type": "application/json"}
+                    ) as r:
+                        await r.read()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
@@ -268,29 +270,30 @@ async def bare_background(base_url: str, n: int, concurrency: int, delay: float)
     polls: list[asyncio.Task[None]] = []
     cpu0, t0 = time.process_time(), time.perf_counter()
     seen = t0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency + 256)) as session:
-        gets = asyncio.Semaphore(256)  # the runner's default poll slots
+    with quiet_collector():  # as in bare_loop
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency + 256)) as session:
+            gets = asyncio.Semaphore(256)  # the runner's default poll slots
 
-        async def poll(rid: str, due: float) -> None:
-            nonlocal seen
-            await asyncio.sleep(max(due - time.perf_counter(), 0.0))
-            while True:
-                async with gets, session.get(f"{base_url}/responses/{rid}") as r:
-                    status = orjson.loads(await r.read())["status"]
-                if status == "completed":
-                    seen = max(seen, time.perf_counter())
-                    return
-                await asyncio.sleep(0.01)
+            async def poll(rid: str, due: float) -> None:
+                nonlocal seen
+                await asyncio.sleep(max(due - time.perf_counter(), 0.0))
+                while True:
+                    async with gets, session.get(f"{base_url}/responses/{rid}") as r:
+                        status = orjson.loads(await r.read())["status"]
+                    if status == "completed":
+                        seen = max(seen, time.perf_counter())
+                        return
+                    await asyncio.sleep(0.01)
 
-        async def worker() -> None:
-            for _ in todo:
-                async with session.post(base_url + "/responses", data=body, headers=headers) as r:
-                    rid = orjson.loads(await r.read())["id"]
-                polls.append(asyncio.create_task(poll(rid, time.perf_counter() + delay)))
+            async def worker() -> None:
+                for _ in todo:
+                    async with session.post(base_url + "/responses", data=body, headers=headers) as r:
+                        rid = orjson.loads(await r.read())["id"]
+                    polls.append(asyncio.create_task(poll(rid, time.perf_counter() + delay)))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        created = time.perf_counter() - t0
-        await asyncio.gather(*polls)
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            created = time.perf_counter() - t0
+            await asyncio.gather(*polls)
     return created, seen - t0, time.process_time() - cpu0
 
 
@@ -538,7 +541,6 @@ async def main() -> None:
     p.add_argument("--big", type=int, default=None, help="lines for the big-file scenario (default 1,000,000)")
     p.add_argument("--big-only", action="store_true", help="scenario 6: only the big-file rows on PostgreSQL")
     ns = p.parse_args()
-    gc.freeze()  # as the `runner` command does once started (runner/cli/__init__.py); the bare loops gain as much
     q = ns.quick
     wanted = set(ns.only or [1, 2, 3, 4, 5, 6, 7, 8])
     print(f"runner benchmark on {os.cpu_count()} cores, 127.0.0.1 only")

@@ -13,7 +13,6 @@ store; nothing imports the CLI but `runner.__main__`, which arms the signals bef
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -91,10 +90,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         # this process becomes it, keeping its pid, so whoever started it can still stop it with a signal.
         os.execv(sys.executable, [sys.executable, "-m", "runner_mock", *args[1:]])
     ns = parse_args(args)
-    # What start-up built (the modules, the parser: about 80,000 objects) lives as long as the process. Out of
-    # the collector's sight, a full collection during a run no longer scans it all again (~20 ms each, the event
-    # loop stalled meanwhile). `runner run` of 2,000 background requests: 1.43-1.50 CPU-s, was 1.47-1.76.
-    gc.freeze()
     interrupt.unwind()
     code, message = _dispatch(ns)
     interrupt.leave_at_once()  # from here on there is nothing left to close: a signal just ends the exit
