@@ -118,6 +118,18 @@ class Backend(Protocol):
 
 
 @runtime_checkable
+class InsertsAnswered(Protocol):
+    """A backend with a hot statement for `submit --reuse` (SQLite: sqlite/hot.py `insert_answered`)."""
+
+    async def insert_answered(
+        self, job_id: str, rows: Sequence[NewRequest], now: float, newer_than: float | None
+    ) -> int | None:
+        """Insert a chunk of a staging job's lines, each answered from an original answer to its question where
+        one exists; how many were, or None, with nothing inserted, when a custom_id is used twice."""
+        ...
+
+
+@runtime_checkable
 class WritesBatchLines(Protocol):
     """A backend that can write the batch export format's common lines itself (SQLite: sqlite/export.py)."""
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runner.errors import JobBusy, JobNotFound
 from runner.states import RequestState
 from runner.store.answer import keep_answers
+from runner.store.backend import InsertsAnswered
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
 from runner.store.models import JobRow, NewRequest
 from runner.store.tables import jobs, requests
@@ -50,6 +51,18 @@ class JobsPart(StoreCore):
             return
         now = self._clock()
         await self._hot(lambda: self._backend.insert(job_id, rows, now))
+
+    async def add_answered_requests(
+        self, job_id: str, rows: Sequence[NewRequest], newer_than: float | None
+    ) -> int | None:
+        """`add_requests` with each line answered from the store where it can be (`submit --reuse`), through the
+        backend's own hot statement: how many were. None, with nothing inserted, when the backend has no such
+        statement or a custom_id is used twice (the caller then inserts the chunk its usual way)."""
+        backend = self._backend
+        if not isinstance(backend, InsertsAnswered):
+            return None
+        now = self._clock()
+        return await self._hot(lambda: backend.insert_answered(job_id, rows, now, newer_than))
 
     async def lines_of_custom_ids(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
         """custom_id -> line number, for those of `custom_ids` the job already holds."""

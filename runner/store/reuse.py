@@ -13,12 +13,10 @@ deletion of the job it came from.
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     ColumnElement,
     Float,
@@ -34,8 +32,8 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
 from runner.store.models import NewRequest
@@ -129,23 +127,6 @@ _COUNT_REUSED = select(func.count()).where(
     requests.c.line_no <= bindparam("last"),
     requests.c.reused_from.is_not(None),
 )
-_JSON1: weakref.WeakKeyDictionary[AsyncEngine, bool] = weakref.WeakKeyDictionary()
-
-
-async def _has_json1(store: Store) -> bool:
-    """Whether this SQLite has its JSON functions (almost every build since 3.38); asked once per engine."""
-    known = _JSON1.get(store.engine)
-    if known is None:
-
-        async def go(conn: AsyncConnection) -> bool:
-            try:
-                await conn.execute(text("SELECT json_each.value FROM json_each('[1]')"))
-            except DBAPIError:
-                return False
-            return True
-
-        known = _JSON1[store.engine] = await store.read(go)
-    return known
 
 
 async def _wait_for_deletes(conn: AsyncConnection, job_id: str) -> None:
@@ -171,28 +152,25 @@ async def add_reusing(
 ) -> int | None:
     """Insert a chunk of a staging job's lines, each line whose question was answered before (as
     `reuse_answers` finds it) already completed from that answer; how many were. None, with nothing
-    inserted, when this store cannot do it in one statement (an SQLite without its JSON functions) or a
-    custom_id is used twice: the caller inserts the chunk its usual way (which names the duplicates) and then
-    calls `reuse_answers`.
+    inserted, when a custom_id is used twice: the caller inserts the chunk its usual way (which names the
+    duplicates) and then calls `reuse_answers`.
     """
-    dialect = store.engine.dialect.name
-    if not rows or dialect not in ("sqlite", "postgresql") or (dialect == "sqlite" and not await _has_json1(store)):
+    if not rows:
         return None
-    stmt = text(blocks(dialect if dialect == "sqlite" else "postgres", "hot.sql")["insert_answered"])
-    params: dict[str, Any] = {"job": job_id, "now": store.clock(), "newer_than": newer_than}
-    if dialect == "sqlite":
-        params["rows"] = orjson.dumps(
-            [(r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, r.sched or r.line_no) for r in rows]
-        ).decode()
-    else:
-        params.update(
-            lines=[r.line_no for r in rows],
-            custom_ids=[r.custom_id for r in rows],
-            bodies=[r.body for r in rows],
-            conversations=[r.conversation for r in rows],
-            hashes=[r.body_hash for r in rows],
-            scheds=[r.sched or r.line_no for r in rows],
-        )
+    if store.engine.dialect.name != "postgresql":  # SQLite: a hot statement of its own (sqlite/hot.py)
+        return await store.add_answered_requests(job_id, rows, newer_than)
+    stmt = text(blocks("postgres", "hot.sql")["insert_answered"])
+    params: dict[str, Any] = {
+        "job": job_id,
+        "now": store.clock(),
+        "newer_than": newer_than,
+        "lines": [r.line_no for r in rows],
+        "custom_ids": [r.custom_id for r in rows],
+        "bodies": [r.body for r in rows],
+        "conversations": [r.conversation for r in rows],
+        "hashes": [r.body_hash for r in rows],
+        "scheds": [r.sched or r.line_no for r in rows],
+    }
     span = {"job": job_id, "first": rows[0].line_no, "last": rows[-1].line_no}
 
     async def go(conn: AsyncConnection) -> int:

@@ -147,6 +147,17 @@ class SqliteBackend:
         except (IntegrityError, sqlite3.IntegrityError) as e:
             raise DuplicateCustomId(job_id) from e
 
+    async def insert_answered(
+        self, job_id: str, rows: Sequence[NewRequest], now: float, newer_than: float | None
+    ) -> int | None:
+        try:
+            # In the worker thread, beside the parsing, as `insert`.
+            return await self._transaction(
+                lambda db: hot.insert_answered(db, job_id, rows, now, newer_than), inline=False
+            )
+        except (IntegrityError, sqlite3.IntegrityError):
+            return None  # a custom_id used twice: the caller inserts the chunk its usual way, which names it
+
     def batch_lines(
         self, job_id: str, id_start: str, chunk: int
     ) -> AbstractAsyncContextManager[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]] | None:

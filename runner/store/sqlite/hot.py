@@ -319,6 +319,33 @@ def insert(db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: fl
         cur.execute(_insert_sql(len(part)), params)
 
 
+_ANSWERED_HEAD, _ANSWERED_REST = _SQL["insert_answered"].split(_ROWS)
+_ANSWERED_ROW = _ANSWERED_REST[: _ANSWERED_REST.index(")") + 1]  # one row of VALUES, "(?, ?, ?, ?, ?, ?)"
+_ANSWERED_TAIL = _ANSWERED_REST[len(_ANSWERED_ROW) :]
+_COUNT_REUSED = _SQL["count_reused"]
+
+
+def _answered_sql(rows: int) -> str:
+    return _ANSWERED_HEAD + ", ".join([_ANSWERED_ROW] * rows) + _ANSWERED_TAIL
+
+
+def insert_answered(
+    db: DBAPIConnection, job_id: str, rows: Sequence[NewRequest], now: float, newer_than: float | None
+) -> int:
+    """Insert a chunk of a staging job's lines, each already answered where an original answer to its question
+    exists (`submit --reuse`), INSERT_ROWS rows a statement; how many were answered."""
+    cur: Cursor = db.cursor()
+    for i in range(0, len(rows), INSERT_ROWS):
+        part = rows[i : i + INSERT_ROWS]
+        params: list[object] = [job_id, now, newer_than]
+        params += [
+            v for r in part for v in (r.line_no, r.custom_id, r.body, r.conversation, r.body_hash, r.sched or r.line_no)
+        ]
+        cur.execute(_answered_sql(len(part)), params)
+    cur.execute(_COUNT_REUSED, (job_id, rows[0].line_no, rows[-1].line_no))
+    return int(cur.fetchall()[0][0])
+
+
 # -- the connection ---------------------------------------------------------------------------------------
 
 

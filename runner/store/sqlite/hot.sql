@@ -114,22 +114,29 @@ VALUES /*rows*/ (?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0.0, 0, 0, 0, 0, 0, 0)
 SELECT json('[]')
 
 -- name: insert_answered
--- `submit --reuse` (runner/store/reuse.py add_reusing): `insert_requests_json` with each line whose question
--- has an original answer in another job (the newest, finished at or after :newer_than if given) inserted
--- already completed from it, as `reuse_answers` would complete it: each row is written once, not twice.
--- The reused row references the answer (reused_from) and holds no copy of it (runner/store/answer.py).
+-- `submit --reuse` (runner/store/reuse.py add_reusing): `insert_requests` with each line whose question has an
+-- original answer in another job (the newest, finished at or after the third `?` if not NULL) inserted already
+-- completed from it, as `reuse_answers` would complete it: each row is written once, not twice. The reused row
+-- references the answer (reused_from) and holds no copy of it (runner/store/answer.py). Parameters: the job,
+-- now, newer_than, then one row of VALUES per line, `/*rows*/` repeated (hot.py `insert_answered`), as in
+-- `insert_requests` (the JSON array this took before cost a third more: json_extract per row and column).
+WITH c(job, now, newer_than) AS (SELECT ?, ?, ?),
+v(line_no, custom_id, body, conversation, body_hash, sched) AS (VALUES /*rows*/ (?, ?, ?, ?, ?, ?))
 INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state, attempts,
     next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,
     reused_from, http_status, request_id, finished_at, updated_at, reused_input_tokens, reused_cached_tokens,
     reused_output_tokens, reused_reasoning_tokens, reused_total_tokens)
-SELECT :job, json_extract(v.value, '$[0]'), json_extract(v.value, '$[1]'), json_extract(v.value, '$[2]'),
-    json_extract(v.value, '$[3]'), json_extract(v.value, '$[4]'), json_extract(v.value, '$[5]'), :now,
+SELECT c.job, v.line_no, v.custom_id, v.body, v.conversation, v.body_hash, v.sched, c.now,
     CASE WHEN src.id IS NULL THEN 'queued' ELSE 'completed' END, 0, 0.0, 0, 0, 0, 0, 0, 0,
-    src.id, src.http_status, src.request_id, CASE WHEN src.id IS NOT NULL THEN :now END,
-    CASE WHEN src.id IS NOT NULL THEN :now END, src.input_tokens, src.cached_tokens, src.output_tokens,
+    src.id, src.http_status, src.request_id, CASE WHEN src.id IS NOT NULL THEN c.now END,
+    CASE WHEN src.id IS NOT NULL THEN c.now END, src.input_tokens, src.cached_tokens, src.output_tokens,
     src.reasoning_tokens, src.total_tokens
-FROM json_each(:rows) AS v LEFT JOIN requests AS src ON src.id = (
+FROM v CROSS JOIN c LEFT JOIN requests AS src ON src.id = (
     SELECT max(s.id) FROM requests AS s
-    WHERE s.body_hash = json_extract(v.value, '$[4]') AND s.state = 'completed' AND s.reused_from IS NULL
-      AND s.response_body IS NOT NULL AND s.job_id != :job
-      AND (:newer_than IS NULL OR s.finished_at >= :newer_than))
+    WHERE s.body_hash = v.body_hash AND s.state = 'completed' AND s.reused_from IS NULL
+      AND s.response_body IS NOT NULL AND s.job_id != c.job
+      AND (c.newer_than IS NULL OR s.finished_at >= c.newer_than))
+
+-- name: count_reused
+-- How many lines of a span of a job were inserted answered (after `insert_answered`).
+SELECT count(*) FROM requests WHERE job_id = ? AND line_no >= ? AND line_no <= ? AND reused_from IS NOT NULL
