@@ -118,10 +118,11 @@ SELECT pg_advisory_xact_lock(7372011123456789)
 -- :newer_than if given) inserted already completed from it, as `reuse_answers` would complete it: each row is
 -- written once, where COPY and then an UPDATE wrote a second version of every row and of its index entries.
 -- The reused row references the answer (reused_from) and holds no copy of it (runner/store/answer.py).
--- It returns how many lines it answered, counted from its own RETURNING: a count afterwards by (job_id, line_no)
--- range was planned, from statistics taken before the submit (no reused rows yet), as a walk of
--- ix_requests_reused_from, which holds every reused row in the store, this submit's so far among them: quadratic,
--- 1,000,000 reused lines cost the server 60.8 CPU-s against 7.7 for a plain submit.
+-- It returns how many lines it answered, counted from its own RETURNING. A count afterwards by (job_id, line_no)
+-- range, prepared by asyncpg, ran from the sixth chunk on with the generic plan: `job_id = $1` unknown and one
+-- job in the statistics, it walked ix_requests_reused_from, which holds every reused row in the store, this
+-- submit's so far among them: quadratic, 1,000,000 reused lines cost the server 60.8 CPU-s against 7.7 for a
+-- plain submit (tests/integration/test_reuse_pg_plan.py).
 WITH ins AS (
 INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state, attempts,
     next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,
