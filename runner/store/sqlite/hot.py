@@ -356,6 +356,17 @@ CHECKPOINT_PAGES = 1000
 CHECKPOINT_CHECK_EVERY = 64  # inline transactions between two looks at the log's size (one stat)
 
 
+def _commit_or_roll_back(conn: sqlite3.Connection, fn: Callable[[DBAPIConnection], T]) -> T:
+    """`fn(conn)` inside the transaction just begun on `conn`, committed, or rolled back if anything is raised."""
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 class HotConnection:
     """Plain sqlite3 connections on the store's file, one transaction per call.
 
@@ -406,12 +417,7 @@ class HotConnection:
             if is_busy(e):
                 return False, None
             raise
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        result = _commit_or_roll_back(conn, fn)
         self._inline_commits += 1
         if self._inline_commits % CHECKPOINT_CHECK_EVERY == 0:
             self._maybe_checkpoint()
@@ -439,13 +445,7 @@ class HotConnection:
     def _transaction(self, fn: Callable[[DBAPIConnection], T]) -> T:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return result
+        return _commit_or_roll_back(conn, fn)
 
     async def transaction(self, fn: Callable[[DBAPIConnection], T], *, inline: bool = True) -> T:
         """Run `fn(connection)` inside BEGIN IMMEDIATE ... COMMIT: on the event loop if the write lock is
