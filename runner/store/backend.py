@@ -9,6 +9,8 @@ this Protocol and one line in `backend_for`, not branches in the Store.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -139,6 +141,31 @@ class WritesBatchLines(Protocol):
         """A job's rows in line order, in chunks: ready lines where it could write them, else ExportRows;
         None when it cannot here (the caller then reads ExportRows)."""
         ...
+
+
+class _ClosesCutByCancel(logging.Filter):
+    """Drops the pool's "Exception closing connection" record when the exception is a cancellation.
+
+    A Ctrl-C while a store is opening or closing (see runner/interrupt.py) cancels the task mid-statement;
+    the pool then throws the connection away, and the cancellation reaches that close too. SQLAlchemy logs it
+    at ERROR with a traceback, though nothing is lost: the transaction was not committed and the process is
+    ending. The user is owed the one line `runner: interrupted`, not that traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and issubclass(exc, asyncio.CancelledError))
+
+
+_CLOSES_CUT_BY_CANCEL = _ClosesCutByCancel()
+
+
+def quiet_cancelled_closes(engine: AsyncEngine) -> AsyncEngine:
+    """`engine`, its pool no longer logging a connection close that a cancellation cut short as an error."""
+    logger = engine.sync_engine.pool.logger
+    if isinstance(logger, logging.Logger):  # with echo_pool it is a per-instance adapter; not ours to tune
+        logger.addFilter(_CLOSES_CUT_BY_CANCEL)  # once per logger: a Filter added twice is kept once
+    return engine
 
 
 async def retrying(is_transient: Callable[[BaseException], bool], fn: Callable[[], Awaitable[T]]) -> T:

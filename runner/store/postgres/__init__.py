@@ -29,7 +29,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from runner.errors import StoreError, StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
-from runner.store.backend import OpenMode
+from runner.store.backend import OpenMode, quiet_cancelled_closes
 from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
 from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord, claim_by_job
 from runner.store.sqlfile import blocks
@@ -123,8 +123,10 @@ class PostgresBackend:
             url = _url(db)
         except Exception:
             raise StoreUnavailable(self.place, "not a valid PostgreSQL URL") from None
-        self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=4, max_overflow=8, connect_args={"server_settings": {"application_name": "runner"}}
+        self.engine: AsyncEngine = quiet_cancelled_closes(
+            create_async_engine(
+                url, pool_size=4, max_overflow=8, connect_args={"server_settings": {"application_name": "runner"}}
+            )
         )
         self._mode: OpenMode = "create"
         self._size = 0  # pg_database_size, as of the open or the last reclaim_space (file_size is not async)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from runner.store.backend import quiet_cancelled_closes
 from runner.store.migrate import upgrade
 
 BUSY_TIMEOUT_MS = 10_000
@@ -144,7 +145,7 @@ def create_engine(db: str) -> AsyncEngine:
     path = database_path(db)
     if path is not None and "uri" not in url.query:
         url = url.set(database=f"file:{quote(os.path.abspath(path))}", query={**url.query, "mode": "rw", "uri": "true"})
-    engine = create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = quiet_cancelled_closes(create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}))
     event.listen(engine.sync_engine, "connect", _on_connect)
     event.listen(engine.sync_engine, "begin", _on_begin)
     return engine
