@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import NoReturn
 
@@ -71,6 +72,16 @@ def unwind() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.SIGTERM not in _INHERITED_IGNORE:
         signal.signal(signal.SIGTERM, _as_interrupt)
+
+
+def quiet_threads() -> None:
+    """From now on a thread's uncaught exception prints nothing: the command was interrupted and is ending.
+
+    A library's worker thread (aiosqlite's, whose connection's close the interrupt cut short) may finish
+    its last call after the event loop has closed and fail handing the result back; its traceback would
+    follow `runner: interrupted`, about nothing the user can act on.
+    """
+    threading.excepthook = lambda args: None
 
 
 def exit_now(code: object) -> NoReturn:

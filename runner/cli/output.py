@@ -32,11 +32,28 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         try:
             return await fn()
+        except Exception as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A Ctrl-C cancels this task mid-statement; a library that caught the cancellation then fails
+                # on the connection it left behind (a migration's next statement: "invalid transaction").
+                # That error is the interrupt's, and is reported as one.
+                raise asyncio.CancelledError from e
+            raise
         finally:
             await _end_leftover_tasks()
 
     try:
         return anyio.run(main)
+    except asyncio.CancelledError:
+        # asyncio's runner turns a Ctrl-C (and SIGTERM, runner/interrupt.py) into a cancel of the main task and
+        # raises KeyboardInterrupt only if that task took exactly the one cancel; a signal that lands before
+        # the task has started comes out as the CancelledError itself. Nothing else cancels the main task.
+        interrupt.quiet_threads()
+        raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        interrupt.quiet_threads()
+        raise
     finally:
         interrupt.unwind()
 
