@@ -547,6 +547,16 @@ async def prompt_cache(tmp: Path, items: int, write_delay: float = 0.0) -> None:
         row("cached share, with / without cache scheduling", f"{ratio:.1f}x", "target >= 3")
 
 
+def machine_speed() -> float:
+    """Seconds for a fixed pure-Python loop. The ratio rows compare with a baseline run on the same machine; the
+    absolute rows (lines/s) do not, and this VM's speed has varied ~1.5x between days, so each table says which."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(30_000_000):
+        total += i
+    return time.perf_counter() - t0
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller counts")
@@ -557,6 +567,7 @@ async def main() -> None:
     q = ns.quick
     wanted = set(ns.only or [1, 2, 3, 4, 5, 6, 7, 8])
     print(f"runner benchmark on {os.cpu_count()} cores, 127.0.0.1 only")
+    row("this machine: 30,000,000 Python additions (seconds)", f"{machine_speed():.2f}", "a reference, not a target")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if 1 in wanted:
