@@ -57,6 +57,7 @@ MAX_LINE = 1 << 20  # a child's protocol or stderr line longer than this is cut
 TICK = 0.25  # seconds between progress frames of the parent (a child reports as often)
 KILL_AFTER = 3  # the signal count at which the parent kills the children instead of passing the signal on
 GO, STOP = b"go", b"stop"  # the parent's word to a child that said it is ready (on the child's stdin)
+SENDS_FROM_NOW = "process %d sends from now (ready %.2f s ago, its share free since)"  # a debug line the bench times
 DRAIN_CHECK = 0.05  # seconds between looks at the parent's requests in flight while it hands slots over
 
 # The figures of a Snapshot that add up over processes.
@@ -382,7 +383,7 @@ async def _release(child: _Child, caught: list[int] | None, own: _Own | None) ->
             return
     child.released = True
     await _tell(child, GO)
-    log.debug("process %d ready; sends %.2f s later, its share free", child.number, time.monotonic() - ready)
+    log.debug(SENDS_FROM_NOW, child.number, time.monotonic() - ready)
 
 
 async def _tell(child: _Child, word: bytes) -> None:
