@@ -1,9 +1,19 @@
 """`runner run --processes N`: N worker processes on one store, started and watched by the one the user ran.
 
-The parent (`supervise`) starts N children of the same command, `python -m runner run JOB...`, with CHILD_ENV
-set. Each child is an ordinary member of a fleet (runner/store/fleet.py): its own lease owner and heartbeat,
-its share of the rate budget, work claimed and taken back exactly as a runner on another machine would. So
-nothing here decides who sends what; the store does, as it does for separate machines.
+The parent (`supervise`) is the first of the N and starts N - 1 children of the same command,
+`python -m runner run JOB...`, with CHILD_ENV set. Each is an ordinary member of a fleet
+(runner/store/fleet.py): its own lease owner and heartbeat, its share of the rate budget, work claimed and
+taken back exactly as a runner on another machine would. So nothing here decides who sends what; the store
+does, as it does for separate machines.
+
+- Start-up: a child is a new interpreter that imports runner, SQLAlchemy, aiohttp... (1-1.6 s on the 2-core
+  VM, several seconds when it is busy; with the parent waiting for them, `bench/run.py --only 1` measured
+  0.65-0.84 of the bare loop, start-up included). The parent has all that loaded, so it sends from the start
+  over the whole concurrency (`_Own`). A child that has started says so and waits on its stdin; the parent
+  lowers its own share by the child's and says GO once its own requests in flight fit in what it keeps, so
+  that the processes together never pass the concurrency. Forking the children from the parent instead was
+  not done: the parent has an event loop, the store's threads and open connections by then, none of which
+  may cross a fork.
 
 - Settings reach a child the way a user would give them, as environment variables (the key included, never
   on a command line `ps` shows), with `concurrency` split between the children and `processes` 1.
