@@ -293,7 +293,7 @@ async def supervise(
                 tg.start_soon(_show_progress, children, mine, started, on_progress, before)
             async with anyio.create_task_group() as waiting:
                 if mine is not None:
-                    waiting.start_soon(mine.execute)
+                    waiting.start_soon(_own_run, mine, children)
                 for child in children:
                     waiting.start_soon(_follow, child, n, caught, on_death, mine)
                     waiting.start_soon(_relay_stderr, child)  # to its end: a child's last words are often why
@@ -341,6 +341,23 @@ def _env_text(value: object) -> str:
     return str(value)
 
 
+async def _own_run(own: _Own, children: list[_Child]) -> None:
+    """The parent's run; when it ends, so does the job (or the run, on a stop): a child still starting has
+    nothing to do. It has opened nothing yet (it waits for its word before it opens the store), so it is
+    killed rather than waited for: starting may take it seconds more."""
+    await own.execute()
+    for c in children:
+        if not c.released:
+            _drop(c)
+
+
+def _drop(child: _Child) -> None:
+    """End a child that has not been let go: it holds no lease and is in no fleet, so nothing is lost."""
+    child.told_to_stop = True
+    if child.proc.returncode is None:
+        child.proc.kill()
+
+
 async def _follow(
     child: _Child,
     n: int,
@@ -364,7 +381,8 @@ async def _follow(
         if _take(child, line):
             await _release(child, caught, own)
     code = await child.proc.wait()
-    if child.end is None and not (caught and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
+    interrupted = caught and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if child.end is None and not interrupted and (child.released or not child.told_to_stop):
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         died = f"process {child.number} of {n} (pid {child.proc.pid}) ended without finishing its run ({how})"
         log.warning("%s; its requests go back to the queue for the others", died)
@@ -390,6 +408,9 @@ async def _release(child: _Child, caught: list[int] | None, own: _Own | None) ->
         if caught:  # a signal came meanwhile: the parent is draining, the child must not start
             own.take_back(child.share)
             await _tell(child, STOP)
+            return
+        if not own.running or child.told_to_stop:  # the parent's run is over: so is the job
+            _drop(child)
             return
     child.released = True
     await _tell(child, GO)

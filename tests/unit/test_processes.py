@@ -145,6 +145,17 @@ async def test_a_worker_ready_after_a_ctrl_c_is_told_to_stop_and_the_parent_keep
     assert run.concurrency.maximum == 8
 
 
+@pytest.mark.anyio
+async def test_a_worker_ready_after_the_parents_run_ended_is_ended_not_let_go() -> None:
+    own, _, child, stdin = _handover(8, in_flight=0)
+    killed: list[bool] = []
+    child.proc.returncode = None  # type: ignore[misc]
+    child.proc.kill = lambda: killed.append(True)  # type: ignore[method-assign]
+    own.running = False  # its run is over: every request of the job is final
+    await processes._release(child, [], own)
+    assert stdin.words == [] and not child.released and killed == [True]
+
+
 def test_a_dead_workers_share_goes_back_to_the_parent() -> None:
     own, run, _, _ = _handover(8, in_flight=0)
     own.lend(4)
