@@ -93,6 +93,9 @@ async def keep_answers(conn: AsyncConnection, job_ids: Sequence[str]) -> None:
     Three set-based statements; they find the rows by the index on reused_from, so they cost next to nothing
     when nothing was reused from these jobs. Each answer is then stored once, as before the delete: copying
     it into every referencing row took a store of a 403k-line job reused by others from 154 to 569 MB.
+    Measured (SQLite, 100,000 answers of ~1.3 KB reused by two jobs, `runner delete` of their source, two
+    interleaved runs each): the store went from 287.9 to 257.6 MB with 100,000 bodies left, where the copies
+    took it to 420.8 MB with 200,000; 7.2-7.3 CPU-s against 5.8-6.2 (the moved answers enter the hash index).
     """
     ids = list(job_ids)
     doomed = _doomed_sources(ids)
