@@ -102,19 +102,15 @@ async def keep_answers(conn: AsyncConnection, job_ids: Sequence[str]) -> None:
     outside = (requests.c.reused_from.in_(doomed), requests.c.job_id.not_in(ids))
     # 1. Every row but the first of each answer points at the first. The first keeps pointing at the source
     #    until step 3, so the subquery finds the same row for each of them, in whatever order they are updated.
-    ref = requests.alias("first_ref")
-    firsts = select(func.min(ref.c.id)).where(ref.c.reused_from.in_(doomed), ref.c.job_id.not_in(ids))
+    #    (A probe of the index on reused_from per row, not `id NOT IN (the firsts)`: PostgreSQL hashes such a
+    #    list only while it fits in work_mem, and past that compares each row with the whole list.)
     peer = requests.alias("peer")
     first_of = (
         select(func.min(peer.c.id))
         .where(peer.c.reused_from == requests.c.reused_from, peer.c.job_id.not_in(ids))
         .scalar_subquery()
     )
-    await conn.execute(
-        update(requests)
-        .where(*outside, requests.c.id.not_in(firsts.group_by(ref.c.reused_from)))
-        .values(reused_from=first_of)
-    )
+    await conn.execute(update(requests).where(*outside, requests.c.id > first_of).values(reused_from=first_of))
     # 2. Only the firsts reference a doomed answer now: each gets the source's check (its verdict and parsed
     #    value; the repairs were the source job's spending, not this one's), which the delete would cascade away.
     check = output_checks.alias("source_check")
