@@ -17,6 +17,9 @@ Per model:
 With `reuse`, lines whose question already has an answer in the store (runner/reuse.py) are counted as
 reused and left out of the tokens and the cost. The lanes flex and batch pay the Batch rate (the price
 table's `batch_factor` of the standard price), and the estimate says so.
+
+Over 400 lines on purpose: the per-model figures, their text and JSON forms, and the tally over a file's or a
+job's lines (reuse, the prompt cache) are one estimate; apart they would only import each other.
 """
 
 from __future__ import annotations

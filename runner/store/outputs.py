@@ -3,6 +3,9 @@ back for `--repair`, the flat exports and the report.
 
 Every function takes an open `Store` and goes through `store.read` / `store.write`, in portable SQLAlchemy
 Core (no SQLite-only function), so the same code runs on PostgreSQL.
+
+Over 400 lines on purpose: every query of the checks table and of the HTML report's aggregates beside it,
+portable SQL kept together so that one reading shows what PostgreSQL and SQLite must both accept.
 """
 
 from __future__ import annotations
