@@ -48,11 +48,13 @@ MAX_ID_MISMATCHES = 3  # polls answered with another response's id before the re
 # The schedule aims for this share of first polls finding the response already final: higher wastes
 # less time waiting past the end, lower spends fewer GETs.
 FIRST_POLL_DONE_SHARE = 0.75
-LEARN_RATE = 0.05
+LEARN_RATE = 0.05  # the estimate's largest step (a share of it), while completion times vary widely or are unknown
+MIN_LEARN_RATE = 0.002
 # Before anything is known, GETs go at these ages (seconds since the create reply), then back off.
 UNKNOWN_LADDER = (POLL_INITIAL_DELAY, 2 * POLL_INITIAL_DELAY)
 AFTER_ESTIMATE_STEP = 0.1  # after a first poll at the estimate, the next is at most this share of it later
-MIN_STEP = 0.05  # seconds: never two GETs of one response closer together than this
+MIN_STEP = 0.01  # seconds: never two GETs of one response closer together than this
+FIRST_LATE_STEP = 0.05  # seconds: the step after a miss until one response has shown how late misses end
 LATE_LEARN_RATE = 0.2
 PROBES = 8  # responses polled at the first rung while nothing is known (see the module's docstring)
 
@@ -97,10 +99,11 @@ class PollSchedule:
 
     def _step(self) -> float:
         """The first step after a poll at (or past) the estimate found the response running: half of how late
-        such responses were, between MIN_STEP and AFTER_ESTIMATE_STEP of the estimate (MIN_STEP until known)."""
+        such responses were, between MIN_STEP and AFTER_ESTIMATE_STEP of the estimate (FIRST_LATE_STEP until
+        known: many responses may miss at once before then, and steps of MIN_STEP would cost each many GETs)."""
         assert self.estimate is not None
         ceiling = max(self.estimate * AFTER_ESTIMATE_STEP, MIN_STEP)
-        late = MIN_STEP if self.late is None else self.late / 2
+        late = FIRST_LATE_STEP if self.late is None else self.late / 2
         return min(max(late, MIN_STEP), ceiling)
 
     def learn(self, age: float, first_poll_done: bool | None) -> None:
@@ -115,7 +118,10 @@ class PollSchedule:
             excess = max(age - self.estimate, 0.0)
             self.late = excess if self.late is None else self.late + LATE_LEARN_RATE * (excess - self.late)
         step = -(1 - FIRST_POLL_DONE_SHARE) if first_poll_done else FIRST_POLL_DONE_SHARE
-        self.estimate = min(max(self.estimate * math.exp(LEARN_RATE * step), 0.05), POLL_MAX_DELAY)
+        # Steps as fine as the completion times are alike: with 2 s responses that vary by a few ms, steps of
+        # 5 % (0.1 s) kept the estimate swinging 25-50 ms above their end, and every response waited that.
+        rate = LEARN_RATE if self.late is None else min(max(self.late / self.estimate, MIN_LEARN_RATE), LEARN_RATE)
+        self.estimate = min(max(self.estimate * math.exp(rate * step), 0.05), POLL_MAX_DELAY)
 
 
 def poll_after_hint(headers: Mapping[str, str]) -> float | None:
