@@ -263,11 +263,12 @@ class Poller:
         while True:
             now = time.monotonic()
             self._dispatch(now)
-            if self._starved:
-                self._wake_at = -math.inf
+            if self._starved:  # no push wakes it: a worker that runs out of due polls does
+                self._wake_at, timeout = -math.inf, math.inf
             else:
                 self._wake_at = self._heap[0][0] - DISPATCH_SLACK if self._heap else math.inf
-            with anyio.move_on_after(max(self._wake_at - now, 0.0)):
+                timeout = max(self._wake_at - now, 0.0)
+            with anyio.move_on_after(timeout):
                 await self._wake.wait()
             self._wake = anyio.Event()
 

@@ -94,3 +94,28 @@ async def test_no_response_is_polled_before_it_is_due_and_one_still_running_is_p
         assert gets[0] >= due[rid] - DISPATCH_SLACK
     assert all(len(server.gets[f"resp_{i}"]) == 2 for i in range(0, n, 10))
     assert sum(len(g) for g in server.gets.values()) == n + n // 10
+
+
+@pytest.mark.anyio
+async def test_the_dispatcher_sleeps_while_every_worker_is_busy() -> None:
+    # With every slot taken and polls due, the workers take them as they finish; a dispatcher that kept
+    # looking meanwhile would burn the event loop's CPU, thousands of turns here.
+    class Counting(Poller):
+        turns = 0
+
+        def _dispatch(self, now: float) -> None:
+            Counting.turns += 1
+            super()._dispatch(now)
+
+    server = _Server()
+    empty = anyio.Event()
+    poller = Counting(server, _Writer(), max_attempts=3, max_in_flight=2, on_empty=empty.set)  # type: ignore[arg-type]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            for i in range(100):
+                poller.add(_claimed(i), first_poll=0.0)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(server.gets) == 100
+    assert Counting.turns <= 10
