@@ -10,10 +10,9 @@ first response ends, every one not polled yet is moved up to the learnt estimate
 Measured with 2,000 responses that take 2 s (`make bench` scenario 4): 2.00 GETs per request before (each
 polled at 1 s and at 2 s), 1.0x after, and the 2,000 wasted GETs no longer compete with the last creates.
 
-The GETs run in worker tasks (at most the poll slots): a worker that finishes a poll takes the next one due
-itself, or parks until the dispatcher hands it one. A task started per GET, and a wake of the dispatcher
-for every poll that ended and every response added, cost the poller 113-127 us of CPU a poll; now 22-31
-(20,000 polls due over 1 s, a client that answers after 1 ms, interleaved runs on the loaded 2-core VM).
+GETs run in worker tasks (at most the poll slots) that take the next due poll themselves or park until
+handed one. A task per GET, and a wake of the dispatcher per poll ended and per response added, cost 113-127
+us of CPU a poll; now 22-31 (20,000 polls due over 1 s, a client that answers after 1 ms, interleaved).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
@@ -147,14 +146,12 @@ class _Item:
     mismatches: int = 0
 
 
+@dataclass(slots=True)
 class _Parked:
     """A worker task waiting to be handed a due poll."""
 
-    __slots__ = ("event", "item")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.item: _Item | None = None
+    event: anyio.Event = field(default_factory=anyio.Event)
+    item: _Item | None = None
 
 
 class Poller:
@@ -291,14 +288,6 @@ class Poller:
                 self._starved = True  # the busy workers take the due polls as they finish
                 return
 
-    def _take_due(self) -> _Item | None:
-        """The next poll due now, for a worker that just finished one; None if none is."""
-        heap = self._heap
-        if heap and heap[0][0] <= time.monotonic() + DISPATCH_SLACK:
-            self._active += 1
-            return heapq.heappop(heap)[2]
-        return None
-
     async def _work(self, item: _Item) -> None:
         """A worker: polls `item`, then every poll that is due when it finishes, then waits to be handed more
         (starting a task through anyio costs ~0.04 ms of CPU, handing a parked worker a poll a tenth of that)."""
@@ -306,16 +295,17 @@ class Poller:
         try:
             while True:
                 await self._poll(item)
-                nxt = self._take_due()
-                if nxt is None:
-                    parked = _Parked()
-                    self._idle.append(parked)
-                    if self._starved:  # the dispatcher waits for a free worker: this one is
-                        self._wake.set()
-                    await parked.event.wait()
-                    nxt, parked = parked.item, None
-                    assert nxt is not None
-                item = nxt
+                if self._heap and self._heap[0][0] <= time.monotonic() + DISPATCH_SLACK:
+                    self._active += 1
+                    item = heapq.heappop(self._heap)[2]
+                    continue
+                parked = _Parked()
+                self._idle.append(parked)
+                if self._starved:  # the dispatcher waits for a free worker: this one is
+                    self._wake.set()
+                await parked.event.wait()
+                assert parked.item is not None
+                item, parked = parked.item, None
         finally:
             self._workers -= 1
             if parked is not None and parked in self._idle:
