@@ -329,6 +329,29 @@ async def bare_background(base_url: str, n: int, concurrency: int, delay: float)
     return created, seen - t0, time.process_time() - cpu0
 
 
+@contextmanager
+def create_times() -> Iterator[list[float]]:
+    """perf_counter of the runner's first create sent and of its latest create answered, while inside (for the
+    split of scenario 4's wall time; the wrapper costs ~1 us a create)."""
+    from runner.client import ApiClient, ApiReply
+
+    original = ApiClient.create
+    times = [0.0, 0.0]
+
+    async def create(self: ApiClient, body: bytes, *, client_request_id: str | None = None) -> ApiReply:
+        if not times[0]:
+            times[0] = time.perf_counter()
+        reply = await original(self, body, client_request_id=client_request_id)
+        times[1] = time.perf_counter()
+        return reply
+
+    ApiClient.create = create  # type: ignore[method-assign]
+    try:
+        yield times
+    finally:
+        ApiClient.create = original  # type: ignore[method-assign]
+
+
 async def background(tmp: Path, n: int) -> None:
     delay, conc = 2.0, 500
     print(f"\n4. background mode: {n} requests, {delay:g} s completion delay, concurrency {conc}", flush=True)
@@ -338,13 +361,22 @@ async def background(tmp: Path, n: int) -> None:
     # process takes time on any client, so the same work by a bare aiohttp loop is the like-for-like figure.
     with mock_server("--bg-delay", str(delay)) as url:
         created, bare_s, bare_cpu = await bare_background(url, n, conc, delay)
-    with mock_server("--bg-delay", str(delay)) as url:
+    with mock_server("--bg-delay", str(delay)) as url, create_times() as times:
         r = await runner_run(url, src, tmp / "b.db", background=True, concurrency=conc)
+        end = time.perf_counter()
         s = stats(url)
-    row("wall time / ideal", f"{r.seconds:.1f} s / {delay:.1f} s = {r.seconds / delay:.2f}", "target <= 1.30")
+    first_sent, last_answered = times
+    row("wall time / ideal", f"{r.seconds:.2f} s / {delay:.1f} s = {r.seconds / delay:.2f}", "target <= 1.30")
+    # Where the wall time went: the creates' pace decides when the last response can end; the rest is how
+    # late its poll came, its write-back and the run's shut-down.
+    row(
+        "runner: start-up | creates (first sent to last answered) | last answered to the run's end",
+        f"{r.seconds - (end - first_sent):.2f} | {last_answered - first_sent:.2f} | {end - last_answered:.2f} s"
+        f" ({end - last_answered - delay:+.2f} past the delay)",
+    )
     row(
         "bare aiohttp loop, polled exactly at the end: wall / ideal",
-        f"{bare_s:.1f} s / {delay:.1f} s = {bare_s / delay:.2f} (its creates took {created:.2f} s)",
+        f"{bare_s:.2f} s / {delay:.1f} s = {bare_s / delay:.2f} (its creates took {created:.2f} s)",
     )
     row("runner wall time / bare loop's", f"{r.seconds / bare_s:.2f}")
     row("CPU ms per request: runner | bare loop", f"{1000 * r.cpu / n:.2f} | {1000 * bare_cpu / n:.2f}")

@@ -95,3 +95,15 @@ def test_when_completion_times_vary_widely_the_steps_after_a_miss_grow_to_a_tent
     assert s.estimate is not None and s.late is not None
     assert 0.5 * s.estimate * AFTER_ESTIMATE_STEP <= s.next(s.estimate, 1) <= s.estimate * AFTER_ESTIMATE_STEP
     assert sum(polls for polls, _ in runs) / len(runs) <= 2.0  # few GETs, not MIN_STEP's many
+
+
+def test_when_completion_times_hardly_vary_every_response_is_seen_final_within_20_ms_of_its_end() -> None:
+    # 2 s responses, ending up to 5 ms apart: steps of 5 % of the estimate (0.1 s) kept it swinging 25-50 ms
+    # above their end, and every response, the run's last ones too, waited that long past it.
+    rng = random.Random(5)
+    s = PollSchedule()
+    ends = [2.0 - rng.uniform(0.0, 0.005) for _ in range(2000)]
+    runs = [(c, _polls_until_done(s, c)) for c in ends][500:]
+    waits = [age - c for c, (_, age) in runs]
+    assert max(waits) <= 0.02
+    assert sum(polls for _, (polls, _) in runs) / len(runs) <= 1.5

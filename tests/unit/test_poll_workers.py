@@ -1,0 +1,121 @@
+"""The poller's workers: never more GETs at once than its slots, none before it is due, every response handed over."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from runner.client import ApiReply
+from runner.store.models import Claimed, Outcome
+from runner.store.outputs import CheckRecord
+from runner.worker.poller import DISPATCH_SLACK, Poller
+
+
+class _Server:
+    """Answers GET /responses/{id}: completed, except the first GET of a response in `slow`; counts GETs in flight."""
+
+    def __init__(self, slow: frozenset[str] = frozenset()) -> None:
+        self.slow = slow
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gets: dict[str, list[float]] = {}
+
+    async def retrieve(self, response_id: str) -> ApiReply:
+        self.gets.setdefault(response_id, []).append(time.monotonic())
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await anyio.sleep(0.002)
+        finally:
+            self.in_flight -= 1
+        status = "in_progress" if response_id in self.slow and len(self.gets[response_id]) == 1 else "completed"
+        body: dict[str, Any] = {"id": response_id, "status": status, "output": []}
+        if status == "completed":
+            body["usage"] = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+        return ApiReply(200, body, b"", "req_1", {})
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def put(self, outcome: Outcome, check: CheckRecord | None = None) -> int:
+        self.outcomes.append(outcome)
+        return len(self.outcomes)
+
+
+def _claimed(i: int) -> Claimed:
+    c = Claimed(i, "job_1", i, f"r{i}", "{}", 1)
+    c.response_id = f"resp_{i}"
+    c.background = True
+    return c
+
+
+async def _poll_all(server: _Server, first_polls: list[float], slots: int) -> tuple[_Writer, dict[str, float]]:
+    writer = _Writer()
+    empty = anyio.Event()
+    poller = Poller(server, writer, max_attempts=3, max_in_flight=slots, on_empty=empty.set)  # type: ignore[arg-type]
+    due: dict[str, float] = {}
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            for i, first in enumerate(first_polls):
+                c = _claimed(i)
+                assert c.response_id is not None
+                due[c.response_id] = time.monotonic() + first
+                poller.add(c, first_poll=first)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert poller.size == 0
+    return writer, due
+
+
+@pytest.mark.anyio
+async def test_no_more_gets_at_once_than_the_poll_slots_and_every_response_is_handed_over_once() -> None:
+    n = 300
+    server = _Server()
+    writer, _ = await _poll_all(server, [0.0] * n, slots=8)
+    assert server.most_in_flight == 8
+    assert sorted(o.request_id for o in writer.outcomes) == list(range(n))
+    assert all(len(g) == 1 for g in server.gets.values()) and len(server.gets) == n
+
+
+@pytest.mark.anyio
+async def test_no_response_is_polled_before_it_is_due_and_one_still_running_is_polled_again() -> None:
+    n = 200
+    firsts = [0.001 * i for i in range(n)]  # due over 0.2 s
+    server = _Server(frozenset(f"resp_{i}" for i in range(0, n, 10)))  # every tenth is still running at its first GET
+    writer, due = await _poll_all(server, firsts, slots=4)
+    assert len(writer.outcomes) == n
+    for rid, gets in server.gets.items():
+        assert gets[0] >= due[rid] - DISPATCH_SLACK
+    assert all(len(server.gets[f"resp_{i}"]) == 2 for i in range(0, n, 10))
+    assert sum(len(g) for g in server.gets.values()) == n + n // 10
+
+
+@pytest.mark.anyio
+async def test_the_dispatcher_sleeps_while_every_worker_is_busy() -> None:
+    # With every slot taken and polls due, the workers take them as they finish; a dispatcher that kept
+    # looking meanwhile would burn the event loop's CPU, thousands of turns here.
+    class Counting(Poller):
+        turns = 0
+
+        def _dispatch(self, now: float) -> None:
+            Counting.turns += 1
+            super()._dispatch(now)
+
+    server = _Server()
+    empty = anyio.Event()
+    poller = Counting(server, _Writer(), max_attempts=3, max_in_flight=2, on_empty=empty.set)  # type: ignore[arg-type]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            for i in range(100):
+                poller.add(_claimed(i), first_poll=0.0)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(server.gets) == 100
+    assert Counting.turns <= 10
