@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copyreg
+import fcntl
 import gc
 import gzip
 import hashlib
@@ -574,6 +575,7 @@ def _slow_line(
 # warnings are applied in file order before its rows are inserted, the counts at the end.
 CHILD_MIN_BYTES = 8 << 20
 _FRAME = struct.Struct("<Q")  # each message: its length, then the pickle
+PIPE_BYTES = 1 << 20  # Linux's largest pipe for an unprivileged process (/proc/sys/fs/pipe-max-size)
 
 
 def _parses_in_child(path: Path) -> bool:
@@ -624,6 +626,10 @@ async def _parse_in_child(
 ) -> None:
     """`_read_and_validate`'s loop run by a forked child (see CHILD_MIN_BYTES); the child is gone on return."""
     r, w = os.pipe()
+    with contextlib.suppress(OSError):
+        # Room for about three chunks in the pipe (the default holds a fifth of one), so that the child parses
+        # on while this process is busy inserting rather than waiting for it to read.
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     try:
         with warnings_module.catch_warnings():
             # Python 3.12+ warns of any fork in a process with threads. The child touches nothing those threads
