@@ -205,6 +205,7 @@ class _Problems:
         self.chat_lines = 0  # of those, lines with Chat Completions `messages` and no `input`
         self.chat_keys: dict[str, None] = {}  # Chat Completions keys seen, in order (a set that keeps it)
         self.unreadable: Unreadable | None = None  # the file could not be read to the end
+        self.parser_lost = False  # the parsing child ended without finishing (killed)
         self.reused = 0  # lines completed from stored answers (submit --reuse)
         self.chains = ChainLines()  # the valid lines that continue another line (runner/chains.py)
 
@@ -399,6 +400,8 @@ async def _stage(
             tg.start_soon(inserter)
             async with send:
                 await _read_and_validate(path, options, problems, warnings, warn, send)
+        if problems.parser_lost:
+            raise RunnerError(f"{shown}: the process parsing the file ended before the end of it; nothing was queued")
         if problems.unreadable is not None:
             raise InputError(shown, [problems.unreadable.problem()], bad_lines=0)
         if problems.chains.lines:
@@ -650,7 +653,9 @@ async def _parse_in_child(
         while True:
             message = await anyio.to_thread.run_sync(_receive_message, reader, abandon_on_cancel=True)
             if message is None:
-                raise RunnerError(f"{path}: the process parsing the file ended unexpectedly; nothing was queued")
+                # Recorded, not raised: raised here it would reach the caller wrapped in the task group's group.
+                problems.parser_lost = True
+                return
             kind, payload = message
             if kind == "chunk":
                 _take(payload, problems, warnings, on_warning)

@@ -114,3 +114,25 @@ def test_ctrl_c_while_the_child_parses_leaves_no_job_and_no_process(cli: Cli, tm
     assert "Traceback" not in err
     assert jobs(cli.db) == 1  # the small file's
     assert not any(Path(f"/proc/{k}").exists() for k in kids)
+
+
+def test_a_parsing_child_killed_fails_the_submit_in_one_line_and_queues_nothing(cli: Cli, tmp_path: Path) -> None:
+    cli.submit(write(tmp_path / "small.jsonl", 5, bad=False))  # a store that stays (a new one would be removed)
+    big = write(tmp_path / "big.jsonl", lines_for(4 * CHILD_MIN_BYTES), bad=False)
+    p = cli.popen("submit", str(big))
+    try:
+        deadline = time.monotonic() + 60
+        while not (kids := children(p.pid)) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert kids, "no parsing child was started"
+        os.kill(kids[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 1, err
+    assert err.strip().splitlines()[-1] == (
+        f"runner: {big}: the process parsing the file ended before the end of it; nothing was queued"
+    )
+    assert jobs(cli.db) == 1  # the small file's
