@@ -48,9 +48,8 @@ def body_hash(body: Mapping[str, Any]) -> str | None:
     """The first 128 bits of the sha256 (32 hex digits) of `body` without IGNORED_FIELDS, keys sorted at every
     level; None for a body that continues server-side state (see the module's rule). 128 bits keep the index
     small, and make two different questions with one hash as unlikely as a hardware fault."""
-    for key in STATEFUL_FIELDS:
-        if body.get(key) is not None:
-            return None
+    if body.get("previous_response_id") is not None or body.get("conversation") is not None:  # STATEFUL_FIELDS
+        return None
     # Most bodies carry none of these (or only metadata): copy only when something must go.
     kept = body if IGNORED_FIELDS.isdisjoint(body) else {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     return hashlib.sha256(orjson.dumps(kept, option=_SORTED)).hexdigest()[:32]

@@ -494,6 +494,9 @@ def _ok_truncation(value: Any) -> bool:
     return value is None or _is_one_of(value, _TRUNCATION_SET)
 
 
+# The keys whose check above passes any string: a string value of one of these needs no call at all.
+_ANY_STRING: Final = frozenset({"model", "input", "instructions", "user", "prompt_cache_key", "safety_identifier"})
+
 _QUICK_BODY: Final[Mapping[str, Any]] = {
     "model": _ok_str,
     "input": _ok_input,
@@ -554,6 +557,8 @@ def quick_line(
     if "model" not in body or "input" not in body:
         return None
     for key, value in body.items():
+        if type(value) is str and key in _ANY_STRING:
+            continue
         ok = _QUICK_BODY.get(key)
         if ok is None or not ok(value):
             return None

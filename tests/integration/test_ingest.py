@@ -18,6 +18,15 @@ from runner.ingest import SubmitOptions, submit_file, submit_files
 from runner.store import Store
 
 
+@pytest.fixture(autouse=True, params=["in-process", "child"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: parsed in this process, and by the forked child that parses big files, which must
+    queue and report exactly the same."""
+    if request.param == "child":
+        monkeypatch.setattr(runner.ingest, "CHILD_MIN_BYTES", 0)
+    return str(request.param)
+
+
 def body(i: int = 1, **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-test", "input": f"item {i}", **extra}
 
