@@ -79,7 +79,7 @@ async def batch_lines(
             try:
                 yield chunks()
             finally:
-                if pending is not None:  # the caller stopped early: a read still running ends first
+                if pending is not None:  # the caller stopped early: the read under way (one chunk) ends first,
+                    # so the transaction ends on an idle connection; its rows or its error are of no use now.
                     with anyio.CancelScope(shield=True), suppress(Exception):
-                        pending.cancel()
                         await pending
