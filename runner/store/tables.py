@@ -143,7 +143,25 @@ requests = Table(
     # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
     # and its reused rows never touch this index; a row enters it once, when its answer is written. `state`
     # is in it so that SQLite, without statistics, prefers it to ix_requests_state (migration 0010).
-    Index(None, "body_hash", "state", sqlite_where=_ORIGINAL_ANSWER, postgresql_where=_ORIGINAL_ANSWER),
+    Index(None, "body_hash", "state", sqlite_where=_ORIGINAL_ANSWER, info={"only_on": "sqlite"}).ddl_if(
+        dialect="sqlite"
+    ),
+    # PostgreSQL: the same rows that have a body, by (body_hash, id), carrying what a `--reuse` lookup reads and
+    # copies, so the newest answer to a question is one index entry, never a read of the table (migration 0013).
+    Index(
+        "ix_requests_body_hash_id",
+        "body_hash",
+        "id",
+        postgresql_include=[
+            "job_id",
+            "finished_at",
+            "http_status",
+            "request_id",
+            *REUSED_USAGE,
+        ],
+        postgresql_where=and_(_ORIGINAL_ANSWER, Column("response_body").isnot(None)),
+        info={"only_on": "postgresql"},
+    ).ddl_if(dialect="postgresql"),
     # Rows answered from another's answer (store/answer.py), found by their source when its job is deleted, so
     # the answer is copied into them first. Partial: only reused rows are in it.
     Index(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,17 @@ from runner.errors import StoreError, StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
 from runner.store.backend import OpenMode, quiet_cancelled_closes
 from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
-from runner.store.models import Claimed, DuplicateCustomId, NewRequest, Outcome, ResponseIdRecord, claim_by_job
+from runner.store.models import (
+    Claimed,
+    DuplicateCustomId,
+    ExportRow,
+    NewRequest,
+    Outcome,
+    ReadyLines,
+    ResponseIdRecord,
+    claim_by_job,
+)
+from runner.store.postgres import export
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, requests
 
@@ -330,6 +341,12 @@ class PostgresBackend:
             )
         except self._asyncpg.UniqueViolationError as e:
             raise DuplicateCustomId(job_id) from e
+
+    def batch_lines(
+        self, job_id: str, id_start: str, chunk: int
+    ) -> AbstractAsyncContextManager[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]]:
+        """The batch export's common lines written by the server (postgres/export.py)."""
+        return export.batch_lines(self.engine, job_id, id_start, chunk)
 
     async def cancel_requeued(self, conn: AsyncConnection, now: float) -> None:
         stamp = self.now_sql(lambda: now)

@@ -151,3 +151,33 @@ LEFT JOIN LATERAL (
     ORDER BY s.id DESC LIMIT 1) AS src ON true
 RETURNING reused_from)
 SELECT count(reused_from) FROM ins
+
+-- name: batch_lines
+-- `export` in the batch format (runner/store/postgres/export.py): a job's rows in line order. A completed row with
+-- an HTTP status and an answer comes as its whole line, byte for byte what export.py's `batch_line` and orjson
+-- write (to_json escapes a string as orjson does; the answer is embedded as stored), as bytes; any other row
+-- with NULL there and its ExportRow fields after it. $1 the JSON text of the id's start, $2 the job, $3 the
+-- last line of the previous chunk, $4 the chunk's size: a walk of (job_id, line_no) from there. One statement for
+-- the whole job was planned as a scan of the table and a sort of the job's rows (1,000,000 rows of 1.2 KB:
+-- an external sort on disk before the first row came out).
+-- A reused row's answer is its source's (`a`, runner/store/answer.py: the row's own body wins when it has one). `a`
+-- is a lateral subquery kept apart (OFFSET 0): a primary-key probe for a reused row only. As a plain join the
+-- planner hashed the whole table and sorted the job (a cursor's first row after seconds, memory to match).
+SELECT r.line_no,
+    CASE WHEN x.ready THEN convert_to('{"id":' || $1::text || r.line_no || '","custom_id":' || to_json(r.custom_id)
+        || ',"response":{"status_code":' || r.http_status || ',"request_id":'
+        || coalesce(to_json(r.request_id)::text, 'null') || ',"body":' || x.body || '},"error":null}' || chr(10), 'UTF8')
+    END,
+    CASE WHEN NOT x.ready THEN r.custom_id END, CASE WHEN NOT x.ready THEN r.state END,
+    CASE WHEN NOT x.ready THEN r.http_status END, CASE WHEN NOT x.ready THEN r.request_id END,
+    CASE WHEN NOT x.ready THEN x.body END, CASE WHEN NOT x.ready THEN r.error_code END,
+    CASE WHEN NOT x.ready THEN r.error_message END, CASE WHEN NOT x.ready THEN r.input_tokens END,
+    CASE WHEN NOT x.ready THEN r.cached_tokens END, CASE WHEN NOT x.ready THEN r.output_tokens END,
+    CASE WHEN NOT x.ready THEN r.reasoning_tokens END, CASE WHEN NOT x.ready THEN r.total_tokens END
+FROM requests AS r
+LEFT JOIN LATERAL (SELECT a.* FROM requests AS a WHERE a.id = r.reused_from AND r.response_body IS NULL OFFSET 0) AS a
+    ON true
+CROSS JOIN LATERAL (SELECT COALESCE(r.response_body, a.response_body) AS body) AS b
+CROSS JOIN LATERAL (SELECT b.body, r.state = 'completed' AND r.http_status IS NOT NULL AND b.body IS NOT NULL AS ready) AS x
+WHERE r.job_id = $2::text AND r.line_no > $3::int
+ORDER BY r.line_no LIMIT $4::int
