@@ -37,6 +37,12 @@ _INCLUDE = [
     "output_tokens",
     "reasoning_tokens",
     "total_tokens",
+    # what a promoted answer was paid for (runner/store/answer.py): a lookup copies coalesce(reused_x, x)
+    "reused_input_tokens",
+    "reused_cached_tokens",
+    "reused_output_tokens",
+    "reused_reasoning_tokens",
+    "reused_total_tokens",
 ]
 _ORIGINAL = "state = 'completed' AND reused_from IS NULL"
 

@@ -158,6 +158,8 @@ requests = Table(
             "http_status",
             "request_id",
             *REUSED_USAGE,
+            # what a promoted answer was paid for (store/answer.py): a lookup copies coalesce(reused_x, x)
+            *(f"reused_{c}" for c in REUSED_USAGE),
         ],
         postgresql_where=and_(_ORIGINAL_ANSWER, Column("response_body").isnot(None)),
         info={"only_on": "postgresql"},
