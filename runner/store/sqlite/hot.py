@@ -411,6 +411,13 @@ class HotConnection:
         if conn is None:
             conn = self._inline_conn = self._open(0.0)  # never waits for the lock on the event loop
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints go to the worker thread (_checkpoint)
+            # A claim or a group commit changes many rows in one statement inside a transaction, so SQLite
+            # keeps a statement journal of the pages it changes; past 64 KB (four 16 KB pages) that journal
+            # spills to a temporary file, created, written and deleted at every commit. In memory: a commit
+            # of 16 results 44 -> 21 us of SQLite a result, its COMMIT 27 -> 20 (the journal is only ever
+            # read to undo one failed statement: what reaches the database file is the same). Only this
+            # connection: a submit's chunk inserts (the worker thread's) would keep megabytes of it.
+            conn.execute("PRAGMA temp_store=MEMORY")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
