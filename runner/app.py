@@ -319,8 +319,6 @@ async def run(
             await store.get_job(jid)  # JobNotFound before any work starts
         if not ids:
             return RunOutcome(RunResult(StopReason.DONE))
-        if s.processes > 1:
-            return await _run_processes(store, ids, s, on_progress, handle_signals)
         options = RunOptions(
             concurrency=s.concurrency,
             max_attempts=s.max_attempts,
@@ -335,6 +333,8 @@ async def run(
         )
         if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
             s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
+        if s.processes > 1:
+            return await _run_processes(store, ids, s, options, transport, on_progress, handle_signals)
         budget = None
         if s.max_cost is not None:
             budget = await _budget(store, ids, s.max_cost, load_prices(_prices_file(prices, s)))
@@ -395,11 +395,15 @@ async def _run_processes(
     store: Store,
     ids: list[str],
     s: Settings,
+    options: RunOptions,
+    transport: httpx.AsyncBaseTransport | None,
     on_progress: Callable[[Snapshot], None] | None,
     handle_signals: bool,
 ) -> RunOutcome:
-    """`run` in `s.processes` worker processes (runner/processes.py); what one process cannot share is refused."""
+    """`run` in `s.processes` worker processes, this one the first (runner/processes.py); what one process
+    cannot share is refused."""
     from runner.store.batches import open_batches
+    from runner.worker.pool import Run
 
     n = s.processes
     _refuse_processes(s)
@@ -423,9 +427,18 @@ async def _run_processes(
 
     final = sum(v for k, v in counts.items() if k not in ACTIVE)
     before = Snapshot(total=sum(counts.values()), done=final, done_before=final, max_concurrency=s.concurrency)
-    fleet = await supervise(
-        ids, s, on_progress=on_progress, caught=caught if handle_signals else None, on_death=hand_back, before=before
-    )
+    async with _client(s, transport, s.concurrency + options.poll_slots) as client:
+        # Over the whole concurrency until the other processes are up: each takes its share as it comes.
+        own = Run(store, client, ids, options, on_progress=lambda _: None)  # reports refresh its figures
+        fleet = await supervise(
+            ids,
+            s,
+            own=own,
+            on_progress=on_progress,
+            caught=caught if handle_signals else None,
+            on_death=hand_back,
+            before=before,
+        )
     stats = [await store.job_stats(j) for j in ids]
     left = sum(count(st.counts, *ACTIVE) for st in stats)
     if fleet.result.reason is StopReason.INTERRUPTED and not caught and not left:

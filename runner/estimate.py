@@ -9,9 +9,17 @@ Per model:
 - the cost is a range from the price table: low with the typical output (or none), high with the bound (or
   the typical output). A model the table does not know is unpriced, never $0.
 
+- the prompt cache: a line whose prompt starts as an earlier line's of the same group does (runner/cachekeys.py,
+  the rule submit groups lines by) may read that shared start back from the cache, at the cached rate. The
+  provider promises no hit, so those tokens are counted apart (`cached_tokens`) and priced at the cached rate
+  at the low end only; the high end prices every input token in full.
+
 With `reuse`, lines whose question already has an answer in the store (runner/reuse.py) are counted as
 reused and left out of the tokens and the cost. The lanes flex and batch pay the Batch rate (the price
 table's `batch_factor` of the standard price), and the estimate says so.
+
+Over 400 lines on purpose: the per-model figures, their text and JSON forms, and the tally over a file's or a
+job's lines (reuse, the prompt cache) are one estimate; apart they would only import each other.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ from typing import Any, Final
 
 import orjson
 
+from runner.cachekeys import cache_key, prompt_prefix
 from runner.config import Lane
 from runner.errors import InputError, LineProblem
 from runner.ingest import Unreadable, read_lines
-from runner.limits import Estimator
+from runner.limits import CHARS_PER_TOKEN, Estimator
 from runner.prices import PriceTable
 from runner.reuse import body_hash
 from runner.store import Store, UsageCounts
@@ -49,6 +58,9 @@ LANES: Final = tuple(lane.value for lane in Lane)
 UNKNOWN_MODEL: Final = "(no model)"
 CHUNK: Final = 5000  # lines looked up in the store at once (reuse)
 NOT_ESTIMATED: Final = "nothing was estimated"
+CACHE_BLOCK: Final = 128  # tokens: the provider reads a cached prefix back in whole blocks of this many
+CACHE_MIN: Final = 1024  # tokens: a shorter shared start is never read from the cache
+CACHE_GROUPS: Final = 10_000  # groups whose first prompt is kept to compare later lines with (memory stays flat)
 
 
 def model_of(body: Mapping[str, Any]) -> str | None:
@@ -97,6 +109,7 @@ class ModelEstimate:
     model: str
     lines: int = 0
     input_tokens: float = 0.0
+    cached_tokens: float = 0.0  # of input_tokens: what the prompt cache may serve (the shared starts of groups)
     bounded_lines: int = 0  # lines with max_output_tokens
     output_bound: int = 0  # the sum of their max_output_tokens
     history: int = 0  # answers of this model in the store the typical output comes from
@@ -136,7 +149,9 @@ class ModelEstimate:
             return
         factor = prices.lane_factor(lane)
         inp = round(self.input_tokens)
-        self.low_usd = p.cost(UsageCounts(input_tokens=inp, output_tokens=round(self.output_low))) * factor
+        cached = min(round(self.cached_tokens), inp)
+        low = UsageCounts(input_tokens=inp, cached_tokens=cached, output_tokens=round(self.output_low))
+        self.low_usd = p.cost(low) * factor
         high = self.output_high
         if high is not None:
             self.high_usd = p.cost(UsageCounts(input_tokens=inp, output_tokens=round(high))) * factor
@@ -185,6 +200,7 @@ class Estimate:
             "reused": self.reused if self.reuse else None,
             "done": self.done,
             "input_tokens": round(sum(m.input_tokens for m in self.models.values())),
+            "cached_tokens": round(sum(m.cached_tokens for m in self.models.values())),
             "cost_usd": {
                 "low": round(self.low_usd, 6),
                 "high": None if self.high_usd is None else round(self.high_usd, 6),
@@ -197,6 +213,7 @@ class Estimate:
                     "price_key": m.price_key,
                     "lines": m.lines,
                     "input_tokens": round(m.input_tokens),
+                    "cached_tokens": round(m.cached_tokens),
                     "output_tokens": {
                         "low": round(m.output_low),
                         "high": None if m.output_high is None else round(m.output_high),
@@ -230,12 +247,18 @@ class Estimate:
             else:
                 out_text = low_text if round(high) == round(m.output_low) else f"{low_text}-{round(high):,}"
             cost = "unpriced" if m.price_key is None else _range(m.low_usd or 0.0, m.high_usd)
+            cached = f" ({round(m.cached_tokens):,} may come from the prompt cache)" if m.cached_tokens >= 1 else ""
             out.append(
-                f"  {p(m.model)}: {m.lines:,} lines · input ~{round(m.input_tokens):,} tokens · output {out_text}"
-                f" tokens ({m.output_basis()}) · {cost}"
+                f"  {p(m.model)}: {m.lines:,} lines · input ~{round(m.input_tokens):,} tokens{cached} · output"
+                f" {out_text} tokens ({m.output_basis()}) · {cost}"
             )
         bound = " (unpriced models not counted)" if self.unpriced else ""
         out.append(f"  total: {_range(self.low_usd, self.high_usd)}{bound}")
+        if any(m.cached_tokens >= 1 for m in self.models.values()):
+            out.append(
+                "  the low end prices the tokens the prompt cache may serve at the cached rate, the high end at"
+                " the full rate: a cache hit is likely, never promised"
+            )
         if note := self.lane_note:
             out.append(f"  {note}")
         return "\n".join(out)
@@ -259,6 +282,7 @@ class _Tally:
         self.store = store
         self.newer_than = newer_than
         self.pending: list[dict[str, Any]] = []
+        self.groups: dict[str, str] = {}  # cache group key -> the prompt text of its first line
 
     async def add(self, body: dict[str, Any]) -> None:
         if not self.est.reuse or self.store is None:
@@ -288,10 +312,38 @@ class _Tally:
         self.est.lines += 1
         m.lines += 1
         m.input_tokens += Estimator.input_tokens(body)
+        m.cached_tokens += self._cacheable(body)
         out = body.get("max_output_tokens")
         if isinstance(out, int) and not isinstance(out, bool):
             m.bounded_lines += 1
             m.output_bound += out
+
+    def _cacheable(self, body: Mapping[str, Any]) -> float:
+        """Tokens of this line the prompt cache may serve: the start its prompt shares with the first line of
+        its group (the rule submit groups by), in whole cache blocks; 0 for a group's first line."""
+        key = cache_key(body)
+        if key is None:
+            return 0.0
+        text = prompt_prefix(body, limit=1 << 62)
+        first = self.groups.get(key)
+        if first is None:
+            if len(self.groups) < CACHE_GROUPS:
+                self.groups[key] = text
+            return 0.0
+        shared = _common_start(first, text) / CHARS_PER_TOKEN
+        return 0.0 if shared < CACHE_MIN else float(int(shared // CACHE_BLOCK) * CACHE_BLOCK)
+
+
+def _common_start(a: str, b: str) -> int:
+    """The length of the longest common prefix of a and b (by halving: each comparison runs in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 async def _finish(est: Estimate, store: Store | None, prices: PriceTable) -> Estimate:

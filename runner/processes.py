@@ -1,9 +1,19 @@
 """`runner run --processes N`: N worker processes on one store, started and watched by the one the user ran.
 
-The parent (`supervise`) starts N children of the same command, `python -m runner run JOB...`, with CHILD_ENV
-set. Each child is an ordinary member of a fleet (runner/store/fleet.py): its own lease owner and heartbeat,
-its share of the rate budget, work claimed and taken back exactly as a runner on another machine would. So
-nothing here decides who sends what; the store does, as it does for separate machines.
+The parent (`supervise`) is the first of the N and starts N - 1 children of the same command,
+`python -m runner run JOB...`, with CHILD_ENV set. Each is an ordinary member of a fleet
+(runner/store/fleet.py): its own lease owner and heartbeat, its share of the rate budget, work claimed and
+taken back exactly as a runner on another machine would. So nothing here decides who sends what; the store
+does, as it does for separate machines.
+
+- Start-up: a child is a new interpreter that imports runner, SQLAlchemy, aiohttp... (1-1.6 s on the 2-core
+  VM, several seconds when it is busy; with the parent waiting for them, `bench/run.py --only 1` measured
+  0.65-0.84 of the bare loop, start-up included). The parent has all that loaded, so it sends from the start
+  over the whole concurrency (`_Own`). A child that has started says so and waits on its stdin; the parent
+  lowers its own share by the child's and says GO once its own requests in flight fit in what it keeps, so
+  that the processes together never pass the concurrency. Forking the children from the parent instead was
+  not done: the parent has an event loop, the store's threads and open connections by then, none of which
+  may cross a fork.
 
 - Settings reach a child the way a user would give them, as environment variables (the key included, never
   on a command line `ps` shows), with `concurrency` split between the children and `processes` 1.
@@ -24,6 +34,7 @@ and the supervision that relies on it; split, a change to the format would have 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import Process
@@ -43,8 +54,11 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import SecretStr
 
 from runner.config import Settings, env_name
-from runner.errors import BillingError, DoomedJobError, RunnerError
+from runner.errors import BillingError, DoomedJobError, RunnerError, StoreUnavailable
 from runner.worker.types import RunResult, Snapshot, StopReason
+
+if TYPE_CHECKING:
+    from runner.worker.pool import Run
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,9 @@ CHILD_ENV = "RUNNER_WORKER_OF"  # set (to the parent's pid) in a child's environ
 MAX_LINE = 1 << 20  # a child's protocol or stderr line longer than this is cut
 TICK = 0.25  # seconds between progress frames of the parent (a child reports as often)
 KILL_AFTER = 3  # the signal count at which the parent kills the children instead of passing the signal on
+GO, STOP = b"go", b"stop"  # the parent's word to a child that said it is ready (on the child's stdin)
+SENDS_FROM_NOW = "process %d sends from now (ready %.2f s ago, its share free since)"  # a debug line the bench times
+DRAIN_CHECK = 0.05  # seconds between looks at the parent's requests in flight while it hands slots over
 
 # The figures of a Snapshot that add up over processes.
 _SUMMED = (
@@ -97,6 +114,19 @@ class ChildReport:
 
     def __call__(self, snap: Snapshot) -> None:
         self._write({"progress": _snapshot_out(snap)})
+
+    def wait_for_turn(self) -> bool:
+        """Say this process is ready and wait for the parent's word: True to run; False (already reported) to end.
+
+        The parent has been sending with this process's share of the concurrency while it started: it lets this
+        one go once its own requests in flight fit in what it keeps, so that together they never pass it.
+        """
+        self._write({"ready": True})
+        word = sys.stdin.buffer.readline()  # blocking is right: this process has nothing else to do yet
+        if word.strip() == GO:
+            return True
+        self.end(RunResult(StopReason.INTERRUPTED))  # stopped before it started (a Ctrl-C), or the parent is gone
+        return False
 
     def end(self, result: RunResult) -> None:
         """The last line: how this child's run ended."""
@@ -156,16 +186,64 @@ class _End:
 
 @dataclass
 class _Child:
-    number: int  # 1-based, for messages
+    number: int  # 1-based, for messages (the parent, sending too, is process 1)
     proc: Process
+    share: int  # its part of the concurrency
     last: Snapshot | None = None  # its latest figures
     end: _End | None = None
     died: str | None = None  # it ended without reporting an end: how, in one line
+    released: bool = False  # told to go: it sends
+    told_to_stop: bool = False  # told to stop before it started sending
+
+
+class _Own:
+    """The parent's own run, process 1: it sends from the start, with the shares of the children not yet running.
+
+    Starting a child is a new interpreter importing runner (1-1.6 s each on the 2-core VM, more when busy);
+    the parent has everything loaded and its store open, so it sends meanwhile and lends each child its share
+    when that child is ready, once its own requests in flight fit in what it keeps.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.result: RunResult | None = None
+        self.lost: StoreUnavailable | None = None
+        self.running = True
+
+    async def execute(self) -> None:
+        try:
+            self.result = await self.run.execute()
+        except StoreUnavailable as e:  # kept, not raised: through the task group it would come out wrapped
+            self.lost = e
+        finally:
+            self.running = False
+
+    def lend(self, slots: int) -> None:
+        c = self.run.concurrency
+        c.maximum = max(1, c.maximum - slots)
+        c.limit = min(c.limit, c.maximum)
+
+    def take_back(self, slots: int) -> None:
+        """A child that died: its slots are the parent's again (its requests come back to the queue)."""
+        c = self.run.concurrency
+        c.maximum += slots
+        if not c.slow_start:
+            c.limit = min(c.limit + slots, c.maximum)
+
+    async def fits(self) -> None:
+        """Until the parent's requests in flight fit in its share (the run's figures are at most 0.25 s old)."""
+        # Polled: the figure is the run's (refreshed by its progress reports), with no event to wait on.
+        while self.running and self.run.snap.in_flight > self.run.concurrency.maximum:  # noqa: ASYNC110
+            await anyio.sleep(DRAIN_CHECK)
+
+    def snapshot(self) -> Snapshot | None:
+        snap = self.run.snap if self.result is None else self.result.snapshot
+        return snap if snap.total else None  # counted once the run has read the job's figures
 
 
 @dataclass
 class FleetOutcome:
-    """How the children of `supervise` ended, together."""
+    """How the processes of `supervise` ended, together."""
 
     result: RunResult
     finished: list[int] = field(default_factory=list)  # requests each process finished, in process order
@@ -176,45 +254,56 @@ async def supervise(
     job_ids: Sequence[str],
     settings: Settings,
     *,
+    own: Run | None = None,
     on_progress: Callable[[Snapshot], None] | None = None,
     caught: list[int] | None = None,
     on_death: Callable[[int], Awaitable[None]] | None = None,
     before: Snapshot | None = None,
 ) -> FleetOutcome:
-    """Run `job_ids` in `settings.processes` child processes until each has ended; None of the parent's own.
+    """Run `job_ids` in `settings.processes` processes until each has ended.
 
-    With `caught` (a list), SIGINT and SIGTERM are handled here: appended to it and passed on to the
-    children. `on_death(pid)` is awaited when a child died without finishing its run (once it is reaped),
-    to hand its work back at once. `before` (the job's figures now) is shown until the first child reports:
-    starting takes seconds. Whatever ends this call, no child is left running.
+    With `own` (a Run of this process over the whole `settings.concurrency`), this process is the first of
+    them and starts `processes - 1` children, handing each its share as it comes up; without, it starts
+    `processes` children and sends nothing itself. With `caught` (a list), SIGINT and SIGTERM are handled
+    here: appended to it, passed on to the children and to `own`. `on_death(pid)` is awaited when a child
+    died without finishing its run (once it is reaped), to hand its work back at once. `before` (the job's
+    figures now) is shown until a process reports. Whatever ends this call, no child is left running.
+    Raises StoreUnavailable when `own` lost the store.
     """
     started = time.monotonic()
     n = settings.processes
+    parts = shares(settings.concurrency, n)
+    mine = _Own(own) if own is not None else None
     children: list[_Child] = []
     try:
         # Started before any task group, so that an OSError (no such interpreter) comes out as itself.
-        for i, share in enumerate(shares(settings.concurrency, n)):
+        first = 1 if mine is not None else 0
+        for i in range(first, n):
             proc = await anyio.open_process(
                 [sys.executable, "-m", "runner", "run", *job_ids],
-                stdin=subprocess.DEVNULL,
-                env=child_env(settings, share),
+                stdin=subprocess.PIPE,  # the parent's word when the child is ready (GO or STOP)
+                env=child_env(settings, parts[i]),
                 start_new_session=True,  # a terminal's Ctrl-C reaches the parent alone, which passes it on
             )
-            children.append(_Child(i + 1, proc))
+            children.append(_Child(i + 1, proc, parts[i]))
         async with anyio.create_task_group() as tg:
             if caught is not None:
-                tg.start_soon(_pass_signals, children, caught)
+                tg.start_soon(_pass_signals, children, caught, mine)
             if on_progress is not None:
-                tg.start_soon(_show_progress, children, started, on_progress, before)
+                tg.start_soon(_show_progress, children, mine, started, on_progress, before)
             async with anyio.create_task_group() as waiting:
+                if mine is not None:
+                    waiting.start_soon(_own_run, mine, children)
                 for child in children:
-                    waiting.start_soon(_follow, child, n, caught, on_death)
+                    waiting.start_soon(_follow, child, n, caught, on_death, mine)
                     waiting.start_soon(_relay_stderr, child)  # to its end: a child's last words are often why
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await _stop_all(children, settings.grace)
-    return _outcome(children, started, caught)
+    if mine is not None and mine.lost is not None:
+        raise mine.lost
+    return _outcome(children, mine, started, caught)
 
 
 def child_env(settings: Settings, concurrency: int) -> dict[str, str]:
@@ -252,8 +341,29 @@ def _env_text(value: object) -> str:
     return str(value)
 
 
+async def _own_run(own: _Own, children: list[_Child]) -> None:
+    """The parent's run; when it ends, so does the job (or the run, on a stop): a child still starting has
+    nothing to do. It has opened nothing yet (it waits for its word before it opens the store), so it is
+    killed rather than waited for: starting may take it seconds more."""
+    await own.execute()
+    for c in children:
+        if not c.released:
+            _drop(c)
+
+
+def _drop(child: _Child) -> None:
+    """End a child that has not been let go: it holds no lease and is in no fleet, so nothing is lost."""
+    child.told_to_stop = True
+    if child.proc.returncode is None:
+        child.proc.kill()
+
+
 async def _follow(
-    child: _Child, n: int, caught: list[int] | None, on_death: Callable[[int], Awaitable[None]] | None
+    child: _Child,
+    n: int,
+    caught: list[int] | None,
+    on_death: Callable[[int], Awaitable[None]] | None,
+    own: _Own | None,
 ) -> None:
     """Read a child's reports until its stdout closes, then reap it (a dead pid frees its leases only then)."""
     assert child.proc.stdout is not None
@@ -268,13 +378,17 @@ async def _follow(
             async for _ in child.proc.stdout:  # still read, or the child would block on a full pipe
                 pass
             break
-        _take(child, line)
+        if _take(child, line):
+            await _release(child, caught, own)
     code = await child.proc.wait()
-    if child.end is None and not (caught and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
+    interrupted = caught and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if child.end is None and not interrupted and (child.released or not child.told_to_stop):
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         died = f"process {child.number} of {n} (pid {child.proc.pid}) ended without finishing its run ({how})"
         log.warning("%s; its requests go back to the queue for the others", died)
         child.died = died
+        if own is not None and child.released:
+            own.take_back(child.share)
         if on_death is not None:
             try:
                 await on_death(child.proc.pid)
@@ -282,15 +396,48 @@ async def _follow(
                 log.warning("could not hand back the requests of process %d at once: %s", child.number, e)
 
 
-def _take(child: _Child, raw: bytes) -> None:
-    """One line of a child's reports (our own child; still, a line that does not parse is skipped, not fatal)."""
+async def _release(child: _Child, caught: list[int] | None, own: _Own | None) -> None:
+    """A child is ready: lend it its share of the parent's slots, and let it go once they are free."""
+    if caught or child.told_to_stop:
+        await _tell(child, STOP)
+        return
+    ready = time.monotonic()
+    if own is not None:
+        own.lend(child.share)
+        await own.fits()
+        if caught:  # a signal came meanwhile: the parent is draining, the child must not start
+            own.take_back(child.share)
+            await _tell(child, STOP)
+            return
+        if not own.running or child.told_to_stop:  # the parent's run is over: so is the job
+            _drop(child)
+            return
+    child.released = True
+    await _tell(child, GO)
+    log.debug(SENDS_FROM_NOW, child.number, time.monotonic() - ready)
+
+
+async def _tell(child: _Child, word: bytes) -> None:
+    if word == STOP:
+        child.told_to_stop = True
+    assert child.proc.stdin is not None
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):  # gone: _follow says so
+        await child.proc.stdin.send(word + b"\n")
+
+
+def _take(child: _Child, raw: bytes) -> bool:
+    """One line of a child's reports; True when it says it is ready (our own child; still, a line that does
+    not parse is skipped, not fatal)."""
     try:
         msg = json.loads(raw)
+        if "ready" in msg:
+            return True
         if "progress" in msg:
             child.last = _snapshot_in(msg["progress"])
         elif "end" in msg:
             end = msg["end"]
-            child.last = _snapshot_in(end["snapshot"])
+            if child.released:  # one stopped before it started has no figures of the job
+                child.last = _snapshot_in(end["snapshot"])
             child.end = _End(
                 StopReason(end["reason"]),
                 _api_error(BillingError, end.get("billing")),
@@ -299,6 +446,7 @@ def _take(child: _Child, raw: bytes) -> None:
             )
     except (ValueError, TypeError, KeyError, AttributeError):
         log.debug("process %d: unreadable report line %r", child.number, raw[:200])
+    return False
 
 
 def _snapshot_in(d: dict[str, Any]) -> Snapshot:
@@ -347,11 +495,21 @@ def merge(parts: Sequence[Snapshot], started: float) -> Snapshot:
     return out
 
 
+def _parts(children: list[_Child], own: _Own | None) -> list[Snapshot]:
+    """The latest figures of every process that has some, the parent's first."""
+    mine = own.snapshot() if own is not None else None
+    return ([mine] if mine is not None else []) + [c.last for c in children if c.last is not None]
+
+
 async def _show_progress(
-    children: list[_Child], started: float, on_progress: Callable[[Snapshot], None], before: Snapshot | None
+    children: list[_Child],
+    own: _Own | None,
+    started: float,
+    on_progress: Callable[[Snapshot], None],
+    before: Snapshot | None,
 ) -> None:
     while True:
-        parts = [c.last for c in children if c.last is not None]
+        parts = _parts(children, own)
         if parts:
             on_progress(merge(parts, started))
         elif before is not None:
@@ -375,16 +533,23 @@ async def _relay_stderr(child: _Child) -> None:
         sys.stderr.flush()
 
 
-async def _pass_signals(children: list[_Child], caught: list[int]) -> None:
+async def _pass_signals(children: list[_Child], caught: list[int], own: _Own | None) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for sig in signals:
             caught.append(int(sig))
+            if own is not None:
+                if len(caught) == 1:
+                    own.run.stop()
+                else:
+                    own.run.abort()
             for c in children:
                 if c.proc.returncode is None:
                     if len(caught) >= KILL_AFTER:
                         c.proc.kill()
-                    else:
+                    elif c.released:
                         c.proc.send_signal(sig)
+                    elif not c.told_to_stop:  # still starting: it will read this when it is ready
+                        await _tell(c, STOP)
 
 
 async def _stop_all(children: list[_Child], grace: float) -> None:
@@ -403,14 +568,17 @@ async def _stop_all(children: list[_Child], grace: float) -> None:
             await c.proc.wait()
 
 
-def _outcome(children: list[_Child], started: float, caught: list[int] | None) -> FleetOutcome:
-    """One verdict from the children's: the most telling stop reason, the figures added up."""
+def _outcome(children: list[_Child], own: _Own | None, started: float, caught: list[int] | None) -> FleetOutcome:
+    """One verdict from the processes': the most telling stop reason, the figures added up."""
     ends = [c.end for c in children if c.end is not None]
+    if own is not None and own.result is not None:
+        r = own.result
+        ends.insert(0, _End(r.reason, r.billing_error, r.doomed_error, list(r.problems)))
     reasons = {e.reason for e in ends}
     if caught:
         reasons.add(StopReason.INTERRUPTED)
     reason = next((r for r in _PRIORITY if r in reasons), StopReason.DONE)
-    result = RunResult(reason, snapshot=merge([c.last for c in children if c.last is not None], started))
+    result = RunResult(reason, snapshot=merge(_parts(children, own), started))
     result.billing_error = next((e.billing for e in ends if e.billing is not None), None)
     result.doomed_error = next((e.doomed for e in ends if e.doomed is not None), None)
     for e in ends:
@@ -420,7 +588,7 @@ def _outcome(children: list[_Child], started: float, caught: list[int] | None) -
         result.billing_error = BillingError("the API refused for billing reasons")
     if reason is StopReason.DOOMED and result.doomed_error is None:
         result.doomed_error = DoomedJobError("a worker process stopped the job as doomed (see its message above)")
-    finished = [_finished(c.last) for c in children]
+    finished = ([_finished(own.snapshot())] if own is not None else []) + [_finished(c.last) for c in children]
     died = [c.died for c in children if c.died is not None]
     return FleetOutcome(result, finished, died)
 

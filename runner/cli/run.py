@@ -213,8 +213,8 @@ def _run(ns: argparse.Namespace) -> ExitCode:
         return _run_child(ns, settings)
     if ns.detach and settings.lane is not Lane.BATCH:
         raise ConfigError("--detach needs --lane batch (only batches can be left running)")
-    # With --processes N each worker process fits its own share (runner/processes.py); this one sends nothing.
-    fitted = fit_open_files(settings.concurrency) if settings.processes == 1 else settings.concurrency
+    # With --processes N this process sends too, over the whole concurrency until the others are up.
+    fitted = fit_open_files(settings.concurrency)
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
     ids = ns.job_ids or _choose_jobs(ns)
@@ -246,6 +246,8 @@ def _run_child(ns: argparse.Namespace, settings: app.Settings) -> ExitCode:
     """A worker process of `runner run --processes N`: run the jobs its parent named, quietly, reporting to it."""
     settings = settings.model_copy(update={"concurrency": fit_open_files(settings.concurrency)})
     report = app.ChildReport()
+    if not report.wait_for_turn():  # the parent sends meanwhile; it lets this one go when its share is free
+        return ExitCode.OK
     outcome = run_async(lambda: app.run(ns.job_ids, settings, on_progress=report, handle_signals=True))
     report.end(outcome.result)  # the parent says what happened, once for all its processes
     return ExitCode.OK

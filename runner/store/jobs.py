@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import JobBusy, JobNotFound
 from runner.states import RequestState
-from runner.store.answer import keep_answers
+from runner.store.answer import keep_answers, referencing_jobs
 from runner.store.backend import InsertsAnswered
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
 from runner.store.models import JobRow, NewRequest
@@ -94,7 +94,7 @@ class JobsPart(StoreCore):
 
         async def go(conn: AsyncConnection) -> None:
             # A staging job's rows are never a source (none is an original answer): this finds none at once.
-            await conn.execute(keep_answers([job_id]))
+            await keep_answers(conn, [job_id])
             await conn.execute(delete(requests).where(requests.c.job_id == job_id))
             await conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
@@ -277,8 +277,19 @@ class JobsPart(StoreCore):
             for job_id, owner in held:
                 if not owner_is_dead(owner):
                     raise JobBusy(job_id, [owner])
-            # Answers other jobs reused from these are copied into them first (store/answer.py).
-            await conn.execute(keep_answers(ids))
+            if conn.dialect.name == "postgresql":
+                # Answers of these jobs that others reused move into rows of those others (store/answer.py):
+                # lock their job rows against a delete of their own meanwhile, which would take the new
+                # original away from under its references. Key share: their runs and reuse submits go on.
+                # A submit cannot add a reference now (it key-share locks these jobs first: store/reuse.py).
+                await conn.execute(
+                    select(jobs.c.id)
+                    .where(jobs.c.id.in_(referencing_jobs(ids)))
+                    .order_by(jobs.c.id)
+                    .with_for_update(read=True, key_share=True)
+                )
+            # Answers other jobs reused from these are handed to one of their rows first (store/answer.py).
+            await keep_answers(conn, ids)
             r = await conn.execute(delete(requests).where(requests.c.job_id.in_(ids)))
             await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             return int(r.rowcount)

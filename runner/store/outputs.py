@@ -3,6 +3,9 @@ back for `--repair`, the flat exports and the report.
 
 Every function takes an open `Store` and goes through `store.read` / `store.write`, in portable SQLAlchemy
 Core (no SQLite-only function), so the same code runs on PostgreSQL.
+
+Over 400 lines on purpose: every query of the checks table and of the HTML report's aggregates beside it,
+portable SQL kept together so that one reading shows what PostgreSQL and SQLite must both accept.
 """
 
 from __future__ import annotations
@@ -176,11 +179,27 @@ async def repairs_done(store: Store, request_id: int) -> int:
     return await store.read(go)
 
 
+# A reused line (`submit --reuse`) has no check of its own: its answer is its source's (store/answer.py), and
+# so is its check, found the same way, by `reused_from`. The source's verdict is the line's: the same question
+# (runner/reuse.py) includes `text`, so the same schema checked the same answer.
+_SOURCE_CHECK = output_checks.alias("source_check")
+_BORROWED = requests.join(_SOURCE_CHECK, _SOURCE_CHECK.c.request_id == requests.c.reused_from)
+
+
 async def has_checks(store: Store, job_id: str) -> bool:
-    """Whether any answer of the job was checked (a job of plain-text lines has none)."""
+    """Whether any answer of the job was checked (a job of plain-text lines has none), here or, for a line
+    answered from the store, where its answer came from."""
 
     async def go(conn: AsyncConnection) -> bool:
         hit = await conn.execute(select(output_checks.c.request_id).where(output_checks.c.job_id == job_id).limit(1))
+        if hit.first() is not None:
+            return True
+        hit = await conn.execute(
+            select(_SOURCE_CHECK.c.request_id)
+            .select_from(_BORROWED)
+            .where(requests.c.job_id == job_id, requests.c.reused_from.is_not(None))
+            .limit(1)
+        )
         return hit.first() is not None
 
     return await store.read(go)
@@ -189,23 +208,37 @@ async def has_checks(store: Store, job_id: str) -> bool:
 async def checks_between(
     store: Store, job_id: str, first_line: int, last_line: int
 ) -> dict[int, tuple[str, str | None]]:
-    """line -> (verdict, parsed JSON text) for the checked lines of `job_id` from first_line to last_line."""
-    stmt = select(output_checks.c.line_no, output_checks.c.status, output_checks.c.parsed).where(
+    """line -> (verdict, parsed JSON text) for the checked lines of `job_id` from first_line to last_line
+    (a reused line's check is its source's)."""
+    own = select(output_checks.c.line_no, output_checks.c.status, output_checks.c.parsed).where(
         and_(
             output_checks.c.job_id == job_id,
             output_checks.c.line_no >= first_line,
             output_checks.c.line_no <= last_line,
         )
     )
+    borrowed = (
+        select(requests.c.line_no, _SOURCE_CHECK.c.status, _SOURCE_CHECK.c.parsed)
+        .select_from(_BORROWED)
+        .where(
+            requests.c.job_id == job_id,
+            requests.c.line_no >= first_line,
+            requests.c.line_no <= last_line,
+            requests.c.reused_from.is_not(None),
+        )
+    )
 
     async def go(conn: AsyncConnection) -> dict[int, tuple[str, str | None]]:
-        return {int(r.line_no): (str(r.status), r.parsed) for r in await conn.execute(stmt)}
+        found = {int(r.line_no): (str(r.status), r.parsed) for r in await conn.execute(borrowed)}
+        found.update((int(r.line_no), (str(r.status), r.parsed)) for r in await conn.execute(own))
+        return found
 
     return await store.read(go)
 
 
 async def check_counts(store: Store, job_id: str) -> CheckCounts:
-    """Verdicts per status, requests repaired, and the rejected answers' usage per model (all in SQL)."""
+    """Verdicts per status (reused lines' included), requests repaired, and the rejected answers' usage per
+    model (all in SQL)."""
     by_status = (
         select(output_checks.c.status, func.count())
         .where(output_checks.c.job_id == job_id)
@@ -222,8 +255,19 @@ async def check_counts(store: Store, job_id: str) -> CheckCounts:
         .group_by(output_checks.c.rejected_model)
     )
 
+    # The verdicts of the job's reused lines are their sources' (has_checks); what their repairs cost is not
+    # this job's spending.
+    borrowed = (
+        select(_SOURCE_CHECK.c.status, func.count())
+        .select_from(_BORROWED)
+        .where(requests.c.job_id == job_id, requests.c.reused_from.is_not(None))
+        .group_by(_SOURCE_CHECK.c.status)
+    )
+
     async def go(conn: AsyncConnection) -> CheckCounts:
         counts = {str(s): int(n) for s, n in await conn.execute(by_status)}
+        for s, n in await conn.execute(borrowed):
+            counts[str(s)] = counts.get(str(s), 0) + int(n)
         models: list[RejectedUsage] = []
         repaired = repairs = 0
         for r in await conn.execute(rejected):

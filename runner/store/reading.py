@@ -225,7 +225,7 @@ class ReadingPart(JobsPart):
                 submitted_at=r.submitted_at,
                 finished_at=r.finished_at,
                 attempt_rows=rows,
-                reused=r.reused_from is not None,
+                reused=r.reused_total_tokens is not None,  # answer.REUSED: a promoted row has no reference
                 reused_source=source,
             )
 

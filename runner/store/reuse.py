@@ -5,9 +5,9 @@ caller where a model name is needed.
 
 A reused row is `completed`, and `reused_from` names the source request, always an original answer; it holds
 no copy of the source's response body (NULL): every reader follows the reference (store/answer.py), and
-deleting the source's job copies the answer in first. Its own usage columns stay 0 (the job spent nothing on
-it); the usage the answer was paid for is kept in the `reused_*` columns, so "tokens reused" survives the
-deletion of the job it came from.
+deleting the source's job hands the answer to one referencing row first. Its own usage columns stay 0 (the job
+spent nothing on it); the usage the answer was paid for is kept in the `reused_*` columns, so "tokens reused"
+survives the deletion of the job it came from, and those columns (answer.REUSED) say that a row was reused.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
+from runner.store.answer import REUSED, paid
 from runner.store.models import NewRequest
 from runner.store.sqlfile import blocks
 from runner.store.store import Store, bounded_total
@@ -106,7 +107,8 @@ async def reuse_answers(
             request_id=src.c.request_id,
             finished_at=now,
             updated_at=now,
-            **{f"reused_{c}": getattr(src.c, c) for c in REUSED_USAGE},
+            # What the answer was paid for: a promoted source (store/answer.py) carries it in its reused_*.
+            **{f"reused_{c}": paid(getattr(src.c, c), getattr(src.c, f"reused_{c}")) for c in REUSED_USAGE},
         )
     )
 
@@ -229,7 +231,7 @@ async def reused_rows(store: Store, job_id: str) -> list[ReusedRow]:
     async def go(conn: AsyncConnection) -> list[ReusedRow]:
         rows = await conn.execute(
             select(requests.c.body, *(getattr(requests.c, f"reused_{c}") for c in REUSED_USAGE)).where(
-                requests.c.job_id == job_id, requests.c.reused_from.is_not(None)
+                requests.c.job_id == job_id, REUSED
             )
         )
         return [ReusedRow(r[0], UsageCounts(*(bounded_total(v or 0) for v in r[1:]))) for r in rows]
@@ -241,9 +243,7 @@ async def reused_count(store: Store, job_id: str) -> int:
     """How many lines of a job were answered from the store."""
 
     async def go(conn: AsyncConnection) -> int:
-        r = await conn.execute(
-            select(func.count()).where(requests.c.job_id == job_id, requests.c.reused_from.is_not(None))
-        )
+        r = await conn.execute(select(func.count()).where(requests.c.job_id == job_id, REUSED))
         return int(r.scalar_one())
 
     return await store.read(go)
@@ -252,7 +252,7 @@ async def reused_count(store: Store, job_id: str) -> int:
 async def reused_line_numbers(store: Store, job_id: str, chunk: int = 100_000) -> bytearray:
     """A flag per line number (1 = reused), for the flat exports' `reused` column: a byte per line, not a set,
     read a slice of lines at a time (a million reused lines read as one list took 150 MB)."""
-    reused = and_(requests.c.job_id == job_id, requests.c.reused_from.is_not(None))
+    reused = and_(requests.c.job_id == job_id, REUSED)
 
     async def go(conn: AsyncConnection) -> bytearray:
         last = (await conn.execute(select(func.max(requests.c.line_no)).where(reused))).scalar_one_or_none()
@@ -281,7 +281,7 @@ async def completed_outputs(store: Store) -> list[tuple[str, int]]:
     async def go(conn: AsyncConnection) -> list[tuple[str, int]]:
         rows = await conn.execute(
             select(requests.c.body, requests.c.output_tokens)
-            .where(and_(requests.c.state == COMPLETED, requests.c.reused_from.is_(None)))
+            .where(and_(requests.c.state == COMPLETED, ~REUSED))
             .order_by(requests.c.id.desc())
             .limit(HISTORY_ROWS)
         )

@@ -54,3 +54,37 @@ def test_estimate_then_a_budget_stop_then_the_rest(cli: Cli, mock_factory: Any, 
     stats = mock.stats()
     assert stats["creates"] == N  # the second run sent only what the first left queued
     assert abs(est["input_tokens"] - stats["usage"]["input_tokens"]) <= 0.10 * stats["usage"]["input_tokens"]
+
+
+def test_the_estimate_says_what_the_prompt_cache_may_serve_and_the_bill_agrees(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # Two templates behind long instructions of their own (~1,760 tokens), four items each, shuffled, and two
+    # short lines no cache can serve. Each template's first line pays in full; its other three may read the
+    # shared start (13 whole blocks of 128 tokens) from the cache.
+    src = tmp_path / "grades.jsonl"
+    rules = {t: f"Template {t}: grade by these rules. " + f"rule {t} " * 1000 for t in "AB"}
+    lines = [("A", i) for i in range(4)] + [("B", i) for i in range(4)]
+    with src.open("w") as f:
+        for n, (t, i) in enumerate([lines[k] for k in (0, 4, 1, 5, 2, 6, 3, 7)] + [("-", 0), ("-", 1)]):
+            body = {"model": "gpt-4.1-mini", "input": f"item {i}: an answer to grade", "max_output_tokens": 50}
+            if t != "-":
+                body["instructions"] = rules[t]
+            f.write(json.dumps({"custom_id": f"g-{n}", "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    r = cli("estimate", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    assert est["cached_tokens"] == 2 * 3 * 13 * 128 == 9984
+    m = est["models"][0]
+    # The low end prices those tokens at the cached rate ($0.10 instead of $0.40 per 1M), the high end in full.
+    full = (m["input_tokens"] * 0.40 + 10 * 50 * 1.60) / 1e6
+    assert m["cost_usd"]["high"] == pytest.approx(full, abs=1e-6)
+    assert m["cost_usd"]["low"] == pytest.approx((m["input_tokens"] - 9984 * 0.75) * 0.40 / 1e6, abs=1e-6)
+    text = cli("estimate", str(src)).stdout
+    assert "(9,984 may come from the prompt cache)" in text and "a cache hit is likely, never promised" in text
+
+    # The mock's cache (as the provider's: 4 characters a token, 128-token blocks) bills what was foreseen.
+    mock = mock_factory()
+    job = cli.submit(src)
+    assert cli("run", job, *run_args(mock, "--concurrency", "1", "--quiet")).returncode == 0
+    assert cli.status(job)["usage"]["cached_tokens"] == 9984

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.conftest import Cli, read_jsonl, run_args, write_jobfile
 from tests.pg import PgCluster
@@ -16,14 +18,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.pg]
 
 
 def test_every_command_on_a_postgresql_store(cli: Cli, mock_factory: Any, tmp_path: Path, pg_url: str) -> None:
-    # Trust auth ignores the password: it is here to be masked wherever the URL is shown.
-    cli.url = pg_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2-pw@")
+    cli.url, user, password = with_password(pg_url)
+    host = make_url(pg_url).host
     mock = mock_factory()
     src = write_jobfile(tmp_path / "in.jsonl", 40, extra={"metadata": {"team": "t"}})
     r = cli("-v", "submit", str(src))
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().splitlines()[-1]
-    assert "postgres:***@127.0.0.1" in r.stderr and "hunter2" not in r.stderr + r.stdout
+    assert f"{user}:***@{host}" in r.stderr and password not in r.stderr + r.stdout
 
     r = cli("run", *run_args(mock, "--concurrency", "8"))
     assert r.returncode == 0, r.stderr
@@ -56,9 +58,22 @@ def test_every_command_on_a_postgresql_store(cli: Cli, mock_factory: Any, tmp_pa
     assert [j["job_id"] for j in json.loads(cli("jobs", "--json").stdout)] == [job]
 
 
+def with_password(url: str) -> tuple[str, str, str]:
+    """`url` with a password in it, and its user and password: the server's own password when the URL has one
+    (RUNNER_TEST_PG_URL may name a server that asks for it), else a made-up one that trust auth ignores, there
+    to be masked wherever the URL is shown."""
+    u = make_url(url)
+    password = u.password or os.environ.get("PGPASSWORD") or "hunter2-pw"
+    user = u.username or "postgres"
+    return u.set(username=user, password=password).render_as_string(hide_password=False), user, str(password)
+
+
 def test_a_postgresql_store_that_cannot_be_used_is_one_line_exit_2(cli: Cli, pg_server: PgCluster) -> None:
-    cli.url = f"postgresql://postgres:hunter2-pw@127.0.0.1:{pg_server.port}/no_such_db"
+    # The server's own host, port and user (the throwaway cluster's, or RUNNER_TEST_PG_URL's), a database it lacks.
+    url, user, password = with_password(pg_server.url)
+    cli.url = make_url(url).set(database="no_such_db").render_as_string(hide_password=False)
     r = cli("status")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-    assert "the database does not exist" in r.stderr and "postgres:***@" in r.stderr and "hunter2" not in r.stderr
+    assert "the database does not exist" in r.stderr, r.stderr
+    assert f"{user}:***@" in r.stderr and password not in r.stderr

@@ -1,7 +1,9 @@
 """`runner run --processes N`: worker processes on one store, one display and one verdict, signals passed on.
 
-The children are found the way a user would (`ps`: the processes whose parent is the `runner run` we started),
-and what was sent is read from the mock's ledger (its key is `job/line`, from X-Client-Request-Id).
+The `runner run` the user started is the first worker process and sends from the start; the others are its
+children, found the way a user would (`ps`: the processes whose parent is that `runner run`), and each is in the
+store's `runners` table once it sends. What was sent is read from the mock's ledger (its key is `job/line`, from
+X-Client-Request-Id).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from runner import app
 from runner.cli.options import settings as cli_settings
 from runner.cli.parser import parse_args
 from runner.config import Lane, Settings
-from runner.errors import ConfigError
+from runner.errors import ConfigError, StoreMissing
+from runner.store import Store
+from runner.store.fleet import fleet_view
 from tests.conftest import Cli, MockServer, read_jsonl, run_args, write_jobfile
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +44,23 @@ def _wait_for_creates(mock: MockServer, n: int, proc: subprocess.Popen[str], tim
     while mock.stats()["creates"] < n:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run sent nothing"
+        time.sleep(0.05)
+
+
+async def _live_runners(db: str) -> int:
+    try:
+        async with await Store.open(db, "existing") as store:
+            return len((await fleet_view(store)).runners)
+    except StoreMissing:  # not made yet
+        return 0
+
+
+def _wait_for_runners(db: str, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Until `n` worker processes are in the store's fleet (a child registers when its parent lets it send)."""
+    deadline = time.monotonic() + timeout
+    while anyio.run(_live_runners, db) != n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{n} processes never sent together"
         time.sleep(0.05)
 
 
@@ -77,14 +98,20 @@ def test_a_spec_with_two_processes_shares_the_job_and_sends_nothing_twice(
     cli: Cli, store_db: str, mock_factory: Any, tmp_path: Path
 ) -> None:
     lines = 120
-    mock = mock_factory("--latency", "0.1")  # seconds of work: both processes are up long before its end
+    # Slow answers until both processes send (the first sends at once, its child once it has started), then
+    # quick ones: a second process that starts late on a busy machine still finds work.
+    mock = mock_factory("--latency", "3")
     write_jobfile(tmp_path / "in.jsonl", lines, bare=True)
     spec = tmp_path / "two.toml"
     spec.write_text(
         '[job]\nname = "two"\ninput = "in.jsonl"\n[limits]\nconcurrency = 8\nprocesses = 2\n'
         '[output]\nresults = "out/two.jsonl"\n'
     )
-    r = cli("run", str(spec), "--db", store_db, *run_args(mock, "--quiet"))
+    run = cli.popen("run", str(spec), "--db", store_db, *run_args(mock, "--quiet"))
+    _wait_for_runners(store_db, 2, run)
+    mock.configure(latency=0.05)
+    out, err = run.communicate(timeout=120)
+    r = subprocess.CompletedProcess(run.args, run.returncode, out, err)
     assert r.returncode == 0, r.stderr
     # The parent alone speaks: one verdict, one report; it says what each process did.
     assert r.stderr.count("this run:") == 1 and r.stdout.count("requests/s") == 1, (r.stdout, r.stderr)
@@ -103,12 +130,14 @@ def test_sigint_to_the_parent_drains_both_processes_and_a_second_run_finishes(
     cli: Cli, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     lines = 60
-    mock = mock_factory("--latency", "0.3")
+    mock = mock_factory("--latency", "3")  # slow until both processes send, as in the test above
     job = _submit(tmp_path, lines)
     run = cli.popen("run", job, *run_args(mock, "--processes", "2", "--concurrency", "8", "--quiet"))
     procs.append(run)
+    _wait_for_runners(str(cli.db), 2, run)
+    mock.configure(latency=0.3)
     _wait_for_creates(mock, 12, run)
-    assert len(_children(run.pid)) == 2
+    assert len(_children(run.pid)) == 1  # the run itself is the first of the two
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
@@ -132,12 +161,14 @@ def test_a_killed_process_is_reported_and_the_other_finishes_its_work(
     cli: Cli, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     lines, concurrency = 80, 8
-    mock = mock_factory("--latency", "0.1")
+    mock = mock_factory("--latency", "3")  # slow until both processes send, as in the tests above
     job = _submit(tmp_path, lines)
     run = cli.popen("run", job, *run_args(mock, "--processes", "2", "--concurrency", str(concurrency), "--quiet"))
     procs.append(run)
+    _wait_for_runners(str(cli.db), 2, run)
+    mock.configure(latency=0.1)
     _wait_for_creates(mock, 16, run)
-    victim = max(_children(run.pid))
+    (victim,) = _children(run.pid)
     os.kill(victim, signal.SIGKILL)
     _, err = run.communicate(timeout=90)
     assert run.returncode == 0, err  # the job's code: it finished

@@ -19,7 +19,7 @@ from runner.errors import InputError
 from runner.export import FORMATS
 from runner.store import Store
 from runner.store.answer import keep_answers
-from runner.store.reuse import reused_line_numbers
+from runner.store.reuse import reused_line_numbers, reused_rows
 from runner.store.tables import jobs, requests
 from tests.integration.test_reuse_store import FakeApi, jobfile
 
@@ -95,7 +95,8 @@ async def test_a_reused_line_stores_no_copy_and_keeps_its_answer_when_the_source
     shown = await app.show(job, cid, db=store_db)
     assert json.loads(shown.response_body or "") == paid[2] and shown.reused_source == (first, cid)
 
-    # Delete the source job: the answers are copied in first, so every export is byte-identical.
+    # Delete the source job: each answer moves into the row that references it first, so every export is
+    # byte-identical.
     deleted = await app.delete([first], db=store_db)
     assert deleted.deleted
     after = await _exports(job, store_db, tmp_path, "after")
@@ -103,8 +104,22 @@ async def test_a_reused_line_stores_no_copy_and_keeps_its_answer_when_the_source
     shown = await app.show(job, cid, db=store_db)
     assert json.loads(shown.response_body or "") == paid[2] and shown.reused and shown.reused_source is None
     assert [json.loads(body) for _, body, _ in await _rows(store_db, job)] == paid
-    # A reused answer is never a source itself: with its original gone, the same file has nothing to reuse.
-    assert (await app.submit(src, db=store_db, new=True, reuse=True)).reused == 0
+    # Those rows are the originals now: the same file is answered from them, and what the answers were
+    # paid for is carried over again.
+    third = await app.submit(src, db=store_db, new=True, reuse=True)
+    assert third.reused == N
+    held = await _rows(store_db, job)
+    assert [ref for _, _, ref in await _rows(store_db, third.job_id)] == [
+        i
+        for (i,) in await _query(
+            store_db, select(requests.c.id).where(requests.c.job_id == job).order_by(requests.c.line_no)
+        )
+    ]
+    assert [ref for _, _, ref in held] == [None] * N
+    async with await Store.open(store_db, "existing") as store:
+        assert [r.usage for r in await reused_rows(store, third.job_id)] == [
+            r.usage for r in await reused_rows(store, job)
+        ]
 
 
 @pytest.mark.anyio
@@ -171,9 +186,9 @@ async def test_a_reuse_submit_during_the_delete_of_its_source_job_references_not
     first = (await app.submit(src, db=store_db)).job_id
     await app.run([first], _settings(store_db), transport=api.transport())
     async with await Store.open(store_db, "existing") as store, store.engine.begin() as conn:
-        # delete_jobs' own steps, held open half way: the job row locked and the answers already copied.
+        # delete_jobs' own steps, held open half way: the job row locked and the answers already handed on.
         await conn.execute(select(jobs.c.id).where(jobs.c.id == first).with_for_update())
-        await conn.execute(keep_answers([first]))
+        await keep_answers(conn, [first])
         async with anyio.create_task_group() as tg:
             got: list[int] = []
 

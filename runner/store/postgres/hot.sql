@@ -138,8 +138,12 @@ FROM unnest(CAST(:lines AS integer[]), CAST(:custom_ids AS text[]), CAST(:bodies
     CAST(:conversations AS text[]), CAST(:hashes AS text[]), CAST(:scheds AS integer[]))
     AS v(line_no, custom_id, body, conversation, body_hash, sched)
 LEFT JOIN LATERAL (
-    SELECT s.id, s.http_status, s.request_id, s.input_tokens, s.cached_tokens, s.output_tokens, s.reasoning_tokens,
-        s.total_tokens
+    -- what the answer was paid for: a promoted source (runner/store/answer.py) has it in its reused_* columns
+    SELECT s.id, s.http_status, s.request_id, coalesce(s.reused_input_tokens, s.input_tokens) AS input_tokens,
+        coalesce(s.reused_cached_tokens, s.cached_tokens) AS cached_tokens,
+        coalesce(s.reused_output_tokens, s.output_tokens) AS output_tokens,
+        coalesce(s.reused_reasoning_tokens, s.reasoning_tokens) AS reasoning_tokens,
+        coalesce(s.reused_total_tokens, s.total_tokens) AS total_tokens
     FROM requests AS s
     WHERE s.body_hash = v.body_hash AND s.state = 'completed' AND s.reused_from IS NULL
       AND s.response_body IS NOT NULL AND s.job_id <> CAST(:job AS text)

@@ -120,6 +120,8 @@ SELECT json('[]')
 -- references the answer (reused_from) and holds no copy of it (runner/store/answer.py). Parameters: the job,
 -- now, newer_than, then one row of VALUES per line, `/*rows*/` repeated (hot.py `insert_answered`), as in
 -- `insert_requests` (the JSON array this took before cost a third more: json_extract per row and column).
+-- The usage carried over is what the answer was paid for: a promoted source (runner/store/answer.py) has it in
+-- its reused_* columns.
 WITH c(job, now, newer_than) AS (SELECT ?, ?, ?),
 v(line_no, custom_id, body, conversation, body_hash, sched) AS (VALUES /*rows*/ (?, ?, ?, ?, ?, ?))
 INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash, sched, created_at, state, attempts,
@@ -129,8 +131,9 @@ INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash,
 SELECT c.job, v.line_no, v.custom_id, v.body, v.conversation, v.body_hash, v.sched, c.now,
     CASE WHEN src.id IS NULL THEN 'queued' ELSE 'completed' END, 0, 0.0, 0, 0, 0, 0, 0, 0,
     src.id, src.http_status, src.request_id, CASE WHEN src.id IS NOT NULL THEN c.now END,
-    CASE WHEN src.id IS NOT NULL THEN c.now END, src.input_tokens, src.cached_tokens, src.output_tokens,
-    src.reasoning_tokens, src.total_tokens
+    CASE WHEN src.id IS NOT NULL THEN c.now END, coalesce(src.reused_input_tokens, src.input_tokens),
+    coalesce(src.reused_cached_tokens, src.cached_tokens), coalesce(src.reused_output_tokens, src.output_tokens),
+    coalesce(src.reused_reasoning_tokens, src.reasoning_tokens), coalesce(src.reused_total_tokens, src.total_tokens)
 FROM v CROSS JOIN c LEFT JOIN requests AS src ON src.id = (
     SELECT max(s.id) FROM requests AS s
     WHERE s.body_hash = v.body_hash AND s.state = 'completed' AND s.reused_from IS NULL
