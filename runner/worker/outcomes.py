@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 
 from runner.errors import ApiError, TransientApiError
-from runner.outputcheck import check, wanted
+from runner.outputcheck import Wanted, check, wanted
 from runner.reply import (
     MAX_CODE_CHARS,
     MAX_MESSAGE_CHARS,
     USAGE_OUT_OF_BOUNDS,
     output_text,
+    plain_usage,
     read_error_text,
     read_usage,
     with_output_text,
@@ -97,19 +98,21 @@ def final_outcome(
     (no new attempt: `from_response` decides those; `runner cancel` records what its cancels return)."""
     status = body.get("status")
     if status == "completed":
-        # The common case, first and short (scenario 2 of `make bench` runs it for every request).
-        stored = _dump(with_output_text(body))
-        usage = read_usage(body)
-        if stored is not None and usage.problem is None:
-            return Outcome(
-                row_id,
-                RequestState.COMPLETED,
-                http_status=http_status,
-                api_request_id=request_id,
-                response_body=stored,
-                usage=usage.usage,
-                sent_at=sent_at,
-            )
+        # The common case, first and short (scenario 2 of `make bench` runs it for every request): usage
+        # read without read_usage's bookkeeping, which only a malformed count needs.
+        plain = plain_usage(body)
+        if plain is not None:
+            stored = _dump(with_output_text(body))
+            if stored is not None:
+                return Outcome(
+                    row_id,
+                    RequestState.COMPLETED,
+                    http_status=http_status,
+                    api_request_id=request_id,
+                    response_body=stored,
+                    usage=plain,
+                    sent_at=sent_at,
+                )
     to = _FINAL.get(status) if isinstance(status, str) else None
     if to is None:
         # A reply without a recognisable status: keep it, but do not call it a success.
@@ -204,11 +207,20 @@ class Checker:
         self._store = store
         self.repair = repair
 
-    async def review(self, c: Claimed, o: Outcome, body: dict[str, Any]) -> tuple[Outcome, CheckRecord | None]:
-        """The outcome to write for `c` (maybe a repair instead of `o`) and the check to write with it."""
+    @staticmethod
+    def wants(c: Claimed, o: Outcome) -> Wanted | None:
+        """What `o`'s answer must be checked against; None (the usual case) when there is nothing to review."""
+        return wanted(c.body) if o.to is RequestState.COMPLETED else None
+
+    async def review(
+        self, c: Claimed, o: Outcome, body: dict[str, Any], want: Wanted | None = None
+    ) -> tuple[Outcome, CheckRecord | None]:
+        """The outcome to write for `c` (maybe a repair instead of `o`) and the check to write with it;
+        `want` is `wants(c, o)` when the caller has it already."""
         if o.to is not RequestState.COMPLETED:
             return o, None
-        want = wanted(c.body)
+        if want is None:
+            want = wanted(c.body)
         if want is None:
             return o, None
         result = check(output_text(body), want)

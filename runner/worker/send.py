@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 DOOMED_AFTER_UNREACHABLE = 10
 
 
+def _request_id(c: Claimed) -> str:
+    """The `x-client-request-id` of this attempt: job, line and attempt, so a server log names the line."""
+    return f"{c.job_id}/{c.line_no}/{c.attempts}"
+
+
 class Sender:
     """Sends claimed requests for all of one run's slots (one per run: it remembers whether the server has
     answered anything yet)."""
@@ -86,28 +91,40 @@ class Sender:
         self._on_outcome(o)
         return self.writer.put(o, check)
 
-    async def _pace(self, c: Claimed) -> float:
-        """Wait for this request's turn under the RPM/TPM budgets and any pool-wide pause; its raw token estimate."""
+    def _book(self, raw: float) -> tuple[float, bool]:
+        """Book one request of `raw` estimated tokens under the RPM/TPM budgets: (seconds to wait, whether it
+        was booked on the local pacer rather than left to the fleet's shared slots)."""
         limiter = self.limiter
-        raw = 0.0
-        if limiter.needs_tokens:
-            body = orjson.loads(c.body)
-            raw = Estimator.raw(body) if isinstance(body, dict) else 1.0
+        booked_alone = not limiter.sharing
+        return limiter.delay_for(raw * limiter.estimator.ratio), booked_alone
+
+    async def _pace(self, raw: float, wait: float, booked_alone: bool) -> None:
+        """Wait for the turn just booked (`_book`), and any pool-wide pause; book again if a pause began meanwhile."""
+        limiter = self.limiter
         while True:
-            booked_alone = not limiter.sharing  # whether delay_for books this request on the local pacer
-            wait = limiter.delay_for(raw * limiter.estimator.ratio)
             if wait > 0:
                 await anyio.sleep(wait)
                 if limiter.remaining_pause() > 0:
-                    continue  # a 429 paused the pool while we slept: book again after it
+                    wait, booked_alone = self._book(raw)  # a 429 paused the pool while we slept: book again
+                    continue
             # With other runners on the store, the request also waits for its slot of the fleet's budget.
             if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
-                return raw
+                return
+            wait, booked_alone = self._book(raw)
 
     async def submit(self, c: Claimed) -> int | None:
         """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""
         max_attempts = self.max_attempts
-        raw_tokens = await self._pace(c)
+        limiter = self.limiter
+        raw_tokens = 0.0
+        if limiter.needs_tokens:
+            body = orjson.loads(c.body)
+            raw_tokens = Estimator.raw(body) if isinstance(body, dict) else 1.0
+        wait, booked_alone = self._book(raw_tokens)
+        # Booked alone with nothing to wait for is the usual case: then the fleet's shared slots have no say
+        # (shared_turn would answer True at once), and no coroutine is made for it.
+        if wait > 0 or not booked_alone:
+            await self._pace(raw_tokens, wait, booked_alone)
         if self._stopping():
             # A stop (signal or billing) came while this one waited for its turn: it was never sent,
             # so it goes back to the queue without using up an attempt.
@@ -115,7 +132,10 @@ class Sender:
         sent_at = time.time()
         started = time.monotonic()
         try:
-            reply = await self._create(c)
+            if self.flex is None:  # not through _create: one coroutine less per request
+                reply = await self.client.create(c.body.encode(), client_request_id=_request_id(c))
+            else:
+                reply = await self._create(c)
         except CapacityError as e:
             # Flex has no capacity now: not billed and not this account's rate, so no pause and no shrinking;
             # the request waits (longer each time) without using up an attempt.
@@ -187,13 +207,14 @@ class Sender:
         if raw_tokens:
             self.limiter.estimator.observe(raw_tokens, outcome.usage.total_tokens)
         checked = None
-        if self.checker is not None:
-            outcome, checked = await self.checker.review(c, outcome, reply.body)
+        # Most lines ask for plain text: a substring test here, not a coroutine per reply.
+        if self.checker is not None and (want := self.checker.wants(c, outcome)) is not None:
+            outcome, checked = await self.checker.review(c, outcome, reply.body, want)
         return self._put(outcome, checked)
 
     async def _create(self, c: Claimed) -> ApiReply:
         """POST the request; on the flex lane with its tier, moved to the default tier once it waited too long."""
-        request_id = f"{c.job_id}/{c.line_no}/{c.attempts}"
+        request_id = _request_id(c)
         flex = self.flex
         if flex is None:
             return await self.client.create(c.body.encode(), client_request_id=request_id)

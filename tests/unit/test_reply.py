@@ -14,6 +14,7 @@ from runner.reply import (
     UsageReading,
     header_count,
     output_text,
+    plain_usage,
     read_error_text,
     read_id,
     read_request_id,
@@ -206,7 +207,7 @@ def test_the_short_path_for_well_formed_usage_reads_what_the_careful_one_reads()
     values: list[Any] = [None, 0, 7, 2**40, 2**40 + 1, -1, 3.0, True, "5", [1]]
     details: list[Any] = [None, {}, {"cached_tokens": 2}, {"cached_tokens": -2}, [], "x"]
     out_details: list[Any] = [None, {"reasoning_tokens": 4}, {"reasoning_tokens": 2**41}, 5]
-    seen_short = seen_careful = 0
+    seen_short = seen_careful = seen_plain = 0
     for i, o, t, d_in, d_out in itertools.product(values, values[:6], values[:4], details, out_details):
         usage: dict[str, Any] = {"input_tokens": i, "output_tokens": o, "total_tokens": t}
         usage = {k: v for k, v in usage.items() if v is not None or k == "output_tokens"}
@@ -217,8 +218,16 @@ def test_the_short_path_for_well_formed_usage_reads_what_the_careful_one_reads()
         fast = read_usage({"usage": usage})
         careful = read_usage({"usage": MappingProxyType(usage)})
         assert fast == careful, usage
+        # The outcome's own short path: the same counts, or None to leave it to read_usage (always when
+        # there is a problem to say).
+        plain = plain_usage({"usage": usage})
+        assert plain is None or (plain == careful.usage and careful.problem is None), usage
+        assert careful.problem is None or plain is None, usage
+        seen_plain += plain is not None
         if careful.problem is None:
             seen_short += 1
         else:
             seen_careful += 1
-    assert seen_short > 100 and seen_careful > 100
+    assert seen_short > 100 and seen_careful > 100 and seen_plain > 100
+    assert plain_usage({}) == UsageCounts() and plain_usage({"usage": None}) == UsageCounts()
+    assert plain_usage({"usage": MappingProxyType({"input_tokens": 1})}) is None  # read_usage decides

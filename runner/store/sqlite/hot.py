@@ -353,6 +353,14 @@ def insert_answered(
 # holds this many pages, never on the event loop: SQLite's own automatic checkpoint is off on the
 # connection used there.
 CHECKPOINT_PAGES = 1000
+# A claim or a group commit changes many rows in one statement inside a transaction, so SQLite keeps a
+# statement journal of the pages it changes; past 64 KB (four 16 KB pages) that journal spilled to a
+# temporary file, created, written and deleted at every commit. In memory: a commit of 16 results took
+# 44 -> 21 us of SQLite a result, its COMMIT 27 -> 20 (the journal is only read to undo one failed
+# statement: what reaches the database is the same). Not for a submit's chunk inserts (inline=False): their
+# journals reach megabytes (200,000 lines with random custom_ids: peak RSS +6 MB, no CPU saved).
+_JOURNAL_IN_MEMORY = "PRAGMA temp_store=MEMORY"
+_JOURNAL_SPILLS = "PRAGMA temp_store=DEFAULT"
 CHECKPOINT_CHECK_EVERY = 64  # inline transactions between two looks at the log's size (one stat)
 
 
@@ -386,6 +394,7 @@ class HotConnection:
         self._conn: sqlite3.Connection | None = None
         self._inline_conn: sqlite3.Connection | None = None
         self._inline_commits = 0
+        self._thread_in_memory = False  # the worker thread's connection keeps its statement journals in memory
         # fast_acquire: an uncontended lock costs no extra turn of the event loop (see `transaction`).
         self._lock = anyio.Lock(fast_acquire=True)
         self._thread: ThreadPoolExecutor | None = None
@@ -411,6 +420,7 @@ class HotConnection:
         if conn is None:
             conn = self._inline_conn = self._open(0.0)  # never waits for the lock on the event loop
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints go to the worker thread (_checkpoint)
+            conn.execute(_JOURNAL_IN_MEMORY)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
@@ -442,8 +452,11 @@ class HotConnection:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-store")
         return self._thread
 
-    def _transaction(self, fn: Callable[[DBAPIConnection], T]) -> T:
+    def _transaction(self, fn: Callable[[DBAPIConnection], T], in_memory: bool) -> T:
         conn = self._connection()
+        if in_memory != self._thread_in_memory:  # a claim or commit waited for the lock, or a submit's chunk
+            conn.execute(_JOURNAL_IN_MEMORY if in_memory else _JOURNAL_SPILLS)
+            self._thread_in_memory = in_memory
         conn.execute("BEGIN IMMEDIATE")
         return _commit_or_roll_back(conn, fn)
 
@@ -466,7 +479,7 @@ class HotConnection:
                 done, result_inline = self._inline(fn)
                 if done:
                     return cast(T, result_inline)  # T itself (which may be None)
-            future = asyncio.get_running_loop().run_in_executor(self._executor(), self._transaction, fn)
+            future = asyncio.get_running_loop().run_in_executor(self._executor(), self._transaction, fn, inline)
             with anyio.CancelScope(shield=True):
                 result = await future
         return result
