@@ -119,6 +119,7 @@ class Run:
         self._tg: TaskGroup | None = None
         self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
         self._ramping = False
+        self._growing = False  # the slow start's clock runs (runner/limits.py AdaptiveConcurrency.grow_by_time)
         self._store_lost: StoreUnavailable | None = None
         self.sender = Sender(
             client,
@@ -240,7 +241,9 @@ class Run:
             if self._ready_low():
                 # Leased, so invisible to other runners; one claim per request would cost more CPU than the
                 # request itself at high throughput.
-                want = min(max(limit, 64) - len(self._ready), CLAIM_BATCH * 4)
+                # A slow start that grows by time will need the whole concurrency within ~0.5 s: claim it now.
+                wanted = self.concurrency.maximum if self.concurrency.growing_by_time else limit
+                want = min(max(wanted, 64) - len(self._ready), CLAIM_BATCH * 4)
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
                 if self.writer.chains and claimed:
                     claimed = await self._continue_parents(claimed)
@@ -303,6 +306,9 @@ class Run:
                 self._tg.start_soon(self._handle, self._ready.popleft())
                 started += 1
             self._ramp.took(started)
+            if started and not self._growing and self.concurrency.growing_by_time:
+                self._growing = True
+                self._tg.start_soon(self._grow_by_time)
             # Slots held back by the ramp open later; slots the budget refused wait for a reply instead.
             if started == n < free and not self._ramping:
                 self._ramping = True
@@ -320,6 +326,14 @@ class Run:
                     return
         finally:
             self._ramping = False
+
+    async def _grow_by_time(self) -> None:
+        """Until the first reply of a slow start, open the slots the time since the first send allows."""
+        self.concurrency.begin()
+        while self.concurrency.growing_by_time and not self._stop_claiming.is_set():
+            await anyio.sleep(0.01)
+            if self.concurrency.grow_by_time():
+                self._fill()
 
     def _admit(self, c: Claimed) -> bool:
         """Whether `c` fits in the budget (always, without one). When it does not and nothing is out any more,
