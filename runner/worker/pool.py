@@ -117,9 +117,9 @@ class Run:
         self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
         self._want_more = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
+        self._ramp = SlotRamp()  # many free slots open over part of a round trip, not in one burst
         self._ramping = False
-        self._growing = False  # the slow start's clock runs (runner/limits.py AdaptiveConcurrency.grow_by_time)
+        self._growing = False  # the slow start is watched (`_slow_start`)
         self._store_lost: StoreUnavailable | None = None
         self.sender = Sender(
             client,
@@ -306,9 +306,9 @@ class Run:
                 self._tg.start_soon(self._handle, self._ready.popleft())
                 started += 1
             self._ramp.took(started)
-            if started and not self._growing and self.concurrency.growing_by_time:
+            if started and not self._growing and self.concurrency.slow_start:
                 self._growing = True
-                self._tg.start_soon(self._grow_by_time)
+                self._tg.start_soon(self._slow_start)
             # Slots held back by the ramp open later; slots the budget refused wait for a reply instead.
             if started == n < free and not self._ramping:
                 self._ramping = True
@@ -327,13 +327,20 @@ class Run:
         finally:
             self._ramping = False
 
-    async def _grow_by_time(self) -> None:
-        """Until the first reply of a slow start, open the slots the time since the first send allows."""
+    async def _slow_start(self) -> None:
+        """While the slow start lasts, open the slots it allows as soon as it allows them: with time until the
+        first reply, and all of them once a reply shows the limits, not at the next commit that frees a slot
+        (under load the first commit came 0.1-0.2 s after the first reply, every new slot waiting for it)."""
         self.concurrency.begin()
-        while self.concurrency.growing_by_time and not self._stop_claiming.is_set():
+        seen = self.concurrency.limit
+        while not self._stop_claiming.is_set():
             await anyio.sleep(0.01)
-            if self.concurrency.grow_by_time():
+            self.concurrency.grow_by_time()
+            if self.concurrency.limit > seen:
                 self._fill()
+            seen = self.concurrency.limit
+            if not self.concurrency.slow_start:
+                return
 
     def _admit(self, c: Claimed) -> bool:
         """Whether `c` fits in the budget (always, without one). When it does not and nothing is out any more,
