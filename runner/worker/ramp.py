@@ -1,13 +1,11 @@
-"""Opening many free slots at once, spread over a quarter of a round trip instead of in one burst.
+"""Opening many free slots at once, spread over one round trip instead of in one burst.
 
-When the slow start ends, the pool goes from a few slots to the whole concurrency at once. Sent together,
+When the slow start ends, the pool goes from 8 slots to the whole concurrency at once. Sent together,
 those requests come back together, and with latencies that are all alike they keep doing so: the event
 loop gets a burst of replies to read and commit, every slot waits for the last of them, and the pool
 runs in waves. Measured with 10,000 requests, 1 s latency, concurrency 1,000: each wave of 1,000 took
-1.2-1.4 s instead of 1 s. Starting the new slots evenly over part of a round trip (at most a second) sends
-them spread out, and the replies come back spread out too. A quarter is enough: with --rpm given, the pacer
-alone spreads the first 1,000 over 0.1 s (a tenth of the round trip), and those runs reach 0.96-0.98 of the
-bare loop, no waves. A whole round trip (before) kept slots shut for half a round trip on average.
+1.2-1.4 s instead of 1 s. Starting the new slots evenly over one round trip (at most a second) sends
+them spread out, and the replies come back spread out too.
 
 Only slots opened at once are spread: a slot that finishes a request takes the next one itself, and
 small openings (a slot added after a healthy reply) stay within the burst allowance.
@@ -20,7 +18,6 @@ from collections.abc import Callable
 
 RAMP_BURST = 16  # slots that may open at once, whatever the round trip
 RAMP_OVER_MAX = 1.0  # seconds: a whole concurrency opens within one round trip, but never slower than this
-RAMP_SHARE = 0.25  # ... in fact within this share of it
 # A ramp's next look may come this late (a busy event loop) and still open what the time since the last one
 # earned. Capped at RAMP_BURST, a look 30 ms late opened a third of its share: on a loaded VM the 1,000 slots
 # of a 1 s round trip took 3-5 s to open instead of one.
@@ -49,7 +46,7 @@ class SlotRamp:
             self._behind = False
             self._granted = limit
             return limit
-        rate = limit / min(latency * RAMP_SHARE, RAMP_OVER_MAX)  # slots per second
+        rate = limit / min(latency, RAMP_OVER_MAX)  # slots per second
         since = now - self._at
         # An idle bucket holds a burst; a ramp under way also keeps what a late look earned.
         late = self._behind and since <= RAMP_LATE_MAX
