@@ -117,7 +117,7 @@ class Run:
         self._ready: deque[Claimed] = deque()  # claimed ahead, not yet started
         self._want_more = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._ramp = SlotRamp()  # many free slots open over part of a round trip, not in one burst
+        self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
         self._ramping = False
         self._growing = False  # the slow start is watched (`_slow_start`)
         self._store_lost: StoreUnavailable | None = None
