@@ -241,8 +241,10 @@ class Run:
             if self._ready_low():
                 # Leased, so invisible to other runners; one claim per request would cost more CPU than the
                 # request itself at high throughput.
-                # A slow start that grows by time will need the whole concurrency within ~0.5 s: claim it now.
-                wanted = self.concurrency.maximum if self.concurrency.growing_by_time else limit
+                # A slow start that grows by time will need the whole concurrency within ~0.5 s: claim it as soon
+                # as the first requests are out (a first claim of a whole concurrency would delay them).
+                growing = self.concurrency.growing_by_time and self._in_flight
+                wanted = self.concurrency.maximum if growing else limit
                 want = min(max(wanted, 64) - len(self._ready), CLAIM_BATCH * 4)
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
                 if self.writer.chains and claimed:
