@@ -243,7 +243,7 @@ class Run:
                 # request itself at high throughput.
                 # A slow start that grows by time will need the whole concurrency within ~0.5 s: claim it as soon
                 # as the first requests are out (a first claim of a whole concurrency would delay them).
-                growing = self.concurrency.growing_by_time and self._in_flight
+                growing = self.concurrency.growing_by_time and self._in_flight > 0
                 wanted = self.concurrency.maximum if growing else limit
                 want = min(max(wanted, 64) - len(self._ready), CLAIM_BATCH * 4)
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
