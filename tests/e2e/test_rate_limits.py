@@ -26,20 +26,17 @@ def test_rpm_budget_paces_under_a_server_enforced_limit(cli: Cli, mock_factory: 
     mock = mock_factory("--rpm", "1200", "--latency", "0.05")
     src = write_jobfile(tmp_path / "in.jsonl", 100)
     job = cli.submit(src)
-    t0 = time.monotonic()
     r = cli("run", job, *run_args(mock, "--concurrency", "50", "--rpm", "1200", "--quiet"))
-    wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert cli.status(job)["counts"]["completed"] == 100
     stats = mock.stats()
     assert stats["faults"]["429"] == 0, stats["faults"]  # paced, not bounced, from the first request on
-    # 100 requests at 20/s take about 5 s; evenly paced means not much faster (no bursts) ...
+    # 100 requests at 20/s: evenly paced means no one-second window above the share (no bursts). That the
+    # budget is used (achieved / limit) is a speed figure: bench row 3, not a timed test.
     db = sqlite3.connect(cli.db)
     sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
     busiest = max(sum(1 for t in sent if s <= t < s + 1.0) for s in sent)
     assert busiest <= 20 * 1.1, busiest  # a second's share + 10 %, the first second included
-    # ... and not much slower (the budget is used): start-up costs about a second.
-    assert wall < 5.0 + 4.0, wall
 
 
 def test_without_a_budget_the_headers_and_429s_slow_the_pool(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:

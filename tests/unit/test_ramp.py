@@ -53,3 +53,17 @@ def test_a_few_slots_open_at_once_and_an_idle_bucket_holds_no_more_than_a_burst(
     assert ramp.allow(1000, 1.0) == RAMP_BURST  # an AIMD step of one slot is never held back
     clock.now += 3600.0
     assert ramp.allow(1000, 1.0) == RAMP_BURST
+
+
+def test_a_ramp_whose_looks_come_late_still_opens_every_slot_within_a_round_trip() -> None:
+    # A busy event loop looks every 30 ms instead of 10: the slots a late look earned still open then.
+    clock = Clock()
+    opened = open_all(SlotRamp(clock), clock, 1000, 1.0, tick=0.03)
+    assert len(opened) * 0.03 <= 1.0 + 0.06, len(opened)
+    assert max(opened[1:]) <= 1000 * 0.03 + 1  # no more than the late look's share at once
+    # ... but an idle bucket, or one just out of the slow start (no round trip known), holds only a burst.
+    ramp = SlotRamp(clock)
+    assert ramp.allow(1000, None) == 1000
+    ramp.took(8)
+    clock.now += 0.05
+    assert ramp.allow(1000, 1.0) == RAMP_BURST
