@@ -40,12 +40,6 @@ LONG_WAIT = 5.0  # a pool-wide pause longer than this is said, once, in plain wo
 POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so they never starve submissions
 CHARS_PER_TOKEN = 4.0
 SLOW_START_WINDOW = 8  # requests in flight before the server's limits are known (no --rpm/--tpm given)
-# While no reply has come, the slow start also grows with time: SLOW_START_WINDOW for SLOW_START_HOLD seconds
-# (a server that answers within it never sees more before its limits are known), then doubling every
-# SLOW_START_DOUBLING seconds. A slow server (1 s) is otherwise held at 8 for a whole round trip: at
-# concurrency 1,000 that was ~1 s of full throughput lost in an ~11 s run (see AdaptiveConcurrency).
-SLOW_START_HOLD = 0.1
-SLOW_START_DOUBLING = 0.05
 SHARED_BLOCK_SECONDS = 0.5  # a runner books this much of the fleet's request budget at a time ...
 MAX_SHARED_BLOCK = 64  # ... but never more slots than this in one booking (one store write per block)
 # A shared slot whose time passed more than this ago is dropped, not used late: a late send bunched with
@@ -186,10 +180,9 @@ class AdaptiveConcurrency:
 
     With `slow_start`, the pool opens at SLOW_START_WINDOW slots and grows by one per healthy reply (doubling
     every round trip) until `end_slow_start()`, called once the server's limits are known: the first
-    full-concurrency burst must not go out before the limit it may break is known. Until the first reply,
-    `grow_by_time()` also lets the window grow with the time since `begin()`: held for SLOW_START_HOLD, then
-    doubling every SLOW_START_DOUBLING, so the requests sent before the first reply are bounded by the
-    server's own latency (8 within 0.1 s, 32 within 0.2 s, 128 within 0.3 s), not a fixed round trip at 8.
+    full-concurrency burst must not go out before the limit it may break is known. It does not grow with time
+    while no reply has come: a server with real latencies (1-30 s) enforcing 20 requests a second would answer
+    every request sent beyond those in its first second with a 429 (tried: at 1 s latency, up to 11 % 429s).
     """
 
     DECREASE = 0.7
@@ -204,33 +197,6 @@ class AdaptiveConcurrency:
         self._cooldown = cooldown
         self._healthy = 0
         self._last_decrease = -math.inf
-        self._began: float | None = None  # the first send of the slow start
-        self._replied = False  # a reply came: from then on, only replies grow the slow start
-
-    @property
-    def growing_by_time(self) -> bool:
-        """Whether `grow_by_time()` may still open slots (slow start, and no reply yet)."""
-        return self.slow_start and not self._replied
-
-    def begin(self) -> None:
-        """The first requests go out now: the slow start's clock starts."""
-        if self._began is None:
-            self._began = self._clock()
-
-    def grow_by_time(self) -> bool:
-        """Open the slots the time since `begin()` allows while no reply has come; True if the limit grew."""
-        if not self.growing_by_time or self._began is None:
-            return False
-        doublings = (self._clock() - self._began - SLOW_START_HOLD) / SLOW_START_DOUBLING
-        if doublings <= 0:
-            return False
-        # 2**doublings overflows a float long before the loop would care: the maximum caps it anyway.
-        window = self.maximum if doublings > 30 else int(SLOW_START_WINDOW * 2.0**doublings + 1e-6)
-        if window <= self.limit:
-            return False
-        self.limit = min(window, self.maximum)
-        self.slow_start = self.limit < self.maximum
-        return True
 
     def end_slow_start(self) -> None:
         """The limits are known (pacing takes over): open every slot at once."""
@@ -239,7 +205,6 @@ class AdaptiveConcurrency:
             self.limit = self.maximum
 
     def on_success(self) -> None:
-        self._replied = True
         if self.limit >= self.maximum:
             return
         if self.slow_start:
@@ -252,7 +217,6 @@ class AdaptiveConcurrency:
             self.limit += 1
 
     def on_overload(self) -> None:
-        self._replied = True
         now = self._clock()
         if now - self._last_decrease < self._cooldown:
             return  # one decrease per burst of 429s, not one per failing request

@@ -241,11 +241,7 @@ class Run:
             if self._ready_low():
                 # Leased, so invisible to other runners; one claim per request would cost more CPU than the
                 # request itself at high throughput.
-                # A slow start that grows by time will need the whole concurrency within ~0.5 s: claim it as soon
-                # as the first requests are out (a first claim of a whole concurrency would delay them).
-                growing = self.concurrency.growing_by_time and self._in_flight > 0
-                wanted = self.concurrency.maximum if growing else limit
-                want = min(max(wanted, 64) - len(self._ready), CLAIM_BATCH * 4)
+                want = min(max(limit, 64) - len(self._ready), CLAIM_BATCH * 4)
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
                 if self.writer.chains and claimed:
                     claimed = await self._continue_parents(claimed)
@@ -330,14 +326,12 @@ class Run:
             self._ramping = False
 
     async def _slow_start(self) -> None:
-        """While the slow start lasts, open the slots it allows as soon as it allows them: with time until the
-        first reply, and all of them once a reply shows the limits, not at the next commit that frees a slot
-        (under load the first commit came 0.1-0.2 s after the first reply, every new slot waiting for it)."""
-        self.concurrency.begin()
+        """While the slow start lasts, open the slots it allows as soon as it allows them: all of them once a reply
+        shows the limits, not at the next commit that frees a slot (under load the first commit came 0.1-0.2 s
+        after the first reply, every new slot waiting for it)."""
         seen = self.concurrency.limit
         while not self._stop_claiming.is_set():
             await anyio.sleep(0.01)
-            self.concurrency.grow_by_time()
             if self.concurrency.limit > seen:
                 self._fill()
             seen = self.concurrency.limit

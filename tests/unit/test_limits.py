@@ -10,8 +10,6 @@ import pytest
 
 from runner.limits import (
     BURST,
-    SLOW_START_DOUBLING,
-    SLOW_START_HOLD,
     SLOW_START_WINDOW,
     AdaptiveConcurrency,
     Estimator,
@@ -209,44 +207,6 @@ def test_slow_start_ends_at_the_first_429_as_an_overload() -> None:
         c.on_success()
     c.on_overload()
     assert not c.slow_start and c.limit == int((SLOW_START_WINDOW + 20) * AdaptiveConcurrency.DECREASE)
-
-
-def test_slow_start_grows_with_time_until_the_first_reply() -> None:
-    clock = FakeClock()
-    c = AdaptiveConcurrency(1000, clock=clock, slow_start=True)
-    assert not c.grow_by_time()  # nothing sent yet: the clock has not started
-    c.begin()
-    clock.t += SLOW_START_HOLD * 0.9
-    assert not c.grow_by_time() and c.limit == SLOW_START_WINDOW  # a server answering this soon sees only 8
-    clock.t += SLOW_START_HOLD * 0.1 + SLOW_START_DOUBLING
-    assert c.grow_by_time() and c.limit == 2 * SLOW_START_WINDOW
-    clock.t += SLOW_START_DOUBLING * 2
-    c.grow_by_time()
-    assert c.limit == 8 * SLOW_START_WINDOW and c.slow_start  # doubling, not a jump to --concurrency
-    clock.t += SLOW_START_DOUBLING * 100
-    c.grow_by_time()
-    assert c.limit == 1000 and not c.slow_start  # bounded by --concurrency
-
-
-def test_the_first_reply_stops_the_clock_and_replies_grow_the_window_again() -> None:
-    clock = FakeClock()
-    c = AdaptiveConcurrency(1000, clock=clock, slow_start=True)
-    c.begin()
-    clock.t += SLOW_START_HOLD + SLOW_START_DOUBLING
-    c.grow_by_time()
-    c.on_success()  # a reply without x-ratelimit-* headers: the slow start goes on, one slot per reply
-    assert c.limit == 2 * SLOW_START_WINDOW + 1 and c.slow_start
-    clock.t += 10.0
-    assert not c.grow_by_time() and c.limit == 2 * SLOW_START_WINDOW + 1
-    # A 429 (rate limits answer at once, long before a slow server's first answer) stops it as well.
-    d = AdaptiveConcurrency(1000, clock=clock, slow_start=True)
-    d.begin()
-    clock.t += SLOW_START_HOLD + 3 * SLOW_START_DOUBLING
-    d.grow_by_time()
-    d.on_overload()
-    assert d.limit == int(8 * SLOW_START_WINDOW * AdaptiveConcurrency.DECREASE) and not d.slow_start
-    clock.t += 10.0
-    assert not d.grow_by_time() and d.limit == int(8 * SLOW_START_WINDOW * AdaptiveConcurrency.DECREASE)
 
 
 def test_a_429_with_budget_left_is_load_shedding_not_an_overload() -> None:
