@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -161,6 +161,24 @@ class ReadyLines(NamedTuple):
 
     data: bytes  # `lines` lines, each ending in a newline
     lines: int
+
+
+def ready_runs(lines: Iterable[bytes | None], others: Iterator[ExportRow]) -> list[ReadyLines | ExportRow]:
+    """A chunk of the batch export in line order: each run of lines the store encoded (not None) joined into
+    one ReadyLines, and for each None the next of `others` (the rows export.py encodes itself)."""
+    out: list[ReadyLines | ExportRow] = []
+    run: list[bytes] = []
+    for line in lines:
+        if line is not None:
+            run.append(line)
+            continue
+        if run:
+            out.append(ReadyLines(b"".join(run), len(run)))
+            run = []
+        out.append(next(others))
+    if run:
+        out.append(ReadyLines(b"".join(run), len(run)))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

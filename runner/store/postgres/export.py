@@ -22,7 +22,7 @@ import anyio
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.store.models import ExportRow, ReadyLines
+from runner.store.models import ExportRow, ReadyLines, ready_runs
 from runner.store.sqlfile import blocks
 
 __all__ = ["batch_lines"]
@@ -33,20 +33,7 @@ _BEFORE_FIRST = -(1 << 31)  # a line number below every line's (an int4)
 
 def _assemble(rows: Sequence[Any]) -> Chunk:
     """Runs of ready lines joined into one ReadyLines each, the other rows as ExportRows, in line order."""
-    out: list[ReadyLines | ExportRow] = []
-    run: list[bytes] = []
-    for r in rows:
-        line = r[1]
-        if line is not None:
-            run.append(line)
-            continue
-        if run:
-            out.append(ReadyLines(b"".join(run), len(run)))
-            run = []
-        out.append(ExportRow(r[0], *r[2:]))
-    if run:
-        out.append(ReadyLines(b"".join(run), len(run)))
-    return out
+    return ready_runs((r[1] for r in rows), (ExportRow(r[0], *r[2:]) for r in rows if r[1] is None))
 
 
 @asynccontextmanager

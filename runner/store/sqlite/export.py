@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import orjson
 
-from runner.store.models import ExportRow, ReadyLines
+from runner.store.models import ExportRow, ReadyLines, ready_runs
 from runner.store.sqlfile import blocks
 from runner.store.sqlite.engine import BUSY_TIMEOUT_MS, rw_uri
 from runner.store.sqlite.hot import has_json1
@@ -73,20 +73,7 @@ class _Reader:
 
 def _assemble(lines: list[tuple[int, bytes | None]], odd: list[Any]) -> Chunk:
     """Runs of ready lines joined into one ReadyLines each, the other rows as ExportRows, in line order."""
-    out: list[ReadyLines | ExportRow] = []
-    run: list[bytes] = []
-    rest = iter(odd)
-    for _, line in lines:
-        if line is not None:
-            run.append(line)
-            continue
-        if run:
-            out.append(ReadyLines(b"".join(run), len(run)))
-            run = []
-        out.append(ExportRow(*next(rest)))
-    if run:
-        out.append(ReadyLines(b"".join(run), len(run)))
-    return out
+    return ready_runs((line for _, line in lines), (ExportRow(*o) for o in odd))
 
 
 async def _chunks(executor: ThreadPoolExecutor, reader: _Reader) -> AsyncGenerator[Chunk, None]:
