@@ -119,7 +119,6 @@ class Run:
         self._tg: TaskGroup | None = None
         self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
         self._ramping = False
-        self._growing = False  # the slow start is watched (`_slow_start`)
         self._store_lost: StoreUnavailable | None = None
         self.sender = Sender(
             client,
@@ -135,6 +134,7 @@ class Run:
             on_doomed=self._on_doomed,
             checker=self.checker,
             flex=FlexLane(options.flex_fallback) if options.flex else None,
+            on_more_slots=self._fill,
         )
 
     # -- control ----------------------------------------------------------------------------------
@@ -304,9 +304,6 @@ class Run:
                 self._tg.start_soon(self._handle, self._ready.popleft())
                 started += 1
             self._ramp.took(started)
-            if started and not self._growing and self.concurrency.slow_start:
-                self._growing = True
-                self._tg.start_soon(self._slow_start)
             # Slots held back by the ramp open later; slots the budget refused wait for a reply instead.
             if started == n < free and not self._ramping:
                 self._ramping = True
@@ -324,19 +321,6 @@ class Run:
                     return
         finally:
             self._ramping = False
-
-    async def _slow_start(self) -> None:
-        """While the slow start lasts, open the slots it allows as soon as it allows them: all of them once a reply
-        shows the limits, not at the next commit that frees a slot (under load the first commit came 0.1-0.2 s
-        after the first reply, every new slot waiting for it)."""
-        seen = self.concurrency.limit
-        while not self._stop_claiming.is_set():
-            await anyio.sleep(0.01)
-            if self.concurrency.limit > seen:
-                self._fill()
-            seen = self.concurrency.limit
-            if not self.concurrency.slow_start:
-                return
 
     def _admit(self, c: Claimed) -> bool:
         """Whether `c` fits in the budget (always, without one). When it does not and nothing is out any more,

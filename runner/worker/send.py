@@ -69,8 +69,10 @@ class Sender:
         on_doomed: Callable[[DoomedJobError], None],
         checker: Checker | None = None,
         flex: FlexLane | None = None,
+        on_more_slots: Callable[[], None] | None = None,
     ) -> None:
         self.checker = checker
+        self._on_more_slots = on_more_slots  # the pool opens the slots a reply added
         self.client = client
         self.writer = writer
         self.poller = poller
@@ -173,9 +175,17 @@ class Sender:
         took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
-        if self.concurrency.slow_start and self.limiter.limits_known:
-            self.concurrency.end_slow_start()
-        self.concurrency.on_success()
+        if self.concurrency.slow_start:
+            # The slow start grows with each healthy reply and ends once the limits are known: the slots it opens
+            # start now, not when a commit next frees a slot (under load that came 0.1-0.2 s later).
+            before = self.concurrency.limit
+            if self.limiter.limits_known:
+                self.concurrency.end_slow_start()
+            self.concurrency.on_success()
+            if self.concurrency.limit > before and self._on_more_slots is not None:
+                self._on_more_slots()
+        else:
+            self.concurrency.on_success()
         if is_running(reply.body):
             response_id = read_id(reply.body.get("id"))
             if response_id is None:
