@@ -169,6 +169,8 @@ async def add_reusing(
 
     async def go(conn: AsyncConnection) -> int:
         await _wait_for_deletes(conn, job_id)
+        # A staging job's chunk: durable once the job's publish commits (postgres/__init__.py `insert` says why).
+        await conn.execute(text("SET LOCAL synchronous_commit = off"))
         # The statement counts what it answered (postgres/hot.sql says why).
         return int((await conn.execute(stmt, params)).scalar_one())
 

@@ -335,10 +335,17 @@ class PostgresBackend:
         shared = (job_id, float(now), Q, 0, 0.0, 0, 0, 0, 0, 0, 0)
         # sched is None only on the rows of invalid lines (there for their custom_id; the job is dropped).
         records = [(r if r.sched is not None else r._replace(sched=r.line_no)) + shared for r in rows]
+
+        async def copy(c: Any) -> None:
+            # A staging job's chunk need not wait for its WAL to reach the disk: the job is published by a
+            # later commit that does wait, and WAL is flushed in order, so every chunk is durable by then; a
+            # crash before it leaves a staging job, which is dropped as abandoned. 500 disk flushes fewer
+            # per 1,000,000 lines where the server's synchronous_commit is on (the tests' server has it off).
+            await c.execute("SET LOCAL synchronous_commit = off")
+            await c.copy_records_to_table("requests", records=records, columns=_COPY_COLUMNS)
+
         try:
-            await self._transaction(
-                lambda c: c.copy_records_to_table("requests", records=records, columns=_COPY_COLUMNS)
-            )
+            await self._transaction(copy)
         except self._asyncpg.UniqueViolationError as e:
             raise DuplicateCustomId(job_id) from e
 
