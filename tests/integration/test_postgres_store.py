@@ -259,6 +259,29 @@ async def test_a_submit_chunk_for_a_job_that_does_not_exist_is_refused(pg_store_
         await store.aclose()
 
 
+async def test_one_statement_naming_a_job_and_a_missing_one_is_refused_whole(pg_store_url: str) -> None:
+    """The insert check counts the jobs it could lock against the jobs the statement names (migration 0014):
+    one real job beside a missing one is still refused, naming the missing one, and nothing is inserted."""
+    import asyncpg
+
+    store = await Store.open(pg_store_url)
+    conn = await asyncpg.connect(pg_store_url)
+    try:
+        await make_job(store, "job_a", 1)
+        row = "('{}', {}, 'c-{}', '{{}}', 'queued', 0, 0, 0, 0, 0, 0, 0, 0, 0, {})"
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="job_none"):
+            await conn.execute(
+                "INSERT INTO requests (job_id, line_no, custom_id, body, state, attempts, next_attempt_at,"
+                " input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,"
+                " created_at, sched) VALUES "
+                + ", ".join(row.format(j, n, n, n) for j, n in (("job_a", 2), ("job_none", 1), ("job_a", 3)))
+            )
+        assert await conn.fetchval("SELECT count(*) FROM requests") == 1
+    finally:
+        await conn.close()
+        await store.aclose()
+
+
 async def test_a_job_whose_rows_are_being_inserted_cannot_be_deleted_under_them(pg_store_url: str) -> None:
     """Like the foreign key it replaces, the insert trigger holds the job's row until the rows are committed."""
     import asyncpg
