@@ -54,6 +54,7 @@ from runner.store.batches import (
     UPLOADED,
     BatchRow,
     Member,
+    QueuePosition,
     chunk_lines,
     clear_lane,
     members,
@@ -312,9 +313,9 @@ class BatchLane:
         """Pack every due queued request into chunks (per job and model) and submit each as it is cut."""
         groups: dict[tuple[str, str], list[int]] = {}
         sizes: dict[tuple[str, str], int] = {}
-        after = 0
+        after: QueuePosition = None
         while True:
-            page = await queued_page(self.store, self.job_ids, after, PAGE)
+            page, after = await queued_page(self.store, self.job_ids, after, PAGE)
             if not page:
                 break
             for row_id, job_id, custom_id, body in page:
@@ -329,7 +330,6 @@ class BatchLane:
                     sizes[key] = 0
                 ids.append(row_id)
                 sizes[key] = sizes.get(key, 0) + size
-            after = page[-1][0]
         for key, ids in groups.items():
             if ids:
                 await self._new_chunk(key, ids, sizes[key])

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, or_, select, update
+from sqlalchemy import case, delete, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
@@ -27,6 +27,7 @@ __all__ = [
     "BatchRow",
     "LaneUsage",
     "Member",
+    "QueuePosition",
     "batches_of",
     "chunk_lines",
     "clear_lane",
@@ -100,29 +101,52 @@ def _row(r: Any) -> BatchRow:
     return BatchRow(**{c.name: getattr(r, c.name) for c in batches.c})
 
 
-async def queued_page(
-    store: Store, job_ids: Sequence[str], after_id: int, limit: int
-) -> list[tuple[int, str, str, str]]:
-    """Due queued requests after `after_id`, in id order: (id, job_id, custom_id, body). Requests that share a
-    conversation, or continue another line's response, are left out: they must run one at a time, in order,
-    which a batch cannot promise."""
-    now = _now(store)
-    stmt = (
-        select(requests.c.id, requests.c.job_id, requests.c.custom_id, requests.c.body)
-        .where(
-            requests.c.job_id.in_(list(job_ids)),
-            requests.c.state == Q,
-            requests.c.next_attempt_at <= now,
-            requests.c.conversation.is_(None),
-            requests.c.parent_id.is_(None),
-            requests.c.id > after_id,
-        )
-        .order_by(requests.c.id)
-        .limit(limit)
-    )
+# Where the batch lane's walk of the queue is: (job_id, sched, id) of the last row it read; None at the start.
+QueuePosition = tuple[str, int, int] | None
+_BEFORE_ALL = -1  # below every sched (a line number) and id
 
-    async def go(conn: AsyncConnection) -> list[tuple[int, str, str, str]]:
-        return [(r.id, r.job_id, r.custom_id, r.body) for r in await conn.execute(stmt)]
+
+async def queued_page(
+    store: Store, job_ids: Sequence[str], after: QueuePosition, limit: int
+) -> tuple[list[tuple[int, str, str, str]], QueuePosition]:
+    """Due queued requests after `after`: (id, job_id, custom_id, body), and where the page ends. Job by job (in
+    job id order), each job's in claim order (sched, id: a prompt-cache group's lines together), which is a
+    walk of ix_requests_queued_sched; the batch lane needs each queued row once, in no particular order, and
+    a submit's rows then enter one index fewer (migration 0014 dropped PostgreSQL's queued rows by id).
+    Requests that share a conversation, or continue another line's response, are left out: they must run one
+    at a time, in order, which a batch cannot promise."""
+    now = _now(store)
+    todo = sorted(j for j in set(job_ids) if after is None or j >= after[0])
+    # Written out, not bound: the partial index's WHERE must be provable from the statement on both backends.
+    queued = requests.c.state == literal(Q, literal_execute=True)
+    cols = (requests.c.id, requests.c.job_id, requests.c.custom_id, requests.c.body, requests.c.sched)
+    whole_key = store.engine.dialect.name == "postgresql"
+
+    async def go(conn: AsyncConnection) -> tuple[list[tuple[int, str, str, str]], QueuePosition]:
+        page: list[tuple[int, str, str, str]] = []
+        end = after
+        for job in todo:
+            stmt = select(*cols).where(
+                requests.c.job_id == job,
+                queued,
+                requests.c.next_attempt_at <= now,
+                requests.c.conversation.is_(None),
+                requests.c.parent_id.is_(None),
+            )
+            # A seek into ix_requests_queued_sched, even from a job's start. PostgreSQL, given (sched, id) only,
+            # chose the (job_id, state) index and sorted the job's queued rows for every page; given the whole
+            # key it walks the index. SQLite seeks with (sched, id) only, and walks the whole job with the key.
+            start = after if after is not None and job == after[0] else (job, _BEFORE_ALL, _BEFORE_ALL)
+            if whole_key:
+                stmt = stmt.where(tuple_(requests.c.job_id, requests.c.sched, requests.c.id) > tuple_(*start))
+            else:
+                stmt = stmt.where(tuple_(requests.c.sched, requests.c.id) > tuple_(*start[1:]))
+            for r in await conn.execute(stmt.order_by(requests.c.sched, requests.c.id).limit(limit - len(page))):
+                page.append((r.id, r.job_id, r.custom_id, r.body))
+                end = (r.job_id, r.sched, r.id)
+            if len(page) >= limit:
+                break
+        return page, end
 
     return await store.read(go)
 

@@ -121,17 +121,9 @@ requests = Table(
         sqlite_where=Column("lease_owner").isnot(None),
         postgresql_where=Column("lease_owner").isnot(None),
     ),
-    # PostgreSQL only: the batch lane takes queued rows in id (= file) order. Its index on state does not keep
-    # them in id order, and a walk of the primary key passes every finished row first (250 ms at 100,000).
-    # SQLite's index on state lists them by rowid already, so SQLite does not get this one.
-    Index(
-        "ix_requests_queued_id",
-        "id",
-        postgresql_where=Column("state") == RequestState.QUEUED.value,
-        info={"only_on": "postgresql"},  # for Alembic's comparison (migrate.include_object)
-    ).ddl_if(dialect="postgresql"),
-    # Claims take a job's queued rows by (sched, id), one job at a time. Partial, like the queue itself: a
-    # finished row leaves it, so a claim on a million-line job reads the next rows and nothing else.
+    # Claims take a job's queued rows by (sched, id), one job at a time, and so does the batch lane's walk of the
+    # queue (store/batches.py queued_page). Partial, like the queue itself: a finished row leaves it, so a claim
+    # on a million-line job reads the next rows and nothing else.
     Index(
         "ix_requests_queued_sched",
         "job_id",
