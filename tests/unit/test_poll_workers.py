@@ -119,3 +119,27 @@ async def test_the_dispatcher_sleeps_while_every_worker_is_busy() -> None:
             tg.cancel_scope.cancel()
     assert len(server.gets) == 100
     assert Counting.turns <= 10
+
+
+@pytest.mark.anyio
+async def test_a_first_poll_goes_at_the_estimate_as_it_is_when_due_not_as_it_was_when_the_response_came() -> None:
+    # A run's first 2,000 responses are all added before any has ended; due at their create reply plus the
+    # estimate of that moment, each was polled as late as that first guess was high.
+    server = _Server()
+    writer = _Writer()
+    empty = anyio.Event()
+    poller = Poller(server, writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    poller.schedule.learn(10.0, None)  # the first response to end took 10 s
+    replied = time.monotonic() - 5.0
+    for i in range(50):
+        poller.add(_claimed(i), replied_at=replied)
+    poller.schedule.estimate = 5.1  # what the next responses taught it before these came due
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    firsts = [gets[0] for gets in server.gets.values()]
+    assert len(firsts) == 50 and len(writer.outcomes) == 50
+    assert min(firsts) >= replied + 5.1 - DISPATCH_SLACK
+    assert max(firsts) < replied + 10.0  # not at the estimate they were added under
