@@ -403,6 +403,24 @@ class ApiClient:
         if self._transport is not None:
             await self._transport.aclose()
 
+    def close_idle(self, keep: int) -> int:
+        """Close the idle keep-alive connections beyond `keep` (the least recently used first); how many.
+
+        A background run's creates leave about a concurrency's worth of connections idle while it waits for its
+        responses, and closing ~750 at the run's end cost 24 ms of CPU on the quiet VM, 80-330 ms of wall time
+        on a loaded one, after its last result. Closed while it waits, they cost nothing the run waits for.
+        """
+        connector = self._session.connector if self._session is not None else None
+        pools = getattr(connector, "_conns", None)  # aiohttp's idle connections per host, oldest first
+        if not isinstance(pools, dict):
+            return 0
+        closed = 0
+        for idle in pools.values():
+            while len(idle) > keep:
+                idle.popleft()[0].close()
+                closed += 1
+        return closed
+
     def _open(self) -> aiohttp.ClientSession:
         """The session, made on first use (aiohttp wants a running event loop)."""
         connector = aiohttp.TCPConnector(
