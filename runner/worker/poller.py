@@ -391,6 +391,7 @@ class Poller:
             if wait > 0:
                 await anyio.sleep(wait)
             self.polls += 1
+            sent = time.monotonic()
             try:
                 reply = await self._client.retrieve(c.response_id)
             except (TransientApiError, BillingError) as e:
@@ -424,7 +425,8 @@ class Poller:
                 self._push(item, hint if hint is not None else self.schedule.next(age, item.polls))
                 return
             if item.learn:
-                self.schedule.learn(age, (item.polls == 1) if item.first_at_estimate else None)
+                # The age the GET went at: its round trip (tens of ms on a loaded VM) is not the response's.
+                self.schedule.learn(sent - item.added, (item.polls == 1) if item.first_at_estimate else None)
                 if self._first_due() < self._wake_at:  # the estimate fell: the dispatcher may have to wake sooner
                     self._wake.set()
             outcome = from_response(

@@ -143,3 +143,22 @@ async def test_a_first_poll_goes_at_the_estimate_as_it_is_when_due_not_as_it_was
     assert len(firsts) == 50 and len(writer.outcomes) == 50
     assert min(firsts) >= replied + 5.1 - DISPATCH_SLACK
     assert max(firsts) < replied + 10.0  # not at the estimate they were added under
+
+
+@pytest.mark.anyio
+async def test_a_response_teaches_the_age_its_get_went_at_not_the_age_its_answer_came() -> None:
+    class Slow(_Server):
+        async def retrieve(self, response_id: str) -> ApiReply:
+            await anyio.sleep(0.5)  # a loaded server, or a busy event loop reading the answer late
+            return await super().retrieve(response_id)
+
+    empty = anyio.Event()
+    poller = Poller(Slow(), _Writer(), max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    poller.add(_claimed(1), replied_at=time.monotonic() - 0.99)  # a probe: first polled 1 s after its reply
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert poller.schedule.estimate is not None
+    assert 1.0 - DISPATCH_SLACK <= poller.schedule.estimate < 1.3  # not 1.5: the answer's half second is not its age
