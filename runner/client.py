@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -415,9 +416,10 @@ class ApiClient:
         if not isinstance(pools, dict):
             return 0
         closed = 0
-        for idle in pools.values():
+        for idle in pools.values():  # a deque in the aiohttp installed here, a list in older ones: oldest first
             while len(idle) > keep:
-                idle.popleft()[0].close()
+                proto, _ = idle.popleft() if isinstance(idle, deque) else idle.pop(0)
+                proto.close()
                 closed += 1
         return closed
 
