@@ -162,3 +162,21 @@ async def test_a_response_teaches_the_age_its_get_went_at_not_the_age_its_answer
             tg.cancel_scope.cancel()
     assert poller.schedule.estimate is not None
     assert 1.0 - DISPATCH_SLACK <= poller.schedule.estimate < 1.3  # not 1.5: the answer's half second is not its age
+
+
+@pytest.mark.anyio
+async def test_a_first_poll_sent_late_that_finds_the_response_final_does_not_lower_the_estimate() -> None:
+    # Under a load of 8 on 2 cores every first poll went out 0.3-0.6 s late and found its response final; counted,
+    # those answers took the estimate of 2 s responses down to 1.6 s, where every later response would miss.
+    empty = anyio.Event()
+    writer = _Writer()
+    poller = Poller(_Server(), writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    poller.schedule.learn(2.0, None)
+    poller.add(_claimed(1), replied_at=time.monotonic() - 3.0)  # due a second ago
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(writer.outcomes) == 1
+    assert poller.schedule.estimate == 2.0
