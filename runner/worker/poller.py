@@ -19,6 +19,10 @@ their response began: the last 100 seen final 65-70 ms after they ended, now wit
 GETs run in worker tasks (at most the poll slots) that take the next due poll themselves or park until
 handed one. A task per GET, and a wake of the dispatcher per poll ended and per response added, cost 113-127
 us of CPU a poll; now 22-31 (20,000 polls due over 1 s, a client that answers after 1 ms, interleaved).
+
+Over 400 lines on purpose: the schedule times the dispatcher's queue of first polls as it learns (each is due
+at its reply plus the estimate as it is then), and its steps are bounded by how densely that queue fills;
+apart, the two would have to share the queue's timing and the schedule's state both ways.
 """
 
 from __future__ import annotations
