@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -402,6 +403,25 @@ class ApiClient:
             self._session = None
         if self._transport is not None:
             await self._transport.aclose()
+
+    def close_idle(self, keep: int) -> int:
+        """Close the idle keep-alive connections beyond `keep` (the least recently used first); how many.
+
+        A background run's creates leave about a concurrency's worth of connections idle while it waits for its
+        responses, and closing ~750 at the run's end cost 24 ms of CPU on the quiet VM, 80-330 ms of wall time
+        on a loaded one, after its last result. Closed while it waits, they cost nothing the run waits for.
+        """
+        connector = self._session.connector if self._session is not None else None
+        pools = getattr(connector, "_conns", None)  # aiohttp's idle connections per host, oldest first
+        if not isinstance(pools, dict):
+            return 0
+        closed = 0
+        for idle in pools.values():  # a deque in the aiohttp installed here, a list in older ones: oldest first
+            while len(idle) > keep:
+                proto, _ = idle.popleft() if isinstance(idle, deque) else idle.pop(0)
+                proto.close()
+                closed += 1
+        return closed
 
     def _open(self) -> aiohttp.ClientSession:
         """The session, made on first use (aiohttp wants a running event loop)."""

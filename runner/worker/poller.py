@@ -5,14 +5,24 @@ in a heap keyed by when they are next due. When to poll comes from `PollSchedule
 this run's responses take, so most are fetched by their first or second GET soon after they end.
 
 Until a response of the run has ended nothing is known, and the first PROBES responses are enough to
-find out: only they take the first rung of the ladder; the others start at its second rung, and when the
-first response ends, every one not polled yet is moved up to the learnt estimate if that comes sooner.
-Measured with 2,000 responses that take 2 s (`make bench` scenario 4): 2.00 GETs per request before (each
-polled at 1 s and at 2 s), 1.0x after, and the 2,000 wasted GETs no longer compete with the last creates.
+find out: only they take the first rung of the ladder; the others wait for its second rung or the learnt
+estimate, whichever is known when they come due. Measured with 2,000 responses that take 2 s (`make bench`
+scenario 4): 2.00 GETs per request before (each polled at 1 s and at 2 s), 1.0x after, and the 2,000 wasted
+GETs no longer compete with the last creates.
+
+A first poll goes at its create reply plus the estimate as it is when that comes, not as it was when the
+response was added: a run's first burst is all added before any response has ended, and the replies of its
+last creates were read later after the server made them (the event loop was busy), so at the first
+response's age they were polled late by as much (simulated, 2,000 replies over 0.5 s read 5-65 ms after
+their response began: the last 100 seen final 65-70 ms after they ended, now within 15 ms, 1.12 GETs each).
 
 GETs run in worker tasks (at most the poll slots) that take the next due poll themselves or park until
 handed one. A task per GET, and a wake of the dispatcher per poll ended and per response added, cost 113-127
 us of CPU a poll; now 22-31 (20,000 polls due over 1 s, a client that answers after 1 ms, interleaved).
+
+Over 400 lines on purpose: the schedule times the dispatcher's queue of first polls as it learns (each is due
+at its reply plus the estimate as it is then), and its steps are bounded by how densely that queue fills;
+apart, the two would have to share the queue's timing and the schedule's state both ways.
 """
 
 from __future__ import annotations
@@ -55,6 +65,10 @@ AFTER_ESTIMATE_STEP = 0.1  # after a first poll at the estimate, the next is at 
 MIN_STEP = 0.01  # seconds: never two GETs of one response closer together than this
 FIRST_LATE_STEP = 0.05  # seconds: the step after a miss until one response has shown how late misses end
 LATE_LEARN_RATE = 0.2
+# One observation moves the estimate by at most the mean gap between two responses' create replies (and
+# never by less than this share of it): see PollSchedule.learn.
+MIN_STEP_SHARE = 0.0001
+
 PROBES = 8  # responses polled at the first rung while nothing is known (see the module's docstring)
 
 
@@ -77,6 +91,21 @@ class PollSchedule:
     def __init__(self) -> None:
         self.estimate: float | None = None
         self.late: float | None = None  # seconds past the estimate that responses missed there ended (EWMA)
+        self._bases = 0  # responses whose ages count from a create reply (`added`), the first and last of them
+        self._first_base = self._last_base = 0.0
+
+    def added(self, at: float) -> None:
+        """A response whose age counts from `at` (monotonic) will be polled at the estimate."""
+        if not self._bases:
+            self._first_base = at
+        self._bases += 1
+        self._last_base = max(self._last_base, at)
+
+    def gap(self) -> float | None:
+        """Mean seconds between two responses' create replies, once two have come."""
+        if self._bases < 2:
+            return None
+        return (self._last_base - self._first_base) / (self._bases - 1)
 
     def first(self, *, probe: bool = True) -> float:
         """Seconds after the create reply for the first GET. Before anything is known, a `probe` takes the
@@ -120,7 +149,16 @@ class PollSchedule:
         # Steps as fine as the completion times are alike: with 2 s responses that vary by a few ms, steps of
         # 5 % (0.1 s) kept the estimate swinging 25-50 ms above their end, and every response waited that.
         rate = LEARN_RATE if self.late is None else min(max(self.late / self.estimate, MIN_LEARN_RATE), LEARN_RATE)
-        self.estimate = min(max(self.estimate * math.exp(rate * step), 0.05), POLL_MAX_DELAY)
+        size = rate * self.estimate
+        # First polls wait for `create reply + estimate` as it is when they come due, so a step down makes every
+        # response within it due at once, and their answers (found final: the estimate was still high) step it
+        # down again before the first misses come back. With 2,000 responses replied within 0.5 s, steps of
+        # 0.25 x 5 % (25 ms, 100 responses) fell to 1.2 s for 2 s responses, 2.8 GETs each (simulated); no
+        # larger than the gap between two replies, the estimate follows them and none falls due early.
+        gap = self.gap()
+        if gap is not None:
+            size = min(size, max(gap, MIN_STEP_SHARE * self.estimate))
+        self.estimate = min(max(self.estimate + step * size, 0.05), POLL_MAX_DELAY)
 
 
 def poll_after_hint(headers: Mapping[str, str]) -> float | None:
@@ -128,6 +166,9 @@ def poll_after_hint(headers: Mapping[str, str]) -> float | None:
     ms = header_count(headers.get(POLL_AFTER_HEADER))
     return None if ms is None else min(ms / 1000.0, POLL_MAX_DELAY)
 
+
+# A first poll sent this much after it was due that finds the response final teaches the estimate nothing.
+LATE_SEND = MIN_STEP
 
 # A poll may go this much before it is due: one wake of the dispatcher serves every poll due within it
 # (with 2,000 responses ending over half a second, one wake a poll otherwise).
@@ -142,11 +183,12 @@ class _Item:
     polls: int = 0
     learn: bool = True  # adopted from another runner: its age is unknown, so it teaches nothing
     first_at_estimate: bool = False
+    due: float = 0.0  # when a first poll at the estimate was due (monotonic)
     hinted: bool = False  # first polled when the server said (`openai-poll-after-ms`)
     mismatches: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: 256 parked workers cancelled at a run's end
 class _Parked:
     """A worker task waiting to be handed a due poll."""
 
@@ -183,7 +225,13 @@ class Poller:
         self._workers = 0
         self._idle: list[_Parked] = []  # workers waiting for a response to come due
         self._tg: TaskGroup | None = None
-        self._heap: list[tuple[float, int, _Item]] = []
+        self._heap: list[tuple[float, int, _Item]] = []  # polls due at a set time, by it
+        # Responses whose first poll goes at the estimate, by their create reply: each is due at its reply plus
+        # the estimate as it is then, not as it was when it was added. Every response of a run's first burst
+        # (2,000 replied within 0.5 s) is added before any has ended; due at their reply + the first response's
+        # age, the later ones, whose replies the busy event loop had read later after they were made, were
+        # polled as late as that (the last ones decide the run's wall time).
+        self._firsts: list[tuple[float, int, _Item]] = []
         self._seq = itertools.count()
         self._wake = anyio.Event()
         # When the dispatcher wakes by itself: a push due sooner wakes it early (inf: nothing to wait for;
@@ -199,7 +247,7 @@ class Poller:
     @property
     def size(self) -> int:
         """Responses waiting for or in a poll."""
-        return len(self._heap) + self._active
+        return len(self._heap) + len(self._firsts) + self._active
 
     def add(
         self,
@@ -213,46 +261,56 @@ class Poller:
 
         The first GET goes after `first_poll` seconds when given (0 for a response adopted from a crashed
         runner, whose age is unknown: it teaches the schedule nothing), else after the server's `hint`,
-        else at the schedule's estimate. Ages count from `replied_at` (monotonic) when given: the create
-        reply, not the commit of the id after it.
+        else at the schedule's estimate as it is when that comes (see `_firsts`). Ages count from
+        `replied_at` (monotonic) when given: the create reply, not the commit of the id after it.
         """
         now = time.monotonic()
         added = now if replied_at is None else min(replied_at, now)
         item = _Item(claimed, POLL_INITIAL_DELAY, added=added, learn=first_poll is None, hinted=hint is not None)
         if first_poll is None:
-            item.first_at_estimate = hint is None and self.schedule.estimate is not None
+            if hint is None and (self.schedule.estimate is not None or self._probes >= PROBES):
+                self.schedule.added(added)
+                heapq.heappush(self._firsts, (added, next(self._seq), item))
+                if self._first_due() < self._wake_at:
+                    self._wake.set()
+                return
             if hint is not None:
                 first_poll = hint
             else:
-                probe = self._probes < PROBES
-                self._probes += probe
-                first_poll = self.schedule.first(probe=probe)
+                self._probes += 1
+                first_poll = self.schedule.first(probe=True)
             first_poll = max(first_poll - (now - added), 0.0)
         self._push(item, first_poll)
 
-    def _rebase(self) -> None:
-        """The first response of the run ended: responses not polled yet go at the estimate if that is sooner
-        than the rung they wait for (never before now)."""
-        estimate = self.schedule.estimate
-        if estimate is None:
-            return
-        now = time.monotonic()
-        heap = []
-        for due, seq, item in self._heap:
-            at = item.added + estimate
-            if item.learn and not item.hinted and item.polls == 0 and not item.mismatches and at < due:
-                item.first_at_estimate = at >= now
-                due = max(at, now)
-            heap.append((due, seq, item))
-        heapq.heapify(heap)
-        self._heap = heap
-        self._wake.set()
+    def _first_due(self) -> float:
+        """When the first of `_firsts` is due: its create reply plus the estimate (the ladder's second rung
+        until a response has ended)."""
+        if not self._firsts:
+            return math.inf
+        return self._firsts[0][0] + self.schedule.first(probe=False)
 
     def _push(self, item: _Item, wait: float) -> None:
         due = time.monotonic() + wait
         heapq.heappush(self._heap, (due, next(self._seq), item))
         if due < self._wake_at:  # most pushes come due after the head of the heap: no wake for them
             self._wake.set()
+
+    def _next_due(self) -> float:
+        return min(self._heap[0][0] if self._heap else math.inf, self._first_due())
+
+    def _take(self, now: float) -> _Item | None:
+        """The poll due soonest if it is due by `now` (+ DISPATCH_SLACK), off its queue."""
+        first = self._first_due()
+        if self._heap and self._heap[0][0] <= first:
+            if self._heap[0][0] > now + DISPATCH_SLACK:
+                return None
+            return heapq.heappop(self._heap)[2]
+        if first > now + DISPATCH_SLACK:
+            return None
+        item = heapq.heappop(self._firsts)[2]
+        item.first_at_estimate = self.schedule.estimate is not None
+        item.due = first
+        return item
 
     async def run(self, tg: TaskGroup) -> None:
         """Hand due polls to worker tasks in `tg` forever (the caller cancels it)."""
@@ -263,7 +321,7 @@ class Poller:
             if self._starved:  # no push wakes it: a worker that runs out of due polls does
                 self._wake_at, timeout = -math.inf, math.inf
             else:
-                self._wake_at = self._heap[0][0] - DISPATCH_SLACK if self._heap else math.inf
+                self._wake_at = self._next_due() - DISPATCH_SLACK
                 timeout = max(self._wake_at - now, 0.0)
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
@@ -273,38 +331,37 @@ class Poller:
         """Hand every poll due by `now` (+ DISPATCH_SLACK) to an idle worker, or to a new one below the limit."""
         assert self._tg is not None
         self._starved = False
-        heap = self._heap
-        while heap and heap[0][0] <= now + DISPATCH_SLACK:
+        while self._next_due() <= now + DISPATCH_SLACK:
             if self._idle:
                 parked = self._idle.pop()
-                parked.item = heapq.heappop(heap)[2]
+                parked.item = self._take(now)
                 self._active += 1
                 parked.event.set()
             elif self._workers < self._max_workers:
                 self._workers += 1
                 self._active += 1
-                self._tg.start_soon(self._work, heapq.heappop(heap)[2])
+                self._tg.start_soon(self._work, self._take(now))
             else:
                 self._starved = True  # the busy workers take the due polls as they finish
                 return
 
-    async def _work(self, item: _Item) -> None:
+    async def _work(self, item: _Item | None) -> None:
         """A worker: polls `item`, then every poll that is due when it finishes, then waits to be handed more
         (starting a task through anyio costs ~0.04 ms of CPU, handing a parked worker a poll a tenth of that)."""
         parked: _Parked | None = None
         try:
             while True:
+                assert item is not None
                 await self._poll(item)
-                if self._heap and self._heap[0][0] <= time.monotonic() + DISPATCH_SLACK:
+                item = self._take(time.monotonic())
+                if item is not None:
                     self._active += 1
-                    item = heapq.heappop(self._heap)[2]
                     continue
                 parked = _Parked()
                 self._idle.append(parked)
                 if self._starved:  # the dispatcher waits for a free worker: this one is
                     self._wake.set()
                 await parked.event.wait()
-                assert parked.item is not None
                 item, parked = parked.item, None
         finally:
             self._workers -= 1
@@ -343,6 +400,7 @@ class Poller:
             if wait > 0:
                 await anyio.sleep(wait)
             self.polls += 1
+            sent = time.monotonic()
             try:
                 reply = await self._client.retrieve(c.response_id)
             except (TransientApiError, BillingError) as e:
@@ -376,10 +434,16 @@ class Poller:
                 self._push(item, hint if hint is not None else self.schedule.next(age, item.polls))
                 return
             if item.learn:
-                unknown = self.schedule.estimate is None
-                self.schedule.learn(age, (item.polls == 1) if item.first_at_estimate else None)
-                if unknown:
-                    self._rebase()
+                done_first = (item.polls == 1) if item.first_at_estimate else None
+                if done_first and sent - item.due > LATE_SEND:
+                    # Sent late (a busy event loop, every worker taken) and found final: nothing says the estimate
+                    # was too high. Counted, such answers took it from 2.0 to 1.6 s under a load of 8 on 2 cores,
+                    # and a too-low estimate climbs back one reply gap a miss, each missed response polled again.
+                    done_first = None
+                # The age the GET went at: its round trip (tens of ms on a loaded VM) is not the response's.
+                self.schedule.learn(sent - item.added, done_first)
+                if self._first_due() < self._wake_at:  # the estimate fell: the dispatcher may have to wake sooner
+                    self._wake.set()
             outcome = from_response(
                 c,
                 reply.body,

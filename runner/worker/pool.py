@@ -120,6 +120,7 @@ class Run:
         self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
         self._ramping = False
         self._store_lost: StoreUnavailable | None = None
+        self._idle_closed = False  # the creates' idle connections were closed once only polls were left
         self.sender = Sender(
             client,
             self.writer,
@@ -273,6 +274,11 @@ class Run:
                     wait = min(max(due - time.time(), 0.01), IDLE_CHECK)
                 await self._wait_slot(wait)
             else:
+                if self._in_flight == 0 and not self._idle_closed:
+                    # Only background polls are left: the creates' idle connections close while the run waits,
+                    # not after its last result (runner/client.py: close_idle).
+                    self._idle_closed = True
+                    self.client.close_idle(self.opts.poll_slots)
                 await self._wait_slot(IDLE_CHECK / 5)
 
     async def _continue_parents(self, claimed: list[Claimed]) -> list[Claimed]:

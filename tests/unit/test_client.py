@@ -679,3 +679,22 @@ async def test_the_real_session_names_a_refused_connection_and_a_non_openai_erro
             with pytest.raises(UnreachableError) as refused:
                 await c.create(b"{}")
     assert refused.value.code == "connection_error" and "connection refused" in refused.value.reason
+
+
+@pytest.mark.anyio
+async def test_idle_connections_beyond_those_kept_are_closed_and_the_client_still_works() -> None:
+    from runner_mock.app import serve
+    from runner_mock.knobs import Config
+
+    async with serve(Config(latency=0.05)) as url:
+        api = ApiClient(url, "sk-test", max_connections=50)
+        try:
+            async with anyio.create_task_group() as tg:  # 20 at once: 20 connections, idle once answered
+                for _ in range(20):
+                    tg.start_soon(api.create, b'{"model": "m", "input": "hi"}')
+            assert api.close_idle(5) == 15
+            assert api.close_idle(5) == 0
+            reply = await api.create(b'{"model": "m", "input": "hi"}')
+            assert reply.status == 200
+        finally:
+            await api.aclose()

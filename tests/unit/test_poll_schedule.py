@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 import random
 
 import pytest
@@ -107,3 +109,66 @@ def test_when_completion_times_hardly_vary_every_response_is_seen_final_within_2
     waits = [age - c for c, (_, age) in runs]
     assert max(waits) <= 0.02
     assert sum(polls for _, (polls, _) in runs) / len(runs) <= 1.5
+
+
+def test_one_answer_moves_the_estimate_by_no_more_than_the_gap_between_two_create_replies() -> None:
+    s = PollSchedule()
+    for i in range(2000):  # replied 0.25 ms apart
+        s.added(i * 0.00025)
+    s.learn(2.0, None)
+    s.learn(1.9, True)  # found final at its first poll: down, a quarter of a gap at most
+    assert 2.0 - 0.00025 <= s.estimate < 2.0
+    low = s.estimate
+    s.learn(2.1, False)  # still running at its first poll: up
+    assert low < s.estimate <= low + 0.00025
+
+
+def _run(completions: list[tuple[float, float]], get_rtt: float = 0.003) -> tuple[list[float], float]:
+    """Polls responses (create reply, completion) with each first GET at its reply plus the estimate as it is when
+    that comes (as the poller does); (seconds each was seen final after it ended, GETs per response)."""
+    s = PollSchedule()
+    events: list[tuple[float, int, int]] = []  # (time, kind 0 = first poll due / 1 = GET answered / 2 = retry due, i)
+    for replied, _ in completions:
+        s.added(replied)
+    firsts = sorted(range(len(completions)), key=lambda i: completions[i][0])
+    polls = [0] * len(completions)
+    at_estimate = [False] * len(completions)
+    seen_late = [0.0] * len(completions)
+    gets = 0
+    now = 0.0
+    while firsts or events:
+        first_due = completions[firsts[0]][0] + s.first(probe=False) if firsts else math.inf
+        if events and events[0][0] <= first_due:
+            now, kind, i = heapq.heappop(events)
+        else:
+            now, kind, i = first_due, 0, firsts.pop(0)
+            at_estimate[i] = s.estimate is not None
+        if kind in (0, 2):
+            gets += 1
+            heapq.heappush(events, (now + get_rtt, 1, i))
+            continue
+        polls[i] += 1
+        replied, ends = completions[i]
+        age = now - replied
+        if now - get_rtt / 2 < ends:
+            heapq.heappush(events, (now + s.next(age, polls[i]), 2, i))
+        else:
+            s.learn(age, (polls[i] == 1) if at_estimate[i] else None)
+            seen_late[i] = now - ends
+    return seen_late, gets / len(completions)
+
+
+def test_when_later_replies_are_read_later_after_their_response_began_the_first_polls_follow() -> None:
+    # A burst of 2,000 creates over 0.5 s: the busy event loop reads the last replies 60 ms after the server
+    # made their responses, the first ones 5 ms after, so the last responses (which decide the run's wall
+    # time) end 2 s after their create was made but only 1.94 s after its reply was read. Their first polls
+    # at the first responses' age came as late as that; they follow the estimate as it moves.
+    rng = random.Random(4)
+    runs = []
+    for i in range(2000):
+        made = 0.5 * i / 2000
+        lag = 0.005 + 0.06 * i / 2000 + rng.uniform(0.0, 0.01)
+        runs.append((made + lag, made + 2.0))
+    late, gets = _run(runs)
+    assert max(late[-100:]) <= 0.03  # at their replies plus the first response's age: 0.065-0.07
+    assert gets <= 1.5

@@ -119,3 +119,64 @@ async def test_the_dispatcher_sleeps_while_every_worker_is_busy() -> None:
             tg.cancel_scope.cancel()
     assert len(server.gets) == 100
     assert Counting.turns <= 10
+
+
+@pytest.mark.anyio
+async def test_a_first_poll_goes_at_the_estimate_as_it_is_when_due_not_as_it_was_when_the_response_came() -> None:
+    # A run's first 2,000 responses are all added before any has ended; due at their create reply plus the
+    # estimate of that moment, each was polled as late as that first guess was high.
+    server = _Server()
+    writer = _Writer()
+    empty = anyio.Event()
+    poller = Poller(server, writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    poller.schedule.learn(10.0, None)  # the first response to end took 10 s
+    replied = time.monotonic() - 5.0
+    for i in range(50):
+        poller.add(_claimed(i), replied_at=replied)
+    poller.schedule.estimate = 5.1  # what the next responses taught it before these came due
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    firsts = [gets[0] for gets in server.gets.values()]
+    assert len(firsts) == 50 and len(writer.outcomes) == 50
+    assert min(firsts) >= replied + 5.1 - DISPATCH_SLACK
+    assert max(firsts) < replied + 10.0  # not at the estimate they were added under
+
+
+@pytest.mark.anyio
+async def test_a_response_teaches_the_age_its_get_went_at_not_the_age_its_answer_came() -> None:
+    class Slow(_Server):
+        async def retrieve(self, response_id: str) -> ApiReply:
+            await anyio.sleep(0.5)  # a loaded server, or a busy event loop reading the answer late
+            return await super().retrieve(response_id)
+
+    empty = anyio.Event()
+    poller = Poller(Slow(), _Writer(), max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    poller.add(_claimed(1), replied_at=time.monotonic() - 0.99)  # a probe: first polled 1 s after its reply
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert poller.schedule.estimate is not None
+    assert 1.0 - DISPATCH_SLACK <= poller.schedule.estimate < 1.3  # not 1.5: the answer's half second is not its age
+
+
+@pytest.mark.anyio
+async def test_a_first_poll_sent_late_that_finds_the_response_final_does_not_lower_the_estimate() -> None:
+    # Under a load of 8 on 2 cores every first poll went out 0.3-0.6 s late and found its response final; counted,
+    # those answers took the estimate of 2 s responses down to 1.6 s, where every later response would miss.
+    empty = anyio.Event()
+    writer = _Writer()
+    poller = Poller(_Server(), writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    poller.schedule.learn(2.0, None)
+    poller.add(_claimed(1), replied_at=time.monotonic() - 3.0)  # due a second ago
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(writer.outcomes) == 1
+    assert poller.schedule.estimate == 2.0
