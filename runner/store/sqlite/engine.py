@@ -3,6 +3,7 @@ lock, the busy-error test, and one-line reasons for a file that cannot be used."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Connection, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -61,6 +62,18 @@ def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _on_error(ctx: ExceptionContext) -> None:
+    # A cancel (Ctrl-C, the end of a run stopping its readers) that lands while a statement runs on
+    # aiosqlite's thread: SQLAlchemy takes it for a lost connection and terminates it, and since the task is
+    # cancelled again at once (anyio), its graceful close is cut short and the force close stops aiosqlite's
+    # thread before the graceful one's last step: that task then waits forever, and Python prints "Task was
+    # destroyed but it is pending!" when it is collected. The connection is fine: the statement finishes on
+    # its thread, and closing it (which SQLAlchemy runs to completion in a task of its own) rolls back and
+    # hands it back to the pool.
+    if isinstance(ctx.original_exception, asyncio.CancelledError):
+        ctx.is_disconnect = False
 
 
 def create_file(path: Path) -> None:
@@ -148,6 +161,7 @@ def create_engine(db: str) -> AsyncEngine:
     engine = quiet_cancelled_closes(create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}))
     event.listen(engine.sync_engine, "connect", _on_connect)
     event.listen(engine.sync_engine, "begin", _on_begin)
+    event.listen(engine.sync_engine, "handle_error", _on_error)
     return engine
 
 
