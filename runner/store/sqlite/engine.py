@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiosqlite
+import anyio
+import anyio.to_thread
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
@@ -74,6 +77,28 @@ def _on_error(ctx: ExceptionContext) -> None:
     # hands it back to the pool.
     if isinstance(ctx.original_exception, asyncio.CancelledError):
         ctx.is_disconnect = False
+
+
+def _on_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # SQLAlchemy's aiosqlite dialect awaits what `async_creator_fn` returns in place of aiosqlite.connect().
+    cparams["async_creator_fn"] = _connect
+
+
+async def _connect(*args: Any, **kwargs: Any) -> Any:
+    """aiosqlite.connect(), and when it fails (a directory, a file SQLite cannot open), its thread ended first.
+
+    On a failed connect aiosqlite stops its thread with a future no one awaits; the CLI then ends its event
+    loop at once to print the error, and the thread, setting that future on a closed loop, printed "Exception
+    in thread ... RuntimeError: Event loop is closed" and a traceback under the one-line error.
+    """
+    conn = aiosqlite.connect(*args, **kwargs)
+    conn._thread.daemon = True  # as SQLAlchemy's own connect does: the thread never holds the process open
+    try:
+        return await conn
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(conn._thread.join, 5.0)
+        raise
 
 
 def create_file(path: Path) -> None:
@@ -162,6 +187,7 @@ def create_engine(db: str) -> AsyncEngine:
     event.listen(engine.sync_engine, "connect", _on_connect)
     event.listen(engine.sync_engine, "begin", _on_begin)
     event.listen(engine.sync_engine, "handle_error", _on_error)
+    event.listen(engine.sync_engine, "do_connect", _on_do_connect)
     return engine
 
 
