@@ -21,7 +21,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import anyio
@@ -355,6 +355,13 @@ class ApiClient:
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
+        try:  # what aiohttp would only find at the first request, as a traceback out of every sender
+            parts = urlsplit(base_url)
+            host, _ = parts.hostname, parts.port
+        except ValueError as e:
+            raise ConfigError(f"base URL is not a valid URL: {e}") from None
+        if not host:
+            raise ConfigError("base URL names no host")
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._secret = key or None
         self._max_body = max_body

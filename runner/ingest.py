@@ -352,7 +352,8 @@ async def _stage(
     """Read one file into a staging job; InputError (and no job left behind) when it is invalid."""
     try:
         if not path.is_file():
-            raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0)
+            what = "is a directory, not a file" if path.is_dir() else "no such file"
+            raise InputError(shown, [LineProblem(0, "", what)], bad_lines=0)
         fingerprint = options.fingerprint(file_sha256(path))
     except OSError as e:
         raise InputError(shown, [LineProblem(0, "", f"cannot be read: {e.strerror or e}")], bad_lines=0) from None

@@ -253,15 +253,8 @@ class JobsPart(StoreCore):
         ids = list(dict.fromkeys(job_ids))
 
         async def go(conn: AsyncConnection) -> int:
-            # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction already excludes writers): claims take a
-            # key-share lock on their job's row, so none can lease a row of these jobs between check and delete.
-            found = await conn.execute(
-                select(jobs.c.id)
-                .where(jobs.c.id.in_(ids), jobs.c.phase == "ready")
-                .order_by(jobs.c.id)  # the order a reuse submit locks in (store/reuse.py): no deadlock
-                .with_for_update()
-            )
-            missing = set(ids) - {r.id for r in found}
+            found = await self._lock_for_delete(conn, ids)
+            missing = set(ids) - found
             if missing:
                 raise JobNotFound(next(j for j in ids if j in missing))
             held = await conn.execute(
@@ -277,17 +270,6 @@ class JobsPart(StoreCore):
             for job_id, owner in held:
                 if not owner_is_dead(owner):
                     raise JobBusy(job_id, [owner])
-            if conn.dialect.name == "postgresql":
-                # Answers of these jobs that others reused move into rows of those others (store/answer.py):
-                # lock their job rows against a delete of their own meanwhile, which would take the new
-                # original away from under its references. Key share: their runs and reuse submits go on.
-                # A submit cannot add a reference now (it key-share locks these jobs first: store/reuse.py).
-                await conn.execute(
-                    select(jobs.c.id)
-                    .where(jobs.c.id.in_(referencing_jobs(ids)))
-                    .order_by(jobs.c.id)
-                    .with_for_update(read=True, key_share=True)
-                )
             # Answers other jobs reused from these are handed to one of their rows first (store/answer.py).
             await keep_answers(conn, ids)
             r = await conn.execute(delete(requests).where(requests.c.job_id.in_(ids)))
@@ -295,3 +277,53 @@ class JobsPart(StoreCore):
             return int(r.rowcount)
 
         return await self.write(go)
+
+    async def _lock_for_delete(self, conn: AsyncConnection, ids: list[str]) -> set[str]:
+        """Lock the job rows a delete of `ids` works on; those of `ids` that are published jobs.
+
+        PostgreSQL (SQLite's IMMEDIATE transaction already excludes every other writer): `ids` FOR UPDATE, as
+        claims take a key-share lock on their job's row, so none can lease a row of these jobs between the
+        check for live leases and the delete. The jobs whose rows reference answers of `ids` get a key-share
+        lock: their rows take those answers over (store/answer.py), and a delete of their own meanwhile would
+        take the new original away from under its references; their runs and reuse submits go on.
+
+        All of them in one order (by id), whatever the mode: two deletes of jobs that reference each other's
+        answers each locked their own job first and then the other's, and PostgreSQL aborted one with
+        "deadlock detected". Reuse submits lock in the same order (store/reuse.py).
+        """
+        if conn.dialect.name != "postgresql":
+            rows = await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.phase == "ready"))
+            return {r.id for r in rows}
+        doomed = set(ids)
+        # Read without locks first, to know the whole set; a delete running now may hand answers on to rows of
+        # further jobs, which the second look below finds (then locked out of order: rare, and a deadlock there
+        # is retried as any transient conflict).
+        referencing = {r.job_id for r in await conn.execute(referencing_jobs(ids))}
+        found: set[str] = set()
+        locked: set[str] = set()
+        while True:
+            for update_lock, run in _runs(sorted((doomed | referencing) - locked), doomed):
+                stmt = select(jobs.c.id).where(jobs.c.id.in_(run)).order_by(jobs.c.id)
+                if update_lock:
+                    ready = await conn.execute(stmt.where(jobs.c.phase == "ready").with_for_update())
+                    found |= {r.id for r in ready}
+                else:
+                    await conn.execute(stmt.with_for_update(read=True, key_share=True))
+                locked |= set(run)
+            # A submit cannot add a reference now (it key-share locks these jobs first: store/reuse.py), but a
+            # delete that held a lock we waited for may have: look again under the locks.
+            referencing = {r.job_id for r in await conn.execute(referencing_jobs(ids))}
+            if referencing <= locked:
+                return found
+
+
+def _runs(ordered: list[str], doomed: set[str]) -> list[tuple[bool, list[str]]]:
+    """`ordered` cut into runs of ids that take the same lock: (whether it is FOR UPDATE, the ids)."""
+    runs: list[tuple[bool, list[str]]] = []
+    for job_id in ordered:
+        mode = job_id in doomed
+        if runs and runs[-1][0] == mode:
+            runs[-1][1].append(job_id)
+        else:
+            runs.append((mode, [job_id]))
+    return runs

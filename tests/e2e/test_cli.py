@@ -136,11 +136,19 @@ def test_global_flags_after_the_command_and_mistakes_get_one_line(cli: Cli, tmp_
         ("stauts",): "runner: unknown command 'stauts'; did you mean 'status'?",
         ("run", "--concurrency", "100000"): "runner run: argument --concurrency: must be a whole number from 1"
         " to 10,000 (got 100000)",
+        # A port out of range: aiohttp found it only at the first request, a traceback from every sender.
+        ("run", job, "--base-url", "http://127.0.0.1:99999/v1"): "runner: base URL is not a valid URL: Port out"
+        " of range 0-65535",
+        ("run", job, "--base-url", "http:///v1"): "runner: base URL names no host",
+        ("submit", str(tmp_path)): f"runner: {tmp_path}: is a directory, not a file; nothing was queued",
     }
     for args, expected in cases.items():
-        r = cli(*args)
+        r = cli(*args, "--db", str(other))
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(expected), (args, r.stderr)
+    # Nothing was changed: the job was not touched, no job was added.
+    assert json.loads(cli("status", job, "--json", "--db", str(other)).stdout)["counts"]["queued"] == 3
+    assert len(json.loads(cli("jobs", "--json", "--db", str(other)).stdout)) == 1
 
 
 def test_plain_run_names_the_jobs_it_resumes_and_skips_old_ones_with_json_logs(

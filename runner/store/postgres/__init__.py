@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -81,16 +82,28 @@ def is_postgres_url(db: str) -> bool:
 
 
 def masked(db: str) -> str:
-    """`db` as it may be shown: the password replaced by ***."""
-    try:
-        return make_url(db).render_as_string(hide_password=True)
-    except Exception:  # not parseable as a URL: show no part of what follows the scheme's user
-        scheme = db.partition("://")[0]
-        return f"{scheme}://***"
+    """`db` as it may be shown: the password (in the user part or as a `password=` setting) replaced by ***.
+
+    Read by hand, not by SQLAlchemy: a password holding an unencoded `@` parses as user `u`, password `p1`
+    and host `p2@host`, so the parsed password hid only its first part and the rest was shown as the host.
+    The user part ends at the last `@` (one in a setting only makes more of the URL hidden).
+    """
+    scheme, sep, rest = db.partition("://")
+    if not sep:
+        return "***"
+    userinfo, at, place = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{place}" if colon else f"{user}@{place}"
+    return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
 
 
 def _url(db: str) -> URL:
-    return make_url(db).set(drivername="postgresql+asyncpg")
+    url = make_url(db).set(drivername="postgresql+asyncpg")
+    if "sslmode" in url.query and "ssl" not in url.query:
+        # libpq's spelling (psql, most tutorials); asyncpg takes the same modes as `ssl`.
+        url = url.update_query_dict({"ssl": url.query["sslmode"]}).difference_update_query(["sslmode"])
+    return url
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -187,6 +200,9 @@ class PostgresBackend:
             return "the database does not exist (create it first: createdb NAME)"
         if isinstance(code, str) and code.startswith("28"):
             return "the server refused the login (check the user and password)"
+        if isinstance(orig, TypeError) and (bad := re.search(r"unexpected keyword argument '([^']+)'", str(orig))):
+            # SQLAlchemy hands every setting after `?` in the URL to asyncpg.connect() as an argument.
+            return f"the URL's setting '{bad.group(1)}' is not one the PostgreSQL driver (asyncpg) takes"
         if isinstance(orig, self._asyncpg.PostgresConnectionError | self._asyncpg.InterfaceError):
             return f"the connection failed ({type(orig).__name__})"
         return None

@@ -3,14 +3,18 @@ lock, the busy-error test, and one-line reasons for a file that cannot be used."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiosqlite
+import anyio
+import anyio.to_thread
 from sqlalchemy import Connection, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -61,6 +65,40 @@ def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _on_error(ctx: ExceptionContext) -> None:
+    # A cancel (Ctrl-C, the end of a run stopping its readers) that lands while a statement runs on
+    # aiosqlite's thread: SQLAlchemy takes it for a lost connection and terminates it, and since the task is
+    # cancelled again at once (anyio), its graceful close is cut short and the force close stops aiosqlite's
+    # thread before the graceful one's last step: that task then waits forever, and Python prints "Task was
+    # destroyed but it is pending!" when it is collected. The connection is fine: the statement finishes on
+    # its thread, and closing it (which SQLAlchemy runs to completion in a task of its own) rolls back and
+    # hands it back to the pool.
+    if isinstance(ctx.original_exception, asyncio.CancelledError):
+        ctx.is_disconnect = False
+
+
+def _on_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # SQLAlchemy's aiosqlite dialect awaits what `async_creator_fn` returns in place of aiosqlite.connect().
+    cparams["async_creator_fn"] = _connect
+
+
+async def _connect(*args: Any, **kwargs: Any) -> Any:
+    """aiosqlite.connect(), and when it fails (a directory, a file SQLite cannot open), its thread ended first.
+
+    On a failed connect aiosqlite stops its thread with a future no one awaits; the CLI then ends its event
+    loop at once to print the error, and the thread, setting that future on a closed loop, printed "Exception
+    in thread ... RuntimeError: Event loop is closed" and a traceback under the one-line error.
+    """
+    conn = aiosqlite.connect(*args, **kwargs)
+    conn._thread.daemon = True  # as SQLAlchemy's own connect does: the thread never holds the process open
+    try:
+        return await conn
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(conn._thread.join, 5.0)
+        raise
 
 
 def create_file(path: Path) -> None:
@@ -148,6 +186,8 @@ def create_engine(db: str) -> AsyncEngine:
     engine = quiet_cancelled_closes(create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}))
     event.listen(engine.sync_engine, "connect", _on_connect)
     event.listen(engine.sync_engine, "begin", _on_begin)
+    event.listen(engine.sync_engine, "handle_error", _on_error)
+    event.listen(engine.sync_engine, "do_connect", _on_do_connect)
     return engine
 
 

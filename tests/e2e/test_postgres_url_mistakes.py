@@ -1,0 +1,46 @@
+"""A PostgreSQL URL typed the way psql and tutorials spell it, or with a mistake in it: the store works or the
+command says what is wrong in one line, exit 2, never a traceback, and never any part of the password."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import Cli, write_jobfile
+from tests.pg import PgCluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.pg]
+
+
+def _one_line_exit_2(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+def test_libpq_sslmode_is_understood(cli: Cli, pg_url: str, tmp_path: Path) -> None:
+    # `?sslmode=disable` is how psql's URLs say it; asyncpg calls it `ssl` (it used to end in a TypeError).
+    cli.url = f"{pg_url}?sslmode=disable"
+    r = cli("submit", str(write_jobfile(tmp_path / "in.jsonl", 3)))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_url_setting_the_driver_does_not_take_is_named(cli: Cli, pg_server: PgCluster) -> None:
+    base = make_url(pg_server.url).set(database="postgres").render_as_string(hide_password=False)
+    cli.url = f"{base}?password=s3cret-pw&colour=blue"
+    said = _one_line_exit_2(cli("status"))
+    assert "the URL's setting 'colour' is not one the PostgreSQL driver (asyncpg) takes" in said, said
+    assert "s3cret-pw" not in said and "password=***" in said, said
+
+
+def test_no_part_of_a_password_with_an_unencoded_at_sign_is_shown(cli: Cli) -> None:
+    # An `@` in a password must be written %40; unencoded, the URL parses as password "first" and host
+    # "second-half@127.0.0.1", and the second half was shown as if it were the host.
+    cli.url = "postgresql://alice:first@second-half@127.0.0.1:1/db"
+    said = _one_line_exit_2(cli("status"))
+    assert "first" not in said and "second-half" not in said, said
+    assert "alice:***@127.0.0.1:1/db" in said, said
