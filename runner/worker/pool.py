@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
 
 from runner.budget import Budget
 from runner.chains import PARENT_FAILED
@@ -119,6 +120,9 @@ class Run:
         self._tg: TaskGroup | None = None
         self._ramp = SlotRamp()  # many free slots open over a round trip, not in one burst
         self._ramping = False
+        # The slow start just ended: every free slot opens at once, paced by the limits just learnt, until the
+        # slots are full or nothing is left to claim (spread over a round trip, they cost half a round trip).
+        self._open_all = False
         self._store_lost: StoreUnavailable | None = None
         self._idle_closed = False  # the creates' idle connections were closed once only polls were left
         self.sender = Sender(
@@ -135,7 +139,7 @@ class Run:
             on_doomed=self._on_doomed,
             checker=self.checker,
             flex=FlexLane(options.flex_fallback) if options.flex else None,
-            on_more_slots=self._fill,
+            on_more_slots=self._more_slots,
         )
 
     # -- control ----------------------------------------------------------------------------------
@@ -238,18 +242,19 @@ class Run:
         self._tg = tg
         last_adopt = 0.0
         while not self._stop_claiming.is_set():
-            limit = self.concurrency.limit
             if self._ready_low():
                 # Leased, so invisible to other runners; one claim per request would cost more CPU than the
                 # request itself at high throughput.
-                want = min(max(limit, 64) - len(self._ready), CLAIM_BATCH * 4)
+                want = min(max(self._claim_target(), 64) - len(self._ready), CLAIM_BATCH * 4)
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
                 if self.writer.chains and claimed:
                     claimed = await self._continue_parents(claimed)
                 self._ready.extend(claimed)
                 self._fill()
                 if claimed:
+                    await checkpoint()  # the requests just started go out before the next claim
                     continue
+                self._open_all = False
             else:
                 await self._wait_more(IDLE_CHECK)
                 continue
@@ -296,6 +301,19 @@ class Run:
         self.snap.done += n
         self.snap.failed += n
 
+    def _claim_target(self) -> int:
+        """How many requests the ready buffer aims at: the slots' worth; during the slow start, once its first
+        requests are out, the whole concurrency's, so that every slot can open as soon as the limits are known."""
+        if self.concurrency.slow_start and self._in_flight:
+            return self.concurrency.maximum
+        return self.concurrency.limit
+
+    def _more_slots(self) -> None:
+        """A reply grew the slow start's window (the sender calls this); when it ended it, every slot opens now."""
+        if not self.concurrency.slow_start:
+            self._open_all = True
+        self._fill()
+
     def _fill(self) -> None:
         """Start claimed requests while slots are free; ask the claim loop for more when the buffer runs low."""
         if self._tg is None:
@@ -303,13 +321,15 @@ class Run:
         limit = self.concurrency.limit
         free = min(limit - self._in_flight, len(self._ready))
         if free > 0 and not self._stop_claiming.is_set():
-            n = min(free, self._ramp.allow(limit, self.sender.latency))
+            n = free if self._open_all else min(free, self._ramp.allow(limit, self.sender.latency))
             started = 0
             while started < n and self._ready and self._admit(self._ready[0]):
                 self._in_flight += 1
                 self._tg.start_soon(self._handle, self._ready.popleft())
                 started += 1
             self._ramp.took(started)
+            if self._in_flight >= limit:
+                self._open_all = False
             # Slots held back by the ramp open later; slots the budget refused wait for a reply instead.
             if started == n < free and not self._ramping:
                 self._ramping = True
@@ -345,7 +365,7 @@ class Run:
 
     def _ready_low(self) -> bool:
         """Fewer than half a concurrency's worth of claimed requests wait: time to claim more."""
-        return len(self._ready) < max(self.concurrency.limit // 2, 1)
+        return len(self._ready) < max(self._claim_target() // 2, 1)
 
     async def _wait_more(self, within: float) -> None:
         with anyio.move_on_after(within):

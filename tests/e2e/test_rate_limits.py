@@ -54,6 +54,25 @@ def test_without_a_budget_the_headers_and_429s_slow_the_pool(cli: Cli, mock_fact
     assert st["rate_limited"] == faults
 
 
+def test_the_slow_start_waits_a_round_trip_at_eight_then_every_slot_opens_at_once(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # No budget given: 8 in flight until the first reply's headers say the limits (no burst before that),
+    # then the other 192 slots open together, paced by the limit just learnt, instead of being spread over
+    # the next round trip (which cost half a round trip of full throughput: ~0.5 s at 1 s latency).
+    mock = mock_factory("--latency", "1.5")
+    src = write_jobfile(tmp_path / "in.jsonl", 200)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "200", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 200
+    db = sqlite3.connect(cli.db)
+    sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
+    assert sent[8] - sent[0] >= 1.4, sent[:10]  # the ninth waited for the first reply
+    # Spread over the round trip, the 192 took ~1 s (16 at once, then 200 a second).
+    assert sent[-1] - sent[8] <= 0.5, sent[-1] - sent[8]
+
+
 def test_requests_sharing_a_conversation_run_one_at_a_time_in_file_order(
     cli: Cli, mock_factory: Any, tmp_path: Path
 ) -> None:

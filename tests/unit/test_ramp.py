@@ -1,4 +1,4 @@
-"""Free slots opened at once (the end of the slow start) are spread over a round trip, not sent in one burst."""
+"""Free slots opened at once after the pool has run are spread over a round trip, not sent in one burst."""
 
 from __future__ import annotations
 
