@@ -6,8 +6,9 @@ Many runners (on many machines) share one database. What makes that safe lives h
 - every time a lease is stamped or compared with is the database's clock (`now_sql`), so a runner whose
   clock is off cannot expire another's live lease;
 - migrations run under an advisory lock, so two processes opening a new database do not race;
-- a write-back is one statement per kind of outcome (arrays unnested on the server) and a submit's chunk one
-  COPY, each on the asyncpg connection under the engine's, without SQLAlchemy's per-statement cost.
+- a group commit is one statement run on its own, one round trip (arrays unnested on the server; hot.sql
+  `apply`), a claim of one job too, and a submit's chunk one COPY, each on the asyncpg connection under the
+  engine's, without SQLAlchemy's per-statement cost.
 
 asyncpg is an optional extra (`pip install 'responses-runner[postgres]'`): without it a PostgreSQL URL is
 one line naming the extra.
