@@ -150,7 +150,9 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None
     src = tmp / "r.jsonl"
     write_requests(src, n)
     with mock_server(*args) as url:
+        server_before = server_cpu(pg)
         r = await runner_run(url, src, pg.create_database() if pg else tmp / f"r{jitter}.db", concurrency=conc)
+        server = _spent(server_before, server_cpu(pg))
     ideal = conc / latency  # the mean latency: the jitter is symmetric
     achieved = r.completed / r.seconds
     tag = f" ({label.split('.')[0]}{', PostgreSQL' if pg else ''})"
@@ -163,6 +165,8 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None
     )
     if not pg and not jitter:
         row(f"runner seconds beyond the bare loop's{tag}", f"{r.seconds - bare_s:.2f} s per run")
+    if server is not None:
+        row(f"CPU ms per request: runner | PostgreSQL server{tag}", f"{1000 * r.cpu / n:.2f} | {1000 * server / n:.2f}")
     if not pg:
         await limits_known(url_args=args, src=src, db=tmp / f"r{jitter}-rpm.db", conc=conc, bare_s=bare_s, tag=tag)
         await two_processes(url_args=args, src=src, db=tmp / f"r{jitter}-p2.db", conc=conc, bare_s=bare_s, tag=tag)
@@ -280,13 +284,18 @@ async def cpu_cost(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     # This machine is a VM with noisy neighbours: the median of three runs of each, interleaved.
     bares: list[tuple[float, float]] = []
     runs: list[RunnerFigures] = []
+    servers: list[float] = []  # the PostgreSQL server's CPU seconds in each run: it shares the cores
     for i in range(3):
         with mock_server() as url:
             bares.append(await bare_loop(url, n, conc))
         src = tmp / f"c{i}.jsonl"
         write_requests(src, n)
         with mock_server() as url:
+            server_before = server_cpu(pg)
             runs.append(await runner_run(url, src, pg.create_database() if pg else tmp / f"c{i}.db", concurrency=conc))
+            server = _spent(server_before, server_cpu(pg))
+            if server is not None:
+                servers.append(server)
     bare_s, bare_cpu = sorted(bares)[1]
     r = sorted(runs, key=lambda x: x.seconds)[1]
     row(
@@ -300,6 +309,8 @@ async def cpu_cost(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     # Medians of the three runs' CPU seconds, each side on its own.
     ratio = sorted(b[1] for b in bares)[1] / sorted(x.cpu for x in runs)[1]
     row(f"CPU per request: bare loop / runner{on}", f"{ratio:.2f}", "target >= 0.40")
+    if servers:
+        row(f"server CPU ms per request (median of 3){on}", f"{1000 * sorted(servers)[1] / n:.2f}")
 
 
 async def rate_limited(tmp: Path, n: int) -> None:
@@ -471,6 +482,10 @@ def server_cpu(pg: PgCluster | None) -> float | None:
     return total / tick
 
 
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
 def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
     """Submit and export of an n-line file, each in a fresh process so peak RSS is its own."""
     on = ", PostgreSQL" if pg else ""
@@ -495,7 +510,7 @@ def big_file(tmp: Path, n: int, pg: PgCluster | None = None) -> None:
             check=True,
         )
         seconds = time.perf_counter() - t0
-        after = os.times()
+        after, server = os.times(), _spent(server_before, server_cpu(pg))
         cpu[0] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
         server_after = server_cpu(pg)
         server[0] = None if server_before is None or server_after is None else server_after - server_before
@@ -597,7 +612,7 @@ async def fleet(tmp: Path, n: int, pg: PgCluster, processes: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "OPENAI_"))}
     env.update(RUNNER_DB=db, OPENAI_API_KEY="bench")
     with mock_server(*args) as url:
-        before = os.times()
+        before, server_before = os.times(), server_cpu(pg)
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "runner", "run", job, "--base-url", url, "--concurrency", str(conc // processes)]
         procs = [
@@ -606,7 +621,7 @@ async def fleet(tmp: Path, n: int, pg: PgCluster, processes: int) -> None:
         ]
         codes = [await p.wait() for p in procs]
         seconds = time.perf_counter() - t0
-        after = os.times()
+        after, server = os.times(), _spent(server_before, server_cpu(pg))
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     tag = f"(1b, PostgreSQL, {processes} process{'es' if processes > 1 else ''}, start-up included)"
     achieved = n / seconds
@@ -616,6 +631,8 @@ async def fleet(tmp: Path, n: int, pg: PgCluster, processes: int) -> None:
         "target >= 0.90",
     )
     row(f"CPU ms per request, all processes {tag}", f"{1000 * cpu / n:.2f}")
+    if server is not None:
+        row(f"PostgreSQL server CPU ms per request {tag}", f"{1000 * server / n:.2f}")
 
 
 CACHE_PREAMBLE = "You are a careful grader for the evaluation team. " * 24  # ~300 tokens, shared by all

@@ -84,13 +84,23 @@ class LeasesPart(StoreCore):
         return await self.write(go)
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Push out the lease of everything this owner holds."""
+        """Push out the lease of everything this owner holds that has less than half a lease left.
+
+        A heartbeat comes at least three times a lease (worker/heartbeat.py), so a lease renewed once half of it
+        is gone never gets below a sixth. Requests claimed since the last renewal, at a second's latency all of
+        them, are not written again: renewing every held row at every beat rewrote 1,000-2,000 rows each 5 s at
+        concurrency 1,000 and held their row locks against the group commits of the same rows.
+        """
         now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             r = await conn.execute(
                 update(requests)
-                .where(requests.c.lease_owner == owner, requests.c.state == IP)
+                .where(
+                    requests.c.lease_owner == owner,
+                    requests.c.state == IP,
+                    requests.c.lease_expires_at < now + lease_seconds / 2,
+                )
                 .values(lease_expires_at=now + lease_seconds)
             )
             return int(r.rowcount)

@@ -386,6 +386,20 @@ async def test_renew_leases_pushes_expiry(store: Store, clock: FakeClock) -> Non
     assert all(r["state"] == "in_progress" for r in mine)
 
 
+@pytest.mark.anyio
+async def test_a_renewal_rewrites_only_leases_with_less_than_half_left(store: Store, clock: FakeClock) -> None:
+    # A heartbeat comes three times a lease: a lease renewed at half-life never runs out, and the requests
+    # claimed since the last beat (at a second's latency, all of them) are not written again.
+    await make_job(store, "job_a", 3)
+    await store.claim("me", ["job_a"], 2, LEASE)
+    [short] = await store.claim("me", ["job_a"], 1, LEASE / 4)
+    before = {r["id"]: r["lease_expires_at"] for r in await db_rows(store, lease_owner="me")}
+    assert await store.renew_leases("me", LEASE) == 1
+    after = {r["id"]: r["lease_expires_at"] for r in await db_rows(store, lease_owner="me")}
+    assert {i for i in after if after[i] != before[i]} == {short.id}
+    assert all(t > clock() + LEASE / 2 for t in after.values())
+
+
 # --- two processes --------------------------------------------------------------------------------------
 
 

@@ -6,8 +6,9 @@ Many runners (on many machines) share one database. What makes that safe lives h
 - every time a lease is stamped or compared with is the database's clock (`now_sql`), so a runner whose
   clock is off cannot expire another's live lease;
 - migrations run under an advisory lock, so two processes opening a new database do not race;
-- a write-back is one statement per kind of outcome (arrays unnested on the server) and a submit's chunk one
-  COPY, each on the asyncpg connection under the engine's, without SQLAlchemy's per-statement cost.
+- a group commit is one statement run on its own, one round trip (arrays unnested on the server; hot.sql
+  `apply`), a claim of one job too, and a submit's chunk one COPY, each on the asyncpg connection under the
+  engine's, without SQLAlchemy's per-statement cost.
 
 asyncpg is an optional extra (`pip install 'responses-runner[postgres]'`): without it a PostgreSQL URL is
 one line naming the extra.
@@ -42,6 +43,7 @@ from runner.store.models import (
     ReadyLines,
     ResponseIdRecord,
     claim_by_job,
+    in_claim_order,
 )
 from runner.store.postgres import export
 from runner.store.sqlfile import blocks
@@ -56,6 +58,10 @@ EXTRA_HINT = "PostgreSQL stores need the optional driver: pip install 'responses
 _SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 # SQLSTATEs worth another try: serialization failure, deadlock detected (either side is rolled back whole).
 _TRANSIENT = frozenset({"40001", "40P01"})
+# SQLSTATE classes of a value the server refuses to store: data exception, integrity constraint violation,
+# program limit exceeded (a value too big for an index entry). Any other error of a write-back (a conflict,
+# a lost connection, a broken statement) is not about one row.
+_REFUSED = frozenset({"22", "23", "54"})
 # A NewRequest's own fields first, in its order, so a row to copy is the NewRequest itself plus one tuple the
 # whole chunk shares (`insert`): no per-row tuple built field by field.
 _COPY_COLUMNS = (
@@ -143,6 +149,8 @@ class PostgresBackend:
             asyncpg.InterfaceError,
             OSError,
         )
+        # What a write-back statement raises for a value PostgreSQL cannot take (or asyncpg cannot encode).
+        self._refusals: tuple[type[BaseException], ...] = (asyncpg.PostgresError, ValueError, TypeError, OverflowError)
         try:
             url = _url(db)
         except Exception:
@@ -219,17 +227,28 @@ class PostgresBackend:
 
     async def _transaction(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """`fn(asyncpg connection)` in one transaction on a pooled connection of the engine."""
+
+        async def within(apg: Any) -> T:
+            async with apg.transaction():
+                return await fn(apg)
+
+        return await self._connected(within)
+
+    async def _connected(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """`fn(asyncpg connection)` on a pooled connection of the engine, outside any transaction: a single
+        statement is then its own transaction, one round trip where BEGIN and COMMIT would make three."""
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             apg = raw.driver_connection
             assert apg is not None
             try:
-                async with apg.transaction():
-                    return await fn(apg)
-            except (OSError, self._asyncpg.PostgresConnectionError, self._asyncpg.InterfaceError):
+                return await fn(apg)
+            except (OSError, self._asyncpg.PostgresConnectionError, self._asyncpg.InterfaceError) as exc:
                 # SQLAlchemy did not see this connection fail (we spoke to asyncpg directly): tell its pool,
-                # so the next try gets a new connection instead of this dead one.
-                await conn.invalidate()
+                # so the next try gets a new connection instead of this dead one. (A value asyncpg could not
+                # encode, its DataError, is an InterfaceError too, on a connection still good.)
+                if not isinstance(exc, ValueError):
+                    await conn.invalidate()
                 raise
 
     async def claim(
@@ -238,6 +257,8 @@ class PostgresBackend:
         if not job_ids or n <= 0:
             return []
         sql, lease = self._sql["claim"], float(lease_seconds)  # one job at a time: see claim_by_job
+        if len(job_ids) == 1:  # one statement: no transaction around it
+            return in_claim_order(await self._connected(lambda c: c.fetch(sql, owner, lease, job_ids[0], n)))
         return await self._transaction(
             lambda c: claim_by_job(job_ids, n, lambda j, k: c.fetch(sql, owner, lease, j, k))
         )
@@ -245,7 +266,54 @@ class PostgresBackend:
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
     ) -> list[int]:
+        ids = [o.request_id for o in outcomes] + [x.request_id for x in response_ids]
+        if len(set(ids)) == len(ids) and all(o.to in TERMINAL or o.to is RequestState.QUEUED for o in outcomes):
+            try:
+                return await self._apply_at_once(owner, outcomes, response_ids)
+            except self._refusals as exc:
+                if isinstance(exc, self._asyncpg.PostgresError) and (_sqlstate(exc) or "")[:2] not in _REFUSED:
+                    raise
+                # A value PostgreSQL cannot hold (a NUL character) or asyncpg cannot encode: the statement
+                # wrote nothing, and the careful path below finds the row and fails it alone.
         return await self._transaction(lambda c: self._apply(c, owner, outcomes, response_ids))
+
+    async def _apply_at_once(
+        self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
+    ) -> list[int]:
+        """The group commit as one statement on its own (hot.sql `apply`); the request ids refused."""
+        rows = await self._connected(
+            lambda c: c.fetch(
+                self._sql["apply"],
+                [o.request_id for o in outcomes],
+                [o.to.value for o in outcomes],
+                [o.response_body for o in outcomes],
+                [o.usage.input_tokens for o in outcomes],
+                [o.usage.cached_tokens for o in outcomes],
+                [o.usage.output_tokens for o in outcomes],
+                [o.usage.reasoning_tokens for o in outcomes],
+                [o.usage.total_tokens for o in outcomes],
+                *_reply_columns(outcomes),
+                [float(o.next_attempt_at) for o in outcomes],
+                [1 if o.refund_attempt else 0 for o in outcomes],
+                [o.clear_response_id for o in outcomes],
+                owner,
+                [x.request_id for x in response_ids],
+                [x.response_id for x in response_ids],
+                [x.api_request_id for x in response_ids],
+                [x.sent_at for x in response_ids],
+            )
+        )
+        done = {r[0] for r in rows}
+        refused = [o.request_id for o in outcomes if o.request_id not in done]
+        missed = [x for x in response_ids if x.request_id not in done]
+        if missed:
+            # Written already (the same id, by this owner: a retried commit) is not a refusal.
+            have = await self._connected(
+                lambda c: c.fetch(self._sql["response_ids_of"], [x.request_id for x in missed])
+            )
+            mine = {r[0]: (r[1], r[2]) for r in have}
+            refused += [x.request_id for x in missed if mine.get(x.request_id) != (x.response_id, owner)]
+        return refused
 
     async def _apply(
         self, c: Any, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
