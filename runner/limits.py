@@ -41,7 +41,7 @@ POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so th
 CHARS_PER_TOKEN = 4.0
 SLOW_START_WINDOW = 8  # requests in flight before the server's limits are known (no --rpm/--tpm given)
 SHARED_BLOCK_SECONDS = 0.5  # a runner books this much of the fleet's request budget at a time ...
-MAX_SHARED_BLOCK = 64  # ... but never more slots than this in one booking (one store write per block)
+MAX_SHARED_BLOCK = 256  # ... but never more slots than this in one booking (one store write per block)
 # A shared slot whose time passed more than this ago is dropped, not used late: a late send bunched with
 # the next runner's on-time one could put more than a second's share into one window.
 STALE_SLOT = BURST / 2
