@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from runner.errors import StoreError, StoreMissing, StoreUnavailable
+from runner.errors import StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
 from runner.store.backend import OpenMode, quiet_cancelled_closes
 from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
@@ -45,7 +45,7 @@ from runner.store.models import (
     claim_by_job,
     in_claim_order,
 )
-from runner.store.postgres import export
+from runner.store.postgres import export, writeback
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, requests
 
@@ -116,18 +116,6 @@ def _sqlstate(exc: BaseException) -> str | None:
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code if isinstance(code, str) else None
-
-
-def _reply_columns(group: Sequence[Outcome]) -> list[list[Any]]:
-    """What every outcome records of its reply, a column each, in the order `finish` and `requeue` take them."""
-    return [
-        [o.http_status for o in group],
-        [o.api_request_id for o in group],
-        [o.error_code for o in group],
-        [o.error_message for o in group],
-        [1 if o.rate_limited else 0 for o in group],
-        [o.sent_at for o in group],
-    ]
 
 
 class PostgresBackend:
@@ -269,150 +257,16 @@ class PostgresBackend:
         ids = [o.request_id for o in outcomes] + [x.request_id for x in response_ids]
         if len(set(ids)) == len(ids) and all(o.to in TERMINAL or o.to is RequestState.QUEUED for o in outcomes):
             try:
-                return await self._apply_at_once(owner, outcomes, response_ids)
+                return await self._connected(lambda c: writeback.at_once(c, self._sql, owner, outcomes, response_ids))
             except self._refusals as exc:
                 if isinstance(exc, self._asyncpg.PostgresError) and (_sqlstate(exc) or "")[:2] not in _REFUSED:
                     raise
                 # A value PostgreSQL cannot hold (a NUL character) or asyncpg cannot encode: the statement
                 # wrote nothing, and the careful path below finds the row and fails it alone.
-        return await self._transaction(lambda c: self._apply(c, owner, outcomes, response_ids))
-
-    async def _apply_at_once(
-        self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
-    ) -> list[int]:
-        """The group commit as one statement on its own (hot.sql `apply`); the request ids refused."""
-        rows = await self._connected(
-            lambda c: c.fetch(
-                self._sql["apply"],
-                [o.request_id for o in outcomes],
-                [o.to.value for o in outcomes],
-                [o.response_body for o in outcomes],
-                [o.usage.input_tokens for o in outcomes],
-                [o.usage.cached_tokens for o in outcomes],
-                [o.usage.output_tokens for o in outcomes],
-                [o.usage.reasoning_tokens for o in outcomes],
-                [o.usage.total_tokens for o in outcomes],
-                *_reply_columns(outcomes),
-                [float(o.next_attempt_at) for o in outcomes],
-                [1 if o.refund_attempt else 0 for o in outcomes],
-                [o.clear_response_id for o in outcomes],
-                owner,
-                [x.request_id for x in response_ids],
-                [x.response_id for x in response_ids],
-                [x.api_request_id for x in response_ids],
-                [x.sent_at for x in response_ids],
-            )
+        pg_error = self._asyncpg.PostgresError
+        return await self._transaction(
+            lambda c: writeback.carefully(c, self._sql, pg_error, owner, outcomes, response_ids)
         )
-        done = {r[0] for r in rows}
-        refused = [o.request_id for o in outcomes if o.request_id not in done]
-        missed = [x for x in response_ids if x.request_id not in done]
-        if missed:
-            # Written already (the same id, by this owner: a retried commit) is not a refusal.
-            have = await self._connected(
-                lambda c: c.fetch(self._sql["response_ids_of"], [x.request_id for x in missed])
-            )
-            mine = {r[0]: (r[1], r[2]) for r in have}
-            refused += [x.request_id for x in missed if mine.get(x.request_id) != (x.response_id, owner)]
-        return refused
-
-    async def _apply(
-        self, c: Any, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
-    ) -> list[int]:
-        sql = self._sql
-        refused: list[int] = []
-        if response_ids:
-            ids = [x.request_id for x in response_ids]
-            written = {
-                r[0]
-                for r in await c.fetch(
-                    sql["set_response_ids"],
-                    ids,
-                    [x.response_id for x in response_ids],
-                    [x.api_request_id for x in response_ids],
-                    [x.sent_at for x in response_ids],
-                    owner,
-                )
-            }
-            missed = [x for x in response_ids if x.request_id not in written]
-            if missed:
-                # Written already (the same id, by this owner: a retried commit) is not a refusal.
-                have = {
-                    r[0]: (r[1], r[2]) for r in await c.fetch(sql["response_ids_of"], [x.request_id for x in missed])
-                }
-                refused += [x.request_id for x in missed if have.get(x.request_id) != (x.response_id, owner)]
-        tried = [o for o in outcomes if not o.refund_attempt]
-        if tried:
-            try:
-                async with c.transaction():  # a savepoint: the history must never take the outcomes down
-                    await c.execute(
-                        sql["record_attempts"],
-                        [o.request_id for o in tried],
-                        [o.to.value for o in tried],
-                        [o.sent_at for o in tried],
-                        [o.http_status for o in tried],
-                        [o.api_request_id for o in tried],
-                        [o.error_code for o in tried],
-                        [o.error_message for o in tried],
-                        owner,
-                    )
-            except (self._asyncpg.PostgresError, ValueError, TypeError, OverflowError) as e:
-                log.warning("attempt history not recorded for %d request(s): %s", len(tried), type(e).__name__)
-        final = [o for o in outcomes if o.to in TERMINAL]
-        back = [o for o in outcomes if o.to is RequestState.QUEUED]
-        if len(final) + len(back) != len(outcomes):
-            bad = next(o for o in outcomes if o.to not in TERMINAL and o.to is not RequestState.QUEUED)
-            raise StoreError(f"apply() takes terminal states or queued, not {bad.to}")  # rolls back the whole call
-        done: set[int] = set()
-        for group, write in ((final, self._finish), (back, self._requeue)):
-            if not group:
-                continue
-            try:
-                async with c.transaction():
-                    done |= await write(c, owner, group)
-            except (self._asyncpg.PostgresError, ValueError, TypeError, OverflowError):
-                # One row PostgreSQL cannot take must not take the group commit down with it: row by row,
-                # each in its own savepoint, and a row that still fails is final with the reason.
-                for o in group:
-                    try:
-                        async with c.transaction():
-                            done |= await write(c, owner, [o])
-                    except (self._asyncpg.PostgresError, ValueError, TypeError, OverflowError) as exc:
-                        reason = f"the job store refused this result ({type(exc).__name__}: {exc})"[:500]
-                        if await c.execute(sql["refuse_row"], reason, o.request_id, owner) != "UPDATE 0":
-                            done.add(o.request_id)
-        refused += [o.request_id for o in outcomes if o.request_id not in done]
-        requeued = [o.request_id for o in back if o.request_id in done]
-        if requeued:
-            await c.execute(sql["cancel_requeued"], requeued)
-        return refused
-
-    async def _finish(self, c: Any, owner: str, group: Sequence[Outcome]) -> set[int]:
-        rows = await c.fetch(
-            self._sql["finish"],
-            [o.request_id for o in group],
-            [o.to.value for o in group],
-            [o.response_body for o in group],
-            [o.usage.input_tokens for o in group],
-            [o.usage.cached_tokens for o in group],
-            [o.usage.output_tokens for o in group],
-            [o.usage.reasoning_tokens for o in group],
-            [o.usage.total_tokens for o in group],
-            *_reply_columns(group),
-            owner,
-        )
-        return {r[0] for r in rows}
-
-    async def _requeue(self, c: Any, owner: str, group: Sequence[Outcome]) -> set[int]:
-        rows = await c.fetch(
-            self._sql["requeue"],
-            [o.request_id for o in group],
-            [float(o.next_attempt_at) for o in group],
-            [1 if o.refund_attempt else 0 for o in group],
-            [o.clear_response_id for o in group],
-            *_reply_columns(group),
-            owner,
-        )
-        return {r[0] for r in rows}
 
     async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
         """One COPY per chunk: the fastest way into PostgreSQL, and all or nothing like any statement."""
