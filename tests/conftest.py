@@ -44,8 +44,26 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(k, raising=False)
 
 
+# Where a test's time goes, longest first: the kill loops, then the other end-to-end tests (CLI subprocesses
+# against a mock server), then the store tests, then the unit tests.
+_SLOW_FIRST = ("kill", "e2e", "integration")
+
+
+def _slowness(item: pytest.Item) -> int:
+    if item.get_closest_marker("kill") is not None:
+        return 0
+    part = item.nodeid.split("/")[1] if item.nodeid.startswith("tests/") else ""
+    return _SLOW_FIRST.index(part) if part in _SLOW_FIRST else len(_SLOW_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out."""
+    """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out.
+
+    The slow tests run first. With xdist handing out one test at a time (`--maxschedchunk=1` in pyproject.toml)
+    the workers then end together on short unit tests; in file order, the first worker's first chunk held most
+    of the end-to-end tests (about half the suite's time) and the others sat idle for the last minutes.
+    """
+    items.sort(key=_slowness)  # stable: file order within each group
     if "postgresql" in BACKENDS:
         return
     kept = [i for i in items if i.get_closest_marker("pg") is None]
