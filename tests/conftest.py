@@ -47,6 +47,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # Where a test's time goes, longest first: the kill loops, then the other end-to-end tests (CLI subprocesses
 # against a mock server), then the store tests, then the unit tests.
 _SLOW_FIRST = ("kill", "e2e", "integration")
+# The end-to-end tests other than the kill tests, dealt round-robin into this many xdist groups.
+_E2E_GROUPS = 2
 
 
 def _slowness(item: pytest.Item) -> int:
@@ -56,20 +58,31 @@ def _slowness(item: pytest.Item) -> int:
     return _SLOW_FIRST.index(part) if part in _SLOW_FIRST else len(_SLOW_FIRST)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out.
 
-    The slow tests run first. With xdist handing out one test at a time (`--maxschedchunk=1` in pyproject.toml)
-    the workers then end together on short unit tests; in file order, the first worker's first chunk held most
-    of the end-to-end tests (about half the suite's time) and the others sat idle for the last minutes.
+    Under `-n` (`--dist loadgroup`, pyproject.toml) the end-to-end tests run in three streams, each on one
+    worker, one test after another: the kill tests (the most sensitive to a loaded machine: they time kills and
+    signals) and two round-robin halves of the rest; the fourth worker, and each stream's once it is done, take
+    the store and unit tests one at a time. In file order xdist gave the first worker 83 end-to-end tests, about
+    half the suite's time, in one chunk, and the others sat idle for the last minutes; running every
+    end-to-end test as soon as a worker was free put four CPU-heavy tests on two cores at once, and tests that
+    wait for a signal or a deadline timed out.
     """
     items.sort(key=_slowness)  # stable: file order within each group
-    if "postgresql" in BACKENDS:
-        return
-    kept = [i for i in items if i.get_closest_marker("pg") is None]
-    if len(kept) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("pg") is not None])
-        items[:] = kept
+    if "postgresql" not in BACKENDS:
+        kept = [i for i in items if i.get_closest_marker("pg") is None]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("pg") is not None])
+            items[:] = kept
+    e2e = 0
+    for item in items:
+        if item.get_closest_marker("kill") is not None:
+            item.add_marker(pytest.mark.xdist_group("kill"))
+        elif _slowness(item) == _SLOW_FIRST.index("e2e"):
+            item.add_marker(pytest.mark.xdist_group(f"e2e-{e2e % _E2E_GROUPS}"))
+            e2e += 1
 
 
 # One PostgreSQL server (and one migrated template) for the whole session, shared by every xdist worker: the
