@@ -44,45 +44,42 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(k, raising=False)
 
 
-# Where a test's time goes, longest first: the kill loops, then the other end-to-end tests (CLI subprocesses
-# against a mock server), then the store tests, then the unit tests.
-_SLOW_FIRST = ("kill", "e2e", "integration")
-# The end-to-end tests other than the kill tests, dealt round-robin into this many xdist groups.
-_E2E_GROUPS = 2
+# Where a test's time goes, longest first: the end-to-end tests (CLI subprocesses against a mock server), then
+# the store tests, then the unit tests.
+_SLOW_FIRST = ("e2e", "integration")
 
 
 def _slowness(item: pytest.Item) -> int:
-    if item.get_closest_marker("kill") is not None:
-        return 0
     part = item.nodeid.split("/")[1] if item.nodeid.startswith("tests/") else ""
     return _SLOW_FIRST.index(part) if part in _SLOW_FIRST else len(_SLOW_FIRST)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out.
 
-    Under `-n` (`--dist loadgroup`, pyproject.toml) the end-to-end tests run in three streams, each on one
-    worker, one test after another: the kill tests (the most sensitive to a loaded machine: they time kills and
-    signals) and two round-robin halves of the rest; the fourth worker, and each stream's once it is done, take
-    the store and unit tests one at a time. In file order xdist gave the first worker 83 end-to-end tests, about
-    half the suite's time, in one chunk, and the others sat idle for the last minutes; running every
-    end-to-end test as soon as a worker was free put four CPU-heavy tests on two cores at once, and tests that
-    wait for a signal or a deadline timed out.
+    The slow tests run first, so that under `-n` (xdist sending one test at a time: `--maxschedchunk=1` in
+    pyproject.toml) the workers end together on short unit tests. In file order, xdist's first chunk gave one
+    worker 83 end-to-end tests, about half the suite's time, and the others sat idle for the last minutes.
+    The kill tests (which time kills and signals) are spread among the other end-to-end tests rather than run
+    all at once, so that two of them seldom share the two cores.
     """
-    items.sort(key=_slowness)  # stable: file order within each group
     if "postgresql" not in BACKENDS:
         kept = [i for i in items if i.get_closest_marker("pg") is None]
         if len(kept) != len(items):
             config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("pg") is not None])
             items[:] = kept
-    e2e = 0
-    for item in items:
-        if item.get_closest_marker("kill") is not None:
-            item.add_marker(pytest.mark.xdist_group("kill"))
-        elif _slowness(item) == _SLOW_FIRST.index("e2e"):
-            item.add_marker(pytest.mark.xdist_group(f"e2e-{e2e % _E2E_GROUPS}"))
-            e2e += 1
+    items.sort(key=_slowness)  # stable: file order within each group
+    kill = [i for i in items if i.get_closest_marker("kill") is not None]
+    if not kill:
+        return
+    rest = [i for i in items if i.get_closest_marker("kill") is None]
+    e2e = sum(1 for i in rest if _slowness(i) == 0)
+    step = max(1, e2e // len(kill))  # a kill test, then `step` other end-to-end tests, and so on
+    spread: list[pytest.Item] = []
+    for n, item in enumerate(kill):
+        spread.append(item)
+        spread.extend(rest[n * step : (n + 1) * step])
+    items[:] = spread + rest[len(kill) * step :]
 
 
 # One PostgreSQL server (and one migrated template) for the whole session, shared by every xdist worker: the
