@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,25 +44,99 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(k, raising=False)
 
 
+# Where a test's time goes, longest first: the end-to-end tests (CLI subprocesses against a mock server), then
+# the store tests, then the unit tests.
+_SLOW_FIRST = ("e2e", "integration")
+
+
+def _slowness(item: pytest.Item) -> int:
+    part = item.nodeid.split("/")[1] if item.nodeid.startswith("tests/") else ""
+    return _SLOW_FIRST.index(part) if part in _SLOW_FIRST else len(_SLOW_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out."""
-    if "postgresql" in BACKENDS:
+    """Tests marked `pg` (PostgreSQL only) are deselected, not skipped, when RUNNER_TEST_BACKENDS leaves it out.
+
+    The slow tests run first, so that under `-n` (xdist sending one test at a time: `--maxschedchunk=1` in
+    pyproject.toml) the workers end together on short unit tests. In file order, xdist's first chunk gave one
+    worker 83 end-to-end tests, about half the suite's time, and the others sat idle for the last minutes.
+    The kill tests (which time kills and signals) are spread among the other end-to-end tests rather than run
+    all at once, so that two of them seldom share the two cores.
+    """
+    if "postgresql" not in BACKENDS:
+        kept = [i for i in items if i.get_closest_marker("pg") is None]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("pg") is not None])
+            items[:] = kept
+    items.sort(key=_slowness)  # stable: file order within each group
+    kill = [i for i in items if i.get_closest_marker("kill") is not None]
+    if not kill:
         return
-    kept = [i for i in items if i.get_closest_marker("pg") is None]
-    if len(kept) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("pg") is not None])
-        items[:] = kept
+    rest = [i for i in items if i.get_closest_marker("kill") is None]
+    e2e = sum(1 for i in rest if _slowness(i) == 0)
+    step = max(1, e2e // len(kill))  # a kill test, then `step` other end-to-end tests, and so on
+    spread: list[pytest.Item] = []
+    for n, item in enumerate(kill):
+        spread.append(item)
+        spread.extend(rest[n * step : (n + 1) * step])
+    items[:] = spread + rest[len(kill) * step :]
+
+
+# One PostgreSQL server (and one migrated template) for the whole session, shared by every xdist worker: the
+# first worker that needs it starts it under a file lock, the others attach to it, and the controller stops it
+# when the session ends (also when a worker died). Each test still gets a database of its own.
+_PG_SHARE = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        config.stash[_PG_SHARE] = Path(tempfile.mkdtemp(prefix="runner-pg-share-"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist (controller side): tell each worker where the shared server's state lives."""
+    node.workerinput["runner_pg_share"] = str(node.config.stash[_PG_SHARE])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    share = config.stash.get(_PG_SHARE, None)
+    if share is None:
+        return
+    state = share / "cluster.json"
+    if state.exists():
+        PgCluster.attach(json.loads(state.read_text())["cluster"]).stop()
+    shutil.rmtree(share, ignore_errors=True)
+
+
+def _pg_share(config: pytest.Config) -> Path:
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    return Path(workerinput["runner_pg_share"]) if workerinput is not None else config.stash[_PG_SHARE]
+
+
+@contextmanager
+def _shared_pg_state(config: pytest.Config) -> Iterator[dict[str, Any]]:
+    """The shared server's state, read and written back under an exclusive lock across workers."""
+    share = _pg_share(config)
+    with (share / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = share / "cluster.json"
+        state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        yield state
+        path.write_text(json.dumps(state))
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgCluster]:
-    """A throwaway PostgreSQL server for the session (tests/pg.py), started by the first test that needs it."""
-    cluster = PgCluster(PG_URL)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def pg_server(request: pytest.FixtureRequest) -> PgCluster:
+    """The session's throwaway PostgreSQL server (tests/pg.py), started by the first test that needs it."""
+    if PG_URL:
+        return PgCluster(PG_URL)
+    with _shared_pg_state(request.config) as state:
+        if "cluster" not in state:
+            cluster = PgCluster()
+            cluster.start()
+            state["cluster"] = cluster.state()
+        return PgCluster.attach(state["cluster"])
 
 
 @pytest.fixture
@@ -70,19 +148,27 @@ def pg_url(pg_server: PgCluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_template(pg_server: PgCluster) -> str:
-    """The name of a database migrated once per session: stores are copied from it (no Alembic per test)."""
+def pg_template(request: pytest.FixtureRequest, pg_server: PgCluster) -> str:
+    """The name of a database migrated once per session (for every worker): stores are copied from it (no
+    Alembic per test)."""
     import anyio
 
     from runner.store import Store
 
-    url = pg_server.create_database()
-
-    async def migrate() -> None:
+    async def migrate(url: str) -> None:
         await (await Store.open(url)).aclose()
 
-    anyio.run(migrate)
-    return url.rsplit("/", 1)[1]
+    if PG_URL:  # an external server outlives the session: a template of this session's own
+        url = pg_server.create_database()
+        anyio.run(migrate, url)
+        return url.rsplit("/", 1)[1]
+    with _shared_pg_state(request.config) as state:
+        if "template" not in state:
+            url = pg_server.create_database()
+            anyio.run(migrate, url)
+            state["template"] = url.rsplit("/", 1)[1]
+        name: str = state["template"]
+        return name
 
 
 @pytest.fixture

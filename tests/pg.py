@@ -22,6 +22,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 PG_BIN = Path(os.environ.get("RUNNER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "runnerpg"
@@ -32,7 +33,8 @@ _SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
-    "max_connections": "200",
+    # One server for every xdist worker of a session (tests/conftest.py): room for four workers' pools.
+    "max_connections": "400",
     "shared_buffers": "64MB",
 }
 
@@ -72,6 +74,17 @@ class PgCluster:
         self.external = external_url.rstrip("/") if external_url else None
         self.user = None if self.external else _run_as()
         self._lock = threading.Lock()
+
+    def state(self) -> dict[str, Any]:
+        """What another process needs to use (`attach`) or stop this running server."""
+        return {"dir": str(self.dir), "port": self.port, "user": self.user}
+
+    @classmethod
+    def attach(cls, state: dict[str, Any]) -> PgCluster:
+        """The server another process started (its `state()`): usable, and stoppable, from here."""
+        cluster = cls()
+        cluster.dir, cluster.port, cluster.user = Path(state["dir"]), state["port"], state["user"]
+        return cluster
 
     @property
     def url(self) -> str:

@@ -39,6 +39,11 @@ def _completed_lines(db: Path, job: str) -> set[int]:
         return {n for (n,) in rows}
 
 
+# How long a fresh `runner run` may take to get going (start Python, import, open the store, send): the waits end
+# as soon as it has, so this only matters on a loaded machine, where 10 s was not always enough.
+START = 60
+
+
 def _wait_for(cond: Callable[[], bool], timeout: float, what: str, p: subprocess.Popen[str] | None = None) -> None:
     end = time.monotonic() + timeout
     while not cond():
@@ -76,7 +81,7 @@ def test_signal_drains_in_flight_and_commits_every_result(
     procs.append(p)
     _wait_for(
         lambda: mock.stats()["creates"] >= 1 or _counts(cli.db, job).get("in_progress", 0) >= 20,
-        10,
+        START,
         "requests in flight",
         p,
     )
@@ -119,7 +124,7 @@ def test_second_sigint_stops_at_once_and_keeps_committed_results(
     job = cli.submit(write_jobfile(tmp_path / "in.jsonl", lines))
     p = _run(cli, mock, job, 10)
     procs.append(p)
-    _wait_for(lambda: _counts(cli.db, job).get("completed", 0) >= 15, 15, "some results", p)
+    _wait_for(lambda: _counts(cli.db, job).get("completed", 0) >= 15, START, "some results", p)
     # From now on every new request hangs for 8 s; wait until a full batch of those is on the wire.
     mock.configure(latency=8.0)
     base = mock.stats()["creates"]
@@ -161,7 +166,7 @@ def test_grace_runs_out_and_unfinished_requests_go_back_to_the_queue(
     # A budget turns the slow start off, so all ten slots fill at once (with none, eight would go first).
     p = _run(cli, mock, job, 10, "--grace", "1", "--rpm", "6000")
     procs.append(p)
-    _wait_for(lambda: mock.stats()["creates"] >= 10, 10, "requests in flight", p)
+    _wait_for(lambda: mock.stats()["creates"] >= 10, START, "requests in flight", p)
     sent = time.monotonic()
     p.send_signal(signal.SIGTERM)
     try:
