@@ -657,7 +657,16 @@ async def prompt_cache(tmp: Path, items: int, write_delay: float = 0.0) -> None:
     # The mock's cache machines hold 64 blocks of 128 tokens (about five of these templates): a provider's
     # cache serves other traffic too. Latency 0.2 s +- 50 %, so a group's requests overlap as they would.
     # `write_delay`: a prompt is readable from the cache that long after it arrived (the provider's prefill).
-    mock = ("--cache-machines", "8", "--cache-blocks", "64", "--latency", "0.2", "--latency-jitter", "0.5")
+    mock: tuple[str, ...] = (
+        "--cache-machines",
+        "8",
+        "--cache-blocks",
+        "64",
+        "--latency",
+        "0.2",
+        "--latency-jitter",
+        "0.5",
+    )
     mock += ("--cache-write-delay", str(write_delay))
     tag = f", cache written {write_delay:g} s after arrival" if write_delay else ""
     print(f"\n8. prompt cache: {templates} templates x {items} items, shuffled; concurrency {conc}{tag}", flush=True)

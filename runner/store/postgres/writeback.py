@@ -32,21 +32,28 @@ def _reply_columns(group: Sequence[Outcome]) -> list[list[Any]]:
     ]
 
 
+def _outcome_columns(group: Sequence[Outcome]) -> list[list[Any]]:
+    """An outcome's id, state, answer and usage, then its reply's columns: what `apply` and `finish` take first."""
+    return [
+        [o.request_id for o in group],
+        [o.to.value for o in group],
+        [o.response_body for o in group],
+        [o.usage.input_tokens for o in group],
+        [o.usage.cached_tokens for o in group],
+        [o.usage.output_tokens for o in group],
+        [o.usage.reasoning_tokens for o in group],
+        [o.usage.total_tokens for o in group],
+        *_reply_columns(group),
+    ]
+
+
 async def at_once(
     c: Any, sql: Mapping[str, str], owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
 ) -> list[int]:
     """The group commit as one statement on its own (hot.sql `apply`); the request ids refused."""
     rows = await c.fetch(
         sql["apply"],
-        [o.request_id for o in outcomes],
-        [o.to.value for o in outcomes],
-        [o.response_body for o in outcomes],
-        [o.usage.input_tokens for o in outcomes],
-        [o.usage.cached_tokens for o in outcomes],
-        [o.usage.output_tokens for o in outcomes],
-        [o.usage.reasoning_tokens for o in outcomes],
-        [o.usage.total_tokens for o in outcomes],
-        *_reply_columns(outcomes),
+        *_outcome_columns(outcomes),
         [float(o.next_attempt_at) for o in outcomes],
         [1 if o.refund_attempt else 0 for o in outcomes],
         [o.clear_response_id for o in outcomes],
@@ -144,15 +151,7 @@ async def carefully(
 async def _finish(c: Any, sql: Mapping[str, str], owner: str, group: Sequence[Outcome]) -> set[int]:
     rows = await c.fetch(
         sql["finish"],
-        [o.request_id for o in group],
-        [o.to.value for o in group],
-        [o.response_body for o in group],
-        [o.usage.input_tokens for o in group],
-        [o.usage.cached_tokens for o in group],
-        [o.usage.output_tokens for o in group],
-        [o.usage.reasoning_tokens for o in group],
-        [o.usage.total_tokens for o in group],
-        *_reply_columns(group),
+        *_outcome_columns(group),
         owner,
     )
     return {r[0] for r in rows}
