@@ -83,13 +83,15 @@ class LeasesPart(StoreCore):
 
         return await self.write(go)
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Push out the lease of everything this owner holds that has less than half a lease left.
+    async def renew_leases(self, owner: str, lease_seconds: float, *, fresh_for: float = 0.0) -> int:
+        """Push out the lease of everything this owner holds, except leases taken or renewed in the last
+        `fresh_for` seconds.
 
-        A heartbeat comes at least three times a lease (worker/heartbeat.py), so a lease renewed once half of it
-        is gone never gets below a sixth. Requests claimed since the last renewal, at a second's latency all of
-        them, are not written again: renewing every held row at every beat rewrote 1,000-2,000 rows each 5 s at
-        concurrency 1,000 and held their row locks against the group commits of the same rows.
+        Requests claimed since the last beats, at a second's latency nearly all of them, need not be written
+        again: renewing every held row at every beat rewrote 1,000-2,000 rows each 5 s at concurrency 1,000
+        and held their row locks against the group commits of the same rows. The heartbeat passes two beats
+        (10 s of a 60 s lease), so a live runner's leases keep at least lease - 3 beats (45 s) against a
+        stalled heartbeat; a lease too short for that is renewed whole at every beat, as it always was.
         """
         now = self._now()
 
@@ -99,7 +101,7 @@ class LeasesPart(StoreCore):
                 .where(
                     requests.c.lease_owner == owner,
                     requests.c.state == IP,
-                    requests.c.lease_expires_at < now + lease_seconds / 2,
+                    requests.c.lease_expires_at < now + lease_seconds - fresh_for,
                 )
                 .values(lease_expires_at=now + lease_seconds)
             )

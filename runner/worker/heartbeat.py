@@ -52,6 +52,9 @@ class Heartbeat:
         self.pid = pid if pid is not None else os.getpid()
         self.ttl = lease_seconds  # alive as long as its leases would be
         self.every = min(HEARTBEAT_EVERY, lease_seconds / 3)
+        # Leases taken in the last two beats are not renewed (they have most of their time), unless that would
+        # leave under half a lease against a stalled heartbeat: then every lease is renewed at every beat.
+        self.fresh_for = 2 * self.every if self.every <= lease_seconds / 4 else 0.0
         self.limiter = limiter
         self.budget = budget
         self._in_flight = in_flight
@@ -91,7 +94,7 @@ class Heartbeat:
                 if self._clock is not None:
                     await fleet.calibrate(self.store, self._clock)
                 live = await fleet.heartbeat(self.store, self.owner, self.host, self.pid, self.ttl, self._in_flight())
-                await self.store.renew_leases(self.owner, self.ttl)
+                await self.store.renew_leases(self.owner, self.ttl, fresh_for=self.fresh_for)
                 await self._share(live)
                 next_beat = time.monotonic() + self.every
             elif self._paced():

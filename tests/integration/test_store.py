@@ -387,17 +387,19 @@ async def test_renew_leases_pushes_expiry(store: Store, clock: FakeClock) -> Non
 
 
 @pytest.mark.anyio
-async def test_a_renewal_rewrites_only_leases_with_less_than_half_left(store: Store, clock: FakeClock) -> None:
-    # A heartbeat comes three times a lease: a lease renewed at half-life never runs out, and the requests
-    # claimed since the last beat (at a second's latency, all of them) are not written again.
+async def test_a_renewal_skips_leases_taken_in_the_last_beats(store: Store, clock: FakeClock) -> None:
+    # Requests claimed since the last beats (at a second's latency, nearly all of them) are not written again;
+    # an older lease is, and afterwards every lease has more than the lease minus what was skipped.
     await make_job(store, "job_a", 3)
     await store.claim("me", ["job_a"], 2, LEASE)
     [short] = await store.claim("me", ["job_a"], 1, LEASE / 4)
     before = {r["id"]: r["lease_expires_at"] for r in await db_rows(store, lease_owner="me")}
-    assert await store.renew_leases("me", LEASE) == 1
+    assert await store.renew_leases("me", LEASE, fresh_for=10.0) == 1
     after = {r["id"]: r["lease_expires_at"] for r in await db_rows(store, lease_owner="me")}
     assert {i for i in after if after[i] != before[i]} == {short.id}
-    assert all(t > clock() + LEASE / 2 for t in after.values())
+    assert all(t > clock() + LEASE - 10.0 - 1.0 for t in after.values())
+    # Without fresh_for, every lease is renewed (short leases: the heartbeat passes 0).
+    assert await store.renew_leases("me", LEASE) == 3
 
 
 # --- two processes --------------------------------------------------------------------------------------
