@@ -407,7 +407,12 @@ class Run:
             self.snap.polling = self.poller.size
             self.snap.concurrency = self.concurrency.limit
             self.snap.max_concurrency = self.concurrency.maximum
-            why = "backing off after 429s" if self.snap.rate_limited else "backing off after timeouts"
+            if self.concurrency.slow_start:
+                why = "slow start: until the server's limits are known"
+            elif self.snap.rate_limited:
+                why = "backing off after 429s"
+            else:
+                why = "backing off after timeouts"
             self.snap.concurrency_reason = why if self.snap.concurrency < self.snap.max_concurrency else None
             self.snap.pauses = self.limiter.pauses
             self.snap.notice = self.limiter.notice  # the long wait in force, if any (said once on stderr)

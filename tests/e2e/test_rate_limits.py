@@ -114,6 +114,10 @@ def test_progress_lines_when_not_a_terminal_and_a_live_bar_on_one(cli: Cli, mock
     progress = [x for x in r.stderr.splitlines() if x.startswith("progress ")]
     assert len(progress) >= 3
     assert "done=" in progress[-1] and "rps=" in progress[-1] and "concurrency=" in progress[-1]
+    # No budget given, so the pool starts at 8 until the first reply shows the limits: said as a slow start,
+    # never as a back-off (nothing timed out, nothing was answered 429).
+    assert not any("backing off" in x for x in progress), progress
+    assert all('concurrency_reason="slow start' in x for x in progress if "concurrency=8/10" in x), progress
 
     quiet = cli("run", job, *run_args(mock, "--quiet"))
     assert "progress " not in quiet.stderr
