@@ -37,6 +37,13 @@ def test_a_url_setting_the_driver_does_not_take_is_named(cli: Cli, pg_server: Pg
     assert "s3cret-pw" not in said and "password=***" in said, said
 
 
+def test_a_bad_sslmode_names_the_setting_and_its_values(cli: Cli) -> None:
+    cli.url = "postgresql://alice:s3cret-pw@127.0.0.1:1/db?sslmode=bogus"
+    said = _one_line_exit_2(cli("status"))
+    assert "sslmode" in said and "verify-full" in said, said
+    assert "s3cret-pw" not in said and "alice:***@127.0.0.1:1/db" in said, said
+
+
 def test_no_part_of_a_password_with_an_unencoded_at_sign_is_shown(cli: Cli) -> None:
     # An `@` in a password must be written %40; unencoded, the URL parses as password "first" and host
     # "second-half@127.0.0.1", and the second half was shown as if it were the host.

@@ -199,6 +199,11 @@ class PostgresBackend:
         if isinstance(orig, TypeError) and (bad := re.search(r"unexpected keyword argument '([^']+)'", str(orig))):
             # SQLAlchemy hands every setting after `?` in the URL to asyncpg.connect() as an argument.
             return f"the URL's setting '{bad.group(1)}' is not one the PostgreSQL driver (asyncpg) takes"
+        if isinstance(orig, self._asyncpg.ClientConfigurationError):
+            # The driver's own words name the setting and what it takes ("`sslmode` parameter must be one
+            # of: ..."); they are about the URL's settings, which never hold the password but `password=`.
+            said = " ".join(str(orig).split())
+            return f"the URL's settings are wrong: {said}" if "password" not in said else "the URL's settings are wrong"
         if isinstance(orig, self._asyncpg.PostgresConnectionError | self._asyncpg.InterfaceError):
             return f"the connection failed ({type(orig).__name__})"
         return None
