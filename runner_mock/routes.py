@@ -209,6 +209,10 @@ def add_routes(app: web.Application) -> None:
     """Route the API under any prefix ending in `/v1`, the admin routes, and a 404 for everything else."""
     # Any run of path segments ending in `v1`: `/v1`, `/openai/v1`.
     prefix = "/{prefix:(?:[^/]+/)*v1}"
+    # The plain `/v1` spellings first: aiohttp finds those by their path in a dict, where every prefixed route
+    # sits under `/` and is tried in turn, a regular expression each (a background run's creates and GETs).
+    app.router.add_post("/v1/responses", _create)
+    app.router.add_get("/v1/responses/{rid}", _retrieve)
     app.router.add_post(f"{prefix}/responses", _create)
     app.router.add_get(f"{prefix}/responses/{{rid}}", _retrieve)
     app.router.add_post(f"{prefix}/responses/{{rid}}/cancel", _cancel)
