@@ -28,7 +28,10 @@ from runner_mock.faults import (
 from runner_mock.replies import JSON, error, reply
 from runner_mock.state import STATE_KEY, TERMINAL, Record, status_of
 
-__all__ = ["add_routes"]
+__all__ = ["POLL_AFTER_HEADER", "add_routes"]
+
+POLL_AFTER_HEADER = "openai-poll-after-ms"
+_NO_HINT: dict[str, str] = {}
 
 
 def _create_key(request: web.Request, body: Mapping[str, Any]) -> str:
@@ -119,7 +122,7 @@ async def _create(request: web.Request) -> web.Response:
         state.store(rid, record)
         if config.latency > 0:
             await asyncio.sleep(config.latency / 10)
-        return reply(state, started, 200, state.shown(record))
+        return reply(state, started, 200, state.shown(record), _poll_hint(config, record))
 
     latency = config.flex_latency if flex and config.flex_latency is not None else config.latency
     if latency > 0:
@@ -149,7 +152,16 @@ async def _retrieve(request: web.Request) -> web.Response:
     record = state.responses.get(rid)
     if record is None:
         return not_found(state, started, rid)
-    return reply(state, started, 200, state.shown(record))
+    return reply(state, started, 200, state.shown(record), _poll_hint(config, record))
+
+
+def _poll_hint(config: knobs.Config, record: Record) -> Mapping[str, str]:
+    """`openai-poll-after-ms` for a background response still running, when the `poll_hint` knob is on: the ms
+    until it ends, rounded up (a server's honest hint; the runner's first GET goes then)."""
+    if not config.poll_hint or record.raw is not None or not record.background:
+        return _NO_HINT
+    left = record.created_mono + record.delay - time.monotonic()
+    return {POLL_AFTER_HEADER: str(max(math.ceil(left * 1000), 0))}
 
 
 async def _cancel(request: web.Request) -> web.Response:
