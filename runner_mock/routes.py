@@ -44,8 +44,22 @@ def _create_key(request: web.Request, body: Mapping[str, Any]) -> str:
     return hashlib.sha1(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+# asyncio's plain-socket transport reads with recv(256 KiB): above glibc's mmap threshold, so each read of a
+# request mapped 256 KiB, shrank it (mremap) and unmapped it: ~3,600 of each for 4,000 requests (strace), and
+# 22 us against 3 us for a 1.5 KB read at 64 KiB (a socket pair). Set on the connection at its first create or
+# GET, so its later requests, the most of a keep-alive connection's, read at most this much at a time.
+READ_SIZE = 64 * 1024
+
+
+def _small_reads(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None and getattr(transport, "max_size", 0) > READ_SIZE:
+        transport.max_size = READ_SIZE  # type: ignore[attr-defined]  # uvloop's transports have none: untouched
+
+
 async def _create(request: web.Request) -> web.Response:
     started = time.monotonic()
+    _small_reads(request)
     state = request.app[STATE_KEY]
     config = state.config
     if not authorized(state, request):
@@ -139,6 +153,7 @@ async def _create(request: web.Request) -> web.Response:
 
 async def _retrieve(request: web.Request) -> web.Response:
     started = time.monotonic()
+    _small_reads(request)
     state = request.app[STATE_KEY]
     config = state.config
     if not authorized(state, request):
