@@ -457,6 +457,15 @@ async def background(tmp: Path, n: int) -> None:
     row("CPU ms per request: runner | bare loop", f"{1000 * r.cpu / n:.2f} | {1000 * bare_cpu / n:.2f}")
     row("GET polls per request", f"{s['gets'] / n:.2f}", "target <= 3")
     row("creates per request (no double submits)", f"{s['creates'] / n:.2f}")
+    # The same run against a server that says when each response ends (`openai-poll-after-ms`): nothing to learn,
+    # so what is left past the delay is the creates' pace, the GETs' round trips and the run's end.
+    with mock_server("--bg-delay", str(delay), "--poll-hint") as url:
+        h = await runner_run(url, src, tmp / "bh.db", background=True, concurrency=conc)
+        hs = stats(url)
+    row(
+        "with the server's hint (openai-poll-after-ms): wall / ideal | GETs per request",
+        f"{h.seconds:.2f} s / {delay:.1f} s = {h.seconds / delay:.2f} | {hs['gets'] / n:.2f}",
+    )
 
 
 def server_cpu(pg: PgCluster | None) -> float | None:

@@ -43,6 +43,7 @@ class Config:
     bg_fail: float = _knob(0.0, "fraction of background responses that fail")
     bg_fail_code: str = _knob("server_error", "error code of background responses that fail")
     poll_p429: float = _knob(0.0, "fraction of GET polls answered 429")
+    poll_hint: bool = _knob(False, "send openai-poll-after-ms on a background response still running: ms until it ends")
     rpm: int | None = _knob(None, "requests per minute (per-second windows)")
     tpm: int | None = _knob(None, "tokens per minute (per-second windows)")
     flex_latency: float | None = _knob(None, "seconds per foreground create on service_tier flex (None: as latency)")

@@ -357,6 +357,12 @@ class Poller:
                 if item is not None:
                     self._active += 1
                     continue
+                if not self._heap and not self._firsts:
+                    # Nothing left to poll (a background run's end, most often): the worker ends here. Parked, the
+                    # run's ~256 workers were cancelled one by one after its last result, 7 ms of its tail.
+                    if self._starved:
+                        self._wake.set()
+                    return
                 parked = _Parked()
                 self._idle.append(parked)
                 if self._starved:  # the dispatcher waits for a free worker: this one is

@@ -693,3 +693,67 @@ def test_cli_exits_on_sigint_too() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_replies_are_the_same_under_v1_and_under_a_longer_prefix() -> None:
+    # `/v1/responses` has routes of its own, found by their path before the prefixed ones: the same handlers,
+    # so the same replies and the same counts; any other method on it is still the Invalid URL 404.
+    body = {"model": "m", "input": "same", "background": True}
+
+    async def scenario(base: str, s: Session) -> None:
+        root = base.removesuffix("/v1")
+        seen = []
+        for prefix in (f"{root}/v1", f"{root}/openai/v1"):
+            status, created, headers = await call(s, "POST", f"{prefix}/responses", body)
+            assert status == 200 and created["status"] == "queued"
+            assert headers["content-type"] == "application/json"
+            got = await call(s, "GET", f"{prefix}/responses/{created['id']}")
+            status, fetched, headers = got
+            assert status == 200 and fetched["id"] == created["id"]
+            assert headers["content-type"] == "application/json"
+            seen.append(headers["x-request-id"])
+            missing = await call(s, "GET", f"{prefix}/responses/resp_none")
+            assert missing[0] == 404 and missing[1]["error"]["code"] == "not_found"
+            wrong = await call(s, "DELETE", f"{prefix}/responses")
+            assert (
+                wrong[0] == 404
+                and wrong[1]["error"]["message"] == f"Invalid URL (DELETE {prefix.removeprefix(root)}/responses)"
+            )
+            created.pop("id")
+            created.pop("created_at")
+            seen.append(orjson.dumps(created, option=orjson.OPT_SORT_KEYS))
+        assert seen[1] == seen[3]  # the same Response object either way
+        for rid in (seen[0], seen[2]):
+            assert rid.startswith("req_") and len(rid) == 36 and int(rid[4:], 16) >= 0
+        assert seen[0] != seen[2]
+        _, stats, _ = await call(s, "GET", admin(base, "stats"))
+        assert stats["creates"] == 2 and stats["gets"] == 4 and stats["faults"]["404"] == 2
+
+    run(scenario)
+
+
+def test_a_connection_reads_in_small_pieces_after_its_first_create_or_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    # recv(256 KiB), asyncio's default, mapped and unmapped a buffer for every request read (strace: ~3,600 mmap,
+    # mremap and munmap each for 4,000 requests); at 64 KiB the heap serves it.
+    from runner_mock import routes
+
+    sizes: list[int | None] = []
+    small_reads = routes._small_reads
+
+    def spy(request: Any) -> None:
+        small_reads(request)
+        sizes.append(getattr(request.transport, "max_size", None))
+
+    monkeypatch.setattr(routes, "_small_reads", spy)
+
+    async def scenario(base: str, s: Session) -> None:
+        status, created, _ = await call(
+            s, "POST", f"{base}/responses", {"model": "m", "input": "x", "background": True}
+        )
+        assert status == 200
+        status, _, _ = await call(s, "GET", f"{base}/responses/{created['id']}")
+        assert status == 200
+
+    run(scenario)
+    assert sizes == [routes.READ_SIZE, routes.READ_SIZE]
+    assert routes.READ_SIZE < 128 * 1024  # glibc's mmap threshold

@@ -180,3 +180,26 @@ async def test_a_first_poll_sent_late_that_finds_the_response_final_does_not_low
             tg.cancel_scope.cancel()
     assert len(writer.outcomes) == 1
     assert poller.schedule.estimate == 2.0
+
+
+@pytest.mark.anyio
+async def test_workers_end_once_nothing_is_left_to_poll_not_parked_until_the_run_cancels_them() -> None:
+    # Parked, a background run's ~256 workers were cancelled one by one after its last result (7 ms of its tail).
+    empty = anyio.Event()
+    poller = Poller(_Server(), _Writer(), max_attempts=3, max_in_flight=16, on_empty=empty.set)  # type: ignore[arg-type]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            for i in range(100):
+                poller.add(_claimed(i), first_poll=0.0)
+            await empty.wait()
+            await anyio.sleep(0.05)
+            workers, parked = poller._workers, len(poller._idle)
+            # More comes after all: a worker starts for it.
+            poller.add(_claimed(100), first_poll=0.0)
+            empty = anyio.Event()
+            poller._on_empty = empty.set
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert (workers, parked) == (0, 0)
+    assert poller.size == 0 and poller.polls == 101
