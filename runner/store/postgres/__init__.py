@@ -287,6 +287,26 @@ class PostgresBackend:
         except self._asyncpg.UniqueViolationError as e:
             raise DuplicateCustomId(job_id) from e
 
+    async def insert_answered(
+        self, job_id: str, rows: Sequence[NewRequest], now: float, newer_than: float | None
+    ) -> int | None:
+        """`submit --reuse`: a chunk inserted with each line answered from the store where it can be (hot.sql
+        `insert_answered`, reading the chunk COPYed into `reuse_chunk_table`); how many were. None, with nothing
+        inserted, when a custom_id is used twice (the caller then inserts the chunk its usual way)."""
+        records = [r if r.sched is not None else r._replace(sched=r.line_no) for r in rows]
+        sql = self._sql
+
+        async def go(c: Any) -> int:
+            await c.execute(sql["reuse_wait_for_deletes"], job_id)
+            await c.execute(sql["reuse_chunk_table"])
+            await c.copy_records_to_table("runner_reuse_chunk", records=records, columns=NewRequest._fields)
+            return int(await c.fetchval(sql["insert_answered"], job_id, float(now), newer_than))
+
+        try:
+            return await self._transaction(go)
+        except self._asyncpg.IntegrityConstraintViolationError:
+            return None
+
     def batch_lines(
         self, job_id: str, id_start: str, chunk: int
     ) -> AbstractAsyncContextManager[AsyncGenerator[Sequence[ReadyLines | ExportRow], None]]:
