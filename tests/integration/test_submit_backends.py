@@ -1,5 +1,7 @@
 """Submit's promises on each backend (PostgreSQL's rows go in by COPY, one per chunk): what is stored is what the
-file says, and a file with a bad line anywhere, or a custom_id used twice, leaves nothing behind."""
+file says, and a file with a bad line anywhere, or a custom_id used twice, leaves nothing behind. Each test runs
+with the file parsed in this process and by the forked child that parses big files, which on PostgreSQL sends
+each chunk as COPY data it encoded itself (runner/store/postgres/copy.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import runner.ingest
 from runner.errors import InputError
 from runner.ingest import SubmitOptions, submit_file
+from runner.reuse import body_hash
 from runner.store import Store
 from runner.store.tables import jobs, requests
 from tests.integration.test_ingest import AWKWARD, body, line, write
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["in-process", "child"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "child":
+        monkeypatch.setattr(runner.ingest, "CHILD_MIN_BYTES", 0)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -57,6 +67,22 @@ async def test_stored_rows_are_the_files_lines(store: Store, tmp_path: Path, mon
     rows = await stored(store)
     assert [(n, cid, json.loads(b), s) for n, cid, b, s in rows] == [
         (i, cid, b, "queued") for i, (cid, b) in enumerate(AWKWARD, start=1)
+    ]
+
+    # And every other column a submit writes, as the row-by-row insert writes it: a field of the wrong width in
+    # PostgreSQL's binary COPY data would be refused, one in the wrong place stored wrong.
+    async def rest(conn: AsyncConnection) -> list[tuple[Any, ...]]:
+        c = requests.c
+        cols = (c.line_no, c.conversation, c.body_hash, c.sched, c.attempts, c.next_attempt_at, c.rate_limited)
+        tokens = (c.input_tokens, c.cached_tokens, c.output_tokens, c.reasoning_tokens, c.total_tokens)
+        stamped = (c.created_at > 0, c.started_at, c.finished_at, c.reused_from, c.parent_id, c.lease_owner)
+        return [tuple(r) for r in await conn.execute(select(*cols, *tokens, *stamped).order_by(c.id))]
+
+    conversations = {3: "conv_1"}
+    assert await store.read(rest) == [
+        (i, conversations.get(i), None if i in conversations else body_hash(b), i, 0, 0.0, 0, *(0,) * 5, True)
+        + (None,) * 5
+        for i, (_, b) in enumerate(AWKWARD, start=1)
     ]
 
 
