@@ -402,19 +402,23 @@ async def _stage(
     async def inserter() -> None:
         async with receive:
             async for chunk in receive:
-                reuse = options.reuse and not problems.bad_lines and bool(chunk.rows) and chunk.copy is None
+                reuse = options.reuse and not problems.bad_lines and chunk.has_rows()
                 if reuse:  # inserted already answered, where the store can (each row written once)
-                    done = await add_reusing(store, job_id, chunk.rows, newer_than=newer_than)
+                    if chunk.copy is None:
+                        done = await add_reusing(store, job_id, chunk.rows, newer_than=newer_than)
+                    else:
+                        done = await store.add_copied_answered(job_id, chunk.copy, newer_than)
                     if done is not None:
                         problems.reused += done
                         continue
+                    if chunk.copy is not None:  # on the rare way, row by row
+                        chunk.rows, chunk.copy = pg_copy.decode(chunk.copy), None
                 await _insert(store, job_id, chunk, problems)
                 if reuse:
                     first, last = chunk.rows[0].line_no, chunk.rows[-1].line_no
                     problems.reused += await reuse_answers(store, job_id, first, last, newer_than=newer_than)
 
-    # A --reuse chunk is looked up as rows; any other goes to PostgreSQL as the child encoded it.
-    copy_into = _CopyInto(job_id, store.clock()) if store.takes_copy() and not options.reuse else None
+    copy_into = _CopyInto(job_id, store.clock()) if store.takes_copy() else None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(inserter)

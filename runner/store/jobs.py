@@ -27,6 +27,10 @@ class TakesCopy(Protocol):
         """Insert the chunk (one transaction); DuplicateCustomId for a used custom_id."""
         ...
 
+    async def insert_copy_answered(self, job_id: str, data: bytes, now: float, newer_than: float | None) -> int | None:
+        """InsertsAnswered's `insert_answered` for the chunk (how many lines were answered; None: nothing inserted)."""
+        ...
+
 
 class JobsPart(StoreCore):
     """The Store's jobs: submit (staging, inserting, publishing), finding and listing, cancel, retry, delete."""
@@ -71,6 +75,13 @@ class JobsPart(StoreCore):
         backend = self._backend
         assert isinstance(backend, TakesCopy)
         await self._hot(lambda: backend.insert_copy(job_id, data))
+
+    async def add_copied_answered(self, job_id: str, data: bytes, newer_than: float | None) -> int | None:
+        """`add_answered_requests` for a chunk as COPY data, where `takes_copy`."""
+        backend = self._backend
+        assert isinstance(backend, TakesCopy)
+        now = self._clock()
+        return await self._hot(lambda: backend.insert_copy_answered(job_id, data, now, newer_than))
 
     async def add_answered_requests(
         self, job_id: str, rows: Sequence[NewRequest], newer_than: float | None

@@ -100,7 +100,11 @@ async def test_a_reuse_lookup_on_postgresql_is_one_walk_of_one_index(pg_store_ur
         )
         async with conn.transaction():
             await conn.execute(sql["reuse_chunk_table"])
-            await conn.execute("INSERT INTO runner_reuse_chunk VALUES (1, 'c-1', '{}', NULL, $1, 1)", h)
+            await conn.execute(
+                "INSERT INTO runner_reuse_rows (line_no, custom_id, body, body_hash, sched)"
+                " VALUES (1, 'c-1', '{}', $1, 1)",
+                h,
+            )
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")  # as asyncpg's cache ends up
             explain = "EXPLAIN (ANALYZE) " + sql["insert_answered"]
             plan = "\n".join(r[0] for r in await conn.fetch(explain, "job_b", 1.0, None))
@@ -114,7 +118,7 @@ async def test_a_reuse_lookup_on_postgresql_is_one_walk_of_one_index(pg_store_ur
     # candidates (the only sort is of the chunk's own lines, into line order), no row of the table read.
     assert "Index Only Scan Backward using ix_requests_body_hash_id" in plan, plan
     sorts = [line for line in plan.splitlines() if "Sort Key" in line]
-    assert all("runner_reuse_chunk.line_no" in line for line in sorts), plan
+    assert all("runner_reuse_rows.line_no" in line for line in sorts), plan
     assert "Heap Fetches: 0" in plan, plan
 
 

@@ -111,3 +111,30 @@ async def test_a_bad_last_line_after_many_chunks_stores_nothing(
     [p] = info.value.problems
     assert (p.line, p.field) == (11, "body.model")
     await assert_nothing_stored(store)
+
+
+async def test_a_reuse_submit_answers_every_line_and_names_a_repeated_custom_id(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a --reuse chunk goes through a temporary table (postgres/hot.sql reuse_chunk_table), from the
+    # child as the COPY data it encoded; a chunk that cannot go in whole is inserted row by row, which names the line.
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    path = write(tmp_path / "a.jsonl", [line(f"c-{i}", body(i)) for i in range(1, 9)])
+    first = await submit_file(store, path)
+
+    async def answer(conn: AsyncConnection) -> None:
+        done = {"state": "completed", "http_status": 200, "response_body": '{"id": "resp_1", "output": []}'}
+        await conn.execute(requests.update().where(requests.c.job_id == first.job_id).values(**done, finished_at=1.0))
+
+    await store.write(answer)
+    again = await submit_file(store, path, options=SubmitOptions(reuse=True))
+    assert (again.total, again.reused) == (8, 8)
+    rows = await stored(store)
+    assert [r[:2] for r in rows[8:]] == [(i, f"c-{i}") for i in range(1, 9)]
+    assert {r[3] for r in rows[8:]} == {"completed"}
+
+    dup = write(tmp_path / "dup.jsonl", [line(f"c-{i}", body(i)) for i in (1, 2, 3, 4, 5, 1)])
+    with pytest.raises(InputError) as info:
+        await submit_file(store, dup, options=SubmitOptions(reuse=True))
+    assert f"{dup}:line 6: field custom_id: 'c-1' is already used on line 1" in str(info.value)
+    assert len(await stored(store)) == 16

@@ -45,7 +45,7 @@ from runner.store.models import (
     claim_by_job,
     in_claim_order,
 )
-from runner.store.postgres import export, writeback
+from runner.store.postgres import copy, export, writeback
 from runner.store.postgres.copy import COPY_COLUMNS
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, requests
@@ -292,13 +292,16 @@ class PostgresBackend:
         """`submit --reuse`: a chunk inserted with each line answered from the store where it can be (hot.sql
         `insert_answered`, reading the chunk COPYed into `reuse_chunk_table`); how many were. None, with nothing
         inserted, when a custom_id is used twice (the caller then inserts the chunk its usual way)."""
-        records = [r if r.sched is not None else r._replace(sched=r.line_no) for r in rows]
+        return await self.insert_copy_answered(job_id, copy.encode(rows, job_id, now), now, newer_than)
+
+    async def insert_copy_answered(self, job_id: str, data: bytes, now: float, newer_than: float | None) -> int | None:
+        """`insert_answered` for a chunk its parsing child encoded as binary COPY data (postgres/copy.py)."""
         sql = self._sql
 
         async def go(c: Any) -> int:
             await c.execute(sql["reuse_wait_for_deletes"], job_id)
             await c.execute(sql["reuse_chunk_table"])
-            await c.copy_records_to_table("runner_reuse_chunk", records=records, columns=NewRequest._fields)
+            await c.copy_to_table("runner_reuse_rows", source=memoryview(data), columns=COPY_COLUMNS, format="binary")
             return int(await c.fetchval(sql["insert_answered"], job_id, float(now), newer_than))
 
         try:

@@ -192,18 +192,21 @@ SELECT id FROM jobs WHERE phase = 'ready' AND id <> $1::text ORDER BY id FOR KEY
 -- name: reuse_chunk_table
 -- `submit --reuse`: the chunk's lines go into this session's temporary table by COPY, and `insert_answered` reads
 -- them from there. As six arrays bound to the statement (unnest) asyncpg checked every element against
--- collections.abc (is it a nested array?): 12,000 Python-level isinstance calls per chunk of 2,000 lines, 2.7 of the
--- runner's 6.6 CPU-s for 300,000 reused lines. A COPY encodes a row in C. ON COMMIT DELETE ROWS: each chunk's
--- transaction finds it empty. (Created here, in the chunk's transaction, so a pooled connection that lost it
--- makes it again; the notice that it exists is not wanted. synchronous_commit: postgres/__init__.py `insert`.)
+-- collections.abc (is it a nested array?) in Python, 12,000 calls per chunk of 2,000 lines. The columns are a
+-- plain submit's COPY_COLUMNS (postgres/copy.py), so that the COPY data a parsing child encoded for a chunk goes
+-- in as it is; the statement reads the first six. ON COMMIT DELETE ROWS: each chunk's transaction finds it
+-- empty. (Created here, in the chunk's transaction, so a pooled connection that lost it makes it again; the
+-- notice that it exists is not wanted. synchronous_commit: postgres/__init__.py `insert`.)
 SET LOCAL synchronous_commit = off;
 SET LOCAL client_min_messages = warning;
-CREATE TEMPORARY TABLE IF NOT EXISTS runner_reuse_chunk (line_no integer, custom_id text, body text,
-    conversation text, body_hash text, sched integer) ON COMMIT DELETE ROWS
+CREATE TEMPORARY TABLE IF NOT EXISTS runner_reuse_rows (line_no integer, custom_id text, body text,
+    conversation text, body_hash text, sched integer, job_id text, created_at float8, state text, attempts integer,
+    next_attempt_at float8, input_tokens bigint, cached_tokens bigint, output_tokens bigint, reasoning_tokens bigint,
+    total_tokens bigint, rate_limited integer) ON COMMIT DELETE ROWS
 
 -- name: insert_answered
 -- `submit --reuse` (runner/store/postgres/__init__.py insert_answered): a chunk of a staging job's lines (in
--- runner_reuse_chunk, above) with each line whose question has an original answer in another job (the newest,
+-- runner_reuse_rows, above) with each line whose question has an original answer in another job (the newest,
 -- finished at or after $3 if given) inserted already completed from it, as `reuse_answers` would complete it:
 -- each row is written once, where COPY and then an UPDATE wrote a second version of every row and of its index
 -- entries. $1 the job, $2 now. Rows go in in line order, so their ids are in file order as a COPY's are.
@@ -224,7 +227,7 @@ SELECT $1::text, v.line_no, v.custom_id, v.body, v.conversation, v.body_hash, v.
     CASE WHEN src.id IS NOT NULL THEN $2::float8 END,
     CASE WHEN src.id IS NOT NULL THEN $2::float8 END,
     src.input_tokens, src.cached_tokens, src.output_tokens, src.reasoning_tokens, src.total_tokens
-FROM (SELECT * FROM runner_reuse_chunk ORDER BY line_no) AS v
+FROM (SELECT line_no, custom_id, body, conversation, body_hash, sched FROM runner_reuse_rows ORDER BY line_no) AS v
 LEFT JOIN LATERAL (
     -- what the answer was paid for: a promoted source (runner/store/answer.py) has it in its reused_* columns
     SELECT s.id, s.http_status, s.request_id, coalesce(s.reused_input_tokens, s.input_tokens) AS input_tokens,
