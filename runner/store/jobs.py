@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,7 +16,20 @@ from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
 from runner.store.models import JobRow, NewRequest
 from runner.store.tables import jobs, requests
 
-__all__ = ["JobsPart"]
+__all__ = ["JobsPart", "TakesCopy"]
+
+
+@runtime_checkable
+class TakesCopy(Protocol):
+    """A backend that takes a submit's chunk as COPY data its parsing child encoded (PostgreSQL: postgres/copy.py)."""
+
+    async def insert_copy(self, job_id: str, data: bytes) -> None:
+        """Insert the chunk (one transaction); DuplicateCustomId for a used custom_id."""
+        ...
+
+    async def insert_copy_answered(self, job_id: str, data: bytes, now: float, newer_than: float | None) -> int | None:
+        """InsertsAnswered's `insert_answered` for the chunk (how many lines were answered; None: nothing inserted)."""
+        ...
 
 
 class JobsPart(StoreCore):
@@ -51,6 +65,23 @@ class JobsPart(StoreCore):
             return
         now = self._clock()
         await self._hot(lambda: self._backend.insert(job_id, rows, now))
+
+    def takes_copy(self) -> bool:
+        """Whether `add_copied` works on this store."""
+        return isinstance(self._backend, TakesCopy)
+
+    async def add_copied(self, job_id: str, data: bytes) -> None:
+        """`add_requests` for a chunk as COPY data (postgres/copy.py `encode`), where `takes_copy`."""
+        backend = self._backend
+        assert isinstance(backend, TakesCopy)
+        await self._hot(lambda: backend.insert_copy(job_id, data))
+
+    async def add_copied_answered(self, job_id: str, data: bytes, newer_than: float | None) -> int | None:
+        """`add_answered_requests` for a chunk as COPY data, where `takes_copy`."""
+        backend = self._backend
+        assert isinstance(backend, TakesCopy)
+        now = self._clock()
+        return await self._hot(lambda: backend.insert_copy_answered(job_id, data, now, newer_than))
 
     async def add_answered_requests(
         self, job_id: str, rows: Sequence[NewRequest], newer_than: float | None

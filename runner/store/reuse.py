@@ -28,17 +28,14 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    text,
     union_all,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
 from runner.store.answer import REUSED, paid
 from runner.store.models import NewRequest
-from runner.store.sqlfile import blocks
 from runner.store.store import Store, bounded_total
 from runner.store.tables import REUSED_USAGE, jobs, requests
 from runner.usage import UsageCounts
@@ -126,7 +123,8 @@ async def _wait_for_deletes(conn: AsyncConnection, job_id: str) -> None:
     answer.py), holding its job row FOR UPDATE. Under READ COMMITTED a reference made in between would miss
     the copy, so this waits for any such delete first: afterwards its rows are gone from the next statement's
     snapshot, and a later delete waits for this commit and sees the references. (SQLite runs one write
-    transaction at a time, so there nothing can come in between.)
+    transaction at a time, so there nothing can come in between.) A reuse submit's chunk takes the same locks
+    first (postgres/hot.sql `reuse_wait_for_deletes`).
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(
@@ -141,7 +139,8 @@ async def _wait_for_deletes(conn: AsyncConnection, job_id: str) -> None:
 # in each backend's hot.sql), so each row is written once. Inserting the rows queued and then completing them
 # (`reuse_answers`) wrote every page twice and moved every row between three indexes: on SQLite 1,000,000
 # reused lines took 11.6 CPU-s of SQLite that way and 9.7 this way, and wrote 600 MB less; as rows of VALUES
-# on SQLite's own connection beside the parsing (sqlite/hot.py), 49,980 -> 71,190 lines/s.
+# on SQLite's own connection beside the parsing (sqlite/hot.py), 49,980 -> 71,190 lines/s. On PostgreSQL the
+# chunk goes in by COPY to a temporary table that the statement reads (postgres/__init__.py `insert_answered`).
 async def add_reusing(
     store: Store, job_id: str, rows: Sequence[NewRequest], *, newer_than: float | None = None
 ) -> int | None:
@@ -152,32 +151,7 @@ async def add_reusing(
     """
     if not rows:
         return None
-    if store.engine.dialect.name != "postgresql":  # SQLite: a hot statement of its own (sqlite/hot.py)
-        return await store.add_answered_requests(job_id, rows, newer_than)
-    stmt = text(blocks("postgres", "hot.sql")["insert_answered"])
-    params: dict[str, Any] = {
-        "job": job_id,
-        "now": store.clock(),
-        "newer_than": newer_than,
-        "lines": [r.line_no for r in rows],
-        "custom_ids": [r.custom_id for r in rows],
-        "bodies": [r.body for r in rows],
-        "conversations": [r.conversation for r in rows],
-        "hashes": [r.body_hash for r in rows],
-        "scheds": [r.sched or r.line_no for r in rows],
-    }
-
-    async def go(conn: AsyncConnection) -> int:
-        await _wait_for_deletes(conn, job_id)
-        # A staging job's chunk: durable once the job's publish commits (postgres/__init__.py `insert` says why).
-        await conn.execute(text("SET LOCAL synchronous_commit = off"))
-        # The statement counts what it answered (postgres/hot.sql says why).
-        return int((await conn.execute(stmt, params)).scalar_one())
-
-    try:
-        return await store.write(go)
-    except IntegrityError:
-        return None
+    return await store.add_answered_requests(job_id, rows, newer_than)
 
 
 @functools.cache

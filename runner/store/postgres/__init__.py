@@ -45,7 +45,8 @@ from runner.store.models import (
     claim_by_job,
     in_claim_order,
 )
-from runner.store.postgres import export, writeback
+from runner.store.postgres import copy, export, writeback
+from runner.store.postgres.copy import COPY_COLUMNS
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, requests
 
@@ -62,22 +63,6 @@ _TRANSIENT = frozenset({"40001", "40P01"})
 # program limit exceeded (a value too big for an index entry). Any other error of a write-back (a conflict,
 # a lost connection, a broken statement) is not about one row.
 _REFUSED = frozenset({"22", "23", "54"})
-# A NewRequest's own fields first, in its order, so a row to copy is the NewRequest itself plus one tuple the
-# whole chunk shares (`insert`): no per-row tuple built field by field.
-_COPY_COLUMNS = (
-    *NewRequest._fields,
-    "job_id",
-    "created_at",
-    "state",
-    "attempts",
-    "next_attempt_at",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "rate_limited",
-)
 Q = RequestState.QUEUED.value
 
 
@@ -275,6 +260,7 @@ class PostgresBackend:
 
     async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:
         """One COPY per chunk: the fastest way into PostgreSQL, and all or nothing like any statement."""
+        # A row is the NewRequest itself plus this tuple the whole chunk shares (COPY_COLUMNS, postgres/copy.py).
         shared = (job_id, float(now), Q, 0, 0.0, 0, 0, 0, 0, 0, 0)
         # sched is None only on the rows of invalid lines (there for their custom_id; the job is dropped).
         records = [(r if r.sched is not None else r._replace(sched=r.line_no)) + shared for r in rows]
@@ -285,12 +271,48 @@ class PostgresBackend:
             # crash before it leaves a staging job, which is dropped as abandoned. 500 disk flushes fewer
             # per 1,000,000 lines where the server's synchronous_commit is on (the tests' server has it off).
             await c.execute("SET LOCAL synchronous_commit = off")
-            await c.copy_records_to_table("requests", records=records, columns=_COPY_COLUMNS)
+            await c.copy_records_to_table("requests", records=records, columns=COPY_COLUMNS)
 
         try:
             await self._transaction(copy)
         except self._asyncpg.UniqueViolationError as e:
             raise DuplicateCustomId(job_id) from e
+
+    async def insert_copy(self, job_id: str, data: bytes) -> None:
+        """`insert` for a chunk its parsing child encoded as binary COPY data (postgres/copy.py)."""
+
+        async def copy(c: Any) -> None:
+            await c.execute("SET LOCAL synchronous_commit = off")  # as in `insert`
+            # A memoryview: asyncpg takes bytes for a file's path.
+            await c.copy_to_table("requests", source=memoryview(data), columns=COPY_COLUMNS, format="binary")
+
+        try:
+            await self._transaction(copy)
+        except self._asyncpg.UniqueViolationError as e:
+            raise DuplicateCustomId(job_id) from e
+
+    async def insert_answered(
+        self, job_id: str, rows: Sequence[NewRequest], now: float, newer_than: float | None
+    ) -> int | None:
+        """`submit --reuse`: a chunk inserted with each line answered from the store where it can be (hot.sql
+        `insert_answered`, reading the chunk COPYed into `reuse_chunk_table`); how many were. None, with nothing
+        inserted, when a custom_id is used twice (the caller then inserts the chunk its usual way)."""
+        return await self.insert_copy_answered(job_id, copy.encode(rows, job_id, now), now, newer_than)
+
+    async def insert_copy_answered(self, job_id: str, data: bytes, now: float, newer_than: float | None) -> int | None:
+        """`insert_answered` for a chunk its parsing child encoded as binary COPY data (postgres/copy.py)."""
+        sql = self._sql
+
+        async def go(c: Any) -> int:
+            await c.execute(sql["reuse_wait_for_deletes"], job_id)
+            await c.execute(sql["reuse_chunk_table"])
+            await c.copy_to_table("runner_reuse_rows", source=memoryview(data), columns=COPY_COLUMNS, format="binary")
+            return int(await c.fetchval(sql["insert_answered"], job_id, float(now), newer_than))
+
+        try:
+            return await self._transaction(go)
+        except self._asyncpg.IntegrityConstraintViolationError:
+            return None
 
     def batch_lines(
         self, job_id: str, id_start: str, chunk: int

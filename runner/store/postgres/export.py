@@ -33,7 +33,10 @@ _BEFORE_FIRST = -(1 << 31)  # a line number below every line's (an int4)
 
 def _assemble(rows: Sequence[Any]) -> Chunk:
     """Runs of ready lines joined into one ReadyLines each, the other rows as ExportRows, in line order."""
-    return ready_runs((r[1] for r in rows), (ExportRow(r[0], *r[2:]) for r in rows if r[1] is None))
+    lines = [r[1] for r in rows]
+    if None not in lines:  # a finished job's chunk: every line written by the server, one run
+        return [ReadyLines(b"".join(lines), len(lines))]
+    return ready_runs(lines, (ExportRow(r[0], *r[2:]) for r in rows if r[1] is None))
 
 
 @asynccontextmanager

@@ -184,11 +184,32 @@ WHERE state = 'queued' AND job_id IN (SELECT id FROM jobs WHERE cancelled_at IS 
 -- One key for every runner: two processes opening a new database at once migrate one after the other.
 SELECT pg_advisory_xact_lock(7372011123456789)
 
+-- name: reuse_wait_for_deletes
+-- `submit --reuse`, first in each chunk's transaction: a key-share lock on every other published job's row, in id
+-- order, before referencing its answers ($1 the submitting job; store/reuse.py `_wait_for_deletes` says why).
+SELECT id FROM jobs WHERE phase = 'ready' AND id <> $1::text ORDER BY id FOR KEY SHARE
+
+-- name: reuse_chunk_table
+-- `submit --reuse`: the chunk's lines go into this session's temporary table by COPY, and `insert_answered` reads
+-- them from there. As six arrays bound to the statement (unnest) asyncpg checked every element against
+-- collections.abc (is it a nested array?) in Python, 12,000 calls per chunk of 2,000 lines. The columns are a
+-- plain submit's COPY_COLUMNS (postgres/copy.py), so that the COPY data a parsing child encoded for a chunk goes
+-- in as it is; the statement reads the first six. ON COMMIT DELETE ROWS: each chunk's transaction finds it
+-- empty. (Created here, in the chunk's transaction, so a pooled connection that lost it makes it again; the
+-- notice that it exists is not wanted. synchronous_commit: postgres/__init__.py `insert`.)
+SET LOCAL synchronous_commit = off;
+SET LOCAL client_min_messages = warning;
+CREATE TEMPORARY TABLE IF NOT EXISTS runner_reuse_rows (line_no integer, custom_id text, body text,
+    conversation text, body_hash text, sched integer, job_id text, created_at float8, state text, attempts integer,
+    next_attempt_at float8, input_tokens bigint, cached_tokens bigint, output_tokens bigint, reasoning_tokens bigint,
+    total_tokens bigint, rate_limited integer) ON COMMIT DELETE ROWS
+
 -- name: insert_answered
--- `submit --reuse` (runner/store/reuse.py add_reusing): a chunk of a staging job's lines (one array per column)
--- with each line whose question has an original answer in another job (the newest, finished at or after
--- :newer_than if given) inserted already completed from it, as `reuse_answers` would complete it: each row is
--- written once, where COPY and then an UPDATE wrote a second version of every row and of its index entries.
+-- `submit --reuse` (runner/store/postgres/__init__.py insert_answered): a chunk of a staging job's lines (in
+-- runner_reuse_rows, above) with each line whose question has an original answer in another job (the newest,
+-- finished at or after $3 if given) inserted already completed from it, as `reuse_answers` would complete it:
+-- each row is written once, where COPY and then an UPDATE wrote a second version of every row and of its index
+-- entries. $1 the job, $2 now. Rows go in in line order, so their ids are in file order as a COPY's are.
 -- The reused row references the answer (reused_from) and holds no copy of it (runner/store/answer.py).
 -- It returns how many lines it answered, counted from its own RETURNING. A count afterwards by (job_id, line_no)
 -- range, prepared by asyncpg, ran from the sixth chunk on with the generic plan: `job_id = $1` unknown and one
@@ -200,15 +221,13 @@ INSERT INTO requests (job_id, line_no, custom_id, body, conversation, body_hash,
     next_attempt_at, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens, rate_limited,
     reused_from, http_status, request_id, finished_at, updated_at, reused_input_tokens, reused_cached_tokens,
     reused_output_tokens, reused_reasoning_tokens, reused_total_tokens)
-SELECT CAST(:job AS text), v.line_no, v.custom_id, v.body, v.conversation, v.body_hash, v.sched,
-    CAST(:now AS double precision), CASE WHEN src.id IS NULL THEN 'queued' ELSE 'completed' END,
+SELECT $1::text, v.line_no, v.custom_id, v.body, v.conversation, v.body_hash, v.sched,
+    $2::float8, CASE WHEN src.id IS NULL THEN 'queued' ELSE 'completed' END,
     0, 0.0, 0, 0, 0, 0, 0, 0, src.id, src.http_status, src.request_id,
-    CASE WHEN src.id IS NOT NULL THEN CAST(:now AS double precision) END,
-    CASE WHEN src.id IS NOT NULL THEN CAST(:now AS double precision) END,
+    CASE WHEN src.id IS NOT NULL THEN $2::float8 END,
+    CASE WHEN src.id IS NOT NULL THEN $2::float8 END,
     src.input_tokens, src.cached_tokens, src.output_tokens, src.reasoning_tokens, src.total_tokens
-FROM unnest(CAST(:lines AS integer[]), CAST(:custom_ids AS text[]), CAST(:bodies AS text[]),
-    CAST(:conversations AS text[]), CAST(:hashes AS text[]), CAST(:scheds AS integer[]))
-    AS v(line_no, custom_id, body, conversation, body_hash, sched)
+FROM (SELECT line_no, custom_id, body, conversation, body_hash, sched FROM runner_reuse_rows ORDER BY line_no) AS v
 LEFT JOIN LATERAL (
     -- what the answer was paid for: a promoted source (runner/store/answer.py) has it in its reused_* columns
     SELECT s.id, s.http_status, s.request_id, coalesce(s.reused_input_tokens, s.input_tokens) AS input_tokens,
@@ -218,8 +237,8 @@ LEFT JOIN LATERAL (
         coalesce(s.reused_total_tokens, s.total_tokens) AS total_tokens
     FROM requests AS s
     WHERE s.body_hash = v.body_hash AND s.state = 'completed' AND s.reused_from IS NULL
-      AND s.response_body IS NOT NULL AND s.job_id <> CAST(:job AS text)
-      AND (CAST(:newer_than AS double precision) IS NULL OR s.finished_at >= CAST(:newer_than AS double precision))
+      AND s.response_body IS NOT NULL AND s.job_id <> $1::text
+      AND ($3::float8 IS NULL OR s.finished_at >= $3::float8)
     ORDER BY s.id DESC LIMIT 1) AS src ON true
 RETURNING reused_from)
 SELECT count(reused_from) FROM ins
