@@ -125,6 +125,7 @@ class Run:
         self._open_all = False
         self._store_lost: StoreUnavailable | None = None
         self._idle_closed = False  # the creates' idle connections were closed once only polls were left
+        self._warming = False  # the slow start's connections are being (or were) opened ahead
         self.sender = Sender(
             client,
             self.writer,
@@ -254,6 +255,11 @@ class Run:
                     claimed = await self._continue_parents(claimed)
                 self._ready.extend(claimed)
                 self._fill()
+                if claimed and self.concurrency.slow_start and not self._warming:
+                    # The slow start's round trip at 8 in flight is idle time: the other slots' connections are
+                    # made meanwhile, not in the burst when they open (runner/client.py: warm_up).
+                    self._warming = True
+                    tg.start_soon(self._warm_up)
                 if claimed:
                     await checkpoint()  # the requests just started go out before the next claim
                     continue
@@ -288,6 +294,10 @@ class Run:
                     self._idle_closed = True
                     self.client.close_idle(self.opts.poll_slots)
                 await self._wait_slot(IDLE_CHECK / 5)
+
+    async def _warm_up(self) -> None:
+        opened = await self.client.warm_up(self.concurrency.maximum - self._in_flight)
+        log.debug("slow start: %d connections opened ahead", opened)
 
     async def _continue_parents(self, claimed: list[Claimed]) -> list[Claimed]:
         """The claimed lines with their parents' response ids in place; those whose parent completed without
