@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 256
 IDLE_CHECK = 0.5  # seconds between looks at the store when nothing is claimable
 POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose runner died
+WARM_CHUNK = 32  # connections opened at once during the slow start (see _warm_up)
 STORE_CHECK_INTERVAL = 1.0  # how often to check that the store file is still the one opened (one stat)
 
 
@@ -296,7 +297,16 @@ class Run:
                 await self._wait_slot(IDLE_CHECK / 5)
 
     async def _warm_up(self) -> None:
-        opened = await self.client.warm_up(self.concurrency.maximum - self._in_flight)
+        """Open the connections of the slots the slow start holds back, WARM_CHUNK at a time while it lasts: a
+        reply that ends it soon (background creates answer in milliseconds) leaves the rest to the requests,
+        and no connection is made twice over."""
+        opened = tried = 0
+        while self.concurrency.slow_start and not self._stop_claiming.is_set():
+            n = min(WARM_CHUNK, self.concurrency.maximum - self.concurrency.limit - tried)
+            if n <= 0:
+                break
+            tried += n
+            opened += await self.client.warm_up(n)
         log.debug("slow start: %d connections opened ahead", opened)
 
     async def _continue_parents(self, claimed: list[Claimed]) -> list[Claimed]:
