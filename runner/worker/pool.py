@@ -306,7 +306,10 @@ class Run:
             if n <= 0:
                 break
             tried += n
-            opened += await self.client.warm_up(n)
+            got = await self.client.warm_up(n)
+            opened += got
+            if got == 0:  # the server does not take connections now: the requests will find out, once each
+                break
         log.debug("slow start: %d connections opened ahead", opened)
 
     async def _continue_parents(self, claimed: list[Claimed]) -> list[Claimed]:
