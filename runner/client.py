@@ -411,34 +411,6 @@ class ApiClient:
         if self._transport is not None:
             await self._transport.aclose()
 
-    async def warm_up(self, n: int) -> int:
-        """Open up to `n` connections to the API's host and leave them idle in the pool; how many opened.
-
-        For the slow start (runner/worker/pool.py): while 8 requests are out waiting for the first reply's
-        limits, the rest of the concurrency's connections are made, so the slots that open then send at once
-        instead of each first connecting (~0.5 ms of CPU a connection here, 1,000 of them in one burst).
-        No request is sent: nothing here counts against a rate limit. Failures are left to the requests.
-        """
-        if self._transport is not None or n <= 0:
-            return 0
-        session = self._session or self._open()
-        connector = session.connector
-        if connector is None:
-            return 0
-        loop = asyncio.get_running_loop()
-        timeout = session.timeout
-
-        async def one() -> bool:
-            req = aiohttp.ClientRequest("POST", self._create_target, loop=loop)
-            try:
-                conn = await connector.connect(req, [], timeout)
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                return False
-            conn.release()  # idle in the pool, for the next request to this host
-            return True
-
-        return sum(await asyncio.gather(*(one() for _ in range(n))))
-
     def close_idle(self, keep: int) -> int:
         """Close the idle keep-alive connections beyond `keep` (the least recently used first); how many.
 

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 256
 IDLE_CHECK = 0.5  # seconds between looks at the store when nothing is claimable
 POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose runner died
-WARM_CHUNK = 32  # connections opened at once during the slow start (see _warm_up)
 STORE_CHECK_INTERVAL = 1.0  # how often to check that the store file is still the one opened (one stat)
 
 
@@ -126,7 +125,6 @@ class Run:
         self._open_all = False
         self._store_lost: StoreUnavailable | None = None
         self._idle_closed = False  # the creates' idle connections were closed once only polls were left
-        self._warming = False  # the slow start's connections are being (or were) opened ahead
         self.sender = Sender(
             client,
             self.writer,
@@ -256,11 +254,6 @@ class Run:
                     claimed = await self._continue_parents(claimed)
                 self._ready.extend(claimed)
                 self._fill()
-                if claimed and self.concurrency.slow_start and not self._warming:
-                    # The slow start's round trip at 8 in flight is idle time: the other slots' connections are
-                    # made meanwhile, not in the burst when they open (runner/client.py: warm_up).
-                    self._warming = True
-                    tg.start_soon(self._warm_up)
                 if claimed:
                     await checkpoint()  # the requests just started go out before the next claim
                     continue
@@ -295,22 +288,6 @@ class Run:
                     self._idle_closed = True
                     self.client.close_idle(self.opts.poll_slots)
                 await self._wait_slot(IDLE_CHECK / 5)
-
-    async def _warm_up(self) -> None:
-        """Open the connections of the slots the slow start holds back, WARM_CHUNK at a time while it lasts: a
-        reply that ends it soon (background creates answer in milliseconds) leaves the rest to the requests,
-        and no connection is made twice over."""
-        opened = tried = 0
-        while self.concurrency.slow_start and not self._stop_claiming.is_set():
-            n = min(WARM_CHUNK, self.concurrency.maximum - self.concurrency.limit - tried)
-            if n <= 0:
-                break
-            tried += n
-            got = await self.client.warm_up(n)
-            opened += got
-            if got == 0:  # the server does not take connections now: the requests will find out, once each
-                break
-        log.debug("slow start: %d connections opened ahead", opened)
 
     async def _continue_parents(self, claimed: list[Claimed]) -> list[Claimed]:
         """The claimed lines with their parents' response ids in place; those whose parent completed without
