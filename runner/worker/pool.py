@@ -141,6 +141,9 @@ class Run:
             flex=FlexLane(options.flex_fallback) if options.flex else None,
             on_more_slots=self._more_slots,
         )
+        # Slots wait for their results' commits: the shorter the round trip, the shorter the window. Not while
+        # background responses are polled (their creates answer at once, and no slot waits for a poll's commit).
+        self.writer.round_trip = lambda: self.sender.latency if self.poller.size == 0 else None
 
     # -- control ----------------------------------------------------------------------------------
 

@@ -26,6 +26,14 @@ from runner.store.models import Outcome, ResponseIdRecord
 from runner.store.outputs import CheckRecord, record_checks
 
 MAX_BATCH = 1000
+# The window shrinks with the round trip: a result's slot waits for its commit, so the wait costs that slot
+# wait / (round trip + wait) of its throughput. At 1 s the whole window (10 ms) is 1 %; at 200 ms it was 5 %
+# (a reply's median wait to its next send 10-13 ms, measured at concurrency 200). WINDOW_SHARE of the round
+# trip keeps it about 1 % there too, at the price of more commits (each 0.3-0.6 ms of CPU whatever its size):
+# at 200 ms and concurrency 200 on a quiet VM, 0.15-0.25 ms of CPU more per request (fewer when the event loop
+# is busy, as results then gather while it catches up); at zero latency, 78-107 -> 134-155 commits for 2,000.
+WINDOW_SHARE = 0.01
+MIN_WINDOW = 0.002
 
 
 class WriteBack:
@@ -45,6 +53,8 @@ class WriteBack:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        # The requests' round trip (seconds), when the slots wait for their commits; None: the whole window.
+        self.round_trip: Callable[[], float | None] | None = None
         self._owner = owner
         self._window = window
         self._clock = clock
@@ -93,12 +103,19 @@ class WriteBack:
                 self._wake = anyio.Event()
                 continue
             if not self._ids and not self._closed and len(self._pending) < MAX_BATCH:
-                wait = self._last_start + self._window - self._clock()
+                wait = self._last_start + self.window() - self._clock()
                 if wait > 0:
                     with anyio.move_on_after(wait):
                         await self._urgent.wait()
             self._last_start = self._clock()
             await self._commit()
+
+    def window(self) -> float:
+        """How long after the previous commit's start the next one starts (see WINDOW_SHARE)."""
+        rt = self.round_trip() if self.round_trip is not None else None
+        if rt is None:
+            return self._window
+        return min(self._window, max(MIN_WINDOW, rt * WINDOW_SHARE))
 
     async def _commit(self) -> None:
         batch, self._pending = self._pending, []

@@ -64,3 +64,37 @@ async def test_commits_start_a_window_apart_and_a_result_after_a_quiet_spell_wai
             assert store.commits[-1] == [5]
             await w.aclose()
             tg.cancel_scope.cancel()
+
+
+def test_the_window_shrinks_with_the_round_trip_within_its_bounds() -> None:
+    w = WriteBack(cast(Store, FakeStore()), "me", window=0.01)
+    assert w.window() == 0.01  # no round trip given (background runs): the whole window
+    rt: list[float | None] = [None]
+    w.round_trip = lambda: rt[0]
+    assert w.window() == 0.01  # no reply seen yet
+    rt[0] = 1.0
+    assert w.window() == pytest.approx(0.01)  # 1 % of a second is the whole window
+    rt[0] = 0.4
+    assert w.window() == pytest.approx(0.004)
+    rt[0] = 0.2
+    assert w.window() == pytest.approx(0.002)
+    rt[0] = 0.001
+    assert w.window() == pytest.approx(0.002)  # never below MIN_WINDOW: a commit costs CPU whatever its size
+    rt[0] = 30.0
+    assert w.window() == pytest.approx(0.01)  # never above the configured window
+
+
+async def test_a_short_round_trip_commits_sooner() -> None:
+    store = FakeStore()
+    now = [1000.0]
+    w = WriteBack(cast(Store, store), "me", window=HOUR, clock=lambda: now[0])
+    w.round_trip = lambda: 0.2  # 2 ms: the clock below moves by that much only
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await w.wait(w.put(Outcome(1, RequestState.COMPLETED)))
+            now[0] += 0.002
+            await w.wait(w.put(Outcome(2, RequestState.COMPLETED)))  # with the hour's window this would hang
+            assert store.commits == [[1], [2]]
+            await w.aclose()
+            tg.cancel_scope.cancel()
