@@ -23,6 +23,13 @@ from tests.pg import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A suite started in the background of a script (`cmd &` without job control) inherits SIGINT ignored, and so
+# would every runner the tests start: the Ctrl-C tests then saw their runner finish untouched (three failures in
+# a fresh clone started with `nohup ... &`). Users press Ctrl-C in a terminal, where SIGINT is not ignored: give
+# the tests and their subprocesses the same (a Python handler is reset to the default at exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # The store backends the `store_db` tests run on. `RUNNER_TEST_BACKENDS=sqlite` keeps a quick local run on
 # SQLite alone; by default (and in CI) every such test runs on both.
 # `RUNNER_TEST_PG_URL` (read here, before the per-test environment is cleaned) uses a running server instead.
