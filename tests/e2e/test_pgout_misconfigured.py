@@ -114,3 +114,10 @@ def test_a_schema_revision_this_runner_does_not_know_is_one_line(
         said = _one_line_exit_2(cli(command))  # was Alembic's "Can't locate revision" traceback
         assert "the database's schema revision '0999' is not one this runner knows" in said, said
     assert pg_server.sql("SELECT version_num FROM alembic_version", database=database).strip() == "0999"
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "postgresq", "psql"])
+def test_a_url_of_a_database_runner_does_not_use_is_one_line(cli: Cli, scheme: str) -> None:
+    cli.url = f"{scheme}://alice:s3cret-pw@127.0.0.1:1/runner"
+    said = _one_line_exit_2(cli("status"))  # was ModuleNotFoundError or NoSuchModuleError, a traceback
+    assert f"{scheme}://alice:***@127.0.0.1:1/runner: not a store runner can use" in said, said
