@@ -268,7 +268,14 @@ class PostgresBackend:
             said = " ".join(str(orig).split())
             return f"the URL's settings are wrong: {said}" if "password" not in said else "the URL's settings are wrong"
         if isinstance(orig, self._asyncpg.PostgresConnectionError | self._asyncpg.InterfaceError):
-            return f"the connection failed ({type(orig).__name__})"
+            # The driver's words say what happened ("connection is closed": the server went away); they are
+            # about the connection, never its password.
+            said = " ".join(str(orig).split())
+            return (
+                f"the connection failed ({type(orig).__name__}: {said})"
+                if said
+                else f"the connection failed ({type(orig).__name__})"
+            )
         return None
 
     def file_problem(self, exc: BaseException) -> StoreUnavailable | None:
