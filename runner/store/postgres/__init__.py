@@ -69,6 +69,8 @@ _REFUSED = frozenset({"22", "23", "54"})
 # table, object (constraint, index), function, schema.
 _TAKEN = frozenset({"42P07", "42710", "42723", "42P06"})
 INSUFFICIENT_PRIVILEGE = "42501"
+# SQLSTATEs of a server going down: admin_shutdown, crash_shutdown, cannot_connect_now (starting or stopping).
+_SHUTTING_DOWN = frozenset({"57P01", "57P02", "57P03"})
 Q = RequestState.QUEUED.value
 
 
@@ -258,6 +260,10 @@ class PostgresBackend:
             return "the database does not exist (create it first: createdb NAME)"
         if isinstance(code, str) and code.startswith("28"):
             return "the server refused the login (check the user and password)"
+        if code in _SHUTTING_DOWN:
+            # A server stopped or restarted under a run (pg_ctl stop, a failover): a reconnect met it going down.
+            said = " ".join(str(orig).split())
+            return f"the server is shutting down or restarting ({said})"
         if code == INSUFFICIENT_PRIVILEGE:
             # A read-only user (GRANT SELECT) writing, or reading a table made after its grant.
             said = " ".join(str(orig).split())
