@@ -555,7 +555,7 @@ async def status_report(job_id: str, *, db: str | None = None) -> JobStatusRepor
             stats,
             open_batches=await open_batches(store, [job_id]),
             reused=await reused_count(store, job_id),
-            fleet=await fleet_view(store),
+            fleet=await fleet_view(store, owner_is_dead),
         )
 
 

@@ -279,15 +279,20 @@ async def unregister(store: Store, owner: str) -> None:
     await store.write(go)
 
 
-async def fleet_view(store: Store) -> FleetView:
-    """The live runners, oldest first, and the store's stale leases."""
+async def fleet_view(store: Store, is_dead: Callable[[str], bool] | None = None) -> FleetView:
+    """The live runners, oldest first, and the store's stale leases; without those `is_dead` says are dead now
+    (on this host, a process that is gone: a SIGKILLed run is not live, though its row has not expired)."""
 
     async def go(conn: AsyncConnection) -> FleetView:
         t = await _db_now(conn, store)
         rows = await conn.execute(
             select(runners).where(runners.c.expires_at >= t).order_by(runners.c.started_at, runners.c.id)
         )
-        live = [RunnerRow(r.id, r.host, r.pid, r.started_at, max(t - r.heartbeat_at, 0.0), r.in_flight) for r in rows]
+        live = [
+            RunnerRow(r.id, r.host, r.pid, r.started_at, max(t - r.heartbeat_at, 0.0), r.in_flight)
+            for r in rows
+            if is_dead is None or not is_dead(r.id)
+        ]
         stale = (
             await conn.execute(
                 select(func.count(), func.min(requests.c.lease_expires_at)).where(

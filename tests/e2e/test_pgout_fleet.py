@@ -3,6 +3,7 @@ out of the fleet at once (same host: its process is gone), as its leases are, no
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -28,7 +29,10 @@ def _sending(mock: MockServer, job: str, more_than: int, proc: subprocess.Popen[
 
 
 def _runner_pids(cli: Cli, job: str) -> list[int]:
-    return [r["pid"] for r in cli.status(job)["fleet"]["runners"]]
+    """The pids `runner status` lists as live runners, asked on the runs' host."""
+    r = cli("status", job, "--json", extra_env=HOST)
+    assert r.returncode == 0, r.stderr
+    return [x["pid"] for x in json.loads(r.stdout)["fleet"]["runners"]]
 
 
 def test_a_killed_run_leaves_the_fleet_when_the_next_run_on_its_host_starts(
@@ -45,6 +49,7 @@ def test_a_killed_run_leaves_the_fleet_when_the_next_run_on_its_host_starts(
     assert _runner_pids(cli, job) == [first.pid]
     first.kill()
     first.communicate()
+    assert _runner_pids(cli, job) == []  # status runs on its host: the killed run is not live, row or no row
     sent = _sending(mock, job, -1, first)  # what it sent before it died
 
     second = cli.popen("run", *flags, extra_env=HOST)
