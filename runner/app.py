@@ -555,7 +555,7 @@ async def status_report(job_id: str, *, db: str | None = None) -> JobStatusRepor
             stats,
             open_batches=await open_batches(store, [job_id]),
             reused=await reused_count(store, job_id),
-            fleet=await fleet_view(store),
+            fleet=await fleet_view(store, owner_is_dead),
         )
 
 
@@ -712,7 +712,7 @@ async def run_spec(
         raise ConfigError(f"{spec.path}: invalid settings: {e.errors()[0]['msg']}") from None
     _refuse_processes(s)  # before the job is queued: a refused spec run changes nothing
     if "db" not in s.model_fields_set:  # neither --db nor RUNNER_DB: the spec's store, wherever we run from
-        s = s.model_copy(update={"db": str(spec.store_path)})
+        s = s.model_copy(update={"db": spec.store_db})
     files = spec.input_files()
     # The tables are applied line by line as the input is read (no copy of the file is kept); their hash
     # joins the fingerprint, so the same input with changed tables is another job.

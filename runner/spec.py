@@ -209,6 +209,15 @@ class JobSpec(_Section):
         """The job store this spec names (absolute): [job] store, or runner.db beside the spec."""
         return Path(os.path.abspath(self.resolve(self.job.store or DEFAULT_DB)))
 
+    @property
+    def store_db(self) -> str:
+        """The job store as `--db` takes it: a URL (`postgresql://...`) as written, else `store_path`.
+
+        A URL read as a path relative to the spec made an SQLite file under `postgresql:/user:password@host/`
+        beside it, and printed that path, password and all."""
+        store = self.job.store
+        return store if store is not None and "://" in store else str(self.store_path)
+
     def resolve(self, p: str) -> Path:
         """A path from the spec, relative to the spec's directory unless absolute (`~` expands)."""
         q = Path(p).expanduser()

@@ -195,12 +195,19 @@ async def retrying(is_transient: Callable[[BaseException], bool], fn: Callable[[
 
 def backend_for(db: str) -> Backend:
     """The backend for `db` (a path or an SQLAlchemy URL): the one place a database is chosen."""
-    from runner.store.postgres import is_postgres_url
+    from runner.store.postgres import URL_FORM, is_postgres_url, masked
 
     if is_postgres_url(db):
         from runner.store.postgres import PostgresBackend
 
         return PostgresBackend(db)
+    scheme, sep, _ = db.partition("://")
+    if sep and scheme.lower().partition("+")[0] != "sqlite":
+        # mysql://, a typo of postgresql://: SQLAlchemy went looking for the driver, and a traceback said it
+        # was not installed.
+        raise StoreUnavailable(
+            masked(db), f"not a store runner can use: give a file path, sqlite:///PATH or {URL_FORM}"
+        )
     from runner.store.sqlite import SqliteBackend
 
     return SqliteBackend(db)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -178,12 +179,24 @@ class Reservation:
         return [self.start + i * self.interval for i in range(self.count)]
 
 
-async def register(store: Store, owner: str, host: str, pid: int, ttl: float) -> None:
-    """Add this runner, alive for `ttl` seconds unless a heartbeat extends it; forget runners long dead."""
+async def register(
+    store: Store, owner: str, host: str, pid: int, ttl: float, is_dead: Callable[[str], bool] | None = None
+) -> None:
+    """Add this runner, alive for `ttl` seconds unless a heartbeat extends it; forget runners long dead, and
+    those `is_dead` says are dead now (on this host, a process that is gone: see owners.owner_is_dead)."""
 
     async def go(conn: AsyncConnection) -> None:
         t = await _db_now(conn, store)
-        await conn.execute(delete(runners).where((runners.c.id == owner) | (runners.c.expires_at < t)))
+        gone = runners.c.expires_at < t
+        if is_dead is not None:
+            # A run killed on this host (SIGKILL, OOM, its store lost) left its row live until expiry: the run
+            # started after it, the usual way to resume, counted it as a fleet of two, waited 5 s for it to
+            # book from the shared budget, and paced its tokens at half --tpm for a lease's length.
+            live = await conn.execute(select(runners.c.id).where(runners.c.expires_at >= t, runners.c.id != owner))
+            dead = [r for (r,) in live if is_dead(r)]
+            if dead:
+                gone = gone | runners.c.id.in_(dead)
+        await conn.execute(delete(runners).where((runners.c.id == owner) | gone))
         await conn.execute(
             insert(runners).values(
                 id=owner, host=host, pid=pid, started_at=t, heartbeat_at=t, expires_at=t + ttl, in_flight=0
@@ -266,15 +279,20 @@ async def unregister(store: Store, owner: str) -> None:
     await store.write(go)
 
 
-async def fleet_view(store: Store) -> FleetView:
-    """The live runners, oldest first, and the store's stale leases."""
+async def fleet_view(store: Store, is_dead: Callable[[str], bool] | None = None) -> FleetView:
+    """The live runners, oldest first, and the store's stale leases; without those `is_dead` says are dead now
+    (on this host, a process that is gone: a SIGKILLed run is not live, though its row has not expired)."""
 
     async def go(conn: AsyncConnection) -> FleetView:
         t = await _db_now(conn, store)
         rows = await conn.execute(
             select(runners).where(runners.c.expires_at >= t).order_by(runners.c.started_at, runners.c.id)
         )
-        live = [RunnerRow(r.id, r.host, r.pid, r.started_at, max(t - r.heartbeat_at, 0.0), r.in_flight) for r in rows]
+        live = [
+            RunnerRow(r.id, r.host, r.pid, r.started_at, max(t - r.heartbeat_at, 0.0), r.in_flight)
+            for r in rows
+            if is_dead is None or not is_dead(r.id)
+        ]
         stale = (
             await conn.execute(
                 select(func.count(), func.min(requests.c.lease_expires_at)).where(

@@ -32,6 +32,18 @@ def current_revision(conn: Connection) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
 
 
+def known_revision(revision: str) -> bool:
+    """Whether `revision` is one of the migrations shipped here (a store newer than this runner's has one that
+    is not, and so has a database where another tool keeps an Alembic table)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory(str(files("runner._migrations"))).get_revision(revision) is not None
+    except CommandError:  # Alembic's error for a revision it cannot locate
+        return False
+
+
 def upgrade(conn: Connection) -> None:
     """Bring the schema on `conn` to HEAD_REVISION (the caller holds the backend's migration lock)."""
     if current_revision(conn) == HEAD_REVISION:

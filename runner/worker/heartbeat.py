@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 
 from runner.limits import MAX_SHARED_BLOCK, SHARED_BLOCK_SECONDS, RateLimiter, SharedSlots
-from runner.owners import split_owner
+from runner.owners import owner_is_dead, split_owner
 from runner.store import Store, fleet
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Heartbeat:
         """Correct the clock, then register (before the run reclaims anything: its lease times must be right)."""
         if self._clock is not None:
             await fleet.calibrate(self.store, self._clock)
-        await fleet.register(self.store, self.owner, self.host, self.pid, self.ttl)
+        await fleet.register(self.store, self.owner, self.host, self.pid, self.ttl, owner_is_dead)
         if self.budget is not None:
             live = await fleet.live_runner_count(self.store)
             self._joining = live > 1

@@ -437,6 +437,7 @@ class Run:
 
     async def _handle(self, c: Claimed) -> None:
         """Send `c`; then, while the slot may stay taken, the next claimed request, in this same task."""
+        ended = False  # cancelled or failed: the run is ending, and the slot must not start another request
         try:
             while True:
                 ticket = await self.sender.submit(c)
@@ -448,10 +449,16 @@ class Run:
                 if nxt is None:
                     return
                 c = nxt
+        except BaseException:
+            # A store that went away mid-run cancels the slots waiting for their commits; refilling them
+            # sent more requests whose answers could not be written, past the --concurrency bound.
+            ended = True
+            raise
         finally:
             self._in_flight -= 1
             self._slot_freed.set()
-            self._fill()
+            if not ended:
+                self._fill()
 
     def _take_ready(self) -> Claimed | None:
         """The next claimed request for a slot that is free again, or None (stopping, none ready, or the

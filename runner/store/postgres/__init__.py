@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Float, cast, func, select, text, update
+from sqlalchemy import Float, cast, event, func, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -33,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from runner.errors import StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
 from runner.store.backend import OpenMode, quiet_cancelled_closes
-from runner.store.migrate import HEAD_REVISION, current_revision, upgrade
+from runner.store.migrate import HEAD_REVISION, current_revision, known_revision, upgrade
 from runner.store.models import (
     Claimed,
     DuplicateCustomId,
@@ -57,19 +58,35 @@ log = logging.getLogger(__name__)
 
 EXTRA_HINT = "PostgreSQL stores need the optional driver: pip install 'responses-runner[postgres]' (asyncpg)"
 _SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+URL_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
 # SQLSTATEs worth another try: serialization failure, deadlock detected (either side is rolled back whole).
 _TRANSIENT = frozenset({"40001", "40P01"})
 # SQLSTATE classes of a value the server refuses to store: data exception, integrity constraint violation,
 # program limit exceeded (a value too big for an index entry). Any other error of a write-back (a conflict,
 # a lost connection, a broken statement) is not about one row.
 _REFUSED = frozenset({"22", "23", "54"})
+# SQLSTATEs of a migration that meets what it would create already there, made by something else: duplicate
+# table, object (constraint, index), function, schema.
+_TAKEN = frozenset({"42P07", "42710", "42723", "42P06"})
+INSUFFICIENT_PRIVILEGE = "42501"
+# SQLSTATEs of a server going down: admin_shutdown, crash_shutdown, cannot_connect_now (starting or stopping).
+_SHUTTING_DOWN = frozenset({"57P01", "57P02", "57P03"})
 Q = RequestState.QUEUED.value
 
 
 def is_postgres_url(db: str) -> bool:
-    """Whether `db` names a PostgreSQL database (`postgresql://`, `postgres://`, `postgresql+asyncpg://`)."""
+    """Whether `db` names a PostgreSQL database: `postgresql://`, `postgres://`, `postgresql+asyncpg://`, and
+    any other driver's spelling (`postgresql+psycopg://`), which the backend refuses in one line."""
     scheme, sep, _ = db.partition("://")
-    return bool(sep) and scheme.lower() in _SCHEMES
+    return bool(sep) and scheme.lower().partition("+")[0] in _SCHEMES
+
+
+class ConnectArgumentRefused(Exception):
+    """asyncpg.connect() refused an argument the URL's settings gave it (a value of the wrong type or range).
+
+    Raised instead of the driver's bare ValueError or TypeError, which could not be told apart from any
+    other ValueError by the time it reaches `why_unusable`.
+    """
 
 
 def masked(db: str) -> str:
@@ -89,8 +106,26 @@ def masked(db: str) -> str:
     return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
 
 
+class _UrlProblem(ValueError):
+    """A URL that parses but cannot name a store; its message says why."""
+
+
 def _url(db: str) -> URL:
-    url = make_url(db).set(drivername="postgresql+asyncpg")
+    url = make_url(db)
+    scheme = url.drivername.lower()
+    if scheme not in _SCHEMES:
+        driver = scheme.partition("+")[2]
+        raise _UrlProblem(
+            f"runner reaches PostgreSQL through asyncpg, not {driver}: write the URL as postgresql://..."
+            " (or postgresql+asyncpg://...)"
+        )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise _UrlProblem(f"the port {url.port} is not a TCP port (1-65535)")
+    if not url.database and not os.environ.get("PGDATABASE"):
+        # asyncpg would fall back on a database named after the user: "does not exist", or worse, the
+        # `postgres` maintenance database made into a store.
+        raise _UrlProblem(f"the URL names no database ({URL_FORM}; create it first: createdb DATABASE)")
+    url = url.set(drivername="postgresql+asyncpg")
     if "sslmode" in url.query and "ssl" not in url.query:
         # libpq's spelling (psql, most tutorials); asyncpg takes the same modes as `ssl`.
         url = url.update_query_dict({"ssl": url.query["sslmode"]}).difference_update_query(["sslmode"])
@@ -126,18 +161,32 @@ class PostgresBackend:
         self._refusals: tuple[type[BaseException], ...] = (asyncpg.PostgresError, ValueError, TypeError, OverflowError)
         try:
             url = _url(db)
+        except _UrlProblem as e:
+            raise StoreUnavailable(self.place, str(e)) from None
         except Exception:
-            raise StoreUnavailable(self.place, "not a valid PostgreSQL URL") from None
+            # Most often a password holding @, : or / as it is (the URL then parses as something else).
+            why = f"not a valid PostgreSQL URL ({URL_FORM}; in the password write @ : / % as %40 %3A %2F %25)"
+            raise StoreUnavailable(self.place, why) from None
         self.engine: AsyncEngine = quiet_cancelled_closes(
             create_async_engine(
                 url, pool_size=4, max_overflow=8, connect_args={"server_settings": {"application_name": "runner"}}
             )
         )
+        event.listen(self.engine.sync_engine, "do_connect", self._connect)
         self._mode: OpenMode = "create"
         self._size = 0  # pg_database_size, as of the open or the last reclaim_space (file_size is not async)
         self._sql = blocks("postgres", "hot.sql")
 
     # -- opening ------------------------------------------------------------------------------------
+
+    def _connect(self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        """SQLAlchemy's connect, with a value asyncpg refuses (`?command_timeout=abc`) raised as a typed error."""
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (ValueError, TypeError, OverflowError) as e:
+            if isinstance(e, self._asyncpg.InterfaceError):  # ClientConfigurationError: see why_unusable
+                raise
+            raise ConnectArgumentRefused(str(e)) from e
 
     def prepare(self, mode: OpenMode) -> bool:
         # The database itself is the administrator's to create; the schema is made by `migrate`.
@@ -160,8 +209,27 @@ class PostgresBackend:
             found = await conn.run_sync(current_revision)
             if found is None and self._mode == "existing":
                 raise StoreMissing(self.place)
+            if found is not None and found != HEAD_REVISION and not known_revision(found):
+                # Alembic would end in a traceback ("Can't locate revision"): a newer runner's store (a fleet
+                # of mixed versions), or another tool's Alembic table in the same database.
+                raise StoreUnavailable(
+                    self.place,
+                    f"the database's schema revision {found!r} is not one this runner knows (a store made by a newer"
+                    " runner, or another tool's tables): upgrade runner, or give it a database of its own",
+                )
             if found != HEAD_REVISION:
-                await conn.run_sync(upgrade)
+                try:
+                    await conn.run_sync(upgrade)
+                except DBAPIError as e:
+                    if _sqlstate(e) not in _TAKEN:
+                        raise
+                    # Another tool's table (or index, function) of the same name: the transaction is rolled back.
+                    said = " ".join(str(getattr(e.orig, "__cause__", None) or e.orig).split())
+                    raise StoreUnavailable(
+                        self.place,
+                        f"the database holds tables that are not a runner store's ({said}): give runner a"
+                        " database of its own (createdb runner)",
+                    ) from None
             self._size = int((await conn.execute(text("SELECT pg_database_size(current_database())"))).scalar_one())
             return found is None
 
@@ -172,25 +240,48 @@ class PostgresBackend:
         return None
 
     def why_unusable(self, exc: BaseException) -> str | None:
+        if isinstance(exc, ConnectArgumentRefused):
+            cause = exc.__cause__
+            if isinstance(cause, TypeError) and (bad := re.search(r"unexpected keyword argument '([^']+)'", str(exc))):
+                # SQLAlchemy hands every setting after `?` in the URL to asyncpg.connect() as an argument.
+                return f"the URL's setting '{bad.group(1)}' is not one the PostgreSQL driver (asyncpg) takes"
+            # The driver's words name the setting and the value it was given: never the password, which is
+            # not checked for type or range, but a `password=` setting is kept out in any case.
+            said = " ".join(str(exc).split())
+            return f"the URL's settings are wrong: {said}" if "password" not in said else "the URL's settings are wrong"
         orig = getattr(exc, "orig", None) or exc
         orig = getattr(orig, "__cause__", None) or orig  # the adapted error wraps asyncpg's own
         if isinstance(orig, OSError):
-            return f"cannot connect to the server ({orig.strerror or type(orig).__name__})"
+            # strerror for a refused or unresolved connection; a ConnectionError of asyncpg's own (a server
+            # that refuses SSL) has none, and says what happened in its message.
+            return f"cannot connect to the server ({orig.strerror or str(orig) or type(orig).__name__})"
         code = _sqlstate(exc) or getattr(orig, "sqlstate", None)
         if code == "3D000":
             return "the database does not exist (create it first: createdb NAME)"
         if isinstance(code, str) and code.startswith("28"):
             return "the server refused the login (check the user and password)"
-        if isinstance(orig, TypeError) and (bad := re.search(r"unexpected keyword argument '([^']+)'", str(orig))):
-            # SQLAlchemy hands every setting after `?` in the URL to asyncpg.connect() as an argument.
-            return f"the URL's setting '{bad.group(1)}' is not one the PostgreSQL driver (asyncpg) takes"
+        if code in _SHUTTING_DOWN:
+            # A server stopped or restarted under a run (pg_ctl stop, a failover): a reconnect met it going down.
+            said = " ".join(str(orig).split())
+            return f"the server is shutting down or restarting ({said})"
+        if code == INSUFFICIENT_PRIVILEGE:
+            # A read-only user (GRANT SELECT) writing, or reading a table made after its grant.
+            said = " ".join(str(orig).split())
+            return f"the database user may not do this ({said}); it needs the privileges of the store's owner"
         if isinstance(orig, self._asyncpg.ClientConfigurationError):
             # The driver's own words name the setting and what it takes ("`sslmode` parameter must be one
             # of: ..."); they are about the URL's settings, which never hold the password but `password=`.
             said = " ".join(str(orig).split())
             return f"the URL's settings are wrong: {said}" if "password" not in said else "the URL's settings are wrong"
         if isinstance(orig, self._asyncpg.PostgresConnectionError | self._asyncpg.InterfaceError):
-            return f"the connection failed ({type(orig).__name__})"
+            # The driver's words say what happened ("connection is closed": the server went away); they are
+            # about the connection, never its password.
+            said = " ".join(str(orig).split())
+            return (
+                f"the connection failed ({type(orig).__name__}: {said})"
+                if said
+                else f"the connection failed ({type(orig).__name__})"
+            )
         return None
 
     def file_problem(self, exc: BaseException) -> StoreUnavailable | None:
