@@ -44,6 +44,34 @@ def known_revision(revision: str) -> bool:
         return False
 
 
+def unknown_revision_reason(revision: str) -> str:
+    """Why a store at `revision`, which this runner does not ship, is not opened (one spelling, both backends)."""
+    return (
+        f"the database's schema revision {revision!r} is not one this runner knows (a store made by a newer"
+        " runner, or another tool's tables): upgrade runner, or give it a database of its own"
+    )
+
+
+def foreign_schema(conn: Connection) -> str | None:
+    """Why the database on `conn` is not a store this runner can open or make, or None.
+
+    Checked before an upgrade, which would end in Alembic's "Can't locate revision" traceback for a revision it
+    does not ship, or in "table jobs already exists" for another tool's tables of the same names.
+    """
+    found = current_revision(conn)
+    if found is not None:
+        return None if found == HEAD_REVISION or known_revision(found) else unknown_revision_reason(found)
+    from runner.store.tables import metadata
+
+    taken = sorted(set(inspect(conn).get_table_names()) & set(metadata.tables))
+    if not taken:
+        return None
+    return (
+        f"the database holds tables that are not a runner store's ({', '.join(taken)}): give runner a"
+        " database of its own"
+    )
+
+
 def upgrade(conn: Connection) -> None:
     """Bring the schema on `conn` to HEAD_REVISION (the caller holds the backend's migration lock)."""
     if current_revision(conn) == HEAD_REVISION:

@@ -34,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from runner.errors import StoreMissing, StoreUnavailable
 from runner.states import TERMINAL, RequestState
 from runner.store.backend import OpenMode, quiet_cancelled_closes
-from runner.store.migrate import HEAD_REVISION, current_revision, known_revision, upgrade
+from runner.store.migrate import HEAD_REVISION, current_revision, known_revision, unknown_revision_reason, upgrade
 from runner.store.models import (
     Claimed,
     DuplicateCustomId,
@@ -212,11 +212,7 @@ class PostgresBackend:
             if found is not None and found != HEAD_REVISION and not known_revision(found):
                 # Alembic would end in a traceback ("Can't locate revision"): a newer runner's store (a fleet
                 # of mixed versions), or another tool's Alembic table in the same database.
-                raise StoreUnavailable(
-                    self.place,
-                    f"the database's schema revision {found!r} is not one this runner knows (a store made by a newer"
-                    " runner, or another tool's tables): upgrade runner, or give it a database of its own",
-                )
+                raise StoreUnavailable(self.place, unknown_revision_reason(found))
             if found != HEAD_REVISION:
                 try:
                     await conn.run_sync(upgrade)

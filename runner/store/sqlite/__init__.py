@@ -77,7 +77,7 @@ class SqliteBackend:
         return is_busy(exc)
 
     async def migrate(self) -> bool:
-        await migrate(self.engine)
+        await migrate(self.engine, self.place)
         return False
 
     def now_sql(self, clock: Callable[[], float]) -> ColumnElement[float]:

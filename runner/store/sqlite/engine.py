@@ -18,8 +18,9 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from runner.errors import StoreUnavailable
 from runner.store.backend import quiet_cancelled_closes
-from runner.store.migrate import upgrade
+from runner.store.migrate import foreign_schema, upgrade
 
 BUSY_TIMEOUT_MS = 10_000
 # A row is a ~3.5 KB prompt plus its ~1.5 KB answer, written in two steps. With SQLite's default 4 KB pages
@@ -191,9 +192,13 @@ def create_engine(db: str) -> AsyncEngine:
     return engine
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (inside one IMMEDIATE transaction, so racing opens wait)."""
+async def migrate(engine: AsyncEngine, place: str) -> None:
+    """Bring the schema to the newest migration (inside one IMMEDIATE transaction, so racing opens wait); a
+    database that is not a store (another tool's tables, a newer runner's revision) is refused, unchanged."""
     async with engine.begin() as conn:
+        why = await conn.run_sync(foreign_schema)
+        if why is not None:
+            raise StoreUnavailable(place, why)
         await conn.run_sync(upgrade)
 
 
