@@ -283,7 +283,15 @@ def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
     if isinstance(cause, aiohttp.ClientConnectorError):
         if isinstance(cause.os_error, ConnectionRefusedError):
             return "connection_error", "connection refused; is the server up, and is the port right?"
-        return "connection_error", f"the connection failed ({cause.os_error.strerror or cause.os_error})"
+        # args[0] is aiohttp's ConnectionKey; its `is_ssl` says https (`cause.ssl` is True for http too).
+        if isinstance(cause.os_error, ConnectionResetError) and getattr(cause.args[0], "is_ssl", False) is True:
+            # A plain-HTTP server that drops a TLS hello it cannot parse, rather than answering it in text.
+            return (
+                "tls_error",
+                "the server closed the connection during the TLS handshake; does it speak plain HTTP (http://)?",
+            )
+        detail = cause.os_error.strerror or str(cause.os_error) or type(cause.os_error).__name__
+        return "connection_error", f"the connection failed ({detail})"
     return "connection_error", f"the connection failed ({type(cause).__name__})"
 
 
@@ -353,7 +361,7 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
+        if not base_url[:8].lower().startswith(("http://", "https://")):  # a scheme's case does not matter
             raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
         try:  # what aiohttp would only find at the first request, as a traceback out of every sender
             parts = urlsplit(base_url)
@@ -362,6 +370,20 @@ class ApiClient:
             raise ConfigError(f"base URL is not a valid URL: {e}") from None
         if not host:
             raise ConfigError("base URL names no host")
+        if parts.username is not None or parts.password is not None:
+            # aiohttp refuses them beside the key's header (a traceback out of every sender), and the URL is
+            # shown in messages: the password must not be. The URL is left out of this one for that reason.
+            raise ConfigError(
+                "base URL must not hold a user name or password (user:password@host); give the key with"
+                " --api-key / OPENAI_API_KEY"
+            )
+        if parts.query or parts.fragment or base_url.endswith(("?", "#")):
+            # Joined with `responses`, a query or fragment would swallow the path (POST /responses on the
+            # host's root, then a 404 that blames a missing /v1 the URL has).
+            raise ConfigError(
+                "base URL must not have a query (?...) or fragment (#...), which may hold a key and so are not"
+                " shown; use a URL that ends in /v1, such as https://api.openai.com/v1"
+            )
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._secret = key or None
         self._max_body = max_body

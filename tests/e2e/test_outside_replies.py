@@ -1,0 +1,110 @@
+"""What a server that is not our mock does to `runner cancel` and to the base URL a user types.
+
+Against tests/servers/misbehaving.py, through the CLI, on a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+from tests.e2e.test_untrusted_replies import KEY, Misbehaving, job_file, rows, server
+
+pytestmark = pytest.mark.e2e
+
+__all__ = ["server"]  # the fixture, shared with the untrusted-replies tests
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        ("http://alice:pa55word@127.0.0.1:{port}/v1", "must not hold a user name or password"),
+        ("http://127.0.0.1:{port}/v1?api-version=2024-10-01", "must not have a query"),
+        ("http://127.0.0.1:{port}/v1?key=pa55word", "must not have a query"),
+        ("http://127.0.0.1:{port}/v1#top", "must not have a query (?...) or fragment"),
+    ],
+)
+def test_a_base_url_with_credentials_or_a_query_is_one_line_and_sends_nothing(
+    cli: Cli, server: Misbehaving, tmp_path: Path, base_url: str, said: str
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["ok_0"]))
+    port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+
+    r = cli("run", job, "--base-url", base_url.format(port=port), extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+
+    assert r.returncode == 2, r.stderr
+    assert said in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "pa55word" not in r.stdout + r.stderr
+    assert server.stats()["total_posts"] == 0
+    assert {r["state"] for r in rows(cli.db).values()} == {"queued"}
+
+
+def test_a_base_url_scheme_in_capitals_works(cli: Cli, server: Misbehaving, tmp_path: Path) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["ok_0"]))
+
+    r = cli(
+        "run",
+        job,
+        "--base-url",
+        server.base_url.replace("http://", "HTTP://"),
+        "--quiet",
+        extra_env={"OPENAI_API_KEY": KEY},
+        timeout=60,
+    )
+
+    assert r.returncode == 0, r.stderr
+    assert rows(cli.db)["ok_0"]["state"] == "completed"
+
+
+@pytest.fixture
+def drops_tls() -> Iterator[int]:
+    """A plain server that reads a little of what it is sent and closes (a TLS hello it cannot parse is reset)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.settimeout(0.1)  # so that the thread sees `stop` (closing the socket does not wake an accept)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.recv(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    sock.close()
+    t.join(timeout=10)
+
+
+def test_https_to_a_server_that_drops_the_tls_hello_says_to_try_http(cli: Cli, drops_tls: int, tmp_path: Path) -> None:
+    # Ten lines: the ten failed connections of the doomed-job stop come at once, not over ten backoffs.
+    job = cli.submit(job_file(tmp_path / "in.jsonl", [f"ok_{i}" for i in range(10)]))
+
+    r = cli(
+        "run",
+        job,
+        "--base-url",
+        f"https://127.0.0.1:{drops_tls}/v1",
+        "--quiet",
+        extra_env={"OPENAI_API_KEY": KEY},
+        timeout=120,
+    )
+
+    assert r.returncode == 5, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "does it speak plain HTTP (http://)?" in r.stderr.strip().splitlines()[-1]
+    assert {r["state"] for r in rows(cli.db).values()} == {"queued"}
