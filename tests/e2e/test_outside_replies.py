@@ -5,6 +5,7 @@ Against tests/servers/misbehaving.py, through the CLI, on a real SQLite store.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,35 @@ from tests.e2e.test_untrusted_replies import KEY, Misbehaving, job_file, rows, s
 pytestmark = pytest.mark.e2e
 
 __all__ = ["server"]  # the fixture, shared with the untrusted-replies tests
+
+
+def test_a_cancel_answered_with_another_response_is_not_taken_as_this_requests_answer(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    lines = ["bg_running_plain", "bg_running_cancel_other_id"]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines, background=tuple(lines)))
+    run = cli.popen("run", job, "--base-url", server.base_url, "--quiet", extra_env={"OPENAI_API_KEY": KEY})
+    try:
+        # Both responses are created and their ids committed: the run now only polls them (they never end).
+        while not all(r["response_id"] for r in rows(cli.db).values()):
+            assert run.poll() is None, run.communicate()
+            threading.Event().wait(0.05)
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=60)
+
+    r = cli("cancel", job, "--base-url", server.base_url, extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+
+    assert server.stats()["cancels"] == {"bg_running_plain": 1, "bg_running_cancel_other_id": 1}
+    after = rows(cli.db)
+    assert after["bg_running_plain"]["state"] == "cancelled"
+    other = after["bg_running_cancel_other_id"]
+    # Somebody else's completed answer is not this request's: it is still running as far as anyone knows.
+    assert other["state"] == "in_progress"
+    assert "not yours" not in (other["response_body"] or "")
+    assert "Traceback" not in r.stderr
+    assert "cancel was answered with another response ('resp_someone_else')" in r.stdout + r.stderr
+    assert "cancelled 1 requests of job" in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(

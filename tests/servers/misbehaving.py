@@ -154,6 +154,8 @@ class Server:
     def __init__(self) -> None:
         self.posts: Counter[str] = Counter()
         self.polls: Counter[str] = Counter()
+        self.cancels: Counter[str] = Counter()
+        self.cancelled: set[str] = set()
         self.seq = 0
 
     def new_id(self, scenario: str) -> str:
@@ -236,10 +238,30 @@ class Server:
             return _json(_response("resp_someone_else", text="not yours"))
         if scenario == "bg_inf_headers":
             return _json(_response(rid), headers=RATE_HEADERS["rl_inf"])
+        if scenario.startswith("bg_running"):
+            # Runs until it is cancelled, so that a test can cancel it.
+            return _json(_response(rid, status="cancelled" if rid in self.cancelled else "in_progress"))
         return _json(_response(rid))
 
+    async def cancel(self, request: web.Request) -> web.StreamResponse:
+        rid = request.match_info["rid"]
+        scenario = rid.split("_", 1)[1].rsplit("_", 1)[0] if rid.count("_") >= 2 else ""
+        self.cancels[scenario] += 1
+        if scenario == "bg_running_cancel_other_id":
+            # Somebody else's finished answer, as a proxy mixing up ids would send: never this request's.
+            return _json(_response("resp_someone_else", text="not yours"))
+        self.cancelled.add(rid)
+        return _json(_response(rid, status="cancelled"))
+
     async def stats(self, request: web.Request) -> web.Response:
-        return _json({"posts": dict(self.posts), "polls": dict(self.polls), "total_posts": sum(self.posts.values())})
+        return _json(
+            {
+                "posts": dict(self.posts),
+                "polls": dict(self.polls),
+                "cancels": dict(self.cancels),
+                "total_posts": sum(self.posts.values()),
+            }
+        )
 
 
 def make_app() -> web.Application:
@@ -247,6 +269,7 @@ def make_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/responses", server.create)
     app.router.add_get("/v1/responses/{rid}", server.retrieve)
+    app.router.add_post("/v1/responses/{rid}/cancel", server.cancel)
     app.router.add_get("/_stats", server.stats)
     return app
 
