@@ -370,13 +370,6 @@ class ApiClient:
             raise ConfigError(f"base URL is not a valid URL: {e}") from None
         if not host:
             raise ConfigError("base URL names no host")
-        if parts.username is not None or parts.password is not None:
-            # aiohttp refuses them beside the key's header (a traceback out of every sender), and the URL is
-            # shown in messages: the password must not be. The URL is left out of this one for that reason.
-            raise ConfigError(
-                "base URL must not hold a user name or password (user:password@host); give the key with"
-                " --api-key / OPENAI_API_KEY"
-            )
         if parts.query or parts.fragment or base_url.endswith(("?", "#")):
             # Joined with `responses`, a query or fragment would swallow the path (POST /responses on the
             # host's root, then a 404 that blames a missing /v1 the URL has).
@@ -402,9 +395,17 @@ class ApiClient:
                 headers["authorization"] = key
             else:
                 headers["api-key"] = key
+        if (parts.username is not None or parts.password is not None) and "authorization" in headers:
+            # aiohttp sends them as Basic auth, which it refuses beside the key's own Authorization header: a
+            # traceback out of every sender. Without a key (or with --auth-style api-key) they work as they are.
+            raise ConfigError(
+                "base URL holds a user name or password (user:password@host) and the key goes in the Authorization"
+                " header too; only one can: drop one, or send the key with --auth-style api-key"
+            )
         self._header_map = headers
         self._base = httpx.URL(base_url.rstrip("/") + "/")
-        self.base_url = str(self._base).rstrip("/")  # as given, for messages (it never holds the key)
+        # As given, for messages: never the key, nor a password the URL holds (nor a query: there is none).
+        self.base_url = _shown(self._base).rstrip("/")
         self._create_url = self._base.join("responses")
         self._create_target = yarl.URL(str(self._create_url), encoded=True)  # parsed once, not per request
         self._create_where = f"POST {_shown(self._create_url)}"

@@ -53,7 +53,7 @@ def test_a_cancel_answered_with_another_response_is_not_taken_as_this_requests_a
 @pytest.mark.parametrize(
     ("base_url", "said"),
     [
-        ("http://alice:pa55word@127.0.0.1:{port}/v1", "must not hold a user name or password"),
+        ("http://alice:pa55word@127.0.0.1:{port}/v1", "holds a user name or password (user:password@host) and the key"),
         ("http://127.0.0.1:{port}/v1?api-version=2024-10-01", "must not have a query"),
         ("http://127.0.0.1:{port}/v1?key=pa55word", "must not have a query"),
         ("http://127.0.0.1:{port}/v1#top", "must not have a query (?...) or fragment"),
@@ -73,6 +73,24 @@ def test_a_base_url_with_credentials_or_a_query_is_one_line_and_sends_nothing(
     assert "pa55word" not in r.stdout + r.stderr
     assert server.stats()["total_posts"] == 0
     assert {r["state"] for r in rows(cli.db).values()} == {"queued"}
+
+
+def test_base_url_credentials_without_a_key_work_and_their_password_is_never_shown(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["ok_0"]))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+
+    down = cli("run", job, "--base-url", f"http://alice:pa55word@127.0.0.1:{closed}/v1", "--max-attempts", "1")
+    assert down.returncode == 5, down.stderr
+    assert f"cannot reach http://127.0.0.1:{closed}/v1: connection refused" in down.stderr
+    assert "pa55word" not in down.stdout + down.stderr
+
+    up = cli("run", job, "--base-url", server.base_url.replace("http://", "http://alice:pa55word@"), "--quiet")
+    assert up.returncode == 0, up.stderr
+    assert rows(cli.db)["ok_0"]["state"] == "completed"
 
 
 def test_a_base_url_scheme_in_capitals_works(cli: Cli, server: Misbehaving, tmp_path: Path) -> None:
