@@ -223,6 +223,9 @@ def _response(row: ExportRow) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+_NUL_ESCAPE: Final = "\\u0000"
+
+
 def _output_text(row: ExportRow, response: dict[str, Any] | None = None) -> str | None:
     """The response's text for results (completed, incomplete); None otherwise.
 
@@ -231,7 +234,9 @@ def _output_text(row: ExportRow, response: dict[str, Any] | None = None) -> str 
     """
     if row.state not in _RESULT_STATES or row.response_body is None:
         return None
-    if isinstance(row.stored_output_text, str):
+    # SQLite's json_extract ends a string at an escaped NUL (`\u0000`): such a body is parsed here instead,
+    # or the flat exports would cut the answer short (a check on the raw text, cheap beside the parse it saves).
+    if isinstance(row.stored_output_text, str) and _NUL_ESCAPE not in row.response_body:
         return row.stored_output_text
     if response is None:
         response = _response(row)

@@ -5,6 +5,7 @@ Against tests/servers/misbehaving.py, through the CLI, on a real SQLite store.
 
 from __future__ import annotations
 
+import csv
 import signal
 import socket
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, read_jsonl
 from tests.e2e.test_untrusted_replies import KEY, Misbehaving, job_file, rows, server
 
 pytestmark = pytest.mark.e2e
@@ -156,3 +157,31 @@ def test_https_to_a_server_that_drops_the_tls_hello_says_to_try_http(cli: Cli, d
     assert "Traceback" not in r.stderr
     assert "does it speak plain HTTP (http://)?" in r.stderr.strip().splitlines()[-1]
     assert {r["state"] for r in rows(cli.db).values()} == {"queued"}
+
+
+def test_an_answer_with_a_nul_character_is_exported_whole_in_every_format(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["text_nul", "ok_0"]))
+    r = cli("run", job, "--base-url", server.base_url, "--quiet", extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    whole = "before\x00after, and the rest"
+
+    texts: dict[str, list[str]] = {}
+    for fmt in ("batch", "jsonl-flat", "csv", "parquet"):
+        out = tmp_path / f"out.{fmt}"
+        r = cli("export", job, "--format", fmt, "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        if fmt == "batch":
+            texts[fmt] = [row["response"]["body"]["output_text"] for row in read_jsonl(out)]
+        elif fmt == "jsonl-flat":
+            texts[fmt] = [row["output_text"] for row in read_jsonl(out)]
+        elif fmt == "csv":
+            with out.open(newline="") as f:
+                texts[fmt] = [row["output_text"] for row in csv.DictReader(f)]
+        else:
+            import pyarrow.parquet as pq  # the optional extra, installed by make
+
+            texts[fmt] = [row["output_text"] for row in pq.read_table(out).to_pylist()]
+
+    assert texts == {fmt: [whole, "fine"] for fmt in texts}

@@ -208,6 +208,9 @@ class Server:
             # The request budget (shared with other clients) ran dry: the pool must wait for the reset.
             headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
             return _json(_response(rid), headers=headers)
+        if scenario == "text_nul":
+            # A NUL in the answer (JSON escapes it as \u0000): SQLite's JSON functions end a string there.
+            return _json(_response(rid, text="before\x00after, and the rest"))
         if scenario == "big_header":
             return _json(_response(rid), headers={"x-request-id": "r" * 10_000})
         if scenario == "trickle":
