@@ -185,3 +185,17 @@ def test_an_answer_with_a_nul_character_is_exported_whole_in_every_format(
             texts[fmt] = [row["output_text"] for row in pq.read_table(out).to_pylist()]
 
     assert texts == {fmt: [whole, "fine"] for fmt in texts}
+
+
+def test_a_402_without_an_error_code_stops_the_run_in_a_line_that_names_no_none(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["pay_402_plain"]))
+
+    r = cli("run", job, "--base-url", server.base_url, "--quiet", extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+
+    assert r.returncode == 3, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped: the API refused for billing reasons (402: HTTP 402 from POST "), last
+    assert "None" not in last
+    assert rows(cli.db)["pay_402_plain"]["state"] == "queued"

@@ -208,6 +208,9 @@ class Server:
             # The request budget (shared with other clients) ran dry: the pool must wait for the reset.
             headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
             return _json(_response(rid), headers=headers)
+        if scenario == "pay_402_plain":
+            # A gateway's 402 with no OpenAI error object, hence no code.
+            return _raw("Payment Required", 402, "text/plain")
         if scenario == "text_nul":
             # A NUL in the answer (JSON escapes it as \u0000): SQLite's JSON functions end a string there.
             return _json(_response(rid, text="before\x00after, and the rest"))
