@@ -199,3 +199,26 @@ def test_a_402_without_an_error_code_stops_the_run_in_a_line_that_names_no_none(
     assert last.startswith("stopped: the API refused for billing reasons (402: HTTP 402 from POST "), last
     assert "None" not in last
     assert rows(cli.db)["pay_402_plain"]["state"] == "queued"
+
+
+def test_export_refuses_one_file_for_results_and_errors_instead_of_keeping_half(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["ok_0", "escapes"]))
+    r = cli("run", job, "--base-url", server.base_url, "--quiet", extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+    assert r.returncode == 1, r.stderr
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "link.jsonl").symlink_to(out)
+
+    for errors in (str(out), str(tmp_path / "." / "out.jsonl"), str(tmp_path / "link.jsonl")):
+        r = cli("export", job, "-o", str(out), "--errors", errors)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"runner: -o and --errors name the same file ({errors}): give --errors another path"
+        ]
+        assert not out.exists()
+
+    r = cli("export", job, "-o", str(out), "--errors", str(tmp_path / "errors.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert [row["custom_id"] for row in read_jsonl(out)] == ["ok_0"]
+    assert [row["custom_id"] for row in read_jsonl(tmp_path / "errors.jsonl")] == ["escapes"]
