@@ -158,8 +158,11 @@ class Unreadable(Exception):
 def open_input(path: Path) -> Iterator[Iterable[bytes]]:
     """The file's bytes, decompressed when it is gzip (by its first two bytes, not its name)."""
     with path.open("rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
-        f.seek(0)
+        if f.seekable():
+            compressed = f.read(2) == GZIP_MAGIC
+            f.seek(0)
+        else:  # a pipe (`runner convert <(zcat ...)`): looked at in the buffer, as it cannot be rewound
+            compressed = f.peek(2)[:2] == GZIP_MAGIC
         if not compressed:
             yield f
             return

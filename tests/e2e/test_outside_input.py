@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -21,12 +22,12 @@ LINES = "".join(
 )
 
 
-def feed(fifo: Path, data: str) -> threading.Thread:
+def feed(fifo: Path, data: str | bytes) -> threading.Thread:
     """A writer for the named pipe (opening it waits for the reader, as `zcat > fifo` would)."""
 
     def write() -> None:
-        with fifo.open("w") as f:
-            f.write(data)
+        with fifo.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
 
     t = threading.Thread(target=write, daemon=True)
     t.start()
@@ -71,3 +72,22 @@ def test_dev_null_is_an_empty_input_not_a_missing_file(cli: Cli) -> None:
 
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["runner: /dev/null: has no requests (it is empty); nothing was queued"]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_convert_and_estimate_read_a_named_pipe_gzip_or_not(cli: Cli, tmp_path: Path, compressed: bool) -> None:
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    data = gzip.compress(LINES.encode()) if compressed else LINES.encode()
+
+    writer = feed(fifo, data)
+    r = cli("convert", str(fifo))
+    writer.join(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["custom_id"] for x in r.stdout.splitlines()] == ["q-0", "q-1", "q-2"]
+
+    writer = feed(fifo, data)
+    r = cli("estimate", str(fifo), "--json")
+    writer.join(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["lines"] == 3
