@@ -312,9 +312,11 @@ def classify_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(head, HttpProcessingError):
         # aiohttp's parser refused the status line or headers (errors in the body come as ClientPayloadError).
         said = f" ({head.message[:120]})" if head.message else ""
+        # aiohttp raises the same class for a content-encoding it cannot decode (br without Brotli, which the
+        # request never offers): the message names that case too, rather than blame the header lines alone.
         return PermanentApiError(
-            f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes"
-            f" and be valid HTTP{said}",
+            f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes,"
+            f" be valid HTTP and name a content-encoding the request accepts (gzip, deflate){said}",
             code="invalid_reply_head",
         )
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):

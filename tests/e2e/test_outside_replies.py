@@ -222,3 +222,22 @@ def test_export_refuses_one_file_for_results_and_errors_instead_of_keeping_half(
     assert r.returncode == 0, r.stderr
     assert [row["custom_id"] for row in read_jsonl(out)] == ["ok_0"]
     assert [row["custom_id"] for row in read_jsonl(tmp_path / "errors.jsonl")] == ["escapes"]
+
+
+def test_a_reply_in_an_encoding_never_offered_fails_its_line_and_the_message_names_the_encoding(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["brotli_unasked", "ok_0"]))
+
+    r = cli("run", job, "--base-url", server.base_url, "--quiet", extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+
+    assert r.returncode == 1, r.stderr
+    got = rows(cli.db)
+    assert got["ok_0"]["state"] == "completed"
+    bad = got["brotli_unasked"]
+    assert (bad["state"], bad["error_code"]) == ("failed", "invalid_reply_head")
+    assert bad["error_message"].startswith(
+        "the server's reply could not be read: its header lines must each fit in 8190 bytes, be valid HTTP and"
+        " name a content-encoding the request accepts (gzip, deflate) (Can not decode content-encoding: br"
+    )
+    assert server.stats()["posts"]["brotli_unasked"] == 1  # not sent again

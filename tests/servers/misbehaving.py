@@ -208,6 +208,11 @@ class Server:
             # The request budget (shared with other clients) ran dry: the pool must wait for the reset.
             headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
             return _json(_response(rid), headers=headers)
+        if scenario == "brotli_unasked":
+            # Says br, which the runner never offers (and cannot decode without the Brotli package).
+            return web.Response(
+                body=b'{"id": "resp_br"}', headers={"content-type": "application/json", "content-encoding": "br"}
+            )
         if scenario == "pay_402_plain":
             # A gateway's 402 with no OpenAI error object, hence no code.
             return _raw("Payment Required", 402, "text/plain")
