@@ -241,3 +241,16 @@ def test_a_reply_in_an_encoding_never_offered_fails_its_line_and_the_message_nam
         " name a content-encoding the request accepts (gzip, deflate) (Can not decode content-encoding: br"
     )
     assert server.stats()["posts"]["brotli_unasked"] == 1  # not sent again
+
+
+def test_a_poll_hint_of_zero_on_every_reply_does_not_become_a_loop_of_gets(
+    cli: Cli, server: Misbehaving, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["bg_hint_zero"], background=("bg_hint_zero",)))
+
+    r = cli("run", job, "--base-url", server.base_url, "--quiet", extra_env={"OPENAI_API_KEY": KEY}, timeout=60)
+
+    assert r.returncode == 0, r.stderr
+    assert rows(cli.db)["bg_hint_zero"]["state"] == "completed"
+    # The response runs for a second: polled as fast as the round trip, that was hundreds of GETs.
+    assert server.stats()["polls"]["bg_hint_zero"] <= 12

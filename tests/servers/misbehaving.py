@@ -156,6 +156,7 @@ class Server:
         self.polls: Counter[str] = Counter()
         self.cancels: Counter[str] = Counter()
         self.cancelled: set[str] = set()
+        self.created: dict[str, float] = {}  # loop time of each create, for responses that run a while
         self.seq = 0
 
     def new_id(self, scenario: str) -> str:
@@ -223,6 +224,9 @@ class Server:
             return _json(_response(rid), headers={"x-request-id": "r" * 10_000})
         if scenario == "trickle":
             return await self.trickle(request, rid)
+        if scenario == "bg_hint_zero":
+            self.created[rid] = asyncio.get_running_loop().time()
+            return _json(_response(rid, status="queued"), headers={"openai-poll-after-ms": "0"})
         if scenario.startswith("bg_"):
             return _json(_response(rid, status="queued"))
         return _json(_response(rid), headers={"x-request-id": f"req_{rid}"})
@@ -249,6 +253,9 @@ class Server:
             return _json(_response("resp_someone_else", text="not yours"))
         if scenario == "bg_inf_headers":
             return _json(_response(rid), headers=RATE_HEADERS["rl_inf"])
+        if scenario == "bg_hint_zero" and asyncio.get_running_loop().time() - self.created.get(rid, 0.0) < 1.0:
+            # Running for a second, and saying on every reply to poll again at once.
+            return _json(_response(rid, status="in_progress"), headers={"openai-poll-after-ms": "0"})
         if scenario.startswith("bg_running"):
             # Runs until it is cancelled, so that a test can cancel it.
             return _json(_response(rid, status="cancelled" if rid in self.cancelled else "in_progress"))
