@@ -274,8 +274,9 @@ def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False
     src = spooled or Path(path)
     shown = STDIN_SHOWN if path == STDIN else path
     try:
-        if not src.is_file():
-            raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0, consequence=NOTHING_WRITTEN)
+        if not src.exists() or src.is_dir():  # a pipe or device is read as it comes (once)
+            what = "is a directory, not a file" if src.is_dir() else "no such file"
+            raise InputError(shown, [LineProblem(0, "", what)], bad_lines=0, consequence=NOTHING_WRITTEN)
         if out is not None:
             with atomic_writer(Path(out)) as f:
                 return convert_file(src, f, shown=shown, drop_unsupported=drop_unsupported)

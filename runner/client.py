@@ -283,7 +283,15 @@ def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
     if isinstance(cause, aiohttp.ClientConnectorError):
         if isinstance(cause.os_error, ConnectionRefusedError):
             return "connection_error", "connection refused; is the server up, and is the port right?"
-        return "connection_error", f"the connection failed ({cause.os_error.strerror or cause.os_error})"
+        # args[0] is aiohttp's ConnectionKey; its `is_ssl` says https (`cause.ssl` is True for http too).
+        if isinstance(cause.os_error, ConnectionResetError) and getattr(cause.args[0], "is_ssl", False) is True:
+            # A plain-HTTP server that drops a TLS hello it cannot parse, rather than answering it in text.
+            return (
+                "tls_error",
+                "the server closed the connection during the TLS handshake; does it speak plain HTTP (http://)?",
+            )
+        detail = cause.os_error.strerror or str(cause.os_error) or type(cause.os_error).__name__
+        return "connection_error", f"the connection failed ({detail})"
     return "connection_error", f"the connection failed ({type(cause).__name__})"
 
 
@@ -304,9 +312,11 @@ def classify_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(head, HttpProcessingError):
         # aiohttp's parser refused the status line or headers (errors in the body come as ClientPayloadError).
         said = f" ({head.message[:120]})" if head.message else ""
+        # aiohttp raises the same class for a content-encoding it cannot decode (br without Brotli, which the
+        # request never offers): the message names that case too, rather than blame the header lines alone.
         return PermanentApiError(
-            f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes"
-            f" and be valid HTTP{said}",
+            f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes,"
+            f" be valid HTTP and name a content-encoding the request accepts (gzip, deflate){said}",
             code="invalid_reply_head",
         )
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):
@@ -353,7 +363,7 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
+        if not base_url[:8].lower().startswith(("http://", "https://")):  # a scheme's case does not matter
             raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
         try:  # what aiohttp would only find at the first request, as a traceback out of every sender
             parts = urlsplit(base_url)
@@ -362,6 +372,13 @@ class ApiClient:
             raise ConfigError(f"base URL is not a valid URL: {e}") from None
         if not host:
             raise ConfigError("base URL names no host")
+        if parts.query or parts.fragment or base_url.endswith(("?", "#")):
+            # Joined with `responses`, a query or fragment would swallow the path (POST /responses on the
+            # host's root, then a 404 that blames a missing /v1 the URL has).
+            raise ConfigError(
+                "base URL must not have a query (?...) or fragment (#...), which may hold a key and so are not"
+                " shown; use a URL that ends in /v1, such as https://api.openai.com/v1"
+            )
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._secret = key or None
         self._max_body = max_body
@@ -380,9 +397,17 @@ class ApiClient:
                 headers["authorization"] = key
             else:
                 headers["api-key"] = key
+        if (parts.username is not None or parts.password is not None) and "authorization" in headers:
+            # aiohttp sends them as Basic auth, which it refuses beside the key's own Authorization header: a
+            # traceback out of every sender. Without a key (or with --auth-style api-key) they work as they are.
+            raise ConfigError(
+                "base URL holds a user name or password (user:password@host) and the key goes in the Authorization"
+                " header too; only one can: drop one, or send the key with --auth-style api-key"
+            )
         self._header_map = headers
         self._base = httpx.URL(base_url.rstrip("/") + "/")
-        self.base_url = str(self._base).rstrip("/")  # as given, for messages (it never holds the key)
+        # As given, for messages: never the key, nor a password the URL holds (nor a query: there is none).
+        self.base_url = _shown(self._base).rstrip("/")
         self._create_url = self._base.join("responses")
         self._create_target = yarl.URL(str(self._create_url), encoded=True)  # parsed once, not per request
         self._create_where = f"POST {_shown(self._create_url)}"

@@ -373,8 +373,9 @@ async def estimate_file(
     problems: list[LineProblem] = []
     bad = 0
     try:
-        if not path.is_file():
-            raise InputError(shown, [LineProblem(0, "", "no such file")], bad_lines=0, consequence=NOT_ESTIMATED)
+        if not path.exists() or path.is_dir():  # a pipe or device is read as it comes (once)
+            what = "is a directory, not a file" if path.is_dir() else "no such file"
+            raise InputError(shown, [LineProblem(0, "", what)], bad_lines=0, consequence=NOT_ESTIMATED)
         for line_no, raw in read_lines(path):
             try:
                 obj = orjson.loads(raw)

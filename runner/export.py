@@ -109,6 +109,20 @@ def _batch_id_start(job_id: str) -> str:
     return f"batch_req_{job_id.removeprefix('job_')}_"
 
 
+def _same_file(out: str | None, errors: str) -> bool:
+    """Whether `out` and `errors` are one regular file (or one path not there yet); stdout and devices may be
+    shared, as they are written in place."""
+    if out is None or out == "-" or errors == "-":
+        return False
+    a, b = Path(out), Path(errors)
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b) and a.is_file()
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False  # the write says what is wrong with the path
+
+
 @contextmanager
 def _atomic_writer(path: str | None) -> Iterator[IO[bytes]]:
     if path is None or path == "-":
@@ -223,6 +237,9 @@ def _response(row: ExportRow) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+_NUL_ESCAPE: Final = "\\u0000"
+
+
 def _output_text(row: ExportRow, response: dict[str, Any] | None = None) -> str | None:
     """The response's text for results (completed, incomplete); None otherwise.
 
@@ -231,7 +248,9 @@ def _output_text(row: ExportRow, response: dict[str, Any] | None = None) -> str 
     """
     if row.state not in _RESULT_STATES or row.response_body is None:
         return None
-    if isinstance(row.stored_output_text, str):
+    # SQLite's json_extract ends a string at an escaped NUL (`\u0000`): such a body is parsed here instead,
+    # or the flat exports would cut the answer short (a check on the raw text, cheap beside the parse it saves).
+    if isinstance(row.stored_output_text, str) and _NUL_ESCAPE not in row.response_body:
         return row.stored_output_text
     if response is None:
         response = _response(row)
@@ -497,6 +516,9 @@ async def export_job(
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "parquet" and (out is None or out == "-" or errors == "-"):
         raise ConfigError("--format parquet writes files, not stdout: give -o FILE")
+    if errors is not None and _same_file(out, errors):
+        # Each is written to a temporary file renamed over the target: the second rename would drop the first.
+        raise ConfigError(f"-o and --errors name the same file ({errors}): give --errors another path")
     with gc_spares_the_heap():
         return await _export(store, job_id, out, errors, fmt)
 

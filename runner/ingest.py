@@ -27,6 +27,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import struct
 import sys
 import tempfile
@@ -157,8 +158,11 @@ class Unreadable(Exception):
 def open_input(path: Path) -> Iterator[Iterable[bytes]]:
     """The file's bytes, decompressed when it is gzip (by its first two bytes, not its name)."""
     with path.open("rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
-        f.seek(0)
+        if f.seekable():
+            compressed = f.read(2) == GZIP_MAGIC
+            f.seek(0)
+        else:  # a pipe (`runner convert <(zcat ...)`): looked at in the buffer, as it cannot be rewound
+            compressed = f.peek(2)[:2] == GZIP_MAGIC
         if not compressed:
             yield f
             return
@@ -356,6 +360,18 @@ async def _submit_files(
     return [d.result for d in done]
 
 
+def _spool(path: Path) -> Path:
+    """Copy a pipe or device to a temporary file (the caller deletes it) and return its path."""
+    fd, name = tempfile.mkstemp(prefix="runner-pipe.", suffix=".jsonl")
+    try:
+        with open(fd, "wb") as out, path.open("rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
 async def _stage(
     store: Store,
     path: Path,
@@ -366,7 +382,39 @@ async def _stage(
     on_warning: Callable[[str, LineProblem], None] | None,
     by_fingerprint: dict[str, SubmitResult],
 ) -> _Staged:
-    """Read one file into a staging job; InputError (and no job left behind) when it is invalid."""
+    """Read one file into a staging job; InputError (and no job left behind) when it is invalid.
+
+    A pipe or a device (`runner submit <(zcat in.jsonl.gz)`, a named pipe) is copied to a temporary file
+    first, as standard input is: a file is read twice (its fingerprint, then its lines), a pipe only once.
+    """
+    try:
+        mode: int | None = path.stat().st_mode
+    except OSError:
+        mode = None  # absent or unreadable: said by _stage_file
+    if mode is None or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return await _stage_file(store, path, shown, name, options, new, on_warning, by_fingerprint)
+    try:
+        spooled = await anyio.to_thread.run_sync(_spool, path)
+    except OSError as e:
+        raise InputError(shown, [LineProblem(0, "", f"cannot be read: {e.strerror or e}")], bad_lines=0) from None
+    try:
+        name = name or path.stem  # the job's name, as for a file (not the temporary copy's)
+        return await _stage_file(store, spooled, shown, name, options, new, on_warning, by_fingerprint)
+    finally:
+        spooled.unlink(missing_ok=True)
+
+
+async def _stage_file(
+    store: Store,
+    path: Path,
+    shown: str,
+    name: str | None,
+    options: SubmitOptions,
+    new: bool,
+    on_warning: Callable[[str, LineProblem], None] | None,
+    by_fingerprint: dict[str, SubmitResult],
+) -> _Staged:
+    """`_stage` on a regular file (or a path that is not one, which it refuses)."""
     try:
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "no such file"

@@ -305,8 +305,9 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
     if r.reason is app.StopReason.BILLING:
         assert r.billing_error is not None
         e = r.billing_error
+        said = " ".join(printable(str(v)) for v in (e.status, e.code) if v is not None)  # a 402 may have no code
         say(
-            f"stopped: the API refused for billing reasons ({e.status} {printable(e.code)}: {printable(e.message)}). "
+            f"stopped: the API refused for billing reasons ({said}: {printable(e.message)}). "
             "Unfinished requests stay queued; top up the account and run `runner run` again."
         )
         return ExitCode.BILLING

@@ -17,6 +17,7 @@ import anyio
 
 from runner.client import ApiClient
 from runner.errors import ApiError, DoomedJobError
+from runner.reply import read_id
 from runner.states import RequestState
 from runner.store import Store
 from runner.worker.outcomes import final_outcome, is_running
@@ -61,6 +62,14 @@ async def cancel_background(
             except ApiError as e:
                 tally.failures.append(f"{response_id}: {e.describe()}")
                 return
+        got = read_id(reply.body.get("id"))
+        if got != response_id:
+            # Another response's state (a proxy's mix-up, a cache keyed wrongly) says nothing of this one, and a
+            # `completed` one would become this request's answer: not recorded, as a poll would not take it.
+            # The request stays in flight; the next `runner run` polls its own response.
+            said = f"the cancel was answered with another response ({got!r}); not recorded"
+            tally.failures.append(f"{response_id}: {said}")
+            return
         if is_running(reply.body):
             tally.still_running += 1
             return

@@ -186,6 +186,7 @@ class _Item:
     due: float = 0.0  # when a first poll at the estimate was due (monotonic)
     hinted: bool = False  # first polled when the server said (`openai-poll-after-ms`)
     mismatches: int = 0
+    hint_floor: float = MIN_STEP  # the least wait after a server's hint (see `_poll`)
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: 256 parked workers cancelled at a run's end
@@ -437,7 +438,14 @@ class Poller:
             age = time.monotonic() - item.added
             if is_running(reply.body):
                 hint = poll_after_hint(reply.rate_limits)
-                self._push(item, hint if hint is not None else self.schedule.next(age, item.polls))
+                if hint is None:
+                    self._push(item, self.schedule.next(age, item.polls))
+                    return
+                # A hint that came due with the response still running (`0` on every reply, from a server that
+                # means "now") must not become a loop of GETs as fast as the round trip: each such poll doubles
+                # the least wait, from MIN_STEP up to the longest gap. Right hints find the response final first.
+                self._push(item, max(hint, item.hint_floor))
+                item.hint_floor = min(item.hint_floor * 2, POLL_MAX_DELAY)
                 return
             if item.learn:
                 done_first = (item.polls == 1) if item.first_at_estimate else None

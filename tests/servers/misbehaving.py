@@ -154,6 +154,9 @@ class Server:
     def __init__(self) -> None:
         self.posts: Counter[str] = Counter()
         self.polls: Counter[str] = Counter()
+        self.cancels: Counter[str] = Counter()
+        self.cancelled: set[str] = set()
+        self.created: dict[str, float] = {}  # loop time of each create, for responses that run a while
         self.seq = 0
 
     def new_id(self, scenario: str) -> str:
@@ -206,10 +209,24 @@ class Server:
             # The request budget (shared with other clients) ran dry: the pool must wait for the reset.
             headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
             return _json(_response(rid), headers=headers)
+        if scenario == "brotli_unasked":
+            # Says br, which the runner never offers (and cannot decode without the Brotli package).
+            return web.Response(
+                body=b'{"id": "resp_br"}', headers={"content-type": "application/json", "content-encoding": "br"}
+            )
+        if scenario == "pay_402_plain":
+            # A gateway's 402 with no OpenAI error object, hence no code.
+            return _raw("Payment Required", 402, "text/plain")
+        if scenario == "text_nul":
+            # A NUL in the answer (JSON escapes it as \u0000): SQLite's JSON functions end a string there.
+            return _json(_response(rid, text="before\x00after, and the rest"))
         if scenario == "big_header":
             return _json(_response(rid), headers={"x-request-id": "r" * 10_000})
         if scenario == "trickle":
             return await self.trickle(request, rid)
+        if scenario == "bg_hint_zero":
+            self.created[rid] = asyncio.get_running_loop().time()
+            return _json(_response(rid, status="queued"), headers={"openai-poll-after-ms": "0"})
         if scenario.startswith("bg_"):
             return _json(_response(rid, status="queued"))
         return _json(_response(rid), headers={"x-request-id": f"req_{rid}"})
@@ -236,10 +253,33 @@ class Server:
             return _json(_response("resp_someone_else", text="not yours"))
         if scenario == "bg_inf_headers":
             return _json(_response(rid), headers=RATE_HEADERS["rl_inf"])
+        if scenario == "bg_hint_zero" and asyncio.get_running_loop().time() - self.created.get(rid, 0.0) < 1.0:
+            # Running for a second, and saying on every reply to poll again at once.
+            return _json(_response(rid, status="in_progress"), headers={"openai-poll-after-ms": "0"})
+        if scenario.startswith("bg_running"):
+            # Runs until it is cancelled, so that a test can cancel it.
+            return _json(_response(rid, status="cancelled" if rid in self.cancelled else "in_progress"))
         return _json(_response(rid))
 
+    async def cancel(self, request: web.Request) -> web.StreamResponse:
+        rid = request.match_info["rid"]
+        scenario = rid.split("_", 1)[1].rsplit("_", 1)[0] if rid.count("_") >= 2 else ""
+        self.cancels[scenario] += 1
+        if scenario == "bg_running_cancel_other_id":
+            # Somebody else's finished answer, as a proxy mixing up ids would send: never this request's.
+            return _json(_response("resp_someone_else", text="not yours"))
+        self.cancelled.add(rid)
+        return _json(_response(rid, status="cancelled"))
+
     async def stats(self, request: web.Request) -> web.Response:
-        return _json({"posts": dict(self.posts), "polls": dict(self.polls), "total_posts": sum(self.posts.values())})
+        return _json(
+            {
+                "posts": dict(self.posts),
+                "polls": dict(self.polls),
+                "cancels": dict(self.cancels),
+                "total_posts": sum(self.posts.values()),
+            }
+        )
 
 
 def make_app() -> web.Application:
@@ -247,6 +287,7 @@ def make_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/responses", server.create)
     app.router.add_get("/v1/responses/{rid}", server.retrieve)
+    app.router.add_post("/v1/responses/{rid}/cancel", server.cancel)
     app.router.add_get("/_stats", server.stats)
     return app
 

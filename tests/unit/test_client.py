@@ -545,15 +545,15 @@ async def test_a_body_over_the_limit_fails_the_request_and_says_so() -> None:
 @pytest.mark.anyio
 async def test_a_non_openai_error_keeps_method_url_and_text_but_never_the_key() -> None:
     def echo(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(405, text=f"Not allowed. You sent {request.headers['authorization']}\n" + "y" * 3000)
+        return httpx.Response(405, text=f"Not allowed. You sent {request.headers['api-key']}\n" + "y" * 3000)
 
-    async with ApiClient("https://user:pw@api.example.test/v1", KEY, transport=httpx.MockTransport(echo)) as c:
+    # The key as `api-key`: URL credentials beside a key in the Authorization header are refused at the start.
+    url = "https://user:pw@api.example.test/v1"
+    async with ApiClient(url, KEY, auth_style=AuthStyle.API_KEY, transport=httpx.MockTransport(echo)) as c:
         with pytest.raises(PermanentApiError) as info:
             await c.retrieve("resp_1")
     msg = info.value.message
-    assert msg.startswith(
-        "HTTP 405 from GET https://api.example.test/v1/responses/resp_1: Not allowed. You sent Bearer"
-    )
+    assert msg.startswith("HTTP 405 from GET https://api.example.test/v1/responses/resp_1: Not allowed. You sent")
     assert KEY not in msg and "[redacted]" in msg and "pw" not in msg
     assert msg.count("y") <= 1024
 
