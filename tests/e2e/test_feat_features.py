@@ -4,6 +4,7 @@ before the fix it came with."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,25 @@ def test_report_says_failed_as_status_and_jobs_do_when_every_line_failed(
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == f"job {job} (in) · 2 requests · failed"
     assert "status <b>failed</b>" in (tmp_path / "r.html").read_text()
+
+
+def test_max_cost_holds_on_the_batch_lane(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    # `--lane batch --max-cost` uploaded every queued line: $0.0037 spent against a $0.001 budget, exit 0.
+    mock = mock_factory("--batch-validate-delay", "0", "--batch-run-delay", "0", "--batch-finalize-delay", "0")
+    example = Path(__file__).resolve().parents[2] / "jobs" / "example.jsonl"
+    job = cli.submit(example)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock.base_url}
+    r = cli("run", job, "--lane", "batch", "--batch-max-lines", "20", "--max-cost", "0.001", extra_env=env)
+    assert r.returncode == 4, r.stderr
+    assert "stopped at the budget: spent $" in r.stderr
+    report = json.loads(cli("report", job, "--json").stdout)
+    assert 0 < report["cost"]["usd"] <= 0.001
+    queued = report["counts"]["queued"]
+    assert queued > 0
+    assert f"{queued:,} requests left queued" in r.stderr
+    # A later run without the budget finishes the job and sends no line twice.
+    r = cli("run", job, "--lane", "batch", extra_env=env)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(urllib.request.urlopen(mock.base_url.removesuffix("/v1") + "/_mock/stats").read())
+    assert stats["batch"]["max_uploads_of_a_line"] == 1
+    assert stats["batch"]["lines_uploaded"] == 200
