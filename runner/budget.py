@@ -82,6 +82,16 @@ class Budget:
         usage = UsageCounts(input_tokens=round(text * self._ratio()) + 1, output_tokens=round(out) + 1)
         return price.cost(usage), text
 
+    def hold(self, request_id: int, body_json: str, factor: float = 1.0) -> None:
+        """Count a request already sent (by an earlier run: a batch still open) as in flight, fit or not."""
+        try:
+            body = orjson.loads(body_json)
+        except orjson.JSONDecodeError:
+            return
+        est = self.estimate(body) if isinstance(body, dict) else None
+        if est is not None:
+            self._in_flight[request_id] = _InFlight(model_of(body), est[0] * factor, est[1], factor)
+
     def admit(self, request_id: int, body_json: str, factor: float = 1.0) -> bool:
         """Whether the request fits in what is left; if it does, its estimate counts as in flight from now.
 

@@ -58,6 +58,7 @@ from runner.store.batches import (
     QueuePosition,
     chunk_lines,
     clear_lane,
+    member_bodies,
     members,
     next_due,
     open_batches,
@@ -244,6 +245,12 @@ class BatchLane:
         self.snap.total = sum(counts.values())
         self.snap.done = self.snap.done_before = sum(v for k, v in counts.items() if k not in ACTIVE)
         await self.store.mark_started(self.job_ids)
+        if self.budget is not None:
+            # Batches an earlier run left open are paid when they end: their estimates count as in flight.
+            factor = self.budget.prices.lane_factor(Lane.BATCH.value)
+            for row in await open_batches(self.store, self.job_ids):
+                for request_id, body in await member_bodies(self.store, row.id):
+                    self.budget.hold(request_id, body, factor)
         reason, error = StopReason.DONE, None
         detached = False
         try:

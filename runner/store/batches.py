@@ -262,6 +262,18 @@ async def members(store: Store, batch_row: int) -> dict[str, Member]:
     return await store.read(go)
 
 
+async def member_bodies(store: Store, batch_row: int) -> list[tuple[int, str]]:
+    """(id, body) of the requests still leased to `batch_row`: what an open batch may yet cost."""
+    stmt = select(requests.c.id, requests.c.body).where(
+        requests.c.lease_owner == owner_of(batch_row), requests.c.state == IP
+    )
+
+    async def go(conn: AsyncConnection) -> list[tuple[int, str]]:
+        return [(r.id, r.body) for r in await conn.execute(stmt)]
+
+    return await store.read(go)
+
+
 async def leftovers(store: Store, batch_row: int) -> list[Member]:
     """The requests of `batch_row` that its output and error files did not settle."""
     return list((await members(store, batch_row)).values())

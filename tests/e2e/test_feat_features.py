@@ -72,3 +72,19 @@ def test_max_cost_holds_on_the_batch_lane(cli: Cli, mock_factory: Any, tmp_path:
     stats = json.loads(urllib.request.urlopen(mock.base_url.removesuffix("/v1") + "/_mock/stats").read())
     assert stats["batch"]["max_uploads_of_a_line"] == 1
     assert stats["batch"]["lines_uploaded"] == 200
+
+
+def test_max_cost_counts_the_batches_a_detached_run_left_open(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    # A cron line `runner run --lane batch --max-cost X --detach`, run twice, packed X twice: the open
+    # batches of the first were not counted by the second.
+    mock = mock_factory("--batch-run-delay", "30")
+    example = Path(__file__).resolve().parents[2] / "jobs" / "example.jsonl"
+    job = cli.submit(example)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock.base_url}
+    args = ("run", job, "--lane", "batch", "--max-cost", "0.002", "--detach")
+    r = cli(*args, extra_env=env)
+    assert r.returncode == 0, r.stderr
+    queued = cli.status(job)["counts"]["queued"]
+    assert 0 < queued < 200
+    r = cli(*args, extra_env=env)
+    assert cli.status(job)["counts"]["queued"] == queued, r.stderr
