@@ -729,6 +729,9 @@ async def run_spec(
         reuse=spec.job.reuse,
         cache_keys=spec.job.cache_keys,
     )
+    for src in files:
+        # Before anything is queued or paid for; the job id is not known yet, and a path named by it is new.
+        spec.check_outputs(job_id="job_id", date=date, source=src)
     jobs: list[SpecJob] = []
     async with _queueing_store(s.db) as store:
         for src in files:

@@ -88,3 +88,20 @@ def test_max_cost_counts_the_batches_a_detached_run_left_open(cli: Cli, mock_fac
     assert 0 < queued < 200
     r = cli(*args, extra_env=env)
     assert cli.status(job)["counts"]["queued"] == queued, r.stderr
+
+
+def test_a_spec_whose_output_is_a_directory_stops_before_anything_is_sent(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # The run sent and paid for every line, then failed writing the results (exit 2, "nothing was changed").
+    mock = mock_factory()
+    example = Path(__file__).resolve().parents[2] / "jobs" / "example.jsonl"
+    (tmp_path / "in.jsonl").write_bytes(example.read_bytes())
+    (tmp_path / "out" / "r.jsonl").mkdir(parents=True)
+    spec = tmp_path / "n.toml"
+    spec.write_text('[job]\ninput = "in.jsonl"\n[output]\nresults = "out/r.jsonl"\n')
+    r = cli("run", str(spec), extra_env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock.base_url})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"runner: {spec}: [output] results: {tmp_path}/out/r.jsonl is a directory"]
+    stats = json.loads(urllib.request.urlopen(mock.base_url.removesuffix("/v1") + "/_mock/stats").read())
+    assert stats["creates"] == 0
