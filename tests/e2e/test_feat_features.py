@@ -105,3 +105,18 @@ def test_a_spec_whose_output_is_a_directory_stops_before_anything_is_sent(
     assert r.stderr.strip().splitlines() == [f"runner: {spec}: [output] results: {tmp_path}/out/r.jsonl is a directory"]
     stats = json.loads(urllib.request.urlopen(mock.base_url.removesuffix("/v1") + "/_mock/stats").read())
     assert stats["creates"] == 0
+
+
+def test_a_chain_run_on_the_batch_lane_then_the_sync_lane_completes(cli: Cli, mock_factory: Any) -> None:
+    # The batch lane sent the parents (trip-1...) as batch lines and left their children to the sync lane,
+    # where every child failed previous_response_not_found: a batch answer cannot be continued.
+    mock = mock_factory("--batch-validate-delay", "0", "--batch-run-delay", "0", "--batch-finalize-delay", "0")
+    chains = Path(__file__).resolve().parents[2] / "jobs" / "chains.jsonl"
+    job = cli.submit(chains)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock.base_url}
+    r = cli("run", job, "--lane", "batch", extra_env=env)
+    assert "9 requests share a conversation or continue another line" in r.stderr  # parents too
+    assert cli.status(job)["counts"]["queued"] == 9
+    r = cli("run", job, extra_env=env)
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 9
