@@ -46,8 +46,8 @@ from runner.spec import JobSpec, load_spec
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.store.batches import usage_by_model_and_lane
 from runner.store.fleet import FleetClock, fleet_view, unregister
-from runner.store.reports import usage_by_model
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
@@ -356,6 +356,7 @@ async def run(
                         detach=detach,
                         pack=s.lane is Lane.BATCH,
                         on_progress=on_progress,
+                        budget=budget if s.lane is Lane.BATCH else None,
                     )
                 )
             if s.lane is not Lane.BATCH:
@@ -363,6 +364,9 @@ async def run(
             caught: list[int] = []
             result: RunResult | StoreUnavailable = RunResult(StopReason.DONE)
             for worker in workers:
+                if worker is not workers[0] and isinstance(worker, Run) and s.max_cost is not None:
+                    # What the batches collected first cost counts against the budget too.
+                    worker.budget = await _budget(store, ids, s.max_cost, load_prices(_prices_file(prices, s)))
                 before = result
                 result = await _drive(worker, caught, handle_signals)
                 if isinstance(result, StoreUnavailable):
@@ -476,8 +480,9 @@ async def _budget(store: Store, job_ids: Sequence[str], limit: float, prices: Pr
     """A budget over what the jobs have cost so far, with the store's recent answers as output history."""
     spent = 0.0
     for jid in job_ids:
-        for m in await usage_by_model(store, jid):
-            spent += prices.cost(m.model, m.usage) or 0.0
+        # Priced per lane, as the report prices them: the Batch API and the flex tier pay the Batch rate.
+        for m in await usage_by_model_and_lane(store, jid):
+            spent += (prices.cost(m.model, m.usage) or 0.0) * prices.lane_factor(m.lane)
     history = OutputHistory.from_bodies(await completed_outputs(store))
     return Budget(limit, prices, spent=spent, history=history)
 
@@ -725,6 +730,9 @@ async def run_spec(
         reuse=spec.job.reuse,
         cache_keys=spec.job.cache_keys,
     )
+    for src in files:
+        # Before anything is queued or paid for; the job id is not known yet, and a path named by it is new.
+        spec.check_outputs(job_id="job_id", date=date, source=src)
     jobs: list[SpecJob] = []
     async with _queueing_store(s.db) as store:
         for src in files:

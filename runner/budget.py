@@ -35,6 +35,7 @@ class _InFlight:
     model: str | None
     usd: float
     text_tokens: float  # the text estimate of its input, to calibrate against the usage that comes back
+    factor: float = 1.0  # what its lane pays of the standard price (the batch lane: the Batch rate)
 
 
 @dataclass
@@ -81,8 +82,20 @@ class Budget:
         usage = UsageCounts(input_tokens=round(text * self._ratio()) + 1, output_tokens=round(out) + 1)
         return price.cost(usage), text
 
-    def admit(self, request_id: int, body_json: str) -> bool:
-        """Whether the request fits in what is left; if it does, its estimate counts as in flight from now."""
+    def hold(self, request_id: int, body_json: str, factor: float = 1.0) -> None:
+        """Count a request already sent (by an earlier run: a batch still open) as in flight, fit or not."""
+        try:
+            body = orjson.loads(body_json)
+        except orjson.JSONDecodeError:
+            return
+        est = self.estimate(body) if isinstance(body, dict) else None
+        if est is not None:
+            self._in_flight[request_id] = _InFlight(model_of(body), est[0] * factor, est[1], factor)
+
+    def admit(self, request_id: int, body_json: str, factor: float = 1.0) -> bool:
+        """Whether the request fits in what is left; if it does, its estimate counts as in flight from now.
+
+        `factor` is what the request's lane pays of the standard price (PriceTable.lane_factor)."""
         try:
             body = orjson.loads(body_json)
         except orjson.JSONDecodeError:
@@ -94,10 +107,11 @@ class Budget:
             self.unpriced_model = model_of(body) or "(no model)"
             return False
         usd, text = est
+        usd *= factor
         if self.spent + self.in_flight_usd + usd > self.limit:
             self.refused_usd = usd
             return False
-        self._in_flight[request_id] = _InFlight(model_of(body), usd, text)
+        self._in_flight[request_id] = _InFlight(model_of(body), usd, text, factor)
         return True
 
     def settle(self, request_id: int, usage: UsageCounts) -> None:
@@ -106,7 +120,7 @@ class Budget:
         if x is None:
             return
         cost = self.prices.cost(x.model, usage)
-        self.spent += cost or 0.0
+        self.spent += (cost or 0.0) * x.factor
         if usage.input_tokens > 0:
             self._text_sum += x.text_tokens
             self._input_sum += usage.input_tokens

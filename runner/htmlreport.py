@@ -120,7 +120,7 @@ def render_html(report: Report, tl: Timeline) -> str:
         title=_e(title),
         job=_e(j["job_id"]),
         name=_e(j["name"]),
-        status=_e(j["status"]),
+        status=_e(j["state"]),
         total=_e(j["total"]),
         elapsed=_e("" if j["elapsed_seconds"] is None else f"{j['elapsed_seconds']:.1f} s"),
         cost=_e(f"{'at least ' if not cost['complete'] else ''}${cost['usd']:.4f}"),

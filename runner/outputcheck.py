@@ -79,11 +79,21 @@ def wanted(body_text: str) -> Wanted | None:
 
 @functools.lru_cache(maxsize=64)
 def _validator(schema_text: str) -> Any:
+    schema = orjson.loads(schema_text)
+    return _validator_class(schema)(schema)
+
+
+def _validator_class(schema: Any) -> Any:
+    """The draft the schema's `$schema` names; the newest one otherwise.
+
+    jsonschema looks a `$schema` up as a URL and raises AttributeError or TypeError on one that is not a
+    string (`"$schema": 5`): the newest draft is taken instead, and its check_schema names the field.
+    """
     from jsonschema import validators
 
-    schema = orjson.loads(schema_text)
-    cls = validators.validator_for(schema)  # the draft its $schema names; the newest one otherwise
-    return cls(schema)
+    if isinstance(schema, dict) and not isinstance(schema.get("$schema", ""), str):
+        return validators.validator_for({})
+    return validators.validator_for(schema)
 
 
 def schema_problem(schema: Any) -> str | None:
@@ -102,11 +112,10 @@ def schema_problem(schema: Any) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _schema_problem(text: str) -> str | None:
     from jsonschema import exceptions as js_exceptions
-    from jsonschema import validators
 
     schema = orjson.loads(text)
     try:
-        validators.validator_for(schema).check_schema(schema)
+        _validator_class(schema).check_schema(schema)
         _validator(text)
     except js_exceptions.SchemaError as e:
         return _where(e.absolute_path, e.message, "schema")

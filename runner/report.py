@@ -15,6 +15,7 @@ from runner.costs import UNKNOWN_MODEL, LaneCost, Reused, reused_summary
 from runner.outputcheck import CheckStatus
 from runner.prices import PriceTable
 from runner.states import RequestState
+from runner.status import job_state
 from runner.store import Store, UsageCounts
 from runner.store.batches import usage_by_model_and_lane
 from runner.store.outputs import CheckCounts, check_counts
@@ -86,6 +87,7 @@ class Report:
     name: str
     source: str
     status: str
+    state: str  # the status in words, as `runner status` and `runner jobs` say it (`done, 3 failed`, `failed`)
     generated_at: float
     total: int
     counts: dict[str, int]
@@ -157,6 +159,7 @@ class Report:
             "name": self.name,
             "source": self.source,
             "status": self.status,
+            "state": self.state,
             "generated_at": self.generated_at,
             "total": self.total,
             "counts": dict(self.counts),
@@ -252,7 +255,7 @@ class Report:
     def render_text(self) -> str:
         """The report for a terminal: about 25 lines at most. Names, ids and messages from outside are escaped."""
         p = printable
-        out: list[str] = [f"job {p(self.job_id)} ({p(self.name)}) · {self.total} requests · {self.status}"]
+        out: list[str] = [f"job {p(self.job_id)} ({p(self.name)}) · {self.total} requests · {self.state}"]
         out.append("  " + " · ".join(f"{s.replace('_', ' ')} {self.counts.get(s, 0)}" for s in _STATE_ORDER))
         u = self.usage
         share = f" ({round(100 * self.cached_share)} % of input from the prompt cache)" if u.cached_tokens else ""
@@ -362,6 +365,7 @@ async def build_report(store: Store, job_id: str, prices: PriceTable) -> Report:
         name=st.job.name,
         source=st.job.source,
         status=status.value,
+        state=job_state(st),
         generated_at=now,
         total=st.job.total,
         counts={s: st.counts.get(s, 0) for s in _STATE_ORDER},

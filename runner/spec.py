@@ -246,6 +246,22 @@ class JobSpec(_Section):
                     )
         return files
 
+    def check_outputs(self, *, job_id: str, date: dt.date | None = None, source: Path | None = None) -> None:
+        """SpecError when an output of this job cannot be written: the path is a directory, or a file stands
+        where a directory above it must be. Checked before the run, not found after it was paid for."""
+        kinds: tuple[OutputKind, ...] = ("results", "errors", "report", "report_html")
+        for kind in kinds:
+            path = self.output_path(kind, job_id=job_id, date=date, source=source)
+            if path is None:
+                continue
+            if path.is_dir():
+                raise SpecError(f"{self._path}: [output] {kind}: {path} is a directory")
+            for parent in path.parents:
+                if parent.exists():
+                    if not parent.is_dir():
+                        raise SpecError(f"{self._path}: [output] {kind}: {parent} is not a directory")
+                    break
+
     def output_path(
         self, kind: OutputKind, *, job_id: str, date: dt.date | None = None, source: Path | None = None
     ) -> Path | None:

@@ -324,6 +324,13 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
                 f"stopped: cannot keep to --max-cost: no price for model {printable(model)} (add it with"
                 f" --prices FILE); spent ${spent:.4f} of ${limit:.4f}; {queued:,} requests left queued"
             )
+        elif (r.budget.refused_usd or 0) <= limit - spent:
+            # The batch lane packs once per run: its batches cost less than estimated, so some is left.
+            say(
+                f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}; the batches were packed to fit it with"
+                f" estimates above what they cost, so ${limit - spent:.4f} is left; {queued:,} requests left queued"
+                " (run again to send more, with a higher --max-cost to finish)"
+            )
         else:
             say(
                 f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}, ${max(limit - spent, 0):.4f} left,"

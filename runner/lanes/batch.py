@@ -32,8 +32,9 @@ import anyio
 import httpx
 import orjson
 
+from runner.budget import Budget
 from runner.client import ApiClient, ApiReply, classify
-from runner.config import BATCH_MAX_BYTES, INITIAL_RETRY_DELAY
+from runner.config import BATCH_MAX_BYTES, INITIAL_RETRY_DELAY, Lane
 from runner.errors import (
     ApiError,
     BillingError,
@@ -57,6 +58,7 @@ from runner.store.batches import (
     QueuePosition,
     chunk_lines,
     clear_lane,
+    member_bodies,
     members,
     next_due,
     open_batches,
@@ -178,6 +180,7 @@ class BatchLane:
         detach: bool = False,
         pack: bool = True,
         on_progress: Callable[[Snapshot], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -207,6 +210,13 @@ class BatchLane:
         self._poll_wait: dict[int, float] = {}
         self.problems: list[str] = []
         self.status_line = ""
+        # --max-cost: a request is packed only if it fits, its estimate at the Batch rate counted until its
+        # batch is merged (runner/budget.py). A batch is paid whole, so the budget is kept when packing. Once a
+        # request did not fit, this run packs no more: estimates run above real costs (output bounded by
+        # max_output_tokens), so packing again after each merge would send ever smaller batches, each of
+        # which may take hours; the run stops at the budget once its batches are merged.
+        self.budget = budget
+        self._budget_blocked = False
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -235,6 +245,12 @@ class BatchLane:
         self.snap.total = sum(counts.values())
         self.snap.done = self.snap.done_before = sum(v for k, v in counts.items() if k not in ACTIVE)
         await self.store.mark_started(self.job_ids)
+        if self.budget is not None:
+            # Batches an earlier run left open are paid when they end: their estimates count as in flight.
+            factor = self.budget.prices.lane_factor(Lane.BATCH.value)
+            for row in await open_batches(self.store, self.job_ids):
+                for request_id, body in await member_bodies(self.store, row.id):
+                    self.budget.hold(request_id, body, factor)
         reason, error = StopReason.DONE, None
         detached = False
         try:
@@ -261,6 +277,7 @@ class BatchLane:
             detached=detached,
             batches_open=still_open,
             problems=list(self.problems),
+            budget=self.budget if reason is StopReason.BUDGET else None,
         )
 
     async def _loop(self) -> bool:
@@ -272,7 +289,7 @@ class BatchLane:
             for row in rows:
                 if row.step in (PACKED, UPLOADED) and await self._adopt(row):
                     await self._submit(row)  # a chunk an earlier run was killed in the middle of
-            if self.pack and not self._no_more_packing and time.time() >= self._hold_until:
+            if self.pack and not self._no_more_packing and not self._budget_blocked and time.time() >= self._hold_until:
                 await self._pack_all()
             rows = [r for r in await open_batches(self.store, self.job_ids) if r.step == CREATED]
             if self.detach:
@@ -280,6 +297,8 @@ class BatchLane:
             if rows:
                 await self._poll(rows)
                 continue
+            if self._budget_blocked:
+                raise _Stopped(StopReason.BUDGET)
             if not self.pack or self._no_more_packing:
                 return False
             queued, due = await next_due(self.store, self.job_ids)
@@ -314,13 +333,17 @@ class BatchLane:
         groups: dict[tuple[str, str], list[int]] = {}
         sizes: dict[tuple[str, str], int] = {}
         after: QueuePosition = None
-        while True:
+        factor = self.budget.prices.lane_factor(Lane.BATCH.value) if self.budget is not None else 1.0
+        while not self._budget_blocked:
             page, after = await queued_page(self.store, self.job_ids, after, PAGE)
             if not page:
                 break
             for row_id, job_id, custom_id, body in page:
                 if row_id in self._undone:
                     continue
+                if self.budget is not None and not self.budget.admit(row_id, body, factor):
+                    self._budget_blocked = True
+                    break
                 key = (job_id, _model_of(body))
                 size = len(batch_line(custom_id, body)) + 1
                 ids = groups.setdefault(key, [])
@@ -537,6 +560,8 @@ class BatchLane:
 
         def put(o: Outcome) -> int:
             count_outcome(self.snap, o)
+            if self.budget is not None:
+                self.budget.settle(o.request_id, o.usage)
             if o.to is RequestState.QUEUED:
                 requeued.append(o.request_id)
                 if o.error_code in UNDONE_CODES:

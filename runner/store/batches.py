@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, case, delete, exists, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
@@ -106,6 +106,14 @@ QueuePosition = tuple[str, int, int] | None
 _BEFORE_ALL = -1  # below every sched (a line number) and id
 
 
+def _continued() -> ColumnElement[bool]:
+    """The request is the parent of another line (`previous_response_id: "@id"`). A Batch API answer cannot be
+    continued (the mock, like the API, keeps no batch response to continue), so a parent is left to the sync
+    lane with its children: sent by the batch lane, its children failed `previous_response_not_found`."""
+    child = requests.alias("child")
+    return exists(select(child.c.id).where(child.c.parent_id == requests.c.id))
+
+
 async def queued_page(
     store: Store, job_ids: Sequence[str], after: QueuePosition, limit: int
 ) -> tuple[list[tuple[int, str, str, str]], QueuePosition]:
@@ -114,7 +122,7 @@ async def queued_page(
     walk of ix_requests_queued_sched; the batch lane needs each queued row once, in no particular order, and
     a submit's rows then enter one index fewer (migration 0014 dropped PostgreSQL's queued rows by id).
     Requests that share a conversation, or continue another line's response, are left out: they must run one
-    at a time, in order, which a batch cannot promise."""
+    at a time, in order, which a batch cannot promise. So are the lines others continue (see _continued)."""
     now = _now(store)
     todo = sorted(j for j in set(job_ids) if after is None or j >= after[0])
     # Written out, not bound: the partial index's WHERE must be provable from the statement on both backends.
@@ -132,6 +140,7 @@ async def queued_page(
                 requests.c.next_attempt_at <= now,
                 requests.c.conversation.is_(None),
                 requests.c.parent_id.is_(None),
+                ~_continued(),
             )
             # A seek into ix_requests_queued_sched, even from a job's start. PostgreSQL, given (sched, id) only,
             # chose the (job_id, state) index and sorted the job's queued rows for every page; given the whole
@@ -158,6 +167,7 @@ async def next_due(store: Store, job_ids: Sequence[str]) -> tuple[int, float | N
         requests.c.state == Q,
         requests.c.conversation.is_(None),
         requests.c.parent_id.is_(None),
+        ~_continued(),
     )
 
     async def go(conn: AsyncConnection) -> tuple[int, float | None]:
@@ -187,7 +197,7 @@ async def queued_in_conversations(store: Store, job_ids: Sequence[str]) -> int:
     stmt = select(func.count()).where(
         requests.c.job_id.in_(list(job_ids)),
         requests.c.state == Q,
-        or_(requests.c.conversation.is_not(None), requests.c.parent_id.is_not(None)),
+        or_(requests.c.conversation.is_not(None), requests.c.parent_id.is_not(None), _continued()),
     )
 
     async def go(conn: AsyncConnection) -> int:
@@ -258,6 +268,18 @@ async def members(store: Store, batch_row: int) -> dict[str, Member]:
 
     async def go(conn: AsyncConnection) -> dict[str, Member]:
         return {r.custom_id: Member(r.id, r.job_id, r.line_no, r.attempts) for r in await conn.execute(stmt)}
+
+    return await store.read(go)
+
+
+async def member_bodies(store: Store, batch_row: int) -> list[tuple[int, str]]:
+    """(id, body) of the requests still leased to `batch_row`: what an open batch may yet cost."""
+    stmt = select(requests.c.id, requests.c.body).where(
+        requests.c.lease_owner == owner_of(batch_row), requests.c.state == IP
+    )
+
+    async def go(conn: AsyncConnection) -> list[tuple[int, str]]:
+        return [(r.id, r.body) for r in await conn.execute(stmt)]
 
     return await store.read(go)
 

@@ -271,7 +271,7 @@ async def test_text_form_fits_one_screen_and_says_lower_bound(store: Store, db: 
     text = (await build_report(store, JOB, load_prices())).render_text()
     lines = text.splitlines()
     assert len(lines) <= 25
-    assert lines[0].startswith(f"job {JOB} (nightly) · 13 requests · completed")
+    assert lines[0].startswith(f"job {JOB} (nightly) · 13 requests · done, 5 failed")
     assert "cost: at least $0.0056 " in text
     assert f"{CUSTOM}: 1 req · in 3,000 (cached 0) · out 700 · no price" in text
     assert "lower bound" in text
