@@ -154,10 +154,12 @@ def test_billing_stop_in_a_spec_run_exits_3(cli: Cli, mock_factory: Any, tmp_pat
 
 
 def test_export_of_a_running_job_has_what_is_done_so_far(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
-    mock = mock_factory("--latency", "0.3")
+    # 80 lines two at a time at 0.5 s: 20 s in all, so the run is still going when the export (a CLI start, slow
+    # on a loaded machine: at 0.3 s and four at a time the run once finished first) reads the store.
+    mock = mock_factory("--latency", "0.5")
     src = write_jobfile(tmp_path / "in.jsonl", 80)
     job = cli.submit(src)
-    run = cli.popen("run", job, *run_args(mock, "--concurrency", "4", "--quiet"))
+    run = cli.popen("run", job, *run_args(mock, "--concurrency", "2", "--quiet"))
     try:
         db = sqlite3.connect(cli.db)
         deadline = time.monotonic() + 30

@@ -12,6 +12,10 @@ Many runners (on many machines) share one database. What makes that safe lives h
 
 asyncpg is an optional extra (`pip install 'responses-runner[postgres]'`): without it a PostgreSQL URL is
 one line naming the extra.
+
+Over 400 lines on purpose: the backend's seam (opening, migrating, the hot statements) and the one-line reasons
+for everything a misconfigured server or URL can raise (`why_unusable`) read the same driver errors; apart, a
+new driver error would be classified in one place and raised unexplained from the other.
 """
 
 from __future__ import annotations
