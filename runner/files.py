@@ -2,6 +2,8 @@
 
 A target that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a named pipe) is written in
 place instead: renaming over it would replace the device or pipe itself (as root, /dev/null for everyone).
+So is a link that leads through /dev or an open descriptor (/dev/stdout sent to a file); any other link keeps
+pointing where it did, and the file it names is the one written whole.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ def _in_place(target: Path) -> Iterator[IO[bytes]]:
         yield f
 
 
+def _leads_through_descriptor(link: Path) -> bool:
+    """Whether a chain of links passes /dev or an open descriptor (/proc/PID/fd/N), whose own link leads to
+    whatever the descriptor is (realpath then names that file, so each hop is looked at)."""
+    p = Path(os.path.abspath(link))
+    for _ in range(40):  # the kernel's own limit on links followed
+        parts = p.parts
+        if parts[1:2] == ("dev",) or (len(parts) > 3 and parts[1] == "proc" and parts[-2] == "fd"):
+            return True
+        if not p.is_symlink():
+            return False
+        p = Path(os.path.abspath(p.parent / os.readlink(p)))
+    return True
+
+
 @contextmanager
 def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     """A binary file that appears at `target` only when the block ends without an error.
@@ -66,6 +82,15 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     if mode is not None and not stat.S_ISREG(mode):
         yield from _in_place(target)
         return
+    if target.is_symlink():
+        real = Path(os.path.realpath(target))
+        if _leads_through_descriptor(target):
+            # /dev/stdout with stdout sent to a file: the link leads to a regular file, and renaming over the
+            # link replaced /dev/stdout itself (as root, for everyone). The descriptor is written as it is.
+            yield from _in_place(target)
+            return
+        # A user's link (results.jsonl -> /data/results.jsonl) stays a link: its file gets the new content.
+        target = real
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _sweep_dead_parts(target)

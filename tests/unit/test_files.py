@@ -97,3 +97,28 @@ def test_a_directory_target_is_refused_and_kept(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot write .*out: it is a directory"), atomic_writer(tmp_path / "out"):
         pass
     assert (tmp_path / "out").is_dir()
+
+
+def test_a_link_to_a_file_stays_a_link_and_its_file_gets_the_content(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "results.jsonl").write_bytes(b"old\n")
+    link = tmp_path / "results.jsonl"
+    link.symlink_to(data / "results.jsonl")
+    with atomic_writer(link) as f:
+        f.write(b"new\n")
+    assert link.is_symlink() and link.read_bytes() == b"new\n"
+    assert sorted(p.name for p in data.iterdir()) == ["results.jsonl"]
+
+
+def test_a_link_to_an_open_descriptor_is_written_through_not_replaced(tmp_path: Path) -> None:
+    # As /dev/stdout -> /proc/self/fd/1 with stdout sent to a file: renaming over the link replaced
+    # /dev/stdout itself with a regular file (as root, for everyone). Played with a link of our own.
+    out = tmp_path / "captured.txt"
+    with out.open("wb") as held:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{held.fileno()}")
+        with atomic_writer(link) as f:
+            f.write(b"exported\n")
+        assert link.is_symlink() and os.readlink(link) == f"/proc/self/fd/{held.fileno()}"
+    assert out.read_bytes() == b"exported\n"
