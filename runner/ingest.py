@@ -191,12 +191,21 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise Unreadable(reason, n) from None
 
 
+def _spool_from(src: BinaryIO, prefix: str, dst_dir: Path | None = None) -> Path:
+    """Copy a stream that can be read only once to a temporary file (the caller deletes it); its path."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".jsonl", dir=dst_dir)
+    try:
+        with open(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
 def spool_stdin(dst_dir: Path | None = None) -> Path:
     """Copy standard input to a temporary file (the caller deletes it) and return its path."""
-    fd, name = tempfile.mkstemp(prefix="runner-stdin.", suffix=".jsonl", dir=dst_dir)
-    with open(fd, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-    return Path(name)
+    return _spool_from(sys.stdin.buffer, "runner-stdin.", dst_dir)
 
 
 class _Problems:
@@ -362,14 +371,8 @@ async def _submit_files(
 
 def _spool(path: Path) -> Path:
     """Copy a pipe or device to a temporary file (the caller deletes it) and return its path."""
-    fd, name = tempfile.mkstemp(prefix="runner-pipe.", suffix=".jsonl")
-    try:
-        with open(fd, "wb") as out, path.open("rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name)
+    with path.open("rb") as src:
+        return _spool_from(src, "runner-pipe.")
 
 
 async def _stage(
