@@ -121,6 +121,7 @@ class CancelResult:
     cancel_failures: list[str] = field(default_factory=list)  # "response id: why", one per refused cancel
     doomed: DoomedJobError | None = None  # a bad key or base URL: no background response was cancelled
     batches_cancelled: int = 0  # open batches of the batch lane asked to cancel (`runner run` merges them)
+    batch_requests: int = 0  # their requests not merged yet: in progress until `runner run` merges or cancels them
 
     @property
     def cancelled(self) -> int:
@@ -833,9 +834,13 @@ async def cancel(
         from runner.worker.cancel import CANCEL_CONCURRENCY, cancel_background
 
         async with _client(s, transport, CANCEL_CONCURRENCY) as client:
-            n_batches, batch_failures = await cancel_batches(store, client, job_id) if batches else (0, [])
+            n_batches, n_waiting, batch_failures = (
+                await cancel_batches(store, client, job_id) if batches else (0, 0, [])
+            )
             if not in_flight:
-                return CancelResult(queued, cancel_failures=batch_failures, batches_cancelled=n_batches)
+                return CancelResult(
+                    queued, cancel_failures=batch_failures, batches_cancelled=n_batches, batch_requests=n_waiting
+                )
             t = await cancel_background(store, client, in_flight)
         return CancelResult(
             queued,
@@ -845,4 +850,5 @@ async def cancel(
             [*t.failures, *batch_failures],
             t.doomed,
             n_batches,
+            n_waiting,
         )

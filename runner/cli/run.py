@@ -369,7 +369,9 @@ def _cancel(ns: argparse.Namespace) -> ExitCode:
     if res.batches_cancelled:
         n = res.batches_cancelled
         parts.append(
-            f"{n} batch{'es' if n != 1 else ''} cancelled; `runner run {ns.job_id}` merges their partial results"
+            f"{n} batch{'es' if n != 1 else ''} cancelled, {res.batch_requests} requests in them not merged yet"
+            f" (in progress until `runner run {ns.job_id}` merges what the batches finished and marks the rest"
+            " cancelled)"
         )
     if res.still_running:
         parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")

@@ -81,6 +81,8 @@ ENDPOINT = "/v1/responses"
 WINDOW = "24h"
 META_JOB, META_CHUNK = "runner_job", "runner_chunk"
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# What the store writes on a request of a cancelled job that comes back to the queue (store/sqlite/hot.sql).
+CANCELLED_CODE, CANCELLED_WHY = "cancelled", "the job was cancelled"
 UNDONE_CODES = frozenset({"batch_expired", "batch_cancelled"})  # a row the batch never ran: worth another try
 LIMIT_CODES = frozenset({"token_limit_exceeded"})  # a batch refused for a queue limit: wait, then try again
 PAGE = 5_000  # queued requests read per query while packing
@@ -557,8 +559,15 @@ class BatchLane:
         left = await members(self.store, row.id)
         writer = WriteBack(self.store, owner_of(row.id))
         requeued: list[int] = []
+        # `runner cancel` cancelled the job (and this batch): what the batch did not run ends cancelled here,
+        # as the store would make it at once, so that this run counts it as cancelled and not as a retry.
+        job_cancelled = (await self.store.get_job(row.job_id)).cancelled_at is not None
 
         def put(o: Outcome) -> int:
+            if job_cancelled and o.to is RequestState.QUEUED:
+                o = Outcome(
+                    o.request_id, RequestState.CANCELLED, error_code=CANCELLED_CODE, error_message=CANCELLED_WHY
+                )
             count_outcome(self.snap, o)
             if self.budget is not None:
                 self.budget.settle(o.request_id, o.usage)
@@ -705,13 +714,14 @@ def _doomed(what: str, e: ApiError) -> DoomedJobError:
     return DoomedJobError(f"{what} failed: {e.describe()}; the batches made so far are kept, `runner run` resumes")
 
 
-async def cancel_batches(store: Store, client: ApiClient, job_id: str) -> tuple[int, list[str]]:
-    """`POST /batches/{id}/cancel` for each open batch of a job; (cancelled, failures as one line each).
+async def cancel_batches(store: Store, client: ApiClient, job_id: str) -> tuple[int, int, list[str]]:
+    """`POST /batches/{id}/cancel` for each open batch of a job; (batches cancelled, requests in them not merged
+    yet, failures as one line each).
 
     Their partial results are merged, and the rest cancelled, by the next `runner run` of the job (its
-    requests stay leased by their batch until then).
+    requests stay leased by their batch until then, so `runner status` counts them in progress).
     """
-    done, failures = 0, []
+    done, waiting, failures = 0, 0, []
     for row in await open_batches(store, [job_id]):
         if row.step != CREATED or row.batch_id is None or row.status in FINAL:
             continue
@@ -723,4 +733,5 @@ async def cancel_batches(store: Store, client: ApiClient, job_id: str) -> tuple[
         status = reply.body.get("status")
         await set_batch(store, row.id, status=status if isinstance(status, str) else "cancelling")
         done += 1
-    return done, failures
+        waiting += len(await members(store, row.id))
+    return done, waiting, failures
