@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
 import signal
 import stat
@@ -73,6 +74,10 @@ BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"  # the file name that means standard input
 STDIN_SHOWN = "<stdin>"
+STDIN_NAME = "stdin"  # the job name of standard input
+PIPE_NAME = "pipe"  # the job name of a pipe given as a descriptor's path (`runner submit <(zcat x.jsonl.gz)`)
+# A file descriptor's path, as a shell's process substitution gives it: its digits name no file a user knows.
+_DESCRIPTOR_PATH: Final = re.compile(r"/(?:dev|proc/(?:self|thread-self|\d+))/fd/\d+")
 MAX_CHAT_KEYS_SHOWN = 6
 
 
@@ -347,7 +352,7 @@ async def _submit_files(
     by_fingerprint: dict[str, SubmitResult] = {}
     try:
         for path, src in zip(paths, shown, strict=True):
-            job_name = name if len(paths) == 1 else f"{name}-{path.stem}" if name else None
+            job_name = name if len(paths) == 1 else f"{name}-{job_name_of(path, src)}" if name else None
             try:
                 staged = await _stage(store, path, src, job_name, options, new, on_warning, by_fingerprint)
             except InputError as e:
@@ -367,6 +372,21 @@ async def _submit_files(
                     await store.drop_job(d.result.job_id)
         raise
     return [d.result for d in done]
+
+
+def job_name_of(path: Path, shown: str) -> str:
+    """The job name of a file submitted without --name: its stem (`in` for in.jsonl), `stdin` for standard
+    input, and for a descriptor's path (/dev/fd/63) the stem of the file it is open on, or `pipe` for a pipe.
+    The temporary copy of stdin or a pipe is never named: its name means nothing to the user."""
+    if shown == STDIN_SHOWN:
+        return STDIN_NAME
+    if _DESCRIPTOR_PATH.fullmatch(shown) is None:
+        return path.stem
+    try:
+        real = Path(shown).resolve(strict=True)
+        return real.stem if real.is_file() else PIPE_NAME
+    except (OSError, RuntimeError):  # closed meanwhile, or a link loop: a pipe is all that can be said
+        return PIPE_NAME
 
 
 def _spool(path: Path) -> Path:
@@ -401,7 +421,7 @@ async def _stage(
     except OSError as e:
         raise InputError(shown, [LineProblem(0, "", f"cannot be read: {e.strerror or e}")], bad_lines=0) from None
     try:
-        name = name or path.stem  # the job's name, as for a file (not the temporary copy's)
+        name = name or job_name_of(path, shown)  # the job's name, as for a file (not the temporary copy's)
         return await _stage_file(store, spooled, shown, name, options, new, on_warning, by_fingerprint)
     finally:
         spooled.unlink(missing_ok=True)
@@ -435,7 +455,7 @@ async def _stage_file(
     job_id = new_job_id()
     await store.begin_job(
         job_id=job_id,
-        name=name or (shown.removeprefix("<").removesuffix(">") if shown == STDIN_SHOWN else path.stem),
+        name=name or job_name_of(path, shown),
         source=shown,
         fingerprint=fingerprint,
         background=options.background,
