@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Final
 
 
 class RequestState(StrEnum):
@@ -15,6 +16,12 @@ class RequestState(StrEnum):
     INCOMPLETE = "incomplete"  # the API stopped early (max_output_tokens, content_filter): a result
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+# The error code of a background request whose response could not be read back: its GETs failed with a
+# transient error (5xx, a timeout) --max-attempts times in a row. It keeps its response id, and `runner retry`
+# hands it back to be polled, not created (and paid for) a second time. Here because worker and store need it.
+POLL_FAILED: Final = "poll_failed"
 
 
 TERMINAL: frozenset[RequestState] = frozenset(

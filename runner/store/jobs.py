@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import JobBusy, JobNotFound
-from runner.states import RequestState
+from runner.states import POLL_FAILED, RequestState
 from runner.store.answer import keep_answers, referencing_jobs
 from runner.store.backend import InsertsAnswered
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
@@ -232,12 +232,35 @@ class JobsPart(StoreCore):
         return await self.write(go)
 
     async def retry_job(self, job_id: str) -> int:
-        """Failed requests back to queued with fresh attempts; the job is un-cancelled."""
+        """Failed requests back to queued with fresh attempts; the job is un-cancelled.
+
+        A background request that failed only because its response could not be polled (POLL_FAILED) was
+        created and may be paid for: it goes back to `in_progress` with its response id and no owner, which
+        the next run polls (`claim_polls`) and never sends again.
+        """
         await self.get_job(job_id)
         now = self._now()
 
         async def go(conn: AsyncConnection) -> int:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancelled_at=None))
+            polled = await conn.execute(
+                update(requests)
+                .where(
+                    requests.c.job_id == job_id,
+                    requests.c.state == RequestState.FAILED.value,
+                    requests.c.error_code == POLL_FAILED,
+                    requests.c.response_id.is_not(None),
+                )
+                .values(
+                    state=IP,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=None,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=now,
+                )
+            )
             r = await conn.execute(
                 update(requests)
                 .where(requests.c.job_id == job_id, requests.c.state == RequestState.FAILED.value)
@@ -252,7 +275,7 @@ class JobsPart(StoreCore):
                     updated_at=now,
                 )
             )
-            return int(r.rowcount)
+            return int(polled.rowcount) + int(r.rowcount)
 
         return await self.write(go)
 

@@ -43,6 +43,7 @@ from runner.config import POLL_BACKOFF, POLL_INITIAL_DELAY, POLL_MAX_DELAY
 from runner.errors import ApiError, BillingError, DoomedJobError, PermanentApiError, TransientApiError
 from runner.limits import RateLimiter
 from runner.reply import RESPONSE_ID_MISMATCH, header_count, read_id
+from runner.states import POLL_FAILED, RequestState
 from runner.store.models import Claimed, Outcome
 from runner.store.outputs import CheckRecord
 from runner.worker.outcomes import Checker, from_error, from_response, is_running
@@ -187,6 +188,7 @@ class _Item:
     hinted: bool = False  # first polled when the server said (`openai-poll-after-ms`)
     mismatches: int = 0
     hint_floor: float = MIN_STEP  # the least wait after a server's hint (see `_poll`)
+    failures: int = 0  # GETs in a row that failed with a transient error other than 429 (see `_unreadable`)
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: 256 parked workers cancelled at a run's end
@@ -399,6 +401,27 @@ class Poller:
         log.warning("line %s: %s", c.line_no, error.message)
         self._finish(from_error(c, error, max_attempts=0))
 
+    def _unreadable(self, item: _Item, error: TransientApiError) -> None:
+        """Every GET of a response failed with a transient error, as many times in a row as a create may be tried:
+        the request fails with POLL_FAILED instead of being polled every 30 s for ever (a run that never ended).
+        Its response id is kept, so `runner retry` polls it again; it is never created a second time here."""
+        c = item.claimed
+        message = (
+            f"GET /responses/{c.response_id} failed {item.failures} times in a row (last: {error.describe()});"
+            " the response may still finish on the server: `runner retry` polls it again, it is not sent again"
+        )
+        log.warning("line %s: %s", c.line_no, message)
+        self._finish(
+            Outcome(
+                c.id,
+                RequestState.FAILED,
+                http_status=error.status,
+                api_request_id=error.request_id,
+                error_code=POLL_FAILED,
+                error_message=message,
+            )
+        )
+
     async def _poll(self, item: _Item) -> None:
         c = item.claimed
         assert c.response_id is not None
@@ -414,6 +437,11 @@ class Poller:
                 self._limiter.observe(e.rate_limits, poll=True)
                 if isinstance(e, TransientApiError):
                     self._limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
+                    # A 429 asks for slower polls, which the limiter gives; it says nothing against the response.
+                    item.failures += e.status != 429
+                    if item.failures >= max(self._max_attempts, 1):
+                        self._unreadable(item, e)
+                        return
                 wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after else item.delay
                 item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
                 self._push(item, max(wait, item.delay))
@@ -430,6 +458,7 @@ class Poller:
                 self._finish(from_error(c, e, max_attempts=0))
                 return
             self._limiter.observe(reply.rate_limits, poll=True)
+            item.failures = 0
             got = read_id(reply.body.get("id"))
             if got != c.response_id:
                 self._mismatch(item, got, reply.status, reply.request_id)

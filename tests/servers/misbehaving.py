@@ -256,6 +256,10 @@ class Server:
         if scenario == "bg_hint_zero" and asyncio.get_running_loop().time() - self.created.get(rid, 0.0) < 1.0:
             # Running for a second, and saying on every reply to poll again at once.
             return _json(_response(rid, status="in_progress"), headers={"openai-poll-after-ms": "0"})
+        if scenario == "bg_get_503" or (scenario == "bg_get_503_twice" and self.polls[scenario] <= 2):
+            # The response was created, but reading it back fails: always, or for its first two GETs.
+            err = {"error": {"message": "The server is overloaded.", "type": "server_error", "code": "overloaded"}}
+            return _json(err, status=503)
         if scenario.startswith("bg_running"):
             # Runs until it is cancelled, so that a test can cancel it.
             return _json(_response(rid, status="cancelled" if rid in self.cancelled else "in_progress"))
