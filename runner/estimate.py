@@ -7,7 +7,8 @@ Per model:
   of the same model is learnt from the most recent answers in the store, and the estimate says so; with
   neither there is no upper bound, and the estimate says that too;
 - the cost is a range from the price table: low with the typical output (or none), high with the bound (or
-  the typical output). A model the table does not know is unpriced, never $0.
+  the typical output). A model the table does not know is unpriced: "price unknown", never $0, and the total
+  says that it leaves it out.
 
 - the prompt cache: a line whose prompt starts as an earlier line's of the same group does (runner/cachekeys.py,
   the rule submit groups lines by) may read that shared start back from the cache, at the cached rate. The
@@ -60,6 +61,8 @@ CHUNK: Final = 5000  # lines looked up in the store at once (reuse)
 NOT_ESTIMATED: Final = "nothing was estimated"
 CACHE_BLOCK: Final = 128  # tokens: the provider reads a cached prefix back in whole blocks of this many
 CACHE_MIN: Final = 1024  # tokens: a shorter shared start is never read from the cache
+PRICE_UNKNOWN: Final = "price unknown"  # a model the price table does not know: never shown as $0
+MAX_NAMED: Final = 5  # unpriced models named in the total line
 CACHE_GROUPS: Final = 10_000  # groups whose first prompt is kept to compare later lines with (memory stays flat)
 
 
@@ -190,6 +193,28 @@ class Estimate:
     def unpriced(self) -> list[str]:
         return [m.model for m in self.models.values() if m.price_key is None]
 
+    @property
+    def priced(self) -> bool:
+        """Whether any model of the estimate has a price: without one there is no dollar figure at all."""
+        return any(m.price_key is not None for m in self.models.values())
+
+    def total_text(self) -> str:
+        """The total, which never reads as $0 for models it could not price: it says it leaves them out."""
+        unpriced = self.unpriced
+        if not unpriced:
+            return _range(self.low_usd, self.high_usd)
+        names = ", ".join(printable(n) for n in unpriced[:MAX_NAMED])
+        if len(unpriced) > MAX_NAMED:
+            names += f" and {len(unpriced) - MAX_NAMED:,} more"
+        fix = f"add {'it' if len(unpriced) == 1 else 'them'} with --prices FILE; not sent under --max-cost"
+        if not self.priced:
+            return f"{PRICE_UNKNOWN}: no model here is in the price table ({names}: {fix})"
+        n = len(unpriced)
+        return (
+            f"{_range(self.low_usd, self.high_usd)} for the priced models, leaving out {n} unpriced"
+            f" model{'s' if n != 1 else ''} ({names}: {fix})"
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The `--json` document."""
         return {
@@ -201,9 +226,10 @@ class Estimate:
             "done": self.done,
             "input_tokens": round(sum(m.input_tokens for m in self.models.values())),
             "cached_tokens": round(sum(m.cached_tokens for m in self.models.values())),
+            # Over the priced models only (`complete` false when some are unpriced); null when none is priced.
             "cost_usd": {
-                "low": round(self.low_usd, 6),
-                "high": None if self.high_usd is None else round(self.high_usd, 6),
+                "low": round(self.low_usd, 6) if self.priced else None,
+                "high": None if self.high_usd is None or not self.priced else round(self.high_usd, 6),
                 "complete": not self.unpriced,
             },
             "unpriced": self.unpriced,
@@ -246,14 +272,13 @@ class Estimate:
                 out_text = low_text + "+"
             else:
                 out_text = low_text if round(high) == round(m.output_low) else f"{low_text}-{round(high):,}"
-            cost = "unpriced" if m.price_key is None else _range(m.low_usd or 0.0, m.high_usd)
+            cost = PRICE_UNKNOWN if m.price_key is None else _range(m.low_usd or 0.0, m.high_usd)
             cached = f" ({round(m.cached_tokens):,} may come from the prompt cache)" if m.cached_tokens >= 1 else ""
             out.append(
                 f"  {p(m.model)}: {m.lines:,} lines · input ~{round(m.input_tokens):,} tokens{cached} · output"
                 f" {out_text} tokens ({m.output_basis()}) · {cost}"
             )
-        bound = " (unpriced models not counted)" if self.unpriced else ""
-        out.append(f"  total: {_range(self.low_usd, self.high_usd)}{bound}")
+        out.append(f"  total: {self.total_text()}")
         if any(m.cached_tokens >= 1 for m in self.models.values()):
             out.append(
                 "  the low end prices the tokens the prompt cache may serve at the cached rate, the high end at"
