@@ -35,7 +35,8 @@ def _retry_options(p: argparse.ArgumentParser) -> None:
 
 def _retry(ns: argparse.Namespace) -> ExitCode:
     n = run_async(lambda: app.retry(ns.job_id, db=ns.db))
-    say(f"{n} failed requests queued again; `runner run {printable(ns.job_id)}` sends them")
+    # "finishes", not "sends": a request that failed as `poll_failed` is polled again, never sent again.
+    say(f"{n} failed requests queued again; `runner run {printable(ns.job_id)}` finishes them")
     return ExitCode.OK
 
 

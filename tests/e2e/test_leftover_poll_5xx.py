@@ -43,6 +43,8 @@ def test_a_response_that_cannot_be_polled_fails_named_and_retry_polls_it_without
 
     t = cli("retry", job)
     assert t.returncode == 0, t.stderr
+    assert f"2 failed requests queued again; `runner run {job}` finishes them" in t.stderr, t.stderr
+    assert cli.status(job)["counts"]["in_progress"] == 2  # to be polled, not queued to be sent
     r = cli(*run, timeout=60, extra_env=env)
     assert r.returncode == 1, r.stderr
     got = rows(cli.db)
