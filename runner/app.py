@@ -565,9 +565,9 @@ async def status_report(job_id: str, *, db: str | None = None) -> JobStatusRepor
         )
 
 
-async def jobs(*, db: str | None = None) -> list[JobStats]:
-    """Every job with its figures, oldest first."""
-    s = _settings(None, db)
+async def jobs(*, db: str | None = None, settings: Settings | None = None) -> list[JobStats]:
+    """Every job with its figures, oldest first (`settings`: a run's own, flags over the environment)."""
+    s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         return [await store.job_stats(j.id) for j in await store.list_jobs()]
 
