@@ -8,6 +8,7 @@ pointing where it did, and the file it names is the one written whole.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -119,8 +120,10 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
         _sweep_dead_parts(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{process_name()}.", suffix=".part", dir=target.parent)
     except OSError as e:
-        # A path the user gave that cannot be written: their input, not a runner failure.
-        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
+        # A path the user gave that cannot be written: their input, not a runner failure. A parent that is a
+        # file fails mkdir with "File exists", which named the wrong problem.
+        why = os.strerror(errno.ENOTDIR) if isinstance(e, FileExistsError) else e.strerror or str(e)
+        raise ConfigError(f"cannot write {target}: {why}") from None
     os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ConfigError
-from runner.files import refuse_store_file
+from runner.files import atomic_writer, refuse_store_file
 
 
 @pytest.mark.parametrize("name", ["runner.db", "runner.db-wal", "runner.db-shm", "runner.db-journal", "link.db"])
@@ -25,3 +25,13 @@ def test_other_paths_and_stores_without_a_file_pass(tmp_path: Path) -> None:
     refuse_store_file(tmp_path / "runner.db.jsonl", store)
     refuse_store_file(tmp_path / "runner.db", None)  # PostgreSQL: no file to protect
     refuse_store_file(Path("/dev/null"), store)
+
+
+def test_a_target_under_a_file_says_the_file_is_not_a_directory(tmp_path: Path) -> None:
+    # `-o results.jsonl/x.jsonl`: the directory it names is a file. The message said "File exists".
+    (tmp_path / "results.jsonl").write_text("kept\n")
+    for target in (tmp_path / "results.jsonl" / "x.jsonl", tmp_path / "results.jsonl" / "sub" / "x.jsonl"):
+        with pytest.raises(ConfigError) as info, atomic_writer(target) as f:
+            f.write(b"never\n")
+        assert str(info.value) == f"cannot write {target}: Not a directory", str(info.value)
+    assert (tmp_path / "results.jsonl").read_text() == "kept\n"
