@@ -516,7 +516,10 @@ async def export_job(
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "parquet" and (out is None or out == "-" or errors == "-"):
         raise ConfigError("--format parquet writes files, not stdout: give -o FILE")
-    for target in (out, errors):
+    for flag, target in (("-o", out), ("--errors", errors)):
+        if target == "":
+            # `--errors "$ERRORS"` with the variable unset: the failed lines went into the results file.
+            raise ConfigError(f"{flag} is empty: give a file path (or - for standard output)")
         if target is not None and target != "-":
             refuse_store_file(Path(target), store.path)
     if errors is not None and _same_file(out, errors):
