@@ -14,7 +14,7 @@ models.py     the values passed in and out; tables.py the schema; reports.py rea
 
 from __future__ import annotations
 
-from runner.store.backend import OpenMode, in_memory
+from runner.store.backend import OpenMode, refuse_in_memory
 from runner.store.models import (
     AttemptRow,
     Claimed,
@@ -47,6 +47,6 @@ __all__ = [
     "Store",
     "UsageCounts",
     "bounded_total",
-    "in_memory",
     "place_log",
+    "refuse_in_memory",
 ]

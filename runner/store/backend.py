@@ -194,13 +194,21 @@ async def retrying(is_transient: Callable[[BaseException], bool], fn: Callable[[
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def in_memory(db: str) -> bool:
-    """Whether `db` is an SQLite URL that names no file (`sqlite://`, `sqlite:///:memory:`): a store in this
-    process's memory, gone when the command ends (tests open one; a command must not)."""
-    from runner.store.postgres import is_postgres_url
+def refuse_in_memory(db: str) -> None:
+    """StoreUnavailable for an SQLite URL that names no file (`sqlite://`, `sqlite:///:memory:`): a store in
+    this process's memory, gone when the command ends (tests open one; a command must not)."""
+    from runner.store.postgres import is_postgres_url, masked
 
+    if is_postgres_url(db) or not _in_memory(db):
+        return
+    reason = "an in-memory database keeps nothing once the command ends; give a file path"
+    raise StoreUnavailable(masked(db), reason)
+
+
+def _in_memory(db: str) -> bool:
+    """Whether `db` is an SQLite path or URL that names no file (a PostgreSQL URL is not asked about)."""
     scheme, sep, _ = db.partition("://")
-    if is_postgres_url(db) or (sep and scheme.lower().partition("+")[0] != "sqlite"):
+    if sep and scheme.lower().partition("+")[0] != "sqlite":
         return False
     from runner.store.sqlite.engine import database_path
 

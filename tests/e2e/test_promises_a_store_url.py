@@ -40,3 +40,9 @@ def test_a_malformed_sqlite_url_is_one_line_not_a_traceback(cli: Cli, tmp_path: 
     assert r.stderr.endswith("; give a file path or sqlite:///PATH\n") and r.stderr.count("\n") == 1, r.stderr
     assert "pw" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_in_memory_url_with_a_password_is_shown_masked(cli: Cli) -> None:
+    r = cli("status", extra_env={"RUNNER_DB": "sqlite://u:s3cret@"})
+    assert r.returncode == 2 and r.stderr.startswith("runner: cannot use the store sqlite://u:***@: "), r.stderr
+    assert "s3cret" not in r.stderr
