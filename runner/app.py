@@ -45,7 +45,7 @@ from runner.report import Report, build_report
 from runner.spec import JobSpec, load_spec
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
-from runner.store import JobRow, JobStats, RequestDetail, Store, place_log
+from runner.store import JobRow, JobStats, RequestDetail, Store, place_log, refuse_in_memory
 from runner.store.batches import usage_by_model_and_lane
 from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reuse import completed_outputs, reused_count
@@ -137,6 +137,8 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
         raise ConfigError(f"invalid {env_name(name) or name or 'settings'}: {first['msg']}") from None
     if db is not None:
         s = s.model_copy(update={"db": db})
+    # A store in memory: a submit said 'queued' and printed a job id, and the job was gone at exit.
+    refuse_in_memory(s.db)
     return s
 
 
@@ -165,6 +167,7 @@ async def _queueing_store(db: str) -> AsyncIterator[Store]:
     again when the command fails (bad input, an interrupt) and nothing else has used it meanwhile: a failed
     submit changes nothing, not even by leaving an empty store behind. A new store is announced once the
     command succeeded."""
+    refuse_in_memory(db)  # a spec's store comes here without _settings
     store = await Store.open(db, "create")
     ok = discard = False
     try:
@@ -566,9 +569,9 @@ async def status_report(job_id: str, *, db: str | None = None) -> JobStatusRepor
         )
 
 
-async def jobs(*, db: str | None = None) -> list[JobStats]:
-    """Every job with its figures, oldest first."""
-    s = _settings(None, db)
+async def jobs(*, db: str | None = None, settings: Settings | None = None) -> list[JobStats]:
+    """Every job with its figures, oldest first (`settings`: a run's own, flags over the environment)."""
+    s = _settings(settings, db)
     async with await Store.open(s.db, "existing") as store:
         return [await store.job_stats(j.id) for j in await store.list_jobs()]
 

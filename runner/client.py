@@ -175,8 +175,12 @@ def _endpoint_problem(status: int, url: httpx.URL) -> str:
 
 
 def _names_a_missing_thing(code: str | None) -> bool:
-    """A 404 code such as `model_not_found` or `previous_response_not_found`: that line's reference is wrong."""
-    return code is not None and code.endswith("_not_found")
+    """A 404 code such as `model_not_found` or `previous_response_not_found`: that line's reference is wrong.
+
+    Azure spells it `DeploymentNotFound` (a deployment is its model name): one line's wrong model stopped the
+    whole job as if the base URL were wrong.
+    """
+    return code is not None and code.endswith(("_not_found", "NotFound"))
 
 
 def classify(

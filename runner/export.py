@@ -33,7 +33,7 @@ import orjson
 
 from runner import DISTRIBUTION
 from runner.errors import ConfigError
-from runner.files import atomic_writer
+from runner.files import atomic_writer, refuse_store_file
 from runner.heap import gc_spares_the_heap
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
@@ -516,6 +516,12 @@ async def export_job(
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "parquet" and (out is None or out == "-" or errors == "-"):
         raise ConfigError("--format parquet writes files, not stdout: give -o FILE")
+    for flag, target in (("-o", out), ("--errors", errors)):
+        if target == "":
+            # `--errors "$ERRORS"` with the variable unset: the failed lines went into the results file.
+            raise ConfigError(f"{flag} is empty: give a file path (or - for standard output)")
+        if target is not None and target != "-":
+            refuse_store_file(Path(target), store.path)
     if errors is not None and _same_file(out, errors):
         # Each is written to a temporary file renamed over the target: the second rename would drop the first.
         raise ConfigError(f"-o and --errors name the same file ({errors}): give --errors another path")

@@ -8,6 +8,7 @@ pointing where it did, and the file it names is the one written whole.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -65,6 +66,29 @@ def _leads_through_descriptor(link: Path) -> bool:
     return True
 
 
+# SQLite's own files beside a store's database: replacing one corrupts the store as surely as the database.
+_STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def refuse_store_file(target: Path, store_file: Path | None) -> None:
+    """ConfigError when writing `target` would replace the job store's file (or SQLite's files beside it).
+
+    An export is renamed over its target: `runner export -o runner.db` (a slip of tab completion) replaced
+    the store with the export, and every job in it was gone.
+    """
+    if store_file is None:
+        return
+    try:
+        real = Path(os.path.realpath(target))
+        hit = real in {Path(f"{store_file}{s}") for s in _STORE_SIDECARS} or (
+            real.exists() and store_file.exists() and real.samefile(store_file)
+        )
+    except OSError:
+        return  # the write itself says what is wrong with the path
+    if hit:
+        raise ConfigError(f"cannot write {target}: it is the job store; give another path")
+
+
 @contextmanager
 def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     """A binary file that appears at `target` only when the block ends without an error.
@@ -96,8 +120,10 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
         _sweep_dead_parts(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{process_name()}.", suffix=".part", dir=target.parent)
     except OSError as e:
-        # A path the user gave that cannot be written: their input, not a runner failure.
-        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
+        # A path the user gave that cannot be written: their input, not a runner failure. A parent that is a
+        # file fails mkdir with "File exists", which named the wrong problem.
+        why = os.strerror(errno.ENOTDIR) if isinstance(e, FileExistsError) else e.strerror or str(e)
+        raise ConfigError(f"cannot write {target}: {why}") from None
     os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:

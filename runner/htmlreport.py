@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from runner.files import atomic_writer
+from runner.files import atomic_writer, refuse_store_file
 from runner.prices import PriceTable
 from runner.report import Report, build_report
 from runner.store import Store
@@ -147,6 +147,7 @@ def _first_message(group: dict[str, Any]) -> str:
 
 async def write_html(store: Store, job_id: str, prices: PriceTable, path: Path) -> Report:
     """Build the report and its timeline from the store and write the page to `path` (atomically)."""
+    refuse_store_file(path, store.path)
     report = await build_report(store, job_id, prices)
     tl = await timeline(store, job_id)
     page = render_html(report, tl).encode()

@@ -24,7 +24,10 @@ PER_TOKENS: Final = 1_000_000  # prices are per 1M tokens
 DEFAULT_BATCH_FACTOR: Final = 0.5
 _DATE_SUFFIX: Final = "-20"  # "gpt-4.1-mini-2025-04-14": a dated snapshot of "gpt-4.1-mini"
 
-_Usd = Annotated[float, Field(ge=0)]
+# A dollar a token. Above it is a typo, or TOML's `inf` (1e400 reads as inf too), which made every cost NaN
+# and put `"usd": NaN` (not JSON) into `report --json`; under it, a job's sums of costs stay finite.
+MAX_USD_PER_MTOK: Final = 1_000_000
+_Usd = Annotated[float, Field(ge=0, le=MAX_USD_PER_MTOK)]
 
 
 class PriceError(ConfigError):

@@ -166,12 +166,13 @@ def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
     return concurrency
 
 
-def _choose_jobs(ns: argparse.Namespace) -> list[str] | None:
+def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> list[str] | None:
     """The jobs a plain `runner run` resumes, each named on stderr; jobs untouched for STALE_AFTER_DAYS are
     skipped and named too (an old, half-done job should not start spending again unasked). None: nothing."""
     now = time.time()
     chosen: list[str] = []
-    for st in run_async(lambda: app.jobs(db=ns.db)):
+    # The run's own settings: a flag over a bad variable (RUNNER_CONCURRENCY=99999 --concurrency 4) wins here too.
+    for st in run_async(lambda: app.jobs(db=ns.db, settings=settings)):
         if st.job.cancelled_at is not None or st.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
             continue
         last = max(st.job.created_at, st.first_started or 0.0, st.last_finished or 0.0)
@@ -217,7 +218,7 @@ def _run(ns: argparse.Namespace) -> ExitCode:
     fitted = fit_open_files(settings.concurrency)
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
-    ids = ns.job_ids or _choose_jobs(ns)
+    ids = ns.job_ids or _choose_jobs(ns, settings)
     if ids is None:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK

@@ -14,7 +14,7 @@ models.py     the values passed in and out; tables.py the schema; reports.py rea
 
 from __future__ import annotations
 
-from runner.store.backend import OpenMode
+from runner.store.backend import OpenMode, refuse_in_memory
 from runner.store.models import (
     AttemptRow,
     Claimed,
@@ -48,4 +48,5 @@ __all__ = [
     "UsageCounts",
     "bounded_total",
     "place_log",
+    "refuse_in_memory",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -193,6 +194,30 @@ async def retrying(is_transient: Callable[[BaseException], bool], fn: Callable[[
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def refuse_in_memory(db: str) -> None:
+    """StoreUnavailable for an SQLite URL that names no file (`sqlite://`, `sqlite:///:memory:`): a store in
+    this process's memory, gone when the command ends (tests open one; a command must not)."""
+    from runner.store.postgres import is_postgres_url, masked
+
+    if is_postgres_url(db) or not _in_memory(db):
+        return
+    reason = "an in-memory database keeps nothing once the command ends; give a file path"
+    raise StoreUnavailable(masked(db), reason)
+
+
+def _in_memory(db: str) -> bool:
+    """Whether `db` is an SQLite path or URL that names no file (a PostgreSQL URL is not asked about)."""
+    scheme, sep, _ = db.partition("://")
+    if sep and scheme.lower().partition("+")[0] != "sqlite":
+        return False
+    from runner.store.sqlite.engine import database_path
+
+    try:
+        return database_path(db) is None
+    except (ValueError, ArgumentError):
+        return False  # not a URL at all: opening it says why
+
+
 def backend_for(db: str) -> Backend:
     """The backend for `db` (a path or an SQLAlchemy URL): the one place a database is chosen."""
     from runner.store.postgres import URL_FORM, is_postgres_url, masked
@@ -210,4 +235,13 @@ def backend_for(db: str) -> Backend:
         )
     from runner.store.sqlite import SqliteBackend
 
-    return SqliteBackend(db)
+    try:
+        return SqliteBackend(db)
+    except (ValueError, ArgumentError) as e:
+        # `sqlite://[::1`, `sqlite://user@/x.db`, `?timeout=abc`: SQLAlchemy's parse of the URL raised, and the
+        # traceback was all a user saw. Its first line says what is wrong, unless it shows the URL again (it
+        # would show the password too).
+        why = (str(e).strip().splitlines() or [""])[0]
+        detail = f" ({why})" if why and "://" not in why else ""
+        reason = f"not a valid SQLite URL{detail}; give a file path or sqlite:///PATH"
+        raise StoreUnavailable(masked(db), reason) from None
