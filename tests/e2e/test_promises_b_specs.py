@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, run_args
+from tests.conftest import Cli, read_jsonl, run_args
 
 pytestmark = pytest.mark.e2e
 
@@ -49,3 +49,33 @@ def test_a_glob_with_one_bad_file_queues_no_job_at_all(cli: Cli, mock_factory: A
     assert jobs_in(cli.db) == []
     assert mock.stats()["creates"] == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_glob_whose_files_share_a_name_is_refused_before_anything_is_sent(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    mock = mock_factory()
+    questions(tmp_path / "data" / "mon" / "x.jsonl", "mon")
+    questions(tmp_path / "data" / "tue" / "x.jsonl", "tue")
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(
+        '[job]\nname = "g"\ninput = "data/*/x.jsonl"\n[defaults]\nmodel = "gpt-4.1-mini"\n'
+        '[output]\nresults = "out/{job}-{input}.jsonl"\n'
+    )
+
+    r = cli("run", str(spec), *run_args(mock, "--quiet"))
+
+    # {input} is the file's stem, "x" for both: the second job's export replaced the first's, and three paid-for
+    # answers were missing from the results with exit 0.
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert str(spec) in r.stderr and "[output] results" in r.stderr and "out/g-x.jsonl" in r.stderr
+    assert mock.stats()["creates"] == 0 and jobs_in(cli.db) == []
+
+    # With {job_id} in the name each job has its own file.
+    spec.write_text(spec.read_text().replace("{input}", "{input}-{job_id}"))
+    r = cli("run", str(spec), *run_args(mock, "--quiet"))
+    assert r.returncode == 0, r.stderr
+    outputs = sorted((tmp_path / "out").iterdir())
+    assert len(outputs) == 2
+    assert sorted(len(read_jsonl(p)) for p in outputs) == [3, 3]
