@@ -79,3 +79,19 @@ def test_a_glob_whose_files_share_a_name_is_refused_before_anything_is_sent(
     outputs = sorted((tmp_path / "out").iterdir())
     assert len(outputs) == 2
     assert sorted(len(read_jsonl(p)) for p in outputs) == [3, 3]
+
+
+def test_detach_with_a_spec_is_refused_before_anything_is_queued(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    mock = mock_factory("--batch-run-delay", "30")
+    questions(tmp_path / "in.jsonl", "a")
+    spec = tmp_path / "nightly.toml"
+    spec.write_text('[job]\ninput = "in.jsonl"\nlane = "batch"\n[defaults]\nmodel = "gpt-4.1-mini"\n')
+
+    r = cli("run", str(spec), "--detach", *run_args(mock, "--quiet"))
+
+    # --detach was ignored: the cron line waited for the batches (up to 24 h on the real API), then exported.
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [
+        "runner: --detach is for `runner run JOB_ID`: a spec run waits for its batches and exports their results"
+    ]
+    assert mock.stats()["batch"]["uploads"] == 0 and jobs_in(cli.db) == []
