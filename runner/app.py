@@ -25,6 +25,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 from pydantic import ValidationError
@@ -140,8 +141,18 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 
 
 def _check_key(s: Settings) -> None:
-    if s.api_key is None and s.base_url.rstrip("/") == DEFAULT_BASE_URL:
+    if s.api_key is None and _is_openai(s.base_url):
         raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
+
+
+def _is_openai(base_url: str) -> bool:
+    """Whether `base_url` is OpenAI's API, however its host is spelled: `https://API.OpenAI.com/v1`, a trailing
+    dot or `:443` passed for another server, and every request went out without a key, to be answered 401."""
+    try:
+        host = urlsplit(base_url).hostname  # lower case
+    except ValueError:
+        return False  # the client names what is wrong with the URL
+    return host is not None and host.rstrip(".") == urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:
