@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,37 @@ def test_detach_with_a_spec_is_refused_before_anything_is_queued(cli: Cli, mock_
         "runner: --detach is for `runner run JOB_ID`: a spec run waits for its batches and exports their results"
     ]
     assert mock.stats()["batch"]["uploads"] == 0 and jobs_in(cli.db) == []
+
+
+def test_a_spec_run_killed_half_way_is_finished_by_the_next_cron_run_without_paying_twice(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    mock = mock_factory("--latency", "0.2")
+    n, concurrency = 30, 3
+    questions(tmp_path / "in.jsonl", "q", n)
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(
+        '[job]\nname = "eval"\ninput = "in.jsonl"\n[defaults]\nmodel = "gpt-4.1-mini"\n'
+        f'[limits]\nconcurrency = {concurrency}\n[output]\nresults = "out/{{job}}.jsonl"\n'
+    )
+    run = cli.popen("run", str(spec), *run_args(mock, "--quiet"))
+    try:
+        deadline = time.monotonic() + 60
+        while mock.stats()["creates"] < 6:
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "the run sent nothing"
+            time.sleep(0.05)
+    finally:
+        run.kill()  # SIGKILL: the machine went down
+        run.communicate()
+    assert mock.stats()["creates"] < n
+
+    r = cli("run", str(spec), *run_args(mock, "--quiet"))
+
+    assert r.returncode == 0, r.stderr
+    assert jobs_in(cli.db) == ["eval"]  # the same job, resumed
+    assert len(read_jsonl(tmp_path / "out" / "eval.jsonl")) == n
+    creates = mock.stats()["creates_by_key"]
+    assert len(creates) == n
+    # Sent twice: at most what was on the wire when the first run died.
+    assert sum(creates.values()) - n <= concurrency
