@@ -25,6 +25,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 from pydantic import ValidationError
@@ -37,7 +38,7 @@ from runner.estimate import LANES, Estimate, OutputHistory, estimate_file, estim
 from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
 from runner.files import atomic_writer
 from runner.htmlreport import write_html
-from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_file, submit_files
+from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_files
 from runner.owners import host_id, owner_is_dead
 from runner.prices import PriceTable, load_prices
 from runner.processes import ChildReport, is_child, supervise
@@ -143,8 +144,18 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 
 
 def _check_key(s: Settings) -> None:
-    if s.api_key is None and s.base_url.rstrip("/") == DEFAULT_BASE_URL:
+    if s.api_key is None and _is_openai(s.base_url):
         raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
+
+
+def _is_openai(base_url: str) -> bool:
+    """Whether `base_url` is OpenAI's API, however its host is spelled: `https://API.OpenAI.com/v1`, a trailing
+    dot or `:443` passed for another server, and every request went out without a key, to be answered 401."""
+    try:
+        host = urlsplit(base_url).hostname  # lower case
+    except ValueError:
+        return False  # the client names what is wrong with the URL
+    return host is not None and host.rstrip(".") == urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:
@@ -733,16 +744,16 @@ async def run_spec(
         tag=tag,
         reuse=spec.job.reuse,
         cache_keys=spec.job.cache_keys,
+        transform=spec.apply_line,
     )
     for src in files:
         # Before anything is queued or paid for; the job id is not known yet, and a path named by it is new.
         spec.check_outputs(job_id="job_id", date=date, source=src)
-    jobs: list[SpecJob] = []
+    # Every file of a glob in one submit: each is validated before any is published, so one bad file queues
+    # none (file by file, the good files before it were queued though the run was refused).
     async with _queueing_store(s.db) as store:
-        for src in files:
-            name = spec.name if len(files) == 1 else f"{spec.name}-{src.stem}"
-            res = await submit_file(store, src, name=name, options=options, transform=spec.apply_line)
-            jobs.append(SpecJob(res.job_id, src))
+        submitted = await submit_files(store, files, name=spec.name, options=options)
+    jobs = [SpecJob(res.job_id, src) for res, src in zip(submitted, files, strict=True)]
     outcome = await run(
         [j.job_id for j in jobs],
         s,

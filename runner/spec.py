@@ -244,7 +244,26 @@ class JobSpec(_Section):
                         f"{self._path}: [output] {kind}: [job] input matches {len(files)} files, so the name needs"
                         " {input} or {job_id}, or each job's output would overwrite the previous one"
                     )
+            self._check_distinct_outputs(files)
         return files
+
+    def _check_distinct_outputs(self, files: list[Path]) -> None:
+        """SpecError when two files of a glob would write the same output: {input} is a file's stem, the
+        same for `mon/x.jsonl` and `tue/x.jsonl`, and the second job's export replaced the first's."""
+        kinds: tuple[OutputKind, ...] = ("results", "errors", "report", "report_html")
+        for kind in kinds:
+            seen: dict[Path, Path] = {}
+            for i, f in enumerate(files):
+                # Every job has its own id, so a name with {job_id} never collides.
+                path = self.output_path(kind, job_id=f"job_{i}", source=f)
+                if path is None:
+                    break
+                if path in seen:
+                    raise SpecError(
+                        f"{self._path}: [output] {kind}: {seen[path]} and {f} would both write {path}; put"
+                        " {job_id} in the name, or give the input files different names"
+                    )
+                seen[path] = f
 
     def check_outputs(self, *, job_id: str, date: dt.date | None = None, source: Path | None = None) -> None:
         """SpecError when an output of this job cannot be written: the path is a directory, or a file stands

@@ -256,6 +256,12 @@ def _run_child(ns: argparse.Namespace, settings: app.Settings) -> ExitCode:
 
 def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
     """`runner run SPEC.toml`: submit (or resume today's job), run, export, report; exit by the spec's policy."""
+    if ns.detach:
+        # It was ignored: a cron line with a batch-lane spec waited for the batches (up to 24 h) to export them.
+        # Detached, there is nothing to export, and tomorrow's run of the spec is another day's job.
+        raise ConfigError(
+            "--detach is for `runner run JOB_ID`: a spec run waits for its batches and exports their results"
+        )
     overrides = options.flags(ns)
     db = overrides.pop("db", None)
     if "concurrency" in overrides:

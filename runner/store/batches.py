@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, exists, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, delete, exists, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.states import RequestState
-from runner.store.answer import answer
+from runner.store.answer import REUSED, answer
 from runner.store.dialect import big_sum, json_field
 from runner.store.store import Store, bounded_total
 from runner.store.tables import batches, requests
@@ -362,7 +362,15 @@ async def usage_by_model_and_lane(store: Store, job_id: str) -> list[LaneUsage]:
         select(model.label("model"), lane.label("lane"), func.count(), *sums)
         .where(
             requests.c.job_id == job_id,
-            or_(requests.c.input_tokens > 0, requests.c.output_tokens > 0, requests.c.total_tokens > 0),
+            or_(
+                requests.c.input_tokens > 0,
+                requests.c.output_tokens > 0,
+                requests.c.total_tokens > 0,
+                # An answer without usage (a self-hosted server may send none) was still sent to this model:
+                # left out, an unpriced model vanished and the report said a complete "$0.0000". A reused
+                # answer was not sent (the report counts it apart).
+                and_(requests.c.state.in_(_ANSWERED), ~REUSED),
+            ),
         )
         .group_by(model, lane)
     )
@@ -381,6 +389,7 @@ async def usage_by_model_and_lane(store: Store, job_id: str) -> list[LaneUsage]:
     return await store.read(go)
 
 
+_ANSWERED = (RequestState.COMPLETED.value, RequestState.INCOMPLETE.value)
 _USAGE = (
     requests.c.input_tokens,
     requests.c.cached_tokens,
