@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo nightly test bench pg clean
+.PHONY: demo nightly test bench pg clean bytecode
 
 # A .venv made before the distribution was renamed (runner -> responses-runner) still holds the old one, which
 # claims the same `runner` command and package: it goes first, so one distribution owns them.
@@ -15,13 +15,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: $(VENV)/.installed
+# An editable install leaves the sources uncompiled, and with PYTHONDONTWRITEBYTECODE set (as on our CI machines)
+# every `runner` process compiled its ~100 modules again: 0.1-0.13 s of CPU per command, ~1 CPU-minute of the
+# test suite's ~550 CLI subprocesses. compileall only rewrites what changed; Python ignores a stale file.
+bytecode: $(VENV)/.installed
+	$(BIN)/python -m compileall -q runner runner_mock migrations
+
+demo: $(VENV)/.installed bytecode
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
-nightly: $(VENV)/.installed
+nightly: $(VENV)/.installed bytecode
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/nightly.sh
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed bytecode
 	$(BIN)/ruff check runner runner_mock tests migrations
 	$(BIN)/ruff format --check runner runner_mock tests migrations
 	$(BIN)/mypy runner runner_mock
@@ -33,7 +39,7 @@ test: $(VENV)/.installed
 pg: $(VENV)/.installed
 	$(BIN)/python -m tests.pg
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed bytecode
 	$(BIN)/python bench/run.py
 
 clean:
