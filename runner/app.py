@@ -335,6 +335,8 @@ async def run(
             await store.get_job(jid)  # JobNotFound before any work starts
         if not ids:
             return RunOutcome(RunResult(StopReason.DONE))
+        if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
+            s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
         options = RunOptions(
             concurrency=s.concurrency,
             max_attempts=s.max_attempts,
@@ -346,9 +348,8 @@ async def run(
             flex=s.lane is Lane.FLEX,
             flex_fallback=s.flex_fallback,
             rate_budget=budget_id(s.base_url, s.api_key.get_secret_value() if s.api_key is not None else None),
+            poll_patience=s.timeout,  # as long as one attempt may take: a GET outage shorter than that is waited out
         )
-        if s.lane is Lane.FLEX and "timeout" not in s.model_fields_set:
-            s = s.model_copy(update={"timeout": FLEX_TIMEOUT})  # flex answers slowly: OpenAI advises 15 minutes
         if s.processes > 1:
             return await _run_processes(store, ids, s, options, transport, on_progress, handle_signals)
         budget = None

@@ -189,6 +189,7 @@ class _Item:
     mismatches: int = 0
     hint_floor: float = MIN_STEP  # the least wait after a server's hint (see `_poll`)
     failures: int = 0  # GETs in a row that failed with a transient error other than 429 (see `_unreadable`)
+    failing_since: float | None = None  # monotonic time of the first of those failures
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: 256 parked workers cancelled at a run's end
@@ -209,6 +210,7 @@ class Poller:
         *,
         max_attempts: int,
         max_in_flight: int,
+        patience: float = 0.0,
         on_outcome: Callable[[Outcome], None] | None = None,
         limiter: RateLimiter | None = None,
         on_doomed: Callable[[DoomedJobError], None] | None = None,
@@ -224,6 +226,10 @@ class Poller:
         self._client = client
         self._writer = writer
         self._max_attempts = max_attempts
+        # A paid response is given up only when its GETs have failed for this long too, not after a count
+        # alone: --max-attempts backs off over ~20 s, and a network blip that long would have failed every
+        # response of a long background run, each then needing `runner retry`.
+        self._patience = patience
         self._max_workers = max_in_flight  # GETs in flight at once: one per worker task
         self._workers = 0
         self._idle: list[_Parked] = []  # workers waiting for a response to come due
@@ -438,8 +444,15 @@ class Poller:
                 if isinstance(e, TransientApiError):
                     self._limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=e.status == 429)
                     # A 429 asks for slower polls, which the limiter gives; it says nothing against the response.
-                    item.failures += e.status != 429
-                    if item.failures >= max(self._max_attempts, 1):
+                    if e.status != 429:
+                        item.failures += 1
+                        if item.failing_since is None:
+                            item.failing_since = sent
+                    if (
+                        item.failures >= max(self._max_attempts, 1)
+                        and item.failing_since is not None
+                        and time.monotonic() - item.failing_since >= self._patience
+                    ):
                         self._unreadable(item, e)
                         return
                 wait = e.retry_after if isinstance(e, TransientApiError) and e.retry_after else item.delay
@@ -458,7 +471,7 @@ class Poller:
                 self._finish(from_error(c, e, max_attempts=0))
                 return
             self._limiter.observe(reply.rate_limits, poll=True)
-            item.failures = 0
+            item.failures, item.failing_since = 0, None
             got = read_id(reply.body.get("id"))
             if got != c.response_id:
                 self._mismatch(item, got, reply.status, reply.request_id)

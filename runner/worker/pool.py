@@ -99,6 +99,7 @@ class Run:
             self.writer,
             max_attempts=options.max_attempts,
             max_in_flight=options.poll_slots,
+            patience=options.poll_patience,
             on_outcome=self._count,
             limiter=self.limiter,
             on_doomed=self._on_doomed,

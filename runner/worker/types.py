@@ -47,6 +47,7 @@ class RunOptions:
     flex: bool = False  # the flex lane: service_tier "flex", patient capacity retries
     flex_fallback: float | None = None  # seconds unanswered on flex before a request goes to the default tier
     rate_budget: str | None = None  # the shared rate budget's name (API endpoint and salted key hash), for a fleet
+    poll_patience: float = 0.0  # seconds a background response's GETs must fail in a row before it is given up
 
     @property
     def poll_slots(self) -> int:

@@ -1,6 +1,6 @@
 """A background response whose GET always answers 5xx: it was polled every 30 s for ever and the run never
-ended. Now its GETs are retried like a create (--max-attempts in a row), then the request fails with
-`poll_failed` and keeps its response id: `runner retry` polls it again and never pays for a second create.
+ended. Now its GETs are retried like a create (--max-attempts in a row, over at least --timeout), then the
+request fails with `poll_failed` and keeps its response id: `runner retry` polls it again and never pays for a second create.
 
 Against tests/servers/misbehaving.py, through the CLI, on a real SQLite store.
 """
@@ -28,8 +28,9 @@ def test_a_response_that_cannot_be_polled_fails_named_and_retry_polls_it_without
         cli.url = store_db  # PostgreSQL: `runner retry` is one UPDATE per backend
     job = cli.submit(job_file(tmp_path / "in.jsonl", LINES, background=tuple(LINES)))
     env = {"OPENAI_API_KEY": KEY}
-    # --max-attempts 2: two failed GETs in a row end a request (the default is 6, as for a create).
-    run = ("run", job, "--base-url", server.base_url, "--max-attempts", "2", "--quiet")
+    # --max-attempts 2 and --timeout 1: two failed GETs in a row, over at least a second, end a request (the
+    # defaults are 6, as for a create, and 10 minutes: a shorter GET outage is waited out).
+    run = ("run", job, "--base-url", server.base_url, "--max-attempts", "2", "--timeout", "1", "--quiet")
     r = cli(*run, timeout=60, extra_env=env)
     assert r.returncode == 1, r.stderr  # it ends, some failed
     assert "failed 2" in r.stderr, r.stderr

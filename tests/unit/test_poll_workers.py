@@ -9,8 +9,11 @@ import anyio
 import pytest
 
 from runner.client import ApiReply
+from runner.errors import TransientApiError
+from runner.states import POLL_FAILED, RequestState
 from runner.store.models import Claimed, Outcome
 from runner.store.outputs import CheckRecord
+from runner.worker import poller as poller_module
 from runner.worker.poller import DISPATCH_SLACK, Poller
 
 
@@ -203,3 +206,50 @@ async def test_workers_end_once_nothing_is_left_to_poll_not_parked_until_the_run
             tg.cancel_scope.cancel()
     assert (workers, parked) == (0, 0)
     assert poller.size == 0 and poller.polls == 101
+
+
+class _Failing(_Server):
+    """GET answers 503 for the first `fails` GETs of each response, then as _Server does."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__()
+        self.fails = fails
+
+    async def retrieve(self, response_id: str) -> ApiReply:
+        if len(self.gets.get(response_id, [])) < self.fails:
+            self.gets.setdefault(response_id, []).append(time.monotonic())
+            raise TransientApiError("server error", status=503, code="server_error")
+        return await super().retrieve(response_id)
+
+
+async def _poll_one(server: _Server, patience: float) -> Outcome:
+    empty = anyio.Event()
+    writer = _Writer()
+    poller = Poller(server, writer, max_attempts=2, max_in_flight=4, patience=patience, on_empty=empty.set)  # type: ignore[arg-type]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            poller.add(_claimed(1), first_poll=0.0)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(writer.outcomes) == 1
+    return writer.outcomes[0]
+
+
+@pytest.mark.anyio
+async def test_a_response_is_given_up_after_max_attempts_failed_gets_only_once_they_span_the_patience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(poller_module, "POLL_INITIAL_DELAY", 0.1)  # the backoff ladder, ten times shorter
+    # Without patience, two 503s in a row (--max-attempts 2) give the response up: poll_failed, its id kept.
+    given_up = await _poll_one(_Failing(fails=2), patience=0.0)
+    assert (given_up.to, given_up.error_code) == (RequestState.FAILED, POLL_FAILED)
+    # With patience (a run's --timeout), failures that have lasted less than it are waited out: GETs 0.15 s apart
+    # are still within 0.3 s at the second failure, and the third GET finds the response completed.
+    server = _Failing(fails=2)
+    done = await _poll_one(server, patience=0.3)
+    assert done.to == RequestState.COMPLETED and len(server.gets["resp_1"]) == 3
+    # A GET outage longer than the patience still ends: never polled for ever.
+    server = _Failing(fails=100)
+    ended = await _poll_one(server, patience=0.3)
+    assert ended.error_code == POLL_FAILED and 2 < len(server.gets["resp_1"]) < 6
