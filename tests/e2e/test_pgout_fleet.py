@@ -39,8 +39,10 @@ def test_a_killed_run_leaves_the_fleet_when_the_next_run_on_its_host_starts(
     cli: Cli, pg_store_url: str, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     cli.url = pg_store_url
-    mock = mock_factory("--latency", "0.2")
-    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 200))  # more than a few seconds: both runs are cut short
+    # 30 s of work at concurrency 4, and both runs are cut short: at 0.2 s latency (10 s) the first run had
+    # finished the job before `runner status` had started, under a load of 9 on 2 cores.
+    mock = mock_factory("--latency", "0.6")
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 200))
     flags = run_args(mock, "--concurrency", "4", "--rpm", "6000")  # a budget: the fleet shares it
 
     first = cli.popen("run", *flags, extra_env=HOST)
