@@ -1,6 +1,7 @@
 """A background response whose GET always answers 5xx: it was polled every 30 s for ever and the run never
 ended. Now its GETs are retried like a create (--max-attempts in a row, over at least --timeout), then the
-request fails with `poll_failed` and keeps its response id: `runner retry` polls it again and never pays for a second create.
+request fails with `poll_failed` and keeps its response id: `runner retry` polls it again and never pays for a
+second create.
 
 Against tests/servers/misbehaving.py, through the CLI, on a real SQLite store.
 """
