@@ -330,7 +330,8 @@ async def run(
     s = _settings(settings, db)
     # A run's clock is the fleet's: corrected to the database's when this machine's is far off.
     async with await Store.open(s.db, "existing", clock=FleetClock()) as store:
-        ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
+        # `runner run J J`: each job once (twice, its summary was printed twice and its ids claimed twice over).
+        ids = list(dict.fromkeys(job_ids)) if job_ids else await store.unfinished_job_ids()
         for jid in ids:
             await store.get_job(jid)  # JobNotFound before any work starts
         if not ids:
