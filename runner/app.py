@@ -413,6 +413,27 @@ def _refuse_processes(s: Settings) -> None:
         )
 
 
+async def _refuse_open_batches(store: Store, ids: Sequence[str], n: int) -> None:
+    from runner.store.batches import open_batches
+
+    if await open_batches(store, ids):
+        raise ConfigError(
+            f"--processes {n}: these jobs have batches open from a batch-lane run; collect them first with"
+            " `runner run` in one process"
+        )
+
+
+async def refuse_run(job_ids: Sequence[str], settings: Settings) -> None:
+    """ConfigError for a run `run` would refuse, checked before the caller says which jobs start: a refusal
+    came after "resuming J ..." lines, which told a user that work had started."""
+    s = _settings(settings, None)
+    _refuse_processes(s)
+    _check_key(s)
+    if s.processes > 1 and job_ids:
+        async with await Store.open(s.db, "existing") as store:
+            await _refuse_open_batches(store, job_ids, s.processes)
+
+
 async def _run_processes(
     store: Store,
     ids: list[str],
@@ -424,16 +445,11 @@ async def _run_processes(
 ) -> RunOutcome:
     """`run` in `s.processes` worker processes, this one the first (runner/processes.py); what one process
     cannot share is refused."""
-    from runner.store.batches import open_batches
     from runner.worker.pool import Run
 
     n = s.processes
     _refuse_processes(s)
-    if await open_batches(store, ids):
-        raise ConfigError(
-            f"--processes {n}: these jobs have batches open from a batch-lane run; collect them first with"
-            " `runner run` in one process"
-        )
+    await _refuse_open_batches(store, ids, n)
     _check_key(s)
     counts, _ = await store.progress(ids)
     if count(counts, *ACTIVE) == 0:  # nothing to send or poll: no process to start

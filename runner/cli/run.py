@@ -166,11 +166,13 @@ def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
     return concurrency
 
 
-def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> list[str] | None:
-    """The jobs a plain `runner run` resumes, each named on stderr; jobs untouched for STALE_AFTER_DAYS are
-    skipped and named too (an old, half-done job should not start spending again unasked). None: nothing."""
+def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> tuple[list[str] | None, list[str]]:
+    """The jobs a plain `runner run` resumes (None: nothing), and the lines that name them for stderr; jobs
+    untouched for STALE_AFTER_DAYS are skipped and named too (an old, half-done job should not start spending
+    again unasked). The lines are said once the run is known not to be refused."""
     now = time.time()
     chosen: list[str] = []
+    lines: list[str] = []
     # The run's own settings: a flag over a bad variable (RUNNER_CONCURRENCY=99999 --concurrency 4) wins here too.
     for st in run_async(lambda: app.jobs(db=ns.db, settings=settings)):
         if st.job.cancelled_at is not None or st.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
@@ -179,15 +181,15 @@ def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> list[str] | 
         name = printable(st.job.name)
         left = st.job.total - st.finished
         if now - last > STALE_AFTER_DAYS * 86400:
-            say(
+            lines.append(
                 f"skipping {st.job.id} ({name}): unfinished, untouched since {when(last)};"
                 f" `runner run {st.job.id}` resumes it"
             )
             continue
         verb = "resuming" if st.attempts else "starting"
-        say(f"{verb} {st.job.id} ({name}): {left:,} of {st.job.total:,} requests left")
+        lines.append(f"{verb} {st.job.id} ({name}): {left:,} of {st.job.total:,} requests left")
         chosen.append(st.job.id)
-    return chosen or None
+    return chosen or None, lines
 
 
 def _next_steps(outcome: app.RunOutcome) -> list[str]:
@@ -218,7 +220,12 @@ def _run(ns: argparse.Namespace) -> ExitCode:
     fitted = fit_open_files(settings.concurrency)
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
-    ids = ns.job_ids or _choose_jobs(ns, settings)
+    ids, named = (ns.job_ids, []) if ns.job_ids else _choose_jobs(ns, settings)
+    if ids is not None:
+        chosen = ids
+        run_async(lambda: app.refuse_run(chosen, settings))  # before any line says that work starts
+    for line in named:
+        say(line)
     if ids is None:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK

@@ -21,3 +21,27 @@ def test_a_job_named_twice_runs_and_reports_once(cli: Cli, mock_factory: object)
     assert r.stdout.count(f"job {job} ") == 1, r.stdout
     assert mock.stats()["creates"] == 3
     assert cli.status(job)["counts"]["completed"] == 3
+
+
+def test_processes_refused_before_a_job_is_said_to_resume(cli: Cli, mock_factory: object) -> None:
+    mock: MockServer = mock_factory("--batch-run-delay", "30")  # type: ignore[operator]
+    job = cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 3))
+    r = cli("run", *run_args(mock), "--lane", "batch", "--detach", "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    r = cli("run", *run_args(mock), "--processes", "2", "--concurrency", "4", "--quiet")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"runner: --processes 2: these jobs have batches open from a batch-lane run; collect them first with"
+        " `runner run` in one process"
+    ], r.stderr
+    assert job not in r.stderr  # not "resuming JOB ..." first
+    assert cli.status(job)["counts"]["in_progress"] == 3
+
+
+def test_a_missing_key_is_refused_before_a_job_is_said_to_start(cli: Cli) -> None:
+    job = cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 2))
+    r = cli("run", "--quiet")  # api.openai.com, no OPENAI_API_KEY
+    assert r.returncode == 2
+    assert r.stderr == "runner: OPENAI_API_KEY is not set (or pass --api-key)\n"
+    assert cli.status(job)["counts"]["queued"] == 2
