@@ -3,8 +3,6 @@ mistake, budgets shown with too few digits, infinite numbers, a missing key."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import Cli, MockServer, run_args, write_jobfile
@@ -32,7 +30,7 @@ def test_processes_refused_before_a_job_is_said_to_resume(cli: Cli, mock_factory
     r = cli("run", *run_args(mock), "--processes", "2", "--concurrency", "4", "--quiet")
     assert r.returncode == 2
     assert r.stderr.splitlines() == [
-        f"runner: --processes 2: these jobs have batches open from a batch-lane run; collect them first with"
+        "runner: --processes 2: these jobs have batches open from a batch-lane run; collect them first with"
         " `runner run` in one process"
     ], r.stderr
     assert job not in r.stderr  # not "resuming JOB ..." first
@@ -45,3 +43,24 @@ def test_a_missing_key_is_refused_before_a_job_is_said_to_start(cli: Cli) -> Non
     assert r.returncode == 2
     assert r.stderr == "runner: OPENAI_API_KEY is not set (or pass --api-key)\n"
     assert cli.status(job)["counts"]["queued"] == 2
+
+
+def test_a_command_option_before_the_command_is_named(cli: Cli) -> None:
+    cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 1))
+    only = "only -v, --db, --log-level and --log-format go before the command"
+
+    r = cli("--concurrency", "4", "status")
+    assert r.returncode == 2
+    assert r.stderr == (
+        "runner: --concurrency goes after the command, and `runner status` does not take it (it is an option of"
+        f" run; {only}) (see `runner --help`)\n"
+    )
+    r = cli("--db", str(cli.db), "--max-cost=1", "run")
+    assert r.returncode == 2
+    said = f"runner: --max-cost goes after the command: `runner run --max-cost ...` ({only}) (see `runner --help`)\n"
+    assert r.stderr == said
+
+    # The global options still go before it, shortened too as argparse allows (`--d x` was "unknown command 'x'").
+    r = cli("--d", str(cli.db), "--log-level=info", "status")
+    assert r.returncode == 0, r.stderr
+    assert "1 requests" in r.stdout
