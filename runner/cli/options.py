@@ -68,12 +68,10 @@ def bounded(kind: type[int] | type[float], low: float, high: float | None, *, lo
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what} {span} (got {text!r})") from None
-        if (
-            not math.isfinite(value)
-            or value < low
-            or (low_open and value == low)
-            or (high is not None and value > high)
-        ):
+        if not math.isfinite(value):
+            # `1e999` is infinity to float(): "must be greater than 0" was no answer to it.
+            raise argparse.ArgumentTypeError(f"must be a finite number {span} (got {text})")
+        if value < low or (low_open and value == low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {what} {span} (got {text})")
         return value
 
