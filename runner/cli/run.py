@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import signal
@@ -336,19 +337,19 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         if (model := r.budget.unpriced_model) is not None:
             say(
                 f"stopped: cannot keep to --max-cost: no price for model {printable(model)} (add it with"
-                f" --prices FILE); spent ${spent:.4f} of ${limit:.4f}; {queued:,} requests left queued"
+                f" --prices FILE); spent {_usd(spent)} of {_usd(limit)}; {queued:,} requests left queued"
             )
         elif (r.budget.refused_usd or 0) <= limit - spent:
             # The batch lane packs once per run: its batches cost less than estimated, so some is left.
             say(
-                f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}; the batches were packed to fit it with"
-                f" estimates above what they cost, so ${limit - spent:.4f} is left; {queued:,} requests left queued"
+                f"stopped at the budget: spent {_usd(spent)} of {_usd(limit)}; the batches were packed to fit it with"
+                f" estimates above what they cost, so {_usd(limit - spent)} is left; {queued:,} requests left queued"
                 " (run again to send more, with a higher --max-cost to finish)"
             )
         else:
             say(
-                f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}, ${max(limit - spent, 0):.4f} left,"
-                f" not enough for the next request (estimated ${r.budget.refused_usd or 0:.4f}); {queued:,} requests"
+                f"stopped at the budget: spent {_usd(spent)} of {_usd(limit)}, {_usd(max(limit - spent, 0))} left,"
+                f" not enough for the next request (estimated {_usd(r.budget.refused_usd or 0)}); {queued:,} requests"
                 " left queued (run again with a higher --max-cost to finish)"
             )
         return ExitCode.BUDGET
@@ -356,6 +357,13 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         say("interrupted: every result received is saved; `runner run` resumes.")
         return ExitCode.SIGTERM if outcome.signal == signal.SIGTERM else ExitCode.SIGINT
     return None
+
+
+def _usd(x: float) -> str:
+    """Dollars with 4 decimals, and as many more as a smaller amount needs for two significant digits:
+    `--max-cost 0.00005` was shown as $0.0001, twice the budget given."""
+    places = 4 if x == 0 or abs(x) >= 0.001 else 1 - math.floor(math.log10(abs(x)))
+    return f"${x:,.{places}f}"
 
 
 def _cancel_options(p: argparse.ArgumentParser) -> None:

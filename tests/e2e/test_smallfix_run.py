@@ -64,3 +64,15 @@ def test_a_command_option_before_the_command_is_named(cli: Cli) -> None:
     r = cli("--d", str(cli.db), "--log-level=info", "status")
     assert r.returncode == 0, r.stderr
     assert "1 requests" in r.stdout
+
+
+def test_a_small_budget_is_shown_with_enough_digits(cli: Cli, mock_factory: object) -> None:
+    mock: MockServer = mock_factory()  # type: ignore[operator]
+    body = {"model": "gpt-4.1-mini", "max_output_tokens": 1000}  # ~$0.0016 at most each: over the budget
+    job = cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 2, extra=body))
+
+    r = cli("run", job, *run_args(mock), "--quiet", "--max-cost", "0.00005")
+    assert r.returncode == 4, r.stderr
+    stop = r.stderr.splitlines()[-1]
+    assert stop.startswith("stopped at the budget: spent $0.0000 of $0.000050, $0.000050 left,"), stop
+    assert cli.status(job)["counts"]["queued"] == 2
