@@ -31,7 +31,7 @@ import anyio
 from pydantic import ValidationError
 
 from runner.budget import Budget
-from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, Lane, Settings, env_name
+from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, AuthStyle, Lane, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
 from runner.estimate import LANES, Estimate, OutputHistory, estimate_file, estimate_job
@@ -144,7 +144,14 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 
 
 def _check_key(s: Settings) -> None:
-    if s.api_key is None and _is_openai(s.base_url):
+    if s.api_key is not None and s.api_key.get_secret_value():
+        return
+    # An empty OPENAI_API_KEY= sends no header either: it is as good as none.
+    if s.auth_style is AuthStyle.API_KEY:
+        # Only Azure takes its key in an `api-key` header, and Azure always wants one: every request went out
+        # without any auth header, to be answered 401.
+        raise ConfigError("--auth-style api-key needs a key: OPENAI_API_KEY is not set (or pass --api-key)")
+    if _is_openai(s.base_url):
         raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
 
 
@@ -155,7 +162,12 @@ def _is_openai(base_url: str) -> bool:
         host = urlsplit(base_url).hostname  # lower case
     except ValueError:
         return False  # the client names what is wrong with the URL
-    return host is not None and host.rstrip(".") == urlsplit(DEFAULT_BASE_URL).hostname
+    if host is None:
+        return False
+    host = host.rstrip(".")
+    openai = urlsplit(DEFAULT_BASE_URL).hostname or ""
+    # OpenAI's regional hosts (`eu.api.openai.com`, data residency) want the key as much as the main one.
+    return host == openai or host.endswith("." + openai)
 
 
 def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:

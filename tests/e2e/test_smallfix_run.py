@@ -76,3 +76,14 @@ def test_a_small_budget_is_shown_with_enough_digits(cli: Cli, mock_factory: obje
     stop = r.stderr.splitlines()[-1]
     assert stop.startswith("stopped at the budget: spent $0.0000 of $0.000050, $0.000050 left,"), stop
     assert cli.status(job)["counts"]["queued"] == 2
+
+
+def test_the_azure_auth_style_without_a_key_sends_nothing(cli: Cli, mock_factory: object) -> None:
+    mock: MockServer = mock_factory()  # type: ignore[operator]
+    job = cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 2))
+
+    r = cli("run", job, *run_args(mock), "--auth-style", "api-key")
+    assert r.returncode == 2
+    assert r.stderr == "runner: --auth-style api-key needs a key: OPENAI_API_KEY is not set (or pass --api-key)\n"
+    assert mock.stats()["creates"] == 0
+    assert cli.status(job)["counts"]["queued"] == 2
