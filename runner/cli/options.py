@@ -78,6 +78,13 @@ def bounded(kind: type[int] | type[float], low: float, high: float | None, *, lo
     return parse
 
 
+def not_blank(text: str) -> str:
+    """An argparse `type` for a name that must say something (`--model ""` queued lines with no model)."""
+    if not text or text.isspace():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 _DB_HELP = f"SQLite file or SQLAlchemy URL of the job store (default {DEFAULT_DB})"
 
 
