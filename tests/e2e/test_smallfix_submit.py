@@ -40,3 +40,15 @@ def test_an_empty_model_flag_is_refused(cli: Cli) -> None:
     assert r.stderr == "runner submit: argument --model: must not be empty (see `runner submit --help`)\n"
     assert not cli.db.exists()
 
+
+def test_convert_names_the_part_it_cannot_convert_in_english(cli: Cli) -> None:
+    path = cli.db.parent / "chat.jsonl"
+    body = {"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}
+    path.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+
+    r = cli("convert", "chat.jsonl")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[1] == (
+        "chat.jsonl:line 1: field body.messages[0].content[0].type: cannot convert a part of type 'input_audio'"
+        " in an input message"
+    )
