@@ -87,3 +87,14 @@ def test_the_azure_auth_style_without_a_key_sends_nothing(cli: Cli, mock_factory
     assert r.stderr == "runner: --auth-style api-key needs a key: OPENAI_API_KEY is not set (or pass --api-key)\n"
     assert mock.stats()["creates"] == 0
     assert cli.status(job)["counts"]["queued"] == 2
+
+
+def test_flex_capacity_waits_are_no_retries_in_the_run_or_in_status(cli: Cli, mock_factory: object) -> None:
+    mock: MockServer = mock_factory("--flex-busy", "2")  # type: ignore[operator]
+    job = cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 3))
+
+    r = cli("run", job, *run_args(mock), "--lane", "flex", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert mock.stats()["faults"]["capacity"] == 2  # two were answered "no capacity" and sent again
+    assert r.stderr.splitlines()[-1].endswith("; retries 0, rate limited 0"), r.stderr
+    assert "  attempts 3 (0 retries) · rate limited 0" in cli("status", job).stdout.splitlines()
