@@ -31,7 +31,7 @@ import anyio
 from pydantic import ValidationError
 
 from runner.budget import Budget
-from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, Lane, Settings, env_name
+from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, AuthStyle, Lane, Settings, env_name
 from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
 from runner.estimate import LANES, Estimate, OutputHistory, estimate_file, estimate_job
@@ -144,7 +144,14 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 
 
 def _check_key(s: Settings) -> None:
-    if s.api_key is None and _is_openai(s.base_url):
+    if s.api_key is not None and s.api_key.get_secret_value():
+        return
+    # An empty OPENAI_API_KEY= sends no header either: it is as good as none.
+    if s.auth_style is AuthStyle.API_KEY:
+        # Only Azure takes its key in an `api-key` header, and Azure always wants one: every request went out
+        # without any auth header, to be answered 401.
+        raise ConfigError("--auth-style api-key needs a key: OPENAI_API_KEY is not set (or pass --api-key)")
+    if _is_openai(s.base_url):
         raise ConfigError("OPENAI_API_KEY is not set (or pass --api-key)")
 
 
@@ -155,7 +162,12 @@ def _is_openai(base_url: str) -> bool:
         host = urlsplit(base_url).hostname  # lower case
     except ValueError:
         return False  # the client names what is wrong with the URL
-    return host is not None and host.rstrip(".") == urlsplit(DEFAULT_BASE_URL).hostname
+    if host is None:
+        return False
+    host = host.rstrip(".")
+    openai = urlsplit(DEFAULT_BASE_URL).hostname or ""
+    # OpenAI's regional hosts (`eu.api.openai.com`, data residency) want the key as much as the main one.
+    return host == openai or host.endswith("." + openai)
 
 
 def _client(s: Settings, transport: httpx.AsyncBaseTransport | None, connections: int) -> ApiClient:
@@ -330,7 +342,8 @@ async def run(
     s = _settings(settings, db)
     # A run's clock is the fleet's: corrected to the database's when this machine's is far off.
     async with await Store.open(s.db, "existing", clock=FleetClock()) as store:
-        ids = list(job_ids) if job_ids else await store.unfinished_job_ids()
+        # `runner run J J`: each job once (twice, its summary was printed twice and its ids claimed twice over).
+        ids = list(dict.fromkeys(job_ids)) if job_ids else await store.unfinished_job_ids()
         for jid in ids:
             await store.get_job(jid)  # JobNotFound before any work starts
         if not ids:
@@ -412,6 +425,27 @@ def _refuse_processes(s: Settings) -> None:
         )
 
 
+async def _refuse_open_batches(store: Store, ids: Sequence[str], n: int) -> None:
+    from runner.store.batches import open_batches
+
+    if await open_batches(store, ids):
+        raise ConfigError(
+            f"--processes {n}: these jobs have batches open from a batch-lane run; collect them first with"
+            " `runner run` in one process"
+        )
+
+
+async def refuse_run(job_ids: Sequence[str], settings: Settings) -> None:
+    """ConfigError for a run `run` would refuse, checked before the caller says which jobs start: a refusal
+    came after "resuming J ..." lines, which told a user that work had started."""
+    s = _settings(settings, None)
+    _refuse_processes(s)
+    _check_key(s)
+    if s.processes > 1 and job_ids:
+        async with await Store.open(s.db, "existing") as store:
+            await _refuse_open_batches(store, job_ids, s.processes)
+
+
 async def _run_processes(
     store: Store,
     ids: list[str],
@@ -423,16 +457,11 @@ async def _run_processes(
 ) -> RunOutcome:
     """`run` in `s.processes` worker processes, this one the first (runner/processes.py); what one process
     cannot share is refused."""
-    from runner.store.batches import open_batches
     from runner.worker.pool import Run
 
     n = s.processes
     _refuse_processes(s)
-    if await open_batches(store, ids):
-        raise ConfigError(
-            f"--processes {n}: these jobs have batches open from a batch-lane run; collect them first with"
-            " `runner run` in one process"
-        )
+    await _refuse_open_batches(store, ids, n)
     _check_key(s)
     counts, _ = await store.progress(ids)
     if count(counts, *ACTIVE) == 0:  # nothing to send or poll: no process to start

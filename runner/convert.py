@@ -240,7 +240,7 @@ class _Converter:
             elif kind == "refusal" and side == "output":
                 parts.append({"type": "refusal", "refusal": part.get("refusal")})
             else:
-                raise _Refused(_at(pp, "type"), f"cannot convert a {kind!r} part of a {side} message")
+                raise _Refused(_at(pp, "type"), f"cannot convert a part of type {kind!r} in an {side} message")
         return parts
 
     def text_of(self, value: Any, here: str) -> str:

@@ -71,7 +71,8 @@ class SpecError(ConfigError):
 
 class _Section(BaseModel):
     # strict: TOML already has real types, so "32" for an integer is a mistake worth naming, not coercing.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # TOML also spells `inf` and `nan`: refused here, naming the key (the run said only "invalid settings").
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class JobSection(_Section):

@@ -244,10 +244,18 @@ def _check_stream(value: Any, path: str, out: list[FieldIssue]) -> None:
         _STREAM_TYPE(value, path, out)
 
 
+def _check_model(value: Any, path: str, out: list[FieldIssue]) -> None:
+    if not isinstance(value, str):
+        out.append(type_issue(path, "a string", value))
+    elif not value or value.isspace():
+        # `"model": ""` was queued, and each line then failed at the API with a 400 that names no line.
+        out.append(FieldIssue(path, "must not be empty", False))
+
+
 # Which fields may be null follows the API (openai-python types them Optional), not only the seeds:
 # a null that the API accepts must not fail a whole file here.
 _BODY_FIELDS: Final[Mapping[str, Check]] = {
-    "model": string(),
+    "model": _check_model,
     "input": _check_input,
     "instructions": string(nullable=True),
     "previous_response_id": string(nullable=True),
@@ -412,6 +420,10 @@ def _ok_str(value: Any) -> bool:
     return type(value) is str
 
 
+def _ok_model(value: Any) -> bool:
+    return type(value) is str and value != "" and not value.isspace()
+
+
 def _ok_str_or_null(value: Any) -> bool:
     return value is None or type(value) is str
 
@@ -495,10 +507,10 @@ def _ok_truncation(value: Any) -> bool:
 
 
 # The keys whose check above passes any string: a string value of one of these needs no call at all.
-_ANY_STRING: Final = frozenset({"model", "input", "instructions", "user", "prompt_cache_key", "safety_identifier"})
+_ANY_STRING: Final = frozenset({"input", "instructions", "user", "prompt_cache_key", "safety_identifier"})
 
 _QUICK_BODY: Final[Mapping[str, Any]] = {
-    "model": _ok_str,
+    "model": _ok_model,
     "input": _ok_input,
     "instructions": _ok_str_or_null,
     "max_output_tokens": _ok_max_output_tokens,

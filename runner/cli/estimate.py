@@ -26,7 +26,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--reuse", action="store_true", help="leave out lines the store already answered, as submit --reuse")
     p.add_argument("--reuse-max-age", metavar="DURATION", help="with --reuse: only answers at most this old")
-    p.add_argument("--model", help="model for lines that name none, as submit --model")
+    p.add_argument("--model", type=options.not_blank, help="model for lines that name none, as submit --model")
     setting(p, "prices", help="price table TOML overriding the shipped one")
     options.db(p)
 

@@ -68,16 +68,21 @@ def bounded(kind: type[int] | type[float], low: float, high: float | None, *, lo
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what} {span} (got {text!r})") from None
-        if (
-            not math.isfinite(value)
-            or value < low
-            or (low_open and value == low)
-            or (high is not None and value > high)
-        ):
+        if not math.isfinite(value):
+            # `1e999` is infinity to float(): "must be greater than 0" was no answer to it.
+            raise argparse.ArgumentTypeError(f"must be a finite number {span} (got {text})")
+        if value < low or (low_open and value == low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {what} {span} (got {text})")
         return value
 
     return parse
+
+
+def not_blank(text: str) -> str:
+    """An argparse `type` for a name that must say something (`--model ""` queued lines with no model)."""
+    if not text or text.isspace():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 _DB_HELP = f"SQLite file or SQLAlchemy URL of the job store (default {DEFAULT_DB})"

@@ -63,18 +63,68 @@ def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
     }
 
 
-def _command_word(args: Sequence[str], takes_value: set[str]) -> str | None:
+def _command_word(args: Sequence[str], parser: argparse.ArgumentParser) -> str | None:
     """The command among `args`, skipping global flags and their values; None if there is none."""
+    takes_value = _takes_value(parser)
     it = iter(args)
     for a in it:
         if a == "--":
             return next(it, None)
         if a.startswith("-"):
-            if a in takes_value:
+            if _global_flag(a, parser) in takes_value:  # `--db x`, and `--d x` as argparse reads it
                 next(it, None)
             continue
         return a
     return None
+
+
+def _global_flag(flag: str, parser: argparse.ArgumentParser) -> str | None:
+    """The global option `flag` names, as argparse reads it (a unique prefix such as `--verb` included)."""
+    if flag in parser._option_string_actions:
+        return flag
+    if flag.startswith("--"):
+        found = [o for o in parser._option_string_actions if o.startswith(flag)]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _misplaced_option(args: Sequence[str], parser: argparse.ArgumentParser) -> tuple[str, list[str]] | None:
+    """The first option before the command that is not a global one (`runner --concurrency 4 status`), as
+    given, and what follows it; or None. Left to the word scan, its value was taken for the command:
+    "unknown command '4'"."""
+    takes_value = _takes_value(parser)
+    value_next = False
+    for i, a in enumerate(args):
+        if value_next:  # the value of a global option (`--db x.db`, `--db -odd.db`)
+            value_next = False
+            continue
+        if a == "--" or not a.startswith("-") or a == "-":
+            return None
+        flag = a.split("=", 1)[0]
+        known = _global_flag(flag, parser)
+        if known is None:
+            return a, list(args[i + 1 :])
+        value_next = known in takes_value and "=" not in a
+    return None
+
+
+def _misplaced_error(arg: str, rest: Sequence[str], commands: dict[str, argparse.ArgumentParser]) -> str:
+    """The one line for an option given before the command that belongs after it (or nowhere)."""
+    flag = arg.split("=", 1)[0]
+    givers = [name for name, p in commands.items() if flag in p._option_string_actions]
+    only = "only -v, --db, --log-level and --log-format go before the command"
+    if not givers:
+        return f"unknown option {flag} ({only})"
+    action = commands[givers[0]]._option_string_actions[flag]
+    after = rest[1:] if action.nargs != 0 and "=" not in arg and rest else rest
+    word = next((a for a in after if not a.startswith("-")), None)
+    if word in givers:
+        return f"{flag} goes after the command: `runner {word} {flag} ...` ({only})"
+    of = ", ".join(givers)
+    if word in commands:
+        return f"{flag} goes after the command, and `runner {word}` does not take it (it is an option of {of}; {only})"
+    return f"{flag} goes after the command (it is an option of {of}; {only})"
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -93,7 +143,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the command line; a mistyped command or flag gets a did-you-mean, a bad value a one-line error."""
     parser = build_parser()
     commands = _subparsers(parser)
-    word = _command_word(argv, _takes_value(parser))
+    misplaced = _misplaced_option(argv, parser)
+    if misplaced is not None:
+        parser.error(_misplaced_error(*misplaced, commands))
+    word = _command_word(argv, parser)
     if word is not None and word not in commands:
         hint = _suggest(word, list(commands)) or f" (commands: {', '.join(commands)})"
         parser.error(f"unknown command '{word}'{hint}")

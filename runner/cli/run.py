@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import signal
@@ -166,11 +167,13 @@ def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
     return concurrency
 
 
-def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> list[str] | None:
-    """The jobs a plain `runner run` resumes, each named on stderr; jobs untouched for STALE_AFTER_DAYS are
-    skipped and named too (an old, half-done job should not start spending again unasked). None: nothing."""
+def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> tuple[list[str] | None, list[str]]:
+    """The jobs a plain `runner run` resumes (None: nothing), and the lines that name them for stderr; jobs
+    untouched for STALE_AFTER_DAYS are skipped and named too (an old, half-done job should not start spending
+    again unasked). The lines are said once the run is known not to be refused."""
     now = time.time()
     chosen: list[str] = []
+    lines: list[str] = []
     # The run's own settings: a flag over a bad variable (RUNNER_CONCURRENCY=99999 --concurrency 4) wins here too.
     for st in run_async(lambda: app.jobs(db=ns.db, settings=settings)):
         if st.job.cancelled_at is not None or st.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
@@ -179,15 +182,15 @@ def _choose_jobs(ns: argparse.Namespace, settings: app.Settings) -> list[str] | 
         name = printable(st.job.name)
         left = st.job.total - st.finished
         if now - last > STALE_AFTER_DAYS * 86400:
-            say(
+            lines.append(
                 f"skipping {st.job.id} ({name}): unfinished, untouched since {when(last)};"
                 f" `runner run {st.job.id}` resumes it"
             )
             continue
         verb = "resuming" if st.attempts else "starting"
-        say(f"{verb} {st.job.id} ({name}): {left:,} of {st.job.total:,} requests left")
+        lines.append(f"{verb} {st.job.id} ({name}): {left:,} of {st.job.total:,} requests left")
         chosen.append(st.job.id)
-    return chosen or None
+    return chosen or None, lines
 
 
 def _next_steps(outcome: app.RunOutcome) -> list[str]:
@@ -218,7 +221,12 @@ def _run(ns: argparse.Namespace) -> ExitCode:
     fitted = fit_open_files(settings.concurrency)
     if fitted != settings.concurrency:
         settings = settings.model_copy(update={"concurrency": fitted})
-    ids = ns.job_ids or _choose_jobs(ns, settings)
+    ids, named = (ns.job_ids, []) if ns.job_ids else _choose_jobs(ns, settings)
+    if ids is not None:
+        chosen = ids
+        run_async(lambda: app.refuse_run(chosen, settings))  # before any line says that work starts
+    for line in named:
+        say(line)
     if ids is None:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK
@@ -329,19 +337,19 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         if (model := r.budget.unpriced_model) is not None:
             say(
                 f"stopped: cannot keep to --max-cost: no price for model {printable(model)} (add it with"
-                f" --prices FILE); spent ${spent:.4f} of ${limit:.4f}; {queued:,} requests left queued"
+                f" --prices FILE); spent {_usd(spent)} of {_usd(limit)}; {queued:,} requests left queued"
             )
         elif (r.budget.refused_usd or 0) <= limit - spent:
             # The batch lane packs once per run: its batches cost less than estimated, so some is left.
             say(
-                f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}; the batches were packed to fit it with"
-                f" estimates above what they cost, so ${limit - spent:.4f} is left; {queued:,} requests left queued"
+                f"stopped at the budget: spent {_usd(spent)} of {_usd(limit)}; the batches were packed to fit it with"
+                f" estimates above what they cost, so {_usd(limit - spent)} is left; {queued:,} requests left queued"
                 " (run again to send more, with a higher --max-cost to finish)"
             )
         else:
             say(
-                f"stopped at the budget: spent ${spent:.4f} of ${limit:.4f}, ${max(limit - spent, 0):.4f} left,"
-                f" not enough for the next request (estimated ${r.budget.refused_usd or 0:.4f}); {queued:,} requests"
+                f"stopped at the budget: spent {_usd(spent)} of {_usd(limit)}, {_usd(max(limit - spent, 0))} left,"
+                f" not enough for the next request (estimated {_usd(r.budget.refused_usd or 0)}); {queued:,} requests"
                 " left queued (run again with a higher --max-cost to finish)"
             )
         return ExitCode.BUDGET
@@ -349,6 +357,13 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         say("interrupted: every result received is saved; `runner run` resumes.")
         return ExitCode.SIGTERM if outcome.signal == signal.SIGTERM else ExitCode.SIGINT
     return None
+
+
+def _usd(x: float) -> str:
+    """Dollars with 4 decimals, and as many more as a smaller amount needs for two significant digits:
+    `--max-cost 0.00005` was shown as $0.0001, twice the budget given."""
+    places = 4 if x == 0 or abs(x) >= 0.001 else 1 - math.floor(math.log10(abs(x)))
+    return f"${x:,.{places}f}"
 
 
 def _cancel_options(p: argparse.ArgumentParser) -> None:

@@ -17,11 +17,13 @@ from runner.errors import ApiError, TransientApiError
 from runner.outputcheck import Wanted, check, wanted
 from runner.reply import (
     MAX_CODE_CHARS,
+    MAX_ID_CHARS,
     MAX_MESSAGE_CHARS,
     USAGE_OUT_OF_BOUNDS,
     output_text,
     plain_usage,
     read_error_text,
+    read_id,
     read_usage,
     with_output_text,
 )
@@ -96,6 +98,9 @@ def final_outcome(
 ) -> Outcome:
     """The outcome of the request `row_id` whose Response object is in a final state, as that state says
     (no new attempt: `from_response` decides those; `runner cancel` records what its cancels return)."""
+    rid = body.get("id")
+    if rid is not None and read_id(rid) is None:
+        return _bad_id(row_id, body, http_status=http_status, request_id=request_id, sent_at=sent_at)
     status = body.get("status")
     if status == "completed":
         # The common case, first and short (scenario 2 of `make bench` runs it for every request): usage
@@ -160,6 +165,28 @@ def final_outcome(
         error_code=code,
         error_message=message,
         usage=usage.usage,
+        sent_at=sent_at,
+    )
+
+
+def _bad_id(
+    row_id: int, body: dict[str, Any], *, http_status: int, request_id: str | None, sent_at: float | None
+) -> Outcome:
+    """A final reply whose `id` is not one (a number, "", a megabyte of text): the line fails, named.
+
+    Only background replies had their id bounded; a foreground one was stored as sent, and a line continuing it
+    was sent with it as `previous_response_id`. The answer is kept without the id, and its usage (it was paid).
+    """
+    stored = _dump(with_output_text({k: v for k, v in body.items() if k != "id"}))
+    return Outcome(
+        row_id,
+        RequestState.FAILED,
+        http_status=http_status,
+        api_request_id=request_id,
+        response_body=stored,
+        error_code="invalid_response_body",
+        error_message=f"the reply's id is not a string of 1 to {MAX_ID_CHARS} characters",
+        usage=read_usage(body).usage,
         sent_at=sent_at,
     )
 

@@ -90,7 +90,10 @@ def count_outcome(s: Snapshot, o: Outcome) -> None:
     if o.rate_limited:
         s.rate_limited += 1
     if o.to is RequestState.QUEUED:
-        s.retries += 1
+        # A requeue that used up no attempt (no flex capacity, server unreachable, a stop) is no retry: the store
+        # does not count it, and `runner status` said "0 retries" where this run's own line said "retries 4".
+        if not o.refund_attempt:
+            s.retries += 1
         return
     s.done += 1
     s.tokens += o.usage.total_tokens

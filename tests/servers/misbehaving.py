@@ -134,6 +134,9 @@ ODD_FIELDS: dict[str, dict[str, Any]] = {
     "status_number": {"id": "resp_odd", "status": 200, "output": [1, None, {"type": "message", "content": 5}]},
 }
 
+# Completed 200s whose `id` is not a response id: too long, empty, a number.
+ODD_IDS: dict[str, Any] = {"id_long": "r" * 300, "id_empty": "", "id_number": 12345}
+
 # 200s whose bodies are not JSON objects.
 BODIES: dict[str, str] = {
     "body_array": "[1, 2, 3]",
@@ -188,6 +191,8 @@ class Server:
             return _json(ODD_FIELDS[scenario])
         if scenario in BODIES:
             return _raw(BODIES[scenario])
+        if scenario in ODD_IDS:
+            return _json({**_response(rid), "id": ODD_IDS[scenario]})
         if scenario == "bad_gzip":
             # Says gzip, is not: the body cannot be decoded.
             return web.Response(

@@ -27,9 +27,9 @@ def test_global_flags_before_and_after_the_command_mean_the_same() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "--grace", "inf"], "runner run: argument --grace: must be a number from 0 to 3,600 (got inf)"),
+        (["run", "--grace", "inf"], "runner run: argument --grace: must be a finite number from 0 to 3,600 (got inf)"),
         (["run", "--timeout", "0"], "runner run: argument --timeout: must be a number above 0 to 86,400 (got 0)"),
-        (["run", "--rpm", "nan"], "runner run: argument --rpm: must be a number greater than 0 (got nan)"),
+        (["run", "--rpm", "nan"], "runner run: argument --rpm: must be a finite number greater than 0 (got nan)"),
         (["run", "--max-attempts", "x"], "runner run: argument --max-attempts: must be a whole number from 1"),
         (["--db", "x", "reprot"], "runner: unknown command 'reprot'; did you mean 'report'?"),
         (["status", "--jsno"], "runner status: unknown option --jsno; did you mean '--json'?"),

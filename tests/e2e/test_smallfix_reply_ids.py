@@ -1,0 +1,48 @@
+"""A foreground reply whose `id` is not a response id (too long, empty, a number) fails its line with
+`invalid_response_body`, and a line continuing it fails unsent; the run goes on. Before, the id was stored as
+sent and a continuing line was sent with a 300-character `previous_response_id`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli
+from tests.e2e.test_untrusted_replies import Misbehaving, server
+from tests.servers import misbehaving
+
+pytestmark = pytest.mark.e2e
+__all__ = ["server"]  # the fixture, shared with the untrusted-replies tests
+
+
+def _line(custom_id: str, scenario: str, **more: Any) -> str:
+    body = {"model": "gpt-test", "input": f"scenario:{scenario}", **more}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": body}) + "\n"
+
+
+def test_a_bad_foreground_id_fails_its_line_and_the_lines_that_continue_it(cli: Cli, server: Misbehaving) -> None:
+    path = cli.db.parent / "in.jsonl"
+    bad = list(misbehaving.ODD_IDS)
+    lines = [_line(s, s) for s in bad]
+    lines.append(_line("child", "ok", previous_response_id="@id_long"))
+    lines.append(_line("fine", "ok"))
+    path.write_text("".join(lines))
+    job = cli.submit(path)
+
+    r = cli("run", job, "--base-url", server.base_url, "--max-attempts", "1", "--quiet")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    sql = "select custom_id, state, error_code, response_body from requests"
+    with closing(sqlite3.connect(cli.db)) as conn:
+        got = {cid: (state, code, body) for cid, state, code, body in conn.execute(sql)}
+    for s in bad:
+        state, code, body = got[s]
+        assert (state, code) == ("failed", "invalid_response_body"), s
+        assert "id" not in json.loads(body)  # the answer is kept, its id is not
+    assert got["child"][:2] == ("failed", "parent_failed")
+    assert got["fine"][:2] == ("completed", None)
+    assert server.stats()["posts"].get("ok") == 1  # the child was never sent
