@@ -6,12 +6,19 @@ and a Ctrl-C in that time must end with one line, not a KeyboardInterrupt traceb
 
 from __future__ import annotations
 
-from runner import interrupt
+import contextlib
+import sys
+
+from runner import VERSION_LINE, interrupt
 
 
 def main() -> None:
     """Entry point of the `runner` command."""
     interrupt.leave_at_once()
+    if sys.argv[1:] == ["--version"]:  # answered before the CLI (all its commands' imports) is loaded
+        with contextlib.suppress(OSError):  # a closed pipe (`runner --version | head -0`): nothing to add
+            sys.stdout.write(f"{VERSION_LINE}\n")
+        interrupt.exit_now(0)
     from runner.cli import main as cli_main
 
     try:

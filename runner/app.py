@@ -14,6 +14,7 @@ calls the flow; split up, callers (the CLI, scripts, notebooks) would import fro
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import shutil
 import signal
@@ -30,20 +31,9 @@ from urllib.parse import urlsplit
 import anyio
 from pydantic import ValidationError
 
-from runner.budget import Budget
-from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, AuthStyle, Lane, Settings, env_name
-from runner.convert import NOTHING_WRITTEN, ConvertCounts, convert_file
+from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, FORMATS, LANES, AuthStyle, Lane, Settings, env_name
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
-from runner.estimate import LANES, Estimate, OutputHistory, estimate_file, estimate_job
-from runner.export import FORMATS, ExportCounts, ResultRow, export_job, iter_results
-from runner.files import atomic_writer
-from runner.htmlreport import write_html
-from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, SubmitResult, spool_stdin, submit_files
 from runner.owners import host_id, owner_is_dead
-from runner.prices import PriceTable, load_prices
-from runner.processes import ChildReport, is_child, supervise
-from runner.report import Report, build_report
-from runner.spec import JobSpec, load_spec
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log, refuse_in_memory
@@ -52,11 +42,23 @@ from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
 
+# Start-up time: every `runner` command imports this module, and `runner status` must not pay for reading
+# JSONL, pricing, exporting, HTML reports, specs or the HTTP stack. So the flow modules below are imported
+# inside the functions that use them; here they are named for the type checker only.
 if TYPE_CHECKING:
     import httpx
 
+    from runner.budget import Budget
     from runner.client import ApiClient
+    from runner.convert import ConvertCounts
+    from runner.estimate import Estimate
+    from runner.export import ExportCounts, ResultRow
+    from runner.ingest import SubmitResult
     from runner.lanes.batch import BatchLane
+    from runner.prices import PriceTable
+    from runner.processes import ChildReport, is_child
+    from runner.report import Report
+    from runner.spec import JobSpec
     from runner.worker.pool import Run
 
 # FORMATS, LANES, JobRow, JobStats, JobStatusReport, StopReason and job_state are re-exported for the CLI,
@@ -95,6 +97,15 @@ __all__ = [
     "status_report",
     "submit",
 ]
+
+# Re-exported from flow modules, which load when first asked for (start-up time, above).
+_LAZY = {"ChildReport": "runner.processes", "is_child": "runner.processes", "ResultRow": "runner.export"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -268,6 +279,8 @@ async def submit_many(
 
     "-" is standard input (once); gzip files are read compressed. Results come in the order of `paths`.
     """
+    from runner.ingest import STDIN, STDIN_SHOWN, SubmitOptions, spool_stdin, submit_files
+
     if sum(p == STDIN for p in paths) > 1:
         raise ConfigError("standard input ('-') can be given only once")
     s = _settings(None, db)
@@ -297,6 +310,10 @@ def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False
 
     "-" reads standard input. InputError names every line that cannot be converted; nothing is written then.
     """
+    from runner.convert import NOTHING_WRITTEN, convert_file
+    from runner.files import atomic_writer
+    from runner.ingest import STDIN, STDIN_SHOWN, spool_stdin
+
     spooled = spool_stdin() if path == STDIN else None
     src = spooled or Path(path)
     shown = STDIN_SHOWN if path == STDIN else path
@@ -338,6 +355,7 @@ async def run(
     table shipped with runner, or `prices`): the run then stops with StopReason.BUDGET.
     """
     from runner.limits import budget_id
+    from runner.prices import load_prices
 
     s = _settings(settings, db)
     # A run's clock is the fleet's: corrected to the database's when this machine's is far off.
@@ -457,6 +475,7 @@ async def _run_processes(
 ) -> RunOutcome:
     """`run` in `s.processes` worker processes, this one the first (runner/processes.py); what one process
     cannot share is refused."""
+    from runner.processes import supervise
     from runner.worker.pool import Run
 
     n = s.processes
@@ -523,6 +542,9 @@ async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: boo
 
 async def _budget(store: Store, job_ids: Sequence[str], limit: float, prices: PriceTable) -> Budget:
     """A budget over what the jobs have cost so far, with the store's recent answers as output history."""
+    from runner.budget import Budget
+    from runner.estimate import OutputHistory
+
     spent = 0.0
     for jid in job_ids:
         # Priced per lane, as the report prices them: the Batch API and the flex tier pay the Batch rate.
@@ -549,6 +571,10 @@ async def estimate(
     when there is one, gives the typical output of each model and, with `reuse`, the lines it already
     answered; a file is estimated without a store too. Nothing is written.
     """
+    from runner.estimate import estimate_file, estimate_job
+    from runner.ingest import STDIN, STDIN_SHOWN, spool_stdin
+    from runner.prices import load_prices
+
     s = _settings(None, db)
     lane = s.lane if lane is None else Lane(lane)  # the flag's text, else RUNNER_LANE
     table = load_prices(_prices_file(prices, s))
@@ -626,6 +652,8 @@ async def export(
     db: str | None = None,
 ) -> ExportCounts:
     """Write a job's finished requests (stdout when `out` is None) as `fmt`: batch, jsonl-flat, csv or parquet."""
+    from runner.export import export_job
+
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         return await export_job(store, job_id, out, errors, fmt)
@@ -637,6 +665,8 @@ async def results(job_id: str, *, db: str | None = None) -> AsyncGenerator[Resul
     Lines not finished yet come too, with status queued or in_progress. The store stays open (one read
     snapshot) until the loop ends; wrap the call in `contextlib.aclosing` to close it at once on `break`.
     """
+    from runner.export import iter_results
+
     s = _settings(None, db)
     # aclosing: a loop left early closes the inner stream (and its connection) before the store is disposed.
     async with await Store.open(s.db, "existing") as store, aclosing(iter_results(store, job_id)) as rows:
@@ -687,6 +717,10 @@ async def report(
     Prices come from the table shipped with runner, overridden by `prices` (or RUNNER_PRICES), a TOML file.
     With `html`, the report is also written there as one self-contained HTML page with charts.
     """
+    from runner.htmlreport import write_html
+    from runner.prices import load_prices
+    from runner.report import build_report
+
     s = _settings(None, db)
     table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:
@@ -751,6 +785,13 @@ async def run_spec(
 
     Limits come from the spec unless `overrides` (explicit flags, as Settings fields) say otherwise.
     """
+    from runner.export import export_job
+    from runner.htmlreport import write_html
+    from runner.ingest import SubmitOptions, submit_files
+    from runner.prices import load_prices
+    from runner.report import build_report
+    from runner.spec import load_spec
+
     spec = load_spec(Path(spec_path))
     date = today or dt.date.today()
     lane = {"lane": spec.job.lane} if spec.job.lane is not None else {}

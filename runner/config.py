@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +55,11 @@ class Lane(StrEnum):
     FLEX = "flex"  # POST /responses with service_tier "flex": Batch prices, slower, capacity 429s
     BATCH = "batch"  # the Batch API: input files, batches polled until done, results merged by custom_id
 
+
+LANES: Final = tuple(lane.value for lane in Lane)
+# The formats of `runner export` (runner/export.py writes them). Here, not there, because the CLI offers them
+# as choices when it builds its parser, for every command: export's own imports are paid by `runner export` only.
+FORMATS: Final = ("batch", "jsonl-flat", "csv", "parquet")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

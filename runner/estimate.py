@@ -33,7 +33,7 @@ from typing import Any, Final
 import orjson
 
 from runner.cachekeys import cache_key, prompt_prefix
-from runner.config import Lane
+from runner.config import LANES, Lane
 from runner.errors import InputError, LineProblem
 from runner.ingest import Unreadable, read_lines
 from runner.limits import CHARS_PER_TOKEN, Estimator
@@ -55,7 +55,6 @@ __all__ = [
     "model_of",
 ]
 
-LANES: Final = tuple(lane.value for lane in Lane)
 UNKNOWN_MODEL: Final = "(no model)"
 CHUNK: Final = 5000  # lines looked up in the store at once (reuse)
 NOT_ESTIMATED: Final = "nothing was estimated"

@@ -32,6 +32,7 @@ from typing import IO, Any, Final
 import orjson
 
 from runner import DISTRIBUTION
+from runner.config import FORMATS
 from runner.errors import ConfigError
 from runner.files import atomic_writer, refuse_store_file
 from runner.heap import gc_spares_the_heap
@@ -48,7 +49,6 @@ _FAILED = RequestState.FAILED.value
 _UNFINISHED = frozenset(s.value for s in ACTIVE)
 _RESULT_STATES = frozenset(s.value for s in RESULTS)
 
-FORMATS: Final = ("batch", "jsonl-flat", "csv", "parquet")
 PARQUET_ROW_GROUP = 50_000  # rows held before a row group is written: bounded memory, few groups
 METADATA: Final = "metadata"  # the jsonl-flat field; csv and parquet spread it over `metadata.<key>` columns
 FLAT_COLUMNS: Final = (

@@ -6,7 +6,7 @@ import argparse
 import difflib
 from collections.abc import Sequence
 
-from runner import __version__
+from runner import VERSION_LINE
 from runner.cli import estimate, inspect, manage, run, submit
 from runner.cli.command import Command
 from runner.cli.exits import epilog
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run JSONL files of OpenAI Responses API requests as resumable batch jobs.",
         epilog=epilog(),
     )
-    parser.add_argument("--version", action="version", version=f"runner {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION_LINE)
     global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:

@@ -16,6 +16,10 @@ HEAD_REVISION = "0014"
 def include_object(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
     """An Alembic `include_object` hook for `dialect`: leaves out what tables.py declares for another
     database only (`info={"only_on": ...}`), which Alembic's comparison would otherwise call missing."""
+    if dialect == "postgresql":
+        from runner.store.tables import postgres_options
+
+        postgres_options()  # compared with a PostgreSQL database: its indexes' options count
 
     def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         only_on = getattr(obj, "info", {}).get("only_on")

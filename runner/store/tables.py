@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -54,6 +56,25 @@ jobs = Table(
     Column("cancelled_at", Float, nullable=True),
     Index(None, "fingerprint"),
 )
+
+# The PostgreSQL options of indexes (`postgresql_where`...), set by postgres_options() when a PostgreSQL store is
+# used: naming them in Index() makes SQLAlchemy load its postgresql dialect (~50 ms), which every SQLite store
+# command then paid at start-up. Only DDL reads them: Alembic's comparison (include_object) and the backend.
+_POSTGRES_OPTIONS: list[tuple[Index, dict[str, Any]]] = []
+
+
+def _postgres(index: Index, **options: Any) -> Index:
+    _POSTGRES_OPTIONS.append((index, options))
+    return index
+
+
+def postgres_options() -> None:
+    """Give the indexes their PostgreSQL options (once; later calls do nothing)."""
+    while _POSTGRES_OPTIONS:
+        index, options = _POSTGRES_OPTIONS.pop()
+        for name, value in options.items():
+            index.dialect_kwargs[f"postgresql_{name}"] = value
+
 
 _ORIGINAL_ANSWER = and_(Column("state") == RequestState.COMPLETED.value, Column("reused_from").is_(None))
 
@@ -112,25 +133,29 @@ requests = Table(
     # Counts by state; in SQLite it lists the queued rows in id (= file) order (claims use ix_requests_queued_sched).
     # PostgreSQL keeps only the in-progress rows in it (migration 0011): they are what is looked up by state
     # across jobs (leases, `doctor`, `status`); per job, (job_id, state) serves; a submit's rows stay out.
-    Index(None, "state", postgresql_where=Column("state") == RequestState.IN_PROGRESS.value),
+    _postgres(Index(None, "state"), where=Column("state") == RequestState.IN_PROGRESS.value),
     Index(None, "job_id", "state"),
     # Only leased rows are ever looked up by owner; leaving the rest out keeps big inserts cheap.
-    Index(
-        None,
-        "lease_owner",
-        sqlite_where=Column("lease_owner").isnot(None),
-        postgresql_where=Column("lease_owner").isnot(None),
+    _postgres(
+        Index(
+            None,
+            "lease_owner",
+            sqlite_where=Column("lease_owner").isnot(None),
+        ),
+        where=Column("lease_owner").isnot(None),
     ),
     # Claims take a job's queued rows by (sched, id), one job at a time, and so does the batch lane's walk of the
     # queue (store/batches.py queued_page). Partial, like the queue itself: a finished row leaves it, so a claim
     # on a million-line job reads the next rows and nothing else.
-    Index(
-        "ix_requests_queued_sched",
-        "job_id",
-        "sched",
-        "id",
-        sqlite_where=Column("state") == RequestState.QUEUED.value,
-        postgresql_where=Column("state") == RequestState.QUEUED.value,
+    _postgres(
+        Index(
+            "ix_requests_queued_sched",
+            "job_id",
+            "sched",
+            "id",
+            sqlite_where=Column("state") == RequestState.QUEUED.value,
+        ),
+        where=Column("state") == RequestState.QUEUED.value,
     ),
     # Only original answers are reused, so only they are indexed by hash: a submit's inserts (queued rows)
     # and its reused rows never touch this index; a row enters it once, when its answer is written. `state`
@@ -140,11 +165,9 @@ requests = Table(
     ),
     # PostgreSQL: the same rows that have a body, by (body_hash, id), carrying what a `--reuse` lookup reads and
     # copies, so the newest answer to a question is one index entry, never a read of the table (migration 0013).
-    Index(
-        "ix_requests_body_hash_id",
-        "body_hash",
-        "id",
-        postgresql_include=[
+    _postgres(
+        Index("ix_requests_body_hash_id", "body_hash", "id", info={"only_on": "postgresql"}),
+        include=[
             "job_id",
             "finished_at",
             "http_status",
@@ -153,29 +176,34 @@ requests = Table(
             # what a promoted answer was paid for (store/answer.py): a lookup copies coalesce(reused_x, x)
             *(f"reused_{c}" for c in REUSED_USAGE),
         ],
-        postgresql_where=and_(_ORIGINAL_ANSWER, Column("response_body").isnot(None)),
-        info={"only_on": "postgresql"},
+        where=and_(_ORIGINAL_ANSWER, Column("response_body").isnot(None)),
     ).ddl_if(dialect="postgresql"),
     # Rows answered from another's answer (store/answer.py), found by their source when its job is deleted, so
     # the answer is copied into them first. Partial: only reused rows are in it.
-    Index(
-        None,
-        "reused_from",
-        sqlite_where=Column("reused_from").isnot(None),
-        postgresql_where=Column("reused_from").isnot(None),
+    _postgres(
+        Index(
+            None,
+            "reused_from",
+            sqlite_where=Column("reused_from").isnot(None),
+        ),
+        where=Column("reused_from").isnot(None),
     ),
-    Index(
-        None,
-        "conversation",
-        sqlite_where=Column("conversation").isnot(None),
-        postgresql_where=Column("conversation").isnot(None),
+    _postgres(
+        Index(
+            None,
+            "conversation",
+            sqlite_where=Column("conversation").isnot(None),
+        ),
+        where=Column("conversation").isnot(None),
     ),
     # Only lines of chains have a parent: jobs without chains keep this index empty.
-    Index(
-        None,
-        "parent_id",
-        sqlite_where=Column("parent_id").isnot(None),
-        postgresql_where=Column("parent_id").isnot(None),
+    _postgres(
+        Index(
+            None,
+            "parent_id",
+            sqlite_where=Column("parent_id").isnot(None),
+        ),
+        where=Column("parent_id").isnot(None),
     ),
 )
 

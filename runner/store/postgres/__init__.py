@@ -53,7 +53,7 @@ from runner.store.models import (
 from runner.store.postgres import copy, export, writeback
 from runner.store.postgres.copy import COPY_COLUMNS
 from runner.store.sqlfile import blocks
-from runner.store.tables import jobs, requests
+from runner.store.tables import jobs, postgres_options, requests
 
 __all__ = ["PostgresBackend", "is_postgres_url", "masked"]
 
@@ -154,6 +154,7 @@ class PostgresBackend:
         import asyncpg
 
         self._asyncpg = asyncpg
+        postgres_options()  # the indexes' PostgreSQL options, kept off SQLite stores (store/tables.py)
         # What a statement can raise here; OSError: the server went away (a refused or dropped connection).
         self.errors: tuple[type[BaseException], ...] = (
             DBAPIError,
