@@ -41,7 +41,7 @@ from runner.prices import PriceTable
 from runner.reuse import body_hash
 from runner.store import Store, UsageCounts
 from runner.store.reuse import completed_outputs, reusable_hashes, unfinished_bodies
-from runner.term import printable
+from runner.term import printable, usd
 from runner.validate import validate_line
 
 __all__ = [
@@ -288,14 +288,10 @@ class Estimate:
         return "\n".join(out)
 
 
-def _usd(x: float) -> str:
-    return f"${x:,.2f}" if x >= 10 else f"${x:.4f}"
-
-
 def _range(low: float, high: float | None) -> str:
     if high is None:
-        return f"at least {_usd(low)} (no upper bound on the output)"
-    return _usd(low) if abs(high - low) < 5e-5 else f"{_usd(low)}-{_usd(high)}"
+        return f"at least {usd(low)} (no upper bound on the output)"
+    return usd(low) if abs(high - low) < 5e-5 else f"{usd(low)}-{usd(high)}"
 
 
 class _Tally:

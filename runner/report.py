@@ -28,7 +28,7 @@ from runner.store.reports import (
     latency,
     slowest,
 )
-from runner.term import printable
+from runner.term import printable, usd
 
 __all__ = ["ModelCost", "Report", "Reused", "build_report", "reused_summary"]
 
@@ -56,10 +56,6 @@ class ModelCost:
 
 def _pname(q: float) -> str:
     return f"p{q * 100:g}"  # 0.5 -> p50, 0.999 -> p99.9
-
-
-def _usd(x: float) -> str:
-    return f"${x:,.2f}" if x >= 10 else f"${x:.4f}"
 
 
 def _short(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
@@ -267,9 +263,9 @@ class Report:
         if self.prices_user_file:
             taken += f" + {p(self.prices_user_file)}"
         bound = "at least " if not self.cost_complete else ""
-        out.append(f"  cost: {bound}{_usd(self.cost_usd)} (estimate; {taken})")
+        out.append(f"  cost: {bound}{usd(self.cost_usd)} (estimate; {taken})")
         for m in self.models[:_MAX_MODELS_SHOWN]:
-            what = _usd(m.usd) if m.usd is not None else "no price"
+            what = usd(m.usd) if m.usd is not None else "no price"
             out.append(
                 f"    {p(m.model)}: {m.requests} req · in {m.usage.input_tokens:,}"
                 f" (cached {m.usage.cached_tokens:,}) · out {m.usage.output_tokens:,} · {what}"
@@ -277,8 +273,8 @@ class Report:
         if len(self.models) > _MAX_MODELS_SHOWN:
             out.append(f"    … and {len(self.models) - _MAX_MODELS_SHOWN} more model(s)")
         if any(x.lane != "sync" for x in self.lanes):
-            by_lane = " · ".join(f"{x.lane} {x.requests} req {_usd(x.usd)}" for x in self.lanes)
-            out.append(f"    lanes: {by_lane}; saved {_usd(self.saved_usd)} against the synchronous price")
+            by_lane = " · ".join(f"{x.lane} {x.requests} req {usd(x.usd)}" for x in self.lanes)
+            out.append(f"    lanes: {by_lane}; saved {usd(self.saved_usd)} against the synchronous price")
         if note := self.cost_note():
             out.append(f"    {p(note)}")
         if r := self.reused:
@@ -286,7 +282,7 @@ class Report:
             out.append(
                 f"  reused {r.requests:,} (answered from the store, no request sent): tokens reused"
                 f" {r.usage.total_tokens:,} (input {r.usage.input_tokens:,} · output {r.usage.output_tokens:,})"
-                f" · saved {bound}{_usd(r.saved_usd)}"
+                f" · saved {bound}{usd(r.saved_usd)}"
             )
         lat = self.latency
         if lat.count:
@@ -317,7 +313,7 @@ class Report:
             parts = [f"{s.value.replace('_', ' ')} {c.by_status.get(s.value, 0)}" for s in CheckStatus]
             line = "  structured outputs: " + " · ".join(parts)
             if c.repairs:
-                line += f" · {c.repairs} answer(s) asked again for {c.repaired} request(s) ({_usd(self.rejected_usd)})"
+                line += f" · {c.repairs} answer(s) asked again for {c.repaired} request(s) ({usd(self.rejected_usd)})"
             out.append(line)
         if self.elapsed_seconds is not None:
             rate = f" · {self.throughput_rps:.2f} requests/s" if self.throughput_rps else ""

@@ -2,11 +2,12 @@
 
 Error codes, messages, custom_ids and model names come from outside. Printed raw, an escape sequence in
 one of them can clear the screen, move the cursor or set the terminal's title, so every such value goes
-through `printable` before it reaches stdout or stderr.
+through `printable` before it reaches stdout or stderr. Amounts of money are shown one way, by `usd`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 # C0 controls except tab, DEL, and the C1 range (which some terminals also obey, e.g. U+009B as CSI).
@@ -23,3 +24,12 @@ def printable(text: object) -> str:
     """`text` as a string with control characters shown as escapes (`\\x1b`, `\\n`), never obeyed."""
     s = text if isinstance(text, str) else str(text)
     return _CONTROL.sub(_escape, s)
+
+
+def usd(x: float) -> str:
+    """Dollars as every command shows them: cents from $10 up, else 4 decimals, and more where a smaller amount
+    needs them for two significant digits (`--max-cost 0.00005` read $0.0001, twice the budget given)."""
+    if abs(x) >= 10:
+        return f"${x:,.2f}"
+    places = 4 if x == 0 or abs(x) >= 0.001 or not math.isfinite(x) else 1 - math.floor(math.log10(abs(x)))
+    return f"${x:.{places}f}"

@@ -1,4 +1,4 @@
-"""Looking after the store: `runner retry`, `delete` and `doctor`."""
+"""Looking after the store and its jobs: `runner cancel`, `retry`, `delete` and `doctor`."""
 
 from __future__ import annotations
 
@@ -132,3 +132,43 @@ DELETE = Command(
     "delete", "delete jobs and their results from the store, and reclaim the space", _delete_options, _delete
 )
 DOCTOR = Command("doctor", "check the store: integrity, stale leases, stuck requests", _doctor_options, _doctor)
+
+
+def _cancel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", metavar="JOB_ID")
+    options.client(p)
+    options.db(p)
+
+
+def _cancel(ns: argparse.Namespace) -> ExitCode:
+    settings = options.settings(ns)
+    res = run_async(lambda: app.cancel(ns.job_id, settings))
+    if res.doomed is not None:
+        say(
+            f"cancelled {res.cancelled_queued} queued requests of job {ns.job_id}; running background responses"
+            f" were not cancelled: {printable(res.doomed.message)}"
+        )
+        return ExitCode.DOOMED
+    # One summary line whatever the number of requests: its count is what `runner status` now shows.
+    parts = [
+        f"cancelled {res.cancelled} requests of job {ns.job_id}"
+        f" ({res.cancelled_queued} queued, {res.cancelled_in_flight} in flight)"
+    ]
+    if res.finished_first:
+        parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
+    if res.batches_cancelled:
+        n = res.batches_cancelled
+        parts.append(
+            f"{n} batch{'es' if n != 1 else ''} cancelled, {res.batch_requests} requests in them not merged yet"
+            f" (in progress until `runner run {ns.job_id}` merges what the batches finished and marks the rest"
+            " cancelled)"
+        )
+    if res.still_running:
+        parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
+    if res.cancel_failures:
+        parts.append(f"{len(res.cancel_failures)} could not be cancelled (first: {printable(res.cancel_failures[0])})")
+    say("; ".join(parts))
+    return ExitCode.FAILED if res.cancel_failures else ExitCode.OK
+
+
+CANCEL = Command("cancel", "cancel a job's queued and in-flight background requests", _cancel_options, _cancel)

@@ -23,7 +23,7 @@ COMMANDS: tuple[Command, ...] = (
     inspect.EXPORT,
     inspect.SHOW,
     inspect.REPORT,
-    run.CANCEL,
+    manage.CANCEL,
     manage.RETRY,
     manage.DELETE,
     manage.DOCTOR,

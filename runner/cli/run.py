@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import signal
@@ -32,7 +31,7 @@ from runner.config import (
 from runner.display import ProgressView
 from runner.errors import ConfigError
 from runner.states import JobStatus, RequestState, count
-from runner.term import printable
+from runner.term import printable, usd
 
 STALE_AFTER_DAYS = 7  # a plain `runner run` leaves alone unfinished jobs untouched for longer than this
 RESERVED_FILES = 64  # file descriptors beside the HTTP connections: the store, its WAL, logs, the interpreter
@@ -337,19 +336,19 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         if (model := r.budget.unpriced_model) is not None:
             say(
                 f"stopped: cannot keep to --max-cost: no price for model {printable(model)} (add it with"
-                f" --prices FILE); spent {_usd(spent)} of {_usd(limit)}; {queued:,} requests left queued"
+                f" --prices FILE); spent {usd(spent)} of {usd(limit)}; {queued:,} requests left queued"
             )
         elif (r.budget.refused_usd or 0) <= limit - spent:
             # The batch lane packs once per run: its batches cost less than estimated, so some is left.
             say(
-                f"stopped at the budget: spent {_usd(spent)} of {_usd(limit)}; the batches were packed to fit it with"
-                f" estimates above what they cost, so {_usd(limit - spent)} is left; {queued:,} requests left queued"
+                f"stopped at the budget: spent {usd(spent)} of {usd(limit)}; the batches were packed to fit it with"
+                f" estimates above what they cost, so {usd(limit - spent)} is left; {queued:,} requests left queued"
                 " (run again to send more, with a higher --max-cost to finish)"
             )
         else:
             say(
-                f"stopped at the budget: spent {_usd(spent)} of {_usd(limit)}, {_usd(max(limit - spent, 0))} left,"
-                f" not enough for the next request (estimated {_usd(r.budget.refused_usd or 0)}); {queued:,} requests"
+                f"stopped at the budget: spent {usd(spent)} of {usd(limit)}, {usd(max(limit - spent, 0))} left,"
+                f" not enough for the next request (estimated {usd(r.budget.refused_usd or 0)}); {queued:,} requests"
                 " left queued (run again with a higher --max-cost to finish)"
             )
         return ExitCode.BUDGET
@@ -359,54 +358,9 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
     return None
 
 
-def _usd(x: float) -> str:
-    """Dollars with 4 decimals, and as many more as a smaller amount needs for two significant digits:
-    `--max-cost 0.00005` was shown as $0.0001, twice the budget given."""
-    places = 4 if x == 0 or abs(x) >= 0.001 else 1 - math.floor(math.log10(abs(x)))
-    return f"${x:,.{places}f}"
-
-
-def _cancel_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", metavar="JOB_ID")
-    options.client(p)
-    options.db(p)
-
-
-def _cancel(ns: argparse.Namespace) -> ExitCode:
-    settings = options.settings(ns)
-    res = run_async(lambda: app.cancel(ns.job_id, settings))
-    if res.doomed is not None:
-        say(
-            f"cancelled {res.cancelled_queued} queued requests of job {ns.job_id}; running background responses"
-            f" were not cancelled: {printable(res.doomed.message)}"
-        )
-        return ExitCode.DOOMED
-    # One summary line whatever the number of requests: its count is what `runner status` now shows.
-    parts = [
-        f"cancelled {res.cancelled} requests of job {ns.job_id}"
-        f" ({res.cancelled_queued} queued, {res.cancelled_in_flight} in flight)"
-    ]
-    if res.finished_first:
-        parts.append(f"{res.finished_first} had finished before their cancel and keep their result")
-    if res.batches_cancelled:
-        n = res.batches_cancelled
-        parts.append(
-            f"{n} batch{'es' if n != 1 else ''} cancelled, {res.batch_requests} requests in them not merged yet"
-            f" (in progress until `runner run {ns.job_id}` merges what the batches finished and marks the rest"
-            " cancelled)"
-        )
-    if res.still_running:
-        parts.append(f"{res.still_running} are still stopping (`runner run` records how they end)")
-    if res.cancel_failures:
-        parts.append(f"{len(res.cancel_failures)} could not be cancelled (first: {printable(res.cancel_failures[0])})")
-    say("; ".join(parts))
-    return ExitCode.FAILED if res.cancel_failures else ExitCode.OK
-
-
 RUN = Command(
     "run",
     "run jobs until every request is final, or run a job spec (SPEC.toml): submit, run, export, report",
     _run_options,
     _run,
 )
-CANCEL = Command("cancel", "cancel a job's queued and in-flight background requests", _cancel_options, _cancel)

@@ -37,7 +37,7 @@ def test_unpriced_models_are_price_unknown_never_zero(cli: Cli, tmp_path: Path) 
     r = cli("estimate", str(mixed))
     assert r.returncode == 0, r.stderr
     total = r.stdout.splitlines()[-1]
-    assert total.startswith("  total: $0.0002-$0.0004 for the priced models, leaving out 1 unpriced model"), total
+    assert total.startswith("  total: $0.00024-$0.00040 for the priced models, leaving out 1 unpriced model"), total
     assert "my-local-llm: add it with --prices FILE" in total, total
 
 
