@@ -128,7 +128,7 @@ async def test_the_structured_example_runs_as_the_readme_shows(mock_factory: Any
     text = (await app.report(repaired.job_id, db=db)).render_text()
     assert (
         "structured outputs: valid 10 · invalid json 0 · schema mismatch 1 · 6 answer(s) asked again for"
-        " 5 request(s) ($0.0002)" in text
+        " 5 request(s) ($0.00018)" in text
     )
 
 
