@@ -32,7 +32,7 @@ test: $(VENV)/.installed bytecode
 	$(BIN)/ruff format --check runner runner_mock tests migrations
 	$(BIN)/mypy runner runner_mock
 	$(BIN)/lint-imports  # the import contracts in pyproject.toml
-	$(BIN)/python -m pytest -q -n 4  # 4 workers on 2 cores: most tests wait on sockets, servers and sleeps
+	$(BIN)/python -m pytest -q -n 4  # 4 workers on 2 cores keep both busy while tests wait on servers and signals
 
 # A throwaway PostgreSQL 15 server for a developer: prints its URL, Ctrl-C stops it and deletes its data.
 # (`make test` starts its own; `RUNNER_TEST_PG_URL=<url> make test` uses this one instead.)
