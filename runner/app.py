@@ -31,7 +31,17 @@ from urllib.parse import urlsplit
 import anyio
 from pydantic import ValidationError
 
-from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, FORMATS, LANES, AuthStyle, Lane, Settings, env_name
+from runner.config import (
+    DEFAULT_BASE_URL,
+    FLEX_TIMEOUT,
+    FORMATS,
+    LANES,
+    AuthStyle,
+    Lane,
+    Settings,
+    base_url_problem,
+    env_name,
+)
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
 from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
@@ -155,7 +165,13 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 
 
 def _check_key(s: Settings) -> None:
-    if s.api_key is not None and s.api_key.get_secret_value():
+    """The key and the base URL, as the client will use them: what it would refuse, refused before any
+    line says that work starts."""
+    has_key = s.api_key is not None and bool(s.api_key.get_secret_value())
+    problem = base_url_problem(s.base_url, key_in_authorization=has_key and s.auth_style is not AuthStyle.API_KEY)
+    if problem is not None:
+        raise ConfigError(problem)
+    if has_key:
         return
     # An empty OPENAI_API_KEY= sends no header either: it is as good as none.
     if s.auth_style is AuthStyle.API_KEY:
@@ -803,6 +819,7 @@ async def run_spec(
     except ValidationError as e:
         raise ConfigError(f"{spec.path}: invalid settings: {e.errors()[0]['msg']}") from None
     _refuse_processes(s)  # before the job is queued: a refused spec run changes nothing
+    _check_key(s)  # likewise: it created the store and queued the job, then refused
     if "db" not in s.model_fields_set:  # neither --db nor RUNNER_DB: the spec's store, wherever we run from
         s = s.model_copy(update={"db": spec.store_db})
     files = spec.input_files()

@@ -21,7 +21,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import anyio
@@ -32,7 +32,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from pydantic import SecretStr
 
 from runner import __version__
-from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle
+from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle, base_url_problem
 from runner.errors import (
     ApiError,
     BillingError,
@@ -367,22 +367,6 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
-        if not base_url[:8].lower().startswith(("http://", "https://")):  # a scheme's case does not matter
-            raise ConfigError(f"base URL must start with http:// or https:// (got {base_url!r})")
-        try:  # what aiohttp would only find at the first request, as a traceback out of every sender
-            parts = urlsplit(base_url)
-            host, _ = parts.hostname, parts.port
-        except ValueError as e:
-            raise ConfigError(f"base URL is not a valid URL: {e}") from None
-        if not host:
-            raise ConfigError("base URL names no host")
-        if parts.query or parts.fragment or base_url.endswith(("?", "#")):
-            # Joined with `responses`, a query or fragment would swallow the path (POST /responses on the
-            # host's root, then a 404 that blames a missing /v1 the URL has).
-            raise ConfigError(
-                "base URL must not have a query (?...) or fragment (#...), which may hold a key and so are not"
-                " shown; use a URL that ends in /v1, such as https://api.openai.com/v1"
-            )
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._secret = key or None
         self._max_body = max_body
@@ -401,13 +385,9 @@ class ApiClient:
                 headers["authorization"] = key
             else:
                 headers["api-key"] = key
-        if (parts.username is not None or parts.password is not None) and "authorization" in headers:
-            # aiohttp sends them as Basic auth, which it refuses beside the key's own Authorization header: a
-            # traceback out of every sender. Without a key (or with --auth-style api-key) they work as they are.
-            raise ConfigError(
-                "base URL holds a user name or password (user:password@host) and the key goes in the Authorization"
-                " header too; only one can: drop one, or send the key with --auth-style api-key"
-            )
+        problem = base_url_problem(base_url, key_in_authorization="authorization" in headers)
+        if problem is not None:
+            raise ConfigError(problem)
         self._header_map = headers
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         # As given, for messages: never the key, nor a password the URL holds (nor a query: there is none).

@@ -6,6 +6,7 @@ import math
 import re
 from enum import StrEnum
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,36 @@ BATCH_MAX_BYTES = 200 * 1024 * 1024
 # Letters, digits and . _ - only: a host id is the first `:`-separated part of a lease owner.
 HOST_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
+
+
+def base_url_problem(base_url: str, *, key_in_authorization: bool) -> str | None:
+    """What is wrong with a base URL, in one line that never shows a password the URL holds; None when
+    nothing is. Checked before a run says which jobs start, and again by the client (the Python API)."""
+    if not base_url[:8].lower().startswith(("http://", "https://")):  # a scheme's case does not matter
+        shown = re.sub(r"//[^/@]*@", "//", base_url)  # `ftp://user:pw@host` is refused: not its password too
+        return f"base URL must start with http:// or https:// (got {shown!r})"
+    try:  # what aiohttp would only find at the first request, as a traceback out of every sender
+        parts = urlsplit(base_url)
+        host, _ = parts.hostname, parts.port
+    except ValueError as e:
+        return f"base URL is not a valid URL: {e}"
+    if not host:
+        return "base URL names no host"
+    if parts.query or parts.fragment or base_url.endswith(("?", "#")):
+        # Joined with `responses`, a query or fragment would swallow the path (POST /responses on the
+        # host's root, then a 404 that blames a missing /v1 the URL has).
+        return (
+            "base URL must not have a query (?...) or fragment (#...), which may hold a key and so are not"
+            " shown; use a URL that ends in /v1, such as https://api.openai.com/v1"
+        )
+    if (parts.username is not None or parts.password is not None) and key_in_authorization:
+        # aiohttp sends them as Basic auth, which it refuses beside the key's own Authorization header: a
+        # traceback out of every sender. Without a key (or with --auth-style api-key) they work as they are.
+        return (
+            "base URL holds a user name or password (user:password@host) and the key goes in the Authorization"
+            " header too; only one can: drop one, or send the key with --auth-style api-key"
+        )
+    return None
 
 
 class AuthStyle(StrEnum):
