@@ -15,7 +15,10 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize(
     ("base_url", "said"),
     [
-        ("ftp://alice:pa55word@127.0.0.1/v1", "base URL must start with http:// or https:// (got 'ftp://127.0.0.1/v1')"),
+        (
+            "ftp://alice:pa55word@127.0.0.1/v1",
+            "base URL must start with http:// or https:// (got 'ftp://127.0.0.1/v1')",
+        ),
         (" http://alice:pa55word@127.0.0.1/v1", "base URL must start with http:// or https://"),
         ("http://alice:pa55word@127.0.0.1:99999/v1", "base URL is not a valid URL: Port out of range"),
         ("http://127.0.0.1:8/v1?key=pa55word", "base URL must not have a query"),
