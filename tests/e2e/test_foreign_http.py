@@ -1,0 +1,134 @@
+"""HTTP as foreign servers speak it (gateways, proxies, self-hosted): the CLI against tests/servers/foreign.py.
+
+What is checked is what a user relies on: no line is lost, nothing is sent (and paid for) again without
+need, the key goes nowhere but the configured server, and a bad reply fails its line, never the run.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli
+from tests.e2e.test_untrusted_replies import job_file, rows
+from tests.servers import foreign
+
+pytestmark = pytest.mark.e2e
+
+SERVER = Path(foreign.__file__)
+KEY = "sk-test-KEY-never-followed-5678"
+
+
+@dataclass
+class Foreign:
+    proc: subprocess.Popen[str]
+    base_url: str  # the API
+    other: str  # another origin, where cross-origin redirects point
+    proxy: str  # a proxy that answers everything 502 and counts what it was sent
+
+    def stats(self) -> dict[str, Any]:
+        # Straight to the server, whatever proxy the test environment names.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(self.base_url.removesuffix("/v1") + "/_stats", timeout=10) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+
+@pytest.fixture
+def server() -> Iterator[Foreign]:
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    said = [proc.stdout.readline().strip() for _ in range(3)]
+    assert said[0].startswith("listening on "), said
+    urls = [line.split(" on ", 1)[1] for line in said]
+    yield Foreign(proc, *urls)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+def run(cli: Cli, server: Foreign, job: str, *flags: str, env: dict[str, str] | None = None) -> Any:
+    return cli(
+        "run",
+        job,
+        "--base-url",
+        server.base_url,
+        "--quiet",
+        *flags,
+        extra_env={"OPENAI_API_KEY": KEY, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_the_server_imports_nothing_of_the_runner() -> None:
+    tree = ast.parse(SERVER.read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert names and not [n for n in names if n == "runner" or n.startswith(("runner.", "tests"))]
+
+
+@pytest.mark.parametrize("scenario", ["redirect_307_other", "redirect_308_same", "redirect_302_other"])
+def test_a_redirected_create_is_not_followed_and_stops_the_run_with_every_line_queued(
+    cli: Cli, server: Foreign, tmp_path: Path, scenario: str
+) -> None:
+    # The whole API answers with the redirect (a gateway moved it, or wants https): every line would meet it.
+    lines = [scenario, f"{scenario}_b", f"{scenario}_c"]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    r = run(cli, server, job, "--concurrency", "1")
+
+    assert r.returncode == 5, r.stderr
+    assert "Traceback" not in r.stderr
+    status, where = scenario.split("_")[1:]
+    moved = (server.other if where == "other" else server.base_url.removesuffix("/v1")) + "/v1/responses/moved"
+    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
+    assert len(said) == 1, r.stderr
+    assert f"POST {server.base_url}/responses: {status} redirect to {moved}" in said[0]
+    assert "not followed" in said[0] and "--base-url" in said[0]
+    # Neither the key nor the redirect's query (it may hold a token) is shown.
+    assert KEY not in r.stdout + r.stderr and "s3cret" not in r.stdout + r.stderr
+    stats = server.stats()
+    assert stats["other"] == []  # nothing went to the other origin: not the key, not the request
+    assert stats["total_posts"] == 1  # the redirected POST was not sent again anywhere
+    # Nothing is lost: every line is still queued, with no attempt used up, for a run after the fix.
+    got = rows(cli.db)
+    assert {(row["state"], row["attempts"]) for row in got.values()} == {("queued", 0)}, got
+
+
+def test_a_status_outside_http_fails_its_line_once_and_the_others_complete(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    lines = ["status_600", "status_999", "ok_1", "ok_2"]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    r = run(cli, server, job, "--max-attempts", "3")
+
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    got = rows(cli.db)
+    for s in ("status_600", "status_999"):
+        # Not a 5xx: the server answered something that is not HTTP, perhaps a paid answer; not sent again.
+        assert (got[s]["state"], got[s]["error_code"], got[s]["http_status"]) == (
+            "failed",
+            "invalid_reply_head",
+            int(s[-3:]),
+        )
+        assert f"status {s[-3:]}, which is not an HTTP status" in got[s]["error_message"]
+    assert got["ok_1"]["state"] == got["ok_2"]["state"] == "completed"
+    assert server.stats()["posts"] == dict.fromkeys(lines, 1)
