@@ -132,3 +132,57 @@ def test_a_status_outside_http_fails_its_line_once_and_the_others_complete(
         assert f"status {s[-3:]}, which is not an HTTP status" in got[s]["error_message"]
     assert got["ok_1"]["state"] == got["ok_2"]["state"] == "completed"
     assert server.stats()["posts"] == dict.fromkeys(lines, 1)
+
+
+WORDED = [
+    "gzip",
+    "deflate",
+    "chunked_trickle",
+    "text_plain",
+    "no_content_type",
+    "charset_utf16",
+    "http10",
+    "conn_close",
+    "early_hints",
+    "ok",
+]
+
+
+def test_replies_worded_as_foreign_servers_word_them_are_read_and_sent_once(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    job = cli.submit(job_file(tmp_path / "in.jsonl", WORDED))
+
+    r = run(cli, server, job, "--concurrency", "4")
+
+    assert r.returncode == 0, r.stderr
+    got = rows(cli.db)
+    for s in WORDED:
+        assert got[s]["state"] == "completed", (s, got[s]["error_code"], got[s]["error_message"])
+        assert json.loads(got[s]["response_body"])["output_text"] == "fine", s
+        assert got[s]["total_tokens"] == 8, s
+    assert server.stats()["posts"] == dict.fromkeys(WORDED, 1)
+
+
+def test_a_reply_lost_after_the_request_was_sent_is_sent_again_and_the_line_completes(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    # The server read each request, then hung up: before any reply, after half a body, after half a chunk.
+    lost = ["drop_once", "half_once", "half_chunked_once", "drop_once_bg"]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lost, background=("drop_once_bg",)))
+
+    r = run(cli, server, job)
+
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    got = rows(cli.db)
+    assert {s: got[s]["state"] for s in lost} == dict.fromkeys(lost, "completed")
+    assert got["drop_once_bg"]["response_id"].startswith("resp_drop_once_bg_")  # created, then polled to the end
+    stats = server.stats()
+    # Sent a second time (the first may have been paid: the README says so), and no more.
+    assert stats["posts"] == dict.fromkeys(lost, 2)
+    # Each attempt carries its own x-client-request-id (job/line/attempt): the server's logs can tell them apart.
+    for s in lost:
+        first, second = stats["client_ids"][s]
+        assert first.endswith("/1") and second.endswith("/2") and first.rsplit("/", 1)[0] == second.rsplit("/", 1)[0]
+    assert {got[s]["attempts"] for s in lost} == {2}
