@@ -331,6 +331,20 @@ def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
     return "connection_error", f"the connection failed ({type(cause).__name__})"
 
 
+# The variables other HTTP clients (curl, requests, httpx) route through a proxy by. The runner reads none of
+# them: its aiohttp session does not trust the environment, which would also bring in ~/.netrc credentials
+# beside the key's own Authorization header. A failed connection names one that is set, so that a user behind
+# a proxy is not left guessing.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _proxy_note() -> str:
+    name = next((v for v in PROXY_VARIABLES if os.environ.get(v)), None)
+    return (
+        f" ({name} is set, but the runner uses no proxy: it connects to the base URL's host directly)" if name else ""
+    )
+
+
 def classify_exception(exc: BaseException) -> ApiError:
     """A transport failure (no usable reply) as a typed error; the message never holds headers.
 
@@ -357,6 +371,7 @@ def classify_exception(exc: BaseException) -> ApiError:
         )
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):
         code, reason = _unreachable_reason(cause)
+        reason += _proxy_note()
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
             message = f"timed out: {type(cause).__name__}: {cause}".rstrip(": ")
             return ConnectTimeoutError(message, reason=reason, code=code)

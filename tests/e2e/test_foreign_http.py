@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -186,3 +187,35 @@ def test_a_reply_lost_after_the_request_was_sent_is_sent_again_and_the_line_comp
         first, second = stats["client_ids"][s]
         assert first.endswith("/1") and second.endswith("/2") and first.rsplit("/", 1)[0] == second.rsplit("/", 1)[0]
     assert {got[s]["attempts"] for s in lost} == {2}
+
+
+def test_proxy_variables_are_not_used_and_a_failed_connection_names_them(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    # Every variable other clients route by, pointing at a proxy of the server's (it answers 502 and counts).
+    proxies = {name: server.proxy for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy")}
+    proxies.update(NO_PROXY="", no_proxy="")
+    job = cli.submit(job_file(tmp_path / "in.jsonl", ["ok_1", "ok_2"]))
+
+    r = run(cli, server, job, env=proxies)
+
+    assert r.returncode == 0, r.stderr
+    assert {row["state"] for row in rows(cli.db).values()} == {"completed"}
+    stats = server.stats()
+    assert stats["proxied"] == [] and stats["posts"] == {"ok_1": 1, "ok_2": 1}  # straight to the server
+
+    # Behind a proxy the runner does not use, the one line that stops a run says why it may not get through.
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    # Ten lines: ten refused connections at once reach the doomed-job stop without a backoff in between.
+    job2 = cli.submit(job_file(tmp_path / "in2.jsonl", [f"ok_{i}" for i in range(3, 13)]))
+    down = cli(
+        "run", job2, "--base-url", f"http://127.0.0.1:{closed}/v1", "--max-attempts", "1", extra_env=proxies, timeout=60
+    )
+    assert down.returncode == 5, down.stderr
+    assert (
+        "connection refused; is the server up, and is the port right? (HTTPS_PROXY is set, but the runner uses"
+        in down.stderr
+    )
+    assert server.stats()["proxied"] == []
