@@ -17,6 +17,7 @@ import anyio
 import orjson
 
 from runner.client import ApiClient, ApiReply
+from runner.config import MAX_RETRY_DELAY
 from runner.errors import (
     ApiError,
     BillingError,
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # Failed connections (refused, TLS, no such host) in a row, with no reply from the server yet in this run,
 # after which the job is doomed: the server is not there, and every further attempt would fail the same way.
+# Once the server has answered, as many in a row must also have gone on for the patience (--timeout).
 DOOMED_AFTER_UNREACHABLE = 10
 
 
@@ -70,6 +72,7 @@ class Sender:
         checker: Checker | None = None,
         flex: FlexLane | None = None,
         on_more_slots: Callable[[], None] | None = None,
+        patience: float = 0.0,
     ) -> None:
         self.checker = checker
         self._on_more_slots = on_more_slots  # the pool opens the slots a reply added
@@ -87,7 +90,11 @@ class Sender:
         self.flex = flex  # the flex lane: its tier, its patient retries and its fallback
         self._replied = False  # the server has answered something (anything) in this run
         self.latency: float | None = None  # seconds a reply takes (moving average), once one came
-        self._unreachable = 0  # failed connections before the first answer
+        self._unreachable = 0  # failed connections in a row (before the first answer, or since the last one)
+        self._unreachable_since = 0.0  # when the first of them failed (monotonic)
+        # Seconds an outage after the server has answered is waited out (a restart: vLLM loading its model, a
+        # deploy) before the job is doomed: as long as one attempt may take, as for polls.
+        self._patience = patience
 
     def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
         self._on_outcome(o)
@@ -163,14 +170,17 @@ class Sender:
             self._on_doomed(e)
             return None  # stays leased; released at the end with its attempt refunded
         except ApiError as e:
-            if isinstance(e, UnreachableError) and not self._replied:
+            if isinstance(e, UnreachableError):
                 return self._unreached(c, e)
-            self._replied = self._replied or e.status is not None
+            if e.status is not None:
+                self._replied = True
+                self._unreachable = 0
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
+        self._unreachable = 0
         replied_at = time.monotonic()
         took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
@@ -266,15 +276,28 @@ class Sender:
             self.concurrency.on_overload()
 
     def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
-        """A failed connection before the server has answered anything in this run.
+        """A failed connection: the request never reached the API, so it uses up no attempt.
 
-        It does not use up an attempt (the request never reached the API): the request waits a moment and
-        is tried again, until DOOMED_AFTER_UNREACHABLE such failures in a row doom the job.
+        It waits a moment and is tried again. Before the server has answered anything in this run,
+        DOOMED_AFTER_UNREACHABLE such failures in a row doom the job. After, a server going down (a restart) is
+        waited out, and dooms the job only once the outage has also lasted the patience: were each try an
+        attempt, a minute's outage would fail every line claimed meanwhile.
         """
+        now = time.monotonic()
+        if self._unreachable == 0:
+            self._unreachable_since = now
         self._unreachable += 1
-        if self._unreachable >= DOOMED_AFTER_UNREACHABLE:
-            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}", code=e.code))
+        down = now - self._unreachable_since
+        if self._unreachable >= DOOMED_AFTER_UNREACHABLE and (not self._replied or down >= self._patience):
+            since = f" (no connection for {down:.0f} s)" if self._replied else ""
+            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}{since}", code=e.code))
             return None  # stays leased; released at the end with its attempt refunded
+        if self._replied:
+            self._on_api_error(e)  # a connect timeout may be overload: the pool shrinks, as for any timeout
+            # Tried again sooner early in an outage, at most MAX_RETRY_DELAY apart as it goes on.
+            wait = min(backoff_delay(c.attempts) + down / 4, MAX_RETRY_DELAY)
+        else:
+            wait = backoff_delay(c.attempts)
         log.debug("line %s: %s", c.line_no, e.describe())
         return self._put(
             Outcome(
@@ -282,7 +305,7 @@ class Sender:
                 RequestState.QUEUED,
                 error_code=e.code,
                 error_message=e.message,
-                next_attempt_at=time.time() + backoff_delay(c.attempts),
+                next_attempt_at=time.time() + wait,
                 refund_attempt=True,
             )
         )

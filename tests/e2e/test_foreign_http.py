@@ -112,10 +112,10 @@ def test_a_redirected_create_is_not_followed_and_stops_the_run_with_every_line_q
     assert {(row["state"], row["attempts"]) for row in got.values()} == {("queued", 0)}, got
 
 
-def test_a_status_outside_http_fails_its_line_once_and_the_others_complete(
+def test_a_reply_that_cannot_be_read_fails_its_line_once_and_the_others_complete(
     cli: Cli, server: Foreign, tmp_path: Path
 ) -> None:
-    lines = ["status_600", "status_999", "ok_1", "ok_2"]
+    lines = ["status_600", "status_999", "gzip_bomb", "ok_1", "ok_2"]
     job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
 
     r = run(cli, server, job, "--max-attempts", "3")
@@ -131,6 +131,9 @@ def test_a_status_outside_http_fails_its_line_once_and_the_others_complete(
             int(s[-3:]),
         )
         assert f"status {s[-3:]}, which is not an HTTP status" in got[s]["error_message"]
+    # 256 KB of gzip that decodes to 256 MiB: cut at the body limit as it is decoded, not held whole.
+    bomb = got["gzip_bomb"]
+    assert (bomb["state"], bomb["error_code"]) == ("failed", "reply_too_large")
     assert got["ok_1"]["state"] == got["ok_2"]["state"] == "completed"
     assert server.stats()["posts"] == dict.fromkeys(lines, 1)
 
@@ -219,3 +222,38 @@ def test_proxy_variables_are_not_used_and_a_failed_connection_names_them(
         in down.stderr
     )
     assert server.stats()["proxied"] == []
+
+
+def test_a_server_down_for_a_while_after_answering_is_waited_out_without_using_attempts(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    # The first line is answered, then the server is down for 2 s (a restart): every connection is refused.
+    lines = ["outage_2", *(f"ok_{i}" for i in range(1, 7))]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    r = run(cli, server, job, "--max-attempts", "2", "--concurrency", "1")
+
+    assert r.returncode == 0, r.stderr
+    got = rows(cli.db)
+    assert {s: got[s]["state"] for s in lines} == dict.fromkeys(lines, "completed")
+    # A refused connection never reached the server: it used up no attempt, and nothing was sent twice.
+    assert {got[s]["attempts"] for s in lines} == {1}
+    assert server.stats()["posts"] == dict.fromkeys(lines, 1)
+
+
+def test_a_server_that_stays_down_after_answering_stops_the_run_with_every_line_queued(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    lines = ["outage_100000", *(f"ok_{i}" for i in range(1, 13))]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    # --timeout 1: an outage is waited out for as long as one attempt may take, here 1 s.
+    r = run(cli, server, job, "--concurrency", "12", "--timeout", "1")
+
+    assert r.returncode == 5, r.stderr
+    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
+    assert len(said) == 1 and f"cannot reach {server.base_url}: connection refused" in said[0], r.stderr
+    got = rows(cli.db)
+    assert got["outage_100000"]["state"] == "completed"
+    # Nothing failed: every other line waits, queued, for a run once the server is back.
+    assert {got[s]["state"] for s in lines if s != "outage_100000"} == {"queued"}

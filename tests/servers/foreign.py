@@ -29,6 +29,21 @@ import zlib
 from collections import Counter
 from typing import Any
 
+
+def _gzip_bomb(mib: int) -> bytes:
+    """`mib` MiB of spaces (JSON whitespace, endlessly) as about 1 KB of gzip per MiB, made in milliseconds.
+
+    After the first MiB the window holds only spaces, so every further MiB compresses to the same bytes:
+    they are repeated rather than compressed again. The stream has no end (no last block, no checksum): a
+    reader that keeps to its limit stops long before it would notice.
+    """
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b" " * (1 << 20)
+    first = c.compress(block) + c.flush(zlib.Z_SYNC_FLUSH)
+    again = c.compress(block) + c.flush(zlib.Z_SYNC_FLUSH)
+    return first + again * (mib - 1)
+
+
 REASONS = {200: "OK", 204: "No Content", 304: "Not Modified", 404: "Not Found", 502: "Bad Gateway"}
 
 
@@ -99,8 +114,10 @@ class Server:
         self.seq = 0
         self.port = 0
         self.other_port = 0
-        self.refusing = False
-        self.listener: asyncio.base_events.Server | None = None
+        self.host = "127.0.0.1"
+        self.listener: asyncio.Server | None = None
+        self.open: set[asyncio.StreamWriter] = set()  # the API's connections, closed by an outage
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def new_id(self, scenario: str) -> str:
         self.seq += 1
@@ -113,7 +130,21 @@ class Server:
 
     # -- the API ------------------------------------------------------------------------------------------
 
+    def go_down(self, seconds: float, current: asyncio.StreamWriter) -> None:
+        """Down for a while, as a restarting server is: new connections refused, every other one closed now
+        (before the reply on `current` goes out, so that no request slips in), back after `seconds`."""
+        assert self.listener is not None
+        self.listener.close()
+        for w in self.open - {current}:
+            w.close()
+        self.tasks.add(asyncio.create_task(self.come_back(seconds)))
+
+    async def come_back(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.listener = await asyncio.start_server(self.api, self.host, self.port, reuse_address=True)
+
     async def api(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open.add(writer)
         try:
             while (req := await read_request(reader)) is not None:
                 if req.method == "GET" and req.target == "/_stats":
@@ -132,6 +163,7 @@ class Server:
         except ConnectionError:
             pass
         finally:
+            self.open.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
@@ -165,6 +197,11 @@ class Server:
             w.write(_reply(int(status), b"", [("location", f"{base}/v1/responses/moved?token=s3cret")]))
             return True
         first = self.posts[scenario] == 1
+        if scenario.startswith("outage_") and first:
+            # Answered, then down for outage_<seconds> (a server restarting: vLLM loading its model, a deploy).
+            self.go_down(float(scenario.split("_")[1]), w)
+            w.write(_reply(200, good, [("connection", "close")]))
+            return False
         if scenario == "drop_after_body" or (scenario.startswith("drop_once") and first):
             return False  # read the whole request, then hung up: the reply never comes
         if scenario == "half_body" or (scenario.startswith("half_once") and first):
@@ -187,6 +224,10 @@ class Server:
             return True
         if scenario == "gzip":
             w.write(_reply(200, gzip.compress(good), [("content-encoding", "gzip")]))
+            return True
+        if scenario == "gzip_bomb":
+            # 256 KB on the wire, 256 MiB once decoded: the body limit must count decoded bytes, as they come.
+            w.write(_reply(200, _gzip_bomb(256), [("content-encoding", "gzip")]))
             return True
         if scenario == "deflate":
             w.write(_reply(200, zlib.compress(good), [("content-encoding", "deflate")]))
@@ -248,7 +289,8 @@ class Server:
 
 async def serve(host: str, port: int) -> None:
     server = Server()
-    api = await asyncio.start_server(server.api, host, port)
+    api = server.listener = await asyncio.start_server(server.api, host, port)
+    server.host = host
     other = await asyncio.start_server(server.other_origin, host, 0)
     proxy = await asyncio.start_server(server.proxy, host, 0)
     server.port = api.sockets[0].getsockname()[1]
