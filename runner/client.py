@@ -40,6 +40,7 @@ from runner.errors import (
     ConfigError,
     ConnectTimeoutError,
     DoomedJobError,
+    DroppedError,
     PermanentApiError,
     TimeoutApiError,
     TransientApiError,
@@ -377,6 +378,9 @@ def classify_exception(exc: BaseException) -> ApiError:
             return ConnectTimeoutError(message, reason=reason, code=code)
         message = f"connection failed: {type(cause).__name__}: {cause}".rstrip(": ")
         return UnreachableError(message, reason=reason, code=code)
+    if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        # Connected, then closed (or reset) with no reply head: connector errors, a subclass, returned above.
+        return DroppedError(f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "), code="connection_error")
     if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout) or isinstance(
         cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
     ):

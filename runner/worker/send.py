@@ -23,6 +23,7 @@ from runner.errors import (
     BillingError,
     CapacityError,
     DoomedJobError,
+    DroppedError,
     TimeoutApiError,
     TransientApiError,
     UnreachableError,
@@ -172,6 +173,8 @@ class Sender:
         except ApiError as e:
             if isinstance(e, UnreachableError):
                 return self._unreached(c, e)
+            if isinstance(e, DroppedError) and not self._replied and self._dropped_before_any_answer(e):
+                return None  # doomed; stays leased, released at the end with its attempt refunded
             if e.status is not None:
                 self._replied = True
                 self._unreachable = 0
@@ -274,6 +277,27 @@ class Sender:
             self.concurrency.on_overload()
         elif isinstance(e, TimeoutApiError):
             self.concurrency.on_overload()
+
+    def _dropped_before_any_answer(self, e: DroppedError) -> bool:
+        """A connection closed without a reply, before the server has answered anything in this run: whether
+        the job is now doomed (DOOMED_AFTER_UNREACHABLE failed connections in a row, of either kind).
+
+        Unlike a refused connection, the request may have reached the server, so its attempt counts; but a
+        server that closes every connection (a TLS port sent plain HTTP) would otherwise take every line
+        through every attempt, and fail them all.
+        """
+        self._unreachable += 1
+        if self._unreachable < DOOMED_AFTER_UNREACHABLE:
+            return False
+        base = self.client.base_url
+        hint = (
+            "if it speaks HTTPS, the base URL should start with https://"
+            if base.lower().startswith("http://")
+            else "is this the API's address and port?"
+        ) + "; a proxy or gateway in between may also be cutting requests off"
+        reason = f"the server closed the connection without answering, {self._unreachable} times in a row; {hint}"
+        self._on_doomed(DoomedJobError(f"cannot reach {base}: {reason}", code=e.code))
+        return True
 
     def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
         """A failed connection: the request never reached the API, so it uses up no attempt.

@@ -257,3 +257,22 @@ def test_a_server_that_stays_down_after_answering_stops_the_run_with_every_line_
     assert got["outage_100000"]["state"] == "completed"
     # Nothing failed: every other line waits, queued, for a run once the server is back.
     assert {got[s]["state"] for s in lines if s != "outage_100000"} == {"queued"}
+
+
+def test_a_server_that_closes_every_connection_unanswered_stops_the_run_instead_of_failing_every_line(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    # As a TLS server sent plain HTTP (http:// for https://) does: it reads the request and hangs up.
+    lines = [f"drop_after_body_{i}" for i in range(12)]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    r = run(cli, server, job, "--concurrency", "12")
+
+    assert r.returncode == 5, r.stderr
+    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
+    assert len(said) == 1, r.stderr
+    assert f"cannot reach {server.base_url}: the server closed the connection without answering" in said[0]
+    assert "the base URL should start with https://" in said[0]
+    # Not every line through every attempt: each was sent at most once, and all stay queued for the fix.
+    assert sum(server.stats()["posts"].values()) <= len(lines)
+    assert {row["state"] for row in rows(cli.db).values()} == {"queued"}

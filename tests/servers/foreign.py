@@ -202,7 +202,7 @@ class Server:
             self.go_down(float(scenario.split("_")[1]), w)
             w.write(_reply(200, good, [("connection", "close")]))
             return False
-        if scenario == "drop_after_body" or (scenario.startswith("drop_once") and first):
+        if scenario.startswith("drop_after_body") or (scenario.startswith("drop_once") and first):
             return False  # read the whole request, then hung up: the reply never comes
         if scenario == "half_body" or (scenario.startswith("half_once") and first):
             w.write(_head(200, [("content-type", "application/json"), ("content-length", str(len(good)))]))
