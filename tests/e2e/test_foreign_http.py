@@ -84,7 +84,7 @@ def test_the_server_imports_nothing_of_the_runner() -> None:
     assert names and not [n for n in names if n == "runner" or n.startswith(("runner.", "tests"))]
 
 
-@pytest.mark.parametrize("scenario", ["redirect_307_other", "redirect_308_same", "redirect_302_other"])
+@pytest.mark.parametrize("scenario", ["redirect_307_other", "redirect_308_same"])
 def test_a_redirected_create_is_not_followed_and_stops_the_run_with_every_line_queued(
     cli: Cli, server: Foreign, tmp_path: Path, scenario: str
 ) -> None:
