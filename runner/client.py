@@ -40,6 +40,7 @@ from runner.errors import (
     ConfigError,
     ConnectTimeoutError,
     DoomedJobError,
+    DroppedError,
     PermanentApiError,
     TimeoutApiError,
     TransientApiError,
@@ -63,6 +64,10 @@ PER_REQUEST_403_CODES = frozenset({"misalignment_policy_violation"})
 PLAIN_HTTP_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"})
 # A 429 with one of these codes is the flex tier short of capacity (unbilled), not this account's rate limit.
 CAPACITY_CODES = frozenset({"resource_unavailable", "resources_unavailable", "capacity_exceeded"})
+# The code of a reply the runner cannot read as HTTP (a header over MAX_HEADER_LINE, a status outside 100-599):
+# the server answered, perhaps with a paid answer, so the request fails rather than be sent again.
+INVALID_REPLY_HEAD = "invalid_reply_head"
+MAX_SHOWN_LOCATION = 256  # characters of a redirect's target in the one line that stops a run
 CONVERSATION_LOCKED_WAIT = 2.0  # the API says "retry in a few seconds" and sends no Retry-After
 RATE_LIMIT_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -174,6 +179,24 @@ def _endpoint_problem(status: int, url: httpx.URL) -> str:
     return f"POST {_shown(url)}: {status}; {hint}"
 
 
+def _redirect_problem(status: int, location: str | None, url: httpx.URL) -> str:
+    """The one line for a create answered with a redirect: the API is elsewhere (moved, or https only).
+
+    It is not followed: the Authorization header would go with it (to another host, perhaps), and a POST sent
+    again may be paid again. Where it points is shown without credentials or query (they may hold a token).
+    """
+    said = f"POST {_shown(url)}: {status}"
+    try:
+        target = _shown(url.join(location[:MAX_ERROR_TEXT]))[:MAX_SHOWN_LOCATION] if location else None
+    except (httpx.InvalidURL, ValueError):
+        target = None
+    said += f" redirect to {target}" if target else " (a redirect) instead of an answer"
+    return (
+        f"{said}; not followed (the key would go with it, and a POST sent on may be paid twice):"
+        " set --base-url (or OPENAI_BASE_URL) to the API's address"
+    )
+
+
 def _names_a_missing_thing(code: str | None) -> bool:
     """A 404 code such as `model_not_found` or `previous_response_not_found`: that line's reference is wrong.
 
@@ -220,6 +243,14 @@ def classify_reply(
     """`classify` on the parts of a reply, whichever HTTP stack read it: `headers` look-ups must ignore case
     (aiohttp's and httpx's both do); `where()` names the request in a message (`METHOD URL`)."""
     request_id = read_request_id(headers.get("x-request-id"))
+    if not 100 <= status <= 599:
+        # aiohttp reads any three digits: 600-999 is no HTTP status, and not a 5xx to be sent (and paid) again.
+        raise PermanentApiError(
+            f"the server answered with status {status}, which is not an HTTP status (100-599)",
+            status=status,
+            code=INVALID_REPLY_HEAD,
+            request_id=request_id,
+        )
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -250,6 +281,8 @@ def classify_reply(
         raise BillingError(message, **kw)
     if status == 401 or (status == 403 and (code or typ) not in PER_REQUEST_403_CODES):
         raise DoomedJobError(_key_problem(status, code or typ), **kw)
+    if create_url is not None and 300 <= status < 400:
+        raise DoomedJobError(_redirect_problem(status, headers.get("location"), create_url), **kw)
     if create_url is not None and (status == 405 or (status == 404 and not _names_a_missing_thing(code))):
         raise DoomedJobError(_endpoint_problem(status, create_url), **kw)
     should_retry = headers.get("x-should-retry")
@@ -299,6 +332,20 @@ def _unreachable_reason(cause: BaseException) -> tuple[str, str]:
     return "connection_error", f"the connection failed ({type(cause).__name__})"
 
 
+# The variables other HTTP clients (curl, requests, httpx) route through a proxy by. The runner reads none of
+# them: its aiohttp session does not trust the environment, which would also bring in ~/.netrc credentials
+# beside the key's own Authorization header. A failed connection names one that is set, so that a user behind
+# a proxy is not left guessing.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _proxy_note() -> str:
+    name = next((v for v in PROXY_VARIABLES if os.environ.get(v)), None)
+    return (
+        f" ({name} is set, but the runner uses no proxy: it connects to the base URL's host directly)" if name else ""
+    )
+
+
 def classify_exception(exc: BaseException) -> ApiError:
     """A transport failure (no usable reply) as a typed error; the message never holds headers.
 
@@ -321,15 +368,19 @@ def classify_exception(exc: BaseException) -> ApiError:
         return PermanentApiError(
             f"the server's reply could not be read: its header lines must each fit in {MAX_HEADER_LINE} bytes,"
             f" be valid HTTP and name a content-encoding the request accepts (gzip, deflate){said}",
-            code="invalid_reply_head",
+            code=INVALID_REPLY_HEAD,
         )
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ClientSSLError):
         code, reason = _unreachable_reason(cause)
+        reason += _proxy_note()
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
             message = f"timed out: {type(cause).__name__}: {cause}".rstrip(": ")
             return ConnectTimeoutError(message, reason=reason, code=code)
         message = f"connection failed: {type(cause).__name__}: {cause}".rstrip(": ")
         return UnreachableError(message, reason=reason, code=code)
+    if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        # Connected, then closed (or reset) with no reply head: connector errors, a subclass, returned above.
+        return DroppedError(f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "), code="connection_error")
     if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout) or isinstance(
         cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
     ):

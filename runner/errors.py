@@ -16,6 +16,7 @@
     └── ApiError                    an HTTP outcome that is not a result (status, code, message, request id)
         ├── TransientApiError       worth retrying later (retry_after: minimum wait, if the server gave one)
         │   ├── UnreachableError    no connection at all (refused, no such host, TLS failed): `reason` says why
+        │   ├── DroppedError        the connection closed before any reply: the request may have reached the API
         │   └── CapacityError       the flex tier is short of capacity (429 resource_unavailable): not billed,
         │                           not a rate limit; retried patiently without shrinking the pool
         ├── PermanentApiError       retrying cannot help; the request fails
@@ -257,6 +258,15 @@ class UnreachableError(TransientApiError):
     def __init__(self, message: str, *, reason: str, **kw: object) -> None:
         self.reason = reason  # plain words with the likely fix, e.g. "connection refused; is the server up?"
         super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class DroppedError(TransientApiError):
+    """The server closed the connection before any reply came (not a failure to connect: that is unreachable).
+
+    The request may have reached the API, so it uses up its attempt. Before the server has answered anything
+    in a run, a streak of these counts toward the doomed-job stop: a TLS server sent plain HTTP (http:// for
+    https://) closes every connection this way.
+    """
 
 
 class CapacityError(TransientApiError):

@@ -141,6 +141,7 @@ class Run:
             checker=self.checker,
             flex=FlexLane(options.flex_fallback) if options.flex else None,
             on_more_slots=self._more_slots,
+            patience=options.poll_patience,  # --timeout: an outage of the server is waited out as long as a poll's
         )
         # Slots wait for their results' commits: the shorter the round trip, the shorter the window. Not while
         # background responses are polled (their creates answer at once, and no slot waits for a poll's commit).

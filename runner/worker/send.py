@@ -17,11 +17,13 @@ import anyio
 import orjson
 
 from runner.client import ApiClient, ApiReply
+from runner.config import MAX_RETRY_DELAY
 from runner.errors import (
     ApiError,
     BillingError,
     CapacityError,
     DoomedJobError,
+    DroppedError,
     TimeoutApiError,
     TransientApiError,
     UnreachableError,
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # Failed connections (refused, TLS, no such host) in a row, with no reply from the server yet in this run,
 # after which the job is doomed: the server is not there, and every further attempt would fail the same way.
+# Once the server has answered, as many in a row must also have gone on for the patience (--timeout).
 DOOMED_AFTER_UNREACHABLE = 10
 
 
@@ -70,6 +73,7 @@ class Sender:
         checker: Checker | None = None,
         flex: FlexLane | None = None,
         on_more_slots: Callable[[], None] | None = None,
+        patience: float = 0.0,
     ) -> None:
         self.checker = checker
         self._on_more_slots = on_more_slots  # the pool opens the slots a reply added
@@ -87,7 +91,11 @@ class Sender:
         self.flex = flex  # the flex lane: its tier, its patient retries and its fallback
         self._replied = False  # the server has answered something (anything) in this run
         self.latency: float | None = None  # seconds a reply takes (moving average), once one came
-        self._unreachable = 0  # failed connections before the first answer
+        self._unreachable = 0  # failed connections in a row (before the first answer, or since the last one)
+        self._unreachable_since = 0.0  # when the first of them failed (monotonic)
+        # Seconds an outage after the server has answered is waited out (a restart: vLLM loading its model, a
+        # deploy) before the job is doomed: as long as one attempt may take, as for polls.
+        self._patience = patience
 
     def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
         self._on_outcome(o)
@@ -163,14 +171,19 @@ class Sender:
             self._on_doomed(e)
             return None  # stays leased; released at the end with its attempt refunded
         except ApiError as e:
-            if isinstance(e, UnreachableError) and not self._replied:
+            if isinstance(e, UnreachableError):
                 return self._unreached(c, e)
-            self._replied = self._replied or e.status is not None
+            if isinstance(e, DroppedError) and not self._replied and self._dropped_before_any_answer(e):
+                return None  # doomed; stays leased, released at the end with its attempt refunded
+            if e.status is not None:
+                self._replied = True
+                self._unreachable = 0
             self._on_api_error(e)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
+        self._unreachable = 0
         replied_at = time.monotonic()
         took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
@@ -265,16 +278,50 @@ class Sender:
         elif isinstance(e, TimeoutApiError):
             self.concurrency.on_overload()
 
-    def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
-        """A failed connection before the server has answered anything in this run.
+    def _dropped_before_any_answer(self, e: DroppedError) -> bool:
+        """A connection closed without a reply, before the server has answered anything in this run: whether
+        the job is now doomed (DOOMED_AFTER_UNREACHABLE failed connections in a row, of either kind).
 
-        It does not use up an attempt (the request never reached the API): the request waits a moment and
-        is tried again, until DOOMED_AFTER_UNREACHABLE such failures in a row doom the job.
+        Unlike a refused connection, the request may have reached the server, so its attempt counts; but a
+        server that closes every connection (a TLS port sent plain HTTP) would otherwise take every line
+        through every attempt, and fail them all.
         """
         self._unreachable += 1
-        if self._unreachable >= DOOMED_AFTER_UNREACHABLE:
-            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}", code=e.code))
+        if self._unreachable < DOOMED_AFTER_UNREACHABLE:
+            return False
+        base = self.client.base_url
+        hint = (
+            "if it speaks HTTPS, the base URL should start with https://"
+            if base.lower().startswith("http://")
+            else "is this the API's address and port?"
+        ) + "; a proxy or gateway in between may also be cutting requests off"
+        reason = f"the server closed the connection without answering, {self._unreachable} times in a row; {hint}"
+        self._on_doomed(DoomedJobError(f"cannot reach {base}: {reason}", code=e.code))
+        return True
+
+    def _unreached(self, c: Claimed, e: UnreachableError) -> int | None:
+        """A failed connection: the request never reached the API, so it uses up no attempt.
+
+        It waits a moment and is tried again. Before the server has answered anything in this run,
+        DOOMED_AFTER_UNREACHABLE such failures in a row doom the job. After, a server going down (a restart) is
+        waited out, and dooms the job only once the outage has also lasted the patience: were each try an
+        attempt, a minute's outage would fail every line claimed meanwhile.
+        """
+        now = time.monotonic()
+        if self._unreachable == 0:
+            self._unreachable_since = now
+        self._unreachable += 1
+        down = now - self._unreachable_since
+        if self._unreachable >= DOOMED_AFTER_UNREACHABLE and (not self._replied or down >= self._patience):
+            since = f" (no connection for {down:.0f} s)" if self._replied else ""
+            self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}{since}", code=e.code))
             return None  # stays leased; released at the end with its attempt refunded
+        if self._replied:
+            self._on_api_error(e)  # a connect timeout may be overload: the pool shrinks, as for any timeout
+            # Tried again sooner early in an outage, at most MAX_RETRY_DELAY apart as it goes on.
+            wait = min(backoff_delay(c.attempts) + down / 4, MAX_RETRY_DELAY)
+        else:
+            wait = backoff_delay(c.attempts)
         log.debug("line %s: %s", c.line_no, e.describe())
         return self._put(
             Outcome(
@@ -282,7 +329,7 @@ class Sender:
                 RequestState.QUEUED,
                 error_code=e.code,
                 error_message=e.message,
-                next_attempt_at=time.time() + backoff_delay(c.attempts),
+                next_attempt_at=time.time() + wait,
                 refund_attempt=True,
             )
         )
