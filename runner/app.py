@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from runner.convert import ConvertCounts
     from runner.estimate import Estimate
     from runner.export import ExportCounts, ResultRow
-    from runner.ingest import SubmitResult
+    from runner.ingest import SubmitOptions, SubmitResult
     from runner.lanes.batch import BatchLane
     from runner.prices import PriceTable
     from runner.processes import ChildReport, is_child
@@ -771,6 +771,8 @@ class SpecOutcome:
     spec: JobSpec
     jobs: list[SpecJob]
     run: RunOutcome
+    day: dt.date  # the day the jobs belong to ({date} in the outputs): today, or the day before (carried over)
+    carried_over: bool = False  # the day before's unfinished jobs were resumed, not today's started
 
     @property
     def failed(self) -> int:
@@ -823,24 +825,30 @@ async def run_spec(
     if "db" not in s.model_fields_set:  # neither --db nor RUNNER_DB: the spec's store, wherever we run from
         s = s.model_copy(update={"db": spec.store_db})
     files = spec.input_files()
+
     # The tables are applied line by line as the input is read (no copy of the file is kept); their hash
     # joins the fingerprint, so the same input with changed tables is another job.
-    tag = f"{spec.name}@{date}#{spec.tables_digest()[:16]}"
-    options = SubmitOptions(
-        background=spec.job.background,
-        lenient=spec.job.lenient,
-        tag=tag,
-        reuse=spec.job.reuse,
-        cache_keys=spec.job.cache_keys,
-        transform=spec.apply_line,
-    )
+    def options(day: dt.date) -> SubmitOptions:
+        return SubmitOptions(
+            background=spec.job.background,
+            lenient=spec.job.lenient,
+            tag=f"{spec.name}@{day}#{spec.tables_digest()[:16]}",
+            reuse=spec.job.reuse,
+            cache_keys=spec.job.cache_keys,
+            transform=spec.apply_line,
+        )
+
     for src in files:
         # Before anything is queued or paid for; the job id is not known yet, and a path named by it is new.
         spec.check_outputs(job_id="job_id", date=date, source=src)
     # Every file of a glob in one submit: each is validated before any is published, so one bad file queues
     # none (file by file, the good files before it were queued though the run was refused).
     async with _queueing_store(s.db) as store:
-        submitted = await submit_files(store, files, name=spec.name, options=options)
+        yesterday = date - dt.timedelta(days=1)
+        carried = await _unfinished_day_before(store, files, options(date), options(yesterday))
+        if carried:
+            date = yesterday
+        submitted = await submit_files(store, files, name=spec.name, options=options(date))
     jobs = [SpecJob(res.job_id, src) for res, src in zip(submitted, files, strict=True)]
     outcome = await run(
         [j.job_id for j in jobs],
@@ -867,7 +875,44 @@ async def run_spec(
             if j.report_file is not None:
                 j.report_file.parent.mkdir(parents=True, exist_ok=True)
                 j.report_file.write_text(json.dumps(j.report.to_json(), indent=2) + "\n")
-    return SpecOutcome(spec, jobs, outcome)
+    return SpecOutcome(spec, jobs, outcome, day=date, carried_over=carried)
+
+
+# A spec's job of the day before is resumed by a run this soon after it was submitted: a nightly run that
+# crossed midnight and was killed, then started again, would otherwise buy every answer again as a new day's
+# job. Tomorrow night's run (24 h on) starts its own day, whatever is left of tonight's.
+CARRY_OVER_SECONDS = 24 * 3600.0
+
+
+async def _unfinished_day_before(
+    store: Store, files: Sequence[Path], today: SubmitOptions, yesterday: SubmitOptions
+) -> bool:
+    """Whether a spec run should resume the day before's jobs instead of starting today's: today has none of
+    them yet, the day before has every one (same input, same tables), submitted less than CARRY_OVER_SECONDS
+    ago, and at least one of them is unfinished and not cancelled."""
+    from runner.ingest import file_sha256
+
+    try:
+        hashes = [await anyio.to_thread.run_sync(file_sha256, f) for f in files]
+    except OSError:
+        return False  # the submit names what cannot be read
+    for h in hashes:
+        if await store.find_job_by_fingerprint(today.fingerprint(h)) is not None:
+            return False
+    before: list[str] = []
+    for h in hashes:
+        job_id = await store.find_job_by_fingerprint(yesterday.fingerprint(h))
+        if job_id is None:
+            return False
+        before.append(job_id)
+    unfinished = False
+    for job_id in before:
+        job = await store.get_job(job_id)
+        if time.time() - job.created_at >= CARRY_OVER_SECONDS:
+            return False
+        counts, _ = await store.progress([job_id])
+        unfinished = unfinished or (job.cancelled_at is None and count(counts, *ACTIVE) > 0)
+    return unfinished
 
 
 @dataclass

@@ -282,6 +282,11 @@ def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
             )
         )
         view.finish(done.run.result.snapshot if done.run.stats else None, _next_steps(done.run))
+    if done.carried_over:
+        say(
+            f"resumed the unfinished {'jobs' if len(done.jobs) > 1 else 'job'} of {done.day}"
+            " (a run that crossed midnight): what was answered then was not sent again"
+        )
     for j in done.jobs:
         if j.report is not None:
             put(j.report.render_text())
