@@ -5,7 +5,8 @@
 - `jsonl-flat`: one flat JSON object per line: FLAT_COLUMNS (the request's line, model, instructions and
   input text beside its answer's text, usage and error) and `metadata`, the line's metadata object.
 - `csv`: the same columns with a header row, the metadata as one `metadata.<key>` column per key used in
-  the job (RFC 4180 quoting, so text with commas, quotes and newlines reads back intact with `csv.DictReader`).
+  the job (RFC 4180 quoting, so text with commas, quotes and newlines reads back intact with `csv.DictReader`;
+  a text that a spreadsheet would run as a formula, `=...`, `@...`, gets a leading `'`: `spreadsheet_text`).
 - `parquet`: the same columns as csv, typed, in row groups (needs the optional `pyarrow`: `responses-runner[parquet]`).
 
 The flat formats join each answer with its input so an evaluation can be scored from the export alone;
@@ -409,6 +410,19 @@ class _LineSink:
 
 # A field needs quotes when it holds the delimiter, the quote or a line break: csv's QUOTE_MINIMAL rule.
 _CSV_SPECIAL = re.compile(r'[,"\r\n]')
+# A cell that starts with one of these is run as a formula by Excel, LibreOffice and Google Sheets (OWASP's
+# list): an answer or a prompt `=HYPERLINK(...)`, `@SUM(...)` or `-2+3` would run on the user's machine when
+# they open the results. Such a field gets a leading `'`, which makes the cell text (OWASP's advice).
+FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+# ...except a plain number (`-42`, `+1.5e3`): a spreadsheet reads it as that number, which runs nothing.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_text(text: str) -> str:
+    """`text` as a csv field a spreadsheet shows and never evaluates: a leading `'` before a formula start."""
+    if text.startswith(FORMULA_START) and _PLAIN_NUMBER.fullmatch(text) is None:
+        return "'" + text
+    return text
 
 
 def _csv_field(value: Any) -> str:
@@ -416,14 +430,16 @@ def _csv_field(value: Any) -> str:
         return ""
     if value is True or value is False:  # the `reused` column, spelled as in the JSON formats
         return "true" if value else "false"
-    text = value if isinstance(value, str) else str(value)
+    # Only text can start a formula: the number columns (line, tokens) are never negative.
+    text = spreadsheet_text(value) if isinstance(value, str) else str(value)
     if _CSV_SPECIAL.search(text) is None:
         return text
     return '"' + text.replace('"', '""') + '"'
 
 
 def csv_line(values: Sequence[Any]) -> bytes:
-    """One RFC 4180 record, byte for byte what `csv.writer` (the excel dialect) writes for these values.
+    """One RFC 4180 record, byte for byte what `csv.writer` (the excel dialect) writes for these values once
+    a text that a spreadsheet would run as a formula has its leading `'` (`spreadsheet_text`).
 
     The csv module appends a field character by character (~14 µs for a row with a prompt and an answer);
     this does the same with C string methods, in a third of the time.

