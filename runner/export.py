@@ -22,7 +22,9 @@ the read, and as separate files they would be small modules importing each other
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
@@ -122,6 +124,34 @@ def _same_file(out: str | None, errors: str) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False  # the write says what is wrong with the path
+
+
+def _is_stdout(target: str | None) -> bool:
+    return target is None or target == "-"
+
+
+def _stream_id(target: str | None) -> tuple[int, int, bool] | None:
+    """What a target writes to (device, inode, whether it is a regular file); None for a bad path."""
+    try:
+        st = os.fstat(sys.stdout.fileno()) if _is_stdout(target) else os.stat(target or "")
+    except (OSError, ValueError):
+        return None  # the write says what is wrong with the path
+    return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
+
+
+def _one_stream(out: str | None, errors: str | None) -> bool:
+    """Whether -o and --errors name one stream written in place: `--errors -` with the results on stdout, or
+    stdout twice by other names (/dev/stdout), or one pipe. Written as one, or a csv export put a second header
+    in the middle of the table (and a second descriptor on stdout's file wrote over the first's lines)."""
+    if errors is None:
+        return False
+    if _is_stdout(out) and _is_stdout(errors):
+        return True
+    first, second = _stream_id(out), _stream_id(errors)
+    if first is None or first != second:
+        return False
+    # One regular file by two paths is refused before (`_same_file`); one of them stdout is one stream.
+    return not first[2] or _is_stdout(out) or _is_stdout(errors)
 
 
 @contextmanager
@@ -553,9 +583,11 @@ async def _export(store: Store, job_id: str, out: str | None, errors: str | None
     # Checks live in their own table: looked up per chunk, and only for a job that has any.
     checked = flat and await has_checks(store, job_id)
     reused = Reused(await reused_line_numbers(store, job_id)) if flat else NONE_REUSED
-    with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
+    # `--errors -` with the results on stdout: one sink, so a csv has one header and the rows stay in order.
+    shared = _one_stream(out, errors)
+    with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors and not shared else _null() as f_err:
         results = _sink(fmt, f_out, job_id, keys, reused)
-        failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else None
+        failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else results if shared else None
         try:
             if fmt == "batch":
                 await _batch(store, job_id, f_out, results, failures, counts)
@@ -571,7 +603,7 @@ async def _export(store: Store, job_id: str, out: str | None, errors: str | None
             # Parquet's footer goes out while the file is open; after a failure the atomic writer
             # discards the file anyway.
             results.close()
-            if failures is not None:
+            if failures is not None and failures is not results:
                 failures.close()
     return counts
 

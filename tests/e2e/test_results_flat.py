@@ -8,6 +8,7 @@ characters beyond the BMP, a 100,000-character prompt) and answers a spreadsheet
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -135,3 +136,15 @@ def is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_csv_with_errors_to_the_same_stdout_is_one_table(answered: Answered) -> None:
+    # A user who wants everything on stdout, failures included, in one CSV for the next tool in the pipe.
+    r = answered.cli("export", answered.job, "--format", "csv", "--errors", "-")
+    assert r.returncode == 0, r.stderr
+    csv.field_size_limit(sys.maxsize)
+    records = list(csv.reader(io.StringIO(r.stdout, newline="")))
+    assert [rec[0] for rec in records].count("custom_id") == 1, records[:2]  # one header, not one per destination
+    assert records[0][:2] == ["custom_id", "line"]
+    assert [rec[1] for rec in records[1:]] == [str(n) for n in range(1, len(LINES) + 2)]  # input order
+    assert r.stderr.strip().splitlines()[-1] == f"exported {len(LINES)} lines of {answered.job} to stdout, 1 to stdout"
