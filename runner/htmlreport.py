@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from runner.errors import ConfigError
 from runner.files import atomic_writer, refuse_store_file
 from runner.prices import PriceTable
 from runner.report import Report, build_report
@@ -145,8 +146,14 @@ def _first_message(group: dict[str, Any]) -> str:
     return (message or "")[:300]
 
 
-async def write_html(store: Store, job_id: str, prices: PriceTable, path: Path) -> Report:
+async def write_html(store: Store, job_id: str, prices: PriceTable, path: str | Path) -> Report:
     """Build the report and its timeline from the store and write the page to `path` (atomically)."""
+    # Checked as given: Path("") is ".", and `-` (stdout for `export -o`) made a file named `-`.
+    if str(path) == "":
+        raise ConfigError("--html is empty: give a file path")
+    if str(path) == "-":
+        raise ConfigError("--html writes a file, not stdout: give a path such as report.html")
+    path = Path(path)
     refuse_store_file(path, store.path)
     report = await build_report(store, job_id, prices)
     tl = await timeline(store, job_id)
