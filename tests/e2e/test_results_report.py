@@ -22,7 +22,8 @@ def submit_hostile_job(cli: Cli, tmp_path: Path) -> str:
             metadata = {"mock_outputs": json.dumps([f"</script><script>alert('answer {i}')</script>"])}
             if i == 2:
                 metadata = {"mock_error": HOSTILE_CODE}
-            body = {"model": HOSTILE_MODEL, "input": f"<b>question {i}</b>", "metadata": metadata}
+            model = "gpt-4.1-mini" if i == 0 else HOSTILE_MODEL  # one priced line: a cost of a few millionths
+            body = {"model": model, "input": f"<b>question {i}</b>", "metadata": metadata}
             cid = f"<script>alert('id {i}')</script>"
             f.write(json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
     return cli.submit(src, "--name", HOSTILE_NAME)
@@ -38,7 +39,8 @@ def test_a_hostile_job_is_reported_as_text_in_json_and_html(cli: Cli, mock_facto
     rep = json.loads(r.stdout)
     assert rep["name"] == HOSTILE_NAME
     assert [u["model"] for u in rep["cost"]["unpriced"]] == [HOSTILE_MODEL]
-    assert rep["cost"]["complete"] is False and rep["cost"]["by_model"] == []  # a lower bound, never a price of 0
+    assert rep["cost"]["complete"] is False  # a lower bound: the unpriced tokens are not in it
+    assert [m["model"] for m in rep["cost"]["by_model"]] == ["gpt-4.1-mini"] and 0 < rep["cost"]["usd"] < 0.0001
     assert [e["code"] for e in rep["errors"]] == [HOSTILE_CODE]
 
     page = (tmp_path / "page.html").read_text(encoding="utf-8")
@@ -50,6 +52,11 @@ def test_a_hostile_job_is_reported_as_text_in_json_and_html(cli: Cli, mock_facto
     assert "&lt;/title&gt;&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;" in page.split("</title>")[0]
     assert "<td>&lt;img src=x onerror=alert(&#x27;model&#x27;)&gt;</td>" in page  # the cost table's unpriced row
     assert f"<td>{HOSTILE_CODE.replace('<', '&lt;').replace('>', '&gt;').replace(chr(39), '&#x27;')}</td>" in page
+    # The headline cost reads as in the text report ("at least $0.000012"), not rounded to "$0.0000".
+    text = cli("report", job)
+    cost = re.search(r"^  cost: (at least \$[\d.]+) ", text.stdout, re.M)
+    assert cost is not None, text.stdout
+    assert f"cost <b>{cost.group(1)}</b>" in page
     block = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
     assert block is not None
     assert json.loads(block.group(1))["report"]["errors"] == rep["errors"]
