@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,3 +149,19 @@ def test_csv_with_errors_to_the_same_stdout_is_one_table(answered: Answered) -> 
     assert records[0][:2] == ["custom_id", "line"]
     assert [rec[1] for rec in records[1:]] == [str(n) for n in range(1, len(LINES) + 2)]  # input order
     assert r.stderr.strip().splitlines()[-1] == f"exported {len(LINES)} lines of {answered.job} to stdout, 1 to stdout"
+
+
+def test_export_and_report_with_stdout_closed_stop_as_on_a_closed_pipe(answered: Answered) -> None:
+    # `runner export >&-` (a cron line, a daemon's child): nothing can be written, as into `| head -0`.
+    # (`--version` ends 0 on a closed pipe too: it is answered before the CLI loads, with nothing to lose.)
+    cases = [(["export", answered.job, "--format", "csv"], 141), (["report", answered.job], 141), (["--version"], 0)]
+    for args, code in cases:
+        r = subprocess.run(
+            ["bash", "-c", 'exec "$@" >&-', "-", sys.executable, "-m", "runner", *args],
+            capture_output=True,
+            text=True,
+            env=answered.cli.environ(),
+            cwd=answered.dir,
+            timeout=120,
+        )
+        assert (r.returncode, r.stderr) == (code, ""), args
