@@ -37,7 +37,7 @@ import orjson
 from runner import DISTRIBUTION
 from runner.config import FORMATS
 from runner.errors import ConfigError
-from runner.files import atomic_writer, refuse_store_file
+from runner.files import atomic_writer, refuse_store_file, refused_write
 from runner.heap import gc_spares_the_heap
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
@@ -571,8 +571,16 @@ async def export_job(
     if errors is not None and _same_file(out, errors):
         # Each is written to a temporary file renamed over the target: the second rename would drop the first.
         raise ConfigError(f"-o and --errors name the same file ({errors}): give --errors another path")
-    with gc_spares_the_heap():
-        return await _export(store, job_id, out, errors, fmt)
+    try:
+        with gc_spares_the_heap():
+            return await _export(store, job_id, out, errors, fmt)
+    except OSError as e:
+        # Which of the two files the disk refused is not known here; both are named.
+        targets = [out] if errors is None else [out, errors]
+        refused = refused_write(e, " or ".join(dict.fromkeys("stdout" if _is_stdout(t) else str(t) for t in targets)))
+        if refused is None:
+            raise
+        raise refused from None
 
 
 async def _export(store: Store, job_id: str, out: str | None, errors: str | None, fmt: str) -> ExportCounts:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from runner.errors import ConfigError
-from runner.files import atomic_writer, refuse_store_file
+from runner.files import atomic_writer, refuse_store_file, refused_write
 from runner.prices import PriceTable
 from runner.report import Report, build_report
 from runner.store import Store
@@ -159,8 +159,14 @@ async def write_html(store: Store, job_id: str, prices: PriceTable, path: str | 
     report = await build_report(store, job_id, prices)
     tl = await timeline(store, job_id)
     page = render_html(report, tl).encode()
-    with atomic_writer(path) as f:
-        f.write(page)
+    try:
+        with atomic_writer(path) as f:
+            f.write(page)
+    except OSError as e:
+        refused = refused_write(e, str(path))
+        if refused is None:
+            raise
+        raise refused from None
     return report
 
 

@@ -165,3 +165,22 @@ def test_export_and_report_with_stdout_closed_stop_as_on_a_closed_pipe(answered:
             timeout=120,
         )
         assert (r.returncode, r.stderr) == (code, ""), args
+
+
+def test_a_full_disk_is_one_line_naming_the_file(answered: Answered) -> None:
+    # /dev/full takes no byte (ENOSPC), as a full disk or a spent quota would: this used to end with
+    # "runner: OSError: [Errno 28] No space left on device", naming no file, exit 1 ("some requests failed").
+    (answered.dir / "ok.jsonl").write_text("yesterday's results\n")
+    cases = [
+        (["export", answered.job, "-o", "/dev/full"], "/dev/full"),
+        (
+            ["export", answered.job, "--format", "csv", "-o", "ok.jsonl", "--errors", "/dev/full"],
+            "ok.jsonl or /dev/full",
+        ),
+        (["report", answered.job, "--html", "/dev/full"], "/dev/full"),
+    ]
+    for args, named in cases:
+        r = answered.cli(*args)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [f"runner: cannot write {named}: No space left on device"]
+    assert (answered.dir / "ok.jsonl").read_text() == "yesterday's results\n"  # written whole or not at all
