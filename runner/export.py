@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 import orjson
 
@@ -44,6 +44,7 @@ from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, ReadyLines, Store
 from runner.store.outputs import checks_between, has_checks
 from runner.store.reuse import reused_line_numbers
+from runner.term import printable
 from runner.usage import UsageCounts
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
@@ -154,11 +155,38 @@ def _one_stream(out: str | None, errors: str | None) -> bool:
     return not first[2] or _is_stdout(out) or _is_stdout(errors)
 
 
+# On a terminal, the control characters an answer holds would be obeyed (clear the screen, retitle the window,
+# a C1 CSI): the README promises that text from a server is shown, never obeyed. Tab, line feed and carriage
+# return stay (layout, and the csv record's end). Into a file or a pipe every byte stays as stored.
+_TERMINAL_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+def _json_escape(m: re.Match[bytes]) -> bytes:
+    return f"\\u{ord(m.group().decode()):04x}".encode()  # the same JSON string: its own escape
+
+
+def _text_escape(m: re.Match[bytes]) -> bytes:
+    return printable(m.group().decode()).encode()  # `\x1b`, as every command shows such text
+
+
+class _Terminal:
+    """stdout on a terminal: each write (whole lines, so no character is split) with its controls escaped."""
+
+    def __init__(self, raw: IO[bytes], fmt: str) -> None:
+        self._raw = raw
+        self._escape = _text_escape if fmt == "csv" else _json_escape
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(_TERMINAL_CONTROL.sub(self._escape, data))
+        return len(data)
+
+
 @contextmanager
-def _atomic_writer(path: str | None) -> Iterator[IO[bytes]]:
+def _atomic_writer(path: str | None, fmt: str = "batch") -> Iterator[IO[bytes]]:
     if path is None or path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        out = sys.stdout.buffer
+        yield cast(IO[bytes], _Terminal(out, fmt)) if out.isatty() else out
+        out.flush()
         return
     with atomic_writer(Path(path)) as f:
         yield f
@@ -593,7 +621,10 @@ async def _export(store: Store, job_id: str, out: str | None, errors: str | None
     reused = Reused(await reused_line_numbers(store, job_id)) if flat else NONE_REUSED
     # `--errors -` with the results on stdout: one sink, so a csv has one header and the rows stay in order.
     shared = _one_stream(out, errors)
-    with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors and not shared else _null() as f_err:
+    with (
+        _atomic_writer(out, fmt) as f_out,
+        _atomic_writer(errors, fmt) if errors and not shared else _null() as f_err,
+    ):
         results = _sink(fmt, f_out, job_id, keys, reused)
         failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else results if shared else None
         try:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,3 +187,59 @@ def test_a_full_disk_is_one_line_naming_the_file(answered: Answered) -> None:
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines() == [f"runner: cannot write {named}: No space left on device"]
     assert (answered.dir / "ok.jsonl").read_text() == "yesterday's results\n"  # written whole or not at all
+
+
+def on_a_terminal(a: Answered, *args: str) -> tuple[int, bytes]:
+    """Run the CLI with stdout on a pseudo-terminal, as a user at a shell: its exit code and what it printed."""
+    main, side = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", *args],
+            stdout=side,
+            stderr=subprocess.DEVNULL,
+            env=a.cli.environ(),
+            cwd=a.dir,
+        )
+        os.close(side)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return proc.wait(timeout=60), shown
+    finally:
+        os.close(main)
+
+
+def test_an_export_on_a_terminal_shows_control_characters_as_escapes(tmp_path: Path) -> None:
+    # An answer that would clear the screen, retitle the terminal and start a C1 CSI: exported into a file it
+    # is kept byte for byte; printed on a terminal it is shown, never obeyed (the README's promise for all text
+    # that came from a server).
+    answer = "a\x1b[2Jb\x1b]0;owned\x07c\u009b31m d\x7fe"
+    src = tmp_path / "in.jsonl"
+    body = {"model": "gpt-4.1-mini", "input": "hi", "metadata": {"mock_outputs": json.dumps([answer])}}
+    src.write_text(json.dumps({"custom_id": "esc\x1b[2J", "method": "POST", "url": "/v1/responses", "body": body}))
+    mock = start_mock()
+    try:
+        cli = Cli(tmp_path / "runner.db")
+        job = cli.submit(src)
+        assert cli("run", job, *run_args(mock, "--quiet")).returncode == 0
+    finally:
+        mock.stop()
+    a = Answered(cli, job, tmp_path)
+    assert read_csv(a.export("csv", "c.csv"))[0]["output_text"] == answer  # a file keeps every byte
+    for fmt in ("batch", "jsonl-flat", "csv"):
+        code, shown = on_a_terminal(a, "export", job, "--format", fmt)
+        assert code == 0, shown
+        assert re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]", shown) is None, (fmt, shown)
+        if fmt == "csv":
+            assert b"a\\x1b[2Jb\\x1b]0;owned\\x07c\\x9b31m d\\x7fe" in shown
+        else:  # still JSON, and the same JSON: the escapes are JSON's own
+            line = shown.decode().splitlines()[0]
+            record = json.loads(line)
+            text = record["response"]["body"]["output_text"] if fmt == "batch" else record["output_text"]
+            assert text == answer
