@@ -52,6 +52,7 @@ _CANCELLED = RequestState.CANCELLED.value
 _FAILED = RequestState.FAILED.value
 _UNFINISHED = frozenset(s.value for s in ACTIVE)
 _RESULT_STATES = frozenset(s.value for s in RESULTS)
+_BATCH_CANCELLED: Final = "batch_cancelled"  # a cancelled line's error code, as the Batch API spells it
 
 PARQUET_ROW_GROUP = 50_000  # rows held before a row group is written: bounded memory, few groups
 METADATA: Final = "metadata"  # the jsonl-flat field; csv and parquet spread it over `metadata.<key>` columns
@@ -95,7 +96,7 @@ def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
         response = {"status_code": row.http_status, "request_id": row.request_id, "body": body}
     state = row.state
     if state == _CANCELLED:
-        error = {"code": "batch_cancelled", "message": row.error_message or "cancelled"}
+        error = {"code": _BATCH_CANCELLED, "message": row.error_message or "cancelled"}
     elif state == _FAILED and not (response is not None and (row.http_status or 0) >= 400):
         # An HTTP error keeps its details in response.body.error, as the Batch API does; failures with
         # no HTTP error (retries exhausted on timeouts, a background response that ended failed) use `error`.
@@ -320,8 +321,9 @@ def _error(row: ExportRow) -> str | None:
     """ "code: message" for failed and cancelled requests, None for the rest (as in the Batch format)."""
     if row.state not in _ERROR_STATES:
         return None
-    default = "batch_cancelled" if row.state == _CANCELLED else "failed"
-    code = row.error_code or default
+    # A cancelled line's code is the Batch format's (`batch_line`), whatever the store recorded (`cancelled`):
+    # the flat exports said `cancelled: ...` where the Batch export of the same line said `batch_cancelled`.
+    code = _BATCH_CANCELLED if row.state == _CANCELLED else row.error_code or "failed"
     return f"{code}: {row.error_message}" if row.error_message else code
 
 

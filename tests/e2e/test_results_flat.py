@@ -243,3 +243,20 @@ def test_an_export_on_a_terminal_shows_control_characters_as_escapes(tmp_path: P
             record = json.loads(line)
             text = record["response"]["body"]["output_text"] if fmt == "batch" else record["output_text"]
             assert text == answer
+
+
+def test_a_cancelled_line_has_one_error_code_in_every_format(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "runner.db")
+    src = tmp_path / "in.jsonl"
+    body = {"model": "gpt-4.1-mini", "input": "never sent"}
+    src.write_text(json.dumps({"custom_id": "c-1", "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    job = cli.submit(src)
+    assert cli("cancel", job).returncode == 0
+    a = Answered(cli, job, tmp_path)
+    [batch] = read_jsonl(a.export("batch", "b.jsonl"))
+    code, message = batch["error"]["code"], batch["error"]["message"]
+    assert code == "batch_cancelled"  # as the README and the Batch API spell it
+    [flat] = read_jsonl(a.export("jsonl-flat", "f.jsonl"))
+    [row] = read_csv(a.export("csv", "c.csv"))
+    assert flat["status"] == row["status"] == "cancelled"
+    assert flat["error"] == row["error"] == f"{code}: {message}"
