@@ -474,6 +474,7 @@ _CSV_SPECIAL = re.compile(r'[,"\r\n]')
 # list): an answer or a prompt `=HYPERLINK(...)`, `@SUM(...)` or `-2+3` would run on the user's machine when
 # they open the results. Such a field gets a leading `'`, which makes the cell text (OWASP's advice).
 FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_CHARS: Final = frozenset(FORMULA_START)  # a frozenset: "" (an empty cell's first character) is not in it
 # ...except a plain number (`-42`, `+1.5e3`): a spreadsheet reads it as that number, which runs nothing.
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -490,8 +491,11 @@ def _csv_field(value: Any) -> str:
         return ""
     if value is True or value is False:  # the `reused` column, spelled as in the JSON formats
         return "true" if value else "false"
-    # Only text can start a formula: the number columns (line, tokens) are never negative.
-    text = spreadsheet_text(value) if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        # `spreadsheet_text`, inlined: this runs for every text cell of the export.
+        text = "'" + value if value[:1] in _FORMULA_CHARS and _PLAIN_NUMBER.fullmatch(value) is None else value
+    else:  # only text can start a formula: the number columns (line, tokens) are never negative
+        text = str(value)
     if _CSV_SPECIAL.search(text) is None:
         return text
     return '"' + text.replace('"', '""') + '"'
