@@ -20,7 +20,8 @@ from typing import IO
 from runner.errors import ConfigError
 from runner.owners import owner_is_dead, process_name
 
-# A file system that takes no more data: a write, flush or fsync fails this way, never a read of the store.
+# A file system that takes no more data: a write, flush or fsync of an output file fails this way (the store's
+# own failures come as store errors, never as OSError).
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
