@@ -171,7 +171,7 @@ def _text_escape(m: re.Match[bytes]) -> bytes:
 
 
 class _Terminal:
-    """stdout on a terminal: each write (whole lines, so no character is split) with its controls escaped."""
+    """A terminal written to: each write (whole lines, so no character is split) with its controls escaped."""
 
     def __init__(self, raw: IO[bytes], fmt: str) -> None:
         self._raw = raw
@@ -190,7 +190,7 @@ def _atomic_writer(path: str | None, fmt: str = "batch") -> Iterator[IO[bytes]]:
         out.flush()
         return
     with atomic_writer(Path(path)) as f:
-        yield f
+        yield cast(IO[bytes], _Terminal(f, fmt)) if f.isatty() else f  # `-o /dev/tty`, `-o /dev/stdout`
 
 
 # -- the input side: a request body made readable ------------------------------------------------------

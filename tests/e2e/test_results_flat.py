@@ -232,8 +232,8 @@ def test_an_export_on_a_terminal_shows_control_characters_as_escapes(tmp_path: P
         mock.stop()
     a = Answered(cli, job, tmp_path)
     assert read_csv(a.export("csv", "c.csv"))[0]["output_text"] == answer  # a file keeps every byte
-    for fmt in ("batch", "jsonl-flat", "csv"):
-        code, shown = on_a_terminal(a, "export", job, "--format", fmt)
+    for fmt, to in [("batch", []), ("jsonl-flat", []), ("csv", []), ("csv", ["-o", "/dev/stdout"])]:
+        code, shown = on_a_terminal(a, "export", job, "--format", fmt, *to)
         assert code == 0, shown
         assert re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]", shown) is None, (fmt, shown)
         if fmt == "csv":
