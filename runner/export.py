@@ -28,7 +28,7 @@ import stat
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
@@ -80,11 +80,32 @@ Check = tuple[str, str | None] | None
 
 @dataclass
 class ExportCounts:
-    """How many lines went where."""
+    """How many lines went where, and warnings about the files written (`misnamed`)."""
 
     results: int = 0
     errors: int = 0
     unfinished: int = 0  # not exported yet: still queued or in progress
+    warnings: list[str] = field(default_factory=list)
+
+
+# What a file's name says it holds, and what each format writes: `-o results.csv` without `--format csv` got
+# JSON lines, silently, which a spreadsheet shows split at their commas.
+_NAMED_FOR: Final = {".csv": "csv", ".parquet": "parquet", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}
+_WRITES: Final = {"batch": "JSON lines", "jsonl-flat": "JSON lines", "csv": "csv", "parquet": "parquet"}
+_FORMATS_FOR: Final = {"csv": "csv", "parquet": "parquet", "JSON lines": "batch or jsonl-flat"}
+
+
+def misnamed(path: str | None, fmt: str) -> str | None:
+    """A warning when `path`'s name says another format than `fmt` writes; None when they agree, or the name
+    says nothing (`out.txt`, `-`). The file is written all the same: a name is the user's to choose."""
+    if path is None or path == "-":
+        return None
+    named = _NAMED_FOR.get(Path(path).suffix.lower())
+    written = _WRITES[fmt]
+    if named is None or named == written:
+        return None
+    hint = f"--format {_FORMATS_FOR[named]} writes {named}"
+    return f"{path} is named for {named}, but --format {fmt} wrote {written} into it ({hint})"
 
 
 def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
@@ -620,6 +641,7 @@ async def export_job(
 
 async def _export(store: Store, job_id: str, out: str | None, errors: str | None, fmt: str) -> ExportCounts:
     counts = ExportCounts()
+    counts.warnings = [w for w in (misnamed(out, fmt), misnamed(errors, fmt)) if w is not None]
     flat = fmt != "batch"
     # csv and parquet name their columns before the first row: one column per metadata key of the job.
     keys = await store.metadata_keys(job_id) if fmt in ("csv", "parquet") else []

@@ -260,3 +260,25 @@ def test_a_cancelled_line_has_one_error_code_in_every_format(tmp_path: Path) -> 
     [row] = read_csv(a.export("csv", "c.csv"))
     assert flat["status"] == row["status"] == "cancelled"
     assert flat["error"] == row["error"] == f"{code}: {message}"
+
+
+def test_a_file_named_for_another_format_gets_a_warning(answered: Answered) -> None:
+    # `-o results.csv` without `--format csv` wrote JSON lines into it, silently: a spreadsheet then shows
+    # JSON split at its commas, and pandas.read_parquet on `-o results.parquet` fails on "magic bytes".
+    r = answered.cli("export", answered.job, "-o", "results.csv", "--errors", "errors.parquet")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "warning: results.csv is named for csv, but --format batch wrote JSON lines into it (--format csv writes csv)",
+        "warning: errors.parquet is named for parquet, but --format batch wrote JSON lines into it"
+        " (--format parquet writes parquet)",
+        f"exported {len(LINES)} lines of {answered.job} to results.csv, 1 to errors.parquet",
+    ]
+    assert json.loads((answered.dir / "results.csv").read_text().split("\n")[0])["custom_id"] == "quotes"
+    r = answered.cli("export", answered.job, "--format", "csv", "-o", "rows.jsonl")
+    assert r.stderr.strip().splitlines()[0] == (
+        "warning: rows.jsonl is named for JSON lines, but --format csv wrote csv into it"
+        " (--format batch or jsonl-flat writes JSON lines)"
+    )
+    for fmt, name in [("batch", "b.jsonl"), ("jsonl-flat", "f.json"), ("csv", "c.CSV"), ("csv", "out.txt")]:
+        r = answered.cli("export", answered.job, "--format", fmt, "-o", name)
+        assert "warning" not in r.stderr, (fmt, name)  # a name that agrees, or says nothing
