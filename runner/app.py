@@ -741,7 +741,7 @@ async def report(
     table = load_prices(_prices_file(prices, s))
     async with await Store.open(s.db, "existing") as store:
         if html is not None:
-            return await write_html(store, job_id, table, Path(html))
+            return await write_html(store, job_id, table, html)
         return await build_report(store, job_id, table)
 
 

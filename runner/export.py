@@ -5,7 +5,8 @@
 - `jsonl-flat`: one flat JSON object per line: FLAT_COLUMNS (the request's line, model, instructions and
   input text beside its answer's text, usage and error) and `metadata`, the line's metadata object.
 - `csv`: the same columns with a header row, the metadata as one `metadata.<key>` column per key used in
-  the job (RFC 4180 quoting, so text with commas, quotes and newlines reads back intact with `csv.DictReader`).
+  the job (RFC 4180 quoting, so text with commas, quotes and newlines reads back intact with `csv.DictReader`;
+  a text that a spreadsheet would run as a formula, `=...`, `@...`, gets a leading `'`: `spreadsheet_text`).
 - `parquet`: the same columns as csv, typed, in row groups (needs the optional `pyarrow`: `responses-runner[parquet]`).
 
 The flat formats join each answer with its input so an evaluation can be scored from the export alone;
@@ -21,26 +22,29 @@ the read, and as separate files they would be small modules importing each other
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 import orjson
 
 from runner import DISTRIBUTION
 from runner.config import FORMATS
 from runner.errors import ConfigError
-from runner.files import atomic_writer, refuse_store_file
+from runner.files import atomic_writer, refuse_store_file, refused_write
 from runner.heap import gc_spares_the_heap
 from runner.reply import output_text
 from runner.states import ACTIVE, RESULTS, RequestState
 from runner.store import ExportRow, ReadyLines, Store
 from runner.store.outputs import checks_between, has_checks
 from runner.store.reuse import reused_line_numbers
+from runner.term import printable
 from runner.usage import UsageCounts
 
 _ERROR_STATES = frozenset({RequestState.FAILED.value, RequestState.CANCELLED.value})
@@ -48,6 +52,7 @@ _CANCELLED = RequestState.CANCELLED.value
 _FAILED = RequestState.FAILED.value
 _UNFINISHED = frozenset(s.value for s in ACTIVE)
 _RESULT_STATES = frozenset(s.value for s in RESULTS)
+_BATCH_CANCELLED: Final = "batch_cancelled"  # a cancelled line's error code, as the Batch API spells it
 
 PARQUET_ROW_GROUP = 50_000  # rows held before a row group is written: bounded memory, few groups
 METADATA: Final = "metadata"  # the jsonl-flat field; csv and parquet spread it over `metadata.<key>` columns
@@ -75,11 +80,32 @@ Check = tuple[str, str | None] | None
 
 @dataclass
 class ExportCounts:
-    """How many lines went where."""
+    """How many lines went where, and warnings about the files written (`misnamed`)."""
 
     results: int = 0
     errors: int = 0
     unfinished: int = 0  # not exported yet: still queued or in progress
+    warnings: list[str] = field(default_factory=list)
+
+
+# What a file's name says it holds, and what each format writes: `-o results.csv` without `--format csv` got
+# JSON lines, silently, which a spreadsheet shows split at their commas.
+_NAMED_FOR: Final = {".csv": "csv", ".parquet": "parquet", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}
+_WRITES: Final = {"batch": "JSON lines", "jsonl-flat": "JSON lines", "csv": "csv", "parquet": "parquet"}
+_FORMATS_FOR: Final = {"csv": "csv", "parquet": "parquet", "JSON lines": "batch or jsonl-flat"}
+
+
+def misnamed(path: str | None, fmt: str) -> str | None:
+    """A warning when `path`'s name says another format than `fmt` writes; None when they agree, or the name
+    says nothing (`out.txt`, `-`). The file is written all the same: a name is the user's to choose."""
+    if path is None or path == "-":
+        return None
+    named = _NAMED_FOR.get(Path(path).suffix.lower())
+    written = _WRITES[fmt]
+    if named is None or named == written:
+        return None
+    hint = f"--format {_FORMATS_FOR[named]} writes {named}"
+    return f"{path} is named for {named}, but --format {fmt} wrote {written} into it ({hint})"
 
 
 def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
@@ -91,7 +117,7 @@ def batch_line(job_id: str, row: ExportRow) -> dict[str, Any]:
         response = {"status_code": row.http_status, "request_id": row.request_id, "body": body}
     state = row.state
     if state == _CANCELLED:
-        error = {"code": "batch_cancelled", "message": row.error_message or "cancelled"}
+        error = {"code": _BATCH_CANCELLED, "message": row.error_message or "cancelled"}
     elif state == _FAILED and not (response is not None and (row.http_status or 0) >= 400):
         # An HTTP error keeps its details in response.body.error, as the Batch API does; failures with
         # no HTTP error (retries exhausted on timeouts, a background response that ended failed) use `error`.
@@ -123,14 +149,69 @@ def _same_file(out: str | None, errors: str) -> bool:
         return False  # the write says what is wrong with the path
 
 
+def _is_stdout(target: str | None) -> bool:
+    return target is None or target == "-"
+
+
+def _stream_id(target: str | None) -> tuple[int, int, bool] | None:
+    """What a target writes to (device, inode, whether it is a regular file); None for a bad path."""
+    try:
+        st = os.fstat(sys.stdout.fileno()) if _is_stdout(target) else os.stat(target or "")
+    except (OSError, ValueError):
+        return None  # the write says what is wrong with the path
+    return st.st_dev, st.st_ino, stat.S_ISREG(st.st_mode)
+
+
+def _one_stream(out: str | None, errors: str | None) -> bool:
+    """Whether -o and --errors name one stream written in place: `--errors -` with the results on stdout, or
+    stdout twice by other names (/dev/stdout), or one pipe. Written as one, or a csv export put a second header
+    in the middle of the table (and a second descriptor on stdout's file wrote over the first's lines)."""
+    if errors is None:
+        return False
+    if _is_stdout(out) and _is_stdout(errors):
+        return True
+    first, second = _stream_id(out), _stream_id(errors)
+    if first is None or first != second:
+        return False
+    # One regular file by two paths is refused before (`_same_file`); one of them stdout is one stream.
+    return not first[2] or _is_stdout(out) or _is_stdout(errors)
+
+
+# On a terminal, the control characters an answer holds would be obeyed (clear the screen, retitle the window,
+# a C1 CSI): the README promises that text from a server is shown, never obeyed. Tab, line feed and carriage
+# return stay (layout, and the csv record's end). Into a file or a pipe every byte stays as stored.
+_TERMINAL_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+def _json_escape(m: re.Match[bytes]) -> bytes:
+    return f"\\u{ord(m.group().decode()):04x}".encode()  # the same JSON string: its own escape
+
+
+def _text_escape(m: re.Match[bytes]) -> bytes:
+    return printable(m.group().decode()).encode()  # `\x1b`, as every command shows such text
+
+
+class _Terminal:
+    """A terminal written to: each write (whole lines, so no character is split) with its controls escaped."""
+
+    def __init__(self, raw: IO[bytes], fmt: str) -> None:
+        self._raw = raw
+        self._escape = _text_escape if fmt == "csv" else _json_escape
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(_TERMINAL_CONTROL.sub(self._escape, data))
+        return len(data)
+
+
 @contextmanager
-def _atomic_writer(path: str | None) -> Iterator[IO[bytes]]:
+def _atomic_writer(path: str | None, fmt: str = "batch") -> Iterator[IO[bytes]]:
     if path is None or path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        out = sys.stdout.buffer
+        yield cast(IO[bytes], _Terminal(out, fmt)) if out.isatty() else out
+        out.flush()
         return
     with atomic_writer(Path(path)) as f:
-        yield f
+        yield cast(IO[bytes], _Terminal(f, fmt)) if f.isatty() else f  # `-o /dev/tty`, `-o /dev/stdout`
 
 
 # -- the input side: a request body made readable ------------------------------------------------------
@@ -261,8 +342,9 @@ def _error(row: ExportRow) -> str | None:
     """ "code: message" for failed and cancelled requests, None for the rest (as in the Batch format)."""
     if row.state not in _ERROR_STATES:
         return None
-    default = "batch_cancelled" if row.state == _CANCELLED else "failed"
-    code = row.error_code or default
+    # A cancelled line's code is the Batch format's (`batch_line`), whatever the store recorded (`cancelled`):
+    # the flat exports said `cancelled: ...` where the Batch export of the same line said `batch_cancelled`.
+    code = _BATCH_CANCELLED if row.state == _CANCELLED else row.error_code or "failed"
     return f"{code}: {row.error_message}" if row.error_message else code
 
 
@@ -409,6 +491,20 @@ class _LineSink:
 
 # A field needs quotes when it holds the delimiter, the quote or a line break: csv's QUOTE_MINIMAL rule.
 _CSV_SPECIAL = re.compile(r'[,"\r\n]')
+# A cell that starts with one of these is run as a formula by Excel, LibreOffice and Google Sheets (OWASP's
+# list): an answer or a prompt `=HYPERLINK(...)`, `@SUM(...)` or `-2+3` would run on the user's machine when
+# they open the results. Such a field gets a leading `'`, which makes the cell text (OWASP's advice).
+# A set, not a string: the first character of an empty cell, "", is in every string.
+_FORMULA_START: Final = frozenset("=+-@\t\r")
+# ...except a plain number (`-42`, `+1.5e3`): a spreadsheet reads it as that number, which runs nothing.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_text(text: str) -> str:
+    """`text` as a csv field a spreadsheet shows and never evaluates: a leading `'` before a formula start."""
+    if text[:1] in _FORMULA_START and _PLAIN_NUMBER.fullmatch(text) is None:
+        return "'" + text
+    return text
 
 
 def _csv_field(value: Any) -> str:
@@ -416,14 +512,20 @@ def _csv_field(value: Any) -> str:
         return ""
     if value is True or value is False:  # the `reused` column, spelled as in the JSON formats
         return "true" if value else "false"
-    text = value if isinstance(value, str) else str(value)
+    if not isinstance(value, str):  # only text can start a formula: the number columns are never negative
+        text = str(value)
+    elif value[:1] in _FORMULA_START:  # looked at here, as this runs for every text cell: a call cost ~10 %
+        text = spreadsheet_text(value)
+    else:
+        text = value
     if _CSV_SPECIAL.search(text) is None:
         return text
     return '"' + text.replace('"', '""') + '"'
 
 
 def csv_line(values: Sequence[Any]) -> bytes:
-    """One RFC 4180 record, byte for byte what `csv.writer` (the excel dialect) writes for these values.
+    """One RFC 4180 record, byte for byte what `csv.writer` (the excel dialect) writes for these values once
+    a text that a spreadsheet would run as a formula has its leading `'` (`spreadsheet_text`).
 
     The csv module appends a field character by character (~14 µs for a row with a prompt and an answer);
     this does the same with C string methods, in a third of the time.
@@ -525,21 +627,35 @@ async def export_job(
     if errors is not None and _same_file(out, errors):
         # Each is written to a temporary file renamed over the target: the second rename would drop the first.
         raise ConfigError(f"-o and --errors name the same file ({errors}): give --errors another path")
-    with gc_spares_the_heap():
-        return await _export(store, job_id, out, errors, fmt)
+    try:
+        with gc_spares_the_heap():
+            return await _export(store, job_id, out, errors, fmt)
+    except OSError as e:
+        # Which of the two files the disk refused is not known here; both are named.
+        targets = [out] if errors is None else [out, errors]
+        refused = refused_write(e, " or ".join(dict.fromkeys("stdout" if _is_stdout(t) else str(t) for t in targets)))
+        if refused is None:
+            raise
+        raise refused from None
 
 
 async def _export(store: Store, job_id: str, out: str | None, errors: str | None, fmt: str) -> ExportCounts:
     counts = ExportCounts()
+    counts.warnings = [w for w in (misnamed(out, fmt), misnamed(errors, fmt)) if w is not None]
     flat = fmt != "batch"
     # csv and parquet name their columns before the first row: one column per metadata key of the job.
     keys = await store.metadata_keys(job_id) if fmt in ("csv", "parquet") else []
     # Checks live in their own table: looked up per chunk, and only for a job that has any.
     checked = flat and await has_checks(store, job_id)
     reused = Reused(await reused_line_numbers(store, job_id)) if flat else NONE_REUSED
-    with _atomic_writer(out) as f_out, _atomic_writer(errors) if errors else _null() as f_err:
+    # `--errors -` with the results on stdout: one sink, so a csv has one header and the rows stay in order.
+    shared = _one_stream(out, errors)
+    with (
+        _atomic_writer(out, fmt) as f_out,
+        _atomic_writer(errors, fmt) if errors and not shared else _null() as f_err,
+    ):
         results = _sink(fmt, f_out, job_id, keys, reused)
-        failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else None
+        failures = _sink(fmt, f_err, job_id, keys, reused) if f_err is not None else results if shared else None
         try:
             if fmt == "batch":
                 await _batch(store, job_id, f_out, results, failures, counts)
@@ -555,7 +671,7 @@ async def _export(store: Store, job_id: str, out: str | None, errors: str | None
             # Parquet's footer goes out while the file is open; after a failure the atomic writer
             # discards the file anyway.
             results.close()
-            if failures is not None:
+            if failures is not None and failures is not results:
                 failures.close()
     return counts
 

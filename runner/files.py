@@ -20,6 +20,18 @@ from typing import IO
 from runner.errors import ConfigError
 from runner.owners import owner_is_dead, process_name
 
+# A file system that takes no more data: a write, flush or fsync of an output file fails this way (the store's
+# own failures come as store errors, never as OSError).
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def refused_write(e: OSError, targets: str) -> ConfigError | None:
+    """The one line for an output the file system would not take (a full disk, a quota, a size limit), naming
+    `targets`; None for any other error. A full disk read `OSError: [Errno 28] No space left on device`, exit 1."""
+    if e.errno not in _FULL:
+        return None
+    return ConfigError(f"cannot write {targets}: {e.strerror or e}")
+
 
 def file_mode() -> int:
     """The mode a plainly created file gets under this process's umask."""

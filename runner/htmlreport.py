@@ -16,11 +16,13 @@ from typing import Any
 
 import orjson
 
-from runner.files import atomic_writer, refuse_store_file
+from runner.errors import ConfigError
+from runner.files import atomic_writer, refuse_store_file, refused_write
 from runner.prices import PriceTable
 from runner.report import Report, build_report
 from runner.store import Store
 from runner.store.outputs import LATENCY_EDGES, Timeline, timeline
+from runner.term import usd
 
 __all__ = ["page_data", "render_html", "write_html"]
 
@@ -123,7 +125,7 @@ def render_html(report: Report, tl: Timeline) -> str:
         status=_e(j["state"]),
         total=_e(j["total"]),
         elapsed=_e("" if j["elapsed_seconds"] is None else f"{j['elapsed_seconds']:.1f} s"),
-        cost=_e(f"{'at least ' if not cost['complete'] else ''}${cost['usd']:.4f}"),
+        cost=_e(f"{'at least ' if not cost['complete'] else ''}{usd(cost['usd'])}"),
         latency=_e(lat_line or "no finished requests"),
         attempts=_e(f"{j['attempts']} attempts · {j['retries']} retries · {j['rate_limited']} rate limited (429)"),
         counts=counts,
@@ -145,14 +147,26 @@ def _first_message(group: dict[str, Any]) -> str:
     return (message or "")[:300]
 
 
-async def write_html(store: Store, job_id: str, prices: PriceTable, path: Path) -> Report:
+async def write_html(store: Store, job_id: str, prices: PriceTable, path: str | Path) -> Report:
     """Build the report and its timeline from the store and write the page to `path` (atomically)."""
+    # Checked as given: Path("") is ".", and `-` (stdout for `export -o`) made a file named `-`.
+    if str(path) == "":
+        raise ConfigError("--html is empty: give a file path")
+    if str(path) == "-":
+        raise ConfigError("--html writes a file, not stdout: give a path such as report.html")
+    path = Path(path)
     refuse_store_file(path, store.path)
     report = await build_report(store, job_id, prices)
     tl = await timeline(store, job_id)
     page = render_html(report, tl).encode()
-    with atomic_writer(path) as f:
-        f.write(page)
+    try:
+        with atomic_writer(path) as f:
+            f.write(page)
+    except OSError as e:
+        refused = refused_write(e, str(path))
+        if refused is None:
+            raise
+        raise refused from None
     return report
 
 

@@ -83,10 +83,12 @@ def _export_options(p: argparse.ArgumentParser) -> None:
 def _export(ns: argparse.Namespace) -> ExitCode:
     job_id = ns.job_id or newest_job(ns.db)
     counts = run_async(lambda: app.export(job_id, ns.output, errors=ns.errors, fmt=ns.format, db=ns.db))
-    where = printable(ns.output) if ns.output else "stdout"
+    for warning in counts.warnings:
+        say(f"warning: {printable(warning)}")
+    where = printable(ns.output) if ns.output and ns.output != "-" else "stdout"
     msg = f"exported {counts.results} lines of {job_id} to {where}"
     if ns.errors:
-        msg += f", {counts.errors} to {printable(ns.errors)}"
+        msg += f", {counts.errors} to {printable(ns.errors) if ns.errors != '-' else 'stdout'}"
     if counts.unfinished:
         msg += f"; {counts.unfinished} requests are not finished yet and were left out"
     say(msg)

@@ -1,4 +1,5 @@
-"""The csv export's own record encoder writes exactly what `csv.writer` writes, for any text."""
+"""The csv export's own record encoder writes exactly what `csv.writer` writes, for any text that does not
+start a spreadsheet formula (those get a leading `'`: test_results_csv_formulas.py)."""
 
 from __future__ import annotations
 
