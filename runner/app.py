@@ -17,7 +17,6 @@ import datetime as dt
 import importlib
 import json
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, FORMATS, LANES, AuthStyle, Lane, Settings, env_name
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
+from runner.interrupt import came, stop_signals
 from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
@@ -528,7 +528,7 @@ def _carry(first: RunResult, then: RunResult) -> None:
 
 
 async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: bool) -> RunResult | StoreUnavailable:
-    """Run one worker to its end, passing SIGINT/SIGTERM on to it."""
+    """Run one worker to its end, passing SIGINT/SIGTERM/SIGHUP on to it."""
     async with anyio.create_task_group() as tg:
         if handle_signals:
             tg.start_soon(_watch_signals, worker, caught)
@@ -601,12 +601,13 @@ async def estimate(
 
 
 async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
-    """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
+    """First SIGINT/SIGTERM/SIGHUP: stop claiming and drain within the grace period; a second: stop now."""
     if caught:  # a signal came during an earlier worker of this run: this one stops at once
         worker.stop()
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
             caught.append(int(sig))
+            came(sig)
             if len(caught) == 1:
                 worker.stop()
             else:
