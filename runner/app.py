@@ -786,11 +786,8 @@ async def run_spec(
 
     Limits come from the spec unless `overrides` (explicit flags, as Settings fields) say otherwise.
     """
-    from runner.export import export_job
-    from runner.htmlreport import write_html
     from runner.ingest import SubmitOptions, submit_files
     from runner.prices import load_prices
-    from runner.report import build_report
     from runner.spec import load_spec
 
     spec = load_spec(Path(spec_path))
@@ -835,7 +832,24 @@ async def run_spec(
         prices=prices,
     )
     table = load_prices(_prices_file(prices, s))
-    async with await Store.open(s.db, "existing") as store:
+    try:
+        await _write_spec_outputs(spec, jobs, s.db, date, table)
+    except ConfigError as e:  # a path that was writable at the start is not any more (checked before sending)
+        raise ConfigError(
+            f"{e}; every answer is saved in the store: fix it and run {spec.path} again to write the outputs"
+            " (nothing is sent again)"
+        ) from None
+    return SpecOutcome(spec, jobs, outcome)
+
+
+async def _write_spec_outputs(spec: JobSpec, jobs: list[SpecJob], db: str, date: dt.date, table: PriceTable) -> None:
+    """Export each job of a spec run and write its reports where the spec says."""
+    from runner.export import export_job
+    from runner.files import atomic_writer
+    from runner.htmlreport import write_html
+    from runner.report import build_report
+
+    async with await Store.open(db, "existing") as store:
         for j in jobs:
             j.results = spec.output_path("results", job_id=j.job_id, date=date, source=j.input)
             j.errors = spec.output_path("errors", job_id=j.job_id, date=date, source=j.input)
@@ -849,9 +863,9 @@ async def run_spec(
             if j.report_html is not None:
                 await write_html(store, j.job_id, table, j.report_html)
             if j.report_file is not None:
-                j.report_file.parent.mkdir(parents=True, exist_ok=True)
-                j.report_file.write_text(json.dumps(j.report.to_json(), indent=2) + "\n")
-    return SpecOutcome(spec, jobs, outcome)
+                # Whole or not at all: a kill while writing left half a JSON document where the last one was.
+                with atomic_writer(j.report_file) as f:
+                    f.write((json.dumps(j.report.to_json(), indent=2) + "\n").encode())
 
 
 @dataclass
