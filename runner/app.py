@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,8 @@ from runner.store.batches import usage_by_model_and_lane
 from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
+
+log = logging.getLogger(__name__)
 
 # Start-up time: every `runner` command imports this module, and `runner status` must not pay for reading
 # JSONL, pricing, exporting, HTML reports, specs or the HTTP stack. So the flow modules below are imported
@@ -698,7 +701,8 @@ class DoctorReport:
 
 
 async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
-    """Check the store: SQLite integrity, leases of dead runners, stuck rows, abandoned submits."""
+    """Check the store: SQLite integrity, leases of dead runners, stuck rows, abandoned submits; `fix` also gives
+    the space of deleted rows back to the file system."""
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         report = DoctorReport(await store.integrity_check(), await store.health(owner_is_dead))
@@ -707,6 +711,10 @@ async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
             report.fixed["requeued"] = await store.reclaim_expired(ids, owner_is_dead) if ids else 0
             report.fixed["requeued"] += await store.repair_unowned()
             report.fixed["dropped_staging_jobs"] = len(await store.drop_abandoned_staging(owner_is_dead))
+            # What a `delete` stopped half way left (its jobs are gone, their space not yet given back).
+            before = store.file_size()
+            await store.reclaim_space()
+            report.fixed["bytes_given_back"] = max(before - store.file_size(), 0)
         return report
 
 
@@ -902,8 +910,23 @@ async def delete(
         if not chosen or (confirm is not None and not confirm(chosen)):
             return DeleteResult(chosen, deleted=False)
         before = store.file_size()
-        n = await store.delete_jobs([j.id for j in chosen], owner_is_dead)
-        await store.reclaim_space()
+        ids = [j.id for j in chosen]
+        try:
+            n = await store.delete_jobs(ids, owner_is_dead)
+            await store.reclaim_space()
+        except anyio.get_cancelled_exc_class():
+            # Ctrl-C or SIGTERM: alone, `runner: interrupted` read as if nothing was deleted, though the delete
+            # may have committed (giving the space back takes seconds more); a second `delete` then said the
+            # jobs did not exist, and their space stayed taken. Say which it was, and how to finish.
+            with anyio.CancelScope(shield=True):
+                deleted = not set(ids) & set(await store.all_job_ids())
+            if deleted:
+                log.warning(
+                    "deleted %d job(s) before the interrupt; their space may not be given back yet:"
+                    " `runner doctor --fix` gives it back",
+                    len(ids),
+                )
+            raise
         return DeleteResult(chosen, True, n, before, store.file_size())
 
 
