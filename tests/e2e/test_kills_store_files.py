@@ -80,3 +80,26 @@ def test_a_truncated_copy_of_a_store_is_named_damaged_and_left_alone(cli: Cli, t
         said = _one_line_exit_2(cli(*args))
         assert said == f"runner: cannot use the store {cli.db}: the SQLite file is damaged", (args, said)
     assert _files(cli) == before
+
+
+def test_a_submit_killed_as_it_makes_the_store_is_finished_by_the_next(
+    cli: Cli, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    jobfile = write_jobfile(tmp_path / "in.jsonl", 3)
+    p = cli.popen("submit", str(jobfile))
+    procs.append(p)
+    while not cli.db.exists():  # SQLite has just made the file: the store's layout and schema come next
+        assert p.poll() is None, p.communicate()
+    p.kill()
+    p.communicate()
+    left = _files(cli)
+    r = cli("jobs")
+    if r.returncode == 0:  # the whole store was made before the kill landed
+        assert (r.stdout + r.stderr).strip() == "no jobs", r
+    else:  # an empty file, or one without tables (here SQLite and the migration were cut short)
+        assert _one_line_exit_2(r).startswith(f"runner: no store at {cli.db}: "), r.stderr
+        assert _files(cli) == left
+    job = cli.submit(jobfile)
+    assert cli.status(job)["counts"]["queued"] == 3
+    with closing(sqlite3.connect(cli.db)) as c:
+        assert c.execute("PRAGMA page_size").fetchone()[0] == 16384
