@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from runner.config import DEFAULT_BASE_URL, FLEX_TIMEOUT, FORMATS, LANES, AuthStyle, Lane, Settings, env_name
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
-from runner.interrupt import came, stop_signals
+from runner.interrupt import on_signal, stop_signals
 from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
@@ -610,7 +610,7 @@ async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
     with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
             caught.append(int(sig))
-            came(sig)
+            on_signal(sig)
             if len(caught) == 1:
                 worker.stop()
             else:

@@ -62,7 +62,7 @@ def _hung_up(fd: int) -> bool:
     return False
 
 
-def came(signum: int) -> None:
+def on_signal(signum: int) -> None:
     """A stop signal came. After a SIGHUP, output to a terminal that is gone goes to /dev/null from now on:
     a run that had drained and saved every answer then died on its summary line (EIO), exit 1 instead of 129.
     """
@@ -78,7 +78,7 @@ def came(signum: int) -> None:
 
 def _leave_now(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
-    came(signum)
+    on_signal(signum)
     try:
         os.write(2, (MESSAGE + "\n").encode())
     finally:
@@ -88,7 +88,7 @@ def _leave_now(signum: int, frame: FrameType | None) -> None:
 def _as_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM or SIGHUP handled exactly as SIGINT would be now (asyncio's runner may have its own SIGINT handler)."""
     _received.append(signum)
-    came(signum)
+    on_signal(signum)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)

@@ -55,7 +55,7 @@ from pydantic import SecretStr
 
 from runner.config import Settings, env_name
 from runner.errors import BillingError, DoomedJobError, RunnerError, StoreUnavailable
-from runner.interrupt import came, stop_signals
+from runner.interrupt import on_signal, stop_signals
 from runner.worker.types import RunResult, Snapshot, StopReason
 
 if TYPE_CHECKING:
@@ -538,7 +538,7 @@ async def _pass_signals(children: list[_Child], caught: list[int], own: _Own | N
     with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
             caught.append(int(sig))
-            came(sig)
+            on_signal(sig)
             if own is not None:
                 if len(caught) == 1:
                     own.run.stop()
