@@ -174,6 +174,13 @@ def _writable(p: Path) -> bool:
     return os.access(p, os.W_OK)
 
 
+def _read_only_mount(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def why_unusable(path: Path, exc: BaseException) -> str | None:
     """A plain reason why the store at `path` cannot be used, if `exc` is about the file; else None.
 
@@ -188,6 +195,9 @@ def why_unusable(path: Path, exc: BaseException) -> str | None:
     if code in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN):
         if path.is_dir():
             return "it is a directory"
+        if _read_only_mount(path if path.exists() else path.parent):
+            # Permissions were not the cause there: "check its permissions" sent users to chmod in vain.
+            return "its file system is mounted read-only (a backup, or a disk the system remounted after errors)"
         if path.exists() and not _writable(path):
             return "the file is read-only (check its permissions)"
         if not _writable(path.parent):
