@@ -20,6 +20,9 @@ from typing import IO
 from runner.errors import ConfigError
 from runner.owners import owner_is_dead, process_name
 
+# What writing a file can meet when the place it goes to runs out: disk, quota, a file size limit (ulimit -f).
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 
 def file_mode() -> int:
     """The mode a plainly created file gets under this process's umask."""
@@ -131,6 +134,13 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in _FULL:
+            # The disk or quota filled while writing: was `OSError: [Errno 28] No space left on device`,
+            # exit 1, naming no file (and a spec run did not say its answers were safe in the store).
+            raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

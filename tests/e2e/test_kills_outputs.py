@@ -1,10 +1,13 @@
-"""A nightly spec run whose output directory goes away under it (a cleanup job, a full or unmounted disk): the
-answers stay in the store, the run says in one line what failed and that nothing is lost, and running the spec
-again writes the files without sending anything again."""
+"""Outputs that cannot be written: a nightly spec run whose output directory goes away under it (a cleanup job)
+keeps the answers in the store, says in one line what failed and that nothing is lost, and running the spec again
+writes the files without sending anything again; an export that fills the disk (here: a file size limit) names
+its file in one line, exit 2, and leaves the previous export whole."""
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -67,3 +70,32 @@ def test_an_output_directory_gone_mid_run_loses_no_answer(
     assert json.loads((out / "nightly.report.json").read_text())["counts"]["completed"] == LINES
     stats = mock.stats()
     assert stats["creates"] == LINES and set(stats["creates_by_key"].values()) == {1}  # nothing paid twice
+
+
+def test_an_export_that_runs_out_of_room_names_its_file_and_keeps_the_last_one(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    mock = mock_factory()
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 300))
+    assert cli("run", job, "--base-url", mock.base_url, "--quiet").returncode == 0
+    out = tmp_path / "results.jsonl"
+    assert cli("export", job, "-o", str(out)).returncode == 0
+    whole = out.read_bytes()
+    assert len(whole) > 200_000
+
+    def room_for_64_kb() -> None:  # as a full disk or quota would: writes past it fail
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "runner", "export", job, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=cli.environ(),
+        cwd=tmp_path,
+        timeout=120,
+        preexec_fn=room_for_64_kb,
+    )
+    # Was `runner: OSError: [Errno 27] File too large`, exit 1, naming no file.
+    assert (r.returncode, r.stderr) == (2, f"runner: cannot write {out}: File too large\n")
+    assert out.read_bytes() == whole
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]  # its temporary file is gone too
