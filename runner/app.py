@@ -16,8 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import logging
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -43,6 +43,7 @@ from runner.config import (
     env_name,
 )
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
+from runner.interrupt import on_signal, stop_signals
 from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
@@ -51,6 +52,8 @@ from runner.store.batches import usage_by_model_and_lane
 from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reuse import completed_outputs, reused_count
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, default_poll_slots
+
+log = logging.getLogger(__name__)
 
 # Start-up time: every `runner` command imports this module, and `runner status` must not pay for reading
 # JSONL, pricing, exporting, HTML reports, specs or the HTTP stack. So the flow modules below are imported
@@ -544,7 +547,7 @@ def _carry(first: RunResult, then: RunResult) -> None:
 
 
 async def _drive(worker: Run | BatchLane, caught: list[int], handle_signals: bool) -> RunResult | StoreUnavailable:
-    """Run one worker to its end, passing SIGINT/SIGTERM on to it."""
+    """Run one worker to its end, passing SIGINT/SIGTERM/SIGHUP on to it."""
     async with anyio.create_task_group() as tg:
         if handle_signals:
             tg.start_soon(_watch_signals, worker, caught)
@@ -617,12 +620,13 @@ async def estimate(
 
 
 async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
-    """First SIGINT/SIGTERM: stop claiming and drain within the grace period; a second: stop now."""
+    """First SIGINT/SIGTERM/SIGHUP: stop claiming and drain within the grace period; a second: stop now."""
     if caught:  # a signal came during an earlier worker of this run: this one stops at once
         worker.stop()
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
             caught.append(int(sig))
+            on_signal(sig)
             if len(caught) == 1:
                 worker.stop()
             else:
@@ -713,7 +717,8 @@ class DoctorReport:
 
 
 async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
-    """Check the store: SQLite integrity, leases of dead runners, stuck rows, abandoned submits."""
+    """Check the store: SQLite integrity, leases of dead runners, stuck rows, abandoned submits; `fix` also gives
+    the space of deleted rows back to the file system."""
     s = _settings(None, db)
     async with await Store.open(s.db, "existing") as store:
         report = DoctorReport(await store.integrity_check(), await store.health(owner_is_dead))
@@ -722,6 +727,10 @@ async def doctor(*, fix: bool = False, db: str | None = None) -> DoctorReport:
             report.fixed["requeued"] = await store.reclaim_expired(ids, owner_is_dead) if ids else 0
             report.fixed["requeued"] += await store.repair_unowned()
             report.fixed["dropped_staging_jobs"] = len(await store.drop_abandoned_staging(owner_is_dead))
+            # What a `delete` stopped half way left (its jobs are gone, their space not yet given back).
+            before = store.file_size()
+            await store.reclaim_space()
+            report.fixed["bytes_given_back"] = max(before - store.file_size(), 0)
         return report
 
 
@@ -803,11 +812,8 @@ async def run_spec(
 
     Limits come from the spec unless `overrides` (explicit flags, as Settings fields) say otherwise.
     """
-    from runner.export import export_job
-    from runner.htmlreport import write_html
     from runner.ingest import SubmitOptions, submit_files
     from runner.prices import load_prices
-    from runner.report import build_report
     from runner.spec import load_spec
 
     spec = load_spec(Path(spec_path))
@@ -859,7 +865,24 @@ async def run_spec(
         prices=prices,
     )
     table = load_prices(_prices_file(prices, s))
-    async with await Store.open(s.db, "existing") as store:
+    try:
+        await _write_spec_outputs(spec, jobs, s.db, date, table)
+    except ConfigError as e:  # a path that was writable at the start is not any more (checked before sending)
+        raise ConfigError(
+            f"{e}; every answer is saved in the store: fix it and run {spec.path} again to write the outputs"
+            " (nothing is sent again)"
+        ) from None
+    return SpecOutcome(spec, jobs, outcome, day=date, carried_over=carried)
+
+
+async def _write_spec_outputs(spec: JobSpec, jobs: list[SpecJob], db: str, date: dt.date, table: PriceTable) -> None:
+    """Export each job of a spec run and write its reports where the spec says."""
+    from runner.export import export_job
+    from runner.files import atomic_writer
+    from runner.htmlreport import write_html
+    from runner.report import build_report
+
+    async with await Store.open(db, "existing") as store:
         for j in jobs:
             j.results = spec.output_path("results", job_id=j.job_id, date=date, source=j.input)
             j.errors = spec.output_path("errors", job_id=j.job_id, date=date, source=j.input)
@@ -873,9 +896,9 @@ async def run_spec(
             if j.report_html is not None:
                 await write_html(store, j.job_id, table, j.report_html)
             if j.report_file is not None:
-                j.report_file.parent.mkdir(parents=True, exist_ok=True)
-                j.report_file.write_text(json.dumps(j.report.to_json(), indent=2) + "\n")
-    return SpecOutcome(spec, jobs, outcome, day=date, carried_over=carried)
+                # Whole or not at all: a kill while writing left half a JSON document where the last one was.
+                with atomic_writer(j.report_file) as f:
+                    f.write((json.dumps(j.report.to_json(), indent=2) + "\n").encode())
 
 
 # A spec's job of the day before is resumed by a run this soon after it was submitted: a nightly run that
@@ -949,8 +972,23 @@ async def delete(
         if not chosen or (confirm is not None and not confirm(chosen)):
             return DeleteResult(chosen, deleted=False)
         before = store.file_size()
-        n = await store.delete_jobs([j.id for j in chosen], owner_is_dead)
-        await store.reclaim_space()
+        ids = [j.id for j in chosen]
+        try:
+            n = await store.delete_jobs(ids, owner_is_dead)
+            await store.reclaim_space()
+        except anyio.get_cancelled_exc_class():
+            # Ctrl-C or SIGTERM: alone, `runner: interrupted` read as if nothing was deleted, though the delete
+            # may have committed (giving the space back takes seconds more); a second `delete` then said the
+            # jobs did not exist, and their space stayed taken. Say which it was, and how to finish.
+            with anyio.CancelScope(shield=True):
+                deleted = not set(ids) & set(await store.all_job_ids())
+            if deleted:
+                log.warning(
+                    "deleted %d job(s) before the interrupt; their space may not be given back yet:"
+                    " `runner doctor --fix` gives it back",
+                    len(ids),
+                )
+            raise
         return DeleteResult(chosen, True, n, before, store.file_size())
 
 

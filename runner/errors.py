@@ -171,11 +171,14 @@ class StoreUnavailable(StoreError):
 
 
 class StoreMissing(StoreUnavailable):
-    """A command that needs an existing store found no file."""
+    """A command that needs an existing store found no file, or a file that holds no store (`found`)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, found: str | None = None) -> None:
         # Most often the command ran in another directory than the one that made the store.
-        super().__init__(path, "no such file", f"no store at {path} (run `runner submit FILE` first, or pass --db)")
+        where = f"{path}: {found}" if found else path
+        super().__init__(
+            path, found or "no such file", f"no store at {where} (run `runner submit FILE` first, or pass --db)"
+        )
 
 
 class StoreReplaced(StoreUnavailable):

@@ -143,6 +143,14 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        # The disk or quota filled while writing: was `OSError: [Errno 28] No space left on device`, exit 1,
+        # naming no file (and a spec run did not say its answers were safe in the store).
+        refused = refused_write(e, str(target))
+        if refused is not None:
+            raise refused from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

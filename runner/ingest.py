@@ -54,6 +54,7 @@ from runner.chains import ChainLines
 from runner.chains import problems as chain_problems
 from runner.errors import InputError, InputErrors, LineProblem, RunnerError
 from runner.heap import gc_spares_the_heap
+from runner.interrupt import stop_signals
 from runner.owners import owner_is_dead, process_name
 from runner.reuse import body_hash
 from runner.store import DuplicateCustomId, NewRequest, Store
@@ -786,7 +787,7 @@ def _child_main(path: Path, options: SubmitOptions, fd: int, copy_into: _CopyInt
         # A Ctrl-C reaches the whole process group: the parent alone decides (it kills this process), and
         # a signal here must not be written to the parent's event loop, whose wake-up pipe is shared.
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             signal.signal(sig, signal.SIG_IGN)
         gc.disable()  # the rows are acyclic, and this process ends when they are sent
         with open(fd, "wb") as out:

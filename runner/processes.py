@@ -21,7 +21,7 @@ does, as it does for separate machines.
   last one with how its run ended. The parent sums them into one progress display and one verdict. Its
   stderr (warnings, errors) is relayed a whole line at a time.
 - A child runs in its own session, so a Ctrl-C at the terminal reaches the parent alone; the parent passes
-  each SIGINT/SIGTERM on to every child once. A first signal drains them all, a second stops them at once,
+  each SIGINT/SIGTERM/SIGHUP on to every child once. A first signal drains them all, a second stops them at once,
   as for one process; a third kills them (a child that does not stop must not keep the terminal).
 - A child whose parent is gone (its stdout pipe broken) stops as on SIGINT.
 - A child that dies (kill -9, a crash) is reported when it happens, and once it is reaped its requests go
@@ -55,6 +55,7 @@ from pydantic import SecretStr
 
 from runner.config import Settings, env_name
 from runner.errors import BillingError, DoomedJobError, RunnerError, StoreUnavailable
+from runner.interrupt import on_signal, stop_signals
 from runner.worker.types import RunResult, Snapshot, StopReason
 
 if TYPE_CHECKING:
@@ -264,7 +265,7 @@ async def supervise(
 
     With `own` (a Run of this process over the whole `settings.concurrency`), this process is the first of
     them and starts `processes - 1` children, handing each its share as it comes up; without, it starts
-    `processes` children and sends nothing itself. With `caught` (a list), SIGINT and SIGTERM are handled
+    `processes` children and sends nothing itself. With `caught` (a list), SIGINT, SIGTERM and SIGHUP are handled
     here: appended to it, passed on to the children and to `own`. `on_death(pid)` is awaited when a child
     died without finishing its run (once it is reaped), to hand its work back at once. `before` (the job's
     figures now) is shown until a process reports. Whatever ends this call, no child is left running.
@@ -381,7 +382,7 @@ async def _follow(
         if _take(child, line):
             await _release(child, caught, own)
     code = await child.proc.wait()
-    interrupted = caught and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    interrupted = caught and code in {128 + s for s in stop_signals()}
     if child.end is None and not interrupted and (child.released or not child.told_to_stop):
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         died = f"process {child.number} of {n} (pid {child.proc.pid}) ended without finishing its run ({how})"
@@ -534,9 +535,10 @@ async def _relay_stderr(child: _Child) -> None:
 
 
 async def _pass_signals(children: list[_Child], caught: list[int], own: _Own | None) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
             caught.append(int(sig))
+            on_signal(sig)
             if own is not None:
                 if len(caught) == 1:
                     own.run.stop()

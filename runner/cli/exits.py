@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     BILLING = 3  # stopped by a billing error
     BUDGET = 4  # a run stopped at its spending budget (--max-cost): the rest stays queued
     DOOMED = 5  # the whole job cannot succeed as configured (bad key, wrong base URL, server unreachable)
+    SIGHUP = 129  # the terminal closed (runner/interrupt.py): stopped as on SIGINT
     SIGINT = 130
     PIPE = 141  # stdout was closed early (`runner export JOB | head`): 128 + SIGPIPE, as `cat` would exit
     SIGTERM = 143
@@ -31,6 +32,7 @@ _SUMMARY = {
     ExitCode.BILLING: "billing stop",
     ExitCode.BUDGET: "stopped at the budget (--max-cost)",
     ExitCode.DOOMED: "job doomed (bad key, wrong base URL, server unreachable)",
+    ExitCode.SIGHUP: "SIGHUP",
     ExitCode.SIGINT: "SIGINT",
     ExitCode.PIPE: "output pipe closed",
     ExitCode.SIGTERM: "SIGTERM",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import signal
 import time
 
 from runner import app
@@ -359,7 +358,8 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         return ExitCode.BUDGET
     if r.reason is app.StopReason.INTERRUPTED:
         say("interrupted: every result received is saved; `runner run` resumes.")
-        return ExitCode.SIGTERM if outcome.signal == signal.SIGTERM else ExitCode.SIGINT
+        # 128 + the signal, as for every other command (runner/interrupt.py).
+        return ExitCode(128 + outcome.signal) if outcome.signal is not None else ExitCode.SIGINT
     return None
 
 

@@ -76,7 +76,7 @@ class Snapshot:
     pauses: int = 0
     done_before: int = 0  # requests of these jobs already final when this run started
     notice: str | None = None  # the latest long or capped wait, in plain words (also said once on stderr)
-    stopping: bool = False  # a SIGINT/SIGTERM came: no new sends, in-flight requests are draining
+    stopping: bool = False  # a SIGINT/SIGTERM/SIGHUP came: no new sends, in-flight requests are draining
     grace_deadline: float | None = None  # time.monotonic() when the drain gives up on in-flight requests
     started: float = field(default_factory=time.monotonic)
 

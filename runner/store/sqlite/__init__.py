@@ -23,10 +23,12 @@ from runner.store.models import Claimed, DuplicateCustomId, ExportRow, NewReques
 from runner.store.sqlite import export, hot
 from runner.store.sqlite.engine import (
     BUSY_TIMEOUT_MS,
+    EMPTY_FILE,
     create_engine,
     create_file,
     database_path,
     file_identity,
+    holds_no_store,
     is_busy,
     migrate,
     rw_uri,
@@ -63,9 +65,20 @@ class SqliteBackend:
 
     def prepare(self, mode: OpenMode) -> bool:
         path = self.path
-        if path is None or path.exists():
+        if path is None:
             return False
-        if mode == "existing":
+        if path.exists():
+            found = holds_no_store(path)
+            if found is None:
+                return False
+            # A command that only reads turned such a file into a store without a word (an empty file, even
+            # another program's database, got the store's tables): it is told, and the file left as it is.
+            if mode == "existing":
+                raise StoreMissing(str(path), found)
+            if found != EMPTY_FILE:
+                return False  # submit makes the store's tables beside what is there, as it always did
+            # An empty file (`touch`, or a submit killed as it made the file) becomes a new store, made as one.
+        elif mode == "existing":
             raise StoreMissing(str(path))
         try:
             create_file(path)

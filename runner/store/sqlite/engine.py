@@ -118,6 +118,44 @@ def create_file(path: Path) -> None:
         conn.close()
 
 
+EMPTY_FILE = "the file is empty"
+
+
+def holds_no_store(path: Path) -> str | None:
+    """What the existing file at `path` holds instead of a store (an empty file, a database without the store's
+    tables), or None when it may be one: a store, or a file SQLite will have its own words for (not a database,
+    damaged, unreadable), said when it is opened.
+
+    Read on a plain connection that changes nothing (the store's own connections switch a file to WAL mode
+    on connecting, and write the first page of an empty one). Not a read-only one: as the last connection
+    to a WAL file it removes the -wal and -shm files its read made, which a read-only one leaves behind.
+    """
+    try:
+        if path.stat().st_size == 0 and not _has_content(path.with_name(path.name + "-wal")):
+            return EMPTY_FILE
+        conn = sqlite3.connect(rw_uri(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return None
+    if not names:
+        return "an SQLite database without tables"
+    from runner.store.tables import metadata
+
+    if "alembic_version" in names or names & set(metadata.tables):
+        return None  # a store, or a database whose tables clash with the store's: migrate.foreign_schema says so
+    return "an SQLite database without the store's tables"
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file at `path`, or None when there is none."""
     try:
@@ -136,6 +174,13 @@ def _writable(p: Path) -> bool:
     return os.access(p, os.W_OK)
 
 
+def _read_only_mount(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def why_unusable(path: Path, exc: BaseException) -> str | None:
     """A plain reason why the store at `path` cannot be used, if `exc` is about the file; else None.
 
@@ -150,6 +195,9 @@ def why_unusable(path: Path, exc: BaseException) -> str | None:
     if code in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN):
         if path.is_dir():
             return "it is a directory"
+        if _read_only_mount(path if path.exists() else path.parent):
+            # Permissions were not the cause there: "check its permissions" sent users to chmod in vain.
+            return "its file system is mounted read-only (a backup, or a disk the system remounted after errors)"
         if path.exists() and not _writable(path):
             return "the file is read-only (check its permissions)"
         if not _writable(path.parent):
