@@ -75,7 +75,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         p,
         "grace",
         type=bounded(float, 0, MAX_GRACE_SECONDS),
-        help="seconds in-flight requests get to finish after SIGINT/SIGTERM "
+        help="seconds in-flight requests get to finish after SIGINT/SIGTERM/SIGHUP "
         f"(default {DEFAULT_GRACE_SECONDS:g}, at most {MAX_GRACE_SECONDS:,g})",
     )
     setting(
