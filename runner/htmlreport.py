@@ -19,10 +19,9 @@ import orjson
 from runner.errors import ConfigError
 from runner.files import atomic_writer, refuse_store_file, refused_write
 from runner.prices import PriceTable
-from runner.report import Report, build_report
+from runner.report import Report, build_report, cost_headline
 from runner.store import Store
 from runner.store.outputs import LATENCY_EDGES, Timeline, timeline
-from runner.term import usd
 
 __all__ = ["page_data", "render_html", "write_html"]
 
@@ -125,7 +124,7 @@ def render_html(report: Report, tl: Timeline) -> str:
         status=_e(j["state"]),
         total=_e(j["total"]),
         elapsed=_e("" if j["elapsed_seconds"] is None else f"{j['elapsed_seconds']:.1f} s"),
-        cost=_e(f"{'at least ' if not cost['complete'] else ''}{usd(cost['usd'])}"),
+        cost=_e(cost_headline(cost["usd"], complete=cost["complete"], priced=bool(cost["by_model"]))),
         latency=_e(lat_line or "no finished requests"),
         attempts=_e(f"{j['attempts']} attempts · {j['retries']} retries · {j['rate_limited']} rate limited (429)"),
         counts=counts,

@@ -39,6 +39,14 @@ _MAX_ERRORS_SHOWN = 5
 _MESSAGE_WIDTH = 120  # long enough for the cause of most API errors; the full text is in --json
 
 
+def cost_headline(total: float, *, complete: bool, priced: bool) -> str:
+    """A job's cost as the text and HTML reports headline it: a lower bound when some of its models have no
+    price, and "unknown" when none has one (it read `at least $0.0000`, which looks like free)."""
+    if not complete and not priced:
+        return "unknown: none of its models has a price"
+    return f"{'at least ' if not complete else ''}{usd(total)}"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelCost:
     """Usage and cost of the requests billed to one model."""
@@ -262,8 +270,10 @@ class Report:
         taken = f"prices of {p(self.prices_taken)}" if self.prices_taken else "prices of unknown date"
         if self.prices_user_file:
             taken += f" + {p(self.prices_user_file)}"
-        bound = "at least " if not self.cost_complete else ""
-        out.append(f"  cost: {bound}{usd(self.cost_usd)} (estimate; {taken})")
+        priced = any(m.usd is not None for m in self.models)
+        headline = cost_headline(self.cost_usd, complete=self.cost_complete, priced=priced)
+        known = self.cost_complete or priced
+        out.append(f"  cost: {headline} ({'estimate; ' if known else ''}{taken})")
         for m in self.models[:_MAX_MODELS_SHOWN]:
             what = usd(m.usd) if m.usd is not None else "no price"
             out.append(

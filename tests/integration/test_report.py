@@ -304,7 +304,8 @@ async def test_nothing_priced_is_never_zero_dollars(store: Store, db: Path) -> N
     assert all(m.usd is None for m in r.models)
     assert r.cost_complete is False
     assert r.to_json()["cost"]["by_model"] == []
-    assert "at least $0.0000" in r.render_text()
+    assert "cost: unknown: none of its models has a price (prices of" in r.render_text()
+    assert "$0.0000" not in r.render_text()
 
 
 @pytest.mark.anyio
