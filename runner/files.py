@@ -139,18 +139,19 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+            yield f  # an error from the body is the caller's to name: it may come from another file it writes
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise _refused_here(e, target) from None
         os.replace(tmp, target)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        # The disk or quota filled while writing: was `OSError: [Errno 28] No space left on device`, exit 1,
-        # naming no file (and a spec run did not say its answers were safe in the store).
-        refused = refused_write(e, str(target))
-        if refused is not None:
-            raise refused from None
-        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _refused_here(e: OSError, target: Path) -> Exception:
+    """A failed flush of `target` itself: a full disk or quota named with the file (it read `OSError: [Errno 28]
+    No space left on device`, exit 1, naming no file); any other error as it is."""
+    return refused_write(e, str(target)) or e
