@@ -58,6 +58,7 @@ from runner.store.batches import (
     QueuePosition,
     chunk_lines,
     clear_lane,
+    input_of,
     member_bodies,
     members,
     next_due,
@@ -71,6 +72,7 @@ from runner.store.batches import (
 )
 from runner.store.models import Claimed, Outcome
 from runner.worker.outcomes import from_error, from_response
+from runner.worker.poller import MAX_ID_MISMATCHES
 from runner.worker.types import RunResult, Snapshot, StopReason, count_outcome
 from runner.worker.writeback import WriteBack
 
@@ -93,6 +95,8 @@ STEP_TRIES = 10  # transient failures in a row of one call (upload, create, poll
 MERGE_WINDOW = 1_000  # outcomes handed to the write-back before waiting for them (bounds memory)
 LOOKBACK = 300.0  # seconds before a chunk was packed that its batch may be listed as created (clock skew)
 ABANDONED_AFTER = 3_600.0  # a chunk half-submitted by a run on another host, untouched this long, is taken over
+MAX_LIST_PAGES = 1_000  # pages of a GET /files or /batches list read while looking for a lost upload or create
+ID_MISMATCH = "batch_id_mismatch"  # the code of the requests of a batch whose polls kept naming another batch
 
 
 class _Refused(Exception):
@@ -101,6 +105,10 @@ class _Refused(Exception):
     def __init__(self, error: ApiError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class _EndlessList(Exception):
+    """A GET /files or /batches list that does not end: its cursor came back, or it went on past MAX_LIST_PAGES."""
 
 
 class _Stopped(Exception):
@@ -209,6 +217,7 @@ class BatchLane:
         # (an expired batch has had its 24 hours; a cancelled one was meant to stop).
         self._undone: set[int] = set()
         self._next_poll: dict[int, float] = {}
+        self._mismatches: dict[int, int] = {}  # batch row -> polls in a row answered with another batch
         self._poll_wait: dict[int, float] = {}
         self.problems: list[str] = []
         self.status_line = ""
@@ -403,6 +412,15 @@ class BatchLane:
                     return await self._find_file(row)
 
                 file_id = await self._call(upload, "upload", found=uploaded)
+            other = await input_of(self.store, file_id, row.id)
+            if other is not None:
+                # A proxy's cached reply, or a server reusing ids: a batch of that file would run the other
+                # chunk's lines (billed) a second time, and never this chunk's.
+                why = (
+                    f"the API answered the upload with file {file_id}, already the input file of"
+                    f" batch {other.batch_id or other.id} of job {other.job_id}; no batch is created from it"
+                )
+                raise _Refused(PermanentApiError(why, code="file_id_reused"))
             await set_batch(self.store, row.id, step=UPLOADED, input_file_id=file_id)
             row = replace(row, step=UPLOADED, input_file_id=file_id)
             self.status_line = f"uploaded {filename_of(row)} ({row.lines:,} requests)"
@@ -487,7 +505,10 @@ class BatchLane:
         """Every object of a cursor-paginated list (`after` = the last id of the page before)."""
         after: str | None = None
         sep = "&" if "?" in path else "?"
-        while True:
+        # A list that says `has_more` for ever (a cursor that comes back, or endless new ones) was read page
+        # after page without a pause, and the run never ended.
+        seen: set[str] = set()
+        for _ in range(MAX_LIST_PAGES):
             query = f"{path}{sep}limit={LIST_LIMIT}" + (f"&after={quote(after, safe='')}" if after else "")
             page = await self._get(query, what)
             data = page.get("data")
@@ -497,33 +518,46 @@ class BatchLane:
             last = read_id(items[-1].get("id")) if items else None
             if page.get("has_more") is not True or last is None:
                 return
+            if last in seen:
+                raise _EndlessList(f"{what}: the API's list does not end (its cursor {last!r} came back)")
+            seen.add(last)
             after = last
+        raise _EndlessList(f"{what}: the API's list does not end ({MAX_LIST_PAGES:,} pages read)")
 
     async def _find_file(self, row: BatchRow) -> str | None:
         """The id of this chunk's file if an earlier attempt uploaded it (its reply lost)."""
-        async for f in self._pages("files?purpose=batch", "listing files"):
-            if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
-                return read_id(f.get("id"))
-            created = f.get("created_at")
-            if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
-                return None  # listed newest first: older files cannot be this chunk's
+        try:
+            async for f in self._pages("files?purpose=batch", "listing files"):
+                if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
+                    return read_id(f.get("id"))
+                created = f.get("created_at")
+                if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
+                    return None  # listed newest first: older files cannot be this chunk's
+        except _EndlessList as e:
+            # An upload costs nothing (only a batch is billed): uploading again is safe.
+            log.warning("%s; uploading the file again", e)
         return None
 
     async def _find_batch(self, row: BatchRow) -> dict[str, Any] | None:
         """This chunk's batch if an earlier attempt created it (its reply lost), by the metadata we set."""
-        async for b in self._pages("batches", "listing batches"):
-            meta = b.get("metadata")
-            if (
-                isinstance(meta, dict)
-                and meta.get(META_JOB) == row.job_id
-                and meta.get(META_CHUNK) == str(row.id)
-                and b.get("input_file_id") == row.input_file_id
-                and read_id(b.get("id")) is not None
-            ):
-                return b
-            created = b.get("created_at")
-            if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
-                return None
+        try:
+            async for b in self._pages("batches", "listing batches"):
+                meta = b.get("metadata")
+                if (
+                    isinstance(meta, dict)
+                    and meta.get(META_JOB) == row.job_id
+                    and meta.get(META_CHUNK) == str(row.id)
+                    and b.get("input_file_id") == row.input_file_id
+                    and read_id(b.get("id")) is not None
+                ):
+                    return b
+                created = b.get("created_at")
+                if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
+                    return None
+        except _EndlessList as e:
+            # The batch may exist, and creating another would run (and bill) every line twice: stop instead.
+            message = f"{e}; no batch was created again, `runner run` looks for it again"
+            raise _Stopped(StopReason.DOOMED, DoomedJobError(message)) from None
         return None
 
     # -- polling and merging ----------------------------------------------------------------------
@@ -538,6 +572,13 @@ class BatchLane:
         parts = []
         for row in due:
             b = await self._get(f"batches/{quote(row.batch_id or '', safe='')}", "polling a batch")
+            got, input_file = read_id(b.get("id")), b.get("input_file_id")
+            if got != row.batch_id or (input_file is not None and input_file != row.input_file_id):
+                # Another batch (a proxy's mix-up): its files name the same custom ids as ours when the
+                # jobs' ids are alike (c-00001 ...), so merging them would give this job another's answers.
+                await self._mismatch(row, got)
+                continue
+            self._mismatches.pop(row.id, None)
             status = b.get("status") if isinstance(b.get("status"), str) else "unknown"
             raw_counts = b.get("request_counts")
             counts: dict[str, Any] = raw_counts if isinstance(raw_counts, dict) else {}
@@ -554,8 +595,26 @@ class BatchLane:
         if parts:
             self.status_line = f"batches open: {', '.join(parts)}"
 
-    async def _merge(self, row: BatchRow, b: dict[str, Any]) -> None:
-        """Write every line of a finished batch into the store; requeue what its files did not settle."""
+    async def _mismatch(self, row: BatchRow, got: str | None) -> None:
+        """A poll answered with another batch: asked again a few times (a passing mix-up), then this batch's
+        requests fail. They are not sent again: the batch may still run, and be billed."""
+        n = self._mismatches[row.id] = self._mismatches.get(row.id, 0) + 1
+        if n < MAX_ID_MISMATCHES:
+            log.debug("polling batch %s returned batch %r; asking again", row.batch_id, got)
+            self._next_poll[row.id] = time.time() + POLL_FIRST * POLL_GROWTH**n
+            return
+        why = (
+            f"polling batch {row.batch_id} returned another batch ({got!r}) {n} times; its results are not"
+            " merged (it may still run and be billed: `runner retry` sends its requests again)"
+        )
+        self.problems.append(f"job {row.job_id}: {why}")
+        await self._merge(row, {}, given_up=why)
+
+    async def _merge(self, row: BatchRow, b: dict[str, Any], *, given_up: str | None = None) -> None:
+        """Write every line of a finished batch into the store; requeue what its files did not settle.
+
+        `given_up`: the batch cannot be read (it is not merged); its requests fail with that message.
+        """
         left = await members(self.store, row.id)
         writer = WriteBack(self.store, owner_of(row.id))
         requeued: list[int] = []
@@ -577,19 +636,27 @@ class BatchLane:
                     self._undone.add(o.request_id)
             return writer.put(o)
 
+        stopped: _Stopped | None = None
+        unread: list[str] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
             try:
                 for key in ("output_file_id", "error_file_id"):
                     file_id = read_id(b.get(key))
-                    if file_id is not None:
-                        await self._merge_file(file_id, left, put, writer)
-                await self._settle_leftovers(row, b, left, put)
+                    if file_id is not None and (problem := await self._merge_file(file_id, left, put, writer)):
+                        unread.append(problem)
+                await self._settle_leftovers(row, b, left, put, given_up=given_up, unread=unread)
+            except _Stopped as e:
+                # Raised out of the task group it would reach the CLI wrapped in an ExceptionGroup: a traceback.
+                stopped = e
             finally:
                 await writer.aclose()
         await clear_lane(self.store, requeued)
+        if stopped is not None:
+            raise stopped
         errors = _batch_errors(b)
-        await set_batch(self.store, row.id, step=MERGED, status=row.status, errors="\n".join(errors) or None)
+        shown = "\n".join(errors) or given_up
+        await set_batch(self.store, row.id, step=MERGED, status=row.status, errors=shown)
         self._next_poll.pop(row.id, None)
         if row.status == "failed":
             said = "; ".join(errors) or "no reason given"
@@ -607,8 +674,12 @@ class BatchLane:
 
     async def _merge_file(
         self, file_id: str, left: dict[str, Member], put: Callable[[Outcome], int], writer: WriteBack
-    ) -> None:
-        """Stream one output or error file into the write-back (at most MERGE_WINDOW outcomes in memory)."""
+    ) -> str | None:
+        """Stream one output or error file into the write-back (at most MERGE_WINDOW outcomes in memory).
+
+        What went wrong when the file cannot be read to its end (a 404, a line over the limit), else None: the
+        lines it did not give are then left to `_settle_leftovers`, as missing ones.
+        """
         path = f"files/{quote(file_id, safe='')}/content"
         for attempt in range(1, STEP_TRIES + 1):
             try:
@@ -633,16 +704,29 @@ class BatchLane:
                     if ticket - last >= MERGE_WINDOW:
                         await writer.wait(last)  # the one before: the write-back keeps one window ahead
                         last = ticket
-                return
+                return None
             except TransientApiError as e:
                 if attempt == STEP_TRIES:
                     raise _Stopped(StopReason.DOOMED, _doomed("downloading batch results", e)) from None
                 await self._sleep(self._retry_wait(attempt, e))
+            except (BillingError, DoomedJobError) as e:
+                raise _Stopped(StopReason.BILLING if isinstance(e, BillingError) else StopReason.DOOMED, e) from None
             except ApiError as e:
-                raise _Stopped(StopReason.DOOMED, _doomed("downloading batch results", e)) from None
+                # It stopped every run of the job (exit 5) for ever: the file reads the same each time.
+                problem = f"the batch file {file_id} could not be read: {e.describe()}"
+                log.warning("%s; the requests it did not give are settled as missing", problem)
+                return problem
+        raise AssertionError("unreachable")
 
     async def _settle_leftovers(
-        self, row: BatchRow, b: dict[str, Any], left: dict[str, Member], put: Callable[[Outcome], int]
+        self,
+        row: BatchRow,
+        b: dict[str, Any],
+        left: dict[str, Member],
+        put: Callable[[Outcome], int],
+        *,
+        given_up: str | None = None,
+        unread: Sequence[str] = (),
     ) -> None:
         """Requests the batch's files did not settle go back to the queue (attempt counted), or fail when out
         of attempts; a batch refused for a limit gives their attempt back."""
@@ -660,9 +744,17 @@ class BatchLane:
             code, message = "batch_failed", f"the batch failed: {'; '.join(errors) or 'no reason given'}"
         else:
             code, message = "missing_from_batch", f"the {status} batch's files held no line for this request"
+            if unread:
+                message = f"{message} ({'; '.join(unread)})"
         now = time.time()
         for cid, m in list(left.items()):
-            if limit or undone or should_retry(m.attempts, self.max_attempts):
+            if given_up is not None:
+                put(
+                    Outcome(
+                        m.id, RequestState.FAILED, error_code=ID_MISMATCH, error_message=given_up[:MAX_MESSAGE_CHARS]
+                    )
+                )
+            elif limit or undone or should_retry(m.attempts, self.max_attempts):
                 put(
                     Outcome(
                         m.id,

@@ -31,6 +31,7 @@ __all__ = [
     "batches_of",
     "chunk_lines",
     "clear_lane",
+    "input_of",
     "leftovers",
     "members",
     "next_due",
@@ -287,6 +288,17 @@ async def member_bodies(store: Store, batch_row: int) -> list[tuple[int, str]]:
 async def leftovers(store: Store, batch_row: int) -> list[Member]:
     """The requests of `batch_row` that its output and error files did not settle."""
     return list((await members(store, batch_row)).values())
+
+
+async def input_of(store: Store, file_id: str, batch_row: int) -> BatchRow | None:
+    """The batch row, other than `batch_row`, whose input file is `file_id` (None when there is none)."""
+    stmt = select(batches).where(batches.c.input_file_id == file_id, batches.c.id != batch_row).limit(1)
+
+    async def go(conn: AsyncConnection) -> BatchRow | None:
+        r = (await conn.execute(stmt)).first()
+        return None if r is None else _row(r)
+
+    return await store.read(go)
 
 
 async def clear_lane(store: Store, row_ids: Sequence[int]) -> None:

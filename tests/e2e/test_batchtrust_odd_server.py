@@ -1,0 +1,178 @@
+"""The batch lane against a Files + Batches API that is wrong or hostile (tests/servers/batchodd.py).
+
+The promises: never pay twice, never lose work, never take another job's lines; a bad reply fails that request
+or that batch, not every run of the job; no traceback. Each test runs the CLI as a subprocess on a real SQLite
+store and counts on the server what was uploaded, created and run.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli, read_jsonl, write_jobfile
+from tests.servers import batchodd
+
+pytestmark = pytest.mark.e2e
+
+SERVER = Path(batchodd.__file__)
+
+
+@dataclass
+class Odd:
+    proc: subprocess.Popen[str]
+    base_url: str
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url.removesuffix("/v1") + path, data=data)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            out: dict[str, Any] = json.loads(r.read())
+            return out
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("/_stats")
+
+    def set(self, **odd: Any) -> None:
+        self._call("/_odd", odd)
+
+
+@pytest.fixture
+def odd() -> Iterator[Odd]:
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on " in line, line
+    yield Odd(proc, line.strip().split("listening on ", 1)[1])
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+def _run(cli: Cli, odd: Odd, job: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    r = cli("run", job, "--lane", "batch", "--base-url", odd.base_url, "--quiet", *flags, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def _export(cli: Cli, job: str, tmp_path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """What `runner export` gives: custom_id -> the answer's text, and custom_id -> the error object."""
+    out, err = tmp_path / f"{job}.jsonl", tmp_path / f"{job}-errors.jsonl"
+    e = cli("export", job, "-o", str(out), "--errors", str(err))
+    assert e.returncode == 0, e.stderr
+    answers = {
+        x["custom_id"]: x["response"]["body"]["output"][0]["content"][0]["text"]
+        for x in read_jsonl(out)
+        if x["response"] and x["response"]["status_code"] == 200
+    }
+    return answers, {x["custom_id"]: x["error"] for x in read_jsonl(err)}
+
+
+def test_the_server_imports_nothing_of_the_runner() -> None:
+    tree = ast.parse(SERVER.read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert names and not [n for n in names if n == "runner" or n.startswith(("runner.", "tests"))]
+
+
+def test_a_file_list_that_pages_for_ever_is_given_up_and_the_run_ends(cli: Cli, odd: Odd, tmp_path: Path) -> None:
+    # The upload's reply is lost, so the runner looks for the file by name; the list says `has_more` for ever
+    # with a cursor that never moves. It was read page after page, without end (and without a pause).
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 4))
+    odd.set(upload_500=1, files_loop=True)
+    r = _run(cli, odd, job)
+    assert r.returncode == 0, r.stderr
+    stats = odd.stats()
+    assert stats["file_lists"] <= 2, stats  # one look before the second upload, given up at the repeated cursor
+    assert (stats["uploads"], stats["creates"], stats["most_runs_of_a_line"]) == (2, 1, 1), stats  # an upload is free
+    assert sorted(_export(cli, job, tmp_path)[0]) == [f"c-{i:05d}" for i in range(1, 5)]
+
+
+def test_a_batch_list_that_pages_for_ever_stops_the_run_and_never_creates_twice(
+    cli: Cli, odd: Odd, tmp_path: Path
+) -> None:
+    # The create's reply is lost (the batch exists and will be billed); the list that should find it never ends.
+    # Creating again could run every line twice: the run stops instead, and a later run finds the batch.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 4))
+    odd.set(create_500=1, batches_loop=True)
+    r = _run(cli, odd, job)
+    assert r.returncode == 5, r.stderr
+    said = [x for x in r.stderr.splitlines() if "listing batches" in x]
+    assert len(said) == 1 and "its cursor" in said[0], r.stderr
+    assert odd.stats()["creates"] == 1
+    odd.set(batches_loop=False)
+    r = _run(cli, odd, job)
+    assert r.returncode == 0, r.stderr
+    stats = odd.stats()
+    assert (stats["uploads"], stats["creates"], stats["most_runs_of_a_line"]) == (1, 1, 1), stats
+
+
+def test_a_poll_answered_with_another_jobs_batch_never_merges_its_answers(cli: Cli, odd: Odd, tmp_path: Path) -> None:
+    # Two jobs in one store with the same custom ids (c-00001 ...), as most jobs have. Job A's batch is
+    # batch-2. Every poll of job B's batch is answered with job A's: its output file names the same custom ids.
+    first = cli.submit(write_jobfile(tmp_path / "a.jsonl", 3))
+    odd.set(text="for job A")
+    assert _run(cli, odd, first).returncode == 0
+    second = cli.submit(write_jobfile(tmp_path / "b.jsonl", 3, extra={"temperature": 0.5}))
+    odd.set(text="for job B", poll_as="batch-2")
+    r = _run(cli, odd, second)
+    assert r.returncode == 1, r.stderr
+    answers, errors = _export(cli, second, tmp_path)
+    assert answers == {}, f"job B was given job A's answers: {answers}"
+    assert {x["code"] for x in errors.values()} == {"batch_id_mismatch"} and len(errors) == 3, errors
+    assert "returned another batch ('batch-2')" in next(iter(errors.values()))["message"]
+    assert odd.stats()["creates"] == 2  # job B's lines were not sent again: its batch may still run, billed
+
+
+@pytest.mark.parametrize("output", ["404", "html"])
+def test_an_output_file_that_cannot_be_read_fails_its_lines_not_every_run(
+    cli: Cli, odd: Odd, tmp_path: Path, output: str
+) -> None:
+    # The batch completed, but its output file id names no file (404), or its content is a proxy's web page.
+    # A 404 stopped every run of the job (exit 5), for ever; now the file settles nothing, as a missing line.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 3))
+    odd.set(output=output)
+    r = _run(cli, odd, job, "--max-attempts", "2")
+    assert r.returncode == 1, r.stderr
+    counts = cli.status(job)["counts"]
+    assert counts["failed"] == 3, counts
+    assert odd.stats()["creates"] == 2  # --max-attempts bounds what a server that loses answers can cost
+    if output == "404":
+        warned = [x for x in r.stderr.splitlines() if "could not be read" in x]
+        assert warned and "file-gone" in warned[0] and "404" in warned[0], r.stderr
+    r = _run(cli, odd, job)
+    assert r.returncode == 1, r.stderr  # nothing left to do: the failed lines are `runner retry`'s
+    assert odd.stats()["creates"] == 2
+
+
+def test_an_upload_answered_with_an_earlier_files_id_never_runs_a_file_twice(
+    cli: Cli, odd: Odd, tmp_path: Path
+) -> None:
+    # A proxy answers every upload with the first one's cached reply. Two chunks would become two batches of
+    # the first chunk's file: its lines run and billed twice, the second chunk's never.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 4))
+    odd.set(same_file_id=True)
+    r = _run(cli, odd, job, "--batch-max-lines", "2")
+    assert r.returncode == 1, r.stderr
+    stats = odd.stats()
+    assert (stats["creates"], stats["most_runs_of_a_line"]) == (1, 1), stats
+    said = [x for x in r.stderr.splitlines() if "file-1" in x]
+    assert said and "already the input file of" in said[0], r.stderr
+    assert sorted(_export(cli, job, tmp_path)[0]) == ["c-00001", "c-00002"]
+    assert cli.status(job)["counts"]["queued"] == 2  # the second chunk waits for a run against a sane server
