@@ -97,6 +97,7 @@ LOOKBACK = 300.0  # seconds before a chunk was packed that its batch may be list
 ABANDONED_AFTER = 3_600.0  # a chunk half-submitted by a run on another host, untouched this long, is taken over
 MAX_LIST_PAGES = 1_000  # pages of a GET /files or /batches list read while looking for a lost upload or create
 ID_MISMATCH = "batch_id_mismatch"  # the code of the requests of a batch whose polls kept naming another batch
+ID_INVALID = "batch_id_invalid"  # the code of the requests of a batch created with no id that can be polled
 
 
 class _Refused(Exception):
@@ -109,6 +110,18 @@ class _Refused(Exception):
 
 class _EndlessList(Exception):
     """A GET /files or /batches list that does not end: its cursor came back, or it went on past MAX_LIST_PAGES."""
+
+
+class _NoId(Exception):
+    """An upload or create answered 2xx without an id the runner can use (missing, too long, `.` or `..`)."""
+
+    def __init__(self, what: str, value: Any) -> None:
+        shown = read_error_text(value, 60)
+        super().__init__(
+            f"{what}: the API answered without a usable id ({shown!r})"
+            if shown
+            else f"{what}: the API answered without an id"
+        )
 
 
 class _Stopped(Exception):
@@ -127,6 +140,13 @@ def batch_line(custom_id: str, body: str) -> bytes:
         ENDPOINT.encode(),
         body.encode(),
     )
+
+
+def path_id(value: Any) -> str | None:
+    """An id from the API that goes into a URL path (`batches/{id}`, `files/{id}/content`): as `read_id`, but
+    never `.` or `..`, which a URL resolves as a step, however quoted (`batches/..` is GET /v1/)."""
+    made = read_id(value)
+    return None if made in (".", "..") else made
 
 
 def filename_of(row: BatchRow) -> str:
@@ -411,7 +431,11 @@ class BatchLane:
                 async def uploaded() -> str | None:
                     return await self._find_file(row)
 
-                file_id = await self._call(upload, "upload", found=uploaded)
+                try:
+                    file_id = await self._call(upload, "upload", found=uploaded)
+                except _NoId as e:
+                    # Nothing is billed for a file: a later run finds it by name or uploads it again.
+                    raise _Stopped(StopReason.DOOMED, DoomedJobError(str(e))) from None
             other = await input_of(self.store, file_id, row.id)
             if other is not None:
                 # A proxy's cached reply, or a server reusing ids: a batch of that file would run the other
@@ -440,11 +464,19 @@ class BatchLane:
 
                 async def created() -> str | None:
                     b = await self._find_batch(row)
-                    return None if b is None else read_id(b.get("id"))
+                    return None if b is None else path_id(b.get("id"))
 
-                batch_id = await self._call(create, "batch create", found=created)
+                try:
+                    batch_id = await self._call(create, "batch create", found=created)
+                except _NoId as e:
+                    # The batch exists and will run (billed), but cannot be polled: a later run would not find
+                    # it by its metadata either, and would create it again. Its requests fail instead.
+                    why = f"{e}; it is not created again (it may run and be billed): `runner retry` sends these"
+                    self.problems.append(f"job {row.job_id}: {why}")
+                    await self._merge(row, {}, given_up=(ID_INVALID, why))
+                    return
             else:
-                batch_id = read_id(found.get("id")) or ""  # _find_batch only returns batches with an id
+                batch_id = path_id(found.get("id")) or ""  # _find_batch only returns batches with an id
             await set_batch(self.store, row.id, step=CREATED, batch_id=batch_id, status="validating")
             self._next_poll[row.id] = time.time() + POLL_FIRST
             self.status_line = f"created batch {batch_id} ({row.lines:,} requests)"
@@ -472,9 +504,9 @@ class BatchLane:
             except ApiError as e:
                 raise _Refused(e) from None
             self._replied = True
-            made = read_id(reply.body.get("id"))
+            made = path_id(reply.body.get("id"))
             if made is None:
-                raise _Stopped(StopReason.DOOMED, DoomedJobError(f"{what}: the API answered without an id"))
+                raise _NoId(what, reply.body.get("id"))
             return made
         raise AssertionError("unreachable")
 
@@ -548,7 +580,7 @@ class BatchLane:
                     and meta.get(META_JOB) == row.job_id
                     and meta.get(META_CHUNK) == str(row.id)
                     and b.get("input_file_id") == row.input_file_id
-                    and read_id(b.get("id")) is not None
+                    and path_id(b.get("id")) is not None
                 ):
                     return b
                 created = b.get("created_at")
@@ -608,12 +640,12 @@ class BatchLane:
             " merged (it may still run and be billed: `runner retry` sends its requests again)"
         )
         self.problems.append(f"job {row.job_id}: {why}")
-        await self._merge(row, {}, given_up=why)
+        await self._merge(row, {}, given_up=(ID_MISMATCH, why))
 
-    async def _merge(self, row: BatchRow, b: dict[str, Any], *, given_up: str | None = None) -> None:
+    async def _merge(self, row: BatchRow, b: dict[str, Any], *, given_up: tuple[str, str] | None = None) -> None:
         """Write every line of a finished batch into the store; requeue what its files did not settle.
 
-        `given_up`: the batch cannot be read (it is not merged); its requests fail with that message.
+        `given_up`: the batch cannot be followed (it is not merged); its requests fail with that code and message.
         """
         left = await members(self.store, row.id)
         writer = WriteBack(self.store, owner_of(row.id))
@@ -642,7 +674,7 @@ class BatchLane:
             tg.start_soon(writer.run)
             try:
                 for key in ("output_file_id", "error_file_id"):
-                    file_id = read_id(b.get(key))
+                    file_id = path_id(b.get(key))
                     if file_id is not None and (problem := await self._merge_file(file_id, left, put, writer)):
                         unread.append(problem)
                 await self._settle_leftovers(row, b, left, put, given_up=given_up, unread=unread)
@@ -655,7 +687,7 @@ class BatchLane:
         if stopped is not None:
             raise stopped
         errors = _batch_errors(b)
-        shown = "\n".join(errors) or given_up
+        shown = "\n".join(errors) or (given_up[1] if given_up else None)
         await set_batch(self.store, row.id, step=MERGED, status=row.status, errors=shown)
         self._next_poll.pop(row.id, None)
         if row.status == "failed":
@@ -725,7 +757,7 @@ class BatchLane:
         left: dict[str, Member],
         put: Callable[[Outcome], int],
         *,
-        given_up: str | None = None,
+        given_up: tuple[str, str] | None = None,
         unread: Sequence[str] = (),
     ) -> None:
         """Requests the batch's files did not settle go back to the queue (attempt counted), or fail when out
@@ -751,7 +783,7 @@ class BatchLane:
             if given_up is not None:
                 put(
                     Outcome(
-                        m.id, RequestState.FAILED, error_code=ID_MISMATCH, error_message=given_up[:MAX_MESSAGE_CHARS]
+                        m.id, RequestState.FAILED, error_code=given_up[0], error_message=given_up[1][:MAX_MESSAGE_CHARS]
                     )
                 )
             elif limit or undone or should_retry(m.attempts, self.max_attempts):

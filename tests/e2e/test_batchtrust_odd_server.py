@@ -176,3 +176,22 @@ def test_an_upload_answered_with_an_earlier_files_id_never_runs_a_file_twice(
     assert said and "already the input file of" in said[0], r.stderr
     assert sorted(_export(cli, job, tmp_path)[0]) == ["c-00001", "c-00002"]
     assert cli.status(job)["counts"]["queued"] == 2  # the second chunk waits for a run against a sane server
+
+
+@pytest.mark.parametrize("batch_id", ["..", "b" * 10_000])
+def test_a_batch_created_with_an_id_that_cannot_be_polled_is_never_created_again(
+    cli: Cli, odd: Odd, tmp_path: Path, batch_id: str
+) -> None:
+    # `..` goes into the URL path (`batches/..` is GET /v1/); 10 KB is no id. The batch exists and will be billed:
+    # the run stopped (exit 5), and the next, not finding it by metadata with a usable id, created another.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 3))
+    odd.set(batch_id=batch_id)
+    r = _run(cli, odd, job)
+    assert r.returncode == 1, r.stderr
+    said = [x for x in r.stderr.splitlines() if "without a usable id" in x]
+    assert len(said) == 1 and len(said[0]) < 400 and "it is not created again" in said[0], r.stderr
+    _, errors = _export(cli, job, tmp_path)
+    assert sorted(errors) == ["c-00001", "c-00002", "c-00003"], errors
+    assert {x["code"] for x in errors.values()} == {"batch_id_invalid"}, errors
+    r = _run(cli, odd, job)
+    assert odd.stats()["creates"] == 1, r.stderr

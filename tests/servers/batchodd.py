@@ -29,6 +29,7 @@ ODD: dict[str, Any] = {
     "files_loop": False,  # GET /files: every page says has_more, with the same last id, for ever
     "batches_loop": False,  # GET /batches: likewise
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
+    "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
     "poll_as": None,  # GET /batches/{id} answers with this other batch instead
     "output": "ok",  # ok | 404 (the output file id names no file) | html (its content is a web page)
 }
@@ -105,7 +106,7 @@ class Server:
     async def create(self, request: web.Request) -> web.StreamResponse:
         self.counts["creates"] += 1
         body = await request.json()
-        bid = self._id("batch")
+        bid = self.odd["batch_id"] or self._id("batch")
         self.batches[bid] = {
             "id": bid,
             "object": "batch",
