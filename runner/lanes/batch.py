@@ -560,11 +560,13 @@ class BatchLane:
         """The id of this chunk's file if an earlier attempt uploaded it (its reply lost)."""
         try:
             async for f in self._pages("files?purpose=batch", "listing files"):
-                if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
-                    return read_id(f.get("id"))
+                # The age first: a file of this name made before the chunk was packed is another chunk's (a
+                # store restored from a backup numbers its chunks again), and its batch would run other lines.
                 created = f.get("created_at")
                 if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
                     return None  # listed newest first: older files cannot be this chunk's
+                if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
+                    return read_id(f.get("id"))
         except _EndlessList as e:
             # An upload costs nothing (only a batch is billed): uploading again is safe.
             log.warning("%s; uploading the file again", e)
