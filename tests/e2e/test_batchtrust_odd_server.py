@@ -195,3 +195,17 @@ def test_a_batch_created_with_an_id_that_cannot_be_polled_is_never_created_again
     assert {x["code"] for x in errors.values()} == {"batch_id_invalid"}, errors
     r = _run(cli, odd, job)
     assert odd.stats()["creates"] == 1, r.stderr
+
+
+def test_a_messy_output_file_gives_each_line_its_own_first_answer_once(cli: Cli, odd: Odd, tmp_path: Path) -> None:
+    # Around each line: a line that is not JSON, a made-up custom_id, the line without status_code, and after it
+    # the same custom_id again with 100 times the tokens; then the lines of the job's other batch.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 4))
+    odd.set(output="messy")
+    r = _run(cli, odd, job, "--batch-max-lines", "2")
+    assert r.returncode == 0, r.stderr
+    answers, errors = _export(cli, job, tmp_path)
+    assert answers == {f"c-{i:05d}": f"answer c-{i:05d}" for i in range(1, 5)} and errors == {}, (answers, errors)
+    usage = cli.status(job)["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (40, 20), usage  # each line's tokens, once
+    assert (odd.stats()["creates"], odd.stats()["most_runs_of_a_line"]) == (2, 1)

@@ -31,7 +31,10 @@ ODD: dict[str, Any] = {
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
     "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
     "poll_as": None,  # GET /batches/{id} answers with this other batch instead
-    "output": "ok",  # ok | 404 (the output file id names no file) | html (its content is a web page)
+    # ok | 404 (the output file id names no file) | html (its content is a web page) | messy (before each
+    # line: one that is not JSON, a made-up custom_id, one without status_code; after it, the same custom_id
+    # again with another answer and 100 times the tokens; then the lines of the other batches)
+    "output": "ok",
 }
 
 
@@ -131,38 +134,57 @@ class Server:
         if b["status"] != "validating":
             return b
         lines = [json.loads(x) for x in self.files[b["input_file_id"]]["data"].splitlines() if x.strip()]
-        out = []
+        out: list[Any] = []
         for n, line in enumerate(lines):
             cid = line["custom_id"]
             self.answered[cid] += 1
-            text = f"{self.odd['text']} {cid}"
-            answer = {
-                "id": f"resp_{b['id']}_{n}",
-                "object": "response",
-                "status": "completed",
-                "model": line["body"].get("model", "gpt-test"),
-                "output": [
-                    {
-                        "type": "message",
-                        "id": f"msg_{b['id']}_{n}",
-                        "role": "assistant",
-                        "status": "completed",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}],
-                    }
-                ],
-                "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
-            }
+            answer = self._answer(b["id"], n, line, f"{self.odd['text']} {cid}", 1)
             response = {"status_code": 200, "request_id": f"req_{n}", "body": answer}
+            if self.odd["output"] == "messy":
+                other = {"status_code": 200, "request_id": "req_x", "body": answer}
+                out += ["{not json", {"custom_id": f"made-up-{n}", "response": other, "error": None}]
+                out.append({"custom_id": cid, "response": {"body": answer}, "error": None})
             out.append({"id": f"batch_req_{n}", "custom_id": cid, "response": response, "error": None})
+            if self.odd["output"] == "messy":
+                again = self._answer(b["id"], n, line, "a second answer", 100)
+                response = {"status_code": 200, "request_id": f"req_{n}", "body": again}
+                out.append({"custom_id": cid, "response": response, "error": None})
+        if self.odd["output"] == "messy":  # and a line for each line of the other batches: not this batch's
+            for o in self.batches.values():
+                theirs = self.files[o["input_file_id"]]["data"].splitlines() if o is not b else []
+                for n, raw in enumerate(theirs):
+                    line = json.loads(raw)
+                    wrong = self._answer(b["id"], n, line, "not this batch's", 1)
+                    response = {"status_code": 200, "request_id": "req_y", "body": wrong}
+                    out.append({"custom_id": line["custom_id"], "response": response, "error": None})
         oid = self._id("file")
-        data = b"".join(json.dumps(x).encode() + b"\n" for x in out)
+        data = b"".join((x if isinstance(x, str) else json.dumps(x)).encode() + b"\n" for x in out)
         self._store(oid, f"{b['id']}_output.jsonl", "batch_output", data)
         b.update(
             status="completed",
             output_file_id="file-gone" if self.odd["output"] == "404" else oid,
-            request_counts={"total": len(out), "completed": len(out), "failed": 0},
+            request_counts={"total": len(lines), "completed": len(lines), "failed": 0},
         )
         return b
+
+    @staticmethod
+    def _answer(bid: str, n: int, line: dict[str, Any], text: str, scale: int) -> dict[str, Any]:
+        return {
+            "id": f"resp_{bid}_{n}",
+            "object": "response",
+            "status": "completed",
+            "model": line["body"].get("model", "gpt-test"),
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{bid}_{n}",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "usage": {"input_tokens": 10 * scale, "output_tokens": 5 * scale, "total_tokens": 15 * scale},
+        }
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
         self.counts["polls"] += 1
