@@ -58,7 +58,7 @@ from runner.store.batches import (
     QueuePosition,
     chunk_lines,
     clear_lane,
-    input_of,
+    file_user,
     member_bodies,
     members,
     next_due,
@@ -436,14 +436,11 @@ class BatchLane:
                 except _NoId as e:
                     # Nothing is billed for a file: a later run finds it by name or uploads it again.
                     raise _Stopped(StopReason.DOOMED, DoomedJobError(str(e))) from None
-            other = await input_of(self.store, file_id, row.id)
+            other = await file_user(self.store, file_id, row.id)
             if other is not None:
                 # A proxy's cached reply, or a server reusing ids: a batch of that file would run the other
                 # chunk's lines (billed) a second time, and never this chunk's.
-                why = (
-                    f"the API answered the upload with file {file_id}, already the input file of"
-                    f" batch {other.batch_id or other.id} of job {other.job_id}; no batch is created from it"
-                )
+                why = f"the API answered the upload with file {_used_as(file_id, other)}; no batch is created from it"
                 raise _Refused(PermanentApiError(why, code="file_id_reused"))
             await set_batch(self.store, row.id, step=UPLOADED, input_file_id=file_id)
             row = replace(row, step=UPLOADED, input_file_id=file_id)
@@ -672,12 +669,23 @@ class BatchLane:
 
         stopped: _Stopped | None = None
         unread: list[str] = []
+        files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
             try:
-                for key in ("output_file_id", "error_file_id"):
+                for key in files:
                     file_id = path_id(b.get(key))
-                    if file_id is not None and (problem := await self._merge_file(file_id, left, put, writer)):
+                    if file_id is None:
+                        continue
+                    other = await file_user(self.store, file_id, row.id)
+                    if other is not None:
+                        # Another batch's file (a proxy's mix-up) names the same custom ids when the jobs'
+                        # ids are alike: merged, it gave this job another's answers.
+                        unread.append(f"the batch file {_used_as(file_id, other)}; not merged")
+                        log.warning("batch %s: %s", row.batch_id, unread[-1])
+                        continue
+                    files[key] = file_id
+                    if problem := await self._merge_file(file_id, left, put, writer):
                         unread.append(problem)
                 await self._settle_leftovers(row, b, left, put, given_up=given_up, unread=unread)
             except _Stopped as e:
@@ -690,7 +698,7 @@ class BatchLane:
             raise stopped
         errors = _batch_errors(b)
         shown = "\n".join(errors) or (given_up[1] if given_up else None)
-        await set_batch(self.store, row.id, step=MERGED, status=row.status, errors=shown)
+        await set_batch(self.store, row.id, step=MERGED, status=row.status, errors=shown, **files)
         self._next_poll.pop(row.id, None)
         if row.status == "failed":
             said = "; ".join(errors) or "no reason given"
@@ -834,6 +842,12 @@ def _batch_errors(b: dict[str, Any]) -> list[str]:
             where = f" (line {line})" if isinstance(line, int) and not isinstance(line, bool) else ""
             out.append(f"{code}: {message}{where}")
     return out
+
+
+def _used_as(file_id: str, other: BatchRow) -> str:
+    """`file_id`, and which file of which other batch it already is."""
+    kind = "input" if other.input_file_id == file_id else "output" if other.output_file_id == file_id else "error"
+    return f"{file_id} is already the {kind} file of batch {other.batch_id or other.id} of job {other.job_id}"
 
 
 def _doomed(what: str, e: ApiError) -> DoomedJobError:

@@ -31,7 +31,7 @@ __all__ = [
     "batches_of",
     "chunk_lines",
     "clear_lane",
-    "input_of",
+    "file_user",
     "leftovers",
     "members",
     "next_due",
@@ -290,9 +290,13 @@ async def leftovers(store: Store, batch_row: int) -> list[Member]:
     return list((await members(store, batch_row)).values())
 
 
-async def input_of(store: Store, file_id: str, batch_row: int) -> BatchRow | None:
-    """The batch row, other than `batch_row`, whose input file is `file_id` (None when there is none)."""
-    stmt = select(batches).where(batches.c.input_file_id == file_id, batches.c.id != batch_row).limit(1)
+async def file_user(store: Store, file_id: str, batch_row: int) -> BatchRow | None:
+    """The batch row, other than `batch_row`, whose input, output or error file is `file_id` (None when there is
+    none): a file id the API gives for one batch is never another's."""
+    named = or_(
+        batches.c.input_file_id == file_id, batches.c.output_file_id == file_id, batches.c.error_file_id == file_id
+    )
+    stmt = select(batches).where(named, batches.c.id != batch_row).limit(1)
 
     async def go(conn: AsyncConnection) -> BatchRow | None:
         r = (await conn.execute(stmt)).first()

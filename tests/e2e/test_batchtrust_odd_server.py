@@ -173,7 +173,7 @@ def test_an_upload_answered_with_an_earlier_files_id_never_runs_a_file_twice(
     stats = odd.stats()
     assert (stats["creates"], stats["most_runs_of_a_line"]) == (1, 1), stats
     said = [x for x in r.stderr.splitlines() if "file-1" in x]
-    assert said and "already the input file of" in said[0], r.stderr
+    assert said and "file-1 is already the input file of batch batch-2" in said[0], r.stderr
     assert sorted(_export(cli, job, tmp_path)[0]) == ["c-00001", "c-00002"]
     assert cli.status(job)["counts"]["queued"] == 2  # the second chunk waits for a run against a sane server
 
@@ -209,3 +209,21 @@ def test_a_messy_output_file_gives_each_line_its_own_first_answer_once(cli: Cli,
     usage = cli.status(job)["usage"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (40, 20), usage  # each line's tokens, once
     assert (odd.stats()["creates"], odd.stats()["most_runs_of_a_line"]) == (2, 1)
+
+
+def test_a_batch_that_names_another_batchs_output_file_is_not_given_its_answers(
+    cli: Cli, odd: Odd, tmp_path: Path
+) -> None:
+    # Job A's batch (batch-2) wrote its answers to file-3. Job B's batch is polled right, but names file-3 as
+    # its output file: a proxy's mix-up. Job B has the same custom ids.
+    first = cli.submit(write_jobfile(tmp_path / "a.jsonl", 3))
+    odd.set(text="for job A")
+    assert _run(cli, odd, first).returncode == 0
+    second = cli.submit(write_jobfile(tmp_path / "b.jsonl", 3, extra={"temperature": 0.5}))
+    odd.set(text="for job B", output_file="file-3")
+    r = _run(cli, odd, second, "--max-attempts", "1")
+    assert r.returncode == 1, r.stderr
+    answers, errors = _export(cli, second, tmp_path)
+    assert answers == {}, f"job B was given job A's answers: {answers}"
+    assert {x["code"] for x in errors.values()} == {"missing_from_batch"} and len(errors) == 3, errors
+    assert "file-3 is already the output file of batch batch-2" in next(iter(errors.values()))["message"]

@@ -30,6 +30,7 @@ ODD: dict[str, Any] = {
     "batches_loop": False,  # GET /batches: likewise
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
     "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
+    "output_file": None,  # a finished batch names this file (another batch's) as its output file
     "poll_as": None,  # GET /batches/{id} answers with this other batch instead
     # ok | 404 (the output file id names no file) | html (its content is a web page) | messy (before each
     # line: one that is not JSON, a made-up custom_id, one without status_code; after it, the same custom_id
@@ -162,7 +163,7 @@ class Server:
         self._store(oid, f"{b['id']}_output.jsonl", "batch_output", data)
         b.update(
             status="completed",
-            output_file_id="file-gone" if self.odd["output"] == "404" else oid,
+            output_file_id="file-gone" if self.odd["output"] == "404" else self.odd["output_file"] or oid,
             request_counts={"total": len(lines), "completed": len(lines), "failed": 0},
         )
         return b
