@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -227,3 +228,26 @@ def test_a_batch_that_names_another_batchs_output_file_is_not_given_its_answers(
     assert answers == {}, f"job B was given job A's answers: {answers}"
     assert {x["code"] for x in errors.values()} == {"missing_from_batch"} and len(errors) == 3, errors
     assert "file-3 is already the output file of batch batch-2" in next(iter(errors.values()))["message"]
+
+
+def test_ctrl_c_while_a_download_is_retried_exits_130_without_a_traceback(
+    cli: Cli, odd: Odd, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    # A stop raised inside the merge (Ctrl-C in the wait between two tries of a download, or a download that
+    # keeps failing) left its task group as an ExceptionGroup: the user saw a traceback.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 3))
+    odd.set(content_503=True)
+    p = cli.popen("run", job, "--lane", "batch", "--base-url", odd.base_url, "--quiet")
+    procs.append(p)
+    deadline = time.monotonic() + 30
+    while odd.stats().get("contents", 0) < 1:
+        assert p.poll() is None and time.monotonic() < deadline, "the run never downloaded the output file"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    odd.set(content_503=False)
+    r = _run(cli, odd, job)  # the batch is still open: the next run merges it
+    assert r.returncode == 0, r.stderr
+    assert odd.stats()["creates"] == 1

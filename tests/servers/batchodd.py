@@ -30,6 +30,7 @@ ODD: dict[str, Any] = {
     "batches_loop": False,  # GET /batches: likewise
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
     "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
+    "content_503": False,  # every download of a batch's output file answers 503 (the runner waits, then tries again)
     "output_file": None,  # a finished batch names this file (another batch's) as its output file
     "poll_as": None,  # GET /batches/{id} answers with this other batch instead
     # ok | 404 (the output file id names no file) | html (its content is a web page) | messy (before each
@@ -102,6 +103,8 @@ class Server:
         f = self.files.get(request.match_info["fid"])
         if f is None:
             return _error(404, "No such file")
+        if self.odd["content_503"] and f["purpose"] == "batch_output":
+            return _error(503, "overloaded")
         if self.odd["output"] == "html" and f["purpose"] == "batch_output":
             page = b"<html><body>Bad gateway\n<p>try later</p></body></html>\n"
             return web.Response(body=page, content_type="text/html")
