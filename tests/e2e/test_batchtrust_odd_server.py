@@ -200,12 +200,16 @@ def test_a_batch_created_with_an_id_that_cannot_be_polled_is_never_created_again
 
 def test_a_messy_output_file_gives_each_line_its_own_first_answer_once(cli: Cli, odd: Odd, tmp_path: Path) -> None:
     # Around each line: a line that is not JSON, a made-up custom_id, the line without status_code, and after it
-    # the same custom_id again with 100 times the tokens; then the lines of the job's other batch.
+    # the same custom_id again with 100 times the tokens; then the lines of the job's other batch. The first
+    # line's answer is 10 MB long.
     job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 4))
-    odd.set(output="messy")
+    odd.set(output="messy", pad=10_000_000)
     r = _run(cli, odd, job, "--batch-max-lines", "2")
     assert r.returncode == 0, r.stderr
     answers, errors = _export(cli, job, tmp_path)
+    big = answers.get("c-00001", "")
+    assert big == "answer c-00001" + "x" * 10_000_000, len(big)
+    answers["c-00001"] = "answer c-00001"
     assert answers == {f"c-{i:05d}": f"answer c-{i:05d}" for i in range(1, 5)} and errors == {}, (answers, errors)
     usage = cli.status(job)["usage"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (40, 20), usage  # each line's tokens, once

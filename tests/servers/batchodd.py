@@ -30,6 +30,7 @@ ODD: dict[str, Any] = {
     "batches_loop": False,  # GET /batches: likewise
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
     "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
+    "pad": 0,  # characters added to the next answer's text (a line of 10 MB)
     "content_503": False,  # every download of a batch's output file answers 503 (the runner waits, then tries again)
     "output_file": None,  # a finished batch names this file (another batch's) as its output file
     "poll_as": None,  # GET /batches/{id} answers with this other batch instead
@@ -142,7 +143,8 @@ class Server:
         for n, line in enumerate(lines):
             cid = line["custom_id"]
             self.answered[cid] += 1
-            answer = self._answer(b["id"], n, line, f"{self.odd['text']} {cid}", 1)
+            text, self.odd["pad"] = f"{self.odd['text']} {cid}" + "x" * self.odd["pad"], 0
+            answer = self._answer(b["id"], n, line, text, 1)
             response = {"status_code": 200, "request_id": f"req_{n}", "body": answer}
             if self.odd["output"] == "messy":
                 other = {"status_code": 200, "request_id": "req_x", "body": answer}
