@@ -610,7 +610,8 @@ class BatchLane:
                 await self._mismatch(row, got)
                 continue
             self._mismatches.pop(row.id, None)
-            status = b.get("status") if isinstance(b.get("status"), str) else "unknown"
+            # Stored and shown as sent (a status it does not know is polled on), but bounded like an error code.
+            status = _status(b.get("status")) or "unknown"
             raw_counts = b.get("request_counts")
             counts: dict[str, Any] = raw_counts if isinstance(raw_counts, dict) else {}
             done, failed = _count(counts, "completed"), _count(counts, "failed")
@@ -844,6 +845,11 @@ def _batch_errors(b: dict[str, Any]) -> list[str]:
     return out
 
 
+def _status(value: Any) -> str | None:
+    """A batch's status as the API gave it, at most MAX_CODE_CHARS characters; None when it is not text."""
+    return read_error_text(value, MAX_CODE_CHARS) if isinstance(value, str) and value else None
+
+
 def _used_as(file_id: str, other: BatchRow) -> str:
     """`file_id`, and which file of which other batch it already is."""
     kind = "input" if other.input_file_id == file_id else "output" if other.output_file_id == file_id else "error"
@@ -870,8 +876,7 @@ async def cancel_batches(store: Store, client: ApiClient, job_id: str) -> tuple[
         except ApiError as e:
             failures.append(f"batch {row.batch_id}: {e.describe()}")
             continue
-        status = reply.body.get("status")
-        await set_batch(store, row.id, status=status if isinstance(status, str) else "cancelling")
+        await set_batch(store, row.id, status=_status(reply.body.get("status")) or "cancelling")
         done += 1
         waiting += len(await members(store, row.id))
     return done, waiting, failures

@@ -255,3 +255,26 @@ def test_ctrl_c_while_a_download_is_retried_exits_130_without_a_traceback(
     r = _run(cli, odd, job)  # the batch is still open: the next run merges it
     assert r.returncode == 0, r.stderr
     assert odd.stats()["creates"] == 1
+
+
+def test_a_status_the_runner_does_not_know_is_polled_and_shown_bounded(
+    cli: Cli, odd: Odd, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    # A status of 100 KB, with a terminal escape in it, was stored as sent and printed whole by `runner status`.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 3))
+    odd.set(status="paused\x1b[2J" + "z" * 100_000)
+    p = cli.popen("run", job, "--lane", "batch", "--base-url", odd.base_url, "--quiet")
+    procs.append(p)
+    deadline = time.monotonic() + 30
+    while odd.stats().get("polls", 0) < 2:  # the first poll's status is stored before the second is sent
+        assert p.poll() is None and time.monotonic() < deadline, "the run never polled its batch twice"
+        time.sleep(0.05)
+    shown = cli("status", job)
+    assert shown.returncode == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("  batch batch-2: "))
+    assert "paused\\x1b[2Jzzz" in line and len(line) < 300, line[:300]
+    p.send_signal(signal.SIGINT)  # a status it does not know is not final: the run polls on until stopped
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    odd.set(status=None)
+    assert _run(cli, odd, job).returncode == 0
