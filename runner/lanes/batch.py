@@ -822,7 +822,10 @@ class BatchLane:
     @staticmethod
     def _limit_code(b: dict[str, Any]) -> bool:
         data = (b.get("errors") or {}).get("data") if isinstance(b.get("errors"), dict) else None
-        return isinstance(data, list) and any(isinstance(e, dict) and e.get("code") in LIMIT_CODES for e in data)
+        # The code is checked to be text first: `in` a frozenset raised TypeError on a code that was an object.
+        return isinstance(data, list) and any(
+            isinstance(e, dict) and isinstance(e.get("code"), str) and e["code"] in LIMIT_CODES for e in data
+        )
 
 
 def _count(counts: dict[str, Any], key: str) -> int:

@@ -217,10 +217,12 @@ def test_a_messy_output_file_gives_each_line_its_own_first_answer_once(cli: Cli,
 
 
 def test_a_batch_that_names_another_batchs_output_file_is_not_given_its_answers(
-    cli: Cli, odd: Odd, tmp_path: Path
+    cli: Cli, odd: Odd, tmp_path: Path, store_db: str
 ) -> None:
     # Job A's batch (batch-2) wrote its answers to file-3. Job B's batch is polled right, but names file-3 as
-    # its output file: a proxy's mix-up. Job B has the same custom ids.
+    # its output file: a proxy's mix-up. Job B has the same custom ids. On both store backends.
+    if not store_db.endswith(".db"):
+        cli.url = store_db
     first = cli.submit(write_jobfile(tmp_path / "a.jsonl", 3))
     odd.set(text="for job A")
     assert _run(cli, odd, first).returncode == 0
@@ -278,3 +280,16 @@ def test_a_status_the_runner_does_not_know_is_polled_and_shown_bounded(
     assert p.returncode == 130, err
     odd.set(status=None)
     assert _run(cli, odd, job).returncode == 0
+
+
+def test_a_failed_batch_whose_error_code_is_an_object_is_reported_not_a_traceback(
+    cli: Cli, odd: Odd, tmp_path: Path
+) -> None:
+    # `code in LIMIT_CODES` on a code that is a JSON object: TypeError (unhashable), a traceback, every run.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 3))
+    odd.set(fail_errors={"object": "list", "data": [{"code": {"kind": "odd"}, "message": "no", "line": 1}]})
+    r = _run(cli, odd, job)
+    assert r.returncode == 1, r.stderr
+    said = [x for x in r.stderr.splitlines() if "failed: " in x and "batch-2" in x]
+    assert len(said) == 1 and "{'kind': 'odd'}: no (line 1)" in said[0], r.stderr
+    assert cli.status(job)["counts"]["queued"] == 3  # queued again, for a run once the cause is fixed

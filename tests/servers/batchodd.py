@@ -30,6 +30,7 @@ ODD: dict[str, Any] = {
     "batches_loop": False,  # GET /batches: likewise
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
     "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
+    "fail_errors": None,  # a batch ends `failed` with this `errors` value (of any shape) and no files
     "status": None,  # a batch polled shows this status (any text: `paused`, 100 KB of it) and never ends
     "pad": 0,  # characters added to the next answer's text (a line of 10 MB)
     "content_503": False,  # every download of a batch's output file answers 503 (the runner waits, then tries again)
@@ -201,6 +202,8 @@ class Server:
         other = self.odd["poll_as"]
         if self.odd["status"] is not None:
             return _json({**b, "status": self.odd["status"]})
+        if self.odd["fail_errors"] is not None:
+            return _json({**b, "status": "failed", "errors": self.odd["fail_errors"]})
         return _json(self._run(self.batches.get(other, b)))
 
     async def list_batches(self, request: web.Request) -> web.StreamResponse:

@@ -69,3 +69,23 @@ async def test_a_batch_list_whose_cursor_comes_back_stops_the_run_rather_than_cr
     assert asked == [None, "batch_b"]
     assert stop.value.error is not None and "its cursor 'batch_b' came back" in stop.value.error.message
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("errors", "said"),
+    [
+        (None, []),
+        ("the batch failed", []),
+        ({"data": "not a list"}, []),
+        ({"data": [1, None, "x"]}, []),
+        (
+            {"data": [{"code": {"nested": [1]}, "message": "m" * 10_000, "line": True}, *[{"code": "c"}] * 50]},
+            ["{'nested': [1]}: " + "m" * 297 + "...", *["c: "] * 19],
+        ),
+        ({"data": [{"code": "token_limit_exceeded", "message": None, "line": 3}]}, ["token_limit_exceeded:  (line 3)"]),
+    ],
+)
+def test_a_failed_batchs_errors_of_any_shape_give_at_most_20_bounded_lines(errors: Any, said: list[str]) -> None:
+    assert batch._batch_errors({"status": "failed", "errors": errors}) == said
+    limit = said == ["token_limit_exceeded:  (line 3)"]
+    assert BatchLane._limit_code({"errors": errors}) is limit  # only a limit's code makes the run wait and retry
