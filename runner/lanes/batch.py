@@ -168,15 +168,18 @@ def outcome_of_line(c: Claimed, line: Any, *, max_attempts: int) -> Outcome | No
     if not isinstance(line, dict):
         return None
     resp, err = line.get("response"), line.get("error")
-    if isinstance(resp, dict) and isinstance(resp.get("status_code"), int):
-        status: int = resp["status_code"]
+    code_ = resp.get("status_code") if isinstance(resp, dict) else None
+    # An HTTP status, or the line is unreadable: `true`, -1 or 2^63 were stored as the row's http_status (an
+    # integer column PostgreSQL holds in 32 bits), and a 2^63 was treated as a 5xx and sent again.
+    if isinstance(resp, dict) and isinstance(code_, int) and not isinstance(code_, bool) and 100 <= code_ <= 599:
+        status: int = code_
         body = resp.get("body")
         rid = read_request_id(resp.get("request_id") if isinstance(resp.get("request_id"), str) else None)
         if 200 <= status < 300 and isinstance(body, dict):
             return from_response(c, body, http_status=status, request_id=rid, max_attempts=max_attempts)
         headers = {"x-request-id": rid} if rid else {}
         try:
-            classify(httpx.Response(status, content=orjson.dumps(body), headers=headers))
+            classify(httpx.Response(status, content=_error_body(body), headers=headers))
         except (BillingError, DoomedJobError) as e:
             # Inside a batch these judge one line, not the run: the line fails, its reason kept.
             e2 = PermanentApiError(e.message, status=e.status, code=e.code, request_id=e.request_id, body=e.body)
@@ -192,6 +195,18 @@ def outcome_of_line(c: Claimed, line: Any, *, max_attempts: int) -> Outcome | No
             return Outcome(c.id, RequestState.QUEUED, error_code=code, error_message=message)
         return from_error(c, TransientApiError(message, code=code), max_attempts=max_attempts)
     return None
+
+
+def _error_body(body: Any) -> bytes:
+    """An error line's body as the bytes `classify` reads. A body nested deeper than orjson writes (254 levels)
+    raised TypeError out of the merge, a traceback on every run: it keeps its error's code and message only."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {}
+        shallow = {k: read_error_text(err.get(k), MAX_MESSAGE_CHARS) for k in ("code", "message", "type")}
+        return orjson.dumps({"error": shallow})
 
 
 class BatchLane:
