@@ -93,7 +93,10 @@ POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.5, 1.5, 30.0
 LIMIT_WAIT_FIRST, LIMIT_WAIT_MAX = 5.0, 600.0
 STEP_TRIES = 10  # transient failures in a row of one call (upload, create, poll) before the run stops
 MERGE_WINDOW = 1_000  # outcomes handed to the write-back before waiting for them (bounds memory)
-LOOKBACK = 300.0  # seconds before a chunk was packed that its batch may be listed as created (clock skew)
+LOOKBACK = 300.0  # seconds before a chunk was packed that its file may be listed as uploaded (clock skew)
+# The same for its batch, wider: a look that ends too soon creates the batch (billed) again, so a clock here or
+# at the API a day wrong must not end it; an upload looked for too briefly is only uploaded again.
+BATCH_LOOKBACK = 86_400.0
 ABANDONED_AFTER = 3_600.0  # a chunk half-submitted by a run on another host, untouched this long, is taken over
 MAX_LIST_PAGES = 1_000  # pages of a GET /files or /batches list read while looking for a lost upload or create
 ID_MISMATCH = "batch_id_mismatch"  # the code of the requests of a batch whose polls kept naming another batch
@@ -574,8 +577,8 @@ class BatchLane:
             async for f in self._pages("files?purpose=batch", "listing files"):
                 # The age first: a file of this name made before the chunk was packed is another chunk's (a
                 # store restored from a backup numbers its chunks again), and its batch would run other lines.
-                created = f.get("created_at")
-                if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
+                created = _timestamp(f.get("created_at"))
+                if created is not None and created < row.created_at - LOOKBACK:
                     return None  # listed newest first: older files cannot be this chunk's
                 if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
                     return read_id(f.get("id"))
@@ -597,8 +600,8 @@ class BatchLane:
                     and path_id(b.get("id")) is not None
                 ):
                     return b
-                created = b.get("created_at")
-                if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
+                created = _timestamp(b.get("created_at"))
+                if created is not None and created < row.created_at - BATCH_LOOKBACK:
                     return None
         except _EndlessList as e:
             # The batch may exist, and creating another would run (and bill) every line twice: stop instead.
@@ -861,6 +864,11 @@ def _batch_errors(b: dict[str, Any]) -> list[str]:
             where = f" (line {line})" if isinstance(line, int) and not isinstance(line, bool) else ""
             out.append(f"{code}: {message}{where}")
     return out
+
+
+def _timestamp(value: Any) -> float | None:
+    """A listed `created_at` as a time, None when it is none (`true` is an int to Python, and ended a look)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _status(value: Any) -> str | None:

@@ -89,3 +89,21 @@ def test_a_failed_batchs_errors_of_any_shape_give_at_most_20_bounded_lines(error
     assert batch._batch_errors({"status": "failed", "errors": errors}) == said
     limit = said == ["token_limit_exceeded:  (line 3)"]
     assert BatchLane._limit_code({"errors": errors}) is limit  # only a limit's code makes the run wait and retry
+
+
+@pytest.mark.anyio
+async def test_a_lost_create_is_found_behind_newer_batches_when_the_clocks_disagree_by_an_hour() -> None:
+    # This machine's clock runs an hour ahead of the API's (or the API's behind). Listed newest first, other
+    # jobs' batches made since then come before this chunk's: each looked older than the chunk, the look ended
+    # at the first of them, and the batch was created (and billed) a second time.
+    skewed = NOW - 3_600
+    ours = {"id": "batch_ours", "created_at": skewed, "input_file_id": "file_1"}
+    ours["metadata"] = {"runner_job": "job_x", "runner_chunk": "7"}
+    listed = [{"id": f"batch_{i}", "created_at": skewed + 60, "metadata": {}} for i in range(3)] + [ours]
+    lane, client = _lane(lambda r: httpx.Response(200, json={"data": listed, "has_more": False}))
+    uploaded = BatchRow(
+        7, "job_x", "m", 1, 10, "uploaded", None, "file_1", None, None, 0, 0, None, None, None, NOW, NOW, None
+    )
+    found = await lane._find_batch(uploaded)
+    assert found is not None and found["id"] == "batch_ours"
+    await client.aclose()
