@@ -621,8 +621,10 @@ class BatchLane:
         parts = []
         for row in due:
             b = await self._get(f"batches/{quote(row.batch_id or '', safe='')}", "polling a batch")
-            got, input_file = read_id(b.get("id")), b.get("input_file_id")
-            if got != row.batch_id or (input_file is not None and input_file != row.input_file_id):
+            # By its id alone: a proxy may show input file ids of its own, and a batch naming another's output
+            # file is caught by the merge (file_user).
+            got = read_id(b.get("id"))
+            if got != row.batch_id:
                 # Another batch (a proxy's mix-up): its files name the same custom ids as ours when the
                 # jobs' ids are alike (c-00001 ...), so merging them would give this job another's answers.
                 await self._mismatch(row, got)
