@@ -705,8 +705,10 @@ class BatchLane:
                         unread.append(f"the batch file {_used_as(file_id, other)}; not merged")
                         log.warning("batch %s: %s", row.batch_id, unread[-1])
                         continue
-                    files[key] = file_id
-                    if problem := await self._merge_file(file_id, left, put, writer):
+                    problem, downloaded = await self._merge_file(file_id, left, put, writer)
+                    if downloaded:  # recorded as this batch's: never merged for another
+                        files[key] = file_id
+                    if problem:
                         unread.append(problem)
                 await self._settle_leftovers(row, b, left, put, given_up=given_up, unread=unread)
             except _Stopped as e:
@@ -737,37 +739,48 @@ class BatchLane:
 
     async def _merge_file(
         self, file_id: str, left: dict[str, Member], put: Callable[[Outcome], int], writer: WriteBack
-    ) -> str | None:
+    ) -> tuple[str | None, bool]:
         """Stream one output or error file into the write-back (at most MERGE_WINDOW outcomes in memory).
 
-        What went wrong when the file cannot be read to its end (a 404, a line over the limit), else None: the
-        lines it did not give are then left to `_settle_leftovers`, as missing ones.
+        (What went wrong, whether it was downloaded to its end.) What went wrong: the file could not be read to
+        its end (a 404, a line over the limit), or held lines that are not Batch output lines (a proxy's web
+        page); the requests it did not settle are then left to `_settle_leftovers`, as missing ones, and their
+        message says why.
         """
         path = f"files/{quote(file_id, safe='')}/content"
         for attempt in range(1, STEP_TRIES + 1):
             try:
-                last = 0
+                last = bad = 0
                 async for raw in self.client.lines(path):
                     if not raw.strip():
                         continue
                     try:
                         line = orjson.loads(raw)
                     except orjson.JSONDecodeError:
+                        bad += 1
                         continue  # unreadable: its request stays in `left` and is requeued
                     cid = line.get("custom_id") if isinstance(line, dict) else None
-                    m = left.get(cid) if isinstance(cid, str) else None
-                    if m is None or not isinstance(cid, str):
+                    if not isinstance(cid, str):
+                        bad += 1
+                        continue
+                    m = left.get(cid)
+                    if m is None:
                         continue  # not ours, or merged already (a line repeated, or a restarted download)
                     c = Claimed(m.id, m.job_id, m.line_no, cid, "", m.attempts)
                     o = outcome_of_line(c, line, max_attempts=self.max_attempts)
                     if o is None:
+                        bad += 1
                         continue
                     del left[cid]
                     ticket = put(o)
                     if ticket - last >= MERGE_WINDOW:
                         await writer.wait(last)  # the one before: the write-back keeps one window ahead
                         last = ticket
-                return None
+                if not bad:
+                    return None, True
+                problem = f"the batch file {file_id} held {bad:,} lines that are not Batch output lines"
+                log.warning("%s", problem)
+                return problem, True
             except TransientApiError as e:
                 if attempt == STEP_TRIES:
                     raise _Stopped(StopReason.DOOMED, _doomed("downloading batch results", e)) from None
@@ -778,7 +791,7 @@ class BatchLane:
                 # It stopped every run of the job (exit 5) for ever: the file reads the same each time.
                 problem = f"the batch file {file_id} could not be read: {e.describe()}"
                 log.warning("%s; the requests it did not give are settled as missing", problem)
-                return problem
+                return problem, False
         raise AssertionError("unreachable")
 
     async def _settle_leftovers(

@@ -154,9 +154,11 @@ def test_an_output_file_that_cannot_be_read_fails_its_lines_not_every_run(
     counts = cli.status(job)["counts"]
     assert counts["failed"] == 3, counts
     assert odd.stats()["creates"] == 2  # --max-attempts bounds what a server that loses answers can cost
+    why = next(iter(_export(cli, job, tmp_path)[1].values()))["message"]
     if output == "404":
-        warned = [x for x in r.stderr.splitlines() if "could not be read" in x]
-        assert warned and "file-gone" in warned[0] and "404" in warned[0], r.stderr
+        assert "the batch file file-gone could not be read: 404" in why, why
+    else:  # the page's 2 lines, neither a Batch output line
+        assert "held 2 lines that are not Batch output lines" in why, why
     r = _run(cli, odd, job)
     assert r.returncode == 1, r.stderr  # nothing left to do: the failed lines are `runner retry`'s
     assert odd.stats()["creates"] == 2
