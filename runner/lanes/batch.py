@@ -56,6 +56,7 @@ from runner.store.batches import (
     BatchRow,
     Member,
     QueuePosition,
+    batch_user,
     chunk_lines,
     clear_lane,
     file_user,
@@ -116,10 +117,14 @@ class _EndlessList(Exception):
 
 
 class _NoId(Exception):
-    """An upload or create answered 2xx without an id the runner can use (missing, too long, `.` or `..`)."""
+    """An upload or create answered 2xx without an id the runner can use (missing, too long, `.` or `..`, or
+    already another batch's)."""
 
-    def __init__(self, what: str, value: Any) -> None:
+    def __init__(self, what: str, value: Any, taken: str | None = None) -> None:
         shown = read_error_text(value, 60)
+        if taken is not None:  # a usable id, but already another's
+            super().__init__(f"{what}: the API answered with {shown!r}, already {taken}")
+            return
         super().__init__(
             f"{what}: the API answered without a usable id ({shown!r})"
             if shown
@@ -483,6 +488,10 @@ class BatchLane:
 
                 try:
                     batch_id = await self._call(create, "batch create", found=created)
+                    other = await batch_user(self.store, batch_id, row.id)
+                    if other is not None:
+                        # A proxy's cached reply: polled, it is the other chunk's batch, never this one's.
+                        raise _NoId("batch create", batch_id, f"the batch of chunk {other.id} of job {other.job_id}")
                 except _NoId as e:
                     # The batch exists and will run (billed), but cannot be polled: a later run would not find
                     # it by its metadata either, and would create it again. Its requests fail instead.

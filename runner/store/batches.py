@@ -28,6 +28,7 @@ __all__ = [
     "LaneUsage",
     "Member",
     "QueuePosition",
+    "batch_user",
     "batches_of",
     "chunk_lines",
     "clear_lane",
@@ -297,6 +298,17 @@ async def file_user(store: Store, file_id: str, batch_row: int) -> BatchRow | No
         batches.c.input_file_id == file_id, batches.c.output_file_id == file_id, batches.c.error_file_id == file_id
     )
     stmt = select(batches).where(named, batches.c.id != batch_row).limit(1)
+
+    async def go(conn: AsyncConnection) -> BatchRow | None:
+        r = (await conn.execute(stmt)).first()
+        return None if r is None else _row(r)
+
+    return await store.read(go)
+
+
+async def batch_user(store: Store, batch_id: str, batch_row: int) -> BatchRow | None:
+    """The batch row, other than `batch_row`, that batch `batch_id` already is (None when there is none)."""
+    stmt = select(batches).where(batches.c.batch_id == batch_id, batches.c.id != batch_row).limit(1)
 
     async def go(conn: AsyncConnection) -> BatchRow | None:
         r = (await conn.execute(stmt)).first()

@@ -295,3 +295,19 @@ def test_a_failed_batch_whose_error_code_is_an_object_is_reported_not_a_tracebac
     said = [x for x in r.stderr.splitlines() if "failed: " in x and "batch-2" in x]
     assert len(said) == 1 and "{'kind': 'odd'}: no (line 1)" in said[0], r.stderr
     assert cli.status(job)["counts"]["queued"] == 3  # queued again, for a run once the cause is fixed
+
+
+def test_a_create_answered_with_an_earlier_batchs_id_is_not_made_again_and_again(
+    cli: Cli, odd: Odd, tmp_path: Path
+) -> None:
+    # A proxy makes each batch but answers every create with the first one's cached reply. The second chunk
+    # was recorded as batch-2 (the first's), its lines never merged, queued again and created again each time.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 4))
+    odd.set(same_batch_id=True)
+    r = _run(cli, odd, job, "--batch-max-lines", "2", "--max-attempts", "3")
+    assert r.returncode == 1, r.stderr
+    assert odd.stats()["creates"] == 2, r.stderr  # the second chunk's batch, made once
+    answers, errors = _export(cli, job, tmp_path)
+    assert sorted(answers) == ["c-00001", "c-00002"], answers
+    assert sorted(errors) == ["c-00003", "c-00004"] and {x["code"] for x in errors.values()} == {"batch_id_invalid"}
+    assert "already the batch of chunk 1" in errors["c-00003"]["message"], errors

@@ -29,6 +29,7 @@ ODD: dict[str, Any] = {
     "files_loop": False,  # GET /files: every page says has_more, with the same last id, for ever
     "batches_loop": False,  # GET /batches: likewise
     "same_file_id": False,  # every upload is answered with the first upload's reply (a proxy's stale cache)
+    "same_batch_id": False,  # every create makes its batch, but is answered with the first create's reply
     "batch_id": None,  # the id the next creates are given (`..`, 10 KB of text, ...), in their reply and in the list
     "fail_errors": None,  # a batch ends `failed` with this `errors` value (of any shape) and no files
     "status": None,  # a batch polled shows this status (any text: `paused`, 100 KB of it) and never ends
@@ -131,6 +132,8 @@ class Server:
             "metadata": body.get("metadata"),
             "errors": None,
         }
+        if self.odd["same_batch_id"]:
+            return _json(next(iter(self.batches.values())))
         if self.odd["create_500"] > 0:
             self.odd["create_500"] -= 1
             return _error(500, "create reply lost")
