@@ -56,8 +56,10 @@ from runner.store.batches import (
     BatchRow,
     Member,
     QueuePosition,
+    batch_user,
     chunk_lines,
     clear_lane,
+    file_user,
     member_bodies,
     members,
     next_due,
@@ -71,6 +73,7 @@ from runner.store.batches import (
 )
 from runner.store.models import Claimed, Outcome
 from runner.worker.outcomes import from_error, from_response
+from runner.worker.poller import MAX_ID_MISMATCHES
 from runner.worker.types import RunResult, Snapshot, StopReason, count_outcome
 from runner.worker.writeback import WriteBack
 
@@ -91,8 +94,14 @@ POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.5, 1.5, 30.0
 LIMIT_WAIT_FIRST, LIMIT_WAIT_MAX = 5.0, 600.0
 STEP_TRIES = 10  # transient failures in a row of one call (upload, create, poll) before the run stops
 MERGE_WINDOW = 1_000  # outcomes handed to the write-back before waiting for them (bounds memory)
-LOOKBACK = 300.0  # seconds before a chunk was packed that its batch may be listed as created (clock skew)
+LOOKBACK = 300.0  # seconds before a chunk was packed that its file may be listed as uploaded (clock skew)
+# The same for its batch, wider: a look that ends too soon creates the batch (billed) again, so a clock here or
+# at the API a day wrong must not end it; an upload looked for too briefly is only uploaded again.
+BATCH_LOOKBACK = 86_400.0
 ABANDONED_AFTER = 3_600.0  # a chunk half-submitted by a run on another host, untouched this long, is taken over
+MAX_LIST_PAGES = 1_000  # pages of a GET /files or /batches list read while looking for a lost upload or create
+ID_MISMATCH = "batch_id_mismatch"  # the code of the requests of a batch whose polls kept naming another batch
+ID_INVALID = "batch_id_invalid"  # the code of the requests of a batch created with no id that can be polled
 
 
 class _Refused(Exception):
@@ -101,6 +110,26 @@ class _Refused(Exception):
     def __init__(self, error: ApiError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class _EndlessList(Exception):
+    """A GET /files or /batches list that does not end: its cursor came back, or it went on past MAX_LIST_PAGES."""
+
+
+class _NoId(Exception):
+    """An upload or create answered 2xx without an id the runner can use (missing, too long, `.` or `..`, or
+    already another batch's)."""
+
+    def __init__(self, what: str, value: Any, taken: str | None = None) -> None:
+        shown = read_error_text(value, 60)
+        if taken is not None:  # a usable id, but already another's
+            super().__init__(f"{what}: the API answered with {shown!r}, already {taken}")
+            return
+        super().__init__(
+            f"{what}: the API answered without a usable id ({shown!r})"
+            if shown
+            else f"{what}: the API answered without an id"
+        )
 
 
 class _Stopped(Exception):
@@ -119,6 +148,13 @@ def batch_line(custom_id: str, body: str) -> bytes:
         ENDPOINT.encode(),
         body.encode(),
     )
+
+
+def path_id(value: Any) -> str | None:
+    """An id from the API that goes into a URL path (`batches/{id}`, `files/{id}/content`): as `read_id`, but
+    never `.` or `..`, which a URL resolves as a step, however quoted (`batches/..` is GET /v1/)."""
+    made = read_id(value)
+    return None if made in (".", "..") else made
 
 
 def filename_of(row: BatchRow) -> str:
@@ -140,15 +176,18 @@ def outcome_of_line(c: Claimed, line: Any, *, max_attempts: int) -> Outcome | No
     if not isinstance(line, dict):
         return None
     resp, err = line.get("response"), line.get("error")
-    if isinstance(resp, dict) and isinstance(resp.get("status_code"), int):
-        status: int = resp["status_code"]
+    code_ = resp.get("status_code") if isinstance(resp, dict) else None
+    # An HTTP status, or the line is unreadable: `true`, -1 or 2^63 were stored as the row's http_status (an
+    # integer column PostgreSQL holds in 32 bits), and a 2^63 was treated as a 5xx and sent again.
+    if isinstance(resp, dict) and isinstance(code_, int) and not isinstance(code_, bool) and 100 <= code_ <= 599:
+        status: int = code_
         body = resp.get("body")
         rid = read_request_id(resp.get("request_id") if isinstance(resp.get("request_id"), str) else None)
         if 200 <= status < 300 and isinstance(body, dict):
             return from_response(c, body, http_status=status, request_id=rid, max_attempts=max_attempts)
         headers = {"x-request-id": rid} if rid else {}
         try:
-            classify(httpx.Response(status, content=orjson.dumps(body), headers=headers))
+            classify(httpx.Response(status, content=_error_body(body), headers=headers))
         except (BillingError, DoomedJobError) as e:
             # Inside a batch these judge one line, not the run: the line fails, its reason kept.
             e2 = PermanentApiError(e.message, status=e.status, code=e.code, request_id=e.request_id, body=e.body)
@@ -164,6 +203,18 @@ def outcome_of_line(c: Claimed, line: Any, *, max_attempts: int) -> Outcome | No
             return Outcome(c.id, RequestState.QUEUED, error_code=code, error_message=message)
         return from_error(c, TransientApiError(message, code=code), max_attempts=max_attempts)
     return None
+
+
+def _error_body(body: Any) -> bytes:
+    """An error line's body as the bytes `classify` reads. A body nested deeper than orjson writes (254 levels)
+    raised TypeError out of the merge, a traceback on every run: it keeps its error's code and message only."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {}
+        shallow = {k: read_error_text(err.get(k), MAX_MESSAGE_CHARS) for k in ("code", "message", "type")}
+        return orjson.dumps({"error": shallow})
 
 
 class BatchLane:
@@ -209,6 +260,7 @@ class BatchLane:
         # (an expired batch has had its 24 hours; a cancelled one was meant to stop).
         self._undone: set[int] = set()
         self._next_poll: dict[int, float] = {}
+        self._mismatches: dict[int, int] = {}  # batch row -> polls in a row answered with another batch
         self._poll_wait: dict[int, float] = {}
         self.problems: list[str] = []
         self.status_line = ""
@@ -402,7 +454,17 @@ class BatchLane:
                 async def uploaded() -> str | None:
                     return await self._find_file(row)
 
-                file_id = await self._call(upload, "upload", found=uploaded)
+                try:
+                    file_id = await self._call(upload, "upload", found=uploaded)
+                except _NoId as e:
+                    # Nothing is billed for a file: a later run finds it by name or uploads it again.
+                    raise _Stopped(StopReason.DOOMED, DoomedJobError(str(e))) from None
+            other = await file_user(self.store, file_id, row.id)
+            if other is not None:
+                # A proxy's cached reply, or a server reusing ids: a batch of that file would run the other
+                # chunk's lines (billed) a second time, and never this chunk's.
+                why = f"the API answered the upload with file {_used_as(file_id, other)}; no batch is created from it"
+                raise _Refused(PermanentApiError(why, code="file_id_reused"))
             await set_batch(self.store, row.id, step=UPLOADED, input_file_id=file_id)
             row = replace(row, step=UPLOADED, input_file_id=file_id)
             self.status_line = f"uploaded {filename_of(row)} ({row.lines:,} requests)"
@@ -422,11 +484,23 @@ class BatchLane:
 
                 async def created() -> str | None:
                     b = await self._find_batch(row)
-                    return None if b is None else read_id(b.get("id"))
+                    return None if b is None else path_id(b.get("id"))
 
-                batch_id = await self._call(create, "batch create", found=created)
+                try:
+                    batch_id = await self._call(create, "batch create", found=created)
+                    other = await batch_user(self.store, batch_id, row.id)
+                    if other is not None:
+                        # A proxy's cached reply: polled, it is the other chunk's batch, never this one's.
+                        raise _NoId("batch create", batch_id, f"the batch of chunk {other.id} of job {other.job_id}")
+                except _NoId as e:
+                    # The batch exists and will run (billed), but cannot be polled: a later run would not find
+                    # it by its metadata either, and would create it again. Its requests fail instead.
+                    why = f"{e}; it is not created again (it may run and be billed): `runner retry` sends these"
+                    self.problems.append(f"job {row.job_id}: {why}")
+                    await self._merge(row, {}, given_up=(ID_INVALID, why))
+                    return
             else:
-                batch_id = read_id(found.get("id")) or ""  # _find_batch only returns batches with an id
+                batch_id = path_id(found.get("id")) or ""  # _find_batch only returns batches with an id
             await set_batch(self.store, row.id, step=CREATED, batch_id=batch_id, status="validating")
             self._next_poll[row.id] = time.time() + POLL_FIRST
             self.status_line = f"created batch {batch_id} ({row.lines:,} requests)"
@@ -454,9 +528,9 @@ class BatchLane:
             except ApiError as e:
                 raise _Refused(e) from None
             self._replied = True
-            made = read_id(reply.body.get("id"))
+            made = path_id(reply.body.get("id"))
             if made is None:
-                raise _Stopped(StopReason.DOOMED, DoomedJobError(f"{what}: the API answered without an id"))
+                raise _NoId(what, reply.body.get("id"))
             return made
         raise AssertionError("unreachable")
 
@@ -487,7 +561,10 @@ class BatchLane:
         """Every object of a cursor-paginated list (`after` = the last id of the page before)."""
         after: str | None = None
         sep = "&" if "?" in path else "?"
-        while True:
+        # A list that says `has_more` for ever (a cursor that comes back, or endless new ones) was read page
+        # after page without a pause, and the run never ended.
+        seen: set[str] = set()
+        for _ in range(MAX_LIST_PAGES):
             query = f"{path}{sep}limit={LIST_LIMIT}" + (f"&after={quote(after, safe='')}" if after else "")
             page = await self._get(query, what)
             data = page.get("data")
@@ -497,33 +574,48 @@ class BatchLane:
             last = read_id(items[-1].get("id")) if items else None
             if page.get("has_more") is not True or last is None:
                 return
+            if last in seen:
+                raise _EndlessList(f"{what}: the API's list does not end (its cursor {last!r} came back)")
+            seen.add(last)
             after = last
+        raise _EndlessList(f"{what}: the API's list does not end ({MAX_LIST_PAGES:,} pages read)")
 
     async def _find_file(self, row: BatchRow) -> str | None:
         """The id of this chunk's file if an earlier attempt uploaded it (its reply lost)."""
-        async for f in self._pages("files?purpose=batch", "listing files"):
-            if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
-                return read_id(f.get("id"))
-            created = f.get("created_at")
-            if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
-                return None  # listed newest first: older files cannot be this chunk's
+        try:
+            async for f in self._pages("files?purpose=batch", "listing files"):
+                # The age first: a file of this name made before the chunk was packed is another chunk's (a
+                # store restored from a backup numbers its chunks again), and its batch would run other lines.
+                created = _timestamp(f.get("created_at"))
+                if created is not None and created < row.created_at - LOOKBACK:
+                    return None  # listed newest first: older files cannot be this chunk's
+                if f.get("filename") == filename_of(row):  # job ids are random: the name is this chunk's alone
+                    return read_id(f.get("id"))
+        except _EndlessList as e:
+            # An upload costs nothing (only a batch is billed): uploading again is safe.
+            log.warning("%s; uploading the file again", e)
         return None
 
     async def _find_batch(self, row: BatchRow) -> dict[str, Any] | None:
         """This chunk's batch if an earlier attempt created it (its reply lost), by the metadata we set."""
-        async for b in self._pages("batches", "listing batches"):
-            meta = b.get("metadata")
-            if (
-                isinstance(meta, dict)
-                and meta.get(META_JOB) == row.job_id
-                and meta.get(META_CHUNK) == str(row.id)
-                and b.get("input_file_id") == row.input_file_id
-                and read_id(b.get("id")) is not None
-            ):
-                return b
-            created = b.get("created_at")
-            if isinstance(created, int | float) and created < row.created_at - LOOKBACK:
-                return None
+        try:
+            async for b in self._pages("batches", "listing batches"):
+                meta = b.get("metadata")
+                if (
+                    isinstance(meta, dict)
+                    and meta.get(META_JOB) == row.job_id
+                    and meta.get(META_CHUNK) == str(row.id)
+                    and b.get("input_file_id") == row.input_file_id
+                    and path_id(b.get("id")) is not None
+                ):
+                    return b
+                created = _timestamp(b.get("created_at"))
+                if created is not None and created < row.created_at - BATCH_LOOKBACK:
+                    return None
+        except _EndlessList as e:
+            # The batch may exist, and creating another would run (and bill) every line twice: stop instead.
+            message = f"{e}; no batch was created again, `runner run` looks for it again"
+            raise _Stopped(StopReason.DOOMED, DoomedJobError(message)) from None
         return None
 
     # -- polling and merging ----------------------------------------------------------------------
@@ -538,7 +630,17 @@ class BatchLane:
         parts = []
         for row in due:
             b = await self._get(f"batches/{quote(row.batch_id or '', safe='')}", "polling a batch")
-            status = b.get("status") if isinstance(b.get("status"), str) else "unknown"
+            # By its id alone: a proxy may show input file ids of its own, and a batch naming another's output
+            # file is caught by the merge (file_user).
+            got = read_id(b.get("id"))
+            if got != row.batch_id:
+                # Another batch (a proxy's mix-up): its files name the same custom ids as ours when the
+                # jobs' ids are alike (c-00001 ...), so merging them would give this job another's answers.
+                await self._mismatch(row, got)
+                continue
+            self._mismatches.pop(row.id, None)
+            # Stored and shown as sent (a status it does not know is polled on), but bounded like an error code.
+            status = _status(b.get("status")) or "unknown"
             raw_counts = b.get("request_counts")
             counts: dict[str, Any] = raw_counts if isinstance(raw_counts, dict) else {}
             done, failed = _count(counts, "completed"), _count(counts, "failed")
@@ -554,8 +656,26 @@ class BatchLane:
         if parts:
             self.status_line = f"batches open: {', '.join(parts)}"
 
-    async def _merge(self, row: BatchRow, b: dict[str, Any]) -> None:
-        """Write every line of a finished batch into the store; requeue what its files did not settle."""
+    async def _mismatch(self, row: BatchRow, got: str | None) -> None:
+        """A poll answered with another batch: asked again a few times (a passing mix-up), then this batch's
+        requests fail. They are not sent again: the batch may still run, and be billed."""
+        n = self._mismatches[row.id] = self._mismatches.get(row.id, 0) + 1
+        if n < MAX_ID_MISMATCHES:
+            log.debug("polling batch %s returned batch %r; asking again", row.batch_id, got)
+            self._next_poll[row.id] = time.time() + POLL_FIRST * POLL_GROWTH**n
+            return
+        why = (
+            f"polling batch {row.batch_id} returned another batch ({got!r}) {n} times; its results are not"
+            " merged (it may still run and be billed: `runner retry` sends its requests again)"
+        )
+        self.problems.append(f"job {row.job_id}: {why}")
+        await self._merge(row, {}, given_up=(ID_MISMATCH, why))
+
+    async def _merge(self, row: BatchRow, b: dict[str, Any], *, given_up: tuple[str, str] | None = None) -> None:
+        """Write every line of a finished batch into the store; requeue what its files did not settle.
+
+        `given_up`: the batch cannot be followed (it is not merged); its requests fail with that code and message.
+        """
         left = await members(self.store, row.id)
         writer = WriteBack(self.store, owner_of(row.id))
         requeued: list[int] = []
@@ -577,19 +697,40 @@ class BatchLane:
                     self._undone.add(o.request_id)
             return writer.put(o)
 
+        stopped: _Stopped | None = None
+        unread: list[str] = []
+        files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
             try:
-                for key in ("output_file_id", "error_file_id"):
-                    file_id = read_id(b.get(key))
-                    if file_id is not None:
-                        await self._merge_file(file_id, left, put, writer)
-                await self._settle_leftovers(row, b, left, put)
+                for key in files:
+                    file_id = path_id(b.get(key))
+                    if file_id is None:
+                        continue
+                    other = await file_user(self.store, file_id, row.id)
+                    if other is not None:
+                        # Another batch's file (a proxy's mix-up) names the same custom ids when the jobs'
+                        # ids are alike: merged, it gave this job another's answers.
+                        unread.append(f"the batch file {_used_as(file_id, other)}; not merged")
+                        log.warning("batch %s: %s", row.batch_id, unread[-1])
+                        continue
+                    problem, downloaded = await self._merge_file(file_id, left, put, writer)
+                    if downloaded:  # recorded as this batch's: never merged for another
+                        files[key] = file_id
+                    if problem:
+                        unread.append(problem)
+                await self._settle_leftovers(row, b, left, put, given_up=given_up, unread=unread)
+            except _Stopped as e:
+                # Raised out of the task group it would reach the CLI wrapped in an ExceptionGroup: a traceback.
+                stopped = e
             finally:
                 await writer.aclose()
         await clear_lane(self.store, requeued)
+        if stopped is not None:
+            raise stopped
         errors = _batch_errors(b)
-        await set_batch(self.store, row.id, step=MERGED, status=row.status, errors="\n".join(errors) or None)
+        shown = "\n".join(errors) or (given_up[1] if given_up else None)
+        await set_batch(self.store, row.id, step=MERGED, status=row.status, errors=shown, **files)
         self._next_poll.pop(row.id, None)
         if row.status == "failed":
             said = "; ".join(errors) or "no reason given"
@@ -607,42 +748,70 @@ class BatchLane:
 
     async def _merge_file(
         self, file_id: str, left: dict[str, Member], put: Callable[[Outcome], int], writer: WriteBack
-    ) -> None:
-        """Stream one output or error file into the write-back (at most MERGE_WINDOW outcomes in memory)."""
+    ) -> tuple[str | None, bool]:
+        """Stream one output or error file into the write-back (at most MERGE_WINDOW outcomes in memory).
+
+        (What went wrong, whether it was downloaded to its end.) What went wrong: the file could not be read to
+        its end (a 404, a line over the limit), or held lines that are not Batch output lines (a proxy's web
+        page); the requests it did not settle are then left to `_settle_leftovers`, as missing ones, and their
+        message says why.
+        """
         path = f"files/{quote(file_id, safe='')}/content"
         for attempt in range(1, STEP_TRIES + 1):
             try:
-                last = 0
+                last = bad = 0
                 async for raw in self.client.lines(path):
                     if not raw.strip():
                         continue
                     try:
                         line = orjson.loads(raw)
                     except orjson.JSONDecodeError:
+                        bad += 1
                         continue  # unreadable: its request stays in `left` and is requeued
                     cid = line.get("custom_id") if isinstance(line, dict) else None
-                    m = left.get(cid) if isinstance(cid, str) else None
-                    if m is None or not isinstance(cid, str):
+                    if not isinstance(cid, str):
+                        bad += 1
+                        continue
+                    m = left.get(cid)
+                    if m is None:
                         continue  # not ours, or merged already (a line repeated, or a restarted download)
                     c = Claimed(m.id, m.job_id, m.line_no, cid, "", m.attempts)
                     o = outcome_of_line(c, line, max_attempts=self.max_attempts)
                     if o is None:
+                        bad += 1
                         continue
                     del left[cid]
                     ticket = put(o)
                     if ticket - last >= MERGE_WINDOW:
                         await writer.wait(last)  # the one before: the write-back keeps one window ahead
                         last = ticket
-                return
+                if not bad:
+                    return None, True
+                problem = f"the batch file {file_id} held {bad:,} lines that are not Batch output lines"
+                log.warning("%s", problem)
+                return problem, True
             except TransientApiError as e:
                 if attempt == STEP_TRIES:
                     raise _Stopped(StopReason.DOOMED, _doomed("downloading batch results", e)) from None
                 await self._sleep(self._retry_wait(attempt, e))
+            except (BillingError, DoomedJobError) as e:
+                raise _Stopped(StopReason.BILLING if isinstance(e, BillingError) else StopReason.DOOMED, e) from None
             except ApiError as e:
-                raise _Stopped(StopReason.DOOMED, _doomed("downloading batch results", e)) from None
+                # It stopped every run of the job (exit 5) for ever: the file reads the same each time.
+                problem = f"the batch file {file_id} could not be read: {e.describe()}"
+                log.warning("%s; the requests it did not give are settled as missing", problem)
+                return problem, False
+        raise AssertionError("unreachable")
 
     async def _settle_leftovers(
-        self, row: BatchRow, b: dict[str, Any], left: dict[str, Member], put: Callable[[Outcome], int]
+        self,
+        row: BatchRow,
+        b: dict[str, Any],
+        left: dict[str, Member],
+        put: Callable[[Outcome], int],
+        *,
+        given_up: tuple[str, str] | None = None,
+        unread: Sequence[str] = (),
     ) -> None:
         """Requests the batch's files did not settle go back to the queue (attempt counted), or fail when out
         of attempts; a batch refused for a limit gives their attempt back."""
@@ -660,9 +829,17 @@ class BatchLane:
             code, message = "batch_failed", f"the batch failed: {'; '.join(errors) or 'no reason given'}"
         else:
             code, message = "missing_from_batch", f"the {status} batch's files held no line for this request"
+            if unread:
+                message = f"{message} ({'; '.join(unread)})"
         now = time.time()
         for cid, m in list(left.items()):
-            if limit or undone or should_retry(m.attempts, self.max_attempts):
+            if given_up is not None:
+                put(
+                    Outcome(
+                        m.id, RequestState.FAILED, error_code=given_up[0], error_message=given_up[1][:MAX_MESSAGE_CHARS]
+                    )
+                )
+            elif limit or undone or should_retry(m.attempts, self.max_attempts):
                 put(
                     Outcome(
                         m.id,
@@ -687,7 +864,10 @@ class BatchLane:
     @staticmethod
     def _limit_code(b: dict[str, Any]) -> bool:
         data = (b.get("errors") or {}).get("data") if isinstance(b.get("errors"), dict) else None
-        return isinstance(data, list) and any(isinstance(e, dict) and e.get("code") in LIMIT_CODES for e in data)
+        # The code is checked to be text first: `in` a frozenset raised TypeError on a code that was an object.
+        return isinstance(data, list) and any(
+            isinstance(e, dict) and isinstance(e.get("code"), str) and e["code"] in LIMIT_CODES for e in data
+        )
 
 
 def _count(counts: dict[str, Any], key: str) -> int:
@@ -710,6 +890,22 @@ def _batch_errors(b: dict[str, Any]) -> list[str]:
     return out
 
 
+def _timestamp(value: Any) -> float | None:
+    """A listed `created_at` as a time, None when it is none (`true` is an int to Python, and ended a look)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _status(value: Any) -> str | None:
+    """A batch's status as the API gave it, at most MAX_CODE_CHARS characters; None when it is not text."""
+    return read_error_text(value, MAX_CODE_CHARS) if isinstance(value, str) and value else None
+
+
+def _used_as(file_id: str, other: BatchRow) -> str:
+    """`file_id`, and which file of which other batch it already is."""
+    kind = "input" if other.input_file_id == file_id else "output" if other.output_file_id == file_id else "error"
+    return f"{file_id} is already the {kind} file of batch {other.batch_id or other.id} of job {other.job_id}"
+
+
 def _doomed(what: str, e: ApiError) -> DoomedJobError:
     return DoomedJobError(f"{what} failed: {e.describe()}; the batches made so far are kept, `runner run` resumes")
 
@@ -730,8 +926,7 @@ async def cancel_batches(store: Store, client: ApiClient, job_id: str) -> tuple[
         except ApiError as e:
             failures.append(f"batch {row.batch_id}: {e.describe()}")
             continue
-        status = reply.body.get("status")
-        await set_batch(store, row.id, status=status if isinstance(status, str) else "cancelling")
+        await set_batch(store, row.id, status=_status(reply.body.get("status")) or "cancelling")
         done += 1
         waiting += len(await members(store, row.id))
     return done, waiting, failures

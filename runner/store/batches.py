@@ -28,9 +28,11 @@ __all__ = [
     "LaneUsage",
     "Member",
     "QueuePosition",
+    "batch_user",
     "batches_of",
     "chunk_lines",
     "clear_lane",
+    "file_user",
     "leftovers",
     "members",
     "next_due",
@@ -287,6 +289,32 @@ async def member_bodies(store: Store, batch_row: int) -> list[tuple[int, str]]:
 async def leftovers(store: Store, batch_row: int) -> list[Member]:
     """The requests of `batch_row` that its output and error files did not settle."""
     return list((await members(store, batch_row)).values())
+
+
+async def file_user(store: Store, file_id: str, batch_row: int) -> BatchRow | None:
+    """The batch row, other than `batch_row`, whose input, output or error file is `file_id` (None when there is
+    none): a file id the API gives for one batch is never another's."""
+    named = or_(
+        batches.c.input_file_id == file_id, batches.c.output_file_id == file_id, batches.c.error_file_id == file_id
+    )
+    stmt = select(batches).where(named, batches.c.id != batch_row).limit(1)
+
+    async def go(conn: AsyncConnection) -> BatchRow | None:
+        r = (await conn.execute(stmt)).first()
+        return None if r is None else _row(r)
+
+    return await store.read(go)
+
+
+async def batch_user(store: Store, batch_id: str, batch_row: int) -> BatchRow | None:
+    """The batch row, other than `batch_row`, that batch `batch_id` already is (None when there is none)."""
+    stmt = select(batches).where(batches.c.batch_id == batch_id, batches.c.id != batch_row).limit(1)
+
+    async def go(conn: AsyncConnection) -> BatchRow | None:
+        r = (await conn.execute(stmt)).first()
+        return None if r is None else _row(r)
+
+    return await store.read(go)
 
 
 async def clear_lane(store: Store, row_ids: Sequence[int]) -> None:
