@@ -4,6 +4,9 @@ A chunk's requests are `in_progress` under the lease owner `batch:<id>` with a l
 (`BATCH_LEASE_UNTIL`): no other runner claims, reclaims or re-sends them while the batch is open, and the
 merge writes their outcomes through the ordinary guarded write-back as that owner. Each step of a batch
 (file uploaded, batch created, results merged) is committed here before the next one starts.
+
+Over 400 lines on purpose: every query of the batches table and of the requests a batch holds is here, so
+that the rule above (each step committed before the next) is kept, and read, in one place.
 """
 
 from __future__ import annotations
