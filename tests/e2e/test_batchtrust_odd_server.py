@@ -11,7 +11,6 @@ import ast
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli, read_jsonl, write_jobfile
-from tests.servers import batchodd
+from tests.servers import batchodd, started
 
 pytestmark = pytest.mark.e2e
 
@@ -50,20 +49,8 @@ class Odd:
 
 @pytest.fixture
 def odd() -> Iterator[Odd]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on " in line, line
-    yield Odd(proc, line.strip().split("listening on ", 1)[1])
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
+    with started(SERVER) as (proc, urls):
+        yield Odd(proc, urls[0])
 
 
 def _run(cli: Cli, odd: Odd, job: str, *flags: str) -> subprocess.CompletedProcess[str]:

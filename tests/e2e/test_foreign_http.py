@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import ast
 import json
-import signal
 import socket
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import pytest
 
 from tests.conftest import Cli
 from tests.e2e.test_untrusted_replies import job_file, rows
-from tests.servers import foreign
+from tests.servers import foreign, started
 
 pytestmark = pytest.mark.e2e
 
@@ -47,21 +45,8 @@ class Foreign:
 
 @pytest.fixture
 def server() -> Iterator[Foreign]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    said = [proc.stdout.readline().strip() for _ in range(3)]
-    assert said[0].startswith("listening on "), said
-    urls = [line.split(" on ", 1)[1] for line in said]
-    yield Foreign(proc, *urls)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
+    with started(SERVER, urls=3) as (proc, urls):
+        yield Foreign(proc, *urls)
 
 
 def run(cli: Cli, server: Foreign, job: str, *flags: str, env: dict[str, str] | None = None) -> Any:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ast
 import json
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli, read_jsonl
-from tests.servers import misbehaving
+from tests.servers import misbehaving, started
 
 pytestmark = pytest.mark.e2e
 
@@ -44,20 +42,8 @@ class Misbehaving:
 
 @pytest.fixture
 def server() -> Iterator[Misbehaving]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on " in line, line
-    yield Misbehaving(proc, line.strip().split("listening on ", 1)[1])
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
+    with started(SERVER) as (proc, urls):
+        yield Misbehaving(proc, urls[0])
 
 
 def test_the_server_imports_nothing_of_the_runner() -> None:
