@@ -194,6 +194,38 @@ async def realistic_long(tmp: Path, n: int) -> None:
     row(f"runner seconds beyond the bare loop's (1, {n:,} requests)", f"{r.seconds - bare_s:.2f} s per run")
 
 
+async def no_limit_headers(tmp: Path, n: int) -> None:
+    """Row 1 against a server that sends no `x-ratelimit-*` headers (vLLM, Ollama, most gateways): the slow start
+    ends at its first reply. And against one that enforces a limit it does not advertise: what the opening costs
+    in 429s (not billed), and that no line runs out of attempts."""
+    conc, latency = 1000, 1.0
+    print(f"\n1d. no limit headers: {n} requests, {latency:g} s server latency, concurrency {conc}", flush=True)
+    args = ("--latency", str(latency), "--no-limit-headers")
+    with mock_server(*args) as url:
+        bare_s, _ = await bare_loop(url, n, conc)
+    src = tmp / "nh.jsonl"
+    write_requests(src, n)
+    with mock_server(*args) as url:
+        r = await runner_run(url, src, tmp / "nh.db", concurrency=conc)
+    achieved = r.completed / r.seconds
+    row(
+        "runner / bare aiohttp loop (1d, no limit headers)",
+        f"{achieved / (n / bare_s):.2f} ({achieved:.0f} vs {n / bare_s:.0f}/s)",
+        "target >= 0.90",
+    )
+    hidden = n // 10
+    rpm = 1200
+    src = tmp / "nh-hidden.jsonl"
+    write_requests(src, hidden)
+    with mock_server(*args, "--rpm", str(rpm)) as url:
+        h = await runner_run(url, src, tmp / "nh-hidden.db", concurrency=conc)
+    row(
+        f"a hidden {rpm} RPM limit (1d, {hidden:,} requests): answered 429 | failed | achieved / limit",
+        f"{h.rate_limited / hidden:.0%} | {hidden - h.completed} | {h.completed / h.seconds / (rpm / 60):.2f}",
+        "no line fails",
+    )
+
+
 async def limits_known(*, url_args: tuple[str, ...], src: Path, db: Path, conc: int, bare_s: float, tag: str) -> None:
     """The same job with `--rpm` given (far above what the mock server can serve): with the limits known there
     is no slow start (issue 14's rule when no limit is given: 8 requests in flight until the first reply's
@@ -769,6 +801,7 @@ async def main() -> None:
             # The same with latencies spread as real ones are: a fixed 1 s lets the pool fall into waves.
             await realistic(tmp, 2000 if q else 10_000, jitter=0.5)
             await latency_bound(tmp, 1000 if q else 4000)
+            await no_limit_headers(tmp, 2000 if q else 10_000)
         if 2 in wanted:
             await cpu_cost(tmp, 2000 if q else 5000)
         if 3 in wanted:

@@ -151,6 +151,12 @@ POLL_AFTER_HEADER = "openai-poll-after-ms"
 _KEPT_HEADERS = (*RATE_LIMIT_HEADERS, POLL_AFTER_HEADER)
 
 
+def advertises_limits(rate_limits: Mapping[str, str]) -> bool:
+    """Whether a reply's kept headers (`ApiReply.rate_limits`) include any `x-ratelimit-*` one: a server that
+    sends none (vLLM, Ollama, most gateways) never will, so waiting for them teaches nothing."""
+    return any(name in rate_limits for name in RATE_LIMIT_HEADERS)
+
+
 def _rate_limits(headers: Mapping[str, str]) -> dict[str, str]:
     # aiohttp's headers are a C multidict: seven lookups cost less than a pass over every header in Python.
     kept: dict[str, str] = {}

@@ -179,10 +179,11 @@ class AdaptiveConcurrency:
     """AIMD: +1 slot after a window of healthy replies, x0.7 on a 429 or timeout (at most once per cooldown).
 
     With `slow_start`, the pool opens at SLOW_START_WINDOW slots and grows by one per healthy reply (doubling
-    every round trip) until `end_slow_start()`, called once the server's limits are known: the first
-    full-concurrency burst must not go out before the limit it may break is known. It does not grow with time
-    while no reply has come: a server with real latencies (1-30 s) enforcing 20 requests a second would answer
-    every request sent beyond those in its first second with a 429 (tried: at 1 s latency, up to 11 % 429s).
+    every round trip) until `end_slow_start()`, called once the server's limits are known (or a reply shows it
+    sends none): the first full-concurrency burst must not go out before the limit it may break is known. It
+    does not grow with time while no reply has come: a server with real latencies (1-30 s) enforcing 20
+    requests a second would answer every request sent beyond those in its first second with a 429 (tried: at
+    1 s latency, up to 11 % 429s).
     """
 
     DECREASE = 0.7
@@ -216,14 +217,17 @@ class AdaptiveConcurrency:
             self._healthy = 0
             self.limit += 1
 
-    def on_overload(self) -> None:
+    def on_overload(self, in_flight: int | None = None) -> None:
+        """A 429 or a timeout: cut the window, from the requests in flight when fewer are (a pool still
+        opening its slots is cut to below what the server took, not to 70 % of slots never used)."""
         now = self._clock()
         if now - self._last_decrease < self._cooldown:
             return  # one decrease per burst of 429s, not one per failing request
         self._last_decrease = now
         self._healthy = 0
         self.slow_start = False
-        self.limit = max(1, int(self.limit * self.DECREASE))
+        window = self.limit if in_flight is None else min(self.limit, max(in_flight, 1))
+        self.limit = max(1, int(window * self.DECREASE))
 
 
 def budget_id(base_url: str, api_key: str | None) -> str:

@@ -46,6 +46,7 @@ class Config:
     poll_hint: bool = _knob(False, "send openai-poll-after-ms on a background response still running: ms until it ends")
     rpm: int | None = _knob(None, "requests per minute (per-second windows)")
     tpm: int | None = _knob(None, "tokens per minute (per-second windows)")
+    no_limit_headers: bool = _knob(False, "send no x-ratelimit-* headers (as vLLM, Ollama and most proxies do)")
     flex_latency: float | None = _knob(None, "seconds per foreground create on service_tier flex (None: as latency)")
     flex_p429: float = _knob(0.0, "fraction of flex creates answered 429 resource_unavailable")
     flex_busy: int = _knob(0, "answer the next N flex creates 429 resource_unavailable")

@@ -319,7 +319,8 @@ class Run:
 
     def _more_slots(self) -> None:
         """A reply grew the slow start's window (the sender calls this); when it ended it, every slot opens now."""
-        if not self.concurrency.slow_start:
+        # With limits learnt the pacer spreads the sends; a server that advertises none gets the ramp instead.
+        if not self.concurrency.slow_start and self.limiter.limits_known:
             self._open_all = True
         self._fill()
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import anyio
 import orjson
 
-from runner.client import ApiClient, ApiReply
+from runner.client import ApiClient, ApiReply, advertises_limits
 from runner.config import MAX_RETRY_DELAY
 from runner.errors import (
     ApiError,
@@ -192,7 +192,11 @@ class Sender:
             # The slow start grows with each healthy reply and ends once the limits are known: the slots it opens
             # start now, not when a commit next frees a slot (under load that came 0.1-0.2 s later).
             before = self.concurrency.limit
-            if self.limiter.limits_known:
+            # Known limits pace what follows; a server that sends none has nothing more to teach, and a slow
+            # start kept until the window doubled to the concurrency cost 7 round trips (0.62 of the bare loop
+            # at 1 s, --concurrency 1000). A limit it keeps to itself shows as 429s: on_overload then cuts the
+            # window from the requests in flight.
+            if self.limiter.limits_known or not advertises_limits(reply.rate_limits):
                 self.concurrency.end_slow_start()
             self.concurrency.on_success()
             if self.concurrency.limit > before and self._on_more_slots is not None:
@@ -274,9 +278,9 @@ class Sender:
         if overload:
             if not isinstance(e, TransientApiError):
                 self.limiter.pause(1.0)
-            self.concurrency.on_overload()
+            self.concurrency.on_overload(self._in_flight())
         elif isinstance(e, TimeoutApiError):
-            self.concurrency.on_overload()
+            self.concurrency.on_overload(self._in_flight())
 
     def _dropped_before_any_answer(self, e: DroppedError) -> bool:
         """A connection closed without a reply, before the server has answered anything in this run: whether

@@ -73,6 +73,47 @@ def test_the_slow_start_waits_a_round_trip_at_eight_then_every_slot_opens_at_onc
     assert sent[-1] - sent[8] <= 0.5, sent[-1] - sent[8]
 
 
+def test_a_server_that_sends_no_limit_headers_gets_every_slot_after_its_first_reply(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # vLLM, Ollama and most gateways send no x-ratelimit-* headers. The slow start still waits for the first
+    # reply (no burst before the server has answered at all); once a healthy reply shows no such header there is
+    # nothing more to learn, and the other slots open over the next round trip. (Before, the window doubled each
+    # round trip, 8 -> 16 -> ... -> 200: five more round trips, 0.62 of the bare loop at 1 s, concurrency 1,000.)
+    mock = mock_factory("--latency", "1.5", "--no-limit-headers")
+    src = write_jobfile(tmp_path / "in.jsonl", 200)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "200", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 200
+    db = sqlite3.connect(cli.db)
+    sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
+    assert sent[8] - sent[0] >= 1.4, sent[:10]  # the ninth waited for the first reply
+    # Spread over one round trip (at most 1 s), not doubled over five (7.5 s).
+    assert sent[-1] - sent[8] <= 3.0, sent[-1] - sent[8]
+
+
+def test_a_server_that_keeps_its_limit_to_itself_slows_the_pool_with_429s_and_fails_nothing(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # The same opening against a server that enforces 20 requests a second and says nothing of it until a 429:
+    # the first 429 cuts the pool below what was in flight and pauses it until the Retry-After, so the burst
+    # ends at once, and no line runs out of attempts. (A 429 is not billed; cut from the window instead of from
+    # what was in flight, the pool went on bursting, and 52 of 300 lines failed after six 429s.)
+    mock = mock_factory("--rpm", "1200", "--latency", "0.5", "--no-limit-headers")
+    src = write_jobfile(tmp_path / "in.jsonl", 150)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "150", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    st = cli.status(job)
+    assert st["counts"]["completed"] == 150 and st["counts"]["failed"] == 0, st["counts"]
+    faults = mock.stats()["faults"]["429"]
+    assert st["rate_limited"] == faults
+    # Measured: 34-52 of these 150 (the opening burst, then AIMD's probing), 7-9 % of 1,000 lines at 1 s latency;
+    # 6-12 of 150 with the window doubling to the concurrency, which ran 0.62 of the bare loop where no limit is.
+    assert faults <= 150 * 0.5, faults
+
+
 def test_requests_sharing_a_conversation_run_one_at_a_time_in_file_order(
     cli: Cli, mock_factory: Any, tmp_path: Path
 ) -> None:

@@ -40,9 +40,9 @@ def _count_overloads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     original = AdaptiveConcurrency.on_overload
 
-    def counted(self: AdaptiveConcurrency) -> None:
+    def counted(self: AdaptiveConcurrency, in_flight: int | None = None) -> None:
         calls.append(1)
-        original(self)
+        original(self, in_flight)
 
     monkeypatch.setattr(AdaptiveConcurrency, "on_overload", counted)
     return calls

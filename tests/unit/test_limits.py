@@ -184,6 +184,21 @@ def test_aimd_shrinks_once_per_burst_and_grows_back_by_one() -> None:
     assert one.limit == 1  # never below 1
 
 
+def test_an_overload_cuts_from_the_requests_in_flight_when_fewer_than_the_slots() -> None:
+    clock = FakeClock()
+    c = AdaptiveConcurrency(1000, clock=clock)
+    # A pool still opening its slots met a 429 with 40 requests out: cut below what the server took, not to
+    # 700 slots it never used (a server that keeps its limit to itself would answer most of them 429).
+    c.on_overload(in_flight=40)
+    assert c.limit == 28
+    clock.t += 2
+    c.on_overload(in_flight=500)  # more in flight than the window allows (it was just cut): cut the window
+    assert c.limit == 19
+    clock.t += 2
+    c.on_overload(in_flight=0)
+    assert c.limit == 1  # never below 1
+
+
 def test_slow_start_opens_a_few_slots_then_all_once_limits_are_known() -> None:
     c = AdaptiveConcurrency(200, slow_start=True)
     assert c.limit == SLOW_START_WINDOW
@@ -191,7 +206,7 @@ def test_slow_start_opens_a_few_slots_then_all_once_limits_are_known() -> None:
     assert c.limit == SLOW_START_WINDOW + 1  # one more per healthy reply: doubling every round trip
     c.end_slow_start()
     assert c.limit == 200 and not c.slow_start
-    # Without headers the window still doubles each round trip up to --concurrency.
+    # Until told (limits known, or a reply without any limit header), the window doubles each round trip.
     d = AdaptiveConcurrency(50, slow_start=True)
     for _ in range(100):
         d.on_success()
