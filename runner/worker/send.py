@@ -275,12 +275,18 @@ class Sender:
         overload = e.status == 429 and not self.limiter.budget_left(e.rate_limits)
         if isinstance(e, TransientApiError):
             self.limiter.obey_retry_after(e.retry_after, e.retry_after_asked, pool=overload)
+        # Unpaced (no limit known), the window is all that holds the pool back, so it is cut from what was in
+        # flight: a pool still opening its slots against a server that hides its limit must not go on to 70 %
+        # of slots it never used. Paced, the pacer holds it back and the window stays a loose cap: cut from
+        # the requests in flight, one 429 would cap the pace at 70 % of itself for the many replies AIMD needs
+        # to grow it back.
+        in_flight = None if self.limiter.limits_known else self._in_flight()
         if overload:
             if not isinstance(e, TransientApiError):
                 self.limiter.pause(1.0)
-            self.concurrency.on_overload(self._in_flight())
+            self.concurrency.on_overload(in_flight)
         elif isinstance(e, TimeoutApiError):
-            self.concurrency.on_overload(self._in_flight())
+            self.concurrency.on_overload(in_flight)
 
     def _dropped_before_any_answer(self, e: DroppedError) -> bool:
         """A connection closed without a reply, before the server has answered anything in this run: whether
