@@ -173,18 +173,26 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None
         await two_processes(url_args=args, src=src, db=tmp / f"r{jitter}-p2.db", conc=conc, bare_s=bare_s, tag=tag)
 
 
+async def against_bare(
+    tmp: Path, stem: str, args: tuple[str, ...], n: int, conc: int
+) -> tuple[float, RunnerFigures, Path]:
+    """The bare loop, then the runner, on n requests against the mock started with `args` (a fresh server each);
+    (bare seconds, the runner's figures, the requests file)."""
+    with mock_server(*args) as url:
+        bare_s, _ = await bare_loop(url, n, conc)
+    src = tmp / f"{stem}.jsonl"
+    write_requests(src, n)
+    with mock_server(*args) as url:
+        r = await runner_run(url, src, tmp / f"{stem}.db", concurrency=conc)
+    return bare_s, r, src
+
+
 async def realistic_long(tmp: Path, n: int) -> None:
     """Row 1 over a longer run: the slow start's round trip at 8 requests in flight is paid once per run, so its
     share shrinks as the run grows; the seconds the runner takes beyond the bare loop say what it costs."""
     conc, latency = 1000, 1.0
     print(f"\n1. realistic, longer: {n} requests, {latency:g} s server latency, concurrency {conc}", flush=True)
-    args = ("--latency", str(latency), "--latency-jitter", "0")
-    with mock_server(*args) as url:
-        bare_s, _ = await bare_loop(url, n, conc)
-    src = tmp / "rl.jsonl"
-    write_requests(src, n)
-    with mock_server(*args) as url:
-        r = await runner_run(url, src, tmp / "rl.db", concurrency=conc)
+    bare_s, r, _ = await against_bare(tmp, "rl", ("--latency", str(latency), "--latency-jitter", "0"), n, conc)
     achieved = r.completed / r.seconds
     row(
         f"runner / bare aiohttp loop (1, {n:,} requests)",
@@ -201,12 +209,7 @@ async def no_limit_headers(tmp: Path, n: int) -> None:
     conc, latency = 1000, 1.0
     print(f"\n1d. no limit headers: {n} requests, {latency:g} s server latency, concurrency {conc}", flush=True)
     args = ("--latency", str(latency), "--no-limit-headers")
-    with mock_server(*args) as url:
-        bare_s, _ = await bare_loop(url, n, conc)
-    src = tmp / "nh.jsonl"
-    write_requests(src, n)
-    with mock_server(*args) as url:
-        r = await runner_run(url, src, tmp / "nh.db", concurrency=conc)
+    bare_s, r, _ = await against_bare(tmp, "nh", args, n, conc)
     achieved = r.completed / r.seconds
     row(
         "runner / bare aiohttp loop (1d, no limit headers)",
@@ -291,12 +294,7 @@ async def latency_bound(tmp: Path, n: int) -> None:
     conc, latency = 200, 0.2
     print(f"\n1c. latency-bound: {n} requests, {latency:g} s server latency, concurrency {conc}", flush=True)
     args = ("--latency", str(latency))
-    with mock_server(*args) as url:
-        bare_s, _ = await bare_loop(url, n, conc)
-    src = tmp / "lb.jsonl"
-    write_requests(src, n)
-    with mock_server(*args) as url:
-        r = await runner_run(url, src, tmp / "lb.db", concurrency=conc)
+    bare_s, r, src = await against_bare(tmp, "lb", args, n, conc)
     achieved = r.completed / r.seconds
     row(
         "runner / bare aiohttp loop (1c)",

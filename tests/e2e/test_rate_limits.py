@@ -54,6 +54,17 @@ def test_without_a_budget_the_headers_and_429s_slow_the_pool(cli: Cli, mock_fact
     assert st["rate_limited"] == faults
 
 
+def _send_times_of_200_at_once(cli: Cli, mock: Any, tmp_path: Path) -> list[float]:
+    """Run 200 lines at --concurrency 200 with no budget given; when each was sent, in order."""
+    src = write_jobfile(tmp_path / "in.jsonl", 200)
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", "200", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 200
+    db = sqlite3.connect(cli.db)
+    return sorted(t for (t,) in db.execute("select submitted_at from requests"))
+
+
 def test_the_slow_start_waits_a_round_trip_at_eight_then_every_slot_opens_at_once(
     cli: Cli, mock_factory: Any, tmp_path: Path
 ) -> None:
@@ -61,13 +72,7 @@ def test_the_slow_start_waits_a_round_trip_at_eight_then_every_slot_opens_at_onc
     # then the other 192 slots open together, paced by the limit just learnt, instead of being spread over
     # the next round trip (which cost half a round trip of full throughput: ~0.5 s at 1 s latency).
     mock = mock_factory("--latency", "1.5")
-    src = write_jobfile(tmp_path / "in.jsonl", 200)
-    job = cli.submit(src)
-    r = cli("run", job, *run_args(mock, "--concurrency", "200", "--quiet"))
-    assert r.returncode == 0, r.stderr
-    assert cli.status(job)["counts"]["completed"] == 200
-    db = sqlite3.connect(cli.db)
-    sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
+    sent = _send_times_of_200_at_once(cli, mock, tmp_path)
     assert sent[8] - sent[0] >= 1.4, sent[:10]  # the ninth waited for the first reply
     # Spread over the round trip, the 192 took ~1 s (16 at once, then 200 a second).
     assert sent[-1] - sent[8] <= 0.5, sent[-1] - sent[8]
@@ -81,13 +86,7 @@ def test_a_server_that_sends_no_limit_headers_gets_every_slot_after_its_first_re
     # nothing more to learn, and the other slots open over the next round trip. (Before, the window doubled each
     # round trip, 8 -> 16 -> ... -> 200: five more round trips, 0.62 of the bare loop at 1 s, concurrency 1,000.)
     mock = mock_factory("--latency", "1.5", "--no-limit-headers")
-    src = write_jobfile(tmp_path / "in.jsonl", 200)
-    job = cli.submit(src)
-    r = cli("run", job, *run_args(mock, "--concurrency", "200", "--quiet"))
-    assert r.returncode == 0, r.stderr
-    assert cli.status(job)["counts"]["completed"] == 200
-    db = sqlite3.connect(cli.db)
-    sent = sorted(t for (t,) in db.execute("select submitted_at from requests"))
+    sent = _send_times_of_200_at_once(cli, mock, tmp_path)
     assert sent[8] - sent[0] >= 1.4, sent[:10]  # the ninth waited for the first reply
     # Spread over one round trip (at most 1 s), not doubled over five (7.5 s).
     assert sent[-1] - sent[8] <= 3.0, sent[-1] - sent[8]
