@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import orjson
 
 from runner.reply import finite_seconds, header_count
 
@@ -40,6 +41,10 @@ LONG_WAIT = 5.0  # a pool-wide pause longer than this is said, once, in plain wo
 POLL_SHARE = 0.25  # polls may use at most this share of a request budget, so they never starve submissions
 CHARS_PER_TOKEN = 4.0
 SLOW_START_WINDOW = 8  # requests in flight before the server's limits are known (no --rpm/--tpm given)
+# Limits an earlier run of the store read in the same key's headers for the same model are used this long: a
+# nightly or weekly job starts paced at them instead of a slow start. A server's limits seldom change, and the
+# first reply's headers replace them whichever way they moved.
+REMEMBER_LIMITS_FOR = 7 * 86_400.0
 SHARED_BLOCK_SECONDS = 0.5  # a runner books this much of the fleet's request budget at a time ...
 MAX_SHARED_BLOCK = 256  # ... but never more slots than this in one booking (one store write per block)
 # A shared slot whose time passed more than this ago is dropped, not used late: a late send bunched with
@@ -82,6 +87,15 @@ def parse_duration(value: str | None) -> float | None:
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     return header_count(headers.get(name))
+
+
+def model_of(body: str) -> str | None:
+    """The `model` a request body names (None if it names none, or is not a JSON object)."""
+    try:
+        model = orjson.loads(body).get("model")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return model if isinstance(model, str) and model else None
 
 
 class Pacer:
@@ -334,6 +348,13 @@ class RateLimiter:
         self.pauses = 0
         self.estimator = Estimator()
         self._seen_limits: tuple[str | None, str | None] = (None, None)
+        # Limits an earlier run read for this budget, by model (the heartbeat loads them), and those this run
+        # read (`heard`: in the last reply whose limit headers changed, waiting for the sender to name its
+        # model; `learnt`: by model, waiting for the heartbeat to keep them).
+        self.remembered: dict[str, tuple[int | None, int | None]] = {}
+        self.heard: tuple[int | None, int | None] | None = None
+        self.learnt: dict[str, tuple[int | None, int | None]] = {}
+        self._seeded = False  # pacing at remembered limits: the first headers replace them, up or down
         self._notice: str | None = None
         self._notice_until = -math.inf
         self.shared: SharedSlots | None = None  # set by a run that may share its budget with other runners
@@ -485,11 +506,44 @@ class RateLimiter:
         if limits != self._seen_limits:  # they rarely change: parse them only when they do
             self._seen_limits = limits
             self._adopt_limits(headers)
+            if poll:  # a poll's request names no model: its limits are not kept for later runs
+                self.heard = None
         self._check_remaining(headers)
+
+    def seed(self, model: str | None) -> bool:
+        """Pace from the first request at the limits an earlier run read for `model` (`remembered`), as if
+        this run's first reply had said them; False when there are none. The first reply that does say limits
+        replaces these, higher or lower."""
+        known = self.remembered.get(model) if model is not None else None
+        if known is None or not any(known):
+            return False
+        self._set_limits(*known, replace=False)
+        self._seeded = True
+        return True
+
+    def learn(self, model: str | None) -> None:
+        """The limits just `heard` came with a reply to a request for `model`: keep them for later runs."""
+        heard, self.heard = self.heard, None
+        if heard is not None and model is not None and self.remembered.get(model) != heard:
+            self.remembered[model] = self.learnt[model] = heard
+
+    def take_learnt(self) -> dict[str, tuple[int | None, int | None]]:
+        """The limits learnt since the last call, by model (for the store)."""
+        learnt, self.learnt = self.learnt, {}
+        return learnt
 
     def _adopt_limits(self, headers: Mapping[str, str]) -> None:
         limit_req = _int_header(headers, "x-ratelimit-limit-requests")
         limit_tok = _int_header(headers, "x-ratelimit-limit-tokens")
+        if limit_req or limit_tok:
+            self.heard = (limit_req or None, limit_tok or None)
+        self._set_limits(limit_req, limit_tok, replace=self._seeded)
+        if limit_req or limit_tok:
+            self._seeded = False
+
+    def _set_limits(self, limit_req: int | None, limit_tok: int | None, *, replace: bool) -> None:
+        """Pace at these limits (per minute); a known pace only goes down (a job of several models keeps the
+        lowest), unless `replace` (remembered limits meeting the server's own)."""
         if limit_req:
             rate = limit_req / 60.0 * HEADER_SAFETY
             if self.user_rpm is not None:
@@ -497,7 +551,7 @@ class RateLimiter:
             if self.requests is None:
                 self.requests = Pacer(rate, self.clock)
                 self.polls = Pacer(rate * POLL_SHARE, self.clock)
-            elif rate < self.requests.rate:
+            elif replace or rate < self.requests.rate:
                 self.requests.rate = rate
                 if self.polls is not None:
                     self.polls.rate = rate * POLL_SHARE
@@ -507,7 +561,7 @@ class RateLimiter:
                 rate = min(rate, self.user_tpm / 60.0)
             if self.tokens is None:
                 self.tokens = Pacer(rate, self.clock)
-            elif rate < self.tokens.rate:
+            elif replace or rate < self.tokens.rate:
                 self.tokens.rate = rate
 
     def _check_remaining(self, headers: Mapping[str, str]) -> None:

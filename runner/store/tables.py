@@ -304,3 +304,16 @@ rate_budget = Table(
     Column("rate", Float, nullable=False),  # units per second of the last reservation (for people)
     Column("updated_at", Float, nullable=False),
 )
+
+# The limits a server's `x-ratelimit-limit-*` headers said, per rate budget (as above: endpoint and salted key
+# hash) and model (OpenAI's limits are per model): the next run of that budget and model paces at them from its
+# first request instead of a slow start (runner/limits.py `RateLimiter.seed`). Limits, never keys or counts used.
+learnt_limits = Table(
+    "learnt_limits",
+    metadata,
+    Column("budget", String, primary_key=True),
+    Column("model", String, primary_key=True),
+    Column("rpm", COUNT, nullable=True),  # x-ratelimit-limit-requests (NULL: the server did not say)
+    Column("tpm", COUNT, nullable=True),  # x-ratelimit-limit-tokens
+    Column("learnt_at", Float, nullable=False),  # when a reply last said them (epoch s, the store's clock)
+)

@@ -1,7 +1,8 @@
 """A runner's life on its store: registered at the start, a heartbeat while it runs, gone at a clean exit.
 
 The heartbeat says the runner is alive (its `runners` row), renews its leases, and corrects its clock to
-the database's. It also feeds the shared rate budget: it watches how many runners are live (the limiter
+the database's, and keeps the rate limits the server's headers said for the next run of the same key and
+model (`learnt_limits`). It also feeds the shared rate budget: it watches how many runners are live (the limiter
 shares the budget while there is more than one) and books blocks of send slots from the store when the
 runner's own run low, publishing any pause the runner met to the others.
 """
@@ -16,9 +17,9 @@ from collections.abc import Callable
 
 import anyio
 
-from runner.limits import MAX_SHARED_BLOCK, SHARED_BLOCK_SECONDS, RateLimiter, SharedSlots
+from runner.limits import MAX_SHARED_BLOCK, REMEMBER_LIMITS_FOR, SHARED_BLOCK_SECONDS, RateLimiter, SharedSlots
 from runner.owners import owner_is_dead, split_owner
-from runner.store import Store, fleet
+from runner.store import Store, fleet, learnt
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,21 @@ class Heartbeat:
             await fleet.calibrate(self.store, self._clock)
         await fleet.register(self.store, self.owner, self.host, self.pid, self.ttl, owner_is_dead)
         if self.budget is not None:
+            self.limiter.remembered = await learnt.remembered_limits(self.store, self.budget, REMEMBER_LIMITS_FOR)
             live = await fleet.live_runner_count(self.store)
             self._joining = live > 1
             await self._share(live)
 
     async def stop(self) -> None:
-        """Leave the fleet at a clean exit."""
+        """Leave the fleet at a clean exit, keeping the limits learnt since the last beat."""
+        await self._keep_learnt()
         await fleet.unregister(self.store, self.owner)
+
+    async def _keep_learnt(self) -> None:
+        """Store the limits the server's headers said (by model) for the next run of this budget."""
+        limits = self.limiter.take_learnt()
+        if limits and self.budget is not None:
+            await learnt.remember_limits(self.store, self.budget, limits)
 
     async def run(self) -> None:
         """Beat until cancelled; book shared slots beside it."""
@@ -96,6 +105,7 @@ class Heartbeat:
                 live = await fleet.heartbeat(self.store, self.owner, self.host, self.pid, self.ttl, self._in_flight())
                 await self.store.renew_leases(self.owner, self.ttl, fresh_for=self.fresh_for)
                 await self._share(live)
+                await self._keep_learnt()
                 next_beat = time.monotonic() + self.every
             elif self._paced():
                 await self._share(await fleet.live_runner_count(self.store))

@@ -28,7 +28,7 @@ from runner.chains import PARENT_FAILED
 from runner.client import ApiClient
 from runner.errors import BillingError, DoomedJobError, StoreUnavailable
 from runner.lanes.flex import FlexLane
-from runner.limits import AdaptiveConcurrency, RateLimiter
+from runner.limits import AdaptiveConcurrency, RateLimiter, model_of
 from runner.owners import new_owner, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.store import Store
@@ -124,6 +124,7 @@ class Run:
         # The slow start just ended: every free slot opens at once, paced by the limits just learnt, until the
         # slots are full or nothing is left to claim (spread over a round trip, they cost half a round trip).
         self._open_all = False
+        self._seed_tried = False  # the first claim looked for limits remembered from an earlier run
         self._store_lost: StoreUnavailable | None = None
         self._idle_closed = False  # the creates' idle connections were closed once only polls were left
         self.sender = Sender(
@@ -254,6 +255,8 @@ class Run:
                 claimed = await self.store.claim(self.owner, self.job_ids, want, self.opts.lease_seconds)
                 if self.writer.chains and claimed:
                     claimed = await self._continue_parents(claimed)
+                if claimed and self.concurrency.slow_start and not self._seed_tried:
+                    self._start_at_remembered_limits(claimed[0])
                 self._ready.extend(claimed)
                 self._fill()
                 if claimed:
@@ -309,6 +312,14 @@ class Run:
         """Lines failed unsent below a parent that ended without a response to continue (`parent_failed`)."""
         self.snap.done += n
         self.snap.failed += n
+
+    def _start_at_remembered_limits(self, first: Claimed) -> None:
+        """No slow start where an earlier run on this store read the limits for this key and the first
+        request's model: every slot opens now, paced at them, until this run's first reply says its own."""
+        self._seed_tried = True
+        if self.limiter.seed(model_of(first.body)):
+            self.concurrency.end_slow_start()
+            self._open_all = True
 
     def _claim_target(self) -> int:
         """How many requests the ready buffer aims at: the slots' worth; during the slow start, once its first

@@ -29,7 +29,7 @@ from runner.errors import (
     UnreachableError,
 )
 from runner.lanes.flex import FlexLane
-from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter
+from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter, model_of
 from runner.reply import read_id
 from runner.retry import backoff_delay
 from runner.states import RequestState
@@ -179,6 +179,8 @@ class Sender:
                 self._replied = True
                 self._unreachable = 0
             self._on_api_error(e)
+            if self.limiter.heard is not None:  # limit headers that changed: the next run of this model starts at them
+                self.limiter.learn(model_of(c.body))
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
@@ -188,6 +190,8 @@ class Sender:
         took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
         self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
+        if self.limiter.heard is not None:  # limit headers that changed: the next run of this model starts at them
+            self.limiter.learn(model_of(c.body))
         if self.concurrency.slow_start:
             # The slow start grows with each healthy reply and ends once the limits are known: the slots it opens
             # start now, not when a commit next frees a slot (under load that came 0.1-0.2 s later).

@@ -92,6 +92,50 @@ def test_a_server_that_sends_no_limit_headers_gets_every_slot_after_its_first_re
     assert sent[-1] - sent[8] <= 3.0, sent[-1] - sent[8]
 
 
+def test_a_rerun_on_the_same_store_paces_at_the_limits_read_before_and_skips_the_slow_start(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # A nightly job: the first night's run reads the key's limits (1,200 RPM, enforced in one-second windows)
+    # in its replies' headers; the store keeps them for that key and model. The next run of the same model on
+    # the same store paces at them from its first request: no round trip at 8 in flight, and no 429 either.
+    mock = mock_factory("--rpm", "1200", "--latency", "1.0")
+    first = cli.submit(write_jobfile(tmp_path / "night1.jsonl", 30))
+    r = cli("run", first, *run_args(mock, "--concurrency", "60", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    db = sqlite3.connect(cli.db)
+    assert db.execute("select model, rpm from learnt_limits").fetchall() == [("gpt-test", 1200)]
+    assert mock.stats()["faults"]["429"] == 0
+    # The next night: another file, another job, the same key and model.
+    src = write_jobfile(tmp_path / "night2.jsonl", 60, extra={"metadata": {"night": "2"}})
+    second = cli.submit(src)
+    r = cli("run", second, *run_args(mock, "--concurrency", "200", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    assert cli.status(second)["counts"]["completed"] == 60
+    sent = sorted(t for (t,) in db.execute("select submitted_at from requests where job_id = ?", (second,)))
+    # Paced at 0.97 x 20 a second from the first request: the ninth went out after ~0.4 s, not after the first
+    # reply (1 s); and no one-second window held more than a second's share + 10 %, the first included.
+    assert sent[8] - sent[0] < 0.8, sent[:10]
+    assert max(sum(1 for t in sent if s <= t < s + 1.0) for s in sent) <= 20 * 1.1
+    assert mock.stats()["faults"]["429"] == 0
+
+
+def test_limits_read_for_one_model_do_not_skip_the_slow_start_of_another(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # OpenAI's limits are per model: what the store learnt for gpt-test says nothing of another model's.
+    mock = mock_factory("--latency", "1.5")
+    first = cli.submit(write_jobfile(tmp_path / "a.jsonl", 10))
+    assert cli("run", first, *run_args(mock, "--quiet")).returncode == 0
+    src = write_jobfile(tmp_path / "b.jsonl", 40, extra={"model": "gpt-other"})
+    second = cli.submit(src)
+    r = cli("run", second, *run_args(mock, "--concurrency", "40", "--quiet"))
+    assert r.returncode == 0, r.stderr
+    db = sqlite3.connect(cli.db)
+    sent = sorted(t for (t,) in db.execute("select submitted_at from requests where job_id = ?", (second,)))
+    assert sent[8] - sent[0] >= 1.4, sent[:10]  # the ninth waited for the first reply: a slow start
+    assert sorted(m for (m,) in db.execute("select model from learnt_limits")) == ["gpt-other", "gpt-test"]
+
+
 def test_a_server_that_keeps_its_limit_to_itself_slows_the_pool_with_429s_and_fails_nothing(
     cli: Cli, mock_factory: Any, tmp_path: Path
 ) -> None:

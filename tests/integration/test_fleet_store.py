@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from runner.store import Store, fleet
+from runner.store import Store, fleet, learnt
 from runner.store.fleet import FleetClock
 from tests.integration.conftest import FakeClock
 
@@ -99,3 +99,26 @@ async def test_a_clock_far_from_the_databases_is_corrected(db: str, monkeypatch:
         assert await fleet.calibrate(s, small) is None and small.offset == 0
     finally:
         await s.aclose()
+
+
+async def test_limits_a_server_said_are_kept_per_budget_and_model_for_the_next_run(store: Store, other: Store) -> None:
+    assert await learnt.remembered_limits(store, BUDGET, max_age=3600) == {}
+    await learnt.remember_limits(store, BUDGET, {"gpt-a": (500, 200_000), "gpt-b": (10_000, None)})
+    # Another runner of the store (the next night's, or a fleet member) reads them; a newer reading replaces.
+    assert await learnt.remembered_limits(other, BUDGET, max_age=3600) == {
+        "gpt-a": (500, 200_000),
+        "gpt-b": (10_000, None),
+    }
+    await learnt.remember_limits(other, BUDGET, {"gpt-a": (5_000, 2_000_000_000)})  # beyond int4: kept whole
+    assert (await learnt.remembered_limits(store, BUDGET, max_age=3600))["gpt-a"] == (5_000, 2_000_000_000)
+    assert await learnt.remembered_limits(store, "requests:" + "cd" * 16, max_age=3600) == {}  # another key's
+    assert await learnt.remembered_limits(store, BUDGET, max_age=-1.0) == {}  # none read recently enough
+
+
+async def test_two_runners_keeping_the_same_new_limits_at_once_make_one_row(store: Store, other: Store) -> None:
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+        for s in (store, other) * 3:
+            tg.start_soon(learnt.remember_limits, s, BUDGET, {"gpt-a": (500, None)})
+    assert await learnt.remembered_limits(store, BUDGET, max_age=3600) == {"gpt-a": (500, None)}

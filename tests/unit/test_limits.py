@@ -336,3 +336,35 @@ def test_a_long_retry_after_for_one_request_is_said_without_pausing_the_pool() -
     rl.obey_retry_after(120.0, 120.0, pool=False)
     assert rl.notice == "server asked to wait 120 s before retrying a request"
     assert rl.remaining_pause() == 0.0
+
+
+def test_limits_remembered_for_the_model_pace_from_the_first_request_until_the_server_says_its_own() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(clock=clock)
+    lim.remembered = {"gpt-a": (600, None)}
+    assert not lim.seed("gpt-b") and not lim.seed(None)  # nothing read for these: a slow start
+    assert not lim.limits_known
+    assert lim.seed("gpt-a") and lim.limits_known
+    assert lim.requests is not None and lim.requests.rate == pytest.approx(600 / 60 * 0.97)
+    # The first reply's headers replace them, upwards too (a pace learnt in this run only ever goes down) ...
+    lim.observe({"x-ratelimit-limit-requests": "1200"})
+    assert lim.requests.rate == pytest.approx(1200 / 60 * 0.97)
+    # ... after which a higher figure (another model's reply in the same job) does not raise the pace again.
+    lim.observe({"x-ratelimit-limit-requests": "6000"})
+    assert lim.requests.rate == pytest.approx(1200 / 60 * 0.97)
+
+
+def test_limits_heard_in_a_reply_are_kept_under_its_model_once_and_a_polls_not_at_all() -> None:
+    lim = RateLimiter(clock=FakeClock())
+    lim.observe({"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "90000"})
+    lim.learn("gpt-a")
+    assert lim.take_learnt() == {"gpt-a": (500, 90000)}
+    assert lim.take_learnt() == {}
+    lim.observe({"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "90000"})  # unchanged
+    assert lim.heard is None
+    lim.observe({"x-ratelimit-limit-requests": "700"}, poll=True)  # a GET names no model
+    lim.learn("gpt-a")
+    assert lim.take_learnt() == {}
+    lim.observe({"x-ratelimit-limit-requests": "800"})
+    lim.learn(None)  # a body without a model: nothing to key it by
+    assert lim.take_learnt() == {}
