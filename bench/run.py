@@ -131,9 +131,10 @@ async def runner_run(
     *,
     background: bool = False,
     on_progress: Callable[[Snapshot], None] | None = None,
+    new: bool = False,
     **settings: Any,
 ) -> RunnerFigures:
-    job = await app.submit(src, db=str(db), background=background)
+    job = await app.submit(src, db=str(db), background=background, new=new)
     s = Settings(db=str(db), base_url=base_url, api_key="bench", **settings)
     cpu0, t0 = time.process_time(), time.perf_counter()
     outcome = await app.run([job.job_id], s, on_progress=on_progress)
@@ -164,8 +165,12 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None
     write_requests(src, n)
     with mock_server(*args) as url:
         server_before = server_cpu(pg)
-        r = await runner_run(url, src, pg.create_database() if pg else tmp / f"r{jitter}.db", concurrency=conc)
+        db = pg.create_database() if pg else tmp / f"r{jitter}.db"
+        r = await runner_run(url, src, db, concurrency=conc)
         server = _spent(server_before, server_cpu(pg))
+        # The nightly re-run: another job on the same store, key and model, which starts at the limits the
+        # first run read in the server's headers (kept in the store) instead of with a slow start.
+        again = None if pg or jitter else await runner_run(url, src, db, concurrency=conc, new=True)
     ideal = conc / latency  # the mean latency: the jitter is symmetric
     achieved = r.completed / r.seconds
     tag = f" ({label.split('.')[0]}{', PostgreSQL' if pg else ''})"
@@ -178,6 +183,13 @@ async def realistic(tmp: Path, n: int, jitter: float = 0.0, pg: PgCluster | None
     )
     if not pg and not jitter:
         row(f"runner seconds beyond the bare loop's{tag}", f"{r.seconds - bare_s:.2f} s per run")
+    if again is not None:
+        rerun = again.completed / again.seconds
+        row(
+            f"runner / bare aiohttp loop, a re-run on the same store{tag} (limits remembered: no slow start)",
+            f"{rerun / (n / bare_s):.2f} ({rerun:.0f}/s); answered 429: {again.rate_limited}",
+            "target >= 0.90",
+        )
     if server is not None:
         row(f"CPU ms per request: runner | PostgreSQL server{tag}", f"{1000 * r.cpu / n:.2f} | {1000 * server / n:.2f}")
     if not pg:
