@@ -95,7 +95,8 @@ def model_of(body: str) -> str | None:
         model = orjson.loads(body).get("model")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return model if isinstance(model, str) and model else None
+    # A name no provider gives (over 256 characters) is not kept: it would not fit a PostgreSQL index entry.
+    return model if isinstance(model, str) and 0 < len(model) <= 256 else None
 
 
 class Pacer:

@@ -15,6 +15,7 @@ from runner.limits import (
     Estimator,
     Pacer,
     RateLimiter,
+    model_of,
     parse_duration,
 )
 
@@ -368,3 +369,19 @@ def test_limits_heard_in_a_reply_are_kept_under_its_model_once_and_a_polls_not_a
     lim.observe({"x-ratelimit-limit-requests": "800"})
     lim.learn(None)  # a body without a model: nothing to key it by
     assert lim.take_learnt() == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "model"),
+    [
+        ('{"model": "gpt-4.1-mini", "input": "x"}', "gpt-4.1-mini"),
+        ('{"input": "x"}', None),
+        ('{"model": 7}', None),
+        ('{"model": ""}', None),
+        ('["model"]', None),
+        ("not json", None),
+        ('{"model": "' + "m" * 257 + '"}', None),  # not a name any provider gives: nothing is kept under it
+    ],
+)
+def test_the_model_limits_are_kept_under_is_read_from_the_body_or_not_at_all(body: str, model: str | None) -> None:
+    assert model_of(body) == model
