@@ -382,6 +382,7 @@ def test_limits_heard_in_a_reply_are_kept_under_its_model_once_and_a_polls_not_a
         ("not json", None),
         ('{"model": "' + "m" * 257 + '"}', None),  # not a name any provider gives: nothing is kept under it
     ],
+    ids=["model", "no model", "not a string", "empty", "not an object", "not json", "too long"],
 )
 def test_the_model_limits_are_kept_under_is_read_from_the_body_or_not_at_all(body: str, model: str | None) -> None:
     assert model_of(body) == model
