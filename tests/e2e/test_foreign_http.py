@@ -229,7 +229,9 @@ def test_a_server_down_for_a_while_after_answering_is_waited_out_without_using_a
 def test_a_server_that_stays_down_after_answering_stops_the_run_with_every_line_queued(
     cli: Cli, server: Foreign, tmp_path: Path
 ) -> None:
-    lines = ["outage_100000", *(f"ok_{i}" for i in range(1, 13))]
+    # The other lines are answered late, so the outage comes first whichever request the server reads first
+    # (answered at once, a line read before the outage's was answered before it, and under load all 13 were).
+    lines = ["outage_100000", *(f"late_ok_{i}" for i in range(1, 13))]
     job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
 
     # --timeout 1: an outage is waited out for as long as one attempt may take, here 1 s.

@@ -250,6 +250,10 @@ class Server:
         if scenario == "conn_close":
             w.write(_reply(200, good, [("connection", "close")]))
             return False
+        if scenario.startswith("late_"):
+            # Answered half a second late (a slow reply, not an error): in flight when an outage_ line is answered
+            # beside it, so that it meets the outage (its connection closed) and is never answered first.
+            await asyncio.sleep(0.5)
         if scenario == "early_hints":
             # A 1xx head (103 Early Hints, then a stray 100 Continue) before the real one.
             w.write(_head(103, [("link", "</style.css>; rel=preload")], reason="Early Hints"))
