@@ -386,3 +386,14 @@ def test_limits_heard_in_a_reply_are_kept_under_its_model_once_and_a_polls_not_a
 )
 def test_the_model_limits_are_kept_under_is_read_from_the_body_or_not_at_all(body: str, model: str | None) -> None:
     assert model_of(body) == model
+
+
+def test_remembered_limits_above_what_the_server_now_says_are_lowered_by_its_first_reply() -> None:
+    lim = RateLimiter(clock=FakeClock())
+    lim.remembered = {"gpt-a": (6000, 1_000_000)}  # last week's tier
+    assert lim.seed("gpt-a")
+    lim.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"})  # lowered since
+    assert lim.requests is not None and lim.requests.rate == pytest.approx(600 / 60 * 0.97)
+    assert lim.tokens is not None and lim.tokens.rate == pytest.approx(90000 / 60 * 0.97)
+    lim.learn("gpt-a")
+    assert lim.take_learnt() == {"gpt-a": (600, 90000)}  # and the store is told the new ones
