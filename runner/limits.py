@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 import orjson
 
-from runner.reply import finite_seconds, header_count
+from runner.reply import MAX_COUNT, finite_seconds, header_count
 
 log = logging.getLogger(__name__)
 
@@ -516,9 +516,14 @@ class RateLimiter:
         this run's first reply had said them; False when there are none. The first reply that does say limits
         replaces these, higher or lower."""
         known = self.remembered.get(model) if model is not None else None
-        if known is None or not any(known):
+        if known is None:
             return False
-        self._set_limits(*known, replace=False)
+        # Read back from a file anyone may edit: a limit a header could not have said is none (a negative one
+        # paced the run at one request per 1e9 s).
+        rpm, tpm = (v if isinstance(v, int) and 0 < v <= MAX_COUNT else None for v in known)
+        if rpm is None and tpm is None:
+            return False
+        self._set_limits(rpm, tpm, replace=False)
         self._seeded = True
         return True
 

@@ -397,3 +397,12 @@ def test_remembered_limits_above_what_the_server_now_says_are_lowered_by_its_fir
     assert lim.tokens is not None and lim.tokens.rate == pytest.approx(90000 / 60 * 0.97)
     lim.learn("gpt-a")
     assert lim.take_learnt() == {"gpt-a": (600, 90000)}  # and the store is told the new ones
+
+
+@pytest.mark.parametrize("bad", [(-5, -7), (0, 0), (None, None), (2**41, None)])
+def test_remembered_limits_no_header_could_have_said_give_a_slow_start(bad: tuple[int | None, int | None]) -> None:
+    # The store is a file: a row edited to a negative limit once paced a run at one request per 1e9 s.
+    lim = RateLimiter(clock=FakeClock())
+    lim.remembered = {"gpt-a": bad}
+    assert not lim.seed("gpt-a")
+    assert not lim.limits_known
