@@ -54,15 +54,21 @@ def test_without_a_budget_the_headers_and_429s_slow_the_pool(cli: Cli, mock_fact
     assert st["rate_limited"] == faults
 
 
+def _send_times(cli: Cli, mock: Any, src: Path, concurrency: int) -> list[float]:
+    """Submit `src` as a job and run it with no budget given, every line completed; when each of its lines was
+    sent, in order."""
+    job = cli.submit(src)
+    r = cli("run", job, *run_args(mock, "--concurrency", str(concurrency), "--quiet"))
+    assert r.returncode == 0, r.stderr
+    lines = len(src.read_text().splitlines())
+    assert cli.status(job)["counts"]["completed"] == lines
+    db = sqlite3.connect(cli.db)
+    return sorted(t for (t,) in db.execute("select submitted_at from requests where job_id = ?", (job,)))
+
+
 def _send_times_of_200_at_once(cli: Cli, mock: Any, tmp_path: Path) -> list[float]:
     """Run 200 lines at --concurrency 200 with no budget given; when each was sent, in order."""
-    src = write_jobfile(tmp_path / "in.jsonl", 200)
-    job = cli.submit(src)
-    r = cli("run", job, *run_args(mock, "--concurrency", "200", "--quiet"))
-    assert r.returncode == 0, r.stderr
-    assert cli.status(job)["counts"]["completed"] == 200
-    db = sqlite3.connect(cli.db)
-    return sorted(t for (t,) in db.execute("select submitted_at from requests"))
+    return _send_times(cli, mock, write_jobfile(tmp_path / "in.jsonl", 200), 200)
 
 
 def test_the_slow_start_waits_a_round_trip_at_eight_then_every_slot_opens_at_once(
@@ -99,19 +105,12 @@ def test_a_rerun_on_the_same_store_paces_at_the_limits_read_before_and_skips_the
     # in its replies' headers; the store keeps them for that key and model. The next run of the same model on
     # the same store paces at them from its first request: no round trip at 8 in flight, and no 429 either.
     mock = mock_factory("--rpm", "1200", "--latency", "1.0")
-    first = cli.submit(write_jobfile(tmp_path / "night1.jsonl", 30))
-    r = cli("run", first, *run_args(mock, "--concurrency", "60", "--quiet"))
-    assert r.returncode == 0, r.stderr
+    _send_times(cli, mock, write_jobfile(tmp_path / "night1.jsonl", 30), 60)
     db = sqlite3.connect(cli.db)
     assert db.execute("select model, rpm from learnt_limits").fetchall() == [("gpt-test", 1200)]
     assert mock.stats()["faults"]["429"] == 0
     # The next night: another file, another job, the same key and model.
-    src = write_jobfile(tmp_path / "night2.jsonl", 60, extra={"metadata": {"night": "2"}})
-    second = cli.submit(src)
-    r = cli("run", second, *run_args(mock, "--concurrency", "200", "--quiet"))
-    assert r.returncode == 0, r.stderr
-    assert cli.status(second)["counts"]["completed"] == 60
-    sent = sorted(t for (t,) in db.execute("select submitted_at from requests where job_id = ?", (second,)))
+    sent = _send_times(cli, mock, write_jobfile(tmp_path / "night2.jsonl", 60, extra={"metadata": {"n": "2"}}), 200)
     # Paced at 0.97 x 20 a second from the first request: the ninth went out after ~0.4 s, not after the first
     # reply (1 s); and no one-second window held more than a second's share + 10 %, the first included.
     assert sent[8] - sent[0] < 0.8, sent[:10]
@@ -124,15 +123,10 @@ def test_limits_read_for_one_model_do_not_skip_the_slow_start_of_another(
 ) -> None:
     # OpenAI's limits are per model: what the store learnt for gpt-test says nothing of another model's.
     mock = mock_factory("--latency", "1.5")
-    first = cli.submit(write_jobfile(tmp_path / "a.jsonl", 10))
-    assert cli("run", first, *run_args(mock, "--quiet")).returncode == 0
-    src = write_jobfile(tmp_path / "b.jsonl", 40, extra={"model": "gpt-other"})
-    second = cli.submit(src)
-    r = cli("run", second, *run_args(mock, "--concurrency", "40", "--quiet"))
-    assert r.returncode == 0, r.stderr
-    db = sqlite3.connect(cli.db)
-    sent = sorted(t for (t,) in db.execute("select submitted_at from requests where job_id = ?", (second,)))
+    _send_times(cli, mock, write_jobfile(tmp_path / "a.jsonl", 10), 10)
+    sent = _send_times(cli, mock, write_jobfile(tmp_path / "b.jsonl", 40, extra={"model": "gpt-other"}), 40)
     assert sent[8] - sent[0] >= 1.4, sent[:10]  # the ninth waited for the first reply: a slow start
+    db = sqlite3.connect(cli.db)
     assert sorted(m for (m,) in db.execute("select model from learnt_limits")) == ["gpt-other", "gpt-test"]
 
 
