@@ -525,6 +525,13 @@ class RateLimiter:
             return False
         self._set_limits(rpm, tpm, replace=False)
         self._seeded = True
+        # Said (at --log-level info) because a run that opens every slot at once is otherwise unexplained.
+        said = ", ".join(f"{v:,} {unit}/min" for v, unit in ((rpm, "requests"), (tpm, "tokens")) if v is not None)
+        log.info(
+            "no slow start: pacing at the limits an earlier run read for %s (%s) until a reply says its own",
+            model,
+            said,
+        )
         return True
 
     def learn(self, model: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import random
 
 import pytest
@@ -339,13 +340,20 @@ def test_a_long_retry_after_for_one_request_is_said_without_pausing_the_pool() -
     assert rl.remaining_pause() == 0.0
 
 
-def test_limits_remembered_for_the_model_pace_from_the_first_request_until_the_server_says_its_own() -> None:
+def test_limits_remembered_for_the_model_pace_from_the_first_request_until_the_server_says_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
     lim = RateLimiter(clock=clock)
     lim.remembered = {"gpt-a": (600, None)}
+    caplog.set_level(logging.INFO, logger="runner.limits")
     assert not lim.seed("gpt-b") and not lim.seed(None)  # nothing read for these: a slow start
-    assert not lim.limits_known
+    assert not lim.limits_known and not caplog.records
     assert lim.seed("gpt-a") and lim.limits_known
+    assert [r.getMessage() for r in caplog.records] == [
+        "no slow start: pacing at the limits an earlier run read for gpt-a (600 requests/min) until a reply says"
+        " its own"
+    ]
     assert lim.requests is not None and lim.requests.rate == pytest.approx(600 / 60 * 0.97)
     # The first reply's headers replace them, upwards too (a pace learnt in this run only ever goes down) ...
     lim.observe({"x-ratelimit-limit-requests": "1200"})
