@@ -41,6 +41,7 @@ from runner.config import (
     Settings,
     base_url_problem,
     env_name,
+    key_problem,
 )
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
 from runner.interrupt import on_signal, stop_signals
@@ -170,7 +171,11 @@ def _settings(settings: Settings | None, db: str | None) -> Settings:
 def _check_key(s: Settings) -> None:
     """The key and the base URL, as the client will use them: what it would refuse, refused before any
     line says that work starts."""
-    has_key = s.api_key is not None and bool(s.api_key.get_secret_value())
+    key = s.api_key.get_secret_value() if s.api_key is not None else ""
+    problem = key_problem(key)
+    if problem is not None:
+        raise ConfigError(problem)
+    has_key = bool(key)
     problem = base_url_problem(s.base_url, key_in_authorization=has_key and s.auth_style is not AuthStyle.API_KEY)
     if problem is not None:
         raise ConfigError(problem)

@@ -32,7 +32,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from pydantic import SecretStr
 
 from runner import __version__
-from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle, base_url_problem
+from runner.config import DEFAULT_CONNECT_TIMEOUT, MAX_RETRY_AFTER, AuthStyle, base_url_problem, key_problem
 from runner.errors import (
     ApiError,
     BillingError,
@@ -442,7 +442,7 @@ class ApiClient:
                 headers["authorization"] = key
             else:
                 headers["api-key"] = key
-        problem = base_url_problem(base_url, key_in_authorization="authorization" in headers)
+        problem = key_problem(key or "") or base_url_problem(base_url, key_in_authorization="authorization" in headers)
         if problem is not None:
             raise ConfigError(problem)
         self._header_map = headers

@@ -41,6 +41,18 @@ HOST_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
+def key_problem(key: str) -> str | None:
+    """What makes `key` impossible to send, in one line that does not show it; None if nothing does."""
+    bad = next((i for i, ch in enumerate(key) if ch < " " or ch == "\x7f"), None)
+    if bad is None:
+        return None
+    # Sent, it crashed the run (aiohttp refuses a line break in a header).
+    return (
+        f"OPENAI_API_KEY (or --api-key) has a control character at position {bad + 1}: no HTTP header can carry it"
+        " (check how the key was copied)"
+    )
+
+
 def base_url_problem(base_url: str, *, key_in_authorization: bool) -> str | None:
     """What is wrong with a base URL, in one line that never shows a password the URL holds; None when
     nothing is. Checked before a run says which jobs start, and again by the client (the Python API)."""
@@ -168,6 +180,13 @@ class Settings(BaseSettings):
     progress_every: float = Field(
         DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")
     )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _trimmed(cls, value: Any) -> Any:
+        """A key without the white space around it: one read from a file (a Kubernetes secret, a key file
+        pasted with its line end) ends with a newline, which no HTTP header can carry."""
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("flex_fallback", mode="before")
     @classmethod

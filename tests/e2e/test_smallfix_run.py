@@ -1,5 +1,5 @@
 """Small faults of `runner run` a user saw: a job named twice, a refusal after "resuming ...", a global-option
-mistake, budgets shown with too few digits, infinite numbers, a missing key."""
+mistake, budgets shown with too few digits, infinite numbers, a missing key, a key with a line end."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ def test_a_missing_key_is_refused_before_a_job_is_said_to_start(cli: Cli) -> Non
     assert r.returncode == 2
     assert r.stderr == "runner: OPENAI_API_KEY is not set (or pass --api-key)\n"
     assert cli.status(job)["counts"]["queued"] == 2
+
+
+def test_a_key_with_its_line_end_runs_and_one_with_a_line_break_inside_is_refused(
+    cli: Cli, mock_factory: object
+) -> None:
+    # The key as a Kubernetes secret or a key file gives it: a trailing newline crashed the run with a traceback.
+    mock: MockServer = mock_factory("--api-key", "sk-abc")  # type: ignore[operator]
+    job = cli.submit(write_jobfile(cli.db.parent / "in.jsonl", 2))
+    r = cli("run", job, *run_args(mock), "--quiet", extra_env={"OPENAI_API_KEY": "sk-abc\n"})
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 2  # the server took it: sent as sk-abc
+
+    other = cli.submit(write_jobfile(cli.db.parent / "more.jsonl", 2, extra={"metadata": {"n": "2"}}))
+    r = cli("run", other, *run_args(mock), "--quiet", extra_env={"OPENAI_API_KEY": "sk-a\nbc"})
+    assert r.returncode == 2
+    assert r.stderr == (
+        "runner: OPENAI_API_KEY (or --api-key) has a control character at position 5: no HTTP header can carry it"
+        " (check how the key was copied)\n"
+    )
+    assert cli.status(other)["counts"]["queued"] == 2
+    assert mock.stats()["creates"] == 2  # the first job's only
 
 
 def test_a_command_option_before_the_command_is_named(cli: Cli) -> None:
