@@ -41,14 +41,19 @@ HOST_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
+def _control_at(text: str) -> int | None:
+    """The 1-based position of the first control character in `text`, if any."""
+    return next((i + 1 for i, ch in enumerate(text) if ch < " " or ch == "\x7f"), None)
+
+
 def key_problem(key: str) -> str | None:
     """What makes `key` impossible to send, in one line that does not show it; None if nothing does."""
-    bad = next((i for i, ch in enumerate(key) if ch < " " or ch == "\x7f"), None)
+    bad = _control_at(key)
     if bad is None:
         return None
     # Sent, it crashed the run (aiohttp refuses a line break in a header).
     return (
-        f"OPENAI_API_KEY (or --api-key) has a control character at position {bad + 1}: no HTTP header can carry it"
+        f"OPENAI_API_KEY (or --api-key) has a control character at position {bad}: no HTTP header can carry it"
         " (check how the key was copied)"
     )
 
@@ -59,6 +64,9 @@ def base_url_problem(base_url: str, *, key_in_authorization: bool) -> str | None
     if not base_url[:8].lower().startswith(("http://", "https://")):  # a scheme's case does not matter
         shown = re.sub(r"//[^/@]*@", "//", base_url)  # `ftp://user:pw@host` is refused: not its password too
         return f"base URL must start with http:// or https:// (got {shown!r})"
+    bad = _control_at(base_url)
+    if bad is not None:  # httpx refuses it only at the first request, as a traceback
+        return f"base URL has a control character at position {bad}: a URL cannot hold it"
     try:  # what aiohttp would only find at the first request, as a traceback out of every sender
         parts = urlsplit(base_url)
         host, _ = parts.hostname, parts.port
@@ -181,11 +189,11 @@ class Settings(BaseSettings):
         DEFAULT_PROGRESS_EVERY, ge=0, validation_alias=_env("progress_every", "RUNNER_PROGRESS_EVERY")
     )
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "base_url", mode="before")
     @classmethod
     def _trimmed(cls, value: Any) -> Any:
-        """A key without the white space around it: one read from a file (a Kubernetes secret, a key file
-        pasted with its line end) ends with a newline, which no HTTP header can carry."""
+        """Without the white space around it: a key or URL read from a file (a Kubernetes secret, a key file
+        pasted with its line end) ends with a newline, which no HTTP header or URL can carry."""
         return value.strip() if isinstance(value, str) else value
 
     @field_validator("flex_fallback", mode="before")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, write_jobfile
+from tests.conftest import Cli, MockServer, write_jobfile
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
             "ftp://alice:pa55word@127.0.0.1/v1",
             "base URL must start with http:// or https:// (got 'ftp://127.0.0.1/v1')",
         ),
-        (" http://alice:pa55word@127.0.0.1/v1", "base URL must start with http:// or https://"),
+        ("sftp://alice:pa55word@127.0.0.1/v1", "base URL must start with http:// or https://"),
+        # httpx refused it only at the first request: a traceback out of every sender
+        ("http://alice:pa55word@127.0.0.1/v\x01", "base URL has a control character at position 34: a URL cannot"),
         ("http://alice:pa55word@127.0.0.1:99999/v1", "base URL is not a valid URL: Port out of range"),
         ("http://127.0.0.1:8/v1?key=pa55word", "base URL must not have a query"),
         ("http://alice:pa55word@127.0.0.1:8/v1", "base URL holds a user name or password"),  # beside the key's header
@@ -59,3 +61,14 @@ def test_a_refused_spec_run_creates_no_store_and_queues_nothing(
     assert r.stderr.startswith(f"runner: {said}"), r.stderr
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert not cli.db.exists()
+
+
+def test_white_space_around_the_base_url_and_the_key_is_dropped(cli: Cli, tmp_path: Path, mock_factory: object) -> None:
+    # As a variable read from a file gives them (a Kubernetes secret, `$(cat url.txt)` kept by a wrapper):
+    # the line end made every request a traceback.
+    mock: MockServer = mock_factory("--api-key", "sk-test-key-0123")  # type: ignore[operator]
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 2))
+    env = {"OPENAI_BASE_URL": f" {mock.base_url}\n", "OPENAI_API_KEY": "sk-test-key-0123\r\n"}
+    r = cli("run", "--quiet", extra_env=env)
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 2
