@@ -167,7 +167,8 @@ class StoreUnavailable(StoreError):
     def __init__(self, path: str, reason: str, message: str | None = None) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(message or f"cannot use the store {path}: {reason}")
+        # The path escaped: a line break in it made a one-line error two lines.
+        super().__init__(message or f"cannot use the store {printable(path)}: {reason}")
 
 
 class StoreMissing(StoreUnavailable):
@@ -175,7 +176,7 @@ class StoreMissing(StoreUnavailable):
 
     def __init__(self, path: str, found: str | None = None) -> None:
         # Most often the command ran in another directory than the one that made the store.
-        where = f"{path}: {found}" if found else path
+        where = f"{printable(path)}: {found}" if found else printable(path)
         super().__init__(
             path, found or "no such file", f"no store at {where} (run `runner submit FILE` first, or pass --db)"
         )
@@ -188,7 +189,7 @@ class StoreReplaced(StoreUnavailable):
         super().__init__(
             path,
             what,
-            f"the store {path} was {what} while this run was using it; stopped at once. Results received"
+            f"the store {printable(path)} was {what} while this run was using it; stopped at once. Results received"
             " since then are lost: put the store back, or start again, with `runner run`",
         )
 

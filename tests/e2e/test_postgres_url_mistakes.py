@@ -51,3 +51,17 @@ def test_no_part_of_a_password_with_an_unencoded_at_sign_is_shown(cli: Cli) -> N
     said = _one_line_exit_2(cli("status"))
     assert "first" not in said and "second-half" not in said, said
     assert "alice:***@127.0.0.1:1/db" in said, said
+
+
+@pytest.mark.parametrize(
+    ("db", "shown"),
+    [
+        ("postgresql://alice:s3cret-pw@127.0.0.1:1/db\n", "postgresql://alice:***@127.0.0.1:1/db\\n"),
+        ("{tmp}/run\nner.db", "{tmp}/run\\nner.db"),  # a file path as well: `no store at ...`
+    ],
+)
+def test_a_store_with_a_line_break_is_named_on_one_line(cli: Cli, tmp_path: Path, db: str, shown: str) -> None:
+    # As a variable read from a file leaves it: the line break printed as it was made the one-line error two.
+    said = _one_line_exit_2(cli("status", "--db", db.format(tmp=tmp_path)))
+    assert shown.format(tmp=tmp_path) in said, said
+    assert "s3cret-pw" not in said
