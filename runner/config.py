@@ -41,14 +41,14 @@ HOST_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 WRITE_BATCH_WINDOW = 0.01  # seconds a finished result may wait to share a commit (its slot waits too)
 
 
-def _control_at(text: str) -> int | None:
+def control_at(text: str) -> int | None:
     """The 1-based position of the first control character in `text`, if any."""
     return next((i + 1 for i, ch in enumerate(text) if ch < " " or ch == "\x7f"), None)
 
 
 def key_problem(key: str) -> str | None:
     """What makes `key` impossible to send, in one line that does not show it; None if nothing does."""
-    bad = _control_at(key)
+    bad = control_at(key)
     if bad is None:
         return None
     # Sent, it crashed the run (aiohttp refuses a line break in a header).
@@ -64,9 +64,9 @@ def base_url_problem(base_url: str, *, key_in_authorization: bool) -> str | None
     if not base_url[:8].lower().startswith(("http://", "https://")):  # a scheme's case does not matter
         shown = re.sub(r"//[^/@]*@", "//", base_url)  # `ftp://user:pw@host` is refused: not its password too
         return f"base URL must start with http:// or https:// (got {shown!r})"
-    bad = _control_at(base_url)
-    if bad is not None:  # httpx refuses it only at the first request, as a traceback
-        return f"base URL has a control character at position {bad}: a URL cannot hold it"
+    if control_at(base_url) is not None:  # httpx refused it only at the first request, as a traceback
+        # No position: counted in the URL, it would tell the length of a password the URL holds.
+        return "base URL has a control character in it: a URL cannot hold it (check how it was set)"
     try:  # what aiohttp would only find at the first request, as a traceback out of every sender
         parts = urlsplit(base_url)
         host, _ = parts.hostname, parts.port

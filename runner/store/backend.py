@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from runner.config import control_at
 from runner.errors import StoreUnavailable
 from runner.store.models import Claimed, ExportRow, NewRequest, Outcome, ReadyLines, ResponseIdRecord
 
@@ -222,6 +223,12 @@ def backend_for(db: str) -> Backend:
     """The backend for `db` (a path or an SQLAlchemy URL): the one place a database is chosen."""
     from runner.store.postgres import URL_FORM, is_postgres_url, masked
 
+    if control_at(db) is not None:
+        # Read from a file with its line end (a Kubernetes secret, a wrapper's `$(cat ...)`): `submit` made a
+        # store named `runner.db\n` beside the one meant, and the next command did not find its jobs.
+        shown = masked(db) if "://" in db else db
+        # No position: counted in the URL as given, it would tell the password's length.
+        raise StoreUnavailable(shown, "the name has a control character (escaped above); check how it was set")
     if is_postgres_url(db):
         from runner.store.postgres import PostgresBackend
 

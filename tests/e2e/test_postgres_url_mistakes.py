@@ -57,11 +57,18 @@ def test_no_part_of_a_password_with_an_unencoded_at_sign_is_shown(cli: Cli) -> N
     ("db", "shown"),
     [
         ("postgresql://alice:s3cret-pw@127.0.0.1:1/db\n", "postgresql://alice:***@127.0.0.1:1/db\\n"),
-        ("{tmp}/run\nner.db", "{tmp}/run\\nner.db"),  # a file path as well: `no store at ...`
+        ("{tmp}/run\nner.db", "{tmp}/run\\nner.db"),  # a file path as well
     ],
 )
-def test_a_store_with_a_line_break_is_named_on_one_line(cli: Cli, tmp_path: Path, db: str, shown: str) -> None:
-    # As a variable read from a file leaves it: the line break printed as it was made the one-line error two.
-    said = _one_line_exit_2(cli("status", "--db", db.format(tmp=tmp_path)))
-    assert shown.format(tmp=tmp_path) in said, said
-    assert "s3cret-pw" not in said
+def test_a_store_named_with_a_control_character_is_refused_on_one_line_and_not_made(
+    cli: Cli, tmp_path: Path, db: str, shown: str
+) -> None:
+    # As a variable read from a file leaves it: `submit` made a store named `runner.db\n` beside the one meant
+    # (the next command found no jobs), and the line break printed as it was made one-line errors two.
+    db = db.format(tmp=tmp_path)
+    for command in (["status"], ["submit", str(write_jobfile(tmp_path / "in.jsonl", 2))]):
+        said = _one_line_exit_2(cli(*command, "--db", db))
+        assert f"cannot use the store {shown.format(tmp=tmp_path)}: the name has a control character" in said, said
+        assert "position" not in said  # counted in the URL as given, it would tell the password's length
+        assert "s3cret-pw" not in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no store made, however named
