@@ -54,7 +54,6 @@ from runner.store.postgres import copy, export, writeback
 from runner.store.postgres.copy import COPY_COLUMNS
 from runner.store.sqlfile import blocks
 from runner.store.tables import jobs, postgres_options, requests
-from runner.term import printable
 
 __all__ = ["PostgresBackend", "is_postgres_url", "masked"]
 
@@ -108,8 +107,7 @@ def masked(db: str) -> str:
     if at:
         user, colon, _ = userinfo.partition(":")
         rest = f"{user}:***@{place}" if colon else f"{user}@{place}"
-    # Escaped: a line break in it made a one-line error two lines (`runner: cannot use the store ...`).
-    return printable(f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest))
+    return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
 
 
 class _UrlProblem(ValueError):
