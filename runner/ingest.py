@@ -23,6 +23,7 @@ import gc
 import gzip
 import hashlib
 import io
+import logging
 import os
 import pickle
 import re
@@ -62,6 +63,8 @@ from runner.store.chains import link, parents_of
 from runner.store.postgres import copy as pg_copy
 from runner.store.reuse import add_reusing, reuse_answers
 from runner.validate import quick_line, validate_line
+
+log = logging.getLogger(__name__)
 
 # Rows per insert transaction. Up to three chunks are alive at once (one being validated, one waiting, one
 # being inserted), and each row costs ~2 KB while it is (Python's tuple and strings, SQLite's parse of the
@@ -367,12 +370,22 @@ async def _submit_files(
                 await store.publish_job(d.result.job_id, d.result.total)
                 d.staged = False
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            for d in done:
-                if d.staged:
-                    await store.drop_job(d.result.job_id)
+        for d in done:
+            if d.staged:
+                await _drop_staged(store, d.result.job_id)
         raise
     return [d.result for d in done]
+
+
+async def _drop_staged(store: Store, job_id: str) -> None:
+    """Drop a staged job after its submit failed. A store that refuses this too (the statement_timeout or the
+    outage that failed the submit) must not hide why the submit failed: the job stays staged, never shown or
+    run, and the next submit or `runner doctor` drops it (its submit process is gone by then)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await store.drop_job(job_id)
+        except Exception as e:  # the submit's own error is the one to report
+            log.debug("could not drop the staged job %s now (%s); the next submit drops it", job_id, e)
 
 
 def job_name_of(path: Path, shown: str) -> str:
@@ -507,8 +520,7 @@ async def _stage_file(
         if problems.valid == 0:
             raise InputError(shown, [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await store.drop_job(job_id)
+        await _drop_staged(store, job_id)
         raise
     result = SubmitResult(job_id, problems.valid, warnings=warnings, source=shown, reused=problems.reused)
     if not new:

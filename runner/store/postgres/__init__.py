@@ -63,8 +63,10 @@ log = logging.getLogger(__name__)
 EXTRA_HINT = "PostgreSQL stores need the optional driver: pip install 'responses-runner[postgres]' (asyncpg)"
 _SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 URL_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-# SQLSTATEs worth another try: serialization failure, deadlock detected (either side is rolled back whole).
-_TRANSIENT = frozenset({"40001", "40P01"})
+# SQLSTATEs worth another try: serialization failure, deadlock detected (either side is rolled back whole), a
+# lock not had within the user's `lock_timeout`, and no connection free for the user or database: the fleet's
+# pools can pass max_connections (or a role's CONNECTION LIMIT) for a moment. When they last, `why_unusable`.
+_TRANSIENT = frozenset({"40001", "40P01", "55P03", "53300"})
 # SQLSTATE classes of a value the server refuses to store: data exception, integrity constraint violation,
 # program limit exceeded (a value too big for an index entry). Any other error of a write-back (a conflict,
 # a lost connection, a broken statement) is not about one row.
@@ -75,6 +77,20 @@ _TAKEN = frozenset({"42P07", "42710", "42723", "42P06"})
 INSUFFICIENT_PRIVILEGE = "42501"
 # SQLSTATEs of a server going down: admin_shutdown, crash_shutdown, cannot_connect_now (starting or stopping).
 _SHUTTING_DOWN = frozenset({"57P01", "57P02", "57P03"})
+POOL_SIZE, POOL_OVERFLOW = 4, 8  # connections a runner process keeps open, and opens beyond them at busy moments
+# What a server set up for other uses refuses a store, said in one line (the server's own words follow).
+_SERVER_REFUSES = {
+    # A standby (a read replica's URL), or `default_transaction_read_only` set for the user or database.
+    "25006": "the database takes no writes here (a standby server, or default_transaction_read_only is on for"
+    " this user or database): point the URL at the primary",
+    # `statement_timeout` set for the user or database (managed servers often do), or pg_cancel_backend().
+    "57014": "the server cancelled a statement (a statement_timeout set for this user or database, or an"
+    " administrator): runner's statements must be let finish (ALTER ROLE name SET statement_timeout = 0)",
+    "53300": "the server has no connection free for this user or database (max_connections, or the role's"
+    f" CONNECTION LIMIT): each runner process uses up to {POOL_SIZE + POOL_OVERFLOW}",
+    "53100": "the database server's disk is full",
+    "53200": "the database server is out of memory",
+}
 Q = RequestState.QUEUED.value
 
 
@@ -174,7 +190,10 @@ class PostgresBackend:
             raise StoreUnavailable(self.place, why) from None
         self.engine: AsyncEngine = quiet_cancelled_closes(
             create_async_engine(
-                url, pool_size=4, max_overflow=8, connect_args={"server_settings": {"application_name": "runner"}}
+                url,
+                pool_size=POOL_SIZE,
+                max_overflow=POOL_OVERFLOW,
+                connect_args={"server_settings": {"application_name": "runner"}},
             )
         )
         event.listen(self.engine.sync_engine, "do_connect", self._connect)
@@ -265,6 +284,9 @@ class PostgresBackend:
             # A server stopped or restarted under a run (pg_ctl stop, a failover): a reconnect met it going down.
             said = " ".join(str(orig).split())
             return f"the server is shutting down or restarting ({said})"
+        if isinstance(code, str) and code in _SERVER_REFUSES:
+            said = " ".join(str(orig).split())
+            return f"{_SERVER_REFUSES[code]} ({said})"
         if code == INSUFFICIENT_PRIVILEGE:
             # A read-only user (GRANT SELECT) writing, or reading a table made after its grant.
             said = " ".join(str(orig).split())
