@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # second at -v, each path once.
 place_log = logging.getLogger("runner.store.place")
 T = TypeVar("T")
+X = TypeVar("X")
 
 Q = RequestState.QUEUED.value
 IP = RequestState.IN_PROGRESS.value
@@ -151,15 +153,51 @@ class StoreCore:
 
     async def _hot(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run one of the backend's hot statements (its own transaction), shielded and retried like `write`."""
-        with anyio.CancelScope(shield=True):
-            try:
-                result = await self._retry(op)
-            except self._backend.errors as e:
-                problem = self._backend.file_problem(e)
-                if problem is None:
-                    raise
-                raise problem from None
+        with anyio.CancelScope(shield=True), self.said_as_store_errors():
+            result = await self._retry(op)
         return result
+
+    @asynccontextmanager
+    async def guarded_stream(
+        self, opened: AbstractAsyncContextManager[AsyncGenerator[X, None]]
+    ) -> AsyncIterator[AsyncGenerator[X, None]]:
+        """`opened`'s stream, with a failure of its reads or of its end said as for `read` (StoreUnavailable: one
+        line), such as a server that ends the connection while a slow reader of an export keeps it waiting
+        (idle_in_transaction_session_timeout). What the caller's code raises inside goes through as it is,
+        and is not hidden by the end of a connection that failed under it."""
+        own: BaseException | None = None
+        try:
+            async with opened as stream:
+                try:
+                    yield self._guarded(stream)
+                except BaseException as e:
+                    own = e
+                    raise
+        except self._backend.errors as e:
+            if own is not None:
+                raise own from None
+            problem = self._backend.file_problem(e)
+            if problem is None:
+                raise
+            raise problem from None
+
+    async def _guarded(self, stream: AsyncGenerator[X, None]) -> AsyncGenerator[X, None]:
+        async with aclosing(stream):
+            with self.said_as_store_errors():
+                async for item in stream:
+                    yield item
+
+    @contextmanager
+    def said_as_store_errors(self) -> Iterator[None]:
+        """Inside, a failed statement about the store itself (its file, its server) is raised as the
+        backend's typed error (StoreUnavailable: one line), any other as it is."""
+        try:
+            yield
+        except self._backend.errors as e:
+            problem = self._backend.file_problem(e)
+            if problem is None:
+                raise
+            raise problem from None
 
     async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `fn` in one read-only transaction (a consistent snapshot), retried while the database is busy."""
@@ -169,10 +207,6 @@ class StoreCore:
                 await conn.execution_options(readonly=True)
                 return await fn(conn)
 
-        try:
-            return await self._retry(once)
-        except self._backend.errors as e:
-            problem = self._backend.file_problem(e)
-            if problem is None:
-                raise
-            raise problem from None
+        with self.said_as_store_errors():
+            result = await self._retry(once)
+        return result

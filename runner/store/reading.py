@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RequestNotFound
@@ -138,6 +139,13 @@ class ReadingPart(JobsPart):
             .where(requests.c.job_id == job_id)
             .order_by(requests.c.line_no)
         )
+        async with self.guarded_stream(self._rows_in_chunks(stmt)) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def _rows_in_chunks(
+        self, stmt: Select[tuple[Any, ...]]
+    ) -> AsyncIterator[AsyncGenerator[list[ExportRow], None]]:
         async with self.engine.connect() as conn:
             await conn.execution_options(readonly=True, yield_per=EXPORT_CHUNK)
             result = await conn.stream(stmt)
@@ -161,7 +169,7 @@ class ReadingPart(JobsPart):
             async with self.stream_export(job_id) as stream:
                 yield stream
             return
-        async with fast as stream:
+        async with self.guarded_stream(fast) as stream:
             yield stream
 
     async def metadata_keys(self, job_id: str) -> list[str]:

@@ -88,6 +88,10 @@ _SERVER_REFUSES = {
     " administrator): runner's statements must be let finish (ALTER ROLE name SET statement_timeout = 0)",
     "53300": "the server has no connection free for this user or database (max_connections, or the role's"
     f" CONNECTION LIMIT): each runner process uses up to {POOL_SIZE + POOL_OVERFLOW}",
+    # The one transaction runner leaves idle: an export's (or a `results()` loop's) snapshot, while what reads it
+    # is slower than the server's idle_in_transaction_session_timeout.
+    "25P03": "the server ended the read after it waited longer than its idle_in_transaction_session_timeout for"
+    " whatever reads the export: write it to a file (-o FILE), or raise the timeout for this user",
     "53100": "the database server's disk is full",
     "53200": "the database server is out of memory",
 }
@@ -156,6 +160,21 @@ def _sqlstate(exc: BaseException) -> str | None:
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code if isinstance(code, str) else None
+
+
+def _server_reason(exc: BaseException) -> tuple[str, BaseException] | None:
+    """The SQLSTATE (and the error) of a reason the server gave, down the chain of errors that wrap it: a
+    connection it ended (idle_in_transaction_session_timeout, a shutdown) surfaces as the driver's "connection
+    was closed" (08003), caused by the server's own error, under SQLAlchemy's wrapper."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a few wrappers deep at most; a chain is never a cycle here, but bounded anyway
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None)
+        if isinstance(code, str) and (code in _SERVER_REFUSES or code in _SHUTTING_DOWN):
+            return code, seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
 
 
 class PostgresBackend:
@@ -276,6 +295,8 @@ class PostgresBackend:
             # that refuses SSL) has none, and says what happened in its message.
             return f"cannot connect to the server ({orig.strerror or str(orig) or type(orig).__name__})"
         code = _sqlstate(exc) or getattr(orig, "sqlstate", None)
+        if (reason := _server_reason(exc)) is not None:
+            code, orig = reason  # why the server ended the connection, not the driver's 08003 ("closed")
         if code == "3D000":
             return "the database does not exist (create it first: createdb NAME)"
         if isinstance(code, str) and code.startswith("28"):
