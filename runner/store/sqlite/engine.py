@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runner.errors import StoreUnavailable
 from runner.store.backend import quiet_cancelled_closes
-from runner.store.migrate import foreign_schema, upgrade
+from runner.store.migrate import HEAD_REVISION, current_revision, foreign_schema, upgrade
 
 BUSY_TIMEOUT_MS = 10_000
 # A row is a ~3.5 KB prompt plus its ~1.5 KB answer, written in two steps. With SQLite's default 4 KB pages
@@ -206,6 +206,11 @@ def why_unusable(path: Path, exc: BaseException) -> str | None:
                 " beside the store); choose another place with --db or RUNNER_DB"
             )
         return f"SQLite cannot open it for writing ({orig.sqlite_errorname})"
+    if code in _BUSY_CODES:  # after every try (is_busy): over a minute and a half
+        return (
+            "another process keeps the store's write lock (an sqlite3 shell or a database browser with a"
+            " transaction open, a runner stopped with Ctrl-Z): end it, then try again"
+        )
     if code == _SQLITE_FULL:
         return "the disk is full"
     if code == _SQLITE_NOTADB:
@@ -242,7 +247,15 @@ def create_engine(db: str) -> AsyncEngine:
 
 async def migrate(engine: AsyncEngine, place: str) -> None:
     """Bring the schema to the newest migration (inside one IMMEDIATE transaction, so racing opens wait); a
-    database that is not a store (another tool's tables, a newer runner's revision) is refused, unchanged."""
+    database that is not a store (another tool's tables, a newer runner's revision) is refused, unchanged.
+
+    A store already at the newest revision is only read: `status` or `export` need not wait for the write lock
+    that another process holds (a long commit, an sqlite3 shell with a transaction open); in WAL mode they read
+    beside it."""
+    async with engine.connect() as conn:
+        await conn.execution_options(readonly=True)
+        if await conn.run_sync(current_revision) == HEAD_REVISION:
+            return
     async with engine.begin() as conn:
         why = await conn.run_sync(foreign_schema)
         if why is not None:
