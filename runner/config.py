@@ -46,6 +46,13 @@ def control_at(text: str) -> int | None:
     return next((i + 1 for i, ch in enumerate(text) if ch < " " or ch == "\x7f"), None)
 
 
+def name_problem(name: str) -> str | None:
+    """What makes `name` unfit to name a job (a control character: a job name is shown in tables, used in file
+    names through {job}, and a NUL cannot be stored on PostgreSQL), or None."""
+    bad = control_at(name)
+    return None if bad is None else f"must not hold a control character (one at position {bad})"
+
+
 def key_problem(key: str) -> str | None:
     """What makes `key` impossible to send, in one line that does not show it; None if nothing does."""
     bad = control_at(key)

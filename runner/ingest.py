@@ -53,7 +53,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 from runner.cachekeys import CacheGroups
 from runner.chains import ChainLines
 from runner.chains import problems as chain_problems
-from runner.errors import InputError, InputErrors, LineProblem, RunnerError
+from runner.config import name_problem
+from runner.errors import ConfigError, InputError, InputErrors, LineProblem, RunnerError
 from runner.heap import gc_spares_the_heap
 from runner.interrupt import stop_signals
 from runner.owners import owner_is_dead, process_name
@@ -349,6 +350,8 @@ async def _submit_files(
     on_warning: Callable[[str, LineProblem], None] | None,
     sources: Sequence[str] | None,
 ) -> list[SubmitResult]:
+    if name is not None and (problem := name_problem(name)) is not None:  # the CLI and a spec said so already
+        raise ConfigError(f"the job name {problem}")
     shown = list(sources) if sources is not None else [str(p) for p in paths]
     await store.drop_abandoned_staging(owner_is_dead)
     done: list[_Staged] = []

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from runner.config import DEFAULT_DB, MAX_PROCESSES, MAX_REPAIR
+from runner.config import DEFAULT_DB, MAX_PROCESSES, MAX_REPAIR, name_problem
 from runner.errors import ConfigError
 from runner.validate import check_partial_body
 
@@ -92,6 +92,13 @@ class JobSection(_Section):
     def _not_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("must not be empty")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _showable(cls, v: str | None) -> str | None:
+        if v is not None and (problem := name_problem(v)) is not None:
+            raise ValueError(problem)
         return v
 
 

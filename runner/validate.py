@@ -159,14 +159,24 @@ def _check_input(value: Any, path: str, out: list[FieldIssue]) -> None:
 
 # --- other structured fields -----------------------------------------------------------------------------
 
+# A custom_id or conversation is kept as a text column of its own, and PostgreSQL's text cannot hold the NUL
+# character (`\u0000` in the JSON): the submit's COPY failed whole, in a traceback. Refused on both backends,
+# so that a file is valid or not whatever the store. (Inside a body it stays escaped in the JSON text: fine.)
+NUL = "\x00"
+NUL_REASON = "must not hold a NUL character (\\u0000): a store cannot keep it as an id"
+
 _CONVERSATION_OBJECT = record({"id": string()}, ("id",))
 
 
 def _check_conversation(value: Any, path: str, out: list[FieldIssue]) -> None:
     if isinstance(value, dict):
         _CONVERSATION_OBJECT(value, path, out)
+        if isinstance(value.get("id"), str) and NUL in value["id"]:
+            out.append(FieldIssue(join(path, "id"), NUL_REASON, False))
     elif not isinstance(value, str) and value is not None:
         out.append(type_issue(path, "a conversation id or an object with an id", value))
+    elif isinstance(value, str) and NUL in value:
+        out.append(FieldIssue(path, NUL_REASON, False))
 
 
 _TOOL_CHOICE_ENUM = enum(TOOL_CHOICES)
@@ -335,6 +345,8 @@ def _check_envelope(obj: dict[str, Any], out: list[FieldIssue]) -> None:
         out.append(type_issue("custom_id", "a string", custom_id))
     elif not custom_id:
         out.append(FieldIssue("custom_id", "must not be empty", False))
+    elif NUL in custom_id:
+        out.append(FieldIssue("custom_id", NUL_REASON, False))
 
     for key, expected in (("method", "POST"), ("url", RESPONSES_URL)):
         value = obj.get(key, _MISSING)
@@ -369,7 +381,7 @@ def validate_line(
     if "custom_id" in obj or "method" in obj or "url" in obj or "body" in obj:
         _check_envelope(obj, errors)
         custom_id = obj.get("custom_id")
-        if not isinstance(custom_id, str) or not custom_id:
+        if not isinstance(custom_id, str) or not custom_id or NUL in custom_id:  # the last: a store refuses it
             custom_id = f"line-{line_no}"
         raw = obj.get("body")
         path = "body"
@@ -545,6 +557,7 @@ def quick_line(
         if (
             type(custom_id) is not str
             or not custom_id
+            or NUL in custom_id
             or obj.get("method") != "POST"
             or obj.get("url") != RESPONSES_URL
         ):

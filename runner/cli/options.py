@@ -26,6 +26,7 @@ from runner.config import (
     AuthStyle,
     Settings,
     env_name,
+    name_problem,
 )
 from runner.errors import ConfigError
 from runner.term import printable
@@ -82,6 +83,14 @@ def not_blank(text: str) -> str:
     """An argparse `type` for a name that must say something (`--model ""` queued lines with no model)."""
     if not text or text.isspace():
         raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def job_name(text: str) -> str:
+    """An argparse `type` for --name: something to show, without control characters."""
+    text = not_blank(text)
+    if (problem := name_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

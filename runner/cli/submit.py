@@ -23,7 +23,9 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="JSONL: OpenAI Batch lines or bare Create Response bodies; gzip is fine; '-' reads stdin",
     )
-    p.add_argument("--name", help="a name for the job (default: the file's name; several files: NAME-FILE)")
+    p.add_argument(
+        "--name", type=options.job_name, help="a name for the job (default: the file's name; several files: NAME-FILE)"
+    )
     p.add_argument("--background", action="store_true", help="send every line with background: true, store: true")
     p.add_argument("--model", type=options.not_blank, help="model for lines that name none")
     p.add_argument(
