@@ -44,7 +44,7 @@ from runner.config import (
     key_problem,
 )
 from runner.errors import ConfigError, DoomedJobError, InputError, LineProblem, StoreMissing, StoreUnavailable
-from runner.interrupt import on_signal, stop_signals
+from runner.interrupt import Repeats, on_signal, stop_signals
 from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
@@ -628,8 +628,11 @@ async def _watch_signals(worker: Run | BatchLane, caught: list[int]) -> None:
     """First SIGINT/SIGTERM/SIGHUP: stop claiming and drain within the grace period; a second: stop now."""
     if caught:  # a signal came during an earlier worker of this run: this one stops at once
         worker.stop()
+    repeats = Repeats()
     with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
+            if not repeats.counts(int(sig)):
+                continue
             caught.append(int(sig))
             on_signal(sig)
             if len(caught) == 1:

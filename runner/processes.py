@@ -55,7 +55,7 @@ from pydantic import SecretStr
 
 from runner.config import Settings, env_name
 from runner.errors import BillingError, DoomedJobError, RunnerError, StoreUnavailable
-from runner.interrupt import on_signal, stop_signals
+from runner.interrupt import Repeats, on_signal, stop_signals
 from runner.worker.types import RunResult, Snapshot, StopReason
 
 if TYPE_CHECKING:
@@ -535,8 +535,11 @@ async def _relay_stderr(child: _Child) -> None:
 
 
 async def _pass_signals(children: list[_Child], caught: list[int], own: _Own | None) -> None:
+    repeats = Repeats()
     with anyio.open_signal_receiver(*stop_signals()) as signals:
         async for sig in signals:
+            if not repeats.counts(int(sig)):  # one stop sent twice (GNU timeout): the children get it once
+                continue
             caught.append(int(sig))
             on_signal(sig)
             if own is not None:

@@ -8,6 +8,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -69,6 +70,38 @@ def _integrity(db: Path) -> str:
 
 def _run(cli: Cli, mock: MockServer, job: str, concurrency: int, *extra: str) -> subprocess.Popen[str]:
     return cli.popen("run", job, "--base-url", mock.base_url, "--concurrency", str(concurrency), "--quiet", *extra)
+
+
+def test_one_stop_delivered_twice_at_once_still_drains(
+    cli: Cli, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    # GNU `timeout` (a cron line's `timeout 3h runner run`) sends its SIGTERM to the command and then to its
+    # process group, which holds the command: two SIGTERMs at once. The second was taken as "stop now", and the
+    # answers on the wire were dropped, paid for and sent again by the next run.
+    mock = mock_factory("--latency", "1.5")
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 60))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", job, "--base-url", mock.base_url, "--concurrency", "20", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli.environ(),
+        cwd=cli.db.parent,
+        start_new_session=True,  # its own process group, as under `timeout`
+    )
+    procs.append(p)
+    _wait_for(lambda: mock.stats()["creates"] >= 20, START, "a full window in flight", p)
+    os.kill(p.pid, signal.SIGTERM)
+    time.sleep(0.02)  # apart enough to be delivered as two (at once, the kernel may merge them)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    counts, creates = _counts(cli.db, job), mock.stats()["creates"]
+    assert counts == {"completed": creates, "queued": 60 - creates}, (counts, creates)  # those on the wire waited for
+
+    mock.configure(latency=0.01)
+    assert cli("run", job, "--base-url", mock.base_url, "--quiet").returncode == 0
+    assert mock.stats()["creates"] == 60  # nothing paid twice
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])

@@ -89,3 +89,16 @@ def test_a_bad_variable_is_one_line_for_commands_without_flags(monkeypatch: pyte
     monkeypatch.setenv("RUNNER_PROGRESS_EVERY", "often")
     with pytest.raises(ConfigError, match=r"^invalid RUNNER_PROGRESS_EVERY: Input should be a valid number"):
         anyio.run(lambda: app.jobs(db=":memory:"))
+
+
+def test_a_stop_signal_repeated_at_once_counts_once() -> None:
+    from runner.interrupt import REPEAT_WINDOW, Repeats
+
+    now = [100.0]
+    repeats = Repeats(clock=lambda: now[0])
+    assert repeats.counts(15)
+    now[0] += 0.001
+    assert not repeats.counts(15)  # the same SIGTERM again: GNU timeout's to the process group
+    assert repeats.counts(2)  # another signal is a stop of its own
+    now[0] += REPEAT_WINDOW
+    assert repeats.counts(15)  # a second SIGTERM later: "stop now"
