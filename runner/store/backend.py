@@ -223,12 +223,18 @@ def backend_for(db: str) -> Backend:
     """The backend for `db` (a path or an SQLAlchemy URL): the one place a database is chosen."""
     from runner.store.postgres import URL_FORM, is_postgres_url, masked
 
-    if control_at(db) is not None:
-        # Read from a file with its line end (a Kubernetes secret, a wrapper's `$(cat ...)`): `submit` made a
-        # store named `runner.db\n` beside the one meant, and the next command did not find its jobs.
-        shown = masked(db) if "://" in db else db
-        # No position: counted in the URL as given, it would tell the password's length.
-        raise StoreUnavailable(shown, "the name has a control character (escaped above); check how it was set")
+    if not db.strip():  # RUNNER_DB= : the working directory was opened, "it is a directory"
+        raise StoreUnavailable(
+            db, "empty", "the store's name is empty (RUNNER_DB or --db set to nothing): give a file path"
+        )
+    if control_at(db) is not None or db != db.strip():
+        # Read from a file with its line end (a Kubernetes secret, a wrapper's `$(cat ...)`), or a space left in
+        # an .env file: `submit` made a store named `runner.db\n` (or `runner.db `) beside the one meant, and the
+        # next command did not find its jobs. Shown quoted and escaped, so that what is wrong can be seen (a tab
+        # or a space is not, printed as it is). No position: counted in a URL, it would tell the password's length.
+        shown = repr(masked(db) if "://" in db else db)
+        what = "a control character" if control_at(db) is not None else "white space at its start or end"
+        raise StoreUnavailable(shown, what, f"cannot use the store {shown}: the name has {what}; check how it was set")
     if is_postgres_url(db):
         from runner.store.postgres import PostgresBackend
 

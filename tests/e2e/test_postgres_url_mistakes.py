@@ -56,8 +56,9 @@ def test_no_part_of_a_password_with_an_unencoded_at_sign_is_shown(cli: Cli) -> N
 @pytest.mark.parametrize(
     ("db", "shown"),
     [
-        ("postgresql://alice:s3cret-pw@127.0.0.1:1/db\n", "postgresql://alice:***@127.0.0.1:1/db\\n"),
-        ("{tmp}/run\nner.db", "{tmp}/run\\nner.db"),  # a file path as well
+        ("postgresql://alice:s3cret-pw@127.0.0.1:1/db\n", "'postgresql://alice:***@127.0.0.1:1/db\\n'"),
+        ("{tmp}/run\nner.db", "'{tmp}/run\\nner.db'"),  # a file path as well
+        ("{tmp}/runner.db\t", "'{tmp}/runner.db\\t'"),  # a tab, which printed as it is could not be seen
     ],
 )
 def test_a_store_named_with_a_control_character_is_refused_on_one_line_and_not_made(
@@ -72,3 +73,18 @@ def test_a_store_named_with_a_control_character_is_refused_on_one_line_and_not_m
         assert "position" not in said  # counted in the URL as given, it would tell the password's length
         assert "s3cret-pw" not in said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no store made, however named
+
+
+def test_a_store_named_with_a_space_at_its_end_or_nothing_is_refused_and_not_made(cli: Cli, tmp_path: Path) -> None:
+    # `RUNNER_DB="x.db "` from an .env file made a second store `x.db ` (shown as `x.db`), and the next command,
+    # given `x.db`, found no jobs; `RUNNER_DB=` opened the working directory ("it is a directory").
+    src = write_jobfile(tmp_path / "in.jsonl", 2)
+    for db in (f"{tmp_path}/x.db ", f" {tmp_path}/x.db"):
+        said = _one_line_exit_2(cli("submit", str(src), extra_env={"RUNNER_DB": db}))
+        assert (
+            said.strip() == f"runner: cannot use the store {db!r}: the name has white space at its start or end;"
+            " check how it was set"
+        ), said
+    said = _one_line_exit_2(cli("submit", str(src), extra_env={"RUNNER_DB": ""}))
+    assert said.strip() == "runner: the store's name is empty (RUNNER_DB or --db set to nothing): give a file path"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
