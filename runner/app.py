@@ -49,6 +49,7 @@ from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
 from runner.store import JobRow, JobStats, RequestDetail, Store, place_log, refuse_in_memory
+from runner.store.backend import store_file
 from runner.store.batches import usage_by_model_and_lane
 from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reuse import completed_outputs, reused_count
@@ -854,7 +855,7 @@ async def run_spec(
 
     for src in files:
         # Before anything is queued or paid for; the job id is not known yet, and a path named by it is new.
-        spec.check_outputs(job_id="job_id", date=date, source=src)
+        spec.check_outputs(job_id="job_id", date=date, source=src, store_file=store_file(s.db))
     # Every file of a glob in one submit: each is validated before any is published, so one bad file queues
     # none (file by file, the good files before it were queued though the run was refused).
     async with _queueing_store(s.db) as store:

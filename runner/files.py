@@ -88,17 +88,21 @@ def refuse_store_file(target: Path, store_file: Path | None) -> None:
     An export is renamed over its target: `runner export -o runner.db` (a slip of tab completion) replaced
     the store with the export, and every job in it was gone.
     """
+    if is_store_file(target, store_file):
+        raise ConfigError(f"cannot write {target}: it is the job store; give another path")
+
+
+def is_store_file(target: Path, store_file: Path | None) -> bool:
+    """Whether `target` is the job store's file (`store_file`), or one of SQLite's files beside it."""
     if store_file is None:
-        return
+        return False
     try:
         real = Path(os.path.realpath(target))
-        hit = real in {Path(f"{store_file}{s}") for s in _STORE_SIDECARS} or (
+        return real in {Path(f"{store_file}{s}") for s in _STORE_SIDECARS} or (
             real.exists() and store_file.exists() and real.samefile(store_file)
         )
     except OSError:
-        return  # the write itself says what is wrong with the path
-    if hit:
-        raise ConfigError(f"cannot write {target}: it is the job store; give another path")
+        return False  # the write itself says what is wrong with the path
 
 
 @contextmanager

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from runner.config import DEFAULT_DB, MAX_PROCESSES, MAX_REPAIR, name_problem
 from runner.errors import ConfigError
+from runner.files import is_store_file
 from runner.validate import check_partial_body
 
 __all__ = [
@@ -273,14 +274,31 @@ class JobSpec(_Section):
                     )
                 seen[path] = f
 
-    def check_outputs(self, *, job_id: str, date: dt.date | None = None, source: Path | None = None) -> None:
-        """SpecError when an output of this job cannot be written: the path is a directory, or a file stands
-        where a directory above it must be. Checked before the run, not found after it was paid for."""
+    def check_outputs(
+        self,
+        *,
+        job_id: str,
+        date: dt.date | None = None,
+        source: Path | None = None,
+        store_file: Path | None = None,
+    ) -> None:
+        """SpecError when an output of this job cannot be written: the path is a directory, a file stands where
+        a directory above it must be, it is the job store (`store_file`), or two outputs name one file (the
+        report written over the results: exit 0, the answers gone from it). Checked before the run, not found
+        after it was paid for."""
         kinds: tuple[OutputKind, ...] = ("results", "errors", "report", "report_html")
+        taken: dict[Path, OutputKind] = {}
         for kind in kinds:
             path = self.output_path(kind, job_id=job_id, date=date, source=source)
             if path is None:
                 continue
+            if (other := taken.get(Path(os.path.realpath(path)))) is not None:
+                raise SpecError(
+                    f"{self._path}: [output] {kind}: {path} is [output] {other} too; give each its own file"
+                )
+            taken[Path(os.path.realpath(path))] = kind
+            if is_store_file(path, store_file):
+                raise SpecError(f"{self._path}: [output] {kind}: {path} is the job store; give another path")
             if path.is_dir():
                 raise SpecError(f"{self._path}: [output] {kind}: {path} is a directory")
             for parent in path.parents:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -204,6 +205,21 @@ def refuse_in_memory(db: str) -> None:
         return
     reason = "an in-memory database keeps nothing once the command ends; give a file path"
     raise StoreUnavailable(masked(db), reason)
+
+
+def store_file(db: str) -> Path | None:
+    """The file an SQLite store at `db` keeps (absolute), before it is opened; None for a PostgreSQL URL or a
+    name that cannot be a store (opening it says why)."""
+    from runner.store.postgres import is_postgres_url
+    from runner.store.sqlite.engine import database_path
+
+    if is_postgres_url(db):
+        return None
+    try:
+        path = database_path(db)
+    except (ValueError, ArgumentError):
+        return None
+    return None if path is None else Path(os.path.abspath(path))
 
 
 def _in_memory(db: str) -> bool:

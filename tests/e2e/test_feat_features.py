@@ -4,6 +4,8 @@ before the fix it came with."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,45 @@ def test_a_spec_whose_output_is_a_directory_stops_before_anything_is_sent(
     assert r.stderr.strip().splitlines() == [f"runner: {spec}: [output] results: {tmp_path}/out/r.jsonl is a directory"]
     stats = json.loads(urllib.request.urlopen(mock.base_url.removesuffix("/v1") + "/_mock/stats").read())
     assert stats["creates"] == 0
+
+
+@pytest.mark.parametrize(
+    ("output", "said"),
+    [
+        # The report replaced the results (exit 0, the answers gone from the file), the HTML page the errors.
+        ('results = "o/r.jsonl"\nreport = "o/r.jsonl"', "[output] report: {tmp}/o/r.jsonl is [output] results too"),
+        (
+            'results = "o/r.jsonl"\nerrors = "o/e.jsonl"\nreport_html = "./o/e.jsonl"',
+            "[output] report_html: {tmp}/o/e.jsonl is [output] errors too",
+        ),
+        # These two were found only after every line was sent, and named with flags the user never typed.
+        ('results = "o/r.jsonl"\nerrors = "o/r.jsonl"', "[output] errors: {tmp}/o/r.jsonl is [output] results too"),
+        ('results = "runner.db"', "[output] results: {tmp}/runner.db is the job store"),
+    ],
+    ids=["report-over-results", "html-over-errors", "errors-over-results", "the-store"],
+)
+def test_a_spec_whose_outputs_collide_stops_before_anything_is_made(
+    cli: Cli, mock_factory: Any, tmp_path: Path, output: str, said: str
+) -> None:
+    mock = mock_factory()
+    example = Path(__file__).resolve().parents[2] / "jobs" / "example.jsonl"
+    (tmp_path / "in.jsonl").write_bytes(example.read_bytes())
+    spec = tmp_path / "n.toml"
+    spec.write_text(f'[job]\ninput = "in.jsonl"\n[output]\n{output}\n')
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock.base_url, "RUNNER_DB": ""}
+    r = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in cli.environ(env).items() if k != "RUNNER_DB"},  # the spec's store, beside it
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith(f"runner: {spec}: {said.format(tmp=tmp_path)}"), r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert mock.stats()["creates"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "n.toml"]  # no store, no output
 
 
 def test_a_chain_run_on_the_batch_lane_then_the_sync_lane_completes(cli: Cli, mock_factory: Any) -> None:
