@@ -49,6 +49,9 @@ class JobStatusReport:
             "name": st.job.name,
             "source": st.job.source,
             "status": st.status.value,
+            # The words `runner jobs` and `runner report` show: a finished job whose lines all failed is `failed`,
+            # where `status` (where the job is in its life) says `completed`, and a script took that for success.
+            "state": job_state(st),
             "total": st.job.total,
             "counts": st.counts,
             "attempts": st.attempts,

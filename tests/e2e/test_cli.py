@@ -5,6 +5,7 @@ picks, JSON logs, and a concurrency above the open-file limit."""
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import anyio
 import pytest
 
 from runner import app
-from tests.conftest import Cli, write_jobfile
+from tests.conftest import Cli, run_args, write_jobfile
 
 pytestmark = pytest.mark.e2e
 
@@ -207,3 +208,34 @@ def test_concurrency_above_the_open_file_limit_is_lowered_with_a_warning(
     assert "warning: only 160 open files allowed (ulimit -n); concurrency lowered from 500 to 48" in r.stderr
     assert "Traceback" not in r.stderr
     assert _counts(cli.db, job) == {"completed": 20}
+
+
+def test_jobs_json_says_in_words_what_the_table_says(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    # `runner jobs` read `failed` for a job whose only line failed, and `jobs --json` "completed": a script that
+    # checked the JSON took it for a success.
+    mock = mock_factory()
+
+    def job(name: str, failing: int, ok: int) -> str:
+        src = tmp_path / f"{name}.jsonl"
+        lines = [
+            {"custom_id": f"{name}-{i}", "method": "POST", "url": "/v1/responses", "body": body}
+            for i, body in enumerate(
+                [{"model": "gpt-4.1-mini", "input": "x", "metadata": {"mock_error": "invalid_prompt"}}] * failing
+                + [{"model": "gpt-4.1-mini", "input": "y"}] * ok
+            )
+        ]
+        src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return cli.submit(src)
+
+    all_failed, some_failed, fine = job("a", 1, 0), job("b", 2, 3), job("c", 0, 2)
+    assert cli("run", *run_args(mock, "--quiet")).returncode == 1
+    listed = {j["job_id"]: (j["status"], j["state"]) for j in json.loads(cli("jobs", "--json").stdout)}
+    assert listed == {
+        all_failed: ("completed", "failed"),
+        some_failed: ("completed", "done, 2 failed"),
+        fine: ("completed", "completed"),
+    }
+    table = cli("jobs").stdout
+    for job_id, (_, state) in listed.items():
+        assert re.search(rf"^{job_id}\s+\S+ \S+\s+{re.escape(state)}\s", table, re.M), table
+    assert json.loads(cli("status", all_failed, "--json").stdout)["state"] == "failed"
