@@ -72,7 +72,9 @@ def _complete_lines(db: Path, job: str, lines: range) -> None:
 
 def test_server_text_is_escaped_and_jobs_shows_dates_and_failures(cli: Cli, tmp_path: Path) -> None:
     src = write_jobfile(tmp_path / "in.jsonl", 6)
-    mixed = _submit(cli, src, f"eval{CLEAR}")
+    mixed = _submit(cli, src, "eval")
+    # A name with an escape in it, as a store of a runner from before names were checked may hold one.
+    _sql(cli.db, "update jobs set name = ? where id = ?", f"eval{CLEAR}", mixed)
     dead = _submit(cli, src, "all-bad")
     message = f"the server says {TITLE}hello{CLEAR} and more"
     _fail_lines(cli.db, mixed, range(1, 4), f"bad{CLEAR}", message)
