@@ -202,6 +202,15 @@ class JobsPart(StoreCore):
 
         await self.write(go)
 
+    async def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs were cancelled (`runner cancel`), for a run that holds some of their requests."""
+
+        async def go(conn: AsyncConnection) -> set[str]:
+            rows = await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.cancelled_at.is_not(None)))
+            return {r.id for r in rows}
+
+        return await self.read(go)
+
     # -- cancel and retry -------------------------------------------------------------------------
 
     async def cancel_job(self, job_id: str) -> tuple[int, list[tuple[int, str]]]:

@@ -67,6 +67,7 @@ class Sender:
         max_attempts: int,
         stopping: Callable[[], bool],
         in_flight: Callable[[], int],
+        cancelled: Callable[[str], bool] = lambda job_id: False,
         on_outcome: Callable[[Outcome], None],
         on_billing: Callable[[BillingError], None],
         on_doomed: Callable[[DoomedJobError], None],
@@ -84,6 +85,7 @@ class Sender:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self._stopping = stopping  # a stop (signal, billing, doomed job) came: send nothing more
+        self._cancelled = cancelled  # `runner cancel` of this job came: send nothing more of it
         self._in_flight = in_flight
         self._on_outcome = on_outcome
         self._on_billing = on_billing
@@ -135,9 +137,10 @@ class Sender:
         # (shared_turn would answer True at once), and no coroutine is made for it.
         if wait > 0 or not booked_alone:
             await self._pace(raw_tokens, wait, booked_alone)
-        if self._stopping():
+        if self._stopping() or self._cancelled(c.job_id):
             # A stop (signal or billing) came while this one waited for its turn: it was never sent,
-            # so it goes back to the queue without using up an attempt.
+            # so it goes back to the queue without using up an attempt (in a cancelled job, the store
+            # makes it cancelled).
             return self.writer.put(Outcome(c.id, RequestState.QUEUED, refund_attempt=True))
         sent_at = time.time()
         started = time.monotonic()

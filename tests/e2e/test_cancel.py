@@ -57,3 +57,31 @@ def test_cancel_of_100_polling_requests_is_quick_counted_right_and_quiet(
     assert "no longer leased" not in err
     counts = {k: v for k, v in cli.status(job)["counts"].items() if v}
     assert counts == {"cancelled": N}
+
+
+def test_a_run_sends_nothing_more_of_a_job_cancelled_under_it(
+    cli: Cli, mock_factory: Any, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    # The run holds requests it claimed but has not sent (its ready buffer, and slots waiting for the pacer): it
+    # sent them all after `runner cancel` had returned, each paid for (46-53 at --rpm 6000 and concurrency 40).
+    mock = mock_factory("--latency", "0.5")
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 400))
+    run = cli.popen("run", job, "--base-url", mock.base_url, "--concurrency", "80", "--rpm", "3000", "--quiet")
+    procs.append(run)
+    end = time.monotonic() + 60
+    while mock.stats()["creates"] < 60:
+        assert run.poll() is None and time.monotonic() < end, run.communicate()
+        time.sleep(0.02)
+    r = cli("cancel", job)
+    assert r.returncode == 0, r.stderr
+    at_cancel = mock.stats()["creates"]
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    after = mock.stats()["creates"] - at_cancel
+    # What the pacer lets out (50 a second) until the run's next look for a cancel (every 0.1 s), with room for
+    # a loaded machine; never the 80 and more it holds.
+    print(f"sent after the cancel: {after}")
+    assert after <= 20, after
+    counts = cli.status(job)["counts"]
+    assert counts["completed"] + counts["cancelled"] == 400 and counts["completed"] == mock.stats()["creates"]
+    assert counts["queued"] == counts["in_progress"] == 0
