@@ -55,12 +55,12 @@ def name_problem(name: str) -> str | None:
 
 def key_problem(key: str) -> str | None:
     """What makes `key` impossible to send, in one line that does not show it; None if nothing does."""
-    bad = control_at(key)
-    if bad is None:
+    if control_at(key) is None:
         return None
-    # Sent, it crashed the run (aiohttp refuses a line break in a header).
+    # Sent, it crashed the run (aiohttp refuses a line break in a header). No position: it would tell the length
+    # of the key's part before the character.
     return (
-        f"OPENAI_API_KEY (or --api-key) has a control character at position {bad}: no HTTP header can carry it"
+        "OPENAI_API_KEY (or --api-key) has a control character inside: no HTTP header can carry it"
         " (check how the key was copied)"
     )
 

@@ -59,7 +59,7 @@ def test_a_key_with_its_line_end_runs_and_one_with_a_line_break_inside_is_refuse
     r = cli("run", other, *run_args(mock), "--quiet", extra_env={"OPENAI_API_KEY": "sk-a\nbc"})
     assert r.returncode == 2
     assert r.stderr == (
-        "runner: OPENAI_API_KEY (or --api-key) has a control character at position 5: no HTTP header can carry it"
+        "runner: OPENAI_API_KEY (or --api-key) has a control character inside: no HTTP header can carry it"
         " (check how the key was copied)\n"
     )
     assert cli.status(other)["counts"]["queued"] == 2

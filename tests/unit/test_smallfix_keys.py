@@ -3,6 +3,7 @@ with `--auth-style api-key` (Azure), and an empty key counts as none. Nothing is
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anyio
@@ -76,13 +77,13 @@ def test_a_key_read_with_its_line_end_is_sent_without_it(tmp_path: Path) -> None
 def test_a_key_with_a_control_character_inside_is_refused_unshown_before_anything_is_sent(
     key: str, tmp_path: Path
 ) -> None:
-    e = _refused(tmp_path, {"api_key": key}, r"^OPENAI_API_KEY \(or --api-key\) has a control character at position")
-    # No part of the key in the message (not even its length).
-    assert "bc" not in str(e) and str(len(key)) not in str(e)
+    e = _refused(tmp_path, {"api_key": key}, r"^OPENAI_API_KEY \(or --api-key\) has a control character inside: ")
+    # No part of the key in the message (not even its length, nor that of its part before the character).
+    assert "bc" not in str(e) and not re.search(r"\d", str(e).replace("OPENAI", "")), str(e)
 
 
 def test_the_python_apis_client_refuses_such_a_key_too() -> None:
     from runner.client import ApiClient
 
-    with pytest.raises(ConfigError, match=r"^OPENAI_API_KEY \(or --api-key\) has a control character at position 6:"):
+    with pytest.raises(ConfigError, match=r"^OPENAI_API_KEY \(or --api-key\) has a control character inside:"):
         ApiClient("http://127.0.0.1:9/v1", "sk-ab\ncd")
