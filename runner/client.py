@@ -132,12 +132,33 @@ def _shown(url: httpx.URL) -> str:
     return str(url.copy_with(username=None, password=None, query=None, fragment=None))
 
 
-def _http_message(status: int, raw: bytes, secret: str | None, where: str) -> str:
+def _http_message(status: int, raw: bytes, where: str) -> str:
     """What a failure without an OpenAI error object said: status, method + URL, and its first 1 KB of text."""
     text = raw[: MAX_ERROR_TEXT * 4].decode("utf-8", "replace")[:MAX_ERROR_TEXT].strip()
-    if secret:
-        text = text.replace(secret, "[redacted]")  # a proxy echoing our headers must not put the key in the store
     return f"HTTP {status} from {where}: {text}" if text else f"HTTP {status} from {where}"
+
+
+REDACTED = "[redacted]"
+# A key this short ("EMPTY", "none", "sk-1234": what self-hosted servers are given) is no secret, and replacing
+# it in every reply would change answers that merely hold the word.
+MIN_REDACTED_KEY = 8
+
+
+def redact(raw: bytes, request_id: str | None, secret: str | None) -> tuple[bytes, str | None]:
+    """A reply's body and request id with the API key replaced by REDACTED wherever the server echoed it.
+
+    Done here, before anything is read from the reply: a gateway that echoes the Authorization header it was
+    sent (into an error's message or code, an answer, `x-request-id`) put the key into the store, `show`,
+    `report` and every export, where only the message of a non-OpenAI error had been redacted.
+    """
+    if secret is None or len(secret) < MIN_REDACTED_KEY:
+        return raw, request_id
+    key = secret.encode()
+    if key in raw:
+        raw = raw.replace(key, REDACTED.encode())
+    if request_id is not None and secret in request_id:
+        request_id = request_id.replace(secret, REDACTED)
+    return raw, request_id
 
 
 def is_billing_code(code: str | None) -> bool:
@@ -248,7 +269,7 @@ def classify_reply(
 ) -> ApiReply:
     """`classify` on the parts of a reply, whichever HTTP stack read it: `headers` look-ups must ignore case
     (aiohttp's and httpx's both do); `where()` names the request in a message (`METHOD URL`)."""
-    request_id = read_request_id(headers.get("x-request-id"))
+    raw, request_id = redact(raw, read_request_id(headers.get("x-request-id")), secret)
     if not 100 <= status <= 599:
         # aiohttp reads any three digits: 600-999 is no HTTP status, and not a 5xx to be sent (and paid) again.
         raise PermanentApiError(
@@ -274,7 +295,7 @@ def classify_reply(
         )
 
     code, typ, message = _error_fields(body)
-    message = message or _http_message(status, raw, secret, where())
+    message = message or _http_message(status, raw, where())
     kw: dict[str, Any] = {
         "status": status,
         "code": code or typ,

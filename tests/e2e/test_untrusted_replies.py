@@ -111,6 +111,8 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
         "error_deep",
         "bad_gzip",
         "not_openai_400",
+        "key_echo_json",
+        "key_echo_ok",
         "big_header",
         "trickle",
         *BACKGROUND,
@@ -157,7 +159,7 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
     usage = st["usage"]
     assert all(0 <= v < 2**50 for v in usage.values()), usage
     counts = st["counts"]
-    n_ok = len(OKS) + len(misbehaving.USAGES) + len(misbehaving.RATE_HEADERS) + 2
+    n_ok = len(OKS) + len(misbehaving.USAGES) + len(misbehaving.RATE_HEADERS) + 3  # + key_echo_ok
     assert counts["completed"] == n_ok, counts
     assert counts["failed"] == len(scenarios) - n_ok, counts
     report = cli("report", job)
@@ -207,6 +209,15 @@ def test_a_job_of_every_bad_reply_finishes_and_keeps_every_answer(
     msg = got["not_openai_400"]["error_message"]
     assert msg.startswith(f"HTTP 400 from POST {server.base_url}/responses: 400 Bad Request from the gateway")
     assert "[redacted]" in msg
+    # The key echoed in an OpenAI error's message and code, in an answer, as the request id: stored redacted
+    # (the store, `show`, `report` and exports had it 19, 4 and 8 times).
+    assert got["key_echo_json"]["error_message"] == "bad header Bearer [redacted]"
+    assert got["key_echo_json"]["error_code"] == "Bearer [redacted]"
+    assert got["key_echo_ok"]["request_id"] == "Bearer [redacted]"
+    assert json.loads(got["key_echo_ok"]["response_body"])["output_text"] == "you sent Bearer [redacted]"
+    for args in (["show", job, "key_echo_json"], ["show", job, "key_echo_ok"], ["report", job]):
+        shown = cli(*args)
+        assert shown.returncode == 0 and KEY not in shown.stdout + shown.stderr, args
     with sqlite3.connect(cli.db) as conn:
         for table in ("requests", "jobs"):
             for row in conn.execute(f"select * from {table}"):

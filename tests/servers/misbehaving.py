@@ -201,6 +201,14 @@ class Server:
         if scenario == "escapes":
             err = {"error": {"message": ESCAPE_MESSAGE, "type": "invalid_request_error", "code": ESCAPES}}
             return _json(err, status=400)
+        if scenario in ("key_echo_json", "key_echo_ok"):
+            # A gateway (or a model) echoing the Authorization header it was sent: into an OpenAI error's message
+            # and code, into the answer itself, and as the request id. The runner keeps none of it.
+            echoed = request.headers.get("authorization", "")
+            if scenario == "key_echo_ok":
+                return _json(_response(rid, text=f"you sent {echoed}"), headers={"x-request-id": echoed})
+            err = {"error": {"message": f"bad header {echoed}", "type": "invalid_request_error", "code": echoed}}
+            return _json(err, status=400, headers={"x-request-id": echoed})
         if scenario == "not_openai_400":
             # A proxy's own error page, echoing what it was sent (the key included): the runner must keep
             # the text and never the key.

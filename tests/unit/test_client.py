@@ -698,3 +698,16 @@ async def test_idle_connections_beyond_those_kept_are_closed_and_the_client_stil
             assert reply.status == 200
         finally:
             await api.aclose()
+
+
+def test_the_key_is_redacted_from_a_reply_before_anything_reads_it_unless_it_is_no_secret() -> None:
+    from runner.client import redact
+
+    key = "sk-proj-abcdefgh12345678"
+    raw, rid = redact(f'{{"error": {{"message": "you sent Bearer {key}", "code": "{key}"}}}}'.encode(), key, key)
+    assert key.encode() not in raw and raw.count(b"[redacted]") == 2 and rid == "[redacted]"
+    # vLLM's docs give the key "EMPTY": no secret, and an answer that says EMPTY must stay as it is.
+    assert redact(b'{"output_text": "The box is EMPTY"}', "req_1", "EMPTY") == (
+        b'{"output_text": "The box is EMPTY"}',
+        "req_1",
+    )
