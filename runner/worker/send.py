@@ -24,6 +24,7 @@ from runner.errors import (
     CapacityError,
     DoomedJobError,
     DroppedError,
+    PermanentApiError,
     TimeoutApiError,
     TransientApiError,
     UnreachableError,
@@ -213,13 +214,17 @@ class Sender:
         if is_running(reply.body):
             response_id = read_id(reply.body.get("id"))
             if response_id is None:
-                return self._put(
-                    from_error(
-                        c,
-                        TransientApiError("background response without an id", code="invalid_response_body"),
-                        max_attempts=max_attempts,
-                    )
+                # Created (and perhaps billed) but not pollable: sent again, a server that answers so created and
+                # billed it up to --max-attempts times, keeping none of the ids.
+                error = PermanentApiError(
+                    f"the server answered the background create ({reply.body.get('status')}) without a usable"
+                    " response id (a string of 1 to 256 characters): it cannot be polled, and it is not sent again,"
+                    " as it may be billed",
+                    status=reply.status,
+                    code="invalid_response_body",
+                    request_id=reply.request_id,
                 )
+                return self._put(from_error(c, error, max_attempts=max_attempts, sent_at=sent_at))
             await self.writer.wait(
                 self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
             )

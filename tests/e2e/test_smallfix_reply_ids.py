@@ -46,3 +46,31 @@ def test_a_bad_foreground_id_fails_its_line_and_the_lines_that_continue_it(cli: 
     assert got["child"][:2] == ("failed", "parent_failed")
     assert got["fine"][:2] == ("completed", None)
     assert server.stats()["posts"].get("ok") == 1  # the child was never sent
+
+
+def test_a_background_create_answered_without_a_usable_id_is_not_sent_again(cli: Cli, server: Misbehaving) -> None:
+    # Created, perhaps billed, and not pollable: it was sent again up to --max-attempts times (6 POSTs each),
+    # none of the ids kept, and `show` called each attempt "no HTTP reply".
+    path = cli.db.parent / "in.jsonl"
+    bad = [f"bg_{s}" for s in misbehaving.ODD_IDS]
+    lines = [_line(s, s, background=True, store=True) for s in bad]
+    lines.append(_line("fine", "bg_ok", background=True, store=True))
+    path.write_text("".join(lines))
+    job = cli.submit(path)
+
+    r = cli("run", job, "--base-url", server.base_url, "--quiet")  # the default 6 attempts
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert server.stats()["posts"] == {**dict.fromkeys(bad, 1), "bg_ok": 1}
+    with closing(sqlite3.connect(cli.db)) as conn:
+        got = dict(
+            conn.execute(
+                "select custom_id, state || ' ' || error_code || ' ' || http_status from requests"
+                " where custom_id != 'fine'"
+            )
+        )
+        fine = conn.execute("select state from requests where custom_id = 'fine'").fetchone()[0]
+    assert got == dict.fromkeys(bad, "failed invalid_response_body 200")
+    assert fine == "completed"
+    shown = cli("show", job, bad[0])
+    assert "without a usable response id" in shown.stdout and "not sent again" in shown.stdout, shown.stdout

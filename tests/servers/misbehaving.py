@@ -240,6 +240,8 @@ class Server:
         if scenario == "bg_hint_zero":
             self.created[rid] = asyncio.get_running_loop().time()
             return _json(_response(rid, status="queued"), headers={"openai-poll-after-ms": "0"})
+        if scenario.startswith("bg_id_"):  # a background create answered with an id that is none
+            return _json({**_response(rid, status="queued"), "id": ODD_IDS[scenario.removeprefix("bg_")]})
         if scenario.startswith("bg_"):
             return _json(_response(rid, status="queued"))
         return _json(_response(rid), headers={"x-request-id": f"req_{rid}"})
