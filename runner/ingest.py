@@ -368,16 +368,27 @@ async def _submit_files(
             done.append(staged)
         if failed:
             raise failed[0] if len(paths) == 1 else InputErrors(failed, len(paths))
-        for d in done:
-            if d.staged:
-                await store.publish_job(d.result.job_id, d.result.total)
+        ready = [d for d in done if d.staged]
+        if ready:
+            published = await store.publish_jobs([(d.result.job_id, d.result.total) for d in ready], new=new)
+            for d in ready:
                 d.staged = False
+            _stand_in(done, {d.result.job_id: p for d, p in zip(ready, published, strict=True)})
     except BaseException:
         for d in done:
             if d.staged:
                 await _drop_staged(store, d.result.job_id)
         raise
     return [d.result for d in done]
+
+
+def _stand_in(done: list[_Staged], published: dict[str, tuple[str, int]]) -> None:
+    """Where a staged job gave way at publishing to the same file's job, published by a submit that ran at the same
+    time (store.publish_jobs), that job is the file's result (and its twins' in this call), as if it came first."""
+    for d in done:
+        job_id, total = published.get(d.result.job_id, (d.result.job_id, d.result.total))
+        if job_id != d.result.job_id:
+            d.result = replace(d.result, job_id=job_id, total=total, existing=True, warnings=[], reused=0)
 
 
 async def _drop_staged(store: Store, job_id: str) -> None:

@@ -5,19 +5,22 @@ text round trips stay cheap on both), giving NULL for a document that is not JSO
 query: SQLite's `json_extract` behind `json_valid`, PostgreSQL's `runner_json_path()` (a function made by
 migration 0001 that catches the parse error). `big_sum(col)` sums counts without ever failing on overflow:
 SQLite's TOTAL(), PostgreSQL's SUM as double precision (its SUM of bigint is an exact numeric).
+`xact_lock(key)` makes the writers that name one key take turns until their transactions end: PostgreSQL's
+`pg_advisory_xact_lock`; on SQLite a constant, as its writers already take turns (BEGIN IMMEDIATE).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from sqlalchemy import Float, String
+from sqlalchemy import BigInteger, Float, String, literal
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-__all__ = ["big_sum", "json_field"]
+__all__ = ["big_sum", "json_field", "xact_lock"]
 
 
 class _JsonField(FunctionElement[str]):
@@ -34,6 +37,19 @@ class _BigSum(FunctionElement[float]):
     inherit_cache = True
     type = Float()
     name = "big_sum"
+
+
+class _XactLock(FunctionElement[None]):
+    inherit_cache = True
+    name = "xact_lock"
+
+
+def xact_lock(key: str) -> ColumnElement[None]:
+    """Selected as a statement of its own, first: from there to the end of the transaction, every other writer
+    that selects `xact_lock` of the same key waits (a later statement then sees what that writer committed)."""
+    # 64 bits of a hash: PostgreSQL's lock key is a bigint, and two keys that meet only make their writers wait.
+    number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+    return _XactLock(literal(number, BigInteger))
 
 
 def json_field(column: Any, *keys: str) -> ColumnElement[str]:
@@ -74,3 +90,13 @@ def _big_sum_sqlite(element: _BigSum, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(_BigSum, "postgresql")
 def _big_sum_pg(element: _BigSum, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST(sum({compiler.process(element.clauses, **kw)}) AS double precision)"
+
+
+@compiles(_XactLock, "sqlite")
+def _xact_lock_sqlite(element: _XactLock, compiler: SQLCompiler, **kw: Any) -> str:
+    return "NULL"  # a writer here holds the database's only write lock (BEGIN IMMEDIATE) until it ends
+
+
+@compiles(_XactLock, "postgresql")
+def _xact_lock_pg(element: _XactLock, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"pg_advisory_xact_lock({compiler.process(element.clauses, **kw)})"

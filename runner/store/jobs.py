@@ -1,11 +1,16 @@
-"""The Store's jobs: submit (staging, inserting, publishing), finding and listing, cancel, retry, delete."""
+"""The Store's jobs: submit (staging, inserting, publishing), finding and listing, cancel, retry, delete.
+
+Over 400 lines on purpose: a submit and a delete change the same rows of the same tables, each under locks that
+must not cross the other's (publishing drops a staged job that gave way as a delete drops a job), and they stay
+right by being read side by side.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import JobBusy, JobNotFound
@@ -13,6 +18,7 @@ from runner.states import POLL_FAILED, RequestState
 from runner.store.answer import keep_answers, referencing_jobs
 from runner.store.backend import InsertsAnswered
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
+from runner.store.dialect import xact_lock
 from runner.store.models import JobRow, NewRequest
 from runner.store.tables import jobs, requests
 
@@ -109,27 +115,52 @@ class JobsPart(StoreCore):
         return await self.read(go)
 
     async def publish_job(self, job_id: str, total: int) -> None:
-        """Make a fully staged job visible: from here on it can be run, listed and exported."""
+        """Make a fully staged job visible, whatever else is published: from here on it can be run, listed and
+        exported."""
+        await self.publish_jobs([(job_id, total)], new=True)
 
-        async def go(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.phase == "staging")
-                .values(phase="ready", total=total, staged_by=None)
-            )
+    async def publish_jobs(self, staged: Sequence[tuple[str, int]], *, new: bool) -> list[tuple[str, int]]:
+        """Make fully staged jobs (id, total) visible, all or none; the published (id, total), in order.
 
-        await self.write(go)
+        Unless `new`, a staged job whose fingerprint a published job has is dropped instead, and that job stands
+        in for it: another submit of the same file published it since this one looked. Looking and
+        publishing share one transaction, and the fingerprint's lock (`xact_lock`), so of any number of such
+        submits at once exactly one publishes.
+        """
+
+        async def go(conn: AsyncConnection) -> list[tuple[str, int]]:
+            ids = [job_id for job_id, _ in staged]
+            fingerprints: dict[str, str] = {}
+            if not new:
+                rows = await conn.execute(select(jobs.c.id, jobs.c.fingerprint).where(jobs.c.id.in_(ids)))
+                fingerprints = {r.id: r.fingerprint for r in rows}
+            # Sorted: two submits of the same two files, named in either order, would each hold the key the other
+            # waits for. Each lock is a statement of its own before the look, as PostgreSQL's READ COMMITTED takes
+            # a statement's snapshot when it starts: a look that started before it held the lock would miss what
+            # the submit it waited for published.
+            for key in sorted(set(fingerprints.values())):
+                await conn.execute(select(xact_lock(key)))
+            published: list[tuple[str, int]] = []
+            for job_id, total in staged:
+                fingerprint = fingerprints.get(job_id)
+                twin = None if fingerprint is None else (await conn.execute(_ready_job(fingerprint))).first()
+                if twin is None:
+                    await conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == job_id, jobs.c.phase == "staging")
+                        .values(phase="ready", total=total, staged_by=None)
+                    )
+                    published.append((job_id, total))
+                else:
+                    await _drop(conn, job_id)
+                    published.append((twin.id, twin.total))
+            return published
+
+        return await self.write(go)
 
     async def drop_job(self, job_id: str) -> None:
         """Delete a job and its requests."""
-
-        async def go(conn: AsyncConnection) -> None:
-            # A staging job's rows are never a source (none is an original answer): this finds none at once.
-            await keep_answers(conn, [job_id])
-            await conn.execute(delete(requests).where(requests.c.job_id == job_id))
-            await conn.execute(delete(jobs).where(jobs.c.id == job_id))
-
-        await self.write(go)
+        await self.write(lambda conn: _drop(conn, job_id))
 
     async def drop_abandoned_staging(self, is_abandoned: Callable[[str | None], bool]) -> list[str]:
         """Delete staging jobs whose submitting process is gone (a submit killed half way)."""
@@ -147,13 +178,8 @@ class JobsPart(StoreCore):
         """The id of a published job with this fingerprint, if any."""
 
         async def go(conn: AsyncConnection) -> str | None:
-            r = await conn.execute(
-                select(jobs.c.id)
-                .where(jobs.c.fingerprint == fingerprint, jobs.c.phase == "ready")
-                .order_by(jobs.c.created_at.desc())
-                .limit(1)
-            )
-            return r.scalar_one_or_none()
+            found = (await conn.execute(_ready_job(fingerprint))).first()
+            return None if found is None else str(found.id)
 
         return await self.read(go)
 
@@ -378,6 +404,24 @@ class JobsPart(StoreCore):
             referencing = {r.job_id for r in await conn.execute(referencing_jobs(ids))}
             if referencing <= locked:
                 return found
+
+
+def _ready_job(fingerprint: str) -> Select[tuple[str, int]]:
+    """The id and total of the newest published job with this fingerprint (one at most, but for `--new`)."""
+    return (
+        select(jobs.c.id, jobs.c.total)
+        .where(jobs.c.fingerprint == fingerprint, jobs.c.phase == "ready")
+        .order_by(jobs.c.created_at.desc())
+        .limit(1)
+    )
+
+
+async def _drop(conn: AsyncConnection, job_id: str) -> None:
+    """Delete a job and its requests, inside the caller's transaction."""
+    # A staging job's rows are never a source (none is an original answer): this finds none at once.
+    await keep_answers(conn, [job_id])
+    await conn.execute(delete(requests).where(requests.c.job_id == job_id))
+    await conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
 
 def _runs(ordered: list[str], doomed: set[str]) -> list[tuple[bool, list[str]]]:
