@@ -113,6 +113,12 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
             return None, None, read_error_text(err, MAX_MESSAGE_CHARS)
         msg = body.get("message")
         if isinstance(msg, str):
+            if body.get("object") == "error":  # vLLM's flat ErrorResponse: its type says what kind of error
+                return (
+                    read_error_text(body.get("code"), MAX_CODE_CHARS),
+                    read_error_text(body.get("type"), MAX_CODE_CHARS),
+                    read_error_text(msg, MAX_MESSAGE_CHARS),
+                )
             return None, None, read_error_text(msg, MAX_MESSAGE_CHARS)
     return None, None, None
 
@@ -224,13 +230,19 @@ def _redirect_problem(status: int, location: str | None, url: httpx.URL) -> str:
     )
 
 
-def _names_a_missing_thing(code: str | None) -> bool:
-    """A 404 code such as `model_not_found` or `previous_response_not_found`: that line's reference is wrong.
+def _names_a_missing_thing(code: str | None, typ: str | None, message: str | None) -> bool:
+    """A 404 that says what is missing, such as `model_not_found` or `previous_response_not_found`: that line's
+    reference is wrong, not the base URL.
 
-    Azure spells it `DeploymentNotFound` (a deployment is its model name): one line's wrong model stopped the
-    whole job as if the base URL were wrong.
+    Azure spells it `DeploymentNotFound` (a deployment is its model name); vLLM answers an unknown model with
+    the type `NotFoundError` (and the code 404), LiteLLM with a message starting `litellm.NotFoundError:`. Each
+    stopped the whole job, run after run, as if the base URL were wrong. A missing route says none of these
+    (`{"detail": "Not Found"}`, OpenAI's "Invalid URL", a proxy's page).
     """
-    return code is not None and code.endswith(("_not_found", "NotFound"))
+    names = ("_not_found", "NotFound", "NotFoundError")
+    return any(x is not None and x.endswith(names) for x in (code, typ)) or (
+        message is not None and "NotFoundError" in message
+    )
 
 
 def classify(
@@ -310,7 +322,7 @@ def classify_reply(
         raise DoomedJobError(_key_problem(status, code or typ), **kw)
     if create_url is not None and 300 <= status < 400:
         raise DoomedJobError(_redirect_problem(status, headers.get("location"), create_url), **kw)
-    if create_url is not None and (status == 405 or (status == 404 and not _names_a_missing_thing(code))):
+    if create_url is not None and (status == 405 or (status == 404 and not _names_a_missing_thing(code, typ, message))):
         raise DoomedJobError(_endpoint_problem(status, create_url), **kw)
     should_retry = headers.get("x-should-retry")
     if should_retry == "false":
@@ -471,6 +483,7 @@ class ApiClient:
         # As given, for messages: never the key, nor a password the URL holds (nor a query: there is none).
         self.base_url = _shown(self._base).rstrip("/")
         self._create_url = self._base.join("responses")
+        self._answered = False  # a create has been answered 2xx
         self._create_target = yarl.URL(str(self._create_url), encoded=True)  # parsed once, not per request
         self._create_where = f"POST {_shown(self._create_url)}"
         # GET /responses/{id} is built by concatenation on this prefix: parsing and joining URLs with httpx
@@ -592,7 +605,7 @@ class ApiClient:
             raw,
             where=where if callable(where) else lambda: where,
             secret=self._secret,
-            create_url=self._create_url if creating else None,
+            create_url=self._create_url if creating and not self._answered else None,
         )
 
     async def _read_chunks(self, stream: aiohttp.StreamReader, status: int, headers: Mapping[str, str]) -> bytes:
@@ -645,12 +658,22 @@ class ApiClient:
         except TRANSPORT_ERRORS as exc:
             raise classify_exception(exc) from None
         return classify(
-            response, raw, secret=self._secret, request=request, create_url=self._create_url if creating else None
+            response,
+            raw,
+            secret=self._secret,
+            request=request,
+            create_url=self._create_url if creating and not self._answered else None,
         )
 
     async def create(self, body: bytes, *, client_request_id: str | None = None) -> ApiReply:
         """POST /responses with a body that is already JSON."""
-        return await self._send("POST", self._create_target, self._create_where, body, client_request_id, creating=True)
+        reply = await self._send(
+            "POST", self._create_target, self._create_where, body, client_request_id, creating=True
+        )
+        # The endpoint answers: from now on a 404 or 405 from it is about one line (its model, on a server whose
+        # words for that we do not know), never a base URL without a Responses API, which stops the whole job.
+        self._answered = True
+        return reply
 
     async def retrieve(self, response_id: str) -> ApiReply:
         """GET /responses/{id}."""

@@ -74,3 +74,29 @@ def test_a_background_create_answered_without_a_usable_id_is_not_sent_again(cli:
     assert fine == "completed"
     shown = cli("show", job, bad[0])
     assert "without a usable response id" in shown.stdout and "not sent again" in shown.stdout, shown.stdout
+
+
+def test_a_404_for_one_lines_model_on_a_foreign_server_fails_that_line_not_the_job(
+    cli: Cli, server: Misbehaving
+) -> None:
+    # vLLM's and LiteLLM's "model does not exist" stopped the whole job (exit 5, "no Responses API at this base
+    # URL") on every run: the line was requeued, claimed first again, and the job never finished.
+    path = cli.db.parent / "in.jsonl"
+    first = ["vllm_404", "vllm_404_flat", "litellm_404"]  # sent first, one at a time: nothing has answered yet
+    names = [*first, "ok", "unknown_404", "ok"]
+    path.write_text("".join(_line(f"{s}-{i}", s) for i, s in enumerate(names)))
+    job = cli.submit(path)
+
+    r = cli("run", job, "--base-url", server.base_url, "--concurrency", "1", "--quiet")
+    assert r.returncode == 1, r.stderr  # finished, some lines failed: not the doomed-job stop (5)
+    counts = cli.status(job)["counts"]
+    assert (counts["completed"], counts["failed"], counts["queued"]) == (2, 4, 0), counts
+    assert server.stats()["posts"] == {**dict.fromkeys(first, 1), "ok": 2, "unknown_404": 1}  # none sent twice
+    with closing(sqlite3.connect(cli.db)) as conn:
+        statuses = {
+            cid: (state, status)
+            for cid, state, status in conn.execute(
+                "select custom_id, state, http_status from requests where state = 'failed'"
+            )
+        }
+    assert statuses == {f"{s}-{i}": ("failed", 404) for i, s in enumerate(names) if s != "ok"}

@@ -135,6 +135,22 @@ ODD_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 # Completed 200s whose `id` is not a response id: too long, empty, a number.
+_VLLM_404 = {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": None, "code": 404}
+NOT_FOUND_404: dict[str, Any] = {
+    # vLLM (serving_engine._check_model), and its older flat ErrorResponse.
+    "vllm_404": {"error": _VLLM_404},
+    "vllm_404_flat": {"object": "error", **_VLLM_404},
+    "litellm_404": {
+        "error": {
+            "message": "litellm.NotFoundError: NotFoundError: OpenAIException - The model `x` does not exist",
+            "type": None,
+            "param": None,
+            "code": "404",
+        }
+    },
+    # Words no rule knows: after the same endpoint has answered, still only this line's.
+    "unknown_404": {"error": {"message": "Not found", "code": None}},
+}
 ODD_IDS: dict[str, Any] = {"id_long": "r" * 300, "id_empty": "", "id_number": 12345}
 
 # 200s whose bodies are not JSON objects.
@@ -201,6 +217,8 @@ class Server:
         if scenario == "escapes":
             err = {"error": {"message": ESCAPE_MESSAGE, "type": "invalid_request_error", "code": ESCAPES}}
             return _json(err, status=400)
+        if scenario in NOT_FOUND_404:  # a 404 for this line's model, in the words of servers other than OpenAI
+            return _json(NOT_FOUND_404[scenario], status=404)
         if scenario in ("key_echo_json", "key_echo_ok"):
             # A gateway (or a model) echoing the Authorization header it was sent: into an OpenAI error's message
             # and code, into the answer itself, and as the request id. The runner keeps none of it.
