@@ -13,6 +13,7 @@ decisions (billing before doomed before retryable); split across files, that ord
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 from collections import deque
@@ -167,6 +168,19 @@ def redact(raw: bytes, request_id: str | None, secret: str | None) -> tuple[byte
     return raw, request_id
 
 
+def _lenient_json(raw: bytes) -> Any:
+    """JSON that orjson refuses and the JSON standard's readers take: a UTF-8 byte order mark before it, a lone
+    surrogate escape (`"\\ud800"`) in a string. A 2xx reply like that came whole, and was sent (and paid)
+    again up to --max-attempts times, then dropped. A lone surrogate becomes U+FFFD, as it cannot be stored or
+    written as UTF-8; what is not JSON at all (NaN, 1e999, HTML) stays None.
+    """
+    try:
+        text = json.dumps(json.loads(raw.decode("utf-8-sig")), ensure_ascii=False, allow_nan=False)
+        return orjson.loads(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+    except (ValueError, RecursionError, orjson.JSONDecodeError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
 def is_billing_code(code: str | None) -> bool:
     """Quota and spend-limit codes: retrying never helps."""
     return code is not None and (code in BILLING_CODES or code.endswith("_spend_limit_exceeded"))
@@ -293,7 +307,7 @@ def classify_reply(
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
-        body = None
+        body = _lenient_json(raw)
 
     if 200 <= status < 300:
         if isinstance(body, dict):

@@ -100,3 +100,22 @@ def test_a_404_for_one_lines_model_on_a_foreign_server_fails_that_line_not_the_j
             )
         }
     assert statuses == {f"{s}-{i}": ("failed", 404) for i, s in enumerate(names) if s != "ok"}
+
+
+def test_a_whole_reply_that_orjson_refuses_but_json_allows_is_kept_not_paid_again(
+    cli: Cli, server: Misbehaving
+) -> None:
+    # A byte order mark, or a lone surrogate escape: the reply was taken for a broken one, sent again (and paid)
+    # up to --max-attempts times, then the line failed with no answer kept.
+    path = cli.db.parent / "in.jsonl"
+    path.write_text(_line("bom", "bom_ok") + _line("surrogate", "surrogate_ok"))
+    job = cli.submit(path)
+    r = cli("run", job, "--base-url", server.base_url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert server.stats()["posts"] == {"bom_ok": 1, "surrogate_ok": 1}
+    out = cli.db.parent / "out.jsonl"
+    assert cli("export", job, "-o", str(out)).returncode == 0
+    texts = {
+        x["custom_id"]: x["response"]["body"]["output_text"] for x in map(json.loads, out.read_text().splitlines())
+    }
+    assert texts == {"bom": "fine", "surrogate": "half \ufffd of an emoji"}  # what cannot be UTF-8 is replaced

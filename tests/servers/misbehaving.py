@@ -217,6 +217,12 @@ class Server:
         if scenario == "escapes":
             err = {"error": {"message": ESCAPE_MESSAGE, "type": "invalid_request_error", "code": ESCAPES}}
             return _json(err, status=400)
+        if scenario == "bom_ok":  # a byte order mark before good JSON (some Windows-hosted gateways)
+            return web.Response(
+                body=b"\xef\xbb\xbf" + json.dumps(_response(rid)).encode(), content_type="application/json"
+            )
+        if scenario == "surrogate_ok":  # a lone surrogate escape in the answer: JSON's grammar takes it
+            return _raw(json.dumps(_response(rid, text="half \ud83d of an emoji")))
         if scenario in NOT_FOUND_404:  # a 404 for this line's model, in the words of servers other than OpenAI
             return _json(NOT_FOUND_404[scenario], status=404)
         if scenario in ("key_echo_json", "key_echo_ok"):
