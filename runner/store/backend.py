@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -217,6 +218,23 @@ def _in_memory(db: str) -> bool:
         return database_path(db) is None
     except (ValueError, ArgumentError):
         return False  # not a URL at all: opening it says why
+
+
+def store_file(db: str) -> Path | None:
+    """The file an SQLite store `db` is kept in (absolute), found without opening it; None for PostgreSQL, a
+    store in memory, or a name that opening it would refuse."""
+    from runner.store.postgres import is_postgres_url
+
+    scheme, sep, _ = db.partition("://")
+    if is_postgres_url(db) or (sep and scheme.lower().partition("+")[0] != "sqlite"):
+        return None
+    from runner.store.sqlite.engine import database_path
+
+    try:
+        found = database_path(db)
+    except (ValueError, ArgumentError):
+        return None
+    return Path(os.path.abspath(found)) if found is not None else None
 
 
 def backend_for(db: str) -> Backend:

@@ -1,0 +1,99 @@
+"""Outputs as a user's disk and pipes take them: written whole or refused in one line naming what could not be
+written (exit 2), a closed pipe ended quietly (exit 141), never over the job store, and a replaced file keeps
+its permission bits.
+
+A full disk is a file-size limit here (`ulimit -f` with SIGXFSZ ignored): a write past it writes what fits and
+returns the short count, and the next one fails with EFBIG, as a disk that fills part way does with ENOSPC.
+The CLI runs with PYTHONUNBUFFERED=1 (`Cli.environ`), as in many containers: stdout's bytes then go to a raw
+file, whose short writes were lost silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, run_args, start_mock, write_jobfile
+
+pytestmark = pytest.mark.e2e
+
+LONG = 300_000  # characters of the one prompt: its flat export line is far past a pipe's 64 KB
+LIMIT = 100_000  # bytes any file may grow to, in the tests of a full disk
+
+
+def chat_file(path: Path, lines: int = 1, size: int = 10) -> Path:
+    with path.open("w") as f:
+        for i in range(lines):
+            body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"{i} " + "x" * size}]}
+            f.write(json.dumps(body) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, str]]:
+    """A store with one answered job of one line whose prompt is LONG characters."""
+    tmp = tmp_path_factory.mktemp("long")
+    src = tmp / "in.jsonl"
+    body = {"model": "gpt-4.1-mini", "input": "y" * LONG}
+    src.write_text(json.dumps({"custom_id": "long", "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    mock = start_mock()
+    try:
+        cli = Cli(tmp / "runner.db")
+        job = cli.submit(src)
+        r = cli("run", job, *run_args(mock, "--quiet"))
+        assert r.returncode == 0, r.stderr
+        yield cli, job
+    finally:
+        mock.stop()
+
+
+def run_into(cli: Cli, out: Path, *args: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with stdout sent to `out` (`runner ARGS > out`), its files limited to `limit` bytes if given."""
+
+    def limited() -> None:
+        os.umask(0o022)
+        if limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with out.open("wb") as f:
+        return subprocess.run(
+            [sys.executable, "-m", "runner", *args],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=cli.environ(),
+            cwd=cli.db.parent,
+            preexec_fn=limited,
+        )
+
+
+def one_line(r: subprocess.CompletedProcess[str]) -> tuple[int, list[str]]:
+    return r.returncode, r.stderr.strip().splitlines()
+
+
+def test_convert_never_writes_over_the_job_store(cli: Cli, tmp_path: Path) -> None:
+    # `runner convert chat.jsonl -o runner.db` (tab completion, or -o "$RUNNER_DB") replaced the store with
+    # one converted line, exit 0: every paid answer was gone. Export and the HTML report refused it already.
+    job = cli.submit(write_jobfile(tmp_path / "a.jsonl", 3))
+    chat = chat_file(tmp_path / "chat.jsonl")
+    before = hashlib.sha256(cli.db.read_bytes()).hexdigest()
+    for target in ["runner.db", str(cli.db), "runner.db-wal"]:
+        r = cli("convert", str(chat), "-o", target)
+        assert one_line(r) == (2, [f"runner: cannot write {target}: it is the job store; give another path"])
+    assert hashlib.sha256(cli.db.read_bytes()).hexdigest() == before
+    jobs = cli("jobs")
+    assert jobs.returncode == 0 and job in jobs.stdout, jobs.stderr
+    r = cli("convert", str(chat), "-o", "other.jsonl")  # any other file is written as before
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "other.jsonl").read_text())["input"][0]["content"] == "0 xxxxxxxxxx"
