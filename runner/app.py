@@ -334,11 +334,20 @@ async def submit_many(
             spooled.unlink(missing_ok=True)
 
 
+def refused_output(e: OSError) -> ConfigError | None:
+    """The one line for an output the file system would not take (a full disk, a quota, a size limit), when
+    the error names it: every output's writer does, stdout's too (`files.WholeWriter`). A full stdout read
+    `OSError: [Errno 28] No space left on device`, exit 1 ("some requests failed"), naming nothing."""
+    from runner.files import refused_write
+
+    return None if e.filename is None else refused_write(e, str(e.filename))
+
+
 def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False) -> ConvertCounts:
     """Rewrite a Chat Completions JSONL file as Responses lines, to `out` (stdout when None); all or nothing.
 
     "-" reads standard input. InputError names every line that cannot be converted; nothing is written then.
-    ConfigError when `out` is the job store (RUNNER_DB).
+    ConfigError when `out` is the job store (RUNNER_DB) or the file system will not take the output.
     """
     from runner.convert import NOTHING_WRITTEN, convert_file
     from runner.files import atomic_writer, refuse_store_file
@@ -364,6 +373,11 @@ def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False
             shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
             return counts
+    except OSError as e:
+        refused = refused_output(e)  # the output's own failure, not the temporary file's or the input's
+        if refused is None:
+            raise
+        raise refused from None
     finally:
         if spooled is not None:
             spooled.unlink(missing_ok=True)

@@ -97,3 +97,47 @@ def test_convert_never_writes_over_the_job_store(cli: Cli, tmp_path: Path) -> No
     r = cli("convert", str(chat), "-o", "other.jsonl")  # any other file is written as before
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "other.jsonl").read_text())["input"][0]["content"] == "0 xxxxxxxxxx"
+
+
+def test_stdout_on_a_disk_that_fills_is_one_line_not_a_truncated_file(
+    long_line: tuple[Cli, str], tmp_path: Path
+) -> None:
+    # `runner export > results.jsonl`: the one line's write went past the limit, its short count was ignored,
+    # and the export said "exported 1 lines", exit 0, leaving 100 KB of a 300 KB line.
+    cli, job = long_line
+    r = run_into(cli, tmp_path / "out.jsonl", "export", job, "--format", "jsonl-flat", limit=LIMIT)
+    assert one_line(r) == (2, ["runner: cannot write stdout: File too large"])
+    # convert into a file (1.2 MB, past its writer's buffer): "runner: OSError: [Errno 27] File too large", exit 1.
+    chat = chat_file(tmp_path / "chat.jsonl", lines=4, size=LONG)
+    r = run_into(cli, tmp_path / "log", "convert", str(chat), "-o", str(tmp_path / "c.jsonl"), limit=LIMIT)
+    assert one_line(r) == (2, [f"runner: cannot write {tmp_path / 'c.jsonl'}: File too large"])
+    assert not (tmp_path / "c.jsonl").exists()  # whole or not at all
+
+
+@pytest.mark.parametrize("command", ["export", "convert"])
+def test_a_pipe_that_closes_during_the_last_write_ends_with_141(
+    long_line: tuple[Cli, str], tmp_path: Path, command: str
+) -> None:
+    # `runner export --format jsonl-flat | head -c 100`: the reader left while the one long line was being
+    # written, and the export said "exported 1 lines", exit 0 (README: a closed pipe stops quietly, 141).
+    # convert copies its output to stdout in one piece, and said "converted 1 lines".
+    cli, job = long_line
+    args = ["export", job, "--format", "jsonl-flat"]
+    if command == "convert":
+        args = ["convert", str(chat_file(tmp_path / "chat.jsonl", size=LONG))]
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli.environ(),
+        cwd=cli.db.parent,
+    )
+    os.close(write)
+    try:
+        assert os.read(read, 100)  # the line is being written: the pipe holds 64 KB of it, the rest waits
+    finally:
+        os.close(read)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, "")
