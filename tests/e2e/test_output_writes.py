@@ -141,3 +141,38 @@ def test_a_pipe_that_closes_during_the_last_write_ends_with_141(
         os.close(read)
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err) == (141, "")
+
+
+ALL_FULL: list[tuple[list[str], str]] = [
+    (["status"], "stdout"),
+    (["jobs"], "stdout"),
+    (["report"], "stdout"),
+    (["report", "--json"], "stdout"),
+    (["estimate", "in.jsonl"], "stdout"),
+    (["convert", "chat.jsonl"], "stdout"),
+    (["convert", "chat.jsonl", "-o", "/dev/full"], "/dev/full"),
+]
+
+
+def test_a_full_stdout_or_device_is_one_line_naming_it(long_line: tuple[Cli, str], tmp_path: Path) -> None:
+    # Each read "runner: OSError: [Errno 28] No space left on device", exit 1 ("some requests failed").
+    cli, _ = long_line
+    chat_file(cli.db.parent / "chat.jsonl")
+    for args, named in ALL_FULL:
+        r = run_into(cli, Path("/dev/full"), *args)
+        assert one_line(r) == (2, [f"runner: cannot write {named}: No space left on device"]), args
+
+
+def test_a_submit_into_a_full_stdout_says_the_job_is_queued(cli: Cli, tmp_path: Path) -> None:
+    # The job is in the store before its id is printed: the id goes to stderr with the failure.
+    src = write_jobfile(tmp_path / "a.jsonl", 3)
+    r = run_into(cli, Path("/dev/full"), "submit", str(src))
+    code, lines = one_line(r)
+    jobs = cli("jobs", "--json")
+    [job] = [j["job_id"] for j in json.loads(jobs.stdout)]
+    assert (code, lines[-1]) == (
+        2,
+        f"runner: cannot write stdout: No space left on device; queued all the same: {job}"
+        " (submitting the same again gives back the same id)",
+    )
+    assert cli.submit(src) == job
