@@ -197,7 +197,9 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
         # file fails mkdir with "File exists", which named the wrong problem.
         why = os.strerror(errno.ENOTDIR) if isinstance(e, FileExistsError) else e.strerror or str(e)
         raise ConfigError(f"cannot write {target}: {why}") from None
-    os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
+    # mkstemp makes the file private; ours should look like any other file, or like the one it replaces: a
+    # results file made private (chmod 600) came back world-readable from the next export.
+    os.chmod(tmp, file_mode() if mode is None else stat.S_IMODE(mode))
     try:
         with WholeWriter(io.FileIO(fd, "wb"), str(target), 1 << 20) as f:
             yield f  # an error from the body is the caller's to name: it may come from another file it writes

@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,3 +177,27 @@ def test_a_submit_into_a_full_stdout_says_the_job_is_queued(cli: Cli, tmp_path: 
         " (submitting the same again gives back the same id)",
     )
     assert cli.submit(src) == job
+
+
+WRITERS: dict[str, list[str]] = {
+    "export": ["export", "{job}", "-o", "{out}"],
+    "html": ["report", "{job}", "--html", "{out}"],
+    "convert": ["convert", "chat.jsonl", "-o", "{out}"],
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_replaced_file_keeps_its_permission_bits(long_line: tuple[Cli, str], tmp_path: Path, writer: str) -> None:
+    # A results file made private (chmod 600) came back 644, world-readable, from the next export.
+    cli, job = long_line
+    chat_file(cli.db.parent / "chat.jsonl")
+    private, new = tmp_path / f"{writer}-private.out", tmp_path / f"{writer}-new.out"
+    private.write_text("yesterday's\n")
+    private.chmod(0o600)
+    for out in (private, new):
+        args = [a.format(job=job, out=out) for a in WRITERS[writer]]
+        r = run_into(cli, tmp_path / "stdout", *args)
+        assert r.returncode == 0, r.stderr
+        assert out.read_text() != "yesterday's\n"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644  # a new file is made as any other, under the umask
