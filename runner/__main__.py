@@ -37,6 +37,9 @@ def main() -> None:
             sys.stdout.write(f"{VERSION_LINE}\n")
         interrupt.exit_now(0)
     from runner.cli import main as cli_main
+    from runner.files import whole_stdout
+
+    whole_stdout()
 
     try:
         cli_main()

@@ -48,8 +48,7 @@ from runner.interrupt import Repeats, on_signal, stop_signals
 from runner.owners import host_id, owner_is_dead
 from runner.states import ACTIVE, RequestState, count
 from runner.status import JobStatusReport, job_state
-from runner.store import JobRow, JobStats, RequestDetail, Store, place_log, refuse_in_memory
-from runner.store.backend import store_file
+from runner.store import JobRow, JobStats, RequestDetail, Store, place_log, refuse_in_memory, store_file
 from runner.store.batches import usage_by_model_and_lane
 from runner.store.fleet import FleetClock, fleet_view, unregister
 from runner.store.reuse import completed_outputs, reused_count
@@ -155,13 +154,18 @@ class CancelResult:
         return self.cancelled_queued + self.cancelled_in_flight
 
 
-def _settings(settings: Settings | None, db: str | None) -> Settings:
+def _settings_read() -> Settings:
+    """Settings from the environment; a bad variable is one line naming it, not a traceback."""
     try:
-        s = settings or Settings()
-    except ValidationError as e:  # a bad environment variable: one line naming it, not a traceback
+        return Settings()
+    except ValidationError as e:
         first = e.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else ""
         raise ConfigError(f"invalid {env_name(name) or name or 'settings'}: {first['msg']}") from None
+
+
+def _settings(settings: Settings | None, db: str | None) -> Settings:
+    s = settings or _settings_read()
     if db is not None:
         s = s.model_copy(update={"db": db})
     # A store in memory: a submit said 'queued' and printed a job id, and the job was gone at exit.
@@ -330,15 +334,28 @@ async def submit_many(
             spooled.unlink(missing_ok=True)
 
 
+def refused_output(e: OSError) -> ConfigError | None:
+    """The one line for an output the file system would not take (a full disk, a quota, a size limit), when
+    the error names it: every output's writer does, stdout's too (`files.WholeWriter`). A full stdout read
+    `OSError: [Errno 28] No space left on device`, exit 1 ("some requests failed"), naming nothing."""
+    from runner.files import refused_write
+
+    return None if e.filename is None else refused_write(e, str(e.filename))
+
+
 def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False) -> ConvertCounts:
     """Rewrite a Chat Completions JSONL file as Responses lines, to `out` (stdout when None); all or nothing.
 
     "-" reads standard input. InputError names every line that cannot be converted; nothing is written then.
+    ConfigError when `out` is the job store (RUNNER_DB) or the file system will not take the output.
     """
     from runner.convert import NOTHING_WRITTEN, convert_file
-    from runner.files import atomic_writer
+    from runner.files import atomic_writer, refuse_store_file
     from runner.ingest import STDIN, STDIN_SHOWN, spool_stdin
 
+    if out is not None:
+        # `-o runner.db` (tab completion, or "$RUNNER_DB"): the store was replaced by one converted line.
+        refuse_store_file(Path(out), store_file(_settings_read().db))
     spooled = spool_stdin() if path == STDIN else None
     src = spooled or Path(path)
     shown = STDIN_SHOWN if path == STDIN else path
@@ -356,6 +373,11 @@ def convert(path: str, out: str | None = None, *, drop_unsupported: bool = False
             shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
             return counts
+    except OSError as e:
+        refused = refused_output(e)  # the output's own failure, not the temporary file's or the input's
+        if refused is None:
+            raise
+        raise refused from None
     finally:
         if spooled is not None:
             spooled.unlink(missing_ok=True)

@@ -4,18 +4,25 @@ A target that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a na
 place instead: renaming over it would replace the device or pipe itself (as root, /dev/null for everyone).
 So is a link that leads through /dev or an open descriptor (/dev/stdout sent to a file); any other link keeps
 pointing where it did, and the file it names is the one written whole.
+
+Every output, stdout included, is written through a `WholeWriter`: each write takes all its bytes or raises.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 from runner.errors import ConfigError
 from runner.owners import owner_is_dead, process_name
@@ -31,6 +38,60 @@ def refused_write(e: OSError, targets: str) -> ConfigError | None:
     if e.errno not in _FULL:
         return None
     return ConfigError(f"cannot write {targets}: {e.strerror or e}")
+
+
+class WholeWriter(io.BufferedWriter):
+    """A buffered binary file whose `write` takes all of `data` or raises, and whose errors name it.
+
+    A raw file's write returns a short count when the disk fills (or a pipe's reader leaves) part way through:
+    stdout is one under PYTHONUNBUFFERED=1, and a caller that ignored the count (every `write` here does) left a
+    truncated export behind, exit 0. An OSError gets `shown` as its filename, so the command's last line can
+    say which output failed (`cannot write stdout: ...`).
+    """
+
+    def __init__(self, raw: io.RawIOBase, shown: str, buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> None:
+        super().__init__(raw, buffer_size)
+        self.shown = shown
+
+    def write(self, data: ReadableBuffer) -> int:
+        try:
+            n = super().write(data)
+            size = len(data) if type(data) is bytes else memoryview(data).nbytes
+            while n < size:  # a blocking BufferedWriter raises first; a short count must still not pass
+                more = super().write(memoryview(data).cast("B")[n:])
+                if more <= 0:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                n += more
+        except OSError as e:
+            self._name(e)
+            raise
+        return n
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as e:
+            self._name(e)
+            raise
+
+    def _name(self, e: OSError) -> None:
+        if e.filename is None:
+            e.filename = self.shown
+
+
+def whole_stdout() -> None:
+    """Make sys.stdout write through a WholeWriter (as it was: encoding, errors, line buffering), for the `runner`
+    command. Under PYTHONUNBUFFERED=1 stdout's bytes went to a raw file, whose short writes were lost silently."""
+    out = sys.stdout
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's capture): nothing written here reaches a disk or a pipe of ours
+    out.flush()
+    buffer = WholeWriter(io.FileIO(fd, "wb", closefd=False), "stdout")
+    # Unbuffered stdout stays prompt: a line goes out when it is written, as it did.
+    prompt = bool(out.line_buffering) or bool(getattr(out, "write_through", False))
+    sys.stdout = io.TextIOWrapper(buffer, encoding=out.encoding, errors=out.errors, line_buffering=prompt)
 
 
 def file_mode() -> int:
@@ -57,10 +118,10 @@ def _sweep_dead_parts(target: Path) -> None:
 def _in_place(target: Path) -> Iterator[IO[bytes]]:
     """A device or pipe, opened and written as it is: nothing to rename, nothing to fsync."""
     try:
-        f = open(target, "wb", buffering=1 << 20)  # noqa: SIM115 - closed below, after the caller's block
+        raw = io.FileIO(target, "wb")
     except OSError as e:
         raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
-    with f:
+    with WholeWriter(raw, str(target), 1 << 20) as f:
         yield f
 
 
@@ -140,9 +201,11 @@ def atomic_writer(target: Path) -> Iterator[IO[bytes]]:
         # file fails mkdir with "File exists", which named the wrong problem.
         why = os.strerror(errno.ENOTDIR) if isinstance(e, FileExistsError) else e.strerror or str(e)
         raise ConfigError(f"cannot write {target}: {why}") from None
-    os.chmod(tmp, file_mode())  # mkstemp makes the file private; ours should look like any other file
+    # mkstemp makes the file private; ours should look like any other file, or like the one it replaces: a
+    # results file made private (chmod 600) came back world-readable from the next export.
+    os.chmod(tmp, file_mode() if mode is None else stat.S_IMODE(mode))
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+        with WholeWriter(io.FileIO(fd, "wb"), str(target), 1 << 20) as f:
             yield f  # an error from the body is the caller's to name: it may come from another file it writes
             try:
                 f.flush()

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from runner import interrupt
+from runner import app, interrupt
 from runner.cli.exits import ExitCode
 from runner.cli.options import settings
 from runner.cli.output import say, setup_logging, show_store_notices
@@ -67,7 +67,12 @@ def _dispatch(ns: argparse.Namespace) -> tuple[int, str | None]:
         if _is_broken_pipe(e):
             _quiet_stdout()
             return ExitCode.PIPE, None
-        if ns.verbose or not isinstance(e, OSError):
+        if not isinstance(e, OSError):
+            raise
+        refused = app.refused_output(e)
+        if refused is not None:
+            return ExitCode.USAGE, str(refused)
+        if ns.verbose:
             raise
         return ExitCode.FAILED, f"{type(e).__name__}: {e}"
 
@@ -100,4 +105,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:
         _quiet_stdout()
         code = ExitCode.PIPE
+    except OSError as e:
+        # The command's last lines, still held in stdout's buffer, met a full disk.
+        refused = app.refused_output(e)
+        if refused is None:
+            raise
+        _quiet_stdout()
+        _fail(str(refused), ExitCode.USAGE)
     sys.exit(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from runner import app
 from runner.cli import options
@@ -93,8 +94,19 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
             say(f"queued {res.total - res.reused} requests from {src}; {res.reused} answered from the store (reused)")
         else:
             say(f"queued {res.total} requests from {src}")
-    for res in results:
-        put(res.job_id)
+    ids = [res.job_id for res in results]
+    try:
+        for job_id in ids:
+            put(job_id)
+        sys.stdout.flush()  # here, while what it means for the jobs can still be said
+    except OSError as e:
+        refused = app.refused_output(e)
+        if refused is None:
+            raise
+        # The jobs are in the store: their ids go to stderr, not lost with the line that failed.
+        again = "" if ns.new else " (submitting the same again gives back the same id)"
+        queued = f"queued all the same: {', '.join(ids)}"
+        raise ConfigError(f"{refused}; {queued}{again}") from None
     return ExitCode.OK
 
 

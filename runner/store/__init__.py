@@ -14,7 +14,7 @@ models.py     the values passed in and out; tables.py the schema; reports.py rea
 
 from __future__ import annotations
 
-from runner.store.backend import OpenMode, refuse_in_memory
+from runner.store.backend import OpenMode, refuse_in_memory, store_file
 from runner.store.models import (
     AttemptRow,
     Claimed,
@@ -49,4 +49,5 @@ __all__ = [
     "bounded_total",
     "place_log",
     "refuse_in_memory",
+    "store_file",
 ]

@@ -207,21 +207,6 @@ def refuse_in_memory(db: str) -> None:
     raise StoreUnavailable(masked(db), reason)
 
 
-def store_file(db: str) -> Path | None:
-    """The file an SQLite store at `db` keeps (absolute), before it is opened; None for a PostgreSQL URL or a
-    name that cannot be a store (opening it says why)."""
-    from runner.store.postgres import is_postgres_url
-    from runner.store.sqlite.engine import database_path
-
-    if is_postgres_url(db):
-        return None
-    try:
-        path = database_path(db)
-    except (ValueError, ArgumentError):
-        return None
-    return None if path is None else Path(os.path.abspath(path))
-
-
 def _in_memory(db: str) -> bool:
     """Whether `db` is an SQLite path or URL that names no file (a PostgreSQL URL is not asked about)."""
     scheme, sep, _ = db.partition("://")
@@ -233,6 +218,23 @@ def _in_memory(db: str) -> bool:
         return database_path(db) is None
     except (ValueError, ArgumentError):
         return False  # not a URL at all: opening it says why
+
+
+def store_file(db: str) -> Path | None:
+    """The file an SQLite store `db` is kept in (absolute), found without opening it; None for PostgreSQL, a
+    store in memory, or a name that opening it would refuse."""
+    from runner.store.postgres import is_postgres_url
+
+    scheme, sep, _ = db.partition("://")
+    if is_postgres_url(db) or (sep and scheme.lower().partition("+")[0] != "sqlite"):
+        return None
+    from runner.store.sqlite.engine import database_path
+
+    try:
+        found = database_path(db)
+    except (ValueError, ArgumentError):
+        return None
+    return Path(os.path.abspath(found)) if found is not None else None
 
 
 def backend_for(db: str) -> Backend:

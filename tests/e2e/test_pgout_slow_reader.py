@@ -39,7 +39,17 @@ def test_a_reader_slower_than_the_servers_idle_timeout_is_one_line(
     database = make_url(pg_store_url).database
     pg_server.sql(f"ALTER DATABASE {database} SET idle_in_transaction_session_timeout = '200ms'")
     export = cli.popen("export", answered, "--format", fmt, "-o", "-")
-    time.sleep(1.5)  # the reader is busy: the export blocks on the full pipe, its transaction idle on the server
+    # The reader is busy: the export blocks on the full pipe, its transaction idle on the server. Waited for as
+    # the server sees it (a loaded machine may take seconds to start the export), then past the timeout.
+    idle = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runner'"
+        f" AND datname = '{database}' AND state LIKE 'idle in transaction%'"
+    )
+    deadline = time.monotonic() + 60
+    while pg_server.sql(idle).strip() == "0" and export.poll() is None:
+        assert time.monotonic() < deadline, "the export never waited on its reader"
+        time.sleep(0.05)
+    time.sleep(1.0)
     _, err = export.communicate(timeout=120)
     assert export.returncode == 2, err  # was a traceback out of asyncpg (InterfaceError), exit 1
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -122,3 +122,17 @@ def test_a_link_to_an_open_descriptor_is_written_through_not_replaced(tmp_path: 
             f.write(b"exported\n")
         assert link.is_symlink() and os.readlink(link) == f"/proc/self/fd/{held.fileno()}"
     assert out.read_bytes() == b"exported\n"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+def test_a_replaced_file_keeps_its_mode_also_through_a_link(tmp_path: Path, mode: int) -> None:
+    # mkstemp's file was given the umask's mode: a results file made private came back world-readable.
+    target = tmp_path / "results.jsonl"
+    target.write_bytes(b"old\n")
+    target.chmod(mode)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    for path in (target, link):
+        with atomic_writer(path) as f:
+            f.write(b"new\n")
+        assert (stat.S_IMODE(target.stat().st_mode), target.read_bytes()) == (mode, b"new\n")
