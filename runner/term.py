@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 import re
 
-# C0 controls except tab, DEL, and the C1 range (which some terminals also obey, e.g. U+009B as CSI).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0 controls except tab, DEL, and the C1 range (which some terminals also obey, e.g. U+009B as CSI); and the
+# bidirectional controls, which reorder what follows them on the line (a custom_id with U+202E showed the rest
+# of the line reversed: the trick of "Trojan Source").
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"}
 
 
 def _escape(m: re.Match[str]) -> str:
     ch = m.group()
-    return _NAMED.get(ch) or f"\\x{ord(ch):02x}"
+    return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
 
 
 def printable(text: object) -> str:

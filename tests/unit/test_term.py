@@ -18,3 +18,10 @@ def test_newlines_and_c1_controls_are_escaped_but_plain_text_and_tabs_pass() -> 
     assert printable("csi\x9b31m") == "csi\\x9b31m"
     assert printable("naïve\ttab 日本") == "naïve\ttab 日本"
     assert printable(42) == "42"
+
+
+def test_bidirectional_controls_are_shown_not_obeyed() -> None:
+    # U+202E (right-to-left override) printed raw reversed the rest of the line on the terminal.
+    assert printable("order-\u202egnp.exe") == "order-\\u202egnp.exe"
+    assert printable("a\u2066b\u2069c\u200fd\u061ce") == "a\\u2066b\\u2069c\\u200fd\\u061ce"
+    assert printable("ünïcødé 中文 🙂\ttab") == "ünïcødé 中文 🙂\ttab"  # everything else as it is
