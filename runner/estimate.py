@@ -35,7 +35,7 @@ import orjson
 from runner.cachekeys import cache_key, prompt_prefix
 from runner.config import LANES, Lane
 from runner.errors import InputError, LineProblem
-from runner.ingest import Unreadable, read_lines
+from runner.ingest import Unreadable, no_requests, read_lines
 from runner.limits import CHARS_PER_TOKEN, Estimator
 from runner.prices import PriceTable
 from runner.reuse import body_hash
@@ -303,8 +303,10 @@ class _Tally:
         self.newer_than = newer_than
         self.pending: list[dict[str, Any]] = []
         self.groups: dict[str, str] = {}  # cache group key -> the prompt text of its first line
+        self.lines = 0  # valid lines added
 
     async def add(self, body: dict[str, Any]) -> None:
+        self.lines += 1
         if not self.est.reuse or self.store is None:
             self._count(body)
             return
@@ -414,6 +416,8 @@ async def estimate_file(
         raise InputError(shown, [e.problem()], bad_lines=0, consequence=NOT_ESTIMATED) from None
     if bad:
         raise InputError(shown, problems, bad, consequence=NOT_ESTIMATED)
+    if not tally.lines:  # as submit refuses it
+        raise InputError(shown, [no_requests(path)], bad_lines=0, consequence=NOT_ESTIMATED)
     await tally.flush()
     return await _finish(est, store, prices)
 

@@ -391,6 +391,16 @@ def _stand_in(done: list[_Staged], published: dict[str, tuple[str, int]]) -> Non
             d.result = replace(d.result, job_id=job_id, total=total, existing=True, warnings=[], reused=0)
 
 
+def no_requests(path: Path) -> LineProblem:
+    """The problem of a file without one request: empty, or only blank lines (a file of blank lines was called
+    empty, and the user looked at it and saw lines)."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = True
+    return LineProblem(0, "", "has no requests (it is empty)" if empty else "has no requests (only blank lines)")
+
+
 async def _drop_staged(store: Store, job_id: str) -> None:
     """Drop a staged job after its submit failed. A store that refuses this too (the statement_timeout or the
     outage that failed the submit) must not hide why the submit failed: the job stays staged, never shown or
@@ -532,7 +542,7 @@ async def _stage_file(
         if problems.bad_lines:
             raise InputError(shown, problems.kept, problems.bad_lines, hint=problems.chat_hint(shown))
         if problems.valid == 0:
-            raise InputError(shown, [LineProblem(0, "", "has no requests (it is empty)")], bad_lines=0)
+            raise InputError(shown, [no_requests(path)], bad_lines=0)
     except BaseException:
         await _drop_staged(store, job_id)
         raise

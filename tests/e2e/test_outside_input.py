@@ -74,6 +74,18 @@ def test_dev_null_is_an_empty_input_not_a_missing_file(cli: Cli) -> None:
     assert r.stderr.strip().splitlines() == ["runner: /dev/null: has no requests (it is empty); nothing was queued"]
 
 
+def test_a_file_without_requests_is_refused_by_estimate_as_by_submit(cli: Cli, tmp_path: Path) -> None:
+    # `estimate` said "0 lines to send ... $0.0000", exit 0, for what `submit` refuses; and a file of blank lines
+    # was called empty.
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n  \n\r\n")
+    for name, why in (("empty.jsonl", "it is empty"), ("blank.jsonl", "only blank lines")):
+        for command, consequence in (("submit", "nothing was queued"), ("estimate", "nothing was estimated")):
+            r = cli(command, str(tmp_path / name))
+            assert r.returncode == 2, (command, r.stderr)
+            assert r.stderr.strip() == f"runner: {tmp_path / name}: has no requests ({why}); {consequence}"
+
+
 @pytest.mark.parametrize("compressed", [False, True])
 def test_convert_and_estimate_read_a_named_pipe_gzip_or_not(cli: Cli, tmp_path: Path, compressed: bool) -> None:
     fifo = tmp_path / "in.jsonl"
