@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console, Group
@@ -232,10 +232,19 @@ class _Rate:
 class ProgressView:
     """A live frame on a terminal; a concise `progress` line every few seconds otherwise (cron, CI)."""
 
-    def __init__(self, quiet: bool, console: Console = err, *, every: float = DEFAULT_PROGRESS_EVERY) -> None:
+    def __init__(
+        self,
+        quiet: bool,
+        console: Console = err,
+        *,
+        every: float = DEFAULT_PROGRESS_EVERY,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.quiet = quiet
         self.console = console
-        self.live = not quiet and console.is_terminal
+        # `say` writes each line instead (as a JSON object under --log-format json): no live frame then.
+        self._say = say or (lambda line: console.out(line, highlight=False))
+        self.live = not quiet and console.is_terminal and say is None
         self.every = every  # seconds between progress lines (Settings.progress_every)
         self._last_line = 0.0
         self._rate = _Rate()
@@ -270,10 +279,10 @@ class ProgressView:
             return
         if f.stopping_for is not None and not self._said_stopping:
             self._said_stopping = True
-            self.console.out(stopping_text(f), highlight=False)
+            self._say(stopping_text(f))
         if now - self._last_line >= self.every:
             self._last_line = now
-            self.console.out(log_line(f), highlight=False)
+            self._say(log_line(f))
 
     def finish(self, s: Snapshot | None = None, next_steps: Sequence[str] = ()) -> None:
         """Draw the last frame (or print the last progress line) from the run's final figures."""
@@ -285,6 +294,6 @@ class ProgressView:
         if self._live is not None:
             self._show(f)
             return
-        self.console.out(log_line(f), highlight=False)
+        self._say(log_line(f))
         for step in next_steps:
-            self.console.out(step, highlight=False)
+            self._say(step)

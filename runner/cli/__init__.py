@@ -81,7 +81,8 @@ def _fail(message: str, code: int) -> NoReturn:
     say(
         "\n".join(
             f"runner: {printable(line)}" if i == 0 else printable(line) for i, line in enumerate(message.split("\n"))
-        )
+        ),
+        level="error",
     )
     sys.exit(code)
 

@@ -84,7 +84,7 @@ def _export(ns: argparse.Namespace) -> ExitCode:
     job_id = ns.job_id or newest_job(ns.db)
     counts = run_async(lambda: app.export(job_id, ns.output, errors=ns.errors, fmt=ns.format, db=ns.db))
     for warning in counts.warnings:
-        say(f"warning: {printable(warning)}")
+        say(f"warning: {printable(warning)}", level="warning")
     where = printable(ns.output) if ns.output and ns.output != "-" else "stdout"
     msg = f"exported {counts.results} lines of {job_id} to {where}"
     if ns.errors:

@@ -76,9 +76,35 @@ async def _end_leftover_tasks() -> None:
         await asyncio.wait(left, timeout=0.1)
 
 
-def say(text: str) -> None:
-    """A message on stderr (no markup, no emoji codes: parts of it may come from outside, escaped by callers)."""
+_json_lines = False  # --log-format json: every line on stderr is one JSON object (setup_logging)
+
+
+def say(text: str, *, level: str = "info") -> None:
+    """A message on stderr (no markup, no emoji codes: parts of it may come from outside, escaped by callers).
+
+    Under `--log-format json` it is a JSON object like a log line's (`level` as given), not text: warnings,
+    the run's summary and a command's one-line error came out as text among the JSON log lines.
+    """
+    if _json_lines:
+        text = _json_doc(time.time(), level, "runner", text)
     err.out(text, highlight=False)
+
+
+def json_lines() -> bool:
+    """Whether stderr carries JSON objects (`--log-format json`): no live display then."""
+    return _json_lines
+
+
+def _json_doc(created: float, level: str, logger: str, message: str, exception: str | None = None) -> str:
+    doc: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z",
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    if exception is not None:
+        doc["exception"] = exception
+    return json.dumps(doc, ensure_ascii=False)  # JSON escapes control characters and newlines
 
 
 def put(line: str) -> None:
@@ -124,15 +150,8 @@ class _LogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if self.json:
-            doc: dict[str, Any] = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": message,
-            }
-            if record.exc_info:
-                doc["exception"] = self.formatException(record.exc_info)
-            text = json.dumps(doc, ensure_ascii=False)  # JSON escapes control characters and newlines
+            exception = self.formatException(record.exc_info) if record.exc_info else None
+            text = _json_doc(record.created, record.levelname.lower(), record.name, message, exception)
         else:
             plain = logging.makeLogRecord({**record.__dict__, "msg": printable(message), "args": None})
             text = super().format(plain)
@@ -144,7 +163,7 @@ class _LogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            say(self.format(record))
+            err.out(self.format(record), highlight=False)  # formatted already, JSON or text
         except Exception:
             self.handleError(record)
 
@@ -152,6 +171,8 @@ class _LogHandler(logging.Handler):
 def setup_logging(level: str | None, style: str, *, verbose: bool, secret: str | None) -> None:
     """Log lines on stderr at `level` (from Settings: the flag, else RUNNER_LOG_LEVEL), as text or JSON;
     `secret` is masked."""
+    global _json_lines
+    _json_lines = style == "json"
     level = level or ("debug" if verbose else "warning")
     handler = _LogHandler()
     handler.setFormatter(_LogFormatter(style, secret))

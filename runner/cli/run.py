@@ -12,7 +12,7 @@ from runner.cli import options
 from runner.cli.command import Command
 from runner.cli.exits import ExitCode
 from runner.cli.options import bounded, setting
-from runner.cli.output import put, run_async, say, when
+from runner.cli.output import json_lines, put, run_async, say, when
 from runner.config import (
     BATCH_MAX_LINES,
     DEFAULT_CONCURRENCY,
@@ -160,7 +160,10 @@ def fit_open_files(concurrency: int, *, lower: bool = True) -> int:
     # Each request may hold a connection and so may each poll; keep both within what is left.
     fitted = max(1, (soft - RESERVED_FILES) // 2)
     if lower and fitted < concurrency:
-        say(f"warning: only {soft} open files allowed (ulimit -n); concurrency lowered from {concurrency} to {fitted}")
+        say(
+            f"warning: only {soft} open files allowed (ulimit -n); concurrency lowered from {concurrency} to {fitted}",
+            level="warning",
+        )
         return fitted
     return concurrency
 
@@ -228,7 +231,7 @@ def _run(ns: argparse.Namespace) -> ExitCode:
     if ids is None:
         say("nothing to run: no recent job has queued requests")
         return ExitCode.OK
-    with ProgressView(ns.quiet, every=settings.progress_every) as view:
+    with ProgressView(ns.quiet, every=settings.progress_every, say=say if json_lines() else None) as view:
         outcome = run_async(
             lambda: app.run(ids, settings, on_progress=view, handle_signals=True, detach=ns.detach, prices=ns.prices)
         )
@@ -274,7 +277,7 @@ def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
         overrides["concurrency"] = fit_open_files(overrides["concurrency"])
     else:  # the spec's own value is read later: make room for the largest allowed, without lowering anything
         fit_open_files(MAX_CONCURRENCY, lower=False)
-    with ProgressView(ns.quiet, every=options.progress_every(ns)) as view:
+    with ProgressView(ns.quiet, every=options.progress_every(ns), say=say if json_lines() else None) as view:
         done = run_async(
             lambda: app.run_spec(
                 path, overrides=overrides, db=db, on_progress=view, handle_signals=True, prices=ns.prices
@@ -302,7 +305,7 @@ def _run_spec(ns: argparse.Namespace, path: str) -> ExitCode:
         return stopped
     if done.over_threshold:
         rate = done.spec.policy.max_failure_rate
-        say(f"failed: {done.failed} of {done.total} requests failed (the spec allows {rate:.2%})")
+        say(f"failed: {done.failed} of {done.total} requests failed (the spec allows {rate:.2%})", level="error")
         return ExitCode.FAILED
     return ExitCode.OK
 
@@ -326,12 +329,16 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
         said = " ".join(printable(str(v)) for v in (e.status, e.code) if v is not None)  # a 402 may have no code
         say(
             f"stopped: the API refused for billing reasons ({said}: {printable(e.message)}). "
-            "Unfinished requests stay queued; top up the account and run `runner run` again."
+            "Unfinished requests stay queued; top up the account and run `runner run` again.",
+            level="error",
         )
         return ExitCode.BILLING
     if r.reason is app.StopReason.DOOMED:
         assert r.doomed_error is not None
-        say(f"stopped: {printable(r.doomed_error.message)} (unfinished requests stay queued; run again after the fix)")
+        say(
+            f"stopped: {printable(r.doomed_error.message)} (unfinished requests stay queued; run again after the fix)",
+            level="error",
+        )
         return ExitCode.DOOMED
     if r.reason is app.StopReason.BUDGET:
         queued = sum(count(st.counts, RequestState.QUEUED) for st in outcome.stats)
@@ -357,7 +364,7 @@ def _stop_verdict(outcome: app.RunOutcome) -> ExitCode | None:
             )
         return ExitCode.BUDGET
     if r.reason is app.StopReason.INTERRUPTED:
-        say("interrupted: every result received is saved; `runner run` resumes.")
+        say("interrupted: every result received is saved; `runner run` resumes.", level="warning")
         # 128 + the signal, as for every other command (runner/interrupt.py).
         return ExitCode(128 + outcome.signal) if outcome.signal is not None else ExitCode.SIGINT
     return None

@@ -62,7 +62,7 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
     def warn(source: str, p: LineProblem) -> None:
         warned[source] = n = warned.get(source, 0) + 1
         if n <= MAX_WARNINGS_SHOWN:
-            say(f"warning: {printable(source)}:{p}")
+            say(f"warning: {printable(source)}:{p}", level="warning")
 
     if ns.reuse_max_age is not None and not ns.reuse:
         raise ConfigError("--reuse-max-age needs --reuse")
@@ -85,7 +85,7 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
     for source, n in warned.items():
         if n > MAX_WARNINGS_SHOWN:
             more = n - MAX_WARNINGS_SHOWN
-            say(f"warning: {printable(source)}: {more} more warning(s) not shown")
+            say(f"warning: {printable(source)}: {more} more warning(s) not shown", level="warning")
     for res in results:
         src = printable(res.source)
         if res.existing:

@@ -181,9 +181,12 @@ def test_plain_run_names_the_jobs_it_resumes_and_skips_old_ones_with_json_logs(
     assert f"`runner run {old}` resumes it" in r.stderr
     assert _counts(cli.db, old) == {"queued": 8}
     assert _counts(cli.db, recent) == {"completed": 8}
-    logs = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
-    assert logs, r.stderr  # the 503s were retried, and said so at debug level
+    # Every line on stderr is one JSON object: the log lines, and what the run says (it said that as text).
+    logs = [json.loads(line) for line in r.stderr.splitlines()]
+    assert any(doc["level"] == "debug" for doc in logs), r.stderr  # the 503s were retried, and said so
     assert all({"time", "level", "logger", "message"} <= set(doc) for doc in logs)
+    said = {doc["message"]: doc["level"] for doc in logs if doc["logger"] == "runner"}
+    assert said[f"starting {recent} (tonight): 8 of 8 requests left"] == "info"
     assert key not in r.stderr + r.stdout
     assert "Say something about item" not in r.stderr  # no request body in a log line
 
@@ -241,3 +244,27 @@ def test_jobs_json_says_in_words_what_the_table_says(cli: Cli, mock_factory: Any
     for job_id, (_, state) in listed.items():
         assert re.search(rf"^{job_id}\s+\S+ \S+\s+{re.escape(state)}\s", table, re.M), table
     assert json.loads(cli("status", all_failed, "--json").stdout)["state"] == "failed"
+
+
+def test_json_log_format_makes_warnings_and_errors_json_too(cli: Cli, mock_factory: Any, tmp_path: Path) -> None:
+    # `--log-format json` applied to log lines only: warnings, the run's summary and the last line's error were
+    # text, among the JSON a log collector expects one object per line of.
+    src = tmp_path / "in.jsonl"
+    body = {"model": "gpt-4.1-mini", "input": "hi", "reasoning": {"effort": "ultra"}}
+    src.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/responses", "body": body}) + "\n")
+    mock = mock_factory()
+    seen: list[dict[str, Any]] = []
+    for args in (
+        ["submit", str(src), "--lenient"],
+        ["run", "--base-url", mock.base_url],
+        ["export", "-o", str(tmp_path / "x.csv")],
+        ["submit", str(tmp_path / "missing.jsonl")],
+    ):
+        r = cli("--log-format", "json", *args)
+        assert r.returncode in (0, 2), r.stderr
+        seen += [json.loads(line) for line in r.stderr.splitlines()]  # each line an object, or this fails
+    levels = {(doc["level"], doc["message"].split(":")[0]) for doc in seen}
+    assert ("warning", "warning") in levels  # the --lenient warning, and the file named for csv
+    assert ("error", "runner") in levels  # the missing file
+    assert any(doc["message"].startswith("this run: 1 requests finished") for doc in seen)
+    assert all(doc["logger"] == "runner" and doc["time"].endswith("Z") for doc in seen)
