@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -399,6 +400,14 @@ def _proxy_note() -> str:
     )
 
 
+def _said(exc: BaseException) -> str:
+    """What a transport error says, on one line: aiohttp's parser errors quote the bad bytes over several lines
+    with a caret under them, and its payload errors show an internal number as if it were an HTTP status
+    (`<ContentLengthError: 400, message='...'>`); `runner show` printed both as they were."""
+    text = re.sub(r"<(\w+): \d+, message='([^']*)'>", r"\1: \2", str(exc))
+    return " ".join(text.split())[:MAX_ERROR_TEXT]
+
+
 def classify_exception(exc: BaseException) -> ApiError:
     """A transport failure (no usable reply) as a typed error; the message never holds headers.
 
@@ -415,7 +424,7 @@ def classify_exception(exc: BaseException) -> ApiError:
     head = exc.__cause__
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(head, HttpProcessingError):
         # aiohttp's parser refused the status line or headers (errors in the body come as ClientPayloadError).
-        said = f" ({head.message[:120]})" if head.message else ""
+        said = f" ({_said(Exception(head.message))[:120]})" if head.message else ""
         # aiohttp raises the same class for a content-encoding it cannot decode (br without Brotli, which the
         # request never offers): the message names that case too, rather than blame the header lines alone.
         return PermanentApiError(
@@ -427,19 +436,23 @@ def classify_exception(exc: BaseException) -> ApiError:
         code, reason = _unreachable_reason(cause)
         reason += _proxy_note()
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
-            message = f"timed out: {type(cause).__name__}: {cause}".rstrip(": ")
+            message = f"timed out: {type(cause).__name__}: {_said(cause)}".rstrip(": ")
             return ConnectTimeoutError(message, reason=reason, code=code)
-        message = f"connection failed: {type(cause).__name__}: {cause}".rstrip(": ")
+        message = f"connection failed: {type(cause).__name__}: {_said(cause)}".rstrip(": ")
         return UnreachableError(message, reason=reason, code=code)
     if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
         # Connected, then closed (or reset) with no reply head: connector errors, a subclass, returned above.
-        return DroppedError(f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "), code="connection_error")
+        return DroppedError(
+            f"connection failed: {type(cause).__name__}: {_said(cause)}".rstrip(": "), code="connection_error"
+        )
     if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout) or isinstance(
         cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError
     ):
         return TimeoutApiError(f"timed out: {type(cause).__name__}")
+    if isinstance(cause, aiohttp.ClientPayloadError):  # a reply came, and its body was cut off part way
+        return TransientApiError(f"the reply's body was cut off: {_said(cause)}".rstrip(": "), code="connection_error")
     return TransientApiError(
-        f"connection failed: {type(cause).__name__}: {cause}".rstrip(": "), code="connection_error"
+        f"connection failed: {type(cause).__name__}: {_said(cause)}".rstrip(": "), code="connection_error"
     )
 
 

@@ -711,3 +711,23 @@ def test_the_key_is_redacted_from_a_reply_before_anything_reads_it_unless_it_is_
         b'{"output_text": "The box is EMPTY"}',
         "req_1",
     )
+
+
+def test_a_transport_errors_words_are_one_line_without_aiohttps_internal_numbers() -> None:
+    import aiohttp
+    from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
+
+    from runner.client import classify_exception
+
+    short = ContentLengthError("Not enough data to satisfy content length header.")
+    cut = aiohttp.ClientPayloadError(f"Response payload is not completed: {short!r}")
+    said = classify_exception(cut).message
+    # It was "connection failed: ... <ContentLengthError: 400, ...>": a reply came, and 400 is no HTTP status.
+    assert said == (
+        "the reply's body was cut off: Response payload is not completed: ContentLengthError: Not enough data to"
+        " satisfy content length header."
+    )
+    bad_head = aiohttp.ClientResponseError(None, (), message="bad")  # type: ignore[arg-type]
+    bad_head.__cause__ = BadHttpMessage("Invalid header value char:\n\n  b'x-a: \\x01'\n         ^")
+    said = classify_exception(bad_head).message
+    assert "\n" not in said and "Invalid header value char: b'x-a: \\x01' ^" in said, said
