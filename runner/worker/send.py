@@ -156,18 +156,7 @@ class Sender:
             self._replied = True
             wait = self.flex.capacity_wait(c.id, e.retry_after) if self.flex else backoff_delay(c.attempts, e)
             log.debug("line %s: no flex capacity, again in %.1f s", c.line_no, wait)
-            outcome = Outcome(
-                c.id,
-                RequestState.QUEUED,
-                http_status=e.status,
-                api_request_id=e.request_id,
-                error_code=e.code,
-                error_message=e.message,
-                next_attempt_at=time.time() + wait,
-                refund_attempt=True,
-                sent_at=sent_at,
-            )
-            return self._put(outcome)
+            return self._requeue(c, e, wait, sent_at)
         except BillingError as e:
             self._on_billing(e)
             return None
@@ -345,25 +334,12 @@ class Sender:
         else:
             wait = backoff_delay(c.attempts)
         log.debug("line %s: %s", c.line_no, e.describe())
-        return self._put(
-            Outcome(
-                c.id,
-                RequestState.QUEUED,
-                error_code=e.code,
-                error_message=e.message,
-                next_attempt_at=time.time() + wait,
-                refund_attempt=True,
-            )
-        )
+        return self._requeue(c, e, wait)
 
     def _server_down(self, c: Claimed, e: TransientApiError, lasted: float, sent_at: float) -> int | None:
-        """A 502/503/504 while the server answers nothing else (`Outage.down`): it is down as a whole (restarting
-        behind its port, loading its model, or a gateway's upstream is), and this line is not to blame.
-
-        Waited out as a refused connection is, for the same patience: the whole pool pauses instead of every line
-        spending its attempts on the outage, this request goes back to the queue without using up its attempt,
-        and the job is doomed once the outage has lasted the patience.
-        """
+        """A 502/503/504 while the server answers nothing else (`Outage.down`): down as a whole (restarting, or a
+        gateway's upstream is), so waited out as a refused connection is, for the same patience; the pool pauses
+        rather than every line spending its attempts on the outage."""
         said = " ".join(e.message.split())  # a gateway's HTML page, on one line
         said = said if len(said) <= 100 else said[:100] + "..."
         if lasted >= self._patience:
@@ -381,16 +357,19 @@ class Sender:
             )
         limiter.pause(wait, why=f"the server still answers {e.status} after {lasted:.0f} s; pausing all requests")
         log.debug("line %s: %s (server down for %.1f s)", c.line_no, e.describe(), lasted)
-        return self._put(
-            Outcome(
-                c.id,
-                RequestState.QUEUED,
-                http_status=e.status,
-                api_request_id=e.request_id,
-                error_code=e.code,
-                error_message=e.message,
-                next_attempt_at=time.time() + wait,
-                refund_attempt=True,
-                sent_at=sent_at,
-            )
+        return self._requeue(c, e, wait, sent_at)
+
+    def _requeue(self, c: Claimed, e: ApiError, wait: float, sent_at: float | None = None) -> int:
+        """Back to the queue for `wait` seconds without using up an attempt: what failed was not the line."""
+        o = Outcome(
+            c.id,
+            RequestState.QUEUED,
+            http_status=e.status,
+            api_request_id=e.request_id,
+            error_code=e.code,
+            error_message=e.message,
+            next_attempt_at=time.time() + wait,
+            refund_attempt=True,
+            sent_at=sent_at,
         )
+        return self._put(o)
