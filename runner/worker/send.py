@@ -99,6 +99,7 @@ class Sender:
         # Seconds an outage after the server has answered is waited out (a restart: vLLM loading its model, a
         # deploy) before the job is doomed: as long as one attempt may take, as for polls.
         self._patience = patience
+        self._pacing: set[anyio.CancelScope] = set()  # the waits of requests not sent yet, for their turn
 
     def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
         self._on_outcome(o)
@@ -111,19 +112,30 @@ class Sender:
         booked_alone = not limiter.sharing
         return limiter.delay_for(raw * limiter.estimator.ratio), booked_alone
 
+    def wake(self) -> None:
+        """A stop came: requests waiting for their turn stop waiting, and go back to the queue unsent."""
+        for scope in self._pacing:
+            scope.cancel()
+
     async def _pace(self, raw: float, wait: float, booked_alone: bool) -> None:
-        """Wait for the turn just booked (`_book`), and any pool-wide pause; book again if a pause began meanwhile."""
+        """Wait for the turn just booked (`_book`), and any pool-wide pause; book again if a pause began meanwhile.
+        Cut short by `wake`: a stopping run kept a 300 s Retry-After's wait until its grace ran out."""
         limiter = self.limiter
-        while True:
-            if wait > 0:
-                await anyio.sleep(wait)
-                if limiter.remaining_pause() > 0:
-                    wait, booked_alone = self._book(raw)  # a 429 paused the pool while we slept: book again
-                    continue
-            # With other runners on the store, the request also waits for its slot of the fleet's budget.
-            if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
-                return
-            wait, booked_alone = self._book(raw)
+        with anyio.CancelScope() as scope:
+            self._pacing.add(scope)
+            try:
+                while True:
+                    if wait > 0:
+                        await anyio.sleep(wait)
+                        if limiter.remaining_pause() > 0:
+                            wait, booked_alone = self._book(raw)  # a 429 paused the pool while we slept: book again
+                            continue
+                    # With other runners on the store, the request also waits for its slot of the fleet's budget.
+                    if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
+                        return
+                    wait, booked_alone = self._book(raw)
+            finally:
+                self._pacing.discard(scope)
 
     async def submit(self, c: Claimed) -> int | None:
         """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""
