@@ -161,6 +161,7 @@ class Run:
         self._interrupted = True
         self._stop_claiming.set()
         self._slot_freed.set()
+        self.sender.wake()  # what waits for its turn is not in flight: it goes back to the queue now
         self._grace_deadline = time.monotonic() + (self.opts.grace if grace is None else grace)
         self.snap.stopping, self.snap.grace_deadline = True, self._grace_deadline  # the display says so
 
@@ -528,6 +529,7 @@ class Run:
             self._grace_deadline = time.monotonic() + self.opts.grace
         self._stop_claiming.set()
         self._slot_freed.set()
+        self.sender.wake()
 
     def _on_doomed(self, e: DoomedJobError) -> None:
         """Stop claiming at once, as for a billing error: nothing of the job can succeed as configured.
@@ -541,3 +543,4 @@ class Run:
             self._grace_deadline = time.monotonic() + self.opts.grace
         self._stop_claiming.set()
         self._slot_freed.set()
+        self.sender.wake()

@@ -17,7 +17,6 @@ import anyio
 import orjson
 
 from runner.client import ApiClient, ApiReply, advertises_limits
-from runner.config import MAX_RETRY_DELAY
 from runner.errors import (
     ApiError,
     BillingError,
@@ -32,7 +31,7 @@ from runner.errors import (
 from runner.lanes.flex import FlexLane
 from runner.limits import AdaptiveConcurrency, Estimator, RateLimiter, model_of
 from runner.reply import read_id
-from runner.retry import backoff_delay
+from runner.retry import UNAVAILABLE, Outage, backoff_delay, outage_delay
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome, ResponseIdRecord
 from runner.store.outputs import CheckRecord
@@ -95,10 +94,13 @@ class Sender:
         self._replied = False  # the server has answered something (anything) in this run
         self.latency: float | None = None  # seconds a reply takes (moving average), once one came
         self._unreachable = 0  # failed connections in a row (before the first answer, or since the last one)
-        self._unreachable_since = 0.0  # when the first of them failed (monotonic)
+        # Failed connections and 502/503/504 replies in a row: one outage (a restart may refuse connections, then
+        # answer 503 while it loads its model), timed from its first sign.
+        self._outage = Outage()
         # Seconds an outage after the server has answered is waited out (a restart: vLLM loading its model, a
         # deploy) before the job is doomed: as long as one attempt may take, as for polls.
         self._patience = patience
+        self._pacing: set[anyio.CancelScope] = set()  # the waits of requests not sent yet, for their turn
 
     def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
         self._on_outcome(o)
@@ -111,19 +113,30 @@ class Sender:
         booked_alone = not limiter.sharing
         return limiter.delay_for(raw * limiter.estimator.ratio), booked_alone
 
+    def wake(self) -> None:
+        """A stop came: requests waiting for their turn stop waiting, and go back to the queue unsent."""
+        for scope in self._pacing:
+            scope.cancel()
+
     async def _pace(self, raw: float, wait: float, booked_alone: bool) -> None:
-        """Wait for the turn just booked (`_book`), and any pool-wide pause; book again if a pause began meanwhile."""
+        """Wait for the turn just booked (`_book`), and any pool-wide pause; book again if a pause began meanwhile.
+        Cut short by `wake`: a stopping run kept a 300 s Retry-After's wait until its grace ran out."""
         limiter = self.limiter
-        while True:
-            if wait > 0:
-                await anyio.sleep(wait)
-                if limiter.remaining_pause() > 0:
-                    wait, booked_alone = self._book(raw)  # a 429 paused the pool while we slept: book again
-                    continue
-            # With other runners on the store, the request also waits for its slot of the fleet's budget.
-            if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
-                return
-            wait, booked_alone = self._book(raw)
+        with anyio.CancelScope() as scope:
+            self._pacing.add(scope)
+            try:
+                while True:
+                    if wait > 0:
+                        await anyio.sleep(wait)
+                        if limiter.remaining_pause() > 0:
+                            wait, booked_alone = self._book(raw)  # a 429 paused the pool while we slept: book again
+                            continue
+                    # With other runners on the store, the request also waits for its slot of the fleet's budget.
+                    if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
+                        return
+                    wait, booked_alone = self._book(raw)
+            finally:
+                self._pacing.discard(scope)
 
     async def submit(self, c: Claimed) -> int | None:
         """Send one request; the write-back ticket of its outcome (None when there is nothing to wait for)."""
@@ -156,18 +169,7 @@ class Sender:
             self._replied = True
             wait = self.flex.capacity_wait(c.id, e.retry_after) if self.flex else backoff_delay(c.attempts, e)
             log.debug("line %s: no flex capacity, again in %.1f s", c.line_no, wait)
-            outcome = Outcome(
-                c.id,
-                RequestState.QUEUED,
-                http_status=e.status,
-                api_request_id=e.request_id,
-                error_code=e.code,
-                error_message=e.message,
-                next_attempt_at=time.time() + wait,
-                refund_attempt=True,
-                sent_at=sent_at,
-            )
-            return self._put(outcome)
+            return self._requeue(c, e, wait, sent_at)
         except BillingError as e:
             self._on_billing(e)
             return None
@@ -179,17 +181,25 @@ class Sender:
                 return self._unreached(c, e)
             if isinstance(e, DroppedError) and not self._replied and self._dropped_before_any_answer(e):
                 return None  # doomed; stays leased, released at the end with its attempt refunded
+            lasted = None
             if e.status is not None:
                 self._replied = True
                 self._unreachable = 0
+                if e.status in UNAVAILABLE:
+                    lasted = self._outage.failed(c.id)
+                else:
+                    self._outage.clear()
             self._on_api_error(e)
             if self.limiter.heard is not None:  # limit headers that changed: the next run of this model starts at them
                 self.limiter.learn(model_of(c.body))
+            if lasted is not None and self._outage.down and isinstance(e, TransientApiError):
+                return self._server_down(c, e, lasted, sent_at)
             if isinstance(e, TransientApiError):
                 log.debug("line %s attempt %s: %s", c.line_no, c.attempts, e.describe())
             return self._put(from_error(c, e, max_attempts=max_attempts, sent_at=sent_at))
         self._replied = True
         self._unreachable = 0
+        self._outage.clear()
         replied_at = time.monotonic()
         took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
@@ -329,29 +339,54 @@ class Sender:
         waited out, and dooms the job only once the outage has also lasted the patience: were each try an
         attempt, a minute's outage would fail every line claimed meanwhile.
         """
-        now = time.monotonic()
-        if self._unreachable == 0:
-            self._unreachable_since = now
+        down = self._outage.failed(c.id)
         self._unreachable += 1
-        down = now - self._unreachable_since
         if self._unreachable >= DOOMED_AFTER_UNREACHABLE and (not self._replied or down >= self._patience):
             since = f" (no connection for {down:.0f} s)" if self._replied else ""
             self._on_doomed(DoomedJobError(f"cannot reach {self.client.base_url}: {e.reason}{since}", code=e.code))
             return None  # stays leased; released at the end with its attempt refunded
         if self._replied:
             self._on_api_error(e)  # a connect timeout may be overload: the pool shrinks, as for any timeout
-            # Tried again sooner early in an outage, at most MAX_RETRY_DELAY apart as it goes on.
-            wait = min(backoff_delay(c.attempts) + down / 4, MAX_RETRY_DELAY)
+            wait = outage_delay(c.attempts, down)
         else:
             wait = backoff_delay(c.attempts)
         log.debug("line %s: %s", c.line_no, e.describe())
-        return self._put(
-            Outcome(
-                c.id,
-                RequestState.QUEUED,
-                error_code=e.code,
-                error_message=e.message,
-                next_attempt_at=time.time() + wait,
-                refund_attempt=True,
+        return self._requeue(c, e, wait)
+
+    def _server_down(self, c: Claimed, e: TransientApiError, lasted: float, sent_at: float) -> int | None:
+        """A 502/503/504 while the server answers nothing else (`Outage.down`): down as a whole (restarting, or a
+        gateway's upstream is), so waited out as a refused connection is, for the same patience; the pool pauses
+        rather than every line spending its attempts on the outage."""
+        said = " ".join(e.message.split())  # a gateway's HTML page, on one line
+        said = said if len(said) <= 100 else said[:100] + "..."
+        if lasted >= self._patience:
+            why = f"the server at {self.client.base_url} answered {e.status} to every request for {lasted:.0f} s"
+            self._on_doomed(DoomedJobError(f"{why}: {said}", code=e.code))
+            return None  # stays leased; released at the end with its attempt refunded
+        wait = outage_delay(c.attempts, lasted, e)
+        limiter = self.limiter
+        if not self._outage.told:
+            self._outage.told = True
+            limiter.say(
+                f"the server answers {e.status} to every request ({said}); waiting for it to come back, up to"
+                f" {self._patience:g} s (--timeout), without using up attempts",
+                limiter.clock() + wait,
             )
+        limiter.pause(wait, why=f"the server still answers {e.status} after {lasted:.0f} s; pausing all requests")
+        log.debug("line %s: %s (server down for %.1f s)", c.line_no, e.describe(), lasted)
+        return self._requeue(c, e, wait, sent_at)
+
+    def _requeue(self, c: Claimed, e: ApiError, wait: float, sent_at: float | None = None) -> int:
+        """Back to the queue for `wait` seconds without using up an attempt: what failed was not the line."""
+        o = Outcome(
+            c.id,
+            RequestState.QUEUED,
+            http_status=e.status,
+            api_request_id=e.request_id,
+            error_code=e.code,
+            error_message=e.message,
+            next_attempt_at=time.time() + wait,
+            refund_attempt=True,
+            sent_at=sent_at,
         )
+        return self._put(o)

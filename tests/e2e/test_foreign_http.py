@@ -263,3 +263,68 @@ def test_a_server_that_closes_every_connection_unanswered_stops_the_run_instead_
     # Not every line through every attempt: each was sent at most once, and all stay queued for the fix.
     assert sum(server.stats()["posts"].values()) <= len(lines)
     assert {row["state"] for row in rows(cli.db).values()} == {"queued"}
+
+
+@pytest.mark.parametrize("kind", ["loading", "gateway"])
+def test_a_server_that_answers_every_request_5xx_for_a_while_is_waited_out_without_using_attempts(
+    cli: Cli, server: Foreign, tmp_path: Path, kind: str
+) -> None:
+    # For 4 s every POST is answered 503 "Loading model" (llama.cpp after a restart) or an nginx 502 page, the
+    # first line's included. Three attempts back off over ~1.5 s: spent on the outage, every line would fail.
+    lines = [f"{kind}_4", *(f"ok_{i}" for i in range(1, 8))]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    r = run(cli, server, job, "--max-attempts", "3", "--concurrency", "4", "--timeout", "30")
+
+    assert r.returncode == 0, r.stderr
+    got = rows(cli.db)
+    assert {s: got[s]["state"] for s in lines} == dict.fromkeys(lines, "completed")
+    # Only the first replies, before they showed the whole server down (5 in a row), used up attempts; the
+    # rest were given back: each line was sent once more than its 503s or 502s that counted.
+    attempts = {s: got[s]["attempts"] for s in lines}
+    assert max(attempts.values()) <= 2, attempts
+    status = cli.status(job)
+    assert status["attempts"] == sum(attempts.values()) <= len(lines) + 4, status
+    # The pool paused while the server was down: tried again a round at a time, not every line on its own clock.
+    posts = server.stats()["posts"]
+    assert set(posts) == set(lines)
+    assert sum(posts.values()) <= 8 * len(lines), posts
+    assert "waiting for it to come back" in r.stderr
+
+
+def test_a_server_that_keeps_answering_503_stops_the_run_in_one_line_with_every_line_queued(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    lines = ["loading_100000", *(f"ok_{i}" for i in range(1, 12))]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    # --timeout 2: an outage is waited out for as long as one attempt may take, here 2 s.
+    r = run(cli, server, job, "--concurrency", "4", "--timeout", "2")
+
+    assert r.returncode == 5, r.stderr
+    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
+    assert len(said) == 1, r.stderr
+    assert f"the server at {server.base_url} answered 503 to every request for " in said[0]
+    assert "Loading model" in said[0]
+    got = rows(cli.db)
+    # Nothing failed: every line waits, queued, for a run once the server is back, with few attempts spent.
+    assert {got[s]["state"] for s in lines} == {"queued"}
+    assert sum(got[s]["attempts"] for s in lines) <= 4, {s: got[s]["attempts"] for s in lines}
+
+
+def test_one_line_that_keeps_failing_with_503_while_the_others_complete_fails_after_its_attempts(
+    cli: Cli, server: Foreign, tmp_path: Path
+) -> None:
+    # More attempts than the replies in a row that show a whole server down: one line alone is not an outage.
+    lines = ["always_503", *(f"ok_{i}" for i in range(1, 6))]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+
+    r = run(cli, server, job, "--max-attempts", "12", "--concurrency", "2", "--timeout", "30")
+
+    assert r.returncode == 1, r.stderr
+    got = rows(cli.db)
+    assert got["always_503"]["state"] == "failed"
+    assert got["always_503"]["attempts"] == 12
+    assert "gave up after 12 attempt(s)" in got["always_503"]["error_message"]
+    assert {got[s]["state"] for s in lines[1:]} == {"completed"}
+    assert server.stats()["posts"]["always_503"] == 12

@@ -9,6 +9,7 @@ import csv
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,3 +255,39 @@ def test_a_poll_hint_of_zero_on_every_reply_does_not_become_a_loop_of_gets(
     assert rows(cli.db)["bg_hint_zero"]["state"] == "completed"
     # The response runs for a second: polled as fast as the round trip, that was hundreds of GETs.
     assert server.stats()["polls"]["bg_hint_zero"] <= 12
+
+
+@pytest.mark.parametrize("wait", ["retry_after", "rpm"])
+def test_a_stop_while_a_line_waits_for_its_turn_ends_the_run_at_once_and_gives_its_attempt_back(
+    cli: Cli, server: Misbehaving, tmp_path: Path, wait: str
+) -> None:
+    # The second line waits for its turn, unsent: behind a 429 whose Retry-After pauses every request for the
+    # 300 s cap, or a minute away at --rpm 1.
+    first = "pause_429" if wait == "retry_after" else "ok_first"
+    lines = [first, "ok_waiting"]
+    job = cli.submit(job_file(tmp_path / "in.jsonl", lines))
+    flags = ["--concurrency", "1", "--grace", "10", *(["--rpm", "1"] if wait == "rpm" else [])]
+    run = cli.popen("run", job, "--base-url", server.base_url, "--quiet", *flags, extra_env={"OPENAI_API_KEY": KEY})
+    try:
+        deadline = time.monotonic() + 30
+        while server.stats()["posts"].get(first) != 1:
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            threading.Event().wait(0.05)
+        threading.Event().wait(1.0)  # the second line is claimed, and waits
+        started = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+    assert run.returncode == 130, err
+    # Nothing was on the wire: the run ends without waiting out the grace (10 s).
+    assert took < 5, f"Ctrl-C took {took:.1f} s to end the run"
+    assert server.stats()["posts"] == {first: 1}
+    got = rows(cli.db)
+    # Never sent, so never counted: one POST, one attempt.
+    assert got["ok_waiting"]["state"] == "queued" and got["ok_waiting"]["attempts"] == 0
+    assert cli.status(job)["attempts"] == 1

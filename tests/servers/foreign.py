@@ -44,7 +44,30 @@ def _gzip_bomb(mib: int) -> bytes:
     return first + again * (mib - 1)
 
 
-REASONS = {200: "OK", 204: "No Content", 304: "Not Modified", 404: "Not Found", 502: "Bad Gateway"}
+REASONS = {
+    200: "OK",
+    204: "No Content",
+    304: "Not Modified",
+    404: "Not Found",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+# What a server that is up but not serving answers every POST with, by the scenario that starts it: llama.cpp's
+# llama-server while it loads its model, and nginx while the server behind it restarts.
+UNAVAILABLE: dict[str, tuple[int, bytes, str]] = {
+    "loading": (
+        503,
+        b'{"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}',
+        "application/json",
+    ),
+    "gateway": (
+        502,
+        b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+        b"</center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>\r\n",
+        "text/html",
+    ),
+}
 
 
 def _response(rid: str, text: str = "fine") -> dict[str, Any]:
@@ -119,6 +142,8 @@ class Server:
         self.open: set[asyncio.StreamWriter] = set()  # the API's connections, closed by an outage
         self.down = False  # in an outage: a connection accepted before it but not yet served is closed unserved
         self.tasks: set[asyncio.Task[None]] = set()
+        self.unavailable: tuple[int, bytes, str] | None = None  # what every POST is answered until `unavailable_until`
+        self.unavailable_until = 0.0  # loop time
 
     def new_id(self, scenario: str) -> str:
         self.seq += 1
@@ -205,6 +230,21 @@ class Server:
             w.write(_reply(int(status), b"", [("location", f"{base}/v1/responses/moved?token=s3cret")]))
             return True
         first = self.posts[scenario] == 1
+        now = asyncio.get_running_loop().time()
+        if scenario.startswith(tuple(f"{k}_" for k in UNAVAILABLE)) and first:
+            # <loading|gateway>_<seconds>: from this POST on, every POST is answered 503 "Loading model" (or 502
+            # from nginx) for that long, as by a server restarting behind its open port (or a gateway's).
+            kind, seconds = scenario.split("_")[:2]
+            self.unavailable, self.unavailable_until = UNAVAILABLE[kind], now + float(seconds)
+        if self.unavailable is not None and now < self.unavailable_until:
+            status, body, content_type = self.unavailable
+            w.write(_head(status, [("content-type", content_type), ("content-length", str(len(body)))]) + body)
+            return True
+        if scenario.startswith("always_503"):
+            # One line the server cannot serve while it serves the others; it may be tried again at once.
+            err = b'{"error": {"message": "The server had an error processing your request.", "type": "server_error"}}'
+            w.write(_reply(503, err, [("retry-after", "0")]))
+            return True
         if scenario.startswith("outage_") and first:
             # Answered, then down for outage_<seconds> (a server restarting: vLLM loading its model, a deploy).
             self.go_down(float(scenario.split("_")[1]), w)

@@ -251,6 +251,10 @@ class Server:
             return web.Response(
                 body=b'{"id": "resp_br"}', headers={"content-type": "application/json", "content-encoding": "br"}
             )
+        if scenario == "pause_429":
+            # The budget ran out, and the server asks for a wait far past the runner's cap: the pool pauses 300 s.
+            err = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+            return _json(err, status=429, headers={"retry-after": "1e12"})
         if scenario == "pay_402_plain":
             # A gateway's 402 with no OpenAI error object, hence no code.
             return _raw("Payment Required", 402, "text/plain")

@@ -7,7 +7,7 @@ import pytest
 
 from runner.config import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
 from runner.errors import TransientApiError
-from runner.retry import backoff_delay, exponential_backoff, should_retry
+from runner.retry import SERVER_DOWN_AFTER, Outage, backoff_delay, exponential_backoff, outage_delay, should_retry
 
 
 def test_retry_policy_builds_without_deprecation_warnings() -> None:
@@ -106,3 +106,55 @@ def test_backoff_jitter_ends_are_exact_and_capped() -> None:
     assert exponential_backoff(1, jitter=1.0) == pytest.approx(INITIAL_RETRY_DELAY + JITTER)
     assert exponential_backoff(3, jitter=0.0) == pytest.approx(INITIAL_RETRY_DELAY * 4)
     assert exponential_backoff(10_000, jitter=1.0) == pytest.approx(MAX_RETRY_DELAY)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_server_is_down_after_five_signs_in_a_row_from_more_than_one_line() -> None:
+    clock = Clock()
+    outage = Outage(clock)
+    for line in (1, 2, 3, 4):
+        clock.now += 1
+        assert outage.failed(line) == clock.now - 101
+        assert not outage.down
+    clock.now += 1
+    assert outage.failed(5) == 4.0
+    assert outage.down and SERVER_DOWN_AFTER == 5
+
+
+def test_one_line_failing_alone_is_not_an_outage() -> None:
+    outage = Outage(Clock())
+    for _ in range(50):
+        outage.failed(7)
+    assert not outage.down
+    outage.failed(8)
+    assert outage.down
+
+
+def test_any_other_reply_ends_the_outage_and_the_next_one_is_timed_from_its_own_start() -> None:
+    clock = Clock()
+    outage = Outage(clock)
+    for line in range(6):
+        outage.failed(line)
+    outage.told = True
+    outage.clear()
+    assert not outage.down
+    clock.now += 60
+    assert outage.failed(1) == 0.0
+    assert not outage.told
+
+
+def test_outage_delay_grows_with_the_outage_up_to_the_cap_and_keeps_to_retry_after() -> None:
+    early = [outage_delay(1, 0.0) for _ in range(SAMPLES)]
+    assert min(early) >= INITIAL_RETRY_DELAY and max(early) <= 2 * INITIAL_RETRY_DELAY
+    assert min(outage_delay(1, 20.0) for _ in range(SAMPLES)) >= 5.0
+    assert outage_delay(1, 10_000.0) == MAX_RETRY_DELAY
+    asked = TransientApiError("loading", retry_after=120.0)
+    assert outage_delay(1, 0.0, asked) == 120.0
+    assert outage_delay(1, 10_000.0, TransientApiError("loading", retry_after=1.0)) == MAX_RETRY_DELAY
