@@ -268,3 +268,22 @@ def test_json_log_format_makes_warnings_and_errors_json_too(cli: Cli, mock_facto
     assert ("error", "runner") in levels  # the missing file
     assert any(doc["message"].startswith("this run: 1 requests finished") for doc in seen)
     assert all(doc["logger"] == "runner" and doc["time"].endswith("Z") for doc in seen)
+
+
+def test_doctor_exits_1_while_it_finds_something_to_fix_and_0_once_fixed(cli: Cli, tmp_path: Path) -> None:
+    from runner.owners import host_id
+
+    job = _submit(cli, write_jobfile(tmp_path / "in.jsonl", 3), "stale")
+    assert cli("doctor").returncode == 0
+    # A runner that died holding a line (its process is gone: pid 2**22 + 1 is above any pid_max here).
+    _sql(
+        cli.db,
+        "update requests set state='in_progress', lease_owner=?, lease_expires_at=? where line_no=1",
+        f"{host_id()}:{2**22 + 1}:dead",
+        time.time() + 3600,
+    )
+    r = cli("doctor")
+    assert r.returncode == 1 and "stale leases (runner gone): 1 unsent -> would requeue" in r.stdout, r.stdout
+    assert cli("doctor", "--fix").returncode == 0
+    assert cli("doctor").returncode == 0
+    assert _counts(cli.db, job) == {"queued": 3}
