@@ -223,6 +223,9 @@ class Sender:
             await self.writer.wait(
                 self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
             )
+            if c.id in self.writer.taken:
+                log.warning("line %s failed: its response id %s is another line's", c.line_no, response_id)
+                return None
             if c.id in self.writer.refused:
                 log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
                 return None

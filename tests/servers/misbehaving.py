@@ -232,6 +232,9 @@ class Server:
         if scenario == "bg_hint_zero":
             self.created[rid] = asyncio.get_running_loop().time()
             return _json(_response(rid, status="queued"), headers={"openai-poll-after-ms": "0"})
+        if scenario == "bg_dupid":
+            # A proxy whose response cache keys loosely: every create gets the first one's response.
+            return _json(_response("resp_bg_dupid_0", status="queued"))
         if scenario.startswith("bg_"):
             return _json(_response(rid, status="queued"))
         return _json(_response(rid), headers={"x-request-id": f"req_{rid}"})
