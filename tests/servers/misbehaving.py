@@ -59,6 +59,11 @@ def _raw(text: str, status: int = 200, content_type: str = "application/json") -
 # -- scenarios: each answers a POST /v1/responses ----------------------------------------------------------
 
 # Usage blocks of every wrong kind and size (2^63 and 2^64 do not fit a signed 64-bit integer).
+# Answers of a priced model (gpt-4.1-mini: $0.40 input, $0.10 cached input, $1.60 output per 1M tokens).
+PRICED_USAGES: dict[str, Any] = {
+    "priced_cached_over": {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 1_000_000}, "output_tokens": 3},
+    "priced_million": {"input_tokens": 1_000_000, "output_tokens": 1_000_000},
+}
 USAGES: dict[str, Any] = {
     "usage_2p63": {"input_tokens": 2**63, "output_tokens": 1, "total_tokens": 2**63 + 1},
     "usage_2p64": {"input_tokens": 5, "output_tokens": 2**64 - 1, "total_tokens": 2**64 + 4},
@@ -181,6 +186,8 @@ class Server:
         rid = self.new_id(scenario)
         if scenario in USAGES:
             return _json(_response(rid, usage=USAGES[scenario]))
+        if scenario in PRICED_USAGES:
+            return _json({**_response(rid, usage=PRICED_USAGES[scenario]), "model": "gpt-4.1-mini"})
         if scenario in RATE_HEADERS:
             return _json(_response(rid), headers=RATE_HEADERS[scenario])
         if scenario in RETRY_AFTERS:
