@@ -166,8 +166,13 @@ def _plain_usage(usage: dict[str, Any]) -> UsageCounts | None:
 
 
 def read_id(value: Any) -> str | None:
-    """A response id: a non-empty string of at most MAX_ID_CHARS characters, else None."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+    """A response id: a non-empty string of at most MAX_ID_CHARS characters, and not `.` or `..`, else None.
+
+    An id goes into URL paths (`responses/{id}/cancel`), where `.` and `..` are steps however quoted: `runner cancel`
+    POSTed to /v1/responses/cancel and /v1/cancel. A `/` is quoted (%2F) and stays inside the id, so ids that hold
+    one are kept: LiteLLM's are base64 of the upstream id, and base64 has `/`.
+    """
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value not in (".", ".."):
         return value
     return None
 

@@ -140,7 +140,8 @@ ODD_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 # Completed 200s whose `id` is not a response id: too long, empty, a number.
-ODD_IDS: dict[str, Any] = {"id_long": "r" * 300, "id_empty": "", "id_number": 12345}
+# `.` and `..` are steps in a URL path: `runner cancel` sent POST /v1/responses/cancel and /v1/cancel for them.
+ODD_IDS: dict[str, Any] = {"id_long": "r" * 300, "id_empty": "", "id_number": 12345, "id_dot": ".", "id_dotdot": ".."}
 
 # 200s whose bodies are not JSON objects.
 BODIES: dict[str, str] = {

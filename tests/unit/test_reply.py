@@ -141,8 +141,9 @@ def test_retry_after_garbage_is_not_said(value: str) -> None:
 def test_ids() -> None:
     assert read_id("resp_1") == "resp_1"
     assert read_id("r" * MAX_ID_CHARS) == "r" * MAX_ID_CHARS
-    for bad in ("", "r" * (MAX_ID_CHARS + 1), 12, None, ["resp_1"]):
+    for bad in ("", "r" * (MAX_ID_CHARS + 1), 12, None, ["resp_1"], ".", ".."):
         assert read_id(bad) is None
+    assert read_id("resp_bGl0ZWxsbTpjdXN0b20/b2s=") == "resp_bGl0ZWxsbTpjdXN0b20/b2s="  # LiteLLM's base64: quoted
     assert read_request_id("req_1") == "req_1"
     assert read_request_id("q" * 10_000) == "q" * MAX_ID_CHARS
     assert read_request_id("") is None
