@@ -356,6 +356,7 @@ class RateLimiter:
         self.heard: tuple[int | None, int | None] | None = None
         self.learnt: dict[str, tuple[int | None, int | None]] = {}
         self._seeded = False  # pacing at remembered limits: the first headers replace them, up or down
+        self._repaced: anyio.Event | None = None  # set when the pace is dropped: turns booked at it are booked again
         self._notice: str | None = None
         self._notice_until = -math.inf
         self.shared: SharedSlots | None = None  # set by a run that may share its budget with other runners
@@ -497,8 +498,13 @@ class RateLimiter:
                 if p is not None:
                     p.hold_until(until)
 
-    def observe(self, headers: Mapping[str, str], *, in_flight: int = 0, poll: bool = False) -> None:
-        """Read `x-ratelimit-*` on a reply: adopt the server's limits, and pause before a window runs dry."""
+    def observe(
+        self, headers: Mapping[str, str], *, in_flight: int = 0, poll: bool = False, answered: bool = False
+    ) -> None:
+        """Read `x-ratelimit-*` on a reply (`answered`: a 2xx one): adopt the server's limits, and pause before a
+        window runs dry."""
+        if answered and self._seeded and not poll:
+            self._unless_said(headers)
         if not headers:
             return
         if poll and "x-ratelimit-remaining-requests" in headers:
@@ -533,6 +539,34 @@ class RateLimiter:
             said,
         )
         return True
+
+    def _unless_said(self, headers: Mapping[str, str]) -> None:
+        """Paced at remembered limits, the first answer says none: the server no longer advertises limits (the
+        limit was lifted, or the URL now fronts vLLM), so the run goes unpaced, and later runs forget them."""
+        if _int_header(headers, "x-ratelimit-limit-requests") or _int_header(headers, "x-ratelimit-limit-tokens"):
+            return  # said: _adopt_limits replaces them
+        self._seeded = False
+        rpm, tpm = self.user_rpm, self.user_tpm
+        self.requests = Pacer(rpm / 60.0, self.clock) if rpm else None
+        self.polls = Pacer(rpm / 60.0 * POLL_SHARE, self.clock) if rpm else None
+        self.tokens = Pacer(tpm / 60.0, self.clock) if tpm else None
+        self.heard = (None, None)  # kept as "no limits" for this model: the next run does not pace at them either
+        if self._repaced is not None:
+            self._repaced.set()
+            self._repaced = None
+        log.info("the server's reply says no rate limits: no longer pacing at the limits an earlier run read")
+
+    async def wait_turn(self, seconds: float) -> bool:
+        """Sleep until a booked turn, `seconds` away; True when woken early because the pace was dropped (the
+        turn is then booked again: requests booked a minute apart at a limit the server no longer has must not
+        keep those turns)."""
+        if self._repaced is None:
+            self._repaced = anyio.Event()
+        repaced = self._repaced
+        with anyio.move_on_after(seconds):
+            await repaced.wait()
+            return True
+        return False
 
     def learn(self, model: str | None) -> None:
         """The limits just `heard` came with a reply to a request for `model`: keep them for later runs."""

@@ -95,20 +95,34 @@ def read_usage(body: Mapping[str, Any]) -> UsageReading:
     details = usage.get("output_tokens_details")
     if isinstance(details, Mapping):
         reasoning = counts.read(details, "reasoning_tokens", "usage.output_tokens_details.reasoning_tokens") or 0
+    # Cached and reasoning tokens are parts of input and output: more than the whole is clamped here, per reply.
+    # Clamped only when priced, over a model's sums, one reply's excess cut the cost of others' input.
+    beyond = [
+        f"usage.{where} {part} is more than {whole_name} {whole}; stored as {whole}"
+        for part, whole, where, whole_name in (
+            (cached, input_tokens, "input_tokens_details.cached_tokens", "input_tokens"),
+            (reasoning, output_tokens, "output_tokens_details.reasoning_tokens", "output_tokens"),
+        )
+        if part > whole
+    ]
     result = UsageCounts(
         input_tokens=input_tokens,
-        cached_tokens=cached,
+        cached_tokens=min(cached, input_tokens),
         output_tokens=output_tokens,
-        reasoning_tokens=reasoning,
+        reasoning_tokens=min(reasoning, output_tokens),
         total_tokens=total if total is not None else input_tokens + output_tokens,
     )
-    if not counts.problems:
+    if not counts.problems and not beyond:
         return UsageReading(result)
-    problem = (
-        f"token counts out of bounds (a count must be an integer from 0 to 2^40): {', '.join(counts.problems)};"
-        " stored as 0, the answer is kept"
+    problems = (
+        [
+            f"token counts out of bounds (a count must be an integer from 0 to 2^40): {', '.join(counts.problems)};"
+            " stored as 0"
+        ]
+        if counts.problems
+        else []
     )
-    return UsageReading(result, problem)
+    return UsageReading(result, "; ".join([*problems, *beyond]) + ", the answer is kept")
 
 
 def plain_usage(body: Mapping[str, Any]) -> UsageCounts | None:
@@ -145,13 +159,20 @@ def _plain_usage(usage: dict[str, Any]) -> UsageCounts | None:
     for v in (i, o, t, cached, reasoning):
         if v is not None and not (type(v) is int and 0 <= v <= MAX_COUNT):
             return None
-    i, o = i or 0, o or 0
-    return UsageCounts(i, cached or 0, o, reasoning or 0, i + o if t is None else t)
+    i, o, cached, reasoning = i or 0, o or 0, cached or 0, reasoning or 0
+    if cached > i or reasoning > o:  # a part larger than its whole: read_usage clamps it and says so
+        return None
+    return UsageCounts(i, cached, o, reasoning, i + o if t is None else t)
 
 
 def read_id(value: Any) -> str | None:
-    """A response id: a non-empty string of at most MAX_ID_CHARS characters, else None."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+    """A response id: a non-empty string of at most MAX_ID_CHARS characters, and not `.` or `..`, else None.
+
+    An id goes into URL paths (`responses/{id}/cancel`), where `.` and `..` are steps however quoted: `runner cancel`
+    POSTed to /v1/responses/cancel and /v1/cancel. A `/` is quoted (%2F) and stays inside the id, so ids that hold
+    one are kept: LiteLLM's are base64 of the upstream id, and base64 has `/`.
+    """
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value not in (".", ".."):
         return value
     return None
 

@@ -70,6 +70,7 @@ from runner.store.batches import (
     queued_page,
     set_batch,
     take_over,
+    unpack,
 )
 from runner.store.models import Claimed, Outcome
 from runner.worker.outcomes import from_error, from_response
@@ -108,6 +109,14 @@ class _Refused(Exception):
     """The API refused an upload or a create outright (4xx): this chunk cannot go as it is."""
 
     def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _NoApi(Exception):
+    """The server has no Files or Batch API at this base URL (`_no_such_api`): no chunk can go."""
+
+    def __init__(self, error: DoomedJobError) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -435,6 +444,11 @@ class BatchLane:
         """
         try:
             await self._submit_steps(row)
+        except _NoApi as e:
+            # No batch was created, so nothing can be billed: the chunk's lines go back to the queue with their
+            # attempt, and a run against the right server sends each once.
+            await unpack(self.store, row.id)
+            raise _Stopped(StopReason.DOOMED, e.error) from None
         except _Refused as e:
             code = e.error.code or (f"http_{e.error.status}" if e.error.status else "refused")
             refused = {"status": "failed", "errors": {"data": [{"code": code, "message": e.error.message}]}}
@@ -526,6 +540,8 @@ class BatchLane:
             except (BillingError, DoomedJobError) as e:
                 raise _Stopped(StopReason.BILLING if isinstance(e, BillingError) else StopReason.DOOMED, e) from None
             except ApiError as e:
+                if (doomed := _no_such_api(what, e, self.client.base_url)) is not None:
+                    raise _NoApi(doomed) from None
                 raise _Refused(e) from None
             self._replied = True
             made = path_id(reply.body.get("id"))
@@ -904,6 +920,22 @@ def _used_as(file_id: str, other: BatchRow) -> str:
     """`file_id`, and which file of which other batch it already is."""
     kind = "input" if other.input_file_id == file_id else "output" if other.output_file_id == file_id else "error"
     return f"{file_id} is already the {kind} file of batch {other.batch_id or other.id} of job {other.job_id}"
+
+
+def _no_such_api(what: str, e: ApiError, base_url: str) -> DoomedJobError | None:
+    """A 404 or 405 from POST /files or /batches that names no missing thing: the server has no such API (vLLM,
+    llama.cpp, most gateways). No chunk can go, so the run stops as a 404 from POST /responses stops it: were it
+    refused like one chunk, every run would use up an attempt of every line, and fail them all by the sixth."""
+    if e.status not in (404, 405) or (e.code or "").lower().endswith(("not_found", "notfound")):
+        return None
+    api = "Files" if what == "upload" else "Batch"
+    path = "files" if what == "upload" else "batches"
+    return DoomedJobError(
+        f"POST {base_url.rstrip('/')}/{path}: {e.status}; the server has no {api} API at this base URL, which"
+        " --lane batch needs (use --lane sync, or check --base-url / OPENAI_BASE_URL)",
+        status=e.status,
+        code=e.code,
+    )
 
 
 def _doomed(what: str, e: ApiError) -> DoomedJobError:

@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from runner.config import control_at
 from runner.errors import StoreUnavailable
-from runner.store.models import Claimed, ExportRow, NewRequest, Outcome, ReadyLines, ResponseIdRecord
+from runner.store.models import Claimed, ExportRow, NewRequest, Outcome, ReadyLines, Refused, ResponseIdRecord
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class Backend(Protocol):
 
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
-    ) -> list[int]:
+    ) -> Refused:
         """Write response ids and outcomes, each guarded (one transaction); the ids of the requests refused."""
         ...
 

@@ -320,6 +320,34 @@ async def batch_user(store: Store, batch_id: str, batch_row: int) -> BatchRow | 
     return await store.read(go)
 
 
+async def unpack(store: Store, batch_row: int) -> int:
+    """Undo `pack` for a chunk from which no batch was created: its requests back to the queue, the attempt
+    given back and the lane forgotten, and the chunk row gone (nothing of it can be billed). How many went back."""
+    now = _now(store)
+
+    async def go(conn: AsyncConnection) -> int:
+        gone = await conn.execute(
+            delete(batches).where(batches.c.id == batch_row, batches.c.step.in_([PACKED, UPLOADED]))
+        )
+        if not gone.rowcount:
+            return 0
+        back = await conn.execute(
+            update(requests)
+            .where(requests.c.lease_owner == owner_of(batch_row), requests.c.state == IP)
+            .values(
+                state=Q,
+                attempts=requests.c.attempts - 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                lane=None,
+                updated_at=now,
+            )
+        )
+        return int(back.rowcount)
+
+    return await store.write(go)
+
+
 async def clear_lane(store: Store, row_ids: Sequence[int]) -> None:
     """Forget the batch lane of requests that went back to the queue (a later lane finishes them)."""
     if not row_ids:

@@ -86,6 +86,32 @@ class ResponseIdRecord:
     sent_at: float | None
 
 
+# A background line answered with a response id another request of the store holds (a caching proxy's reply):
+# the line is failed for good, as sending it again would make (and bill) another response that may come back
+# with the same id.
+RESPONSE_ID_TAKEN = "response_id_taken"
+
+
+def response_id_taken(response_id: str, custom_id: str | None, job_id: str | None) -> str:
+    """The message of a line whose response id another request holds (`holder`: that request's line)."""
+    holder = f"line {custom_id!r} of job {job_id}" if custom_id is not None else "another request"
+    return (
+        f"the server answered with response id {response_id!r}, which {holder} already holds (a caching proxy's"
+        " reply?); a response id names one response, so this line was not given it, and is not sent again"
+    )[:4096]
+
+
+class Refused(list[int]):
+    """What a write-back refused: the request ids no longer leased by the writer (the list itself), and,
+    apart, `taken`: the requests failed instead of given a response id another request holds."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self, refused: Iterable[int] = (), taken: Iterable[int] = ()) -> None:
+        super().__init__(refused)
+        self.taken = list(taken)
+
+
 @dataclass(frozen=True, slots=True)
 class JobRow:
     """A job as the store knows it."""

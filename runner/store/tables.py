@@ -205,6 +205,16 @@ requests = Table(
         ),
         where=Column("parent_id").isnot(None),
     ),
+    # A response id is written only if no other request holds it (a proxy's cached reply): one probe here, in
+    # the write's own statement (migration 0016). Only background lines have one.
+    _postgres(
+        Index(
+            None,
+            "response_id",
+            sqlite_where=Column("response_id").isnot(None),
+        ),
+        where=Column("response_id").isnot(None),
+    ),
 )
 
 # One row per attempt that reached an outcome (a reply, an error, a finished poll), written in the same

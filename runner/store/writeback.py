@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runner.errors import IllegalTransition
 from runner.states import ALLOWED_FROM, RequestState
 from runner.store.core import _USAGE_COLS, IP, StoreCore
-from runner.store.models import Outcome, ResponseIdRecord
+from runner.store.models import Outcome, Refused, ResponseIdRecord
 from runner.store.tables import requests
 
 __all__ = ["WriteBackPart"]
@@ -23,13 +23,14 @@ class WriteBackPart(StoreCore):
 
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord] = ()
-    ) -> list[int]:
+    ) -> Refused:
         """Write response ids and outcomes in one transaction, each guarded; returns the request ids refused.
 
-        A response id is written only to a request this owner still leases, and never over another id.
+        A response id is written only to a request this owner still leases, never over another id, and never
+        if another request holds it: that request fails instead (`Refused.taken`).
         """
         if not outcomes and not response_ids:
-            return []
+            return Refused()
         now = self._clock()
         # Refusals are the caller's to report (once, not per request: `runner cancel` can cause thousands).
         return await self._hot(lambda: self._backend.apply(owner, outcomes, response_ids, now))

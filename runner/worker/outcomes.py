@@ -53,6 +53,13 @@ def _dump(body: Any) -> str | None:
         return None
 
 
+def has_unknown_status(body: dict[str, Any]) -> bool:
+    """Whether a Response object's status is a string the runner does not know (`pending`, `requires_action`):
+    neither running nor final, as far as the runner can tell."""
+    status = body.get("status")
+    return isinstance(status, str) and status not in RUNNING_STATUSES and status not in _FINAL
+
+
 def is_running(body: dict[str, Any]) -> bool:
     """Whether a Response object is still being worked on (background mode)."""
     status = body.get("status")

@@ -46,7 +46,7 @@ from runner.reply import RESPONSE_ID_MISMATCH, header_count, read_id
 from runner.states import POLL_FAILED, RequestState
 from runner.store.models import Claimed, Outcome
 from runner.store.outputs import CheckRecord
-from runner.worker.outcomes import Checker, from_error, from_response, is_running
+from runner.worker.outcomes import Checker, from_error, from_response, has_unknown_status, is_running
 from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,8 @@ class _Item:
     hint_floor: float = MIN_STEP  # the least wait after a server's hint (see `_poll`)
     failures: int = 0  # GETs in a row that failed with a transient error other than 429 (see `_unreadable`)
     failing_since: float | None = None  # monotonic time of the first of those failures
+    unknown: int = 0  # polls in a row that found a status the runner does not know (see `_poll`)
+    unknown_since: float | None = None  # monotonic time of the first of those
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: 256 parked workers cancelled at a run's end
@@ -428,6 +430,14 @@ class Poller:
             )
         )
 
+    def _given_up_on_status(self, item: _Item, sent: float) -> bool:
+        """One more poll found a status the runner does not know: whether it has for as long as a response whose
+        GETs keep failing is polled (`--max-attempts` polls in a row, over the patience)."""
+        item.unknown += 1
+        if item.unknown_since is None:
+            item.unknown_since = sent
+        return item.unknown >= max(self._max_attempts, 1) and time.monotonic() - item.unknown_since >= self._patience
+
     async def _poll(self, item: _Item) -> None:
         c = item.claimed
         assert c.response_id is not None
@@ -478,6 +488,14 @@ class Poller:
                 return
             item.polls += 1
             age = time.monotonic() - item.added
+            if has_unknown_status(reply.body) and not self._given_up_on_status(item, sent):
+                # Not final as far as the README goes (polled "until completed, incomplete, failed or cancelled"):
+                # a status added to the API, or a proxy's own word, may yet end. Polled on, backing off, with the
+                # patience of a GET that keeps failing; then it fails as `unknown_status`, its body and id kept.
+                item.delay = min(item.delay * POLL_BACKOFF, POLL_MAX_DELAY)
+                self._push(item, item.delay)
+                return
+            item.unknown, item.unknown_since = 0, None
             if is_running(reply.body):
                 hint = poll_after_hint(reply.rate_limits)
                 if hint is None:

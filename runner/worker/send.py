@@ -126,11 +126,10 @@ class Sender:
             self._pacing.add(scope)
             try:
                 while True:
-                    if wait > 0:
-                        await anyio.sleep(wait)
-                        if limiter.remaining_pause() > 0:
-                            wait, booked_alone = self._book(raw)  # a 429 paused the pool while we slept: book again
-                            continue
+                    # Booked again when a 429 paused the pool while we slept, or the pace was dropped (`wait_turn`).
+                    if wait > 0 and (await limiter.wait_turn(wait) or limiter.remaining_pause() > 0):
+                        wait, booked_alone = self._book(raw)
+                        continue
                     # With other runners on the store, the request also waits for its slot of the fleet's budget.
                     if limiter.shared is None or await limiter.shared_turn(booked_alone=booked_alone):
                         return
@@ -203,7 +202,7 @@ class Sender:
         replied_at = time.monotonic()
         took = replied_at - started
         self.latency = took if self.latency is None else self.latency + 0.1 * (took - self.latency)
-        self.limiter.observe(reply.rate_limits, in_flight=self._in_flight())
+        self.limiter.observe(reply.rate_limits, in_flight=self._in_flight(), answered=True)
         if self.limiter.heard is not None:  # limit headers that changed: the next run of this model starts at them
             self.limiter.learn(model_of(c.body))
         if self.concurrency.slow_start:
@@ -238,6 +237,9 @@ class Sender:
             await self.writer.wait(
                 self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
             )
+            if c.id in self.writer.taken:
+                log.warning("line %s failed: its response id %s is another line's", c.line_no, response_id)
+                return None
             if c.id in self.writer.refused:
                 log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
                 return None

@@ -70,6 +70,8 @@ class WriteBack:
         self._closed = False
         self.written = 0
         self.refused: set[int] = set()  # request ids whose write was refused (no longer leased by us)
+        # Request ids failed by the store, as the server answered them with a response id another line holds.
+        self.taken: set[int] = set()
         # The jobs have lines that continue others (runner/chains.py): a line that ends failed, cancelled or
         # incomplete fails the queued lines below it, right after its own commit.
         self.chains = False
@@ -128,6 +130,7 @@ class WriteBack:
         refused = await self._store.apply(self._owner, batch, ids)  # shielded inside the store
         self.written += len(batch) + len(ids) - len(refused)
         self.refused.update(refused)
+        self.taken.update(refused.taken)
         if self.chains and (
             ended := [o.request_id for o in batch if o.to in DEAD_ENDS and o.request_id not in refused]
         ):

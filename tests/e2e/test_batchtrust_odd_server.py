@@ -298,3 +298,24 @@ def test_a_create_answered_with_an_earlier_batchs_id_is_not_made_again_and_again
     assert sorted(answers) == ["c-00001", "c-00002"], answers
     assert sorted(errors) == ["c-00003", "c-00004"] and {x["code"] for x in errors.values()} == {"batch_id_invalid"}
     assert "already the batch of chunk 1" in errors["c-00003"]["message"], errors
+
+
+def test_a_server_without_a_files_api_stops_the_run_and_uses_up_no_attempt(cli: Cli, odd: Odd, tmp_path: Path) -> None:
+    # vLLM, llama.cpp and most gateways answer POST /v1/files with 404. Before, each run exited 1 saying "batch ...
+    # failed" (no batch existed) and used up an attempt of every line: after 6 runs every line had failed for good.
+    job = cli.submit(write_jobfile(tmp_path / "in.jsonl", 3))
+    odd.set(no_files=True)
+    for _ in range(7):
+        r = _run(cli, odd, job)
+        assert r.returncode == 5, r.stderr
+        said = [x for x in r.stderr.splitlines() if "no Files API at this base URL" in x]
+        assert len(said) == 1 and "/files: 404" in said[0], r.stderr
+        status = cli.status(job)
+        assert (status["counts"]["queued"], status["attempts"]) == (3, 0), status  # every attempt given back
+    assert "creates" not in odd.stats()  # nothing got as far as a batch
+    odd.set(no_files=False)
+    r = _run(cli, odd, job)
+    assert r.returncode == 0, r.stderr
+    assert cli.status(job)["counts"]["completed"] == 3
+    stats = odd.stats()
+    assert stats["most_runs_of_a_line"] == 1, stats

@@ -248,3 +248,26 @@ def test_random_429s_with_budget_left_do_not_shrink_the_pool(cli: Cli, mock_fact
     progress = [x for x in r.stderr.splitlines() if x.startswith("progress ")]
     assert progress and all("concurrency=8/8" in x for x in progress), progress
     assert "pausing all requests" not in r.stderr
+
+
+def test_remembered_limits_stop_pacing_once_the_servers_replies_carry_none(
+    cli: Cli, mock_factory: Any, tmp_path: Path
+) -> None:
+    # Job A's reply said 2 requests a minute (a gateway's per-key limit); the limit is lifted, and job B's replies
+    # carry no x-ratelimit-* header at all. Before, job B paced at 2 a minute for its whole run (and so did every
+    # run for 7 days): its 12 lines took 5.5 minutes. The first reply now says there is no limit to pace at.
+    mock = mock_factory("--rpm", "2")
+    _send_times(cli, mock, write_jobfile(tmp_path / "a.jsonl", 1), 1)
+    mock.configure(rpm=None, no_limit_headers=True)
+    job = cli.submit(write_jobfile(tmp_path / "b.jsonl", 12, extra={"metadata": {"job": "b"}}))
+    started = time.monotonic()
+    r = cli("run", job, *run_args(mock, "--concurrency", "12", "-v"), timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert "pacing at the limits an earlier run read" in r.stderr  # it did start at them
+    assert time.monotonic() - started < 20
+    assert cli.status(job)["counts"]["completed"] == 12
+    # And the next run does not start at them either.
+    job = cli.submit(write_jobfile(tmp_path / "c.jsonl", 12, extra={"metadata": {"job": "c"}}))
+    r = cli("run", job, *run_args(mock, "--concurrency", "12", "-v"), timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert "pacing at the limits an earlier run read" not in r.stderr

@@ -24,6 +24,7 @@ from aiohttp import BodyPartReader, web
 # What the server does; POST /_odd replaces any of these.
 ODD: dict[str, Any] = {
     "text": "answer",  # the answers' text, before the custom_id
+    "no_files": False,  # POST /v1/files answers 404, as a server without a Files API (vLLM, llama.cpp) does
     "upload_500": 0,  # the next N uploads store the file, then answer 500 (the runner never hears its id)
     "create_500": 0,  # the next N creates make the batch, then answer 500
     "files_loop": False,  # GET /files: every page says has_more, with the same last id, for ever
@@ -82,6 +83,8 @@ class Server:
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
         self.counts["uploads"] += 1
+        if self.odd["no_files"]:
+            return web.Response(status=404, text="404: Not Found")
         name, data, purpose = "file.jsonl", b"", ""
         async for part in await request.multipart():
             if isinstance(part, BodyPartReader) and part.name == "file":

@@ -59,6 +59,11 @@ def _raw(text: str, status: int = 200, content_type: str = "application/json") -
 # -- scenarios: each answers a POST /v1/responses ----------------------------------------------------------
 
 # Usage blocks of every wrong kind and size (2^63 and 2^64 do not fit a signed 64-bit integer).
+# Answers of a priced model (gpt-4.1-mini: $0.40 input, $0.10 cached input, $1.60 output per 1M tokens).
+PRICED_USAGES: dict[str, Any] = {
+    "priced_cached_over": {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 1_000_000}, "output_tokens": 3},
+    "priced_million": {"input_tokens": 1_000_000, "output_tokens": 1_000_000},
+}
 USAGES: dict[str, Any] = {
     "usage_2p63": {"input_tokens": 2**63, "output_tokens": 1, "total_tokens": 2**63 + 1},
     "usage_2p64": {"input_tokens": 5, "output_tokens": 2**64 - 1, "total_tokens": 2**64 + 4},
@@ -134,7 +139,6 @@ ODD_FIELDS: dict[str, dict[str, Any]] = {
     "status_number": {"id": "resp_odd", "status": 200, "output": [1, None, {"type": "message", "content": 5}]},
 }
 
-# Completed 200s whose `id` is not a response id: too long, empty, a number.
 _VLLM_404 = {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": None, "code": 404}
 NOT_FOUND_404: dict[str, Any] = {
     # vLLM (serving_engine._check_model), and its older flat ErrorResponse.
@@ -151,7 +155,9 @@ NOT_FOUND_404: dict[str, Any] = {
     # Words no rule knows: after the same endpoint has answered, still only this line's.
     "unknown_404": {"error": {"message": "Not found", "code": None}},
 }
-ODD_IDS: dict[str, Any] = {"id_long": "r" * 300, "id_empty": "", "id_number": 12345}
+# Completed 200s whose `id` is not a response id: too long, empty, a number; `.` and `..` are steps in a URL
+# path (`runner cancel` sent POST /v1/responses/cancel and /v1/cancel for them).
+ODD_IDS: dict[str, Any] = {"id_long": "r" * 300, "id_empty": "", "id_number": 12345, "id_dot": ".", "id_dotdot": ".."}
 
 # 200s whose bodies are not JSON objects.
 BODIES: dict[str, str] = {
@@ -197,6 +203,8 @@ class Server:
         rid = self.new_id(scenario)
         if scenario in USAGES:
             return _json(_response(rid, usage=USAGES[scenario]))
+        if scenario in PRICED_USAGES:
+            return _json({**_response(rid, usage=PRICED_USAGES[scenario]), "model": "gpt-4.1-mini"})
         if scenario in RATE_HEADERS:
             return _json(_response(rid), headers=RATE_HEADERS[scenario])
         if scenario in RETRY_AFTERS:
@@ -270,6 +278,9 @@ class Server:
             return _json(_response(rid, status="queued"), headers={"openai-poll-after-ms": "0"})
         if scenario.startswith("bg_id_"):  # a background create answered with an id that is none
             return _json({**_response(rid, status="queued"), "id": ODD_IDS[scenario.removeprefix("bg_")]})
+        if scenario == "bg_dupid":
+            # A proxy whose response cache keys loosely: every create gets the first one's response.
+            return _json(_response("resp_bg_dupid_0", status="queued"))
         if scenario.startswith("bg_"):
             return _json(_response(rid, status="queued"))
         return _json(_response(rid), headers={"x-request-id": f"req_{rid}"})
@@ -303,6 +314,9 @@ class Server:
             # The response was created, but reading it back fails: always, or for its first two GETs.
             err = {"error": {"message": "The server is overloaded.", "type": "server_error", "code": "overloaded"}}
             return _json(err, status=503)
+        if scenario == "bg_pending" or (scenario == "bg_pending_twice" and self.polls[scenario] <= 2):
+            # A status the runner does not know (a newer API's, or a proxy's own): always, or for two GETs.
+            return _json(_response(rid, status="pending"))
         if scenario.startswith("bg_running"):
             # Runs until it is cancelled, so that a test can cancel it.
             return _json(_response(rid, status="cancelled" if rid in self.cancelled else "in_progress"))

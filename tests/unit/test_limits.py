@@ -11,6 +11,7 @@ import pytest
 
 from runner.limits import (
     BURST,
+    HEADER_SAFETY,
     SLOW_START_WINDOW,
     AdaptiveConcurrency,
     Estimator,
@@ -414,3 +415,26 @@ def test_remembered_limits_no_header_could_have_said_give_a_slow_start(bad: tupl
     lim.remembered = {"gpt-a": bad}
     assert not lim.seed("gpt-a")
     assert not lim.limits_known
+
+
+def test_a_first_answer_without_limit_headers_drops_the_remembered_limits() -> None:
+    lim = RateLimiter()
+    lim.remembered["m"] = (1, None)
+    assert lim.seed("m") and lim.limits_known
+    lim.observe({}, answered=False)  # an error reply (a proxy's 502 page) says nothing of the server's limits
+    assert lim.limits_known
+    lim.observe({}, answered=True)
+    assert not lim.limits_known
+    assert lim.heard == (None, None)  # kept as "no limits": the next run does not start at them either
+    lim.learn("m")
+    seeded = RateLimiter()
+    seeded.remembered["m"] = lim.remembered["m"]
+    assert not seeded.seed("m")
+
+
+def test_a_first_answer_that_says_its_limits_replaces_the_remembered_ones() -> None:
+    lim = RateLimiter(rpm=600)
+    lim.remembered["m"] = (1, None)
+    assert lim.seed("m")
+    lim.observe({"x-ratelimit-limit-requests": "300"}, answered=True)
+    assert lim.requests is not None and lim.requests.rate == pytest.approx(300 / 60 * HEADER_SAFETY)

@@ -47,6 +47,16 @@ def test_usage_missing_total_is_input_plus_output() -> None:
     assert read_usage({"usage": {"input_tokens": 10, "output_tokens": 5}}).usage == UsageCounts(10, 0, 5, 0, 15)
 
 
+def test_usage_parts_above_their_whole_are_clamped_per_reply_and_said() -> None:
+    body = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 9}, "output_tokens": 3}
+    body["output_tokens_details"] = {"reasoning_tokens": 4}
+    got = read_usage({"usage": body})
+    assert got.usage == UsageCounts(5, 5, 3, 3, 8)
+    assert got.problem is not None
+    assert "cached_tokens 9 is more than input_tokens 5; stored as 5" in got.problem
+    assert "reasoning_tokens 4 is more than output_tokens 3; stored as 3" in got.problem
+
+
 @pytest.mark.parametrize("body", [{}, {"usage": None}], ids=repr)
 def test_usage_absent(body: dict[str, Any]) -> None:
     assert read_usage(body) == UsageReading(UsageCounts())
@@ -131,8 +141,9 @@ def test_retry_after_garbage_is_not_said(value: str) -> None:
 def test_ids() -> None:
     assert read_id("resp_1") == "resp_1"
     assert read_id("r" * MAX_ID_CHARS) == "r" * MAX_ID_CHARS
-    for bad in ("", "r" * (MAX_ID_CHARS + 1), 12, None, ["resp_1"]):
+    for bad in ("", "r" * (MAX_ID_CHARS + 1), 12, None, ["resp_1"], ".", ".."):
         assert read_id(bad) is None
+    assert read_id("resp_bGl0ZWxsbTpjdXN0b20/b2s=") == "resp_bGl0ZWxsbTpjdXN0b20/b2s="  # LiteLLM's base64: quoted
     assert read_request_id("req_1") == "req_1"
     assert read_request_id("q" * 10_000) == "q" * MAX_ID_CHARS
     assert read_request_id("") is None

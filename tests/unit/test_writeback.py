@@ -11,7 +11,7 @@ from anyio.lowlevel import checkpoint
 
 from runner.states import RequestState
 from runner.store import Store
-from runner.store.models import Outcome, ResponseIdRecord
+from runner.store.models import Outcome, Refused, ResponseIdRecord
 from runner.worker.writeback import WriteBack
 
 pytestmark = pytest.mark.anyio
@@ -24,10 +24,10 @@ class FakeStore:
     def __init__(self) -> None:
         self.commits: list[list[int]] = []
 
-    async def apply(self, owner: str, outcomes: Sequence[Outcome], ids: Sequence[ResponseIdRecord] = ()) -> list[int]:
+    async def apply(self, owner: str, outcomes: Sequence[Outcome], ids: Sequence[ResponseIdRecord] = ()) -> Refused:
         self.commits.append([o.request_id for o in outcomes] + [x.request_id for x in ids])
         await checkpoint()
-        return []
+        return Refused()
 
 
 async def settle() -> None:

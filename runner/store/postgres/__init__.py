@@ -46,6 +46,7 @@ from runner.store.models import (
     NewRequest,
     Outcome,
     ReadyLines,
+    Refused,
     ResponseIdRecord,
     claim_by_job,
     in_claim_order,
@@ -378,7 +379,7 @@ class PostgresBackend:
 
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
-    ) -> list[int]:
+    ) -> Refused:
         ids = [o.request_id for o in outcomes] + [x.request_id for x in response_ids]
         if len(set(ids)) == len(ids) and all(o.to in TERMINAL or o.to is RequestState.QUEUED for o in outcomes):
             try:

@@ -35,7 +35,12 @@ RETURNING requests.id, job_id, line_no, custom_id, body, attempts, sched
 
 -- name: set_response_ids
 -- $1 ids, $2 response ids, $3 x-request-ids, $4 send times, $5 owner. Only to a request this owner
--- leases, never over another id; the ids written come back.
+-- leases, never over another id, never an id another request holds; the ids written come back. That check
+-- filters the arrays first (`v`, materialized), a subquery with LIMIT per row: one probe of
+-- ix_requests_response_id each, and then one of the primary key. As a NOT EXISTS beside the guard it became an
+-- anti join that could read the whole index at every commit, and as a subquery in the guard a hash join over a
+-- scan of the table. The statement sees the rows as they were before it, so the caller passes each response id
+-- once.
 -- The write-back statements (this one, record_attempts, finish, requeue) test their guard wrapped in
 -- `coalesce(..., false)`, which means the same in a WHERE but matches no index and has no statistics (the
 -- planner takes it to keep half the rows): the way in is the primary key, one probe per row of the arrays. Written plainly, the guard matched ix_requests_state (the partial index of
@@ -43,9 +48,12 @@ RETURNING requests.id, job_id, line_no, custom_id, body, attempts, sched
 -- asyncpg's generic plan expected one row there and rescanned the unnested arrays once per in-progress row: at
 -- concurrency 1,000 a commit of 824 results compared 1.4 million pairs and took 4.8 s, the server spent
 -- 1.6 CPU-ms a request, and the heartbeat's lease renewal waited behind it (scenario 1b: 165 requests/s).
+WITH v AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[]) AS v(id, response_id, api_request_id, sent_at)
+    WHERE (SELECT o.id FROM requests AS o WHERE o.response_id = v.response_id AND o.id <> v.id LIMIT 1) IS NULL)
 UPDATE requests AS r SET response_id = v.response_id, request_id = v.api_request_id,
     submitted_at = coalesce(v.sent_at, r.submitted_at), updated_at = extract(epoch FROM now())::float8
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[]) AS v(id, response_id, api_request_id, sent_at)
+FROM v
 WHERE r.id = v.id AND coalesce(r.state = 'in_progress' AND r.lease_owner = $5 AND r.response_id IS NULL, false)
 RETURNING r.id
 
@@ -107,7 +115,8 @@ RETURNING r.id
 -- parts of one statement keeps one of the two. $1 ids, $2 states (final, or queued), $3 bodies,
 -- $4-$8 usage, $9 http status, $10 x-request-ids, $11 error codes, $12 messages, $13 429 counts,
 -- $14 send times, $15 due times (requeue), $16 refunds (0/1), $17 clear the response id, $18 owner,
--- $19 ids given a response id, $20 the response ids, $21 their x-request-ids, $22 their send times.
+-- $19 ids given a response id, $20 the response ids, $21 their x-request-ids, $22 their send times (each
+-- response id once, none another request holds: see `set_response_ids`).
 -- It returns each request written.
 -- An attempts row is made from what the outcome's UPDATE returns, with no join (the attempt count and response id
 -- as they were: a final outcome changes neither, but a requeue may refund or clear them, so it reads the row as
@@ -119,10 +128,14 @@ WITH v AS (
     AS v(id, state, response_body, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens,
          http_status, api_request_id, error_code, error_message, rate_limited, sent_at, next_attempt_at, refund,
          clear)),
+w AS MATERIALIZED (
+    SELECT * FROM unnest($19::bigint[], $20::text[], $21::text[], $22::float8[]) AS w(id, response_id, api_request_id,
+        sent_at)
+    WHERE (SELECT o.id FROM requests AS o WHERE o.response_id = w.response_id AND o.id <> w.id LIMIT 1) IS NULL),
 ids AS (
     UPDATE requests AS r SET response_id = w.response_id, request_id = w.api_request_id,
         submitted_at = coalesce(w.sent_at, r.submitted_at), updated_at = extract(epoch FROM now())::float8
-    FROM unnest($19::bigint[], $20::text[], $21::text[], $22::float8[]) AS w(id, response_id, api_request_id, sent_at)
+    FROM w
     WHERE r.id = w.id AND coalesce(r.state = 'in_progress' AND r.lease_owner = $18 AND r.response_id IS NULL, false)
     RETURNING r.id),
 fin AS (
@@ -171,6 +184,18 @@ UPDATE requests SET state = 'failed', response_body = NULL, input_tokens = 0, ca
     error_message = $1, finished_at = extract(epoch FROM now())::float8, lease_owner = NULL,
     lease_expires_at = NULL, updated_at = extract(epoch FROM now())::float8
 WHERE id = $2 AND state = 'in_progress' AND lease_owner = $3
+
+-- name: response_id_holder
+-- The line that holds a response id, for the message of the one refused it. $1 response id, $2 the refused one.
+SELECT custom_id, job_id FROM requests WHERE response_id = $1 AND id <> $2 LIMIT 1
+
+-- name: fail_taken
+-- A line whose response id another request holds: failed, final, its id left NULL (it names another's
+-- response). $1 x-request-id, $2 code, $3 message, $4 send time, $5 id, $6 owner.
+UPDATE requests SET state = 'failed', request_id = coalesce($1, request_id), error_code = $2, error_message = $3,
+    submitted_at = coalesce($4, submitted_at), finished_at = extract(epoch FROM now())::float8,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = extract(epoch FROM now())::float8
+WHERE id = $5 AND state = 'in_progress' AND lease_owner = $6 AND response_id IS NULL
 
 -- name: cancel_requeued
 -- Work that came back to queued in a job cancelled meanwhile is cancelled ($1: those ids; NULL: all).

@@ -13,7 +13,7 @@ from typing import Any
 
 from runner.errors import StoreError
 from runner.states import TERMINAL, RequestState
-from runner.store.models import Outcome, ResponseIdRecord
+from runner.store.models import RESPONSE_ID_TAKEN, Outcome, Refused, ResponseIdRecord, response_id_taken
 
 __all__ = ["at_once", "carefully"]
 
@@ -49,8 +49,9 @@ def _outcome_columns(group: Sequence[Outcome]) -> list[list[Any]]:
 
 async def at_once(
     c: Any, sql: Mapping[str, str], owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord]
-) -> list[int]:
+) -> Refused:
     """The group commit as one statement on its own (hot.sql `apply`); the request ids refused."""
+    firsts = _first_of_each_id(response_ids)
     rows = await c.fetch(
         sql["apply"],
         *_outcome_columns(outcomes),
@@ -58,20 +59,65 @@ async def at_once(
         [1 if o.refund_attempt else 0 for o in outcomes],
         [o.clear_response_id for o in outcomes],
         owner,
-        [x.request_id for x in response_ids],
-        [x.response_id for x in response_ids],
-        [x.api_request_id for x in response_ids],
-        [x.sent_at for x in response_ids],
+        [x.request_id for x in firsts],
+        [x.response_id for x in firsts],
+        [x.api_request_id for x in firsts],
+        [x.sent_at for x in firsts],
     )
     done = {r[0] for r in rows}
-    refused = [o.request_id for o in outcomes if o.request_id not in done]
-    missed = [x for x in response_ids if x.request_id not in done]
-    if missed:
-        # Written already (the same id, by this owner: a retried commit) is not a refusal.
-        have = await c.fetch(sql["response_ids_of"], [x.request_id for x in missed])
-        mine = {r[0]: (r[1], r[2]) for r in have}
-        refused += [x.request_id for x in missed if mine.get(x.request_id) != (x.response_id, owner)]
+    refused = Refused(o.request_id for o in outcomes if o.request_id not in done)
+    await _missed(c, sql, owner, [x for x in response_ids if x.request_id not in done], refused)
     return refused
+
+
+def _first_of_each_id(response_ids: Sequence[ResponseIdRecord]) -> list[ResponseIdRecord]:
+    """The records whose response id no earlier record of the group has: one statement sees the rows as they
+    were before it, so two lines of one commit given the same id would both pass its guard."""
+    seen: set[str] = set()
+    firsts = []
+    for x in response_ids:
+        if x.response_id not in seen:
+            seen.add(x.response_id)
+            firsts.append(x)
+    return firsts
+
+
+async def _missed(
+    c: Any, sql: Mapping[str, str], owner: str, missed: Sequence[ResponseIdRecord], refused: Refused
+) -> None:
+    """Sort the response ids not written into `refused`: written already, taken by another request, or lost."""
+    if not missed:
+        return
+    have = {r[0]: (r[1], r[2]) for r in await c.fetch(sql["response_ids_of"], [x.request_id for x in missed])}
+    for x in missed:
+        now = have.get(x.request_id)
+        if now == (x.response_id, owner):
+            continue  # written already (the same id, by this owner: a retried commit) is not a refusal
+        if now == (None, owner):
+            # Still ours and without an id: the only guard left is the id another request holds.
+            async with c.transaction():
+                await _fail_taken(c, sql, owner, x)
+            refused.taken.append(x.request_id)
+        else:
+            refused.append(x.request_id)
+
+
+async def _fail_taken(c: Any, sql: Mapping[str, str], owner: str, x: ResponseIdRecord) -> None:
+    """Fail the line given response id `x`, which another request holds, with its attempt row."""
+    holder = await c.fetch(sql["response_id_holder"], x.response_id, x.request_id)
+    message = response_id_taken(x.response_id, *(tuple(holder[0]) if holder else (None, None)))
+    await c.execute(
+        sql["record_attempts"],
+        [x.request_id],
+        ["failed"],
+        [x.sent_at],
+        [None],
+        [x.api_request_id],
+        [RESPONSE_ID_TAKEN],
+        [message],
+        owner,
+    )
+    await c.execute(sql["fail_taken"], x.api_request_id, RESPONSE_ID_TAKEN, message, x.sent_at, x.request_id, owner)
 
 
 async def carefully(
@@ -81,26 +127,22 @@ async def carefully(
     owner: str,
     outcomes: Sequence[Outcome],
     response_ids: Sequence[ResponseIdRecord],
-) -> list[int]:
-    refused: list[int] = []
+) -> Refused:
+    refused = Refused()
     if response_ids:
-        ids = [x.request_id for x in response_ids]
+        firsts = _first_of_each_id(response_ids)
         written = {
             r[0]
             for r in await c.fetch(
                 sql["set_response_ids"],
-                ids,
-                [x.response_id for x in response_ids],
-                [x.api_request_id for x in response_ids],
-                [x.sent_at for x in response_ids],
+                [x.request_id for x in firsts],
+                [x.response_id for x in firsts],
+                [x.api_request_id for x in firsts],
+                [x.sent_at for x in firsts],
                 owner,
             )
         }
-        missed = [x for x in response_ids if x.request_id not in written]
-        if missed:
-            # Written already (the same id, by this owner: a retried commit) is not a refusal.
-            have = {r[0]: (r[1], r[2]) for r in await c.fetch(sql["response_ids_of"], [x.request_id for x in missed])}
-            refused += [x.request_id for x in missed if have.get(x.request_id) != (x.response_id, owner)]
+        await _missed(c, sql, owner, [x for x in response_ids if x.request_id not in written], refused)
     tried = [o for o in outcomes if not o.refund_attempt]
     if tried:
         try:

@@ -19,7 +19,16 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from runner.errors import StoreMissing, StoreReplaced, StoreUnavailable
 from runner.store.backend import OpenMode, retrying
-from runner.store.models import Claimed, DuplicateCustomId, ExportRow, NewRequest, Outcome, ReadyLines, ResponseIdRecord
+from runner.store.models import (
+    Claimed,
+    DuplicateCustomId,
+    ExportRow,
+    NewRequest,
+    Outcome,
+    ReadyLines,
+    Refused,
+    ResponseIdRecord,
+)
 from runner.store.sqlite import export, hot
 from runner.store.sqlite.engine import (
     BUSY_TIMEOUT_MS,
@@ -150,7 +159,7 @@ class SqliteBackend:
 
     async def apply(
         self, owner: str, outcomes: Sequence[Outcome], response_ids: Sequence[ResponseIdRecord], now: float
-    ) -> list[int]:
+    ) -> Refused:
         return await self._transaction(lambda db: hot.apply(db, owner, outcomes, response_ids, now))
 
     async def insert(self, job_id: str, rows: Sequence[NewRequest], now: float) -> None:

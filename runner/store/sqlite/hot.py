@@ -29,7 +29,16 @@ import anyio
 
 from runner.errors import StoreError
 from runner.states import TERMINAL, RequestState
-from runner.store.models import Claimed, NewRequest, Outcome, ResponseIdRecord, in_claim_order
+from runner.store.models import (
+    RESPONSE_ID_TAKEN,
+    Claimed,
+    NewRequest,
+    Outcome,
+    Refused,
+    ResponseIdRecord,
+    in_claim_order,
+    response_id_taken,
+)
 from runner.store.sqlfile import blocks
 from runner.store.sqlite.engine import PAGE_SIZE, is_busy, rw_uri
 
@@ -103,6 +112,8 @@ _REFUSE_ROW = _SQL["refuse_row"]
 _ROW_ERRORS = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)
 _SET_RESPONSE_ID = _SQL["set_response_id"]
 _RESPONSE_ID_OF = _SQL["response_id_of"]
+_RESPONSE_ID_HOLDER = _SQL["response_id_holder"]
+_FAIL_TAKEN = _SQL["fail_taken"]
 _CANCEL_IF_JOB_CANCELLED = _SQL["cancel_if_job_cancelled"]
 _CANCEL_REQUEUED_IN_CANCELLED_JOB = _SQL["cancel_requeued_in_cancelled_job"]
 
@@ -229,16 +240,27 @@ def _reply(o: Outcome) -> tuple[object, ...]:
     return (o.http_status, o.api_request_id, o.error_code, o.error_message, 1 if o.rate_limited else 0, o.sent_at)
 
 
+def _fail_taken(cur: Cursor, owner: str, x: ResponseIdRecord, now: float) -> None:
+    """Fail the line given response id `x`, which another request holds, with its attempt row."""
+    cur.execute(_RESPONSE_ID_HOLDER, (x.response_id, x.request_id))
+    holder = cur.fetchall()
+    message = response_id_taken(x.response_id, *(holder[0] if holder else (None, None)))
+    fields = (x.api_request_id, RESPONSE_ID_TAKEN, message)
+    cur.execute(_RECORD_ATTEMPT, ("failed", x.sent_at, now, None, *fields, x.request_id, owner))
+    cur.execute(_FAIL_TAKEN, (*fields, x.sent_at, now, now, x.request_id, owner))
+
+
 def apply(
     db: DBAPIConnection,
     owner: str,
     outcomes: Sequence[Outcome],
     response_ids: Sequence[ResponseIdRecord],
     now: float,
-) -> list[int]:
+) -> Refused:
     """Write response ids and outcomes, each guarded; the ids of the requests refused (not leased by `owner`).
 
-    A response id is written only to a request this owner still leases, and never over another id.
+    A response id is written only to a request this owner still leases, never over another id, and never if
+    another request holds it: that line fails instead (`Refused.taken`).
     Final outcomes go in a few statements (`_apply_many`); when one of them is refused or cannot be
     written, they are written one by one, as requeues and response ids always are.
     """
@@ -246,14 +268,20 @@ def apply(
     finished = [o for o in outcomes if o.to in TERMINAL]
     if finished and _apply_many(cur, owner, finished, now):
         outcomes = [o for o in outcomes if o.to not in TERMINAL]
-    refused: list[int] = []
+    refused = Refused()
     for x in response_ids:
-        cur.execute(_SET_RESPONSE_ID, (x.response_id, x.api_request_id, x.sent_at, now, x.request_id, owner))
+        cur.execute(
+            _SET_RESPONSE_ID, (x.response_id, x.api_request_id, x.sent_at, now, x.request_id, owner, x.response_id)
+        )
         if cur.rowcount == 0:
             # Written already (the same id, by this owner: a retried commit) is not a refusal.
             cur.execute(_RESPONSE_ID_OF, (x.request_id,))
             row = cur.fetchall()
-            if not row or row[0][0] != x.response_id or row[0][1] != owner:
+            if row and row[0][0] is None and row[0][1] == owner:
+                # Still ours and without an id: the only guard left is the id another request holds.
+                _fail_taken(cur, owner, x, now)
+                refused.taken.append(x.request_id)
+            elif not row or row[0][0] != x.response_id or row[0][1] != owner:
                 refused.append(x.request_id)
     record_attempts(db, owner, outcomes, now)
     requeued: list[int] = []

@@ -51,7 +51,20 @@ UPDATE requests SET state = 'failed', response_body = NULL, input_tokens = 0, ca
 WHERE id = ? AND state = 'in_progress' AND lease_owner = ?
 
 -- name: set_response_id
+-- Never an id another request holds (a caching proxy's reply): one probe of ix_requests_response_id.
 UPDATE requests SET response_id = ?, request_id = ?, submitted_at = coalesce(?, submitted_at), updated_at = ?
+WHERE id = ? AND state = 'in_progress' AND lease_owner = ? AND response_id IS NULL
+  AND NOT EXISTS (SELECT 1 FROM requests AS other WHERE other.response_id = ? AND other.id <> requests.id)
+
+-- name: response_id_holder
+-- The line that holds a response id, for the message of the one refused it.
+SELECT custom_id, job_id FROM requests WHERE response_id = ? AND id <> ? LIMIT 1
+
+-- name: fail_taken
+-- A line whose response id another request holds: failed, final, its id left NULL (it names another's response).
+UPDATE requests SET state = 'failed', request_id = coalesce(?, request_id), error_code = ?, error_message = ?,
+    submitted_at = coalesce(?, submitted_at), finished_at = ?, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = ?
 WHERE id = ? AND state = 'in_progress' AND lease_owner = ? AND response_id IS NULL
 
 -- name: finish_many
