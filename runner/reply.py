@@ -85,16 +85,20 @@ def read_usage(body: Mapping[str, Any]) -> UsageReading:
     if not isinstance(usage, Mapping):
         return UsageReading(UsageCounts(), f"usage is {_show(usage)}, not an object; token counts stored as 0")
     counts = _Counts()
-    input_tokens = counts.read(usage, "input_tokens", "usage.input_tokens") or 0
-    output_tokens = counts.read(usage, "output_tokens", "usage.output_tokens") or 0
+    # A server behind a Chat Completions engine may count in its words (prompt_tokens, completion_tokens): read
+    # as 0, every such request was free to `--max-cost`, which then never stopped the run.
+    chat = "input_tokens" not in usage and "output_tokens" not in usage and _CHAT_USAGE.intersection(usage)
+    i_key, o_key = ("prompt_tokens", "completion_tokens") if chat else ("input_tokens", "output_tokens")
+    input_tokens = counts.read(usage, i_key, f"usage.{i_key}") or 0
+    output_tokens = counts.read(usage, o_key, f"usage.{o_key}") or 0
     total = counts.read(usage, "total_tokens", "usage.total_tokens")
     cached = reasoning = 0
-    details = usage.get("input_tokens_details")
+    details = usage.get(f"{i_key}_details")
     if isinstance(details, Mapping):
-        cached = counts.read(details, "cached_tokens", "usage.input_tokens_details.cached_tokens") or 0
-    details = usage.get("output_tokens_details")
+        cached = counts.read(details, "cached_tokens", f"usage.{i_key}_details.cached_tokens") or 0
+    details = usage.get(f"{o_key}_details")
     if isinstance(details, Mapping):
-        reasoning = counts.read(details, "reasoning_tokens", "usage.output_tokens_details.reasoning_tokens") or 0
+        reasoning = counts.read(details, "reasoning_tokens", f"usage.{o_key}_details.reasoning_tokens") or 0
     # Cached and reasoning tokens are parts of input and output: more than the whole is clamped here, per reply.
     # Clamped only when priced, over a model's sums, one reply's excess cut the cost of others' input.
     beyond = [
@@ -137,11 +141,17 @@ def plain_usage(body: Mapping[str, Any]) -> UsageCounts | None:
 _NO_USAGE: Final = UsageCounts()
 
 
+_CHAT_USAGE = frozenset({"prompt_tokens", "completion_tokens"})
+
+
 def _plain_usage(usage: dict[str, Any]) -> UsageCounts | None:
     """The usage of a well-formed reply, read in one pass (`read_usage` without its bookkeeping); None if any
-    count needs `read_usage`'s care (a wrong type, out of bounds, details that are not objects)."""
+    count needs `read_usage`'s care (a wrong type, out of bounds, details that are not objects, Chat Completions
+    words)."""
     get = usage.get
     i, o, t = get("input_tokens"), get("output_tokens"), get("total_tokens")
+    if i is None and o is None and _CHAT_USAGE.intersection(usage):
+        return None
     d_in, d_out = get("input_tokens_details"), get("output_tokens_details")
     if d_in is None:
         cached = None

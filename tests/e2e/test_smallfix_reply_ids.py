@@ -119,3 +119,14 @@ def test_a_whole_reply_that_orjson_refuses_but_json_allows_is_kept_not_paid_agai
         x["custom_id"]: x["response"]["body"]["output_text"] for x in map(json.loads, out.read_text().splitlines())
     }
     assert texts == {"bom": "fine", "surrogate": "half \ufffd of an emoji"}  # what cannot be UTF-8 is replaced
+
+
+def test_usage_in_chat_completions_words_counts_toward_the_budget(cli: Cli, server: Misbehaving) -> None:
+    # Read as 0 tokens, such replies cost nothing to --max-cost, which never stopped the run.
+    path = cli.db.parent / "in.jsonl"
+    path.write_text("".join(_line(f"c{i}", "usage_chat", model="gpt-4.1-mini") for i in range(3)))
+    job = cli.submit(path)
+    r = cli("run", job, "--base-url", server.base_url, "--quiet", "--concurrency", "1")
+    assert r.returncode == 0, r.stderr
+    usage = cli.status(job)["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (120, 27, 147)

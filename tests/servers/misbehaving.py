@@ -225,6 +225,8 @@ class Server:
         if scenario == "escapes":
             err = {"error": {"message": ESCAPE_MESSAGE, "type": "invalid_request_error", "code": ESCAPES}}
             return _json(err, status=400)
+        if scenario == "usage_chat":  # usage in Chat Completions words (a server behind such an engine)
+            return _json(_response(rid, usage={"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}))
         if scenario == "bom_ok":  # a byte order mark before good JSON (some Windows-hosted gateways)
             return web.Response(
                 body=b"\xef\xbb\xbf" + json.dumps(_response(rid)).encode(), content_type="application/json"

@@ -242,3 +242,21 @@ def test_the_short_path_for_well_formed_usage_reads_what_the_careful_one_reads()
     assert seen_short > 100 and seen_careful > 100 and seen_plain > 100
     assert plain_usage({}) == UsageCounts() and plain_usage({"usage": None}) == UsageCounts()
     assert plain_usage({"usage": MappingProxyType({"input_tokens": 1})}) is None  # read_usage decides
+
+
+def test_usage_in_chat_completions_words_is_read_not_zero() -> None:
+    from runner.reply import read_usage
+
+    # A server behind a Chat Completions engine: read as 0, every such request was free to --max-cost.
+    chat = {
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    got = read_usage({"usage": chat})
+    assert (got.usage.input_tokens, got.usage.cached_tokens, got.usage.output_tokens) == (10, 4, 5)
+    assert got.problem is None
+    # The Responses words win where both are there.
+    both = read_usage({"usage": {"input_tokens": 7, "output_tokens": 2, "prompt_tokens": 99}})
+    assert (both.usage.input_tokens, both.usage.output_tokens) == (7, 2)
