@@ -37,6 +37,7 @@ class Config:
     p429: float = _knob(0.0, "fraction of creates answered 429")
     retry_after: float = _knob(0.2, "retry-after seconds on injected 429s")
     p5xx: float = _knob(0.0, "fraction of creates answered 503")
+    p500: float = _knob(0.0, "fraction of creates answered 500 (a failure of that request, not of the server)")
     pdrop: float = _knob(0.0, "fraction of creates whose connection drops")
     quota: bool = _knob(False, "answer every create with insufficient_quota")
     quota_after: int | None = _knob(None, "insufficient_quota after N creates")

@@ -93,7 +93,7 @@ async def _create(request: web.Request) -> web.Response:
         return rate_limited(state, started, math.floor(now) + 1 - now, over, whole=True)
 
     # Faults are drawn from `random.Random(seed)`, so a run with the same seed and request order repeats.
-    if config.pdrop or config.p5xx or config.p429:
+    if config.pdrop or config.p5xx or config.p429 or config.p500:
         draw = state.rng.random()
         if draw < config.pdrop:
             state.faults["drop"] += 1
@@ -106,6 +106,10 @@ async def _create(request: web.Request) -> web.Response:
             return reply(state, started, 503, error(message, "server_error", "server_is_overloaded"))
         if draw < config.pdrop + config.p5xx + config.p429:
             return rate_limited(state, started, config.retry_after, "requests")
+        if draw < config.pdrop + config.p5xx + config.p429 + config.p500:
+            state.faults["5xx"] += 1
+            message = "The server had an error while processing your request."
+            return reply(state, started, 500, error(message, "server_error", "server_error"))
 
     flex = body.get("service_tier") == "flex"
     if flex and (config.flex_busy > 0 or (config.flex_p429 and state.rng.random() < config.flex_p429)):

@@ -172,8 +172,9 @@ def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: An
     assert r.returncode == 5, r.stderr
     assert cli.status(job)["counts"]["queued"] == 30
 
-    # An overloaded server and one attempt each: every request fails, its error reply kept.
-    mock.configure(p5xx=1.0)
+    # A server failing every request (500: each request's error, not the server down, which a run waits out)
+    # and one attempt each: every request fails, its error reply kept.
+    mock.configure(p500=1.0)
     r = cli("run", job, *run_args(mock, "--max-attempts", "1"), extra_env={"OPENAI_API_KEY": KEY})
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 1, r.stderr
@@ -186,14 +187,14 @@ def test_export_errors_file_retry_and_no_key_anywhere(cli: Cli, mock_factory: An
     assert read_jsonl(ok) == []
     failed = read_jsonl(errs)
     assert len(failed) == 30
-    assert failed[0]["response"]["status_code"] == 503
-    assert failed[0]["response"]["body"]["error"]["code"] == "server_is_overloaded"
+    assert failed[0]["response"]["status_code"] == 500
+    assert failed[0]["response"]["body"]["error"]["code"] == "server_error"
     assert failed[0]["response"]["request_id"]
 
     r = cli("retry", job)
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 0
-    mock.configure(p5xx=0.0)
+    mock.configure(p500=0.0)
     r = cli("run", job, *run_args(mock), extra_env={"OPENAI_API_KEY": KEY})
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 0, r.stderr
