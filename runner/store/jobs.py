@@ -230,12 +230,10 @@ class JobsPart(StoreCore):
 
     async def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs were cancelled (`runner cancel`), for a run that holds some of their requests."""
-
-        async def go(conn: AsyncConnection) -> set[str]:
-            rows = await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.cancelled_at.is_not(None)))
-            return {r.id for r in rows}
-
-        return await self.read(go)
+        if not job_ids:
+            return set()
+        ids = list(job_ids)
+        return await self._hot(lambda: self._backend.cancelled_among(ids))
 
     # -- cancel and retry -------------------------------------------------------------------------
 

@@ -51,8 +51,9 @@ POLL_ADOPT_INTERVAL = 5.0  # how often to look for background responses whose ru
 STORE_CHECK_INTERVAL = 1.0  # how often to check that the store file is still the one opened (one stat)
 # How often to look for a `runner cancel` of the run's jobs. The run holds claimed requests not sent yet (the
 # ready buffer, and slots waiting for the pacer): after a cancel it sent 46-53 more of them at --rpm 6000. One
-# read of the jobs table by its key each time, ~1 ms of CPU through SQLAlchemy: every 0.1 s that was 2-4 % of
-# the CPU per request at zero latency (make bench scenario 2: 0.36 of the bare loop against 0.38-0.40).
+# read of the jobs table by its key each time, on the backend's own connection: through SQLAlchemy (~1 ms of
+# CPU) every 0.1 s it cost 2-4 % of the CPU per request at zero latency (bench scenario 2: 0.36 of the bare
+# loop against 0.38-0.40).
 CANCEL_CHECK_INTERVAL = 0.25
 
 

@@ -365,6 +365,10 @@ class PostgresBackend:
                     await conn.invalidate()
                 raise
 
+    async def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
+        sql = self._sql["cancelled_jobs"]
+        return {str(r[0]) for r in await self._connected(lambda c: c.fetch(sql, list(job_ids)))}
+
     async def claim(
         self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
     ) -> list[Claimed]:

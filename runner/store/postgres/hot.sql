@@ -297,3 +297,7 @@ CROSS JOIN LATERAL (SELECT COALESCE(r.response_body, a.response_body) AS body) A
 CROSS JOIN LATERAL (SELECT b.body, r.state = 'completed' AND r.http_status IS NOT NULL AND b.body IS NOT NULL AS ready) AS x
 WHERE r.job_id = $2::text AND r.line_no > $3::int
 ORDER BY r.line_no LIMIT $4::int
+
+-- name: cancelled_jobs
+-- Which of a run's jobs `runner cancel` stopped (four times a second, by the primary key of a small table).
+SELECT id FROM jobs WHERE cancelled_at IS NOT NULL AND id = ANY($1::text[]);

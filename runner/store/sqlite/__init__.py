@@ -152,6 +152,9 @@ class SqliteBackend:
                 return await c.run_sync(lambda sync: fn(_dbapi(sync)))
         return await conn.transaction(fn, inline=inline)
 
+    async def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
+        return await self._transaction(lambda db: hot.cancelled_jobs(db, job_ids))
+
     async def claim(
         self, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
     ) -> list[Claimed]:

@@ -75,6 +75,18 @@ def _claim_sql(jobs: int) -> str:
     return _CLAIM.replace("/*job_ids*/ ?", ", ".join("?" * jobs))
 
 
+@functools.cache
+def _cancelled_sql(jobs: int) -> str:
+    return _SQL["cancelled_jobs"].replace("/*job_ids*/ ?", ", ".join("?" * jobs))
+
+
+def cancelled_jobs(db: DBAPIConnection, job_ids: Sequence[str]) -> set[str]:
+    """Which of `job_ids` were cancelled."""
+    cur: Cursor = db.cursor()
+    cur.execute(_cancelled_sql(len(job_ids)), tuple(job_ids))
+    return {str(r[0]) for r in cur.fetchall()}
+
+
 def claim(
     db: DBAPIConnection, owner: str, job_ids: Sequence[str], n: int, lease_seconds: float, now: float
 ) -> list[Claimed]:

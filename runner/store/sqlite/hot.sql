@@ -156,3 +156,7 @@ FROM v CROSS JOIN c LEFT JOIN requests AS src ON src.id = (
 -- name: count_reused
 -- How many lines of a span of a job were inserted answered (after `insert_answered`).
 SELECT count(*) FROM requests WHERE job_id = ? AND line_no >= ? AND line_no <= ? AND reused_from IS NOT NULL
+
+-- name: cancelled_jobs
+-- Which of a run's jobs `runner cancel` stopped (four times a second, by the primary key of a small table).
+SELECT id FROM jobs WHERE cancelled_at IS NOT NULL AND id IN (/*job_ids*/ ?);
