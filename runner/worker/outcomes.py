@@ -198,21 +198,30 @@ def _bad_id(
     )
 
 
+def again_later(
+    c: Claimed, error: ApiError, wait: float, *, refund: bool = False, sent_at: float | None = None
+) -> Outcome:
+    """`c` back to the queue for `wait` seconds after `error`, its attempt given back when `refund` (what failed
+    was not the line: no flex capacity, a failed connection, a server down)."""
+    return Outcome(
+        c.id,
+        RequestState.QUEUED,
+        http_status=error.status,
+        api_request_id=error.request_id,
+        error_code=error.code,
+        error_message=error.message,
+        next_attempt_at=time.time() + wait,
+        rate_limited=error.status == 429 and not refund,
+        refund_attempt=refund,
+        sent_at=sent_at,
+    )
+
+
 def from_error(c: Claimed, error: ApiError, *, max_attempts: int, sent_at: float | None = None) -> Outcome:
     """The outcome of an attempt that got no result: a retry later, or a failure."""
     rate_limited = error.status == 429
     if isinstance(error, TransientApiError) and should_retry(c.attempts, max_attempts):
-        return Outcome(
-            c.id,
-            RequestState.QUEUED,
-            http_status=error.status,
-            api_request_id=error.request_id,
-            error_code=error.code,
-            error_message=error.message,
-            next_attempt_at=time.time() + backoff_delay(c.attempts, error),
-            rate_limited=rate_limited,
-            sent_at=sent_at,
-        )
+        return again_later(c, error, backoff_delay(c.attempts, error), sent_at=sent_at)
     message = error.message
     if isinstance(error, TransientApiError):
         message = f"gave up after {c.attempts} attempt(s): {message}"

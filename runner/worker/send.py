@@ -35,7 +35,7 @@ from runner.retry import UNAVAILABLE, Outage, backoff_delay, outage_delay
 from runner.states import RequestState
 from runner.store.models import Claimed, Outcome, ResponseIdRecord
 from runner.store.outputs import CheckRecord
-from runner.worker.outcomes import Checker, from_error, from_response, is_running
+from runner.worker.outcomes import Checker, again_later, from_error, from_response, is_running
 from runner.worker.poller import Poller, poll_after_hint
 from runner.worker.writeback import WriteBack
 
@@ -380,15 +380,4 @@ class Sender:
 
     def _requeue(self, c: Claimed, e: ApiError, wait: float, sent_at: float | None = None) -> int:
         """Back to the queue for `wait` seconds without using up an attempt: what failed was not the line."""
-        o = Outcome(
-            c.id,
-            RequestState.QUEUED,
-            http_status=e.status,
-            api_request_id=e.request_id,
-            error_code=e.code,
-            error_message=e.message,
-            next_attempt_at=time.time() + wait,
-            refund_attempt=True,
-            sent_at=sent_at,
-        )
-        return self._put(o)
+        return self._put(again_later(c, e, wait, refund=True, sent_at=sent_at))
