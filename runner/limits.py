@@ -341,9 +341,10 @@ class RateLimiter:
         self.clock = clock
         self.user_rpm = rpm
         self.user_tpm = tpm
-        self.requests = Pacer(rpm / 60.0, clock) if rpm else None
-        self.tokens = Pacer(tpm / 60.0, clock) if tpm else None
-        self.polls: Pacer | None = Pacer(rpm / 60.0 * POLL_SHARE, clock) if rpm else None
+        self.requests: Pacer | None = None
+        self.tokens: Pacer | None = None
+        self.polls: Pacer | None = None
+        self._pace_as_given()
         self.polls_count = False  # learnt: the server's request budget moves on GET polls too
         self.paused_until = 0.0
         self.pauses = 0
@@ -540,16 +541,20 @@ class RateLimiter:
         )
         return True
 
+    def _pace_as_given(self) -> None:
+        """Pace at `--rpm` / `--tpm` alone (none: unpaced), as a run starts."""
+        rpm, tpm = self.user_rpm, self.user_tpm
+        self.requests = Pacer(rpm / 60.0, self.clock) if rpm else None
+        self.tokens = Pacer(tpm / 60.0, self.clock) if tpm else None
+        self.polls = Pacer(rpm / 60.0 * POLL_SHARE, self.clock) if rpm else None
+
     def _unless_said(self, headers: Mapping[str, str]) -> None:
         """Paced at remembered limits, the first answer says none: the server no longer advertises limits (the
         limit was lifted, or the URL now fronts vLLM), so the run goes unpaced, and later runs forget them."""
         if _int_header(headers, "x-ratelimit-limit-requests") or _int_header(headers, "x-ratelimit-limit-tokens"):
             return  # said: _adopt_limits replaces them
         self._seeded = False
-        rpm, tpm = self.user_rpm, self.user_tpm
-        self.requests = Pacer(rpm / 60.0, self.clock) if rpm else None
-        self.polls = Pacer(rpm / 60.0 * POLL_SHARE, self.clock) if rpm else None
-        self.tokens = Pacer(tpm / 60.0, self.clock) if tpm else None
+        self._pace_as_given()
         self.heard = (None, None)  # kept as "no limits" for this model: the next run does not pace at them either
         if self._repaced is not None:
             self._repaced.set()
