@@ -62,6 +62,13 @@ def run(cli: Cli, server: Foreign, job: str, *flags: str, env: dict[str, str] | 
     )
 
 
+def stop_line(r: Any) -> str:
+    """The run's one `stopped:` line (a doomed-job stop says it once, not once per request)."""
+    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
+    assert len(said) == 1, r.stderr
+    return str(said[0])
+
+
 def test_the_server_imports_nothing_of_the_runner() -> None:
     tree = ast.parse(SERVER.read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
@@ -83,10 +90,9 @@ def test_a_redirected_create_is_not_followed_and_stops_the_run_with_every_line_q
     assert "Traceback" not in r.stderr
     status, where = scenario.split("_")[1:]
     moved = (server.other if where == "other" else server.base_url.removesuffix("/v1")) + "/v1/responses/moved"
-    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
-    assert len(said) == 1, r.stderr
-    assert f"POST {server.base_url}/responses: {status} redirect to {moved}" in said[0]
-    assert "not followed" in said[0] and "--base-url" in said[0]
+    said = stop_line(r)
+    assert f"POST {server.base_url}/responses: {status} redirect to {moved}" in said
+    assert "not followed" in said and "--base-url" in said
     # Neither the key nor the redirect's query (it may hold a token) is shown.
     assert KEY not in r.stdout + r.stderr and "s3cret" not in r.stdout + r.stderr
     stats = server.stats()
@@ -238,8 +244,7 @@ def test_a_server_that_stays_down_after_answering_stops_the_run_with_every_line_
     r = run(cli, server, job, "--concurrency", "12", "--timeout", "1")
 
     assert r.returncode == 5, r.stderr
-    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
-    assert len(said) == 1 and f"cannot reach {server.base_url}: connection refused" in said[0], r.stderr
+    assert f"cannot reach {server.base_url}: connection refused" in stop_line(r), r.stderr
     got = rows(cli.db)
     assert got["outage_100000"]["state"] == "completed"
     # Nothing failed: every other line waits, queued, for a run once the server is back.
@@ -256,10 +261,9 @@ def test_a_server_that_closes_every_connection_unanswered_stops_the_run_instead_
     r = run(cli, server, job, "--concurrency", "12")
 
     assert r.returncode == 5, r.stderr
-    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
-    assert len(said) == 1, r.stderr
-    assert f"cannot reach {server.base_url}: the server closed the connection without answering" in said[0]
-    assert "the base URL should start with https://" in said[0]
+    said = stop_line(r)
+    assert f"cannot reach {server.base_url}: the server closed the connection without answering" in said
+    assert "the base URL should start with https://" in said
     # Not every line through every attempt: each was sent at most once, and all stay queued for the fix.
     assert sum(server.stats()["posts"].values()) <= len(lines)
     assert {row["state"] for row in rows(cli.db).values()} == {"queued"}
@@ -302,10 +306,9 @@ def test_a_server_that_keeps_answering_503_stops_the_run_in_one_line_with_every_
     r = run(cli, server, job, "--concurrency", "4", "--timeout", "2")
 
     assert r.returncode == 5, r.stderr
-    said = [x for x in r.stderr.splitlines() if x.startswith("stopped:")]
-    assert len(said) == 1, r.stderr
-    assert f"the server at {server.base_url} answered 503 to every request for " in said[0]
-    assert "Loading model" in said[0]
+    said = stop_line(r)
+    assert f"the server at {server.base_url} answered 503 to every request for " in said
+    assert "Loading model" in said
     got = rows(cli.db)
     # Nothing failed: every line waits, queued, for a run once the server is back, with few attempts spent.
     assert {got[s]["state"] for s in lines} == {"queued"}
