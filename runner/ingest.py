@@ -38,7 +38,7 @@ import traceback
 import uuid
 import warnings as warnings_module
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +48,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import orjson
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runner.cachekeys import CacheGroups
 from runner.chains import ChainLines
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 # 95 MB) for the same CPU, now that the insert runs beside the parsing; the write lock is held ~20 ms.
 CHUNK = 2_000
 CHUNK_BYTES = 4 << 20  # and at most this much body text, so memory stays flat with big lines too
+# PostgreSQL: chunks streamed in one COPY (`_copy_stream`), kept until it commits in case they must go again.
+COPY_GROUP_CHUNKS = 8
+COPY_GROUP_BYTES = 8 << 20
 YIELD_EVERY = 50  # lines validated between looks at the event loop
 MAX_PROBLEMS_KEPT = 200  # enough to show 20 lines in detail; the rest are only counted
 BOM = b"\xef\xbb\xbf"
@@ -508,24 +511,37 @@ async def _stage_file(
 
     newer_than = None if options.reuse_max_age is None else time.time() - options.reuse_max_age
 
+    async def insert_one(chunk: _Chunk) -> None:
+        reuse = options.reuse and not problems.bad_lines and chunk.has_rows()
+        if reuse:  # inserted already answered, where the store can (each row written once)
+            if chunk.copy is None:
+                done = await add_reusing(store, job_id, chunk.rows, newer_than=newer_than)
+            else:
+                done = await store.add_copied_answered(job_id, chunk.copy, newer_than)
+            if done is not None:
+                problems.reused += done
+                return
+            if chunk.copy is not None:  # on the rare way, row by row
+                chunk.rows, chunk.copy = pg_copy.decode(chunk.copy), None
+        await _insert(store, job_id, chunk, problems)
+        if reuse:
+            first, last = chunk.rows[0].line_no, chunk.rows[-1].line_no
+            problems.reused += await reuse_answers(store, job_id, first, last, newer_than=newer_than)
+
     async def inserter() -> None:
         async with receive:
-            async for chunk in receive:
-                reuse = options.reuse and not problems.bad_lines and chunk.has_rows()
-                if reuse:  # inserted already answered, where the store can (each row written once)
-                    if chunk.copy is None:
-                        done = await add_reusing(store, job_id, chunk.rows, newer_than=newer_than)
-                    else:
-                        done = await store.add_copied_answered(job_id, chunk.copy, newer_than)
-                    if done is not None:
-                        problems.reused += done
-                        continue
-                    if chunk.copy is not None:  # on the rare way, row by row
-                        chunk.rows, chunk.copy = pg_copy.decode(chunk.copy), None
-                await _insert(store, job_id, chunk, problems)
-                if reuse:
-                    first, last = chunk.rows[0].line_no, chunk.rows[-1].line_no
-                    problems.reused += await reuse_answers(store, job_id, first, last, newer_than=newer_than)
+            chunk: _Chunk | None = None
+            while True:
+                if chunk is None:
+                    try:
+                        chunk = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                if chunk.copy is not None and not options.reuse:
+                    chunk = await _copy_stream(store, job_id, chunk, receive, problems)
+                else:
+                    await insert_one(chunk)
+                    chunk = None
 
     copy_into = _CopyInto(job_id, store.clock()) if store.takes_copy() else None
     try:
@@ -856,6 +872,42 @@ def _child_main(path: Path, options: SubmitOptions, fd: int, copy_into: _CopyInt
         code = 1
     finally:
         os._exit(code)
+
+
+async def _copy_stream(
+    store: Store, job_id: str, first: _Chunk, receive: MemoryObjectReceiveStream[_Chunk], problems: _Problems
+) -> _Chunk | None:
+    """Insert `first` and the COPY chunks received after it, up to COPY_GROUP_CHUNKS or COPY_GROUP_BYTES, as one
+    COPY that sends each chunk as it comes; the chunk received after them that is not COPY data, if any.
+
+    Measured (1,000,000 lines, PostgreSQL on the same 2 cores): a COPY per chunk left the server idle while this
+    process took the chunk and began and ended its transaction, about 3 ms of each chunk's 18. Should the group
+    fail on a repeated custom_id (or a conflict), nothing of it is in: its chunks go again one by one, as
+    `_insert` names the repeated lines."""
+    group = [first]
+    size = len(first.copy or b"")
+    other: _Chunk | None = None
+
+    async def parts() -> AsyncIterator[memoryview]:
+        nonlocal other, size
+        assert first.copy is not None
+        yield pg_copy.rows_of(first.copy)
+        while len(group) < COPY_GROUP_CHUNKS and size < COPY_GROUP_BYTES:
+            try:
+                chunk = await receive.receive()
+            except anyio.EndOfStream:
+                return
+            if chunk.copy is None:
+                other = chunk
+                return
+            group.append(chunk)
+            size += len(chunk.copy)
+            yield pg_copy.rows_of(chunk.copy)
+
+    if not await store.add_copied_stream(job_id, parts()):
+        for chunk in group:
+            await _insert(store, job_id, chunk, problems)
+    return other
 
 
 async def _insert(store: Store, job_id: str, chunk: _Chunk, problems: _Problems) -> None:

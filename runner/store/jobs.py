@@ -7,9 +7,10 @@ right by being read side by side.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+import anyio
 from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,7 +20,7 @@ from runner.store.answer import keep_answers, referencing_jobs
 from runner.store.backend import InsertsAnswered
 from runner.store.core import _ACTIVE_VALUES, IP, Q, StoreCore, _job_row
 from runner.store.dialect import xact_lock
-from runner.store.models import JobRow, NewRequest
+from runner.store.models import DuplicateCustomId, JobRow, NewRequest
 from runner.store.tables import jobs, requests
 
 __all__ = ["JobsPart", "TakesCopy"]
@@ -31,6 +32,10 @@ class TakesCopy(Protocol):
 
     async def insert_copy(self, job_id: str, data: bytes) -> None:
         """Insert the chunk (one transaction); DuplicateCustomId for a used custom_id."""
+        ...
+
+    async def insert_copy_stream(self, job_id: str, parts: AsyncIterator[memoryview]) -> None:
+        """Insert many chunks' rows (copy.rows_of) in one transaction, sent as they come; DuplicateCustomId."""
         ...
 
     async def insert_copy_answered(self, job_id: str, data: bytes, now: float, newer_than: float | None) -> int | None:
@@ -81,6 +86,24 @@ class JobsPart(StoreCore):
         backend = self._backend
         assert isinstance(backend, TakesCopy)
         await self._hot(lambda: backend.insert_copy(job_id, data))
+
+    async def add_copied_stream(self, job_id: str, parts: AsyncIterator[memoryview]) -> bool:
+        """`add_copied` for chunks read from `parts` while they go in, all in one transaction. False, with nothing
+        inserted, when a custom_id repeats or the try met a conflict: the caller then adds them with
+        `add_copied` one by one, which names the repeated lines (and tries a conflict again; a stream read once
+        cannot be)."""
+        backend = self._backend
+        assert isinstance(backend, TakesCopy)
+        with anyio.CancelScope(shield=True), self.said_as_store_errors():
+            try:
+                await backend.insert_copy_stream(job_id, parts)
+            except DuplicateCustomId:
+                return False
+            except Exception as e:
+                if not backend.is_transient(e):
+                    raise
+                return False
+        return True
 
     async def add_copied_answered(self, job_id: str, data: bytes, newer_than: float | None) -> int | None:
         """`add_answered_requests` for a chunk as COPY data, where `takes_copy`."""

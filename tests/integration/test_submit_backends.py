@@ -138,3 +138,31 @@ async def test_a_reuse_submit_answers_every_line_and_names_a_repeated_custom_id(
         await submit_file(store, dup, options=SubmitOptions(reuse=True))
     assert f"{dup}:line 6: field custom_id: 'c-1' is already used on line 1" in str(info.value)
     assert len(await stored(store)) == 16
+
+
+# On PostgreSQL the child's chunks go in streamed, COPY_GROUP_CHUNKS to a COPY (ingest._copy_stream): with
+# chunks of 3 lines and groups of 2 chunks, 20 lines are four groups, and the last one ends early.
+async def test_streamed_groups_store_every_line_once_in_file_order(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    monkeypatch.setattr(runner.ingest, "COPY_GROUP_CHUNKS", 2)
+    path = write(tmp_path / "many.jsonl", [line(f"c-{i}", body(i)) for i in range(1, 21)])
+    res = await submit_file(store, path, options=SubmitOptions(cache_keys=False))
+    assert res.total == 20
+    # In id order: claims and the conversation rule take a job's rows by id as file order.
+    assert [r[:2] for r in await stored(store)] == [(i, f"c-{i}") for i in range(1, 21)]
+
+
+async def test_a_custom_id_used_again_in_a_later_streamed_group_is_named_and_nothing_is_stored(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner.ingest, "CHUNK", 3)
+    monkeypatch.setattr(runner.ingest, "COPY_GROUP_CHUNKS", 2)
+    ids = [f"c-{i}" for i in range(1, 17)] + ["c-2", "c-18"]  # line 17 repeats line 2, two groups later
+    path = write(tmp_path / "dup.jsonl", [line(x, body(i)) for i, x in enumerate(ids, start=1)])
+    with pytest.raises(InputError) as info:
+        await submit_file(store, path)
+    assert f"{path}:line 17: field custom_id: 'c-2' is already used on line 2" in str(info.value)
+    assert info.value.bad_lines == 1
+    await assert_nothing_stored(store)

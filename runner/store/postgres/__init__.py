@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -428,6 +428,25 @@ class PostgresBackend:
 
         try:
             await self._transaction(copy)
+        except self._asyncpg.UniqueViolationError as e:
+            raise DuplicateCustomId(job_id) from e
+
+    async def insert_copy_stream(self, job_id: str, parts: AsyncIterator[memoryview]) -> None:
+        """`insert_copy` for many chunks in one COPY, each sent as it comes (copy.rows_of: rows without header and
+        trailer), so the server inserts one chunk while the next is read from the parsing child."""
+
+        async def source() -> AsyncIterator[bytes | memoryview]:
+            yield copy.HEADER
+            async for part in parts:
+                yield part
+            yield copy.TRAILER
+
+        async def stream(c: Any) -> None:
+            await c.execute("SET LOCAL synchronous_commit = off")  # as in `insert`
+            await c.copy_to_table("requests", source=source(), columns=COPY_COLUMNS, format="binary")
+
+        try:
+            await self._transaction(stream)
         except self._asyncpg.UniqueViolationError as e:
             raise DuplicateCustomId(job_id) from e
 

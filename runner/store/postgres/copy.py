@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from runner.states import RequestState
 from runner.store.models import NewRequest
 
-__all__ = ["COPY_COLUMNS", "decode", "encode"]
+__all__ = ["COPY_COLUMNS", "HEADER", "TRAILER", "decode", "encode", "rows_of"]
 
 # A NewRequest's own fields first, in its order, then those every row of a submit starts with.
 COPY_COLUMNS = (
@@ -37,8 +37,8 @@ COPY_COLUMNS = (
     "total_tokens",
     "rate_limited",
 )
-_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # the signature, no flags, no extension
-_TRAILER = struct.pack(">h", -1)
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # the signature, no flags, no extension
+TRAILER = struct.pack(">h", -1)
 _NULL = struct.pack(">i", -1)
 # Each row: the field count, then line_no (int4) and the length of custom_id.
 _START = struct.Struct(">hiii")
@@ -70,7 +70,7 @@ def encode(rows: Sequence[NewRequest], job_id: str, now: float) -> bytes:
     shared = _shared(job_id, now)
     start, length, int4, null = _START.pack, _LEN.pack, _INT4.pack, _NULL
     fields = len(COPY_COLUMNS)
-    out = bytearray(_HEADER)
+    out = bytearray(HEADER)
     for line_no, custom_id, body, conversation, body_hash, sched in rows:
         cid = custom_id.encode()
         out += start(fields, 4, line_no, len(cid))
@@ -93,14 +93,19 @@ def encode(rows: Sequence[NewRequest], job_id: str, now: float) -> bytes:
         # sched is None only on the rows of invalid lines (there for their custom_id; the job is dropped).
         out += int4(4, line_no if sched is None else sched)
         out += shared
-    out += _TRAILER
+    out += TRAILER
     return bytes(out)
+
+
+def rows_of(data: bytes) -> memoryview:
+    """`encode`'s rows alone, without its header and trailer: a part of one COPY that streams many chunks."""
+    return memoryview(data)[len(HEADER) : len(data) - len(TRAILER)]
 
 
 def decode(data: bytes) -> list[NewRequest]:
     """`encode`'s rows back (the fields a NewRequest has), in their order."""
     rows: list[NewRequest] = []
-    pos = len(_HEADER)
+    pos = len(HEADER)
     wanted = len(NewRequest._fields)
     while True:
         (count,) = struct.unpack_from(">h", data, pos)
