@@ -32,8 +32,11 @@ MAX_BATCH = 1000
 # trip keeps it about 1 % there too, at the price of more commits (each 0.3-0.6 ms of CPU whatever its size):
 # at 200 ms and concurrency 200 on a quiet VM, 0.15-0.25 ms of CPU more per request (fewer when the event loop
 # is busy, as results then gather while it catches up); at zero latency, 78-107 -> 134-155 commits for 2,000.
+# Below 400 ms the floor holds: 4 ms, not 2, since at zero latency (concurrency 64) the commits were ~16 % of
+# the CPU per request (0.23-0.24 -> 0.20 ms, 4.2k -> 4.8k requests/s), while at 200 ms and concurrency 200 the
+# runner kept 0.89-0.90 of the bare loop either way (three interleaved runs each, 2026-12-04).
 WINDOW_SHARE = 0.01
-MIN_WINDOW = 0.002
+MIN_WINDOW = 0.004
 
 
 class WriteBack:
