@@ -443,8 +443,8 @@ class Poller:
         assert c.response_id is not None
         try:
             wait = self._limiter.poll_delay()
-            if wait > 0:
-                await anyio.sleep(wait)
+            while wait > 0 and await self._limiter.wait_poll_turn(wait):
+                wait = self._limiter.poll_delay()  # polls were given the whole budget: booked again at its pace
             self.polls += 1
             sent = time.monotonic()
             try:

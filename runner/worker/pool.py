@@ -270,6 +270,7 @@ class Run:
                 self._ready.extend(claimed)
                 self._fill()
                 if claimed:
+                    self.limiter.submissions_done(False)
                     await checkpoint()  # the requests just started go out before the next claim
                     continue
                 self._open_all = False
@@ -301,6 +302,8 @@ class Run:
                     wait = min(max(due - time.time(), 0.01), IDLE_CHECK)
                 await self._wait_slot(wait)
             else:
+                if self._in_flight == 0:
+                    self.limiter.submissions_done(True)  # polls may use the whole request budget
                 if self._in_flight == 0 and not self._idle_closed:
                     # Only background polls are left: the creates' idle connections close while the run waits,
                     # not after its last result (runner/client.py: close_idle).

@@ -167,6 +167,32 @@ def test_polls_use_their_own_share_and_the_request_budget_only_when_the_server_c
     assert lim.polls_count
 
 
+def test_polls_take_the_whole_request_budget_once_nothing_is_left_to_send_and_their_share_again_after() -> None:
+    clock = FakeClock()
+    lim = RateLimiter(rpm=6000, clock=clock)  # 100 a second: polls' share 25
+
+    def polls_in_one_second() -> int:
+        """Polls sent one after another, each when its booking says, within one second."""
+        start, n = clock.t, 0
+        while True:
+            clock.t += lim.poll_delay()
+            if clock.t >= start + 1.0:
+                break
+            n += 1
+        clock.t = start + 3.0  # the next count starts with nothing booked ahead
+        return n
+
+    shared = polls_in_one_second()
+    lim.submissions_done(True)
+    alone = polls_in_one_second()
+    lim.submissions_done(False)  # a retry came due: submissions are back, and polls keep to their share
+    again = polls_in_one_second()
+    assert shared <= 30 and alone >= 90 and again <= 30, (shared, alone, again)
+    lim.observe({"x-ratelimit-limit-requests": "3000"})  # a lower limit heard meanwhile: the share follows it
+    lim.submissions_done(True)
+    assert lim.polls is not None and lim.requests is not None and lim.polls.rate == lim.requests.rate
+
+
 def test_aimd_shrinks_once_per_burst_and_grows_back_by_one() -> None:
     clock = FakeClock()
     c = AdaptiveConcurrency(100, clock=clock)
