@@ -402,7 +402,6 @@ async def run(
     table shipped with runner, or `prices`): the run then stops with StopReason.BUDGET.
     """
     from runner.limits import budget_id
-    from runner.prices import load_prices
 
     s = _settings(settings, db)
     # A run's clock is the fleet's: corrected to the database's when this machine's is far off.
@@ -432,14 +431,16 @@ async def run(
             return await _run_processes(store, ids, s, options, transport, on_progress, handle_signals)
         budget = None
         if s.max_cost is not None:
-            budget = await _budget(store, ids, s.max_cost, load_prices(_prices_file(prices, s)))
+            budget = await _budget(store, ids, s.max_cost, _price_table(prices, s))
         async with _client(s, transport, s.concurrency + options.poll_slots) as client:
-            from runner.lanes.batch import BatchLane
             from runner.store.batches import open_batches
             from runner.worker.pool import Run
 
             workers: list[Run | BatchLane] = []
             if s.lane is Lane.BATCH or await open_batches(store, ids):
+                # Imported only here: the batch lane and the price table are ~20 ms of a run's start-up.
+                from runner.lanes.batch import BatchLane
+
                 workers.append(
                     BatchLane(
                         store,
@@ -460,7 +461,7 @@ async def run(
             for worker in workers:
                 if worker is not workers[0] and isinstance(worker, Run) and s.max_cost is not None:
                     # What the batches collected first cost counts against the budget too.
-                    worker.budget = await _budget(store, ids, s.max_cost, load_prices(_prices_file(prices, s)))
+                    worker.budget = await _budget(store, ids, s.max_cost, _price_table(prices, s))
                 before = result
                 result = await _drive(worker, caught, handle_signals)
                 if isinstance(result, StoreUnavailable):
@@ -473,6 +474,13 @@ async def run(
             raise result
         stats = [await store.job_stats(j) for j in ids]
         return RunOutcome(result, stats, caught[0] if caught else None)
+
+
+def _price_table(prices: str | Path | None, s: Settings) -> PriceTable:
+    """The prices `--max-cost` counts with: `prices`, the settings' file, or the table shipped with runner."""
+    from runner.prices import load_prices
+
+    return load_prices(_prices_file(prices, s))
 
 
 def _refuse_processes(s: Settings) -> None:
@@ -620,11 +628,10 @@ async def estimate(
     """
     from runner.estimate import estimate_file, estimate_job
     from runner.ingest import STDIN, STDIN_SHOWN, spool_stdin
-    from runner.prices import load_prices
 
     s = _settings(None, db)
     lane = s.lane if lane is None else Lane(lane)  # the flag's text, else RUNNER_LANE
-    table = load_prices(_prices_file(prices, s))
+    table = _price_table(prices, s)
     newer_than = None if reuse_max_age is None else time.time() - reuse_max_age
     if target.startswith("job_") and not Path(target).exists():
         if reuse:
@@ -774,11 +781,10 @@ async def report(
     With `html`, the report is also written there as one self-contained HTML page with charts.
     """
     from runner.htmlreport import write_html
-    from runner.prices import load_prices
     from runner.report import build_report
 
     s = _settings(None, db)
-    table = load_prices(_prices_file(prices, s))
+    table = _price_table(prices, s)
     async with await Store.open(s.db, "existing") as store:
         if html is not None:
             return await write_html(store, job_id, table, html)
@@ -844,7 +850,6 @@ async def run_spec(
     Limits come from the spec unless `overrides` (explicit flags, as Settings fields) say otherwise.
     """
     from runner.ingest import SubmitOptions, submit_files
-    from runner.prices import load_prices
     from runner.spec import load_spec
 
     spec = load_spec(Path(spec_path))
@@ -895,7 +900,7 @@ async def run_spec(
         transport=transport,
         prices=prices,
     )
-    table = load_prices(_prices_file(prices, s))
+    table = _price_table(prices, s)
     try:
         await _write_spec_outputs(spec, jobs, s.db, date, table)
     except ConfigError as e:  # a path that was writable at the start is not any more (checked before sending)

@@ -18,12 +18,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint
 
-from runner.budget import Budget
 from runner.chains import PARENT_FAILED
 from runner.client import ApiClient
 from runner.errors import BillingError, DoomedJobError, StoreUnavailable
@@ -42,6 +42,9 @@ from runner.worker.ramp import SlotRamp
 from runner.worker.send import Sender
 from runner.worker.types import RunOptions, RunResult, Snapshot, StopReason, count_outcome
 from runner.worker.writeback import WriteBack
+
+if TYPE_CHECKING:  # --max-cost's budget comes from the app; its price table is ~10 ms to import for every run
+    from runner.budget import Budget
 
 log = logging.getLogger(__name__)
 
