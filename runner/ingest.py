@@ -99,6 +99,8 @@ class SubmitResult:
     warnings: list[LineProblem] = field(default_factory=list)
     source: str = ""  # the file as named in messages ("<stdin>" for standard input)
     reused: int = 0  # lines completed at submit from answers already in the store (`reuse`)
+    name: str = ""  # the job's name: for a job submitted before (`existing`), the one it was given then
+    name_not_taken: str | None = None  # the name asked for, where such a job keeps another
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,7 @@ async def _submit_files(
     done: list[_Staged] = []
     failed: list[InputError] = []
     by_fingerprint: dict[str, SubmitResult] = {}
+    asked: list[str | None] = []
     try:
         for path, src in zip(paths, shown, strict=True):
             job_name = name if len(paths) == 1 else f"{name}-{job_name_of(path, src)}" if name else None
@@ -369,6 +372,7 @@ async def _submit_files(
                 failed.append(e)
                 continue
             done.append(staged)
+            asked.append(job_name)
         if failed:
             raise failed[0] if len(paths) == 1 else InputErrors(failed, len(paths))
         ready = [d for d in done if d.staged]
@@ -382,6 +386,10 @@ async def _submit_files(
             if d.staged:
                 await _drop_staged(store, d.result.job_id)
         raise
+    for d, wanted in zip(done, asked, strict=True):
+        kept = (await store.get_job(d.result.job_id)).name
+        not_taken = wanted if d.result.existing and wanted is not None and wanted != kept else None
+        d.result = replace(d.result, name=kept, name_not_taken=not_taken)
     return [d.result for d in done]
 
 

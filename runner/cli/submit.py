@@ -89,7 +89,17 @@ def _submit(ns: argparse.Namespace) -> ExitCode:
     for res in results:
         src = printable(res.source)
         if res.existing:
-            say(f"{src} was submitted before with the same options: job {res.job_id} (use --new for a separate job)")
+            # The job keeps the name it was given then: a --name that says otherwise is not applied, and saying
+            # nothing left the user looking for a job of that name.
+            kept = (
+                ""
+                if res.name_not_taken is None
+                else f", named {printable(res.name)!r}, not {printable(res.name_not_taken)!r}"
+            )
+            say(
+                f"{src} was submitted before with the same options: job {res.job_id}{kept}"
+                " (use --new for a separate job)"
+            )
         elif ns.reuse:
             say(f"queued {res.total - res.reused} requests from {src}; {res.reused} answered from the store (reused)")
         else:
