@@ -54,6 +54,13 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         interrupt.quiet_threads()
         raise
+    except BaseExceptionGroup as group:
+        # A signal's KeyboardInterrupt (runner/interrupt.py) raised where a task was, inside a task group, comes
+        # out grouped: a SIGTERM during a big PostgreSQL submit ended in this traceback instead of one line.
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        interrupt.quiet_threads()
+        raise KeyboardInterrupt from None
     finally:
         interrupt.unwind()
 
