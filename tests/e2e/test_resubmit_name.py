@@ -4,16 +4,10 @@ looking for a job of the new name."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tests.conftest import Cli, write_jobfile
-
-
-def _names(cli: Cli) -> dict[str, str]:
-    r = cli("jobs", "--json")
-    assert r.returncode == 0, r.stderr
-    return {j["job_id"]: j["name"] for j in json.loads(r.stdout)}
+from tests.e2e.test_leftover_pipe_name import _names
 
 
 def test_a_new_name_for_a_file_submitted_before_is_said_not_taken(cli: Cli, tmp_path: Path) -> None:
