@@ -208,12 +208,16 @@ class StoreCore:
         ("Task was destroyed but it is pending!" in a process that runs on: a run's heartbeat, cancelled at the
         run's end mid-read, 23 of 300 such cancels). A cancel waits for the read in hand instead, a few ms."""
 
+        async def connected() -> T:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(readonly=True)
+                return await fn(conn)
+
         async def once() -> T:
             await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled task starts no read: loops of reads end
             with anyio.CancelScope(shield=True):
-                async with self.engine.connect() as conn:
-                    await conn.execution_options(readonly=True)
-                    return await fn(conn)
+                result = await connected()
+            return result
 
         with self.said_as_store_errors():
             result = await self._retry(once)
