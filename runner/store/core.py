@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-import anyio.lowlevel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -201,23 +200,12 @@ class StoreCore:
             raise problem from None
 
     async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `fn` in one read-only transaction (a consistent snapshot), retried while the database is busy.
+        """Run `fn` in one read-only transaction (a consistent snapshot), retried while the database is busy."""
 
-        Each try is shielded from a cancel, as writes are: SQLAlchemy terminates a connection whose checkout or
-        check-in a cancel cuts short, and on aiosqlite that left a task waiting for a thread already stopped
-        ("Task was destroyed but it is pending!" in a process that runs on: a run's heartbeat, cancelled at the
-        run's end mid-read, 23 of 300 such cancels). A cancel waits for the read in hand instead, a few ms."""
-
-        async def connected() -> T:
+        async def once() -> T:
             async with self.engine.connect() as conn:
                 await conn.execution_options(readonly=True)
                 return await fn(conn)
-
-        async def once() -> T:
-            await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled task starts no read: loops of reads end
-            with anyio.CancelScope(shield=True):
-                result = await connected()
-            return result
 
         with self.said_as_store_errors():
             result = await self._retry(once)
