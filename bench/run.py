@@ -852,9 +852,8 @@ async def main() -> None:
                     await realistic(tmp, 2000 if q else 10_000, jitter=0.5, pg=pg)
                 finally:
                     pg.stop()
-            # The big file on a server of its own: on the one above, autovacuum was still going through the
-            # tables those runs had updated, and the submit's server CPU went from 7.8 to 9.5 s (93k lines/s
-            # instead of 110k, the same code on the same hour).
+            # The big file on a server of its own, as for `--only 6 --big-only`. (In a full run its submit is still
+            # slower, 93k lines/s against 105k-110k: scenario 5's ~3 GB are being written back under it.)
             pg = PgCluster()
             pg.start()
             try:
