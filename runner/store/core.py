@@ -7,10 +7,11 @@ answers is its `Backend`'s (backend.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +56,9 @@ def _job_row(r: Any) -> JobRow:
     )
 
 
+# How long closing the store waits for reads cancelled while they ran (an SQLite statement runs to its end
+# on its thread; a PostgreSQL connection's close is bounded by SQLAlchemy's own 2 s).
+_ENDING_WAIT = 10.0
 EXPORT_CHUNK = 2000
 # A stored body that is not JSON gives NULL, never an error that would stop an export (dialect.json_field);
 # a reused row's is its source's (answer.py).
@@ -91,6 +95,8 @@ class StoreCore:
         # move time on instead of sleeping, and another backend can take it from the database.
         self._clock = clock
         self.created = False  # this open made the file (the caller announces it, or removes it on failure)
+        # Reads cancelled while they ran, still ending on their own (see `_cancelled_once`); `aclose` waits.
+        self._ending: set[asyncio.Task[Any]] = set()
 
     def _now(self) -> ColumnElement[float]:
         """ "Now" for a query: the clock's time as a value on SQLite, the database's own clock on PostgreSQL."""
@@ -125,7 +131,10 @@ class StoreCore:
         self._backend.check_file()
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (once the reads cancelled while they ran have ended)."""
+        if self._ending:
+            with anyio.move_on_after(_ENDING_WAIT):
+                await asyncio.wait(list(self._ending))
         await self._backend.aclose()
 
     async def __aenter__(self) -> Self:
@@ -207,6 +216,30 @@ class StoreCore:
                 await conn.execution_options(readonly=True)
                 return await fn(conn)
 
-        with self.said_as_store_errors():
-            result = await self._retry(once)
-        return result
+        async def retried() -> T:
+            with self.said_as_store_errors():
+                return await self._retry(once)
+
+        return await self._cancelled_once(retried())
+
+    async def _cancelled_once(self, op: Coroutine[Any, Any, T]) -> T:
+        """`op` in a task of its own, which a cancel of the caller cancels exactly once.
+
+        anyio cancels a task again at every await while its scope is cancelled. A read cut short in its
+        checkout or statement makes SQLAlchemy close the connection under `asyncio.shield`; cancelled again,
+        it gives up, stops aiosqlite's thread, and strands the close in a task destroyed pending ("Task was
+        destroyed but it is pending!"). Cancelled once, the close runs to its end: the caller is free at
+        once, and `aclose` waits for what is still ending."""
+        task = asyncio.get_running_loop().create_task(op)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            self._ending.add(task)
+            task.add_done_callback(self._ended)
+            raise
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled():
+            task.exception()  # its caller is gone: retrieved here, so that asyncio does not log it

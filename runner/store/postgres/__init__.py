@@ -20,6 +20,7 @@ new driver error would be classified in one place and raised unexplained from th
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -97,6 +98,17 @@ _SERVER_REFUSES = {
     "53200": "the database server is out of memory",
 }
 Q = RequestState.QUEUED.value
+
+
+# Connects whose caller was cancelled, still running (see `_connect_whole`): held, so none is collected pending.
+_late_connects: set[asyncio.Future[Any]] = set()
+
+
+def _close_late(task: asyncio.Future[Any]) -> None:
+    _late_connects.discard(task)
+    if task.cancelled() or task.exception() is not None:
+        return
+    task.result().terminate()
 
 
 def is_postgres_url(db: str) -> bool:
@@ -223,8 +235,24 @@ class PostgresBackend:
 
     # -- opening ------------------------------------------------------------------------------------
 
+    async def _connect_whole(self, *args: Any, **kwargs: Any) -> Any:
+        """asyncpg.connect(), which a cancel frees the caller of without cutting it short.
+
+        asyncpg 0.32 cut short while its connection is being made leaves a future failed with "unexpected
+        connection_lost() call" that nobody reads, logged by asyncio as an error ("Future exception was never
+        retrieved"): it happened to reads a run's end cancelled. The connect runs on in its own task, and the
+        connection it makes too late is closed."""
+        task = asyncio.ensure_future(self._asyncpg.connect(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            _late_connects.add(task)
+            task.add_done_callback(_close_late)
+            raise
+
     def _connect(self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
         """SQLAlchemy's connect, with a value asyncpg refuses (`?command_timeout=abc`) raised as a typed error."""
+        cparams["async_creator_fn"] = self._connect_whole
         try:
             return dialect.connect(*cargs, **cparams)
         except (ValueError, TypeError, OverflowError) as e:
