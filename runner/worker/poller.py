@@ -47,6 +47,7 @@ from runner.states import POLL_FAILED, RequestState
 from runner.store.models import Claimed, Outcome
 from runner.store.outputs import CheckRecord
 from runner.worker.outcomes import Checker, from_error, from_response, has_unknown_status, is_running
+from runner.worker.repeats import Repeated
 from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,14 @@ class Poller:
         self.polls = 0
         self.schedule = PollSchedule()
         self._probes = 0
+        self._mismatched = Repeated(log, "responses polled with another response's id")
+        self._unpollable = Repeated(log, "responses whose GETs kept failing (poll_failed)")
+        self._gone = Repeated(log, "responses whose GET the server refused (gone, or not allowed)")
+
+    def said_at_end(self) -> None:
+        """Count the warnings of the run that were not said one by one (runner/worker/repeats.py)."""
+        for kind in (self._mismatched, self._unpollable, self._gone):
+            kind.said_at_end()
 
     @property
     def size(self) -> int:
@@ -406,7 +415,7 @@ class Poller:
             code=RESPONSE_ID_MISMATCH,
             request_id=request_id,
         )
-        log.warning("line %s: %s", c.line_no, error.message)
+        self._mismatched.warn("line %s: %s", c.line_no, error.message)
         self._finish(from_error(c, error, max_attempts=0))
 
     def _unreadable(self, item: _Item, error: TransientApiError) -> None:
@@ -418,7 +427,7 @@ class Poller:
             f"GET /responses/{c.response_id} failed {item.failures} times in a row (last: {error.describe()});"
             " the response may still finish on the server: `runner retry` polls it again, it is not sent again"
         )
-        log.warning("line %s: %s", c.line_no, message)
+        self._unpollable.warn("line %s: %s", c.line_no, message)
         self._finish(
             Outcome(
                 c.id,
@@ -477,7 +486,7 @@ class Poller:
             except ApiError as e:
                 # 404 and friends: the response is gone (expired, or never stored); it cannot be re-sent
                 # without paying twice, so it fails here and `runner retry` is the user's call.
-                log.warning("polling %s failed: %s", c.response_id, e.describe())
+                self._gone.warn("line %s: polling %s failed: %s", c.line_no, c.response_id, e.describe())
                 self._finish(from_error(c, e, max_attempts=0))
                 return
             self._limiter.observe(reply.rate_limits, poll=True)

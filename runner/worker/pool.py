@@ -231,6 +231,7 @@ class Run:
                     stopped = self._billing is not None or self._doomed is not None or self._budget_stop
                     await self.store.release(self.owner, refund=stopped)
                     await self.heartbeat.stop()
+                self.sender.said_at_end()
                 if self.writer.refused:
                     log.warning(
                         "%d requests were finished by another process meanwhile (`runner cancel`, or another runner"

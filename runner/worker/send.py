@@ -37,6 +37,7 @@ from runner.store.models import Claimed, Outcome, ResponseIdRecord
 from runner.store.outputs import CheckRecord
 from runner.worker.outcomes import Checker, again_later, from_error, from_response, is_running
 from runner.worker.poller import Poller, poll_after_hint
+from runner.worker.repeats import Repeated
 from runner.worker.writeback import WriteBack
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Sender:
         self._on_doomed = on_doomed
         self.flex = flex  # the flex lane: its tier, its patient retries and its fallback
         self._replied = False  # the server has answered something (anything) in this run
+        self._taken = Repeated(log, "lines whose response id was another line's")
+        self._lost = Repeated(log, "lines whose lease was lost before their response id was recorded")
         self.latency: float | None = None  # seconds a reply takes (moving average), once one came
         self._unreachable = 0  # failed connections in a row (before the first answer, or since the last one)
         # Failed connections and 502/503/504 replies in a row: one outage (a restart may refuse connections, then
@@ -101,6 +104,12 @@ class Sender:
         # deploy) before the job is doomed: as long as one attempt may take, as for polls.
         self._patience = patience
         self._pacing: set[anyio.CancelScope] = set()  # the waits of requests not sent yet, for their turn
+
+    def said_at_end(self) -> None:
+        """Count the warnings of the run that were not said one by one (runner/worker/repeats.py)."""
+        for kind in (self._taken, self._lost):
+            kind.said_at_end()
+        self.poller.said_at_end()
 
     def _put(self, o: Outcome, check: CheckRecord | None = None) -> int:
         self._on_outcome(o)
@@ -238,10 +247,10 @@ class Sender:
                 self.writer.put_response_id(ResponseIdRecord(c.id, response_id, reply.request_id, sent_at))
             )
             if c.id in self.writer.taken:
-                log.warning("line %s failed: its response id %s is another line's", c.line_no, response_id)
+                self._taken.warn("line %s failed: its response id %s is another line's", c.line_no, response_id)
                 return None
             if c.id in self.writer.refused:
-                log.warning("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
+                self._lost.warn("line %s: lease lost before its response id %s was recorded", c.line_no, response_id)
                 return None
             c.response_id = response_id
             c.background = True
