@@ -253,3 +253,58 @@ async def test_a_response_is_given_up_after_max_attempts_failed_gets_only_once_t
     server = _Failing(fails=100)
     ended = await _poll_one(server, patience=0.3)
     assert ended.error_code == POLL_FAILED and 2 < len(server.gets["resp_1"]) < 6
+
+
+@pytest.mark.anyio
+async def test_a_probe_found_running_on_the_ladder_is_polled_again_at_the_estimate_once_one_is_learnt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A probe polled at its second rung a hair before it ended was booked at the next rung (half its age later)
+    # while the other responses ended and were fetched at the estimate: it was the run's last by 0.47 s.
+    monkeypatch.setattr(poller_module, "UNKNOWN_LADDER", (0.5, 1.0))  # the ladder at half its size
+
+    class Server(_Server):
+        async def retrieve(self, response_id: str) -> ApiReply:
+            reply = await super().retrieve(response_id)
+            running = {"resp_1": 2, "resp_2": 1}[response_id]  # GETs that find it still running
+            if len(self.gets[response_id]) <= running:
+                return ApiReply(200, {"id": response_id, "status": "in_progress"}, b"", "req_1", {})
+            return reply
+
+    server, writer, empty = Server(), _Writer(), anyio.Event()
+    poller = Poller(server, writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    start = time.monotonic()
+    poller.add(_claimed(1), replied_at=start)  # probes: at 0.5 s and 1 s, then (unknown) 0.5 s later
+    poller.add(_claimed(2), replied_at=start + 0.05)  # ends by its 1 s rung: the estimate is then 1 s
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(writer.outcomes) == 2
+    _, second, third = server.gets["resp_1"]
+    assert second - start < 1.1 and third - start < 1.3, [round(t - start, 3) for t in server.gets["resp_1"]]
+    assert poller.schedule.estimate is not None and poller.schedule.estimate < 1.1
+
+
+@pytest.mark.anyio
+async def test_workers_parked_while_a_poll_was_still_to_come_end_with_the_last_one() -> None:
+    # Workers park while a poll is due later; once the last poll is done they are not left parked (the run's end
+    # cancelled them one by one: 4-13 ms of a background run's tail).
+    empty = anyio.Event()
+    poller = Poller(_Server(), _Writer(), max_attempts=3, max_in_flight=16, on_empty=empty.set)  # type: ignore[arg-type]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            for i in range(100):
+                poller.add(_claimed(i), first_poll=0.0)
+            poller.add(_claimed(100), first_poll=0.3)
+            await anyio.sleep(0.15)
+            parked_meanwhile = len(poller._idle)
+            await empty.wait()
+            await anyio.sleep(0.05)
+            workers, parked = poller._workers, len(poller._idle)
+            tg.cancel_scope.cancel()
+    assert parked_meanwhile > 1
+    assert (workers, parked) == (0, 0)
+    assert poller.polls == 101
