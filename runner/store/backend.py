@@ -122,6 +122,10 @@ class Backend(Protocol):
         """Give the space of deleted rows back to the file system."""
         ...
 
+    def settle(self) -> None:
+        """A run's work is done: start now, beside its last statements, what closing would wait for."""
+        ...
+
     async def aclose(self) -> None:
         """Close every connection."""
         ...

@@ -130,6 +130,10 @@ class StoreCore:
         """Raise StoreReplaced when the file this store opened is no longer the one at its path."""
         self._backend.check_file()
 
+    def settle(self) -> None:
+        """A run's work is done: what closing the store would wait for starts now (see Backend.settle)."""
+        self._backend.settle()
+
     async def aclose(self) -> None:
         """Close every pooled connection (once the reads cancelled while they ran have ended)."""
         if self._ending:

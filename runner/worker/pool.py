@@ -292,6 +292,7 @@ class Run:
                     self.poller.add(c, first_poll=0.0)
             if self._in_flight == 0 and self.poller.size == 0:
                 await self.writer.flush()
+                self.store.settle()
                 if self.writer.chains:  # e.g. below a parent that failed in a batch
                     self._count_orphans(await fail_orphans(self.store, self.job_ids))
                 counts, due = await self.store.progress(self.job_ids)

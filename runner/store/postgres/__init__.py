@@ -551,5 +551,8 @@ class PostgresBackend:
             await auto.execute(text("VACUUM requests, attempts, jobs"))
             self._size = int((await auto.execute(text("SELECT pg_database_size(current_database())"))).scalar_one())
 
+    def settle(self) -> None:
+        pass  # the server checkpoints by itself
+
     async def aclose(self) -> None:
         await self.engine.dispose()

@@ -481,6 +481,11 @@ class HotConnection:
         if size >= CHECKPOINT_PAGES * PAGE_SIZE:
             self._executor().submit(self._checkpoint)  # not waited for: the next transaction queues behind it
 
+    def checkpoint_soon(self) -> None:
+        """Copy the log into the file in the worker thread, not waited for (nothing is, if it has no log)."""
+        if os.path.exists(f"{self._path}-wal"):
+            self._executor().submit(self._checkpoint)
+
     def _checkpoint(self) -> None:
         try:
             self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
