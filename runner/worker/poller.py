@@ -193,6 +193,7 @@ class _Item:
     failing_since: float | None = None  # monotonic time of the first of those failures
     unknown: int = 0  # polls in a row that found a status the runner does not know (see `_poll`)
     unknown_since: float | None = None  # monotonic time of the first of those
+    ladder: bool = False  # waiting for its next rung, booked while no estimate was known (`_repoll_at_estimate`)
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: 256 parked workers cancelled at a run's end
@@ -312,7 +313,7 @@ class Poller:
         moved = False
         for i, (due, seq, item) in enumerate(self._heap):
             sooner = max(item.added + estimate, now)
-            if item.learn and not item.hinted and sooner < due:
+            if item.ladder and sooner < due:
                 self._heap[i] = (sooner, seq, item)
                 moved = True
         if moved:
@@ -472,6 +473,7 @@ class Poller:
     async def _poll(self, item: _Item) -> None:
         c = item.claimed
         assert c.response_id is not None
+        item.ladder = False  # a wait booked for any other reason (a Retry-After, a backoff) is kept
         try:
             wait = self._limiter.poll_delay()
             while wait > 0 and await self._limiter.wait_poll_turn(wait):
@@ -530,6 +532,7 @@ class Poller:
             if is_running(reply.body):
                 hint = poll_after_hint(reply.rate_limits)
                 if hint is None:
+                    item.ladder = item.learn and self.schedule.estimate is None
                     self._push(item, self.schedule.next(age, item.polls))
                     return
                 # A hint that came due with the response still running (`0` on every reply, from a server that

@@ -292,11 +292,11 @@ class Run:
                     self.poller.add(c, first_poll=0.0)
             if self._in_flight == 0 and self.poller.size == 0:
                 await self.writer.flush()
-                self.store.settle()
                 if self.writer.chains:  # e.g. below a parent that failed in a batch
                     self._count_orphans(await fail_orphans(self.store, self.job_ids))
                 counts, due = await self.store.progress(self.job_ids)
                 if count(counts, *ACTIVE) == 0:
+                    self.store.settle()  # the store's last copying starts beside the run's last statements
                     # Nothing more will be sent: the keep-alive connections close now, while the run's end waits
                     # for the store's thread, not in the client's close after it (~256 after a background run,
                     # 11-15 ms of the event loop).

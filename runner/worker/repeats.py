@@ -1,9 +1,10 @@
 """A warning said once per request, said in full only the first few times in a run.
 
 A GET outage over a background run failed every response it held, each with its own warning line: 40 lines for
-40 requests, 10,000 for a nightly job, above the run's summary that already counts them and names
-`runner report`, which lists each. Now the first SHOWN of a kind are said in full (what went wrong, the
-line), the next one says that the rest are counted, and the run's end says how many there were.
+40 requests, 10,000 for a nightly job, above the run's summary that already counts them and names `runner
+report`, which groups them by error (`runner export --errors` writes each). Now the first SHOWN of a kind are
+said in full (what went wrong, the line), the next one says that the rest are counted, and the run's end says
+how many there were.
 """
 
 from __future__ import annotations

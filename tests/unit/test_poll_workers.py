@@ -308,3 +308,35 @@ async def test_workers_parked_while_a_poll_was_still_to_come_end_with_the_last_o
     assert parked_meanwhile > 1
     assert (workers, parked) == (0, 0)
     assert poller.polls == 101
+
+
+@pytest.mark.anyio
+async def test_a_poll_backing_off_after_a_failed_get_keeps_its_wait_when_the_estimate_is_learnt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only waits booked on the ladder move to the estimate: a backoff after a 503 (or a server's Retry-After) stays.
+    monkeypatch.setattr(poller_module, "UNKNOWN_LADDER", (0.2, 0.4))
+
+    class Server(_Server):
+        async def retrieve(self, response_id: str) -> ApiReply:
+            if response_id == "resp_1" and not self.gets.get(response_id):
+                self.gets[response_id] = [time.monotonic()]
+                raise TransientApiError("server error", status=503, code="server_error")
+            reply = await super().retrieve(response_id)
+            if response_id == "resp_2" and len(self.gets[response_id]) == 1:  # ends by its second rung
+                return ApiReply(200, {"id": response_id, "status": "in_progress"}, b"", "req_1", {})
+            return reply
+
+    server, writer, empty = Server(), _Writer(), anyio.Event()
+    poller = Poller(server, writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
+    start = time.monotonic()
+    poller.add(_claimed(1), replied_at=start)  # 503 at 0.2 s: backs off (at least a second)
+    poller.add(_claimed(2), replied_at=start)  # the estimate is learnt at 0.4 s
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+    assert len(writer.outcomes) == 2 and poller.schedule.estimate is not None
+    failed, again = server.gets["resp_1"]
+    assert again - failed >= 1.0 - DISPATCH_SLACK, round(again - failed, 3)
