@@ -57,6 +57,15 @@ def _claimed(i: int) -> Claimed:
     return c
 
 
+async def _until_empty(poller: Poller, empty: anyio.Event) -> None:
+    """Run `poller` until it has handed over every response it holds (`empty`: its on_empty)."""
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run, tg)
+            await empty.wait()
+            tg.cancel_scope.cancel()
+
+
 async def _poll_all(server: _Server, first_polls: list[float], slots: int) -> tuple[_Writer, dict[str, float]]:
     writer = _Writer()
     empty = anyio.Event()
@@ -137,11 +146,7 @@ async def test_a_first_poll_goes_at_the_estimate_as_it_is_when_due_not_as_it_was
     for i in range(50):
         poller.add(_claimed(i), replied_at=replied)
     poller.schedule.estimate = 5.1  # what the next responses taught it before these came due
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            await empty.wait()
-            tg.cancel_scope.cancel()
+    await _until_empty(poller, empty)
     firsts = [gets[0] for gets in server.gets.values()]
     assert len(firsts) == 50 and len(writer.outcomes) == 50
     assert min(firsts) >= replied + 5.1 - DISPATCH_SLACK
@@ -158,11 +163,7 @@ async def test_a_response_teaches_the_age_its_get_went_at_not_the_age_its_answer
     empty = anyio.Event()
     poller = Poller(Slow(), _Writer(), max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
     poller.add(_claimed(1), replied_at=time.monotonic() - 0.99)  # a probe: first polled 1 s after its reply
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            await empty.wait()
-            tg.cancel_scope.cancel()
+    await _until_empty(poller, empty)
     assert poller.schedule.estimate is not None
     assert 1.0 - DISPATCH_SLACK <= poller.schedule.estimate < 1.3  # not 1.5: the answer's half second is not its age
 
@@ -176,18 +177,16 @@ async def test_a_first_poll_sent_late_that_finds_the_response_final_does_not_low
     poller = Poller(_Server(), writer, max_attempts=3, max_in_flight=8, on_empty=empty.set)  # type: ignore[arg-type]
     poller.schedule.learn(2.0, None)
     poller.add(_claimed(1), replied_at=time.monotonic() - 3.0)  # due a second ago
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            await empty.wait()
-            tg.cancel_scope.cancel()
+    await _until_empty(poller, empty)
     assert len(writer.outcomes) == 1
     assert poller.schedule.estimate == 2.0
 
 
 @pytest.mark.anyio
-async def test_workers_end_once_nothing_is_left_to_poll_not_parked_until_the_run_cancels_them() -> None:
-    # Parked, a background run's ~256 workers were cancelled one by one after its last result (7 ms of its tail).
+@pytest.mark.parametrize("one_later", [False, True], ids=["all-due-now", "one-due-later"])
+async def test_workers_end_once_nothing_is_left_to_poll_not_parked_until_the_run_cancels_them(one_later: bool) -> None:
+    # Parked, a background run's ~256 workers were cancelled one by one after its last result (4-13 ms of its tail),
+    # those parked while a poll was still to come (`one_later`) too.
     empty = anyio.Event()
     poller = Poller(_Server(), _Writer(), max_attempts=3, max_in_flight=16, on_empty=empty.set)  # type: ignore[arg-type]
     with anyio.fail_after(30):
@@ -195,17 +194,21 @@ async def test_workers_end_once_nothing_is_left_to_poll_not_parked_until_the_run
             tg.start_soon(poller.run, tg)
             for i in range(100):
                 poller.add(_claimed(i), first_poll=0.0)
+            if one_later:
+                poller.add(_claimed(100), first_poll=0.3)
+                await anyio.sleep(0.15)
+                assert len(poller._idle) > 1  # parked, waiting for it
             await empty.wait()
             await anyio.sleep(0.05)
             workers, parked = poller._workers, len(poller._idle)
             # More comes after all: a worker starts for it.
-            poller.add(_claimed(100), first_poll=0.0)
+            poller.add(_claimed(101), first_poll=0.0)
             empty = anyio.Event()
             poller._on_empty = empty.set
             await empty.wait()
             tg.cancel_scope.cancel()
     assert (workers, parked) == (0, 0)
-    assert poller.size == 0 and poller.polls == 101
+    assert poller.size == 0 and poller.polls == 101 + one_later
 
 
 class _Failing(_Server):
@@ -276,38 +279,11 @@ async def test_a_probe_found_running_on_the_ladder_is_polled_again_at_the_estima
     start = time.monotonic()
     poller.add(_claimed(1), replied_at=start)  # probes: at 0.5 s and 1 s, then (unknown) 0.5 s later
     poller.add(_claimed(2), replied_at=start + 0.05)  # ends by its 1 s rung: the estimate is then 1 s
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            await empty.wait()
-            tg.cancel_scope.cancel()
+    await _until_empty(poller, empty)
     assert len(writer.outcomes) == 2
     _, second, third = server.gets["resp_1"]
     assert second - start < 1.1 and third - start < 1.3, [round(t - start, 3) for t in server.gets["resp_1"]]
     assert poller.schedule.estimate is not None and poller.schedule.estimate < 1.1
-
-
-@pytest.mark.anyio
-async def test_workers_parked_while_a_poll_was_still_to_come_end_with_the_last_one() -> None:
-    # Workers park while a poll is due later; once the last poll is done they are not left parked (the run's end
-    # cancelled them one by one: 4-13 ms of a background run's tail).
-    empty = anyio.Event()
-    poller = Poller(_Server(), _Writer(), max_attempts=3, max_in_flight=16, on_empty=empty.set)  # type: ignore[arg-type]
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            for i in range(100):
-                poller.add(_claimed(i), first_poll=0.0)
-            poller.add(_claimed(100), first_poll=0.3)
-            await anyio.sleep(0.15)
-            parked_meanwhile = len(poller._idle)
-            await empty.wait()
-            await anyio.sleep(0.05)
-            workers, parked = poller._workers, len(poller._idle)
-            tg.cancel_scope.cancel()
-    assert parked_meanwhile > 1
-    assert (workers, parked) == (0, 0)
-    assert poller.polls == 101
 
 
 @pytest.mark.anyio
@@ -332,11 +308,7 @@ async def test_a_poll_backing_off_after_a_failed_get_keeps_its_wait_when_the_est
     start = time.monotonic()
     poller.add(_claimed(1), replied_at=start)  # 503 at 0.2 s: backs off (at least a second)
     poller.add(_claimed(2), replied_at=start)  # the estimate is learnt at 0.4 s
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            await empty.wait()
-            tg.cancel_scope.cancel()
+    await _until_empty(poller, empty)
     assert len(writer.outcomes) == 2 and poller.schedule.estimate is not None
     failed, again = server.gets["resp_1"]
     assert again - failed >= 1.0 - DISPATCH_SLACK, round(again - failed, 3)
