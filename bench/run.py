@@ -533,8 +533,8 @@ async def background(tmp: Path, n: int) -> None:
     )
     # The same job at the default --concurrency, as a user who sets none runs it. The creates come back at once
     # here, so more in flight only queues them at the server: 500 open connections made every exchange cost more
-    # CPU, in the bare loop as in the runner (0.08 -> 0.13 ms a create, measured with ApiClient and bare aiohttp
-    # alike), and the creates' pace is what the wall time is made of.
+    # CPU, in the bare loop as in the runner (0.08-0.10 -> 0.12-0.15 ms a create, measured with ApiClient and bare
+    # aiohttp alike), and the creates' pace is what the wall time is made of.
     dc = DEFAULT_CONCURRENCY
     with mock_server("--bg-delay", str(delay)) as url:
         d_created, d_bare_s, _ = await bare_background(url, n, dc, delay)
