@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -76,6 +77,48 @@ async def test_upgrade_on_an_empty_file_matches_the_tables(tmp_path: Path) -> No
     finally:
         engine.dispose()
     assert sqlite_one(db, "PRAGMA journal_mode") == "wal"
+
+
+def sqlite_schema(db: Path) -> dict[str, Any]:
+    """Every table, index and constraint of a SQLite file, by name: a table's columns and constraints as a set
+    (the order SQLite keeps them in is not part of the schema)."""
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    schema: dict[str, Any] = {}
+    for type_, name, table, sql in rows:
+        if type_ == "table" and sql:
+            head, _, body = sql.partition("(")
+            parts = frozenset(p.strip().rstrip(",").strip() for p in body.rsplit(")", 1)[0].splitlines())
+            sql = (head.replace('"', "").strip(), parts - {""})
+        schema[name] = (type_, table, sql)
+    return schema
+
+
+def upgrade_with_alembic(db: Path) -> None:
+    """Replay every migration on `db`, as a store made by an older runner is upgraded."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("runner._migrations")))
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_a_new_store_has_the_schema_the_migrations_make(tmp_path: Path) -> None:
+    # A new SQLite store is made at the head in one step (migrate.py); every older store is upgraded by the
+    # migrations. Both must end with the same tables, columns, constraints and indexes.
+    new, replayed = tmp_path / "new.db", tmp_path / "replayed.db"
+    await (await Store.open(str(new))).aclose()
+    upgrade_with_alembic(replayed)
+
+    assert current_revision(replayed) == current_revision(new) == head_revision()
+    assert schema_diff(replayed) == []
+    assert sqlite_schema(new) == sqlite_schema(replayed)
+    assert len(sqlite_schema(new)) > 10  # tables and indexes, not two empty files
 
 
 @pytest.mark.anyio
