@@ -309,10 +309,12 @@ async def two_processes(*, url_args: tuple[str, ...], src: Path, db: Path, conc:
     cpu = r.cpu + (after.children_user - before.children_user) + (after.children_system - before.children_system)
     achieved = r.completed / r.seconds
     n, scenario = r.completed, tag.strip()[1:-1]
+    # Issue 14 asks for this figure, not a target: here the two processes and the mock server share two cores,
+    # so each round trip waits longer for a core than with one process (README: More cores).
     row(
         f"runner --processes 2 / bare aiohttp loop ({scenario}, start-up included)",
         f"{achieved / (n / bare_s):.2f} ({achieved:.0f} vs {n / bare_s:.0f}/s)",
-        "target >= 0.90",
+        "measured (no target: issue 14)",
     )
     second = f"{went[0] - t0:.1f} s" if went else "never (the first process did it all)"
     row(f"--processes 2 ({scenario}): second process sending from", second)
