@@ -7,6 +7,7 @@ and a Ctrl-C in that time must end with one line, not a KeyboardInterrupt traceb
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 
@@ -36,8 +37,17 @@ def main() -> None:
         with contextlib.suppress(OSError):  # a closed pipe (`runner --version | head -0`): nothing to add
             sys.stdout.write(f"{VERSION_LINE}\n")
         interrupt.exit_now(0)
-    from runner.cli import main as cli_main
-    from runner.files import whole_stdout
+    # Loading the CLI makes ~70,000 objects (modules, classes, functions) that live as long as the process, and
+    # the cyclic collector scanned them again and again for nothing: 166 collections while importing, 21 more
+    # in a `runner status`, 0.08 s in all, a fifth of the command's CPU. So the collector is off while importing
+    # and what was loaded is frozen (never scanned again); objects made after it are collected as always.
+    gc.disable()
+    try:
+        from runner.cli import main as cli_main
+        from runner.files import whole_stdout
+    finally:
+        gc.freeze()
+        gc.enable()
 
     whole_stdout()
 
