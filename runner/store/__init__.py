@@ -8,7 +8,7 @@ dialect.py    portable SQL for what the databases spell differently (JSON fields
 sqlfile.py    the loader of a backend's hot SQL, kept as named blocks in a .sql file
 sqlite/       the SQLite backend: engine set-up, busy test, migration lock, file checks, the hot SQL
 postgres/     the PostgreSQL backend: asyncpg, SKIP LOCKED claims, the database clock, COPY (hot.sql)
-migrate.py    HEAD_REVISION and the Alembic upgrade a backend runs under its lock
+migrate.py    HEAD_REVISION, the Alembic upgrade a backend runs under its lock, a new SQLite store made at once
 models.py     the values passed in and out; tables.py the schema; reports.py read-only report queries
 """
 

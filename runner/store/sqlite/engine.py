@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runner.errors import StoreUnavailable
 from runner.store.backend import quiet_cancelled_closes
-from runner.store.migrate import HEAD_REVISION, current_revision, foreign_schema, upgrade
+from runner.store.migrate import HEAD_REVISION, create_at_head, current_revision, foreign_schema, upgrade
 
 BUSY_TIMEOUT_MS = 10_000
 # A row is a ~3.5 KB prompt plus its ~1.5 KB answer, written in two steps. With SQLite's default 4 KB pages
@@ -260,7 +260,9 @@ async def migrate(engine: AsyncEngine, place: str) -> None:
         why = await conn.run_sync(foreign_schema)
         if why is not None:
             raise StoreUnavailable(place, why)
-        await conn.run_sync(upgrade)
+        # A new store (no revision, and foreign_schema found no store tables) is made at the head at once.
+        new = await conn.run_sync(current_revision) is None
+        await conn.run_sync(create_at_head if new else upgrade)
 
 
 # "database is locked" (another connection holds the write lock) and "database table is locked".
